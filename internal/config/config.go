@@ -1,0 +1,171 @@
+// Package config holds twinline's typed configuration: defaults, and
+// validation that reports every problem at once. Flags and environment
+// variables are mapped onto it in cmd/twinline; no other package reads them.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"time"
+)
+
+// Config is the whole configuration of `twinline serve`.
+type Config struct {
+	// Listen is the HTTP listen address.
+	Listen string
+	// DataDir holds the embedded store and the machine registry.
+	DataDir string
+	// Demo runs the fleet simulator in-process.
+	Demo         bool
+	DemoMachines int
+	DemoRate     float64
+
+	// Retention is how long samples are kept.
+	Retention time.Duration
+	// OutOfOrderWindow is how far behind the newest stored sample an event
+	// may be and still be stored.
+	OutOfOrderWindow time.Duration
+	// MaxFuture is how far ahead of the server clock an event may be.
+	MaxFuture time.Duration
+
+	// LogCapacity bounds the in-process event log, in samples.
+	LogCapacity int
+
+	// HTTP limits.
+	MaxBodyBytes         int64
+	MaxDecompressedBytes int64
+	MaxHeaderBytes       int
+	MaxLineBytes         int
+	MaxMetricsPerEvent   int
+	MaxConns             int
+	ReadHeaderTimeout    time.Duration
+	// LPMachineTags are the line-protocol tags that carry the machine id, in
+	// order of preference.
+	LPMachineTags []string
+
+	// Live stream.
+	StreamQueue     int
+	StreamHeartbeat time.Duration
+	StreamReplay    int
+
+	// OfflineAfter is how long a machine may be silent and still be online.
+	OfflineAfter time.Duration
+
+	ShutdownTimeout time.Duration
+	LogLevel        string
+}
+
+// Default returns the embedded-defaults configuration.
+func Default() Config {
+	return Config{
+		Listen:               "127.0.0.1:8080",
+		DataDir:              "./data",
+		DemoMachines:         20,
+		DemoRate:             200,
+		Retention:            30 * 24 * time.Hour,
+		OutOfOrderWindow:     24 * time.Hour,
+		MaxFuture:            10 * time.Minute,
+		LogCapacity:          1 << 20,
+		MaxBodyBytes:         25 << 20,
+		MaxDecompressedBytes: 100 << 20,
+		MaxHeaderBytes:       64 << 10,
+		MaxLineBytes:         64 << 10,
+		MaxMetricsPerEvent:   256,
+		MaxConns:             25000,
+		ReadHeaderTimeout:    10 * time.Second,
+		LPMachineTags:        []string{"machineId", "machine_id", "machine", "host", "name"},
+		StreamQueue:          256,
+		StreamHeartbeat:      15 * time.Second,
+		StreamReplay:         8192,
+		OfflineAfter:         30 * time.Second,
+		ShutdownTimeout:      15 * time.Second,
+		LogLevel:             "info",
+	}
+}
+
+// Validate reports every problem of c at once, joined.
+func (c Config) Validate() error {
+	var errs []error
+	bad := func(flag, format string, a ...any) {
+		errs = append(errs, fmt.Errorf("--%s: %s", flag, fmt.Sprintf(format, a...)))
+	}
+	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
+		bad("listen", "%q is not host:port", c.Listen)
+	}
+	if strings.TrimSpace(c.DataDir) == "" {
+		bad("data-dir", "must not be empty")
+	}
+	if c.Demo {
+		if c.DemoMachines < 1 {
+			bad("demo-machines", "must be at least 1, got %d", c.DemoMachines)
+		}
+		if c.DemoRate <= 0 {
+			bad("demo-rate", "must be positive, got %g", c.DemoRate)
+		}
+	}
+	if c.Retention < time.Hour {
+		bad("retention", "must be at least 1h, got %s", c.Retention)
+	}
+	if c.OutOfOrderWindow < 0 || c.OutOfOrderWindow > c.Retention {
+		bad("out-of-order-window", "must be between 0 and --retention, got %s", c.OutOfOrderWindow)
+	}
+	if c.MaxFuture < 0 {
+		bad("max-future", "must not be negative, got %s", c.MaxFuture)
+	}
+	if c.LogCapacity < 1000 {
+		bad("log-capacity", "must be at least 1000 samples, got %d", c.LogCapacity)
+	}
+	if c.MaxBodyBytes < 1024 {
+		bad("max-body-bytes", "must be at least 1024, got %d", c.MaxBodyBytes)
+	}
+	if c.MaxDecompressedBytes < c.MaxBodyBytes {
+		bad("max-decompressed-bytes", "must be at least --max-body-bytes (%d), got %d", c.MaxBodyBytes, c.MaxDecompressedBytes)
+	}
+	if c.MaxHeaderBytes < 4096 {
+		bad("max-header-bytes", "must be at least 4096, got %d", c.MaxHeaderBytes)
+	}
+	if c.MaxLineBytes < 256 {
+		bad("max-line-bytes", "must be at least 256, got %d", c.MaxLineBytes)
+	}
+	if c.MaxMetricsPerEvent < 1 {
+		bad("max-metrics-per-event", "must be at least 1, got %d", c.MaxMetricsPerEvent)
+	}
+	if c.MaxConns < 16 {
+		bad("max-conns", "must be at least 16, got %d", c.MaxConns)
+	}
+	if c.ReadHeaderTimeout <= 0 {
+		bad("read-header-timeout", "must be positive, got %s", c.ReadHeaderTimeout)
+	}
+	if len(c.LPMachineTags) == 0 {
+		bad("lp-machine-tags", "must name at least one tag")
+	}
+	for _, t := range c.LPMachineTags {
+		if strings.TrimSpace(t) == "" {
+			bad("lp-machine-tags", "contains an empty tag name")
+			break
+		}
+	}
+	if c.StreamQueue < 8 {
+		bad("stream-queue", "must be at least 8 messages, got %d", c.StreamQueue)
+	}
+	if c.StreamHeartbeat < 100*time.Millisecond {
+		bad("stream-heartbeat", "must be at least 100ms, got %s", c.StreamHeartbeat)
+	}
+	if c.StreamReplay < 0 {
+		bad("stream-replay", "must not be negative, got %d", c.StreamReplay)
+	}
+	if c.OfflineAfter <= 0 {
+		bad("offline-after", "must be positive, got %s", c.OfflineAfter)
+	}
+	if c.ShutdownTimeout <= 0 {
+		bad("shutdown-timeout", "must be positive, got %s", c.ShutdownTimeout)
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		bad("log-level", "must be debug, info, warn or error, got %q", c.LogLevel)
+	}
+	return errors.Join(errs...)
+}

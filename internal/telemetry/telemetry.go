@@ -1,0 +1,77 @@
+// Package telemetry holds twinline's domain types: the events machines send,
+// the samples they become, and the batches that flow from ingest to the sinks.
+package telemetry
+
+import "time"
+
+// Event is one message from one machine: a set of metric values observed at
+// one event time. Decoders produce events; the engine turns them into samples.
+type Event struct {
+	// Machine is the machine id (required, non-empty).
+	Machine string
+	// ID is an optional idempotency key chosen by the sender.
+	ID string
+	// Seq is an optional per-machine sequence number; HasSeq says it was set.
+	Seq    uint64
+	HasSeq bool
+	// Time is the event time in Unix milliseconds.
+	Time int64
+	// Metrics holds the numeric values carried by the event.
+	Metrics []Metric
+	// Tags are optional string labels sent with the event. They are passed
+	// through to the registry; they are not part of a series' identity.
+	Tags map[string]string
+}
+
+// Metric is one named numeric value of an event.
+type Metric struct {
+	Name  string
+	Value float64
+}
+
+// Sample is one value of one metric of one machine at one event time: the
+// unit the store keeps and the stream delivers.
+type Sample struct {
+	Machine string
+	Metric  string
+	// Time is the event time in Unix milliseconds.
+	Time  int64
+	Value float64
+}
+
+// Batch is what one ingest request (or one MQTT/Kafka message) hands to the
+// log: events decoded together, and the moment the server received them.
+type Batch struct {
+	Events []Event
+	// Protocol names the ingest path ("json", "lineprotocol", "mqtt", "kafka", "demo").
+	Protocol string
+	// Received is the server's ingest time in Unix milliseconds.
+	Received int64
+}
+
+// NumSamples returns the number of samples the batch will produce.
+func (b *Batch) NumSamples() int {
+	n := 0
+	for i := range b.Events {
+		n += len(b.Events[i].Metrics)
+	}
+	return n
+}
+
+// UnixMilli converts t to the millisecond event time used throughout.
+func UnixMilli(t time.Time) int64 { return t.UnixMilli() }
+
+// Limits bounds what one event may carry. Decoders enforce them.
+type Limits struct {
+	// MaxMetricsPerEvent caps the number of metrics one event may carry.
+	MaxMetricsPerEvent int
+	// MaxMachineIDLen caps the length of a machine id, in bytes.
+	MaxMachineIDLen int
+	// MaxMetricNameLen caps the length of a metric name, in bytes.
+	MaxMetricNameLen int
+}
+
+// DefaultLimits returns the limits used when none are configured.
+func DefaultLimits() Limits {
+	return Limits{MaxMetricsPerEvent: 256, MaxMachineIDLen: 128, MaxMetricNameLen: 128}
+}
