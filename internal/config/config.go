@@ -40,6 +40,7 @@ type Config struct {
 	MaxLineBytes         int
 	MaxMetricsPerEvent   int
 	MaxConns             int
+	MaxInflightIngest    int
 	ReadHeaderTimeout    time.Duration
 	// LPMachineTags are the line-protocol tags that carry the machine id, in
 	// order of preference.
@@ -74,6 +75,7 @@ func Default() Config {
 		MaxLineBytes:         64 << 10,
 		MaxMetricsPerEvent:   256,
 		MaxConns:             25000,
+		MaxInflightIngest:    64,
 		ReadHeaderTimeout:    10 * time.Second,
 		LPMachineTags:        []string{"machineId", "machine_id", "machine", "host", "name"},
 		StreamQueue:          256,
@@ -134,6 +136,9 @@ func (c Config) Validate() error {
 	}
 	if c.MaxConns < 16 {
 		bad("max-conns", "must be at least 16, got %d", c.MaxConns)
+	}
+	if c.MaxInflightIngest < 1 {
+		bad("max-inflight-ingest", "must be at least 1, got %d", c.MaxInflightIngest)
 	}
 	if c.ReadHeaderTimeout <= 0 {
 		bad("read-header-timeout", "must be positive, got %s", c.ReadHeaderTimeout)

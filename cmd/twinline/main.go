@@ -1,0 +1,240 @@
+// Command twinline is the twinline binary: the platform (serve), a fleet
+// simulator (simulate) and its version. Flags become a config.Config here;
+// every flag also reads from TWINLINE_<FLAG>.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"os/signal"
+	"runtime/debug"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/common/model"
+
+	"github.com/twinline/twinline/internal/app"
+	"github.com/twinline/twinline/internal/config"
+	"github.com/twinline/twinline/internal/sim"
+)
+
+// version is set at build time with -ldflags "-X main.version=…".
+var version = ""
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	if errors.Is(err, flag.ErrHelp) {
+		os.Exit(0)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "twinline:", err)
+		os.Exit(1)
+	}
+}
+
+const usage = `twinline — real-time digital-twin telemetry for manufacturing
+
+Usage:
+  twinline serve [flags]      run the platform (see: twinline serve -h)
+  twinline simulate [flags]   send a simulated fleet to a running server
+  twinline version            print the version
+
+Every flag also reads from TWINLINE_<FLAG> (upper case, - becomes _),
+e.g. TWINLINE_DATA_DIR=/var/lib/twinline.
+`
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return errors.New("missing command")
+	}
+	switch args[0] {
+	case "serve":
+		return serve(ctx, args[1:], stderr)
+	case "simulate":
+		return simulate(ctx, args[1:], stdout, stderr)
+	case "version", "--version", "-version":
+		fmt.Fprintln(stdout, "twinline", buildVersion())
+		return nil
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return nil
+	default:
+		fmt.Fprint(stderr, usage)
+		return fmt.Errorf("unknown command %q", args[0])
+	}
+}
+
+func serve(ctx context.Context, args []string, stderr io.Writer) error {
+	cfg := config.Default()
+	fs := flag.NewFlagSet("twinline serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&cfg.Listen, "listen", cfg.Listen, "HTTP listen `address` (loopback by default; 0.0.0.0:8080 to expose)")
+	fs.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "`directory` of the embedded store and the machine registry")
+	fs.BoolVar(&cfg.Demo, "demo", cfg.Demo, "run the fleet simulator in-process, so the dashboard shows live data at once")
+	fs.IntVar(&cfg.DemoMachines, "demo-machines", cfg.DemoMachines, "machines simulated by --demo")
+	fs.Float64Var(&cfg.DemoRate, "demo-rate", cfg.DemoRate, "events per second sent by --demo, across the fleet")
+	durationVar(fs, &cfg.Retention, "retention", "how long samples are kept (e.g. 30d, 12h)")
+	durationVar(fs, &cfg.OutOfOrderWindow, "out-of-order-window", "how far behind the newest sample an event may arrive and still be stored")
+	durationVar(fs, &cfg.MaxFuture, "max-future", "how far ahead of the server clock an event time may be")
+	fs.IntVar(&cfg.LogCapacity, "log-capacity", cfg.LogCapacity, "capacity of the in-process event log in `samples`; when full, ingest answers 503")
+	fs.Int64Var(&cfg.MaxBodyBytes, "max-body-bytes", cfg.MaxBodyBytes, "largest request body as sent (compressed)")
+	fs.Int64Var(&cfg.MaxDecompressedBytes, "max-decompressed-bytes", cfg.MaxDecompressedBytes, "largest request body after decompression")
+	fs.IntVar(&cfg.MaxHeaderBytes, "max-header-bytes", cfg.MaxHeaderBytes, "largest request header block (431 beyond)")
+	fs.IntVar(&cfg.MaxLineBytes, "max-line-bytes", cfg.MaxLineBytes, "longest NDJSON or line-protocol line")
+	fs.IntVar(&cfg.MaxMetricsPerEvent, "max-metrics-per-event", cfg.MaxMetricsPerEvent, "most metrics one event may carry")
+	fs.IntVar(&cfg.MaxConns, "max-conns", cfg.MaxConns, "most simultaneous TCP connections (stream clients included)")
+	fs.IntVar(&cfg.MaxInflightIngest, "max-inflight-ingest", cfg.MaxInflightIngest, "most ingest requests read and decoded at once (503 beyond)")
+	durationVar(fs, &cfg.ReadHeaderTimeout, "read-header-timeout", "time allowed to read request headers")
+	listVar(fs, &cfg.LPMachineTags, "lp-machine-tags", "line-protocol tags carrying the machine id, first present wins")
+	fs.IntVar(&cfg.StreamQueue, "stream-queue", cfg.StreamQueue, "per stream client queue in `messages`; a client that falls this far behind is cut off and resumes")
+	durationVar(fs, &cfg.StreamHeartbeat, "stream-heartbeat", "interval of stream heartbeats")
+	fs.IntVar(&cfg.StreamReplay, "stream-replay", cfg.StreamReplay, "recent stream `messages` kept for clients resuming after a reconnect")
+	durationVar(fs, &cfg.OfflineAfter, "offline-after", "silence after which a machine shows offline")
+	durationVar(fs, &cfg.ShutdownTimeout, "shutdown-timeout", "time allowed to drain clients and the event log on shutdown")
+	fs.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "debug, info, warn or error")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if err := cfg.Validate(); err != nil {
+		return fmt.Errorf("invalid configuration:\n%w", err)
+	}
+	logger := newLogger(stderr, cfg.LogLevel)
+	return app.Run(ctx, cfg, logger, buildVersion())
+}
+
+func simulate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	cfg := sim.Config{Machines: 20, Rate: 200, Interval: 100 * time.Millisecond, Seed: time.Now().UnixNano()}
+	target := "http://127.0.0.1:8080"
+	fs := flag.NewFlagSet("twinline simulate", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&target, "target", target, "`URL` of the twinline server")
+	fs.IntVar(&cfg.Machines, "machines", cfg.Machines, "number of simulated machines")
+	fs.Float64Var(&cfg.Rate, "rate", cfg.Rate, "events per second across the fleet")
+	fs.Float64Var(&cfg.OutOfOrder, "out-of-order", cfg.OutOfOrder, "fraction of events sent late, out of event-time order (0..1)")
+	fs.Float64Var(&cfg.Duplicates, "duplicates", cfg.Duplicates, "fraction of events sent twice (0..1)")
+	fs.Int64Var(&cfg.Seed, "seed", cfg.Seed, "random seed (same seed, same signals)")
+	fs.StringVar(&cfg.Prefix, "prefix", cfg.Prefix, "machine id prefix")
+	durationVar(fs, &cfg.Interval, "interval", "how often a batch is sent")
+	durationVar(fs, &cfg.Duration, "duration", "stop after this long (0: until interrupted)")
+	fs.Int64Var(&cfg.Count, "count", cfg.Count, "stop after this many events (0: unlimited)")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if err := cfg.Validate(); err != nil {
+		return fmt.Errorf("invalid configuration:\n%w", err)
+	}
+	s := sim.New(cfg, sim.NewHTTPEmitter(strings.TrimRight(target, "/"), &http.Client{Timeout: 30 * time.Second}), time.Now)
+	fmt.Fprintf(stdout, "simulating %d machines at %g events/s → %s (Ctrl-C to stop)\n", cfg.Machines, cfg.Rate, target)
+
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	tick := time.NewTicker(5 * time.Second)
+	defer tick.Stop()
+	start := time.Now()
+	for {
+		select {
+		case err := <-done:
+			st := s.Stats()
+			fmt.Fprintf(stdout, "sent %d events (%d duplicates, %d out of order) in %s\n", st.Events, st.Duplicates, st.OutOfOrder, time.Since(start).Round(time.Millisecond))
+			return err
+		case <-tick.C:
+			st := s.Stats()
+			fmt.Fprintf(stdout, "%s: %d events sent, %.0f/s\n", time.Since(start).Round(time.Second), st.Events, float64(st.Events)/time.Since(start).Seconds())
+		}
+	}
+}
+
+// parse applies TWINLINE_<FLAG> environment variables, then the command
+// line (which wins), and reports every bad value at once.
+func parse(fs *flag.FlagSet, args []string) error {
+	var errs []error
+	fs.VisitAll(func(f *flag.Flag) {
+		name := "TWINLINE_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		if v, ok := os.LookupEnv(name); ok {
+			if err := fs.Set(f.Name, v); err != nil {
+				errs = append(errs, fmt.Errorf("%s=%q: %w", name, v, err))
+			}
+		}
+	})
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		errs = append(errs, fmt.Errorf("unexpected arguments: %q", fs.Args()))
+	}
+	return errors.Join(errs...)
+}
+
+type durationValue struct{ d *time.Duration }
+
+func (v durationValue) String() string {
+	if v.d == nil {
+		return ""
+	}
+	return model.Duration(*v.d).String()
+}
+
+func (v durationValue) Set(s string) error {
+	d, err := model.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("not a duration like 30s, 5m, 12h or 30d")
+	}
+	*v.d = time.Duration(d)
+	return nil
+}
+
+// durationVar defines a duration flag that also accepts days, weeks and
+// years (30d), with its current value as the default.
+func durationVar(fs *flag.FlagSet, d *time.Duration, name, usage string) {
+	fs.Var(durationValue{d}, name, usage)
+}
+
+type listValue struct{ l *[]string }
+
+func (v listValue) String() string {
+	if v.l == nil {
+		return ""
+	}
+	return strings.Join(*v.l, ",")
+}
+
+func (v listValue) Set(s string) error {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	*v.l = out
+	return nil
+}
+
+func listVar(fs *flag.FlagSet, l *[]string, name, usage string) {
+	fs.Var(listValue{l}, name, usage+" (comma-separated)")
+}
+
+func newLogger(w io.Writer, level string) *slog.Logger {
+	var lv slog.Level
+	_ = lv.UnmarshalText([]byte(level)) // validated by config
+	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: lv}))
+}
+
+func buildVersion() string {
+	if version != "" {
+		return version
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+		return bi.Main.Version
+	}
+	return "dev"
+}

@@ -1,0 +1,188 @@
+// Package api is twinline's HTTP interface: ingest (JSON, NDJSON, InfluxDB
+// line protocol), queries, the machine registry, the live stream endpoint,
+// health, metrics and the OpenAPI document. It is the only package that maps
+// errors to HTTP status codes; every error answer is RFC 9457 problem+json.
+package api
+
+import (
+	"log/slog"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/twinline/twinline/internal/ingest"
+	"github.com/twinline/twinline/internal/log"
+	"github.com/twinline/twinline/internal/store"
+	"github.com/twinline/twinline/internal/telemetry"
+	"github.com/twinline/twinline/internal/twin"
+)
+
+// Options are the HTTP-level limits and ingest settings.
+type Options struct {
+	MaxBodyBytes         int64
+	MaxDecompressedBytes int64
+	MaxLineBytes         int
+	Limits               telemetry.Limits
+	MachineTags          []string
+	// OutOfOrderWindow and MaxFuture bound the accepted event times.
+	OutOfOrderWindow time.Duration
+	MaxFuture        time.Duration
+	// Retention bounds query ranges.
+	Retention time.Duration
+	// MaxInflightIngest bounds the ingest requests being read and decoded
+	// at once; more are answered 503.
+	MaxInflightIngest int
+	Version           string
+}
+
+type eventLog interface {
+	Append(b *telemetry.Batch) (*log.Entry, error)
+}
+
+// Deps are the parts the API serves.
+type Deps struct {
+	Log     eventLog
+	Store   store.Store
+	Twins   *twin.Twins
+	Stream  http.Handler
+	Metrics http.Handler
+	// UI serves the dashboard at /.
+	UI http.Handler
+	// Ready reports nil when the server can take traffic.
+	Ready  func() error
+	Clock  func() time.Time
+	Logger *slog.Logger
+	// Registerer receives the API's metrics; nil for none.
+	Registerer prometheus.Registerer
+}
+
+// API is the HTTP handler of twinline.
+type API struct {
+	opts       Options
+	decodeOpts ingest.Options
+	log        eventLog
+	store      store.Store
+	twins      *twin.Twins
+	stream     http.Handler
+	metrics    http.Handler
+	ui         http.Handler
+	ready      func() error
+	clock      func() time.Time
+	logger     *slog.Logger
+	inflight   chan struct{}
+	mux        *http.ServeMux
+
+	requests *prometheus.CounterVec
+	samples  *prometheus.CounterVec
+
+	dbMu      sync.Mutex
+	databases []string // names seen by /write and CREATE DATABASE
+}
+
+// route is one entry of the route table, which both registers the handlers
+// and is checked against the OpenAPI document by a test.
+type route struct {
+	method, path string
+	handler      http.HandlerFunc
+}
+
+// New returns the API.
+func New(opts Options, deps Deps) *API {
+	a := &API{
+		opts: opts,
+		decodeOpts: ingest.Options{
+			Limits:       opts.Limits,
+			MaxLineBytes: opts.MaxLineBytes,
+			MachineTags:  opts.MachineTags,
+		},
+		log:       deps.Log,
+		store:     deps.Store,
+		twins:     deps.Twins,
+		stream:    deps.Stream,
+		metrics:   deps.Metrics,
+		ui:        deps.UI,
+		ready:     deps.Ready,
+		clock:     deps.Clock,
+		logger:    deps.Logger,
+		inflight:  make(chan struct{}, max(opts.MaxInflightIngest, 1)),
+		databases: []string{"twinline"},
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "twinline_ingest_requests_total",
+			Help: "Ingest requests by protocol and outcome (ok, partial, invalid, unsupported, shed, error).",
+		}, []string{"protocol", "outcome"}),
+		samples: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "twinline_ingest_samples_total",
+			Help: "Ingested samples by protocol and outcome (accepted, shed); rejected counts rejected items.",
+		}, []string{"protocol", "outcome"}),
+	}
+	if a.clock == nil {
+		a.clock = time.Now
+	}
+	if deps.Registerer != nil {
+		deps.Registerer.MustRegister(a.requests, a.samples)
+	}
+	a.mux = http.NewServeMux()
+	for _, rt := range a.routes() {
+		a.mux.HandleFunc(rt.method+" "+rt.path, rt.handler)
+	}
+	a.mux.HandleFunc("/", a.handleNotFound)
+	return a
+}
+
+func (a *API) routes() []route {
+	return []route{
+		{"POST", "/api/v1/events", a.handleEvents},
+		{"POST", "/write", a.handleWrite},
+		{"POST", "/api/v2/write", a.handleWrite},
+		{"GET", "/ping", a.handlePing},
+		{"GET", "/query", a.handleQuery},
+		{"POST", "/query", a.handleQuery},
+		{"GET", "/api/v1/machines", a.handleMachines},
+		{"GET", "/api/v1/machines/{id}", a.handleMachineGet},
+		{"PUT", "/api/v1/machines/{id}", a.handleMachinePut},
+		{"PATCH", "/api/v1/machines/{id}", a.handleMachinePatch},
+		{"DELETE", "/api/v1/machines/{id}", a.handleMachineDelete},
+		{"GET", "/api/v1/machines/{id}/latest", a.handleLatest},
+		{"GET", "/api/v1/machines/{id}/series", a.handleSeries},
+		{"GET", "/api/v1/stream", a.handleStream},
+		{"GET", "/healthz", a.handleHealthz},
+		{"GET", "/readyz", a.handleReadyz},
+		{"GET", "/metrics", a.handleMetrics},
+		{"GET", "/api/openapi.json", a.handleOpenAPI},
+		{"GET", "/docs", a.handleDocs},
+		{"GET", "/{$}", a.handleIndex},
+	}
+}
+
+// ServeHTTP implements http.Handler.
+func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	a.mux.ServeHTTP(w, r)
+}
+
+func (a *API) countRequest(protocol, outcome string) {
+	a.requests.WithLabelValues(protocol, outcome).Inc()
+}
+
+func (a *API) handleNotFound(w http.ResponseWriter, r *http.Request) {
+	writeProblem(w, &Problem{Type: typeNotFound, Status: http.StatusNotFound,
+		Detail: "no such endpoint: " + r.Method + " " + r.URL.Path + "; see /api/openapi.json"})
+}
+
+func (a *API) handleStream(w http.ResponseWriter, r *http.Request) { a.stream.ServeHTTP(w, r) }
+
+func (a *API) handleMetrics(w http.ResponseWriter, r *http.Request) { a.metrics.ServeHTTP(w, r) }
+
+func (a *API) handleHealthz(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+}
+
+func (a *API) handleReadyz(w http.ResponseWriter, _ *http.Request) {
+	if err := a.ready(); err != nil {
+		writeProblem(w, &Problem{Type: typeOverloaded, Status: http.StatusServiceUnavailable, Detail: "not ready: " + err.Error()})
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+}

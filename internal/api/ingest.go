@@ -1,0 +1,261 @@
+package api
+
+import (
+	"bytes"
+	"compress/gzip"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/influxdata/line-protocol/v2/lineprotocol"
+
+	"github.com/twinline/twinline/internal/ingest"
+	"github.com/twinline/twinline/internal/log"
+	"github.com/twinline/twinline/internal/telemetry"
+)
+
+// errTooLarge marks a body over one of the size limits.
+var errTooLarge = errors.New("body too large")
+
+// decodeFunc is one ingest decoder bound to its request parameters.
+type decodeFunc func(body []byte, opts ingest.Options, dst []telemetry.Event) ([]telemetry.Event, []ingest.Reject, error)
+
+// ingestStyle says how an ingest endpoint answers: the twinline JSON API or
+// the InfluxDB write API.
+type ingestStyle int
+
+const (
+	styleJSON ingestStyle = iota
+	styleInflux
+)
+
+var bodyPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+// handleEvents is POST /api/v1/events.
+func (a *API) handleEvents(w http.ResponseWriter, r *http.Request) {
+	decode := ingest.DecodeJSON
+	mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	switch mt {
+	case "application/x-ndjson", "application/ndjson", "application/jsonl", "application/jsonlines":
+		decode = ingest.DecodeNDJSON
+	case "", "application/json", "text/plain":
+	default:
+		a.countRequest("json", "unsupported")
+		writeProblem(w, &Problem{Type: typeUnsupported, Status: http.StatusUnsupportedMediaType,
+			Detail: fmt.Sprintf("Content-Type %q is not supported; send application/json or application/x-ndjson", mt)})
+		return
+	}
+	a.ingest(w, r, "json", styleJSON, decode)
+}
+
+// handleWrite is the InfluxDB line protocol write API, v1 (/write) and v2
+// (/api/v2/write).
+func (a *API) handleWrite(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	a.addDatabase(q.Get("db"))
+	prec, err := ingest.ParsePrecision(q.Get("precision"))
+	if err != nil {
+		a.countRequest("lineprotocol", "invalid")
+		p := &Problem{Type: typeInvalidParams, Status: http.StatusBadRequest,
+			Detail:        err.Error(),
+			InvalidParams: []InvalidParam{{Name: "precision", Reason: err.Error()}}}
+		influxCompat(p)
+		writeProblem(w, p)
+		return
+	}
+	a.ingest(w, r, "lineprotocol", styleInflux, func(body []byte, opts ingest.Options, dst []telemetry.Event) ([]telemetry.Event, []ingest.Reject, error) {
+		return ingest.DecodeLineProtocol(body, prec, opts, dst)
+	})
+}
+
+// ingest reads, decodes and logs one request body, then answers once the
+// accepted events are durable.
+func (a *API) ingest(w http.ResponseWriter, r *http.Request, protocol string, style ingestStyle, decode decodeFunc) {
+	fail := func(outcome string, p *Problem) {
+		a.countRequest(protocol, outcome)
+		if style == styleInflux {
+			influxCompat(p)
+		}
+		writeProblem(w, p)
+	}
+	select {
+	case a.inflight <- struct{}{}:
+		defer func() { <-a.inflight }()
+	default:
+		fail("shed", &Problem{Type: typeOverloaded, Status: http.StatusServiceUnavailable, retryAfter: 1,
+			Detail: "too many ingest requests in flight; retry later"})
+		return
+	}
+
+	buf := bodyPool.Get().(*bytes.Buffer)
+	buf.Reset()
+	defer func() {
+		if buf.Cap() <= 4<<20 { // don't pin huge buffers
+			bodyPool.Put(buf)
+		}
+	}()
+	if err := a.readBody(w, r, buf); err != nil {
+		var p *Problem
+		switch {
+		case errors.Is(err, errTooLarge):
+			p = &Problem{Type: typeBodyTooLarge, Status: http.StatusRequestEntityTooLarge, Detail: err.Error()}
+		case errors.Is(err, errUnsupportedEncoding):
+			p = &Problem{Type: typeUnsupported, Status: http.StatusUnsupportedMediaType, Detail: err.Error()}
+		default:
+			p = &Problem{Type: typeMalformedBody, Status: http.StatusBadRequest, Detail: err.Error()}
+		}
+		fail("invalid", p)
+		return
+	}
+
+	now := a.now()
+	opts := a.decodeOpts
+	opts.Now = now.UnixMilli()
+	opts.MaxTime = now.Add(a.opts.MaxFuture).UnixMilli()
+	opts.MinTime = now.Add(-a.opts.OutOfOrderWindow + a.opts.MaxFuture).UnixMilli()
+	events, rejects, err := decode(buf.Bytes(), opts, nil)
+	if err != nil {
+		fail("invalid", &Problem{Type: typeMalformedBody, Status: http.StatusBadRequest, Detail: err.Error()})
+		return
+	}
+	if len(events) == 0 && len(rejects) == 0 && style == styleJSON {
+		fail("invalid", &Problem{Type: typeMalformedBody, Status: http.StatusBadRequest, Detail: "the body holds no event"})
+		return
+	}
+
+	var res log.Result
+	if len(events) > 0 {
+		b := &telemetry.Batch{Events: events, Protocol: protocol, Received: now.UnixMilli()}
+		entry, err := a.log.Append(b)
+		switch {
+		case errors.Is(err, log.ErrFull):
+			a.samples.WithLabelValues(protocol, "shed").Add(float64(b.NumSamples()))
+			fail("shed", &Problem{Type: typeOverloaded, Status: http.StatusServiceUnavailable, retryAfter: 1,
+				Detail: "the event log is full; nothing from this request was stored; retry later"})
+			return
+		case errors.Is(err, log.ErrTooLarge):
+			fail("invalid", &Problem{Type: typeBodyTooLarge, Status: http.StatusRequestEntityTooLarge,
+				Detail: err.Error() + "; split the request"})
+			return
+		case err != nil: // closed: shutting down
+			fail("shed", &Problem{Type: typeOverloaded, Status: http.StatusServiceUnavailable, retryAfter: 1,
+				Detail: "the server is shutting down; nothing from this request was stored; retry"})
+			return
+		}
+		res, err = entry.Wait(r.Context())
+		if err != nil {
+			fail("error", &Problem{Type: typeStorage, Status: http.StatusServiceUnavailable, retryAfter: 1,
+				Detail: "storing the events did not complete; retry: " + err.Error()})
+			return
+		}
+		a.samples.WithLabelValues(protocol, "accepted").Add(float64(b.NumSamples()))
+	}
+
+	if len(rejects) > 0 {
+		a.samples.WithLabelValues(protocol, "rejected").Add(float64(len(rejects)))
+		fail("partial", partialProblem(rejects, res, style))
+		return
+	}
+	a.countRequest(protocol, "ok")
+	if style == styleInflux {
+		w.WriteHeader(http.StatusNoContent)
+		return
+	}
+	writeJSON(w, http.StatusAccepted, struct {
+		Accepted   int `json:"accepted"`
+		Duplicates int `json:"duplicates"`
+	}{res.Accepted, res.Duplicates})
+}
+
+func partialProblem(rejects []ingest.Reject, res log.Result, style ingestStyle) *Problem {
+	p := &Problem{
+		Type: typeInvalidItems, Title: "Some items were rejected", Status: http.StatusBadRequest,
+		Accepted: &res.Accepted, Duplicates: &res.Duplicates,
+		Errors: make([]ItemError, len(rejects)),
+	}
+	unit := "item"
+	for i, rj := range rejects {
+		idx := rj.Index
+		p.Errors[i] = ItemError{Field: rj.Field, Reason: rj.Reason}
+		if style == styleInflux {
+			p.Errors[i].Line = &idx
+			unit = "line"
+		} else {
+			p.Errors[i].Index = &idx
+		}
+	}
+	first := rejects[0]
+	where := fmt.Sprintf("%s %d", unit, first.Index)
+	if first.Field != "" {
+		where += " field " + first.Field
+	}
+	p.Detail = fmt.Sprintf("%d %s(s) rejected, %d accepted; first: %s: %s", len(rejects), unit, res.Accepted, where, first.Reason)
+	if style == styleInflux {
+		// InfluxDB's partial-write wording, which Telegraf recognises.
+		p.Detail = fmt.Sprintf("partial write: %s dropped=%d", p.Detail, len(rejects))
+	}
+	return p
+}
+
+// influxCompat fills the members InfluxDB clients read.
+func influxCompat(p *Problem) {
+	p.Error = p.Detail
+	p.Message = p.Detail
+	switch {
+	case p.Status == http.StatusRequestEntityTooLarge:
+		p.Code = "request too large"
+	case p.Status >= 500:
+		p.Code = "unavailable"
+	default:
+		p.Code = "invalid"
+	}
+}
+
+var errUnsupportedEncoding = errors.New("unsupported Content-Encoding")
+
+// readBody reads the request body into buf, enforcing the compressed and
+// decompressed size limits.
+func (a *API) readBody(w http.ResponseWriter, r *http.Request, buf *bytes.Buffer) error {
+	body := http.MaxBytesReader(w, r.Body, a.opts.MaxBodyBytes)
+	var src io.Reader = body
+	switch enc := strings.ToLower(strings.TrimSpace(r.Header.Get("Content-Encoding"))); enc {
+	case "", "identity":
+	case "gzip", "x-gzip":
+		zr, err := gzip.NewReader(body)
+		if err != nil {
+			return tooLargeOr(fmt.Errorf("reading gzip body: %w", err), a.opts.MaxBodyBytes)
+		}
+		defer zr.Close()
+		src = zr
+	default:
+		return fmt.Errorf("%w %q: send identity or gzip", errUnsupportedEncoding, enc)
+	}
+	if r.ContentLength > 0 && r.ContentLength <= a.opts.MaxBodyBytes {
+		buf.Grow(int(r.ContentLength))
+	}
+	limit := a.opts.MaxDecompressedBytes
+	n, err := buf.ReadFrom(io.LimitReader(src, limit+1))
+	if err != nil {
+		return tooLargeOr(fmt.Errorf("reading body: %w", err), a.opts.MaxBodyBytes)
+	}
+	if n > limit {
+		return fmt.Errorf("%w: decompressed body exceeds %d bytes", errTooLarge, limit)
+	}
+	return nil
+}
+
+func tooLargeOr(err error, limit int64) error {
+	var mbe *http.MaxBytesError
+	if errors.As(err, &mbe) {
+		return fmt.Errorf("%w: body exceeds %d bytes", errTooLarge, limit)
+	}
+	return err
+}
+
+// now returns the server time.
+func (a *API) now() time.Time { return a.clock() }

@@ -1,0 +1,274 @@
+package api
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/twinline/twinline/internal/store"
+	"github.com/twinline/twinline/internal/twin"
+)
+
+const (
+	maxRegistryBody = 64 << 10
+	maxPoints       = 100_000
+	maxRawPoints    = 1_000_000
+)
+
+// handleMachines is GET /api/v1/machines: the fleet.
+func (a *API) handleMachines(w http.ResponseWriter, _ *http.Request) {
+	ms := a.twins.List()
+	writeJSON(w, http.StatusOK, struct {
+		Count    int            `json:"count"`
+		Machines []twin.Machine `json:"machines"`
+	}{len(ms), ms})
+}
+
+func (a *API) handleMachineGet(w http.ResponseWriter, r *http.Request) {
+	m, err := a.twins.Get(r.PathValue("id"))
+	if err != nil {
+		a.twinError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, m)
+}
+
+func (a *API) handleMachinePut(w http.ResponseWriter, r *http.Request) {
+	body, ok := readSmallBody(w, r)
+	if !ok {
+		return
+	}
+	in, err := twin.DecodeInfo(body)
+	if err != nil {
+		a.twinError(w, err)
+		return
+	}
+	id := r.PathValue("id")
+	if in.ID != "" && in.ID != id {
+		a.twinError(w, fmt.Errorf("%w: id %q in the body differs from %q in the path", twin.ErrInvalid, in.ID, id))
+		return
+	}
+	if reason := validMachineID(id); reason != "" {
+		badParam(w, "id", reason)
+		return
+	}
+	m, created, err := a.twins.Put(id, in)
+	if err != nil {
+		a.twinError(w, err)
+		return
+	}
+	status := http.StatusOK
+	if created {
+		status = http.StatusCreated
+	}
+	writeJSON(w, status, m)
+}
+
+func (a *API) handleMachinePatch(w http.ResponseWriter, r *http.Request) {
+	body, ok := readSmallBody(w, r)
+	if !ok {
+		return
+	}
+	m, err := a.twins.Patch(r.PathValue("id"), body)
+	if err != nil {
+		a.twinError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, m)
+}
+
+func (a *API) handleMachineDelete(w http.ResponseWriter, r *http.Request) {
+	if err := a.twins.Delete(r.PathValue("id")); err != nil {
+		a.twinError(w, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// handleLatest is GET /api/v1/machines/{id}/latest: the twin's latest values.
+func (a *API) handleLatest(w http.ResponseWriter, r *http.Request) {
+	m, err := a.twins.Get(r.PathValue("id"))
+	if err != nil {
+		a.twinError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, struct {
+		Machine  string                `json:"machine"`
+		Status   string                `json:"status"`
+		LastSeen int64                 `json:"lastSeen,omitempty"`
+		Metrics  map[string]twin.Value `json:"metrics"`
+	}{m.ID, m.Status, m.LastSeen, m.Metrics})
+}
+
+// seriesResponse is columnar: t[i] and v[i] form one point.
+type seriesResponse struct {
+	Machine string    `json:"machine"`
+	Metric  string    `json:"metric"`
+	From    int64     `json:"from"`
+	To      int64     `json:"to"`
+	Step    string    `json:"step,omitempty"`
+	Agg     string    `json:"agg,omitempty"`
+	Points  int       `json:"points,omitempty"`
+	T       []int64   `json:"t"`
+	V       []float64 `json:"v"`
+}
+
+// handleSeries is GET /api/v1/machines/{id}/series: raw, aggregated by step,
+// or downsampled to at most N points.
+func (a *API) handleSeries(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	if _, err := a.twins.Get(id); err != nil {
+		a.twinError(w, err)
+		return
+	}
+	q := r.URL.Query()
+	var problems []InvalidParam
+	bad := func(name, reason string) { problems = append(problems, InvalidParam{name, reason}) }
+
+	metric := q.Get("metric")
+	if metric == "" {
+		bad("metric", "required")
+	}
+	now := a.now()
+	to, err := parseTime(q.Get("to"), now)
+	if err != nil {
+		bad("to", err.Error())
+	}
+	from, err := parseTime(q.Get("from"), now.Add(-time.Hour))
+	if err != nil {
+		bad("from", err.Error())
+	}
+	if err == nil && from.After(to) {
+		bad("from", "must not be after to")
+	}
+	var step time.Duration
+	if s := q.Get("step"); s != "" {
+		if step, err = time.ParseDuration(s); err != nil || step < time.Millisecond {
+			bad("step", fmt.Sprintf("%q is not a duration of at least 1ms, like 10s or 1m", s))
+		}
+	}
+	var agg store.Agg
+	if s := q.Get("agg"); s != "" {
+		if agg, err = store.ParseAgg(s); err != nil {
+			bad("agg", "must be one of avg, min, max, sum, count")
+		} else if step == 0 && q.Get("step") == "" {
+			bad("agg", "needs step")
+		}
+	} else {
+		agg = store.AggAvg
+	}
+	points := 0
+	if s := q.Get("points"); s != "" {
+		if points, err = strconv.Atoi(s); err != nil || points < 2 || points > maxPoints {
+			bad("points", fmt.Sprintf("must be an integer from 2 to %d", maxPoints))
+		}
+		if q.Get("step") != "" {
+			bad("points", "cannot be combined with step")
+		}
+	}
+	if step > 0 && to.Sub(from)/step > maxPoints {
+		bad("step", fmt.Sprintf("too small for the range: more than %d buckets", maxPoints))
+	}
+	if len(problems) > 0 {
+		writeProblem(w, &Problem{Type: typeInvalidParams, Status: http.StatusBadRequest,
+			Detail: fmt.Sprintf("invalid parameter %s: %s", problems[0].Name, problems[0].Reason), InvalidParams: problems})
+		return
+	}
+
+	key := store.SeriesKey{Machine: id, Metric: metric}
+	f, t := from.UnixMilli(), to.UnixMilli()
+	resp := seriesResponse{Machine: id, Metric: metric, From: f, To: t, T: []int64{}, V: []float64{}}
+	var pts []store.Point
+	switch {
+	case step > 0:
+		resp.Step, resp.Agg = step.String(), string(agg)
+		pts, err = store.Aggregate(r.Context(), a.store, key, f, t, step, agg)
+	case points > 0:
+		resp.Points = points
+		pts, err = store.Downsample(r.Context(), a.store, key, f, t, points)
+	default:
+		err = a.store.Select(r.Context(), key, f, t, func(p store.Point) bool {
+			pts = append(pts, p)
+			return len(pts) < maxRawPoints
+		})
+		if err == nil && len(pts) >= maxRawPoints {
+			writeProblem(w, &Problem{Type: typeInvalidParams, Status: http.StatusBadRequest,
+				Detail:        fmt.Sprintf("more than %d raw points in range; narrow it, or use points= or step=", maxRawPoints-1),
+				InvalidParams: []InvalidParam{{"from", "range holds too many raw points"}}})
+			return
+		}
+	}
+	if err != nil {
+		a.logger.Error("querying series", "machine", id, "metric", metric, "err", err)
+		writeProblem(w, &Problem{Type: typeStorage, Status: http.StatusServiceUnavailable, retryAfter: 1, Detail: "querying the store: " + err.Error()})
+		return
+	}
+	for _, p := range pts {
+		if math.IsNaN(p.Value) || math.IsInf(p.Value, 0) {
+			continue // not representable in JSON
+		}
+		resp.T = append(resp.T, p.Time)
+		resp.V = append(resp.V, p.Value)
+	}
+	writeJSON(w, http.StatusOK, resp)
+}
+
+// parseTime parses an RFC 3339 time or epoch milliseconds; "" gives def.
+func parseTime(s string, def time.Time) (time.Time, error) {
+	if s == "" {
+		return def, nil
+	}
+	if ms, err := strconv.ParseInt(s, 10, 64); err == nil {
+		return time.UnixMilli(ms), nil
+	}
+	t, err := time.Parse(time.RFC3339Nano, s)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("%q is neither RFC 3339 nor epoch milliseconds", s)
+	}
+	return t, nil
+}
+
+func readSmallBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
+	b, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxRegistryBody))
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			writeProblem(w, &Problem{Type: typeBodyTooLarge, Status: http.StatusRequestEntityTooLarge,
+				Detail: fmt.Sprintf("body exceeds %d bytes", maxRegistryBody)})
+			return nil, false
+		}
+		writeProblem(w, &Problem{Type: typeMalformedBody, Status: http.StatusBadRequest, Detail: "reading body: " + err.Error()})
+		return nil, false
+	}
+	return b, true
+}
+
+func (a *API) twinError(w http.ResponseWriter, err error) {
+	switch {
+	case errors.Is(err, twin.ErrNotFound):
+		writeProblem(w, &Problem{Type: typeNotFound, Status: http.StatusNotFound, Detail: err.Error()})
+	case errors.Is(err, twin.ErrInvalid):
+		writeProblem(w, &Problem{Type: typeInvalidEntity, Status: http.StatusBadRequest, Detail: err.Error()})
+	default:
+		a.logger.Error("updating registry", "err", err)
+		writeProblem(w, &Problem{Type: typeStorage, Status: http.StatusServiceUnavailable, retryAfter: 1, Detail: "updating the registry did not complete; retry"})
+	}
+}
+
+// validMachineID mirrors the ingest decoders' rule: a machine id becomes a
+// URL path segment and an MQTT topic level.
+func validMachineID(id string) string {
+	if id == "" || len(id) > 128 {
+		return "must be 1 to 128 bytes"
+	}
+	for _, c := range id {
+		if c <= ' ' || c == 0x7f || c == '/' || c == '+' || c == '#' || c == '?' {
+			return fmt.Sprintf("must not contain %q", c)
+		}
+	}
+	return ""
+}

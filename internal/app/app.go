@@ -1,0 +1,249 @@
+// Package app is twinline's composition root: it builds every part from the
+// configuration, wires them source → ingest → log → engine → sinks, runs
+// them under one supervisor and stops them in reverse order.
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/net/netutil"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/twinline/twinline/internal/api"
+	"github.com/twinline/twinline/internal/config"
+	"github.com/twinline/twinline/internal/hub"
+	"github.com/twinline/twinline/internal/log"
+	"github.com/twinline/twinline/internal/sim"
+	"github.com/twinline/twinline/internal/store"
+	"github.com/twinline/twinline/internal/store/embedded"
+	"github.com/twinline/twinline/internal/stream"
+	"github.com/twinline/twinline/internal/telemetry"
+	"github.com/twinline/twinline/internal/twin"
+	"github.com/twinline/twinline/internal/web"
+)
+
+// restoreWindow is how far back start-up looks for each series' latest value.
+const restoreWindow = 10 * time.Minute
+
+// registryFlushInterval is how often auto-registered machines are persisted.
+const registryFlushInterval = 5 * time.Second
+
+// Run runs the platform until ctx ends, then shuts down gracefully: not
+// ready first, stream clients told to reconnect, in-flight requests
+// finished, the log drained into the store, the store flushed.
+func Run(ctx context.Context, cfg config.Config, logger *slog.Logger, version string) (err error) {
+	if err := cfg.Validate(); err != nil {
+		return fmt.Errorf("validating config: %w", err)
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
+		return fmt.Errorf("creating data directory: %w", err)
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	)
+	buildInfo := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "twinline_build_info", Help: "Build information."}, []string{"version"})
+	buildInfo.WithLabelValues(version).Set(1)
+	reg.MustRegister(buildInfo)
+
+	st, err := embedded.Open(filepath.Join(cfg.DataDir, "tsdb"), embedded.Options{
+		Retention:        cfg.Retention,
+		OutOfOrderWindow: cfg.OutOfOrderWindow,
+	}, logger.With("component", "store"), reg)
+	if err != nil {
+		return fmt.Errorf("opening store: %w", err)
+	}
+	defer func() {
+		if cerr := st.Close(); cerr != nil {
+			err = errors.Join(err, fmt.Errorf("closing store: %w", cerr))
+		}
+	}()
+
+	twins, err := twin.Open(filepath.Join(cfg.DataDir, "registry.json"), cfg.OfflineAfter, time.Now, logger.With("component", "twin"))
+	if err != nil {
+		return fmt.Errorf("opening registry: %w", err)
+	}
+	if err := restoreLatest(ctx, st, twins, time.Now(), cfg.MaxFuture); err != nil {
+		return err
+	}
+
+	lg := log.New(cfg.LogCapacity, reg)
+	h := hub.New(hub.Options{
+		QueueSize:  cfg.StreamQueue,
+		Heartbeat:  cfg.StreamHeartbeat,
+		ReplaySize: cfg.StreamReplay,
+	}, logger.With("component", "hub"), reg)
+	proc := stream.NewProcessor(lg, st.Append, func(b *telemetry.Batch, samples []telemetry.Sample) {
+		twins.Observe(b, samples)
+		h.PublishSamples(samples, b.Received)
+	}, logger.With("component", "processor"), reg)
+
+	var ready atomic.Bool
+	handler := api.New(api.Options{
+		MaxBodyBytes:         cfg.MaxBodyBytes,
+		MaxDecompressedBytes: cfg.MaxDecompressedBytes,
+		MaxLineBytes:         cfg.MaxLineBytes,
+		Limits: telemetry.Limits{
+			MaxMetricsPerEvent: cfg.MaxMetricsPerEvent,
+			MaxMachineIDLen:    telemetry.DefaultLimits().MaxMachineIDLen,
+			MaxMetricNameLen:   telemetry.DefaultLimits().MaxMetricNameLen,
+		},
+		MachineTags:       cfg.LPMachineTags,
+		OutOfOrderWindow:  cfg.OutOfOrderWindow,
+		MaxFuture:         cfg.MaxFuture,
+		Retention:         cfg.Retention,
+		MaxInflightIngest: cfg.MaxInflightIngest,
+		Version:           version,
+	}, api.Deps{
+		Log:     lg,
+		Store:   st,
+		Twins:   twins,
+		Stream:  h,
+		Metrics: promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}),
+		UI:      web.Handler(),
+		Ready: func() error {
+			if !ready.Load() {
+				return errors.New("starting or shutting down")
+			}
+			return nil
+		},
+		Clock:      time.Now,
+		Logger:     logger.With("component", "api"),
+		Registerer: reg,
+	})
+
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listening: %w", err)
+	}
+	srv := &http.Server{
+		Handler:           handler,
+		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
+		MaxHeaderBytes:    cfg.MaxHeaderBytes,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(logger.With("component", "http").Handler(), slog.LevelWarn),
+	}
+
+	// The processor outlives the HTTP server: in-flight requests wait for
+	// their acknowledgement while the server shuts down.
+	procCtx, procCancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer procCancel()
+	procDone := make(chan error, 1)
+	go func() { procDone <- proc.Run(procCtx) }()
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		logger.Info("listening", "addr", ln.Addr().String(), "url", "http://"+ln.Addr().String()+"/", "data_dir", cfg.DataDir, "version", version)
+		if err := srv.Serve(netutil.LimitListener(ln, cfg.MaxConns)); !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("serving http: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error { return h.Run(gctx) })
+	g.Go(func() error { return twins.Run(gctx, registryFlushInterval) })
+	if cfg.Demo {
+		simulator := sim.New(sim.Config{Machines: cfg.DemoMachines, Rate: cfg.DemoRate, Seed: time.Now().UnixNano(), Interval: 100 * time.Millisecond},
+			logEmitter(lg), time.Now)
+		g.Go(func() error {
+			logger.Info("demo fleet simulator running", "machines", cfg.DemoMachines, "rate", cfg.DemoRate)
+			if err := simulator.Run(gctx); err != nil && gctx.Err() == nil {
+				return fmt.Errorf("running demo simulator: %w", err)
+			}
+			return nil
+		})
+	}
+	g.Go(func() error {
+		<-gctx.Done()
+		ready.Store(false)
+		logger.Info("shutting down", "timeout", cfg.ShutdownTimeout.String())
+		sdCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.ShutdownTimeout)
+		defer cancel()
+		var sg errgroup.Group
+		sg.Go(func() error { return h.Shutdown(sdCtx) })
+		sg.Go(func() error { return srv.Shutdown(sdCtx) })
+		if err := sg.Wait(); err != nil {
+			logger.Warn("draining clients", "err", err)
+			srv.Close()
+		}
+		return nil
+	})
+	ready.Store(true)
+	err = g.Wait()
+
+	// Drain the log into the store.
+	lg.Close()
+	drain := time.NewTimer(cfg.ShutdownTimeout)
+	defer drain.Stop()
+	select {
+	case perr := <-procDone:
+		err = errors.Join(err, perr)
+	case <-drain.C:
+		procCancel()
+		err = errors.Join(err, <-procDone, errors.New("draining the event log: timed out"))
+	}
+	if ferr := twins.Flush(); ferr != nil {
+		err = errors.Join(err, fmt.Errorf("persisting registry: %w", ferr))
+	}
+	logger.Info("stopped")
+	return err
+}
+
+// logEmitter feeds simulated events straight into the log, waiting for room
+// when it is full: the demo fleet is a well-behaved client.
+func logEmitter(lg *log.Log) sim.Emit {
+	return func(ctx context.Context, events []telemetry.Event) error {
+		b := &telemetry.Batch{Events: events, Protocol: "demo", Received: time.Now().UnixMilli()}
+		for {
+			entry, err := lg.Append(b)
+			if errors.Is(err, log.ErrFull) {
+				select {
+				case <-ctx.Done():
+					return ctx.Err()
+				case <-time.After(100 * time.Millisecond):
+					continue
+				}
+			}
+			if err != nil {
+				return err
+			}
+			_, err = entry.Wait(ctx)
+			return err
+		}
+	}
+}
+
+// restoreLatest seeds the twins' latest values from the store.
+func restoreLatest(ctx context.Context, st store.Store, twins *twin.Twins, now time.Time, maxFuture time.Duration) error {
+	from, to := now.Add(-restoreWindow).UnixMilli(), now.Add(maxFuture).UnixMilli()
+	keys, err := st.Series(ctx, from, to)
+	if err != nil {
+		return fmt.Errorf("listing recent series: %w", err)
+	}
+	latest := make([]telemetry.Sample, 0, len(keys))
+	for _, k := range keys {
+		var last store.Point
+		found := false
+		if err := st.Select(ctx, k, from, to, func(p store.Point) bool { last, found = p, true; return true }); err != nil {
+			return fmt.Errorf("reading latest of %s/%s: %w", k.Machine, k.Metric, err)
+		}
+		if found {
+			latest = append(latest, telemetry.Sample{Machine: k.Machine, Metric: k.Metric, Time: last.Time, Value: last.Value})
+		}
+	}
+	twins.Restore(latest)
+	return nil
+}

@@ -1,0 +1,117 @@
+package stream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/twinline/twinline/internal/log"
+	"github.com/twinline/twinline/internal/store"
+	"github.com/twinline/twinline/internal/telemetry"
+)
+
+// maxCommitSamples bounds one group commit to the store.
+const maxCommitSamples = 64 << 10
+
+type logReader interface {
+	Read(ctx context.Context, maxSamples int) ([]*log.Entry, error)
+}
+
+// Sink receives the samples of a batch once they are durable. It must not
+// retain samples: the slice is reused for the next batch.
+type Sink func(b *telemetry.Batch, samples []telemetry.Sample)
+
+// Processor reads the event log, writes each group of batches to the store in
+// one commit, acknowledges them, then feeds the sinks.
+type Processor struct {
+	log    logReader
+	append func(context.Context, []telemetry.Sample) error
+	sink   Sink
+	logger *slog.Logger
+	engine Engine
+
+	writeSeconds prometheus.Histogram
+	samples      *prometheus.CounterVec
+}
+
+// NewProcessor returns a processor reading l, storing with appendFn and
+// feeding sink (which may be nil). reg may be nil.
+func NewProcessor(l logReader, appendFn func(context.Context, []telemetry.Sample) error, sink Sink, logger *slog.Logger, reg prometheus.Registerer) *Processor {
+	p := &Processor{
+		log:    l,
+		append: appendFn,
+		sink:   sink,
+		logger: logger,
+		writeSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "twinline_store_write_seconds",
+			Help:    "Latency of one durable group commit to the store.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16),
+		}),
+		samples: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "twinline_processed_samples_total",
+			Help: "Samples processed from the event log, by outcome (stored, out_of_bounds, error).",
+		}, []string{"outcome"}),
+	}
+	if reg != nil {
+		reg.MustRegister(p.writeSeconds, p.samples)
+	}
+	return p
+}
+
+// Run processes the log until it is closed and drained (then it returns nil)
+// or ctx ends (then it returns ctx's error; unprocessed entries stay
+// unacknowledged, so their clients get no 2xx).
+func (p *Processor) Run(ctx context.Context) error {
+	var buf []telemetry.Sample
+	for {
+		entries, err := p.log.Read(ctx, maxCommitSamples)
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		buf = p.process(ctx, entries, buf[:0])
+	}
+}
+
+func (p *Processor) process(ctx context.Context, entries []*log.Entry, buf []telemetry.Sample) []telemetry.Sample {
+	bounds := make([]int, len(entries)+1)
+	for i, e := range entries {
+		buf = p.engine.Process(e.Batch.Events, buf)
+		bounds[i+1] = len(buf)
+	}
+	start := time.Now()
+	err := p.append(ctx, buf)
+	p.writeSeconds.Observe(time.Since(start).Seconds())
+	switch {
+	case err == nil:
+		p.samples.WithLabelValues("stored").Add(float64(len(buf)))
+	case errors.Is(err, store.ErrOutOfBounds):
+		// The rest was stored. Ingest rejects events outside the store's
+		// window before they are acknowledged, so this is rare: count it.
+		p.samples.WithLabelValues("out_of_bounds").Inc()
+		p.logger.Warn("storing samples", "err", err)
+		err = nil
+	default:
+		p.samples.WithLabelValues("error").Add(float64(len(buf)))
+		p.logger.Error("storing samples", "err", err, "samples", len(buf))
+		err = fmt.Errorf("storing samples: %w", err)
+	}
+	for i, e := range entries {
+		if err != nil {
+			e.Ack(log.Result{}, err)
+			continue
+		}
+		e.Ack(log.Result{Accepted: len(e.Batch.Events)}, nil)
+		if p.sink != nil {
+			p.sink(e.Batch, buf[bounds[i]:bounds[i+1]:bounds[i+1]])
+		}
+	}
+	return buf
+}

@@ -1,0 +1,348 @@
+// Package twin keeps the digital twin of every machine: its registry entry
+// (name, site, line, thresholds, attributes), persisted in the data
+// directory, and its live state (latest metrics, last seen, status), built
+// from the samples the processor hands over once they are durable.
+package twin
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/twinline/twinline/internal/telemetry"
+)
+
+var (
+	// ErrNotFound reports an unknown machine id.
+	ErrNotFound = errors.New("machine not found")
+	// ErrInvalid reports a registry entry that does not validate.
+	ErrInvalid = errors.New("invalid machine")
+)
+
+// Status values of a twin.
+const (
+	StatusOnline  = "online"
+	StatusOffline = "offline"
+)
+
+// Threshold is an alarm rule for one metric.
+type Threshold struct {
+	High     *float64 `json:"high,omitempty"`
+	Low      *float64 `json:"low,omitempty"`
+	Deadband float64  `json:"deadband,omitempty"`
+	// For is how long the condition must hold before the alarm is raised,
+	// as a Go duration ("10s").
+	For string `json:"for,omitempty"`
+}
+
+// Info is a machine's registry entry.
+type Info struct {
+	ID         string               `json:"id"`
+	Name       string               `json:"name,omitempty"`
+	Site       string               `json:"site,omitempty"`
+	Line       string               `json:"line,omitempty"`
+	Thresholds map[string]Threshold `json:"thresholds,omitempty"`
+	Attributes map[string]any       `json:"attributes,omitempty"`
+	CreatedAt  time.Time            `json:"createdAt"`
+	UpdatedAt  time.Time            `json:"updatedAt"`
+}
+
+// Value is the latest value of one metric: its value and event time (Unix ms).
+type Value struct {
+	Value float64 `json:"value"`
+	TS    int64   `json:"ts"`
+}
+
+// Machine is a twin as the API shows it: registry entry and live state.
+type Machine struct {
+	Info
+	Status string `json:"status"`
+	// LastSeen is the server time (Unix ms) of the machine's latest event,
+	// or 0 if none was seen since the server started.
+	LastSeen int64            `json:"lastSeen,omitempty"`
+	Metrics  map[string]Value `json:"metrics"`
+}
+
+type entry struct {
+	info     Info
+	lastSeen int64
+	latest   map[string]Value
+}
+
+// Twins is the set of twins. It is safe for concurrent use.
+type Twins struct {
+	reg          *registryFile
+	now          func() time.Time
+	offlineAfter time.Duration
+	logger       *slog.Logger
+
+	mu       sync.RWMutex
+	machines map[string]*entry
+	dirty    bool // auto-registered machines not yet persisted
+}
+
+// Open loads the registry at path (a missing file is an empty registry).
+func Open(path string, offlineAfter time.Duration, now func() time.Time, logger *slog.Logger) (*Twins, error) {
+	reg := &registryFile{path: path}
+	infos, err := reg.load()
+	if err != nil {
+		return nil, err
+	}
+	t := &Twins{reg: reg, now: now, offlineAfter: offlineAfter, logger: logger, machines: make(map[string]*entry, len(infos))}
+	for _, in := range infos {
+		t.machines[in.ID] = &entry{info: in, latest: map[string]Value{}}
+	}
+	return t, nil
+}
+
+// Observe updates the twins with durable samples that arrived in b. It
+// auto-registers unknown machines. It does not retain samples.
+func (t *Twins) Observe(b *telemetry.Batch, samples []telemetry.Sample) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var e *entry
+	for i := range samples {
+		s := &samples[i]
+		if e == nil || e.info.ID != s.Machine {
+			e = t.machines[s.Machine]
+			if e == nil {
+				e = t.register(s.Machine, time.UnixMilli(b.Received).UTC())
+			}
+			e.lastSeen = max(e.lastSeen, b.Received)
+		}
+		if v, ok := e.latest[s.Metric]; !ok || s.Time >= v.TS {
+			e.latest[s.Metric] = Value{Value: s.Value, TS: s.Time}
+		}
+	}
+}
+
+// Restore seeds latest values from stored samples (at start-up), without
+// touching lastSeen: a restarted server does not claim machines are online.
+func (t *Twins) Restore(samples []telemetry.Sample) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, s := range samples {
+		e := t.machines[s.Machine]
+		if e == nil {
+			e = t.register(s.Machine, time.UnixMilli(s.Time).UTC())
+		}
+		if v, ok := e.latest[s.Metric]; !ok || s.Time >= v.TS {
+			e.latest[s.Metric] = Value{Value: s.Value, TS: s.Time}
+		}
+	}
+}
+
+// register adds an auto-registered machine; t.mu must be held.
+func (t *Twins) register(id string, at time.Time) *entry {
+	e := &entry{info: Info{ID: id, CreatedAt: at, UpdatedAt: at}, latest: map[string]Value{}}
+	t.machines[id] = e
+	t.dirty = true
+	return e
+}
+
+// List returns every twin, sorted by id.
+func (t *Twins) List() []Machine {
+	now := t.now().UnixMilli()
+	t.mu.RLock()
+	out := make([]Machine, 0, len(t.machines))
+	for _, e := range t.machines {
+		out = append(out, t.view(e, now))
+	}
+	t.mu.RUnlock()
+	slices.SortFunc(out, func(a, b Machine) int { return cmp.Compare(a.ID, b.ID) })
+	return out
+}
+
+// Get returns one twin.
+func (t *Twins) Get(id string) (Machine, error) {
+	now := t.now().UnixMilli()
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	e, ok := t.machines[id]
+	if !ok {
+		return Machine{}, fmt.Errorf("%w: %q", ErrNotFound, id)
+	}
+	return t.view(e, now), nil
+}
+
+// view copies e; t.mu must be held.
+func (t *Twins) view(e *entry, now int64) Machine {
+	status := StatusOffline
+	if e.lastSeen > 0 && now-e.lastSeen <= t.offlineAfter.Milliseconds() {
+		status = StatusOnline
+	}
+	return Machine{Info: e.info, Status: status, LastSeen: e.lastSeen, Metrics: maps.Clone(e.latest)}
+}
+
+// Put creates or replaces a machine's registry entry and persists it. It
+// reports whether the machine was created.
+func (t *Twins) Put(id string, in Info) (Machine, bool, error) {
+	in.ID = id
+	if err := in.validate(); err != nil {
+		return Machine{}, false, err
+	}
+	return t.update(id, true, func(old *Info) (Info, error) {
+		in.CreatedAt, in.UpdatedAt = old.CreatedAt, old.UpdatedAt
+		return in, nil
+	})
+}
+
+// Patch applies a JSON merge patch (RFC 7386) to a machine's registry entry.
+func (t *Twins) Patch(id string, patch []byte) (Machine, error) {
+	m, _, err := t.update(id, false, func(old *Info) (Info, error) {
+		return mergePatch(*old, patch)
+	})
+	return m, err
+}
+
+func (t *Twins) update(id string, create bool, change func(*Info) (Info, error)) (Machine, bool, error) {
+	now := t.now().UTC()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	e, ok := t.machines[id]
+	if !ok && !create {
+		return Machine{}, false, fmt.Errorf("%w: %q", ErrNotFound, id)
+	}
+	old := Info{ID: id, CreatedAt: now}
+	if ok {
+		old = e.info
+	}
+	in, err := change(&old)
+	if err != nil {
+		return Machine{}, false, err
+	}
+	in.ID, in.CreatedAt, in.UpdatedAt = id, old.CreatedAt, now
+	if in.CreatedAt.IsZero() {
+		in.CreatedAt = now
+	}
+	if !ok {
+		e = &entry{latest: map[string]Value{}}
+	}
+	prev := e.info
+	e.info = in
+	t.machines[id] = e
+	if err := t.persistLocked(); err != nil {
+		// Keep memory and disk in step: undo.
+		if ok {
+			e.info = prev
+		} else {
+			delete(t.machines, id)
+		}
+		return Machine{}, false, err
+	}
+	return t.view(e, now.UnixMilli()), !ok, nil
+}
+
+// Delete removes a machine from the registry and forgets its live state.
+// Its stored samples stay until retention removes them; a new event
+// registers it again.
+func (t *Twins) Delete(id string) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	e, ok := t.machines[id]
+	if !ok {
+		return fmt.Errorf("%w: %q", ErrNotFound, id)
+	}
+	delete(t.machines, id)
+	if err := t.persistLocked(); err != nil {
+		t.machines[id] = e
+		return err
+	}
+	return nil
+}
+
+// Flush persists auto-registered machines.
+func (t *Twins) Flush() error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if !t.dirty {
+		return nil
+	}
+	return t.persistLocked()
+}
+
+// persistLocked writes the registry; t.mu must be held.
+func (t *Twins) persistLocked() error {
+	infos := make([]Info, 0, len(t.machines))
+	for _, e := range t.machines {
+		infos = append(infos, e.info)
+	}
+	slices.SortFunc(infos, func(a, b Info) int { return cmp.Compare(a.ID, b.ID) })
+	if err := t.reg.save(infos); err != nil {
+		return err
+	}
+	t.dirty = false
+	return nil
+}
+
+// Run persists auto-registered machines every interval until ctx ends, then
+// once more.
+func (t *Twins) Run(ctx context.Context, interval time.Duration) error {
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return t.Flush()
+		case <-tick.C:
+			if err := t.Flush(); err != nil {
+				t.logger.Error("persisting registry", "err", err)
+			}
+		}
+	}
+}
+
+// mergePatch applies an RFC 7386 JSON merge patch to in.
+func mergePatch(in Info, patch []byte) (Info, error) {
+	var p any
+	if err := json.Unmarshal(patch, &p); err != nil {
+		return Info{}, fmt.Errorf("%w: body is not JSON: %v", ErrInvalid, err)
+	}
+	if _, ok := p.(map[string]any); !ok {
+		return Info{}, fmt.Errorf("%w: a merge patch must be a JSON object", ErrInvalid)
+	}
+	cur, err := json.Marshal(in)
+	if err != nil {
+		return Info{}, fmt.Errorf("encoding machine: %w", err)
+	}
+	var doc any
+	if err := json.Unmarshal(cur, &doc); err != nil {
+		return Info{}, fmt.Errorf("decoding machine: %w", err)
+	}
+	merged, err := json.Marshal(merge(doc, p))
+	if err != nil {
+		return Info{}, fmt.Errorf("encoding patched machine: %w", err)
+	}
+	out, err := DecodeInfo(merged)
+	if err != nil {
+		return Info{}, err
+	}
+	out.CreatedAt, out.UpdatedAt = in.CreatedAt, in.UpdatedAt
+	return out, out.validate()
+}
+
+func merge(target, patch any) any {
+	pm, ok := patch.(map[string]any)
+	if !ok {
+		return patch
+	}
+	tm, ok := target.(map[string]any)
+	if !ok {
+		tm = map[string]any{}
+	}
+	for k, v := range pm {
+		if v == nil {
+			delete(tm, k)
+			continue
+		}
+		tm[k] = merge(tm[k], v)
+	}
+	return tm
+}
