@@ -109,7 +109,11 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		return fmt.Errorf("invalid configuration:\n%w", err)
 	}
 	logger := newLogger(stderr, cfg.LogLevel)
-	return app.Run(ctx, cfg, logger, buildVersion())
+	a, err := app.New(ctx, cfg, logger, buildVersion())
+	if err != nil {
+		return err
+	}
+	return a.Run(ctx)
 }
 
 func simulate(ctx context.Context, args []string, stdout, stderr io.Writer) error {

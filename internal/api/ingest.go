@@ -12,8 +12,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/influxdata/line-protocol/v2/lineprotocol"
-
 	"github.com/twinline/twinline/internal/ingest"
 	"github.com/twinline/twinline/internal/log"
 	"github.com/twinline/twinline/internal/telemetry"
@@ -25,12 +23,14 @@ var errTooLarge = errors.New("body too large")
 // decodeFunc is one ingest decoder bound to its request parameters.
 type decodeFunc func(body []byte, opts ingest.Options, dst []telemetry.Event) ([]telemetry.Event, []ingest.Reject, error)
 
-// ingestStyle says how an ingest endpoint answers: the twinline JSON API or
-// the InfluxDB write API.
+// ingestStyle says how an ingest endpoint answers and names items: the
+// twinline JSON API (array index, or NDJSON line number) or the InfluxDB
+// write API (line number).
 type ingestStyle int
 
 const (
 	styleJSON ingestStyle = iota
+	styleNDJSON
 	styleInflux
 )
 
@@ -38,11 +38,11 @@ var bodyPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 
 // handleEvents is POST /api/v1/events.
 func (a *API) handleEvents(w http.ResponseWriter, r *http.Request) {
-	decode := ingest.DecodeJSON
+	decode, style := ingest.DecodeJSON, styleJSON
 	mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
 	switch mt {
 	case "application/x-ndjson", "application/ndjson", "application/jsonl", "application/jsonlines":
-		decode = ingest.DecodeNDJSON
+		decode, style = ingest.DecodeNDJSON, styleNDJSON
 	case "", "application/json", "text/plain":
 	default:
 		a.countRequest("json", "unsupported")
@@ -50,7 +50,7 @@ func (a *API) handleEvents(w http.ResponseWriter, r *http.Request) {
 			Detail: fmt.Sprintf("Content-Type %q is not supported; send application/json or application/x-ndjson", mt)})
 		return
 	}
-	a.ingest(w, r, "json", styleJSON, decode)
+	a.ingest(w, r, "json", style, decode)
 }
 
 // handleWrite is the InfluxDB line protocol write API, v1 (/write) and v2
@@ -123,7 +123,7 @@ func (a *API) ingest(w http.ResponseWriter, r *http.Request, protocol string, st
 		fail("invalid", &Problem{Type: typeMalformedBody, Status: http.StatusBadRequest, Detail: err.Error()})
 		return
 	}
-	if len(events) == 0 && len(rejects) == 0 && style == styleJSON {
+	if len(events) == 0 && len(rejects) == 0 && style != styleInflux {
 		fail("invalid", &Problem{Type: typeMalformedBody, Status: http.StatusBadRequest, Detail: "the body holds no event"})
 		return
 	}
@@ -182,7 +182,7 @@ func partialProblem(rejects []ingest.Reject, res log.Result, style ingestStyle) 
 	for i, rj := range rejects {
 		idx := rj.Index
 		p.Errors[i] = ItemError{Field: rj.Field, Reason: rj.Reason}
-		if style == styleInflux {
+		if style != styleJSON {
 			p.Errors[i].Line = &idx
 			unit = "line"
 		} else {

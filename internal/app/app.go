@@ -40,16 +40,33 @@ const restoreWindow = 10 * time.Minute
 // registryFlushInterval is how often auto-registered machines are persisted.
 const registryFlushInterval = 5 * time.Second
 
-// Run runs the platform until ctx ends, then shuts down gracefully: not
-// ready first, stream clients told to reconnect, in-flight requests
-// finished, the log drained into the store, the store flushed.
-func Run(ctx context.Context, cfg config.Config, logger *slog.Logger, version string) (err error) {
+// App is the platform, built and listening, not yet running.
+type App struct {
+	cfg     config.Config
+	logger  *slog.Logger
+	version string
+
+	store *embedded.Store
+	twins *twin.Twins
+	log   *log.Log
+	hub   *hub.Hub
+	proc  *stream.Processor
+	srv   *http.Server
+	ln    net.Listener
+	ready atomic.Bool
+}
+
+// New builds every part from cfg and opens the listener, so a port in use or
+// a locked data directory is reported before anything runs. The caller must
+// call Run, which releases everything.
+func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version string) (_ *App, err error) {
 	if err := cfg.Validate(); err != nil {
-		return fmt.Errorf("validating config: %w", err)
+		return nil, fmt.Errorf("validating config: %w", err)
 	}
 	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
-		return fmt.Errorf("creating data directory: %w", err)
+		return nil, fmt.Errorf("creating data directory: %w", err)
 	}
+	a := &App{cfg: cfg, logger: logger, version: version}
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(
@@ -65,34 +82,35 @@ func Run(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 		OutOfOrderWindow: cfg.OutOfOrderWindow,
 	}, logger.With("component", "store"), reg)
 	if err != nil {
-		return fmt.Errorf("opening store: %w", err)
+		return nil, fmt.Errorf("opening store: %w", err)
 	}
+	a.store = st
 	defer func() {
-		if cerr := st.Close(); cerr != nil {
-			err = errors.Join(err, fmt.Errorf("closing store: %w", cerr))
+		if err != nil {
+			st.Close()
 		}
 	}()
 
 	twins, err := twin.Open(filepath.Join(cfg.DataDir, "registry.json"), cfg.OfflineAfter, time.Now, logger.With("component", "twin"))
 	if err != nil {
-		return fmt.Errorf("opening registry: %w", err)
+		return nil, fmt.Errorf("opening registry: %w", err)
 	}
 	if err := restoreLatest(ctx, st, twins, time.Now(), cfg.MaxFuture); err != nil {
-		return err
+		return nil, err
 	}
+	a.twins = twins
 
-	lg := log.New(cfg.LogCapacity, reg)
-	h := hub.New(hub.Options{
+	a.log = log.New(cfg.LogCapacity, reg)
+	a.hub = hub.New(hub.Options{
 		QueueSize:  cfg.StreamQueue,
 		Heartbeat:  cfg.StreamHeartbeat,
 		ReplaySize: cfg.StreamReplay,
-	}, logger.With("component", "hub"), reg)
-	proc := stream.NewProcessor(lg, st.Append, func(b *telemetry.Batch, samples []telemetry.Sample) {
+	}, logger, reg)
+	a.proc = stream.NewProcessor(a.log, st.Append, func(b *telemetry.Batch, samples []telemetry.Sample) {
 		twins.Observe(b, samples)
-		h.PublishSamples(samples, b.Received)
+		a.hub.PublishSamples(samples, b.Received)
 	}, logger.With("component", "processor"), reg)
 
-	var ready atomic.Bool
 	handler := api.New(api.Options{
 		MaxBodyBytes:         cfg.MaxBodyBytes,
 		MaxDecompressedBytes: cfg.MaxDecompressedBytes,
@@ -109,14 +127,14 @@ func Run(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 		MaxInflightIngest: cfg.MaxInflightIngest,
 		Version:           version,
 	}, api.Deps{
-		Log:     lg,
+		Log:     a.log,
 		Store:   st,
 		Twins:   twins,
-		Stream:  h,
+		Stream:  a.hub,
 		Metrics: promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}),
 		UI:      web.Handler(),
 		Ready: func() error {
-			if !ready.Load() {
+			if !a.ready.Load() {
 				return errors.New("starting or shutting down")
 			}
 			return nil
@@ -126,17 +144,36 @@ func Run(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 		Registerer: reg,
 	})
 
-	ln, err := net.Listen("tcp", cfg.Listen)
+	a.ln, err = net.Listen("tcp", cfg.Listen)
 	if err != nil {
-		return fmt.Errorf("listening: %w", err)
+		return nil, fmt.Errorf("listening: %w", err)
 	}
-	srv := &http.Server{
+	a.srv = &http.Server{
 		Handler:           handler,
 		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
 		MaxHeaderBytes:    cfg.MaxHeaderBytes,
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(logger.With("component", "http").Handler(), slog.LevelWarn),
 	}
+
+	return a, nil
+}
+
+// Addr returns the address the HTTP server listens on.
+func (a *App) Addr() net.Addr { return a.ln.Addr() }
+
+// Run runs the platform until ctx ends, then shuts down gracefully: not
+// ready first, stream clients told to reconnect, in-flight requests
+// finished, the log drained into the store, the registry flushed, the store
+// closed.
+func (a *App) Run(ctx context.Context) (err error) {
+	cfg, logger := a.cfg, a.logger
+	ln, srv, h, lg, proc, twins := a.ln, a.srv, a.hub, a.log, a.proc, a.twins
+	defer func() {
+		if cerr := a.store.Close(); cerr != nil {
+			err = errors.Join(err, fmt.Errorf("closing store: %w", cerr))
+		}
+	}()
 
 	// The processor outlives the HTTP server: in-flight requests wait for
 	// their acknowledgement while the server shuts down.
@@ -147,7 +184,7 @@ func Run(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
-		logger.Info("listening", "addr", ln.Addr().String(), "url", "http://"+ln.Addr().String()+"/", "data_dir", cfg.DataDir, "version", version)
+		logger.Info("listening", "addr", ln.Addr().String(), "url", "http://"+ln.Addr().String()+"/", "data_dir", cfg.DataDir, "version", a.version)
 		if err := srv.Serve(netutil.LimitListener(ln, cfg.MaxConns)); !errors.Is(err, http.ErrServerClosed) {
 			return fmt.Errorf("serving http: %w", err)
 		}
@@ -168,7 +205,7 @@ func Run(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 	}
 	g.Go(func() error {
 		<-gctx.Done()
-		ready.Store(false)
+		a.ready.Store(false)
 		logger.Info("shutting down", "timeout", cfg.ShutdownTimeout.String())
 		sdCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.ShutdownTimeout)
 		defer cancel()
@@ -181,7 +218,7 @@ func Run(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 		}
 		return nil
 	})
-	ready.Store(true)
+	a.ready.Store(true)
 	err = g.Wait()
 
 	// Drain the log into the store.

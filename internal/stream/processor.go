@@ -66,8 +66,30 @@ func NewProcessor(l logReader, appendFn func(context.Context, []telemetry.Sample
 // Run processes the log until it is closed and drained (then it returns nil)
 // or ctx ends (then it returns ctx's error; unprocessed entries stay
 // unacknowledged, so their clients get no 2xx).
+//
+// Storing and feeding the sinks overlap: while the sinks take group N, group
+// N+1 is decoded into the other of two sample buffers and committed.
 func (p *Processor) Run(ctx context.Context) error {
-	var buf []telemetry.Sample
+	jobs := make(chan sinkJob, 1)
+	free := make(chan []telemetry.Sample, 2)
+	free <- nil
+	free <- nil
+	sinkDone := make(chan struct{})
+	go func() {
+		defer close(sinkDone)
+		for j := range jobs {
+			if p.sink != nil {
+				for i, e := range j.entries {
+					p.sink(e.Batch, j.samples[j.bounds[i]:j.bounds[i+1]:j.bounds[i+1]])
+				}
+			}
+			free <- j.samples[:0]
+		}
+	}()
+	defer func() {
+		close(jobs)
+		<-sinkDone
+	}()
 	for {
 		entries, err := p.log.Read(ctx, maxCommitSamples)
 		if errors.Is(err, io.EOF) {
@@ -76,16 +98,30 @@ func (p *Processor) Run(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		buf = p.process(ctx, entries, buf[:0])
+		if j, ok := p.process(ctx, entries, <-free); ok {
+			jobs <- j
+		} else {
+			free <- j.samples[:0]
+		}
 	}
 }
 
-func (p *Processor) process(ctx context.Context, entries []*log.Entry, buf []telemetry.Sample) []telemetry.Sample {
+// sinkJob is a durable group of entries on its way to the sinks.
+type sinkJob struct {
+	entries []*log.Entry
+	samples []telemetry.Sample
+	bounds  []int // entry i's samples are samples[bounds[i]:bounds[i+1]]
+}
+
+// process stores the samples of entries in one commit and acknowledges
+// them. ok reports whether they were stored and go on to the sinks.
+func (p *Processor) process(ctx context.Context, entries []*log.Entry, buf []telemetry.Sample) (j sinkJob, ok bool) {
 	bounds := make([]int, len(entries)+1)
 	for i, e := range entries {
 		buf = p.engine.Process(e.Batch.Events, buf)
 		bounds[i+1] = len(buf)
 	}
+	j = sinkJob{entries: entries, samples: buf, bounds: bounds}
 	start := time.Now()
 	err := p.append(ctx, buf)
 	p.writeSeconds.Observe(time.Since(start).Seconds())
@@ -103,15 +139,12 @@ func (p *Processor) process(ctx context.Context, entries []*log.Entry, buf []tel
 		p.logger.Error("storing samples", "err", err, "samples", len(buf))
 		err = fmt.Errorf("storing samples: %w", err)
 	}
-	for i, e := range entries {
+	for _, e := range entries {
 		if err != nil {
 			e.Ack(log.Result{}, err)
 			continue
 		}
 		e.Ack(log.Result{Accepted: len(e.Batch.Events)}, nil)
-		if p.sink != nil {
-			p.sink(e.Batch, buf[bounds[i]:bounds[i+1]:bounds[i+1]])
-		}
 	}
-	return buf
+	return j, err == nil
 }

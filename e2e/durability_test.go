@@ -1,0 +1,208 @@
+package e2e
+
+import (
+	"bytes"
+	"fmt"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestKill9KeepsAcknowledged: every sample answered 2xx survives kill -9,
+// even when the kill lands right after the answer.
+func TestKill9KeepsAcknowledged(t *testing.T) {
+	dir := t.TempDir()
+	s := start(t, dir)
+	base := time.Now().Add(-time.Minute).UnixMilli()
+
+	// Writers post concurrently; the kill comes right after the 20th ack.
+	var (
+		mu    sync.Mutex
+		acked = map[string][]int64{} // machine → acknowledged event times
+		wg    sync.WaitGroup
+		killd = make(chan struct{})
+		once  sync.Once
+	)
+	for w := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			machine := fmt.Sprintf("k-%d", w)
+			client := &http.Client{Timeout: 10 * time.Second}
+			for i := 0; ; i++ {
+				var body bytes.Buffer
+				for j := range 50 {
+					fmt.Fprintf(&body, "{\"machineId\":%q,\"timestamp\":%d,\"v\":%d}\n", machine, base+int64(i*50+j), i*50+j)
+				}
+				resp, err := client.Post(s.url+"/api/v1/events", "application/x-ndjson", &body)
+				if err != nil {
+					return // killed
+				}
+				resp.Body.Close()
+				if resp.StatusCode != 202 {
+					continue
+				}
+				mu.Lock()
+				for j := range 50 {
+					acked[machine] = append(acked[machine], base+int64(i*50+j))
+				}
+				n := len(acked)
+				total := 0
+				for _, v := range acked {
+					total += len(v)
+				}
+				mu.Unlock()
+				if n == 4 && total >= 20*50 {
+					once.Do(func() { s.kill(); close(killd) })
+				}
+				select {
+				case <-killd:
+					return
+				default:
+				}
+			}
+		}()
+	}
+	wg.Wait()
+
+	s2 := start(t, dir)
+	for machine, times := range acked {
+		got := s2.series(machine, "v")
+		have := map[int64]bool{}
+		for _, ts := range got.T {
+			have[ts] = true
+		}
+		missing := 0
+		for _, ts := range times {
+			if !have[ts] {
+				missing++
+			}
+		}
+		if missing > 0 {
+			t.Errorf("%s: %d of %d acknowledged samples lost after kill -9", machine, missing, len(times))
+		}
+	}
+}
+
+// TestLogFullAnswers503: when the event log is full, ingest answers 503 with
+// Retry-After and stores nothing from that request; everything answered 202
+// is stored.
+func TestLogFullAnswers503(t *testing.T) {
+	s := start(t, "", "--log-capacity", "1000")
+	base := time.Now().Add(-time.Minute).UnixMilli()
+	var (
+		mu       sync.Mutex
+		accepted int
+		shed     int
+		retry    string
+	)
+	// Requests of 600 samples: two cannot be in the log at once, so
+	// concurrent requests find it full while one is being stored.
+	for round := 0; round < 200 && shed == 0; round++ {
+		var wg sync.WaitGroup
+		for w := range 8 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				var body bytes.Buffer
+				for j := range 600 {
+					fmt.Fprintf(&body, "{\"machineId\":\"bp\",\"timestamp\":%d,\"v\":1}\n", base+int64((round*8+w)*600+j))
+				}
+				resp, err := http.Post(s.url+"/api/v1/events", "application/x-ndjson", &body)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				resp.Body.Close()
+				mu.Lock()
+				defer mu.Unlock()
+				switch resp.StatusCode {
+				case 202:
+					accepted += 600
+				case 503:
+					shed++
+					retry = resp.Header.Get("Retry-After")
+				default:
+					t.Errorf("status %d", resp.StatusCode)
+				}
+			}()
+		}
+		wg.Wait()
+	}
+	if shed == 0 {
+		t.Fatal("no request was shed with a 1000-sample log")
+	}
+	if retry == "" {
+		t.Error("503 without Retry-After")
+	}
+	if got := len(s.series("bp", "v").T); got != accepted {
+		t.Errorf("stored %d samples, want exactly the %d accepted", got, accepted)
+	}
+}
+
+// TestStalledStreamClientIsCutOff: a client that stops reading is cut off
+// with a reconnect hint while another client keeps receiving everything.
+func TestStalledStreamClientIsCutOff(t *testing.T) {
+	s := start(t, "", "--stream-queue", "32")
+	c := ctx(t, 60*time.Second)
+	fast := subscribe(t, c, s, "all=1", true)
+
+	// The stalled client: a tiny receive buffer, and it never reads.
+	d := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
+		return rc.Control(func(fd uintptr) { syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 2048) })
+	}}
+	conn, err := d.Dial("tcp", strings.TrimPrefix(s.url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fmt.Fprintf(conn, "GET /api/v1/stream?all=1 HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n")
+
+	// Many machines per batch → many messages per batch.
+	now := time.Now().UnixMilli()
+	const batches, machines = 80, 300
+	for b := range batches {
+		var body bytes.Buffer
+		for m := range machines {
+			fmt.Fprintf(&body, "{\"machineId\":\"s-%03d\",\"timestamp\":%d,\"v\":%d,\"pad\":%d}\n", m, now-int64(batches-b)*10, b, 1234567890123)
+		}
+		if r := s.do("POST", "/api/v1/events", "application/x-ndjson", body.Bytes()); r.status != 202 {
+			t.Fatalf("post: %d %s", r.status, r.body)
+		}
+	}
+	// The fast client receives every sample.
+	want := batches * machines * 2
+	for n := 0; n < want; {
+		select {
+		case m, ok := <-fast:
+			if !ok {
+				t.Fatalf("fast client cut off after %d of %d samples", n, want)
+			}
+			if m.Type == "reconnect" {
+				t.Fatalf("fast client told to reconnect: %+v", m)
+			}
+			n += len(m.Samples)
+		case <-c.Done():
+			t.Fatalf("fast client got %d of %d samples", n, want)
+		}
+	}
+	// The stalled client now reads what was buffered: it ends with a
+	// reconnect message and the server closes the stream.
+	conn.SetReadDeadline(time.Now().Add(30 * time.Second))
+	var all bytes.Buffer
+	if _, err := all.ReadFrom(conn); err != nil {
+		t.Fatalf("reading the stalled stream: %v (the server should have closed it)", err)
+	}
+	// The hint is best effort (the client was not reading when it was cut
+	// off); the close is not.
+	if strings.Contains(all.String(), `"type":"reconnect"`) && !strings.Contains(all.String(), "slow_client") {
+		t.Errorf("reconnect message without the slow_client reason")
+	}
+	if r := s.get("/metrics"); !strings.Contains(string(r.body), "slow_client") {
+		t.Errorf("/metrics does not count the slow client cut-off")
+	}
+}

@@ -1,0 +1,236 @@
+package api
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/twinline/twinline/internal/log"
+	"github.com/twinline/twinline/internal/telemetry"
+	"github.com/twinline/twinline/internal/twin"
+)
+
+// fakeLog acknowledges appended batches at once with ack, or refuses them
+// with appendErr.
+type fakeLog struct {
+	appendErr error
+	ackErr    error
+	got       []*telemetry.Batch
+	real      *log.Log
+}
+
+func (f *fakeLog) Append(b *telemetry.Batch) (*log.Entry, error) {
+	if f.appendErr != nil {
+		return nil, f.appendErr
+	}
+	f.got = append(f.got, b)
+	e, err := f.real.Append(b)
+	if err != nil {
+		return nil, err
+	}
+	es, _ := f.real.Read(context.Background(), 1<<30)
+	for _, e := range es {
+		e.Ack(log.Result{Accepted: len(e.Batch.Events)}, f.ackErr)
+	}
+	return e, nil
+}
+
+func newTestAPI(t *testing.T, l eventLog) *API {
+	t.Helper()
+	tw, err := twin.Open(filepath.Join(t.TempDir(), "registry.json"), time.Minute, time.Now, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return New(Options{
+		MaxBodyBytes: 1 << 20, MaxDecompressedBytes: 4 << 20, MaxLineBytes: 1024,
+		Limits:            telemetry.DefaultLimits(),
+		MachineTags:       []string{"machineId", "host"},
+		OutOfOrderWindow:  time.Hour,
+		MaxFuture:         time.Minute,
+		Retention:         24 * time.Hour,
+		MaxInflightIngest: 4,
+	}, Deps{
+		Log: l, Twins: tw, Store: nil,
+		Stream: http.NotFoundHandler(), Metrics: http.NotFoundHandler(), UI: http.NotFoundHandler(),
+		Ready:  func() error { return nil },
+		Logger: slog.New(slog.DiscardHandler),
+	})
+}
+
+func post(a *API, path, ct, body string) *httptest.ResponseRecorder {
+	req := httptest.NewRequest("POST", path, strings.NewReader(body))
+	if ct != "" {
+		req.Header.Set("Content-Type", ct)
+	}
+	rec := httptest.NewRecorder()
+	a.ServeHTTP(rec, req)
+	return rec
+}
+
+func TestIngestOutcomes(t *testing.T) {
+	tests := []struct {
+		name       string
+		log        *fakeLog
+		path, ct   string
+		body       string
+		status     int
+		retryAfter bool
+		contains   string
+	}{
+		{"accepted", &fakeLog{}, "/api/v1/events", "application/json", `{"machineId":"m","temp":1}`, 202, false, `"accepted":1`},
+		{"log full", &fakeLog{appendErr: log.ErrFull}, "/api/v1/events", "", `{"machineId":"m","temp":1}`, 503, true, "event log is full"},
+		{"log full, influx", &fakeLog{appendErr: log.ErrFull}, "/write", "", "cpu,host=m v=1", 503, true, `"error":`},
+		{"too large for log", &fakeLog{appendErr: log.ErrTooLarge}, "/api/v1/events", "", `{"machineId":"m","temp":1}`, 413, false, "split"},
+		{"closed", &fakeLog{appendErr: log.ErrClosed}, "/api/v1/events", "", `{"machineId":"m","temp":1}`, 503, true, "shutting down"},
+		{"store failed", &fakeLog{ackErr: errors.New("disk full")}, "/api/v1/events", "", `{"machineId":"m","temp":1}`, 503, true, "disk full"},
+		{"malformed", &fakeLog{}, "/api/v1/events", "", `{"machineId":`, 400, false, "urn:twinline:problem:malformed-body"},
+		{"empty", &fakeLog{}, "/api/v1/events", "", ``, 400, false, "empty body"},
+		{"unsupported type", &fakeLog{}, "/api/v1/events", "text/csv", `a,b`, 415, false, "application/x-ndjson"},
+		{"bad precision", &fakeLog{}, "/write?precision=fortnight", "", "cpu,host=m v=1", 400, false, "precision"},
+		{"lp ok", &fakeLog{}, "/api/v2/write?precision=s", "", "cpu,host=m v=1", 204, false, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tt.log.real = log.New(1000, nil)
+			a := newTestAPI(t, tt.log)
+			rec := post(a, tt.path, tt.ct, tt.body)
+			if rec.Code != tt.status {
+				t.Fatalf("status = %d (%s), want %d", rec.Code, rec.Body, tt.status)
+			}
+			if got := rec.Header().Get("Retry-After") != ""; got != tt.retryAfter {
+				t.Errorf("Retry-After present = %v, want %v", got, tt.retryAfter)
+			}
+			if rec.Code >= 400 && rec.Header().Get("Content-Type") != "application/problem+json" {
+				t.Errorf("Content-Type = %q, want application/problem+json", rec.Header().Get("Content-Type"))
+			}
+			if !strings.Contains(rec.Body.String(), tt.contains) {
+				t.Errorf("body %s does not contain %q", rec.Body, tt.contains)
+			}
+		})
+	}
+}
+
+func TestSeriesParameterErrors(t *testing.T) {
+	a := newTestAPI(t, &fakeLog{real: log.New(10, nil)})
+	if _, _, err := a.twins.Put("m", twin.Info{}); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		query string
+		names []string
+	}{
+		{"", []string{"metric"}},
+		{"metric=t&from=yesterday", []string{"from"}},
+		{"metric=t&from=2000&to=1000", []string{"from"}},
+		{"metric=t&step=fast&agg=median", []string{"step", "agg"}},
+		{"metric=t&agg=max", []string{"agg"}},
+		{"metric=t&points=1", []string{"points"}},
+		{"metric=t&points=10&step=10s", []string{"points"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.query, func(t *testing.T) {
+			rec := httptest.NewRecorder()
+			a.ServeHTTP(rec, httptest.NewRequest("GET", "/api/v1/machines/m/series?"+tt.query, nil))
+			if rec.Code != 400 {
+				t.Fatalf("status %d, want 400", rec.Code)
+			}
+			var p Problem
+			if err := json.Unmarshal(rec.Body.Bytes(), &p); err != nil {
+				t.Fatal(err)
+			}
+			var names []string
+			for _, ip := range p.InvalidParams {
+				names = append(names, ip.Name)
+			}
+			if diff := cmp.Diff(names, tt.names); diff != "" {
+				t.Errorf("invalidParams names (-got +want):\n%s", diff)
+			}
+		})
+	}
+	rec := httptest.NewRecorder()
+	a.ServeHTTP(rec, httptest.NewRequest("GET", "/api/v1/machines/nope/series?metric=t", nil))
+	if rec.Code != 404 || !strings.Contains(rec.Body.String(), "urn:twinline:problem:not-found") {
+		t.Errorf("unknown machine: %d %s; want 404 problem", rec.Code, rec.Body)
+	}
+}
+
+// TestOpenAPIMatchesRoutes keeps the OpenAPI document in step with the
+// routes the server registers.
+func TestOpenAPIMatchesRoutes(t *testing.T) {
+	var doc struct {
+		OpenAPI string                    `json:"openapi"`
+		Paths   map[string]map[string]any `json:"paths"`
+	}
+	if err := json.Unmarshal(openapiDoc, &doc); err != nil {
+		t.Fatalf("openapi.json: %v", err)
+	}
+	if !strings.HasPrefix(doc.OpenAPI, "3.1") {
+		t.Errorf("openapi = %q, want 3.1.x", doc.OpenAPI)
+	}
+	a := newTestAPI(t, &fakeLog{real: log.New(10, nil)})
+	var fromRoutes, fromDoc []string
+	for _, rt := range a.routes() {
+		fromRoutes = append(fromRoutes, strings.ToLower(rt.method)+" "+strings.TrimSuffix(rt.path, "{$}"))
+	}
+	for path, item := range doc.Paths {
+		for method := range item {
+			if method != "parameters" {
+				fromDoc = append(fromDoc, method+" "+path)
+			}
+		}
+	}
+	slices.Sort(fromRoutes)
+	slices.Sort(fromDoc)
+	if diff := cmp.Diff(fromRoutes, fromDoc); diff != "" {
+		t.Errorf("routes vs openapi.json paths (-routes +doc):\n%s", diff)
+	}
+}
+
+func TestNotFoundIsProblem(t *testing.T) {
+	a := newTestAPI(t, &fakeLog{real: log.New(10, nil)})
+	rec := httptest.NewRecorder()
+	a.ServeHTTP(rec, httptest.NewRequest("GET", "/api/v1/nothing", nil))
+	if rec.Code != 404 || rec.Header().Get("Content-Type") != "application/problem+json" {
+		t.Errorf("got %d %s", rec.Code, rec.Header().Get("Content-Type"))
+	}
+}
+
+func TestQueryEndpoint(t *testing.T) {
+	a := newTestAPI(t, &fakeLog{real: log.New(10, nil)})
+	for _, q := range []string{"CREATE DATABASE plant", "SHOW DATABASES"} {
+		rec := post(a, "/query", "application/x-www-form-urlencoded", "q="+strings.ReplaceAll(q, " ", "+"))
+		if rec.Code != 200 {
+			t.Fatalf("%s: %d %s", q, rec.Code, rec.Body)
+		}
+		if q == "SHOW DATABASES" {
+			var got struct {
+				Results []struct {
+					Series []struct {
+						Values [][]string `json:"values"`
+					} `json:"series"`
+				} `json:"results"`
+			}
+			if err := json.NewDecoder(bytes.NewReader(rec.Body.Bytes())).Decode(&got); err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(got.Results[0].Series[0].Values, [][]string{{"twinline"}, {"plant"}}); diff != "" {
+				t.Errorf("databases (-got +want):\n%s", diff)
+			}
+		}
+	}
+	rec := post(a, "/query", "application/x-www-form-urlencoded", "q=SELECT+*+FROM+cpu")
+	if rec.Code != 200 || !strings.Contains(rec.Body.String(), `"error":"twinline answers only`) {
+		t.Errorf("SELECT: %d %s; want a statement error", rec.Code, rec.Body)
+	}
+}

@@ -1,0 +1,63 @@
+package config
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestDefaultIsValid(t *testing.T) {
+	if err := Default().Validate(); err != nil {
+		t.Fatalf("Default().Validate() = %v, want nil", err)
+	}
+	if got, want := Default().Listen, "127.0.0.1:8080"; got != want {
+		t.Errorf("default listen = %q, want loopback %q", got, want)
+	}
+}
+
+func TestValidateReportsEveryProblem(t *testing.T) {
+	c := Default()
+	c.Listen = "nope"
+	c.Retention = time.Minute
+	c.LogCapacity = 1
+	c.LogLevel = "loud"
+	c.LPMachineTags = nil
+	err := c.Validate()
+	if err == nil {
+		t.Fatal("Validate() = nil, want errors")
+	}
+	for _, flag := range []string{"--listen", "--retention", "--log-capacity", "--log-level", "--lp-machine-tags"} {
+		if !strings.Contains(err.Error(), flag) {
+			t.Errorf("Validate() error %q does not name %s", err, flag)
+		}
+	}
+}
+
+func TestValidateCases(t *testing.T) {
+	tests := []struct {
+		name   string
+		change func(*Config)
+		flag   string // "" means valid
+	}{
+		{"demo needs machines", func(c *Config) { c.Demo, c.DemoMachines = true, 0 }, "--demo-machines"},
+		{"demo off ignores machines", func(c *Config) { c.DemoMachines = 0 }, ""},
+		{"decompressed below compressed", func(c *Config) { c.MaxDecompressedBytes = c.MaxBodyBytes - 1 }, "--max-decompressed-bytes"},
+		{"ooo window beyond retention", func(c *Config) { c.OutOfOrderWindow = c.Retention + time.Hour }, "--out-of-order-window"},
+		{"empty tag", func(c *Config) { c.LPMachineTags = []string{"host", " "} }, "--lp-machine-tags"},
+		{"tiny heartbeat", func(c *Config) { c.StreamHeartbeat = time.Millisecond }, "--stream-heartbeat"},
+		{"wildcard listen", func(c *Config) { c.Listen = "0.0.0.0:9000" }, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := Default()
+			tt.change(&c)
+			err := c.Validate()
+			switch {
+			case tt.flag == "" && err != nil:
+				t.Errorf("Validate() = %v, want nil", err)
+			case tt.flag != "" && (err == nil || !strings.Contains(err.Error(), tt.flag)):
+				t.Errorf("Validate() = %v, want an error naming %s", err, tt.flag)
+			}
+		})
+	}
+}

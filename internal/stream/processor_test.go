@@ -1,0 +1,140 @@
+package stream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/twinline/twinline/internal/log"
+	"github.com/twinline/twinline/internal/store"
+	"github.com/twinline/twinline/internal/telemetry"
+)
+
+func event(machine string, t int64, metrics ...string) telemetry.Event {
+	ev := telemetry.Event{Machine: machine, Time: t}
+	for i, m := range metrics {
+		ev.Metrics = append(ev.Metrics, telemetry.Metric{Name: m, Value: float64(i + 1)})
+	}
+	return ev
+}
+
+func TestEngineFlattensInOrder(t *testing.T) {
+	got := Engine{}.Process([]telemetry.Event{event("a", 1, "x", "y"), event("b", 2, "x")}, nil)
+	want := []telemetry.Sample{
+		{Machine: "a", Metric: "x", Time: 1, Value: 1},
+		{Machine: "a", Metric: "y", Time: 1, Value: 2},
+		{Machine: "b", Metric: "x", Time: 2, Value: 1},
+	}
+	if diff := cmp.Diff(got, want); diff != "" {
+		t.Errorf("Process (-got +want):\n%s", diff)
+	}
+}
+
+// fakeStore records appends and fails those of machine "bad".
+type fakeStore struct {
+	mu     sync.Mutex
+	stored []telemetry.Sample
+}
+
+func (f *fakeStore) append(_ context.Context, ss []telemetry.Sample) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, s := range ss {
+		switch s.Machine {
+		case "bad":
+			return errors.New("disk full")
+		case "old":
+			return fmt.Errorf("1 sample: %w", store.ErrOutOfBounds)
+		}
+	}
+	f.stored = append(f.stored, ss...)
+	return nil
+}
+
+func TestProcessorGroupOutcomes(t *testing.T) {
+	tests := []struct {
+		name     string
+		machine  string
+		wantErr  bool
+		wantSunk bool
+	}{
+		{"stored", "a", false, true},
+		{"out of bounds is stored rest", "old", false, true},
+		{"store error", "bad", true, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			l := log.New(100, nil)
+			fs := &fakeStore{}
+			var sunk []telemetry.Sample
+			p := NewProcessor(l, fs.append, func(_ *telemetry.Batch, ss []telemetry.Sample) {
+				sunk = append(sunk, ss...)
+			}, slog.New(slog.DiscardHandler), nil)
+			e, err := l.Append(&telemetry.Batch{Events: []telemetry.Event{event(tt.machine, 7, "x", "y")}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			l.Close()
+			if err := p.Run(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			res, err := e.Wait(context.Background())
+			if (err != nil) != tt.wantErr {
+				t.Errorf("ack error = %v, want error %v", err, tt.wantErr)
+			}
+			if !tt.wantErr && res.Accepted != 1 {
+				t.Errorf("Accepted = %d, want 1", res.Accepted)
+			}
+			if got := len(sunk) > 0; got != tt.wantSunk {
+				t.Errorf("sink called = %v, want %v", got, tt.wantSunk)
+			}
+			if tt.wantSunk && len(sunk) != 2 {
+				t.Errorf("sink got %d samples, want 2", len(sunk))
+			}
+		})
+	}
+}
+
+func TestProcessorStopsOnContext(t *testing.T) {
+	l := log.New(100, nil)
+	p := NewProcessor(l, (&fakeStore{}).append, nil, slog.New(slog.DiscardHandler), nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := p.Run(ctx); !errors.Is(err, context.Canceled) {
+		t.Errorf("Run = %v, want context.Canceled", err)
+	}
+}
+
+// TestProcessorSinkSeesEachEntrysSamples checks that pipelined sinks get
+// exactly their entry's samples across many groups (the buffers alternate).
+func TestProcessorSinkSeesEachEntrysSamples(t *testing.T) {
+	l := log.New(1<<20, nil)
+	var got []string
+	p := NewProcessor(l, (&fakeStore{}).append, func(b *telemetry.Batch, ss []telemetry.Sample) {
+		for _, s := range ss {
+			got = append(got, fmt.Sprintf("%s/%s@%d", b.Protocol, s.Machine, s.Time))
+		}
+	}, slog.New(slog.DiscardHandler), nil)
+	var want []string
+	done := make(chan error, 1)
+	go func() { done <- p.Run(context.Background()) }()
+	for i := range 500 {
+		name := fmt.Sprint(i)
+		if _, err := l.Append(&telemetry.Batch{Protocol: name, Events: []telemetry.Event{event("m"+name, int64(i), "x")}}); err != nil {
+			t.Fatal(err)
+		}
+		want = append(want, fmt.Sprintf("%s/m%s@%d", name, name, i))
+	}
+	l.Close()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(got, want); diff != "" {
+		t.Errorf("sink samples (-got +want):\n%s", diff)
+	}
+}
