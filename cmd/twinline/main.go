@@ -99,6 +99,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.IntVar(&cfg.StreamQueue, "stream-queue", cfg.StreamQueue, "per stream client queue in `messages`; a client that falls this far behind is cut off and resumes")
 	durationVar(fs, &cfg.StreamHeartbeat, "stream-heartbeat", "interval of stream heartbeats")
 	fs.IntVar(&cfg.StreamReplay, "stream-replay", cfg.StreamReplay, "recent stream `messages` kept for clients resuming after a reconnect")
+	durationVar(fs, &cfg.StreamWriteTimeout, "stream-write-timeout", "time a stream client has to take one burst of messages before it is disconnected")
 	durationVar(fs, &cfg.OfflineAfter, "offline-after", "silence after which a machine shows offline")
 	durationVar(fs, &cfg.ShutdownTimeout, "shutdown-timeout", "time allowed to drain clients and the event log on shutdown")
 	fs.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "debug, info, warn or error")

@@ -102,9 +102,11 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 
 	a.log = log.New(cfg.LogCapacity, reg)
 	a.hub = hub.New(hub.Options{
-		QueueSize:  cfg.StreamQueue,
-		Heartbeat:  cfg.StreamHeartbeat,
-		ReplaySize: cfg.StreamReplay,
+		QueueSize:    cfg.StreamQueue,
+		Heartbeat:    cfg.StreamHeartbeat,
+		ReplaySize:   cfg.StreamReplay,
+		WriteTimeout: cfg.StreamWriteTimeout,
+		MaxClients:   cfg.MaxConns,
 	}, logger, reg)
 	a.proc = stream.NewProcessor(a.log, st.Append, func(b *telemetry.Batch, samples []telemetry.Sample) {
 		twins.Observe(b, samples)

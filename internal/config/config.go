@@ -50,6 +50,8 @@ type Config struct {
 	StreamQueue     int
 	StreamHeartbeat time.Duration
 	StreamReplay    int
+	// StreamWriteTimeout bounds one burst of writes to a stream client.
+	StreamWriteTimeout time.Duration
 
 	// OfflineAfter is how long a machine may be silent and still be online.
 	OfflineAfter time.Duration
@@ -81,6 +83,7 @@ func Default() Config {
 		StreamQueue:          256,
 		StreamHeartbeat:      15 * time.Second,
 		StreamReplay:         8192,
+		StreamWriteTimeout:   10 * time.Second,
 		OfflineAfter:         30 * time.Second,
 		ShutdownTimeout:      15 * time.Second,
 		LogLevel:             "info",
@@ -157,6 +160,9 @@ func (c Config) Validate() error {
 	}
 	if c.StreamHeartbeat < 100*time.Millisecond {
 		bad("stream-heartbeat", "must be at least 100ms, got %s", c.StreamHeartbeat)
+	}
+	if c.StreamWriteTimeout < 100*time.Millisecond {
+		bad("stream-write-timeout", "must be at least 100ms, got %s", c.StreamWriteTimeout)
 	}
 	if c.StreamReplay < 0 {
 		bad("stream-replay", "must not be negative, got %d", c.StreamReplay)

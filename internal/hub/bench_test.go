@@ -1,0 +1,179 @@
+package hub
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"net"
+	"net/http/httptest"
+	"runtime"
+	"sync"
+	"testing"
+
+	"github.com/twinline/twinline/internal/telemetry"
+)
+
+// BenchmarkPublish measures PublishSamples with 1 000 subscribed clients,
+// below the transport: each client's queue is drained by a goroutine, as a
+// connection's handler would, so the cost of waking it is included. One
+// publish carries 10 machines × 5 samples, so 10 messages.
+//
+//	go test -run '^$' -bench Publish -benchmem ./internal/hub/
+func BenchmarkPublish(b *testing.B) {
+	const clients, machines, perMachine = 1000, 10, 5
+	batch := make([]telemetry.Sample, 0, machines*perMachine)
+	for i := range perMachine {
+		for m := range machines {
+			batch = append(batch, telemetry.Sample{
+				Machine: fmt.Sprintf("press-%02d", m), Metric: "temperature",
+				Time: 1764482400000 + int64(i), Value: 71.3 + float64(i),
+			})
+		}
+	}
+	for _, bc := range []struct {
+		name string
+		// subscribe returns the machines client i subscribes to; none: all.
+		subscribe func(i int) []string
+	}{
+		{"all", func(int) []string { return nil }},
+		{"one_machine_each", func(i int) []string { return []string{fmt.Sprintf("press-%02d", i%machines)} }},
+	} {
+		b.Run(fmt.Sprintf("clients=%d/%s", clients, bc.name), func(b *testing.B) {
+			h, _ := newTestHub(b, Options{QueueSize: 1 << 12})
+			var wg sync.WaitGroup
+			var delivered sync.Map
+			cs := make([]*client, clients)
+			for i := range cs {
+				cs[i], _ = testClient(b, h, h.opts.QueueSize, bc.subscribe(i)...)
+				wg.Go(func() {
+					n := 0
+					defer func() { delivered.Store(i, n) }()
+					batch := make([]*message, 0, burst)
+					for {
+						select {
+						case <-cs[i].queue.wake:
+							for batch = cs[i].queue.pop(batch[:0], burst); len(batch) > 0; batch = cs[i].queue.pop(batch[:0], burst) {
+								n += len(batch)
+							}
+						case <-cs[i].cut:
+							return
+						}
+					}
+				})
+			}
+			b.ReportAllocs()
+			for b.Loop() {
+				h.PublishSamples(batch, 1764482400123)
+			}
+			for _, c := range cs {
+				h.drop(c, reasonShutdown)
+				h.unregister(c)
+			}
+			wg.Wait()
+			var cut int
+			for _, c := range cs {
+				if c.reason == reasonSlowClient {
+					cut++
+				}
+			}
+			if cut > 0 {
+				b.Fatalf("%d clients cut off as slow: the benchmark outran the drain goroutines", cut)
+			}
+			secs := b.Elapsed().Seconds()
+			b.ReportMetric(float64(b.N*machines)/secs, "msgs/s")
+			var total int
+			delivered.Range(func(_, v any) bool { total += v.(int); return true })
+			b.ReportMetric(float64(total)/secs, "deliveries/s")
+		})
+	}
+}
+
+// BenchmarkEncodeSamples measures grouping and encoding alone, with no
+// subscriber.
+func BenchmarkEncodeSamples(b *testing.B) {
+	h, _ := newTestHub(b, Options{})
+	batch := make([]telemetry.Sample, 500)
+	for i := range batch {
+		batch[i] = telemetry.Sample{Machine: fmt.Sprintf("m%03d", i%100), Metric: "vibration_rms", Time: int64(i), Value: float64(i) / 3}
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		h.PublishSamples(batch, 1)
+	}
+	b.ReportMetric(float64(b.N*len(batch))/b.Elapsed().Seconds(), "samples/s")
+}
+
+// BenchmarkClientMemory reports the Go memory (heap and stacks) that one
+// connected, idle stream client costs, over real loopback connections. The
+// clients are raw TCP connections that read their hello and then nothing,
+// so nearly all of the figure is the server's: the net/http connection and
+// its buffers, the handler goroutine (two for WebSocket, with the read
+// loop), and the hub's client. Run it once:
+//
+//	go test -run '^$' -bench ClientMemory -benchtime 1x ./internal/hub/
+func BenchmarkClientMemory(b *testing.B) {
+	const n = 1000
+	requests := map[string]string{
+		transportSSE: "GET /api/v1/stream?all=1 HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n",
+		transportWS: "GET /api/v1/stream?all=1 HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+			"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+	}
+	for _, tr := range transports {
+		b.Run(tr, func(b *testing.B) {
+			h, _ := newTestHub(b, Options{})
+			srv := httptest.NewServer(h)
+			defer srv.Close()
+			addr := srv.Listener.Addr().String()
+			var perClient, stackPer float64
+			for b.Loop() {
+				before := memInUse()
+				stackBefore := stackInUse()
+				conns := make([]net.Conn, 0, n)
+				buf := make([]byte, 4096)
+				for range n {
+					conn, err := net.Dial("tcp", addr)
+					if err != nil {
+						b.Fatal(err)
+					}
+					conns = append(conns, conn)
+					if _, err := io.WriteString(conn, requests[tr]); err != nil {
+						b.Fatal(err)
+					}
+					// Read up to the hello: the handler is then serving.
+					var got []byte
+					for !bytes.Contains(got, []byte(`"type":"hello"`)) {
+						k, err := conn.Read(buf)
+						if err != nil {
+							b.Fatal(err)
+						}
+						got = append(got, buf[:k]...)
+					}
+				}
+				perClient = float64(memInUse()-before) / n
+				stackPer = float64(stackInUse()-stackBefore) / n
+				if got := h.Clients(); got != n {
+					b.Fatalf("clients: got %d, want %d", got, n)
+				}
+				for _, c := range conns {
+					c.Close()
+				}
+			}
+			b.ReportMetric(perClient, "bytes/client")
+			b.ReportMetric(stackPer, "stack-bytes/client")
+		})
+	}
+}
+
+// memInUse returns the heap and stack memory in use after a GC.
+func memInUse() uint64 {
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return ms.HeapInuse + ms.StackInuse
+}
+
+func stackInUse() uint64 {
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return ms.StackInuse
+}

@@ -1,0 +1,135 @@
+// Package hub fans live updates out to dashboard clients over WebSocket and
+// Server-Sent Events: GET /api/v1/stream?machine=ID[&machine=ID…] or ?all=1.
+//
+// This is the in-memory, single-replica hub. Its publish side is two
+// methods, [Hub.PublishSamples] and [Hub.PublishEvent]; a cross-replica
+// variant (Redis) can sit behind the same two calls.
+//
+// # Transports
+//
+// A request with a WebSocket upgrade gets a WebSocket: one JSON message per
+// text frame. A request with "Accept: text/event-stream" gets SSE: one JSON
+// message per event, in the event's data field; events that may serve as a
+// resume cursor also carry "id: <seq>". The stream opens with a "retry:"
+// hint (1–5 s, jittered per connection so that a restart does not bring every
+// client back in the same instant). Any other request is answered 426.
+//
+// # Messages
+//
+// Every message is a JSON object with a "type". seq is a hub-wide sequence
+// number, strictly increasing, one per published message; seqs are below
+// 2^53, so they are exact in JavaScript. The hub starts its sequence at the
+// current time in Unix microseconds, so the seqs of a restarted process are
+// always newer than any seq of the one before it, and a cursor from before a
+// restart is recognised as expired rather than silently mistaken for a
+// position in the new sequence.
+//
+//	{"seq":42,"type":"samples","machine":"press-07","ingestTs":1764482400123,
+//	 "samples":[{"metric":"temp","ts":1764482400000,"value":71.3}, …]}
+//
+// Samples are batched: one message per machine per publish, the samples in
+// the order they were published. ts is the event time of a sample and
+// ingestTs the server's ingest time, both in Unix milliseconds; a client
+// measures sensor-to-screen latency as its arrival time − ts (and the
+// server's share of it as arrival time − ingestTs). A value that is not a
+// finite number is sent as null.
+//
+//	{"seq":43,"type":"alarm","machine":"press-07","data":{…}}
+//
+// Other live updates (status changes, alarms, notes, windows) carry the type
+// and data given to [Hub.PublishEvent]. The types hello, heartbeat, reset,
+// reconnect and samples are the hub's own.
+//
+//	{"type":"hello","seq":41,"heartbeatMs":15000,"queue":256}
+//
+// hello is the first message on every connection. Its seq is the hub's
+// latest seq at the moment the client was registered: replayed messages
+// (see Resume) have seqs up to it, live ones above it. No SSE id.
+//
+//	{"type":"heartbeat","ts":1764482415000,"seq":57}
+//
+// heartbeat is sent every heartbeat interval whether the stream is idle or
+// not; ts is the server time in Unix ms and seq the hub's latest seq. Every
+// message up to seq that matches the client's filter has been sent before
+// the heartbeat, so seq is a valid resume cursor even for a client whose
+// machines are quiet; on SSE the heartbeat is a normal event with "id: seq"
+// so that the browser's Last-Event-ID moves forward with it. A heartbeat is
+// skipped for a client whose queue is full (its queue is not idle).
+//
+//	{"type":"reset","reason":"cursor_expired","seq":41}
+//
+// reset follows hello when a client asks to resume from a cursor the hub
+// can no longer serve: "cursor_expired" when messages after the cursor have
+// left the replay ring (or the cursor is from before a restart),
+// "cursor_unknown" when the cursor is ahead of the hub's latest seq. The
+// client must reload what it shows from the query API; the stream goes on
+// live after seq (which is also the reset's SSE id). Nothing is replayed.
+//
+//	{"type":"reconnect","reason":"slow_client","cursor":40,"retryMs":2345}
+//
+// reconnect is the last message before the hub closes a stream: reason is
+// "slow_client" (see below) or "shutdown" (the server is stopping; WebSocket
+// close status 1012 service restart). cursor is the seq to resume from: every
+// message up to it that matches the filter has been sent on this
+// connection. retryMs is a jittered delay to wait before reconnecting. No
+// SSE id.
+//
+// # Resume
+//
+// A client resumes with ?cursor=N (WebSocket or SSE) or, on SSE, the
+// Last-Event-ID header, which wins over ?cursor because a browser's
+// EventSource reconnects with its original URL and an updated header. On
+// connect the hub replays, from a ring of the most recent messages, every
+// message with seq > N that matches the filter, then goes on live: no gap
+// and no duplicate, because the client is registered for live messages and
+// the ring is read in the same critical section. A client without a cursor
+// gets live messages only.
+//
+// # Slow clients
+//
+// Each client has a bounded queue (Options.QueueSize publish calls: a client
+// may fall that many publishes behind, whatever the number of machines in
+// each; at most 64 × QueueSize messages). The publisher never blocks on a
+// client and never writes to a network connection: it only enqueues shared,
+// already encoded messages. If a client's queue has no room for what a
+// publish brings it (an all-machines client takes every machine of the
+// publish at once; a machine client one message), the client is cut off: it
+// is removed from the hub at once (other clients keep receiving),
+// the messages still in its queue are discarded, and its connection's own
+// goroutine sends, best effort and within the write timeout, a final
+// {"type":"reconnect","reason":"slow_client","cursor":N} where N is the seq
+// of the last message actually written to it, then closes the connection
+// (WebSocket close status 1013 try again later; SSE: the response ends). A
+// client that reconnects with that cursor gets the discarded messages from
+// the replay ring, or a reset if they have left it. A write that does not
+// complete within Options.WriteTimeout also ends the connection, without a
+// reconnect message, so a stuck TCP peer cannot hold a goroutine.
+//
+// # Filters and limits
+//
+// A client names up to Options.MaxMachines machines, or all=1 for every
+// machine; neither, both, or too many is answered 400 problem+json naming
+// the parameter. Past Options.MaxClients connected clients, and during
+// shutdown, the answer is 503 problem+json with Retry-After. Delivery looks
+// up the subscribers of the message's machine and the all-machines
+// subscribers; it never scans every client. Events published with an empty
+// machine go to the all-machines subscribers only.
+//
+// # Operation
+//
+// Run sends the heartbeats. Call Shutdown before, or together with,
+// http.Server.Shutdown: SSE responses never go idle, and WebSocket
+// connections are hijacked, out of the server's reach. The server needs no
+// WriteTimeout for the stream: the hub gives each burst of writes to a client
+// its own deadline (Options.WriteTimeout). A client costs the hub about 1 KB
+// (its queue grows on demand); the connection
+// itself costs more, mostly net/http buffers and goroutine stacks (see
+// BenchmarkClientMemory). The replay ring holds ReplaySize messages.
+//
+// # Metrics
+//
+// twinline_stream_clients{transport}, twinline_stream_messages_sent_total{transport},
+// twinline_stream_clients_dropped_total{reason}, twinline_stream_rejected_total{reason},
+// twinline_stream_messages_published_total{kind},
+// twinline_stream_publish_duration_seconds.
+package hub
