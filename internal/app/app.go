@@ -80,6 +80,7 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 	st, err := embedded.Open(filepath.Join(cfg.DataDir, "tsdb"), embedded.Options{
 		Retention:        cfg.Retention,
 		OutOfOrderWindow: cfg.OutOfOrderWindow,
+		MaxFuture:        cfg.MaxFuture,
 	}, logger.With("component", "store"), reg)
 	if err != nil {
 		return nil, fmt.Errorf("opening store: %w", err)

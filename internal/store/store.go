@@ -29,7 +29,8 @@ type SeriesKey struct {
 //
 // Append must be durable when it returns nil: the samples survive a crash of
 // the process (kill -9). Samples with the same machine, metric and time as a
-// stored one are idempotent duplicates, not errors. Samples older than the
+// stored one are idempotent duplicates, not errors, whatever their value:
+// the first stored value is kept. Samples older than the
 // store accepts are reported with an error wrapping ErrOutOfBounds after the
 // others were stored.
 type Store interface {

@@ -1,0 +1,148 @@
+package embedded
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/twinline/twinline/internal/store"
+	"github.com/twinline/twinline/internal/telemetry"
+)
+
+// benchBatch fills batch with samples of machines × metrics series, one per
+// series and timestamp, from time t on in 1 s steps; it returns the next
+// time.
+func benchBatch(batch []telemetry.Sample, machines, metrics []string, t int64) int64 {
+	i := 0
+	for i < len(batch) {
+		for _, m := range machines {
+			for k, metric := range metrics {
+				if i == len(batch) {
+					return t
+				}
+				batch[i] = telemetry.Sample{Machine: m, Metric: metric, Time: t, Value: float64((t/sec)%600) + float64(k)}
+				i++
+			}
+		}
+		t += sec
+	}
+	return t
+}
+
+func names(prefix string, n int) []string {
+	out := make([]string, n)
+	for i := range out {
+		out[i] = fmt.Sprintf("%s-%03d", prefix, i)
+	}
+	return out
+}
+
+// BenchmarkAppend appends batches of 1000 samples over 100 machines × 5
+// metrics (two timestamps per batch), as the ingest path does.
+func BenchmarkAppend(b *testing.B) {
+	for _, c := range []string{"snappy", "zstd", "none"} {
+		b.Run("wal="+c, func(b *testing.B) {
+			s := open(b, b.TempDir(), Options{WALCompression: c})
+			machines, metrics := names("machine", 100), names("metric", 5)
+			batch := make([]telemetry.Sample, 1000)
+			t := base
+			// Warm the series cache: the first batch of a series takes the
+			// checked path.
+			t = benchBatch(batch, machines, metrics, t)
+			mustAppend(b, s, batch)
+			b.ReportAllocs()
+			for b.Loop() {
+				t = benchBatch(batch, machines, metrics, t)
+				if err := s.Append(context.Background(), batch); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(b.N*len(batch))/b.Elapsed().Seconds(), "samples/s")
+		})
+	}
+}
+
+// BenchmarkAppendParallel appends from GOMAXPROCS goroutines, each with its
+// own 100 machines.
+func BenchmarkAppendParallel(b *testing.B) {
+	s := open(b, b.TempDir(), Options{})
+	var worker atomic.Int64
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		machines, metrics := names(fmt.Sprintf("w%d-machine", worker.Add(1)), 100), names("metric", 5)
+		batch := make([]telemetry.Sample, 1000)
+		t := base
+		for pb.Next() {
+			t = benchBatch(batch, machines, metrics, t)
+			if err := s.Append(context.Background(), batch); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+	b.ReportMetric(float64(b.N*1000)/b.Elapsed().Seconds(), "samples/s")
+}
+
+// dayStore returns a store holding one day at 1 Hz of the series m/x (and
+// of 9 neighbours), compacted into blocks as a day-old range would be.
+func dayStore(b *testing.B) (*Store, store.SeriesKey, int64, int64) {
+	b.Helper()
+	s := open(b, b.TempDir(), Options{})
+	machines, metrics := names("m", 10), []string{"x"}
+	batch := make([]telemetry.Sample, 10*3600)
+	t := base
+	for range 24 {
+		t = benchBatch(batch, machines, metrics, t)
+		mustAppend(b, s, batch)
+	}
+	if err := s.db.Compact(context.Background()); err != nil {
+		b.Fatal(err)
+	}
+	return s, store.SeriesKey{Machine: machines[0], Metric: "x"}, base, t - sec
+}
+
+// BenchmarkSelect reads one day at 1 Hz (86 400 samples) of one series.
+func BenchmarkSelect(b *testing.B) {
+	s, key, from, to := dayStore(b)
+	b.ReportAllocs()
+	n := 0
+	for b.Loop() {
+		n = 0
+		if err := s.Select(context.Background(), key, from, to, func(store.Point) bool { n++; return true }); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if n != 86400 {
+		b.Fatalf("selected %d samples, want 86400", n)
+	}
+	b.ReportMetric(float64(b.N*n)/b.Elapsed().Seconds(), "samples/s")
+}
+
+// BenchmarkDownsample reduces one day at 1 Hz to 1000 points.
+func BenchmarkDownsample(b *testing.B) {
+	s, key, from, to := dayStore(b)
+	b.ReportAllocs()
+	var pts []store.Point
+	for b.Loop() {
+		var err error
+		if pts, err = store.Downsample(context.Background(), s, key, from, to, 1000); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if len(pts) > 1000 || len(pts) < 900 {
+		b.Fatalf("downsampled to %d points", len(pts))
+	}
+}
+
+// BenchmarkAggregate reduces one day at 1 Hz to 10 s averages.
+func BenchmarkAggregate(b *testing.B) {
+	s, key, from, to := dayStore(b)
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := store.Aggregate(context.Background(), s, key, from, to, 10*time.Second, store.AggAvg); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
