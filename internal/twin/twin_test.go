@@ -1,0 +1,167 @@
+package twin
+
+import (
+	"errors"
+	"log/slog"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/twinline/twinline/internal/telemetry"
+)
+
+type fakeClock struct{ t time.Time }
+
+func (c *fakeClock) now() time.Time { return c.t }
+
+func open(t *testing.T, path string, clk *fakeClock) *Twins {
+	t.Helper()
+	tw, err := Open(path, 30*time.Second, clk.now, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tw
+}
+
+func f(v float64) *float64 { return &v }
+
+func TestObserveRegistersAndTracksLatestByEventTime(t *testing.T) {
+	clk := &fakeClock{time.UnixMilli(1_000_000)}
+	tw := open(t, filepath.Join(t.TempDir(), "registry.json"), clk)
+	b := &telemetry.Batch{Received: 1_000_000}
+	tw.Observe(b, []telemetry.Sample{
+		{Machine: "press-07", Metric: "temp", Time: 900_000, Value: 70},
+		{Machine: "press-07", Metric: "temp", Time: 800_000, Value: 60}, // older event arriving later
+		{Machine: "press-07", Metric: "rpm", Time: 900_000, Value: 1200},
+		{Machine: "oven-01", Metric: "temp", Time: 950_000, Value: 180},
+	})
+	got, err := tw.Get("press-07")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]Value{"temp": {70, 900_000}, "rpm": {1200, 900_000}}
+	if diff := cmp.Diff(got.Metrics, want); diff != "" {
+		t.Errorf("metrics (-got +want):\n%s", diff)
+	}
+	if got.Status != StatusOnline || got.LastSeen != 1_000_000 {
+		t.Errorf("status, lastSeen = %s, %d; want online, 1000000", got.Status, got.LastSeen)
+	}
+	clk.t = clk.t.Add(31 * time.Second)
+	if got, _ := tw.Get("press-07"); got.Status != StatusOffline {
+		t.Errorf("status after 31s of silence = %s, want offline", got.Status)
+	}
+	var ids []string
+	for _, m := range tw.List() {
+		ids = append(ids, m.ID)
+	}
+	if diff := cmp.Diff(ids, []string{"oven-01", "press-07"}); diff != "" {
+		t.Errorf("List ids (-got +want):\n%s", diff)
+	}
+}
+
+func TestRegistryPersistsAcrossOpen(t *testing.T) {
+	clk := &fakeClock{time.Date(2026, 11, 30, 6, 0, 0, 0, time.UTC)}
+	path := filepath.Join(t.TempDir(), "registry.json")
+	tw := open(t, path, clk)
+
+	_, created, err := tw.Put("press-07", Info{Name: "Press 7", Site: "lyon", Line: "A",
+		Thresholds: map[string]Threshold{"temp": {High: f(90), Low: f(10), Deadband: 2, For: "10s"}},
+		Attributes: map[string]any{"vendor": "Schuler"}})
+	if err != nil || !created {
+		t.Fatalf("Put = created %v, %v; want created", created, err)
+	}
+	if _, created, _ := tw.Put("press-07", Info{Name: "Press 7", Site: "lyon", Line: "A"}); created {
+		t.Error("second Put reported created")
+	}
+	m, err := tw.Patch("press-07", []byte(`{"line":"B","attributes":{"vendor":null,"bay":3}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Line != "B" || m.Name != "Press 7" {
+		t.Errorf("after patch: line %q name %q; want B, Press 7", m.Line, m.Name)
+	}
+	tw.Observe(&telemetry.Batch{Received: 1}, []telemetry.Sample{{Machine: "auto-1", Metric: "x", Time: 1, Value: 1}})
+	if err := tw.Flush(); err != nil {
+		t.Fatal(err)
+	}
+
+	again := open(t, path, clk)
+	got, err := again.Get("press-07")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(got.Info, m.Info); diff != "" {
+		t.Errorf("reopened entry (-got +want):\n%s", diff)
+	}
+	if diff := cmp.Diff(got.Attributes, map[string]any{"bay": float64(3)}); diff != "" {
+		t.Errorf("merge patch attributes (-got +want):\n%s", diff)
+	}
+	if _, err := again.Get("auto-1"); err != nil {
+		t.Errorf("auto-registered machine not persisted: %v", err)
+	}
+	if err := again.Delete("press-07"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := open(t, path, clk).Get("press-07"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("Get after Delete and reopen: got %v, want ErrNotFound", err)
+	}
+}
+
+func TestValidation(t *testing.T) {
+	tw := open(t, filepath.Join(t.TempDir(), "registry.json"), &fakeClock{time.Unix(0, 0)})
+	tests := []struct {
+		name string
+		in   Info
+		want string
+	}{
+		{"low above high", Info{Thresholds: map[string]Threshold{"temp": {High: f(10), Low: f(90)}}}, "low (90) must be below high (10)"},
+		{"no limit", Info{Thresholds: map[string]Threshold{"temp": {Deadband: 1}}}, "needs high or low"},
+		{"bad for", Info{Thresholds: map[string]Threshold{"temp": {High: f(1), For: "soon"}}}, "thresholds.temp.for"},
+		{"negative deadband", Info{Thresholds: map[string]Threshold{"temp": {High: f(1), Deadband: -1}}}, "deadband"},
+		{"long name", Info{Name: strings.Repeat("x", 300)}, "name: longer than 256"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, _, err := tw.Put("m", tt.in)
+			if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("Put = %v, want ErrInvalid containing %q", err, tt.want)
+			}
+		})
+	}
+	if _, err := tw.Patch("nope", []byte(`{}`)); !errors.Is(err, ErrNotFound) {
+		t.Errorf("Patch unknown: got %v, want ErrNotFound", err)
+	}
+	if _, _, err := tw.Put("m", Info{}); err != nil {
+		t.Fatal(err)
+	}
+	for _, patch := range []string{`[1]`, `{"unknown":1}`, `not json`} {
+		if _, err := tw.Patch("m", []byte(patch)); !errors.Is(err, ErrInvalid) {
+			t.Errorf("Patch(%s) = %v, want ErrInvalid", patch, err)
+		}
+	}
+}
+
+func TestRestoreDoesNotClaimOnline(t *testing.T) {
+	tw := open(t, filepath.Join(t.TempDir(), "registry.json"), &fakeClock{time.UnixMilli(10_000)})
+	tw.Restore([]telemetry.Sample{{Machine: "m", Metric: "temp", Time: 9_000, Value: 5}})
+	got, err := tw.Get("m")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Status != StatusOffline || got.LastSeen != 0 || got.Metrics["temp"].Value != 5 {
+		t.Errorf("restored twin = %+v; want offline, no lastSeen, temp 5", got)
+	}
+}
+
+func TestDecodeInfoStrict(t *testing.T) {
+	if _, err := DecodeInfo([]byte(`{"name":"x","colour":"red"}`)); !errors.Is(err, ErrInvalid) {
+		t.Errorf("unknown field: got %v, want ErrInvalid", err)
+	}
+	// A document from GET can be sent back with PUT.
+	if _, err := DecodeInfo([]byte(`{"id":"m","name":"x","status":"online","lastSeen":5,"metrics":{}}`)); err != nil {
+		t.Errorf("echoed GET document: %v", err)
+	}
+}
