@@ -74,8 +74,9 @@ type API struct {
 	inflight   chan struct{}
 	mux        *http.ServeMux
 
-	requests *prometheus.CounterVec
-	samples  *prometheus.CounterVec
+	requests       *prometheus.CounterVec
+	samples        *prometheus.CounterVec
+	ignoredStrings prometheus.Counter
 
 	dbMu      sync.Mutex
 	databases []string // names seen by /write and CREATE DATABASE
@@ -117,11 +118,15 @@ func New(opts Options, deps Deps) *API {
 			Help: "Ingested samples by protocol and outcome (accepted, shed); rejected counts rejected items.",
 		}, []string{"protocol", "outcome"}),
 	}
+	a.ignoredStrings = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "twinline_ingest_ignored_string_fields_total",
+		Help: "Line-protocol string fields skipped: twinline stores numeric values only.",
+	})
 	if a.clock == nil {
 		a.clock = time.Now
 	}
 	if deps.Registerer != nil {
-		deps.Registerer.MustRegister(a.requests, a.samples)
+		deps.Registerer.MustRegister(a.requests, a.samples, a.ignoredStrings)
 	}
 	a.mux = http.NewServeMux()
 	for _, rt := range a.routes() {

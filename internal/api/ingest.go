@@ -69,7 +69,9 @@ func (a *API) handleWrite(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	a.ingest(w, r, "lineprotocol", styleInflux, func(body []byte, opts ingest.Options, dst []telemetry.Event) ([]telemetry.Event, []ingest.Reject, error) {
-		return ingest.DecodeLineProtocol(body, prec, opts, dst)
+		events, rejects, st, err := ingest.DecodeLineProtocolStats(body, prec, opts, dst)
+		a.ignoredStrings.Add(float64(st.IgnoredStringFields))
+		return events, rejects, err
 	})
 }
 
@@ -172,14 +174,18 @@ func (a *API) ingest(w http.ResponseWriter, r *http.Request, protocol string, st
 	}{res.Accepted, res.Duplicates})
 }
 
+// maxListedRejects bounds the items a problem lists; the detail gives the
+// total, so a body of a million bad lines gets a bounded answer.
+const maxListedRejects = 1000
+
 func partialProblem(rejects []ingest.Reject, res log.Result, style ingestStyle) *Problem {
 	p := &Problem{
 		Type: typeInvalidItems, Title: "Some items were rejected", Status: http.StatusBadRequest,
 		Accepted: &res.Accepted, Duplicates: &res.Duplicates,
-		Errors: make([]ItemError, len(rejects)),
+		Errors: make([]ItemError, min(len(rejects), maxListedRejects)),
 	}
 	unit := "item"
-	for i, rj := range rejects {
+	for i, rj := range rejects[:len(p.Errors)] {
 		idx := rj.Index
 		p.Errors[i] = ItemError{Field: rj.Field, Reason: rj.Reason}
 		if style != styleJSON {
@@ -195,6 +201,9 @@ func partialProblem(rejects []ingest.Reject, res log.Result, style ingestStyle) 
 		where += " field " + first.Field
 	}
 	p.Detail = fmt.Sprintf("%d %s(s) rejected, %d accepted; first: %s: %s", len(rejects), unit, res.Accepted, where, first.Reason)
+	if len(rejects) > maxListedRejects {
+		p.Detail += fmt.Sprintf("; errors lists the first %d", maxListedRejects)
+	}
 	if style == styleInflux {
 		// InfluxDB's partial-write wording, which Telegraf recognises.
 		p.Detail = fmt.Sprintf("partial write: %s dropped=%d", p.Detail, len(rejects))

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/twinline/twinline/internal/ingest"
 	"github.com/twinline/twinline/internal/store"
 	"github.com/twinline/twinline/internal/twin"
 )
@@ -52,7 +53,7 @@ func (a *API) handleMachinePut(w http.ResponseWriter, r *http.Request) {
 		a.twinError(w, fmt.Errorf("%w: id %q in the body differs from %q in the path", twin.ErrInvalid, in.ID, id))
 		return
 	}
-	if reason := validMachineID(id); reason != "" {
+	if reason := ingest.MachineIDProblem(id, a.opts.Limits.MaxMachineIDLen); reason != "" {
 		badParam(w, "id", reason)
 		return
 	}
@@ -257,18 +258,4 @@ func (a *API) twinError(w http.ResponseWriter, err error) {
 		a.logger.Error("updating registry", "err", err)
 		writeProblem(w, &Problem{Type: typeStorage, Status: http.StatusServiceUnavailable, retryAfter: 1, Detail: "updating the registry did not complete; retry"})
 	}
-}
-
-// validMachineID mirrors the ingest decoders' rule: a machine id becomes a
-// URL path segment and an MQTT topic level.
-func validMachineID(id string) string {
-	if id == "" || len(id) > 128 {
-		return "must be 1 to 128 bytes"
-	}
-	for _, c := range id {
-		if c <= ' ' || c == 0x7f || c == '/' || c == '+' || c == '#' || c == '?' {
-			return fmt.Sprintf("must not contain %q", c)
-		}
-	}
-	return ""
 }

@@ -39,6 +39,12 @@ func metricNameProblem(b []byte, maxLen int) string {
 	return ""
 }
 
+// MachineIDProblem says why id is not a valid machine id, or "" when it is:
+// the rule every ingest path and the registry apply.
+func MachineIDProblem(id string, maxLen int) string {
+	return machineIDProblem([]byte(id), maxLen)
+}
+
 // machineIDProblem says why b is not a valid machine id, or "" when it is.
 // A machine id becomes a URL path segment and an MQTT topic level.
 func machineIDProblem(b []byte, maxLen int) string {
