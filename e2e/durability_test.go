@@ -148,7 +148,7 @@ func TestLogFullAnswers503(t *testing.T) {
 // TestStalledStreamClientIsCutOff: a client that stops reading is cut off
 // with a reconnect hint while another client keeps receiving everything.
 func TestStalledStreamClientIsCutOff(t *testing.T) {
-	s := start(t, "", "--stream-queue", "32", "--stream-write-timeout", "1s")
+	s := start(t, "", "--stream-queue", "32", "--stream-write-timeout", "3s")
 	c := ctx(t, 60*time.Second)
 	fast := subscribe(t, c, s, "all=1", true)
 
@@ -197,10 +197,13 @@ func TestStalledStreamClientIsCutOff(t *testing.T) {
 			}
 		}
 	}
-	// The cut-off happens in the publish that overflowed the stalled
-	// client's queue, so it is counted by now.
-	if got := metricValue(t, s, `twinline_stream_clients_dropped_total{reason="slow_client"}`); got != 1 {
-		t.Errorf("slow_client cut-offs = %v, want 1", got)
+	// The stalled client was cut off: by the publish that overflowed its
+	// queue (slow_client), or, on a slow machine, by its blocked write
+	// timing out first (write_error). Either is counted by now.
+	slow := metricValue(t, s, `twinline_stream_clients_dropped_total{reason="slow_client"}`)
+	stuck := metricValue(t, s, `twinline_stream_clients_dropped_total{reason="write_error"}`)
+	if slow+stuck != 1 {
+		t.Errorf("cut-offs: slow_client %v + write_error %v, want 1 in all", slow, stuck)
 	}
 	// Its connection ends once its blocked write times out
 	// (--stream-write-timeout): only the fast client stays.
@@ -215,7 +218,8 @@ func TestStalledStreamClientIsCutOff(t *testing.T) {
 	}
 }
 
-// metricValue returns the value of one series on /metrics, -1 if absent.
+// metricValue returns the value of one series on /metrics, 0 if absent
+// (a counter not yet incremented).
 func metricValue(t *testing.T, s *server, series string) float64 {
 	t.Helper()
 	for _, l := range strings.Split(string(s.get("/metrics").body), "\n") {
@@ -227,5 +231,5 @@ func metricValue(t *testing.T, s *server, series string) float64 {
 			return f
 		}
 	}
-	return -1
+	return 0
 }

@@ -30,6 +30,8 @@ var version = ""
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	// After the first signal, stop catching: a second one kills at once.
+	context.AfterFunc(ctx, stop)
 	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
 	if errors.Is(err, flag.ErrHelp) {
@@ -95,6 +97,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.IntVar(&cfg.MaxConns, "max-conns", cfg.MaxConns, "most simultaneous TCP connections (stream clients included)")
 	fs.IntVar(&cfg.MaxInflightIngest, "max-inflight-ingest", cfg.MaxInflightIngest, "most ingest requests read and decoded at once (503 beyond)")
 	durationVar(fs, &cfg.ReadHeaderTimeout, "read-header-timeout", "time allowed to read request headers")
+	durationVar(fs, &cfg.ReadTimeout, "read-timeout", "time allowed to read one ingest request body")
 	listVar(fs, &cfg.LPMachineTags, "lp-machine-tags", "line-protocol tags carrying the machine id, first present wins")
 	fs.IntVar(&cfg.StreamQueue, "stream-queue", cfg.StreamQueue, "per stream client queue in `messages`; a client that falls this far behind is cut off and resumes")
 	durationVar(fs, &cfg.StreamHeartbeat, "stream-heartbeat", "interval of stream heartbeats")
@@ -105,9 +108,6 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "debug, info, warn or error")
 	if err := parse(fs, args); err != nil {
 		return err
-	}
-	if err := cfg.Validate(); err != nil {
-		return fmt.Errorf("invalid configuration:\n%w", err)
 	}
 	logger := newLogger(stderr, cfg.LogLevel)
 	a, err := app.New(ctx, cfg, logger, buildVersion())
@@ -192,7 +192,7 @@ func (v durationValue) String() string {
 func (v durationValue) Set(s string) error {
 	d, err := model.ParseDuration(s)
 	if err != nil {
-		return fmt.Errorf("not a duration like 30s, 5m, 12h or 30d")
+		return errors.New("not a duration like 30s, 5m, 12h or 30d")
 	}
 	*v.d = time.Duration(d)
 	return nil

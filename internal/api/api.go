@@ -7,6 +7,7 @@ package api
 import (
 	"log/slog"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -29,12 +30,11 @@ type Options struct {
 	// OutOfOrderWindow and MaxFuture bound the accepted event times.
 	OutOfOrderWindow time.Duration
 	MaxFuture        time.Duration
-	// Retention bounds query ranges.
-	Retention time.Duration
 	// MaxInflightIngest bounds the ingest requests being read and decoded
 	// at once; more are answered 503.
 	MaxInflightIngest int
-	Version           string
+	// ReadTimeout bounds reading one ingest request body.
+	ReadTimeout time.Duration
 }
 
 type eventLog interface {
@@ -73,6 +73,10 @@ type API struct {
 	logger     *slog.Logger
 	inflight   chan struct{}
 	mux        *http.ServeMux
+	// paths matches a request's path whatever its method, and allow
+	// lists the methods of each path pattern, for 405 answers.
+	paths *http.ServeMux
+	allow map[string][]string
 
 	requests       *prometheus.CounterVec
 	samples        *prometheus.CounterVec
@@ -129,9 +133,20 @@ func New(opts Options, deps Deps) *API {
 		deps.Registerer.MustRegister(a.requests, a.samples, a.ignoredStrings)
 	}
 	a.mux = http.NewServeMux()
+	a.paths = http.NewServeMux()
+	a.allow = map[string][]string{}
 	for _, rt := range a.routes() {
 		a.mux.HandleFunc(rt.method+" "+rt.path, rt.handler)
+		if _, ok := a.allow[rt.path]; !ok {
+			a.paths.HandleFunc(rt.path, func(http.ResponseWriter, *http.Request) {})
+		}
+		a.allow[rt.path] = append(a.allow[rt.path], rt.method)
+		if rt.method == http.MethodGet {
+			a.allow[rt.path] = append(a.allow[rt.path], http.MethodHead)
+		}
 	}
+	// A catch-all of ours, so unknown paths get problem+json; it also
+	// keeps the mux from answering 405, which handleNotFound does.
 	a.mux.HandleFunc("/", a.handleNotFound)
 	return a
 }
@@ -172,6 +187,13 @@ func (a *API) countRequest(protocol, outcome string) {
 }
 
 func (a *API) handleNotFound(w http.ResponseWriter, r *http.Request) {
+	if _, pattern := a.paths.Handler(r); pattern != "" {
+		allow := strings.Join(a.allow[pattern], ", ")
+		w.Header().Set("Allow", allow)
+		writeProblem(w, &Problem{Type: typeMethodNotAllowed, Status: http.StatusMethodNotAllowed,
+			Detail: r.Method + " is not allowed on " + r.URL.Path + "; allowed: " + allow})
+		return
+	}
 	writeProblem(w, &Problem{Type: typeNotFound, Status: http.StatusNotFound,
 		Detail: "no such endpoint: " + r.Method + " " + r.URL.Path + "; see /api/openapi.json"})
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -17,6 +18,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/twinline/twinline/internal/log"
+	"github.com/twinline/twinline/internal/store"
 	"github.com/twinline/twinline/internal/telemetry"
 	"github.com/twinline/twinline/internal/twin"
 )
@@ -58,8 +60,8 @@ func newTestAPI(t *testing.T, l eventLog) *API {
 		MachineTags:       []string{"machineId", "host"},
 		OutOfOrderWindow:  time.Hour,
 		MaxFuture:         time.Minute,
-		Retention:         24 * time.Hour,
 		MaxInflightIngest: 4,
+		ReadTimeout:       time.Minute,
 	}, Deps{
 		Log: l, Twins: tw, Store: nil,
 		Stream: http.NotFoundHandler(), Metrics: http.NotFoundHandler(), UI: http.NotFoundHandler(),
@@ -93,7 +95,8 @@ func TestIngestOutcomes(t *testing.T) {
 		{"log full, influx", &fakeLog{appendErr: log.ErrFull}, "/write", "", "cpu,host=m v=1", 503, true, `"error":`},
 		{"too large for log", &fakeLog{appendErr: log.ErrTooLarge}, "/api/v1/events", "", `{"machineId":"m","temp":1}`, 413, false, "split"},
 		{"closed", &fakeLog{appendErr: log.ErrClosed}, "/api/v1/events", "", `{"machineId":"m","temp":1}`, 503, true, "shutting down"},
-		{"store failed", &fakeLog{ackErr: errors.New("disk full")}, "/api/v1/events", "", `{"machineId":"m","temp":1}`, 503, true, "disk full"},
+		{"store failed", &fakeLog{ackErr: errors.New("disk full")}, "/api/v1/events", "", `{"machineId":"m","temp":1}`, 503, true, "nothing is acknowledged"},
+		{"store out of bounds", &fakeLog{ackErr: fmt.Errorf("storing: %w", store.ErrOutOfBounds)}, "/api/v1/events", "", `{"machineId":"m","temp":1}`, 400, false, "time window"},
 		{"malformed", &fakeLog{}, "/api/v1/events", "", `{"machineId":`, 400, false, "urn:twinline:problem:malformed-body"},
 		{"empty", &fakeLog{}, "/api/v1/events", "", ``, 400, false, "empty body"},
 		{"unsupported type", &fakeLog{}, "/api/v1/events", "text/csv", `a,b`, 415, false, "application/x-ndjson"},
@@ -111,8 +114,12 @@ func TestIngestOutcomes(t *testing.T) {
 			if got := rec.Header().Get("Retry-After") != ""; got != tt.retryAfter {
 				t.Errorf("Retry-After present = %v, want %v", got, tt.retryAfter)
 			}
-			if rec.Code >= 400 && rec.Header().Get("Content-Type") != "application/problem+json" {
-				t.Errorf("Content-Type = %q, want application/problem+json", rec.Header().Get("Content-Type"))
+			wantCT := "application/problem+json"
+			if !strings.HasPrefix(tt.path, "/api/v1/") {
+				wantCT = "application/json" // what InfluxDB clients parse
+			}
+			if rec.Code >= 400 && rec.Header().Get("Content-Type") != wantCT {
+				t.Errorf("Content-Type = %q, want %s", rec.Header().Get("Content-Type"), wantCT)
 			}
 			if !strings.Contains(rec.Body.String(), tt.contains) {
 				t.Errorf("body %s does not contain %q", rec.Body, tt.contains)
@@ -197,12 +204,25 @@ func TestOpenAPIMatchesRoutes(t *testing.T) {
 	}
 }
 
-func TestNotFoundIsProblem(t *testing.T) {
+func TestNotFoundAndMethodNotAllowed(t *testing.T) {
 	a := newTestAPI(t, &fakeLog{real: log.New(10, nil)})
-	rec := httptest.NewRecorder()
-	a.ServeHTTP(rec, httptest.NewRequest("GET", "/api/v1/nothing", nil))
-	if rec.Code != 404 || rec.Header().Get("Content-Type") != "application/problem+json" {
-		t.Errorf("got %d %s", rec.Code, rec.Header().Get("Content-Type"))
+	tests := []struct {
+		method, path string
+		status       int
+		allow        string
+	}{
+		{"GET", "/api/v1/nothing", 404, ""},
+		{"GET", "/write", 405, "POST"},
+		{"POST", "/api/v1/machines/m1", 405, "GET, HEAD, PUT, PATCH, DELETE"},
+		{"DELETE", "/api/v1/machines", 405, "GET, HEAD"},
+	}
+	for _, tt := range tests {
+		rec := httptest.NewRecorder()
+		a.ServeHTTP(rec, httptest.NewRequest(tt.method, tt.path, nil))
+		if rec.Code != tt.status || rec.Header().Get("Content-Type") != "application/problem+json" || rec.Header().Get("Allow") != tt.allow {
+			t.Errorf("%s %s: got %d %q Allow %q; want %d problem+json Allow %q",
+				tt.method, tt.path, rec.Code, rec.Header().Get("Content-Type"), rec.Header().Get("Allow"), tt.status, tt.allow)
+		}
 	}
 }
 

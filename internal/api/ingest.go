@@ -14,6 +14,7 @@ import (
 
 	"github.com/twinline/twinline/internal/ingest"
 	"github.com/twinline/twinline/internal/log"
+	"github.com/twinline/twinline/internal/store"
 	"github.com/twinline/twinline/internal/telemetry"
 )
 
@@ -56,8 +57,9 @@ func (a *API) handleEvents(w http.ResponseWriter, r *http.Request) {
 // handleWrite is the InfluxDB line protocol write API, v1 (/write) and v2
 // (/api/v2/write).
 func (a *API) handleWrite(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("X-Influxdb-Version", influxVersion)
+	w.Header().Set("X-Influxdb-Build", "OSS")
 	q := r.URL.Query()
-	a.addDatabase(q.Get("db"))
 	prec, err := ingest.ParsePrecision(q.Get("precision"))
 	if err != nil {
 		a.countRequest("lineprotocol", "invalid")
@@ -92,6 +94,12 @@ func (a *API) ingest(w http.ResponseWriter, r *http.Request, protocol string, st
 		fail("shed", &Problem{Type: typeOverloaded, Status: http.StatusServiceUnavailable, retryAfter: 1,
 			Detail: "too many ingest requests in flight; retry later"})
 		return
+	}
+
+	// A slow sender must not hold an ingest slot for ever. The deadline
+	// covers this request's body only (stream connections have none).
+	if err := http.NewResponseController(w).SetReadDeadline(a.now().Add(a.opts.ReadTimeout)); err != nil && !errors.Is(err, http.ErrNotSupported) {
+		a.logger.Warn("setting read deadline", "err", err)
 	}
 
 	buf := bodyPool.Get().(*bytes.Buffer)
@@ -150,9 +158,17 @@ func (a *API) ingest(w http.ResponseWriter, r *http.Request, protocol string, st
 			return
 		}
 		res, err = entry.Wait(r.Context())
-		if err != nil {
+		switch {
+		case errors.Is(err, store.ErrOutOfBounds):
+			// Rare: the store's window moved between validation and
+			// storage (a clock jump). Retrying would not help.
+			fail("invalid", &Problem{Type: typeInvalidItems, Status: http.StatusBadRequest,
+				Detail: "some samples fall outside the store's accepted time window (--out-of-order-window, --max-future) and were not stored; the others were"})
+			return
+		case err != nil:
+			// The processor logged the cause; clients get no internals.
 			fail("error", &Problem{Type: typeStorage, Status: http.StatusServiceUnavailable, retryAfter: 1,
-				Detail: "storing the events did not complete; retry: " + err.Error()})
+				Detail: "storing the events did not complete; nothing is acknowledged; retry"})
 			return
 		}
 		a.samples.WithLabelValues(protocol, "accepted").Add(float64(b.NumSamples()))
@@ -244,8 +260,10 @@ func (a *API) readBody(w http.ResponseWriter, r *http.Request, buf *bytes.Buffer
 	default:
 		return fmt.Errorf("%w %q: send identity or gzip", errUnsupportedEncoding, enc)
 	}
-	if r.ContentLength > 0 && r.ContentLength <= a.opts.MaxBodyBytes {
-		buf.Grow(int(r.ContentLength))
+	// Trust Content-Length for a first allocation only up to 1 MiB: the
+	// buffer grows as data actually arrives.
+	if r.ContentLength > 0 {
+		buf.Grow(int(min(r.ContentLength, a.opts.MaxBodyBytes, 1<<20)))
 	}
 	limit := a.opts.MaxDecompressedBytes
 	n, err := buf.ReadFrom(io.LimitReader(src, limit+1))

@@ -48,15 +48,16 @@ type InvalidParam struct {
 
 // Problem type URNs.
 const (
-	typeInvalidItems  = "urn:twinline:problem:invalid-items"
-	typeMalformedBody = "urn:twinline:problem:malformed-body"
-	typeBodyTooLarge  = "urn:twinline:problem:body-too-large"
-	typeUnsupported   = "urn:twinline:problem:unsupported-media-type"
-	typeOverloaded    = "urn:twinline:problem:overloaded"
-	typeStorage       = "urn:twinline:problem:storage-unavailable"
-	typeInvalidParams = "urn:twinline:problem:invalid-parameters"
-	typeNotFound      = "urn:twinline:problem:not-found"
-	typeInvalidEntity = "urn:twinline:problem:invalid-machine"
+	typeInvalidItems     = "urn:twinline:problem:invalid-items"
+	typeMalformedBody    = "urn:twinline:problem:malformed-body"
+	typeBodyTooLarge     = "urn:twinline:problem:body-too-large"
+	typeUnsupported      = "urn:twinline:problem:unsupported-media-type"
+	typeOverloaded       = "urn:twinline:problem:overloaded"
+	typeStorage          = "urn:twinline:problem:storage-unavailable"
+	typeInvalidParams    = "urn:twinline:problem:invalid-parameters"
+	typeNotFound         = "urn:twinline:problem:not-found"
+	typeMethodNotAllowed = "urn:twinline:problem:method-not-allowed"
+	typeInvalidEntity    = "urn:twinline:problem:invalid-machine"
 )
 
 func writeProblem(w http.ResponseWriter, p *Problem) {
@@ -66,7 +67,13 @@ func writeProblem(w http.ResponseWriter, p *Problem) {
 	if p.retryAfter > 0 {
 		w.Header().Set("Retry-After", strconv.Itoa(p.retryAfter))
 	}
-	w.Header().Set("Content-Type", "application/problem+json")
+	ct := "application/problem+json"
+	if p.Code != "" {
+		// InfluxDB client libraries read code and message only from an
+		// application/json body; the document is the same problem.
+		ct = "application/json"
+	}
+	w.Header().Set("Content-Type", ct)
 	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.WriteHeader(p.Status)
 	_ = json.NewEncoder(w).Encode(p)

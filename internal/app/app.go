@@ -61,7 +61,7 @@ type App struct {
 // call Run, which releases everything.
 func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version string) (_ *App, err error) {
 	if err := cfg.Validate(); err != nil {
-		return nil, fmt.Errorf("validating config: %w", err)
+		return nil, fmt.Errorf("invalid configuration:\n%w", err)
 	}
 	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
 		return nil, fmt.Errorf("creating data directory: %w", err)
@@ -126,9 +126,8 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 		MachineTags:       cfg.LPMachineTags,
 		OutOfOrderWindow:  cfg.OutOfOrderWindow,
 		MaxFuture:         cfg.MaxFuture,
-		Retention:         cfg.Retention,
 		MaxInflightIngest: cfg.MaxInflightIngest,
-		Version:           version,
+		ReadTimeout:       cfg.ReadTimeout,
 	}, api.Deps{
 		Log:     a.log,
 		Store:   st,
@@ -206,11 +205,15 @@ func (a *App) Run(ctx context.Context) (err error) {
 			return nil
 		})
 	}
+	// One deadline for the whole shutdown, so it fits in an orchestrator's
+	// grace period: draining clients, then the log.
+	var deadline time.Time
 	g.Go(func() error {
 		<-gctx.Done()
 		a.ready.Store(false)
 		logger.Info("shutting down", "timeout", cfg.ShutdownTimeout.String())
-		sdCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.ShutdownTimeout)
+		deadline = time.Now().Add(cfg.ShutdownTimeout)
+		sdCtx, cancel := context.WithDeadline(context.WithoutCancel(ctx), deadline)
 		defer cancel()
 		var sg errgroup.Group
 		sg.Go(func() error { return h.Shutdown(sdCtx) })
@@ -226,7 +229,7 @@ func (a *App) Run(ctx context.Context) (err error) {
 
 	// Drain the log into the store.
 	lg.Close()
-	drain := time.NewTimer(cfg.ShutdownTimeout)
+	drain := time.NewTimer(max(time.Until(deadline), time.Second))
 	defer drain.Stop()
 	select {
 	case perr := <-procDone:

@@ -42,6 +42,8 @@ type Config struct {
 	MaxConns             int
 	MaxInflightIngest    int
 	ReadHeaderTimeout    time.Duration
+	// ReadTimeout bounds reading one ingest request body.
+	ReadTimeout time.Duration
 	// LPMachineTags are the line-protocol tags that carry the machine id, in
 	// order of preference.
 	LPMachineTags []string
@@ -79,6 +81,7 @@ func Default() Config {
 		MaxConns:             25000,
 		MaxInflightIngest:    64,
 		ReadHeaderTimeout:    10 * time.Second,
+		ReadTimeout:          60 * time.Second,
 		LPMachineTags:        []string{"machineId", "machine_id", "machine", "host", "name"},
 		StreamQueue:          256,
 		StreamHeartbeat:      15 * time.Second,
@@ -113,11 +116,13 @@ func (c Config) Validate() error {
 	if c.Retention < time.Hour {
 		bad("retention", "must be at least 1h, got %s", c.Retention)
 	}
-	if c.OutOfOrderWindow < 0 || c.OutOfOrderWindow > c.Retention {
-		bad("out-of-order-window", "must be between 0 and --retention, got %s", c.OutOfOrderWindow)
-	}
 	if c.MaxFuture < 0 {
 		bad("max-future", "must not be negative, got %s", c.MaxFuture)
+	}
+	// Ingest accepts event times in [now − window + max-future,
+	// now + max-future]: the window must leave room for the present.
+	if c.OutOfOrderWindow <= c.MaxFuture || c.OutOfOrderWindow > c.Retention {
+		bad("out-of-order-window", "must exceed --max-future (%s) and not exceed --retention, got %s", c.MaxFuture, c.OutOfOrderWindow)
 	}
 	if c.LogCapacity < 1000 {
 		bad("log-capacity", "must be at least 1000 samples, got %d", c.LogCapacity)
@@ -145,6 +150,9 @@ func (c Config) Validate() error {
 	}
 	if c.ReadHeaderTimeout <= 0 {
 		bad("read-header-timeout", "must be positive, got %s", c.ReadHeaderTimeout)
+	}
+	if c.ReadTimeout <= 0 {
+		bad("read-timeout", "must be positive, got %s", c.ReadTimeout)
 	}
 	if len(c.LPMachineTags) == 0 {
 		bad("lp-machine-tags", "must name at least one tag")

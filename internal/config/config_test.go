@@ -45,6 +45,7 @@ func TestValidateCases(t *testing.T) {
 		{"ooo window beyond retention", func(c *Config) { c.OutOfOrderWindow = c.Retention + time.Hour }, "--out-of-order-window"},
 		{"empty tag", func(c *Config) { c.LPMachineTags = []string{"host", " "} }, "--lp-machine-tags"},
 		{"tiny heartbeat", func(c *Config) { c.StreamHeartbeat = time.Millisecond }, "--stream-heartbeat"},
+		{"ooo window within max future", func(c *Config) { c.OutOfOrderWindow, c.MaxFuture = 5*time.Minute, 10*time.Minute }, "--out-of-order-window"},
 		{"wildcard listen", func(c *Config) { c.Listen = "0.0.0.0:9000" }, ""},
 	}
 	for _, tt := range tests {

@@ -54,7 +54,7 @@ func NewProcessor(l logReader, appendFn func(context.Context, []telemetry.Sample
 		}),
 		samples: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "twinline_processed_samples_total",
-			Help: "Samples processed from the event log, by outcome (stored, out_of_bounds, error).",
+			Help: "Samples processed from the event log, by outcome (stored, rejected: outside the store's time window, error).",
 		}, []string{"outcome"}),
 	}
 	if reg != nil {
@@ -114,7 +114,7 @@ type sinkJob struct {
 }
 
 // process stores the samples of entries in one commit and acknowledges
-// them. ok reports whether they were stored and go on to the sinks.
+// them. ok reports whether they go on to the sinks.
 func (p *Processor) process(ctx context.Context, entries []*log.Entry, buf []telemetry.Sample) (j sinkJob, ok bool) {
 	bounds := make([]int, len(entries)+1)
 	for i, e := range entries {
@@ -128,23 +128,34 @@ func (p *Processor) process(ctx context.Context, entries []*log.Entry, buf []tel
 	switch {
 	case err == nil:
 		p.samples.WithLabelValues("stored").Add(float64(len(buf)))
+		for _, e := range entries {
+			e.Ack(log.Result{Accepted: len(e.Batch.Events)}, nil)
+		}
+		return j, true
 	case errors.Is(err, store.ErrOutOfBounds):
-		// The rest was stored. Ingest rejects events outside the store's
-		// window before they are acknowledged, so this is rare: count it.
-		p.samples.WithLabelValues("out_of_bounds").Inc()
+		// Ingest rejects event times outside the store's window before
+		// anything is acknowledged, so this is rare (a clock jump). The
+		// store kept the rest; find which entries lost samples by storing
+		// each again: what is stored already is an idempotent duplicate.
 		p.logger.Warn("storing samples", "err", err)
-		err = nil
+		for i, e := range entries {
+			if err := p.append(ctx, buf[bounds[i]:bounds[i+1]]); err != nil {
+				p.samples.WithLabelValues("rejected").Add(float64(bounds[i+1] - bounds[i]))
+				e.Ack(log.Result{}, fmt.Errorf("storing samples: %w", err))
+				continue
+			}
+			p.samples.WithLabelValues("stored").Add(float64(bounds[i+1] - bounds[i]))
+			e.Ack(log.Result{Accepted: len(e.Batch.Events)}, nil)
+		}
+		// The sinks skip this group: it is rare, and a live view that
+		// misses it recovers from the query API.
+		return j, false
 	default:
 		p.samples.WithLabelValues("error").Add(float64(len(buf)))
 		p.logger.Error("storing samples", "err", err, "samples", len(buf))
-		err = fmt.Errorf("storing samples: %w", err)
-	}
-	for _, e := range entries {
-		if err != nil {
-			e.Ack(log.Result{}, err)
-			continue
+		for _, e := range entries {
+			e.Ack(log.Result{}, fmt.Errorf("storing samples: %w", err))
 		}
-		e.Ack(log.Result{Accepted: len(e.Batch.Events)}, nil)
+		return j, false
 	}
-	return j, err == nil
 }

@@ -64,7 +64,7 @@ func TestProcessorGroupOutcomes(t *testing.T) {
 		wantSunk bool
 	}{
 		{"stored", "a", false, true},
-		{"out of bounds is stored rest", "old", false, true},
+		{"out of bounds", "old", true, false},
 		{"store error", "bad", true, false},
 	}
 	for _, tt := range tests {
@@ -136,5 +136,36 @@ func TestProcessorSinkSeesEachEntrysSamples(t *testing.T) {
 	}
 	if diff := cmp.Diff(got, want); diff != "" {
 		t.Errorf("sink samples (-got +want):\n%s", diff)
+	}
+}
+
+// TestProcessorAttributesOutOfBounds: in a group where the store rejected
+// some samples, only the entry that carried them is acknowledged with the
+// error; the others succeed.
+func TestProcessorAttributesOutOfBounds(t *testing.T) {
+	l := log.New(100, nil)
+	fs := &fakeStore{}
+	sinkCalls := 0
+	p := NewProcessor(l, fs.append, func(*telemetry.Batch, []telemetry.Sample) { sinkCalls++ }, slog.New(slog.DiscardHandler), nil)
+	good, err := l.Append(&telemetry.Batch{Events: []telemetry.Event{event("a", 1, "x")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	old, err := l.Append(&telemetry.Batch{Events: []telemetry.Event{event("old", 1, "x")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Close()
+	if err := p.Run(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if res, err := good.Wait(context.Background()); err != nil || res.Accepted != 1 {
+		t.Errorf("good entry: %+v, %v; want accepted 1", res, err)
+	}
+	if _, err := old.Wait(context.Background()); !errors.Is(err, store.ErrOutOfBounds) {
+		t.Errorf("old entry: %v; want ErrOutOfBounds", err)
+	}
+	if sinkCalls != 0 {
+		t.Errorf("sinks called %d times for a group with rejected samples, want 0", sinkCalls)
 	}
 }

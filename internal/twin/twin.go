@@ -85,7 +85,13 @@ type Twins struct {
 
 	mu       sync.RWMutex
 	machines map[string]*entry
-	dirty    bool // auto-registered machines not yet persisted
+	dirty    bool   // auto-registered machines not yet persisted
+	gen      uint64 // snapshots taken
+
+	// saveMu orders registry file writes; savedGen is the newest snapshot
+	// written, so an older one never overwrites it.
+	saveMu   sync.Mutex
+	savedGen uint64
 }
 
 // Open loads the registry at path (a missing file is an empty registry).
@@ -258,27 +264,61 @@ func (t *Twins) Delete(id string) error {
 	return nil
 }
 
-// Flush persists auto-registered machines.
+// Flush persists auto-registered machines. It writes the file without
+// holding the lock Observe needs, so the processor never waits for the disk.
 func (t *Twins) Flush() error {
 	t.mu.Lock()
-	defer t.mu.Unlock()
 	if !t.dirty {
+		t.mu.Unlock()
 		return nil
 	}
-	return t.persistLocked()
+	infos, gen := t.snapshotLocked()
+	t.dirty = false
+	t.mu.Unlock()
+	if err := t.save(infos, gen); err != nil {
+		t.mu.Lock()
+		t.dirty = true
+		t.mu.Unlock()
+		return err
+	}
+	return nil
 }
 
-// persistLocked writes the registry; t.mu must be held.
+// persistLocked writes the registry while t.mu is held: registry writes
+// (rare) keep memory and disk in step by undoing a change that could not be
+// saved.
 func (t *Twins) persistLocked() error {
+	infos, gen := t.snapshotLocked()
+	if err := t.save(infos, gen); err != nil {
+		return err
+	}
+	t.dirty = false
+	return nil
+}
+
+// snapshotLocked copies the registry entries and numbers the copy; t.mu
+// must be held.
+func (t *Twins) snapshotLocked() ([]Info, uint64) {
 	infos := make([]Info, 0, len(t.machines))
 	for _, e := range t.machines {
 		infos = append(infos, e.info)
 	}
 	slices.SortFunc(infos, func(a, b Info) int { return cmp.Compare(a.ID, b.ID) })
+	t.gen++
+	return infos, t.gen
+}
+
+// save writes a snapshot unless a newer one was written already.
+func (t *Twins) save(infos []Info, gen uint64) error {
+	t.saveMu.Lock()
+	defer t.saveMu.Unlock()
+	if gen <= t.savedGen {
+		return nil
+	}
 	if err := t.reg.save(infos); err != nil {
 		return err
 	}
-	t.dirty = false
+	t.savedGen = gen
 	return nil
 }
 
