@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/google/go-cmp/cmp"
 )
 
 // TestKill9KeepsAcknowledged: every sample answered 2xx survives kill -9,
@@ -232,4 +234,40 @@ func metricValue(t *testing.T, s *server, series string) float64 {
 		}
 	}
 	return 0
+}
+
+// TestGracefulShutdown: on SIGTERM stream clients are told to reconnect
+// with a cursor, the process exits 0, and what it learnt (an auto-registered
+// machine whose data is too old to be found again at start-up) is kept.
+func TestGracefulShutdown(t *testing.T) {
+	dir := t.TempDir()
+	s := start(t, dir)
+	c := ctx(t, 60*time.Second)
+	sse := subscribe(t, c, s, "all=1", true)
+	ws := subscribe(t, c, s, "all=1", false)
+	old := time.Now().Add(-time.Hour).UnixMilli()
+	if r := s.do("POST", "/api/v1/events", "application/json", []byte(fmt.Sprintf(`{"machineId":"g-1","timestamp":%d,"temp":5}`, old))); r.status != 202 {
+		t.Fatalf("post: %d %s", r.status, r.body)
+	}
+	awaitSamples(t, c, sse, "g-1", 1)
+	awaitSamples(t, c, ws, "g-1", 1)
+
+	s.stop() // SIGTERM; fails the test unless the exit code is 0
+	for name, ch := range map[string]<-chan message{"sse": sse, "websocket": ws} {
+		var last message
+		for m := range ch {
+			last = m
+		}
+		if last.Type != "reconnect" || last.Reason != "shutdown" || last.Cursor == 0 {
+			t.Errorf("%s: last message %+v, want a shutdown reconnect with a cursor", name, last)
+		}
+	}
+
+	s2 := start(t, dir)
+	if r := s2.get("/api/v1/machines/g-1"); r.status != 200 {
+		t.Errorf("auto-registered machine after restart: %d %s", r.status, r.body)
+	}
+	if got := s2.series("g-1", "temp").V; !cmp.Equal(got, []float64{5}) {
+		t.Errorf("stored after restart = %v, want [5]", got)
+	}
 }
