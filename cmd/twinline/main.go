@@ -103,6 +103,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	durationVar(fs, &cfg.StreamHeartbeat, "stream-heartbeat", "interval of stream heartbeats")
 	fs.IntVar(&cfg.StreamReplay, "stream-replay", cfg.StreamReplay, "recent stream `messages` kept for clients resuming after a reconnect")
 	durationVar(fs, &cfg.StreamWriteTimeout, "stream-write-timeout", "time a stream client has to take one burst of messages before it is disconnected")
+	fs.IntVar(&cfg.MaxMachines, "max-machines", cfg.MaxMachines, "most machines in the fleet; events of further new machines are rejected (0: no limit)")
 	durationVar(fs, &cfg.OfflineAfter, "offline-after", "silence after which a machine shows offline")
 	durationVar(fs, &cfg.ShutdownTimeout, "shutdown-timeout", "time allowed to drain clients and the event log on shutdown")
 	fs.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "debug, info, warn or error")

@@ -7,6 +7,7 @@ package api
 import (
 	"log/slog"
 	"net/http"
+	"runtime"
 	"strings"
 	"sync"
 	"time"
@@ -35,6 +36,8 @@ type Options struct {
 	MaxInflightIngest int
 	// ReadTimeout bounds reading one ingest request body.
 	ReadTimeout time.Duration
+	// MaxMachines bounds the fleet (0: no limit).
+	MaxMachines int
 }
 
 type eventLog interface {
@@ -72,6 +75,7 @@ type API struct {
 	clock      func() time.Time
 	logger     *slog.Logger
 	inflight   chan struct{}
+	queries    chan struct{} // history queries in flight
 	mux        *http.ServeMux
 	// paths matches a request's path whatever its method, and allow
 	// lists the methods of each path pattern, for 405 answers.
@@ -112,6 +116,7 @@ func New(opts Options, deps Deps) *API {
 		clock:     deps.Clock,
 		logger:    deps.Logger,
 		inflight:  make(chan struct{}, max(opts.MaxInflightIngest, 1)),
+		queries:   make(chan struct{}, 4*runtime.GOMAXPROCS(0)),
 		databases: []string{"twinline"},
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "twinline_ingest_requests_total",
@@ -128,6 +133,9 @@ func New(opts Options, deps Deps) *API {
 	})
 	if a.clock == nil {
 		a.clock = time.Now
+	}
+	if opts.MaxMachines > 0 {
+		a.decodeOpts.AdmitMachine = func(id string) string { return a.twins.Admit(id, opts.MaxMachines) }
 	}
 	if deps.Registerer != nil {
 		deps.Registerer.MustRegister(a.requests, a.samples, a.ignoredStrings)

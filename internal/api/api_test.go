@@ -140,6 +140,7 @@ func TestSeriesParameterErrors(t *testing.T) {
 		{"", []string{"metric"}},
 		{"metric=t&from=yesterday", []string{"from"}},
 		{"metric=t&from=2000&to=1000", []string{"from"}},
+		{"metric=t&to=later", []string{"to"}},
 		{"metric=t&step=fast&agg=median", []string{"step", "agg"}},
 		{"metric=t&agg=max", []string{"agg"}},
 		{"metric=t&points=1", []string{"points"}},
@@ -252,5 +253,19 @@ func TestQueryEndpoint(t *testing.T) {
 	rec := post(a, "/query", "application/x-www-form-urlencoded", "q=SELECT+*+FROM+cpu")
 	if rec.Code != 200 || !strings.Contains(rec.Body.String(), `"error":"twinline answers only`) {
 		t.Errorf("SELECT: %d %s; want a statement error", rec.Code, rec.Body)
+	}
+}
+
+func TestMaxMachines(t *testing.T) {
+	fl := &fakeLog{real: log.New(1000, nil)}
+	a := newTestAPI(t, fl)
+	a.decodeOpts.AdmitMachine = func(id string) string { return a.twins.Admit(id, 1) }
+	a.twins.Observe(&telemetry.Batch{Received: 1}, []telemetry.Sample{{Machine: "known-mm", Metric: "x", Time: 1}})
+	rec := post(a, "/api/v1/events", "", `[{"machineId":"known-mm","x":1},{"machineId":"new-mm","x":2}]`)
+	if rec.Code != 400 || !strings.Contains(rec.Body.String(), `"index":1,"field":"machineId"`) || !strings.Contains(rec.Body.String(), "--max-machines") {
+		t.Errorf("got %d %s; want 400 naming item 1 and the limit", rec.Code, rec.Body)
+	}
+	if len(fl.got) != 1 || len(fl.got[0].Events) != 1 || fl.got[0].Events[0].Machine != "known-mm" {
+		t.Errorf("logged %+v; want the known machine's event only", fl.got)
 	}
 }

@@ -48,11 +48,11 @@ func (a *API) handleQuery(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var results []influxResult
-	for i, stmt := range strings.Split(q, ";") {
+	for _, stmt := range strings.Split(q, ";") {
 		if strings.TrimSpace(stmt) == "" {
 			continue
 		}
-		res := influxResult{StatementID: i}
+		res := influxResult{StatementID: len(results)}
 		switch {
 		case reShowDatabases.MatchString(stmt):
 			s := influxSeries{Name: "databases", Columns: []string{"name"}, Values: [][]string{}}

@@ -17,7 +17,7 @@ import (
 const (
 	maxRegistryBody = 64 << 10
 	maxPoints       = 100_000
-	maxRawPoints    = 1_000_000
+	maxRawPoints    = 500_000
 )
 
 // handleMachines is GET /api/v1/machines: the fleet.
@@ -135,17 +135,18 @@ func (a *API) handleSeries(w http.ResponseWriter, r *http.Request) {
 		bad("metric", "required")
 	}
 	now := a.now()
-	to, err := parseTime(q.Get("to"), now)
-	if err != nil {
-		bad("to", err.Error())
+	to, toErr := parseTime(q.Get("to"), now)
+	if toErr != nil {
+		bad("to", toErr.Error())
 	}
-	from, err := parseTime(q.Get("from"), now.Add(-time.Hour))
-	if err != nil {
-		bad("from", err.Error())
+	from, fromErr := parseTime(q.Get("from"), now.Add(-time.Hour))
+	if fromErr != nil {
+		bad("from", fromErr.Error())
 	}
-	if err == nil && from.After(to) {
+	if toErr == nil && fromErr == nil && from.After(to) {
 		bad("from", "must not be after to")
 	}
+	var err error
 	var step time.Duration
 	if s := q.Get("step"); s != "" {
 		if step, err = time.ParseDuration(s); err != nil || step < time.Millisecond {
@@ -180,6 +181,14 @@ func (a *API) handleSeries(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
+	select {
+	case a.queries <- struct{}{}:
+		defer func() { <-a.queries }()
+	default:
+		writeProblem(w, &Problem{Type: typeOverloaded, Status: http.StatusServiceUnavailable, retryAfter: 1,
+			Detail: "too many history queries in flight; retry later"})
+		return
+	}
 	key := store.SeriesKey{Machine: id, Metric: metric}
 	f, t := from.UnixMilli(), to.UnixMilli()
 	resp := seriesResponse{Machine: id, Metric: metric, From: f, To: t, T: []int64{}, V: []float64{}}

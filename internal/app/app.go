@@ -128,6 +128,7 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 		MaxFuture:         cfg.MaxFuture,
 		MaxInflightIngest: cfg.MaxInflightIngest,
 		ReadTimeout:       cfg.ReadTimeout,
+		MaxMachines:       cfg.MaxMachines,
 	}, api.Deps{
 		Log:     a.log,
 		Store:   st,
@@ -249,8 +250,9 @@ func (a *App) Run(ctx context.Context) (err error) {
 // when it is full: the demo fleet is a well-behaved client.
 func logEmitter(lg *log.Log) sim.Emit {
 	return func(ctx context.Context, events []telemetry.Event) error {
-		b := &telemetry.Batch{Events: events, Protocol: "demo", Received: time.Now().UnixMilli()}
+		b := &telemetry.Batch{Events: events, Protocol: "demo"}
 		for {
+			b.Received = time.Now().UnixMilli()
 			entry, err := lg.Append(b)
 			if errors.Is(err, log.ErrFull) {
 				select {
@@ -277,11 +279,20 @@ func restoreLatest(ctx context.Context, st store.Store, twins *twin.Twins, now t
 		return fmt.Errorf("listing recent series: %w", err)
 	}
 	latest := make([]telemetry.Sample, 0, len(keys))
+	// Most series have a sample in the last minute: read that first, and
+	// the rest of the window only for those that do not.
+	recent := max(from, now.Add(-time.Minute).UnixMilli())
 	for _, k := range keys {
 		var last store.Point
 		found := false
-		if err := st.Select(ctx, k, from, to, func(p store.Point) bool { last, found = p, true; return true }); err != nil {
-			return fmt.Errorf("reading latest of %s/%s: %w", k.Machine, k.Metric, err)
+		keep := func(p store.Point) bool { last, found = p, true; return true }
+		for _, r := range [][2]int64{{recent, to}, {from, recent - 1}} {
+			if err := st.Select(ctx, k, r[0], r[1], keep); err != nil {
+				return fmt.Errorf("reading latest of %s/%s: %w", k.Machine, k.Metric, err)
+			}
+			if found {
+				break
+			}
 		}
 		if found {
 			latest = append(latest, telemetry.Sample{Machine: k.Machine, Metric: k.Metric, Time: last.Time, Value: last.Value})

@@ -55,6 +55,10 @@ type Config struct {
 	// StreamWriteTimeout bounds one burst of writes to a stream client.
 	StreamWriteTimeout time.Duration
 
+	// MaxMachines bounds the fleet: events of further new machines are
+	// rejected (0: no limit).
+	MaxMachines int
+
 	// OfflineAfter is how long a machine may be silent and still be online.
 	OfflineAfter time.Duration
 
@@ -87,6 +91,7 @@ func Default() Config {
 		StreamHeartbeat:      15 * time.Second,
 		StreamReplay:         8192,
 		StreamWriteTimeout:   10 * time.Second,
+		MaxMachines:          100_000,
 		OfflineAfter:         30 * time.Second,
 		ShutdownTimeout:      15 * time.Second,
 		LogLevel:             "info",
@@ -174,6 +179,9 @@ func (c Config) Validate() error {
 	}
 	if c.StreamReplay < 0 {
 		bad("stream-replay", "must not be negative, got %d", c.StreamReplay)
+	}
+	if c.MaxMachines < 0 {
+		bad("max-machines", "must not be negative, got %d", c.MaxMachines)
 	}
 	if c.OfflineAfter <= 0 {
 		bad("offline-after", "must be positive, got %s", c.OfflineAfter)

@@ -69,6 +69,10 @@ type Options struct {
 	// MinTime and MaxTime bound the accepted event time (Unix ms,
 	// inclusive); 0 means unbounded on that side.
 	MinTime, MaxTime int64
+	// AdmitMachine, if set, is asked once about each valid machine id the
+	// decoder has not met recently; a non-empty answer rejects the events
+	// of that machine with it as the reason (e.g. a fleet size limit).
+	AdmitMachine func(id string) string
 }
 
 // DefaultMaxLineBytes is the line-length limit DefaultOptions sets.

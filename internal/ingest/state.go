@@ -101,6 +101,7 @@ func (d *decoder) release(bodyLen int) {
 	d.arena = nil
 	d.item = jsonItem{}
 	d.opts.MachineTags = nil
+	d.opts.AdmitMachine = nil
 	if bodyLen > maxPooledBody {
 		return
 	}
@@ -124,6 +125,11 @@ func (d *decoder) machine(b []byte) (string, string) {
 	if !ok {
 		if p := machineIDProblem(b, d.opts.Limits.MaxMachineIDLen); p != "" {
 			return "", p
+		}
+		if d.opts.AdmitMachine != nil {
+			if p := d.opts.AdmitMachine(string(b)); p != "" {
+				return "", p
+			}
 		}
 		s = string(b)
 		intern(d.machines, s)

@@ -113,15 +113,14 @@ func New(capacity int, reg prometheus.Registerer) *Log {
 // ErrFull, and the caller should ask its client to retry later.
 func (l *Log) Append(b *telemetry.Batch) (*Entry, error) {
 	n := b.NumSamples()
-	if n > l.capacity {
-		return nil, fmt.Errorf("%w: %d samples, capacity %d", ErrTooLarge, n, l.capacity)
-	}
 	e := &Entry{Batch: b, samples: n, log: l, done: make(chan struct{})}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	switch {
 	case l.closed:
 		return nil, ErrClosed
+	case n > l.capacity:
+		return nil, fmt.Errorf("%w: %d samples, capacity %d", ErrTooLarge, n, l.capacity)
 	case l.used+n > l.capacity:
 		l.rejected.Inc()
 		return nil, ErrFull

@@ -153,6 +153,22 @@ func (t *Twins) register(id string, at time.Time) *entry {
 	return e
 }
 
+// Admit says why a machine may not send data, or "" when it may: a known
+// machine always may; a new one while the fleet has fewer than limit
+// machines (0: no limit). Concurrent admissions may overshoot the limit by
+// the number of requests in flight: it guards memory, it is not a quota.
+func (t *Twins) Admit(id string, limit int) string {
+	if limit <= 0 {
+		return ""
+	}
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	if _, ok := t.machines[id]; ok || len(t.machines) < limit {
+		return ""
+	}
+	return fmt.Sprintf("unknown machine and the fleet is at its limit of %d machines (--max-machines): delete machines no longer in use, or raise the limit", limit)
+}
+
 // List returns every twin, sorted by id.
 func (t *Twins) List() []Machine {
 	now := t.now().UnixMilli()

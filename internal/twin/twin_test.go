@@ -165,3 +165,23 @@ func TestDecodeInfoStrict(t *testing.T) {
 		t.Errorf("echoed GET document: %v", err)
 	}
 }
+
+func TestAdmit(t *testing.T) {
+	tw := open(t, filepath.Join(t.TempDir(), "registry.json"), &fakeClock{time.Unix(0, 0)})
+	tw.Observe(&telemetry.Batch{Received: 1}, []telemetry.Sample{{Machine: "a", Metric: "x", Time: 1}, {Machine: "b", Metric: "x", Time: 1}})
+	tests := []struct {
+		id    string
+		limit int
+		ok    bool
+	}{
+		{"a", 2, true},  // known
+		{"c", 2, false}, // new, fleet full
+		{"c", 3, true},  // new, room left
+		{"c", 0, true},  // no limit
+	}
+	for _, tt := range tests {
+		if got := tw.Admit(tt.id, tt.limit) == ""; got != tt.ok {
+			t.Errorf("Admit(%q, %d) admitted = %v, want %v", tt.id, tt.limit, got, tt.ok)
+		}
+	}
+}
