@@ -16,6 +16,7 @@ import (
 
 	"github.com/twinline/twinline/internal/ingest"
 	"github.com/twinline/twinline/internal/log"
+	"github.com/twinline/twinline/internal/problem"
 	"github.com/twinline/twinline/internal/store"
 	"github.com/twinline/twinline/internal/telemetry"
 	"github.com/twinline/twinline/internal/twin"
@@ -198,11 +199,11 @@ func (a *API) handleNotFound(w http.ResponseWriter, r *http.Request) {
 	if _, pattern := a.paths.Handler(r); pattern != "" {
 		allow := strings.Join(a.allow[pattern], ", ")
 		w.Header().Set("Allow", allow)
-		writeProblem(w, &Problem{Type: typeMethodNotAllowed, Status: http.StatusMethodNotAllowed,
+		problem.Write(w, &problem.Problem{Type: problem.TypeMethodNotAllowed, Status: http.StatusMethodNotAllowed,
 			Detail: r.Method + " is not allowed on " + r.URL.Path + "; allowed: " + allow})
 		return
 	}
-	writeProblem(w, &Problem{Type: typeNotFound, Status: http.StatusNotFound,
+	problem.Write(w, &problem.Problem{Type: problem.TypeNotFound, Status: http.StatusNotFound,
 		Detail: "no such endpoint: " + r.Method + " " + r.URL.Path + "; see /api/openapi.json"})
 }
 
@@ -216,7 +217,7 @@ func (a *API) handleHealthz(w http.ResponseWriter, _ *http.Request) {
 
 func (a *API) handleReadyz(w http.ResponseWriter, _ *http.Request) {
 	if err := a.ready(); err != nil {
-		writeProblem(w, &Problem{Type: typeOverloaded, Status: http.StatusServiceUnavailable, Detail: "not ready: " + err.Error()})
+		problem.Write(w, &problem.Problem{Type: problem.TypeOverloaded, Status: http.StatusServiceUnavailable, Detail: "not ready: " + err.Error()})
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})

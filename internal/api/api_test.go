@@ -18,6 +18,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/twinline/twinline/internal/log"
+	"github.com/twinline/twinline/internal/problem"
 	"github.com/twinline/twinline/internal/store"
 	"github.com/twinline/twinline/internal/telemetry"
 	"github.com/twinline/twinline/internal/twin"
@@ -153,7 +154,7 @@ func TestSeriesParameterErrors(t *testing.T) {
 			if rec.Code != 400 {
 				t.Fatalf("status %d, want 400", rec.Code)
 			}
-			var p Problem
+			var p problem.Problem
 			if err := json.Unmarshal(rec.Body.Bytes(), &p); err != nil {
 				t.Fatal(err)
 			}

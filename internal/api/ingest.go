@@ -14,6 +14,7 @@ import (
 
 	"github.com/twinline/twinline/internal/ingest"
 	"github.com/twinline/twinline/internal/log"
+	"github.com/twinline/twinline/internal/problem"
 	"github.com/twinline/twinline/internal/store"
 	"github.com/twinline/twinline/internal/telemetry"
 )
@@ -47,7 +48,7 @@ func (a *API) handleEvents(w http.ResponseWriter, r *http.Request) {
 	case "", "application/json", "text/plain":
 	default:
 		a.countRequest("json", "unsupported")
-		writeProblem(w, &Problem{Type: typeUnsupported, Status: http.StatusUnsupportedMediaType,
+		problem.Write(w, &problem.Problem{Type: problem.TypeUnsupported, Status: http.StatusUnsupportedMediaType,
 			Detail: fmt.Sprintf("Content-Type %q is not supported; send application/json or application/x-ndjson", mt)})
 		return
 	}
@@ -63,11 +64,11 @@ func (a *API) handleWrite(w http.ResponseWriter, r *http.Request) {
 	prec, err := ingest.ParsePrecision(q.Get("precision"))
 	if err != nil {
 		a.countRequest("lineprotocol", "invalid")
-		p := &Problem{Type: typeInvalidParams, Status: http.StatusBadRequest,
+		p := &problem.Problem{Type: problem.TypeInvalidParams, Status: http.StatusBadRequest,
 			Detail:        err.Error(),
-			InvalidParams: []InvalidParam{{Name: "precision", Reason: err.Error()}}}
+			InvalidParams: []problem.InvalidParam{{Name: "precision", Reason: err.Error()}}}
 		influxCompat(p)
-		writeProblem(w, p)
+		problem.Write(w, p)
 		return
 	}
 	a.ingest(w, r, "lineprotocol", styleInflux, func(body []byte, opts ingest.Options, dst []telemetry.Event) ([]telemetry.Event, []ingest.Reject, error) {
@@ -80,18 +81,18 @@ func (a *API) handleWrite(w http.ResponseWriter, r *http.Request) {
 // ingest reads, decodes and logs one request body, then answers once the
 // accepted events are durable.
 func (a *API) ingest(w http.ResponseWriter, r *http.Request, protocol string, style ingestStyle, decode decodeFunc) {
-	fail := func(outcome string, p *Problem) {
+	fail := func(outcome string, p *problem.Problem) {
 		a.countRequest(protocol, outcome)
 		if style == styleInflux {
 			influxCompat(p)
 		}
-		writeProblem(w, p)
+		problem.Write(w, p)
 	}
 	select {
 	case a.inflight <- struct{}{}:
 		defer func() { <-a.inflight }()
 	default:
-		fail("shed", &Problem{Type: typeOverloaded, Status: http.StatusServiceUnavailable, retryAfter: 1,
+		fail("shed", &problem.Problem{Type: problem.TypeOverloaded, Status: http.StatusServiceUnavailable, RetryAfter: 1,
 			Detail: "too many ingest requests in flight; retry later"})
 		return
 	}
@@ -110,14 +111,14 @@ func (a *API) ingest(w http.ResponseWriter, r *http.Request, protocol string, st
 		}
 	}()
 	if err := a.readBody(w, r, buf); err != nil {
-		var p *Problem
+		var p *problem.Problem
 		switch {
 		case errors.Is(err, errTooLarge):
-			p = &Problem{Type: typeBodyTooLarge, Status: http.StatusRequestEntityTooLarge, Detail: err.Error()}
+			p = &problem.Problem{Type: problem.TypeBodyTooLarge, Status: http.StatusRequestEntityTooLarge, Detail: err.Error()}
 		case errors.Is(err, errUnsupportedEncoding):
-			p = &Problem{Type: typeUnsupported, Status: http.StatusUnsupportedMediaType, Detail: err.Error()}
+			p = &problem.Problem{Type: problem.TypeUnsupported, Status: http.StatusUnsupportedMediaType, Detail: err.Error()}
 		default:
-			p = &Problem{Type: typeMalformedBody, Status: http.StatusBadRequest, Detail: err.Error()}
+			p = &problem.Problem{Type: problem.TypeMalformedBody, Status: http.StatusBadRequest, Detail: err.Error()}
 		}
 		fail("invalid", p)
 		return
@@ -130,11 +131,11 @@ func (a *API) ingest(w http.ResponseWriter, r *http.Request, protocol string, st
 	opts.MinTime = now.Add(-a.opts.OutOfOrderWindow + a.opts.MaxFuture).UnixMilli()
 	events, rejects, err := decode(buf.Bytes(), opts, nil)
 	if err != nil {
-		fail("invalid", &Problem{Type: typeMalformedBody, Status: http.StatusBadRequest, Detail: err.Error()})
+		fail("invalid", &problem.Problem{Type: problem.TypeMalformedBody, Status: http.StatusBadRequest, Detail: err.Error()})
 		return
 	}
 	if len(events) == 0 && len(rejects) == 0 && style != styleInflux {
-		fail("invalid", &Problem{Type: typeMalformedBody, Status: http.StatusBadRequest, Detail: "the body holds no event"})
+		fail("invalid", &problem.Problem{Type: problem.TypeMalformedBody, Status: http.StatusBadRequest, Detail: "the body holds no event"})
 		return
 	}
 
@@ -145,15 +146,15 @@ func (a *API) ingest(w http.ResponseWriter, r *http.Request, protocol string, st
 		switch {
 		case errors.Is(err, log.ErrFull):
 			a.samples.WithLabelValues(protocol, "shed").Add(float64(b.NumSamples()))
-			fail("shed", &Problem{Type: typeOverloaded, Status: http.StatusServiceUnavailable, retryAfter: 1,
+			fail("shed", &problem.Problem{Type: problem.TypeOverloaded, Status: http.StatusServiceUnavailable, RetryAfter: 1,
 				Detail: "the event log is full; nothing from this request was stored; retry later"})
 			return
 		case errors.Is(err, log.ErrTooLarge):
-			fail("invalid", &Problem{Type: typeBodyTooLarge, Status: http.StatusRequestEntityTooLarge,
+			fail("invalid", &problem.Problem{Type: problem.TypeBodyTooLarge, Status: http.StatusRequestEntityTooLarge,
 				Detail: err.Error() + "; split the request"})
 			return
 		case err != nil: // closed: shutting down
-			fail("shed", &Problem{Type: typeOverloaded, Status: http.StatusServiceUnavailable, retryAfter: 1,
+			fail("shed", &problem.Problem{Type: problem.TypeOverloaded, Status: http.StatusServiceUnavailable, RetryAfter: 1,
 				Detail: "the server is shutting down; nothing from this request was stored; retry"})
 			return
 		}
@@ -162,12 +163,12 @@ func (a *API) ingest(w http.ResponseWriter, r *http.Request, protocol string, st
 		case errors.Is(err, store.ErrOutOfBounds):
 			// Rare: the store's window moved between validation and
 			// storage (a clock jump). Retrying would not help.
-			fail("invalid", &Problem{Type: typeInvalidItems, Status: http.StatusBadRequest,
+			fail("invalid", &problem.Problem{Type: problem.TypeInvalidItems, Status: http.StatusBadRequest,
 				Detail: "some samples fall outside the store's accepted time window (--out-of-order-window, --max-future) and were not stored; the others were"})
 			return
 		case err != nil:
 			// The processor logged the cause; clients get no internals.
-			fail("error", &Problem{Type: typeStorage, Status: http.StatusServiceUnavailable, retryAfter: 1,
+			fail("error", &problem.Problem{Type: problem.TypeStorage, Status: http.StatusServiceUnavailable, RetryAfter: 1,
 				Detail: "storing the events did not complete; nothing is acknowledged; retry"})
 			return
 		}
@@ -194,16 +195,16 @@ func (a *API) ingest(w http.ResponseWriter, r *http.Request, protocol string, st
 // total, so a body of a million bad lines gets a bounded answer.
 const maxListedRejects = 1000
 
-func partialProblem(rejects []ingest.Reject, res log.Result, style ingestStyle) *Problem {
-	p := &Problem{
-		Type: typeInvalidItems, Title: "Some items were rejected", Status: http.StatusBadRequest,
+func partialProblem(rejects []ingest.Reject, res log.Result, style ingestStyle) *problem.Problem {
+	p := &problem.Problem{
+		Type: problem.TypeInvalidItems, Title: "Some items were rejected", Status: http.StatusBadRequest,
 		Accepted: &res.Accepted, Duplicates: &res.Duplicates,
-		Errors: make([]ItemError, min(len(rejects), maxListedRejects)),
+		Errors: make([]problem.ItemError, min(len(rejects), maxListedRejects)),
 	}
 	unit := "item"
 	for i, rj := range rejects[:len(p.Errors)] {
 		idx := rj.Index
-		p.Errors[i] = ItemError{Field: rj.Field, Reason: rj.Reason}
+		p.Errors[i] = problem.ItemError{Field: rj.Field, Reason: rj.Reason}
 		if style != styleJSON {
 			p.Errors[i].Line = &idx
 			unit = "line"
@@ -228,7 +229,7 @@ func partialProblem(rejects []ingest.Reject, res log.Result, style ingestStyle) 
 }
 
 // influxCompat fills the members InfluxDB clients read.
-func influxCompat(p *Problem) {
+func influxCompat(p *problem.Problem) {
 	p.Error = p.Detail
 	p.Message = p.Detail
 	switch {

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/twinline/twinline/internal/ingest"
+	"github.com/twinline/twinline/internal/problem"
 	"github.com/twinline/twinline/internal/store"
 	"github.com/twinline/twinline/internal/twin"
 )
@@ -127,8 +128,8 @@ func (a *API) handleSeries(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	q := r.URL.Query()
-	var problems []InvalidParam
-	bad := func(name, reason string) { problems = append(problems, InvalidParam{name, reason}) }
+	var problems []problem.InvalidParam
+	bad := func(name, reason string) { problems = append(problems, problem.InvalidParam{Name: name, Reason: reason}) }
 
 	metric := q.Get("metric")
 	if metric == "" {
@@ -176,7 +177,7 @@ func (a *API) handleSeries(w http.ResponseWriter, r *http.Request) {
 		bad("step", fmt.Sprintf("too small for the range: more than %d buckets", maxPoints))
 	}
 	if len(problems) > 0 {
-		writeProblem(w, &Problem{Type: typeInvalidParams, Status: http.StatusBadRequest,
+		problem.Write(w, &problem.Problem{Type: problem.TypeInvalidParams, Status: http.StatusBadRequest,
 			Detail: fmt.Sprintf("invalid parameter %s: %s", problems[0].Name, problems[0].Reason), InvalidParams: problems})
 		return
 	}
@@ -185,7 +186,7 @@ func (a *API) handleSeries(w http.ResponseWriter, r *http.Request) {
 	case a.queries <- struct{}{}:
 		defer func() { <-a.queries }()
 	default:
-		writeProblem(w, &Problem{Type: typeOverloaded, Status: http.StatusServiceUnavailable, retryAfter: 1,
+		problem.Write(w, &problem.Problem{Type: problem.TypeOverloaded, Status: http.StatusServiceUnavailable, RetryAfter: 1,
 			Detail: "too many history queries in flight; retry later"})
 		return
 	}
@@ -206,15 +207,15 @@ func (a *API) handleSeries(w http.ResponseWriter, r *http.Request) {
 			return len(pts) < maxRawPoints
 		})
 		if err == nil && len(pts) >= maxRawPoints {
-			writeProblem(w, &Problem{Type: typeInvalidParams, Status: http.StatusBadRequest,
+			problem.Write(w, &problem.Problem{Type: problem.TypeInvalidParams, Status: http.StatusBadRequest,
 				Detail:        fmt.Sprintf("more than %d raw points in range; narrow it, or use points= or step=", maxRawPoints-1),
-				InvalidParams: []InvalidParam{{"from", "range holds too many raw points"}}})
+				InvalidParams: []problem.InvalidParam{{Name: "from", Reason: "range holds too many raw points"}}})
 			return
 		}
 	}
 	if err != nil {
 		a.logger.Error("querying series", "machine", id, "metric", metric, "err", err)
-		writeProblem(w, &Problem{Type: typeStorage, Status: http.StatusServiceUnavailable, retryAfter: 1, Detail: "querying the store: " + err.Error()})
+		problem.Write(w, &problem.Problem{Type: problem.TypeStorage, Status: http.StatusServiceUnavailable, RetryAfter: 1, Detail: "querying the store: " + err.Error()})
 		return
 	}
 	for _, p := range pts {
@@ -247,11 +248,11 @@ func readSmallBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
-			writeProblem(w, &Problem{Type: typeBodyTooLarge, Status: http.StatusRequestEntityTooLarge,
+			problem.Write(w, &problem.Problem{Type: problem.TypeBodyTooLarge, Status: http.StatusRequestEntityTooLarge,
 				Detail: fmt.Sprintf("body exceeds %d bytes", maxRegistryBody)})
 			return nil, false
 		}
-		writeProblem(w, &Problem{Type: typeMalformedBody, Status: http.StatusBadRequest, Detail: "reading body: " + err.Error()})
+		problem.Write(w, &problem.Problem{Type: problem.TypeMalformedBody, Status: http.StatusBadRequest, Detail: "reading body: " + err.Error()})
 		return nil, false
 	}
 	return b, true
@@ -260,11 +261,11 @@ func readSmallBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
 func (a *API) twinError(w http.ResponseWriter, err error) {
 	switch {
 	case errors.Is(err, twin.ErrNotFound):
-		writeProblem(w, &Problem{Type: typeNotFound, Status: http.StatusNotFound, Detail: err.Error()})
+		problem.Write(w, &problem.Problem{Type: problem.TypeNotFound, Status: http.StatusNotFound, Detail: err.Error()})
 	case errors.Is(err, twin.ErrInvalid):
-		writeProblem(w, &Problem{Type: typeInvalidEntity, Status: http.StatusBadRequest, Detail: err.Error()})
+		problem.Write(w, &problem.Problem{Type: problem.TypeInvalidMachine, Status: http.StatusBadRequest, Detail: err.Error()})
 	default:
 		a.logger.Error("updating registry", "err", err)
-		writeProblem(w, &Problem{Type: typeStorage, Status: http.StatusServiceUnavailable, retryAfter: 1, Detail: "updating the registry did not complete; retry"})
+		problem.Write(w, &problem.Problem{Type: problem.TypeStorage, Status: http.StatusServiceUnavailable, RetryAfter: 1, Detail: "updating the registry did not complete; retry"})
 	}
 }

@@ -2,7 +2,6 @@ package hub
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -15,6 +14,7 @@ import (
 
 	"github.com/coder/websocket"
 
+	"github.com/twinline/twinline/internal/problem"
 	"github.com/twinline/twinline/internal/telemetry"
 )
 
@@ -37,20 +37,20 @@ const burst = 32
 func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodGet {
 		w.Header().Set("Allow", http.MethodGet)
-		h.refuse(w, rejectBadRequest, &problem{Type: typeMethod, Status: http.StatusMethodNotAllowed,
+		h.refuse(w, rejectBadRequest, &problem.Problem{Type: problem.TypeMethodNotAllowed, Status: http.StatusMethodNotAllowed,
 			Detail: "the stream is opened with GET"})
 		return
 	}
 	sse := acceptsEventStream(r)
 	if !sse && !isWebSocketUpgrade(r) {
 		w.Header().Set("Upgrade", "websocket")
-		h.refuse(w, rejectBadRequest, &problem{Type: typeUpgrade, Status: http.StatusUpgradeRequired,
+		h.refuse(w, rejectBadRequest, &problem.Problem{Type: problem.TypeUpgradeRequired, Status: http.StatusUpgradeRequired,
 			Detail: "open the stream as a WebSocket, or as Server-Sent Events with Accept: text/event-stream"})
 		return
 	}
 	q, invalid := parseQuery(r, sse, h.opts.MaxMachines)
 	if len(invalid) > 0 {
-		h.refuse(w, rejectBadRequest, &problem{Type: typeInvalidParams, Status: http.StatusBadRequest,
+		h.refuse(w, rejectBadRequest, &problem.Problem{Type: problem.TypeInvalidParams, Status: http.StatusBadRequest,
 			Detail: "invalid parameter " + invalid[0].Name + ": " + invalid[0].Reason, InvalidParams: invalid})
 		return
 	}
@@ -68,13 +68,11 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	reg, err := h.register(c, q.cursor, q.hasCursor)
 	switch {
 	case errors.Is(err, errShuttingDown):
-		w.Header().Set("Retry-After", "1")
-		h.refuse(w, rejectShuttingDown, &problem{Type: typeOverloaded, Status: http.StatusServiceUnavailable,
+		h.refuse(w, rejectShuttingDown, &problem.Problem{Type: problem.TypeOverloaded, Status: http.StatusServiceUnavailable, RetryAfter: 1,
 			Detail: "the server is shutting down; reconnect"})
 		return
 	case errors.Is(err, errTooManyClients):
-		w.Header().Set("Retry-After", "5")
-		h.refuse(w, rejectMaxClients, &problem{Type: typeOverloaded, Status: http.StatusServiceUnavailable,
+		h.refuse(w, rejectMaxClients, &problem.Problem{Type: problem.TypeOverloaded, Status: http.StatusServiceUnavailable, RetryAfter: 5,
 			Detail: fmt.Sprintf("the server has its maximum of %d stream clients; retry later", h.opts.MaxClients)})
 		return
 	}
@@ -238,9 +236,9 @@ type query struct {
 }
 
 // parseQuery parses the stream parameters, reporting every invalid one.
-func parseQuery(r *http.Request, sse bool, maxMachines int) (query, []invalidParam) {
+func parseQuery(r *http.Request, sse bool, maxMachines int) (query, []problem.InvalidParam) {
 	var q query
-	var invalid []invalidParam
+	var invalid []problem.InvalidParam
 	v := r.URL.Query()
 
 	machines := v["machine"]
@@ -250,21 +248,21 @@ func parseQuery(r *http.Request, sse bool, maxMachines int) (query, []invalidPar
 			q.all = true
 		case "0", "false":
 		default:
-			invalid = append(invalid, invalidParam{"all", "must be 1 or true, to subscribe to every machine"})
+			invalid = append(invalid, problem.InvalidParam{Name: "all", Reason: "must be 1 or true, to subscribe to every machine"})
 		}
 	}
 	limit := telemetry.DefaultLimits().MaxMachineIDLen
 	switch {
 	case q.all && len(machines) > 0:
-		invalid = append(invalid, invalidParam{"machine", "give either machine or all=1, not both"})
+		invalid = append(invalid, problem.InvalidParam{Name: "machine", Reason: "give either machine or all=1, not both"})
 	case len(machines) > maxMachines:
-		invalid = append(invalid, invalidParam{"machine", fmt.Sprintf("at most %d machines per stream, got %d; use all=1", maxMachines, len(machines))})
-	case !q.all && len(machines) == 0 && !slices.ContainsFunc(invalid, func(p invalidParam) bool { return p.Name == "all" }):
-		invalid = append(invalid, invalidParam{"machine", "required: name at least one machine (machine=ID, repeatable), or subscribe to all with all=1"})
+		invalid = append(invalid, problem.InvalidParam{Name: "machine", Reason: fmt.Sprintf("at most %d machines per stream, got %d; use all=1", maxMachines, len(machines))})
+	case !q.all && len(machines) == 0 && !slices.ContainsFunc(invalid, func(p problem.InvalidParam) bool { return p.Name == "all" }):
+		invalid = append(invalid, problem.InvalidParam{Name: "machine", Reason: "required: name at least one machine (machine=ID, repeatable), or subscribe to all with all=1"})
 	default:
 		for _, m := range machines {
 			if m == "" || len(m) > limit {
-				invalid = append(invalid, invalidParam{"machine", fmt.Sprintf("a machine id is 1 to %d bytes", limit)})
+				invalid = append(invalid, problem.InvalidParam{Name: "machine", Reason: fmt.Sprintf("a machine id is 1 to %d bytes", limit)})
 				break
 			}
 		}
@@ -274,14 +272,14 @@ func parseQuery(r *http.Request, sse bool, maxMachines int) (query, []invalidPar
 	if c := v.Get("cursor"); c != "" || v.Has("cursor") {
 		n, err := strconv.ParseUint(c, 10, 64)
 		if err != nil {
-			invalid = append(invalid, invalidParam{"cursor", "must be a seq: a non-negative integer"})
+			invalid = append(invalid, problem.InvalidParam{Name: "cursor", Reason: "must be a seq: a non-negative integer"})
 		}
 		q.cursor, q.hasCursor = n, err == nil
 	}
 	if id := r.Header.Get("Last-Event-ID"); sse && id != "" {
 		n, err := strconv.ParseUint(strings.TrimSpace(id), 10, 64)
 		if err != nil {
-			invalid = append(invalid, invalidParam{"Last-Event-ID", "must be a seq: a non-negative integer"})
+			invalid = append(invalid, problem.InvalidParam{Name: "Last-Event-ID", Reason: "must be a seq: a non-negative integer"})
 		}
 		q.cursor, q.hasCursor = n, err == nil
 	}
@@ -315,37 +313,9 @@ func headerHasToken(hd http.Header, key, token string) bool {
 	return false
 }
 
-// problem is an RFC 9457 problem detail, in the form the api package uses.
-type problem struct {
-	Type          string         `json:"type"`
-	Title         string         `json:"title"`
-	Status        int            `json:"status"`
-	Detail        string         `json:"detail,omitempty"`
-	InvalidParams []invalidParam `json:"invalidParams,omitempty"`
-}
-
-type invalidParam struct {
-	Name   string `json:"name"`
-	Reason string `json:"reason"`
-}
-
-// Problem type URNs, as in package api.
-const (
-	typeInvalidParams = "urn:twinline:problem:invalid-parameters"
-	typeOverloaded    = "urn:twinline:problem:overloaded"
-	typeUpgrade       = "urn:twinline:problem:upgrade-required"
-	typeMethod        = "urn:twinline:problem:method-not-allowed"
-)
-
-func (h *Hub) refuse(w http.ResponseWriter, reason string, p *problem) {
+func (h *Hub) refuse(w http.ResponseWriter, reason string, p *problem.Problem) {
 	h.metrics.rejected.WithLabelValues(reason).Inc()
-	if p.Title == "" {
-		p.Title = http.StatusText(p.Status)
-	}
-	w.Header().Set("Content-Type", "application/problem+json")
-	w.Header().Set("X-Content-Type-Options", "nosniff")
-	w.WriteHeader(p.Status)
-	_ = json.NewEncoder(w).Encode(p)
+	problem.Write(w, p)
 }
 
 // wsStream is a WebSocket stream.

@@ -17,18 +17,19 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/twinline/twinline/internal/problem"
 	"github.com/twinline/twinline/internal/telemetry"
 )
 
 // These tests run the hub behind an httptest.Server with real WebSocket
 // and SSE clients, synchronised on the messages they receive.
 
-func decodeProblem(t *testing.T, rec *httptest.ResponseRecorder) problem {
+func decodeProblem(t *testing.T, rec *httptest.ResponseRecorder) problem.Problem {
 	t.Helper()
 	if got := rec.Header().Get("Content-Type"); got != "application/problem+json" {
 		t.Errorf("Content-Type: got %q, want application/problem+json", got)
 	}
-	var p problem
+	var p problem.Problem
 	if err := json.Unmarshal(rec.Body.Bytes(), &p); err != nil {
 		t.Fatalf("decoding problem %q: %v", rec.Body.Bytes(), err)
 	}
@@ -49,56 +50,56 @@ func TestServeHTTPBadRequest(t *testing.T) {
 		query  string
 		accept string
 		header http.Header
-		want   problem
+		want   problem.Problem
 	}{
 		{
 			name: "no machine, no all", query: "",
-			want: problem{Type: typeInvalidParams, Status: 400, InvalidParams: []invalidParam{
-				{"machine", "required: name at least one machine (machine=ID, repeatable), or subscribe to all with all=1"}}},
+			want: problem.Problem{Type: problem.TypeInvalidParams, Status: 400, InvalidParams: []problem.InvalidParam{
+				{Name: "machine", Reason: "required: name at least one machine (machine=ID, repeatable), or subscribe to all with all=1"}}},
 		},
 		{
 			name: "all=0 alone", query: "all=0",
-			want: problem{Type: typeInvalidParams, Status: 400, InvalidParams: []invalidParam{
-				{"machine", "required: name at least one machine (machine=ID, repeatable), or subscribe to all with all=1"}}},
+			want: problem.Problem{Type: problem.TypeInvalidParams, Status: 400, InvalidParams: []problem.InvalidParam{
+				{Name: "machine", Reason: "required: name at least one machine (machine=ID, repeatable), or subscribe to all with all=1"}}},
 		},
 		{
 			name: "bad all", query: "all=yes",
-			want: problem{Type: typeInvalidParams, Status: 400, InvalidParams: []invalidParam{
-				{"all", "must be 1 or true, to subscribe to every machine"}}},
+			want: problem.Problem{Type: problem.TypeInvalidParams, Status: 400, InvalidParams: []problem.InvalidParam{
+				{Name: "all", Reason: "must be 1 or true, to subscribe to every machine"}}},
 		},
 		{
 			name: "machine and all", query: "all=1&machine=a",
-			want: problem{Type: typeInvalidParams, Status: 400, InvalidParams: []invalidParam{
-				{"machine", "give either machine or all=1, not both"}}},
+			want: problem.Problem{Type: problem.TypeInvalidParams, Status: 400, InvalidParams: []problem.InvalidParam{
+				{Name: "machine", Reason: "give either machine or all=1, not both"}}},
 		},
 		{
 			name: "too many machines", query: tooMany,
-			want: problem{Type: typeInvalidParams, Status: 400, InvalidParams: []invalidParam{
-				{"machine", "at most 1000 machines per stream, got 1001; use all=1"}}},
+			want: problem.Problem{Type: problem.TypeInvalidParams, Status: 400, InvalidParams: []problem.InvalidParam{
+				{Name: "machine", Reason: "at most 1000 machines per stream, got 1001; use all=1"}}},
 		},
 		{
 			name: "empty machine", query: "machine=a&machine=",
-			want: problem{Type: typeInvalidParams, Status: 400, InvalidParams: []invalidParam{
-				{"machine", "a machine id is 1 to 128 bytes"}}},
+			want: problem.Problem{Type: problem.TypeInvalidParams, Status: 400, InvalidParams: []problem.InvalidParam{
+				{Name: "machine", Reason: "a machine id is 1 to 128 bytes"}}},
 		},
 		{
 			name: "bad cursor and all", query: "all=2&machine=a&cursor=-1",
-			want: problem{Type: typeInvalidParams, Status: 400, InvalidParams: []invalidParam{
-				{"all", "must be 1 or true, to subscribe to every machine"},
-				{"cursor", "must be a seq: a non-negative integer"}}},
+			want: problem.Problem{Type: problem.TypeInvalidParams, Status: 400, InvalidParams: []problem.InvalidParam{
+				{Name: "all", Reason: "must be 1 or true, to subscribe to every machine"},
+				{Name: "cursor", Reason: "must be a seq: a non-negative integer"}}},
 		},
 		{
 			name: "bad Last-Event-ID", query: "all=1", header: http.Header{"Last-Event-Id": {"x"}},
-			want: problem{Type: typeInvalidParams, Status: 400, InvalidParams: []invalidParam{
-				{"Last-Event-ID", "must be a seq: a non-negative integer"}}},
+			want: problem.Problem{Type: problem.TypeInvalidParams, Status: 400, InvalidParams: []problem.InvalidParam{
+				{Name: "Last-Event-ID", Reason: "must be a seq: a non-negative integer"}}},
 		},
 		{
 			name: "neither WebSocket nor SSE", query: "all=1", accept: "application/json",
-			want: problem{Type: typeUpgrade, Status: 426},
+			want: problem.Problem{Type: problem.TypeUpgradeRequired, Status: 426},
 		},
 		{
 			name: "POST", method: http.MethodPost, query: "all=1",
-			want: problem{Type: typeMethod, Status: 405},
+			want: problem.Problem{Type: problem.TypeMethodNotAllowed, Status: 405},
 		},
 	}
 	for _, tt := range tests {

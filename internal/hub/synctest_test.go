@@ -13,6 +13,8 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/twinline/twinline/internal/problem"
 )
 
 // These tests drive the SSE handler with an in-memory ResponseWriter inside
@@ -284,8 +286,8 @@ func TestMaxClients(t *testing.T) {
 		r.Header.Set("Accept", "text/event-stream")
 		h.ServeHTTP(rec, r)
 		got := decodeProblem(t, rec)
-		want := problem{
-			Type: typeOverloaded, Title: "Service Unavailable", Status: http.StatusServiceUnavailable,
+		want := problem.Problem{
+			Type: problem.TypeOverloaded, Title: "Service Unavailable", Status: http.StatusServiceUnavailable,
 			Detail: "the server has its maximum of 1 stream clients; retry later",
 		}
 		if diff := cmp.Diff(want, got); diff != "" {
