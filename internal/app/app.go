@@ -185,6 +185,9 @@ func (a *App) Run(ctx context.Context) (err error) {
 	procDone := make(chan error, 1)
 	go func() { procDone <- proc.Run(procCtx) }()
 
+	// Everything is built and the processor runs: ready from the first
+	// request served.
+	a.ready.Store(true)
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
 		logger.Info("listening", "addr", ln.Addr().String(), "url", "http://"+ln.Addr().String()+"/", "data_dir", cfg.DataDir, "version", a.version)
@@ -225,7 +228,6 @@ func (a *App) Run(ctx context.Context) (err error) {
 		}
 		return nil
 	})
-	a.ready.Store(true)
 	err = g.Wait()
 
 	// Drain the log into the store.
