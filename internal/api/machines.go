@@ -129,7 +129,9 @@ func (a *API) handleSeries(w http.ResponseWriter, r *http.Request) {
 	}
 	q := r.URL.Query()
 	var problems []problem.InvalidParam
-	bad := func(name, reason string) { problems = append(problems, problem.InvalidParam{Name: name, Reason: reason}) }
+	bad := func(name, reason string) {
+		problems = append(problems, problem.InvalidParam{Name: name, Reason: reason})
+	}
 
 	metric := q.Get("metric")
 	if metric == "" {
