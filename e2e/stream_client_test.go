@@ -13,12 +13,13 @@ import (
 
 // message is a stream message as clients see it.
 type message struct {
-	Seq      uint64 `json:"seq"`
-	Type     string `json:"type"`
-	Machine  string `json:"machine"`
-	IngestTS int64  `json:"ingestTs"`
-	Reason   string `json:"reason"`
-	Cursor   uint64 `json:"cursor"`
+	Seq      uint64          `json:"seq"`
+	Type     string          `json:"type"`
+	Machine  string          `json:"machine"`
+	IngestTS int64           `json:"ingestTs"`
+	Reason   string          `json:"reason"`
+	Cursor   uint64          `json:"cursor"`
+	Data     json.RawMessage `json:"data"`
 	Samples  []struct {
 		Metric string  `json:"metric"`
 		TS     int64   `json:"ts"`

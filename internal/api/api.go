@@ -47,9 +47,12 @@ type eventLog interface {
 
 // Deps are the parts the API serves.
 type Deps struct {
-	Log     eventLog
-	Store   store.Store
-	Twins   *twin.Twins
+	Log   eventLog
+	Store store.Store
+	Twins *twin.Twins
+	Notes *twin.Notes
+	// Publish pushes a live update to the machine's stream subscribers.
+	Publish func(machine, typ string, data any)
 	Stream  http.Handler
 	Metrics http.Handler
 	// UI serves the dashboard at /.
@@ -69,6 +72,8 @@ type API struct {
 	log        eventLog
 	store      store.Store
 	twins      *twin.Twins
+	notes      *twin.Notes
+	publish    func(machine, typ string, data any)
 	stream     http.Handler
 	metrics    http.Handler
 	ui         http.Handler
@@ -110,6 +115,8 @@ func New(opts Options, deps Deps) *API {
 		log:       deps.Log,
 		store:     deps.Store,
 		twins:     deps.Twins,
+		notes:     deps.Notes,
+		publish:   deps.Publish,
 		stream:    deps.Stream,
 		metrics:   deps.Metrics,
 		ui:        deps.UI,
@@ -175,6 +182,8 @@ func (a *API) routes() []route {
 		{"DELETE", "/api/v1/machines/{id}", a.handleMachineDelete},
 		{"GET", "/api/v1/machines/{id}/latest", a.handleLatest},
 		{"GET", "/api/v1/machines/{id}/series", a.handleSeries},
+		{"GET", "/api/v1/machines/{id}/notes", a.handleNotesGet},
+		{"POST", "/api/v1/machines/{id}/notes", a.handleNotesPost},
 		{"GET", "/api/v1/stream", a.handleStream},
 		{"GET", "/healthz", a.handleHealthz},
 		{"GET", "/readyz", a.handleReadyz},

@@ -48,6 +48,7 @@ type App struct {
 
 	store *embedded.Store
 	twins *twin.Twins
+	notes *twin.Notes
 	log   *log.Log
 	hub   *hub.Hub
 	proc  *stream.Processor
@@ -101,6 +102,17 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 	}
 	a.twins = twins
 
+	notes, err := twin.OpenNotes(filepath.Join(cfg.DataDir, "notes.jsonl"), time.Now)
+	if err != nil {
+		return nil, err
+	}
+	a.notes = notes
+	defer func() {
+		if err != nil {
+			notes.Close()
+		}
+	}()
+
 	a.log = log.New(cfg.LogCapacity, reg)
 	a.hub = hub.New(hub.Options{
 		QueueSize:    cfg.StreamQueue,
@@ -133,6 +145,8 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 		Log:     a.log,
 		Store:   st,
 		Twins:   twins,
+		Notes:   notes,
+		Publish: a.hub.PublishEvent,
 		Stream:  a.hub,
 		Metrics: promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}),
 		UI:      web.Handler(),
@@ -175,6 +189,9 @@ func (a *App) Run(ctx context.Context) (err error) {
 	defer func() {
 		if cerr := a.store.Close(); cerr != nil {
 			err = errors.Join(err, fmt.Errorf("closing store: %w", cerr))
+		}
+		if cerr := a.notes.Close(); cerr != nil {
+			err = errors.Join(err, fmt.Errorf("closing notes: %w", cerr))
 		}
 	}()
 
