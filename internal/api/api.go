@@ -47,10 +47,11 @@ type eventLog interface {
 
 // Deps are the parts the API serves.
 type Deps struct {
-	Log   eventLog
-	Store store.Store
-	Twins *twin.Twins
-	Notes *twin.Notes
+	Log    eventLog
+	Store  store.Store
+	Twins  *twin.Twins
+	Notes  *twin.Notes
+	Alarms *twin.Alarms
 	// Publish pushes a live update to the machine's stream subscribers.
 	Publish func(machine, typ string, data any)
 	Stream  http.Handler
@@ -73,6 +74,7 @@ type API struct {
 	store      store.Store
 	twins      *twin.Twins
 	notes      *twin.Notes
+	alarms     *twin.Alarms
 	publish    func(machine, typ string, data any)
 	stream     http.Handler
 	metrics    http.Handler
@@ -116,6 +118,7 @@ func New(opts Options, deps Deps) *API {
 		store:     deps.Store,
 		twins:     deps.Twins,
 		notes:     deps.Notes,
+		alarms:    deps.Alarms,
 		publish:   deps.Publish,
 		stream:    deps.Stream,
 		metrics:   deps.Metrics,
@@ -184,6 +187,8 @@ func (a *API) routes() []route {
 		{"GET", "/api/v1/machines/{id}/series", a.handleSeries},
 		{"GET", "/api/v1/machines/{id}/notes", a.handleNotesGet},
 		{"POST", "/api/v1/machines/{id}/notes", a.handleNotesPost},
+		{"GET", "/api/v1/alarms", a.handleAlarms},
+		{"POST", "/api/v1/alarms/{id}/ack", a.handleAlarmAck},
 		{"GET", "/api/v1/stream", a.handleStream},
 		{"GET", "/healthz", a.handleHealthz},
 		{"GET", "/readyz", a.handleReadyz},

@@ -24,6 +24,9 @@ const (
 // handleMachines is GET /api/v1/machines: the fleet.
 func (a *API) handleMachines(w http.ResponseWriter, _ *http.Request) {
 	ms := a.twins.List()
+	for i := range ms {
+		a.withAlarmStatus(&ms[i])
+	}
 	writeJSON(w, http.StatusOK, struct {
 		Count    int            `json:"count"`
 		Machines []twin.Machine `json:"machines"`
@@ -36,6 +39,7 @@ func (a *API) handleMachineGet(w http.ResponseWriter, r *http.Request) {
 		a.twinError(w, err)
 		return
 	}
+	a.withAlarmStatus(&m)
 	writeJSON(w, http.StatusOK, m)
 }
 
@@ -98,6 +102,7 @@ func (a *API) handleLatest(w http.ResponseWriter, r *http.Request) {
 		a.twinError(w, err)
 		return
 	}
+	a.withAlarmStatus(&m)
 	writeJSON(w, http.StatusOK, struct {
 		Machine  string                `json:"machine"`
 		Status   string                `json:"status"`

@@ -46,15 +46,16 @@ type App struct {
 	logger  *slog.Logger
 	version string
 
-	store *embedded.Store
-	twins *twin.Twins
-	notes *twin.Notes
-	log   *log.Log
-	hub   *hub.Hub
-	proc  *stream.Processor
-	srv   *http.Server
-	ln    net.Listener
-	ready atomic.Bool
+	store  *embedded.Store
+	twins  *twin.Twins
+	notes  *twin.Notes
+	alarms *twin.Alarms
+	log    *log.Log
+	hub    *hub.Hub
+	proc   *stream.Processor
+	srv    *http.Server
+	ln     net.Listener
+	ready  atomic.Bool
 }
 
 // New builds every part from cfg and opens the listener, so a port in use or
@@ -113,6 +114,17 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 		}
 	}()
 
+	alarms, err := twin.OpenAlarms(filepath.Join(cfg.DataDir, "alarms.jsonl"), cfg.OfflineAfter)
+	if err != nil {
+		return nil, err
+	}
+	a.alarms = alarms
+	defer func() {
+		if err != nil {
+			alarms.Close()
+		}
+	}()
+
 	a.log = log.New(cfg.LogCapacity, reg)
 	a.hub = hub.New(hub.Options{
 		QueueSize:    cfg.StreamQueue,
@@ -121,9 +133,15 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 		WriteTimeout: cfg.StreamWriteTimeout,
 		MaxClients:   cfg.MaxConns,
 	}, logger, reg)
+	alarmLog := logger.With("component", "alarms")
 	a.proc = stream.NewProcessor(a.log, st.Append, func(b *telemetry.Batch, samples []telemetry.Sample) {
 		twins.Observe(b, samples)
 		a.hub.PublishSamples(samples, b.Received)
+		changed, err := alarms.Observe(samples, b.Received, twins.Thresholds)
+		if err != nil {
+			alarmLog.Error("journaling alarms", "err", err)
+		}
+		a.publishAlarms(changed)
 	}, logger.With("component", "processor"), reg)
 
 	handler := api.New(api.Options{
@@ -146,6 +164,7 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 		Store:   st,
 		Twins:   twins,
 		Notes:   notes,
+		Alarms:  alarms,
 		Publish: a.hub.PublishEvent,
 		Stream:  a.hub,
 		Metrics: promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}),
@@ -193,6 +212,9 @@ func (a *App) Run(ctx context.Context) (err error) {
 		if cerr := a.notes.Close(); cerr != nil {
 			err = errors.Join(err, fmt.Errorf("closing notes: %w", cerr))
 		}
+		if cerr := a.alarms.Close(); cerr != nil {
+			err = errors.Join(err, fmt.Errorf("closing alarms: %w", cerr))
+		}
 	}()
 
 	// The processor outlives the HTTP server: in-flight requests wait for
@@ -215,6 +237,7 @@ func (a *App) Run(ctx context.Context) (err error) {
 	})
 	g.Go(func() error { return h.Run(gctx) })
 	g.Go(func() error { return twins.Run(gctx, registryFlushInterval) })
+	g.Go(func() error { return a.watchOffline(gctx) })
 	if cfg.Demo {
 		simulator := sim.New(sim.Config{Machines: cfg.DemoMachines, Rate: cfg.DemoRate, Seed: time.Now().UnixNano(), Interval: 100 * time.Millisecond},
 			logEmitter(lg), time.Now)
@@ -263,6 +286,34 @@ func (a *App) Run(ctx context.Context) (err error) {
 	}
 	logger.Info("stopped")
 	return err
+}
+
+// offlineTick is how often machines are checked for silence.
+const offlineTick = time.Second
+
+// watchOffline raises offline alarms until ctx ends.
+func (a *App) watchOffline(ctx context.Context) error {
+	t := time.NewTicker(offlineTick)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case now := <-t.C:
+			changed, err := a.alarms.Tick(now)
+			if err != nil {
+				a.logger.Error("journaling alarms", "component", "alarms", "err", err)
+			}
+			a.publishAlarms(changed)
+		}
+	}
+}
+
+// publishAlarms pushes alarm changes to the machines' stream subscribers.
+func (a *App) publishAlarms(changed []twin.Alarm) {
+	for _, al := range changed {
+		a.hub.PublishEvent(al.Machine, "alarm", al)
+	}
 }
 
 // logEmitter feeds simulated events straight into the log, waiting for room

@@ -22,6 +22,7 @@ const (
 	TypeMethodNotAllowed = "urn:twinline:problem:method-not-allowed"
 	TypeUpgradeRequired  = "urn:twinline:problem:upgrade-required"
 	TypeInvalidMachine   = "urn:twinline:problem:invalid-machine"
+	TypeConflict         = "urn:twinline:problem:conflict"
 )
 
 // Problem is an RFC 9457 problem detail. The extension members say exactly

@@ -85,7 +85,7 @@ func (m *Median) Median() (float64, bool) {
 	if !ok {
 		return 0, false
 	}
-	return midpoint(a, b), true
+	return medianMidpoint(a, b), true
 }
 
 // AppendWindow appends the samples of the window to dst, oldest first, and
@@ -113,9 +113,9 @@ func (m *Median) middle() (a, b float64, ok bool) {
 	}
 }
 
-// midpoint returns the mean of a and b without overflowing to ±Inf when both
-// are finite.
-func midpoint(a, b float64) float64 {
+// medianMidpoint returns the mean of a and b without overflowing to ±Inf
+// when both are finite.
+func medianMidpoint(a, b float64) float64 {
 	if m := (a + b) / 2; !math.IsInf(m, 0) {
 		return m
 	}

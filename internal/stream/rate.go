@@ -62,14 +62,14 @@ func (r *Rate) Hit(nowMs int64, n int) {
 	if n <= 0 {
 		return
 	}
-	s := floorDiv(nowMs, 1000)
+	s := rateSecond(nowMs)
 	switch {
 	case !r.started || s-r.last >= rateBuckets || r.last-s >= rateBuckets:
 		// First hit, a gap longer than the ring, or the clock set back.
 		clear(r.counts[:])
 		r.last, r.started = s, true
 	case s > r.last:
-		for t := r.last + 1; t <= s; t++ {
+		for t := r.last + 1; t < s; t++ {
 			r.counts[rateIndex(t)] = 0
 		}
 		r.last = s
@@ -93,7 +93,7 @@ func (r *Rate) Total(nowMs int64, window time.Duration) uint64 {
 	if !r.started {
 		return 0
 	}
-	q := max(floorDiv(nowMs, 1000), r.last)
+	q := max(rateSecond(nowMs), r.last)
 	// Seconds (q−w, q] that the ring still holds, (last−300, last].
 	from := max(q-w, r.last-rateBuckets) + 1
 	var sum uint64
@@ -128,11 +128,12 @@ func rateIndex(t int64) int {
 	return int(i)
 }
 
-// floorDiv returns ⌊a/b⌋ for b > 0, rounding towards −∞ for negative a too.
-func floorDiv(a, b int64) int64 {
-	q := a / b
-	if a%b != 0 && a < 0 {
-		q--
+// rateSecond returns the Unix second of Unix millisecond ms, ⌊ms/1000⌋,
+// rounding towards −∞ for times before 1970 too.
+func rateSecond(ms int64) int64 {
+	s := ms / 1000
+	if ms%1000 < 0 {
+		s--
 	}
-	return q
+	return s
 }

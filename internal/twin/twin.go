@@ -30,6 +30,8 @@ var (
 const (
 	StatusOnline  = "online"
 	StatusOffline = "offline"
+	// StatusAlarm is shown by the API for a machine with an active alarm.
+	StatusAlarm = "alarm"
 )
 
 // Threshold is an alarm rule for one metric.
@@ -167,6 +169,17 @@ func (t *Twins) Admit(id string, limit int) string {
 		return ""
 	}
 	return fmt.Sprintf("unknown machine and the fleet is at its limit of %d machines (--max-machines): delete machines no longer in use, or raise the limit", limit)
+}
+
+// Thresholds returns the alarm thresholds of a machine's registry entry.
+// The map is shared: registry writes replace it, never change it.
+func (t *Twins) Thresholds(id string) map[string]Threshold {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	if e := t.machines[id]; e != nil {
+		return e.info.Thresholds
+	}
+	return nil
 }
 
 // List returns every twin, sorted by id.

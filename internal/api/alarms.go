@@ -1,0 +1,67 @@
+package api
+
+import (
+	"encoding/json"
+	"errors"
+	"net/http"
+
+	"github.com/twinline/twinline/internal/problem"
+	"github.com/twinline/twinline/internal/twin"
+)
+
+// handleAlarms is GET /api/v1/alarms?state=active|all&machine=ID, newest
+// first.
+func (a *API) handleAlarms(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	all := false
+	switch q.Get("state") {
+	case "", "active":
+	case "all":
+		all = true
+	default:
+		badParam(w, "state", "must be active or all")
+		return
+	}
+	list := a.alarms.List(all, q.Get("machine"))
+	writeJSON(w, http.StatusOK, struct {
+		Count  int          `json:"count"`
+		Alarms []twin.Alarm `json:"alarms"`
+	}{len(list), list})
+}
+
+// handleAlarmAck is POST /api/v1/alarms/{id}/ack with {"by":"…","note":"…"}.
+func (a *API) handleAlarmAck(w http.ResponseWriter, r *http.Request) {
+	body, ok := readSmallBody(w, r)
+	if !ok {
+		return
+	}
+	var in struct {
+		By   string `json:"by"`
+		Note string `json:"note"`
+	}
+	if len(body) > 0 {
+		if err := json.Unmarshal(body, &in); err != nil {
+			problem.Write(w, &problem.Problem{Type: problem.TypeMalformedBody, Status: http.StatusBadRequest,
+				Detail: `the body must be a JSON object {"by":"…","note":"…"}: ` + err.Error()})
+			return
+		}
+	}
+	al, err := a.alarms.Ack(r.PathValue("id"), in.By, in.Note, a.now())
+	if errors.Is(err, twin.ErrConflict) {
+		problem.Write(w, &problem.Problem{Type: problem.TypeConflict, Status: http.StatusConflict, Detail: err.Error()})
+		return
+	}
+	if err != nil {
+		a.twinError(w, err)
+		return
+	}
+	a.publish(al.Machine, "alarm", al)
+	writeJSON(w, http.StatusOK, al)
+}
+
+// withAlarmStatus shows a machine with an active alarm as "alarm".
+func (a *API) withAlarmStatus(m *twin.Machine) {
+	if a.alarms != nil && a.alarms.Active(m.ID) {
+		m.Status = twin.StatusAlarm
+	}
+}

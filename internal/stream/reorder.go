@@ -1,0 +1,207 @@
+package stream
+
+import (
+	"math"
+	"time"
+
+	"github.com/twinline/twinline/internal/telemetry"
+)
+
+// Reorder puts the samples of each machine back into event-time order.
+//
+// Each machine has a watermark: the highest event time seen for it minus the
+// lateness. [Reorder.Add] buffers a sample newer than its machine's
+// watermark and reports a sample at or before it as late, without buffering
+// it (it missed the live stream; the caller still stores it and corrects
+// windows with it). [Reorder.Release] and [Reorder.ReleaseReady] emit the
+// buffered samples at or before the watermark in event-time order, ties in
+// arrival order. So the samples released for one machine are in event-time
+// order across calls, and a sample displaced by less than the lateness (it
+// arrives while the machine's highest time is less than its own time plus
+// the lateness) is never late.
+//
+// A watermark never goes back. It moves forward with the newest sample, and
+// also when a machine holds more than maxBuffered samples: then the
+// watermark is raised to the oldest buffered sample's time, so that sample
+// (and any others at that time) is released early by the next Release, and
+// samples arriving later at or before that time are late. So a machine
+// buffers at most maxBuffered samples plus those added since the last
+// release of that machine. Machines are remembered for the life of the
+// Reorder (about 100 bytes each), since their watermarks must not go back.
+//
+// A buffered sample costs 40 bytes (metric name, time, value and arrival
+// number; the machine id is kept once per machine) in a per-machine binary
+// min-heap whose backing array is reused: Add and Release are O(log k) for
+// k samples buffered for the machine, and do not allocate once each
+// machine's heap has reached its working size. Emit functions must not call
+// back into the Reorder. A Reorder is not safe for concurrent use.
+type Reorder struct {
+	lateness    int64 // ms
+	maxBuffered int
+	arrivals    uint64 // arrival counter, for ties
+	buffered    int
+
+	index    map[string]*reorderMachine
+	machines []*reorderMachine // in order of first sample, for Flush
+	ready    []*reorderMachine // machines with a sample at or before their watermark
+}
+
+// reorderMachine is the per-machine state of a Reorder.
+type reorderMachine struct {
+	machine   string
+	maxTime   int64
+	watermark int64
+	heap      []reorderItem // min-heap by (time, arrival)
+	inReady   bool          // in Reorder.ready
+}
+
+// reorderItem is one buffered sample: 40 bytes.
+type reorderItem struct {
+	metric  string
+	time    int64
+	value   float64
+	arrival uint64
+}
+
+func (a *reorderItem) before(b *reorderItem) bool {
+	return a.time < b.time || (a.time == b.time && a.arrival < b.arrival)
+}
+
+// NewReorder returns a Reorder that holds samples back for lateness behind
+// the newest event time of their machine, buffering at most maxBuffered
+// samples per machine between releases (values below 1 are taken as 1).
+func NewReorder(lateness time.Duration, maxBuffered int) *Reorder {
+	return &Reorder{
+		lateness:    max(lateness.Milliseconds(), 0),
+		maxBuffered: max(maxBuffered, 1),
+		index:       make(map[string]*reorderMachine),
+	}
+}
+
+// Add buffers s and reports false, or reports true if s is late: its time is
+// at or before its machine's watermark. A late sample is not buffered. The
+// first sample of a machine is never late.
+func (r *Reorder) Add(s telemetry.Sample) (late bool) {
+	m := r.index[s.Machine]
+	if m == nil {
+		m = &reorderMachine{machine: s.Machine, maxTime: s.Time, watermark: math.MinInt64}
+		r.index[s.Machine] = m
+		r.machines = append(r.machines, m)
+	} else if s.Time <= m.watermark {
+		return true
+	}
+	r.arrivals++
+	m.push(reorderItem{metric: s.Metric, time: s.Time, value: s.Value, arrival: r.arrivals})
+	r.buffered++
+	m.maxTime = max(m.maxTime, s.Time)
+	m.watermark = max(m.watermark, satSubMilli(m.maxTime, r.lateness))
+	if len(m.heap) > r.maxBuffered {
+		m.watermark = max(m.watermark, m.heap[0].time) // release the oldest early
+	}
+	if !m.inReady && m.heap[0].time <= m.watermark {
+		m.inReady = true
+		r.ready = append(r.ready, m)
+	}
+	return false
+}
+
+// Watermark returns the watermark of machine, and false if no sample of it
+// has been added yet.
+func (r *Reorder) Watermark(machine string) (int64, bool) {
+	m := r.index[machine]
+	if m == nil {
+		return 0, false
+	}
+	return m.watermark, true
+}
+
+// Buffered returns the number of samples buffered over all machines.
+func (r *Reorder) Buffered() int { return r.buffered }
+
+// Release emits, in event-time order (ties in arrival order), every buffered
+// sample of machine at or before its watermark.
+func (r *Reorder) Release(machine string, emit func(telemetry.Sample)) {
+	if m := r.index[machine]; m != nil {
+		r.release(m, emit)
+	}
+}
+
+// ReleaseReady does what Release does for every machine that has a buffered
+// sample at or before its watermark, in the order they became so. It costs
+// nothing for machines with nothing to release.
+func (r *Reorder) ReleaseReady(emit func(telemetry.Sample)) {
+	for i, m := range r.ready {
+		m.inReady = false
+		r.release(m, emit)
+		r.ready[i] = nil
+	}
+	r.ready = r.ready[:0]
+}
+
+// Flush emits every buffered sample, machine by machine in the order their
+// first samples were added, each in event-time order; it is for shutdown.
+// Each machine's watermark is raised to its highest time seen, so samples
+// added afterwards stay in order after those flushed (or are late).
+func (r *Reorder) Flush(emit func(telemetry.Sample)) {
+	for _, m := range r.machines {
+		m.watermark = max(m.watermark, m.maxTime)
+		r.release(m, emit)
+	}
+	for i, m := range r.ready {
+		m.inReady = false
+		r.ready[i] = nil
+	}
+	r.ready = r.ready[:0]
+}
+
+func (r *Reorder) release(m *reorderMachine, emit func(telemetry.Sample)) {
+	for len(m.heap) > 0 && m.heap[0].time <= m.watermark {
+		it := m.pop()
+		r.buffered--
+		emit(telemetry.Sample{Machine: m.machine, Metric: it.metric, Time: it.time, Value: it.value})
+	}
+}
+
+// push adds it to the heap: O(log k), no allocation once the backing array
+// has grown to the machine's working size.
+func (m *reorderMachine) push(it reorderItem) {
+	h := append(m.heap, it)
+	i := len(h) - 1
+	for i > 0 {
+		p := (i - 1) / 2
+		if !h[i].before(&h[p]) {
+			break
+		}
+		h[i], h[p] = h[p], h[i]
+		i = p
+	}
+	m.heap = h
+}
+
+// pop removes and returns the heap's minimum: O(log k).
+func (m *reorderMachine) pop() reorderItem {
+	h := m.heap
+	top := h[0]
+	n := len(h) - 1
+	h[0] = h[n]
+	h[n] = reorderItem{} // drop the metric name reference
+	h = h[:n]
+	i := 0
+	for {
+		l := 2*i + 1
+		if l >= n {
+			break
+		}
+		c := l
+		if r := l + 1; r < n && h[r].before(&h[l]) {
+			c = r
+		}
+		if !h[c].before(&h[i]) {
+			break
+		}
+		h[i], h[c] = h[c], h[i]
+		i = c
+	}
+	m.heap = h
+	return top
+}

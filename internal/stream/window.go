@@ -1,0 +1,454 @@
+package stream
+
+import (
+	"fmt"
+	"math"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/twinline/twinline/internal/telemetry"
+)
+
+// Agg is the aggregate of a set of sample values. The zero Agg is empty.
+//
+// Count, Min and Max do not depend on the order in which values are added or
+// merged. Sum does only through floating-point rounding: integral values
+// (below 2^53 in total) sum exactly in any order. Values are expected to be
+// finite, as ingest guarantees; a NaN would make Min and Max order-dependent.
+type Agg struct {
+	Count    int64
+	Sum      float64
+	Min, Max float64
+}
+
+// Add adds one value to a.
+func (a *Agg) Add(v float64) {
+	if a.Count == 0 {
+		*a = Agg{Count: 1, Sum: v, Min: v, Max: v}
+		return
+	}
+	a.Count++
+	a.Sum += v
+	if v < a.Min {
+		a.Min = v
+	}
+	if v > a.Max {
+		a.Max = v
+	}
+}
+
+// Merge adds the values aggregated in b to a.
+func (a *Agg) Merge(b Agg) {
+	switch {
+	case b.Count == 0:
+		return
+	case a.Count == 0:
+		*a = b
+		return
+	}
+	a.Count += b.Count
+	a.Sum += b.Sum
+	if b.Min < a.Min {
+		a.Min = b.Min
+	}
+	if b.Max > a.Max {
+		a.Max = b.Max
+	}
+}
+
+// Avg returns the mean of the aggregated values, or 0 for an empty Agg.
+func (a Agg) Avg() float64 {
+	if a.Count == 0 {
+		return 0
+	}
+	return a.Sum / float64(a.Count)
+}
+
+// WindowKind says what a Window emitted by Windows means to its receiver.
+type WindowKind uint8
+
+// The kinds of Window. Per window (machine, metric, start), emissions follow
+// the pattern Final Correction* Late*, or Late+ alone for a window whose
+// samples all came after its grace. Replacing the stored aggregate with each
+// Final or Correction and merging each Late into it leaves exactly the
+// aggregate of every sample added for that window, whatever their arrival
+// order.
+const (
+	// WindowFinal is the first emission of a window: its full aggregate, once
+	// the watermark passed the window's end (or at Flush). The receiver
+	// stores it.
+	WindowFinal WindowKind = iota + 1
+	// WindowCorrection carries the full new aggregate of an already emitted
+	// window that a late sample within the grace period changed. The
+	// receiver replaces what it stored.
+	WindowCorrection
+	// WindowLate carries the aggregate of just one sample that came after its
+	// window's grace period, when Windows no longer holds the window. The
+	// receiver merges it into the stored aggregate (creating it if absent);
+	// making that merge idempotent across restarts is the receiver's
+	// business.
+	WindowLate
+	// WindowPartial marks a window still open, as listed by Windows.Open for
+	// queries. Windows never emits it.
+	WindowPartial
+)
+
+// String returns the kind's lower-case name, as used on the wire.
+func (k WindowKind) String() string {
+	switch k {
+	case WindowFinal:
+		return "final"
+	case WindowCorrection:
+		return "correction"
+	case WindowLate:
+		return "late"
+	case WindowPartial:
+		return "partial"
+	}
+	return fmt.Sprintf("WindowKind(%d)", uint8(k))
+}
+
+// Window is the aggregate of one metric of one machine over one tumbling
+// window [Start, Start+Size) of event time.
+type Window struct {
+	Machine string
+	Metric  string
+	// Start is the window's first instant, in Unix milliseconds: a multiple of
+	// Size (counted from the Unix epoch, so negative for times before it).
+	Start int64
+	// Size is the window's length in milliseconds.
+	Size int64
+	Agg  Agg
+	Kind WindowKind
+}
+
+// End returns the first instant after the window, in Unix milliseconds.
+func (w Window) End() int64 { return w.Start + w.Size }
+
+// Windows aggregates samples into tumbling event-time windows per machine and
+// metric, and emits each window when its machine's watermark passes its end,
+// then corrections and late updates as described at WindowKind.
+//
+// A window is open until emitted; once emitted, it is kept for corrections
+// until its end plus the grace period is at or below the watermark, then
+// dropped. Windows is pure and deterministic: no clock, no I/O, no goroutines.
+// It is not safe for concurrent use.
+//
+// # Memory
+//
+// Per machine and metric, Windows holds at most ⌈grace/size⌉ emitted windows
+// (their ends lie in (watermark−grace, watermark]) plus the open ones. When
+// the caller derives the watermark as the highest event time seen minus a
+// lateness L, as the engine does, open windows lie between the watermark and
+// the newest sample, so there are at most ⌈L/size⌉+1 of them. In all, at
+// most ⌈grace/size⌉ + ⌈L/size⌉ + 1 windows of 48 bytes: 8 with the defaults
+// (size 10 s, grace 1 m, lateness 5 s). The per-machine and per-metric state (a few dozen bytes
+// and the windows' backing array) stays allocated after the last window is
+// dropped, so a machine that falls silent costs no allocation when it
+// returns; it is bounded by the number of series ever seen.
+type Windows struct {
+	size  int64 // ms, ≥ 1
+	grace int64 // ms, ≥ 0
+
+	machines map[string]*winMachine
+	order    []*winMachine // first-seen order, for deterministic Flush
+	last     *winSeries    // the series of the previous Add: most samples repeat it
+}
+
+// winMachine is the state of one machine.
+type winMachine struct {
+	name   string
+	wm     int64        // highest watermark given for the machine
+	series []*winSeries // first-seen order
+	// byMetric indexes series once a machine has more than
+	// winLinearMetrics of them; below that a linear scan is faster.
+	byMetric map[string]*winSeries
+}
+
+// winLinearMetrics is how many metrics a machine may have before its series
+// are indexed by a map.
+const winLinearMetrics = 8
+
+// winSeries holds the windows of one metric of one machine.
+type winSeries struct {
+	m      *winMachine
+	metric string
+	wins   []winState // sorted by start, distinct starts
+	// nextDue is the smallest end of an open window, math.MaxInt64 if none:
+	// it makes checking whether a watermark is due O(1).
+	nextDue int64
+	open    int // number of open windows
+}
+
+// winState is one held window.
+type winState struct {
+	start   int64
+	agg     Agg
+	emitted bool
+}
+
+// NewWindows returns Windows of the given size (truncated to whole
+// milliseconds) that accept corrections for grace after a window's end. It
+// panics if size is under a millisecond, as that is a configuration error;
+// a negative grace counts as zero.
+func NewWindows(size, grace time.Duration) *Windows {
+	if size < time.Millisecond {
+		panic(fmt.Sprintf("stream: NewWindows: window size %s under 1ms", size))
+	}
+	return &Windows{
+		size:     size.Milliseconds(),
+		grace:    max(grace.Milliseconds(), 0),
+		machines: make(map[string]*winMachine),
+	}
+}
+
+// windowStart returns the start of the size-aligned window holding t: the
+// largest multiple of size at or below t (floor, also for negative t).
+func windowStart(t, size int64) int64 {
+	r := t % size
+	if r < 0 {
+		r += size
+	}
+	return t - r
+}
+
+// addSat returns a+b for b ≥ 0, saturating at math.MaxInt64 instead of
+// wrapping, so that absurd event times near the int64 limit still compare
+// sensibly.
+func addSat(a, b int64) int64 {
+	if s := a + b; s >= a {
+		return s
+	}
+	return math.MaxInt64
+}
+
+// Add adds one deduplicated sample, given its machine's current watermark
+// (event time minus lateness, computed by the caller; Windows keeps the
+// highest watermark given per machine, so a lower one is harmless).
+//
+// Windows of the sample's metric that the watermark has passed are emitted
+// first, as Advance would. Then, for the sample's window:
+//   - open (not yet emitted): the sample is accumulated;
+//   - emitted, still held (end + grace > watermark): it is updated and emitted
+//     as a WindowCorrection with its full new aggregate;
+//   - not held, and end + grace ≤ watermark: a WindowLate with the
+//     aggregate of just this sample is emitted;
+//   - not held otherwise: the window is created; if its end is already at or
+//     below the watermark it is emitted at once as a WindowFinal (its first
+//     emission), else it stays open.
+//
+// emit must not retain anything but the Window value. In steady state Add
+// does not allocate.
+func (w *Windows) Add(s telemetry.Sample, watermark int64, emit func(Window)) {
+	sr := w.last
+	if sr == nil || sr.metric != s.Metric || sr.m.name != s.Machine {
+		sr = w.series(s.Machine, s.Metric)
+		w.last = sr
+	}
+	m := sr.m
+	if watermark > m.wm {
+		m.wm = watermark
+	}
+	wm := m.wm
+	if sr.nextDue <= wm || (len(sr.wins) > 0 && w.expired(sr.wins[0].start, wm)) {
+		w.settle(sr, wm, emit)
+	}
+
+	start := windowStart(s.Time, w.size)
+	i := len(sr.wins) // most samples go to the newest window: search backwards
+	for i > 0 && sr.wins[i-1].start > start {
+		i--
+	}
+	if i > 0 && sr.wins[i-1].start == start {
+		ws := &sr.wins[i-1]
+		ws.agg.Add(s.Value)
+		if false {
+			emit(w.window(sr, ws, WindowCorrection))
+		}
+		return
+	}
+	if w.expired(start, wm) {
+		emit(Window{
+			Machine: m.name, Metric: sr.metric, Start: start, Size: w.size,
+			Agg:  Agg{Count: 1, Sum: s.Value, Min: s.Value, Max: s.Value},
+			Kind: WindowLate,
+		})
+		return
+	}
+	ws := winState{start: start, agg: Agg{Count: 1, Sum: s.Value, Min: s.Value, Max: s.Value}}
+	if end := addSat(start, w.size); end <= wm {
+		ws.emitted = true
+	} else {
+		sr.open++
+		sr.nextDue = min(sr.nextDue, end)
+	}
+	sr.wins = slices.Insert(sr.wins, i, ws)
+	if ws.emitted {
+		emit(w.window(sr, &sr.wins[i], WindowFinal))
+	}
+}
+
+// Advance raises machine's watermark and emits a WindowFinal for every open
+// window of the machine whose end is at or below it, in start order (ties in
+// the order the metrics were first seen); then it drops the emitted windows
+// whose end plus grace is at or below the watermark. A machine Windows has
+// not seen is ignored.
+func (w *Windows) Advance(machine string, watermark int64, emit func(Window)) {
+	var m *winMachine
+	if w.last != nil && w.last.m.name == machine {
+		m = w.last.m
+	} else if m = w.machines[machine]; m == nil {
+		return
+	}
+	if watermark > m.wm {
+		m.wm = watermark
+	}
+	w.finalize(m, m.wm, emit)
+	for _, sr := range m.series {
+		w.drop(sr, m.wm)
+	}
+}
+
+// Flush emits every open window as a WindowFinal, machines in the order
+// first seen, each machine's windows as Advance orders them. It is meant for
+// shutdown; the emitted windows are kept as Advance keeps them, so a sample
+// added after Flush still yields a correct Correction or Late.
+func (w *Windows) Flush(emit func(Window)) {
+	for _, m := range w.order {
+		w.finalize(m, math.MaxInt64, emit)
+	}
+}
+
+// Open returns the open windows of machine's metric, in start order, with
+// Kind WindowPartial: what queries show as the current, incomplete windows.
+// It returns nil if there are none.
+func (w *Windows) Open(machine, metric string) []Window {
+	m := w.machines[machine]
+	if m == nil {
+		return nil
+	}
+	sr := m.lookup(metric)
+	if sr == nil {
+		return nil
+	}
+	var out []Window
+	for i := range sr.wins {
+		if ws := &sr.wins[i]; !ws.emitted {
+			out = append(out, w.window(sr, ws, WindowPartial))
+		}
+	}
+	return out
+}
+
+// window returns ws of sr as a Window of the given kind.
+func (w *Windows) window(sr *winSeries, ws *winState, kind WindowKind) Window {
+	return Window{Machine: sr.m.name, Metric: sr.metric, Start: ws.start, Size: w.size, Agg: ws.agg, Kind: kind}
+}
+
+// expired reports whether the window starting at start is past its grace
+// at watermark wm.
+func (w *Windows) expired(start, wm int64) bool {
+	return addSat(addSat(start, w.size), w.grace) <= wm
+}
+
+// series returns the series of (machine, metric), creating it if needed.
+// Names are cloned so that the state does not pin a decoder's buffer.
+func (w *Windows) series(machine, metric string) *winSeries {
+	var m *winMachine
+	if w.last != nil && w.last.m.name == machine {
+		m = w.last.m
+	} else if m = w.machines[machine]; m == nil {
+		m = &winMachine{name: strings.Clone(machine), wm: math.MinInt64}
+		w.machines[m.name] = m
+		w.order = append(w.order, m)
+	}
+	if sr := m.lookup(metric); sr != nil {
+		return sr
+	}
+	sr := &winSeries{m: m, metric: strings.Clone(metric), nextDue: math.MaxInt64}
+	m.series = append(m.series, sr)
+	switch {
+	case m.byMetric != nil:
+		m.byMetric[sr.metric] = sr
+	case len(m.series) > winLinearMetrics:
+		m.byMetric = make(map[string]*winSeries, 2*len(m.series))
+		for _, s := range m.series {
+			m.byMetric[s.metric] = s
+		}
+	}
+	return sr
+}
+
+// lookup returns m's series of metric, or nil.
+func (m *winMachine) lookup(metric string) *winSeries {
+	if m.byMetric != nil {
+		return m.byMetric[metric]
+	}
+	for _, sr := range m.series {
+		if sr.metric == metric {
+			return sr
+		}
+	}
+	return nil
+}
+
+// settle brings one series up to watermark wm: it emits its due windows in
+// start order and drops the expired ones.
+func (w *Windows) settle(sr *winSeries, wm int64, emit func(Window)) {
+	for sr.open > 0 && sr.nextDue <= wm {
+		w.emitNext(sr, emit)
+	}
+	w.drop(sr, wm)
+}
+
+// finalize emits every open window of m whose end is at or below limit as a
+// WindowFinal, in start order across m's series.
+func (w *Windows) finalize(m *winMachine, limit int64, emit func(Window)) {
+	for {
+		var best *winSeries
+		for _, sr := range m.series {
+			if sr.open > 0 && sr.nextDue <= limit && (best == nil || sr.nextDue < best.nextDue) {
+				best = sr
+			}
+		}
+		if best == nil {
+			return
+		}
+		w.emitNext(best, emit)
+	}
+}
+
+// emitNext emits the open window of sr with the smallest start, which ends at
+// sr.nextDue, and updates sr.nextDue.
+func (w *Windows) emitNext(sr *winSeries, emit func(Window)) {
+	i := 0
+	for sr.wins[i].emitted {
+		i++
+	}
+	ws := &sr.wins[i]
+	ws.emitted = true
+	sr.open--
+	sr.nextDue = math.MaxInt64
+	for j := i + 1; j < len(sr.wins); j++ {
+		if !sr.wins[j].emitted {
+			sr.nextDue = addSat(sr.wins[j].start, w.size)
+			break
+		}
+	}
+	emit(w.window(sr, ws, WindowFinal))
+}
+
+// drop removes the windows of sr past their grace at watermark wm. They are
+// all emitted: settle or finalize ran first at the same watermark. The
+// backing array is kept, so windows created later do not allocate.
+func (w *Windows) drop(sr *winSeries, wm int64) {
+	k := 0
+	for k < len(sr.wins) && w.expired(sr.wins[k].start, wm) {
+		k++
+	}
+	if k > 0 {
+		n := copy(sr.wins, sr.wins[k:])
+		sr.wins = sr.wins[:n]
+	}
+}

@@ -1,0 +1,126 @@
+package twin
+
+import (
+	"errors"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/twinline/twinline/internal/telemetry"
+)
+
+type changeSummary struct {
+	ID, Kind, State string
+}
+
+func summarize(as []Alarm) []changeSummary {
+	var out []changeSummary
+	for _, a := range as {
+		out = append(out, changeSummary{a.ID, a.Kind, a.State})
+	}
+	return out
+}
+
+func TestAlarmsLifecycleAndRestart(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "alarms.jsonl")
+	a, err := OpenAlarms(path, 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	th := map[string]Threshold{"temp": {High: f(90), Deadband: 2, For: "10s"}}
+	thresholds := func(string) map[string]Threshold { return th }
+	sample := func(t int64, v float64) []telemetry.Sample {
+		return []telemetry.Sample{{Machine: "press-07", Metric: "temp", Time: t, Value: v}, {Machine: "press-07", Metric: "rpm", Time: t, Value: 1}}
+	}
+	observe := func(ts int64, v float64) []changeSummary {
+		t.Helper()
+		ch, err := a.Observe(sample(ts, v), ts, thresholds)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return summarize(ch)
+	}
+	if got := observe(1_000_000, 95); got != nil {
+		t.Errorf("first breach: %v, want no change (for 10s)", got)
+	}
+	if diff := cmp.Diff(observe(1_010_000, 96), []changeSummary{{"1", AlarmHigh, AlarmActive}}); diff != "" {
+		t.Errorf("after 10s (-got +want):\n%s", diff)
+	}
+	if !a.Active("press-07") || len(a.List(false, "")) != 1 {
+		t.Errorf("Active = %v, active list %v; want one active alarm", a.Active("press-07"), a.List(false, ""))
+	}
+	if got := observe(1_011_000, 89); got != nil {
+		t.Errorf("within the deadband: %v, want no change", got)
+	}
+	al, err := a.Ack("1", "ana", "checking the cooler", time.UnixMilli(1_012_000))
+	if err != nil || !al.Acked || al.AckedBy != "ana" || al.State != AlarmActive {
+		t.Fatalf("Ack = %+v, %v", al, err)
+	}
+	if _, err := a.Ack("1", "bo", "", time.UnixMilli(1_013_000)); !errors.Is(err, ErrConflict) {
+		t.Errorf("second Ack: %v, want ErrConflict", err)
+	}
+	if _, err := a.Ack("99", "bo", "", time.UnixMilli(1_013_000)); !errors.Is(err, ErrNotFound) {
+		t.Errorf("Ack unknown: %v, want ErrNotFound", err)
+	}
+	a.Close()
+
+	// After a restart the alarm is still active, acknowledged, and the
+	// rule carries on: no second raise while still beyond, then a clear.
+	a, err = OpenAlarms(path, 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	if got := a.List(false, "press-07"); len(got) != 1 || !got[0].Acked || got[0].AckNote != "checking the cooler" {
+		t.Fatalf("after restart: %+v", got)
+	}
+	if got := observe(1_020_000, 97); got != nil {
+		t.Errorf("still beyond after restart: %v, want no change", got)
+	}
+	if diff := cmp.Diff(observe(1_021_000, 87), []changeSummary{{"1", AlarmHigh, AlarmCleared}}); diff != "" {
+		t.Errorf("back past the deadband (-got +want):\n%s", diff)
+	}
+	if a.Active("press-07") || len(a.List(false, "")) != 0 || len(a.List(true, "")) != 1 {
+		t.Errorf("after clear: active %v, lists %d/%d", a.Active("press-07"), len(a.List(false, "")), len(a.List(true, "")))
+	}
+
+	// Offline: seen, silent past offline-after, seen again.
+	if ch, _ := a.Tick(time.UnixMilli(1_021_000 + 30_000)); len(ch) != 0 {
+		t.Errorf("tick at exactly offline-after: %v", summarize(ch))
+	}
+	ch, err := a.Tick(time.UnixMilli(1_021_000 + 30_001))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(summarize(ch), []changeSummary{{"2", AlarmOffline, AlarmActive}}); diff != "" {
+		t.Errorf("offline (-got +want):\n%s", diff)
+	}
+	if diff := cmp.Diff(observe(1_060_000, 50), []changeSummary{{"2", AlarmOffline, AlarmCleared}}); diff != "" {
+		t.Errorf("back online (-got +want):\n%s", diff)
+	}
+}
+
+func TestAlarmsThresholdChangeKeepsActive(t *testing.T) {
+	a, err := OpenAlarms(filepath.Join(t.TempDir(), "alarms.jsonl"), time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	th := map[string]Threshold{"temp": {High: f(90)}}
+	thresholds := func(string) map[string]Threshold { return th }
+	s := func(v float64) []telemetry.Sample {
+		return []telemetry.Sample{{Machine: "m", Metric: "temp", Time: 1, Value: v}}
+	}
+	if ch, _ := a.Observe(s(95), 1, thresholds); len(ch) != 1 {
+		t.Fatalf("raise: %v", summarize(ch))
+	}
+	th = map[string]Threshold{"temp": {High: f(96), Deadband: 2}}
+	if ch, _ := a.Observe(s(95), 2, thresholds); len(ch) != 0 {
+		t.Errorf("new limit, value within it but not past the deadband: %v, want no change", summarize(ch))
+	}
+	if ch, _ := a.Observe(s(93), 3, thresholds); len(ch) != 1 || ch[0].State != AlarmCleared || ch[0].ID != "1" {
+		t.Errorf("below the new limit − deadband: %v, want alarm 1 cleared", summarize(ch))
+	}
+}
