@@ -55,6 +55,9 @@ func TestAlarms(t *testing.T) {
 
 	post(95)
 	raised := awaitAlarm(t, c, live)
+	if st := awaitStatus(t, c, live); st != "alarm" {
+		t.Errorf("status pushed after the raise = %q, want alarm", st)
+	}
 	if raised.Kind != "high" || raised.State != "active" || raised.Metric != "temp" {
 		t.Fatalf("raised = %+v", raised)
 	}
@@ -89,9 +92,15 @@ func TestAlarms(t *testing.T) {
 	if a := awaitAlarm(t, c, live); a.ID != raised.ID || a.State != "cleared" {
 		t.Errorf("cleared = %+v", a)
 	}
+	if st := awaitStatus(t, c, live); st != "online" {
+		t.Errorf("status after the clear = %q, want online", st)
+	}
 	// Silence: after --offline-after the machine gets an offline alarm.
 	if a := awaitAlarm(t, c, live); a.Kind != "offline" || a.State != "active" {
 		t.Errorf("offline = %+v", a)
+	}
+	if st := awaitStatus(t, c, live); st != "alarm" {
+		t.Errorf("status with the offline alarm = %q, want alarm", st)
 	}
 
 	s.stop()
@@ -99,5 +108,27 @@ func TestAlarms(t *testing.T) {
 	s2.get("/api/v1/alarms?state=all&machine=oven-02").json(t, &list)
 	if len(list.Alarms) != 2 || list.Alarms[1].ID != raised.ID || list.Alarms[1].State != "cleared" || !list.Alarms[1].Acked {
 		t.Errorf("after restart = %+v; want the offline alarm and the cleared, acknowledged high alarm", list.Alarms)
+	}
+}
+
+// awaitStatus returns the status of the next status message on ch.
+func awaitStatus(t *testing.T, c interface{ Done() <-chan struct{} }, ch <-chan message) string {
+	t.Helper()
+	for {
+		select {
+		case m, ok := <-ch:
+			if !ok {
+				t.Fatal("stream ended before a status")
+			}
+			if m.Type == "status" {
+				var st struct{ Status string }
+				if err := json.Unmarshal(m.Data, &st); err != nil {
+					t.Fatal(err)
+				}
+				return st.Status
+			}
+		case <-c.Done():
+			t.Fatal("no status on the stream")
+		}
 	}
 }

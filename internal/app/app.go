@@ -309,10 +309,24 @@ func (a *App) watchOffline(ctx context.Context) error {
 	}
 }
 
-// publishAlarms pushes alarm changes to the machines' stream subscribers.
+// publishAlarms pushes alarm changes to the machines' stream subscribers,
+// each followed by the machine's status (online, offline, or alarm while any
+// alarm of it is active).
 func (a *App) publishAlarms(changed []twin.Alarm) {
 	for _, al := range changed {
 		a.hub.PublishEvent(al.Machine, "alarm", al)
+		m, err := a.twins.Get(al.Machine)
+		if err != nil {
+			continue // deleted meanwhile
+		}
+		status := m.Status
+		if a.alarms.Active(al.Machine) { // the offline alarm included
+			status = twin.StatusAlarm
+		}
+		a.hub.PublishEvent(al.Machine, "status", struct {
+			Status   string `json:"status"`
+			LastSeen int64  `json:"lastSeen,omitempty"`
+		}{status, m.LastSeen})
 	}
 }
 

@@ -69,7 +69,7 @@ func (r *Rate) Hit(nowMs int64, n int) {
 		clear(r.counts[:])
 		r.last, r.started = s, true
 	case s > r.last:
-		for t := r.last + 1; t < s; t++ {
+		for t := r.last + 1; t <= s; t++ {
 			r.counts[rateIndex(t)] = 0
 		}
 		r.last = s

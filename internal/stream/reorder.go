@@ -21,13 +21,14 @@ import (
 // the lateness) is never late.
 //
 // A watermark never goes back. It moves forward with the newest sample, and
-// also when a machine holds more than maxBuffered samples: then the
-// watermark is raised to the oldest buffered sample's time, so that sample
-// (and any others at that time) is released early by the next Release, and
-// samples arriving later at or before that time are late. So a machine
-// buffers at most maxBuffered samples plus those added since the last
-// release of that machine. Machines are remembered for the life of the
-// Reorder (about 100 bytes each), since their watermarks must not go back.
+// also when a release finds a machine holding more than maxBuffered samples:
+// then the watermark is raised to the oldest buffered sample's time, and the
+// samples at that time are released early, until at most maxBuffered remain.
+// Samples arriving later at or before the raised watermark are late, so the
+// released order still holds. A machine thus buffers at most maxBuffered
+// samples plus those added since its last release; the caller releases after
+// each batch. Machines are remembered for the life of the Reorder (about 100
+// bytes each), since their watermarks must not go back.
 //
 // A buffered sample costs 40 bytes (metric name, time, value and arrival
 // number; the machine id is kept once per machine) in a per-machine binary
@@ -95,10 +96,7 @@ func (r *Reorder) Add(s telemetry.Sample) (late bool) {
 	r.buffered++
 	m.maxTime = max(m.maxTime, s.Time)
 	m.watermark = max(m.watermark, satSubMilli(m.maxTime, r.lateness))
-	if len(m.heap) > r.maxBuffered {
-		m.watermark = max(m.watermark, m.heap[0].time) // release the oldest early
-	}
-	if !m.inReady && m.heap[0].time <= m.watermark {
+	if !m.inReady && (m.heap[0].time <= m.watermark || len(m.heap) > r.maxBuffered) {
 		m.inReady = true
 		r.ready = append(r.ready, m)
 	}
@@ -119,7 +117,8 @@ func (r *Reorder) Watermark(machine string) (int64, bool) {
 func (r *Reorder) Buffered() int { return r.buffered }
 
 // Release emits, in event-time order (ties in arrival order), every buffered
-// sample of machine at or before its watermark.
+// sample of machine at or before its watermark, then the oldest ones early if
+// more than maxBuffered remain.
 func (r *Reorder) Release(machine string, emit func(telemetry.Sample)) {
 	if m := r.index[machine]; m != nil {
 		r.release(m, emit)
@@ -127,8 +126,9 @@ func (r *Reorder) Release(machine string, emit func(telemetry.Sample)) {
 }
 
 // ReleaseReady does what Release does for every machine that has a buffered
-// sample at or before its watermark, in the order they became so. It costs
-// nothing for machines with nothing to release.
+// sample at or before its watermark or more than maxBuffered samples, in the
+// order they became so. It costs nothing for machines with nothing to
+// release.
 func (r *Reorder) ReleaseReady(emit func(telemetry.Sample)) {
 	for i, m := range r.ready {
 		m.inReady = false
@@ -154,11 +154,20 @@ func (r *Reorder) Flush(emit func(telemetry.Sample)) {
 	r.ready = r.ready[:0]
 }
 
+// release emits m's samples at or before its watermark. If more than
+// maxBuffered remain, it raises the watermark to the oldest one's time and
+// emits again, until at most maxBuffered remain.
 func (r *Reorder) release(m *reorderMachine, emit func(telemetry.Sample)) {
-	for len(m.heap) > 0 && m.heap[0].time <= m.watermark {
-		it := m.pop()
-		r.buffered--
-		emit(telemetry.Sample{Machine: m.machine, Metric: it.metric, Time: it.time, Value: it.value})
+	for {
+		for len(m.heap) > 0 && m.heap[0].time <= m.watermark {
+			it := m.pop()
+			r.buffered--
+			emit(telemetry.Sample{Machine: m.machine, Metric: it.metric, Time: it.time, Value: it.value})
+		}
+		if len(m.heap) <= r.maxBuffered {
+			return
+		}
+		m.watermark = m.heap[0].time // over the cap: release the oldest early
 	}
 }
 

@@ -263,7 +263,7 @@ func (w *Windows) Add(s telemetry.Sample, watermark int64, emit func(Window)) {
 	if i > 0 && sr.wins[i-1].start == start {
 		ws := &sr.wins[i-1]
 		ws.agg.Add(s.Value)
-		if false {
+		if ws.emitted {
 			emit(w.window(sr, ws, WindowCorrection))
 		}
 		return
