@@ -8,10 +8,12 @@ import "math"
 //
 // It keeps the window in a ring buffer and splits it between two indexed
 // binary heaps: a max-heap holding the lower half and a min-heap holding the
-// upper half. Each ring slot records its position in its heap, so the sample
-// that leaves the window is deleted directly in O(log n) (no lazy deletion,
-// no tombstones to purge). All storage is allocated by NewMedian; Add does not
-// allocate.
+// upper half. Each ring slot records its position in its heap, so once the
+// window is full the new sample takes over the heap entry of the one leaving
+// in place — swapped with the other half's top if it belongs there — in at
+// most two O(log n) sifts. Unlike lazy deletion, no stale entries linger, so
+// memory is exactly bounded and nothing needs purging. All storage is
+// allocated by NewMedian; Add does not allocate.
 //
 // Values must not be NaN: NaN is unordered, so it would break the heap order
 // and every later result. The ingest rejects non-finite values before they
@@ -65,16 +67,40 @@ func (m *Median) Add(v float64) {
 		return
 	}
 	s := int32(m.next)
-	if m.slots[s].inUse {
-		m.remove(s)
-	} else {
-		m.count++
-	}
-	m.slots[s] = medianSlot{v: v, inUse: true}
-	m.insert(s)
 	if m.next++; m.next == len(m.slots) {
 		m.next = 0
 	}
+	if m.slots[s].inUse {
+		m.replace(s, v)
+		return
+	}
+	m.count++
+	m.slots[s] = medianSlot{v: v, inUse: true}
+	m.insert(s)
+}
+
+// replace gives slot s, the oldest sample, the new value v, keeping both
+// halves their sizes: v takes the place of the old value in its half if it
+// belongs there; otherwise the nearest value of the other half crosses over
+// into that place and v takes the crosser's place. At most two sifts.
+func (m *Median) replace(s int32, v float64) {
+	hi, p := m.slots[s].inHi, int(m.slots[s].pos)
+	other := *m.heap(!hi)
+	// v belongs to the half of s unless it lies beyond the other half's top.
+	if len(other) == 0 || (!hi && v <= m.slots[other[0]].v) || (hi && v >= m.slots[other[0]].v) {
+		m.slots[s].v = v
+		m.fix(*m.heap(hi), hi, p)
+		return
+	}
+	// Swap the heap entries of s and the other half's top t, then sift each.
+	h := *m.heap(hi)
+	t := other[0]
+	h[p], other[0] = t, s
+	m.slots[t].inHi, m.slots[t].pos = hi, int32(p)
+	m.slots[s].inHi, m.slots[s].pos = !hi, 0
+	m.slots[s].v = v
+	m.fix(h, hi, p)
+	m.down(other, !hi, 0)
 }
 
 // Median returns the median of the window and true, or 0 and false when the
@@ -135,8 +161,7 @@ func (m *Median) insert(s int32) {
 	default:
 		m.push(s, false)
 	}
-	// One move suffices: before the removal and insertion of an Add, the
-	// sizes were balanced, and each changed one size by one.
+	// One move suffices: the sizes were balanced before the push.
 	switch {
 	case len(m.lo) > len(m.hi)+1:
 		t := m.lo[0]
@@ -147,11 +172,6 @@ func (m *Median) insert(s int32) {
 		m.removeAt(true, 0)
 		m.push(t, false)
 	}
-}
-
-// remove deletes slot s from its heap.
-func (m *Median) remove(s int32) {
-	m.removeAt(m.slots[s].inHi, int(m.slots[s].pos))
 }
 
 // heap returns the heap of the given half.
@@ -198,7 +218,14 @@ func (m *Median) removeAt(hi bool, i int) {
 	}
 	h = h[:last]
 	*hp = h
-	if i < last && !m.up(h, hi, i) {
+	if i < last {
+		m.fix(h, hi, i)
+	}
+}
+
+// fix restores the heap order around position i after its value changed.
+func (m *Median) fix(h []int32, hi bool, i int) {
+	if !m.up(h, hi, i) {
 		m.down(h, hi, i)
 	}
 }

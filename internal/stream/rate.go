@@ -84,8 +84,8 @@ func (r *Rate) Hit(nowMs int64, n int) {
 	}
 }
 
-// Total returns the number of hits counted in the window seconds ending
-// with the second of nowMs (see Rate for the exact bound). It panics if
+// Total returns the number of hits counted in the last window/1s seconds up
+// to and including the second of nowMs (see Rate for the exact bound). It panics if
 // window is not a whole number of seconds in [1s, MaxRateWindow]: the windows
 // are constants of the caller, so another is a programming error.
 func (r *Rate) Total(nowMs int64, window time.Duration) uint64 {
@@ -96,9 +96,22 @@ func (r *Rate) Total(nowMs int64, window time.Duration) uint64 {
 	q := max(rateSecond(nowMs), r.last)
 	// Seconds (q−w, q] that the ring still holds, (last−300, last].
 	from := max(q-w, r.last-rateBuckets) + 1
+	if from > r.last {
+		return 0
+	}
+	// The seconds from…last are one run of the ring, or two when it wraps.
+	i, j := rateIndex(from), rateIndex(r.last)
+	if i <= j {
+		return rateSum(r.counts[i : j+1])
+	}
+	return rateSum(r.counts[i:]) + rateSum(r.counts[:j+1])
+}
+
+// rateSum returns the sum of counts.
+func rateSum(counts []uint32) uint64 {
 	var sum uint64
-	for t := from; t <= r.last; t++ {
-		sum += uint64(r.counts[rateIndex(t)])
+	for _, c := range counts {
+		sum += uint64(c)
 	}
 	return sum
 }
