@@ -83,7 +83,7 @@ type Dedup struct {
 	buf [8]byte      // scratch for integer encodings
 
 	// keys holds the hash of every remembered key.
-	keys map[uint64]struct{}
+	keys dedupSet
 
 	// slots holds one entry per remembered key, linked into its machine's
 	// list (remembering order) and into the global list (remembering order).
@@ -93,6 +93,8 @@ type Dedup struct {
 	oldest, newest int32
 
 	machines map[string]int32 // machine id → index into ms
+	lastName string           // machine of the previous call: an event's samples come together
+	lastIdx  int32
 	ms       []dedupMachine
 }
 
@@ -118,7 +120,6 @@ func NewDedup(horizon time.Duration, maxKeys int) *Dedup {
 	d := &Dedup{
 		horizon:  max(horizon.Milliseconds(), 0),
 		maxKeys:  max(maxKeys, 1),
-		keys:     make(map[uint64]struct{}),
 		free:     dedupNil,
 		oldest:   dedupNil,
 		newest:   dedupNil,
@@ -158,7 +159,7 @@ func (d *Dedup) Sample(machine, metric string, t int64) bool {
 }
 
 // Len returns the number of keys remembered.
-func (d *Dedup) Len() int { return len(d.keys) }
+func (d *Dedup) Len() int { return d.keys.n }
 
 // start begins hashing a key of kind for machine. The machine id is
 // length-prefixed so that the encoding of a key is unambiguous.
@@ -177,11 +178,15 @@ func (d *Dedup) writeUint64(v uint64) {
 // see is the common part of Event and Sample: it advances the machine's
 // cutoff, expires what fell behind it, and looks key up.
 func (d *Dedup) see(machine string, key uint64, t int64) bool {
-	mi, ok := d.machines[machine]
-	if !ok {
-		mi = int32(len(d.ms))
-		d.ms = append(d.ms, dedupMachine{maxTime: t, head: dedupNil, tail: dedupNil})
-		d.machines[machine] = mi
+	mi := d.lastIdx
+	if len(d.ms) == 0 || machine != d.lastName {
+		var ok bool
+		if mi, ok = d.machines[machine]; !ok {
+			mi = int32(len(d.ms))
+			d.ms = append(d.ms, dedupMachine{maxTime: t, head: dedupNil, tail: dedupNil})
+			d.machines[machine] = mi
+		}
+		d.lastName, d.lastIdx = machine, mi
 	}
 	m := &d.ms[mi]
 	m.maxTime = max(m.maxTime, t)
@@ -189,13 +194,14 @@ func (d *Dedup) see(machine string, key uint64, t int64) bool {
 	for m.head != dedupNil && d.slots[m.head].time < cutoff {
 		d.forget(m.head)
 	}
-	if _, dup := d.keys[key]; dup {
+	key = max(key, 1) // 0 marks a free place in the set
+	if d.keys.has(key) {
 		return false
 	}
 	if t < cutoff {
 		return true // beyond the horizon: the store's key decides
 	}
-	if len(d.keys) >= d.maxKeys {
+	if d.keys.n >= d.maxKeys {
 		d.forget(d.oldest)
 	}
 	d.remember(mi, key, t)
@@ -225,7 +231,7 @@ func (d *Dedup) remember(mi int32, key uint64, t int64) {
 		m.head = i
 	}
 	m.tail = i
-	d.keys[key] = struct{}{}
+	d.keys.add(key)
 }
 
 // forget removes the key in slot i, which must be the head of its machine's
@@ -234,7 +240,7 @@ func (d *Dedup) remember(mi int32, key uint64, t int64) {
 // and a machine's list only ever loses its head.
 func (d *Dedup) forget(i int32) {
 	s := &d.slots[i]
-	delete(d.keys, s.hash)
+	d.keys.remove(s.hash)
 	m := &d.ms[s.machine]
 	m.head = s.mnext
 	if m.head == dedupNil {
@@ -260,4 +266,80 @@ func satSubMilli(t, d int64) int64 {
 		return math.MinInt64
 	}
 	return t - d
+}
+
+// dedupSet is a set of nonzero 64-bit hashes: open addressing with linear
+// probing, 0 marking a free place. Deletion shifts the following run back
+// instead of leaving tombstones, so lookups of absent keys (most lookups)
+// stay short however long keys churn; Go's built-in map slows down under
+// that churn until it next grows. The hashes are uniformly distributed, so
+// their low bits serve as the home position.
+type dedupSet struct {
+	places []uint64
+	n      int
+}
+
+func (s *dedupSet) has(k uint64) bool {
+	if len(s.places) == 0 {
+		return false
+	}
+	mask := uint64(len(s.places) - 1)
+	for i := k & mask; ; i = (i + 1) & mask {
+		switch s.places[i] {
+		case k:
+			return true
+		case 0:
+			return false
+		}
+	}
+}
+
+// add inserts k, which must not be in the set.
+func (s *dedupSet) add(k uint64) {
+	if (s.n+1)*4 > len(s.places)*3 {
+		s.grow()
+	}
+	mask := uint64(len(s.places) - 1)
+	i := k & mask
+	for s.places[i] != 0 {
+		i = (i + 1) & mask
+	}
+	s.places[i] = k
+	s.n++
+}
+
+// remove deletes k if present.
+func (s *dedupSet) remove(k uint64) {
+	if len(s.places) == 0 {
+		return
+	}
+	mask := uint64(len(s.places) - 1)
+	i := k & mask
+	for s.places[i] != k {
+		if s.places[i] == 0 {
+			return
+		}
+		i = (i + 1) & mask
+	}
+	// Move back every later key of the run whose home is not in (i, j].
+	for j := (i + 1) & mask; s.places[j] != 0; j = (j + 1) & mask {
+		home := s.places[j] & mask
+		if (j-home)&mask >= (j-i)&mask {
+			s.places[i] = s.places[j]
+			i = j
+		}
+	}
+	s.places[i] = 0
+	s.n--
+}
+
+func (s *dedupSet) grow() {
+	old := s.places
+	s.places = make([]uint64, max(2*len(old), 16))
+	s.n = 0
+	for _, k := range old {
+		if k != 0 {
+			s.add(k)
+		}
+	}
 }

@@ -43,6 +43,7 @@ type Reorder struct {
 	buffered    int
 
 	index    map[string]*reorderMachine
+	last     *reorderMachine   // of the previous Add: an event's samples come together
 	machines []*reorderMachine // in order of first sample, for Flush
 	ready    []*reorderMachine // machines with a sample at or before their watermark
 }
@@ -83,12 +84,16 @@ func NewReorder(lateness time.Duration, maxBuffered int) *Reorder {
 // at or before its machine's watermark. A late sample is not buffered. The
 // first sample of a machine is never late.
 func (r *Reorder) Add(s telemetry.Sample) (late bool) {
-	m := r.index[s.Machine]
+	m := r.last
+	if m == nil || m.machine != s.Machine {
+		m = r.index[s.Machine]
+	}
 	if m == nil {
 		m = &reorderMachine{machine: s.Machine, maxTime: s.Time, watermark: math.MinInt64}
 		r.index[s.Machine] = m
 		r.machines = append(r.machines, m)
-	} else if s.Time <= m.watermark {
+		r.last = m
+	} else if r.last = m; s.Time <= m.watermark {
 		return true
 	}
 	r.arrivals++

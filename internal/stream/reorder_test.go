@@ -310,8 +310,9 @@ func TestReorderSteadyStateAllocs(t *testing.T) {
 	}
 }
 
-// reorderBench is a steady stream: every machine sends every metric once a
-// second; within a window of rounds the order is shuffled (small disorder).
+// reorderBench is a steady stream: every machine sends an event with every
+// metric once a second, an event's samples together; within a window of
+// rounds the events are shuffled (small disorder).
 type reorderBench struct {
 	round  []telemetry.Sample // window rounds, shuffled, times relative
 	window int64              // rounds per shuffled window
@@ -321,18 +322,24 @@ type reorderBench struct {
 
 func newReorderBench(machines, metrics, window int) *reorderBench {
 	g := &reorderBench{window: int64(window), base: 1_700_000_000_000}
-	for w := range window {
-		for m := range machines {
-			for k := range metrics {
-				g.round = append(g.round, telemetry.Sample{
-					Machine: fmt.Sprintf("machine-%05d", m), Metric: "metric" + strconv.Itoa(k),
-					Time: int64(w) * 1000, Value: float64(k),
-				})
-			}
+	type event struct {
+		machine string
+		time    int64
+	}
+	var events []event
+	for m := range machines {
+		name := fmt.Sprintf("machine-%05d", m)
+		for w := range window {
+			events = append(events, event{name, int64(w) * 1000})
 		}
 	}
 	rng := rand.New(rand.NewPCG(1, 2))
-	rng.Shuffle(len(g.round), func(i, j int) { g.round[i], g.round[j] = g.round[j], g.round[i] })
+	rng.Shuffle(len(events), func(i, j int) { events[i], events[j] = events[j], events[i] })
+	for _, ev := range events {
+		for k := range metrics {
+			g.round = append(g.round, telemetry.Sample{Machine: ev.machine, Metric: "metric" + strconv.Itoa(k), Time: ev.time, Value: float64(k)})
+		}
+	}
 	return g
 }
 
