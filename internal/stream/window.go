@@ -142,28 +142,45 @@ func (w Window) End() int64 { return w.Start + w.Size }
 // the caller derives the watermark as the highest event time seen minus a
 // lateness L, as the engine does, open windows lie between the watermark and
 // the newest sample, so there are at most ⌈L/size⌉+1 of them. In all, at
-// most ⌈grace/size⌉ + ⌈L/size⌉ + 1 windows of 48 bytes: 8 with the defaults
-// (size 10 s, grace 1 m, lateness 5 s). The per-machine and per-metric state (a few dozen bytes
-// and the windows' backing array) stays allocated after the last window is
-// dropped, so a machine that falls silent costs no allocation when it
-// returns; it is bounded by the number of series ever seen.
+// most ⌈grace/size⌉ + ⌈L/size⌉ + 1 windows of 48 bytes each: 8 with the
+// defaults (size 10 s, grace 1 m, lateness 5 s), which is also the initial
+// capacity of a series' windows (⌈grace/size⌉+2, at most 16), so a series
+// rarely grows it.
+//
+// A series costs about 100 bytes besides its windows, and a machine a few
+// dozen; both stay allocated after their last window is dropped, so a machine
+// that falls silent costs no allocation when it returns. That state is
+// bounded by the number of series ever seen (the registry's machines times
+// their metrics); metric names are interned once per Windows.
 type Windows struct {
 	size  int64 // ms, ≥ 1
 	grace int64 // ms, ≥ 0
 
+	capHint int // initial capacity of a series' windows
+
 	machines map[string]*winMachine
-	order    []*winMachine // first-seen order, for deterministic Flush
-	last     *winSeries    // the series of the previous Add: most samples repeat it
+	order    []*winMachine     // first-seen order, for deterministic Flush
+	names    map[string]string // interned metric names: shared by all machines, they stay in cache
+
+	// The series of the previous Add, and its names: an event's samples
+	// share the machine, and a cache hit compares two hot strings.
+	last                    *winSeries
+	lastMachine, lastMetric string
 }
 
 // winMachine is the state of one machine.
 type winMachine struct {
-	name   string
-	wm     int64        // highest watermark given for the machine
-	series []*winSeries // first-seen order
+	name string
+	wm   int64 // highest watermark given for the machine
+	// metrics and series are parallel, in first-seen order. A linear scan
+	// of metrics touches contiguous headers of interned names. Pointers into
+	// series are held only in Windows.last, which series updates whenever it
+	// appends.
+	metrics []string
+	series  []winSeries
 	// byMetric indexes series once a machine has more than
 	// winLinearMetrics of them; below that a linear scan is faster.
-	byMetric map[string]*winSeries
+	byMetric map[string]int
 }
 
 // winLinearMetrics is how many metrics a machine may have before its series
@@ -178,7 +195,10 @@ type winSeries struct {
 	// nextDue is the smallest end of an open window, math.MaxInt64 if none:
 	// it makes checking whether a watermark is due O(1).
 	nextDue int64
-	open    int // number of open windows
+	// dropAt is the end plus grace of the oldest window, math.MaxInt64 if
+	// none: when the watermark reaches it, the window is dropped.
+	dropAt int64
+	open   int // number of open windows
 }
 
 // winState is one held window.
@@ -196,11 +216,16 @@ func NewWindows(size, grace time.Duration) *Windows {
 	if size < time.Millisecond {
 		panic(fmt.Sprintf("stream: NewWindows: window size %s under 1ms", size))
 	}
-	return &Windows{
+	w := &Windows{
 		size:     size.Milliseconds(),
 		grace:    max(grace.Milliseconds(), 0),
 		machines: make(map[string]*winMachine),
+		names:    make(map[string]string),
 	}
+	// Enough for the windows held in grace, an open one and a late one,
+	// within reason: a series rarely needs to grow.
+	w.capHint = int(min((w.grace+w.size-1)/w.size+2, 16))
+	return w
 }
 
 // windowStart returns the start of the size-aligned window holding t: the
@@ -242,16 +267,15 @@ func addSat(a, b int64) int64 {
 // does not allocate.
 func (w *Windows) Add(s telemetry.Sample, watermark int64, emit func(Window)) {
 	sr := w.last
-	if sr == nil || sr.metric != s.Metric || sr.m.name != s.Machine {
+	if sr == nil || s.Metric != w.lastMetric || s.Machine != w.lastMachine {
 		sr = w.series(s.Machine, s.Metric)
-		w.last = sr
 	}
 	m := sr.m
 	if watermark > m.wm {
 		m.wm = watermark
 	}
 	wm := m.wm
-	if sr.nextDue <= wm || (len(sr.wins) > 0 && w.expired(sr.wins[0].start, wm)) {
+	if sr.nextDue <= wm || sr.dropAt <= wm {
 		w.settle(sr, wm, emit)
 	}
 
@@ -284,6 +308,9 @@ func (w *Windows) Add(s telemetry.Sample, watermark int64, emit func(Window)) {
 		sr.nextDue = min(sr.nextDue, end)
 	}
 	sr.wins = slices.Insert(sr.wins, i, ws)
+	if i == 0 {
+		sr.dropAt = w.dropAt(start)
+	}
 	if ws.emitted {
 		emit(w.window(sr, &sr.wins[i], WindowFinal))
 	}
@@ -296,7 +323,7 @@ func (w *Windows) Add(s telemetry.Sample, watermark int64, emit func(Window)) {
 // not seen is ignored.
 func (w *Windows) Advance(machine string, watermark int64, emit func(Window)) {
 	var m *winMachine
-	if w.last != nil && w.last.m.name == machine {
+	if w.last != nil && machine == w.lastMachine {
 		m = w.last.m
 	} else if m = w.machines[machine]; m == nil {
 		return
@@ -305,8 +332,8 @@ func (w *Windows) Advance(machine string, watermark int64, emit func(Window)) {
 		m.wm = watermark
 	}
 	w.finalize(m, m.wm, emit)
-	for _, sr := range m.series {
-		w.drop(sr, m.wm)
+	for i := range m.series {
+		w.drop(&m.series[i], m.wm)
 	}
 }
 
@@ -328,10 +355,11 @@ func (w *Windows) Open(machine, metric string) []Window {
 	if m == nil {
 		return nil
 	}
-	sr := m.lookup(metric)
-	if sr == nil {
+	i := m.lookup(metric)
+	if i < 0 {
 		return nil
 	}
+	sr := &m.series[i]
 	var out []Window
 	for i := range sr.wins {
 		if ws := &sr.wins[i]; !ws.emitted {
@@ -348,49 +376,65 @@ func (w *Windows) window(sr *winSeries, ws *winState, kind WindowKind) Window {
 
 // expired reports whether the window starting at start is past its grace
 // at watermark wm.
-func (w *Windows) expired(start, wm int64) bool {
-	return addSat(addSat(start, w.size), w.grace) <= wm
-}
+func (w *Windows) expired(start, wm int64) bool { return w.dropAt(start) <= wm }
 
-// series returns the series of (machine, metric), creating it if needed.
-// Names are cloned so that the state does not pin a decoder's buffer.
+// dropAt returns the watermark at which the window starting at start is past
+// its grace: its end plus grace.
+func (w *Windows) dropAt(start int64) int64 { return addSat(addSat(start, w.size), w.grace) }
+
+// series returns the series of (machine, metric), creating it if needed,
+// and caches it as the last one. Names are cloned so that the state does not
+// pin a decoder's buffer; metric names are interned.
 func (w *Windows) series(machine, metric string) *winSeries {
 	var m *winMachine
-	if w.last != nil && w.last.m.name == machine {
+	if w.last != nil && machine == w.lastMachine {
 		m = w.last.m
 	} else if m = w.machines[machine]; m == nil {
 		m = &winMachine{name: strings.Clone(machine), wm: math.MinInt64}
 		w.machines[m.name] = m
 		w.order = append(w.order, m)
 	}
-	if sr := m.lookup(metric); sr != nil {
-		return sr
-	}
-	sr := &winSeries{m: m, metric: strings.Clone(metric), nextDue: math.MaxInt64}
-	m.series = append(m.series, sr)
-	switch {
-	case m.byMetric != nil:
-		m.byMetric[sr.metric] = sr
-	case len(m.series) > winLinearMetrics:
-		m.byMetric = make(map[string]*winSeries, 2*len(m.series))
-		for _, s := range m.series {
-			m.byMetric[s.metric] = s
+	i := m.lookup(metric)
+	if i < 0 {
+		name, ok := w.names[metric]
+		if !ok {
+			name = strings.Clone(metric)
+			w.names[name] = name
+		}
+		i = len(m.series)
+		m.metrics = append(m.metrics, name)
+		m.series = append(m.series, winSeries{
+			m: m, metric: name, wins: make([]winState, 0, w.capHint),
+			nextDue: math.MaxInt64, dropAt: math.MaxInt64,
+		})
+		switch {
+		case m.byMetric != nil:
+			m.byMetric[name] = i
+		case len(m.series) > winLinearMetrics:
+			m.byMetric = make(map[string]int, 2*len(m.series))
+			for k, name := range m.metrics {
+				m.byMetric[name] = k
+			}
 		}
 	}
-	return sr
+	w.last, w.lastMachine, w.lastMetric = &m.series[i], m.name, m.metrics[i]
+	return w.last
 }
 
-// lookup returns m's series of metric, or nil.
-func (m *winMachine) lookup(metric string) *winSeries {
+// lookup returns the index of m's series of metric, or -1.
+func (m *winMachine) lookup(metric string) int {
 	if m.byMetric != nil {
-		return m.byMetric[metric]
+		if i, ok := m.byMetric[metric]; ok {
+			return i
+		}
+		return -1
 	}
-	for _, sr := range m.series {
-		if sr.metric == metric {
-			return sr
+	for i, name := range m.metrics {
+		if name == metric {
+			return i
 		}
 	}
-	return nil
+	return -1
 }
 
 // settle brings one series up to watermark wm: it emits its due windows in
@@ -407,8 +451,8 @@ func (w *Windows) settle(sr *winSeries, wm int64, emit func(Window)) {
 func (w *Windows) finalize(m *winMachine, limit int64, emit func(Window)) {
 	for {
 		var best *winSeries
-		for _, sr := range m.series {
-			if sr.open > 0 && sr.nextDue <= limit && (best == nil || sr.nextDue < best.nextDue) {
+		for i := range m.series {
+			if sr := &m.series[i]; sr.open > 0 && sr.nextDue <= limit && (best == nil || sr.nextDue < best.nextDue) {
 				best = sr
 			}
 		}
@@ -443,6 +487,9 @@ func (w *Windows) emitNext(sr *winSeries, emit func(Window)) {
 // all emitted: settle or finalize ran first at the same watermark. The
 // backing array is kept, so windows created later do not allocate.
 func (w *Windows) drop(sr *winSeries, wm int64) {
+	if sr.dropAt > wm {
+		return
+	}
 	k := 0
 	for k < len(sr.wins) && w.expired(sr.wins[k].start, wm) {
 		k++
@@ -450,5 +497,9 @@ func (w *Windows) drop(sr *winSeries, wm int64) {
 	if k > 0 {
 		n := copy(sr.wins, sr.wins[k:])
 		sr.wins = sr.wins[:n]
+	}
+	sr.dropAt = math.MaxInt64
+	if len(sr.wins) > 0 {
+		sr.dropAt = w.dropAt(sr.wins[0].start)
 	}
 }
