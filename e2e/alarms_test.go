@@ -40,15 +40,19 @@ func awaitAlarm(t *testing.T, c interface{ Done() <-chan struct{} }, ch <-chan m
 // past the deadband, kept across a restart; silence raises an offline alarm.
 func TestAlarms(t *testing.T) {
 	dir := t.TempDir()
-	s := start(t, dir, "--offline-after", "1s")
+	s := start(t, dir, "--offline-after", "1s", "--lateness", "0s")
 	c := ctx(t, 60*time.Second)
 	if r := s.do("PUT", "/api/v1/machines/oven-02", "application/json", []byte(`{"thresholds":{"temp":{"high":90,"deadband":2}}}`)); r.status != 201 {
 		t.Fatalf("PUT: %d %s", r.status, r.body)
 	}
 	live := subscribe(t, c, s, "machine=oven-02", false)
+	// Explicit event times, a second apart: two samples of one metric at
+	// the same millisecond are the same sample (the first one wins).
+	ts := time.Now().Add(-time.Minute).UnixMilli()
 	post := func(v float64) {
 		t.Helper()
-		if r := s.do("POST", "/api/v1/events", "application/json", []byte(fmt.Sprintf(`{"machineId":"oven-02","temp":%g}`, v))); r.status != 202 {
+		ts += 1000
+		if r := s.do("POST", "/api/v1/events", "application/json", []byte(fmt.Sprintf(`{"machineId":"oven-02","timestamp":%d,"temp":%g}`, ts, v))); r.status != 202 {
 			t.Fatalf("post: %d %s", r.status, r.body)
 		}
 	}

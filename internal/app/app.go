@@ -94,7 +94,7 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 		}
 	}()
 
-	twins, err := twin.Open(filepath.Join(cfg.DataDir, "registry.json"), cfg.OfflineAfter, time.Now, logger.With("component", "twin"))
+	twins, err := twin.Open(filepath.Join(cfg.DataDir, "registry.json"), cfg.OfflineAfter, cfg.MedianWindow, time.Now, logger.With("component", "twin"))
 	if err != nil {
 		return nil, fmt.Errorf("opening registry: %w", err)
 	}
@@ -102,6 +102,16 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 		return nil, err
 	}
 	a.twins = twins
+	for _, w := range []struct {
+		label string
+		d     time.Duration
+	}{{"1m", time.Minute}, {"5m", 5 * time.Minute}} {
+		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name:        "twinline_fleet_events_per_second",
+			Help:        "Events per second across the fleet over the window (server time).",
+			ConstLabels: prometheus.Labels{"window": w.label},
+		}, func() float64 { return twins.FleetRate(w.d) }))
+	}
 
 	notes, err := twin.OpenNotes(filepath.Join(cfg.DataDir, "notes.jsonl"), time.Now)
 	if err != nil {
@@ -134,14 +144,28 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 		MaxClients:   cfg.MaxConns,
 	}, logger, reg)
 	alarmLog := logger.With("component", "alarms")
-	a.proc = stream.NewProcessor(a.log, st.Append, func(b *telemetry.Batch, samples []telemetry.Sample) {
-		twins.Observe(b, samples)
-		a.hub.PublishSamples(samples, b.Received)
-		changed, err := alarms.Observe(samples, b.Received, twins.Thresholds)
-		if err != nil {
-			alarmLog.Error("journaling alarms", "err", err)
-		}
-		a.publishAlarms(changed)
+	a.proc = stream.NewProcessor(a.log, st.Append, stream.Sinks{
+		Batch: func(b *telemetry.Batch, samples []telemetry.Sample) {
+			twins.Observe(b, samples)
+			a.hub.PublishSamples(samples, b.Received)
+			a.publishAlarms(alarms.Seen(samples, b.Received))
+		},
+		Group: func(released []telemetry.Sample, windows []stream.Window) {
+			twins.ObserveReleased(released)
+			changed, err := alarms.Observe(released, twins.Thresholds)
+			if err != nil {
+				alarmLog.Error("journaling alarms", "err", err)
+			}
+			a.publishAlarms(changed)
+			a.publishWindows(windows)
+		},
+	}, stream.EngineConfig{
+		Lateness:     cfg.Lateness,
+		Window:       cfg.Window,
+		WindowGrace:  cfg.WindowGrace,
+		DedupHorizon: cfg.DedupHorizon,
+		DedupMaxKeys: cfg.DedupMaxKeys,
+		MaxBuffered:  10_000,
 	}, logger.With("component", "processor"), reg)
 
 	handler := api.New(api.Options{
@@ -327,6 +351,30 @@ func (a *App) publishAlarms(changed []twin.Alarm) {
 			Status   string `json:"status"`
 			LastSeen int64  `json:"lastSeen,omitempty"`
 		}{status, m.LastSeen})
+	}
+}
+
+// windowMessage is a window aggregate on the live stream.
+type windowMessage struct {
+	Metric string  `json:"metric"`
+	Start  int64   `json:"start"`
+	Size   int64   `json:"size"`
+	Kind   string  `json:"kind"` // final, correction, late
+	Count  int64   `json:"count"`
+	Sum    float64 `json:"sum"`
+	Min    float64 `json:"min"`
+	Max    float64 `json:"max"`
+	Avg    float64 `json:"avg"`
+}
+
+// publishWindows pushes closed and corrected windows to the machines'
+// stream subscribers.
+func (a *App) publishWindows(ws []stream.Window) {
+	for _, w := range ws {
+		a.hub.PublishEvent(w.Machine, "window", windowMessage{
+			Metric: w.Metric, Start: w.Start, Size: w.Size, Kind: w.Kind.String(),
+			Count: w.Agg.Count, Sum: w.Agg.Sum, Min: w.Agg.Min, Max: w.Agg.Max, Avg: w.Agg.Avg(),
+		})
 	}
 }
 

@@ -59,6 +59,14 @@ type Config struct {
 	// rejected (0: no limit).
 	MaxMachines int
 
+	// Event-time engine.
+	Lateness     time.Duration
+	Window       time.Duration
+	WindowGrace  time.Duration
+	MedianWindow int
+	DedupHorizon time.Duration
+	DedupMaxKeys int
+
 	// OfflineAfter is how long a machine may be silent and still be online.
 	OfflineAfter time.Duration
 
@@ -92,6 +100,12 @@ func Default() Config {
 		StreamReplay:         8192,
 		StreamWriteTimeout:   10 * time.Second,
 		MaxMachines:          100_000,
+		Lateness:             5 * time.Second,
+		Window:               10 * time.Second,
+		WindowGrace:          time.Minute,
+		MedianWindow:         60,
+		DedupHorizon:         10 * time.Minute,
+		DedupMaxKeys:         2 << 20,
 		OfflineAfter:         30 * time.Second,
 		ShutdownTimeout:      15 * time.Second,
 		LogLevel:             "info",
@@ -179,6 +193,24 @@ func (c Config) Validate() error {
 	}
 	if c.StreamReplay < 0 {
 		bad("stream-replay", "must not be negative, got %d", c.StreamReplay)
+	}
+	if c.Lateness < 0 {
+		bad("lateness", "must not be negative, got %s", c.Lateness)
+	}
+	if c.Window < time.Second || c.Window > time.Hour {
+		bad("window", "must be between 1s and 1h, got %s", c.Window)
+	}
+	if c.WindowGrace < 0 {
+		bad("window-grace", "must not be negative, got %s", c.WindowGrace)
+	}
+	if c.MedianWindow < 1 || c.MedianWindow > 100_000 {
+		bad("median-window", "must be between 1 and 100000 samples, got %d", c.MedianWindow)
+	}
+	if c.DedupHorizon < 0 {
+		bad("dedup-horizon", "must not be negative, got %s", c.DedupHorizon)
+	}
+	if c.DedupMaxKeys < 1000 {
+		bad("dedup-max-keys", "must be at least 1000, got %d", c.DedupMaxKeys)
 	}
 	if c.MaxMachines < 0 {
 		bad("max-machines", "must not be negative, got %d", c.MaxMachines)

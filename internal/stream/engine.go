@@ -1,23 +1,184 @@
 // Package stream is the processing stage between the event log and the
-// sinks: a pure engine that turns events into samples, and the Processor
-// that reads the log, makes each batch durable in the store, acknowledges it,
-// and hands it to the live sinks (twin state, stream hub).
+// sinks: a pure, deterministic event-time engine (deduplication, reordering
+// behind a per-machine watermark, tumbling windows with corrections, and the
+// sliding median and rates its sinks keep), and the Processor that reads the
+// log, runs the engine, makes each group of batches durable in the store,
+// acknowledges it and hands it to the live sinks.
 package stream
 
-import "github.com/twinline/twinline/internal/telemetry"
+import (
+	"time"
 
-// Engine turns events into samples. It is pure and deterministic: no clock,
-// no I/O. The event-time stages (deduplication, reordering, windows) grow
-// here.
-type Engine struct{}
+	"github.com/twinline/twinline/internal/telemetry"
+)
 
-// Process appends the samples of events to dst, in event order.
-func (Engine) Process(events []telemetry.Event, dst []telemetry.Sample) []telemetry.Sample {
+// EngineConfig configures the event-time engine.
+type EngineConfig struct {
+	// Lateness is how far behind a machine's newest event time the
+	// watermark trails (--lateness).
+	Lateness time.Duration
+	// Window is the tumbling window size (--window).
+	Window time.Duration
+	// WindowGrace is how long after its end an emitted window still takes
+	// corrections (--window-grace).
+	WindowGrace time.Duration
+	// DedupHorizon is how far back in event time deduplication keys are
+	// remembered; beyond it the store's (series, time) key decides.
+	DedupHorizon time.Duration
+	// DedupMaxKeys caps the remembered keys.
+	DedupMaxKeys int
+	// MaxBuffered caps the samples a machine may hold in the reorder buffer.
+	MaxBuffered int
+}
+
+// DefaultEngineConfig returns the engine defaults.
+func DefaultEngineConfig() EngineConfig {
+	return EngineConfig{
+		Lateness:     5 * time.Second,
+		Window:       10 * time.Second,
+		WindowGrace:  time.Minute,
+		DedupHorizon: 10 * time.Minute,
+		DedupMaxKeys: 2 << 20,
+		MaxBuffered:  10_000,
+	}
+}
+
+// Engine is the event-time engine. It is pure (no clock, no I/O) and not
+// safe for concurrent use: one goroutine (a processor, one per log
+// partition) owns it.
+type Engine struct {
+	cfg     EngineConfig
+	dedup   *Dedup
+	reorder *Reorder
+	windows *Windows
+
+	// Scratch for Release, kept to avoid allocations.
+	out      *Output
+	emitRel  func(telemetry.Sample)
+	emitWin  func(Window)
+	advanced map[string]struct{}
+}
+
+// Output is what the engine hands on. Process appends to Samples; Release
+// appends to Released and Windows. The caller resets it between groups.
+type Output struct {
+	// Samples are the new (deduplicated) samples, in arrival order: they go
+	// to the store and to the live stream at once.
+	Samples []telemetry.Sample
+	// Released are the samples the watermark has passed, per machine in
+	// event-time order: they feed the median and the alarms.
+	Released []telemetry.Sample
+	// Windows are final, corrected and late window aggregates.
+	Windows []Window
+}
+
+// Reset empties o, keeping its buffers.
+func (o *Output) Reset() {
+	o.Samples, o.Released, o.Windows = o.Samples[:0], o.Released[:0], o.Windows[:0]
+}
+
+// NewEngine returns an engine.
+func NewEngine(cfg EngineConfig) *Engine {
+	e := &Engine{
+		cfg:      cfg,
+		dedup:    NewDedup(cfg.DedupHorizon, cfg.DedupMaxKeys),
+		reorder:  NewReorder(cfg.Lateness, cfg.MaxBuffered),
+		windows:  NewWindows(cfg.Window, cfg.WindowGrace),
+		advanced: map[string]struct{}{},
+	}
+	e.emitWin = func(w Window) { e.out.Windows = append(e.out.Windows, w) }
+	e.emitRel = func(s telemetry.Sample) {
+		e.out.Released = append(e.out.Released, s)
+		// Released samples come in event-time order: up to this one, the
+		// machine's windows have all they will get in order, so the
+		// sample's own time is the watermark to add it at (the machine's
+		// full watermark would close its window before it is added).
+		e.windows.Add(s, s.Time, e.emitWin)
+		e.advanced[s.Machine] = struct{}{}
+	}
+	return e
+}
+
+// Process takes the events of one batch received at server time received
+// (Unix ms): it drops duplicates (an event
+// with an id or seq seen before, and each sample whose machine, metric and
+// time were seen before), appends the new samples to out.Samples, and
+// buffers them for release in event-time order. A sample behind its
+// machine's watermark skips the buffer and goes straight to its window (a
+// correction or a late aggregate). It returns the number of duplicate
+// events (an event whose every sample was a duplicate counts as one).
+func (e *Engine) Process(events []telemetry.Event, received int64, out *Output) (duplicates int) {
+	e.out = out
+	e.reorder.SetNow(received)
 	for i := range events {
 		ev := &events[i]
+		keyed := ev.ID != "" || ev.HasSeq
+		if keyed && !e.dedup.Event(ev) {
+			duplicates++
+			continue
+		}
+		added := 0
 		for _, m := range ev.Metrics {
-			dst = append(dst, telemetry.Sample{Machine: ev.Machine, Metric: m.Name, Time: ev.Time, Value: m.Value})
+			// The store keys samples by (machine, metric, time), first
+			// write wins: so does the engine, for keyed events too, so that
+			// its windows count exactly what the store keeps.
+			if !e.dedup.Sample(ev.Machine, m.Name, ev.Time) {
+				continue
+			}
+			s := telemetry.Sample{Machine: ev.Machine, Metric: m.Name, Time: ev.Time, Value: m.Value}
+			out.Samples = append(out.Samples, s)
+			added++
+			if e.reorder.Add(s) {
+				wm, _ := e.reorder.Watermark(s.Machine)
+				e.windows.Add(s, wm, e.emitWin)
+			}
+		}
+		if added == 0 && len(ev.Metrics) > 0 {
+			duplicates++
 		}
 	}
-	return dst
+	return duplicates
 }
+
+// Release emits, into out, the samples the watermarks have passed (in
+// event-time order per machine) and the windows that closed or changed.
+// Call it once per group of batches, after Process.
+func (e *Engine) Release(out *Output) {
+	e.out = out
+	e.reorder.ReleaseReady(e.emitRel)
+	for m := range e.advanced {
+		wm, _ := e.reorder.Watermark(m)
+		e.windows.Advance(m, wm, e.emitWin)
+	}
+	clear(e.advanced)
+}
+
+// Tick advances to now − lateness (now: server time, Unix ms) the
+// watermark of every machine that sent nothing for the lateness, releasing
+// its samples and closing its windows: the watermark of a machine that went
+// quiet follows the server's clock. Call it periodically (about once a
+// second), not per batch: it costs O(machines).
+func (e *Engine) Tick(now int64, out *Output) {
+	e.out = out
+	wm := satSubMilli(now, e.cfg.Lateness.Milliseconds())
+	e.reorder.AdvanceTo(wm, wm, e.emitRel, func(m string, wm int64) {
+		e.windows.Advance(m, wm, e.emitWin)
+	})
+	clear(e.advanced)
+}
+
+// Flush releases everything buffered and closes every open window, for a
+// clean shutdown.
+func (e *Engine) Flush(out *Output) {
+	e.out = out
+	e.reorder.Flush(e.emitRel)
+	e.windows.Flush(e.emitWin)
+	clear(e.advanced)
+}
+
+// Watermark returns a machine's watermark (Unix ms), false if it sent
+// nothing yet.
+func (e *Engine) Watermark(machine string) (int64, bool) { return e.reorder.Watermark(machine) }
+
+// Open returns the open (partial) windows of a series.
+func (e *Engine) Open(machine, metric string) []Window { return e.windows.Open(machine, metric) }

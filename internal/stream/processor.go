@@ -18,35 +18,52 @@ import (
 // maxCommitSamples bounds one group commit to the store.
 const maxCommitSamples = 64 << 10
 
+// tickInterval is how often the engine's watermarks follow the server
+// clock (Engine.Tick), busy or idle.
+const tickInterval = time.Second
+
 type logReader interface {
 	Read(ctx context.Context, maxSamples int) ([]*log.Entry, error)
 }
 
-// Sink receives the samples of a batch once they are durable. It must not
-// retain samples: the slice is reused for the next batch.
-type Sink func(b *telemetry.Batch, samples []telemetry.Sample)
+// Sinks receive what the processor made durable. Neither may retain the
+// slices it is given: they are reused for a later group.
+type Sinks struct {
+	// Batch receives each acknowledged batch with its new (deduplicated)
+	// samples, in arrival order.
+	Batch func(b *telemetry.Batch, samples []telemetry.Sample)
+	// Group receives, once per group of batches, the samples released in
+	// event-time order and the windows that closed or changed.
+	Group func(released []telemetry.Sample, windows []Window)
+}
 
-// Processor reads the event log, writes each group of batches to the store in
-// one commit, acknowledges them, then feeds the sinks.
+// Processor reads the event log, runs the engine, writes each group of
+// batches to the store in one commit, acknowledges them, then feeds the
+// sinks.
 type Processor struct {
-	log    logReader
-	append func(context.Context, []telemetry.Sample) error
-	sink   Sink
-	logger *slog.Logger
-	engine Engine
+	log       logReader
+	append    func(context.Context, []telemetry.Sample) error
+	sinks     Sinks
+	logger    *slog.Logger
+	engineCfg EngineConfig
+	engine    *Engine
 
 	writeSeconds prometheus.Histogram
 	samples      *prometheus.CounterVec
+	duplicates   prometheus.Counter
+	windows      *prometheus.CounterVec
 }
 
 // NewProcessor returns a processor reading l, storing with appendFn and
-// feeding sink (which may be nil). reg may be nil.
-func NewProcessor(l logReader, appendFn func(context.Context, []telemetry.Sample) error, sink Sink, logger *slog.Logger, reg prometheus.Registerer) *Processor {
+// feeding sinks (whose functions may be nil). reg may be nil.
+func NewProcessor(l logReader, appendFn func(context.Context, []telemetry.Sample) error, sinks Sinks, cfg EngineConfig, logger *slog.Logger, reg prometheus.Registerer) *Processor {
 	p := &Processor{
-		log:    l,
-		append: appendFn,
-		sink:   sink,
-		logger: logger,
+		log:       l,
+		append:    appendFn,
+		sinks:     sinks,
+		logger:    logger,
+		engineCfg: cfg,
+		engine:    NewEngine(cfg),
 		writeSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "twinline_store_write_seconds",
 			Help:    "Latency of one durable group commit to the store.",
@@ -56,52 +73,79 @@ func NewProcessor(l logReader, appendFn func(context.Context, []telemetry.Sample
 			Name: "twinline_processed_samples_total",
 			Help: "Samples processed from the event log, by outcome (stored, rejected: outside the store's time window, error).",
 		}, []string{"outcome"}),
+		duplicates: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "twinline_duplicate_events_total",
+			Help: "Events recognised as duplicates (same id, same machine and seq, or every sample already seen) and not stored again.",
+		}),
+		windows: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "twinline_windows_total",
+			Help: "Window aggregates emitted, by kind (final, correction, late).",
+		}, []string{"kind"}),
 	}
 	if reg != nil {
-		reg.MustRegister(p.writeSeconds, p.samples)
+		reg.MustRegister(p.writeSeconds, p.samples, p.duplicates, p.windows)
 	}
 	return p
 }
 
-// Run processes the log until it is closed and drained (then it returns nil)
-// or ctx ends (then it returns ctx's error; unprocessed entries stay
-// unacknowledged, so their clients get no 2xx).
+// Run processes the log until it is closed and drained (then it flushes
+// the engine to the group sink and returns nil) or ctx ends (then it returns
+// ctx's error; unprocessed entries stay unacknowledged, so their clients get
+// no 2xx).
 //
 // Storing and feeding the sinks overlap: while the sinks take group N, group
-// N+1 is decoded into the other of two sample buffers and committed.
+// N+1 is processed into the other of two outputs and committed.
 func (p *Processor) Run(ctx context.Context) error {
 	jobs := make(chan sinkJob, 1)
-	free := make(chan []telemetry.Sample, 2)
-	free <- nil
-	free <- nil
+	free := make(chan *Output, 2)
+	free <- &Output{}
+	free <- &Output{}
 	sinkDone := make(chan struct{})
 	go func() {
 		defer close(sinkDone)
 		for j := range jobs {
-			if p.sink != nil {
-				for i, e := range j.entries {
-					p.sink(e.Batch, j.samples[j.bounds[i]:j.bounds[i+1]:j.bounds[i+1]])
-				}
-			}
-			free <- j.samples[:0]
+			p.feed(j)
+			j.out.Reset()
+			free <- j.out
 		}
 	}()
 	defer func() {
 		close(jobs)
 		<-sinkDone
 	}()
+	lastTick := time.Now()
 	for {
-		entries, err := p.log.Read(ctx, maxCommitSamples)
+		rctx, cancel := context.WithTimeout(ctx, tickInterval)
+		entries, err := p.log.Read(rctx, maxCommitSamples)
+		cancel()
+		if now := time.Now(); now.Sub(lastTick) >= tickInterval {
+			lastTick = now
+			out := <-free
+			p.engine.Tick(now.UnixMilli(), out)
+			if len(out.Released) > 0 || len(out.Windows) > 0 {
+				jobs <- sinkJob{out: out}
+			} else {
+				free <- out
+			}
+		}
+		if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+			continue // idle: the tick above is what was due
+		}
 		if errors.Is(err, io.EOF) {
+			out := <-free
+			p.engine.Flush(out)
+			jobs <- sinkJob{out: out}
 			return nil
 		}
 		if err != nil {
 			return err
 		}
-		if j, ok := p.process(ctx, entries, <-free); ok {
+		out := <-free
+		if j, ok := p.process(ctx, entries, out); ok {
 			jobs <- j
 		} else {
-			free <- j.samples[:0]
+			out.Reset()
+			free <- out
 		}
 	}
 }
@@ -109,27 +153,49 @@ func (p *Processor) Run(ctx context.Context) error {
 // sinkJob is a durable group of entries on its way to the sinks.
 type sinkJob struct {
 	entries []*log.Entry
-	samples []telemetry.Sample
-	bounds  []int // entry i's samples are samples[bounds[i]:bounds[i+1]]
+	out     *Output
+	bounds  []int // entry i's samples are out.Samples[bounds[i]:bounds[i+1]]
 }
 
-// process stores the samples of entries in one commit and acknowledges
-// them. ok reports whether they go on to the sinks.
-func (p *Processor) process(ctx context.Context, entries []*log.Entry, buf []telemetry.Sample) (j sinkJob, ok bool) {
-	bounds := make([]int, len(entries)+1)
-	for i, e := range entries {
-		buf = p.engine.Process(e.Batch.Events, buf)
-		bounds[i+1] = len(buf)
+func (p *Processor) feed(j sinkJob) {
+	if p.sinks.Batch != nil {
+		for i, e := range j.entries {
+			p.sinks.Batch(e.Batch, j.out.Samples[j.bounds[i]:j.bounds[i+1]:j.bounds[i+1]])
+		}
 	}
-	j = sinkJob{entries: entries, samples: buf, bounds: bounds}
+	for _, w := range j.out.Windows {
+		p.windows.WithLabelValues(w.Kind.String()).Inc()
+	}
+	if p.sinks.Group != nil && (len(j.out.Released) > 0 || len(j.out.Windows) > 0) {
+		p.sinks.Group(j.out.Released, j.out.Windows)
+	}
+}
+
+// process runs the engine on entries, stores their new samples in one
+// commit and acknowledges them. ok reports whether they go on to the sinks.
+func (p *Processor) process(ctx context.Context, entries []*log.Entry, out *Output) (j sinkJob, ok bool) {
+	bounds := make([]int, len(entries)+1)
+	dups := make([]int, len(entries))
+	for i, e := range entries {
+		dups[i] = p.engine.Process(e.Batch.Events, e.Batch.Received, out)
+		bounds[i+1] = len(out.Samples)
+	}
+	p.engine.Release(out)
+	j = sinkJob{entries: entries, out: out, bounds: bounds}
+	samples := out.Samples
+
 	start := time.Now()
-	err := p.append(ctx, buf)
+	err := p.append(ctx, samples)
 	p.writeSeconds.Observe(time.Since(start).Seconds())
+	ack := func(i int, e *log.Entry) {
+		p.duplicates.Add(float64(dups[i]))
+		e.Ack(log.Result{Accepted: len(e.Batch.Events) - dups[i], Duplicates: dups[i]}, nil)
+	}
 	switch {
 	case err == nil:
-		p.samples.WithLabelValues("stored").Add(float64(len(buf)))
-		for _, e := range entries {
-			e.Ack(log.Result{Accepted: len(e.Batch.Events)}, nil)
+		p.samples.WithLabelValues("stored").Add(float64(len(samples)))
+		for i, e := range entries {
+			ack(i, e)
 		}
 		return j, true
 	case errors.Is(err, store.ErrOutOfBounds):
@@ -139,23 +205,25 @@ func (p *Processor) process(ctx context.Context, entries []*log.Entry, buf []tel
 		// each again: what is stored already is an idempotent duplicate.
 		p.logger.Warn("storing samples", "err", err)
 		for i, e := range entries {
-			if err := p.append(ctx, buf[bounds[i]:bounds[i+1]]); err != nil {
+			if err := p.append(ctx, samples[bounds[i]:bounds[i+1]]); err != nil {
 				p.samples.WithLabelValues("rejected").Add(float64(bounds[i+1] - bounds[i]))
 				e.Ack(log.Result{}, fmt.Errorf("storing samples: %w", err))
 				continue
 			}
 			p.samples.WithLabelValues("stored").Add(float64(bounds[i+1] - bounds[i]))
-			e.Ack(log.Result{Accepted: len(e.Batch.Events)}, nil)
+			ack(i, e)
 		}
-		// The sinks skip this group: it is rare, and a live view that
-		// misses it recovers from the query API.
-		return j, false
 	default:
-		p.samples.WithLabelValues("error").Add(float64(len(buf)))
-		p.logger.Error("storing samples", "err", err, "samples", len(buf))
+		p.samples.WithLabelValues("error").Add(float64(len(samples)))
+		p.logger.Error("storing samples", "err", err, "samples", len(samples))
 		for _, e := range entries {
 			e.Ack(log.Result{}, fmt.Errorf("storing samples: %w", err))
 		}
-		return j, false
 	}
+	// Some samples were not stored, but the engine remembered their keys:
+	// start it afresh so a retry is not taken for a duplicate (the store's
+	// own (series, time) key keeps what was stored from counting twice).
+	// The sinks skip this group: a live view recovers from the query API.
+	p.engine = NewEngine(p.engineCfg)
+	return j, false
 }

@@ -23,18 +23,6 @@ func event(machine string, t int64, metrics ...string) telemetry.Event {
 	return ev
 }
 
-func TestEngineFlattensInOrder(t *testing.T) {
-	got := Engine{}.Process([]telemetry.Event{event("a", 1, "x", "y"), event("b", 2, "x")}, nil)
-	want := []telemetry.Sample{
-		{Machine: "a", Metric: "x", Time: 1, Value: 1},
-		{Machine: "a", Metric: "y", Time: 1, Value: 2},
-		{Machine: "b", Metric: "x", Time: 2, Value: 1},
-	}
-	if diff := cmp.Diff(got, want); diff != "" {
-		t.Errorf("Process (-got +want):\n%s", diff)
-	}
-}
-
 // fakeStore records appends and fails those of machine "bad".
 type fakeStore struct {
 	mu     sync.Mutex
@@ -72,9 +60,9 @@ func TestProcessorGroupOutcomes(t *testing.T) {
 			l := log.New(100, nil)
 			fs := &fakeStore{}
 			var sunk []telemetry.Sample
-			p := NewProcessor(l, fs.append, func(_ *telemetry.Batch, ss []telemetry.Sample) {
+			p := NewProcessor(l, fs.append, Sinks{Batch: func(_ *telemetry.Batch, ss []telemetry.Sample) {
 				sunk = append(sunk, ss...)
-			}, slog.New(slog.DiscardHandler), nil)
+			}}, DefaultEngineConfig(), slog.New(slog.DiscardHandler), nil)
 			e, err := l.Append(&telemetry.Batch{Events: []telemetry.Event{event(tt.machine, 7, "x", "y")}})
 			if err != nil {
 				t.Fatal(err)
@@ -102,7 +90,7 @@ func TestProcessorGroupOutcomes(t *testing.T) {
 
 func TestProcessorStopsOnContext(t *testing.T) {
 	l := log.New(100, nil)
-	p := NewProcessor(l, (&fakeStore{}).append, nil, slog.New(slog.DiscardHandler), nil)
+	p := NewProcessor(l, (&fakeStore{}).append, Sinks{}, DefaultEngineConfig(), slog.New(slog.DiscardHandler), nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	if err := p.Run(ctx); !errors.Is(err, context.Canceled) {
@@ -115,11 +103,11 @@ func TestProcessorStopsOnContext(t *testing.T) {
 func TestProcessorSinkSeesEachEntrysSamples(t *testing.T) {
 	l := log.New(1<<20, nil)
 	var got []string
-	p := NewProcessor(l, (&fakeStore{}).append, func(b *telemetry.Batch, ss []telemetry.Sample) {
+	p := NewProcessor(l, (&fakeStore{}).append, Sinks{Batch: func(b *telemetry.Batch, ss []telemetry.Sample) {
 		for _, s := range ss {
 			got = append(got, fmt.Sprintf("%s/%s@%d", b.Protocol, s.Machine, s.Time))
 		}
-	}, slog.New(slog.DiscardHandler), nil)
+	}}, DefaultEngineConfig(), slog.New(slog.DiscardHandler), nil)
 	var want []string
 	done := make(chan error, 1)
 	go func() { done <- p.Run(context.Background()) }()
@@ -146,7 +134,7 @@ func TestProcessorAttributesOutOfBounds(t *testing.T) {
 	l := log.New(100, nil)
 	fs := &fakeStore{}
 	sinkCalls := 0
-	p := NewProcessor(l, fs.append, func(*telemetry.Batch, []telemetry.Sample) { sinkCalls++ }, slog.New(slog.DiscardHandler), nil)
+	p := NewProcessor(l, fs.append, Sinks{Batch: func(*telemetry.Batch, []telemetry.Sample) { sinkCalls++ }}, DefaultEngineConfig(), slog.New(slog.DiscardHandler), nil)
 	good, err := l.Append(&telemetry.Batch{Events: []telemetry.Event{event("a", 1, "x")}})
 	if err != nil {
 		t.Fatal(err)

@@ -39,6 +39,7 @@ import (
 type Reorder struct {
 	lateness    int64 // ms
 	maxBuffered int
+	now         int64  // server time of the samples being added (SetNow)
 	arrivals    uint64 // arrival counter, for ties
 	buffered    int
 
@@ -53,6 +54,7 @@ type reorderMachine struct {
 	machine   string
 	maxTime   int64
 	watermark int64
+	arrived   int64         // server time of the latest Add (see SetNow)
 	heap      []reorderItem // min-heap by (time, arrival)
 	inReady   bool          // in Reorder.ready
 }
@@ -94,8 +96,10 @@ func (r *Reorder) Add(s telemetry.Sample) (late bool) {
 		r.machines = append(r.machines, m)
 		r.last = m
 	} else if r.last = m; s.Time <= m.watermark {
+		m.arrived = r.now
 		return true
 	}
+	m.arrived = r.now
 	r.arrivals++
 	m.push(reorderItem{metric: s.Metric, time: s.Time, value: s.Value, arrival: r.arrivals})
 	r.buffered++
@@ -218,4 +222,28 @@ func (m *reorderMachine) pop() reorderItem {
 	}
 	m.heap = h
 	return top
+}
+
+// SetNow sets the server time (Unix ms) the next Adds arrive at.
+func (r *Reorder) SetNow(now int64) { r.now = now }
+
+// AdvanceTo raises to at least wm the watermark of every machine whose
+// latest sample arrived (server time, see SetNow) before idleBefore, and
+// releases what that makes due: the watermark of a machine that went quiet
+// moves on with the server's clock, so its last samples are not held for
+// ever, while a machine still sending (even old data) keeps its own. Then
+// it calls visit with each machine and its watermark. It costs
+// O(machines): call it periodically, not per batch.
+func (r *Reorder) AdvanceTo(wm, idleBefore int64, emit func(telemetry.Sample), visit func(machine string, watermark int64)) {
+	for _, m := range r.machines {
+		if m.arrived < idleBefore && m.watermark < wm {
+			m.watermark = wm
+		}
+		if len(m.heap) > 0 && m.heap[0].time <= m.watermark {
+			r.release(m, emit)
+		}
+		if visit != nil {
+			visit(m.machine, m.watermark)
+		}
+	}
 }

@@ -192,11 +192,37 @@ func (a *Alarms) journal(op, by string, at time.Time, al *Alarm) error {
 	return nil
 }
 
+// Seen records that the machines of samples sent data at server time
+// received (Unix ms): it clears their offline alarms, which it returns.
+func (a *Alarms) Seen(samples []telemetry.Sample, received int64) []Alarm {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var changed []Alarm
+	machine := ""
+	for i := range samples {
+		if i > 0 && samples[i].Machine == machine {
+			continue
+		}
+		machine = samples[i].Machine
+		if st := a.offlineOf(machine); st.eval.Seen(received) == Cleared {
+			// A failed journal write leaves the alarm active; the next
+			// event tries again.
+			if al, err := a.clear(st.open, time.UnixMilli(received)); err == nil && al != nil {
+				changed = append(changed, *al)
+				st.open = ""
+			} else if err != nil {
+				st.eval.active = true
+			}
+		}
+	}
+	return changed
+}
+
 // Observe evaluates the threshold rules of the samples' machines (from
-// thresholds, the machine's registry entry) in the order given, and records
-// that the machines were seen at server time received (Unix ms). It returns
-// the alarms that changed, as they stand now.
-func (a *Alarms) Observe(samples []telemetry.Sample, received int64, thresholds func(machine string) map[string]Threshold) ([]Alarm, error) {
+// thresholds, the machine's registry entry); samples must come per machine
+// in event-time order. It returns the alarms that changed, as they stand
+// now.
+func (a *Alarms) Observe(samples []telemetry.Sample, thresholds func(machine string) map[string]Threshold) ([]Alarm, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	var (
@@ -207,17 +233,9 @@ func (a *Alarms) Observe(samples []telemetry.Sample, received int64, thresholds 
 	)
 	for i := range samples {
 		s := &samples[i]
-		if s.Machine != machine || i == 0 {
+		if i == 0 || s.Machine != machine {
 			machine = s.Machine
 			ths = thresholds(machine)
-			if st := a.offlineOf(machine); st.eval.Seen(received) == Cleared {
-				if al, err := a.clear(st.open, time.UnixMilli(received)); err != nil {
-					errs = append(errs, err)
-				} else if al != nil {
-					changed = append(changed, *al)
-				}
-				st.open = ""
-			}
 		}
 		th, ok := ths[s.Metric]
 		if !ok {

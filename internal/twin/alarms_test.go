@@ -36,11 +36,13 @@ func TestAlarmsLifecycleAndRestart(t *testing.T) {
 	}
 	observe := func(ts int64, v float64) []changeSummary {
 		t.Helper()
-		ch, err := a.Observe(sample(ts, v), ts, thresholds)
+		ss := sample(ts, v)
+		ch := a.Seen(ss, ts)
+		more, err := a.Observe(ss, thresholds)
 		if err != nil {
 			t.Fatal(err)
 		}
-		return summarize(ch)
+		return summarize(append(ch, more...))
 	}
 	if got := observe(1_000_000, 95); got != nil {
 		t.Errorf("first breach: %v, want no change (for 10s)", got)
@@ -113,14 +115,14 @@ func TestAlarmsThresholdChangeKeepsActive(t *testing.T) {
 	s := func(v float64) []telemetry.Sample {
 		return []telemetry.Sample{{Machine: "m", Metric: "temp", Time: 1, Value: v}}
 	}
-	if ch, _ := a.Observe(s(95), 1, thresholds); len(ch) != 1 {
+	if ch, _ := a.Observe(s(95), thresholds); len(ch) != 1 {
 		t.Fatalf("raise: %v", summarize(ch))
 	}
 	th = map[string]Threshold{"temp": {High: f(96), Deadband: 2}}
-	if ch, _ := a.Observe(s(95), 2, thresholds); len(ch) != 0 {
+	if ch, _ := a.Observe(s(95), thresholds); len(ch) != 0 {
 		t.Errorf("new limit, value within it but not past the deadband: %v, want no change", summarize(ch))
 	}
-	if ch, _ := a.Observe(s(93), 3, thresholds); len(ch) != 1 || ch[0].State != AlarmCleared || ch[0].ID != "1" {
+	if ch, _ := a.Observe(s(93), thresholds); len(ch) != 1 || ch[0].State != AlarmCleared || ch[0].ID != "1" {
 		t.Errorf("below the new limit − deadband: %v, want alarm 1 cleared", summarize(ch))
 	}
 }

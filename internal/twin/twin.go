@@ -11,11 +11,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"maps"
 	"slices"
 	"sync"
 	"time"
 
+	"github.com/twinline/twinline/internal/stream"
 	"github.com/twinline/twinline/internal/telemetry"
 )
 
@@ -56,10 +56,12 @@ type Info struct {
 	UpdatedAt  time.Time            `json:"updatedAt"`
 }
 
-// Value is the latest value of one metric: its value and event time (Unix ms).
+// Value is the latest value of one metric: its value and event time (Unix
+// ms), and the median of its last samples in event-time order.
 type Value struct {
-	Value float64 `json:"value"`
-	TS    int64   `json:"ts"`
+	Value  float64  `json:"value"`
+	TS     int64    `json:"ts"`
+	Median *float64 `json:"median,omitempty"`
 }
 
 // Machine is a twin as the API shows it: registry entry and live state.
@@ -70,12 +72,25 @@ type Machine struct {
 	// or 0 if none was seen since the server started.
 	LastSeen int64            `json:"lastSeen,omitempty"`
 	Metrics  map[string]Value `json:"metrics"`
+	// Rate1m and Rate5m are events per second over the last 1 and 5
+	// minutes of server time.
+	Rate1m float64 `json:"rate1m"`
+	Rate5m float64 `json:"rate5m"`
 }
 
 type entry struct {
 	info     Info
 	lastSeen int64
-	latest   map[string]Value
+	latest   map[string]latest
+	rate     stream.Rate
+	medians  map[string]*stream.Median
+}
+
+// latest is the internal form of Value, without a pointer to allocate.
+type latest struct {
+	value, median float64
+	ts            int64
+	hasMedian     bool
 }
 
 // Twins is the set of twins. It is safe for concurrent use.
@@ -83,12 +98,14 @@ type Twins struct {
 	reg          *registryFile
 	now          func() time.Time
 	offlineAfter time.Duration
+	medianWindow int
 	logger       *slog.Logger
 
 	mu       sync.RWMutex
 	machines map[string]*entry
-	dirty    bool   // auto-registered machines not yet persisted
-	gen      uint64 // snapshots taken
+	fleet    stream.Rate // events of every machine
+	dirty    bool        // auto-registered machines not yet persisted
+	gen      uint64      // snapshots taken
 
 	// saveMu orders registry file writes; savedGen is the newest snapshot
 	// written, so an older one never overwrites it.
@@ -97,15 +114,16 @@ type Twins struct {
 }
 
 // Open loads the registry at path (a missing file is an empty registry).
-func Open(path string, offlineAfter time.Duration, now func() time.Time, logger *slog.Logger) (*Twins, error) {
+// medianWindow is the number of samples the sliding median covers.
+func Open(path string, offlineAfter time.Duration, medianWindow int, now func() time.Time, logger *slog.Logger) (*Twins, error) {
 	reg := &registryFile{path: path}
 	infos, err := reg.load()
 	if err != nil {
 		return nil, err
 	}
-	t := &Twins{reg: reg, now: now, offlineAfter: offlineAfter, logger: logger, machines: make(map[string]*entry, len(infos))}
+	t := &Twins{reg: reg, now: now, offlineAfter: offlineAfter, medianWindow: max(medianWindow, 1), logger: logger, machines: make(map[string]*entry, len(infos))}
 	for _, in := range infos {
-		t.machines[in.ID] = &entry{info: in, latest: map[string]Value{}}
+		t.machines[in.ID] = &entry{info: in, latest: map[string]latest{}}
 	}
 	return t, nil
 }
@@ -125,10 +143,55 @@ func (t *Twins) Observe(b *telemetry.Batch, samples []telemetry.Sample) {
 			}
 			e.lastSeen = max(e.lastSeen, b.Received)
 		}
-		if v, ok := e.latest[s.Metric]; !ok || s.Time >= v.TS {
-			e.latest[s.Metric] = Value{Value: s.Value, TS: s.Time}
+		// An event's samples come together: count one hit per event.
+		if i == 0 || samples[i-1].Machine != s.Machine || samples[i-1].Time != s.Time {
+			e.rate.Hit(b.Received, 1)
+			t.fleet.Hit(b.Received, 1)
+		}
+		if v, ok := e.latest[s.Metric]; !ok || s.Time >= v.ts {
+			v.value, v.ts = s.Value, s.Time
+			e.latest[s.Metric] = v
 		}
 	}
+}
+
+// ObserveReleased feeds the sliding medians with samples released in
+// event-time order.
+func (t *Twins) ObserveReleased(samples []telemetry.Sample) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var e *entry
+	for i := range samples {
+		s := &samples[i]
+		if e == nil || e.info.ID != s.Machine {
+			if e = t.machines[s.Machine]; e == nil {
+				continue // deleted meanwhile
+			}
+		}
+		m := e.medians[s.Metric]
+		if m == nil {
+			if e.medians == nil {
+				e.medians = map[string]*stream.Median{}
+			}
+			m = stream.NewMedian(t.medianWindow)
+			e.medians[s.Metric] = m
+		}
+		m.Add(s.Value)
+		if v, ok := e.latest[s.Metric]; ok {
+			v.median, _ = m.Median()
+			v.hasMedian = true
+			e.latest[s.Metric] = v
+		}
+	}
+}
+
+// FleetRate returns the fleet's events per second over window (1m or 5m)
+// of server time.
+func (t *Twins) FleetRate(window time.Duration) float64 {
+	now := t.now().UnixMilli()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.fleet.PerSecond(now, window)
 }
 
 // Restore seeds latest values from stored samples (at start-up), without
@@ -141,15 +204,16 @@ func (t *Twins) Restore(samples []telemetry.Sample) {
 		if e == nil {
 			e = t.register(s.Machine, time.UnixMilli(s.Time).UTC())
 		}
-		if v, ok := e.latest[s.Metric]; !ok || s.Time >= v.TS {
-			e.latest[s.Metric] = Value{Value: s.Value, TS: s.Time}
+		if v, ok := e.latest[s.Metric]; !ok || s.Time >= v.ts {
+			v.value, v.ts = s.Value, s.Time
+			e.latest[s.Metric] = v
 		}
 	}
 }
 
 // register adds an auto-registered machine; t.mu must be held.
 func (t *Twins) register(id string, at time.Time) *entry {
-	e := &entry{info: Info{ID: id, CreatedAt: at, UpdatedAt: at}, latest: map[string]Value{}}
+	e := &entry{info: Info{ID: id, CreatedAt: at, UpdatedAt: at}, latest: map[string]latest{}}
 	t.machines[id] = e
 	t.dirty = true
 	return e
@@ -213,7 +277,17 @@ func (t *Twins) view(e *entry, now int64) Machine {
 	if e.lastSeen > 0 && now-e.lastSeen <= t.offlineAfter.Milliseconds() {
 		status = StatusOnline
 	}
-	return Machine{Info: e.info, Status: status, LastSeen: e.lastSeen, Metrics: maps.Clone(e.latest)}
+	metrics := make(map[string]Value, len(e.latest))
+	for name, v := range e.latest {
+		mv := Value{Value: v.value, TS: v.ts}
+		if v.hasMedian {
+			med := v.median
+			mv.Median = &med
+		}
+		metrics[name] = mv
+	}
+	return Machine{Info: e.info, Status: status, LastSeen: e.lastSeen, Metrics: metrics,
+		Rate1m: e.rate.PerSecond(now, time.Minute), Rate5m: e.rate.PerSecond(now, 5*time.Minute)}
 }
 
 // Put creates or replaces a machine's registry entry and persists it. It
@@ -258,7 +332,7 @@ func (t *Twins) update(id string, create bool, change func(*Info) (Info, error))
 		in.CreatedAt = now
 	}
 	if !ok {
-		e = &entry{latest: map[string]Value{}}
+		e = &entry{latest: map[string]latest{}}
 	}
 	prev := e.info
 	e.info = in

@@ -19,7 +19,7 @@ func (c *fakeClock) now() time.Time { return c.t }
 
 func open(t *testing.T, path string, clk *fakeClock) *Twins {
 	t.Helper()
-	tw, err := Open(path, 30*time.Second, clk.now, slog.New(slog.DiscardHandler))
+	tw, err := Open(path, 30*time.Second, 60, clk.now, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -42,7 +42,7 @@ func TestObserveRegistersAndTracksLatestByEventTime(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := map[string]Value{"temp": {70, 900_000}, "rpm": {1200, 900_000}}
+	want := map[string]Value{"temp": {Value: 70, TS: 900_000}, "rpm": {Value: 1200, TS: 900_000}}
 	if diff := cmp.Diff(got.Metrics, want); diff != "" {
 		t.Errorf("metrics (-got +want):\n%s", diff)
 	}
