@@ -51,7 +51,7 @@ func (f *fakeLog) Append(b *telemetry.Batch) (*log.Entry, error) {
 
 func newTestAPI(t *testing.T, l eventLog) *API {
 	t.Helper()
-	tw, err := twin.Open(filepath.Join(t.TempDir(), "registry.json"), time.Minute, time.Now, slog.New(slog.DiscardHandler))
+	tw, err := twin.Open(filepath.Join(t.TempDir(), "registry.json"), time.Minute, 60, time.Now, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
