@@ -39,6 +39,8 @@ type Options struct {
 	ReadTimeout time.Duration
 	// MaxMachines bounds the fleet (0: no limit).
 	MaxMachines int
+	// Lateness is the engine's watermark lag, to mark open windows.
+	Lateness time.Duration
 }
 
 type eventLog interface {

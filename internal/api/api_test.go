@@ -270,3 +270,30 @@ func TestMaxMachines(t *testing.T) {
 		t.Errorf("logged %+v; want the known machine's event only", fl.got)
 	}
 }
+
+func TestPartialFrom(t *testing.T) {
+	m := twin.Machine{Metrics: map[string]twin.Value{"temp": {TS: 95_000}, "rpm": {TS: 97_000}}} // newest 97 s
+	pts := []store.Point{{Time: 70_000}, {Time: 80_000}, {Time: 90_000}}
+	tests := []struct {
+		lateness time.Duration
+		want     *int64
+	}{
+		{5 * time.Second, ptr(int64(90_000))},  // watermark 92 s: [90, 100) open
+		{20 * time.Second, ptr(int64(70_000))}, // watermark 77 s: [70, 80) open
+		{0, ptr(int64(90_000))},
+	}
+	for _, tt := range tests {
+		got := partialFrom(pts, 10*time.Second, m, tt.lateness)
+		if diff := cmp.Diff(got, tt.want); diff != "" {
+			t.Errorf("lateness %s (-got +want):\n%s", tt.lateness, diff)
+		}
+	}
+	if got := partialFrom(pts[:2], 10*time.Second, m, 5*time.Second); got != nil {
+		t.Errorf("all buckets closed: got %d, want nil", *got)
+	}
+	if got := partialFrom(pts, 10*time.Second, twin.Machine{}, 0); got != nil {
+		t.Errorf("no data: got %d, want nil", *got)
+	}
+}
+
+func ptr[T any](v T) *T { return &v }

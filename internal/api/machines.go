@@ -108,20 +108,26 @@ func (a *API) handleLatest(w http.ResponseWriter, r *http.Request) {
 		Status   string                `json:"status"`
 		LastSeen int64                 `json:"lastSeen,omitempty"`
 		Metrics  map[string]twin.Value `json:"metrics"`
-	}{m.ID, m.Status, m.LastSeen, m.Metrics})
+		Rate1m   float64               `json:"rate1m"`
+		Rate5m   float64               `json:"rate5m"`
+	}{m.ID, m.Status, m.LastSeen, m.Metrics, m.Rate1m, m.Rate5m})
 }
 
 // seriesResponse is columnar: t[i] and v[i] form one point.
 type seriesResponse struct {
-	Machine string    `json:"machine"`
-	Metric  string    `json:"metric"`
-	From    int64     `json:"from"`
-	To      int64     `json:"to"`
-	Step    string    `json:"step,omitempty"`
-	Agg     string    `json:"agg,omitempty"`
-	Points  int       `json:"points,omitempty"`
-	T       []int64   `json:"t"`
-	V       []float64 `json:"v"`
+	Machine string `json:"machine"`
+	Metric  string `json:"metric"`
+	From    int64  `json:"from"`
+	To      int64  `json:"to"`
+	Step    string `json:"step,omitempty"`
+	Agg     string `json:"agg,omitempty"`
+	Points  int    `json:"points,omitempty"`
+	// PartialFrom, with step, is the start of the first bucket that is
+	// still open (its end is after the machine's watermark): that bucket and
+	// the later ones may still change.
+	PartialFrom *int64    `json:"partialFrom,omitempty"`
+	T           []int64   `json:"t"`
+	V           []float64 `json:"v"`
 }
 
 // handleSeries is GET /api/v1/machines/{id}/series: raw, aggregated by step,
@@ -205,6 +211,9 @@ func (a *API) handleSeries(w http.ResponseWriter, r *http.Request) {
 	case step > 0:
 		resp.Step, resp.Agg = step.String(), string(agg)
 		pts, err = store.Aggregate(r.Context(), a.store, key, f, t, step, agg)
+		if m, gerr := a.twins.Get(id); gerr == nil {
+			resp.PartialFrom = partialFrom(pts, step, m, a.opts.Lateness)
+		}
 	case points > 0:
 		resp.Points = points
 		pts, err = store.Downsample(r.Context(), a.store, key, f, t, points)
@@ -275,4 +284,24 @@ func (a *API) twinError(w http.ResponseWriter, err error) {
 		a.logger.Error("updating registry", "err", err)
 		problem.Write(w, &problem.Problem{Type: problem.TypeStorage, Status: http.StatusServiceUnavailable, RetryAfter: 1, Detail: "updating the registry did not complete; retry"})
 	}
+}
+
+// partialFrom returns the start of the first bucket of pts whose end is
+// after the machine's watermark (its newest event time − lateness), or nil.
+func partialFrom(pts []store.Point, step time.Duration, m twin.Machine, lateness time.Duration) *int64 {
+	newest := int64(math.MinInt64)
+	for _, v := range m.Metrics {
+		newest = max(newest, v.TS)
+	}
+	if newest == math.MinInt64 {
+		return nil
+	}
+	watermark := newest - lateness.Milliseconds()
+	for _, p := range pts {
+		if p.Time+step.Milliseconds() > watermark {
+			start := p.Time
+			return &start
+		}
+	}
+	return nil
 }

@@ -183,6 +183,7 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 		MaxInflightIngest: cfg.MaxInflightIngest,
 		ReadTimeout:       cfg.ReadTimeout,
 		MaxMachines:       cfg.MaxMachines,
+		Lateness:          cfg.Lateness,
 	}, api.Deps{
 		Log:     a.log,
 		Store:   st,

@@ -185,3 +185,39 @@ func TestAdmit(t *testing.T) {
 		}
 	}
 }
+
+func TestMedianAndRates(t *testing.T) {
+	clk := &fakeClock{time.UnixMilli(600_000)}
+	tw, err := Open(filepath.Join(t.TempDir(), "registry.json"), 30*time.Second, 3, clk.now, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 120 events over the last minute of server time, one sample each.
+	for i := range 120 {
+		received := int64(540_500 + i*500)
+		tw.Observe(&telemetry.Batch{Received: received}, []telemetry.Sample{{Machine: "m", Metric: "temp", Time: int64(i), Value: float64(i)}})
+	}
+	// Released in event-time order: the median of the last 3.
+	tw.ObserveReleased([]telemetry.Sample{
+		{Machine: "m", Metric: "temp", Time: 1, Value: 10},
+		{Machine: "m", Metric: "temp", Time: 2, Value: 30},
+		{Machine: "m", Metric: "temp", Time: 3, Value: 20},
+		{Machine: "m", Metric: "temp", Time: 4, Value: 50},
+	})
+	got, err := tw.Get("m")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if med := got.Metrics["temp"].Median; med == nil || *med != 30 {
+		t.Errorf("median = %v, want 30 (of 30, 20, 50)", med)
+	}
+	if got.Rate1m < 1.9 || got.Rate1m > 2.0 {
+		t.Errorf("rate1m = %v, want about 2 events/s", got.Rate1m)
+	}
+	if want := 120.0 / 300; got.Rate5m < want*0.99 || got.Rate5m > want {
+		t.Errorf("rate5m = %v, want about %v", got.Rate5m, want)
+	}
+	if fleet := tw.FleetRate(time.Minute); fleet != got.Rate1m {
+		t.Errorf("fleet rate = %v, want the one machine's %v", fleet, got.Rate1m)
+	}
+}
