@@ -160,3 +160,31 @@ func TestShuffledDuplicatedBurst(t *testing.T) {
 		})
 	}
 }
+
+// TestMedianAfterRestart: a restarted server rebuilds each metric's median
+// from the stored samples.
+func TestMedianAfterRestart(t *testing.T) {
+	dir := t.TempDir()
+	s := start(t, dir)
+	base := time.Now().Add(-30 * time.Second).UnixMilli()
+	var body bytes.Buffer
+	for i := range 10 {
+		fmt.Fprintf(&body, "{\"machineId\":\"med-1\",\"timestamp\":%d,\"temp\":%d}\n", base+int64(i)*1000, i+1)
+	}
+	if r := s.do("POST", "/api/v1/events", "application/x-ndjson", body.Bytes()); r.status != 202 {
+		t.Fatalf("post: %d %s", r.status, r.body)
+	}
+	s.stop()
+	s2 := start(t, dir)
+	var latest struct {
+		Metrics map[string]struct {
+			Value  float64  `json:"value"`
+			Median *float64 `json:"median"`
+		} `json:"metrics"`
+	}
+	s2.get("/api/v1/machines/med-1/latest").json(t, &latest)
+	temp := latest.Metrics["temp"]
+	if temp.Value != 10 || temp.Median == nil || *temp.Median != 5.5 {
+		t.Errorf("after restart: temp %+v (median %v), want value 10, median 5.5", temp, temp.Median)
+	}
+}

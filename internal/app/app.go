@@ -98,7 +98,7 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 	if err != nil {
 		return nil, fmt.Errorf("opening registry: %w", err)
 	}
-	if err := restoreLatest(ctx, st, twins, time.Now(), cfg.MaxFuture); err != nil {
+	if err := restoreLatest(ctx, st, twins, time.Now(), cfg.MaxFuture, cfg.MedianWindow); err != nil {
 		return nil, err
 	}
 	a.twins = twins
@@ -404,33 +404,41 @@ func logEmitter(lg *log.Log) sim.Emit {
 	}
 }
 
-// restoreLatest seeds the twins' latest values from the store.
-func restoreLatest(ctx context.Context, st store.Store, twins *twin.Twins, now time.Time, maxFuture time.Duration) error {
+// restoreLatest seeds the twins from the store at start-up: each series'
+// latest value, and its median from its last medianWindow samples.
+func restoreLatest(ctx context.Context, st store.Store, twins *twin.Twins, now time.Time, maxFuture time.Duration, medianWindow int) error {
 	from, to := now.Add(-restoreWindow).UnixMilli(), now.Add(maxFuture).UnixMilli()
 	keys, err := st.Series(ctx, from, to)
 	if err != nil {
 		return fmt.Errorf("listing recent series: %w", err)
 	}
-	latest := make([]telemetry.Sample, 0, len(keys))
-	// Most series have a sample in the last minute: read that first, and
-	// the rest of the window only for those that do not.
+	var history []telemetry.Sample // one series at a time
+	// Most series have enough samples in the last minute: read that first,
+	// and the whole window only for those that do not.
 	recent := max(from, now.Add(-time.Minute).UnixMilli())
+	ring := make([]store.Point, medianWindow)
 	for _, k := range keys {
-		var last store.Point
-		found := false
-		keep := func(p store.Point) bool { last, found = p, true; return true }
-		for _, r := range [][2]int64{{recent, to}, {from, recent - 1}} {
-			if err := st.Select(ctx, k, r[0], r[1], keep); err != nil {
+		n := 0
+		keep := func(p store.Point) bool { ring[n%len(ring)] = p; n++; return true }
+		if err := st.Select(ctx, k, recent, to, keep); err != nil {
+			return fmt.Errorf("reading latest of %s/%s: %w", k.Machine, k.Metric, err)
+		}
+		if n < len(ring) && recent > from {
+			n = 0
+			if err := st.Select(ctx, k, from, to, keep); err != nil {
 				return fmt.Errorf("reading latest of %s/%s: %w", k.Machine, k.Metric, err)
 			}
-			if found {
-				break
-			}
 		}
-		if found {
-			latest = append(latest, telemetry.Sample{Machine: k.Machine, Metric: k.Metric, Time: last.Time, Value: last.Value})
+		if n == 0 {
+			continue
 		}
+		history = history[:0]
+		for i := max(n-len(ring), 0); i < n; i++ { // oldest first
+			p := ring[i%len(ring)]
+			history = append(history, telemetry.Sample{Machine: k.Machine, Metric: k.Metric, Time: p.Time, Value: p.Value})
+		}
+		twins.Restore(history[len(history)-1:])
+		twins.ObserveReleased(history)
 	}
-	twins.Restore(latest)
 	return nil
 }
