@@ -57,6 +57,12 @@ type Engine struct {
 	emitRel  func(telemetry.Sample)
 	emitWin  func(Window)
 	advanced map[string]struct{}
+	late     map[lateKey]int // index in out.Windows of a window's late aggregate
+}
+
+type lateKey struct {
+	machine, metric string
+	start           int64
 }
 
 // Output is what the engine hands on. Process appends to Samples; Release
@@ -85,8 +91,21 @@ func NewEngine(cfg EngineConfig) *Engine {
 		reorder:  NewReorder(cfg.Lateness, cfg.MaxBuffered),
 		windows:  NewWindows(cfg.Window, cfg.WindowGrace),
 		advanced: map[string]struct{}{},
+		late:     map[lateKey]int{},
 	}
-	e.emitWin = func(w Window) { e.out.Windows = append(e.out.Windows, w) }
+	e.emitWin = func(w Window) {
+		// A replay of old data makes one late aggregate per sample:
+		// merge those of one window within a call into one.
+		if w.Kind == WindowLate {
+			k := lateKey{w.Machine, w.Metric, w.Start}
+			if i, ok := e.late[k]; ok && i < len(e.out.Windows) {
+				e.out.Windows[i].Agg.Merge(w.Agg)
+				return
+			}
+			e.late[k] = len(e.out.Windows)
+		}
+		e.out.Windows = append(e.out.Windows, w)
+	}
 	e.emitRel = func(s telemetry.Sample) {
 		e.out.Released = append(e.out.Released, s)
 		// Released samples come in event-time order: up to this one, the
@@ -108,7 +127,7 @@ func NewEngine(cfg EngineConfig) *Engine {
 // correction or a late aggregate). It returns the number of duplicate
 // events (an event whose every sample was a duplicate counts as one).
 func (e *Engine) Process(events []telemetry.Event, received int64, out *Output) (duplicates int) {
-	e.out = out
+	e.use(out)
 	e.reorder.SetNow(received)
 	for i := range events {
 		ev := &events[i]
@@ -144,7 +163,7 @@ func (e *Engine) Process(events []telemetry.Event, received int64, out *Output) 
 // event-time order per machine) and the windows that closed or changed.
 // Call it once per group of batches, after Process.
 func (e *Engine) Release(out *Output) {
-	e.out = out
+	e.use(out)
 	e.reorder.ReleaseReady(e.emitRel)
 	for m := range e.advanced {
 		wm, _ := e.reorder.Watermark(m)
@@ -159,7 +178,7 @@ func (e *Engine) Release(out *Output) {
 // quiet follows the server's clock. Call it periodically (about once a
 // second), not per batch: it costs O(machines).
 func (e *Engine) Tick(now int64, out *Output) {
-	e.out = out
+	e.use(out)
 	wm := satSubMilli(now, e.cfg.Lateness.Milliseconds())
 	e.reorder.AdvanceTo(wm, wm, e.emitRel, func(m string, wm int64) {
 		e.windows.Advance(m, wm, e.emitWin)
@@ -170,10 +189,16 @@ func (e *Engine) Tick(now int64, out *Output) {
 // Flush releases everything buffered and closes every open window, for a
 // clean shutdown.
 func (e *Engine) Flush(out *Output) {
-	e.out = out
+	e.use(out)
 	e.reorder.Flush(e.emitRel)
 	e.windows.Flush(e.emitWin)
 	clear(e.advanced)
+}
+
+// use directs emissions to out; late aggregates merge within one call.
+func (e *Engine) use(out *Output) {
+	e.out = out
+	clear(e.late)
 }
 
 // Watermark returns a machine's watermark (Unix ms), false if it sent

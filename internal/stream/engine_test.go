@@ -266,3 +266,21 @@ func TestEngineTickLeavesBusyMachines(t *testing.T) {
 		t.Errorf("after going idle: released %d, windows %+v; want 3 and one final window of 3", len(out.Released), out.Windows)
 	}
 }
+
+// TestEngineMergesLateAggregates: a replay of old data gives one late
+// aggregate per window and call, not one per sample.
+func TestEngineMergesLateAggregates(t *testing.T) {
+	e := NewEngine(DefaultEngineConfig())
+	var out Output
+	e.Process([]telemetry.Event{{Machine: "m", Time: 600_000, Metrics: []telemetry.Metric{{Name: "x", Value: 1}}}}, 0, &out)
+	out.Reset()
+	var replay []telemetry.Event
+	for i := range 50 { // 50 samples in [0, 10 s), far beyond lateness and grace
+		replay = append(replay, telemetry.Event{Machine: "m", Time: int64(i) * 100, Metrics: []telemetry.Metric{{Name: "x", Value: 2}}})
+	}
+	e.Process(replay, 0, &out)
+	want := []Window{{Machine: "m", Metric: "x", Start: 0, Size: 10_000, Agg: Agg{Count: 50, Sum: 100, Min: 2, Max: 2}, Kind: WindowLate}}
+	if diff := gocmp.Diff(out.Windows, want); diff != "" {
+		t.Errorf("windows (-got +want):\n%s", diff)
+	}
+}
