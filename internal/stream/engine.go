@@ -118,17 +118,13 @@ func NewEngine(cfg EngineConfig) *Engine {
 	return e
 }
 
-// Process takes the events of one batch received at server time received
-// (Unix ms): it drops duplicates (an event
+// Process takes the events of one batch: it drops duplicates (an event
 // with an id or seq seen before, and each sample whose machine, metric and
-// time were seen before), appends the new samples to out.Samples, and
-// buffers them for release in event-time order. A sample behind its
-// machine's watermark skips the buffer and goes straight to its window (a
-// correction or a late aggregate). It returns the number of duplicate
-// events (an event whose every sample was a duplicate counts as one).
-func (e *Engine) Process(events []telemetry.Event, received int64, out *Output) (duplicates int) {
-	e.use(out)
-	e.reorder.SetNow(received)
+// time were seen before) and appends the new samples to out.Samples. It
+// returns the number of duplicate events (an event whose every sample was a
+// duplicate counts as one). Call Release once the group's samples are
+// durable, or Forget if they could not be stored.
+func (e *Engine) Process(events []telemetry.Event, out *Output) (duplicates int) {
 	for i := range events {
 		ev := &events[i]
 		keyed := ev.ID != "" || ev.HasSeq
@@ -144,13 +140,8 @@ func (e *Engine) Process(events []telemetry.Event, received int64, out *Output) 
 			if !e.dedup.Sample(ev.Machine, m.Name, ev.Time) {
 				continue
 			}
-			s := telemetry.Sample{Machine: ev.Machine, Metric: m.Name, Time: ev.Time, Value: m.Value}
-			out.Samples = append(out.Samples, s)
+			out.Samples = append(out.Samples, telemetry.Sample{Machine: ev.Machine, Metric: m.Name, Time: ev.Time, Value: m.Value})
 			added++
-			if e.reorder.Add(s) {
-				wm, _ := e.reorder.Watermark(s.Machine)
-				e.windows.Add(s, wm, e.emitWin)
-			}
 		}
 		if added == 0 && len(ev.Metrics) > 0 {
 			duplicates++
@@ -159,11 +150,34 @@ func (e *Engine) Process(events []telemetry.Event, received int64, out *Output) 
 	return duplicates
 }
 
-// Release emits, into out, the samples the watermarks have passed (in
-// event-time order per machine) and the windows that closed or changed.
-// Call it once per group of batches, after Process.
-func (e *Engine) Release(out *Output) {
+// Forget drops what the engine remembers of duplicates, after a group
+// could not be stored: its keys must not make the client's retry look like
+// a duplicate. (Keys of stored samples go too; the store's own key still
+// keeps a retried sample from being stored twice.)
+func (e *Engine) Forget() {
+	e.dedup = NewDedup(e.cfg.DedupHorizon, e.cfg.DedupMaxKeys)
+}
+
+// Release takes the new samples of a durable group (out.Samples, processed
+// at server time now, Unix ms): it buffers them for release in event-time
+// order (a sample behind its machine's watermark goes straight to its
+// window, as a correction or a late aggregate), then emits into out the
+// samples the watermarks have passed, per machine in event-time order, and
+// the windows that closed or changed.
+func (e *Engine) Release(out *Output, now int64) {
 	e.use(out)
+	e.reorder.SetNow(now)
+	for _, s := range out.Samples {
+		if !e.reorder.Add(s) {
+			continue
+		}
+		// Late for the reorder buffer: release what is due of its machine
+		// first, so its windows get those samples before this one.
+		e.reorder.Release(s.Machine, e.emitRel)
+		wm, _ := e.reorder.Watermark(s.Machine)
+		e.windows.Add(s, wm, e.emitWin)
+		e.advanced[s.Machine] = struct{}{}
+	}
 	e.reorder.ReleaseReady(e.emitRel)
 	for m := range e.advanced {
 		wm, _ := e.reorder.Watermark(m)
@@ -172,15 +186,16 @@ func (e *Engine) Release(out *Output) {
 	clear(e.advanced)
 }
 
-// Tick advances to now − lateness (now: server time, Unix ms) the
-// watermark of every machine that sent nothing for the lateness, releasing
-// its samples and closing its windows: the watermark of a machine that went
-// quiet follows the server's clock. Call it periodically (about once a
-// second), not per batch: it costs O(machines).
+// Tick lets the watermarks of machines that sent nothing for the lateness
+// (now: server time, Unix ms) follow the server clock: their buffered
+// samples are all released (the reorder watermark goes up to their newest
+// event time, so data that keeps coming in order is never made late by the
+// clock), and their windows close up to now − lateness. Call it
+// periodically (about once a second), not per batch: it costs O(machines).
 func (e *Engine) Tick(now int64, out *Output) {
 	e.use(out)
 	wm := satSubMilli(now, e.cfg.Lateness.Milliseconds())
-	e.reorder.AdvanceTo(wm, wm, e.emitRel, func(m string, wm int64) {
+	e.reorder.AdvanceTo(wm, wm, e.emitRel, func(m string, _ int64) {
 		e.windows.Advance(m, wm, e.emitWin)
 	})
 	clear(e.advanced)

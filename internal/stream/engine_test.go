@@ -40,7 +40,7 @@ func TestEngineDuplicates(t *testing.T) {
 	}
 	for _, tt := range tests {
 		out.Reset()
-		if got := e.Process(tt.events, 0, &out); got != tt.dups || len(out.Samples) != tt.samples {
+		if got := e.Process(tt.events, &out); got != tt.dups || len(out.Samples) != tt.samples {
 			t.Errorf("%s: duplicates %d, samples %d; want %d, %d", tt.name, got, len(out.Samples), tt.dups, tt.samples)
 		}
 	}
@@ -120,8 +120,8 @@ func TestEngineMatchesOracle(t *testing.T) {
 		for len(perm) > 0 {
 			k := min(len(perm), rapid.IntRange(1, 10).Draw(t, "batch"))
 			out.Reset()
-			e.Process(perm[:k], 0, &out)
-			e.Release(&out)
+			e.Process(perm[:k], &out)
+			e.Release(&out, 0)
 			perm = perm[k:]
 			all.Samples = append(all.Samples, out.Samples...)
 			all.Released = append(all.Released, out.Released...)
@@ -201,16 +201,16 @@ func BenchmarkEngine(b *testing.B) {
 	for range 30 * machines / batch {
 		fill()
 		out.Reset()
-		e.Process(events, 0, &out)
-		e.Release(&out)
+		e.Process(events, &out)
+		e.Release(&out, 0)
 	}
 	b.ReportAllocs()
 	b.ResetTimer()
 	for range b.N {
 		fill()
 		out.Reset()
-		e.Process(events, 0, &out)
-		e.Release(&out)
+		e.Process(events, &out)
+		e.Release(&out, 0)
 	}
 	b.ReportMetric(float64(b.N*batch*metrics)/b.Elapsed().Seconds(), "samples/s")
 }
@@ -225,8 +225,8 @@ func TestEngineTickReleasesQuietMachines(t *testing.T) {
 	e.Process([]telemetry.Event{
 		{Machine: "m", ID: "1", Time: 1000, Metrics: []telemetry.Metric{{Name: "x", Value: 1}}},
 		{Machine: "m", ID: "2", Time: 2000, Metrics: []telemetry.Metric{{Name: "x", Value: 3}}},
-	}, 500, &out)
-	e.Release(&out)
+	}, &out)
+	e.Release(&out, 500)
 	if len(out.Released) != 0 || len(out.Windows) != 0 {
 		t.Fatalf("released %d, windows %d before any tick; want 0, 0", len(out.Released), len(out.Windows))
 	}
@@ -254,7 +254,8 @@ func TestEngineTickLeavesBusyMachines(t *testing.T) {
 	var out Output
 	for i, received := range []int64{100_000, 104_000, 108_000} {
 		out.Reset()
-		e.Process([]telemetry.Event{{Machine: "backfill", ID: fmt.Sprint(i), Time: int64(i) * 1000, Metrics: []telemetry.Metric{{Name: "x", Value: 1}}}}, received, &out)
+		e.Process([]telemetry.Event{{Machine: "backfill", ID: fmt.Sprint(i), Time: int64(i) * 1000, Metrics: []telemetry.Metric{{Name: "x", Value: 1}}}}, &out)
+		e.Release(&out, received)
 		e.Tick(received+1000, &out)
 		if len(out.Windows) != 0 {
 			t.Fatalf("step %d: windows %v; a busy machine's old samples must not be closed out as late", i, out.Windows)
@@ -272,13 +273,15 @@ func TestEngineTickLeavesBusyMachines(t *testing.T) {
 func TestEngineMergesLateAggregates(t *testing.T) {
 	e := NewEngine(DefaultEngineConfig())
 	var out Output
-	e.Process([]telemetry.Event{{Machine: "m", Time: 600_000, Metrics: []telemetry.Metric{{Name: "x", Value: 1}}}}, 0, &out)
+	e.Process([]telemetry.Event{{Machine: "m", Time: 600_000, Metrics: []telemetry.Metric{{Name: "x", Value: 1}}}}, &out)
+	e.Release(&out, 0)
 	out.Reset()
 	var replay []telemetry.Event
 	for i := range 50 { // 50 samples in [0, 10 s), far beyond lateness and grace
 		replay = append(replay, telemetry.Event{Machine: "m", Time: int64(i) * 100, Metrics: []telemetry.Metric{{Name: "x", Value: 2}}})
 	}
-	e.Process(replay, 0, &out)
+	e.Process(replay, &out)
+	e.Release(&out, 0)
 	want := []Window{{Machine: "m", Metric: "x", Start: 0, Size: 10_000, Agg: Agg{Count: 50, Sum: 100, Min: 2, Max: 2}, Kind: WindowLate}}
 	if diff := gocmp.Diff(out.Windows, want); diff != "" {
 		t.Errorf("windows (-got +want):\n%s", diff)

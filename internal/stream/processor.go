@@ -41,12 +41,11 @@ type Sinks struct {
 // batches to the store in one commit, acknowledges them, then feeds the
 // sinks.
 type Processor struct {
-	log       logReader
-	append    func(context.Context, []telemetry.Sample) error
-	sinks     Sinks
-	logger    *slog.Logger
-	engineCfg EngineConfig
-	engine    *Engine
+	log    logReader
+	append func(context.Context, []telemetry.Sample) error
+	sinks  Sinks
+	logger *slog.Logger
+	engine *Engine
 
 	writeSeconds prometheus.Histogram
 	samples      *prometheus.CounterVec
@@ -58,12 +57,11 @@ type Processor struct {
 // feeding sinks (whose functions may be nil). reg may be nil.
 func NewProcessor(l logReader, appendFn func(context.Context, []telemetry.Sample) error, sinks Sinks, cfg EngineConfig, logger *slog.Logger, reg prometheus.Registerer) *Processor {
 	p := &Processor{
-		log:       l,
-		append:    appendFn,
-		sinks:     sinks,
-		logger:    logger,
-		engineCfg: cfg,
-		engine:    NewEngine(cfg),
+		log:    l,
+		append: appendFn,
+		sinks:  sinks,
+		logger: logger,
+		engine: NewEngine(cfg),
 		writeSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "twinline_store_write_seconds",
 			Help:    "Latency of one durable group commit to the store.",
@@ -128,7 +126,10 @@ func (p *Processor) Run(ctx context.Context) error {
 				free <- out
 			}
 		}
-		if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if errors.Is(err, context.DeadlineExceeded) {
 			continue // idle: the tick above is what was due
 		}
 		if errors.Is(err, io.EOF) {
@@ -177,10 +178,9 @@ func (p *Processor) process(ctx context.Context, entries []*log.Entry, out *Outp
 	bounds := make([]int, len(entries)+1)
 	dups := make([]int, len(entries))
 	for i, e := range entries {
-		dups[i] = p.engine.Process(e.Batch.Events, e.Batch.Received, out)
+		dups[i] = p.engine.Process(e.Batch.Events, out)
 		bounds[i+1] = len(out.Samples)
 	}
-	p.engine.Release(out)
 	j = sinkJob{entries: entries, out: out, bounds: bounds}
 	samples := out.Samples
 
@@ -197,6 +197,8 @@ func (p *Processor) process(ctx context.Context, entries []*log.Entry, out *Outp
 		for i, e := range entries {
 			ack(i, e)
 		}
+		// Durable: now the event-time stages may take the samples.
+		p.engine.Release(out, time.Now().UnixMilli())
 		return j, true
 	case errors.Is(err, store.ErrOutOfBounds):
 		// Ingest rejects event times outside the store's window before
@@ -221,9 +223,10 @@ func (p *Processor) process(ctx context.Context, entries []*log.Entry, out *Outp
 		}
 	}
 	// Some samples were not stored, but the engine remembered their keys:
-	// start it afresh so a retry is not taken for a duplicate (the store's
-	// own (series, time) key keeps what was stored from counting twice).
-	// The sinks skip this group: a live view recovers from the query API.
-	p.engine = NewEngine(p.engineCfg)
+	// forget them so a retry is not taken for a duplicate (the store's own
+	// (series, time) key keeps what was stored from counting twice). The
+	// group does not go on to the event-time stages nor the sinks: a live
+	// view recovers from the query API.
+	p.engine.Forget()
 	return j, false
 }

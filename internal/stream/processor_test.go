@@ -157,3 +157,49 @@ func TestProcessorAttributesOutOfBounds(t *testing.T) {
 		t.Errorf("sinks called %d times for a group with rejected samples, want 0", sinkCalls)
 	}
 }
+
+// TestProcessorStoreFailureKeepsEarlierGroups: a group the store refuses
+// does not cost the event-time stages what earlier, durable groups brought,
+// and its events are not duplicates when the client retries.
+func TestProcessorStoreFailureKeepsEarlierGroups(t *testing.T) {
+	l := log.New(100, nil)
+	fs := &fakeStore{}
+	var released []telemetry.Sample
+	p := NewProcessor(l, fs.append, Sinks{Group: func(rel []telemetry.Sample, _ []Window) {
+		released = append(released, rel...)
+	}}, DefaultEngineConfig(), slog.New(slog.DiscardHandler), nil)
+	done := make(chan error, 1)
+	go func() { done <- p.Run(context.Background()) }()
+	wait := func(b *telemetry.Batch) (log.Result, error) {
+		t.Helper()
+		e, err := l.Append(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return e.Wait(context.Background())
+	}
+	if _, err := wait(&telemetry.Batch{Events: []telemetry.Event{event("a", 1000, "x")}}); err != nil {
+		t.Fatal(err)
+	}
+	bad := &telemetry.Batch{Events: []telemetry.Event{{Machine: "bad", ID: "retry-me", Time: 2000, Metrics: []telemetry.Metric{{Name: "x", Value: 1}}}}}
+	if _, err := wait(bad); err == nil {
+		t.Fatal("the store failed, yet the batch was acknowledged")
+	}
+	// The retry is not a duplicate (it would be stored under another name
+	// here; the fake store fails "bad" again, so only the count matters).
+	good := &telemetry.Batch{Events: []telemetry.Event{{Machine: "b", ID: "retry-me", Time: 2000, Metrics: []telemetry.Metric{{Name: "x", Value: 1}}}}}
+	if res, err := wait(good); err != nil || res.Duplicates != 0 || res.Accepted != 1 {
+		t.Errorf("retry after a failure: %+v, %v; want accepted 1, no duplicate", res, err)
+	}
+	l.Close()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, s := range released {
+		got = append(got, s.Machine)
+	}
+	if diff := cmp.Diff(got, []string{"a", "b"}); diff != "" {
+		t.Errorf("released machines (-got +want):\n%s", diff)
+	}
+}

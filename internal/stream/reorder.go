@@ -227,17 +227,17 @@ func (m *reorderMachine) pop() reorderItem {
 // SetNow sets the server time (Unix ms) the next Adds arrive at.
 func (r *Reorder) SetNow(now int64) { r.now = now }
 
-// AdvanceTo raises to at least wm the watermark of every machine whose
-// latest sample arrived (server time, see SetNow) before idleBefore, and
-// releases what that makes due: the watermark of a machine that went quiet
-// moves on with the server's clock, so its last samples are not held for
-// ever, while a machine still sending (even old data) keeps its own. Then
+// AdvanceTo raises to at least wm, but not beyond its newest event time,
+// the watermark of every machine whose latest sample arrived (server time,
+// see SetNow) before idleBefore, and releases what that makes due: a
+// machine that went quiet has its last samples released, while a machine
+// still sending (even old data) keeps its own watermark. Then
 // it calls visit with each machine and its watermark. It costs
 // O(machines): call it periodically, not per batch.
 func (r *Reorder) AdvanceTo(wm, idleBefore int64, emit func(telemetry.Sample), visit func(machine string, watermark int64)) {
 	for _, m := range r.machines {
-		if m.arrived < idleBefore && m.watermark < wm {
-			m.watermark = wm
+		if m.arrived < idleBefore && m.watermark < min(wm, m.maxTime) {
+			m.watermark = min(wm, m.maxTime)
 		}
 		if len(m.heap) > 0 && m.heap[0].time <= m.watermark {
 			r.release(m, emit)
