@@ -55,8 +55,7 @@ func (a *API) handleAlarmAck(w http.ResponseWriter, r *http.Request) {
 		a.twinError(w, err)
 		return
 	}
-	a.publish(al.Machine, "alarm", al)
-	writeJSON(w, http.StatusOK, al)
+	writeJSON(w, http.StatusOK, al) // the change went out on the stream already
 }
 
 // withAlarmStatus shows a machine with an active alarm as "alarm".

@@ -283,16 +283,21 @@ func TestPartialFrom(t *testing.T) {
 		{0, ptr(int64(90_000))},
 	}
 	for _, tt := range tests {
-		got := partialFrom(pts, 10*time.Second, m, tt.lateness)
+		got := partialFrom(pts, 10*time.Second, m, tt.lateness, 0)
 		if diff := cmp.Diff(got, tt.want); diff != "" {
 			t.Errorf("lateness %s (-got +want):\n%s", tt.lateness, diff)
 		}
 	}
-	if got := partialFrom(pts[:2], 10*time.Second, m, 5*time.Second); got != nil {
+	if got := partialFrom(pts[:2], 10*time.Second, m, 5*time.Second, 0); got != nil {
 		t.Errorf("all buckets closed: got %d, want nil", *got)
 	}
-	if got := partialFrom(pts, 10*time.Second, twin.Machine{}, 0); got != nil {
+	if got := partialFrom(pts, 10*time.Second, twin.Machine{}, 0, 0); got != nil {
 		t.Errorf("no data: got %d, want nil", *got)
+	}
+	// Quiet for longer than the lateness: the server clock closes windows.
+	quiet := twin.Machine{Metrics: m.Metrics, LastSeen: 97_000}
+	if got := partialFrom(pts, 10*time.Second, quiet, 5*time.Second, 200_000); got != nil {
+		t.Errorf("quiet machine: got %d, want nil (all closed)", *got)
 	}
 }
 

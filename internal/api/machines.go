@@ -88,9 +88,15 @@ func (a *API) handleMachinePatch(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *API) handleMachineDelete(w http.ResponseWriter, r *http.Request) {
-	if err := a.twins.Delete(r.PathValue("id")); err != nil {
+	id := r.PathValue("id")
+	if err := a.twins.Delete(id); err != nil {
 		a.twinError(w, err)
 		return
+	}
+	if a.alarms != nil {
+		if _, err := a.alarms.Forget(id, a.now()); err != nil {
+			a.logger.Error("clearing the alarms of a deleted machine", "machine", id, "err", err)
+		}
 	}
 	w.WriteHeader(http.StatusNoContent)
 }
@@ -212,7 +218,7 @@ func (a *API) handleSeries(w http.ResponseWriter, r *http.Request) {
 		resp.Step, resp.Agg = step.String(), string(agg)
 		pts, err = store.Aggregate(r.Context(), a.store, key, f, t, step, agg)
 		if m, gerr := a.twins.Get(id); gerr == nil {
-			resp.PartialFrom = partialFrom(pts, step, m, a.opts.Lateness)
+			resp.PartialFrom = partialFrom(pts, step, m, a.opts.Lateness, now.UnixMilli())
 		}
 	case points > 0:
 		resp.Points = points
@@ -287,14 +293,19 @@ func (a *API) twinError(w http.ResponseWriter, err error) {
 }
 
 // partialFrom returns the start of the first bucket of pts whose end is
-// after the machine's watermark (its newest event time − lateness), or nil.
-func partialFrom(pts []store.Point, step time.Duration, m twin.Machine, lateness time.Duration) *int64 {
+// after the machine's watermark, or nil. The watermark is its newest event
+// time − lateness, or, once the machine has been quiet for the lateness
+// (server time now), now − lateness: the engine closes its windows then.
+func partialFrom(pts []store.Point, step time.Duration, m twin.Machine, lateness time.Duration, now int64) *int64 {
 	newest := int64(math.MinInt64)
 	for _, v := range m.Metrics {
 		newest = max(newest, v.TS)
 	}
 	if newest == math.MinInt64 {
 		return nil
+	}
+	if m.LastSeen != 0 && now-m.LastSeen > lateness.Milliseconds() {
+		newest = max(newest, now)
 	}
 	watermark := newest - lateness.Milliseconds()
 	for _, p := range pts {

@@ -134,6 +134,28 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 			alarms.Close()
 		}
 	}()
+	// Alarm changes go out in the order they happen, each followed by the
+	// machine's status (alarm while any alarm of it is active).
+	alarms.OnChange(func(al twin.Alarm, active bool) {
+		a.hub.PublishEvent(al.Machine, "alarm", al)
+		m, err := twins.Get(al.Machine)
+		if err != nil {
+			return // deleted
+		}
+		if active {
+			m.Status = twin.StatusAlarm
+		}
+		a.hub.PublishEvent(al.Machine, "status", struct {
+			Status   string `json:"status"`
+			LastSeen int64  `json:"lastSeen,omitempty"`
+		}{m.Status, m.LastSeen})
+	})
+	// A machine that stays silent from now on gets its offline alarm.
+	var known []string
+	for _, m := range twins.List() {
+		known = append(known, m.ID)
+	}
+	alarms.Expect(known, time.Now())
 
 	a.log = log.New(cfg.LogCapacity, reg)
 	a.hub = hub.New(hub.Options{
@@ -148,15 +170,15 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 		Batch: func(b *telemetry.Batch, samples []telemetry.Sample) {
 			twins.Observe(b, samples)
 			a.hub.PublishSamples(samples, b.Received)
-			a.publishAlarms(alarms.Seen(samples, b.Received))
+			if _, err := alarms.Seen(samples, b.Received); err != nil {
+				alarmLog.Error("journaling alarms", "err", err)
+			}
 		},
 		Group: func(released []telemetry.Sample, windows []stream.Window) {
 			twins.ObserveReleased(released)
-			changed, err := alarms.Observe(released, twins.Thresholds)
-			if err != nil {
+			if _, err := alarms.Observe(released, twins.Thresholds); err != nil {
 				alarmLog.Error("journaling alarms", "err", err)
 			}
-			a.publishAlarms(changed)
 			a.publishWindows(windows)
 		},
 	}, stream.EngineConfig{
@@ -325,33 +347,10 @@ func (a *App) watchOffline(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case now := <-t.C:
-			changed, err := a.alarms.Tick(now)
-			if err != nil {
+			if _, err := a.alarms.Tick(now); err != nil {
 				a.logger.Error("journaling alarms", "component", "alarms", "err", err)
 			}
-			a.publishAlarms(changed)
 		}
-	}
-}
-
-// publishAlarms pushes alarm changes to the machines' stream subscribers,
-// each followed by the machine's status (online, offline, or alarm while any
-// alarm of it is active).
-func (a *App) publishAlarms(changed []twin.Alarm) {
-	for _, al := range changed {
-		a.hub.PublishEvent(al.Machine, "alarm", al)
-		m, err := a.twins.Get(al.Machine)
-		if err != nil {
-			continue // deleted meanwhile
-		}
-		status := m.Status
-		if a.alarms.Active(al.Machine) { // the offline alarm included
-			status = twin.StatusAlarm
-		}
-		a.hub.PublishEvent(al.Machine, "status", struct {
-			Status   string `json:"status"`
-			LastSeen int64  `json:"lastSeen,omitempty"`
-		}{status, m.LastSeen})
 	}
 }
 

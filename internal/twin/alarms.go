@@ -72,10 +72,13 @@ type ruleState struct {
 type Alarms struct {
 	offlineAfter time.Duration
 
-	mu     sync.Mutex
-	f      *os.File
-	seq    uint64
-	alarms map[string]*Alarm // active ones, and the latest cleared ones
+	mu       sync.Mutex
+	f        *os.File
+	size     int64 // bytes of complete entries in f
+	unsynced bool  // entries written since the last fsync
+	onChange func(Alarm, bool)
+	seq      uint64
+	alarms   map[string]*Alarm // active ones, and the latest cleared ones
 	// activeBy counts the active alarms of each machine.
 	activeBy map[string]int
 	cleared  []string // ids of cleared alarms, oldest first
@@ -119,6 +122,7 @@ func OpenAlarms(path string, offlineAfter time.Duration) (*Alarms, error) {
 			break
 		}
 		good += int64(len(sc.Bytes())) + 1
+		a.size = good
 		al := e.Alarm
 		a.keep(&al)
 		if s, err := strconv.ParseUint(al.ID, 10, 64); err == nil {
@@ -177,60 +181,125 @@ func (a *Alarms) offlineOf(machine string) *offlineState {
 	return st
 }
 
-// journal appends a change durably; a.mu must be held.
+// journal appends a change; a.mu must be held. The file is synced once per
+// public call (sync), not per change: an outage taking many machines
+// offline costs one fsync. A write that fails part-way is cut back, so the
+// journal stays readable.
 func (a *Alarms) journal(op, by string, at time.Time, al *Alarm) error {
 	b, err := json.Marshal(journalEntry{Op: op, At: at, By: by, Alarm: *al})
 	if err != nil {
 		return fmt.Errorf("encoding alarm: %w", err)
 	}
 	if _, err := a.f.Write(append(b, '\n')); err != nil {
+		if terr := a.f.Truncate(a.size); terr != nil {
+			err = errors.Join(err, fmt.Errorf("cutting back a torn alarm entry: %w", terr))
+		}
 		return fmt.Errorf("writing alarm journal: %w", err)
+	}
+	a.size += int64(len(b)) + 1
+	a.unsynced = true
+	return nil
+}
+
+// sync makes the changes journaled so far durable; a.mu must be held.
+func (a *Alarms) sync() error {
+	if !a.unsynced {
+		return nil
 	}
 	if err := a.f.Sync(); err != nil {
 		return fmt.Errorf("syncing alarm journal: %w", err)
 	}
+	a.unsynced = false
 	return nil
+}
+
+// changed reports a change to the OnChange callback, under a.mu, so that
+// callbacks come in the order of the changes.
+func (a *Alarms) changed(al *Alarm) {
+	if a.onChange != nil {
+		a.onChange(*al, a.activeBy[al.Machine] > 0)
+	}
+}
+
+// OnChange sets the function told of every alarm change (raise, clear,
+// acknowledge), in order, with whether the machine still has an active
+// alarm. It is called with the Alarms' lock held: it must not call back
+// into the Alarms, and should not block.
+func (a *Alarms) OnChange(fn func(al Alarm, machineActive bool)) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.onChange = fn
+}
+
+// Expect starts the offline clocks of known machines at server time now,
+// as if they had just been seen: after a restart, a machine that stays
+// silent raises its offline alarm once --offline-after has passed.
+func (a *Alarms) Expect(machines []string, now time.Time) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, m := range machines {
+		st := a.offlineOf(m)
+		if st.eval.lastSeen == 0 {
+			st.eval.lastSeen = now.UnixMilli()
+		}
+	}
 }
 
 // Seen records that the machines of samples sent data at server time
 // received (Unix ms): it clears their offline alarms, which it returns.
-func (a *Alarms) Seen(samples []telemetry.Sample, received int64) []Alarm {
+func (a *Alarms) Seen(samples []telemetry.Sample, received int64) ([]Alarm, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	var changed []Alarm
+	var (
+		out  []Alarm
+		errs []error
+	)
 	machine := ""
 	for i := range samples {
 		if i > 0 && samples[i].Machine == machine {
 			continue
 		}
 		machine = samples[i].Machine
-		if st := a.offlineOf(machine); st.eval.Seen(received) == Cleared {
-			// A failed journal write leaves the alarm active; the next
-			// event tries again.
-			if al, err := a.clear(st.open, time.UnixMilli(received)); err == nil && al != nil {
-				changed = append(changed, *al)
-				st.open = ""
-			} else if err != nil {
-				st.eval.active = true
-			}
+		st := a.offlineOf(machine)
+		if st.eval.Seen(received) != Cleared {
+			continue
+		}
+		al, err := a.clear(st.open, time.UnixMilli(received))
+		if err != nil {
+			st.eval.active = true // the next event tries again
+			errs = append(errs, err)
+			continue
+		}
+		st.open = ""
+		if al != nil {
+			out = append(out, *al)
 		}
 	}
-	return changed
+	errs = append(errs, a.sync())
+	return out, errors.Join(errs...)
 }
 
 // Observe evaluates the threshold rules of the samples' machines (from
 // thresholds, the machine's registry entry); samples must come per machine
-// in event-time order. It returns the alarms that changed, as they stand
-// now.
+// in event-time order. An active alarm whose rule went away (the threshold
+// or its high or low limit was removed) is cleared by the machine's next
+// sample of that metric. It returns the alarms that changed.
 func (a *Alarms) Observe(samples []telemetry.Sample, thresholds func(machine string) map[string]Threshold) ([]Alarm, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	var (
-		changed []Alarm
+		out     []Alarm
 		errs    []error
 		machine string
 		ths     map[string]Threshold
 	)
+	keep := func(al *Alarm, err error) {
+		if err != nil {
+			errs = append(errs, err)
+		} else if al != nil {
+			out = append(out, *al)
+		}
+	}
 	for i := range samples {
 		s := &samples[i]
 		if i == 0 || s.Machine != machine {
@@ -239,9 +308,17 @@ func (a *Alarms) Observe(samples []telemetry.Sample, thresholds func(machine str
 		}
 		th, ok := ths[s.Metric]
 		if !ok {
+			if byMetric := a.rules[machine]; byMetric != nil {
+				if rs := byMetric[s.Metric]; rs != nil {
+					for _, id := range rs.open {
+						keep(a.clear(id, time.UnixMilli(s.Time)))
+					}
+					delete(byMetric, s.Metric)
+				}
+			}
 			continue
 		}
-		rs := a.ruleStateOf(machine, s.Metric, th)
+		rs := a.ruleStateOf(machine, s.Metric, th, time.UnixMilli(s.Time), keep)
 		for j := range rs.rules {
 			r := &rs.rules[j]
 			switch r.Observe(s.Time, s.Value) {
@@ -250,29 +327,35 @@ func (a *Alarms) Observe(samples []telemetry.Sample, thresholds func(machine str
 				al := &Alarm{Machine: machine, Metric: s.Metric, Kind: r.Kind, Limit: &limit, Value: &v,
 					State: AlarmActive, RaisedAt: time.UnixMilli(s.Time).UTC()}
 				if err := a.raise(al); err != nil {
+					// Not journaled: the breach raises again next sample.
+					r.active, r.pending, r.since = false, true, s.Time-r.For.Milliseconds()
 					errs = append(errs, err)
 					continue
 				}
 				rs.open[j] = al.ID
-				changed = append(changed, *al)
+				out = append(out, *al)
 			case Cleared:
 				al, err := a.clear(rs.open[j], time.UnixMilli(s.Time))
 				if err != nil {
+					r.active = true // still active: the next sample tries again
 					errs = append(errs, err)
-				} else if al != nil {
-					changed = append(changed, *al)
+					continue
 				}
 				rs.open[j] = ""
+				if al != nil {
+					out = append(out, *al)
+				}
 			}
 		}
 	}
-	return changed, errors.Join(errs...)
+	errs = append(errs, a.sync())
+	return out, errors.Join(errs...)
 }
 
 // ruleStateOf returns the rules of one metric, rebuilt when the threshold
-// changed (an active alarm of a rule that goes away is cleared by the next
-// sample that no longer breaches the new limits: it stays active until then).
-func (a *Alarms) ruleStateOf(machine, metric string, th Threshold) *ruleState {
+// changed (or first used since a restart). An active alarm carries over to
+// the new rule of its kind; one whose kind is gone is cleared at time at.
+func (a *Alarms) ruleStateOf(machine, metric string, th Threshold, at time.Time, keep func(*Alarm, error)) *ruleState {
 	byMetric := a.rules[machine]
 	if byMetric == nil {
 		byMetric = map[string]*ruleState{}
@@ -287,27 +370,30 @@ func (a *Alarms) ruleStateOf(machine, metric string, th Threshold) *ruleState {
 		rules = nil
 	}
 	next := &ruleState{th: th, rules: rules, open: make([]string, len(rules))}
-	// Carry over the active alarm of a rule of the same kind, or one that
-	// was active before a restart.
+	// The active alarms of this metric: from the old rules, or after a
+	// restart from the journal.
+	open := map[string]string{} // kind → id
+	if rs != nil {
+		for k, id := range rs.open {
+			if id != "" {
+				open[rs.rules[k].Kind] = id
+			}
+		}
+	} else {
+		for _, al := range a.alarms {
+			if al.State == AlarmActive && al.Machine == machine && al.Metric == metric {
+				open[al.Kind] = al.ID
+			}
+		}
+	}
 	for j := range next.rules {
-		r := &next.rules[j]
-		id := ""
-		if rs != nil {
-			for k := range rs.rules {
-				if rs.rules[k].Kind == r.Kind && rs.open[k] != "" {
-					id = rs.open[k]
-				}
-			}
-		} else {
-			for _, al := range a.alarms {
-				if al.State == AlarmActive && al.Machine == machine && al.Metric == metric && al.Kind == r.Kind {
-					id = al.ID
-				}
-			}
+		if id := open[next.rules[j].Kind]; id != "" {
+			next.rules[j].active, next.open[j] = true, id
+			delete(open, next.rules[j].Kind)
 		}
-		if id != "" {
-			r.active, next.open[j] = true, id
-		}
+	}
+	for _, id := range open {
+		keep(a.clear(id, at))
 	}
 	byMetric[metric] = next
 	return next
@@ -326,6 +412,7 @@ func (a *Alarms) raise(al *Alarm) error {
 		return err
 	}
 	a.keep(al)
+	a.changed(al)
 	return nil
 }
 
@@ -342,7 +429,34 @@ func (a *Alarms) clear(id string, at time.Time) (*Alarm, error) {
 		return nil, err
 	}
 	a.keep(&al)
+	a.changed(&al)
 	return &al, nil
+}
+
+// Forget clears the active alarms of a deleted machine and drops its
+// evaluation state.
+func (a *Alarms) Forget(machine string, at time.Time) ([]Alarm, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var (
+		out  []Alarm
+		errs []error
+	)
+	for _, al := range a.alarms {
+		if al.Machine != machine || al.State != AlarmActive {
+			continue
+		}
+		c, err := a.clear(al.ID, at)
+		if err != nil {
+			errs = append(errs, err)
+		} else if c != nil {
+			out = append(out, *c)
+		}
+	}
+	delete(a.rules, machine)
+	delete(a.offline, machine)
+	errs = append(errs, a.sync())
+	return out, errors.Join(errs...)
 }
 
 // Tick raises offline alarms at server time now and returns them.
@@ -350,8 +464,8 @@ func (a *Alarms) Tick(now time.Time) ([]Alarm, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	var (
-		changed []Alarm
-		errs    []error
+		out  []Alarm
+		errs []error
 	)
 	for machine, st := range a.offline {
 		if st.eval.Tick(now.UnixMilli()) != Raised {
@@ -359,13 +473,15 @@ func (a *Alarms) Tick(now time.Time) ([]Alarm, error) {
 		}
 		al := &Alarm{Machine: machine, Kind: AlarmOffline, State: AlarmActive, RaisedAt: now.UTC()}
 		if err := a.raise(al); err != nil {
+			st.eval.active = false // raise again next tick
 			errs = append(errs, err)
 			continue
 		}
 		st.open = al.ID
-		changed = append(changed, *al)
+		out = append(out, *al)
 	}
-	return changed, errors.Join(errs...)
+	errs = append(errs, a.sync())
+	return out, errors.Join(errs...)
 }
 
 // Ack acknowledges an alarm, active or cleared.
@@ -388,7 +504,11 @@ func (a *Alarms) Ack(id, by, note string, now time.Time) (Alarm, error) {
 	if err := a.journal("ack", by, now, &al); err != nil {
 		return Alarm{}, err
 	}
+	if err := a.sync(); err != nil {
+		return Alarm{}, err
+	}
 	a.keep(&al)
+	a.changed(&al)
 	return al, nil
 }
 

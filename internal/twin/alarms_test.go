@@ -37,7 +37,10 @@ func TestAlarmsLifecycleAndRestart(t *testing.T) {
 	observe := func(ts int64, v float64) []changeSummary {
 		t.Helper()
 		ss := sample(ts, v)
-		ch := a.Seen(ss, ts)
+		ch, err := a.Seen(ss, ts)
+		if err != nil {
+			t.Fatal(err)
+		}
 		more, err := a.Observe(ss, thresholds)
 		if err != nil {
 			t.Fatal(err)
@@ -124,5 +127,72 @@ func TestAlarmsThresholdChangeKeepsActive(t *testing.T) {
 	}
 	if ch, _ := a.Observe(s(93), thresholds); len(ch) != 1 || ch[0].State != AlarmCleared || ch[0].ID != "1" {
 		t.Errorf("below the new limit − deadband: %v, want alarm 1 cleared", summarize(ch))
+	}
+}
+
+func TestAlarmsClearWhenTheirRuleGoes(t *testing.T) {
+	a, err := OpenAlarms(filepath.Join(t.TempDir(), "alarms.jsonl"), time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	var notified []changeSummary
+	a.OnChange(func(al Alarm, active bool) {
+		notified = append(notified, changeSummary{al.ID, al.Kind, al.State})
+	})
+	th := map[string]Threshold{"temp": {High: f(90), Low: f(10)}}
+	thresholds := func(string) map[string]Threshold { return th }
+	s := func(v float64) []telemetry.Sample {
+		return []telemetry.Sample{{Machine: "m", Metric: "temp", Time: 1, Value: v}}
+	}
+
+	if ch, _ := a.Observe(s(95), thresholds); len(ch) != 1 {
+		t.Fatalf("raise: %v", summarize(ch))
+	}
+	th = map[string]Threshold{"temp": {Low: f(10)}} // high limit removed
+	ch, _ := a.Observe(s(95), thresholds)
+	if diff := cmp.Diff(summarize(ch), []changeSummary{{"1", AlarmHigh, AlarmCleared}}); diff != "" {
+		t.Errorf("high limit removed (-got +want):\n%s", diff)
+	}
+	if ch, _ := a.Observe(s(5), thresholds); len(ch) != 1 || ch[0].Kind != AlarmLow {
+		t.Fatalf("low raise: %v", summarize(ch))
+	}
+	th = nil // threshold removed
+	if ch, _ := a.Observe(s(5), thresholds); len(ch) != 1 || ch[0].State != AlarmCleared {
+		t.Errorf("threshold removed: %v, want the low alarm cleared", summarize(ch))
+	}
+	th = map[string]Threshold{"temp": {High: f(90)}}
+	a.Observe(s(99), thresholds)
+	a.Tick(time.UnixMilli(0)) // never seen: no offline alarm
+	if ch, _ := a.Forget("m", time.UnixMilli(2)); len(ch) != 1 || ch[0].State != AlarmCleared {
+		t.Errorf("Forget: %v, want the active alarm cleared", summarize(ch))
+	}
+	if a.Active("m") {
+		t.Error("a forgotten machine still has an active alarm")
+	}
+	want := []changeSummary{
+		{"1", AlarmHigh, AlarmActive}, {"1", AlarmHigh, AlarmCleared},
+		{"2", AlarmLow, AlarmActive}, {"2", AlarmLow, AlarmCleared},
+		{"3", AlarmHigh, AlarmActive}, {"3", AlarmHigh, AlarmCleared},
+	}
+	if diff := cmp.Diff(notified, want); diff != "" {
+		t.Errorf("OnChange, in order (-got +want):\n%s", diff)
+	}
+}
+
+func TestAlarmsExpectAfterRestart(t *testing.T) {
+	a, err := OpenAlarms(filepath.Join(t.TempDir(), "alarms.jsonl"), 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	start := time.UnixMilli(1_000_000)
+	a.Expect([]string{"silent"}, start)
+	if ch, _ := a.Tick(start.Add(30 * time.Second)); len(ch) != 0 {
+		t.Errorf("tick at offline-after: %v", summarize(ch))
+	}
+	ch, _ := a.Tick(start.Add(31 * time.Second))
+	if len(ch) != 1 || ch[0].Machine != "silent" || ch[0].Kind != AlarmOffline {
+		t.Errorf("a machine silent since the start: %v, want an offline alarm", summarize(ch))
 	}
 }

@@ -20,8 +20,8 @@ import (
 )
 
 var (
-	// ErrNotFound reports an unknown machine id.
-	ErrNotFound = errors.New("machine not found")
+	// ErrNotFound reports an unknown machine or alarm.
+	ErrNotFound = errors.New("not found")
 	// ErrInvalid reports a registry entry that does not validate.
 	ErrInvalid = errors.New("invalid machine")
 )
@@ -266,7 +266,7 @@ func (t *Twins) Get(id string) (Machine, error) {
 	defer t.mu.RUnlock()
 	e, ok := t.machines[id]
 	if !ok {
-		return Machine{}, fmt.Errorf("%w: %q", ErrNotFound, id)
+		return Machine{}, fmt.Errorf("%w: machine %q", ErrNotFound, id)
 	}
 	return t.view(e, now), nil
 }
@@ -317,7 +317,7 @@ func (t *Twins) update(id string, create bool, change func(*Info) (Info, error))
 	defer t.mu.Unlock()
 	e, ok := t.machines[id]
 	if !ok && !create {
-		return Machine{}, false, fmt.Errorf("%w: %q", ErrNotFound, id)
+		return Machine{}, false, fmt.Errorf("%w: machine %q", ErrNotFound, id)
 	}
 	old := Info{ID: id, CreatedAt: now}
 	if ok {
@@ -357,7 +357,7 @@ func (t *Twins) Delete(id string) error {
 	defer t.mu.Unlock()
 	e, ok := t.machines[id]
 	if !ok {
-		return fmt.Errorf("%w: %q", ErrNotFound, id)
+		return fmt.Errorf("%w: machine %q", ErrNotFound, id)
 	}
 	delete(t.machines, id)
 	if err := t.persistLocked(); err != nil {
