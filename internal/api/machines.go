@@ -140,7 +140,8 @@ type seriesResponse struct {
 // or downsampled to at most N points.
 func (a *API) handleSeries(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
-	if _, err := a.twins.Get(id); err != nil {
+	machine, err := a.twins.Get(id)
+	if err != nil {
 		a.twinError(w, err)
 		return
 	}
@@ -166,7 +167,6 @@ func (a *API) handleSeries(w http.ResponseWriter, r *http.Request) {
 	if toErr == nil && fromErr == nil && from.After(to) {
 		bad("from", "must not be after to")
 	}
-	var err error
 	var step time.Duration
 	if s := q.Get("step"); s != "" {
 		if step, err = time.ParseDuration(s); err != nil || step < time.Millisecond {
@@ -217,9 +217,7 @@ func (a *API) handleSeries(w http.ResponseWriter, r *http.Request) {
 	case step > 0:
 		resp.Step, resp.Agg = step.String(), string(agg)
 		pts, err = store.Aggregate(r.Context(), a.store, key, f, t, step, agg)
-		if m, gerr := a.twins.Get(id); gerr == nil {
-			resp.PartialFrom = partialFrom(pts, step, m, a.opts.Lateness, now.UnixMilli())
-		}
+		resp.PartialFrom = partialFrom(pts, step, machine, a.opts.Lateness, now.UnixMilli())
 	case points > 0:
 		resp.Points = points
 		pts, err = store.Downsample(r.Context(), a.store, key, f, t, points)

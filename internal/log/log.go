@@ -183,9 +183,6 @@ func (l *Log) Depth() int {
 	return l.used
 }
 
-// Capacity returns the capacity in samples.
-func (l *Log) Capacity() int { return l.capacity }
-
 func (l *Log) release(n int) {
 	l.mu.Lock()
 	l.used -= n

@@ -215,10 +215,3 @@ func (e *Engine) use(out *Output) {
 	e.out = out
 	clear(e.late)
 }
-
-// Watermark returns a machine's watermark (Unix ms), false if it sent
-// nothing yet.
-func (e *Engine) Watermark(machine string) (int64, bool) { return e.reorder.Watermark(machine) }
-
-// Open returns the open (partial) windows of a series.
-func (e *Engine) Open(machine, metric string) []Window { return e.windows.Open(machine, metric) }

@@ -2,8 +2,6 @@
 // the samples they become, and the batches that flow from ingest to the sinks.
 package telemetry
 
-import "time"
-
 // Event is one message from one machine: a set of metric values observed at
 // one event time. Decoders produce events; the engine turns them into samples.
 type Event struct {
@@ -57,9 +55,6 @@ func (b *Batch) NumSamples() int {
 	}
 	return n
 }
-
-// UnixMilli converts t to the millisecond event time used throughout.
-func UnixMilli(t time.Time) int64 { return t.UnixMilli() }
 
 // Limits bounds what one event may carry. Decoders enforce them.
 type Limits struct {

@@ -1,12 +1,10 @@
 package twin
 
 import (
-	"bufio"
 	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
 	"slices"
 	"strconv"
 	"sync"
@@ -73,9 +71,7 @@ type Alarms struct {
 	offlineAfter time.Duration
 
 	mu       sync.Mutex
-	f        *os.File
-	size     int64 // bytes of complete entries in f
-	unsynced bool  // entries written since the last fsync
+	j        *journal
 	onChange func(Alarm, bool)
 	seq      uint64
 	alarms   map[string]*Alarm // active ones, and the latest cleared ones
@@ -95,44 +91,26 @@ type offlineState struct {
 // OpenAlarms opens (creating it if needed) the journal at path and restores
 // the alarms it records: an alarm active before a restart is active again.
 func OpenAlarms(path string, offlineAfter time.Duration) (*Alarms, error) {
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR|os.O_APPEND, 0o640)
-	if err != nil {
-		return nil, fmt.Errorf("opening alarm journal: %w", err)
-	}
 	a := &Alarms{
-		offlineAfter: offlineAfter, f: f,
-		alarms: map[string]*Alarm{}, activeBy: map[string]int{}, rules: map[string]map[string]*ruleState{}, offline: map[string]*offlineState{},
+		offlineAfter: offlineAfter,
+		alarms:       map[string]*Alarm{}, activeBy: map[string]int{}, rules: map[string]map[string]*ruleState{}, offline: map[string]*offlineState{},
 	}
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	line, good := 0, int64(0)
-	for sc.Scan() {
-		line++
+	j, err := openJournal(path, func(line []byte) error {
 		var e journalEntry
-		if err := json.Unmarshal(sc.Bytes(), &e); err != nil {
-			if sc.Scan() {
-				f.Close()
-				return nil, fmt.Errorf("reading alarm journal %s line %d: %w", path, line, err)
-			}
-			// A torn last line: that change was never acknowledged.
-			if err := f.Truncate(good); err != nil {
-				f.Close()
-				return nil, fmt.Errorf("truncating torn alarm entry: %w", err)
-			}
-			break
+		if err := json.Unmarshal(line, &e); err != nil {
+			return err
 		}
-		good += int64(len(sc.Bytes())) + 1
-		a.size = good
 		al := e.Alarm
 		a.keep(&al)
 		if s, err := strconv.ParseUint(al.ID, 10, 64); err == nil {
 			a.seq = max(a.seq, s)
 		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
-	if err := sc.Err(); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("reading alarm journal: %w", err)
-	}
+	a.j = j
 	// Active alarms resume their evaluation state.
 	for _, al := range a.alarms {
 		if al.State != AlarmActive {
@@ -182,35 +160,10 @@ func (a *Alarms) offlineOf(machine string) *offlineState {
 }
 
 // journal appends a change; a.mu must be held. The file is synced once per
-// public call (sync), not per change: an outage taking many machines
-// offline costs one fsync. A write that fails part-way is cut back, so the
-// journal stays readable.
+// public call (a.j.sync), not per change: an outage taking many machines
+// offline costs one fsync.
 func (a *Alarms) journal(op, by string, at time.Time, al *Alarm) error {
-	b, err := json.Marshal(journalEntry{Op: op, At: at, By: by, Alarm: *al})
-	if err != nil {
-		return fmt.Errorf("encoding alarm: %w", err)
-	}
-	if _, err := a.f.Write(append(b, '\n')); err != nil {
-		if terr := a.f.Truncate(a.size); terr != nil {
-			err = errors.Join(err, fmt.Errorf("cutting back a torn alarm entry: %w", terr))
-		}
-		return fmt.Errorf("writing alarm journal: %w", err)
-	}
-	a.size += int64(len(b)) + 1
-	a.unsynced = true
-	return nil
-}
-
-// sync makes the changes journaled so far durable; a.mu must be held.
-func (a *Alarms) sync() error {
-	if !a.unsynced {
-		return nil
-	}
-	if err := a.f.Sync(); err != nil {
-		return fmt.Errorf("syncing alarm journal: %w", err)
-	}
-	a.unsynced = false
-	return nil
+	return a.j.append(journalEntry{Op: op, At: at, By: by, Alarm: *al})
 }
 
 // changed reports a change to the OnChange callback, under a.mu, so that
@@ -275,7 +228,7 @@ func (a *Alarms) Seen(samples []telemetry.Sample, received int64) ([]Alarm, erro
 			out = append(out, *al)
 		}
 	}
-	errs = append(errs, a.sync())
+	errs = append(errs, a.j.sync())
 	return out, errors.Join(errs...)
 }
 
@@ -348,7 +301,7 @@ func (a *Alarms) Observe(samples []telemetry.Sample, thresholds func(machine str
 			}
 		}
 	}
-	errs = append(errs, a.sync())
+	errs = append(errs, a.j.sync())
 	return out, errors.Join(errs...)
 }
 
@@ -455,7 +408,7 @@ func (a *Alarms) Forget(machine string, at time.Time) ([]Alarm, error) {
 	}
 	delete(a.rules, machine)
 	delete(a.offline, machine)
-	errs = append(errs, a.sync())
+	errs = append(errs, a.j.sync())
 	return out, errors.Join(errs...)
 }
 
@@ -480,7 +433,7 @@ func (a *Alarms) Tick(now time.Time) ([]Alarm, error) {
 		st.open = al.ID
 		out = append(out, *al)
 	}
-	errs = append(errs, a.sync())
+	errs = append(errs, a.j.sync())
 	return out, errors.Join(errs...)
 }
 
@@ -504,7 +457,7 @@ func (a *Alarms) Ack(id, by, note string, now time.Time) (Alarm, error) {
 	if err := a.journal("ack", by, now, &al); err != nil {
 		return Alarm{}, err
 	}
-	if err := a.sync(); err != nil {
+	if err := a.j.sync(); err != nil {
 		return Alarm{}, err
 	}
 	a.keep(&al)
@@ -542,5 +495,5 @@ func (a *Alarms) Active(machine string) bool {
 func (a *Alarms) Close() error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return a.f.Close()
+	return a.j.close()
 }

@@ -1,11 +1,9 @@
 package twin
 
 import (
-	"bufio"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
 	"strconv"
 	"sync"
 	"time"
@@ -34,7 +32,7 @@ type Note struct {
 // note (notes are rare and must not be lost), indexed in memory by machine.
 type Notes struct {
 	mu     sync.Mutex
-	f      *os.File
+	j      *journal
 	byMach map[string][]Note
 	seq    uint64
 	now    func() time.Time
@@ -42,41 +40,22 @@ type Notes struct {
 
 // OpenNotes opens (creating it if needed) the journal at path.
 func OpenNotes(path string, now func() time.Time) (*Notes, error) {
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR|os.O_APPEND, 0o640)
-	if err != nil {
-		return nil, fmt.Errorf("opening notes: %w", err)
-	}
-	n := &Notes{f: f, byMach: map[string][]Note{}, now: now}
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	line, good := 0, int64(0) // good: bytes of the complete notes read
-	for sc.Scan() {
-		line++
+	n := &Notes{byMach: map[string][]Note{}, now: now}
+	j, err := openJournal(path, func(line []byte) error {
 		var note Note
-		if err := json.Unmarshal(sc.Bytes(), &note); err != nil {
-			// A torn last line from a crash mid-write: that note was never
-			// acknowledged; cut it off so the next note starts on a clean
-			// line. Anything else is corruption worth reporting.
-			if sc.Scan() {
-				f.Close()
-				return nil, fmt.Errorf("reading notes %s line %d: %w", path, line, err)
-			}
-			if err := f.Truncate(good); err != nil {
-				f.Close()
-				return nil, fmt.Errorf("truncating torn note: %w", err)
-			}
-			break
+		if err := json.Unmarshal(line, &note); err != nil {
+			return err
 		}
-		good += int64(len(sc.Bytes())) + 1
 		n.index(note)
 		if s, err := strconv.ParseUint(note.ID, 10, 64); err == nil {
 			n.seq = max(n.seq, s)
 		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
-	if err := sc.Err(); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("reading notes: %w", err)
-	}
+	n.j = j
 	return n, nil
 }
 
@@ -106,15 +85,11 @@ func (n *Notes) Add(machine, text, author string) (Note, error) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	note := Note{ID: strconv.FormatUint(n.seq+1, 10), Machine: machine, Text: text, Author: author, Time: n.now().UTC()}
-	b, err := json.Marshal(note)
-	if err != nil {
-		return Note{}, fmt.Errorf("encoding note: %w", err)
+	if err := n.j.append(note); err != nil {
+		return Note{}, err
 	}
-	if _, err := n.f.Write(append(b, '\n')); err != nil {
-		return Note{}, fmt.Errorf("writing note: %w", err)
-	}
-	if err := n.f.Sync(); err != nil {
-		return Note{}, fmt.Errorf("syncing notes: %w", err)
+	if err := n.j.sync(); err != nil {
+		return Note{}, err
 	}
 	n.seq++
 	n.index(note)
@@ -136,5 +111,5 @@ func (n *Notes) List(machine string, limit int) []Note {
 func (n *Notes) Close() error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	return n.f.Close()
+	return n.j.close()
 }
