@@ -80,6 +80,22 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	cfg := config.Default()
 	fs := flag.NewFlagSet("twinline serve", flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	serveFlags(fs, &cfg)
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	logger := newLogger(stderr, cfg.LogLevel)
+	a, err := app.New(ctx, cfg, logger, buildVersion())
+	if err != nil {
+		return err
+	}
+	return a.Run(ctx)
+}
+
+// serveFlags defines the flags of `twinline serve` on fs, bound to cfg, with
+// cfg's values as defaults. `twinline bench` reuses them for the server it
+// starts itself.
+func serveFlags(fs *flag.FlagSet, cfg *config.Config) {
 	fs.StringVar(&cfg.Listen, "listen", cfg.Listen, "HTTP listen `address` (loopback by default; 0.0.0.0:8080 to expose)")
 	fs.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "`directory` of the embedded store and the machine registry")
 	fs.BoolVar(&cfg.Demo, "demo", cfg.Demo, "run the fleet simulator in-process, so the dashboard shows live data at once")
@@ -112,16 +128,24 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.IntVar(&cfg.DedupMaxKeys, "dedup-max-keys", cfg.DedupMaxKeys, "most duplicate keys remembered (about 50 bytes each)")
 	durationVar(fs, &cfg.OfflineAfter, "offline-after", "silence after which a machine shows offline")
 	durationVar(fs, &cfg.ShutdownTimeout, "shutdown-timeout", "time allowed to drain clients and the event log on shutdown")
+	fs.StringVar(&cfg.Store, "store", cfg.Store, "storage backend: embedded or postgres")
+	fs.StringVar(&cfg.PostgresURL, "postgres-url", cfg.PostgresURL, "PostgreSQL connection `URL` of --store postgres (e.g. postgres://user@host:5432/twinline)")
+	fs.Int64Var(&cfg.SpoolBytes, "spool-bytes", cfg.SpoolBytes, "local durable buffer for acknowledged samples while PostgreSQL is unreachable; 503 beyond")
+	fs.StringVar(&cfg.RedisURL, "redis-url", cfg.RedisURL, "Redis `URL` (redis://host:6379/0) for the hot window, cross-replica fan-out and rate limits; empty: in-memory")
+	fs.StringVar(&cfg.RedisPrefix, "redis-prefix", cfg.RedisPrefix, "prefix of every Redis key and channel")
+	durationVar(fs, &cfg.HotWindow, "hot-window", "recent history per series kept hot (in memory, or in Redis)")
+	fs.StringVar(&cfg.RateLimit, "rate-limit", cfg.RateLimit, "per-client rate limits: auto (on unless listening on loopback), on or off")
+	fs.Float64Var(&cfg.IngestRate, "ingest-rate", cfg.IngestRate, "ingest requests per second per client (token or IP)")
+	fs.IntVar(&cfg.IngestBurst, "ingest-burst", cfg.IngestBurst, "ingest requests a client may send at once above --ingest-rate")
+	fs.Float64Var(&cfg.StreamRate, "stream-rate", cfg.StreamRate, "new stream connections per second per client")
+	fs.IntVar(&cfg.StreamBurst, "stream-burst", cfg.StreamBurst, "new stream connections a client may open at once above --stream-rate")
+	fs.StringVar(&cfg.MQTTListen, "mqtt-listen", cfg.MQTTListen, "start the embedded MQTT broker on this `address` (e.g. 127.0.0.1:1883); empty: off")
+	fs.StringVar(&cfg.MQTTBroker, "mqtt-broker", cfg.MQTTBroker, "subscribe to an external MQTT broker at this `URL` (e.g. mqtt://127.0.0.1:1883); empty: off")
+	listVar(fs, &cfg.KafkaBrokers, "kafka-brokers", "Kafka seed brokers; replaces the in-process log")
+	fs.StringVar(&cfg.KafkaTopic, "kafka-topic", cfg.KafkaTopic, "Kafka topic of the event log")
+	fs.StringVar(&cfg.Role, "role", cfg.Role, "all, gateway (ingest → log), processor (log → engine → store) or api (queries, stream, dashboard)")
+	fs.StringVar(&cfg.Pprof, "pprof", cfg.Pprof, "serve net/http/pprof on this separate `address` (never on --listen); empty: off")
 	fs.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "debug, info, warn or error")
-	if err := parse(fs, args); err != nil {
-		return err
-	}
-	logger := newLogger(stderr, cfg.LogLevel)
-	a, err := app.New(ctx, cfg, logger, buildVersion())
-	if err != nil {
-		return err
-	}
-	return a.Run(ctx)
 }
 
 func simulate(ctx context.Context, args []string, stdout, stderr io.Writer) error {

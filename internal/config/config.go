@@ -70,6 +70,45 @@ type Config struct {
 	// OfflineAfter is how long a machine may be silent and still be online.
 	OfflineAfter time.Duration
 
+	// Store selects the storage backend: "embedded" (default) or "postgres".
+	Store string
+	// PostgresURL is the PostgreSQL connection string of --store postgres.
+	PostgresURL string
+	// SpoolBytes bounds the local durable buffer that holds acknowledged
+	// samples while PostgreSQL is unreachable; beyond it ingest answers 503.
+	SpoolBytes int64
+
+	// RedisURL enables the Redis backends (hot window, cross-replica
+	// fan-out, distributed rate limits); "" runs the in-memory equivalents.
+	RedisURL    string
+	RedisPrefix string
+	// HotWindow is how much recent history per series the hot window holds.
+	HotWindow time.Duration
+
+	// RateLimit is "auto" (on unless listening on loopback), "on" or "off".
+	RateLimit string
+	// IngestRate and IngestBurst limit ingest requests per client (token or
+	// IP): a sustained rate per second and a burst.
+	IngestRate  float64
+	IngestBurst int
+	// StreamRate and StreamBurst limit new stream connections per client.
+	StreamRate  float64
+	StreamBurst int
+
+	// MQTTListen starts the embedded MQTT broker on this address ("": off).
+	MQTTListen string
+	// MQTTBroker subscribes to an external MQTT broker at this URL ("": off).
+	MQTTBroker string
+
+	// KafkaBrokers replaces the in-process log with Kafka ("": in-process).
+	KafkaBrokers []string
+	KafkaTopic   string
+	// Role is all, gateway, processor or api.
+	Role string
+
+	// Pprof is the address of a separate net/http/pprof listener ("": off).
+	Pprof string
+
 	ShutdownTimeout time.Duration
 	LogLevel        string
 }
@@ -107,6 +146,17 @@ func Default() Config {
 		DedupHorizon:         10 * time.Minute,
 		DedupMaxKeys:         2 << 20,
 		OfflineAfter:         30 * time.Second,
+		Store:                "embedded",
+		SpoolBytes:           1 << 30,
+		RedisPrefix:          "twinline:",
+		HotWindow:            5 * time.Minute,
+		RateLimit:            "auto",
+		IngestRate:           200,
+		IngestBurst:          400,
+		StreamRate:           5,
+		StreamBurst:          50,
+		KafkaTopic:           "twinline.telemetry",
+		Role:                 "all",
 		ShutdownTimeout:      15 * time.Second,
 		LogLevel:             "info",
 	}
@@ -217,6 +267,59 @@ func (c Config) Validate() error {
 	}
 	if c.OfflineAfter <= 0 {
 		bad("offline-after", "must be positive, got %s", c.OfflineAfter)
+	}
+	switch c.Store {
+	case "embedded":
+	case "postgres":
+		if strings.TrimSpace(c.PostgresURL) == "" {
+			bad("postgres-url", "is required with --store postgres")
+		}
+	default:
+		bad("store", "must be embedded or postgres, got %q", c.Store)
+	}
+	if c.SpoolBytes < 1<<20 {
+		bad("spool-bytes", "must be at least 1MiB, got %d", c.SpoolBytes)
+	}
+	if c.RedisURL != "" && strings.TrimSpace(c.RedisPrefix) == "" {
+		bad("redis-prefix", "must not be empty with --redis-url")
+	}
+	if c.HotWindow < time.Second {
+		bad("hot-window", "must be at least 1s, got %s", c.HotWindow)
+	}
+	switch c.RateLimit {
+	case "auto", "on", "off":
+	default:
+		bad("rate-limit", "must be auto, on or off, got %q", c.RateLimit)
+	}
+	if c.IngestRate <= 0 || c.IngestBurst < 1 {
+		bad("ingest-rate", "rate must be positive and burst at least 1, got %g and %d", c.IngestRate, c.IngestBurst)
+	}
+	if c.StreamRate <= 0 || c.StreamBurst < 1 {
+		bad("stream-rate", "rate must be positive and burst at least 1, got %g and %d", c.StreamRate, c.StreamBurst)
+	}
+	if c.MQTTListen != "" {
+		if _, _, err := net.SplitHostPort(c.MQTTListen); err != nil {
+			bad("mqtt-listen", "%q is not host:port", c.MQTTListen)
+		}
+	}
+	if len(c.KafkaBrokers) > 0 && strings.TrimSpace(c.KafkaTopic) == "" {
+		bad("kafka-topic", "must not be empty with --kafka-brokers")
+	}
+	switch c.Role {
+	case "all":
+	case "gateway", "processor", "api":
+		if len(c.KafkaBrokers) == 0 {
+			bad("role", "%s needs --kafka-brokers: only the all role runs on the in-process log", c.Role)
+		}
+	default:
+		bad("role", "must be all, gateway, processor or api, got %q", c.Role)
+	}
+	if c.Pprof != "" {
+		if _, _, err := net.SplitHostPort(c.Pprof); err != nil {
+			bad("pprof", "%q is not host:port", c.Pprof)
+		} else if c.Pprof == c.Listen {
+			bad("pprof", "must differ from --listen: profiles are never served on the public listener")
+		}
 	}
 	if c.ShutdownTimeout <= 0 {
 		bad("shutdown-timeout", "must be positive, got %s", c.ShutdownTimeout)
