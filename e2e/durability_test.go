@@ -271,3 +271,45 @@ func TestGracefulShutdown(t *testing.T) {
 		t.Errorf("stored after restart = %v, want [5]", got)
 	}
 }
+
+// TestKill9KeepsDedupKeys: events with an id or a seq and no timestamp (so
+// the server stamps them) are acknowledged, the server is killed, and their
+// retries after the restart — stamped with a new time — are duplicates,
+// stored once.
+func TestKill9KeepsDedupKeys(t *testing.T) {
+	dir := t.TempDir()
+	s := start(t, dir)
+	var body bytes.Buffer
+	for i := range 20 {
+		if i%2 == 0 {
+			fmt.Fprintf(&body, "{\"machineId\":\"keyed-1\",\"id\":\"evt-%d\",\"v%d\":%d}\n", i, i, i)
+		} else {
+			fmt.Fprintf(&body, "{\"machineId\":\"keyed-1\",\"seq\":%d,\"v%d\":%d}\n", i, i, i)
+		}
+	}
+	var res struct{ Accepted, Duplicates int }
+	r := s.do("POST", "/api/v1/events", "application/x-ndjson", body.Bytes())
+	if r.status != 202 {
+		t.Fatalf("post: %d %s", r.status, r.body)
+	}
+	r.json(t, &res)
+	if res.Accepted != 20 {
+		t.Fatalf("first post: %+v, want 20 accepted", res)
+	}
+	s.kill()
+
+	s2 := start(t, dir)
+	r = s2.do("POST", "/api/v1/events", "application/x-ndjson", body.Bytes())
+	if r.status != 202 {
+		t.Fatalf("retry: %d %s", r.status, r.body)
+	}
+	r.json(t, &res)
+	if res.Accepted != 0 || res.Duplicates != 20 {
+		t.Errorf("retry after kill -9: %+v, want 0 accepted, 20 duplicates", res)
+	}
+	for i := range 20 {
+		if got := s2.series("keyed-1", fmt.Sprintf("v%d", i)); len(got.T) != 1 {
+			t.Errorf("v%d: stored %d samples, want 1", i, len(got.T))
+		}
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"testing"
 	"time"
 
@@ -186,5 +187,75 @@ func TestMedianAfterRestart(t *testing.T) {
 	temp := latest.Metrics["temp"]
 	if temp.Value != 10 || temp.Median == nil || *temp.Median != 5.5 {
 		t.Errorf("after restart: temp %+v (median %v), want value 10, median 5.5", temp, temp.Median)
+	}
+}
+
+// TestMedianOnStream: the sliding median goes out on the stream as samples
+// are released in event-time order, equal to the median of the sorted
+// samples it covers, whatever their arrival order.
+func TestMedianOnStream(t *testing.T) {
+	s := start(t, t.TempDir(), "--median-window", "5")
+	c := ctx(t, 30*time.Second)
+	live := subscribe(t, c, s, "machine=med-2", false)
+
+	base := time.Now().Add(-time.Minute).UnixMilli()
+	values := []float64{9, 1, 7, 3, 5, 8, 2} // event time i s
+	order := []int{3, 0, 6, 1, 5, 2, 4}      // arrival order
+	var body bytes.Buffer
+	for _, i := range order {
+		fmt.Fprintf(&body, "{\"machineId\":\"med-2\",\"timestamp\":%d,\"temp\":%g}\n", base+int64(i)*1000, values[i])
+	}
+	// A sample far ahead moves the watermark past all of them.
+	fmt.Fprintf(&body, "{\"machineId\":\"med-2\",\"timestamp\":%d,\"temp\":100}\n", base+30_000)
+	if r := s.do("POST", "/api/v1/events", "application/x-ndjson", body.Bytes()); r.status != 202 {
+		t.Fatalf("post: %d %s", r.status, r.body)
+	}
+	// Oracle: the median of the last 5 samples in event-time order up to t.
+	oracle := func(t int64) float64 {
+		var w []float64
+		for i, v := range values {
+			if base+int64(i)*1000 <= t {
+				w = append(w, v)
+			}
+		}
+		if t >= base+30_000 {
+			w = append(w, 100)
+		}
+		w = w[max(len(w)-5, 0):]
+		slices.Sort(w)
+		if len(w)%2 == 1 {
+			return w[len(w)/2]
+		}
+		return (w[len(w)/2-1] + w[len(w)/2]) / 2
+	}
+	last := base + 6000
+	for {
+		select {
+		case m := <-live:
+			if m.Type != "median" {
+				continue
+			}
+			var med struct {
+				Metrics map[string]struct {
+					Median float64 `json:"median"`
+					T      int64   `json:"t"`
+				} `json:"metrics"`
+			}
+			if err := json.Unmarshal(m.Data, &med); err != nil {
+				t.Fatal(err)
+			}
+			temp, ok := med.Metrics["temp"]
+			if !ok {
+				t.Fatalf("median message without temp: %s", m.Data)
+			}
+			if want := oracle(temp.T); temp.Median != want {
+				t.Errorf("median at t=%d: %v, want %v", temp.T-base, temp.Median, want)
+			}
+			if temp.T >= last {
+				return
+			}
+		case <-c.Done():
+			t.Fatal("no median covering every sample arrived")
+		}
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"path/filepath"
 	"sync/atomic"
@@ -24,6 +25,7 @@ import (
 	"github.com/twinline/twinline/internal/api"
 	"github.com/twinline/twinline/internal/config"
 	"github.com/twinline/twinline/internal/hub"
+	"github.com/twinline/twinline/internal/keylog"
 	"github.com/twinline/twinline/internal/log"
 	"github.com/twinline/twinline/internal/sim"
 	"github.com/twinline/twinline/internal/store"
@@ -53,9 +55,13 @@ type App struct {
 	log    *log.Log
 	hub    *hub.Hub
 	proc   *stream.Processor
+	keys   *keylog.Log
 	srv    *http.Server
 	ln     net.Listener
-	ready  atomic.Bool
+	// pprof serves net/http/pprof on its own listener (nil: off).
+	pprofSrv *http.Server
+	pprofLn  net.Listener
+	ready    atomic.Bool
 }
 
 // New builds every part from cfg and opens the listener, so a port in use or
@@ -166,6 +172,7 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 		MaxClients:   cfg.MaxConns,
 	}, logger, reg)
 	alarmLog := logger.With("component", "alarms")
+	var medians []twin.MedianUpdate // reused by the sink goroutine
 	a.proc = stream.NewProcessor(a.log, st.Append, stream.Sinks{
 		Batch: func(b *telemetry.Batch, samples []telemetry.Sample) {
 			twins.Observe(b, samples)
@@ -175,7 +182,8 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 			}
 		},
 		Group: func(released []telemetry.Sample, windows []stream.Window) {
-			twins.ObserveReleased(released)
+			medians = twins.ObserveReleased(released, medians[:0])
+			a.publishMedians(medians)
 			if _, err := alarms.Observe(released, twins.Thresholds); err != nil {
 				alarmLog.Error("journaling alarms", "err", err)
 			}
@@ -189,6 +197,21 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 		DedupMaxKeys: cfg.DedupMaxKeys,
 		MaxBuffered:  10_000,
 	}, logger.With("component", "processor"), reg)
+
+	// Keys of events with an id or seq outlive a restart: their retries
+	// stay duplicates even when they carry another event time.
+	kl, journaled, err := keylog.Open(filepath.Join(cfg.DataDir, "dedup-keys"), cfg.DedupMaxKeys)
+	if err != nil {
+		return nil, fmt.Errorf("opening dedup key journal: %w", err)
+	}
+	a.keys = kl
+	defer func() {
+		if err != nil {
+			kl.Close()
+		}
+	}()
+	a.proc.Remember(journaled)
+	a.proc.JournalKeys(kl.Append)
 
 	handler := api.New(api.Options{
 		MaxBodyBytes:         cfg.MaxBodyBytes,
@@ -239,7 +262,27 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 		ErrorLog:          slog.NewLogLogger(logger.With("component", "http").Handler(), slog.LevelWarn),
 	}
 
+	if cfg.Pprof != "" {
+		if a.pprofLn, err = net.Listen("tcp", cfg.Pprof); err != nil {
+			a.ln.Close()
+			return nil, fmt.Errorf("listening for pprof: %w", err)
+		}
+		a.pprofSrv = &http.Server{Handler: pprofHandler(), ReadHeaderTimeout: cfg.ReadHeaderTimeout}
+	}
+
 	return a, nil
+}
+
+// pprofHandler serves the runtime profiles, on a mux of its own: they are
+// never reachable through the public listener.
+func pprofHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	return mux
 }
 
 // Addr returns the address the HTTP server listens on.
@@ -262,6 +305,9 @@ func (a *App) Run(ctx context.Context) (err error) {
 		if cerr := a.alarms.Close(); cerr != nil {
 			err = errors.Join(err, fmt.Errorf("closing alarms: %w", cerr))
 		}
+		if cerr := a.keys.Close(); cerr != nil {
+			err = errors.Join(err, fmt.Errorf("closing dedup key journal: %w", cerr))
+		}
 	}()
 
 	// The processor outlives the HTTP server: in-flight requests wait for
@@ -282,12 +328,29 @@ func (a *App) Run(ctx context.Context) (err error) {
 		}
 		return nil
 	})
+	if a.pprofSrv != nil {
+		g.Go(func() error {
+			logger.Info("serving profiles", "addr", a.pprofLn.Addr().String())
+			if err := a.pprofSrv.Serve(a.pprofLn); !errors.Is(err, http.ErrServerClosed) {
+				return fmt.Errorf("serving pprof: %w", err)
+			}
+			return nil
+		})
+		g.Go(func() error {
+			<-gctx.Done()
+			return a.pprofSrv.Close()
+		})
+	}
 	g.Go(func() error { return h.Run(gctx) })
 	g.Go(func() error { return twins.Run(gctx, registryFlushInterval) })
 	g.Go(func() error { return a.watchOffline(gctx) })
 	if cfg.Demo {
 		simulator := sim.New(sim.Config{Machines: cfg.DemoMachines, Rate: cfg.DemoRate, Seed: time.Now().UnixNano(), Interval: 100 * time.Millisecond},
 			logEmitter(lg), time.Now)
+		if err := registerDemo(twins, simulator.Machines()); err != nil {
+			logger.Warn("registering the demo fleet", "err", err)
+		}
+		a.alarms.Expect(machineIDs(simulator.Machines()), time.Now())
 		g.Go(func() error {
 			logger.Info("demo fleet simulator running", "machines", cfg.DemoMachines, "rate", cfg.DemoRate)
 			if err := simulator.Run(gctx); err != nil && gctx.Err() == nil {
@@ -378,6 +441,58 @@ func (a *App) publishWindows(ws []stream.Window) {
 	}
 }
 
+// medianValue is a metric's sliding median on the live stream, with the
+// event time of the newest sample it covers.
+type medianValue struct {
+	Median float64 `json:"median"`
+	Time   int64   `json:"t"`
+}
+
+// publishMedians pushes the medians updated by a released group, one
+// message per machine: {"metrics":{"temp":{"median":71.2,"t":…}}}.
+func (a *App) publishMedians(us []twin.MedianUpdate) {
+	for i := 0; i < len(us); {
+		j := i + 1
+		for j < len(us) && us[j].Machine == us[i].Machine {
+			j++
+		}
+		metrics := make(map[string]medianValue, j-i)
+		for _, u := range us[i:j] {
+			metrics[u.Metric] = medianValue{Median: u.Median, Time: u.Time}
+		}
+		a.hub.PublishEvent(us[i].Machine, "median", struct {
+			Metrics map[string]medianValue `json:"metrics"`
+		}{metrics})
+		i = j
+	}
+}
+
+// registerDemo registers the simulated machines that are not registered
+// yet, with their site, line and an equipment temperature alarm at 90 °C
+// that the simulator's overheat faults cross; machines an operator already
+// registered are left as they are.
+func registerDemo(twins *twin.Twins, machines []sim.Machine) error {
+	high := 90.0
+	infos := make([]twin.Info, len(machines))
+	for i, m := range machines {
+		infos[i] = twin.Info{
+			ID: m.ID, Name: m.Kind + " " + m.ID, Site: m.Site, Line: m.Line,
+			Thresholds: map[string]twin.Threshold{"temp": {High: &high, Deadband: 2, For: "10s"}},
+			Attributes: map[string]any{"kind": m.Kind, "simulated": true},
+		}
+	}
+	_, err := twins.RegisterMissing(infos)
+	return err
+}
+
+func machineIDs(ms []sim.Machine) []string {
+	ids := make([]string, len(ms))
+	for i, m := range ms {
+		ids[i] = m.ID
+	}
+	return ids
+}
+
 // logEmitter feeds simulated events straight into the log, waiting for room
 // when it is full: the demo fleet is a well-behaved client.
 func logEmitter(lg *log.Log) sim.Emit {
@@ -437,7 +552,7 @@ func restoreLatest(ctx context.Context, st store.Store, twins *twin.Twins, now t
 			history = append(history, telemetry.Sample{Machine: k.Machine, Metric: k.Metric, Time: p.Time, Value: p.Value})
 		}
 		twins.Restore(history[len(history)-1:])
-		twins.ObserveReleased(history)
+		twins.ObserveReleased(history, nil)
 	}
 	return nil
 }

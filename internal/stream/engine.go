@@ -76,11 +76,24 @@ type Output struct {
 	Released []telemetry.Sample
 	// Windows are final, corrected and late window aggregates.
 	Windows []Window
+	// Keys are the keys of the new events that have an id or a seq, for a
+	// journal that lets a restarted engine recognise their duplicates.
+	Keys []Key
+}
+
+// Key is the deduplication key of an event with an id or a seq, and its
+// event time (Unix ms), which places it in the dedup horizon.
+type Key struct {
+	Machine string
+	ID      string
+	Seq     uint64
+	HasSeq  bool
+	Time    int64
 }
 
 // Reset empties o, keeping its buffers.
 func (o *Output) Reset() {
-	o.Samples, o.Released, o.Windows = o.Samples[:0], o.Released[:0], o.Windows[:0]
+	o.Samples, o.Released, o.Windows, o.Keys = o.Samples[:0], o.Released[:0], o.Windows[:0], o.Keys[:0]
 }
 
 // NewEngine returns an engine.
@@ -128,9 +141,12 @@ func (e *Engine) Process(events []telemetry.Event, out *Output) (duplicates int)
 	for i := range events {
 		ev := &events[i]
 		keyed := ev.ID != "" || ev.HasSeq
-		if keyed && !e.dedup.Event(ev) {
-			duplicates++
-			continue
+		if keyed {
+			if !e.dedup.Event(ev) {
+				duplicates++
+				continue
+			}
+			out.Keys = append(out.Keys, Key{Machine: ev.Machine, ID: ev.ID, Seq: ev.Seq, HasSeq: ev.HasSeq, Time: ev.Time})
 		}
 		added := 0
 		for _, m := range ev.Metrics {
@@ -148,6 +164,17 @@ func (e *Engine) Process(events []telemetry.Event, out *Output) (duplicates int)
 		}
 	}
 	return duplicates
+}
+
+// Remember makes the engine recognise later copies of the events with
+// these keys (journaled by an earlier run) as duplicates, as if it had
+// processed them; keys already beyond the dedup horizon are not kept.
+func (e *Engine) Remember(keys []Key) {
+	var ev telemetry.Event
+	for _, k := range keys {
+		ev.Machine, ev.ID, ev.Seq, ev.HasSeq, ev.Time = k.Machine, k.ID, k.Seq, k.HasSeq, k.Time
+		e.dedup.Event(&ev)
+	}
 }
 
 // Forget drops what the engine remembers of duplicates, after a group

@@ -287,3 +287,40 @@ func TestEngineMergesLateAggregates(t *testing.T) {
 		t.Errorf("windows (-got +want):\n%s", diff)
 	}
 }
+
+// TestEngineRememberJournaledKeys: the keys a run hands out let a new
+// engine (after a restart) recognise retries of keyed events, even when
+// the retry carries another event time (a server-assigned one).
+func TestEngineRememberJournaledKeys(t *testing.T) {
+	first := NewEngine(DefaultEngineConfig())
+	var out Output
+	now := int64(1_000_000_000)
+	events := []telemetry.Event{
+		{Machine: "m", ID: "a", Time: now, Metrics: []telemetry.Metric{{Name: "temp", Value: 1}}},
+		{Machine: "m", Seq: 5, HasSeq: true, Time: now + 1, Metrics: []telemetry.Metric{{Name: "temp", Value: 2}}},
+		{Machine: "m", Time: now + 2, Metrics: []telemetry.Metric{{Name: "temp", Value: 3}}},          // unkeyed: no key
+		{Machine: "m", ID: "a", Time: now + 3, Metrics: []telemetry.Metric{{Name: "temp", Value: 4}}}, // duplicate: no key
+	}
+	if dups := first.Process(events, &out); dups != 1 {
+		t.Fatalf("first run: %d duplicates, want 1", dups)
+	}
+	want := []Key{{Machine: "m", ID: "a", Time: now}, {Machine: "m", Seq: 5, HasSeq: true, Time: now + 1}}
+	if diff := gocmp.Diff(out.Keys, want); diff != "" {
+		t.Fatalf("keys (-got +want):\n%s", diff)
+	}
+
+	restarted := NewEngine(DefaultEngineConfig())
+	restarted.Remember(out.Keys)
+	var again Output
+	retries := []telemetry.Event{
+		{Machine: "m", ID: "a", Time: now + 10_000, Metrics: []telemetry.Metric{{Name: "temp", Value: 1}}},
+		{Machine: "m", Seq: 5, HasSeq: true, Time: now + 10_001, Metrics: []telemetry.Metric{{Name: "temp", Value: 2}}},
+		{Machine: "m", Seq: 6, HasSeq: true, Time: now + 10_002, Metrics: []telemetry.Metric{{Name: "temp", Value: 9}}},
+	}
+	if dups := restarted.Process(retries, &again); dups != 2 {
+		t.Errorf("after restart: %d duplicates, want 2 (id a and seq 5)", dups)
+	}
+	if len(again.Samples) != 1 || again.Samples[0].Value != 9 {
+		t.Errorf("after restart: samples %+v, want only seq 6's", again.Samples)
+	}
+}

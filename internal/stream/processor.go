@@ -46,6 +46,8 @@ type Processor struct {
 	sinks  Sinks
 	logger *slog.Logger
 	engine *Engine
+	// journal makes the keys of new keyed events durable with each commit.
+	journal func([]Key) error
 
 	writeSeconds prometheus.Histogram
 	samples      *prometheus.CounterVec
@@ -85,6 +87,15 @@ func NewProcessor(l logReader, appendFn func(context.Context, []telemetry.Sample
 	}
 	return p
 }
+
+// JournalKeys makes each group commit also hand the keys of its new keyed
+// events (id or seq) to journal, concurrently with the store write; a
+// group is acknowledged only once both succeeded. Call it before Run.
+func (p *Processor) JournalKeys(journal func([]Key) error) { p.journal = journal }
+
+// Remember feeds the engine the keys journaled by an earlier run, so their
+// retries are recognised as duplicates. Call it before Run.
+func (p *Processor) Remember(keys []Key) { p.engine.Remember(keys) }
 
 // Run processes the log until it is closed and drained (then it flushes
 // the engine to the group sink and returns nil) or ctx ends (then it returns
@@ -185,7 +196,17 @@ func (p *Processor) process(ctx context.Context, entries []*log.Entry, out *Outp
 	samples := out.Samples
 
 	start := time.Now()
+	var journaled chan error
+	if p.journal != nil && len(out.Keys) > 0 {
+		journaled = make(chan error, 1)
+		go func() { journaled <- p.journal(out.Keys) }()
+	}
 	err := p.append(ctx, samples)
+	if journaled != nil {
+		if jerr := <-journaled; jerr != nil && err == nil {
+			err = fmt.Errorf("journaling dedup keys: %w", jerr)
+		}
+	}
 	p.writeSeconds.Observe(time.Since(start).Seconds())
 	ack := func(i int, e *log.Entry) {
 		p.duplicates.Add(float64(dups[i]))

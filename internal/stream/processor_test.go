@@ -203,3 +203,63 @@ func TestProcessorStoreFailureKeepsEarlierGroups(t *testing.T) {
 		t.Errorf("released machines (-got +want):\n%s", diff)
 	}
 }
+
+// TestProcessorJournalsKeysBeforeAck: a group is acknowledged only once
+// its keyed events' keys are journaled too; a journal failure fails the
+// group like a store failure; remembered keys make retries duplicates.
+func TestProcessorJournalsKeysBeforeAck(t *testing.T) {
+	l := log.New(100, nil)
+	fs := &fakeStore{}
+	var (
+		mu       sync.Mutex
+		journal  []Key
+		failNext bool
+	)
+	p := NewProcessor(l, fs.append, Sinks{}, DefaultEngineConfig(), slog.New(slog.DiscardHandler), nil)
+	p.Remember([]Key{{Machine: "m", ID: "from-last-run", Time: 500}})
+	p.JournalKeys(func(ks []Key) error {
+		mu.Lock()
+		defer mu.Unlock()
+		if failNext {
+			failNext = false
+			return errors.New("disk full")
+		}
+		journal = append(journal, ks...)
+		return nil
+	})
+	done := make(chan error, 1)
+	go func() { done <- p.Run(context.Background()) }()
+	send := func(evs ...telemetry.Event) (log.Result, error) {
+		t.Helper()
+		e, err := l.Append(&telemetry.Batch{Events: evs})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return e.Wait(context.Background())
+	}
+	x := []telemetry.Metric{{Name: "x", Value: 1}}
+	res, err := send(
+		telemetry.Event{Machine: "m", ID: "from-last-run", Time: 9000, Metrics: x},
+		telemetry.Event{Machine: "m", ID: "new", Time: 1000, Metrics: x},
+		telemetry.Event{Machine: "m", Seq: 3, HasSeq: true, Time: 1001, Metrics: x},
+		telemetry.Event{Machine: "m", Time: 1002, Metrics: x},
+	)
+	if err != nil || res.Accepted != 3 || res.Duplicates != 1 {
+		t.Errorf("first batch: %+v, %v; want 3 accepted, 1 duplicate (remembered from the last run)", res, err)
+	}
+	mu.Lock()
+	got := append([]Key(nil), journal...)
+	failNext = true
+	mu.Unlock()
+	want := []Key{{Machine: "m", ID: "new", Time: 1000}, {Machine: "m", Seq: 3, HasSeq: true, Time: 1001}}
+	if diff := cmp.Diff(got, want); diff != "" {
+		t.Errorf("journaled keys at the ack (-got +want):\n%s", diff)
+	}
+	if _, err := send(telemetry.Event{Machine: "m", ID: "unlucky", Time: 2000, Metrics: x}); err == nil {
+		t.Error("the journal failed, yet the batch was acknowledged")
+	}
+	l.Close()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}

@@ -155,11 +155,24 @@ func (t *Twins) Observe(b *telemetry.Batch, samples []telemetry.Sample) {
 	}
 }
 
+type seriesKey struct{ machine, metric string }
+
+// MedianUpdate is a metric's sliding median after a group of released
+// samples: the median, and the event time of the newest sample it covers.
+type MedianUpdate struct {
+	Machine string
+	Metric  string
+	Time    int64
+	Median  float64
+}
+
 // ObserveReleased feeds the sliding medians with samples released in
-// event-time order.
-func (t *Twins) ObserveReleased(samples []telemetry.Sample) {
+// event-time order, and appends to dst each touched series' median after
+// the group (one entry per machine and metric, in the order first seen).
+func (t *Twins) ObserveReleased(samples []telemetry.Sample, dst []MedianUpdate) []MedianUpdate {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	at := make(map[seriesKey]int) // index in dst of each touched series
 	var e *entry
 	for i := range samples {
 		s := &samples[i]
@@ -177,12 +190,21 @@ func (t *Twins) ObserveReleased(samples []telemetry.Sample) {
 			e.medians[s.Metric] = m
 		}
 		m.Add(s.Value)
+		med, _ := m.Median()
 		if v, ok := e.latest[s.Metric]; ok {
-			v.median, _ = m.Median()
+			v.median = med
 			v.hasMedian = true
 			e.latest[s.Metric] = v
 		}
+		k := seriesKey{s.Machine, s.Metric}
+		if j, ok := at[k]; ok {
+			dst[j].Time, dst[j].Median = s.Time, med
+		} else {
+			at[k] = len(dst)
+			dst = append(dst, MedianUpdate{Machine: s.Machine, Metric: s.Metric, Time: s.Time, Median: med})
+		}
 	}
+	return dst
 }
 
 // FleetRate returns the fleet's events per second over window (1m or 5m)
@@ -347,6 +369,39 @@ func (t *Twins) update(id string, create bool, change func(*Info) (Info, error))
 		return Machine{}, false, err
 	}
 	return t.view(e, now.UnixMilli()), !ok, nil
+}
+
+// RegisterMissing adds the entries whose machines are not registered yet,
+// in one persisted write, and returns how many it added. Registered
+// machines keep their entries.
+func (t *Twins) RegisterMissing(infos []Info) (int, error) {
+	for _, in := range infos {
+		if err := in.validate(); err != nil {
+			return 0, err
+		}
+	}
+	now := t.now().UTC()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var added []string
+	for _, in := range infos {
+		if _, ok := t.machines[in.ID]; ok {
+			continue
+		}
+		in.CreatedAt, in.UpdatedAt = now, now
+		t.machines[in.ID] = &entry{info: in, latest: map[string]latest{}}
+		added = append(added, in.ID)
+	}
+	if len(added) == 0 {
+		return 0, nil
+	}
+	if err := t.persistLocked(); err != nil {
+		for _, id := range added {
+			delete(t.machines, id)
+		}
+		return 0, err
+	}
+	return len(added), nil
 }
 
 // Delete removes a machine from the registry and forgets its live state.

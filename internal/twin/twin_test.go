@@ -198,12 +198,23 @@ func TestMedianAndRates(t *testing.T) {
 		tw.Observe(&telemetry.Batch{Received: received}, []telemetry.Sample{{Machine: "m", Metric: "temp", Time: int64(i), Value: float64(i)}})
 	}
 	// Released in event-time order: the median of the last 3.
-	tw.ObserveReleased([]telemetry.Sample{
+	updates := tw.ObserveReleased([]telemetry.Sample{
 		{Machine: "m", Metric: "temp", Time: 1, Value: 10},
+		{Machine: "m", Metric: "rpm", Time: 1, Value: 7},
 		{Machine: "m", Metric: "temp", Time: 2, Value: 30},
+		{Machine: "gone", Metric: "temp", Time: 2, Value: 1},
 		{Machine: "m", Metric: "temp", Time: 3, Value: 20},
 		{Machine: "m", Metric: "temp", Time: 4, Value: 50},
-	})
+	}, nil)
+	// One update per series, the median after the whole group; unknown
+	// machines are skipped.
+	wantUpdates := []MedianUpdate{
+		{Machine: "m", Metric: "temp", Time: 4, Median: 30},
+		{Machine: "m", Metric: "rpm", Time: 1, Median: 7},
+	}
+	if diff := cmp.Diff(updates, wantUpdates); diff != "" {
+		t.Errorf("median updates (-got +want):\n%s", diff)
+	}
 	got, err := tw.Get("m")
 	if err != nil {
 		t.Fatal(err)
@@ -219,5 +230,32 @@ func TestMedianAndRates(t *testing.T) {
 	}
 	if fleet := tw.FleetRate(time.Minute); fleet != got.Rate1m {
 		t.Errorf("fleet rate = %v, want the one machine's %v", fleet, got.Rate1m)
+	}
+}
+
+func TestRegisterMissingKeepsRegisteredMachines(t *testing.T) {
+	clk := &fakeClock{time.Date(2026, 11, 30, 6, 0, 0, 0, time.UTC)}
+	path := filepath.Join(t.TempDir(), "registry.json")
+	tw := open(t, path, clk)
+	if _, _, err := tw.Put("press-07", Info{Name: "edited by an operator"}); err != nil {
+		t.Fatal(err)
+	}
+	n, err := tw.RegisterMissing([]Info{
+		{ID: "press-07", Name: "demo press"},
+		{ID: "oven-01", Name: "demo oven", Site: "lyon", Thresholds: map[string]Threshold{"temp": {High: f(90)}}},
+	})
+	if err != nil || n != 1 {
+		t.Fatalf("RegisterMissing = %d, %v; want 1, nil", n, err)
+	}
+	if _, err := tw.RegisterMissing([]Info{{ID: "bad", Thresholds: map[string]Threshold{"temp": {For: "soon"}}}}); !errors.Is(err, ErrInvalid) {
+		t.Errorf("invalid entry: %v, want ErrInvalid", err)
+	}
+	again := open(t, path, clk)
+	var got []string
+	for _, m := range again.List() {
+		got = append(got, m.ID+": "+m.Name)
+	}
+	if diff := cmp.Diff(got, []string{"oven-01: demo oven", "press-07: edited by an operator"}); diff != "" {
+		t.Errorf("persisted registry (-got +want):\n%s", diff)
 	}
 }
