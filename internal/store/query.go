@@ -239,3 +239,21 @@ func (d *minMax) finish() []Point {
 	d.flush()
 	return d.out
 }
+
+// Aggregator is implemented by stores that aggregate in the backend.
+// AggregateRange has the contract and the result of Aggregate (up to
+// floating-point rounding of sums and averages), so a caller may use either:
+//
+//	if a, ok := s.(store.Aggregator); ok {
+//		return a.AggregateRange(ctx, key, from, to, step, agg)
+//	}
+//	return store.Aggregate(ctx, s, key, from, to, step, agg)
+type Aggregator interface {
+	AggregateRange(ctx context.Context, key SeriesKey, from, to int64, step time.Duration, agg Agg) ([]Point, error)
+}
+
+// Downsampler is implemented by stores that downsample in the backend.
+// DownsampleRange has the contract and the result of Downsample.
+type Downsampler interface {
+	DownsampleRange(ctx context.Context, key SeriesKey, from, to int64, n int) ([]Point, error)
+}

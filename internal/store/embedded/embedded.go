@@ -329,6 +329,7 @@ type pending struct {
 	e *series
 	t int64
 	v float64
+	i int // index in the appended samples
 }
 
 // Append stores samples durably (see the package documentation). Samples
@@ -342,6 +343,17 @@ type pending struct {
 // duplicate, or of a series not seen since Open) are checked against the
 // stored data first and committed in a second step.
 func (s *Store) Append(ctx context.Context, samples []telemetry.Sample) error {
+	return s.AppendFresh(ctx, samples, nil)
+}
+
+// AppendFresh is Append, and reports in fresh (when not nil) which samples
+// it stored: see store.FreshAppender. Knowing costs nothing extra: a sample
+// newer than its series' newest is stored on the fast path, and an older
+// one is checked against the stored data anyway.
+func (s *Store) AppendFresh(ctx context.Context, samples []telemetry.Sample, fresh []bool) error {
+	if fresh != nil && len(fresh) != len(samples) {
+		return fmt.Errorf("appending samples: %d fresh flags for %d samples", len(fresh), len(samples))
+	}
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("appending samples: %w", err)
 	}
@@ -374,7 +386,7 @@ func (s *Store) Append(ctx context.Context, samples []telemetry.Sample) error {
 			c.outOfBounds++
 			continue
 		case smp.Time <= e.maxT.Load():
-			checked = append(checked, pending{e: e, t: smp.Time, v: smp.Value})
+			checked = append(checked, pending{e: e, t: smp.Time, v: smp.Value, i: i})
 			continue
 		}
 		ref := e.ref.Load()
@@ -387,12 +399,15 @@ func (s *Store) Append(ctx context.Context, samples []telemetry.Sample) error {
 			e.ref.Store(uint64(got))
 		}
 		e.raise(smp.Time)
+		if fresh != nil {
+			fresh[i] = true
+		}
 	}
 	if err := app.Commit(); err != nil {
 		return fmt.Errorf("committing samples: %w", err)
 	}
 	if len(checked) > 0 {
-		if err := s.appendChecked(context.WithoutCancel(ctx), checked, &c); err != nil {
+		if err := s.appendChecked(context.WithoutCancel(ctx), checked, &c, fresh); err != nil {
 			return err
 		}
 	}
@@ -403,7 +418,7 @@ func (s *Store) Append(ctx context.Context, samples []telemetry.Sample) error {
 // appendChecked stores the samples that are not newer than their series'
 // newest known sample, skipping those whose time is already stored, and
 // learns the newest stored time of series not seen before.
-func (s *Store) appendChecked(ctx context.Context, ps []pending, c *counts) error {
+func (s *Store) appendChecked(ctx context.Context, ps []pending, c *counts, fresh []bool) error {
 	slices.SortStableFunc(ps, func(a, b pending) int {
 		return cmp.Or(cmp.Compare(a.e.id, b.e.id), cmp.Compare(a.t, b.t))
 	})
@@ -428,7 +443,7 @@ func (s *Store) appendChecked(ctx context.Context, ps []pending, c *counts) erro
 		}
 		group := ps[:n]
 		ps = ps[n:]
-		it, err = s.appendGroup(ctx, q, app, it, group, c)
+		it, err = s.appendGroup(ctx, q, app, it, group, c, fresh)
 		if err != nil {
 			_ = app.Rollback()
 			_ = q.Close()
@@ -447,7 +462,7 @@ func (s *Store) appendChecked(ctx context.Context, ps []pending, c *counts) erro
 
 // appendGroup appends the time-sorted samples of one series that are not
 // stored yet. it is a reusable iterator.
-func (s *Store) appendGroup(ctx context.Context, q storage.Querier, app storage.Appender, it chunkenc.Iterator, group []pending, c *counts) (chunkenc.Iterator, error) {
+func (s *Store) appendGroup(ctx context.Context, q storage.Querier, app storage.Appender, it chunkenc.Iterator, group []pending, c *counts, fresh []bool) (chunkenc.Iterator, error) {
 	e := group[0].e
 	learn := e.maxT.Load() == unknownTime
 	hi := group[len(group)-1].t
@@ -494,6 +509,9 @@ func (s *Store) appendGroup(ctx context.Context, q storage.Querier, app storage.
 		}
 		last, lastV, hasLast = p.t, p.v, true
 		newest = max(newest, p.t)
+		if fresh != nil {
+			fresh[p.i] = true
+		}
 	}
 	if learn && !done {
 		for vt := it.Seek(newest); vt != chunkenc.ValNone; vt = it.Next() {

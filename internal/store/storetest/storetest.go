@@ -50,12 +50,14 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 	t.Run("Isolation", func(t *testing.T) { testIsolation(t, open(t)) })
 	t.Run("Duplicates", func(t *testing.T) { testDuplicates(t, open(t)) })
 	t.Run("FirstWriteWins", func(t *testing.T) { testFirstWriteWins(t, open(t)) })
+	t.Run("Fresh", func(t *testing.T) { testFresh(t, open(t)) })
 	t.Run("OutOfOrder", func(t *testing.T) { testOutOfOrder(t, open(t)) })
 	t.Run("Series", func(t *testing.T) { testSeries(t, open(t)) })
 	t.Run("Query", func(t *testing.T) { testQuery(t, open(t)) })
 	t.Run("ConcurrentAppend", func(t *testing.T) { testConcurrentAppend(t, open(t)) })
 	t.Run("CanceledContext", func(t *testing.T) { testCanceledContext(t, open(t)) })
 	t.Run("Closed", func(t *testing.T) { testClosed(t, open(t)) })
+	t.Run("BackendQueries", func(t *testing.T) { testBackendQueries(t, open(t)) })
 }
 
 // Samples returns n samples of one series, one per step from start, with

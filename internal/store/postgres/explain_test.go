@@ -1,0 +1,155 @@
+package postgres
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/twinline/twinline/internal/store/storetest"
+	"github.com/twinline/twinline/internal/telemetry"
+)
+
+// planNode is the part of an EXPLAIN (FORMAT JSON) node the test reads.
+type planNode struct {
+	NodeType     string     `json:"Node Type"`
+	RelationName string     `json:"Relation Name"`
+	IndexName    string     `json:"Index Name"`
+	Plans        []planNode `json:"Plans"`
+}
+
+// scans returns the scan nodes of a plan.
+func (n planNode) scans() []planNode {
+	var out []planNode
+	if n.RelationName != "" || n.IndexName != "" {
+		out = append(out, n)
+	}
+	for _, c := range n.Plans {
+		out = append(out, c.scans()...)
+	}
+	return out
+}
+
+// TestQueryPlans runs EXPLAIN on the store's main queries over three days of
+// data and fails when a query scans a partition outside its time range (no
+// partition pruning) or reads one without an index.
+func TestQueryPlans(t *testing.T) {
+	t.Parallel()
+	s := openTest(t, "", Options{})
+	ctx := context.Background()
+	day0 := time.UnixMilli(storetest.Base).UTC() // the last day holds 12 hours
+	// 20 series, one sample every 30 s, from two days before day0 to now.
+	var batch []telemetry.Sample
+	for tm := day0.Add(-48 * time.Hour).UnixMilli(); tm <= testNow.UnixMilli(); tm += 30 * sec {
+		for m := range 20 {
+			batch = append(batch, telemetry.Sample{Machine: fmt.Sprintf("m%02d", m), Metric: "x", Time: tm, Value: float64(tm%1000 + int64(m))})
+		}
+		if len(batch) >= 20_000 {
+			mustAppend(t, s, batch)
+			batch = batch[:0]
+		}
+	}
+	mustAppend(t, s, batch)
+	if _, err := s.pool.Exec(ctx, `
+		INSERT INTO machines (id, attributes, retired_at)
+		SELECT 'm' || i, jsonb_build_object('vendor', CASE WHEN i % 500 = 1 THEN 'acme' ELSE 'other' || (i % 37) END, 'line', 'l' || (i % 10)),
+			CASE WHEN i % 10 = 0 THEN now() END
+		FROM generate_series(1, 10000) i`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.pool.Exec(ctx, "ANALYZE samples; ANALYZE sample_aggs; ANALYZE machines"); err != nil {
+		t.Fatal(err)
+	}
+
+	dayM1 := day0.Add(-24 * time.Hour) // a full day in the middle
+	hourFrom := dayM1.Add(10 * time.Hour)
+	hourTo := hourFrom.Add(time.Hour - time.Millisecond)
+	dayTo := dayM1.Add(24*time.Hour - time.Millisecond)
+	raw := partitionName(samplesTable, dayNum(dayM1))
+	agg := partitionName(aggsTable, dayNum(dayM1))
+	const key = "m07"
+	tests := []struct {
+		name  string
+		sql   string
+		args  []any
+		want  []string // every relation scanned, each through an index
+		index string   // the index the scans use (a suffix of its name)
+	}{
+		{"select one hour", selectRange, []any{key, "x", hourFrom, hourTo}, []string{raw}, "machine_metric_time_idx"},
+		{"aggregate a day by minute from aggregates", aggregateMixed,
+			[]any{key, "x", dayM1, dayTo, time.Minute, dayM1, dayTo.Add(time.Millisecond)}, []string{agg}, "_pkey"},
+		{"aggregate an unaligned day by minute", aggregateMixed,
+			[]any{key, "x", dayM1.Add(5 * time.Second), dayTo.Add(-3 * time.Second), time.Minute, dayM1.Add(10 * time.Second), dayTo.Add(-9999 * time.Millisecond)},
+			[]string{agg, raw, raw}, ""},
+		{"aggregate an hour by 7 s from raw", aggregateRaw, []any{key, "x", hourFrom, hourTo, 7 * time.Second}, []string{raw}, "machine_metric_time_idx"},
+		{"downsample a day", downsampleMinMax,
+			[]any{key, "x", dayM1, dayTo, dayM1.UnixMilli(), int64(500), int64(24 * time.Hour / time.Millisecond)}, []string{raw}, "machine_metric_time_idx"},
+		{"downsample a day from aggregates", downsampleWindows, downsampleArgs(key, dayM1.UnixMilli(), dayTo.UnixMilli(), 1000),
+			[]string{agg, raw}, ""},
+		{"series of an hour", listSeries, []any{hourFrom, hourTo, 10 * time.Second}, []string{agg, agg, raw}, ""},
+		{"active machines with an attribute", `SELECT id FROM machines WHERE retired_at IS NULL AND attributes @> $1`,
+			[]any{`{"vendor": "acme"}`}, []string{"machines"}, "machines_active_attributes_idx"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var out string
+			if err := s.pool.QueryRow(ctx, "EXPLAIN (FORMAT JSON) "+tt.sql, tt.args...).Scan(&out); err != nil {
+				t.Fatalf("EXPLAIN: %v", err)
+			}
+			var plans []struct {
+				Plan planNode `json:"Plan"`
+			}
+			if err := json.Unmarshal([]byte(out), &plans); err != nil || len(plans) != 1 {
+				t.Fatalf("decoding plan: %v\n%s", err, out)
+			}
+			var rels []string
+			for _, sc := range plans[0].Plan.scans() {
+				if sc.RelationName != "" {
+					rels = append(rels, sc.RelationName)
+				}
+				switch sc.NodeType {
+				case "Index Scan", "Index Only Scan", "Bitmap Index Scan":
+					if !strings.HasSuffix(sc.IndexName, tt.index) || !ourIndex(sc.IndexName) {
+						t.Errorf("%s uses index %s, want *%s", sc.NodeType, sc.IndexName, tt.index)
+					}
+				case "Bitmap Heap Scan": // its child is the Bitmap Index Scan
+				default:
+					t.Errorf("%s on %s: not an index scan", sc.NodeType, sc.RelationName)
+				}
+			}
+			slices.Sort(rels)
+			want := slices.Sorted(slices.Values(tt.want))
+			if !slices.Equal(rels, want) {
+				t.Errorf("relations scanned = %v, want %v (partition pruning lost?)", rels, want)
+			}
+			if t.Failed() {
+				t.Logf("plan:\n%s", out)
+			}
+		})
+	}
+}
+
+// ourIndex reports whether name is one of the indexes of the migrations (or
+// a partition's copy of one).
+func ourIndex(name string) bool {
+	for _, suffix := range []string{"machine_metric_time_idx", "_pkey", "bucket_idx", "machines_active_attributes_idx"} {
+		if strings.HasSuffix(name, suffix) {
+			return true
+		}
+	}
+	return false
+}
+
+// downsampleArgs are the arguments DownsampleRange passes to
+// downsampleWindows.
+func downsampleArgs(key string, from, to int64, n int) []any {
+	nb, span := uint64(n/2), uint64(to-from+1)
+	midFrom, midTo, lo, hi, ok := windowPlan(from, to, from, to, nb, span, 10_000)
+	if !ok {
+		panic("no whole windows")
+	}
+	return []any{key, "x", ts(midFrom), ts(midTo), from, int64(nb), int64(span), int64(10_000), lo, hi, ts(from), ts(to)}
+}
