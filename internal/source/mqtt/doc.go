@@ -1,0 +1,24 @@
+// Package mqtt ingests telemetry over MQTT: an embedded broker (Broker, on
+// mochi-mqtt) that devices publish to, and a subscriber (Subscriber, on
+// paho.golang's autopaho) to an external broker such as Mosquitto.
+//
+// Both read the topic twinline/{site}/{line}/{machineId}/telemetry, whose
+// payload is one event as JSON (an object, or an array of objects) or
+// InfluxDB line protocol (one event per line); the first byte that is not
+// white space tells which. The machine id of the topic wins over one in the
+// payload and fills in a missing one; site and line go to the registry.
+//
+// Both hand decoded events to the same consumer contract: a Submit function
+// that returns once the batch is durable. A QoS 1 message is acknowledged
+// (PUBACK from the broker, manual acknowledgement to the external broker)
+// only after Submit has returned without error, so an acknowledged message
+// is never lost; one that was not acknowledged is sent again by the client
+// or the external broker (at least once: duplicates are possible, and an
+// event id in the payload lets the engine drop them).
+//
+// A bad message (wrong topic shape, undecodable payload, a machine the fleet
+// limit refuses) is counted, logged with its topic and dropped: an MQTT 5
+// publisher gets a PUBACK with a failure reason code (0x90, 0x99, 0x97), an
+// MQTT 3.1.1 publisher, which has no such code, a plain PUBACK. It never
+// ends the client's session nor the subscription.
+package mqtt

@@ -1,0 +1,481 @@
+package mqtt
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"log/slog"
+	"net/url"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/eclipse/paho.golang/autopaho"
+	"github.com/eclipse/paho.golang/paho"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/twinline/twinline/internal/telemetry"
+)
+
+// SubscriberOptions configure the subscriber to an external broker. The
+// zero value is usable. The broker URL's query may override ClientID
+// (client_id), Group (group; empty: no shared subscription) and
+// SessionExpiry (session_expiry, a Go duration).
+type SubscriberOptions struct {
+	// Ingest says how payloads become events.
+	Ingest IngestOptions
+	// ClientID must be stable across restarts, for the broker to keep the
+	// session, and unique per replica; "" means "twinline-" + host name.
+	ClientID string
+	// Group is the shared-subscription group: the filter becomes
+	// $share/{Group}/twinline/+/+/+/telemetry and each message goes to one
+	// replica of the group. "" means "twinline"; "-" means no shared
+	// subscription (every subscriber gets every message).
+	Group string
+	// SessionExpiry is how long the broker keeps the session, and the QoS 1
+	// messages for it, while the subscriber is disconnected; 0 means 1 hour.
+	SessionExpiry time.Duration
+	// KeepAlive is the MQTT keep-alive; 0 means 30 s.
+	KeepAlive time.Duration
+	// ReceiveMaximum is how many unacknowledged messages the broker may
+	// send; 0 means 256.
+	ReceiveMaximum int
+	// Workers decode and submit messages concurrently, each submitting
+	// what has queued up for it as one batch; the messages of one topic go
+	// to one worker, in order, and acknowledgements go out in the order
+	// the messages came. 0 means 4.
+	Workers int
+	// MinBackoff and MaxBackoff bound the delay between reconnection
+	// attempts (exponential, jittered); 0 means 250 ms and 30 s.
+	MinBackoff, MaxBackoff time.Duration
+	// ConnectTimeout bounds one connection attempt; 0 means 10 s.
+	ConnectTimeout time.Duration
+	// DrainTimeout is how long, at shutdown, submits in progress may take
+	// to finish (and be acknowledged); 0 means 5 s.
+	DrainTimeout time.Duration
+}
+
+func (o SubscriberOptions) withDefaults() SubscriberOptions {
+	if o.ClientID == "" {
+		host, err := os.Hostname()
+		if err != nil || host == "" {
+			host = "local"
+		}
+		o.ClientID = "twinline-" + host
+	}
+	switch o.Group {
+	case "":
+		o.Group = "twinline"
+	case "-":
+		o.Group = ""
+	}
+	if o.SessionExpiry <= 0 {
+		o.SessionExpiry = time.Hour
+	}
+	if o.KeepAlive <= 0 {
+		o.KeepAlive = 30 * time.Second
+	}
+	if o.ReceiveMaximum <= 0 {
+		o.ReceiveMaximum = 256
+	}
+	o.ReceiveMaximum = min(o.ReceiveMaximum, 65535)
+	if o.Workers <= 0 {
+		o.Workers = 4
+	}
+	if o.MinBackoff <= 0 {
+		o.MinBackoff = 250 * time.Millisecond
+	}
+	if o.MaxBackoff <= o.MinBackoff {
+		o.MaxBackoff = max(30*time.Second, 2*o.MinBackoff)
+	}
+	if o.ConnectTimeout <= 0 {
+		o.ConnectTimeout = 10 * time.Second
+	}
+	if o.DrainTimeout <= 0 {
+		o.DrainTimeout = 5 * time.Second
+	}
+	return o
+}
+
+// Subscriber consumes telemetry from an external MQTT 5 broker with a
+// persistent session, QoS 1 and manual acknowledgement: a message is
+// acknowledged only once its events are durable (or it was rejected as
+// bad), so the broker sends an unacknowledged one again after a crash or a
+// reconnection.
+type Subscriber struct {
+	url    *url.URL
+	opts   SubscriberOptions
+	h      *handler
+	logger *slog.Logger
+	filter string
+
+	connected    atomic.Bool // connection up and subscription granted
+	connMu       sync.Mutex  // orders connection state changes
+	connGen      uint64      // counts connections up and down, under connMu
+	connGauge    prometheus.Gauge
+	connectFails prometheus.Counter
+	started      atomic.Bool
+
+	work []chan paho.PublishReceived // one per worker, chosen by topic
+	stop chan struct{}
+}
+
+// NewSubscriber returns a subscriber to the broker at brokerURL
+// (mqtt://, tcp://, mqtts://, tls://, ws:// or wss://, with optional
+// user:password@); Run connects. opts may be the zero value.
+func NewSubscriber(brokerURL string, opts SubscriberOptions, deps Deps) (*Subscriber, error) {
+	u, err := url.Parse(brokerURL)
+	if err != nil {
+		return nil, fmt.Errorf("parsing mqtt broker url: %w", err)
+	}
+	switch u.Scheme {
+	case "mqtt", "tcp", "mqtts", "tls", "ssl", "ws", "wss":
+	default:
+		return nil, fmt.Errorf("mqtt broker url %q: scheme must be mqtt, tcp, mqtts, tls, ssl, ws or wss", brokerURL)
+	}
+	if u.Host == "" {
+		return nil, fmt.Errorf("mqtt broker url %q has no host", brokerURL)
+	}
+	q := u.Query()
+	if v, ok := q["client_id"]; ok {
+		opts.ClientID = v[0]
+	}
+	if v, ok := q["group"]; ok {
+		opts.Group = v[0]
+		if opts.Group == "" {
+			opts.Group = "-"
+		}
+	}
+	if v := q.Get("session_expiry"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d <= 0 {
+			return nil, fmt.Errorf("mqtt broker url: session_expiry %q is not a positive duration", v)
+		}
+		opts.SessionExpiry = d
+	}
+	u.RawQuery = ""
+	opts = opts.withDefaults()
+	if strings.ContainsAny(opts.Group, "/+#") {
+		return nil, fmt.Errorf("mqtt shared subscription group %q must not contain / + or #", opts.Group)
+	}
+	h, err := newHandler(opts.Ingest, deps, "subscriber")
+	if err != nil {
+		return nil, err
+	}
+	s := &Subscriber{
+		url: u, opts: opts, h: h, logger: h.logger,
+		filter: TelemetryFilter,
+		connGauge: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "twinline_mqtt_connected", ConstLabels: prometheus.Labels{"source": "subscriber"},
+			Help: "1 while the subscriber is connected to the external MQTT broker and subscribed.",
+		}),
+		connectFails: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "twinline_mqtt_connect_errors_total", ConstLabels: prometheus.Labels{"source": "subscriber"},
+			Help: "Failed connection attempts to the external MQTT broker.",
+		}),
+		stop: make(chan struct{}),
+	}
+	for range opts.Workers {
+		s.work = append(s.work, make(chan paho.PublishReceived, opts.ReceiveMaximum))
+	}
+	if opts.Group != "" {
+		s.filter = "$share/" + opts.Group + "/" + TelemetryFilter
+	}
+	if err := register(deps.Registerer, s.connGauge, s.connectFails); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// Filter returns the topic filter the subscriber subscribes to.
+func (s *Subscriber) Filter() string { return s.filter }
+
+// Ready reports whether the subscriber is connected and subscribed.
+func (s *Subscriber) Ready() error {
+	if !s.connected.Load() {
+		return fmt.Errorf("not connected to mqtt broker %s", s.url.Host)
+	}
+	return nil
+}
+
+// Run connects (and reconnects, with backoff) and consumes messages until
+// ctx ends. Then it stops taking messages, lets submits in progress finish
+// for up to DrainTimeout, and disconnects; messages not acknowledged by
+// then are sent again by the broker when the session resumes.
+func (s *Subscriber) Run(ctx context.Context) error {
+	if !s.started.CompareAndSwap(false, true) {
+		return errors.New("mqtt subscriber already run")
+	}
+	// The connection and the submits outlive ctx a little: acknowledgements
+	// of the last submits still go out.
+	connCtx, stopConn := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopConn()
+	submitCtx, stopSubmits := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopSubmits()
+
+	var subscribing sync.WaitGroup // subscribe calls, one per connection
+	username := s.url.User.Username()
+	password, _ := s.url.User.Password()
+	srv := *s.url
+	srv.User = nil
+	cfg := autopaho.ClientConfig{
+		ServerUrls:                    []*url.URL{&srv},
+		KeepAlive:                     uint16(max(s.opts.KeepAlive/time.Second, 1)),
+		CleanStartOnInitialConnection: false,
+		SessionExpiryInterval:         uint32(s.opts.SessionExpiry / time.Second),
+		ReconnectBackoff:              autopaho.NewExponentialBackoff(s.opts.MinBackoff, s.opts.MaxBackoff, s.opts.MinBackoff*2, 2),
+		ConnectTimeout:                s.opts.ConnectTimeout,
+		ConnectUsername:               username,
+		ConnectPassword:               []byte(password),
+		OnConnectionUp: func(cm *autopaho.ConnectionManager, ca *paho.Connack) {
+			s.logger.Info("mqtt connected", "broker", srv.Host, "session_present", ca.SessionPresent)
+			gen := s.connChange()
+			subscribing.Go(func() { s.subscribe(connCtx, cm, gen) })
+		},
+		OnConnectionDown: func() bool {
+			s.connChange()
+			s.logger.Warn("mqtt connection lost", "broker", srv.Host)
+			return true
+		},
+		OnConnectError: func(err error) {
+			s.connectFails.Inc()
+			s.logger.Warn("connecting to mqtt broker", "broker", srv.Host, "err", err)
+		},
+		ConnectPacketBuilder: func(c *paho.Connect, _ *url.URL) (*paho.Connect, error) {
+			if c.Properties == nil {
+				c.Properties = &paho.ConnectProperties{}
+			}
+			rm := uint16(s.opts.ReceiveMaximum)
+			c.Properties.ReceiveMaximum = &rm
+			return c, nil
+		},
+		Errors:     pahoLogger{s.logger, slog.LevelDebug},
+		PahoErrors: pahoLogger{s.logger, slog.LevelDebug},
+		ClientConfig: paho.ClientConfig{
+			ClientID:                   s.opts.ClientID,
+			EnableManualAcknowledgment: true,
+			OnPublishReceived:          []func(paho.PublishReceived) (bool, error){s.receive},
+		},
+	}
+	if username == "" {
+		cfg.ConnectPassword = nil
+	}
+	cm, err := autopaho.NewConnection(connCtx, cfg)
+	if err != nil {
+		return fmt.Errorf("starting mqtt connection: %w", err)
+	}
+
+	var wg sync.WaitGroup
+	for _, work := range s.work {
+		wg.Go(func() { s.worker(submitCtx, work) })
+	}
+
+	<-ctx.Done()
+	close(s.stop)
+	drained := make(chan struct{})
+	go func() { wg.Wait(); close(drained) }()
+	timer := time.NewTimer(s.opts.DrainTimeout)
+	defer timer.Stop()
+	select {
+	case <-drained:
+	case <-timer.C:
+		stopSubmits()
+		<-drained
+	}
+	s.connChange()
+	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.opts.ConnectTimeout)
+	defer cancel()
+	if err := cm.Disconnect(dctx); err != nil && !errors.Is(err, autopaho.ConnectionDownError) {
+		s.logger.Debug("disconnecting from mqtt broker", "err", err)
+	}
+	stopConn()
+	<-cm.Done()
+	subscribing.Wait()
+	return nil
+}
+
+// subscribe subscribes to the telemetry filter on a new connection (the
+// session may already hold the subscription; subscribing again is
+// harmless).
+func (s *Subscriber) subscribe(ctx context.Context, cm *autopaho.ConnectionManager, gen uint64) {
+	sctx, cancel := context.WithTimeout(ctx, s.opts.ConnectTimeout)
+	defer cancel()
+	sa, err := cm.Subscribe(sctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{
+		Topic: s.filter, QoS: 1,
+		RetainHandling: 2, // no retained messages: they are old events
+	}}})
+	if err != nil {
+		s.logger.Error("subscribing to mqtt telemetry", "filter", s.filter, "err", err)
+		return
+	}
+	if len(sa.Reasons) == 0 || sa.Reasons[0] >= 0x80 {
+		s.logger.Error("mqtt subscription refused", "filter", s.filter, "reasons", sa.Reasons)
+		return
+	}
+	s.connMu.Lock()
+	if s.connGen == gen { // still the same connection
+		s.setConnected(true)
+	}
+	s.connMu.Unlock()
+	s.logger.Info("mqtt subscribed", "filter", s.filter, "qos", sa.Reasons[0])
+}
+
+// connChange marks a connection going up or down as not (yet) ready and
+// returns the new connection generation.
+func (s *Subscriber) connChange() uint64 {
+	s.connMu.Lock()
+	defer s.connMu.Unlock()
+	s.connGen++
+	s.setConnected(false)
+	return s.connGen
+}
+
+func (s *Subscriber) setConnected(up bool) {
+	s.connected.Store(up)
+	if up {
+		s.connGauge.Set(1)
+	} else {
+		s.connGauge.Set(0)
+	}
+}
+
+// receive queues a message for a worker, chosen by topic so that the
+// messages of one machine are submitted in the order they came. A queue
+// holds ReceiveMaximum messages, as many as the broker may have
+// unacknowledged, so it does not block paho's router.
+func (s *Subscriber) receive(pr paho.PublishReceived) (bool, error) {
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(pr.Packet.Topic))
+	select {
+	case s.work[h.Sum32()%uint32(len(s.work))] <- pr:
+	case <-s.stop:
+		// Shutting down: not acknowledged, sent again later.
+	}
+	return true, nil
+}
+
+// worker handles queued messages until the subscriber stops.
+func (s *Subscriber) worker(ctx context.Context, work <-chan paho.PublishReceived) {
+	var msgs []paho.PublishReceived
+	for {
+		select {
+		case <-s.stop:
+			return
+		case pr := <-work:
+			// Take what else is queued: one submit (one durable commit)
+			// for all of it.
+			msgs = append(msgs[:0], pr)
+		collect:
+			for len(msgs) < maxBatchMessages {
+				select {
+				case pr := <-work:
+					msgs = append(msgs, pr)
+				default:
+					break collect
+				}
+			}
+			if !s.handle(ctx, msgs) {
+				continue
+			}
+			for _, pr := range msgs {
+				if err := pr.Client.Ack(pr.Packet); err != nil {
+					// The connection that brought it is gone: the broker
+					// sends it again on the next one.
+					s.logger.Debug("acknowledging mqtt message", "topic", pr.Packet.Topic, "err", err)
+				}
+			}
+			clear(msgs)
+		}
+	}
+}
+
+// maxBatchMessages bounds how many messages one submit carries.
+const maxBatchMessages = 256
+
+// handle decodes messages and submits their events together, and reports
+// whether the messages may be acknowledged: their events are stored, or
+// they are bad and never will be.
+func (s *Subscriber) handle(ctx context.Context, msgs []paho.PublishReceived) bool {
+	var ps []*prepared
+	for _, pr := range msgs {
+		p, out := s.h.prepare(pr.Packet.Topic, pr.Packet.Payload)
+		if p == nil {
+			s.h.finish(pr.Packet.Topic, s.opts.ClientID, nil, out)
+			continue
+		}
+		ps = append(ps, p)
+	}
+	if len(ps) == 0 {
+		return true
+	}
+	return s.submit(ctx, ps)
+}
+
+// submit submits the events of ps as one batch. A submit that fails for a
+// reason that may pass is tried again, with backoff, until it succeeds or
+// the subscriber stops (false: not to be acknowledged). A batch the log
+// can never take is split into its messages.
+func (s *Subscriber) submit(ctx context.Context, ps []*prepared) bool {
+	all := ps[0]
+	if len(ps) > 1 {
+		n := 0
+		for _, p := range ps {
+			n += len(p.batch.Events)
+		}
+		events := make([]telemetry.Event, 0, n)
+		for _, p := range ps {
+			events = append(events, p.batch.Events...)
+		}
+		all = &prepared{batch: &telemetry.Batch{Events: events, Protocol: protocol, Received: ps[0].batch.Received}}
+	}
+	client := s.opts.ClientID
+	delay := 50 * time.Millisecond
+	for {
+		out := s.h.submitOnce(ctx, all)
+		if out.reason == reasonUnprocessable && len(ps) > 1 {
+			ok := true
+			for _, p := range ps {
+				ok = s.submit(ctx, []*prepared{p}) && ok
+			}
+			return ok
+		}
+		if !out.retry() {
+			s.h.finishBatch(client, ps, out)
+			return true
+		}
+		if ctx.Err() != nil {
+			s.h.finishBatch(client, ps, out)
+			return false
+		}
+		s.logger.Warn("submitting mqtt messages, will retry", "messages", len(ps), "topic", ps[0].topicName,
+			"reason", out.reason, "detail", out.detail, "retry_in", delay)
+		t := time.NewTimer(delay)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+		case <-s.stop:
+			t.Stop()
+			s.h.finishBatch(client, ps, out)
+			return false
+		}
+		delay = min(2*delay, 5*time.Second)
+	}
+}
+
+// pahoLogger adapts slog to paho's logger interface.
+type pahoLogger struct {
+	logger *slog.Logger
+	level  slog.Level
+}
+
+func (l pahoLogger) Println(v ...any) {
+	l.logger.Log(context.Background(), l.level, strings.TrimSpace(fmt.Sprintln(v...)), "lib", "paho")
+}
+
+func (l pahoLogger) Printf(format string, v ...any) {
+	l.logger.Log(context.Background(), l.level, fmt.Sprintf(format, v...), "lib", "paho")
+}
