@@ -1,0 +1,194 @@
+package kafka
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/twinline/twinline/internal/stream"
+	"github.com/twinline/twinline/internal/telemetry"
+)
+
+// base is the event time of the test events: 2025-11-30T06:00:00Z.
+const base = int64(1764482400000)
+
+func testLogger(t testing.TB) *slog.Logger {
+	if testing.Verbose() && os.Getenv("TWINLINE_TEST_LOG") != "" {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.DiscardHandler)
+}
+
+func randName(prefix string) string {
+	b := make([]byte, 5)
+	_, _ = rand.Read(b)
+	return prefix + hex.EncodeToString(b)
+}
+
+// newCluster starts a kfake cluster of one broker with a topic of its own
+// of the given partitions, closed at the end of t.
+func newCluster(t testing.TB, partitions int32, opts ...kfake.Opt) (*kfake.Cluster, string) {
+	t.Helper()
+	topic := randName("twinline.test.")
+	c, err := kfake.NewCluster(append([]kfake.Opt{kfake.NumBrokers(1), kfake.SeedTopics(partitions, topic)}, opts...)...)
+	if err != nil {
+		t.Fatalf("starting kfake: %v", err)
+	}
+	t.Cleanup(c.Close)
+	return c, topic
+}
+
+// fastGroup makes a group member notice rebalances quickly.
+var fastGroup = WithClientOptions(
+	kgo.HeartbeatInterval(100*time.Millisecond),
+	kgo.SessionTimeout(6*time.Second),
+	kgo.RetryBackoffFn(func(int) time.Duration { return 50 * time.Millisecond }),
+)
+
+// waitFor polls cond until it holds, failing t after timeout.
+func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+		}
+		<-tick.C
+	}
+}
+
+// running is a Processor running in the background.
+type running struct {
+	p      *Processor
+	cancel context.CancelFunc
+	done   chan error
+	once   sync.Once
+}
+
+// stop ends Run and checks it returned cleanly; later calls do nothing.
+func (r *running) stop(t testing.TB) {
+	t.Helper()
+	r.once.Do(func() { r.stopOnce(t) })
+}
+
+func (r *running) stopOnce(t testing.TB) {
+	t.Helper()
+	r.cancel()
+	select {
+	case err := <-r.done:
+		if err != nil && err != context.Canceled {
+			t.Errorf("Run returned %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("Run did not return after cancel")
+	}
+}
+
+func startProcessor(t testing.TB, brokers []string, topic, group string, st TxStore, sinks stream.Sinks, opts ...Option) *running {
+	t.Helper()
+	p, err := NewProcessor(brokers, topic, group, st, stream.DefaultEngineConfig(), sinks, testLogger(t), nil, append([]Option{fastGroup}, opts...)...)
+	if err != nil {
+		t.Fatalf("NewProcessor: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &running{p: p, cancel: cancel, done: make(chan error, 1)}
+	go func() { r.done <- p.Run(ctx) }()
+	t.Cleanup(func() { r.stop(t) })
+	return r
+}
+
+func newProducer(t testing.TB, brokers []string, topic string, opts ...Option) *Producer {
+	t.Helper()
+	p, err := NewProducer(brokers, topic, testLogger(t), nil, opts...)
+	if err != nil {
+		t.Fatalf("NewProducer: %v", err)
+	}
+	t.Cleanup(p.Close)
+	return p
+}
+
+// events returns n events per machine, over machines machines, each with a
+// seq and two metrics, at distinct times from offset k.
+func events(machines, n, k int) []telemetry.Event {
+	out := make([]telemetry.Event, 0, machines*n)
+	for i := range n {
+		for m := range machines {
+			seq := uint64(k + i)
+			out = append(out, telemetry.Event{
+				Machine: fmt.Sprintf("m-%03d", m),
+				Seq:     seq, HasSeq: true,
+				Time:    base + int64(k+i)*100,
+				Metrics: []telemetry.Metric{{Name: "temp", Value: float64(k + i)}, {Name: "rpm", Value: float64(m)}},
+			})
+		}
+	}
+	return out
+}
+
+// samplesOf returns the samples of events, as the store keeps them.
+func samplesOf(evs []telemetry.Event) []telemetry.Sample {
+	var out []telemetry.Sample
+	for _, ev := range evs {
+		for _, m := range ev.Metrics {
+			out = append(out, telemetry.Sample{Machine: ev.Machine, Metric: m.Name, Time: ev.Time, Value: m.Value})
+		}
+	}
+	return out
+}
+
+// endOffsets returns the end offset of each partition of topic.
+func endOffsets(t testing.TB, brokers []string, topic string) map[int32]int64 {
+	t.Helper()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ends, err := kadm.NewClient(cl).ListEndOffsets(ctx, topic)
+	if err != nil {
+		t.Fatalf("listing end offsets: %v", err)
+	}
+	out := map[int32]int64{}
+	ends.Each(func(o kadm.ListedOffset) {
+		if o.Err != nil {
+			t.Fatalf("end offset of partition %d: %v", o.Partition, o.Err)
+		}
+		out[o.Partition] = o.Offset
+	})
+	return out
+}
+
+// storedOffsets reads st's offsets of group, with nonzero ends only.
+func storedOffsets(t testing.TB, st TxStore, group, topic string) map[int32]int64 {
+	t.Helper()
+	offs, err := st.Offsets(context.Background(), group, topic)
+	if err != nil {
+		t.Fatalf("Offsets: %v", err)
+	}
+	return offs
+}
+
+// nonZero drops the zero entries of m (partitions nothing was written to).
+func nonZero(m map[int32]int64) map[int32]int64 {
+	out := map[int32]int64{}
+	for k, v := range m {
+		if v != 0 {
+			out[k] = v
+		}
+	}
+	return out
+}

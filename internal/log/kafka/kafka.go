@@ -1,0 +1,188 @@
+// Package kafka is the event log on Apache Kafka (franz-go): the Producer
+// the gateway appends batches with, and the Processor, a consumer-group
+// member that runs one event-time engine per partition and stores raw
+// samples together with the consumed offsets in one transaction.
+//
+// Records are keyed by machine id, so one machine's events stay in one
+// partition and in order; the value is one event as JSON, the format
+// ingest.DecodeJSON reads, so external producers may write to the topic
+// directly. The Producer is idempotent with acks=all, and Append returns
+// only once Kafka acknowledged every record of the batch.
+//
+// The Processor does not use Kafka's committed offsets: on every partition
+// assignment it resumes from the offsets stored next to the samples
+// (TxStore), and each commit moves a partition's stored offset from the
+// value the processor last read to the new one, or fails with ErrFenced when
+// another processor moved it first. So every record is stored exactly once,
+// even across rebalances and crashes. See docs/kafka.md and
+// docs/decisions/0006-kafka-exactly-once.md.
+package kafka
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/twinline/twinline/internal/ingest"
+	"github.com/twinline/twinline/internal/telemetry"
+)
+
+var (
+	// ErrUnavailable reports that Kafka did not acknowledge a batch: some or
+	// none of its events may have been written, nothing is acknowledged, and
+	// the client should retry later (HTTP 503 + Retry-After). A retry is
+	// safe: the processor deduplicates by id and seq, and the store keeps
+	// the first value of a (machine, metric, time).
+	ErrUnavailable = errors.New("kafka unavailable")
+	// ErrFenced reports a commit refused because the partition's stored
+	// offset is no longer the one the processor read: another processor
+	// owns the partition now (or did meanwhile).
+	ErrFenced = errors.New("partition offset moved by another processor")
+	// ErrNotRunning reports a Processor whose Run has not started or ended.
+	ErrNotRunning = errors.New("kafka processor not running")
+	// ErrInvalidEvent reports an event that cannot be encoded as JSON (a
+	// non-finite value): the decoders never produce one.
+	ErrInvalidEvent = errors.New("invalid event")
+)
+
+// TxStore is what the Processor needs from the store: samples and the
+// consumed offset of a partition in one transaction, fenced by the offset
+// read before.
+type TxStore interface {
+	// AppendWithOffsets stores samples and sets the stored offset of
+	// (group, topic, partition) to next, in one transaction, if the stored
+	// offset is expected (-1: none stored yet); otherwise it stores nothing
+	// and returns an error wrapping ErrFenced. Samples repeating a stored
+	// (machine, metric, time) are idempotent duplicates. An error wrapping
+	// store.ErrOutOfBounds means the offset moved and the other samples
+	// were stored.
+	AppendWithOffsets(ctx context.Context, samples []telemetry.Sample, group, topic string, partition int32, next, expected int64) error
+	// Offsets returns the stored offsets of a group's partitions of topic:
+	// the next offset to consume, by partition.
+	Offsets(ctx context.Context, group, topic string) (map[int32]int64, error)
+}
+
+// Option configures a Producer or a Processor.
+type Option func(*options)
+
+type options struct {
+	kgo         []kgo.Opt
+	decode      ingest.Options
+	maxPoll     int
+	readyPeriod time.Duration
+	ackTimeout  time.Duration
+}
+
+func buildOptions(opts []Option) options {
+	o := options{decode: ingest.DefaultOptions(), maxPoll: 16 << 10, readyPeriod: 2 * time.Second, ackTimeout: 10 * time.Second}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	return o
+}
+
+// WithClientOptions adds franz-go client options (after twinline's own, so
+// they override them), e.g. kgo.RecordDeliveryTimeout or kgo.SessionTimeout.
+func WithClientOptions(opts ...kgo.Opt) Option {
+	return func(o *options) { o.kgo = append(o.kgo, opts...) }
+}
+
+// WithDecodeOptions sets the options the Processor decodes records with
+// (limits, time bounds). Now is ignored: an event without a timestamp gets
+// its record's timestamp, so a replay decodes it the same way. Default
+// ingest.DefaultOptions().
+func WithDecodeOptions(d ingest.Options) Option {
+	return func(o *options) { o.decode = d }
+}
+
+// WithMaxPollRecords bounds the records the Processor takes per poll, and
+// so the size of one commit per partition. Default 16384.
+func WithMaxPollRecords(n int) Option {
+	return func(o *options) {
+		if n > 0 {
+			o.maxPoll = n
+		}
+	}
+}
+
+// WithReadyPeriod sets how long Ready caches the result of its broker ping.
+// Default 2 seconds.
+func WithReadyPeriod(d time.Duration) Option {
+	return func(o *options) {
+		if d > 0 {
+			o.readyPeriod = d
+		}
+	}
+}
+
+// WithAckTimeout bounds how long the Producer's Append waits for Kafka's
+// acknowledgements before it fails with ErrUnavailable. Default 10 seconds.
+func WithAckTimeout(d time.Duration) Option {
+	return func(o *options) {
+		if d > 0 {
+			o.ackTimeout = d
+		}
+	}
+}
+
+// readiness caches the result of a broker ping for period.
+type readiness struct {
+	period time.Duration
+	mu     sync.Mutex
+	at     time.Time
+	err    error
+}
+
+// check returns the cached result, or pings when it is older than period.
+// Concurrent callers share one ping.
+func (r *readiness) check(cl *kgo.Client) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.at.IsZero() && time.Since(r.at) < r.period {
+		return r.err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), min(r.period, 2*time.Second))
+	defer cancel()
+	r.err = nil
+	if err := cl.Ping(ctx); err != nil {
+		r.err = fmt.Errorf("pinging kafka: %w: %w", ErrUnavailable, err)
+	}
+	r.at = time.Now()
+	return r.err
+}
+
+// kgoLogger hands franz-go's warnings and errors to slog.
+type kgoLogger struct{ l *slog.Logger }
+
+func (k kgoLogger) Level() kgo.LogLevel { return kgo.LogLevelWarn }
+
+func (k kgoLogger) Log(level kgo.LogLevel, msg string, keyvals ...any) {
+	lv := slog.LevelWarn
+	if level == kgo.LogLevelError {
+		lv = slog.LevelError
+	}
+	k.l.Log(context.Background(), lv, msg, keyvals...)
+}
+
+func orDiscard(l *slog.Logger) *slog.Logger {
+	if l == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return l
+}
+
+// register registers cs with reg, stopping at the first error.
+func register(reg prometheus.Registerer, cs ...prometheus.Collector) error {
+	for _, c := range cs {
+		if err := reg.Register(c); err != nil {
+			return fmt.Errorf("registering metrics: %w", err)
+		}
+	}
+	return nil
+}
