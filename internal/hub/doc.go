@@ -1,9 +1,10 @@
 // Package hub fans live updates out to dashboard clients over WebSocket and
 // Server-Sent Events: GET /api/v1/stream?machine=ID[&machine=ID…] or ?all=1.
 //
-// This is the in-memory, single-replica hub. Its publish side is two
-// methods, [Hub.PublishSamples] and [Hub.PublishEvent]; a cross-replica
-// variant (Redis) can sit behind the same two calls.
+// Its publish side is two methods, [Hub.PublishSamples] and
+// [Hub.PublishEvent]. Alone it fans out to its own clients; with
+// Options.Redis it fans out across every replica sharing that Redis (see
+// Replicas).
 //
 // # Transports
 //
@@ -115,6 +116,32 @@
 // subscribers; it never scans every client. Events published with an empty
 // machine go to the all-machines subscribers only.
 //
+// # Replicas
+//
+// With Options.Redis, each publish call goes through Redis once: one Lua
+// script call takes its seqs from a global counter and publishes its
+// messages on one Pub/Sub channel (sharded Pub/Sub, SPUBLISH, with
+// Options.RedisSharded). Every replica, the publisher included, delivers
+// what arrives on the channel to its own clients, so seqs and cursors mean
+// the same on every replica and a client may resume on any of them; a
+// replica delivers each message once (its own only when it comes back from
+// Redis). A cursor the replica has not reached yet (the client comes from a
+// replica a little ahead) is held up to Options.ResumeWait before hello.
+// The seqs of the global sequence increase but may jump (a replica that
+// joins lifts the counter to its own latest seq); a jump holds no message.
+//
+// If the subscription fails, or a publish does, the hub delivers its own
+// messages to its own clients at once, with its own seqs, and [Hub.Ready]
+// reports [ErrFanoutDown]; Run resubscribes by itself. When it is back,
+// every client of the replica gets
+//
+//	{"type":"reset","reason":"fanout_gap","seq":N}
+//
+// (an SSE event with id N): messages of other replicas may have been lost
+// meanwhile, so the client reloads what it shows from the query API; the
+// cursors from before N are expired. The same happens if the replica sees
+// that it missed messages of the global sequence.
+//
 // # Operation
 //
 // Run sends the heartbeats. Call Shutdown before, or together with,
@@ -131,5 +158,8 @@
 // twinline_stream_clients{transport}, twinline_stream_messages_sent_total{transport},
 // twinline_stream_clients_dropped_total{reason}, twinline_stream_rejected_total{reason},
 // twinline_stream_messages_published_total{kind},
-// twinline_stream_publish_duration_seconds.
+// twinline_stream_publish_duration_seconds; with Redis also
+// twinline_stream_fanout_up, twinline_stream_fanout_errors_total,
+// twinline_stream_fanout_resets_total, twinline_stream_fanout_stale_total and
+// twinline_stream_fanout_local_total.
 package hub

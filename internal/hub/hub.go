@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/twinline/twinline/internal/telemetry"
 )
@@ -37,6 +38,26 @@ type Options struct {
 	// host patterns for path.Match (see websocket.AcceptOptions). The
 	// default, none, allows same-origin requests only.
 	OriginPatterns []string
+
+	// Redis, when not nil, fans live messages out across every replica
+	// sharing it (and RedisPrefix): each publish goes through Redis once,
+	// and every replica delivers it to its own clients, with seqs (cursors)
+	// that mean the same on every replica. Run keeps the subscription.
+	Redis redis.UniversalClient
+	// RedisPrefix namespaces the Redis keys and channel (e.g. "twinline:").
+	RedisPrefix string
+	// RedisSharded publishes with SPUBLISH and subscribes with SSUBSCRIBE
+	// (sharded Pub/Sub, Redis 7+), for a Redis Cluster.
+	RedisSharded bool
+	// RedisTimeout bounds each publish through Redis (default 500ms); past
+	// it, or on any error, the hub delivers locally until its subscription
+	// is back. It bounds the network waits only if the client has
+	// ContextTimeoutEnabled.
+	RedisTimeout time.Duration
+	// ResumeWait is how long a client resuming with a cursor this replica
+	// has not reached yet (a cursor from another replica) is held before
+	// it is answered (default 2s; with Redis only).
+	ResumeWait time.Duration
 }
 
 func (o Options) withDefaults() Options {
@@ -57,6 +78,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.WriteTimeout <= 0 {
 		o.WriteTimeout = 10 * time.Second
+	}
+	if o.ResumeWait <= 0 {
+		o.ResumeWait = defaultResumeWait
 	}
 	return o
 }
@@ -90,6 +114,8 @@ type Hub struct {
 	handlers sync.WaitGroup
 	// encoders holds the scratch space of PublishSamples (*encoder).
 	encoders sync.Pool
+	// bus is the cross-replica fan-out, nil without Redis.
+	bus *bus
 
 	mu        sync.Mutex
 	seq       uint64 // latest seq
@@ -102,6 +128,15 @@ type Hub struct {
 	// has enqueued for, to be woken once it is done.
 	mark    uint64
 	touched []*client
+	// connected says the bus has been subscribed once.
+	connected bool
+	// global is the latest seq of the global sequence this replica knows
+	// of: delivered, or skipped by a jump.
+	global uint64
+	// pubs tracks this replica's publish calls through Redis, by number.
+	pubs map[uint64]pubState
+	// advanced, when not nil, is closed when seq moves (waitSeq).
+	advanced chan struct{}
 }
 
 // client is one registered stream connection. Its subscriptions, mark,
@@ -146,14 +181,19 @@ func New(opts Options, logger *slog.Logger, reg prometheus.Registerer) *Hub {
 	h := &Hub{
 		opts:      opts,
 		logger:    logger.With("component", "hub"),
-		metrics:   newMetrics(reg),
+		metrics:   newMetrics(reg, opts.Redis != nil),
 		seq:       uint64(time.Now().UnixMicro()),
 		ring:      newRing(opts.ReplaySize),
 		byMachine: make(map[string]map[*client]struct{}),
 		all:       make(map[*client]struct{}),
 		clients:   make(map[*client]struct{}),
 	}
+	h.ring.reset(h.seq)
 	h.killCtx, h.kill = context.WithCancel(context.Background())
+	if opts.Redis != nil {
+		h.bus = newBus(opts)
+		h.pubs = make(map[uint64]pubState)
+	}
 	return h
 }
 
@@ -220,16 +260,7 @@ func (h *Hub) PublishSamples(samples []telemetry.Sample, received int64) {
 		e.drafts[g].buf = samplesTrailer(e.drafts[g].buf)
 	}
 
-	slab := make([]message, len(e.drafts)) // one allocation for the call's messages
-	h.mu.Lock()
-	e.msgs = e.msgs[:0]
-	for i, d := range e.drafts {
-		h.seq++
-		e.msgs = append(e.msgs, d.finish(h.seq, &slab[i]))
-	}
-	h.publishLocked(e.msgs)
-	h.mu.Unlock()
-	clear(e.msgs)
+	e.msgs = h.publishDrafts(e.drafts, e.msgs)
 
 	h.metrics.published.samples.Add(float64(len(e.drafts)))
 	clear(e.index)
@@ -252,14 +283,63 @@ func (h *Hub) PublishEvent(machine, typ string, data any) {
 		h.logger.Error("encoding stream event", "machine", machine, "type", typ, "err", err)
 		return
 	}
-	d := eventDraft(machine, typ, b)
-	h.mu.Lock()
-	h.seq++
-	m := d.finish(h.seq, new(message))
-	h.publishLocked([]*message{m})
-	h.mu.Unlock()
+	h.publishDrafts([]draft{eventDraft(machine, typ, b)}, nil)
 	h.metrics.published.events.Inc()
 	h.metrics.publishDuration.Observe(time.Since(start).Seconds())
+}
+
+// publishDrafts publishes the drafts of one publish call: through Redis
+// when the hub has a live bus (every replica, this one included, delivers
+// them when they come back), else to this replica's clients at once, with
+// the next seqs. scratch is reused for the messages and returned.
+func (h *Hub) publishDrafts(drafts []draft, scratch []*message) []*message {
+	if h.bus != nil && h.bus.up.Load() {
+		no := h.bus.next.Add(1)
+		h.mu.Lock()
+		h.pubs[no] = pubPending
+		floor := h.seq
+		h.mu.Unlock()
+		err := h.bus.publish(context.Background(), no, drafts, floor)
+		if !h.answered(no, err) {
+			return scratch
+		}
+		h.metrics.busErrors.Inc()
+		h.logger.Warn("publishing through redis; delivering locally", "err", err)
+	}
+	slab := make([]message, len(drafts)) // one allocation for the call's messages
+	h.mu.Lock()
+	msgs := scratch[:0]
+	for i, d := range drafts {
+		h.seq++
+		msgs = append(msgs, d.finish(h.seq, &slab[i]))
+	}
+	if h.bus != nil {
+		h.metrics.busLocal.Add(float64(len(msgs)))
+	}
+	h.publishLocked(msgs)
+	h.advancedLocked()
+	h.mu.Unlock()
+	clear(msgs)
+	return msgs
+}
+
+// answered records the answer to publish call no through Redis and
+// reports whether the call must be delivered locally: it failed, and has
+// not come back from the channel (it will be skipped if it does).
+func (h *Hub) answered(no uint64, err error) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	switch st := h.pubs[no]; {
+	case st == pubBack:
+		delete(h.pubs, no) // delivered from the channel already
+		return false
+	case err == nil:
+		h.pubs[no] = pubDone
+		return false
+	default:
+		h.pubs[no] = pubFailed
+		return true
+	}
 }
 
 // publishLocked keeps msgs, the messages of one publish call with their
@@ -409,8 +489,17 @@ func (h *Hub) drop(c *client, reason string) {
 	h.mu.Unlock()
 }
 
-// Run sends heartbeats until ctx ends, then returns nil.
+// Run sends heartbeats, and with Redis keeps the hub subscribed to the
+// other replicas' messages, until ctx ends, then returns nil.
 func (h *Hub) Run(ctx context.Context) error {
+	if h.bus != nil {
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			h.runBus(ctx)
+		}()
+		defer func() { <-done }()
+	}
 	t := time.NewTicker(h.opts.Heartbeat)
 	defer t.Stop()
 	for {
@@ -467,38 +556,81 @@ func (h *Hub) Shutdown(ctx context.Context) error {
 	}
 }
 
-// ring keeps the most recent messages, whose seqs are consecutive.
+// ring keeps the most recent messages, in seq order. Their seqs increase
+// but may jump (with Redis, the global sequence skips the seqs a replica
+// reserved while it was cut off): a jump holds no message, so a cursor in
+// it is served like any other.
 type ring struct {
-	buf []*message
-	n   int // messages held, ≤ len(buf)
+	buf  []*message
+	head int // index of the oldest message
+	n    int // messages held, ≤ len(buf)
+	// floor, when set, is the seq of the last message evicted or forgotten:
+	// a cursor below it can no longer be served.
+	floor    uint64
+	hasFloor bool
 }
 
 func newRing(size int) ring { return ring{buf: make([]*message, size)} }
 
 func (r *ring) put(m *message) {
-	r.buf[m.seq%uint64(len(r.buf))] = m
-	if r.n < len(r.buf) {
-		r.n++
+	if r.n == len(r.buf) {
+		r.floor, r.hasFloor = r.buf[r.head].seq, true
+		r.buf[r.head] = m
+		if r.head++; r.head == len(r.buf) {
+			r.head = 0
+		}
+		return
 	}
+	r.buf[r.at(r.n)] = m
+	r.n++
 }
 
-// oldest returns the seq of the oldest message held, latest+1 if none.
-func (r *ring) oldest(latest uint64) uint64 { return latest - uint64(r.n) + 1 }
+func (r *ring) at(i int) int {
+	i += r.head
+	if i >= len(r.buf) {
+		i -= len(r.buf)
+	}
+	return i
+}
+
+// reset forgets every message held; floor is the latest seq then.
+func (r *ring) reset(floor uint64) {
+	clear(r.buf)
+	r.head, r.n = 0, 0
+	r.floor, r.hasFloor = floor, true
+}
+
+// oldest returns the oldest seq a cursor may be one below: the cursors
+// from oldest-1 on can be served. latest is the hub's latest seq.
+func (r *ring) oldest(latest uint64) uint64 {
+	switch {
+	case r.hasFloor:
+		return r.floor + 1
+	case r.n == 0:
+		return latest + 1
+	}
+	return r.buf[r.head].seq
+}
 
 // since returns the messages held with seq in (cursor, latest], in order,
 // in a new slice with room for extra more in front. cursor must not be
 // older than oldest-1.
 func (r *ring) since(cursor, latest uint64, extra int) []*message {
-	k := int(latest - cursor)
-	dst := make([]*message, extra, extra+k)
-	if k == 0 {
-		return dst
+	// The first message after cursor, by binary search.
+	lo, hi := 0, r.n
+	for lo < hi {
+		m := int(uint(lo+hi) >> 1)
+		if r.buf[r.at(m)].seq <= cursor {
+			lo = m + 1
+		} else {
+			hi = m
+		}
 	}
-	size := uint64(len(r.buf))
-	from := int((cursor + 1) % size)
-	if from+k <= len(r.buf) {
-		return append(dst, r.buf[from:from+k]...)
+	dst := make([]*message, extra, extra+r.n-lo)
+	for i := lo; i < r.n; i++ {
+		if m := r.buf[r.at(i)]; m.seq <= latest {
+			dst = append(dst, m)
+		}
 	}
-	dst = append(dst, r.buf[from:]...)
-	return append(dst, r.buf[:k-(len(r.buf)-from)]...)
+	return dst
 }

@@ -20,9 +20,16 @@ type metrics struct {
 		events  prometheus.Counter
 	}
 	publishDuration prometheus.Histogram
+	busUp           prometheus.Gauge
+	busErrors       prometheus.Counter
+	busGaps         prometheus.Counter
+	busStale        prometheus.Counter
+	busLocal        prometheus.Counter
 }
 
-func newMetrics(reg prometheus.Registerer) *metrics {
+// newMetrics makes the hub's metrics and registers them on reg unless it is
+// nil; those of the cross-replica fan-out only if fanout.
+func newMetrics(reg prometheus.Registerer, fanout bool) *metrics {
 	m := &metrics{
 		clients: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "twinline_stream_clients",
@@ -46,6 +53,26 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Buckets: prometheus.ExponentialBuckets(1e-6, 4, 10), // 1µs … 262ms
 		}),
 	}
+	m.busUp = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "twinline_stream_fanout_up",
+		Help: "1 while the hub is subscribed to the cross-replica fan-out in Redis, else 0 (also without Redis).",
+	})
+	m.busErrors = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "twinline_stream_fanout_errors_total",
+		Help: "Failures of the cross-replica fan-out: publishes, subscriptions and undecodable messages.",
+	})
+	m.busGaps = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "twinline_stream_fanout_resets_total",
+		Help: "Replay ring resets because the global sequence jumped (messages lost while Redis was unreachable).",
+	})
+	m.busStale = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "twinline_stream_fanout_stale_total",
+		Help: "Messages from Redis dropped because this replica had passed their seq (during a recovery).",
+	})
+	m.busLocal = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "twinline_stream_fanout_local_total",
+		Help: "Messages delivered to this replica's clients only, because the cross-replica fan-out was down.",
+	})
 	published := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "twinline_stream_messages_published_total",
 		Help: "Messages published to the stream by kind (samples, event); one samples message per machine per publish.",
@@ -65,6 +92,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}
 	if reg != nil {
 		reg.MustRegister(m.clients, m.sent, m.dropped, m.rejected, published, m.publishDuration)
+		if fanout {
+			reg.MustRegister(m.busUp, m.busErrors, m.busGaps, m.busStale, m.busLocal)
+		}
 	}
 	return m
 }

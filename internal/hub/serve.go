@@ -55,6 +55,10 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
+	if h.bus != nil && q.hasCursor {
+		// A cursor from another replica may be a little ahead of this one.
+		h.waitSeq(r.Context(), q.cursor, h.opts.ResumeWait)
+	}
 	c := &client{
 		queue:    newQueue(h.opts.QueueSize),
 		cut:      make(chan struct{}),

@@ -23,6 +23,7 @@ const (
 	TypeUpgradeRequired  = "urn:twinline:problem:upgrade-required"
 	TypeInvalidMachine   = "urn:twinline:problem:invalid-machine"
 	TypeConflict         = "urn:twinline:problem:conflict"
+	TypeRateLimited      = "urn:twinline:problem:rate-limited"
 )
 
 // Problem is an RFC 9457 problem detail. The extension members say exactly

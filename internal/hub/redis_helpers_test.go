@@ -1,0 +1,200 @@
+package hub
+
+import (
+	"context"
+	"crypto/rand"
+	"io"
+	"net"
+	"net/http/httptest"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+)
+
+func redisAddr() string {
+	if addr := os.Getenv("TWINLINE_TEST_REDIS"); addr != "" {
+		return addr
+	}
+	return "127.0.0.1:6379"
+}
+
+// testRedisPrefix checks that Redis answers and returns a key prefix of
+// the test's own, whose keys are deleted when the test ends. Without
+// Redis the test fails under CI=true and is skipped otherwise.
+func testRedisPrefix(t testing.TB) string {
+	t.Helper()
+	rdb := redis.NewClient(&redis.Options{Addr: redisAddr(), ContextTimeoutEnabled: true, DialTimeout: time.Second, MaxRetries: 1})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := rdb.Ping(ctx).Err(); err != nil {
+		rdb.Close()
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("redis at %s: %v", redisAddr(), err)
+		}
+		t.Skipf("redis at %s unavailable (%v); set CI=true to fail instead", redisAddr(), err)
+	}
+	prefix := "twinline-test:" + rand.Text()[:12] + ":"
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		defer rdb.Close()
+		iter := rdb.Scan(ctx, 0, prefix+"*", 1000).Iterator()
+		var keys []string
+		for iter.Next(ctx) {
+			keys = append(keys, iter.Val())
+		}
+		if len(keys) > 0 {
+			if err := rdb.Del(ctx, keys...).Err(); err != nil {
+				t.Errorf("deleting test keys: %v", err)
+			}
+		}
+	})
+	return prefix
+}
+
+// replica is one in-process twinline replica's hub, served over HTTP.
+type replica struct {
+	hub *Hub
+	srv *httptest.Server
+	rdb *redis.Client
+	reg *prometheus.Registry
+}
+
+// newReplica starts a hub fanning out through the Redis at addr under
+// prefix, and waits until it is subscribed.
+func newReplica(t *testing.T, addr, prefix string, opts Options) *replica {
+	t.Helper()
+	rdb := redis.NewClient(&redis.Options{
+		Addr: addr, ContextTimeoutEnabled: true,
+		DialTimeout: 300 * time.Millisecond, ReadTimeout: time.Second, WriteTimeout: time.Second,
+		MaxRetries: -1,
+	})
+	opts.Redis, opts.RedisPrefix = rdb, prefix
+	if opts.RedisTimeout == 0 {
+		opts.RedisTimeout = 300 * time.Millisecond
+	}
+	reg := prometheus.NewRegistry()
+	h := New(opts, nil, reg)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- h.Run(ctx) }()
+	srv := newTestServer(t, h)
+	t.Cleanup(func() {
+		sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer scancel()
+		h.Shutdown(sctx)
+		cancel()
+		<-done
+		rdb.Close()
+	})
+	r := &replica{hub: h, srv: srv, rdb: rdb, reg: reg}
+	r.waitReady(t)
+	return r
+}
+
+func (r *replica) waitReady(t *testing.T) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for r.hub.Ready() != nil {
+		if time.Now().After(deadline) {
+			t.Fatalf("hub not subscribed to redis within 10s: %v", r.hub.Ready())
+		}
+		r.hub.waitSeq(context.Background(), r.hub.latest()+1, 10*time.Millisecond)
+	}
+}
+
+// proxy is a TCP proxy to Redis whose connections the test can cut.
+type proxy struct {
+	ln     net.Listener
+	target string
+	mu     sync.Mutex
+	down   bool
+	conns  map[net.Conn]struct{}
+}
+
+func newProxy(t testing.TB, target string) *proxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &proxy{ln: ln, target: target, conns: make(map[net.Conn]struct{})}
+	go p.serve()
+	t.Cleanup(func() {
+		ln.Close()
+		p.cut()
+	})
+	return p
+}
+
+func (p *proxy) Addr() string { return p.ln.Addr().String() }
+
+func (p *proxy) serve() {
+	for {
+		c, err := p.ln.Accept()
+		if err != nil {
+			return
+		}
+		p.mu.Lock()
+		if p.down {
+			p.mu.Unlock()
+			c.Close()
+			continue
+		}
+		u, err := net.Dial("tcp", p.target)
+		if err != nil {
+			p.mu.Unlock()
+			c.Close()
+			continue
+		}
+		p.conns[c], p.conns[u] = struct{}{}, struct{}{}
+		p.mu.Unlock()
+		go func() { io.Copy(u, c); u.Close(); c.Close() }()
+		go func() { io.Copy(c, u); u.Close(); c.Close() }()
+	}
+}
+
+// cut closes every connection and refuses new ones until restore.
+func (p *proxy) cut() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.down = true
+	for c := range p.conns {
+		c.Close()
+	}
+	clear(p.conns)
+}
+
+func (p *proxy) restore() {
+	p.mu.Lock()
+	p.down = false
+	p.mu.Unlock()
+}
+
+// newBenchReplica starts a hub fanning out through the Redis on 127.0.0.1
+// under prefix, for benchmarks, and waits until it is subscribed.
+func newBenchReplica(b *testing.B, prefix string) *Hub {
+	b.Helper()
+	rdb := redis.NewClient(&redis.Options{Addr: redisAddr(), ContextTimeoutEnabled: true})
+	h := New(Options{Redis: rdb, RedisPrefix: prefix, QueueSize: 1 << 12}, nil, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- h.Run(ctx) }()
+	b.Cleanup(func() {
+		cancel()
+		<-done
+		rdb.Close()
+	})
+	deadline := time.Now().Add(10 * time.Second)
+	for h.Ready() != nil {
+		if time.Now().After(deadline) {
+			b.Fatal("hub not subscribed to redis within 10s")
+		}
+		h.waitSeq(ctx, h.latest()+1, 10*time.Millisecond)
+	}
+	return h
+}
