@@ -1,0 +1,278 @@
+// Package bench is the load generator and measuring side of `twinline
+// bench`: scenarios that drive a running twinline server over its public
+// HTTP API and stream endpoint and report throughput, latency percentiles
+// (HDR histograms) and resource use.
+//
+// Scenarios:
+//
+//   - ingest-json, ingest-lp: closed loop, W workers post batches as fast as
+//     the server acknowledges them; samples/s acknowledged (2xx = durable)
+//     and CPU per sample.
+//   - latency: an open-loop sender at a fixed rate stamps each event with
+//     its intended send time (so a stall anywhere counts against latency:
+//     no coordinated omission) while N stream clients subscribe; each
+//     received sample's arrival time − event time goes into the histogram.
+//   - fanout: N stream clients connect at once (connect rate, memory per
+//     connection), then receive a paced load (messages/s delivered).
+//   - query: a store preloaded with history, then history queries
+//     (downsampled and aggregated) and the fleet list, one at a time.
+//
+// The package is a client only: the caller (cmd/twinline) starts an
+// embedded server when no target is given and tells the package which
+// process to watch for memory and CPU.
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"runtime"
+	"strings"
+	"time"
+)
+
+// Scenarios are the scenario names, in the order of the help text.
+var Scenarios = []string{"ingest-json", "ingest-lp", "latency", "fanout", "query"}
+
+// Process names the process whose memory and CPU a scenario reports: the
+// server. PID 0 is this process (an embedded server).
+type Process struct {
+	PID int
+}
+
+// Options configure a run. Zero values take the scenario's default (see
+// [Options.WithDefaults]).
+type Options struct {
+	Scenario string
+	// Target is the server's base URL, e.g. http://127.0.0.1:8080.
+	Target   string
+	Duration time.Duration
+	// Warmup is the start of the measured phase excluded from latency
+	// figures (latency, fanout).
+	Warmup time.Duration
+
+	Workers  int // concurrent HTTP senders
+	Batch    int // events (or lines) per request
+	Machines int // simulated machines
+	// Prefix starts every machine id (prefix-00042), so that several
+	// bench processes can share a server without mixing their machines.
+	Prefix  string
+	Metrics int     // metrics per event
+	Rate    float64 // events per second of the open-loop sender (latency, fanout)
+	// Linger is the longest an event waits in the open-loop sender for its
+	// batch to fill: batching adds at most this much latency.
+	Linger time.Duration
+
+	Clients           int    // stream clients (latency, fanout)
+	MachinesPerClient int    // machines each stream client subscribes to
+	AllClients        int    // of Clients, how many subscribe with ?all=1
+	Transport         string // "ws" or "sse"
+	ConnectWorkers    int    // concurrent dials while connecting clients
+
+	HistoryMachines int           // query: machines preloaded with history
+	History         time.Duration // query: length of the preloaded history at 1 Hz
+
+	// Server is the process measured for RSS and CPU (nil: not measured);
+	// Embedded says the server runs in this process (so those figures
+	// include the load generator).
+	Server   *Process
+	Embedded bool
+
+	// Connected, when set, is called once every stream client is connected,
+	// before the measured phase (latency, fanout): e.g. to write a heap
+	// profile of the server holding them.
+	Connected func()
+
+	// Progress receives the live progress line every second (nil: none);
+	// Terminal overwrites one line with \r instead of printing lines.
+	Progress io.Writer
+	Terminal bool
+}
+
+// WithDefaults returns o with the zero fields set to the scenario's
+// defaults.
+func (o Options) WithDefaults() Options {
+	def := func(v *int, d int) {
+		if *v == 0 {
+			*v = d
+		}
+	}
+	if o.Duration == 0 {
+		o.Duration = 10 * time.Second
+	}
+	def(&o.Workers, 4*runtime.GOMAXPROCS(0))
+	def(&o.Metrics, 3)
+	def(&o.MachinesPerClient, 1)
+	def(&o.ConnectWorkers, 64)
+	def(&o.HistoryMachines, 4)
+	if o.History == 0 {
+		o.History = 24 * time.Hour
+	}
+	if o.Prefix == "" {
+		o.Prefix = "bench"
+	}
+	if o.Linger == 0 {
+		o.Linger = 10 * time.Millisecond
+	}
+	if o.Transport == "" {
+		o.Transport = "ws"
+	}
+	switch o.Scenario {
+	case "ingest-json", "ingest-lp":
+		def(&o.Batch, 1000)
+		def(&o.Machines, 1000)
+	case "latency":
+		def(&o.Batch, 500)
+		def(&o.Machines, 1000)
+		def(&o.Clients, 1000)
+		if o.Rate == 0 {
+			o.Rate = 50_000
+		}
+		if o.Warmup == 0 {
+			o.Warmup = min(time.Second, o.Duration/5)
+		}
+	case "fanout":
+		def(&o.Batch, 500)
+		def(&o.Machines, 1000)
+		def(&o.Clients, 20_000)
+		if o.Rate == 0 {
+			o.Rate = 1000
+		}
+		if o.Warmup == 0 {
+			o.Warmup = min(time.Second, o.Duration/5)
+		}
+	case "query":
+		def(&o.Batch, 1000)
+		def(&o.Machines, 1000)
+	}
+	return o
+}
+
+// Validate reports every bad option at once.
+func (o Options) Validate() error {
+	var errs []error
+	bad := func(flag, format string, a ...any) {
+		errs = append(errs, fmt.Errorf("--%s: %s", flag, fmt.Sprintf(format, a...)))
+	}
+	known := false
+	for _, s := range Scenarios {
+		known = known || s == o.Scenario
+	}
+	if !known {
+		bad("scenario", "%q is not one of %s", o.Scenario, strings.Join(Scenarios, ", "))
+	}
+	if u, err := url.Parse(o.Target); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		bad("target", "%q is not an http(s) URL like http://127.0.0.1:8080", o.Target)
+	}
+	if o.Duration <= 0 {
+		bad("duration", "must be positive")
+	}
+	if len(o.Prefix) > 100 || strings.ContainsAny(o.Prefix, " \t\n/+#?\"\\&=%") {
+		bad("prefix", "%q must be at most 100 characters without spaces, quotes or / + # ? & = %%", o.Prefix)
+	}
+	if o.Linger < 0 {
+		bad("linger", "must not be negative")
+	}
+	if o.Warmup < 0 || (o.Warmup > 0 && o.Warmup >= o.Duration) {
+		bad("warmup", "must be at least 0 and shorter than --duration")
+	}
+	positive := func(flag string, v int) {
+		if v < 1 {
+			bad(flag, "must be at least 1, got %d", v)
+		}
+	}
+	positive("workers", o.Workers)
+	positive("batch", o.Batch)
+	positive("machines", o.Machines)
+	positive("metrics", o.Metrics)
+	positive("connect-workers", o.ConnectWorkers)
+	if o.Metrics > 256 {
+		bad("metrics", "at most 256 (the server's default --max-metrics-per-event)")
+	}
+	switch o.Scenario {
+	case "ingest-json", "ingest-lp":
+		if o.Machines < o.Workers {
+			bad("machines", "%d is fewer than --workers (%d): each worker owns its machines", o.Machines, o.Workers)
+		}
+	case "latency", "fanout":
+		if !(o.Rate > 0) {
+			bad("rate", "must be positive")
+		}
+		// Events of one machine must be at least 1 ms apart: event times
+		// are milliseconds, and two samples of a series at the same
+		// millisecond are one sample.
+		if o.Rate > 1000*float64(o.Machines) {
+			bad("rate", "%g events/s over %d machines puts two events of a machine in the same millisecond; use at least %d machines", o.Rate, o.Machines, int(o.Rate/1000)+1)
+		}
+		positive("clients", o.Clients)
+		positive("machines-per-client", o.MachinesPerClient)
+		if o.MachinesPerClient > min(o.Machines, 1000) {
+			bad("machines-per-client", "at most --machines and 1000")
+		}
+		if o.AllClients < 0 || o.AllClients > o.Clients {
+			bad("all-clients", "must be between 0 and --clients")
+		}
+		if o.Transport != "ws" && o.Transport != "sse" {
+			bad("transport", "%q is not ws or sse", o.Transport)
+		}
+	case "query":
+		positive("history-machines", o.HistoryMachines)
+		if o.HistoryMachines > o.Machines {
+			bad("history-machines", "at most --machines (%d)", o.Machines)
+		}
+		if o.History < time.Minute {
+			bad("history", "at least 1m")
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Run runs the scenario of o (after [Options.WithDefaults]) against
+// o.Target and returns its result. It returns early, with what was
+// measured so far, when ctx ends.
+func Run(ctx context.Context, o Options) (*Result, error) {
+	o = o.WithDefaults()
+	if err := o.Validate(); err != nil {
+		return nil, err
+	}
+	o.Target = strings.TrimRight(o.Target, "/")
+	if err := reach(ctx, o.Target); err != nil {
+		return nil, err
+	}
+	r := newResult(o)
+	var err error
+	switch o.Scenario {
+	case "ingest-json", "ingest-lp":
+		err = runIngest(ctx, o, r)
+	case "latency", "fanout":
+		err = runStream(ctx, o, r)
+	case "query":
+		err = runQuery(ctx, o, r)
+	}
+	if err != nil && r.Seconds == 0 && ctx.Err() == nil {
+		return nil, err // nothing was measured
+	}
+	return r, err
+}
+
+// reach checks that a twinline server answers at target (GET /healthz).
+func reach(ctx context.Context, target string) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, target+"/healthz", nil)
+	if err != nil {
+		return fmt.Errorf("reaching the server: %w", err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("reaching the server at %s: %w", target, err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("reaching the server at %s: GET /healthz answered %s", target, resp.Status)
+	}
+	return nil
+}

@@ -1,0 +1,113 @@
+package bench
+
+import (
+	"context"
+	"sync"
+	"time"
+)
+
+// runIngest is the closed-loop ingest scenario: each worker posts its next
+// body as soon as the previous one is answered. Worker w owns the machines
+// w, w+W, w+2W, …, and each machine's event times go up by 1 ms per event
+// from an hour ago, so every event is new (no duplicates) and each
+// machine's events arrive in order, as a live sensor's do.
+func runIngest(ctx context.Context, o Options, r *Result) error {
+	f := formatJSON
+	if o.Scenario == "ingest-lp" {
+		f = formatLP
+	}
+	m := newMeter(time.Now())
+	rep := startReporter(ctx, o.Progress, o.Terminal, o.Scenario, m, time.Second)
+	defer rep.stop()
+	p := newPoster(o, f, m)
+	defer p.close()
+
+	metrics := metricList(o.Metrics)
+	names := machineList(o.Prefix, o.Machines)
+	base := time.Now().Add(-time.Hour).UnixMilli()
+
+	cpu0, cpuErr := serverCPU(o.Server)
+	m.setPhase("measure")
+	start := time.Now()
+	deadline := start.Add(o.Duration)
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	errc := make(chan error, o.Workers)
+	for w := range o.Workers {
+		var own []int
+		for i := w; i < o.Machines; i += o.Workers {
+			own = append(own, i)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			next := make([]int64, len(own)) // per owned machine: next event time offset
+			var buf []byte
+			pos := 0
+			var i int64
+			for time.Now().Before(deadline) && runCtx.Err() == nil {
+				buf = f.body(buf, o.Batch, metrics, func(int) (string, int64, int64) {
+					k := pos % len(own)
+					pos++
+					ts := base + next[k]
+					next[k]++
+					i++
+					return names[own[k]], ts, i
+				})
+				if _, err := p.post(runCtx, w, buf, o.Batch); err != nil {
+					return
+				}
+				if err := p.failedOut(m); err != nil {
+					errc <- err
+					cancel()
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	m.setPhase("done")
+	r.Seconds = elapsed.Seconds()
+	r.Ingest = p.result(m, r.Seconds)
+	if f.path == formatLP.path {
+		// Lines are events; points are samples.
+		r.Notes = append(r.Notes, "line protocol: events are lines, samples are data points (fields)")
+	}
+	r.Server = serverResult(o.Server, cpu0, cpuErr, r.Ingest.Samples)
+	select {
+	case err := <-errc:
+		return err
+	default:
+	}
+	return ctx.Err()
+}
+
+// serverCPU reads the server's CPU time, when it is known.
+func serverCPU(p *Process) (time.Duration, error) {
+	if p == nil {
+		return 0, nil
+	}
+	return p.CPU()
+}
+
+// serverResult is the server's CPU use since cpu0 and its RSS now; nil when
+// the server process is unknown or cannot be read.
+func serverResult(p *Process, cpu0 time.Duration, cpuErr error, samples int64) *ServerResult {
+	if p == nil || cpuErr != nil {
+		return nil
+	}
+	cpu1, err := p.CPU()
+	if err != nil {
+		return nil
+	}
+	s := &ServerResult{PID: p.PID, CPUSeconds: (cpu1 - cpu0).Seconds()}
+	if samples > 0 {
+		s.CPUPerSample = s.CPUSeconds / float64(samples)
+	}
+	if rss, err := p.RSS(); err == nil {
+		s.RSS = rss
+	}
+	return s
+}

@@ -1,0 +1,277 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// metricNames are the names of the first metrics of every event; further
+// ones are m8, m9, ….
+var metricNames = []string{"temp", "rpm", "vibration", "pressure", "power", "current", "voltage", "flow"}
+
+func metricList(n int) []string {
+	out := make([]string, n)
+	for i := range out {
+		if i < len(metricNames) {
+			out[i] = metricNames[i]
+		} else {
+			out[i] = "m" + strconv.Itoa(i)
+		}
+	}
+	return out
+}
+
+// machineName is the id of simulated machine i.
+func machineName(prefix string, i int) string {
+	return fmt.Sprintf("%s-%05d", prefix, i)
+}
+
+func machineList(prefix string, n int) []string {
+	out := make([]string, n)
+	for i := range out {
+		out[i] = machineName(prefix, i)
+	}
+	return out
+}
+
+// value is a deterministic, varied metric value for event i, metric k.
+func value(i int64, k int) float64 {
+	return float64((i*7+int64(k)*13)%10_000) / 10
+}
+
+// appendJSONEvent appends one event object of the JSON ingest format.
+func appendJSONEvent(b []byte, machine string, tsMs int64, metrics []string, i int64) []byte {
+	b = append(b, `{"machineId":"`...)
+	b = append(b, machine...)
+	b = append(b, `","timestamp":`...)
+	b = strconv.AppendInt(b, tsMs, 10)
+	for k, m := range metrics {
+		b = append(b, `,"`...)
+		b = append(b, m...)
+		b = append(b, `":`...)
+		b = strconv.AppendFloat(b, value(i, k), 'f', -1, 64)
+	}
+	return append(b, '}')
+}
+
+// appendLine appends one line of InfluxDB line protocol, millisecond
+// precision: measurement "bench", tag machineId, one field per metric.
+func appendLine(b []byte, machine string, tsMs int64, metrics []string, i int64) []byte {
+	b = append(b, "bench,machineId="...)
+	b = append(b, machine...)
+	for k, m := range metrics {
+		if k == 0 {
+			b = append(b, ' ')
+		} else {
+			b = append(b, ',')
+		}
+		b = append(b, m...)
+		b = append(b, '=')
+		b = strconv.AppendFloat(b, value(i, k), 'f', -1, 64)
+	}
+	b = append(b, ' ')
+	b = strconv.AppendInt(b, tsMs, 10)
+	return append(b, '\n')
+}
+
+// format is an ingest wire format.
+type format struct {
+	path, contentType string
+	open, sep, close  string
+	event             func(b []byte, machine string, tsMs int64, metrics []string, i int64) []byte
+}
+
+var (
+	formatJSON = format{path: "/api/v1/events", contentType: "application/json", open: "[", sep: ",", close: "]", event: appendJSONEvent}
+	formatLP   = format{path: "/write?db=bench&precision=ms", contentType: "text/plain; charset=utf-8", event: appendLine}
+)
+
+// body builds one request body of n events; ev(j) gives the j-th event's
+// machine, time and index.
+func (f format) body(b []byte, n int, metrics []string, ev func(j int) (machine string, tsMs, i int64)) []byte {
+	b = append(b[:0], f.open...)
+	for j := range n {
+		if j > 0 {
+			b = append(b, f.sep...)
+		}
+		m, ts, i := ev(j)
+		b = f.event(b, m, ts, metrics, i)
+	}
+	return append(b, f.close...)
+}
+
+// errCounts counts failures by kind ("503", "transport", …).
+type errCounts struct {
+	mu sync.Mutex
+	m  map[string]int64
+}
+
+func (e *errCounts) add(kind string) {
+	e.mu.Lock()
+	if e.m == nil {
+		e.m = make(map[string]int64)
+	}
+	e.m[kind]++
+	e.mu.Unlock()
+}
+
+func (e *errCounts) snapshot() map[string]int64 {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if len(e.m) == 0 {
+		return nil
+	}
+	out := make(map[string]int64, len(e.m))
+	for k, v := range e.m {
+		out[k] = v
+	}
+	return out
+}
+
+// poster sends ingest requests and counts what was acknowledged.
+type poster struct {
+	client  *http.Client
+	url     string
+	format  format
+	metrics int
+	m       *meter
+	errs    *errCounts
+	reqs    *Shards
+	// duplicates counts events the server dropped as duplicates.
+	duplicates atomic.Int64
+	// firstErr keeps the first failure's description for the report.
+	mu       sync.Mutex
+	firstErr string
+}
+
+func newHTTPClient(conns int) *http.Client {
+	tr := &http.Transport{
+		Proxy:               nil,
+		DialContext:         (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		MaxIdleConns:        conns,
+		MaxIdleConnsPerHost: conns,
+		IdleConnTimeout:     90 * time.Second,
+		DisableCompression:  true,
+	}
+	return &http.Client{Transport: tr, Timeout: 2 * time.Minute}
+}
+
+func newPoster(o Options, f format, m *meter) *poster {
+	return &poster{
+		client:  newHTTPClient(o.Workers),
+		url:     o.Target + f.path,
+		format:  f,
+		metrics: o.Metrics,
+		m:       m,
+		errs:    &errCounts{},
+		reqs:    NewShards(o.Workers),
+	}
+}
+
+// ingestAnswer is the JSON ingest endpoint's 202 body.
+type ingestAnswer struct {
+	Accepted   int64 `json:"accepted"`
+	Duplicates int64 `json:"duplicates"`
+}
+
+// post sends body holding events events and reports how many were
+// acknowledged (0 on failure, counted by kind). worker picks the request
+// latency shard.
+func (p *poster) post(ctx context.Context, worker int, body []byte, events int) (acked int64, err error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, p.url, bytes.NewReader(body))
+	if err != nil {
+		return 0, fmt.Errorf("building request: %w", err)
+	}
+	req.Header.Set("Content-Type", p.format.contentType)
+	start := time.Now()
+	resp, err := p.client.Do(req)
+	if err != nil {
+		if ctx.Err() != nil {
+			return 0, ctx.Err()
+		}
+		p.fail("transport", err.Error())
+		return 0, nil
+	}
+	answer, rerr := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	resp.Body.Close()
+	p.reqs.Shard(worker).Record(time.Since(start))
+	p.m.requests.Add(1)
+	if rerr != nil {
+		p.fail("transport", rerr.Error())
+		return 0, nil
+	}
+	if resp.StatusCode/100 != 2 {
+		p.fail(strconv.Itoa(resp.StatusCode), fmt.Sprintf("%s: %.300s", resp.Status, answer))
+		return 0, nil
+	}
+	acked, dups := int64(events), int64(0)
+	if resp.StatusCode == http.StatusAccepted && len(answer) > 0 {
+		var a ingestAnswer
+		if err := json.Unmarshal(answer, &a); err != nil {
+			p.fail("bad-answer", err.Error())
+			return 0, nil
+		}
+		acked, dups = a.Accepted, a.Duplicates
+	}
+	p.m.events.Add(acked)
+	p.m.samples.Add(acked * int64(p.metrics))
+	p.duplicates.Add(dups)
+	return acked, nil
+}
+
+func (p *poster) fail(kind, detail string) {
+	p.m.errors.Add(1)
+	p.errs.add(kind)
+	p.mu.Lock()
+	if p.firstErr == "" {
+		p.firstErr = kind + ": " + detail
+	}
+	p.mu.Unlock()
+}
+
+// close releases the idle connections.
+func (p *poster) close() { p.client.CloseIdleConnections() }
+
+// ingestResult fills the ingest section from the meter and the poster.
+func (p *poster) result(m *meter, seconds float64) *IngestResult {
+	errs := p.errs.snapshot()
+	dups := p.duplicates.Load()
+	s := p.reqs.Merged().Summary()
+	in := &IngestResult{
+		Requests:   m.requests.Load(),
+		Events:     m.events.Load(),
+		Samples:    m.samples.Load(),
+		Duplicates: dups,
+		Errors:     errs,
+		Request:    &s,
+	}
+	if seconds > 0 {
+		in.EventsPerS = float64(in.Events) / seconds
+		in.SamplesPerS = float64(in.Samples) / seconds
+	}
+	return in
+}
+
+// errTooManyFailures ends a run whose requests all fail.
+var errTooManyFailures = errors.New("every request failed")
+
+// failedOut reports whether the run should stop: requests were made and
+// none succeeded.
+func (p *poster) failedOut(m *meter) error {
+	if m.errors.Load() >= 20 && m.events.Load() == 0 {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		return fmt.Errorf("%w; first: %s", errTooManyFailures, p.firstErr)
+	}
+	return nil
+}

@@ -1,0 +1,131 @@
+package bench
+
+import (
+	"bytes"
+	"encoding/json"
+	"flag"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files in testdata")
+
+// golden compares got with testdata/name, or rewrites it with -update.
+func golden(t *testing.T, name string, got []byte) {
+	t.Helper()
+	path := filepath.Join("testdata", name)
+	if *update {
+		if err := os.MkdirAll("testdata", 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, got, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("reading golden file (run with -update to create it): %v", err)
+	}
+	if diff := cmp.Diff(string(got), string(want)); diff != "" {
+		t.Errorf("%s mismatch (-got +want):\n%s", name, diff)
+	}
+}
+
+// sampleResults are fixed results of each shape.
+func sampleResults() map[string]*Result {
+	base := func(scenario string) *Result {
+		o := Options{Scenario: scenario, Target: "http://127.0.0.1:8080", Embedded: true}.WithDefaults()
+		o.Workers = 8
+		r := newResult(o)
+		r.StartedAt = time.Date(2026, 11, 30, 9, 0, 0, 0, time.UTC)
+		r.Host = Host{CPUs: 2, GoVersion: "go1.26.8", OS: "linux", Arch: "amd64"}
+		r.Seconds = 10
+		return r
+	}
+	ingest := base("ingest-json")
+	ingest.Ingest = &IngestResult{
+		Requests: 2540, Events: 2_540_000, Samples: 7_620_000, EventsPerS: 254_000, SamplesPerS: 762_000,
+		Errors:  map[string]int64{"503": 3},
+		Request: &Summary{Count: 2540, MeanMs: 30.1, P50Ms: 27.5, P90Ms: 60, P99Ms: 150, P999Ms: 200, MaxMs: 210},
+	}
+	ingest.Server = &ServerResult{CPUSeconds: 19.5, CPUPerSample: 19.5 / 7_620_000, RSS: 450 << 20}
+
+	lat := base("latency")
+	lat.Ingest = &IngestResult{Requests: 1000, Events: 500_000, Samples: 1_500_000, EventsPerS: 50_000, SamplesPerS: 150_000}
+	lat.Latency = &Summary{Count: 1_350_000, MeanMs: 9.2, P50Ms: 7.6, P90Ms: 11.8, P99Ms: 25.3, P999Ms: 60.1, MaxMs: 120.4}
+	lat.Stream = &StreamResult{
+		Clients: 1000, Connected: 1000, ConnectS: 0.5, ConnectPerS: 2000,
+		Messages: 900_000, MessagesPerS: 100_000, Samples: 1_350_000, SamplesPerS: 150_000, Expected: 1_350_000,
+		RSSDelta: 60 << 20, BytesPerClient: 62914.56,
+	}
+
+	q := base("query")
+	q.Queries = []QueryResult{
+		{Name: "history-points", Path: "/api/v1/machines/bench-00000/series?metric=temp&points=1000", Points: 1000,
+			Summary: Summary{Count: 900, MeanMs: 6, P50Ms: 5.7, P90Ms: 7, P99Ms: 9.5, P999Ms: 12, MaxMs: 12.5}, PerS: 30},
+		{Name: "fleet", Path: "/api/v1/machines", Errors: map[string]int64{"transport": 1},
+			Summary: Summary{Count: 899, MeanMs: 3, P50Ms: 2.9, P90Ms: 4, P99Ms: 6, P999Ms: 8, MaxMs: 8.1}, PerS: 30},
+	}
+	return map[string]*Result{"ingest": ingest, "latency": lat, "query": q}
+}
+
+func TestResultJSONShape(t *testing.T) {
+	for name, r := range sampleResults() {
+		t.Run(name, func(t *testing.T) {
+			got, err := json.MarshalIndent(r, "", "  ")
+			if err != nil {
+				t.Fatal(err)
+			}
+			golden(t, "result-"+name+".json", append(got, '\n'))
+			// The document reads back into the same Result.
+			var back Result
+			if err := json.Unmarshal(got, &back); err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(&back, r); diff != "" {
+				t.Errorf("round trip mismatch (-got +want):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestWriteTable(t *testing.T) {
+	for name, r := range sampleResults() {
+		t.Run(name, func(t *testing.T) {
+			var b bytes.Buffer
+			if err := WriteTable(&b, r); err != nil {
+				t.Fatal(err)
+			}
+			golden(t, "table-"+name+".txt", b.Bytes())
+		})
+	}
+}
+
+func TestFormatCountAndBytes(t *testing.T) {
+	counts := []struct {
+		in   float64
+		want string
+	}{
+		{0, "0"}, {7, "7"}, {999.6, "1 000"}, {1234, "1 234"}, {1234567.8, "1 234 568"}, {-50000, "-50 000"},
+	}
+	for _, tt := range counts {
+		if got := FormatCount(tt.in); got != tt.want {
+			t.Errorf("FormatCount(%v) = %q, want %q", tt.in, got, tt.want)
+		}
+	}
+	sizes := []struct {
+		in   float64
+		want string
+	}{
+		{512, "512 B"}, {16384, "16.0 KiB"}, {13.3 * 1024, "13.3 KiB"}, {450 << 20, "450.0 MiB"}, {-2048, "-2.0 KiB"},
+	}
+	for _, tt := range sizes {
+		if got := FormatBytes(tt.in); got != tt.want {
+			t.Errorf("FormatBytes(%v) = %q, want %q", tt.in, got, tt.want)
+		}
+	}
+}
