@@ -17,9 +17,13 @@ import (
 
 // TestKill9KeepsAcknowledged: every sample answered 2xx survives kill -9,
 // even when the kill lands right after the answer.
-func TestKill9KeepsAcknowledged(t *testing.T) {
+func TestKill9KeepsAcknowledged(t *testing.T) { kill9KeepsAcknowledged(t) }
+
+// kill9KeepsAcknowledged runs the kill -9 test on a server started with
+// args (the store selection).
+func kill9KeepsAcknowledged(t *testing.T, args ...string) {
 	dir := t.TempDir()
-	s := start(t, dir)
+	s := start(t, dir, args...)
 	base := time.Now().Add(-time.Minute).UnixMilli()
 
 	// Writers post concurrently; the kill comes right after the 20th ack.
@@ -72,7 +76,7 @@ func TestKill9KeepsAcknowledged(t *testing.T) {
 	}
 	wg.Wait()
 
-	s2 := start(t, dir)
+	s2 := start(t, dir, args...)
 	for machine, times := range acked {
 		got := s2.series(machine, "v")
 		have := map[int64]bool{}

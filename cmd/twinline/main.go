@@ -23,6 +23,7 @@ import (
 	"github.com/twinline/twinline/internal/app"
 	"github.com/twinline/twinline/internal/config"
 	"github.com/twinline/twinline/internal/sim"
+	"github.com/twinline/twinline/internal/store/postgres"
 )
 
 // version is set at build time with -ldflags "-X main.version=…".
@@ -48,6 +49,8 @@ const usage = `twinline — real-time digital-twin telemetry for manufacturing
 Usage:
   twinline serve [flags]      run the platform (see: twinline serve -h)
   twinline simulate [flags]   send a simulated fleet to a running server
+  twinline bench [flags]      measure ingest, latency, fan-out and queries (see: twinline bench -h)
+  twinline migrate [flags]    apply the PostgreSQL schema migrations (also done by serve --store postgres)
   twinline version            print the version
 
 Every flag also reads from TWINLINE_<FLAG> (upper case, - becomes _),
@@ -64,6 +67,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return serve(ctx, args[1:], stderr)
 	case "simulate":
 		return simulate(ctx, args[1:], stdout, stderr)
+	case "bench":
+		return bench(ctx, args[1:], stdout, stderr)
+	case "migrate":
+		return migrate(ctx, args[1:], stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, "twinline", buildVersion())
 		return nil
@@ -146,6 +153,25 @@ func serveFlags(fs *flag.FlagSet, cfg *config.Config) {
 	fs.StringVar(&cfg.Role, "role", cfg.Role, "all, gateway (ingest → log), processor (log → engine → store) or api (queries, stream, dashboard)")
 	fs.StringVar(&cfg.Pprof, "pprof", cfg.Pprof, "serve net/http/pprof on this separate `address` (never on --listen); empty: off")
 	fs.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "debug, info, warn or error")
+}
+
+func migrate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	cfg := config.Default()
+	fs := flag.NewFlagSet("twinline migrate", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&cfg.PostgresURL, "postgres-url", cfg.PostgresURL, "PostgreSQL connection `URL` (e.g. postgres://user@host:5432/twinline)")
+	fs.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "debug, info, warn or error")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if strings.TrimSpace(cfg.PostgresURL) == "" {
+		return errors.New("--postgres-url (or TWINLINE_POSTGRES_URL) is required")
+	}
+	if err := postgres.Migrate(ctx, cfg.PostgresURL, newLogger(stderr, cfg.LogLevel)); err != nil {
+		return err
+	}
+	fmt.Fprintln(stdout, "migrations applied")
+	return nil
 }
 
 func simulate(ctx context.Context, args []string, stdout, stderr io.Writer) error {

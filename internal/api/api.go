@@ -5,6 +5,7 @@
 package api
 
 import (
+	"context"
 	"log/slog"
 	"net/http"
 	"runtime"
@@ -43,13 +44,17 @@ type Options struct {
 	Lateness time.Duration
 }
 
-type eventLog interface {
-	Append(b *telemetry.Batch) (*log.Entry, error)
-}
+// SubmitFunc hands a decoded batch to the event log and returns once it is
+// durable, with the count of accepted and duplicate events. Errors:
+// log.ErrFull (shed load: 503), log.ErrTooLarge (413), log.ErrClosed
+// (shutting down: 503), store.ErrOutOfBounds (400); any other error means
+// nothing is acknowledged (503).
+type SubmitFunc func(ctx context.Context, b *telemetry.Batch) (log.Result, error)
 
 // Deps are the parts the API serves.
 type Deps struct {
-	Log    eventLog
+	// Submit is the event log: in-process, or Kafka on a gateway.
+	Submit SubmitFunc
 	Store  store.Store
 	Twins  *twin.Twins
 	Notes  *twin.Notes
@@ -61,18 +66,33 @@ type Deps struct {
 	// UI serves the dashboard at /.
 	UI http.Handler
 	// Ready reports nil when the server can take traffic.
-	Ready  func() error
+	Ready func() error
+	// Degraded reports what works in a reduced mode (e.g. Redis down:
+	// local fan-out only); /readyz still answers 200. May be nil.
+	Degraded func() error
+	// IngestLimit and StreamLimit wrap the ingest and stream handlers with
+	// per-client rate limits; nil for none.
+	IngestLimit, StreamLimit func(http.Handler) http.Handler
+	// Hot serves raw series reads that fall inside the hot window (the
+	// last minutes, kept in Redis across replicas); nil for none.
+	Hot    hotWindow
 	Clock  func() time.Time
 	Logger *slog.Logger
 	// Registerer receives the API's metrics; nil for none.
 	Registerer prometheus.Registerer
 }
 
+type hotWindow interface {
+	// Range returns the points of key in [from, to], and whether the
+	// window covers that whole range (else the store must answer).
+	Range(ctx context.Context, key store.SeriesKey, from, to int64) ([]store.Point, bool, error)
+}
+
 // API is the HTTP handler of twinline.
 type API struct {
 	opts       Options
 	decodeOpts ingest.Options
-	log        eventLog
+	submit     SubmitFunc
 	store      store.Store
 	twins      *twin.Twins
 	notes      *twin.Notes
@@ -82,6 +102,8 @@ type API struct {
 	metrics    http.Handler
 	ui         http.Handler
 	ready      func() error
+	degraded   func() error
+	hot        hotWindow
 	clock      func() time.Time
 	logger     *slog.Logger
 	inflight   chan struct{}
@@ -116,7 +138,7 @@ func New(opts Options, deps Deps) *API {
 			MaxLineBytes: opts.MaxLineBytes,
 			MachineTags:  opts.MachineTags,
 		},
-		log:       deps.Log,
+		submit:    deps.Submit,
 		store:     deps.Store,
 		twins:     deps.Twins,
 		notes:     deps.Notes,
@@ -126,6 +148,8 @@ func New(opts Options, deps Deps) *API {
 		metrics:   deps.Metrics,
 		ui:        deps.UI,
 		ready:     deps.Ready,
+		degraded:  deps.Degraded,
+		hot:       deps.Hot,
 		clock:     deps.Clock,
 		logger:    deps.Logger,
 		inflight:  make(chan struct{}, max(opts.MaxInflightIngest, 1)),
@@ -156,8 +180,16 @@ func New(opts Options, deps Deps) *API {
 	a.mux = http.NewServeMux()
 	a.paths = http.NewServeMux()
 	a.allow = map[string][]string{}
+	limits := map[string]func(http.Handler) http.Handler{
+		"POST /api/v1/events": deps.IngestLimit, "POST /write": deps.IngestLimit, "POST /api/v2/write": deps.IngestLimit,
+		"GET /api/v1/stream": deps.StreamLimit,
+	}
 	for _, rt := range a.routes() {
-		a.mux.HandleFunc(rt.method+" "+rt.path, rt.handler)
+		var h http.Handler = rt.handler
+		if limit := limits[rt.method+" "+rt.path]; limit != nil {
+			h = limit(h)
+		}
+		a.mux.Handle(rt.method+" "+rt.path, h)
 		if _, ok := a.allow[rt.path]; !ok {
 			a.paths.HandleFunc(rt.path, func(http.ResponseWriter, *http.Request) {})
 		}
@@ -235,6 +267,12 @@ func (a *API) handleReadyz(w http.ResponseWriter, _ *http.Request) {
 	if err := a.ready(); err != nil {
 		problem.Write(w, &problem.Problem{Type: problem.TypeOverloaded, Status: http.StatusServiceUnavailable, Detail: "not ready: " + err.Error()})
 		return
+	}
+	if a.degraded != nil {
+		if err := a.degraded(); err != nil {
+			writeJSON(w, http.StatusOK, map[string]string{"status": "degraded", "detail": err.Error()})
+			return
+		}
 	}
 	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
 }

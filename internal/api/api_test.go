@@ -49,7 +49,20 @@ func (f *fakeLog) Append(b *telemetry.Batch) (*log.Entry, error) {
 	return e, nil
 }
 
-func newTestAPI(t *testing.T, l eventLog) *API {
+// Submit is the SubmitFunc of the fake.
+func (f *fakeLog) Submit(ctx context.Context, b *telemetry.Batch) (log.Result, error) {
+	e, err := f.Append(b)
+	if err != nil {
+		return log.Result{}, err
+	}
+	return e.Wait(ctx)
+}
+
+type submitter interface {
+	Submit(ctx context.Context, b *telemetry.Batch) (log.Result, error)
+}
+
+func newTestAPI(t *testing.T, l submitter) *API {
 	t.Helper()
 	tw, err := twin.Open(filepath.Join(t.TempDir(), "registry.json"), time.Minute, 60, time.Now, slog.New(slog.DiscardHandler))
 	if err != nil {
@@ -64,7 +77,7 @@ func newTestAPI(t *testing.T, l eventLog) *API {
 		MaxInflightIngest: 4,
 		ReadTimeout:       time.Minute,
 	}, Deps{
-		Log: l, Twins: tw, Store: nil,
+		Submit: l.Submit, Twins: tw, Store: nil,
 		Stream: http.NotFoundHandler(), Metrics: http.NotFoundHandler(), UI: http.NotFoundHandler(),
 		Ready:  func() error { return nil },
 		Logger: slog.New(slog.DiscardHandler),

@@ -142,7 +142,7 @@ func (a *API) ingest(w http.ResponseWriter, r *http.Request, protocol string, st
 	var res log.Result
 	if len(events) > 0 {
 		b := &telemetry.Batch{Events: events, Protocol: protocol, Received: now.UnixMilli()}
-		entry, err := a.log.Append(b)
+		res, err = a.submit(r.Context(), b)
 		switch {
 		case errors.Is(err, log.ErrFull):
 			a.samples.WithLabelValues(protocol, "shed").Add(float64(b.NumSamples()))
@@ -153,13 +153,10 @@ func (a *API) ingest(w http.ResponseWriter, r *http.Request, protocol string, st
 			fail("invalid", &problem.Problem{Type: problem.TypeBodyTooLarge, Status: http.StatusRequestEntityTooLarge,
 				Detail: err.Error() + "; split the request"})
 			return
-		case err != nil: // closed: shutting down
+		case errors.Is(err, log.ErrClosed):
 			fail("shed", &problem.Problem{Type: problem.TypeOverloaded, Status: http.StatusServiceUnavailable, RetryAfter: 1,
 				Detail: "the server is shutting down; nothing from this request was stored; retry"})
 			return
-		}
-		res, err = entry.Wait(r.Context())
-		switch {
 		case errors.Is(err, store.ErrOutOfBounds):
 			// Rare: the store's window moved between validation and
 			// storage (a clock jump). Retrying would not help.

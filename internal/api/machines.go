@@ -216,12 +216,28 @@ func (a *API) handleSeries(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case step > 0:
 		resp.Step, resp.Agg = step.String(), string(agg)
-		pts, err = store.Aggregate(r.Context(), a.store, key, f, t, step, agg)
+		if ag, ok := a.store.(store.Aggregator); ok {
+			pts, err = ag.AggregateRange(r.Context(), key, f, t, step, agg)
+		} else {
+			pts, err = store.Aggregate(r.Context(), a.store, key, f, t, step, agg)
+		}
 		resp.PartialFrom = partialFrom(pts, step, machine, a.opts.Lateness, now.UnixMilli())
 	case points > 0:
 		resp.Points = points
-		pts, err = store.Downsample(r.Context(), a.store, key, f, t, points)
+		if ds, ok := a.store.(store.Downsampler); ok {
+			pts, err = ds.DownsampleRange(r.Context(), key, f, t, points)
+		} else {
+			pts, err = store.Downsample(r.Context(), a.store, key, f, t, points)
+		}
 	default:
+		if a.hot != nil {
+			// The last minutes come from the hot window when it covers
+			// the range: no store round trip (across replicas, Redis).
+			if hp, covered, herr := a.hot.Range(r.Context(), key, f, t); herr == nil && covered && len(hp) < maxRawPoints {
+				pts = hp
+				break
+			}
+		}
 		err = a.store.Select(r.Context(), key, f, t, func(p store.Point) bool {
 			pts = append(pts, p)
 			return len(pts) < maxRawPoints

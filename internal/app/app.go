@@ -10,7 +10,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/http/pprof"
 	"os"
 	"path/filepath"
 	"sync/atomic"
@@ -19,17 +18,18 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/redis/go-redis/v9"
 	"golang.org/x/net/netutil"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/twinline/twinline/internal/api"
 	"github.com/twinline/twinline/internal/config"
+	"github.com/twinline/twinline/internal/hot"
 	"github.com/twinline/twinline/internal/hub"
 	"github.com/twinline/twinline/internal/keylog"
 	"github.com/twinline/twinline/internal/log"
 	"github.com/twinline/twinline/internal/sim"
 	"github.com/twinline/twinline/internal/store"
-	"github.com/twinline/twinline/internal/store/embedded"
 	"github.com/twinline/twinline/internal/stream"
 	"github.com/twinline/twinline/internal/telemetry"
 	"github.com/twinline/twinline/internal/twin"
@@ -48,16 +48,26 @@ type App struct {
 	logger  *slog.Logger
 	version string
 
-	store  *embedded.Store
-	twins  *twin.Twins
-	notes  *twin.Notes
-	alarms *twin.Alarms
-	log    *log.Log
-	hub    *hub.Hub
-	proc   *stream.Processor
-	keys   *keylog.Log
-	srv    *http.Server
-	ln     net.Listener
+	store store.Store
+	// runners are the store's and backends' background loops, run under
+	// Run's supervisor; checks are their readiness checks.
+	runners []func(context.Context) error
+	checks  []func() error
+	// degraded are the checks of parts that can fail without making the
+	// server unready (Redis: fan-out, hot window, rate limits).
+	degraded []func() error
+	rdb      *redis.Client // nil without --redis-url
+	hot      *hot.Redis    // nil without --redis-url
+	hotW     *hotWriter    // nil without --redis-url
+	twins    *twin.Twins
+	notes    *twin.Notes
+	alarms   *twin.Alarms
+	log      *log.Log
+	hub      *hub.Hub
+	proc     *stream.Processor
+	keys     *keylog.Log
+	srv      *http.Server
+	ln       net.Listener
 	// pprof serves net/http/pprof on its own listener (nil: off).
 	pprofSrv *http.Server
 	pprofLn  net.Listener
@@ -85,13 +95,9 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 	buildInfo.WithLabelValues(version).Set(1)
 	reg.MustRegister(buildInfo)
 
-	st, err := embedded.Open(filepath.Join(cfg.DataDir, "tsdb"), embedded.Options{
-		Retention:        cfg.Retention,
-		OutOfOrderWindow: cfg.OutOfOrderWindow,
-		MaxFuture:        cfg.MaxFuture,
-	}, logger.With("component", "store"), reg)
+	st, err := a.openStore(ctx, reg)
 	if err != nil {
-		return nil, fmt.Errorf("opening store: %w", err)
+		return nil, err
 	}
 	a.store = st
 	defer func() {
@@ -164,19 +170,63 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 	alarms.Expect(known, time.Now())
 
 	a.log = log.New(cfg.LogCapacity, reg)
-	a.hub = hub.New(hub.Options{
+	hubOpts := hub.Options{
 		QueueSize:    cfg.StreamQueue,
 		Heartbeat:    cfg.StreamHeartbeat,
 		ReplaySize:   cfg.StreamReplay,
 		WriteTimeout: cfg.StreamWriteTimeout,
 		MaxClients:   cfg.MaxConns,
-	}, logger, reg)
+	}
+	// With Redis, live messages fan out across replicas, the hot window is
+	// shared and the rate limits hold across replicas.
+	var rdb redis.UniversalClient // a nil interface without Redis
+	if cfg.RedisURL != "" {
+		c, err := newRedisClient(cfg.RedisURL)
+		if err != nil {
+			return nil, err
+		}
+		a.rdb, rdb = c, c
+		defer func() {
+			if err != nil {
+				c.Close()
+			}
+		}()
+		hubOpts.Redis, hubOpts.RedisPrefix = rdb, cfg.RedisPrefix
+		a.hot = hot.NewRedis(rdb, hot.RedisOptions{Options: hot.Options{Window: cfg.HotWindow}, Prefix: cfg.RedisPrefix})
+		a.hotW = newHotWriter(a.hot, logger.With("component", "hot"), reg)
+		a.runners = append(a.runners, a.hotW.Run)
+		a.degraded = append(a.degraded, a.hot.Ready)
+	}
+	a.hub = hub.New(hubOpts, logger, reg)
+	if rdb != nil {
+		a.degraded = append(a.degraded, a.hub.Ready)
+	}
+	var ingestLimit, streamLimit func(http.Handler) http.Handler
+	if rateLimited(cfg) {
+		il, sl, err := newLimiters(cfg, rdb, logger.With("component", "ratelimit"), reg)
+		if err != nil {
+			return nil, err
+		}
+		ingestLimit, streamLimit = il.Middleware, sl.Middleware
+		a.degraded = append(a.degraded, il.Ready, sl.Ready)
+	}
 	alarmLog := logger.With("component", "alarms")
 	var medians []twin.MedianUpdate // reused by the sink goroutine
-	a.proc = stream.NewProcessor(a.log, st.Append, stream.Sinks{
+	// A store that reports which samples it held already decides on sample
+	// duplicates itself (at any age, across restarts); otherwise the engine
+	// remembers sample keys for the dedup horizon.
+	appendFn := func(ctx context.Context, samples []telemetry.Sample, _ []bool) error { return st.Append(ctx, samples) }
+	fa, storeDedups := st.(store.FreshAppender)
+	if storeDedups {
+		appendFn = fa.AppendFresh
+	}
+	a.proc = stream.NewProcessor(a.log, appendFn, stream.Sinks{
 		Batch: func(b *telemetry.Batch, samples []telemetry.Sample) {
 			twins.Observe(b, samples)
 			a.hub.PublishSamples(samples, b.Received)
+			if a.hotW != nil {
+				a.hotW.add(samples)
+			}
 			if _, err := alarms.Seen(samples, b.Received); err != nil {
 				alarmLog.Error("journaling alarms", "err", err)
 			}
@@ -196,6 +246,7 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 		DedupHorizon: cfg.DedupHorizon,
 		DedupMaxKeys: cfg.DedupMaxKeys,
 		MaxBuffered:  10_000,
+		StoreDedups:  storeDedups,
 	}, logger.With("component", "processor"), reg)
 
 	// Keys of events with an id or seq outlive a restart: their retries
@@ -213,7 +264,7 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 	a.proc.Remember(journaled)
 	a.proc.JournalKeys(kl.Append)
 
-	handler := api.New(api.Options{
+	apiOpts := api.Options{
 		MaxBodyBytes:         cfg.MaxBodyBytes,
 		MaxDecompressedBytes: cfg.MaxDecompressedBytes,
 		MaxLineBytes:         cfg.MaxLineBytes,
@@ -229,8 +280,9 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 		ReadTimeout:       cfg.ReadTimeout,
 		MaxMachines:       cfg.MaxMachines,
 		Lateness:          cfg.Lateness,
-	}, api.Deps{
-		Log:     a.log,
+	}
+	deps := api.Deps{
+		Submit:  a.log.Submit,
 		Store:   st,
 		Twins:   twins,
 		Notes:   notes,
@@ -243,12 +295,23 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 			if !a.ready.Load() {
 				return errors.New("starting or shutting down")
 			}
-			return nil
+			return joinChecks(a.checks)
 		},
-		Clock:      time.Now,
-		Logger:     logger.With("component", "api"),
-		Registerer: reg,
-	})
+		Degraded:    func() error { return joinChecks(a.degraded) },
+		IngestLimit: ingestLimit,
+		StreamLimit: streamLimit,
+		Clock:       time.Now,
+		Logger:      logger.With("component", "api"),
+		Registerer:  reg,
+	}
+	if a.hot != nil {
+		deps.Hot = a.hot
+	}
+	handler := api.New(apiOpts, deps)
+
+	if err := a.openMQTT(reg); err != nil {
+		return nil, err
+	}
 
 	a.ln, err = net.Listen("tcp", cfg.Listen)
 	if err != nil {
@@ -273,16 +336,13 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 	return a, nil
 }
 
-// pprofHandler serves the runtime profiles, on a mux of its own: they are
-// never reachable through the public listener.
-func pprofHandler() http.Handler {
-	mux := http.NewServeMux()
-	mux.HandleFunc("/debug/pprof/", pprof.Index)
-	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
-	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-	return mux
+// joinChecks runs every check and joins their errors.
+func joinChecks(checks []func() error) error {
+	var errs []error
+	for _, check := range checks {
+		errs = append(errs, check())
+	}
+	return errors.Join(errs...)
 }
 
 // Addr returns the address the HTTP server listens on.
@@ -304,6 +364,9 @@ func (a *App) Run(ctx context.Context) (err error) {
 		}
 		if cerr := a.alarms.Close(); cerr != nil {
 			err = errors.Join(err, fmt.Errorf("closing alarms: %w", cerr))
+		}
+		if a.rdb != nil {
+			a.rdb.Close()
 		}
 		if cerr := a.keys.Close(); cerr != nil {
 			err = errors.Join(err, fmt.Errorf("closing dedup key journal: %w", cerr))
@@ -341,12 +404,19 @@ func (a *App) Run(ctx context.Context) (err error) {
 			return a.pprofSrv.Close()
 		})
 	}
+	for _, run := range a.runners {
+		g.Go(func() error { return run(gctx) })
+	}
 	g.Go(func() error { return h.Run(gctx) })
 	g.Go(func() error { return twins.Run(gctx, registryFlushInterval) })
 	g.Go(func() error { return a.watchOffline(gctx) })
 	if cfg.Demo {
 		simulator := sim.New(sim.Config{Machines: cfg.DemoMachines, Rate: cfg.DemoRate, Seed: time.Now().UnixNano(), Interval: 100 * time.Millisecond},
-			logEmitter(lg), time.Now)
+			func(ctx context.Context, events []telemetry.Event) error {
+				// The demo fleet is a well-behaved client: it waits for room.
+				_, _, err := a.submit(ctx, &telemetry.Batch{Events: events, Protocol: "demo"})
+				return err
+			}, time.Now)
 		if err := registerDemo(twins, simulator.Machines()); err != nil {
 			logger.Warn("registering the demo fleet", "err", err)
 		}
@@ -396,163 +466,4 @@ func (a *App) Run(ctx context.Context) (err error) {
 	}
 	logger.Info("stopped")
 	return err
-}
-
-// offlineTick is how often machines are checked for silence.
-const offlineTick = time.Second
-
-// watchOffline raises offline alarms until ctx ends.
-func (a *App) watchOffline(ctx context.Context) error {
-	t := time.NewTicker(offlineTick)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case now := <-t.C:
-			if _, err := a.alarms.Tick(now); err != nil {
-				a.logger.Error("journaling alarms", "component", "alarms", "err", err)
-			}
-		}
-	}
-}
-
-// windowMessage is a window aggregate on the live stream.
-type windowMessage struct {
-	Metric string  `json:"metric"`
-	Start  int64   `json:"start"`
-	Size   int64   `json:"size"`
-	Kind   string  `json:"kind"` // final, correction, late
-	Count  int64   `json:"count"`
-	Sum    float64 `json:"sum"`
-	Min    float64 `json:"min"`
-	Max    float64 `json:"max"`
-	Avg    float64 `json:"avg"`
-}
-
-// publishWindows pushes closed and corrected windows to the machines'
-// stream subscribers.
-func (a *App) publishWindows(ws []stream.Window) {
-	for _, w := range ws {
-		a.hub.PublishEvent(w.Machine, "window", windowMessage{
-			Metric: w.Metric, Start: w.Start, Size: w.Size, Kind: w.Kind.String(),
-			Count: w.Agg.Count, Sum: w.Agg.Sum, Min: w.Agg.Min, Max: w.Agg.Max, Avg: w.Agg.Avg(),
-		})
-	}
-}
-
-// medianValue is a metric's sliding median on the live stream, with the
-// event time of the newest sample it covers.
-type medianValue struct {
-	Median float64 `json:"median"`
-	Time   int64   `json:"t"`
-}
-
-// publishMedians pushes the medians updated by a released group, one
-// message per machine: {"metrics":{"temp":{"median":71.2,"t":…}}}.
-func (a *App) publishMedians(us []twin.MedianUpdate) {
-	for i := 0; i < len(us); {
-		j := i + 1
-		for j < len(us) && us[j].Machine == us[i].Machine {
-			j++
-		}
-		metrics := make(map[string]medianValue, j-i)
-		for _, u := range us[i:j] {
-			metrics[u.Metric] = medianValue{Median: u.Median, Time: u.Time}
-		}
-		a.hub.PublishEvent(us[i].Machine, "median", struct {
-			Metrics map[string]medianValue `json:"metrics"`
-		}{metrics})
-		i = j
-	}
-}
-
-// registerDemo registers the simulated machines that are not registered
-// yet, with their site, line and an equipment temperature alarm at 90 °C
-// that the simulator's overheat faults cross; machines an operator already
-// registered are left as they are.
-func registerDemo(twins *twin.Twins, machines []sim.Machine) error {
-	high := 90.0
-	infos := make([]twin.Info, len(machines))
-	for i, m := range machines {
-		infos[i] = twin.Info{
-			ID: m.ID, Name: m.Kind + " " + m.ID, Site: m.Site, Line: m.Line,
-			Thresholds: map[string]twin.Threshold{"temp": {High: &high, Deadband: 2, For: "10s"}},
-			Attributes: map[string]any{"kind": m.Kind, "simulated": true},
-		}
-	}
-	_, err := twins.RegisterMissing(infos)
-	return err
-}
-
-func machineIDs(ms []sim.Machine) []string {
-	ids := make([]string, len(ms))
-	for i, m := range ms {
-		ids[i] = m.ID
-	}
-	return ids
-}
-
-// logEmitter feeds simulated events straight into the log, waiting for room
-// when it is full: the demo fleet is a well-behaved client.
-func logEmitter(lg *log.Log) sim.Emit {
-	return func(ctx context.Context, events []telemetry.Event) error {
-		b := &telemetry.Batch{Events: events, Protocol: "demo"}
-		for {
-			b.Received = time.Now().UnixMilli()
-			entry, err := lg.Append(b)
-			if errors.Is(err, log.ErrFull) {
-				select {
-				case <-ctx.Done():
-					return ctx.Err()
-				case <-time.After(100 * time.Millisecond):
-					continue
-				}
-			}
-			if err != nil {
-				return err
-			}
-			_, err = entry.Wait(ctx)
-			return err
-		}
-	}
-}
-
-// restoreLatest seeds the twins from the store at start-up: each series'
-// latest value, and its median from its last medianWindow samples.
-func restoreLatest(ctx context.Context, st store.Store, twins *twin.Twins, now time.Time, maxFuture time.Duration, medianWindow int) error {
-	from, to := now.Add(-restoreWindow).UnixMilli(), now.Add(maxFuture).UnixMilli()
-	keys, err := st.Series(ctx, from, to)
-	if err != nil {
-		return fmt.Errorf("listing recent series: %w", err)
-	}
-	var history []telemetry.Sample // one series at a time
-	// Most series have enough samples in the last minute: read that first,
-	// and the whole window only for those that do not.
-	recent := max(from, now.Add(-time.Minute).UnixMilli())
-	ring := make([]store.Point, medianWindow)
-	for _, k := range keys {
-		n := 0
-		keep := func(p store.Point) bool { ring[n%len(ring)] = p; n++; return true }
-		if err := st.Select(ctx, k, recent, to, keep); err != nil {
-			return fmt.Errorf("reading latest of %s/%s: %w", k.Machine, k.Metric, err)
-		}
-		if n < len(ring) && recent > from {
-			n = 0
-			if err := st.Select(ctx, k, from, to, keep); err != nil {
-				return fmt.Errorf("reading latest of %s/%s: %w", k.Machine, k.Metric, err)
-			}
-		}
-		if n == 0 {
-			continue
-		}
-		history = history[:0]
-		for i := max(n-len(ring), 0); i < n; i++ { // oldest first
-			p := ring[i%len(ring)]
-			history = append(history, telemetry.Sample{Machine: k.Machine, Metric: k.Metric, Time: p.Time, Value: p.Value})
-		}
-		twins.Restore(history[len(history)-1:])
-		twins.ObserveReleased(history, nil)
-	}
-	return nil
 }

@@ -109,6 +109,16 @@ func New(capacity int, reg prometheus.Registerer) *Log {
 	return l
 }
 
+// Submit appends b and waits until it is durable: Append, then the entry's
+// Wait.
+func (l *Log) Submit(ctx context.Context, b *telemetry.Batch) (Result, error) {
+	e, err := l.Append(b)
+	if err != nil {
+		return Result{}, err
+	}
+	return e.Wait(ctx)
+}
+
 // Append adds b to the log. It never blocks: when b does not fit it returns
 // ErrFull, and the caller should ask its client to retry later.
 func (l *Log) Append(b *telemetry.Batch) (*Entry, error) {

@@ -29,6 +29,12 @@ type EngineConfig struct {
 	DedupMaxKeys int
 	// MaxBuffered caps the samples a machine may hold in the reorder buffer.
 	MaxBuffered int
+	// StoreDedups says the store reports which samples it already held (see
+	// store.FreshAppender): the engine then keeps only the keys of events
+	// with an id or seq, and leaves each sample's (machine, metric, time)
+	// key to the store, at any age and across restarts. The caller drops
+	// the samples the store held with KeepFresh before Release.
+	StoreDedups bool
 }
 
 // DefaultEngineConfig returns the engine defaults.
@@ -79,6 +85,9 @@ type Output struct {
 	// Keys are the keys of the new events that have an id or a seq, for a
 	// journal that lets a restarted engine recognise their duplicates.
 	Keys []Key
+	// Origin is, with StoreDedups, the index of each sample's event in the
+	// events of its Process call, parallel to Samples.
+	Origin []int32
 }
 
 // Key is the deduplication key of an event with an id or a seq, and its
@@ -93,7 +102,7 @@ type Key struct {
 
 // Reset empties o, keeping its buffers.
 func (o *Output) Reset() {
-	o.Samples, o.Released, o.Windows, o.Keys = o.Samples[:0], o.Released[:0], o.Windows[:0], o.Keys[:0]
+	o.Samples, o.Released, o.Windows, o.Keys, o.Origin = o.Samples[:0], o.Released[:0], o.Windows[:0], o.Keys[:0], o.Origin[:0]
 }
 
 // NewEngine returns an engine.
@@ -137,6 +146,10 @@ func NewEngine(cfg EngineConfig) *Engine {
 // returns the number of duplicate events (an event whose every sample was a
 // duplicate counts as one). Call Release once the group's samples are
 // durable, or Forget if they could not be stored.
+//
+// With StoreDedups, samples are not checked here: the store reports which
+// it held already, KeepFresh drops those and counts the events they make
+// duplicates.
 func (e *Engine) Process(events []telemetry.Event, out *Output) (duplicates int) {
 	for i := range events {
 		ev := &events[i]
@@ -147,6 +160,13 @@ func (e *Engine) Process(events []telemetry.Event, out *Output) (duplicates int)
 				continue
 			}
 			out.Keys = append(out.Keys, Key{Machine: ev.Machine, ID: ev.ID, Seq: ev.Seq, HasSeq: ev.HasSeq, Time: ev.Time})
+		}
+		if e.cfg.StoreDedups {
+			for _, m := range ev.Metrics {
+				out.Samples = append(out.Samples, telemetry.Sample{Machine: ev.Machine, Metric: m.Name, Time: ev.Time, Value: m.Value})
+				out.Origin = append(out.Origin, int32(i))
+			}
+			continue
 		}
 		added := 0
 		for _, m := range ev.Metrics {
@@ -175,6 +195,30 @@ func (e *Engine) Remember(keys []Key) {
 		ev.Machine, ev.ID, ev.Seq, ev.HasSeq, ev.Time = k.Machine, k.ID, k.Seq, k.HasSeq, k.Time
 		e.dedup.Event(&ev)
 	}
+}
+
+// KeepFresh moves to the front of samples (and origin, parallel to it) the
+// samples whose fresh flag is set — the others the store held already —
+// and returns how many it kept, and how many events lost every sample that
+// way (duplicates). samples are those of one Process call (or a run of
+// whole events of it), with StoreDedups.
+func KeepFresh(samples []telemetry.Sample, origin []int32, fresh []bool) (n, duplicates int) {
+	for i := 0; i < len(samples); {
+		// An event's samples are consecutive.
+		j, kept := i, false
+		for ; j < len(samples) && origin[j] == origin[i]; j++ {
+			if fresh[j] {
+				kept = true
+				samples[n], origin[n] = samples[j], origin[j]
+				n++
+			}
+		}
+		if !kept {
+			duplicates++
+		}
+		i = j
+	}
+	return n, duplicates
 }
 
 // Forget drops what the engine remembers of duplicates, after a group

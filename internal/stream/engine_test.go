@@ -65,6 +65,8 @@ func TestEngineMatchesOracle(t *testing.T) {
 			DedupHorizon: time.Hour,
 			DedupMaxKeys: 1 << 20,
 			MaxBuffered:  1 << 20,
+			// The store decides on sample keys: simulated below.
+			StoreDedups: rapid.Bool().Draw(t, "store_dedups"),
 		}
 		machines := rapid.IntRange(1, 3).Draw(t, "machines")
 		n := rapid.IntRange(1, 80).Draw(t, "events")
@@ -117,10 +119,21 @@ func TestEngineMatchesOracle(t *testing.T) {
 		var out, all Output
 		got := map[engWinKey]Agg{}
 		lateSum := map[engWinKey]Agg{}
+		held := map[skey]bool{} // the simulated store's keys
 		for len(perm) > 0 {
 			k := min(len(perm), rapid.IntRange(1, 10).Draw(t, "batch"))
 			out.Reset()
 			e.Process(perm[:k], &out)
+			if cfg.StoreDedups {
+				fresh := make([]bool, len(out.Samples))
+				for i, s := range out.Samples {
+					key := skey{s.Machine, s.Metric, s.Time}
+					fresh[i] = !held[key]
+					held[key] = true
+				}
+				n, _ := KeepFresh(out.Samples, out.Origin, fresh)
+				out.Samples, out.Origin = out.Samples[:n], out.Origin[:n]
+			}
 			e.Release(&out, 0)
 			perm = perm[k:]
 			all.Samples = append(all.Samples, out.Samples...)
@@ -171,9 +184,25 @@ func TestEngineMatchesOracle(t *testing.T) {
 
 // BenchmarkEngine: steady state with 10 000 machines × 5 metrics, one event
 // per machine per second in order, batches of 1 000 events.
+// BenchmarkEngine runs the engine in steady state, 10 k machines × 5
+// metrics, events with a seq: with the engine remembering sample keys, and
+// with the store deciding on them (StoreDedups: the store reported every
+// sample fresh).
 func BenchmarkEngine(b *testing.B) {
+	for _, storeDedups := range []bool{false, true} {
+		name := "engine_dedups"
+		if storeDedups {
+			name = "store_dedups"
+		}
+		b.Run(name, func(b *testing.B) { benchmarkEngine(b, storeDedups) })
+	}
+}
+
+func benchmarkEngine(b *testing.B, storeDedups bool) {
 	const machines, metrics, batch = 10_000, 5, 1000
-	e := NewEngine(DefaultEngineConfig())
+	cfg := DefaultEngineConfig()
+	cfg.StoreDedups = storeDedups
+	e := NewEngine(cfg)
 	names := make([]string, machines)
 	for i := range names {
 		names[i] = fmt.Sprintf("machine-%05d", i)

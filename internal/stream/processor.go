@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -42,10 +43,13 @@ type Sinks struct {
 // sinks.
 type Processor struct {
 	log    logReader
-	append func(context.Context, []telemetry.Sample) error
-	sinks  Sinks
-	logger *slog.Logger
-	engine *Engine
+	append AppendFunc
+	// storeDedups: the store reports which samples it held already.
+	storeDedups bool
+	fresh       []bool // scratch for append
+	sinks       Sinks
+	logger      *slog.Logger
+	engine      *Engine
 	// journal makes the keys of new keyed events durable with each commit.
 	journal func([]Key) error
 
@@ -55,15 +59,23 @@ type Processor struct {
 	windows      *prometheus.CounterVec
 }
 
+// AppendFunc stores samples durably, returning nil only once they are. With
+// EngineConfig.StoreDedups it sets fresh[i] (len(fresh) == len(samples)) to
+// whether samples[i] was stored by this call — false when the store already
+// held a sample of its machine, metric and time (see store.FreshAppender);
+// otherwise fresh is nil.
+type AppendFunc func(ctx context.Context, samples []telemetry.Sample, fresh []bool) error
+
 // NewProcessor returns a processor reading l, storing with appendFn and
 // feeding sinks (whose functions may be nil). reg may be nil.
-func NewProcessor(l logReader, appendFn func(context.Context, []telemetry.Sample) error, sinks Sinks, cfg EngineConfig, logger *slog.Logger, reg prometheus.Registerer) *Processor {
+func NewProcessor(l logReader, appendFn AppendFunc, sinks Sinks, cfg EngineConfig, logger *slog.Logger, reg prometheus.Registerer) *Processor {
 	p := &Processor{
-		log:    l,
-		append: appendFn,
-		sinks:  sinks,
-		logger: logger,
-		engine: NewEngine(cfg),
+		log:         l,
+		append:      appendFn,
+		storeDedups: cfg.StoreDedups,
+		sinks:       sinks,
+		logger:      logger,
+		engine:      NewEngine(cfg),
 		writeSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "twinline_store_write_seconds",
 			Help:    "Latency of one durable group commit to the store.",
@@ -162,6 +174,24 @@ func (p *Processor) Run(ctx context.Context) error {
 	}
 }
 
+// keepFresh drops from the group the samples the store held already (they
+// alone go on to the event-time stages and the sinks), updating each
+// entry's bounds, and adds the events that were duplicates as a whole to
+// dups.
+func (p *Processor) keepFresh(out *Output, bounds []int, fresh []bool, dups []int) {
+	w, lo := 0, bounds[0]
+	for i := range dups {
+		hi := bounds[i+1] // bounds[i+1] is rewritten below: read it first
+		n, d := KeepFresh(out.Samples[lo:hi], out.Origin[lo:hi], fresh[lo:hi])
+		copy(out.Samples[w:], out.Samples[lo:lo+n])
+		copy(out.Origin[w:], out.Origin[lo:lo+n])
+		dups[i] += d
+		bounds[i], bounds[i+1] = w, w+n
+		w, lo = w+n, hi
+	}
+	out.Samples, out.Origin = out.Samples[:w], out.Origin[:w]
+}
+
 // sinkJob is a durable group of entries on its way to the sinks.
 type sinkJob struct {
 	entries []*log.Entry
@@ -201,7 +231,13 @@ func (p *Processor) process(ctx context.Context, entries []*log.Entry, out *Outp
 		journaled = make(chan error, 1)
 		go func() { journaled <- p.journal(out.Keys) }()
 	}
-	err := p.append(ctx, samples)
+	var fresh []bool
+	if p.storeDedups {
+		fresh = slices.Grow(p.fresh[:0], len(samples))[:len(samples)]
+		clear(fresh)
+		p.fresh = fresh
+	}
+	err := p.append(ctx, samples, fresh)
 	if journaled != nil {
 		if jerr := <-journaled; jerr != nil && err == nil {
 			err = fmt.Errorf("journaling dedup keys: %w", jerr)
@@ -215,6 +251,9 @@ func (p *Processor) process(ctx context.Context, entries []*log.Entry, out *Outp
 	switch {
 	case err == nil:
 		p.samples.WithLabelValues("stored").Add(float64(len(samples)))
+		if p.storeDedups {
+			p.keepFresh(out, bounds, fresh, dups)
+		}
 		for i, e := range entries {
 			ack(i, e)
 		}
@@ -227,13 +266,22 @@ func (p *Processor) process(ctx context.Context, entries []*log.Entry, out *Outp
 		// store kept the rest; find which entries lost samples by storing
 		// each again: what is stored already is an idempotent duplicate.
 		p.logger.Warn("storing samples", "err", err)
+		var again []bool // the first attempt's fresh flags are the ones that count
 		for i, e := range entries {
-			if err := p.append(ctx, samples[bounds[i]:bounds[i+1]]); err != nil {
-				p.samples.WithLabelValues("rejected").Add(float64(bounds[i+1] - bounds[i]))
+			lo, hi := bounds[i], bounds[i+1]
+			if p.storeDedups {
+				again = make([]bool, hi-lo)
+			}
+			if err := p.append(ctx, samples[lo:hi], again); err != nil {
+				p.samples.WithLabelValues("rejected").Add(float64(hi - lo))
 				e.Ack(log.Result{}, fmt.Errorf("storing samples: %w", err))
 				continue
 			}
-			p.samples.WithLabelValues("stored").Add(float64(bounds[i+1] - bounds[i]))
+			p.samples.WithLabelValues("stored").Add(float64(hi - lo))
+			if p.storeDedups {
+				_, d := KeepFresh(samples[lo:hi], out.Origin[lo:hi], fresh[lo:hi])
+				dups[i] += d
+			}
 			ack(i, e)
 		}
 	default:

@@ -23,24 +23,48 @@ func event(machine string, t int64, metrics ...string) telemetry.Event {
 	return ev
 }
 
-// fakeStore records appends and fails those of machine "bad".
+// fakeStore records appends, first write wins on (machine, metric, time),
+// and fails those of machine "bad"; samples of machine "old" are out of
+// bounds (the others are stored).
 type fakeStore struct {
 	mu     sync.Mutex
 	stored []telemetry.Sample
+	keys   map[store.SeriesKey]map[int64]bool
 }
 
-func (f *fakeStore) append(_ context.Context, ss []telemetry.Sample) error {
+func (f *fakeStore) append(_ context.Context, ss []telemetry.Sample, fresh []bool) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for _, s := range ss {
-		switch s.Machine {
-		case "bad":
+		if s.Machine == "bad" {
 			return errors.New("disk full")
-		case "old":
-			return fmt.Errorf("1 sample: %w", store.ErrOutOfBounds)
 		}
 	}
-	f.stored = append(f.stored, ss...)
+	if f.keys == nil {
+		f.keys = map[store.SeriesKey]map[int64]bool{}
+	}
+	old := 0
+	for i, s := range ss {
+		if s.Machine == "old" {
+			old++
+			continue
+		}
+		k := store.SeriesKey{Machine: s.Machine, Metric: s.Metric}
+		if f.keys[k] == nil {
+			f.keys[k] = map[int64]bool{}
+		}
+		if f.keys[k][s.Time] {
+			continue
+		}
+		f.keys[k][s.Time] = true
+		f.stored = append(f.stored, s)
+		if fresh != nil {
+			fresh[i] = true
+		}
+	}
+	if old > 0 {
+		return fmt.Errorf("%d samples: %w", old, store.ErrOutOfBounds)
+	}
 	return nil
 }
 
@@ -56,35 +80,39 @@ func TestProcessorGroupOutcomes(t *testing.T) {
 		{"store error", "bad", true, false},
 	}
 	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			l := log.New(100, nil)
-			fs := &fakeStore{}
-			var sunk []telemetry.Sample
-			p := NewProcessor(l, fs.append, Sinks{Batch: func(_ *telemetry.Batch, ss []telemetry.Sample) {
-				sunk = append(sunk, ss...)
-			}}, DefaultEngineConfig(), slog.New(slog.DiscardHandler), nil)
-			e, err := l.Append(&telemetry.Batch{Events: []telemetry.Event{event(tt.machine, 7, "x", "y")}})
-			if err != nil {
-				t.Fatal(err)
-			}
-			l.Close()
-			if err := p.Run(context.Background()); err != nil {
-				t.Fatal(err)
-			}
-			res, err := e.Wait(context.Background())
-			if (err != nil) != tt.wantErr {
-				t.Errorf("ack error = %v, want error %v", err, tt.wantErr)
-			}
-			if !tt.wantErr && res.Accepted != 1 {
-				t.Errorf("Accepted = %d, want 1", res.Accepted)
-			}
-			if got := len(sunk) > 0; got != tt.wantSunk {
-				t.Errorf("sink called = %v, want %v", got, tt.wantSunk)
-			}
-			if tt.wantSunk && len(sunk) != 2 {
-				t.Errorf("sink got %d samples, want 2", len(sunk))
-			}
-		})
+		for _, storeDedups := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/store dedups %v", tt.name, storeDedups), func(t *testing.T) {
+				cfg := DefaultEngineConfig()
+				cfg.StoreDedups = storeDedups
+				l := log.New(100, nil)
+				fs := &fakeStore{}
+				var sunk []telemetry.Sample
+				p := NewProcessor(l, fs.append, Sinks{Batch: func(_ *telemetry.Batch, ss []telemetry.Sample) {
+					sunk = append(sunk, ss...)
+				}}, cfg, slog.New(slog.DiscardHandler), nil)
+				e, err := l.Append(&telemetry.Batch{Events: []telemetry.Event{event(tt.machine, 7, "x", "y")}})
+				if err != nil {
+					t.Fatal(err)
+				}
+				l.Close()
+				if err := p.Run(context.Background()); err != nil {
+					t.Fatal(err)
+				}
+				res, err := e.Wait(context.Background())
+				if (err != nil) != tt.wantErr {
+					t.Errorf("ack error = %v, want error %v", err, tt.wantErr)
+				}
+				if !tt.wantErr && res.Accepted != 1 {
+					t.Errorf("Accepted = %d, want 1", res.Accepted)
+				}
+				if got := len(sunk) > 0; got != tt.wantSunk {
+					t.Errorf("sink called = %v, want %v", got, tt.wantSunk)
+				}
+				if tt.wantSunk && len(sunk) != 2 {
+					t.Errorf("sink got %d samples, want 2", len(sunk))
+				}
+			})
+		}
 	}
 }
 
@@ -261,5 +289,63 @@ func TestProcessorJournalsKeysBeforeAck(t *testing.T) {
 	l.Close()
 	if err := <-done; err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestProcessorStoreDedups: with a store that reports what it held, the
+// engine keeps no sample keys: the store's answer decides, also across a
+// restart (a new processor), and the responses count the duplicates.
+func TestProcessorStoreDedups(t *testing.T) {
+	fs := &fakeStore{}
+	cfg := DefaultEngineConfig()
+	cfg.StoreDedups = true
+	run := func(batches ...[]telemetry.Event) (results []log.Result, sunk []telemetry.Sample, released []telemetry.Sample) {
+		t.Helper()
+		l := log.New(1000, nil)
+		p := NewProcessor(l, fs.append, Sinks{
+			Batch: func(_ *telemetry.Batch, ss []telemetry.Sample) { sunk = append(sunk, ss...) },
+			Group: func(rel []telemetry.Sample, _ []Window) { released = append(released, rel...) },
+		}, cfg, slog.New(slog.DiscardHandler), nil)
+		var entries []*log.Entry
+		for _, evs := range batches {
+			e, err := l.Append(&telemetry.Batch{Events: evs})
+			if err != nil {
+				t.Fatal(err)
+			}
+			entries = append(entries, e)
+		}
+		l.Close()
+		if err := p.Run(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range entries {
+			res, err := e.Wait(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			results = append(results, res)
+		}
+		return results, sunk, released
+	}
+	a1 := event("a", 1000, "x", "y")
+	a2 := event("a", 2000, "x")
+	results, sunk, released := run(
+		[]telemetry.Event{a1, a2, a1}, // a1 twice in one batch
+		[]telemetry.Event{a2, event("a", 3000, "x")},
+	)
+	if diff := cmp.Diff(results, []log.Result{{Accepted: 2, Duplicates: 1}, {Accepted: 1, Duplicates: 1}}); diff != "" {
+		t.Errorf("results (-got +want):\n%s", diff)
+	}
+	if len(sunk) != 4 || len(released) != 4 {
+		t.Errorf("sinks got %d samples, released %d; want the 4 distinct ones each", len(sunk), len(released))
+	}
+	// After a restart the engine remembers nothing; the store still does.
+	// An event with one old and one new sample is not a duplicate.
+	results, sunk, _ = run([]telemetry.Event{a1, {Machine: "a", Time: 2000, Metrics: []telemetry.Metric{{Name: "x", Value: 9}, {Name: "z", Value: 1}}}})
+	if diff := cmp.Diff(results, []log.Result{{Accepted: 1, Duplicates: 1}}); diff != "" {
+		t.Errorf("after restart (-got +want):\n%s", diff)
+	}
+	if diff := cmp.Diff(sunk, []telemetry.Sample{{Machine: "a", Metric: "z", Time: 2000, Value: 1}}); diff != "" {
+		t.Errorf("after restart, sunk (-got +want):\n%s", diff)
 	}
 }

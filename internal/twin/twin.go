@@ -371,6 +371,31 @@ func (t *Twins) update(id string, create bool, change func(*Info) (Info, error))
 	return t.view(e, now.UnixMilli()), !ok, nil
 }
 
+// Locate records where a machine is, as its data source names it (an MQTT
+// topic's site and line): it registers an unknown machine there, and fills
+// in a known one's site or line when unset. A site or line an operator set
+// is kept. Cheap when nothing changes: it runs per message.
+func (t *Twins) Locate(id, site, line string) {
+	t.mu.RLock()
+	e := t.machines[id]
+	same := e != nil && (site == "" || e.info.Site != "") && (line == "" || e.info.Line != "")
+	t.mu.RUnlock()
+	if same {
+		return
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if e = t.machines[id]; e == nil {
+		e = t.register(id, t.now().UTC())
+	}
+	if e.info.Site == "" && site != "" {
+		e.info.Site, t.dirty = site, true
+	}
+	if e.info.Line == "" && line != "" {
+		e.info.Line, t.dirty = line, true
+	}
+}
+
 // RegisterMissing adds the entries whose machines are not registered yet,
 // in one persisted write, and returns how many it added. Registered
 // machines keep their entries.

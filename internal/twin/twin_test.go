@@ -259,3 +259,26 @@ func TestRegisterMissingKeepsRegisteredMachines(t *testing.T) {
 		t.Errorf("persisted registry (-got +want):\n%s", diff)
 	}
 }
+
+func TestLocateFillsInSiteAndLine(t *testing.T) {
+	clk := &fakeClock{time.Date(2026, 11, 30, 6, 0, 0, 0, time.UTC)}
+	path := filepath.Join(t.TempDir(), "registry.json")
+	tw := open(t, path, clk)
+	if _, _, err := tw.Put("press-07", Info{Site: "lyon"}); err != nil {
+		t.Fatal(err)
+	}
+	tw.Locate("press-07", "paris", "A") // the operator's site stays
+	tw.Locate("oven-01", "lyon", "B")   // unknown: registered there
+	tw.Locate("oven-01", "", "")
+	if err := tw.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	again := open(t, path, clk)
+	var got []string
+	for _, m := range again.List() {
+		got = append(got, m.ID+"@"+m.Site+"/"+m.Line)
+	}
+	if diff := cmp.Diff(got, []string{"oven-01@lyon/B", "press-07@lyon/A"}); diff != "" {
+		t.Errorf("registry (-got +want):\n%s", diff)
+	}
+}

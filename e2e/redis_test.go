@@ -1,0 +1,286 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+const redisAddr = "127.0.0.1:6379"
+
+// redisPrefix returns a key prefix of the test's own on the local Redis,
+// whose keys are deleted when the test ends. Without Redis the test fails
+// under CI=true and is skipped elsewhere.
+func redisPrefix(t *testing.T) string {
+	t.Helper()
+	rdb := redis.NewClient(&redis.Options{Addr: redisAddr})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := rdb.Ping(ctx).Err(); err != nil {
+		rdb.Close()
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("Redis is required on %s under CI: %v", redisAddr, err)
+		}
+		t.Skipf("Redis not reachable on %s: %v", redisAddr, err)
+	}
+	prefix := fmt.Sprintf("tl-e2e-%d:", time.Now().UnixNano())
+	t.Cleanup(func() {
+		defer rdb.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		iter := rdb.Scan(ctx, 0, prefix+"*", 1000).Iterator()
+		for iter.Next(ctx) {
+			rdb.Del(ctx, iter.Val())
+		}
+	})
+	return prefix
+}
+
+// nextData returns the next message of one of the types on ch.
+func nextData(t *testing.T, c context.Context, ch <-chan message, types ...string) message {
+	t.Helper()
+	for {
+		select {
+		case m, ok := <-ch:
+			if !ok {
+				t.Fatal("stream ended")
+			}
+			for _, typ := range types {
+				if m.Type == typ {
+					return m
+				}
+			}
+		case <-c.Done():
+			t.Fatalf("no %v message arrived", types)
+		}
+	}
+}
+
+// awaitReady waits until /readyz says ready (not degraded).
+func awaitReady(t *testing.T, c context.Context, s *server) {
+	t.Helper()
+	for {
+		var st struct{ Status string }
+		if r := s.get("/readyz"); r.status == 200 {
+			r.json(t, &st)
+			if st.Status == "ready" {
+				return
+			}
+		}
+		select {
+		case <-c.Done():
+			t.Fatalf("/readyz never said ready: %s", s.get("/readyz").body)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// TestRedisFanoutAcrossReplicas: two servers sharing Redis; an event
+// ingested on A arrives once on a stream client of B (and of A), and a
+// client of B resumes with a cursor it got from A.
+func TestRedisFanoutAcrossReplicas(t *testing.T) {
+	prefix := redisPrefix(t)
+	args := []string{"--redis-url", "redis://" + redisAddr + "/0", "--redis-prefix", prefix}
+	a, b := start(t, "", args...), start(t, "", args...)
+	c := ctx(t, 30*time.Second)
+	// A replica takes part in the fan-out once subscribed to Redis: until
+	// then /readyz says degraded.
+	awaitReady(t, c, a)
+	awaitReady(t, c, b)
+	onB := subscribe(t, c, b, "machine=rf-1", false)
+	onA := subscribe(t, c, a, "machine=rf-1", true)
+	nextData(t, c, onB, "hello")
+	nextData(t, c, onA, "hello")
+
+	post := func(s *server, v int) {
+		t.Helper()
+		body := fmt.Sprintf(`{"machineId":"rf-1","timestamp":%d,"temp":%d}`, time.Now().UnixMilli(), v)
+		if r := s.do("POST", "/api/v1/events", "application/json", []byte(body)); r.status != 202 {
+			t.Fatalf("post: %d %s", r.status, r.body)
+		}
+	}
+	post(a, 1)
+	post(a, 2) // a duplicate delivery of 1 would come before 2
+	var cursor uint64
+	for name, ch := range map[string]<-chan message{"B": onB, "A": onA} {
+		for _, want := range []float64{1, 2} {
+			m := nextData(t, c, ch, "samples")
+			if len(m.Samples) != 1 || m.Samples[0].Value != want {
+				t.Fatalf("replica %s: samples %+v, want one of value %v", name, m.Samples, want)
+			}
+			if name == "A" && want == 1 {
+				cursor = m.Seq
+			}
+		}
+	}
+	// Resume on B from A's cursor: exactly the message after it.
+	resumed := subscribe(t, c, b, fmt.Sprintf("machine=rf-1&cursor=%d", cursor), false)
+	if m := nextData(t, c, resumed, "samples", "reset"); m.Type != "samples" || m.Samples[0].Value != 2 {
+		t.Errorf("resumed on B from A's cursor: %+v, want the sample of value 2", m)
+	}
+}
+
+// TestRedisRateLimitAcrossReplicas: one client's ingest budget is shared
+// by two replicas: the burst is spent across both, then 429 + Retry-After.
+func TestRedisRateLimitAcrossReplicas(t *testing.T) {
+	prefix := redisPrefix(t)
+	args := []string{"--redis-url", "redis://" + redisAddr + "/0", "--redis-prefix", prefix,
+		"--rate-limit", "on", "--ingest-rate", "0.01", "--ingest-burst", "3"}
+	a, b := start(t, "", args...), start(t, "", args...)
+	body := []byte(`{"machineId":"rl-1","temp":1}`)
+	var got []int
+	for _, s := range []*server{a, b, a, b} {
+		got = append(got, s.do("POST", "/api/v1/events", "application/json", body).status)
+	}
+	if fmt.Sprint(got) != "[202 202 202 429]" {
+		t.Fatalf("statuses %v, want [202 202 202 429]", got)
+	}
+	r := b.do("POST", "/api/v1/events", "application/json", body)
+	if r.status != 429 || r.header.Get("Retry-After") == "" || r.header.Get("Content-Type") != "application/problem+json" {
+		t.Errorf("over the limit: %d, Retry-After %q, %s", r.status, r.header.Get("Retry-After"), r.header.Get("Content-Type"))
+	}
+}
+
+// proxy is a TCP proxy to target whose connections the test can cut.
+type proxy struct {
+	ln     net.Listener
+	target string
+	mu     sync.Mutex
+	down   bool
+	conns  []net.Conn
+}
+
+func newProxy(t *testing.T, target string) *proxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &proxy{ln: ln, target: target}
+	go p.serve()
+	t.Cleanup(func() { ln.Close(); p.cut() })
+	return p
+}
+
+func (p *proxy) addr() string { return p.ln.Addr().String() }
+
+func (p *proxy) serve() {
+	for {
+		c, err := p.ln.Accept()
+		if err != nil {
+			return
+		}
+		p.mu.Lock()
+		if p.down {
+			p.mu.Unlock()
+			c.Close()
+			continue
+		}
+		u, err := net.Dial("tcp", p.target)
+		if err != nil {
+			p.mu.Unlock()
+			c.Close()
+			continue
+		}
+		p.conns = append(p.conns, c, u)
+		p.mu.Unlock()
+		go func() { io.Copy(u, c); u.Close() }()
+		go func() { io.Copy(c, u); c.Close() }()
+	}
+}
+
+// cut closes every connection and refuses new ones until restore.
+func (p *proxy) cut() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.down = true
+	for _, c := range p.conns {
+		c.Close()
+	}
+	p.conns = nil
+}
+
+func (p *proxy) restore() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.down = false
+}
+
+// TestRedisOutage: Redis unreachable while events flow: ingest goes on,
+// local stream clients still get everything, /readyz says degraded; when
+// Redis is back, twinline recovers by itself.
+func TestRedisOutage(t *testing.T) {
+	prefix := redisPrefix(t)
+	px := newProxy(t, redisAddr)
+	s := start(t, "", "--redis-url", "redis://"+px.addr()+"/0", "--redis-prefix", prefix)
+	c := ctx(t, 60*time.Second)
+	live := subscribe(t, c, s, "machine=ro-1", false)
+	nextData(t, c, live, "hello")
+	readyz := func() string {
+		var st struct{ Status string }
+		r := s.get("/readyz")
+		if r.status != 200 {
+			t.Fatalf("/readyz: %d %s", r.status, r.body)
+		}
+		r.json(t, &st)
+		return st.Status
+	}
+	await := func(want string) {
+		t.Helper()
+		for readyz() != want {
+			select {
+			case <-c.Done():
+				t.Fatalf("/readyz never said %q", want)
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
+	}
+	post := func(v int) {
+		t.Helper()
+		body := fmt.Sprintf(`{"machineId":"ro-1","timestamp":%d,"temp":%d}`, time.Now().UnixMilli(), v)
+		if r := s.do("POST", "/api/v1/events", "application/json", []byte(body)); r.status != 202 {
+			t.Fatalf("post %d: %d %s", v, r.status, r.body)
+		}
+	}
+	await("ready")
+	post(1)
+	if m := nextData(t, c, live, "samples"); m.Samples[0].Value != 1 {
+		t.Fatalf("before the outage: %+v", m)
+	}
+
+	px.cut()
+	post(2) // acknowledged while Redis is down
+	for {   // delivered locally (after a reset if the subscription noticed first)
+		m := nextData(t, c, live, "samples", "reset")
+		if m.Type == "samples" {
+			if m.Samples[0].Value != 2 {
+				t.Fatalf("during the outage: %+v", m)
+			}
+			break
+		}
+	}
+	await("degraded")
+
+	px.restore()
+	await("ready")
+	post(3)
+	for {
+		m := nextData(t, c, live, "samples", "reset")
+		if m.Type == "samples" && m.Samples[0].Value == 3 {
+			break
+		}
+		if m.Type == "samples" && m.Samples[0].Value != 2 {
+			t.Fatalf("after the outage: %+v", m)
+		}
+	}
+	if got := s.series("ro-1", "temp"); len(got.V) != 3 {
+		t.Errorf("stored %v, want the 3 acknowledged samples", got.V)
+	}
+}

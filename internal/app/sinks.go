@@ -1,0 +1,147 @@
+package app
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/twinline/twinline/internal/sim"
+	"github.com/twinline/twinline/internal/store"
+	"github.com/twinline/twinline/internal/stream"
+	"github.com/twinline/twinline/internal/telemetry"
+	"github.com/twinline/twinline/internal/twin"
+)
+
+// offlineTick is how often machines are checked for silence.
+const offlineTick = time.Second
+
+// watchOffline raises offline alarms until ctx ends.
+func (a *App) watchOffline(ctx context.Context) error {
+	t := time.NewTicker(offlineTick)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case now := <-t.C:
+			if _, err := a.alarms.Tick(now); err != nil {
+				a.logger.Error("journaling alarms", "component", "alarms", "err", err)
+			}
+		}
+	}
+}
+
+// windowMessage is a window aggregate on the live stream.
+type windowMessage struct {
+	Metric string  `json:"metric"`
+	Start  int64   `json:"start"`
+	Size   int64   `json:"size"`
+	Kind   string  `json:"kind"` // final, correction, late
+	Count  int64   `json:"count"`
+	Sum    float64 `json:"sum"`
+	Min    float64 `json:"min"`
+	Max    float64 `json:"max"`
+	Avg    float64 `json:"avg"`
+}
+
+// publishWindows pushes closed and corrected windows to the machines'
+// stream subscribers.
+func (a *App) publishWindows(ws []stream.Window) {
+	for _, w := range ws {
+		a.hub.PublishEvent(w.Machine, "window", windowMessage{
+			Metric: w.Metric, Start: w.Start, Size: w.Size, Kind: w.Kind.String(),
+			Count: w.Agg.Count, Sum: w.Agg.Sum, Min: w.Agg.Min, Max: w.Agg.Max, Avg: w.Agg.Avg(),
+		})
+	}
+}
+
+// medianValue is a metric's sliding median on the live stream, with the
+// event time of the newest sample it covers.
+type medianValue struct {
+	Median float64 `json:"median"`
+	Time   int64   `json:"t"`
+}
+
+// publishMedians pushes the medians updated by a released group, one
+// message per machine: {"metrics":{"temp":{"median":71.2,"t":…}}}.
+func (a *App) publishMedians(us []twin.MedianUpdate) {
+	for i := 0; i < len(us); {
+		j := i + 1
+		for j < len(us) && us[j].Machine == us[i].Machine {
+			j++
+		}
+		metrics := make(map[string]medianValue, j-i)
+		for _, u := range us[i:j] {
+			metrics[u.Metric] = medianValue{Median: u.Median, Time: u.Time}
+		}
+		a.hub.PublishEvent(us[i].Machine, "median", struct {
+			Metrics map[string]medianValue `json:"metrics"`
+		}{metrics})
+		i = j
+	}
+}
+
+// registerDemo registers the simulated machines that are not registered
+// yet, with their site, line and an equipment temperature alarm at 90 °C
+// that the simulator's overheat faults cross; machines an operator already
+// registered are left as they are.
+func registerDemo(twins *twin.Twins, machines []sim.Machine) error {
+	high := 90.0
+	infos := make([]twin.Info, len(machines))
+	for i, m := range machines {
+		infos[i] = twin.Info{
+			ID: m.ID, Name: m.Kind + " " + m.ID, Site: m.Site, Line: m.Line,
+			Thresholds: map[string]twin.Threshold{"temp": {High: &high, Deadband: 2, For: "10s"}},
+			Attributes: map[string]any{"kind": m.Kind, "simulated": true},
+		}
+	}
+	_, err := twins.RegisterMissing(infos)
+	return err
+}
+
+func machineIDs(ms []sim.Machine) []string {
+	ids := make([]string, len(ms))
+	for i, m := range ms {
+		ids[i] = m.ID
+	}
+	return ids
+}
+
+// restoreLatest seeds the twins from the store at start-up: each series'
+// latest value, and its median from its last medianWindow samples.
+func restoreLatest(ctx context.Context, st store.Store, twins *twin.Twins, now time.Time, maxFuture time.Duration, medianWindow int) error {
+	from, to := now.Add(-restoreWindow).UnixMilli(), now.Add(maxFuture).UnixMilli()
+	keys, err := st.Series(ctx, from, to)
+	if err != nil {
+		return fmt.Errorf("listing recent series: %w", err)
+	}
+	var history []telemetry.Sample // one series at a time
+	// Most series have enough samples in the last minute: read that first,
+	// and the whole window only for those that do not.
+	recent := max(from, now.Add(-time.Minute).UnixMilli())
+	ring := make([]store.Point, medianWindow)
+	for _, k := range keys {
+		n := 0
+		keep := func(p store.Point) bool { ring[n%len(ring)] = p; n++; return true }
+		if err := st.Select(ctx, k, recent, to, keep); err != nil {
+			return fmt.Errorf("reading latest of %s/%s: %w", k.Machine, k.Metric, err)
+		}
+		if n < len(ring) && recent > from {
+			n = 0
+			if err := st.Select(ctx, k, from, to, keep); err != nil {
+				return fmt.Errorf("reading latest of %s/%s: %w", k.Machine, k.Metric, err)
+			}
+		}
+		if n == 0 {
+			continue
+		}
+		history = history[:0]
+		for i := max(n-len(ring), 0); i < n; i++ { // oldest first
+			p := ring[i%len(ring)]
+			history = append(history, telemetry.Sample{Machine: k.Machine, Metric: k.Metric, Time: p.Time, Value: p.Value})
+		}
+		twins.Restore(history[len(history)-1:])
+		twins.ObserveReleased(history, nil)
+	}
+	return nil
+}
