@@ -150,6 +150,8 @@ func serveFlags(fs *flag.FlagSet, cfg *config.Config) {
 	fs.StringVar(&cfg.MQTTBroker, "mqtt-broker", cfg.MQTTBroker, "subscribe to an external MQTT broker at this `URL` (e.g. mqtt://127.0.0.1:1883); empty: off")
 	listVar(fs, &cfg.KafkaBrokers, "kafka-brokers", "Kafka seed brokers; replaces the in-process log")
 	fs.StringVar(&cfg.KafkaTopic, "kafka-topic", cfg.KafkaTopic, "Kafka topic of the event log")
+	fs.StringVar(&cfg.KafkaGroup, "kafka-group", cfg.KafkaGroup, "Kafka consumer group of the processors")
+	durationVar(fs, &cfg.KafkaSessionTimeout, "kafka-session-timeout", "how long the group waits for a silent (crashed) processor before moving its partitions")
 	fs.StringVar(&cfg.Role, "role", cfg.Role, "all, gateway (ingest → log), processor (log → engine → store) or api (queries, stream, dashboard)")
 	fs.StringVar(&cfg.Pprof, "pprof", cfg.Pprof, "serve net/http/pprof on this separate `address` (never on --listen); empty: off")
 	fs.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "debug, info, warn or error")

@@ -42,6 +42,11 @@ type Options struct {
 	MaxMachines int
 	// Lateness is the engine's watermark lag, to mark open windows.
 	Lateness time.Duration
+	// Role selects the routes served: "" or "all" every route; "gateway"
+	// ingest; "api" queries, registry, stream and dashboard; "processor"
+	// none of those. Health, readiness, metrics and the API document are
+	// always served.
+	Role string
 }
 
 // SubmitFunc hands a decoded batch to the event log and returns once it is
@@ -129,6 +134,21 @@ type route struct {
 	handler      http.HandlerFunc
 }
 
+// serves reports whether a server of role serves the route.
+func serves(role string, rt route) bool {
+	ingest := rt.path == "/api/v1/events" || rt.path == "/write" || rt.path == "/api/v2/write" || rt.path == "/ping" || rt.path == "/query"
+	ops := rt.path == "/healthz" || rt.path == "/readyz" || rt.path == "/metrics" || rt.path == "/api/openapi.json" || rt.path == "/docs"
+	switch role {
+	case "gateway":
+		return ingest || ops
+	case "api":
+		return !ingest
+	case "processor":
+		return ops
+	}
+	return true
+}
+
 // New returns the API.
 func New(opts Options, deps Deps) *API {
 	a := &API{
@@ -185,6 +205,9 @@ func New(opts Options, deps Deps) *API {
 		"GET /api/v1/stream": deps.StreamLimit,
 	}
 	for _, rt := range a.routes() {
+		if !serves(opts.Role, rt) {
+			continue
+		}
 		var h http.Handler = rt.handler
 		if limit := limits[rt.method+" "+rt.path]; limit != nil {
 			h = limit(h)

@@ -28,6 +28,7 @@ import (
 	"github.com/twinline/twinline/internal/hub"
 	"github.com/twinline/twinline/internal/keylog"
 	"github.com/twinline/twinline/internal/log"
+	"github.com/twinline/twinline/internal/log/kafka"
 	"github.com/twinline/twinline/internal/sim"
 	"github.com/twinline/twinline/internal/store"
 	"github.com/twinline/twinline/internal/stream"
@@ -62,10 +63,17 @@ type App struct {
 	twins    *twin.Twins
 	notes    *twin.Notes
 	alarms   *twin.Alarms
-	log      *log.Log
 	hub      *hub.Hub
+	// The event log: in-process (log, proc, keys), or Kafka (producer on
+	// the roles that take ingest, kproc on those that process).
+	log      *log.Log
 	proc     *stream.Processor
 	keys     *keylog.Log
+	producer *kafka.Producer
+	kproc    *kafka.Processor
+	// submitFn hands a batch to the event log and waits until it is
+	// durable; nil when the role takes no ingest.
+	submitFn api.SubmitFunc
 	srv      *http.Server
 	ln       net.Listener
 	// pprof serves net/http/pprof on its own listener (nil: off).
@@ -95,23 +103,28 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 	buildInfo.WithLabelValues(version).Set(1)
 	reg.MustRegister(buildInfo)
 
-	st, err := a.openStore(ctx, reg)
-	if err != nil {
-		return nil, err
-	}
-	a.store = st
-	defer func() {
-		if err != nil {
-			st.Close()
+	// Every role but the gateway reads or writes the history.
+	var st store.Store
+	if cfg.Role != "gateway" {
+		if st, err = a.openStore(ctx, reg); err != nil {
+			return nil, err
 		}
-	}()
+		a.store = st
+		defer func() {
+			if err != nil {
+				st.Close()
+			}
+		}()
+	}
 
 	twins, err := twin.Open(filepath.Join(cfg.DataDir, "registry.json"), cfg.OfflineAfter, cfg.MedianWindow, time.Now, logger.With("component", "twin"))
 	if err != nil {
 		return nil, fmt.Errorf("opening registry: %w", err)
 	}
-	if err := restoreLatest(ctx, st, twins, time.Now(), cfg.MaxFuture, cfg.MedianWindow); err != nil {
-		return nil, err
+	if st != nil {
+		if err := restoreLatest(ctx, st, twins, time.Now(), cfg.MaxFuture, cfg.MedianWindow); err != nil {
+			return nil, err
+		}
 	}
 	a.twins = twins
 	for _, w := range []struct {
@@ -169,7 +182,6 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 	}
 	alarms.Expect(known, time.Now())
 
-	a.log = log.New(cfg.LogCapacity, reg)
 	hubOpts := hub.Options{
 		QueueSize:    cfg.StreamQueue,
 		Heartbeat:    cfg.StreamHeartbeat,
@@ -212,15 +224,7 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 	}
 	alarmLog := logger.With("component", "alarms")
 	var medians []twin.MedianUpdate // reused by the sink goroutine
-	// A store that reports which samples it held already decides on sample
-	// duplicates itself (at any age, across restarts); otherwise the engine
-	// remembers sample keys for the dedup horizon.
-	appendFn := func(ctx context.Context, samples []telemetry.Sample, _ []bool) error { return st.Append(ctx, samples) }
-	fa, storeDedups := st.(store.FreshAppender)
-	if storeDedups {
-		appendFn = fa.AppendFresh
-	}
-	a.proc = stream.NewProcessor(a.log, appendFn, stream.Sinks{
+	sinks := stream.Sinks{
 		Batch: func(b *telemetry.Batch, samples []telemetry.Sample) {
 			twins.Observe(b, samples)
 			a.hub.PublishSamples(samples, b.Received)
@@ -239,30 +243,27 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 			}
 			a.publishWindows(windows)
 		},
-	}, stream.EngineConfig{
+	}
+	engineCfg := stream.EngineConfig{
 		Lateness:     cfg.Lateness,
 		Window:       cfg.Window,
 		WindowGrace:  cfg.WindowGrace,
 		DedupHorizon: cfg.DedupHorizon,
 		DedupMaxKeys: cfg.DedupMaxKeys,
 		MaxBuffered:  10_000,
-		StoreDedups:  storeDedups,
-	}, logger.With("component", "processor"), reg)
-
-	// Keys of events with an id or seq outlive a restart: their retries
-	// stay duplicates even when they carry another event time.
-	kl, journaled, err := keylog.Open(filepath.Join(cfg.DataDir, "dedup-keys"), cfg.DedupMaxKeys)
-	if err != nil {
-		return nil, fmt.Errorf("opening dedup key journal: %w", err)
 	}
-	a.keys = kl
-	defer func() {
-		if err != nil {
-			kl.Close()
+	switch {
+	case cfg.Role == "api":
+		// Queries and the live stream only: processors elsewhere write.
+	case len(cfg.KafkaBrokers) == 0:
+		if err := a.openLog(st, sinks, engineCfg, reg); err != nil {
+			return nil, err
 		}
-	}()
-	a.proc.Remember(journaled)
-	a.proc.JournalKeys(kl.Append)
+	default:
+		if err := a.openKafka(st, sinks, engineCfg, reg); err != nil {
+			return nil, err
+		}
+	}
 
 	apiOpts := api.Options{
 		MaxBodyBytes:         cfg.MaxBodyBytes,
@@ -280,9 +281,10 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 		ReadTimeout:       cfg.ReadTimeout,
 		MaxMachines:       cfg.MaxMachines,
 		Lateness:          cfg.Lateness,
+		Role:              cfg.Role,
 	}
 	deps := api.Deps{
-		Submit:  a.log.Submit,
+		Submit:  a.submitFn,
 		Store:   st,
 		Twins:   twins,
 		Notes:   notes,
@@ -309,8 +311,10 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 	}
 	handler := api.New(apiOpts, deps)
 
-	if err := a.openMQTT(reg); err != nil {
-		return nil, err
+	if a.submitFn != nil {
+		if err := a.openMQTT(reg); err != nil {
+			return nil, err
+		}
 	}
 
 	a.ln, err = net.Listen("tcp", cfg.Listen)
@@ -354,10 +358,12 @@ func (a *App) Addr() net.Addr { return a.ln.Addr() }
 // closed.
 func (a *App) Run(ctx context.Context) (err error) {
 	cfg, logger := a.cfg, a.logger
-	ln, srv, h, lg, proc, twins := a.ln, a.srv, a.hub, a.log, a.proc, a.twins
+	ln, srv, h, twins := a.ln, a.srv, a.hub, a.twins
 	defer func() {
-		if cerr := a.store.Close(); cerr != nil {
-			err = errors.Join(err, fmt.Errorf("closing store: %w", cerr))
+		if a.store != nil {
+			if cerr := a.store.Close(); cerr != nil {
+				err = errors.Join(err, fmt.Errorf("closing store: %w", cerr))
+			}
 		}
 		if cerr := a.notes.Close(); cerr != nil {
 			err = errors.Join(err, fmt.Errorf("closing notes: %w", cerr))
@@ -368,8 +374,10 @@ func (a *App) Run(ctx context.Context) (err error) {
 		if a.rdb != nil {
 			a.rdb.Close()
 		}
-		if cerr := a.keys.Close(); cerr != nil {
-			err = errors.Join(err, fmt.Errorf("closing dedup key journal: %w", cerr))
+		if a.keys != nil {
+			if cerr := a.keys.Close(); cerr != nil {
+				err = errors.Join(err, fmt.Errorf("closing dedup key journal: %w", cerr))
+			}
 		}
 	}()
 
@@ -378,7 +386,20 @@ func (a *App) Run(ctx context.Context) (err error) {
 	procCtx, procCancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer procCancel()
 	procDone := make(chan error, 1)
-	go func() { procDone <- proc.Run(procCtx) }()
+	switch {
+	case a.proc != nil:
+		go func() { procDone <- a.proc.Run(procCtx) }()
+	case a.kproc != nil:
+		go func() {
+			err := a.kproc.Run(procCtx)
+			if errors.Is(err, context.Canceled) {
+				err = nil // stopped: what it consumed is stored with its offsets
+			}
+			procDone <- err
+		}()
+	default:
+		procDone <- nil
+	}
 
 	// Everything is built and the processor runs: ready from the first
 	// request served.
@@ -450,8 +471,17 @@ func (a *App) Run(ctx context.Context) (err error) {
 	})
 	err = g.Wait()
 
-	// Drain the log into the store.
-	lg.Close()
+	// Drain the log into the store: the in-process log to its end; Kafka's
+	// producer flushes, its processor stops after its current commit (the
+	// rest stays in Kafka, for the next processor).
+	if a.producer != nil {
+		a.producer.Close()
+	}
+	if a.log != nil {
+		a.log.Close()
+	} else {
+		procCancel()
+	}
 	drain := time.NewTimer(max(time.Until(deadline), time.Second))
 	defer drain.Stop()
 	select {

@@ -10,13 +10,17 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/twinline/twinline/internal/ingest"
+	"github.com/twinline/twinline/internal/keylog"
 	"github.com/twinline/twinline/internal/log"
+	"github.com/twinline/twinline/internal/log/kafka"
 	"github.com/twinline/twinline/internal/source/mqtt"
 	"github.com/twinline/twinline/internal/store"
 	"github.com/twinline/twinline/internal/store/embedded"
 	"github.com/twinline/twinline/internal/store/postgres"
+	"github.com/twinline/twinline/internal/stream"
 	"github.com/twinline/twinline/internal/telemetry"
 )
 
@@ -73,7 +77,7 @@ func (a *App) openMQTT(reg prometheus.Registerer) error {
 func (a *App) submit(ctx context.Context, b *telemetry.Batch) (accepted, duplicates int, err error) {
 	for {
 		b.Received = time.Now().UnixMilli()
-		entry, err := a.log.Append(b)
+		res, err := a.submitFn(ctx, b)
 		switch {
 		case errors.Is(err, log.ErrFull):
 			select {
@@ -84,12 +88,71 @@ func (a *App) submit(ctx context.Context, b *telemetry.Batch) (accepted, duplica
 			}
 		case errors.Is(err, log.ErrTooLarge):
 			return 0, 0, fmt.Errorf("%w: %w", mqtt.ErrUnprocessable, err)
-		case err != nil:
-			return 0, 0, err
 		}
-		res, err := entry.Wait(ctx)
 		return res.Accepted, res.Duplicates, err
 	}
+}
+
+// openLog builds the in-process event log and its processor: the
+// embedded default. A store that reports which samples it held already
+// decides on sample duplicates (at any age, across restarts); otherwise
+// the engine remembers sample keys for the dedup horizon. Keys of events
+// with an id or seq are journaled, so their retries stay duplicates across
+// a restart even with another event time.
+func (a *App) openLog(st store.Store, sinks stream.Sinks, engineCfg stream.EngineConfig, reg prometheus.Registerer) error {
+	cfg := a.cfg
+	a.log = log.New(cfg.LogCapacity, reg)
+	a.submitFn = a.log.Submit
+	appendFn := func(ctx context.Context, samples []telemetry.Sample, _ []bool) error { return st.Append(ctx, samples) }
+	if fa, ok := st.(store.FreshAppender); ok {
+		appendFn, engineCfg.StoreDedups = fa.AppendFresh, true
+	}
+	a.proc = stream.NewProcessor(a.log, appendFn, sinks, engineCfg, a.logger.With("component", "processor"), reg)
+	kl, journaled, err := keylog.Open(filepath.Join(cfg.DataDir, "dedup-keys"), cfg.DedupMaxKeys)
+	if err != nil {
+		return fmt.Errorf("opening dedup key journal: %w", err)
+	}
+	a.keys = kl
+	a.proc.Remember(journaled)
+	a.proc.JournalKeys(kl.Append)
+	return nil
+}
+
+// openKafka makes Kafka the event log: a producer for the roles that take
+// ingest (acknowledging a client once Kafka has), a consumer-group
+// processor for the roles that process, storing samples and the consumed
+// offsets in one PostgreSQL transaction.
+func (a *App) openKafka(st store.Store, sinks stream.Sinks, engineCfg stream.EngineConfig, reg prometheus.Registerer) error {
+	cfg, logger := a.cfg, a.logger.With("component", "kafka")
+	if cfg.Role == "all" || cfg.Role == "gateway" {
+		p, err := kafka.NewProducer(cfg.KafkaBrokers, cfg.KafkaTopic, logger, reg)
+		if err != nil {
+			return fmt.Errorf("starting the Kafka producer: %w", err)
+		}
+		a.producer = p
+		a.submitFn = func(ctx context.Context, b *telemetry.Batch) (log.Result, error) {
+			if err := p.Append(ctx, b); err != nil {
+				return log.Result{}, err
+			}
+			// Duplicates are recognised downstream, by the processors.
+			return log.Result{Accepted: len(b.Events)}, nil
+		}
+		a.checks = append(a.checks, p.Ready)
+	}
+	if cfg.Role == "all" || cfg.Role == "processor" {
+		pg, ok := st.(*postgres.Store)
+		if !ok {
+			return errors.New("the Kafka processor needs --store postgres")
+		}
+		kp, err := kafka.NewProcessor(cfg.KafkaBrokers, cfg.KafkaTopic, cfg.KafkaGroup, kafka.NewPGStore(pg), engineCfg, sinks, logger, reg,
+			kafka.WithClientOptions(kgo.SessionTimeout(cfg.KafkaSessionTimeout)))
+		if err != nil {
+			return fmt.Errorf("starting the Kafka processor: %w", err)
+		}
+		a.kproc = kp
+		a.checks = append(a.checks, kp.Ready)
+	}
+	return nil
 }
 
 // openStore opens the configured storage backend.

@@ -103,6 +103,12 @@ type Config struct {
 	// KafkaBrokers replaces the in-process log with Kafka ("": in-process).
 	KafkaBrokers []string
 	KafkaTopic   string
+	// KafkaGroup is the consumer group of the processors.
+	KafkaGroup string
+	// KafkaSessionTimeout is how long the group waits for a processor that
+	// stopped heart-beating (crashed) before giving its partitions to the
+	// others.
+	KafkaSessionTimeout time.Duration
 	// Role is all, gateway, processor or api.
 	Role string
 
@@ -156,6 +162,8 @@ func Default() Config {
 		StreamRate:           5,
 		StreamBurst:          50,
 		KafkaTopic:           "twinline.telemetry",
+		KafkaGroup:           "twinline-processor",
+		KafkaSessionTimeout:  45 * time.Second,
 		Role:                 "all",
 		ShutdownTimeout:      15 * time.Second,
 		LogLevel:             "info",
@@ -302,14 +310,29 @@ func (c Config) Validate() error {
 			bad("mqtt-listen", "%q is not host:port", c.MQTTListen)
 		}
 	}
-	if len(c.KafkaBrokers) > 0 && strings.TrimSpace(c.KafkaTopic) == "" {
-		bad("kafka-topic", "must not be empty with --kafka-brokers")
+	kafka := len(c.KafkaBrokers) > 0
+	if kafka && (strings.TrimSpace(c.KafkaTopic) == "" || strings.TrimSpace(c.KafkaGroup) == "") {
+		bad("kafka-topic", "--kafka-topic and --kafka-group must not be empty with --kafka-brokers")
+	}
+	if c.KafkaSessionTimeout < 6*time.Second || c.KafkaSessionTimeout > 30*time.Minute {
+		bad("kafka-session-timeout", "must be between 6s and 30m (the brokers' group session bounds), got %s", c.KafkaSessionTimeout)
 	}
 	switch c.Role {
 	case "all":
-	case "gateway", "processor", "api":
-		if len(c.KafkaBrokers) == 0 {
-			bad("role", "%s needs --kafka-brokers: only the all role runs on the in-process log", c.Role)
+		if kafka && c.Store != "postgres" {
+			bad("kafka-brokers", "needs --store postgres: processors store samples and Kafka offsets in one PostgreSQL transaction")
+		}
+	case "gateway":
+		if !kafka {
+			bad("role", "gateway needs --kafka-brokers: it writes ingested events to Kafka")
+		}
+	case "processor":
+		if !kafka || c.Store != "postgres" {
+			bad("role", "processor needs --kafka-brokers and --store postgres")
+		}
+	case "api":
+		if c.Store != "postgres" {
+			bad("role", "api needs --store postgres, the history it serves")
 		}
 	default:
 		bad("role", "must be all, gateway, processor or api, got %q", c.Role)
