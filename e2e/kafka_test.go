@@ -43,7 +43,7 @@ func TestKafkaExactlyOnce(t *testing.T) {
 		t       int64
 		v       float64
 	}
-	base := time.Now().Add(-20*time.Minute).Truncate(10*time.Second).UnixMilli()
+	base := time.Now().Add(-20 * time.Minute).Truncate(10 * time.Second).UnixMilli()
 	var events []ev
 	for m := range 6 {
 		for i := range 300 {

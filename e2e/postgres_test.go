@@ -60,7 +60,7 @@ func TestPostgresKill9KeepsAcknowledged(t *testing.T) {
 // duplicates sent twice.
 func TestPostgresAggregatesAfterReplay(t *testing.T) {
 	s := start(t, "", "--store", "postgres", "--postgres-url", pgDatabase(t))
-	base := time.Now().Add(-5*time.Minute).Truncate(10 * time.Second).UnixMilli()
+	base := time.Now().Add(-5 * time.Minute).Truncate(10 * time.Second).UnixMilli()
 	type ev struct {
 		t int64
 		v float64
