@@ -1,7 +1,9 @@
 # twinline — build, run, test.
 #
 #   make run    build and start the platform on embedded defaults with live demo data
-#   make test   everything CI runs: format, vet, staticcheck, race tests, short fuzzing
+#   make test   everything CI runs: format, vet, staticcheck, race tests, short fuzzing,
+#               and the dashboard's unit and browser tests (web-test)
+#   make web    build the React dashboard (web/) into internal/web/dist/app for go:embed
 
 GO        ?= go
 BIN       := bin/twinline
@@ -14,18 +16,40 @@ DATA_DIR  ?= ./data
 FUZZTIME  ?= 20000x
 STATICCHECK_VERSION := v0.8.2
 
-.PHONY: all build run test lint vet staticcheck fmt-check unit fuzz bench clean
+.PHONY: all build run test lint vet staticcheck fmt-check unit fuzz bench clean web web-test web-unit web-e2e web-screenshots web-bench
 
 all: build
 
-build:
+# The dashboard: built with npm when it is available, embedded by go:embed.
+# Without npm the binary still builds and serves a fallback page saying how
+# to build it (internal/web). SKIP_WEB=1 skips the dashboard build.
+NPM       ?= $(shell command -v npm 2>/dev/null)
+WEB_OUT   := internal/web/dist/app/index.html
+WEB_DEPS  := web/node_modules/.package-lock.json
+WEB_SRC   := $(shell find web/src web/index.html web/vite.config.ts web/tsconfig.json web/package.json -type f 2>/dev/null)
+ifeq ($(SKIP_WEB),1)
+BUILD_WEB :=
+else
+BUILD_WEB := $(if $(NPM),$(WEB_OUT))
+endif
+
+$(WEB_DEPS): web/package-lock.json web/package.json
+	cd web && npm ci --no-audit --no-fund
+	@touch $@
+
+$(WEB_OUT): $(WEB_DEPS) $(WEB_SRC)
+	cd web && npm run build
+
+web: $(WEB_OUT)
+
+build: $(BUILD_WEB)
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/twinline
 
 run: build
 	@echo "twinline: open http://$(LISTEN)/ (dashboard), http://$(LISTEN)/docs (API); Ctrl-C to stop"
 	$(BIN) serve --demo --listen $(LISTEN) --data-dir $(DATA_DIR)
 
-test: fmt-check vet staticcheck unit fuzz
+test: fmt-check vet staticcheck unit fuzz web-test
 
 fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
@@ -48,8 +72,32 @@ fuzz:
 	  $(GO) test -run '^$$' -fuzz "^$$target$$" -fuzztime $(FUZZTIME) $$pkg; \
 	done
 
+# The dashboard's tests: vitest units, then playwright-core driving Debian's
+# Chromium against bin/twinline. Without npm (or Chromium) they are skipped,
+# except under CI=true, where that is a failure.
+web-test: web-unit web-e2e
+
+web-unit:
+	@if [ -z "$(NPM)" ]; then \
+	  if [ "$$CI" = true ]; then echo "web-unit: npm not found (CI=true)"; exit 1; fi; \
+	  echo "web-unit: SKIP (npm not found)"; exit 0; fi; \
+	$(MAKE) --no-print-directory $(WEB_DEPS) && cd web && npm test
+
+web-e2e:
+	@if [ -z "$(NPM)" ]; then \
+	  if [ "$$CI" = true ]; then echo "web-e2e: npm not found (CI=true)"; exit 1; fi; \
+	  echo "web-e2e: SKIP (npm not found)"; exit 0; fi; \
+	$(MAKE) --no-print-directory build && cd web && TWINLINE_BIN=$(abspath $(BIN)) npm run e2e
+
+# Screenshots for docs/img and the dashboard benchmark (docs/dashboard-benchmarks.md).
+web-screenshots: build
+	cd web && TWINLINE_BIN=$(abspath $(BIN)) npm run screenshots
+
+web-bench: build
+	cd web && TWINLINE_BIN=$(abspath $(BIN)) npm run bench
+
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./internal/...
 
 clean:
-	rm -rf bin
+	rm -rf bin internal/web/dist/app

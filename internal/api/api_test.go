@@ -315,3 +315,37 @@ func TestPartialFrom(t *testing.T) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+func TestServesByRole(t *testing.T) {
+	tests := []struct {
+		role                string
+		ingest, query, ops bool
+	}{
+		{"", true, true, true},
+		{"all", true, true, true},
+		{"gateway", true, false, true},
+		{"api", false, true, true},
+		{"processor", false, false, true},
+	}
+	for _, tt := range tests {
+		t.Run("role "+tt.role, func(t *testing.T) {
+			for _, c := range []struct {
+				rt   route
+				want bool
+			}{
+				{route{method: "POST", path: "/api/v1/events"}, tt.ingest},
+				{route{method: "POST", path: "/api/v2/write"}, tt.ingest},
+				{route{method: "GET", path: "/ping"}, tt.ingest},
+				{route{method: "GET", path: "/api/v1/machines/{id}/series"}, tt.query},
+				{route{method: "GET", path: "/api/v1/stream"}, tt.query},
+				{route{method: "GET", path: "/{$}"}, tt.query},
+				{route{method: "GET", path: "/readyz"}, tt.ops},
+				{route{method: "GET", path: "/metrics"}, tt.ops},
+			} {
+				if got := serves(tt.role, c.rt); got != c.want {
+					t.Errorf("serves(%q, %s %s) = %v, want %v", tt.role, c.rt.method, c.rt.path, got, c.want)
+				}
+			}
+		})
+	}
+}

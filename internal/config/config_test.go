@@ -47,6 +47,24 @@ func TestValidateCases(t *testing.T) {
 		{"tiny heartbeat", func(c *Config) { c.StreamHeartbeat = time.Millisecond }, "--stream-heartbeat"},
 		{"ooo window within max future", func(c *Config) { c.OutOfOrderWindow, c.MaxFuture = 5*time.Minute, 10*time.Minute }, "--out-of-order-window"},
 		{"wildcard listen", func(c *Config) { c.Listen = "0.0.0.0:9000" }, ""},
+		{"postgres needs a URL", func(c *Config) { c.Store = "postgres" }, "--postgres-url"},
+		{"unknown store", func(c *Config) { c.Store = "sqlite" }, "--store"},
+		{"postgres store", func(c *Config) { c.Store, c.PostgresURL = "postgres", "postgres://db/t" }, ""},
+		{"pprof on the public listener", func(c *Config) { c.Pprof = c.Listen }, "--pprof"},
+		{"kafka needs postgres", func(c *Config) { c.KafkaBrokers = []string{"k:9092"} }, "--kafka-brokers"},
+		{"kafka on postgres", func(c *Config) {
+			c.KafkaBrokers, c.Store, c.PostgresURL = []string{"k:9092"}, "postgres", "postgres://db/t"
+		}, ""},
+		{"gateway needs kafka", func(c *Config) { c.Role = "gateway" }, "--role"},
+		{"gateway on kafka", func(c *Config) { c.Role, c.KafkaBrokers = "gateway", []string{"k:9092"} }, ""},
+		{"processor needs postgres", func(c *Config) { c.Role, c.KafkaBrokers = "processor", []string{"k:9092"} }, "--role"},
+		{"api needs postgres", func(c *Config) { c.Role = "api" }, "--role"},
+		{"unknown role", func(c *Config) { c.Role = "worker" }, "--role"},
+		{"short session timeout", func(c *Config) { c.KafkaSessionTimeout = time.Second }, "--kafka-session-timeout"},
+		{"rate limit mode", func(c *Config) { c.RateLimit = "sometimes" }, "--rate-limit"},
+		{"zero ingest rate", func(c *Config) { c.IngestRate = 0 }, "--ingest-rate"},
+		{"redis without prefix", func(c *Config) { c.RedisURL, c.RedisPrefix = "redis://r", "" }, "--redis-prefix"},
+		{"bad mqtt listen", func(c *Config) { c.MQTTListen = "1883" }, "--mqtt-listen"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -1,22 +1,122 @@
-// Package web embeds the dashboard served at /. Until the React dashboard
-// lands, it is a small self-contained page: the fleet with live values,
-// fed by the SSE stream.
+// Package web embeds the dashboard served at /.
+//
+// The React dashboard (source in web/ at the repository root) is built by
+// `make web` into dist/app/index.html: one self-contained page, because the
+// API routes only "/" here. That directory is not in git, so a checkout
+// where npm has not run still builds; it then serves the committed fallback
+// page dist/index.html, a plain live table that says how to build the
+// dashboard.
 package web
 
 import (
+	"bytes"
+	"compress/gzip"
+	"crypto/sha256"
 	"embed"
+	"encoding/hex"
+	"fmt"
 	"io/fs"
 	"net/http"
+	"strings"
+	"time"
 )
 
 //go:embed dist
 var dist embed.FS
 
-// Handler serves the dashboard.
+// Paths of the built dashboard and of the fallback page inside dist.
+const (
+	appPage      = "dist/app/index.html"
+	fallbackPage = "dist/index.html"
+)
+
+// csp allows what the single-file dashboard needs: its inline script and
+// styles (Plotly sets styles inline), same-origin API and stream calls.
+const csp = "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; " +
+	"img-src 'self' data: blob:; connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+
+// page is one prepared response body in two encodings.
+type page struct {
+	plain, gzipped      []byte
+	etagPlain, etagGzip string
+	built               bool
+}
+
+// Handler serves the dashboard, or the fallback page when the dashboard was
+// not built into this binary.
 func Handler() http.Handler {
-	sub, err := fs.Sub(dist, "dist")
+	p, err := load(dist)
 	if err != nil {
 		panic(err) // the embedded tree is fixed at build time
 	}
-	return http.FileServerFS(sub)
+	return p
+}
+
+// Built reports whether this binary carries the React dashboard.
+func Built() bool {
+	_, err := fs.Stat(dist, appPage)
+	return err == nil
+}
+
+func load(fsys fs.FS) (*page, error) {
+	name, built := appPage, true
+	body, err := fs.ReadFile(fsys, appPage)
+	if err != nil {
+		name, built = fallbackPage, false
+		body, err = fs.ReadFile(fsys, fallbackPage)
+		if err != nil {
+			return nil, fmt.Errorf("reading %s: %w", name, err)
+		}
+	}
+	var buf bytes.Buffer
+	zw, err := gzip.NewWriterLevel(&buf, gzip.BestCompression)
+	if err != nil {
+		return nil, fmt.Errorf("compressing %s: %w", name, err)
+	}
+	if _, err := zw.Write(body); err != nil {
+		return nil, fmt.Errorf("compressing %s: %w", name, err)
+	}
+	if err := zw.Close(); err != nil {
+		return nil, fmt.Errorf("compressing %s: %w", name, err)
+	}
+	sum := sha256.Sum256(body)
+	tag := hex.EncodeToString(sum[:8])
+	return &page{
+		plain:     body,
+		gzipped:   buf.Bytes(),
+		etagPlain: `"` + tag + `"`,
+		etagGzip:  `"` + tag + `-gz"`,
+		built:     built,
+	}, nil
+}
+
+// ServeHTTP implements http.Handler.
+func (p *page) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	h := w.Header()
+	h.Set("Content-Type", "text/html; charset=utf-8")
+	h.Set("Cache-Control", "no-cache")
+	h.Set("Vary", "Accept-Encoding")
+	h.Set("Content-Security-Policy", csp)
+	h.Set("Referrer-Policy", "same-origin")
+	body, etag := p.plain, p.etagPlain
+	if acceptsGzip(r.Header.Get("Accept-Encoding")) {
+		body, etag = p.gzipped, p.etagGzip
+		h.Set("Content-Encoding", "gzip")
+	}
+	h.Set("ETag", etag)
+	http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(body))
+}
+
+// acceptsGzip reports whether an Accept-Encoding header allows gzip (a
+// q=0 entry refuses it).
+func acceptsGzip(header string) bool {
+	for _, part := range strings.Split(header, ",") {
+		name, params, _ := strings.Cut(strings.TrimSpace(part), ";")
+		if !strings.EqualFold(strings.TrimSpace(name), "gzip") {
+			continue
+		}
+		params = strings.ReplaceAll(strings.TrimSpace(params), " ", "")
+		return params != "q=0" && params != "q=0.0" && params != "q=0.00" && params != "q=0.000"
+	}
+	return false
 }

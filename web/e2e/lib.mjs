@@ -1,0 +1,142 @@
+// Helpers for the browser tests, the screenshots and the benchmark: start
+// the real twinline binary on a free loopback port, and Debian's Chromium
+// through playwright-core (Playwright's own browser download is not used).
+import { spawn } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
+export const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
+export const CHROMIUM_ARGS = [
+  '--headless',
+  '--no-sandbox',
+  '--disable-gpu',
+  '--disable-background-networking',
+  '--disable-quic',
+  '--no-first-run',
+  '--disable-component-update',
+  '--disable-sync',
+];
+
+/** The binary under test: $TWINLINE_BIN, else bin/twinline of this repo. */
+export function binaryPath() {
+  const bin = process.env.TWINLINE_BIN || join(repoRoot, 'bin/twinline');
+  if (!existsSync(bin)) throw new Error(`twinline binary ${bin} not found: run "make build" (or set TWINLINE_BIN)`);
+  return bin;
+}
+
+/**
+ * Whether the browser tests can run. Without Chromium they fail under
+ * CI=true and are skipped (with the reason) otherwise.
+ */
+export function chromiumMissing() {
+  if (existsSync(CHROMIUM)) return undefined;
+  const msg = `Chromium not found at ${CHROMIUM}: apt-get update && apt-get install -y chromium`;
+  if (process.env.CI === 'true') throw new Error(msg);
+  return msg;
+}
+
+export async function launchBrowser() {
+  const { chromium } = await import('playwright-core');
+  return chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS });
+}
+
+export function freePort() {
+  return new Promise((res, rej) => {
+    const s = createServer();
+    s.unref();
+    s.on('error', rej);
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address();
+      s.close(() => res(port));
+    });
+  });
+}
+
+export function tempDir(prefix = 'twinline-e2e-') {
+  return mkdtempSync(join(tmpdir(), prefix));
+}
+
+export function removeDir(dir) {
+  rmSync(dir, { recursive: true, force: true });
+}
+
+/** Polls fn until it returns a truthy value or timeoutMs passes. */
+export async function waitFor(fn, { timeoutMs = 20_000, intervalMs = 100, what = 'condition' } = {}) {
+  const deadline = Date.now() + timeoutMs;
+  let last;
+  for (;;) {
+    try {
+      const v = await fn();
+      if (v) return v;
+    } catch (err) {
+      last = err;
+    }
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${last ? `: ${last.message}` : ''}`);
+    await new Promise((r) => setTimeout(r, intervalMs));
+  }
+}
+
+/**
+ * Starts `twinline serve --demo` and waits until /readyz answers 200.
+ * Returns { url, port, dataDir, stop(signal) }.
+ */
+export async function startServer({ port, dataDir, machines = 20, rate = 200, extra = [] } = {}) {
+  port ??= await freePort();
+  dataDir ??= tempDir();
+  const args = [
+    'serve',
+    '--demo',
+    '--listen',
+    `127.0.0.1:${port}`,
+    '--data-dir',
+    dataDir,
+    '--demo-machines',
+    String(machines),
+    '--demo-rate',
+    String(rate),
+    '--log-level',
+    'warn',
+    ...extra,
+  ];
+  const proc = spawn(binaryPath(), args, { stdio: ['ignore', 'ignore', 'pipe'] });
+  let stderr = '';
+  proc.stderr.on('data', (d) => {
+    stderr = (stderr + d).slice(-4000);
+  });
+  const exited = new Promise((res) => proc.on('exit', (code, signal) => res({ code, signal })));
+  const url = `http://127.0.0.1:${port}`;
+  let dead = false;
+  void exited.then(() => (dead = true));
+  await waitFor(
+    async () => {
+      if (dead) throw new Error(`twinline exited early: ${stderr}`);
+      const r = await fetch(`${url}/readyz`);
+      return r.ok;
+    },
+    { timeoutMs: 30_000, what: `twinline on ${url}` },
+  ).catch((err) => {
+    proc.kill('SIGKILL');
+    throw new Error(`${err.message}\n${stderr}`);
+  });
+  return {
+    url,
+    port,
+    dataDir,
+    proc,
+    async stop(signal = 'SIGTERM') {
+      if (!dead) proc.kill(signal);
+      return exited;
+    },
+  };
+}
+
+export async function api(url, path, init) {
+  const r = await fetch(url + path, init);
+  const text = await r.text();
+  if (!r.ok) throw new Error(`${init?.method ?? 'GET'} ${path}: ${r.status} ${text}`);
+  return text ? JSON.parse(text) : undefined;
+}

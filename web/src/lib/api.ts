@@ -1,0 +1,134 @@
+/** Typed calls to the twinline HTTP API (docs/api.md). */
+
+export interface Threshold {
+  high?: number;
+  low?: number;
+  deadband?: number;
+  for?: string;
+}
+
+export interface MetricValue {
+  value: number;
+  ts: number;
+  median?: number;
+}
+
+export interface Machine {
+  id: string;
+  name?: string;
+  site?: string;
+  line?: string;
+  thresholds?: Record<string, Threshold>;
+  attributes?: Record<string, unknown>;
+  createdAt?: string;
+  updatedAt?: string;
+  status: string;
+  lastSeen?: number;
+  metrics?: Record<string, MetricValue>;
+  rate1m?: number;
+  rate5m?: number;
+}
+
+export interface Latest {
+  machine: string;
+  status: string;
+  lastSeen?: number;
+  metrics: Record<string, MetricValue>;
+  rate1m?: number;
+  rate5m?: number;
+}
+
+export interface Series {
+  machine: string;
+  metric: string;
+  from: number;
+  to: number;
+  t: number[];
+  v: (number | null)[];
+  partialFrom?: number;
+}
+
+export interface Alarm {
+  id: string;
+  machine: string;
+  metric?: string;
+  kind: string;
+  limit?: number;
+  value?: number;
+  state: string;
+  raisedAt: string;
+  clearedAt?: string;
+  acknowledged: boolean;
+  acknowledgedAt?: string;
+  acknowledgedBy?: string;
+  acknowledgeNote?: string;
+}
+
+export interface Note {
+  id: string;
+  machine: string;
+  text: string;
+  author: string;
+  time: string;
+}
+
+export class ApiError extends Error {
+  constructor(
+    readonly status: number,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+async function call<T>(path: string, init?: RequestInit): Promise<T> {
+  const res = await fetch(path, init);
+  if (!res.ok) {
+    let detail = res.statusText;
+    try {
+      const p = await res.json();
+      detail = p.detail || p.title || detail;
+    } catch {
+      /* not a problem document */
+    }
+    throw new ApiError(res.status, `${res.status} ${detail}`);
+  }
+  return (await res.json()) as T;
+}
+
+const enc = encodeURIComponent;
+
+export const api = {
+  machines: () => call<{ count: number; machines: Machine[] }>('/api/v1/machines'),
+  machine: (id: string) => call<Machine>(`/api/v1/machines/${enc(id)}`),
+  latest: (id: string) => call<Latest>(`/api/v1/machines/${enc(id)}/latest`),
+  series: (
+    id: string,
+    q: { metric: string; from: number; to: number; points?: number; step?: string; agg?: string },
+    signal?: AbortSignal,
+  ) => {
+    const p = new URLSearchParams({ metric: q.metric, from: String(Math.floor(q.from)), to: String(Math.ceil(q.to)) });
+    if (q.points) p.set('points', String(q.points));
+    if (q.step) p.set('step', q.step);
+    if (q.agg) p.set('agg', q.agg);
+    return call<Series>(`/api/v1/machines/${enc(id)}/series?${p}`, { signal });
+  },
+  alarms: (state: 'active' | 'all', machine?: string) => {
+    const p = new URLSearchParams({ state });
+    if (machine) p.set('machine', machine);
+    return call<{ count: number; alarms: Alarm[] }>(`/api/v1/alarms?${p}`);
+  },
+  ack: (id: string, by: string, note: string) =>
+    call<Alarm>(`/api/v1/alarms/${enc(id)}/ack`, {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json' },
+      body: JSON.stringify({ by, note }),
+    }),
+  notes: (id: string) => call<{ machine: string; notes: Note[] }>(`/api/v1/machines/${enc(id)}/notes`),
+  postNote: (id: string, text: string, author: string) =>
+    call<Note>(`/api/v1/machines/${enc(id)}/notes`, {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json' },
+      body: JSON.stringify({ text, author }),
+    }),
+};

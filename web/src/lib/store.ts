@@ -1,0 +1,295 @@
+/**
+ * The page's live state outside React: one StreamClient, the fleet table
+ * with a small sparkline ring per machine, the latency tracker, and the
+ * connection state. Views subscribe to what they draw.
+ */
+import { api, type Machine } from './api';
+import { FrameLoop, frameLoop } from './frame';
+import { LatencyTracker } from './latency';
+import { SeriesRing } from './ring';
+import { StreamClient, type ConnInfo, type Filter, type Gap, type StreamMessage } from './stream';
+
+/** A tile's sparkline: one point per SPARK_BUCKET_MS (the bucket's last value), SPARK_POINTS of them. */
+export const SPARK_POINTS = 60;
+export const SPARK_BUCKET_MS = 2_000;
+
+/** The sparkline time of a sample: the start of its bucket. */
+export function sparkTime(ts: number): number {
+  return Math.floor(ts / SPARK_BUCKET_MS) * SPARK_BUCKET_MS;
+}
+
+export interface FleetEntry {
+  m: Machine;
+  primary?: string;
+  spark: SeriesRing;
+  /** Event time of the sample in the spark's newest bucket. */
+  sparkTs?: number;
+  /** Bumped on every change of this entry (tiles re-render only then). */
+  v: number;
+}
+
+/** Picks the metric a tile shows: temp when there is one, else the first by name. */
+export function primaryMetric(metrics: Record<string, unknown> | undefined): string | undefined {
+  if (!metrics) return undefined;
+  if ('temp' in metrics) return 'temp';
+  return Object.keys(metrics).sort()[0];
+}
+
+export class FleetStore {
+  readonly entries = new Map<string, FleetEntry>();
+  private sorted: FleetEntry[] | undefined;
+  version = 0;
+
+  /** Merges a GET /api/v1/machines answer; machines missing from it are dropped. */
+  load(list: Machine[]): void {
+    const seen = new Set<string>();
+    for (const m of list) {
+      seen.add(m.id);
+      const e = this.entries.get(m.id);
+      if (!e) {
+        const entry: FleetEntry = { m, primary: primaryMetric(m.metrics), spark: new SeriesRing(SPARK_POINTS), v: 0 };
+        const p = entry.primary && m.metrics?.[entry.primary];
+        if (p) entry.spark.push(sparkTime(p.ts), p.value);
+        this.entries.set(m.id, entry);
+        this.sorted = undefined;
+        continue;
+      }
+      // keep the newer of streamed and listed values
+      const metrics = { ...(m.metrics ?? {}) };
+      for (const [k, v] of Object.entries(e.m.metrics ?? {})) {
+        if (!metrics[k] || metrics[k].ts < v.ts) metrics[k] = v;
+      }
+      e.m = { ...m, metrics, lastSeen: Math.max(m.lastSeen ?? 0, e.m.lastSeen ?? 0) || undefined };
+      e.primary ??= primaryMetric(metrics);
+      e.v++;
+    }
+    for (const id of [...this.entries.keys()]) {
+      if (!seen.has(id)) {
+        this.entries.delete(id);
+        this.sorted = undefined;
+      }
+    }
+    this.version++;
+  }
+
+  /** Applies a stream message; returns whether anything shown changed. */
+  apply(msg: StreamMessage, arrival: number): boolean {
+    if (msg.type === 'samples') {
+      let e = this.entries.get(msg.machine);
+      if (!e) {
+        e = { m: { id: msg.machine, status: 'online', metrics: {} }, spark: new SeriesRing(SPARK_POINTS), v: 0 };
+        this.entries.set(msg.machine, e);
+        this.sorted = undefined;
+      }
+      const metrics = (e.m.metrics ??= {});
+      for (const s of msg.samples) {
+        if (s.value === null) continue;
+        const cur = metrics[s.metric];
+        if (!cur || cur.ts <= s.ts) metrics[s.metric] = { value: s.value, ts: s.ts };
+        e.primary ??= s.metric;
+        if (s.metric === e.primary) {
+          // the bucket keeps its newest sample
+          const t = sparkTime(s.ts);
+          const last = e.spark.last();
+          if (!last || t > last.t || (t === last.t && s.ts >= (e.sparkTs ?? 0))) {
+            e.spark.insert(t, s.value);
+            e.sparkTs = s.ts;
+          } else if (t < last.t) {
+            e.spark.insert(t, s.value);
+          }
+        }
+      }
+      e.m.lastSeen = arrival;
+      if (e.m.status === 'offline') e.m.status = 'online';
+      e.v++;
+      this.version++;
+      return true;
+    }
+    if (msg.type === 'status') {
+      const e = this.entries.get(msg.machine);
+      if (e) {
+        e.m.status = msg.data.status;
+        if (msg.data.lastSeen) e.m.lastSeen = msg.data.lastSeen;
+        e.v++;
+        this.version++;
+        return true;
+      }
+    }
+    return false;
+  }
+
+  /** All entries ordered by id. */
+  list(): FleetEntry[] {
+    if (!this.sorted) this.sorted = [...this.entries.values()].sort((a, b) => (a.m.id < b.m.id ? -1 : 1));
+    return this.sorted;
+  }
+
+  counts(): { online: number; offline: number; alarm: number; total: number } {
+    const c = { online: 0, offline: 0, alarm: 0, total: 0 };
+    for (const e of this.entries.values()) {
+      c.total++;
+      if (e.m.status === 'alarm') c.alarm++;
+      else if (e.m.status === 'offline') c.offline++;
+      else c.online++;
+    }
+    return c;
+  }
+}
+
+type Listener<T> = (x: T) => void;
+
+/** The page's single live connection and what hangs off it. */
+export class Dashboard {
+  readonly fleet = new FleetStore();
+  readonly latency = new LatencyTracker();
+  readonly loop: FrameLoop;
+  readonly stream: StreamClient;
+  conn: ConnInfo = { state: 'stopped', attempt: 0 };
+  private msgListeners = new Set<(m: StreamMessage, arrival: number) => void>();
+  private connListeners = new Set<Listener<ConnInfo>>();
+  private gapListeners = new Set<Listener<Gap>>();
+  private fleetListeners = new Set<() => void>();
+  private fleetTimer: ReturnType<typeof setTimeout> | undefined;
+  private lastFleetDraw = 0;
+  private fleetLive = false;
+  /** Stream messages received and gaps reported (diagnostics). */
+  messages = 0;
+  gaps = 0;
+
+  constructor(loop = frameLoop) {
+    this.loop = loop;
+    this.stream = new StreamClient({
+      onMessage: (m, arrival) => this.onMessage(m, arrival),
+      onState: (c) => {
+        this.conn = c;
+        for (const l of this.connListeners) l(c);
+      },
+      onGap: (g) => {
+        this.gaps++;
+        if (this.fleetLive) void this.refreshFleet();
+        for (const l of this.gapListeners) l(g);
+      },
+    });
+  }
+
+  subscribe(filter: Filter): void {
+    this.stream.subscribe(filter);
+  }
+
+  onMessages(l: (m: StreamMessage, arrival: number) => void): () => void {
+    this.msgListeners.add(l);
+    return () => this.msgListeners.delete(l);
+  }
+
+  onConn(l: Listener<ConnInfo>): () => void {
+    this.connListeners.add(l);
+    return () => this.connListeners.delete(l);
+  }
+
+  onGap(l: Listener<Gap>): () => void {
+    this.gapListeners.add(l);
+    return () => this.gapListeners.delete(l);
+  }
+
+  /**
+   * Keeps the fleet table live while a fleet view is shown: the machine list
+   * is polled for registry fields, status and rates; the stream updates the
+   * rest. Listeners are called from the frame loop, at most every throttleMs.
+   */
+  watchFleet(l: () => void, throttleMs = 250): () => void {
+    this.fleetListeners.add(l);
+    this.fleetThrottle = throttleMs;
+    if (!this.fleetLive) {
+      this.fleetLive = true;
+      void this.refreshFleet();
+      this.scheduleFleetPoll();
+    }
+    return () => {
+      this.fleetListeners.delete(l);
+      if (this.fleetListeners.size === 0) {
+        this.fleetLive = false;
+        clearTimeout(this.fleetTimer);
+      }
+    };
+  }
+
+  private fleetThrottle = 250;
+
+  /**
+   * Polls the machine list for registry fields, status and rates: every
+   * 10 s, stretched for large fleets (the list of 10 000 machines is a few
+   * MB) to about 1 s per 1 000 machines; the stream carries the values.
+   */
+  private scheduleFleetPoll(): void {
+    const every = Math.max(10_000, this.fleet.entries.size * 3);
+    this.fleetTimer = setTimeout(() => {
+      if (!this.fleetLive) return;
+      void this.refreshFleet().finally(() => this.fleetLive && this.scheduleFleetPoll());
+    }, every);
+  }
+
+  async refreshFleet(): Promise<void> {
+    try {
+      const r = await api.machines();
+      this.fleet.load(r.machines);
+      this.requestFleetDraw();
+    } catch {
+      /* the connection indicator tells; the next poll retries */
+    }
+  }
+
+  private requestFleetDraw(): void {
+    if (this.fleetListeners.size === 0) return;
+    this.loop.request(this.drawFleet);
+  }
+
+  private drawFleet = (now: number): void => {
+    if (now - this.lastFleetDraw < this.fleetThrottle) {
+      this.loop.request(this.drawFleet); // try again in a later frame
+      return;
+    }
+    this.lastFleetDraw = now;
+    for (const l of this.fleetListeners) l();
+    // React commits synchronously in the listeners' flushSync; count the frame as drawn
+    this.latency.drawn(Date.now());
+  };
+
+  private onMessage(m: StreamMessage, arrival: number): void {
+    this.messages++;
+    if (m.type === 'samples') this.latency.serverShare(arrival - m.ingestTs);
+    if (this.fleetLive && this.fleet.apply(m, arrival)) {
+      if (m.type === 'samples') {
+        let newest = -Infinity;
+        for (const s of m.samples) newest = Math.max(newest, s.ts);
+        if (Number.isFinite(newest)) this.latency.arrived(newest);
+      }
+      this.requestFleetDraw();
+    }
+    for (const l of this.msgListeners) l(m, arrival);
+  }
+}
+
+export const dashboard = new Dashboard();
+
+declare global {
+  interface Window {
+    __twinline?: unknown;
+  }
+}
+
+if (typeof window !== 'undefined') {
+  // For the end-to-end tests and the benchmark: read-only diagnostics.
+  window.__twinline = {
+    latency: () => ({ ...dashboard.latency.stats(), all: dashboard.latency.all.slice() }),
+    drawTimes: () => dashboard.loop.drawTimes.slice(),
+    /** Starts a measurement: forgets the draw times and latencies so far. */
+    resetStats: () => {
+      dashboard.loop.drawTimes.length = 0;
+      dashboard.latency.all.length = 0;
+    },
+    conn: () => dashboard.conn,
+    cursor: () => dashboard.stream.cursor,
+    messages: () => dashboard.messages,
+    gaps: () => dashboard.gaps,
+  };
+}

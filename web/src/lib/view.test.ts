@@ -1,0 +1,119 @@
+import { describe, expect, it } from 'vitest';
+import { layoutGrid, visibleRows } from './grid';
+import { percentile, LatencyTracker } from './latency';
+import { FrameLoop } from './frame';
+import { formatRoute, parseRoute } from './route';
+import { FleetStore } from './store';
+
+describe('routes', () => {
+  it('round-trips machine, range and metrics through the hash', () => {
+    const cases = [
+      '#/',
+      '#/alarms',
+      '#/m/press-07',
+      '#/m/press-07?range=1h',
+      '#/m/a%20b?range=1796020000000~1796023600000&metrics=temp,rpm',
+      '#/?q=oven&status=alarm&group=line',
+    ];
+    for (const h of cases) expect(formatRoute(parseRoute(h))).toBe(h);
+  });
+
+  it('falls back to live for a bad range', () => {
+    expect(parseRoute('#/m/x?range=9~3')).toMatchObject({ range: { kind: 'live', label: 'live' } });
+    expect(parseRoute('#/m/x?range=bogus')).toMatchObject({ range: { kind: 'live' } });
+    expect(parseRoute('#/m/x?range=1~2')).toMatchObject({ range: { kind: 'custom', from: 1, to: 2 } });
+  });
+});
+
+describe('virtualised grid', () => {
+  const items = Array.from({ length: 10_000 }, (_, i) => i);
+
+  it('lays out groups in rows and renders only what is in view', () => {
+    const layout = layoutGrid([{ key: 'a', label: 'A', items }], 6, 132, 36, false);
+    expect(layout.rows).toHaveLength(Math.ceil(10_000 / 6));
+    expect(layout.height).toBe(Math.ceil(10_000 / 6) * 132);
+    const rows = visibleRows(layout, 100_000, 900, 264);
+    expect(rows.length).toBeLessThanOrEqual(Math.ceil((900 + 2 * 264) / 132) + 1);
+    expect(rows[0].top).toBeLessThanOrEqual(100_000 - 264 + 132);
+    expect(rows.at(-1)!.top).toBeGreaterThanOrEqual(100_000 + 900);
+  });
+
+  it('puts a header before each group', () => {
+    const layout = layoutGrid(
+      [
+        { key: 'a', label: 'A', items: [1, 2, 3] },
+        { key: 'b', label: 'B', items: [4] },
+      ],
+      2,
+      100,
+      30,
+      true,
+    );
+    expect(layout.rows.map((r) => r.kind)).toEqual(['header', 'tiles', 'tiles', 'header', 'tiles']);
+    expect(layout.rows.map((r) => r.top)).toEqual([0, 30, 130, 230, 260]);
+  });
+});
+
+describe('latency and frames', () => {
+  it('measures arrival to draw', () => {
+    const t = new LatencyTracker(4);
+    t.arrived(1000);
+    t.arrived(1100);
+    t.drawn(1200);
+    expect(t.stats()).toMatchObject({ p50: 100, p99: 200, n: 2 });
+    expect(percentile([], 50)).toBeUndefined();
+    expect(percentile([5, 1, 3], 100)).toBe(5);
+  });
+
+  it('runs each requested drawer once per frame', () => {
+    const frames: ((t: number) => void)[] = [];
+    const loop = new FrameLoop((cb) => frames.push(cb), () => 0);
+    let a = 0;
+    let b = 0;
+    const da = () => a++;
+    const db = () => b++;
+    loop.request(da);
+    loop.request(da);
+    loop.request(db);
+    expect(frames).toHaveLength(1);
+    frames.shift()!(0);
+    expect([a, b]).toEqual([1, 1]);
+    loop.request(da);
+    loop.cancel(da);
+    frames.shift()!(0);
+    expect(a).toBe(1);
+  });
+});
+
+describe('FleetStore', () => {
+  it('merges the list with streamed values and counts statuses', () => {
+    const f = new FleetStore();
+    f.load([
+      { id: 'b', status: 'online', metrics: { temp: { value: 1, ts: 10 } } },
+      { id: 'a', status: 'alarm' },
+      { id: 'c', status: 'offline' },
+    ]);
+    f.apply({ type: 'samples', seq: 1, machine: 'b', ingestTs: 20, samples: [{ metric: 'temp', ts: 20, value: 2 }] }, 25);
+    f.apply({ type: 'status', seq: 2, machine: 'c', data: { status: 'online', lastSeen: 30 } }, 30);
+    expect(f.list().map((e) => e.m.id)).toEqual(['a', 'b', 'c']);
+    expect(f.counts()).toEqual({ online: 2, offline: 0, alarm: 1, total: 3 });
+    // an older list does not roll back a streamed value
+    f.load([{ id: 'b', status: 'online', metrics: { temp: { value: 1, ts: 10 } } }]);
+    expect(f.entries.get('b')!.m.metrics!.temp).toEqual({ value: 2, ts: 20 });
+    expect(f.list().map((e) => e.m.id)).toEqual(['b']);
+  });
+});
+
+describe('plot time conversions', () => {
+  it('round-trips epoch ms through what Plotly reports', async () => {
+    const { fromPlotX, toPlotX } = await import('./time');
+    const t = Date.UTC(2026, 10, 30, 8, 30, 15, 250);
+    const x = toPlotX(t);
+    // Plotly reports ranges as "YYYY-MM-DD HH:MM:SS.sss" in the shifted (UTC-looking) time
+    const s = new Date(x).toISOString().replace('T', ' ').replace('Z', '');
+    expect(fromPlotX(s)).toBe(t);
+    expect(fromPlotX(x)).toBe(t);
+    expect(fromPlotX('2026-11-30')).toBe(fromPlotX('2026-11-30 00:00:00'));
+    expect(Number.isNaN(fromPlotX('2026-11-30'))).toBe(false);
+  });
+});

@@ -1,0 +1,170 @@
+import { useEffect, useState, type FormEvent } from 'react';
+import { api, type Alarm } from '../lib/api';
+import { formatRoute } from '../lib/route';
+import { dashboard } from '../lib/store';
+import { fmtNum, fmtTime } from './common';
+
+/** Severity as shown: threshold breaches are critical, silence a warning. */
+export function severity(a: Alarm): 'critical' | 'warning' {
+  return a.kind === 'offline' ? 'warning' : 'critical';
+}
+
+export function AlarmsView() {
+  const [active, setActive] = useState<Alarm[]>([]);
+  const [journal, setJournal] = useState<Alarm[]>([]);
+  const [error, setError] = useState<string>();
+
+  useEffect(() => {
+    dashboard.subscribe({ all: true });
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const load = async () => {
+      try {
+        const [a, j] = await Promise.all([api.alarms('active'), api.alarms('all')]);
+        setActive(a.alarms);
+        setJournal(j.alarms.slice(0, 500));
+        setError(undefined);
+      } catch (e) {
+        setError((e as Error).message);
+      }
+    };
+    void load();
+    const reload = () => {
+      clearTimeout(timer);
+      timer = setTimeout(() => void load(), 200);
+    };
+    const off = dashboard.onMessages((m) => m.type === 'alarm' && reload());
+    const offGap = dashboard.onGap(reload);
+    const poll = setInterval(load, 15_000);
+    return () => {
+      off();
+      offGap();
+      clearInterval(poll);
+      clearTimeout(timer);
+    };
+  }, []);
+
+  return (
+    <div className="alarms">
+      <h1>
+        Active alarms <span className="muted">({active.length})</span>
+      </h1>
+      {error && (
+        <p className="error" role="alert">
+          {error}
+        </p>
+      )}
+      <table data-testid="active-alarms">
+        <thead>
+          <tr>
+            <th>severity</th>
+            <th>machine</th>
+            <th>alarm</th>
+            <th>value</th>
+            <th>raised</th>
+            <th>state</th>
+            <th>acknowledge</th>
+          </tr>
+        </thead>
+        <tbody>
+          {active.map((a) => (
+            <AlarmRow key={a.id} a={a} onAcked={(x) => setActive((xs) => xs.map((y) => (y.id === x.id ? x : y)))} />
+          ))}
+          {active.length === 0 && (
+            <tr>
+              <td colSpan={7} className="muted">
+                No active alarms.
+              </td>
+            </tr>
+          )}
+        </tbody>
+      </table>
+      <h2>Journal</h2>
+      <table data-testid="journal">
+        <thead>
+          <tr>
+            <th>raised</th>
+            <th>machine</th>
+            <th>alarm</th>
+            <th>state</th>
+            <th>cleared</th>
+            <th>acknowledged</th>
+          </tr>
+        </thead>
+        <tbody>
+          {journal.map((a) => (
+            <tr key={a.id}>
+              <td>{fmtTime(a.raisedAt)}</td>
+              <td>
+                <a href={formatRoute({ view: 'machine', id: a.machine, range: { kind: 'live', spanMs: 120_000, label: 'live' } })}>{a.machine}</a>
+              </td>
+              <td>{describe(a)}</td>
+              <td>{a.state}</td>
+              <td>{a.clearedAt ? fmtTime(a.clearedAt) : '—'}</td>
+              <td>{a.acknowledged ? `${a.acknowledgedBy ?? ''} ${fmtTime(a.acknowledgedAt)}: ${a.acknowledgeNote ?? ''}` : '—'}</td>
+            </tr>
+          ))}
+        </tbody>
+      </table>
+    </div>
+  );
+}
+
+function describe(a: Alarm): string {
+  if (a.kind === 'offline') return 'offline';
+  return `${a.metric ?? ''} ${a.kind === 'high' ? '>' : a.kind === 'low' ? '<' : a.kind} ${a.limit ?? ''}`;
+}
+
+function AlarmRow({ a, onAcked }: { a: Alarm; onAcked(a: Alarm): void }) {
+  const [open, setOpen] = useState(false);
+  const [note, setNote] = useState('');
+  const [by, setBy] = useState(() => localStorage.getItem('twinline.author') ?? 'operator');
+  const [err, setErr] = useState<string>();
+  const sev = severity(a);
+  const submit = async (e: FormEvent) => {
+    e.preventDefault();
+    try {
+      localStorage.setItem('twinline.author', by);
+      onAcked(await api.ack(a.id, by.trim() || 'operator', note.trim()));
+      setOpen(false);
+    } catch (x) {
+      setErr((x as Error).message);
+    }
+  };
+  return (
+    <tr data-alarm={a.id} data-machine={a.machine} className={`sev-${sev}`}>
+      <td>
+        <span className={`badge sev-${sev}`}>
+          <span aria-hidden="true">{sev === 'critical' ? '▲' : '◆'}</span> {sev}
+        </span>
+      </td>
+      <td>
+        <a href={formatRoute({ view: 'machine', id: a.machine, range: { kind: 'live', spanMs: 120_000, label: 'live' } })}>{a.machine}</a>
+      </td>
+      <td>{describe(a)}</td>
+      <td>{fmtNum(a.value)}</td>
+      <td>{fmtTime(a.raisedAt)}</td>
+      <td data-testid="ack-state">{a.acknowledged ? `acknowledged by ${a.acknowledgedBy}` : 'unacknowledged'}</td>
+      <td>
+        {a.acknowledged ? (
+          <span className="muted">{a.acknowledgeNote}</span>
+        ) : open ? (
+          <form onSubmit={submit} className="ack-form" aria-label={`Acknowledge alarm ${a.id}`}>
+            <input aria-label="Note" placeholder="note" value={note} onChange={(e) => setNote(e.target.value)} autoFocus />
+            <input aria-label="By" value={by} onChange={(e) => setBy(e.target.value)} size={10} />
+            <button type="submit">Acknowledge</button>
+            <button type="button" onClick={() => setOpen(false)}>
+              Cancel
+            </button>
+            {err && (
+              <span className="error" role="alert">
+                {err}
+              </span>
+            )}
+          </form>
+        ) : (
+          <button onClick={() => setOpen(true)}>Acknowledge…</button>
+        )}
+      </td>
+    </tr>
+  );
+}

@@ -1,0 +1,61 @@
+/// <reference types="vitest/config" />
+import { defineConfig, type Plugin } from 'vite';
+
+/**
+ * The Go server routes only "/" to the dashboard (internal/api: GET /{$}),
+ * so the build is one self-contained index.html: scripts and styles are
+ * inlined here, and the server gzips it once.
+ */
+function singleFile(): Plugin {
+  return {
+    name: 'twinline-single-file',
+    enforce: 'post',
+    generateBundle(_, bundle) {
+      const html = Object.values(bundle).find((f) => f.type === 'asset' && f.fileName === 'index.html');
+      if (!html || html.type !== 'asset') return;
+      let out = String(html.source);
+      for (const [name, f] of Object.entries(bundle)) {
+        if (f.type === 'chunk' && f.isEntry) {
+          const re = new RegExp(`<script type="module" crossorigin src="[^"]*${escapeRe(name)}"></script>`);
+          const code = f.code.replace(/<\/(script)/gi, '<\\/$1');
+          out = out.replace(re, () => `<script type="module">${code}</script>`);
+          delete bundle[name];
+        } else if (f.type === 'asset' && name.endsWith('.css')) {
+          const re = new RegExp(`<link rel="stylesheet" crossorigin href="[^"]*${escapeRe(name)}">`);
+          out = out.replace(re, () => `<style>${String(f.source)}</style>`);
+          delete bundle[name];
+        }
+      }
+      html.source = out;
+    },
+  };
+}
+
+function escapeRe(s: string): string {
+  return s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+}
+
+export default defineConfig({
+  esbuild: { jsx: 'automatic' },
+  plugins: [singleFile()],
+  build: {
+    outDir: '../internal/web/dist/app',
+    emptyOutDir: true,
+    target: 'es2022',
+    cssCodeSplit: false,
+    assetsInlineLimit: 100_000_000,
+    reportCompressedSize: true,
+    chunkSizeWarningLimit: 4000,
+    rollupOptions: { output: { inlineDynamicImports: true } },
+  },
+  server: {
+    proxy: {
+      '/api': { target: 'http://127.0.0.1:8080', ws: true },
+      '/docs': 'http://127.0.0.1:8080',
+    },
+  },
+  test: {
+    include: ['src/**/*.test.ts'],
+    environment: 'node',
+  },
+});
