@@ -3,6 +3,7 @@ package app
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/twinline/twinline/internal/sim"
@@ -90,13 +91,24 @@ func registerDemo(twins *twin.Twins, machines []sim.Machine) error {
 	infos := make([]twin.Info, len(machines))
 	for i, m := range machines {
 		infos[i] = twin.Info{
-			ID: m.ID, Name: m.Kind + " " + m.ID, Site: m.Site, Line: m.Line,
+			ID: m.ID, Name: demoName(m), Site: m.Site, Line: m.Line,
 			Thresholds: map[string]twin.Threshold{"temp": {High: &high, Deadband: 2, For: "10s"}},
 			Attributes: map[string]any{"kind": m.Kind, "simulated": true},
 		}
 	}
 	_, err := twins.RegisterMissing(infos)
 	return err
+}
+
+// demoName names a simulated machine for people: "Hydraulic press 07".
+func demoName(m sim.Machine) string {
+	kinds := map[string]string{"press": "Hydraulic press", "oven": "Curing oven", "cnc": "CNC mill", "pump": "Pump", "compressor": "Compressor"}
+	kind, ok := kinds[m.Kind]
+	if !ok {
+		kind = m.Kind
+	}
+	num := m.ID[strings.LastIndexByte(m.ID, '-')+1:]
+	return kind + " " + num
 }
 
 func machineIDs(ms []sim.Machine) []string {
