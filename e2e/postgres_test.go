@@ -122,3 +122,43 @@ func TestPostgresAggregatesAfterReplay(t *testing.T) {
 }
 
 func abs(x float64) float64 { return max(x, -x) }
+
+// TestPostgresReplicasShareRegistryAndNotes: two servers on one
+// PostgreSQL (each with its own data directory): a machine registered on A
+// with thresholds is seen by B, and a note posted on A is listed by B.
+func TestPostgresReplicasShareRegistryAndNotes(t *testing.T) {
+	db := pgDatabase(t)
+	a := start(t, "", "--store", "postgres", "--postgres-url", db)
+	b := start(t, "", "--store", "postgres", "--postgres-url", db)
+	if r := a.do("PUT", "/api/v1/machines/shared-1", "application/json", []byte(`{"name":"Press 1","site":"lyon","thresholds":{"temp":{"high":90}}}`)); r.status != 201 {
+		t.Fatalf("PUT on A: %d %s", r.status, r.body)
+	}
+	if r := a.do("POST", "/api/v1/machines/shared-1/notes", "application/json", []byte(`{"text":"valve replaced","author":"ana"}`)); r.status != 201 {
+		t.Fatalf("note on A: %d %s", r.status, r.body)
+	}
+	c := ctx(t, 30*time.Second)
+	for {
+		if r := b.get("/api/v1/machines/shared-1"); r.status == 200 {
+			var m struct {
+				Name       string
+				Thresholds map[string]struct{ High float64 }
+			}
+			r.json(t, &m)
+			if m.Name == "Press 1" && m.Thresholds["temp"].High == 90 {
+				break
+			}
+		}
+		select {
+		case <-c.Done():
+			t.Fatalf("B never saw A's registry write: %s", b.get("/api/v1/machines/shared-1").body)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	var list struct {
+		Notes []struct{ Text, Author string }
+	}
+	b.get("/api/v1/machines/shared-1/notes").json(t, &list)
+	if len(list.Notes) != 1 || list.Notes[0].Text != "valve replaced" {
+		t.Errorf("notes on B: %+v, want A's note", list.Notes)
+	}
+}

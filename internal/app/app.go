@@ -11,7 +11,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"path/filepath"
 	"sync/atomic"
 	"time"
 
@@ -31,6 +30,7 @@ import (
 	"github.com/twinline/twinline/internal/log/kafka"
 	"github.com/twinline/twinline/internal/sim"
 	"github.com/twinline/twinline/internal/store"
+	"github.com/twinline/twinline/internal/store/postgres"
 	"github.com/twinline/twinline/internal/stream"
 	"github.com/twinline/twinline/internal/telemetry"
 	"github.com/twinline/twinline/internal/twin"
@@ -117,9 +117,33 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 		}()
 	}
 
-	twins, err := twin.Open(filepath.Join(cfg.DataDir, "registry.json"), cfg.OfflineAfter, cfg.MedianWindow, time.Now, logger.With("component", "twin"))
+	// The registry, notes and alarm journal live with the history: files in
+	// the data directory, or PostgreSQL, shared by the replicas.
+	registry, noteStore, alarmStore, err := a.openTwinStores(ctx)
+	if err != nil {
+		return nil, err
+	}
+	notes := twin.NewNotes(noteStore, time.Now)
+	a.notes = notes
+	defer func() {
+		if err != nil {
+			notes.Close()
+		}
+	}()
+	twins, err := twin.OpenWith(ctx, registry, cfg.OfflineAfter, cfg.MedianWindow, time.Now, logger.With("component", "twin"))
 	if err != nil {
 		return nil, fmt.Errorf("opening registry: %w", err)
+	}
+	if pr, ok := registry.(*postgres.Registry); ok {
+		// Registry writes of the other replicas reach this one's twins.
+		twinLog := logger.With("component", "twin")
+		pr.OnChange(func(ids []string) {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			if err := twins.Refresh(ctx, ids, pr.Get, pr.Load); err != nil {
+				twinLog.Warn("refreshing registry entries changed by another replica", "err", err)
+			}
+		})
 	}
 	if st != nil {
 		if err := restoreLatest(ctx, st, twins, time.Now(), cfg.MaxFuture, cfg.MedianWindow); err != nil {
@@ -138,18 +162,7 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 		}, func() float64 { return twins.FleetRate(w.d) }))
 	}
 
-	notes, err := twin.OpenNotes(filepath.Join(cfg.DataDir, "notes.jsonl"), time.Now)
-	if err != nil {
-		return nil, err
-	}
-	a.notes = notes
-	defer func() {
-		if err != nil {
-			notes.Close()
-		}
-	}()
-
-	alarms, err := twin.OpenAlarms(filepath.Join(cfg.DataDir, "alarms.jsonl"), cfg.OfflineAfter)
+	alarms, err := twin.NewAlarms(ctx, alarmStore, cfg.OfflineAfter)
 	if err != nil {
 		return nil, err
 	}
@@ -360,16 +373,18 @@ func (a *App) Run(ctx context.Context) (err error) {
 	cfg, logger := a.cfg, a.logger
 	ln, srv, h, twins := a.ln, a.srv, a.hub, a.twins
 	defer func() {
-		if a.store != nil {
-			if cerr := a.store.Close(); cerr != nil {
-				err = errors.Join(err, fmt.Errorf("closing store: %w", cerr))
-			}
-		}
+		// Alarms and notes first: with PostgreSQL they write through the
+		// store's pool.
 		if cerr := a.notes.Close(); cerr != nil {
 			err = errors.Join(err, fmt.Errorf("closing notes: %w", cerr))
 		}
 		if cerr := a.alarms.Close(); cerr != nil {
 			err = errors.Join(err, fmt.Errorf("closing alarms: %w", cerr))
+		}
+		if a.store != nil {
+			if cerr := a.store.Close(); cerr != nil {
+				err = errors.Join(err, fmt.Errorf("closing store: %w", cerr))
+			}
 		}
 		if a.rdb != nil {
 			a.rdb.Close()

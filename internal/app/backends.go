@@ -22,6 +22,7 @@ import (
 	"github.com/twinline/twinline/internal/store/postgres"
 	"github.com/twinline/twinline/internal/stream"
 	"github.com/twinline/twinline/internal/telemetry"
+	"github.com/twinline/twinline/internal/twin"
 )
 
 // openMQTT builds the MQTT sources: the embedded broker (--mqtt-listen)
@@ -153,6 +154,27 @@ func (a *App) openKafka(st store.Store, sinks stream.Sinks, engineCfg stream.Eng
 		a.checks = append(a.checks, kp.Ready)
 	}
 	return nil
+}
+
+// openTwinStores returns where the registry, the notes and the alarm
+// journal persist: PostgreSQL with --store postgres (shared by replicas,
+// the registry cache invalidated across them by LISTEN/NOTIFY), else files
+// in the data directory.
+func (a *App) openTwinStores(ctx context.Context) (twin.RegistryStore, twin.NoteStore, twin.AlarmStore, error) {
+	if pg, ok := a.store.(*postgres.Store); ok {
+		reg, err := postgres.NewRegistry(pg, postgres.RegistryOptions{})
+		if err != nil {
+			return nil, nil, nil, fmt.Errorf("opening the registry in postgres: %w", err)
+		}
+		a.runners = append(a.runners, reg.Run)
+		return reg, postgres.NewNoteStore(pg), postgres.NewAlarmLog(pg), nil
+	}
+	notes, err := twin.OpenNoteFile(filepath.Join(a.cfg.DataDir, "notes.jsonl"))
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	return twin.NewRegistryFile(filepath.Join(a.cfg.DataDir, "registry.json")), notes,
+		twin.NewAlarmFile(filepath.Join(a.cfg.DataDir, "alarms.jsonl")), nil
 }
 
 // openStore opens the configured storage backend.

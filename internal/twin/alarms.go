@@ -2,7 +2,7 @@ package twin
 
 import (
 	"cmp"
-	"encoding/json"
+	"context"
 	"errors"
 	"fmt"
 	"slices"
@@ -48,15 +48,6 @@ type Alarm struct {
 	AckNote   string     `json:"acknowledgeNote,omitempty"`
 }
 
-// journalEntry is one line of the alarm journal: who did what, when, and
-// the alarm as it stood after.
-type journalEntry struct {
-	Op    string    `json:"op"` // raise, clear, ack
-	At    time.Time `json:"at"`
-	By    string    `json:"by,omitempty"`
-	Alarm Alarm     `json:"alarm"`
-}
-
 // ruleState is the evaluation state of one threshold rule.
 type ruleState struct {
 	th    Threshold
@@ -65,13 +56,14 @@ type ruleState struct {
 }
 
 // Alarms evaluates threshold and offline alarms, keeps them, and journals
-// every change (raise, clear, acknowledge) to an append-only JSON-lines
-// file fsynced per change, from which they come back after a restart.
+// every change (raise, clear, acknowledge) to an AlarmStore (by default an
+// append-only JSON-lines file), made durable once per call, from which they
+// come back after a restart.
 type Alarms struct {
 	offlineAfter time.Duration
 
 	mu       sync.Mutex
-	j        *journal
+	store    AlarmStore
 	onChange func(Alarm, bool)
 	seq      uint64
 	alarms   map[string]*Alarm // active ones, and the latest cleared ones
@@ -91,15 +83,24 @@ type offlineState struct {
 // OpenAlarms opens (creating it if needed) the journal at path and restores
 // the alarms it records: an alarm active before a restart is active again.
 func OpenAlarms(path string, offlineAfter time.Duration) (*Alarms, error) {
+	s := NewAlarmFile(path)
+	a, err := NewAlarms(context.Background(), s, offlineAfter)
+	if err != nil {
+		s.Close()
+		return nil, err
+	}
+	return a, nil
+}
+
+// NewAlarms replays the journal of s and restores the alarms it records: an
+// alarm active before a restart is active again. Close closes s.
+func NewAlarms(ctx context.Context, s AlarmStore, offlineAfter time.Duration) (*Alarms, error) {
 	a := &Alarms{
 		offlineAfter: offlineAfter,
+		store:        s,
 		alarms:       map[string]*Alarm{}, activeBy: map[string]int{}, rules: map[string]map[string]*ruleState{}, offline: map[string]*offlineState{},
 	}
-	j, err := openJournal(path, func(line []byte) error {
-		var e journalEntry
-		if err := json.Unmarshal(line, &e); err != nil {
-			return err
-		}
+	err := s.Replay(ctx, func(e AlarmEntry) error {
 		al := e.Alarm
 		a.keep(&al)
 		if s, err := strconv.ParseUint(al.ID, 10, 64); err == nil {
@@ -108,9 +109,8 @@ func OpenAlarms(path string, offlineAfter time.Duration) (*Alarms, error) {
 		return nil
 	})
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("restoring alarms: %w", err)
 	}
-	a.j = j
 	// Active alarms resume their evaluation state.
 	for _, al := range a.alarms {
 		if al.State != AlarmActive {
@@ -159,11 +159,16 @@ func (a *Alarms) offlineOf(machine string) *offlineState {
 	return st
 }
 
-// journal appends a change; a.mu must be held. The file is synced once per
-// public call (a.j.sync), not per change: an outage taking many machines
-// offline costs one fsync.
+// journal appends a change; a.mu must be held. The store is synced once
+// per public call (a.sync), not per change: an outage taking many machines
+// offline costs one fsync (or one transaction).
 func (a *Alarms) journal(op, by string, at time.Time, al *Alarm) error {
-	return a.j.append(journalEntry{Op: op, At: at, By: by, Alarm: *al})
+	return a.store.Append(context.Background(), AlarmEntry{Op: op, At: at, By: by, Alarm: *al})
+}
+
+// sync makes the journaled changes durable; a.mu must be held.
+func (a *Alarms) sync() error {
+	return a.store.Sync(context.Background())
 }
 
 // changed reports a change to the OnChange callback, under a.mu, so that
@@ -228,7 +233,7 @@ func (a *Alarms) Seen(samples []telemetry.Sample, received int64) ([]Alarm, erro
 			out = append(out, *al)
 		}
 	}
-	errs = append(errs, a.j.sync())
+	errs = append(errs, a.sync())
 	return out, errors.Join(errs...)
 }
 
@@ -301,7 +306,7 @@ func (a *Alarms) Observe(samples []telemetry.Sample, thresholds func(machine str
 			}
 		}
 	}
-	errs = append(errs, a.j.sync())
+	errs = append(errs, a.sync())
 	return out, errors.Join(errs...)
 }
 
@@ -359,9 +364,18 @@ func sameThreshold(x, y Threshold) bool {
 
 // raise numbers, journals and keeps a new active alarm; a.mu must be held.
 func (a *Alarms) raise(al *Alarm) error {
-	a.seq++
-	al.ID = strconv.FormatUint(a.seq, 10)
-	if err := a.journal("raise", "", al.RaisedAt, al); err != nil {
+	if n, ok := a.store.(AlarmNumberer); ok {
+		id, err := n.NextAlarmID(context.Background())
+		if err != nil {
+			return fmt.Errorf("numbering alarm: %w", err)
+		}
+		a.seq = max(a.seq, id)
+		al.ID = strconv.FormatUint(id, 10)
+	} else {
+		a.seq++
+		al.ID = strconv.FormatUint(a.seq, 10)
+	}
+	if err := a.journal(OpRaise, "", al.RaisedAt, al); err != nil {
 		return err
 	}
 	a.keep(al)
@@ -378,7 +392,7 @@ func (a *Alarms) clear(id string, at time.Time) (*Alarm, error) {
 	al := *old
 	at = at.UTC()
 	al.State, al.ClearedAt = AlarmCleared, &at
-	if err := a.journal("clear", "", at, &al); err != nil {
+	if err := a.journal(OpClear, "", at, &al); err != nil {
 		return nil, err
 	}
 	a.keep(&al)
@@ -408,7 +422,7 @@ func (a *Alarms) Forget(machine string, at time.Time) ([]Alarm, error) {
 	}
 	delete(a.rules, machine)
 	delete(a.offline, machine)
-	errs = append(errs, a.j.sync())
+	errs = append(errs, a.sync())
 	return out, errors.Join(errs...)
 }
 
@@ -433,7 +447,7 @@ func (a *Alarms) Tick(now time.Time) ([]Alarm, error) {
 		st.open = al.ID
 		out = append(out, *al)
 	}
-	errs = append(errs, a.j.sync())
+	errs = append(errs, a.sync())
 	return out, errors.Join(errs...)
 }
 
@@ -454,10 +468,10 @@ func (a *Alarms) Ack(id, by, note string, now time.Time) (Alarm, error) {
 	al := *old
 	now = now.UTC()
 	al.Acked, al.AckedAt, al.AckedBy, al.AckNote = true, &now, by, note
-	if err := a.journal("ack", by, now, &al); err != nil {
+	if err := a.journal(OpAck, by, now, &al); err != nil {
 		return Alarm{}, err
 	}
-	if err := a.j.sync(); err != nil {
+	if err := a.sync(); err != nil {
 		return Alarm{}, err
 	}
 	a.keep(&al)
@@ -491,9 +505,9 @@ func (a *Alarms) Active(machine string) bool {
 	return a.activeBy[machine] > 0
 }
 
-// Close closes the journal.
+// Close closes the store.
 func (a *Alarms) Close() error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return a.j.close()
+	return a.store.Close()
 }

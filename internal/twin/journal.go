@@ -19,8 +19,17 @@ type journal struct {
 	unsynced bool  // lines written since the last sync
 }
 
+// stopReplay wraps an error of a replay function that must end the replay
+// as it is (the line was read fine, its consumer failed), rather than mark
+// the line as torn.
+type stopReplay struct{ err error }
+
+func (e stopReplay) Error() string { return e.err.Error() }
+func (e stopReplay) Unwrap() error { return e.err }
+
 // openJournal opens (creating it if needed) the journal at path and calls
-// replay with each line, oldest first.
+// replay with each line, oldest first. A replay error wrapped in stopReplay
+// ends the replay and is returned.
 func openJournal(path string, replay func(line []byte) error) (*journal, error) {
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR|os.O_APPEND, 0o640)
 	if err != nil {
@@ -31,6 +40,11 @@ func openJournal(path string, replay func(line []byte) error) (*journal, error) 
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for line := 1; sc.Scan(); line++ {
 		if err := replay(sc.Bytes()); err != nil {
+			var stop stopReplay
+			if errors.As(err, &stop) {
+				f.Close()
+				return nil, fmt.Errorf("replaying %s line %d: %w", path, line, stop.err)
+			}
 			if sc.Scan() {
 				f.Close()
 				return nil, fmt.Errorf("reading %s line %d: %w", path, line, err)

@@ -1,11 +1,9 @@
 package twin
 
 import (
-	"encoding/json"
+	"context"
 	"errors"
 	"fmt"
-	"strconv"
-	"sync"
 	"time"
 	"unicode/utf8"
 )
@@ -14,8 +12,9 @@ import (
 const (
 	maxNoteText   = 4000
 	maxNoteAuthor = 100
-	// notesInMemory bounds the notes kept in memory per machine; the
-	// journal on disk keeps every note.
+	// notesInMemory bounds the notes kept in memory per machine by
+	// NoteFile (the journal on disk keeps every note), and so the notes
+	// List returns.
 	notesInMemory = 1000
 )
 
@@ -28,43 +27,26 @@ type Note struct {
 	Time    time.Time `json:"time"`
 }
 
-// Notes is the notes journal: an append-only JSON-lines file, fsynced per
-// note (notes are rare and must not be lost), indexed in memory by machine.
+// Notes are the operator notes: validated, stamped with the clock and
+// stored durably by a NoteStore (notes are rare and must not be lost).
 type Notes struct {
-	mu     sync.Mutex
-	j      *journal
-	byMach map[string][]Note
-	seq    uint64
-	now    func() time.Time
+	store NoteStore
+	now   func() time.Time
 }
 
-// OpenNotes opens (creating it if needed) the journal at path.
+// OpenNotes opens (creating it if needed) the notes journal at path: the
+// embedded store, a JSON-lines file fsynced per note.
 func OpenNotes(path string, now func() time.Time) (*Notes, error) {
-	n := &Notes{byMach: map[string][]Note{}, now: now}
-	j, err := openJournal(path, func(line []byte) error {
-		var note Note
-		if err := json.Unmarshal(line, &note); err != nil {
-			return err
-		}
-		n.index(note)
-		if s, err := strconv.ParseUint(note.ID, 10, 64); err == nil {
-			n.seq = max(n.seq, s)
-		}
-		return nil
-	})
+	s, err := OpenNoteFile(path)
 	if err != nil {
 		return nil, err
 	}
-	n.j = j
-	return n, nil
+	return NewNotes(s, now), nil
 }
 
-func (n *Notes) index(note Note) {
-	list := append(n.byMach[note.Machine], note)
-	if len(list) > notesInMemory {
-		list = append(list[:0:0], list[len(list)-notesInMemory:]...)
-	}
-	n.byMach[note.Machine] = list
+// NewNotes returns the notes kept by s. Close closes s.
+func NewNotes(s NoteStore, now func() time.Time) *Notes {
+	return &Notes{store: s, now: now}
 }
 
 // Add validates, stores durably and returns a new note.
@@ -82,34 +64,28 @@ func (n *Notes) Add(machine, text, author string) (Note, error) {
 	if err := errors.Join(errs...); err != nil {
 		return Note{}, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	note := Note{ID: strconv.FormatUint(n.seq+1, 10), Machine: machine, Text: text, Author: author, Time: n.now().UTC()}
-	if err := n.j.append(note); err != nil {
-		return Note{}, err
-	}
-	if err := n.j.sync(); err != nil {
-		return Note{}, err
-	}
-	n.seq++
-	n.index(note)
-	return note, nil
+	return n.store.Add(context.Background(), Note{Machine: machine, Text: text, Author: author, Time: n.now().UTC()})
 }
 
-// List returns the latest notes of a machine, oldest first, at most limit.
+// List returns the latest notes of a machine, oldest first, at most limit
+// (at most 1000; limit ≤ 0 means 1000). A store error gives no notes: use
+// ListContext to see it.
 func (n *Notes) List(machine string, limit int) []Note {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	list := n.byMach[machine]
-	if limit > 0 && len(list) > limit {
-		list = list[len(list)-limit:]
-	}
-	return append([]Note(nil), list...)
+	out, _ := n.ListContext(context.Background(), machine, limit)
+	return out
 }
 
-// Close closes the journal.
-func (n *Notes) Close() error {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	return n.j.close()
+// ListContext is List with a context, and the store's error.
+func (n *Notes) ListContext(ctx context.Context, machine string, limit int) ([]Note, error) {
+	if limit <= 0 || limit > notesInMemory {
+		limit = notesInMemory
+	}
+	out, err := n.store.List(ctx, machine, limit)
+	if err != nil {
+		return nil, fmt.Errorf("listing notes of %q: %w", machine, err)
+	}
+	return out, nil
 }
+
+// Close closes the store.
+func (n *Notes) Close() error { return n.store.Close() }

@@ -1,7 +1,13 @@
 // Package twin keeps the digital twin of every machine: its registry entry
-// (name, site, line, thresholds, attributes), persisted in the data
-// directory, and its live state (latest metrics, last seen, status), built
-// from the samples the processor hands over once they are durable.
+// (name, site, line, thresholds, attributes), persisted by a RegistryStore,
+// and its live state (latest metrics, last seen, status), built from the
+// samples the processor hands over once they are durable. It also keeps the
+// alarms (journaled to an AlarmStore) and the operator notes (a NoteStore).
+//
+// The stores are interfaces owned here: the files in the data directory
+// (RegistryFile, AlarmFile, NoteFile) are the embedded default, and
+// internal/store/postgres implements them on PostgreSQL. Every
+// implementation passes the conformance suite in internal/twin/twintest.
 package twin
 
 import (
@@ -95,7 +101,7 @@ type latest struct {
 
 // Twins is the set of twins. It is safe for concurrent use.
 type Twins struct {
-	reg          *registryFile
+	reg          RegistryStore
 	now          func() time.Time
 	offlineAfter time.Duration
 	medianWindow int
@@ -107,7 +113,7 @@ type Twins struct {
 	dirty    bool        // auto-registered machines not yet persisted
 	gen      uint64      // snapshots taken
 
-	// saveMu orders registry file writes; savedGen is the newest snapshot
+	// saveMu orders registry writes; savedGen is the newest snapshot
 	// written, so an older one never overwrites it.
 	saveMu   sync.Mutex
 	savedGen uint64
@@ -116,10 +122,15 @@ type Twins struct {
 // Open loads the registry at path (a missing file is an empty registry).
 // medianWindow is the number of samples the sliding median covers.
 func Open(path string, offlineAfter time.Duration, medianWindow int, now func() time.Time, logger *slog.Logger) (*Twins, error) {
-	reg := &registryFile{path: path}
-	infos, err := reg.load()
+	return OpenWith(context.Background(), NewRegistryFile(path), offlineAfter, medianWindow, now, logger)
+}
+
+// OpenWith loads the registry from reg, which then persists every registry
+// write and the auto-registered machines (Flush, Run).
+func OpenWith(ctx context.Context, reg RegistryStore, offlineAfter time.Duration, medianWindow int, now func() time.Time, logger *slog.Logger) (*Twins, error) {
+	infos, err := reg.Load(ctx)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("loading registry: %w", err)
 	}
 	t := &Twins{reg: reg, now: now, offlineAfter: offlineAfter, medianWindow: max(medianWindow, 1), logger: logger, machines: make(map[string]*entry, len(infos))}
 	for _, in := range infos {
@@ -396,6 +407,54 @@ func (t *Twins) Locate(id, site, line string) {
 	}
 }
 
+// Refresh brings the registry entries of ids in line with the registry
+// store after another replica changed them: get returns an entry as stored,
+// or an error wrapping ErrNotFound for a machine removed; ids nil means every
+// machine, read with load (which adds and updates, but removes nothing: a
+// machine auto-registered here may not be stored yet). Live state (latest
+// values, medians, rates) is kept; nothing is written back.
+func (t *Twins) Refresh(ctx context.Context, ids []string, get func(context.Context, string) (Info, error), load func(context.Context) ([]Info, error)) error {
+	if ids == nil {
+		all, err := load(ctx)
+		if err != nil {
+			return err
+		}
+		t.mu.Lock()
+		defer t.mu.Unlock()
+		for _, in := range all {
+			t.setInfoLocked(in)
+		}
+		return nil
+	}
+	for _, id := range ids {
+		in, err := get(ctx, id)
+		switch {
+		case errors.Is(err, ErrNotFound):
+			t.mu.Lock()
+			delete(t.machines, id)
+			t.mu.Unlock()
+		case err != nil:
+			return err
+		default:
+			t.mu.Lock()
+			t.setInfoLocked(in)
+			t.mu.Unlock()
+		}
+	}
+	return nil
+}
+
+// setInfoLocked sets a machine's registry entry, registering it if new;
+// t.mu must be held.
+func (t *Twins) setInfoLocked(in Info) {
+	e := t.machines[in.ID]
+	if e == nil {
+		e = &entry{latest: map[string]latest{}}
+		t.machines[in.ID] = e
+	}
+	e.info = in
+}
+
 // RegisterMissing adds the entries whose machines are not registered yet,
 // in one persisted write, and returns how many it added. Registered
 // machines keep their entries.
@@ -447,8 +506,9 @@ func (t *Twins) Delete(id string) error {
 	return nil
 }
 
-// Flush persists auto-registered machines. It writes the file without
-// holding the lock Observe needs, so the processor never waits for the disk.
+// Flush persists auto-registered machines. It writes the registry without
+// holding the lock Observe needs, so the processor never waits for the disk
+// (or the database).
 func (t *Twins) Flush() error {
 	t.mu.Lock()
 	if !t.dirty {
@@ -468,8 +528,8 @@ func (t *Twins) Flush() error {
 }
 
 // persistLocked writes the registry while t.mu is held: registry writes
-// (rare) keep memory and disk in step by undoing a change that could not be
-// saved.
+// (rare) keep memory and store in step by undoing a change that could not
+// be saved.
 func (t *Twins) persistLocked() error {
 	infos, gen := t.snapshotLocked()
 	if err := t.save(infos, gen); err != nil {
@@ -498,7 +558,7 @@ func (t *Twins) save(infos []Info, gen uint64) error {
 	if gen <= t.savedGen {
 		return nil
 	}
-	if err := t.reg.save(infos); err != nil {
+	if err := t.reg.Save(context.Background(), infos); err != nil {
 		return err
 	}
 	t.savedGen = gen

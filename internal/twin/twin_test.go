@@ -1,7 +1,9 @@
 package twin
 
 import (
+	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"path/filepath"
 	"strings"
@@ -280,5 +282,58 @@ func TestLocateFillsInSiteAndLine(t *testing.T) {
 	}
 	if diff := cmp.Diff(got, []string{"oven-01@lyon/B", "press-07@lyon/A"}); diff != "" {
 		t.Errorf("registry (-got +want):\n%s", diff)
+	}
+}
+
+func TestRefreshFollowsTheStore(t *testing.T) {
+	clk := &fakeClock{time.Date(2026, 11, 30, 6, 0, 0, 0, time.UTC)}
+	tw := open(t, filepath.Join(t.TempDir(), "registry.json"), clk)
+	if _, _, err := tw.Put("press-07", Info{Name: "old name"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := tw.Put("gone-1", Info{}); err != nil {
+		t.Fatal(err)
+	}
+	tw.Observe(&telemetry.Batch{Received: clk.t.UnixMilli()}, []telemetry.Sample{{Machine: "press-07", Metric: "temp", Time: 1, Value: 70}})
+	stored := map[string]Info{
+		"press-07": {ID: "press-07", Name: "renamed elsewhere", Thresholds: map[string]Threshold{"temp": {High: f(90)}}},
+		"new-1":    {ID: "new-1", Site: "lyon"},
+	}
+	get := func(_ context.Context, id string) (Info, error) {
+		if in, ok := stored[id]; ok {
+			return in, nil
+		}
+		return Info{}, fmt.Errorf("%w: %s", ErrNotFound, id)
+	}
+	load := func(context.Context) ([]Info, error) {
+		return []Info{stored["press-07"], stored["new-1"]}, nil
+	}
+	if err := tw.Refresh(context.Background(), []string{"press-07", "gone-1", "new-1"}, get, load); err != nil {
+		t.Fatal(err)
+	}
+	m, err := tw.Get("press-07")
+	if err != nil || m.Name != "renamed elsewhere" || tw.Thresholds("press-07")["temp"].High == nil {
+		t.Errorf("press-07 after refresh: %+v, %v", m.Info, err)
+	}
+	if m.Metrics["temp"].Value != 70 {
+		t.Errorf("live state lost in a refresh: %+v", m.Metrics)
+	}
+	if _, err := tw.Get("gone-1"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("a machine removed elsewhere: %v, want ErrNotFound", err)
+	}
+	if m, err := tw.Get("new-1"); err != nil || m.Site != "lyon" {
+		t.Errorf("a machine registered elsewhere: %+v, %v", m.Info, err)
+	}
+	// Everything (a lost LISTEN connection): adds and updates only.
+	tw.Observe(&telemetry.Batch{Received: 1}, []telemetry.Sample{{Machine: "local-only", Metric: "x", Time: 1, Value: 1}})
+	stored["new-2"] = Info{ID: "new-2"}
+	load = func(context.Context) ([]Info, error) { return []Info{stored["new-2"]}, nil }
+	if err := tw.Refresh(context.Background(), nil, get, load); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"new-2", "local-only", "press-07"} {
+		if _, err := tw.Get(id); err != nil {
+			t.Errorf("after a full refresh, %s: %v", id, err)
+		}
 	}
 }

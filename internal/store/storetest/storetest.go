@@ -58,6 +58,7 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 	t.Run("CanceledContext", func(t *testing.T) { testCanceledContext(t, open(t)) })
 	t.Run("Closed", func(t *testing.T) { testClosed(t, open(t)) })
 	t.Run("BackendQueries", func(t *testing.T) { testBackendQueries(t, open(t)) })
+	t.Run("Retention", func(t *testing.T) { testRetention(t, open(t)) })
 }
 
 // Samples returns n samples of one series, one per step from start, with

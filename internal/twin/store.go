@@ -1,0 +1,264 @@
+package twin
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"time"
+)
+
+// RegistryStore persists the machine registry. The file implementation
+// (RegistryFile) is the embedded default; internal/store/postgres has the
+// PostgreSQL one. The conformance suite is internal/twin/twintest.
+type RegistryStore interface {
+	// Load returns every registry entry, in id order (an empty registry is
+	// nil, not an error).
+	Load(ctx context.Context) ([]Info, error)
+	// Save replaces the registry with all, the whole registry sorted by id,
+	// durably: when it returns nil, a later Load returns all. A failed Save
+	// may have stored nothing or all, never a part. Twins never calls it
+	// concurrently and never with an older snapshot after a newer one.
+	Save(ctx context.Context, all []Info) error
+}
+
+// AlarmEntry is one change of an alarm in the alarm journal: who did what,
+// when, and the alarm as it stood after.
+type AlarmEntry struct {
+	Op    string    `json:"op"` // raise, clear, ack
+	At    time.Time `json:"at"`
+	By    string    `json:"by,omitempty"`
+	Alarm Alarm     `json:"alarm"`
+}
+
+// Alarm journal operations.
+const (
+	OpRaise = "raise"
+	OpClear = "clear"
+	OpAck   = "ack"
+)
+
+// AlarmStore is the durable journal of alarm changes, from which Alarms
+// rebuilds its state at start. The file implementation (AlarmFile) is the
+// embedded default; internal/store/postgres has the PostgreSQL one.
+type AlarmStore interface {
+	// Replay calls fn with every entry stored, oldest first; an error of
+	// fn ends the replay and is returned. Alarms calls it once, before
+	// any Append.
+	Replay(ctx context.Context, fn func(AlarmEntry) error) error
+	// Append adds an entry after the ones appended before. An entry that
+	// could not be appended is not stored at all (the caller then undoes
+	// the change); an appended one is stored, in order, but may be durable
+	// only after Sync.
+	Append(ctx context.Context, e AlarmEntry) error
+	// Sync makes every appended entry durable. After a failure, the
+	// entries not yet durable stay pending and the next Sync tries again.
+	Sync(ctx context.Context) error
+	// Close makes the appended entries durable if it can, and releases
+	// the store.
+	Close() error
+}
+
+// AlarmNumberer is implemented by an AlarmStore that numbers new alarms
+// itself, so that processes sharing the store never give two alarms one id
+// (the PostgreSQL journal draws them from a sequence). Without it, Alarms
+// numbers alarms on from the highest id replayed.
+type AlarmNumberer interface {
+	// NextAlarmID returns an id above every id it returned before, to
+	// any process.
+	NextAlarmID(ctx context.Context) (uint64, error)
+}
+
+// NoteStore stores operator notes. The file implementation (NoteFile) is
+// the embedded default; internal/store/postgres has the PostgreSQL one.
+type NoteStore interface {
+	// Add stores a validated note durably and returns it with its id, a
+	// decimal number greater than the id of every note added before.
+	Add(ctx context.Context, n Note) (Note, error)
+	// List returns the latest notes of machine, at most limit (> 0), oldest
+	// first: by time, then id (Notes stamps notes with its clock, so that
+	// is the order they were added in unless the clock went back).
+	List(ctx context.Context, machine string, limit int) ([]Note, error)
+	// Close releases the store.
+	Close() error
+}
+
+// RegistryFile is a RegistryStore in one JSON document (registry.json),
+// replaced atomically on every Save (write, fsync, rename, fsync the
+// directory).
+type RegistryFile struct {
+	f registryFile
+}
+
+// NewRegistryFile returns the registry stored at path; a missing file is an
+// empty registry.
+func NewRegistryFile(path string) *RegistryFile { return &RegistryFile{f: registryFile{path: path}} }
+
+// Load implements RegistryStore.
+func (r *RegistryFile) Load(context.Context) ([]Info, error) { return r.f.load() }
+
+// Save implements RegistryStore.
+func (r *RegistryFile) Save(_ context.Context, all []Info) error { return r.f.save(all) }
+
+// AlarmFile is an AlarmStore in an append-only JSON-lines file
+// (alarms.jsonl): Append writes a line, Sync fsyncs. A torn last line (a
+// crash mid-write, never acknowledged) is cut off when the file is opened,
+// and a write that fails part-way is cut back.
+type AlarmFile struct {
+	path string
+
+	mu sync.Mutex
+	j  *journal // nil until Replay (or the first Append)
+}
+
+// NewAlarmFile returns the alarm journal at path, created on first use.
+func NewAlarmFile(path string) *AlarmFile { return &AlarmFile{path: path} }
+
+// Replay implements AlarmStore: it opens the file.
+func (f *AlarmFile) Replay(_ context.Context, fn func(AlarmEntry) error) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.j != nil {
+		return fmt.Errorf("replaying %s: already open", f.path)
+	}
+	return f.open(fn)
+}
+
+// open opens the journal, calling fn (if not nil) with each entry; f.mu
+// must be held.
+func (f *AlarmFile) open(fn func(AlarmEntry) error) error {
+	j, err := openJournal(f.path, func(line []byte) error {
+		var e AlarmEntry
+		if err := json.Unmarshal(line, &e); err != nil {
+			return err
+		}
+		if fn != nil {
+			if err := fn(e); err != nil {
+				return stopReplay{err}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	f.j = j
+	return nil
+}
+
+// Append implements AlarmStore.
+func (f *AlarmFile) Append(_ context.Context, e AlarmEntry) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.j == nil {
+		if err := f.open(nil); err != nil {
+			return err
+		}
+	}
+	return f.j.append(e)
+}
+
+// Sync implements AlarmStore.
+func (f *AlarmFile) Sync(context.Context) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.j == nil {
+		return nil
+	}
+	return f.j.sync()
+}
+
+// Close implements AlarmStore.
+func (f *AlarmFile) Close() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.j == nil {
+		return nil
+	}
+	err := errors.Join(f.j.sync(), f.j.close())
+	f.j = nil
+	return err
+}
+
+// NoteFile is a NoteStore in an append-only JSON-lines file (notes.jsonl),
+// fsynced per note, indexed in memory by machine (the latest notesInMemory
+// notes of each).
+type NoteFile struct {
+	mu     sync.Mutex
+	j      *journal
+	byMach map[string][]Note
+	seq    uint64
+}
+
+// OpenNoteFile opens (creating it if needed) the notes journal at path.
+func OpenNoteFile(path string) (*NoteFile, error) {
+	n := &NoteFile{byMach: map[string][]Note{}}
+	j, err := openJournal(path, func(line []byte) error {
+		var note Note
+		if err := json.Unmarshal(line, &note); err != nil {
+			return err
+		}
+		n.index(note)
+		if s, err := strconv.ParseUint(note.ID, 10, 64); err == nil {
+			n.seq = max(n.seq, s)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	n.j = j
+	return n, nil
+}
+
+func (n *NoteFile) index(note Note) {
+	list := append(n.byMach[note.Machine], note)
+	if len(list) > notesInMemory {
+		list = append(list[:0:0], list[len(list)-notesInMemory:]...)
+	}
+	n.byMach[note.Machine] = list
+}
+
+// Add implements NoteStore.
+func (n *NoteFile) Add(_ context.Context, note Note) (Note, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.j == nil {
+		return Note{}, errors.New("adding note: notes closed")
+	}
+	note.ID = strconv.FormatUint(n.seq+1, 10)
+	if err := n.j.append(note); err != nil {
+		return Note{}, err
+	}
+	if err := n.j.sync(); err != nil {
+		return Note{}, err
+	}
+	n.seq++
+	n.index(note)
+	return note, nil
+}
+
+// List implements NoteStore.
+func (n *NoteFile) List(_ context.Context, machine string, limit int) ([]Note, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	list := n.byMach[machine]
+	if limit > 0 && len(list) > limit {
+		list = list[len(list)-limit:]
+	}
+	return append([]Note(nil), list...), nil
+}
+
+// Close implements NoteStore.
+func (n *NoteFile) Close() error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.j == nil {
+		return nil
+	}
+	err := n.j.close()
+	n.j = nil
+	return err
+}
