@@ -318,7 +318,7 @@ func ptr[T any](v T) *T { return &v }
 
 func TestServesByRole(t *testing.T) {
 	tests := []struct {
-		role                string
+		role               string
 		ingest, query, ops bool
 	}{
 		{"", true, true, true},
