@@ -284,3 +284,48 @@ func TestRedisOutage(t *testing.T) {
 		t.Errorf("stored %v, want the 3 acknowledged samples", got.V)
 	}
 }
+
+// TestLatestAcrossReplicas: two servers sharing PostgreSQL and Redis; a
+// sample ingested and processed on A is the latest value on B (from the hot
+// window in Redis), and B's raw series reads of the last minutes see it.
+func TestLatestAcrossReplicas(t *testing.T) {
+	prefix := redisPrefix(t)
+	db := pgDatabase(t)
+	args := []string{"--store", "postgres", "--postgres-url", db, "--redis-url", "redis://" + redisAddr + "/0", "--redis-prefix", prefix}
+	a, b := start(t, "", args...), start(t, "", args...)
+	c := ctx(t, 30*time.Second)
+	awaitReady(t, c, a)
+	awaitReady(t, c, b)
+	if r := a.do("PUT", "/api/v1/machines/hl-1", "application/json", []byte(`{"name":"Hot 1"}`)); r.status != 201 {
+		t.Fatalf("PUT: %d %s", r.status, r.body)
+	}
+	ts := time.Now().Add(-time.Second).UnixMilli()
+	if r := a.do("POST", "/api/v1/events", "application/json", []byte(fmt.Sprintf(`{"machineId":"hl-1","timestamp":%d,"temp":61.5}`, ts))); r.status != 202 {
+		t.Fatalf("post: %d %s", r.status, r.body)
+	}
+	for {
+		var latest struct {
+			Metrics map[string]struct {
+				Value float64
+				TS    int64 `json:"ts"`
+			}
+		}
+		if r := b.get("/api/v1/machines/hl-1/latest"); r.status == 200 {
+			r.json(t, &latest)
+			if v, ok := latest.Metrics["temp"]; ok {
+				if v.Value != 61.5 || v.TS != ts {
+					t.Fatalf("latest on B: %+v, want 61.5 at %d", v, ts)
+				}
+				break
+			}
+		}
+		select {
+		case <-c.Done():
+			t.Fatalf("B never showed A's sample: %s", b.get("/api/v1/machines/hl-1/latest").body)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	if got := b.series("hl-1", "temp"); len(got.V) != 1 || got.V[0] != 61.5 {
+		t.Errorf("series on B: %v, want [61.5]", got.V)
+	}
+}

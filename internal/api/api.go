@@ -91,6 +91,9 @@ type hotWindow interface {
 	// Range returns the points of key in [from, to], and whether the
 	// window covers that whole range (else the store must answer).
 	Range(ctx context.Context, key store.SeriesKey, from, to int64) ([]store.Point, bool, error)
+	// Latest returns the newest point of each metric of machine in the
+	// window, whichever replica processed it.
+	Latest(ctx context.Context, machine string) (map[string]store.Point, error)
 }
 
 // API is the HTTP handler of twinline.

@@ -109,6 +109,18 @@ func (a *API) handleLatest(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	a.withAlarmStatus(&m)
+	if a.hot != nil {
+		// Another replica may have processed newer samples of the machine
+		// (at scale, processors and api replicas are apart): the hot window
+		// has every replica's.
+		if pts, err := a.hot.Latest(r.Context(), m.ID); err == nil {
+			for metric, p := range pts {
+				if v, ok := m.Metrics[metric]; !ok || p.Time > v.TS {
+					m.Metrics[metric] = twin.Value{Value: p.Value, TS: p.Time}
+				}
+			}
+		}
+	}
 	writeJSON(w, http.StatusOK, struct {
 		Machine  string                `json:"machine"`
 		Status   string                `json:"status"`
