@@ -162,3 +162,46 @@ func TestPostgresReplicasShareRegistryAndNotes(t *testing.T) {
 		t.Errorf("notes on B: %+v, want A's note", list.Notes)
 	}
 }
+
+// TestSeriesTransforms: fn=delta and fn=rolling_avg over raw samples give
+// the same answer on the embedded store (computed in Go) and on PostgreSQL
+// (SQL window functions).
+func TestSeriesTransforms(t *testing.T) {
+	stores := map[string][]string{
+		"embedded": nil,
+		"postgres": {"--store", "postgres", "--postgres-url", pgDatabase(t)},
+	}
+	for name, args := range stores {
+		t.Run(name, func(t *testing.T) {
+			s := start(t, "", args...)
+			base := time.Now().Add(-time.Minute).UnixMilli()
+			var body []byte
+			for i, v := range []float64{10, 13, 7, 7, 12} {
+				body = fmt.Appendf(body, "{\"machineId\":\"tf-1\",\"timestamp\":%d,\"cycles\":%g}\n", base+int64(i)*1000, v)
+			}
+			if r := s.do("POST", "/api/v1/events", "application/x-ndjson", body); r.status != 202 {
+				t.Fatalf("post: %d %s", r.status, r.body)
+			}
+			for q, want := range map[string][]float64{
+				"fn=delta":                 {3, -6, 0, 5},
+				"fn=rolling_avg&window=2":  {10, 11.5, 10, 7, 9.5},
+				"fn=rolling_avg&window=10": {10, 11.5, 10, 9.25, 9.8},
+			} {
+				var sr series
+				s.get(fmt.Sprintf("/api/v1/machines/tf-1/series?metric=cycles&from=%d&to=%d&%s", base, base+10_000, q)).json(t, &sr)
+				if len(sr.V) != len(want) {
+					t.Fatalf("%s: %v, want %v", q, sr.V, want)
+				}
+				for i := range want {
+					if abs(sr.V[i]-want[i]) > 1e-9 {
+						t.Errorf("%s: %v, want %v", q, sr.V, want)
+						break
+					}
+				}
+			}
+			if r := s.get("/api/v1/machines/tf-1/series?metric=cycles&fn=median"); r.status != 400 {
+				t.Errorf("fn=median: %d, want 400", r.status)
+			}
+		})
+	}
+}

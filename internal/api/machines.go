@@ -140,6 +140,9 @@ type seriesResponse struct {
 	Step    string `json:"step,omitempty"`
 	Agg     string `json:"agg,omitempty"`
 	Points  int    `json:"points,omitempty"`
+	// Fn and Window name the transform of the raw samples, if any.
+	Fn     string `json:"fn,omitempty"`
+	Window int    `json:"window,omitempty"`
 	// PartialFrom, with step, is the start of the first bucket that is
 	// still open (its end is after the machine's watermark): that bucket and
 	// the later ones may still change.
@@ -204,6 +207,15 @@ func (a *API) handleSeries(w http.ResponseWriter, r *http.Request) {
 			bad("points", "cannot be combined with step")
 		}
 	}
+	var tr store.Transform
+	if s := q.Get("fn"); s != "" || q.Get("window") != "" {
+		if tr, err = store.ParseTransform(s, q.Get("window")); err != nil {
+			bad("fn", "must be delta, or rolling_avg with window 1 to "+strconv.Itoa(store.MaxRollingWindow)+" samples (window only with rolling_avg)")
+		}
+		if q.Get("step") != "" || q.Get("points") != "" {
+			bad("fn", "applies to raw samples: cannot be combined with step or points")
+		}
+	}
 	if step > 0 && to.Sub(from)/step > maxPoints {
 		bad("step", fmt.Sprintf("too small for the range: more than %d buckets", maxPoints))
 	}
@@ -240,6 +252,23 @@ func (a *API) handleSeries(w http.ResponseWriter, r *http.Request) {
 			pts, err = ds.DownsampleRange(r.Context(), key, f, t, points)
 		} else {
 			pts, err = store.Downsample(r.Context(), a.store, key, f, t, points)
+		}
+	case tr.Fn != "":
+		resp.Fn, resp.Window = tr.Fn, tr.Window
+		if tf, ok := a.store.(store.Transformer); ok {
+			pts, err = tf.TransformRange(r.Context(), key, f, t, tr, maxRawPoints)
+		} else {
+			err = a.store.Select(r.Context(), key, f, t, func(p store.Point) bool {
+				pts = append(pts, p)
+				return len(pts) <= maxRawPoints
+			})
+			pts = tr.Apply(pts)
+		}
+		if err == nil && len(pts) >= maxRawPoints {
+			problem.Write(w, &problem.Problem{Type: problem.TypeInvalidParams, Status: http.StatusBadRequest,
+				Detail:        fmt.Sprintf("more than %d raw points in range; narrow it", maxRawPoints-1),
+				InvalidParams: []problem.InvalidParam{{Name: "from", Reason: "range holds too many raw points"}}})
+			return
 		}
 	default:
 		if a.hot != nil {

@@ -89,6 +89,8 @@ func TestQueryPlans(t *testing.T) {
 			[]any{key, "x", dayM1, dayTo, dayM1.UnixMilli(), int64(500), int64(24 * time.Hour / time.Millisecond)}, []string{raw}, "machine_metric_time_idx"},
 		{"downsample a day from aggregates", downsampleWindows, downsampleArgs(key, dayM1.UnixMilli(), dayTo.UnixMilli(), 1000),
 			[]string{agg, raw}, ""},
+		{"delta over an hour", transformDelta, []any{key, "x", hourFrom, hourTo, 100_000}, []string{raw}, "machine_metric_time_idx"},
+		{"rolling average over an hour", transformRollingAvg, []any{key, "x", hourFrom, hourTo, 100_000, 30}, []string{raw}, "machine_metric_time_idx"},
 		{"series of an hour", listSeries, []any{hourFrom, hourTo, 10 * time.Second}, []string{agg, agg, raw}, ""},
 		{"active machines with an attribute", `SELECT id FROM machines WHERE retired_at IS NULL AND attributes @> $1`,
 			[]any{`{"vendor": "acme"}`}, []string{"machines"}, "machines_active_attributes_idx"},
