@@ -46,13 +46,20 @@ type Log struct {
 	keep       int // segments kept
 	segments   []uint64
 	f          *os.File
-	n          int // keys in the current segment
+	n          int   // keys in the current segment
+	size       int64 // bytes of whole records in the current segment
 	buf        []byte
+	// broken is set when a failed write could not be cut off: appends
+	// fail until the next segment.
+	broken error
 }
 
 // Open opens the journal in dir (created if missing) and returns it with
-// the keys it holds, oldest first. A record torn by a crash at the end of
-// the newest segment is cut off; damage anywhere else is an error.
+// the keys it holds, oldest first. A torn or damaged record — from a crash
+// mid-write, or a write that failed and could not be cut off — ends its
+// segment: it and what follows are cut off. The journal only helps
+// recognise duplicates, so losing keys is not worth refusing to start
+// over; only an unreadable file is an error.
 func Open(dir string, maxKeys int) (*Log, []stream.Key, error) {
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return nil, nil, fmt.Errorf("creating key journal directory: %w", err)
@@ -76,10 +83,15 @@ func Open(dir string, maxKeys int) (*Log, []stream.Key, error) {
 	for i, seq := range l.segments {
 		last := i == len(l.segments)-1
 		ks, good, err := readSegment(l.path(seq))
-		if err != nil && !(last && errors.Is(err, errTorn)) {
+		if err != nil && !errors.Is(err, errTorn) {
 			return nil, nil, fmt.Errorf("reading key journal %s: %w", l.path(seq), err)
 		}
 		keys = append(keys, ks...)
+		if !last && err != nil {
+			if err := os.Truncate(l.path(seq), good); err != nil {
+				return nil, nil, fmt.Errorf("cutting a damaged record off the key journal: %w", err)
+			}
+		}
 		if last {
 			f, err := os.OpenFile(l.path(seq), os.O_RDWR, 0o640)
 			if err != nil {
@@ -93,7 +105,7 @@ func Open(dir string, maxKeys int) (*Log, []stream.Key, error) {
 				f.Close()
 				return nil, nil, err
 			}
-			l.f, l.n = f, len(ks)
+			l.f, l.n, l.size = f, len(ks), good
 		}
 	}
 	if l.f == nil {
@@ -116,7 +128,7 @@ func (l *Log) Append(keys []stream.Key) error {
 	if l.f == nil {
 		return errors.New("key journal closed")
 	}
-	if l.n >= l.perSegment {
+	if l.n >= l.perSegment || l.broken != nil {
 		if err := l.rotate(); err != nil {
 			return err
 		}
@@ -129,13 +141,31 @@ func (l *Log) Append(keys []stream.Key) error {
 		l.buf = appendRecord(l.buf, k)
 	}
 	if _, err := l.f.Write(l.buf); err != nil {
-		return fmt.Errorf("writing key journal: %w", err)
+		return l.cut(fmt.Errorf("writing key journal: %w", err))
 	}
 	if err := l.f.Sync(); err != nil {
-		return fmt.Errorf("syncing key journal: %w", err)
+		// After a failed fsync the page cache cannot be trusted: move on
+		// to a new segment (the records may or may not have reached disk;
+		// either way they are whole or cut off at the next Open).
+		l.broken = fmt.Errorf("syncing key journal: %w", err)
+		return l.broken
 	}
 	l.n += len(keys)
+	l.size += int64(len(l.buf))
 	return nil
+}
+
+// cut removes what a failed write left after the last whole record, so that
+// later records follow whole ones; if it cannot, the segment is abandoned.
+func (l *Log) cut(err error) error {
+	if terr := l.f.Truncate(l.size); terr != nil {
+		l.broken = err
+		return err
+	}
+	if _, serr := l.f.Seek(l.size, io.SeekStart); serr != nil {
+		l.broken = err
+	}
+	return err
 }
 
 // rotate starts a new segment and removes those beyond what is kept.
@@ -154,7 +184,7 @@ func (l *Log) rotate() error {
 			return fmt.Errorf("closing key journal segment: %w", err)
 		}
 	}
-	l.f, l.n = f, 0
+	l.f, l.n, l.size, l.broken = f, 0, 0, nil
 	l.segments = append(l.segments, next)
 	if err := syncDir(l.dir); err != nil {
 		return err

@@ -1,6 +1,7 @@
 package keylog
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -100,7 +101,10 @@ func TestTornTailIsCutOff(t *testing.T) {
 	}
 }
 
-func TestCorruptOlderSegmentIsAnError(t *testing.T) {
+// TestCorruptOlderSegmentIsCutOff: a damaged record in an older segment (a
+// failed write that could not be cut off) ends that segment; the keys
+// before it and the later segments' are kept, and the server starts.
+func TestCorruptOlderSegmentIsCutOff(t *testing.T) {
 	dir := t.TempDir()
 	l, _ := mustOpen(t, dir, 8) // 2 keys per segment
 	for i := range 3 {
@@ -118,8 +122,10 @@ func TestCorruptOlderSegmentIsAnError(t *testing.T) {
 	if err := os.WriteFile(seg, b, 0o640); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := Open(dir, 8); err == nil {
-		t.Error("Open accepted a corrupt record in an older segment")
+	_, got := mustOpen(t, dir, 8)
+	want := append(keys(0, 1), keys(2, 4)...) // segment 1 lost its second key
+	if diff := cmp.Diff(got, want); diff != "" {
+		t.Errorf("keys after a damaged record (-got +want):\n%s", diff)
 	}
 }
 
@@ -140,5 +146,31 @@ func TestRotationBoundsTheJournal(t *testing.T) {
 	// The newest 50 keys: at least maxKeys, the newest ones.
 	if diff := cmp.Diff(got, keys(150, 50)); diff != "" {
 		t.Errorf("kept keys (-got +want):\n%s", diff)
+	}
+}
+
+// TestFailedWriteIsCutOff: the bytes a failed write left are cut off, so
+// the next records follow whole ones.
+func TestFailedWriteIsCutOff(t *testing.T) {
+	dir := t.TempDir()
+	l, _ := mustOpen(t, dir, 1000)
+	if err := l.Append(keys(0, 2)); err != nil {
+		t.Fatal(err)
+	}
+	// Simulate a write that failed after writing part of a record: the
+	// bytes are there, the error was returned.
+	if _, err := l.f.Write([]byte{0x20, 0xde, 0xad}); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.cut(errors.New("disk full")); err == nil {
+		t.Fatal("cut returned nil")
+	}
+	if err := l.Append(keys(2, 2)); err != nil {
+		t.Fatal(err)
+	}
+	l.Close()
+	_, got := mustOpen(t, dir, 1000)
+	if diff := cmp.Diff(got, keys(0, 4)); diff != "" {
+		t.Errorf("keys after a failed write (-got +want):\n%s", diff)
 	}
 }

@@ -147,6 +147,22 @@ func (d *Dedup) Event(ev *telemetry.Event) bool {
 	return d.see(ev.Machine, d.h.Sum64(), ev.Time)
 }
 
+// Has reports whether the key of ev (an ID or a sequence number) is
+// remembered, without remembering it.
+func (d *Dedup) Has(ev *telemetry.Event) bool {
+	switch {
+	case ev.ID != "":
+		d.start(dedupKindID, ev.Machine)
+		d.h.WriteString(ev.ID)
+	case ev.HasSeq:
+		d.start(dedupKindSeq, ev.Machine)
+		d.writeUint64(ev.Seq)
+	default:
+		return false
+	}
+	return d.keys.has(max(d.h.Sum64(), 1))
+}
+
 // Sample reports whether the sample of metric of machine at event time t
 // (Unix ms) is the first copy of its key, and remembers the key. It is the
 // deduplication of events that have neither an ID nor a sequence number.

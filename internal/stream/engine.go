@@ -64,6 +64,10 @@ type Engine struct {
 	emitWin  func(Window)
 	advanced map[string]struct{}
 	late     map[lateKey]int // index in out.Windows of a window's late aggregate
+
+	// pending are the keyed events of the group not yet durable (with
+	// StoreDedups): remembered by Release, dropped by Forget.
+	pending map[Key]struct{}
 }
 
 type lateKey struct {
@@ -114,6 +118,7 @@ func NewEngine(cfg EngineConfig) *Engine {
 		windows:  NewWindows(cfg.Window, cfg.WindowGrace),
 		advanced: map[string]struct{}{},
 		late:     map[lateKey]int{},
+		pending:  map[Key]struct{}{},
 	}
 	e.emitWin = func(w Window) {
 		// A replay of old data makes one late aggregate per sample:
@@ -155,11 +160,21 @@ func (e *Engine) Process(events []telemetry.Event, out *Output) (duplicates int)
 		ev := &events[i]
 		keyed := ev.ID != "" || ev.HasSeq
 		if keyed {
-			if !e.dedup.Event(ev) {
+			k := Key{Machine: ev.Machine, ID: ev.ID, Seq: ev.Seq, HasSeq: ev.HasSeq}
+			if e.cfg.StoreDedups {
+				// Remembered once durable (Release), so that a failed
+				// group's keys are dropped alone (Forget).
+				if _, dup := e.pending[k]; dup || e.dedup.Has(ev) {
+					duplicates++
+					continue
+				}
+				e.pending[k] = struct{}{}
+			} else if !e.dedup.Event(ev) {
 				duplicates++
 				continue
 			}
-			out.Keys = append(out.Keys, Key{Machine: ev.Machine, ID: ev.ID, Seq: ev.Seq, HasSeq: ev.HasSeq, Time: ev.Time})
+			k.Time = ev.Time
+			out.Keys = append(out.Keys, k)
 		}
 		if e.cfg.StoreDedups {
 			for _, m := range ev.Metrics {
@@ -221,11 +236,16 @@ func KeepFresh(samples []telemetry.Sample, origin []int32, fresh []bool) (n, dup
 	return n, duplicates
 }
 
-// Forget drops what the engine remembers of duplicates, after a group
+// Forget drops what the engine remembers of duplicates from the group that
 // could not be stored: its keys must not make the client's retry look like
-// a duplicate. (Keys of stored samples go too; the store's own key still
-// keeps a retried sample from being stored twice.)
+// a duplicate. With StoreDedups only that group's keys go; otherwise every
+// remembered key does (the store's own key still keeps a retried sample
+// from being stored twice).
 func (e *Engine) Forget() {
+	if e.cfg.StoreDedups {
+		clear(e.pending)
+		return
+	}
 	e.dedup = NewDedup(e.cfg.DedupHorizon, e.cfg.DedupMaxKeys)
 }
 
@@ -236,6 +256,10 @@ func (e *Engine) Forget() {
 // samples the watermarks have passed, per machine in event-time order, and
 // the windows that closed or changed.
 func (e *Engine) Release(out *Output, now int64) {
+	if e.cfg.StoreDedups {
+		e.Remember(out.Keys)
+		clear(e.pending)
+	}
 	e.use(out)
 	e.reorder.SetNow(now)
 	for _, s := range out.Samples {

@@ -353,3 +353,24 @@ func TestEngineRememberJournaledKeys(t *testing.T) {
 		t.Errorf("after restart: samples %+v, want only seq 6's", again.Samples)
 	}
 }
+
+// TestEngineForgetDropsOnlyTheFailedGroup: with StoreDedups, a group the
+// store refused forgets its own keys only; keys of durable groups stay.
+func TestEngineForgetDropsOnlyTheFailedGroup(t *testing.T) {
+	cfg := DefaultEngineConfig()
+	cfg.StoreDedups = true
+	e := NewEngine(cfg)
+	x := []telemetry.Metric{{Name: "x", Value: 1}}
+	var out Output
+	e.Process([]telemetry.Event{{Machine: "m", ID: "a", Time: 1, Metrics: x}}, &out)
+	e.Release(&out, 0) // durable
+	out.Reset()
+	if dups := e.Process([]telemetry.Event{{Machine: "m", ID: "b", Time: 2, Metrics: x}, {Machine: "m", ID: "b", Time: 3, Metrics: x}}, &out); dups != 1 {
+		t.Errorf("a key twice in one group: %d duplicates, want 1", dups)
+	}
+	e.Forget() // the store refused this group
+	out.Reset()
+	if dups := e.Process([]telemetry.Event{{Machine: "m", ID: "a", Time: 9, Metrics: x}, {Machine: "m", ID: "b", Time: 9, Metrics: x}}, &out); dups != 1 {
+		t.Errorf("after a failed group: %d duplicates, want 1 (a, durable; not b, refused)", dups)
+	}
+}

@@ -101,8 +101,8 @@ func NewProcessor(l logReader, appendFn AppendFunc, sinks Sinks, cfg EngineConfi
 }
 
 // JournalKeys makes each group commit also hand the keys of its new keyed
-// events (id or seq) to journal, concurrently with the store write; a
-// group is acknowledged only once both succeeded. Call it before Run.
+// events (id or seq) to journal, once the store committed them and before
+// they are acknowledged. Call it before Run.
 func (p *Processor) JournalKeys(journal func([]Key) error) { p.journal = journal }
 
 // Remember feeds the engine the keys journaled by an earlier run, so their
@@ -226,11 +226,6 @@ func (p *Processor) process(ctx context.Context, entries []*log.Entry, out *Outp
 	samples := out.Samples
 
 	start := time.Now()
-	var journaled chan error
-	if p.journal != nil && len(out.Keys) > 0 {
-		journaled = make(chan error, 1)
-		go func() { journaled <- p.journal(out.Keys) }()
-	}
 	var fresh []bool
 	if p.storeDedups {
 		fresh = slices.Grow(p.fresh[:0], len(samples))[:len(samples)]
@@ -238,9 +233,14 @@ func (p *Processor) process(ctx context.Context, entries []*log.Entry, out *Outp
 		p.fresh = fresh
 	}
 	err := p.append(ctx, samples, fresh)
-	if journaled != nil {
-		if jerr := <-journaled; jerr != nil && err == nil {
-			err = fmt.Errorf("journaling dedup keys: %w", jerr)
+	if err == nil && p.journal != nil && len(out.Keys) > 0 {
+		// After the commit, not alongside it: a key journaled for samples
+		// that were not stored would make the client's retry a duplicate,
+		// and lose it. A failure here loses nothing acknowledged: the
+		// samples are stored; a retry with another event time after a
+		// restart could be stored again.
+		if jerr := p.journal(out.Keys); jerr != nil {
+			p.logger.Error("journaling dedup keys", "err", jerr, "keys", len(out.Keys))
 		}
 	}
 	p.writeSeconds.Observe(time.Since(start).Seconds())
@@ -279,6 +279,11 @@ func (p *Processor) process(ctx context.Context, entries []*log.Entry, out *Outp
 			}
 			p.samples.WithLabelValues("stored").Add(float64(hi - lo))
 			if p.storeDedups {
+				// Stored by either attempt (the store's time window may
+				// have moved between them).
+				for k := range again {
+					fresh[lo+k] = fresh[lo+k] || again[k]
+				}
 				_, d := KeepFresh(samples[lo:hi], out.Origin[lo:hi], fresh[lo:hi])
 				dups[i] += d
 			}

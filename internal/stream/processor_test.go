@@ -234,9 +234,9 @@ func TestProcessorStoreFailureKeepsEarlierGroups(t *testing.T) {
 	}
 }
 
-// TestProcessorJournalsKeysBeforeAck: a group is acknowledged only once
-// its keyed events' keys are journaled too; a journal failure fails the
-// group like a store failure; remembered keys make retries duplicates.
+// TestProcessorJournalsKeysBeforeAck: a group's keyed events' keys are
+// journaled after the store committed it and before the ack; a group the
+// store refuses journals nothing; remembered keys make retries duplicates.
 func TestProcessorJournalsKeysBeforeAck(t *testing.T) {
 	l := log.New(100, nil)
 	fs := &fakeStore{}
@@ -285,9 +285,23 @@ func TestProcessorJournalsKeysBeforeAck(t *testing.T) {
 	if diff := cmp.Diff(got, want); diff != "" {
 		t.Errorf("journaled keys at the ack (-got +want):\n%s", diff)
 	}
-	if _, err := send(telemetry.Event{Machine: "m", ID: "unlucky", Time: 2000, Metrics: x}); err == nil {
-		t.Error("the journal failed, yet the batch was acknowledged")
+	// A journal failure after the commit loses nothing: the batch is
+	// stored and acknowledged.
+	if res, err := send(telemetry.Event{Machine: "m", ID: "unlucky", Time: 2000, Metrics: x}); err != nil || res.Accepted != 1 {
+		t.Errorf("the journal failed after the commit: %+v, %v; want acknowledged", res, err)
 	}
+	// A group the store refuses journals nothing: the client's retry must
+	// not be taken for a duplicate, after a restart either.
+	if _, err := send(telemetry.Event{Machine: "bad", ID: "refused", Time: 3000, Metrics: x}); err == nil {
+		t.Error("the store failed, yet the batch was acknowledged")
+	}
+	mu.Lock()
+	for _, k := range journal {
+		if k.ID == "refused" {
+			t.Errorf("the key of a group the store refused was journaled: %+v", k)
+		}
+	}
+	mu.Unlock()
 	l.Close()
 	if err := <-done; err != nil {
 		t.Fatal(err)
