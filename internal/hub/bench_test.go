@@ -9,6 +9,7 @@ import (
 	"runtime"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/twinline/twinline/internal/telemetry"
 )
@@ -106,9 +107,10 @@ func BenchmarkEncodeSamples(b *testing.B) {
 // BenchmarkClientMemory reports the Go memory (heap and stacks) that one
 // connected, idle stream client costs, over real loopback connections. The
 // clients are raw TCP connections that read their hello and then nothing,
-// so nearly all of the figure is the server's: the net/http connection and
-// its buffers, the handler goroutine (two for WebSocket, with the read
-// loop), and the hub's client. Run it once:
+// so nearly all of the figure is the server's: the connection, its reader
+// goroutine (an idle client has no writer goroutine), and the hub's client;
+// net/http's buffers and goroutine are gone once the connection is
+// hijacked. Run it once:
 //
 //	go test -run '^$' -bench ClientMemory -benchtime 1x ./internal/hub/
 func BenchmarkClientMemory(b *testing.B) {
@@ -176,4 +178,62 @@ func stackInUse() uint64 {
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
 	return ms.StackInuse
+}
+
+// BenchmarkSendBurst measures writing one burst of queued messages to a
+// client over a real loopback TCP connection (the peer reads and discards):
+// WebSocket frames (one per message, or with batch one JSON array) and an
+// SSE chunk, each burst with one system call.
+//
+//	go test -run '^$' -bench SendBurst -benchmem ./internal/hub/
+func BenchmarkSendBurst(b *testing.B) {
+	h, _ := newTestHub(b, Options{})
+	var msgs []*message
+	for i := range burst {
+		h.PublishSamples([]telemetry.Sample{{Machine: "press-07", Metric: "temperature", Time: 1764482400000 + int64(i), Value: 71.3}}, 1764482400123)
+	}
+	msgs = h.ring.since(h.seq-burst, h.seq, 0)
+	for _, bc := range []struct {
+		name string
+		n    int
+		send func(c *rawConn, msgs []*message) error
+	}{
+		{"ws/msgs=1", 1, func(c *rawConn, m []*message) error { return c.sendMessages(m, false, 0, "") }},
+		{"ws/msgs=32", 32, func(c *rawConn, m []*message) error { return c.sendMessages(m, false, 0, "") }},
+		{"ws-batch/msgs=32", 32, func(c *rawConn, m []*message) error { return c.sendMessages(m, true, 0, "") }},
+		{"sse/msgs=1", 1, func(c *rawConn, m []*message) error { return c.sendChunk(nil, m, false) }},
+		{"sse/msgs=32", 32, func(c *rawConn, m []*message) error { return c.sendChunk(nil, m, false) }},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer ln.Close()
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				peer, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				defer peer.Close()
+				_, _ = io.Copy(io.Discard, peer)
+			}()
+			conn, err := net.Dial("tcp", ln.Addr().String())
+			if err != nil {
+				b.Fatal(err)
+			}
+			c := &rawConn{conn: conn, timeout: 10 * time.Second, done: make(chan struct{})}
+			b.ReportAllocs()
+			for b.Loop() {
+				if err := bc.send(c, msgs[:bc.n]); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(b.N*bc.n)/b.Elapsed().Seconds(), "msgs/s")
+			conn.Close()
+			<-done
+		})
+	}
 }

@@ -344,6 +344,16 @@ func (h *Hub) deliver(payload string) {
 		return
 	}
 	prev, first, drafts := p.prev, p.first, p.drafts
+	if h.opts.OnRemote != nil && p.origin != h.bus.id {
+		var msg []byte
+		for _, d := range drafts {
+			if len(d.buf) < headroom+2 {
+				continue // a jump: no message
+			}
+			msg = append(append(msg[:0], '{'), d.buf[headroom:len(d.buf)-2]...)
+			h.opts.OnRemote(d.machine, msg)
+		}
+	}
 	last := first + uint64(len(drafts)) - 1 // first-1 for a jump
 	slab := make([]message, len(drafts))
 	msgs := make([]*message, 0, len(drafts))

@@ -126,6 +126,7 @@ type memWriter struct {
 	flushed  bytes.Buffer
 	block    chan struct{}
 	deadline time.Time
+	flushes  int
 }
 
 func newMemWriter() *memWriter { return &memWriter{header: make(http.Header)} }
@@ -169,6 +170,7 @@ func (w *memWriter) Flush() {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.pending.WriteTo(&w.flushed)
+	w.flushes++
 }
 
 func (w *memWriter) SetWriteDeadline(t time.Time) error {

@@ -34,6 +34,20 @@ type Options struct {
 	MaxMachines int
 	// WriteTimeout bounds each burst of writes to one client (default 10s).
 	WriteTimeout time.Duration
+	// WriteInterval, when positive, is the shortest time between two writes
+	// to one client: what is published for a client within WriteInterval of
+	// its last write waits for the rest of the interval and goes out with
+	// everything queued by then, in one write. A client that was not written
+	// to for WriteInterval is written to at once. It trades up to
+	// WriteInterval of latency for fewer system calls (each costs far more
+	// than a message) when clients receive many messages a second. 0 writes
+	// as soon as a message is queued.
+	WriteInterval time.Duration
+	// OnRemote, with Redis, hears every message published by another
+	// replica — its machine and its JSON (without the seq) — before this
+	// replica's clients get it: a replica that does not process a machine's
+	// data may still keep its twin current. It must not block for long.
+	OnRemote func(machine string, msg []byte)
 	// OriginPatterns are the extra origins allowed to open a WebSocket, as
 	// host patterns for path.Match (see websocket.AcceptOptions). The
 	// default, none, allows same-origin requests only.
@@ -78,6 +92,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.WriteTimeout <= 0 {
 		o.WriteTimeout = 10 * time.Second
+	}
+	if o.WriteInterval < 0 {
+		o.WriteInterval = 0
 	}
 	if o.ResumeWait <= 0 {
 		o.ResumeWait = defaultResumeWait
@@ -389,6 +406,7 @@ func (h *Hub) cutLocked(c *client, reason string) {
 	c.reason, c.cutSeq = reason, h.seq
 	h.unsubscribeLocked(c)
 	close(c.cut)
+	c.queue.signal()
 	h.metrics.dropped.WithLabelValues(reason).Inc()
 }
 

@@ -364,3 +364,28 @@ func TestQueue(t *testing.T) {
 		t.Error("push at the message cap: refused")
 	}
 }
+
+// TestQueueRun checks the queue's start-once scheduling: signal starts run
+// unless it is running, and a signal while it runs makes it go on once
+// more instead of being lost.
+func TestQueueRun(t *testing.T) {
+	q := newQueue(4)
+	started := make(chan struct{}, 4)
+	q.setRun(func() { started <- struct{}{} })
+	q.signal()
+	<-started
+	q.signal() // while "running": no second goroutine
+	select {
+	case <-started:
+		t.Fatal("signal started run while it was running")
+	default:
+	}
+	if q.idle() {
+		t.Error("idle: got true after a signal while running, want false (run goes on)")
+	}
+	if !q.idle() {
+		t.Error("idle: got false with no signal since, want true")
+	}
+	q.signal() // stopped: starts run again
+	<-started
+}

@@ -6,8 +6,8 @@ import "sync"
 // every message of one publish call, then wakes the client's handler once
 // (not once per message: with a channel per client, each message sent to
 // a waiting handler costs a goroutine wake-up). The handler pops in bursts.
-// The ring starts small and grows as needed, so that an idle client costs
-// a few hundred bytes.
+// The ring is allocated by the first push, starts small and grows as
+// needed, so that an idle client costs a few hundred bytes.
 //
 // The bound counts pushes, not messages: a client may fall at most limit
 // publish calls behind, whatever the number of machines in each (an
@@ -22,8 +22,14 @@ type queue struct {
 	limit int // pushes
 	// pushes counts the pushes with a message still queued.
 	pushes int
-	// wake holds a token when the handler should look at the queue.
+	// wake holds a token when the handler should look at the queue; for a
+	// queue without run (below the transport, in tests).
 	wake chan struct{}
+	// run, when set, is started in a new goroutine by signal unless it is
+	// running (running); again says it was signalled while running.
+	run     func()
+	running bool
+	again   bool
 }
 
 // slot is one queued message; last marks the last message of a push.
@@ -38,8 +44,10 @@ const initialQueue = 16
 // maxMessagesPerPush scales limit into the cap on queued messages.
 const maxMessagesPerPush = 64
 
+// newQueue returns an empty queue; its ring is allocated by the first
+// push.
 func newQueue(limit int) queue {
-	return queue{buf: make([]slot, initialQueue), limit: limit, wake: make(chan struct{}, 1)}
+	return queue{limit: limit, wake: make(chan struct{}, 1)}
 }
 
 // push adds msgs, then m if not nil, as one push, or reports false if the
@@ -86,7 +94,7 @@ func (q *queue) put(m *message) {
 
 // grow makes room for at least n messages.
 func (q *queue) grow(n int) {
-	size := len(q.buf)
+	size := max(len(q.buf), initialQueue)
 	for size < n {
 		size *= 2
 	}
@@ -96,12 +104,54 @@ func (q *queue) grow(n int) {
 	q.buf, q.head = buf, 0
 }
 
-// signal wakes the handler, without blocking.
+// setRun makes signal start run.
+func (q *queue) setRun(run func()) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.run = run
+}
+
+// signal wakes the handler, without blocking: it starts run in a new
+// goroutine unless it is running already (then run goes on once more).
 func (q *queue) signal() {
-	select {
-	case q.wake <- struct{}{}:
-	default:
+	q.mu.Lock()
+	run := q.run
+	if run == nil {
+		q.mu.Unlock()
+		select {
+		case q.wake <- struct{}{}:
+		default:
+		}
+		return
 	}
+	if q.running {
+		q.again = true
+		q.mu.Unlock()
+		return
+	}
+	q.running = true
+	q.mu.Unlock()
+	go run()
+}
+
+// idle is called by run when it has nothing left to do: it reports true,
+// and run must return, unless signal was called since run last called it.
+func (q *queue) idle() bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.again {
+		q.again = false
+		return false
+	}
+	q.running = false
+	return true
+}
+
+// len returns the number of queued messages.
+func (q *queue) len() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.n
 }
 
 // pop appends to dst the oldest messages, up to upTo in all, and removes

@@ -10,9 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"time"
-
-	"github.com/coder/websocket"
+	"sync"
 
 	"github.com/twinline/twinline/internal/problem"
 	"github.com/twinline/twinline/internal/telemetry"
@@ -26,9 +24,9 @@ const (
 	rejectShuttingDown = "shutting_down"
 )
 
-// burst is the most messages written to a client under one write deadline
-// and one flush.
-const burst = 32
+// burst is the most messages written to a client with one write (one
+// system call, one write deadline).
+const burst = 128
 
 // ServeHTTP serves GET /api/v1/stream?machine=ID[&machine=ID…] or ?all=1,
 // optionally with ?cursor=N (or, for SSE, Last-Event-ID): a WebSocket when
@@ -65,6 +63,7 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		all:      q.all,
 		machines: q.machines,
 	}
+	c.queue.wake = nil // the writer is started by the queue (writer.start)
 	c.transport = transportWS
 	if sse {
 		c.transport = transportSSE
@@ -80,26 +79,41 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			Detail: fmt.Sprintf("the server has its maximum of %d stream clients; retry later", h.opts.MaxClients)})
 		return
 	}
-	defer h.unregister(c)
-	first := filterReplay(reg, c)
-
-	var s stream
+	wr := &writer{h: h, c: c, first: filterReplay(reg, c), cursor: reg.cursor, latest: reg.latest,
+		remote: r.RemoteAddr, sent: h.metrics.sentWS}
+	h.logger.Debug("stream client connected", "transport", c.transport, "remote_addr", wr.remote,
+		"all", c.all, "machines", len(c.machines), "replay", len(wr.first)-reg.replay)
 	if sse {
-		s = h.openSSE(w, r)
-	} else {
-		ws, err := h.openWS(w, r)
-		if err != nil {
-			// Accept has answered the request.
-			h.logger.Debug("refusing websocket", "remote_addr", r.RemoteAddr, "err", err)
-			return
+		wr.sent = h.metrics.sentSSE
+		s, raw, err := h.openSSE(w, r, c.queue.signal)
+		switch {
+		case err != nil:
+			h.unregister(c)
+			h.logger.Debug("opening event stream", "remote_addr", wr.remote, "err", err)
+		case raw:
+			wr.start(s, s.(*rawSSEStream).c.close)
+		default:
+			// The response must be served before the handler returns.
+			wr.hooks = append(wr.hooks,
+				context.AfterFunc(r.Context(), c.queue.signal),
+				context.AfterFunc(h.killCtx, c.queue.signal))
+			wr.finished = make(chan struct{})
+			wr.start(s, nil)
+			<-wr.finished
 		}
-		defer ws.conn.CloseNow()
-		s = ws
+		return
 	}
-	h.logger.Debug("stream client connected", "transport", c.transport, "remote_addr", r.RemoteAddr,
-		"all", c.all, "machines", len(c.machines), "replay", len(first)-reg.replay)
-	reason := h.serve(c, s, first, reg.cursor, reg.latest)
-	h.logger.Debug("stream client disconnected", "transport", c.transport, "remote_addr", r.RemoteAddr, "reason", reason)
+	ws, err := h.acceptWS(w, r, c.queue.signal)
+	if err != nil {
+		// acceptWS has answered the request.
+		h.unregister(c)
+		h.logger.Debug("refusing websocket", "remote_addr", wr.remote, "err", err)
+		return
+	}
+	// The connection is hijacked: net/http's goroutine (its stack grown by
+	// the request) and the request itself go; the writer runs when it has
+	// something to do.
+	wr.start(&wsStream{c: ws, batch: q.batch}, ws.close)
 }
 
 // filterReplay drops from reg's replay the messages c does not want.
@@ -124,101 +138,24 @@ type stream interface {
 	send(msgs []*message) error
 	// end writes a last message, best effort, and closes the stream with
 	// a WebSocket close status.
-	end(last *message, code websocket.StatusCode, reason string)
+	end(last *message, code uint16, reason string)
 	// gone is done when the peer has gone away.
 	gone() <-chan struct{}
 }
 
-// serve writes the first messages (hello, reset, replay), then live ones,
-// to s until the client goes away or is cut off; it returns why it ended.
-// cursor is the client's cursor before anything is written, latest the
-// hub's seq when it registered. Throughout, cursor is what a reconnect may
-// resume from: every message up to it that c wants has been written.
-func (h *Hub) serve(c *client, s stream, first []*message, cursor, latest uint64) string {
-	sent := h.metrics.sentWS
-	if c.transport == transportSSE {
-		sent = h.metrics.sentSSE
-	}
-	write := func(msgs []*message) bool {
-		if err := s.send(msgs); err != nil {
-			select {
-			case <-s.gone():
-			default:
-				h.logger.Info("dropping stream client", "transport", c.transport, "reason", reasonWriteError, "err", err)
-				h.drop(c, reasonWriteError)
-			}
-			return false
-		}
-		sent.Add(float64(len(msgs)))
-		for _, m := range msgs {
-			if m.id {
-				cursor = m.seq
-			}
-		}
-		return true
-	}
-
-	for len(first) > 0 {
-		n := min(len(first), burst)
-		if !write(first[:n]) {
-			return reasonWriteError
-		}
-		first = first[n:]
-		select {
-		case <-c.cut:
-			if c.reason != reasonShutdown {
-				return h.end(c, s, cursor)
-			}
-			// On shutdown, finish the replay and drain the queue below.
-		case <-s.gone():
-			return "gone"
-		case <-h.killCtx.Done():
-			return "killed"
-		default:
-		}
-	}
-	cursor = max(cursor, latest)
-
-	batch := make([]*message, 0, burst)
-	for {
-		select {
-		case <-c.cut:
-			if c.reason == reasonShutdown {
-				// Deliver what is queued, then say goodbye.
-				for batch = c.queue.pop(batch[:0], burst); len(batch) > 0; batch = c.queue.pop(batch[:0], burst) {
-					if !write(batch) {
-						return reasonWriteError
-					}
-				}
-				cursor = max(cursor, c.cutSeq)
-			}
-			return h.end(c, s, cursor)
-		default:
-		}
-		if batch = c.queue.pop(batch[:0], burst); len(batch) > 0 {
-			if !write(batch) {
-				return reasonWriteError
-			}
-			clear(batch)
-			continue
-		}
-		select {
-		case <-c.queue.wake:
-		case <-c.cut:
-		case <-s.gone():
-			return "gone"
-		case <-h.killCtx.Done():
-			return "killed"
-		}
-	}
-}
+// bursts pools the slices a writer pops its client's queue into, so that an
+// idle client holds none.
+var bursts = sync.Pool{New: func() any {
+	b := make([]*message, 0, burst)
+	return &b
+}}
 
 // end sends c's reconnect message and closes s.
 func (h *Hub) end(c *client, s stream, cursor uint64) string {
-	code, text := websocket.StatusTryAgainLater, "slow client"
+	code, text := uint16(closeTryAgainLater), "slow client"
 	switch c.reason {
 	case reasonShutdown:
-		code, text = websocket.StatusServiceRestart, "service restart"
+		code, text = closeServiceRestart, "service restart"
 	case reasonSlowClient:
 		h.logger.Info("dropping stream client", "transport", c.transport, "reason", reasonSlowClient,
 			"queue", h.opts.QueueSize, "cursor", cursor)
@@ -237,6 +174,9 @@ type query struct {
 	machines  []string // sorted, unique
 	cursor    uint64
 	hasCursor bool
+	// batch asks for several messages per WebSocket frame, as a JSON
+	// array (ignored on SSE).
+	batch bool
 }
 
 // parseQuery parses the stream parameters, reporting every invalid one.
@@ -273,6 +213,15 @@ func parseQuery(r *http.Request, sse bool, maxMachines int) (query, []problem.In
 		q.machines = slices.Compact(slices.Sorted(slices.Values(machines)))
 	}
 
+	if b := v.Get("batch"); b != "" || v.Has("batch") {
+		switch b {
+		case "1", "true":
+			q.batch = true
+		case "0", "false":
+		default:
+			invalid = append(invalid, problem.InvalidParam{Name: "batch", Reason: "must be 1 or true, to receive a JSON array of messages per WebSocket frame"})
+		}
+	}
 	if c := v.Get("cursor"); c != "" || v.Has("cursor") {
 		n, err := strconv.ParseUint(c, 10, 64)
 		if err != nil {
@@ -321,89 +270,3 @@ func (h *Hub) refuse(w http.ResponseWriter, reason string, p *problem.Problem) {
 	h.metrics.rejected.WithLabelValues(reason).Inc()
 	problem.Write(w, p)
 }
-
-// wsStream is a WebSocket stream.
-type wsStream struct {
-	conn    *websocket.Conn
-	ctx     context.Context // done when the peer is gone or the hub is killed
-	timeout time.Duration
-}
-
-func (h *Hub) openWS(w http.ResponseWriter, r *http.Request) (*wsStream, error) {
-	conn, err := websocket.Accept(w, r, &websocket.AcceptOptions{
-		OriginPatterns:  h.opts.OriginPatterns,
-		CompressionMode: websocket.CompressionDisabled, // no per-connection flate state
-	})
-	if err != nil {
-		return nil, fmt.Errorf("accepting websocket: %w", err)
-	}
-	// Clients send nothing; CloseRead answers pings and close frames.
-	ctx := conn.CloseRead(h.killCtx)
-	return &wsStream{conn: conn, ctx: ctx, timeout: h.opts.WriteTimeout}, nil
-}
-
-func (s *wsStream) send(msgs []*message) error {
-	ctx, cancel := context.WithTimeout(s.ctx, s.timeout)
-	defer cancel()
-	for _, m := range msgs {
-		if err := s.conn.Write(ctx, websocket.MessageText, m.json()); err != nil {
-			return fmt.Errorf("writing websocket message: %w", err)
-		}
-	}
-	return nil
-}
-
-func (s *wsStream) end(last *message, code websocket.StatusCode, reason string) {
-	if err := s.send([]*message{last}); err != nil {
-		s.conn.CloseNow()
-		return
-	}
-	s.conn.Close(code, reason)
-}
-
-func (s *wsStream) gone() <-chan struct{} { return s.ctx.Done() }
-
-// sseStream is a Server-Sent Events stream.
-type sseStream struct {
-	w       http.ResponseWriter
-	rc      *http.ResponseController
-	ctx     context.Context
-	timeout time.Duration
-	started bool
-}
-
-func (h *Hub) openSSE(w http.ResponseWriter, r *http.Request) *sseStream {
-	hd := w.Header()
-	hd.Set("Content-Type", "text/event-stream")
-	hd.Set("Cache-Control", "no-cache")
-	hd.Set("X-Accel-Buffering", "no")
-	w.WriteHeader(http.StatusOK)
-	return &sseStream{w: w, rc: http.NewResponseController(w), ctx: r.Context(), timeout: h.opts.WriteTimeout}
-}
-
-func (s *sseStream) send(msgs []*message) error {
-	if err := s.rc.SetWriteDeadline(time.Now().Add(s.timeout)); err != nil && !errors.Is(err, http.ErrNotSupported) {
-		return fmt.Errorf("setting write deadline: %w", err)
-	}
-	if !s.started {
-		s.started = true
-		if _, err := fmt.Fprintf(s.w, "retry: %d\n\n", retryMs()); err != nil {
-			return fmt.Errorf("writing event stream: %w", err)
-		}
-	}
-	for _, m := range msgs {
-		if _, err := s.w.Write(m.frame); err != nil {
-			return fmt.Errorf("writing event stream: %w", err)
-		}
-	}
-	if err := s.rc.Flush(); err != nil {
-		return fmt.Errorf("flushing event stream: %w", err)
-	}
-	return nil
-}
-
-func (s *sseStream) end(last *message, _ websocket.StatusCode, _ string) {
-	_ = s.send([]*message{last})
-}
-
-func (s *sseStream) gone() <-chan struct{} { return s.ctx.Done() }

@@ -312,3 +312,91 @@ func TestMaxClients(t *testing.T) {
 		stop()
 	})
 }
+
+func TestWriteInterval(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const interval = 50 * time.Millisecond
+		h, _ := newTestHub(t, Options{WriteInterval: interval})
+		w := newMemWriter()
+		stop := startSSE(t, h, "/api/v1/stream?machine=a", nil, w)
+		synctest.Wait()
+		base := h.seq
+		state := func() (int, int) {
+			w.mu.Lock()
+			defer w.mu.Unlock()
+			return len(parseEvents(t, w.flushed.String())) - 1, w.flushes // minus hello
+		}
+		_, flushes := state()
+		type step struct {
+			After  time.Duration // since the previous step
+			Events int           // events written by then, hello aside
+			Writes int           // writes since hello
+		}
+		var got, want []step
+		record := func(after time.Duration, publish bool) {
+			time.Sleep(after)
+			if publish {
+				h.PublishEvent("a", "e", nil)
+			}
+			synctest.Wait()
+			n, f := state()
+			got = append(got, step{after, n, f - flushes})
+		}
+		record(0, true)                    // idle client: written at once
+		record(10*time.Millisecond, true)  // within the interval: waits
+		record(10*time.Millisecond, true)  // waits too
+		record(30*time.Millisecond, false) // the interval has passed: both in one write
+		record(100*time.Millisecond, true) // idle again: at once
+		want = []step{
+			{0, 1, 1},
+			{10 * time.Millisecond, 1, 1},
+			{10 * time.Millisecond, 1, 1},
+			{30 * time.Millisecond, 3, 2},
+			{100 * time.Millisecond, 4, 3},
+		}
+		if diff := cmp.Diff(want, got); diff != "" {
+			t.Errorf("writes (-want +got):\n%s", diff)
+		}
+		if got, want := seqs(w.events(t)[1:]), seqRange(base+1, base+4); !cmp.Equal(got, want) {
+			t.Errorf("seqs: got %v, want %v", got, want)
+		}
+		stop()
+	})
+}
+
+// TestIdleClientHasNoWriter checks that a client's writer goroutine ends
+// once its queue is empty, and starts again for the next message.
+func TestIdleClientHasNoWriter(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		h, _ := newTestHub(t, Options{})
+		w := newMemWriter()
+		stop := startSSE(t, h, "/api/v1/stream?machine=a", nil, w)
+		synctest.Wait()
+		running := func() []bool {
+			h.mu.Lock()
+			defer h.mu.Unlock()
+			var out []bool
+			for c := range h.clients {
+				c.queue.mu.Lock()
+				out = append(out, c.queue.running)
+				c.queue.mu.Unlock()
+			}
+			return out
+		}
+		if got := running(); !cmp.Equal(got, []bool{false}) {
+			t.Errorf("after hello: writer running %v, want [false]", got)
+		}
+		h.PublishEvent("a", "e", 1)
+		synctest.Wait()
+		if got := running(); !cmp.Equal(got, []bool{false}) {
+			t.Errorf("after a message: writer running %v, want [false]", got)
+		}
+		if got := len(w.events(t)); got != 2 {
+			t.Errorf("events: got %d, want hello and the message", got)
+		}
+		stop()
+		if got := h.Clients(); got != 0 {
+			t.Errorf("clients after disconnect: got %d, want 0", got)
+		}
+	})
+}
