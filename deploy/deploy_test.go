@@ -253,6 +253,7 @@ func roleProblems(s settings) []string {
 	var p []string
 	role, store := s.get("role"), s.get("store")
 	kafka := strings.TrimSpace(s.get("kafka-brokers")) != ""
+	redis := strings.TrimSpace(s.get("redis-url")) != ""
 	if store == "postgres" && strings.TrimSpace(s.get("postgres-url")) == "" {
 		p = append(p, "--store postgres needs --postgres-url (TWINLINE_POSTGRES_URL)")
 	}
@@ -269,12 +270,12 @@ func roleProblems(s settings) []string {
 			p = append(p, "--role gateway needs --kafka-brokers")
 		}
 	case "processor":
-		if !kafka || store != "postgres" {
-			p = append(p, "--role processor needs --kafka-brokers and --store postgres")
+		if !kafka || store != "postgres" || !redis {
+			p = append(p, "--role processor needs --kafka-brokers, --store postgres and --redis-url")
 		}
 	case "api":
-		if store != "postgres" {
-			p = append(p, "--role api needs --store postgres")
+		if store != "postgres" || !redis {
+			p = append(p, "--role api needs --store postgres and --redis-url")
 		}
 	default:
 		p = append(p, fmt.Sprintf("--role %q is not all, gateway, processor or api", role))
@@ -487,10 +488,12 @@ func TestRoleRules(t *testing.T) {
 		{"all kafka postgres", []string{"serve", "--kafka-brokers", "k:9092", "--store", "postgres", "--postgres-url", pg}},
 		{"gateway", []string{"serve", "--role", "gateway", "--kafka-brokers", "k:9092"}},
 		{"gateway without kafka", []string{"serve", "--role", "gateway"}},
-		{"processor", []string{"serve", "--role", "processor", "--kafka-brokers", "k:9092", "--store", "postgres", "--postgres-url", pg}},
+		{"processor", []string{"serve", "--role", "processor", "--kafka-brokers", "k:9092", "--store", "postgres", "--postgres-url", pg, "--redis-url", "redis://r:6379"}},
+		{"processor without redis", []string{"serve", "--role", "processor", "--kafka-brokers", "k:9092", "--store", "postgres", "--postgres-url", pg}},
 		{"processor without postgres", []string{"serve", "--role", "processor", "--kafka-brokers", "k:9092"}},
 		{"processor without kafka", []string{"serve", "--role", "processor", "--store", "postgres", "--postgres-url", pg}},
-		{"api", []string{"serve", "--role", "api", "--store", "postgres", "--postgres-url", pg}},
+		{"api", []string{"serve", "--role", "api", "--store", "postgres", "--postgres-url", pg, "--redis-url", "redis://r:6379"}},
+		{"api without redis", []string{"serve", "--role", "api", "--store", "postgres", "--postgres-url", pg}},
 		{"api embedded", []string{"serve", "--role", "api"}},
 		{"postgres without url", []string{"serve", "--store", "postgres"}},
 		{"unknown role", []string{"serve", "--role", "worker"}},

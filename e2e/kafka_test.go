@@ -5,8 +5,6 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -22,15 +20,17 @@ import (
 // equal the oracle's.
 func TestKafkaExactlyOnce(t *testing.T) {
 	dbURL := pgDatabase(t)
-	port := freePort(t)
-	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.Ports(port), kfake.SeedTopics(4, "twinline.telemetry"))
+	prefix := redisPrefix(t)
+	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(4, "twinline.telemetry"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer cluster.Close()
+	// Registered before the servers start, so it runs after they stopped.
+	t.Cleanup(cluster.Close)
 	brokers := cluster.ListenAddrs()[0]
 	common := []string{"--kafka-brokers", brokers, "--kafka-session-timeout", "6s"}
-	processor := append([]string{"--role", "processor", "--store", "postgres", "--postgres-url", dbURL}, common...)
+	processor := append([]string{"--role", "processor", "--store", "postgres", "--postgres-url", dbURL,
+		"--redis-url", "redis://" + redisAddr + "/0", "--redis-prefix", prefix}, common...)
 	gw := start(t, "", append([]string{"--role", "gateway"}, common...)...)
 	p1dir := t.TempDir()
 	p1 := start(t, p1dir, processor...)
@@ -149,14 +149,4 @@ func TestKafkaExactlyOnce(t *testing.T) {
 			t.Errorf("%s @ %d: %+v, want %+v", k.machine, k.bucket, g, w)
 		}
 	}
-}
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	addr := freeAddr(t)
-	p, err := strconv.Atoi(addr[strings.LastIndexByte(addr, ':')+1:])
-	if err != nil {
-		t.Fatal(err)
-	}
-	return p
 }

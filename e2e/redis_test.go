@@ -99,9 +99,11 @@ func TestRedisFanoutAcrossReplicas(t *testing.T) {
 	nextData(t, c, onB, "hello")
 	nextData(t, c, onA, "hello")
 
+	base := time.Now().UnixMilli()
 	post := func(s *server, v int) {
 		t.Helper()
-		body := fmt.Sprintf(`{"machineId":"rf-1","timestamp":%d,"temp":%d}`, time.Now().UnixMilli(), v)
+		// Distinct event times: two samples in one millisecond are one.
+		body := fmt.Sprintf(`{"machineId":"rf-1","timestamp":%d,"temp":%d}`, base+int64(v), v)
 		if r := s.do("POST", "/api/v1/events", "application/json", []byte(body)); r.status != 202 {
 			t.Fatalf("post: %d %s", r.status, r.body)
 		}
@@ -134,6 +136,9 @@ func TestRedisRateLimitAcrossReplicas(t *testing.T) {
 	args := []string{"--redis-url", "redis://" + redisAddr + "/0", "--redis-prefix", prefix,
 		"--rate-limit", "on", "--ingest-rate", "0.01", "--ingest-burst", "3"}
 	a, b := start(t, "", args...), start(t, "", args...)
+	c := ctx(t, 30*time.Second)
+	awaitReady(t, c, a) // the limiters reach Redis (they fail open until then)
+	awaitReady(t, c, b)
 	body := []byte(`{"machineId":"rl-1","temp":1}`)
 	var got []int
 	for _, s := range []*server{a, b, a, b} {
@@ -242,9 +247,10 @@ func TestRedisOutage(t *testing.T) {
 			}
 		}
 	}
+	base := time.Now().UnixMilli()
 	post := func(v int) {
 		t.Helper()
-		body := fmt.Sprintf(`{"machineId":"ro-1","timestamp":%d,"temp":%d}`, time.Now().UnixMilli(), v)
+		body := fmt.Sprintf(`{"machineId":"ro-1","timestamp":%d,"temp":%d}`, base+int64(v), v)
 		if r := s.do("POST", "/api/v1/events", "application/json", []byte(body)); r.status != 202 {
 			t.Fatalf("post %d: %d %s", v, r.status, r.body)
 		}

@@ -125,6 +125,7 @@ func serveFlags(fs *flag.FlagSet, cfg *config.Config) {
 	fs.IntVar(&cfg.StreamQueue, "stream-queue", cfg.StreamQueue, "per stream client queue in `messages`; a client that falls this far behind is cut off and resumes")
 	durationVar(fs, &cfg.StreamHeartbeat, "stream-heartbeat", "interval of stream heartbeats")
 	fs.IntVar(&cfg.StreamReplay, "stream-replay", cfg.StreamReplay, "recent stream `messages` kept for clients resuming after a reconnect")
+	durationVar(fs, &cfg.StreamWriteInterval, "stream-write-interval", "least time between two writes to one stream client: messages arriving sooner go out together (fewer system calls for busy dashboards; 0: at once)")
 	durationVar(fs, &cfg.StreamWriteTimeout, "stream-write-timeout", "time a stream client has to take one burst of messages before it is disconnected")
 	fs.IntVar(&cfg.MaxMachines, "max-machines", cfg.MaxMachines, "most machines in the fleet; events of further new machines are rejected (0: no limit)")
 	durationVar(fs, &cfg.Lateness, "lateness", "how far behind a machine's newest event time its watermark trails: samples are released in event-time order, windows close, behind it")

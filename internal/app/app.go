@@ -76,6 +76,8 @@ type App struct {
 	submitFn api.SubmitFunc
 	srv      *http.Server
 	ln       net.Listener
+	// cleanup releases what New built when it fails.
+	cleanup []func()
 	// pprof serves net/http/pprof on its own listener (nil: off).
 	pprofSrv *http.Server
 	pprofLn  net.Listener
@@ -93,6 +95,14 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 		return nil, fmt.Errorf("creating data directory: %w", err)
 	}
 	a := &App{cfg: cfg, logger: logger, version: version}
+	// On an error, release what was built, newest first.
+	defer func() {
+		if err != nil {
+			for i := len(a.cleanup) - 1; i >= 0; i-- {
+				a.cleanup[i]()
+			}
+		}
+	}()
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(
@@ -103,18 +113,16 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 	buildInfo.WithLabelValues(version).Set(1)
 	reg.MustRegister(buildInfo)
 
-	// Every role but the gateway reads or writes the history.
+	// Every role but the gateway reads or writes the history; a gateway on
+	// PostgreSQL uses it for the shared registry (site and line of MQTT
+	// topics, --max-machines).
 	var st store.Store
-	if cfg.Role != "gateway" {
+	if cfg.Role != "gateway" || cfg.Store == "postgres" {
 		if st, err = a.openStore(ctx, reg); err != nil {
 			return nil, err
 		}
 		a.store = st
-		defer func() {
-			if err != nil {
-				st.Close()
-			}
-		}()
+		a.cleanup = append(a.cleanup, func() { st.Close() })
 	}
 
 	// The registry, notes and alarm journal live with the history: files in
@@ -125,11 +133,7 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 	}
 	notes := twin.NewNotes(noteStore, time.Now)
 	a.notes = notes
-	defer func() {
-		if err != nil {
-			notes.Close()
-		}
-	}()
+	a.cleanup = append(a.cleanup, func() { notes.Close() })
 	twins, err := twin.OpenWith(ctx, registry, cfg.OfflineAfter, cfg.MedianWindow, time.Now, logger.With("component", "twin"))
 	if err != nil {
 		return nil, fmt.Errorf("opening registry: %w", err)
@@ -140,7 +144,7 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 		pr.OnChange(func(ids []string) {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
-			if err := twins.Refresh(ctx, ids, pr.Get, pr.Load); err != nil {
+			if err := twins.Refresh(ctx, ids, pr.Get, pr.Snapshot); err != nil {
 				twinLog.Warn("refreshing registry entries changed by another replica", "err", err)
 			}
 		})
@@ -167,11 +171,7 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 		return nil, err
 	}
 	a.alarms = alarms
-	defer func() {
-		if err != nil {
-			alarms.Close()
-		}
-	}()
+	a.cleanup = append(a.cleanup, func() { alarms.Close() })
 	// Alarm changes go out in the order they happen, each followed by the
 	// machine's status (alarm while any alarm of it is active).
 	alarms.OnChange(func(al twin.Alarm, active bool) {
@@ -193,14 +193,17 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 	for _, m := range twins.List() {
 		known = append(known, m.ID)
 	}
-	alarms.Expect(known, time.Now())
+	if a.processes() {
+		alarms.Expect(known, time.Now())
+	}
 
 	hubOpts := hub.Options{
-		QueueSize:    cfg.StreamQueue,
-		Heartbeat:    cfg.StreamHeartbeat,
-		ReplaySize:   cfg.StreamReplay,
-		WriteTimeout: cfg.StreamWriteTimeout,
-		MaxClients:   cfg.MaxConns,
+		QueueSize:     cfg.StreamQueue,
+		Heartbeat:     cfg.StreamHeartbeat,
+		ReplaySize:    cfg.StreamReplay,
+		WriteTimeout:  cfg.StreamWriteTimeout,
+		MaxClients:    cfg.MaxConns,
+		WriteInterval: cfg.StreamWriteInterval,
 	}
 	// With Redis, live messages fan out across replicas, the hot window is
 	// shared and the rate limits hold across replicas.
@@ -211,15 +214,13 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 			return nil, err
 		}
 		a.rdb, rdb = c, c
-		defer func() {
-			if err != nil {
-				c.Close()
-			}
-		}()
+		a.cleanup = append(a.cleanup, func() { c.Close() })
 		hubOpts.Redis, hubOpts.RedisPrefix = rdb, cfg.RedisPrefix
+		// The samples other replicas processed keep this replica's twins
+		// current: status, lastSeen, latest values and rates.
+		hubOpts.OnRemote = a.observeRemote
 		a.hot = hot.NewRedis(rdb, hot.RedisOptions{Options: hot.Options{Window: cfg.HotWindow}, Prefix: cfg.RedisPrefix})
 		a.hotW = newHotWriter(a.hot, logger.With("component", "hot"), reg)
-		a.runners = append(a.runners, a.hotW.Run)
 		a.degraded = append(a.degraded, a.hot.Ready)
 	}
 	a.hub = hub.New(hubOpts, logger, reg)
@@ -334,6 +335,7 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 	if err != nil {
 		return nil, fmt.Errorf("listening: %w", err)
 	}
+	a.cleanup = append(a.cleanup, func() { a.ln.Close() })
 	a.srv = &http.Server{
 		Handler:           handler,
 		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
@@ -344,7 +346,6 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 
 	if cfg.Pprof != "" {
 		if a.pprofLn, err = net.Listen("tcp", cfg.Pprof); err != nil {
-			a.ln.Close()
 			return nil, fmt.Errorf("listening for pprof: %w", err)
 		}
 		a.pprofSrv = &http.Server{Handler: pprofHandler(), ReadHeaderTimeout: cfg.ReadHeaderTimeout}
@@ -352,6 +353,10 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 
 	return a, nil
 }
+
+// processes reports whether this replica processes data (runs the engine):
+// roles all and processor.
+func (a *App) processes() bool { return a.cfg.Role == "all" || a.cfg.Role == "processor" }
 
 // joinChecks runs every check and joins their errors.
 func joinChecks(checks []func() error) error {
@@ -400,6 +405,17 @@ func (a *App) Run(ctx context.Context) (err error) {
 	// their acknowledgement while the server shuts down.
 	procCtx, procCancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer procCancel()
+	// The hot-window writer outlives the processor: it takes what the
+	// drain at shutdown acknowledges.
+	hotCtx, hotCancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer hotCancel()
+	hotDone := make(chan struct{})
+	go func() {
+		defer close(hotDone)
+		if a.hotW != nil {
+			_ = a.hotW.Run(hotCtx, 2*time.Second)
+		}
+	}()
 	procDone := make(chan error, 1)
 	switch {
 	case a.proc != nil:
@@ -445,7 +461,11 @@ func (a *App) Run(ctx context.Context) (err error) {
 	}
 	g.Go(func() error { return h.Run(gctx) })
 	g.Go(func() error { return twins.Run(gctx, registryFlushInterval) })
-	g.Go(func() error { return a.watchOffline(gctx) })
+	if a.processes() {
+		// Offline alarms are raised where data is processed: a replica
+		// that sees none would take every machine for offline.
+		g.Go(func() error { return a.watchOffline(gctx) })
+	}
 	if cfg.Demo {
 		simulator := sim.New(sim.Config{Machines: cfg.DemoMachines, Rate: cfg.DemoRate, Seed: time.Now().UnixNano(), Interval: 100 * time.Millisecond},
 			func(ctx context.Context, events []telemetry.Event) error {
@@ -506,6 +526,8 @@ func (a *App) Run(ctx context.Context) (err error) {
 		procCancel()
 		err = errors.Join(err, <-procDone, errors.New("draining the event log: timed out"))
 	}
+	hotCancel()
+	<-hotDone
 	if ferr := twins.Flush(); ferr != nil {
 		err = errors.Join(err, fmt.Errorf("persisting registry: %w", ferr))
 	}

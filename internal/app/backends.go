@@ -61,6 +61,12 @@ func (a *App) openMQTT(reg prometheus.Registerer) error {
 		}
 		a.runners = append(a.runners, br.Run)
 		a.checks = append(a.checks, br.Ready)
+		a.cleanup = append(a.cleanup, func() {
+			// Run with an ended context closes the listener and returns.
+			ctx, cancel := context.WithCancel(context.Background())
+			cancel()
+			_ = br.Run(ctx)
+		})
 	}
 	if cfg.MQTTBroker != "" {
 		sub, err := mqtt.NewSubscriber(cfg.MQTTBroker, mqtt.SubscriberOptions{Ingest: ingestOpts}, deps)
@@ -68,7 +74,8 @@ func (a *App) openMQTT(reg prometheus.Registerer) error {
 			return fmt.Errorf("subscribing to the MQTT broker: %w", err)
 		}
 		a.runners = append(a.runners, sub.Run)
-		a.checks = append(a.checks, sub.Ready)
+		// Another broker being down does not stop HTTP ingest: degraded.
+		a.degraded = append(a.degraded, sub.Ready)
 	}
 	return nil
 }
@@ -114,6 +121,7 @@ func (a *App) openLog(st store.Store, sinks stream.Sinks, engineCfg stream.Engin
 		return fmt.Errorf("opening dedup key journal: %w", err)
 	}
 	a.keys = kl
+	a.cleanup = append(a.cleanup, func() { kl.Close() })
 	a.proc.Remember(journaled)
 	a.proc.JournalKeys(kl.Append)
 	return nil
@@ -131,6 +139,7 @@ func (a *App) openKafka(st store.Store, sinks stream.Sinks, engineCfg stream.Eng
 			return fmt.Errorf("starting the Kafka producer: %w", err)
 		}
 		a.producer = p
+		a.cleanup = append(a.cleanup, p.Close)
 		a.submitFn = func(ctx context.Context, b *telemetry.Batch) (log.Result, error) {
 			if err := p.Append(ctx, b); err != nil {
 				return log.Result{}, err
@@ -193,7 +202,10 @@ func (a *App) openStore(ctx context.Context, reg prometheus.Registerer) (store.S
 			return nil, fmt.Errorf("opening postgres store: %w", err)
 		}
 		a.runners = append(a.runners, pg.Run)
-		a.checks = append(a.checks, pg.Ready)
+		// While PostgreSQL is down the spool takes ingest (503 once it is
+		// full): degraded, not unready — a load balancer pulling every
+		// replica would leave the spool unused.
+		a.degraded = append(a.degraded, pg.Ready)
 		return pg, nil
 	default:
 		st, err := embedded.Open(filepath.Join(cfg.DataDir, "tsdb"), embedded.Options{

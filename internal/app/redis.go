@@ -96,17 +96,30 @@ func (h *hotWriter) add(samples []telemetry.Sample) {
 	}
 }
 
-// Run writes queued batches until ctx ends.
-func (h *hotWriter) Run(ctx context.Context) error {
+// Run writes queued batches until ctx ends, then what is still queued,
+// for at most drain.
+func (h *hotWriter) Run(ctx context.Context, drain time.Duration) error {
 	defer close(h.done)
+	write := func(ctx context.Context, b []telemetry.Sample) {
+		if err := h.w.Append(ctx, b); err != nil {
+			h.errors.Inc()
+			h.logger.Warn("writing the hot window", "err", err, "samples", len(b))
+		}
+	}
 	for {
 		select {
-		case <-ctx.Done():
-			return nil
 		case b := <-h.queue:
-			if err := h.w.Append(ctx, b); err != nil && ctx.Err() == nil {
-				h.errors.Inc()
-				h.logger.Warn("writing the hot window", "err", err, "samples", len(b))
+			write(ctx, b)
+		case <-ctx.Done():
+			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), drain)
+			defer cancel()
+			for {
+				select {
+				case b := <-h.queue:
+					write(dctx, b)
+				default:
+					return nil
+				}
 			}
 		}
 	}

@@ -1,7 +1,9 @@
 package app
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"strings"
 	"time"
@@ -12,6 +14,40 @@ import (
 	"github.com/twinline/twinline/internal/telemetry"
 	"github.com/twinline/twinline/internal/twin"
 )
+
+// remoteSamples is the part of a live "samples" message a replica needs to
+// update its twins.
+type remoteSamples struct {
+	Type     string `json:"type"`
+	IngestTS int64  `json:"ingestTs"`
+	Samples  []struct {
+		Metric string  `json:"metric"`
+		TS     int64   `json:"ts"`
+		Value  float64 `json:"value"`
+	} `json:"samples"`
+}
+
+// observeRemote updates the twins with the samples of a live message that
+// another replica processed (with Redis): machines processed elsewhere show
+// their status, last seen time, latest values and rates here too.
+func (a *App) observeRemote(machine string, msg []byte) {
+	if !bytes.Contains(msg[:min(len(msg), 32)], []byte(`"type":"samples"`)) {
+		return
+	}
+	var m remoteSamples
+	if err := json.Unmarshal(msg, &m); err != nil || m.Type != "samples" {
+		return
+	}
+	samples := make([]telemetry.Sample, len(m.Samples))
+	for i, s := range m.Samples {
+		samples[i] = telemetry.Sample{Machine: machine, Metric: s.Metric, Time: s.TS, Value: s.Value}
+	}
+	a.twins.Observe(&telemetry.Batch{Received: m.IngestTS}, samples)
+	// Seen elsewhere is seen: no offline alarm for it here.
+	if _, err := a.alarms.Seen(samples, m.IngestTS); err != nil {
+		a.logger.Error("journaling alarms", "component", "alarms", "err", err)
+	}
+}
 
 // offlineTick is how often machines are checked for silence.
 const offlineTick = time.Second

@@ -54,6 +54,9 @@ type Config struct {
 	StreamReplay    int
 	// StreamWriteTimeout bounds one burst of writes to a stream client.
 	StreamWriteTimeout time.Duration
+	// StreamWriteInterval is the least time between two writes to one
+	// stream client (0: write as soon as a message is queued).
+	StreamWriteInterval time.Duration
 
 	// MaxMachines bounds the fleet: events of further new machines are
 	// rejected (0: no limit).
@@ -170,6 +173,14 @@ func Default() Config {
 	}
 }
 
+// samePort reports whether two host:port addresses use the same port (and
+// so cannot both be listened on, or one is the other).
+func samePort(a, b string) bool {
+	_, pa, errA := net.SplitHostPort(a)
+	_, pb, errB := net.SplitHostPort(b)
+	return errA == nil && errB == nil && pa == pb && pa != "0"
+}
+
 // Validate reports every problem of c at once, joined.
 func (c Config) Validate() error {
 	var errs []error
@@ -249,6 +260,9 @@ func (c Config) Validate() error {
 	if c.StreamWriteTimeout < 100*time.Millisecond {
 		bad("stream-write-timeout", "must be at least 100ms, got %s", c.StreamWriteTimeout)
 	}
+	if c.StreamWriteInterval < 0 || c.StreamWriteInterval > 5*time.Second {
+		bad("stream-write-interval", "must be between 0 and 5s, got %s", c.StreamWriteInterval)
+	}
 	if c.StreamReplay < 0 {
 		bad("stream-replay", "must not be negative, got %d", c.StreamReplay)
 	}
@@ -327,21 +341,29 @@ func (c Config) Validate() error {
 			bad("role", "gateway needs --kafka-brokers: it writes ingested events to Kafka")
 		}
 	case "processor":
-		if !kafka || c.Store != "postgres" {
-			bad("role", "processor needs --kafka-brokers and --store postgres")
+		if !kafka || c.Store != "postgres" || c.RedisURL == "" {
+			bad("role", "processor needs --kafka-brokers, --store postgres and --redis-url (its live messages reach the api replicas through Redis)")
 		}
 	case "api":
-		if c.Store != "postgres" {
-			bad("role", "api needs --store postgres, the history it serves")
+		if c.Store != "postgres" || c.RedisURL == "" {
+			bad("role", "api needs --store postgres (the history it serves) and --redis-url (the live messages of the processors)")
 		}
 	default:
 		bad("role", "must be all, gateway, processor or api, got %q", c.Role)
 	}
+	if ingests := c.Role == "all" || c.Role == "gateway"; !ingests {
+		if c.Demo {
+			bad("demo", "needs a role that takes ingest (all or gateway), not %s", c.Role)
+		}
+		if c.MQTTListen != "" || c.MQTTBroker != "" {
+			bad("role", "%s takes no ingest: --mqtt-listen and --mqtt-broker belong on all or gateway", c.Role)
+		}
+	}
 	if c.Pprof != "" {
 		if _, _, err := net.SplitHostPort(c.Pprof); err != nil {
 			bad("pprof", "%q is not host:port", c.Pprof)
-		} else if c.Pprof == c.Listen {
-			bad("pprof", "must differ from --listen: profiles are never served on the public listener")
+		} else if samePort(c.Pprof, c.Listen) {
+			bad("pprof", "must use another port than --listen: profiles are never served on the public listener")
 		}
 	}
 	if c.ShutdownTimeout <= 0 {

@@ -58,7 +58,21 @@ func TestValidateCases(t *testing.T) {
 		{"gateway needs kafka", func(c *Config) { c.Role = "gateway" }, "--role"},
 		{"gateway on kafka", func(c *Config) { c.Role, c.KafkaBrokers = "gateway", []string{"k:9092"} }, ""},
 		{"processor needs postgres", func(c *Config) { c.Role, c.KafkaBrokers = "processor", []string{"k:9092"} }, "--role"},
+		{"processor", func(c *Config) {
+			c.Role, c.KafkaBrokers, c.Store, c.PostgresURL, c.RedisURL = "processor", []string{"k:9092"}, "postgres", "postgres://db/t", "redis://r"
+		}, ""},
 		{"api needs postgres", func(c *Config) { c.Role = "api" }, "--role"},
+		{"api needs redis", func(c *Config) { c.Role, c.Store, c.PostgresURL = "api", "postgres", "postgres://db/t" }, "--role"},
+		{"api", func(c *Config) {
+			c.Role, c.Store, c.PostgresURL, c.RedisURL = "api", "postgres", "postgres://db/t", "redis://r"
+		}, ""},
+		{"demo on api", func(c *Config) {
+			c.Role, c.Store, c.PostgresURL, c.RedisURL, c.Demo = "api", "postgres", "postgres://db/t", "redis://r", true
+		}, "--demo"},
+		{"mqtt on api", func(c *Config) {
+			c.Role, c.Store, c.PostgresURL, c.RedisURL, c.MQTTListen = "api", "postgres", "postgres://db/t", "redis://r", "127.0.0.1:1883"
+		}, "--role"},
+		{"pprof on the listen port, another host form", func(c *Config) { c.Listen, c.Pprof = "0.0.0.0:8080", "127.0.0.1:8080" }, "--pprof"},
 		{"unknown role", func(c *Config) { c.Role = "worker" }, "--role"},
 		{"short session timeout", func(c *Config) { c.KafkaSessionTimeout = time.Second }, "--kafka-session-timeout"},
 		{"rate limit mode", func(c *Config) { c.RateLimit = "sometimes" }, "--rate-limit"},

@@ -43,7 +43,9 @@ type RegistryOptions struct {
 // and Get no longer see it; a machine registered again is active again). An
 // upsert never overwrites a row whose updated_at is newer than the entry's,
 // so a replica holding an older copy of an entry does not undo another
-// replica's newer write of it.
+// replica's newer write of it; a retired row comes back only for an entry
+// written after its last update (a copy held from before the retirement
+// does not resurrect it).
 //
 // Every Save invalidates the changed ids in its own cache and NOTIFYs them
 // on the channel <schema>_machines; Run LISTENs there and invalidates the
@@ -165,18 +167,12 @@ func scanInfo(row pgx.Row) (twin.Info, error) {
 }
 
 // Load implements twin.RegistryStore: the active machines, in id order
-// (bytewise, as Go sorts).
+// (bytewise, as Go sorts). They become the baseline later Saves write the
+// changes against.
 func (r *Registry) Load(ctx context.Context) ([]twin.Info, error) {
-	ctx, cancel := context.WithTimeout(ctx, r.timeout)
-	defer cancel()
-	rows, err := r.pool.Query(ctx, `SELECT `+machineColumns+` FROM `+r.machines+
-		` WHERE retired_at IS NULL ORDER BY id COLLATE "C"`)
+	infos, err := r.Snapshot(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("loading registry: %w", err)
-	}
-	infos, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (twin.Info, error) { return scanInfo(row) })
-	if err != nil {
-		return nil, fmt.Errorf("loading registry: %w", err)
+		return nil, err
 	}
 	last := make(map[string]*savedEntry, len(infos))
 	for _, in := range infos {
@@ -189,10 +185,33 @@ func (r *Registry) Load(ctx context.Context) ([]twin.Info, error) {
 	r.mu.Lock()
 	r.last, r.known = last, true
 	r.mu.Unlock()
+	return infos, nil
+}
+
+// Snapshot returns the active machines, in id order, without changing the
+// baseline of Save: for a replica refreshing its view after other
+// replicas' changes.
+func (r *Registry) Snapshot(ctx context.Context) ([]twin.Info, error) {
+	ctx, cancel := context.WithTimeout(ctx, r.timeout)
+	defer cancel()
+	rows, err := r.pool.Query(ctx, `SELECT `+machineColumns+` FROM `+r.machines+
+		` WHERE retired_at IS NULL ORDER BY id COLLATE "C"`)
+	if err != nil {
+		return nil, fmt.Errorf("loading registry: %w", err)
+	}
+	infos, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (twin.Info, error) { return scanInfo(row) })
+	if err != nil {
+		return nil, fmt.Errorf("loading registry: %w", err)
+	}
 	if len(infos) == 0 {
 		return nil, nil
 	}
 	return infos, nil
+}
+
+// bare reports whether in is an auto-registration: an id and nothing else.
+func bare(in *twin.Info) bool {
+	return in.Name == "" && in.Site == "" && in.Line == "" && len(in.Thresholds) == 0 && len(in.Attributes) == 0
 }
 
 // Save implements twin.RegistryStore: it writes what changed since the
@@ -201,7 +220,7 @@ func (r *Registry) Save(ctx context.Context, all []twin.Info) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	enc := make(map[string]*savedEntry, len(all))
-	var changed []json.RawMessage
+	var changed, fresh []json.RawMessage
 	var ids []string
 	for _, in := range all {
 		old, ok := r.last[in.ID]
@@ -217,7 +236,15 @@ func (r *Registry) Save(ctx context.Context, all []twin.Info) error {
 			return fmt.Errorf("saving registry: machine %q: texts must be UTF-8 without NUL: %w", in.ID, twin.ErrInvalid)
 		}
 		enc[in.ID] = &savedEntry{info: in, json: b}
-		if !r.known || !ok || !bytes.Equal(old.json, b) {
+		switch {
+		case !ok && bare(&in):
+			// A machine this replica registered itself on its first sample,
+			// unknown here until now: another replica may have stored it,
+			// with a name, thresholds…, in the meantime. Insert it only if
+			// nobody has; the stored entry comes back by NOTIFY.
+			fresh = append(fresh, b)
+			ids = append(ids, in.ID)
+		case !r.known || !ok || !bytes.Equal(old.json, b):
 			changed = append(changed, b)
 			ids = append(ids, in.ID)
 		}
@@ -229,7 +256,7 @@ func (r *Registry) Save(ctx context.Context, all []twin.Info) error {
 				removed = append(removed, id)
 			}
 		}
-		if len(changed) == 0 && len(removed) == 0 {
+		if len(changed) == 0 && len(fresh) == 0 && len(removed) == 0 {
 			r.last = enc
 			return nil
 		}
@@ -256,7 +283,7 @@ func (r *Registry) Save(ctx context.Context, all []twin.Info) error {
 				removed = append(removed, id)
 			}
 		}
-		if len(changed) == 0 && len(removed) == 0 {
+		if len(changed) == 0 && len(fresh) == 0 && len(removed) == 0 {
 			r.last, r.known = enc, true
 			return nil
 		}
@@ -276,8 +303,22 @@ func (r *Registry) Save(ctx context.Context, all []twin.Info) error {
 				name = EXCLUDED.name, site = EXCLUDED.site, line = EXCLUDED.line,
 				thresholds = EXCLUDED.thresholds, attributes = EXCLUDED.attributes,
 				created_at = EXCLUDED.created_at, updated_at = EXCLUDED.updated_at, retired_at = NULL
-			WHERE m.retired_at IS NOT NULL OR m.updated_at <= EXCLUDED.updated_at`, string(doc)); err != nil {
+			WHERE CASE WHEN m.retired_at IS NOT NULL THEN m.updated_at < EXCLUDED.updated_at
+				ELSE m.updated_at <= EXCLUDED.updated_at END`, string(doc)); err != nil {
 			return fmt.Errorf("saving registry: upserting %d machines: %w", len(changed), err)
+		}
+	}
+	if len(fresh) > 0 {
+		doc, err := json.Marshal(fresh)
+		if err != nil {
+			return fmt.Errorf("saving registry: encoding: %w", err)
+		}
+		if _, err := tx.Exec(ctx, `
+			INSERT INTO `+r.machines+` (id, name, site, line, thresholds, attributes, created_at, updated_at, retired_at)
+			SELECT x.id, '', '', '', '{}', '{}', x."createdAt", x."updatedAt", NULL
+			FROM jsonb_to_recordset($1::jsonb) AS x(id text, "createdAt" timestamptz, "updatedAt" timestamptz)
+			ON CONFLICT (id) DO NOTHING`, string(doc)); err != nil {
+			return fmt.Errorf("saving registry: registering %d machines: %w", len(fresh), err)
 		}
 	}
 	if len(removed) > 0 {

@@ -446,3 +446,42 @@ func TestAlarmLogIDsAcrossReplicas(t *testing.T) {
 		}
 	}
 }
+
+// TestRegistryDeleteIsNotUndone: a replica still holding a machine another
+// replica deleted does not bring it back when it saves — also after its
+// baseline was reloaded without it — nor does an auto-registration of a
+// machine another replica already stored overwrite that entry.
+func TestRegistryDeleteIsNotUndone(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := openTest(t, "", Options{})
+	a, b := newRegistry(t, s, RegistryOptions{}), newRegistry(t, s, RegistryOptions{})
+	if err := a.Save(ctx, []twin.Info{entry("x", "doomed", 1), entry("y", "kept", 1)}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Load(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Save(ctx, []twin.Info{entry("y", "kept", 1)}); err != nil { // deletes x
+		t.Fatal(err)
+	}
+	if _, err := b.Load(ctx); err != nil { // b's baseline no longer has x
+		t.Fatal(err)
+	}
+	// b's twins still hold x (as of before the delete), and b registered
+	// z on its first sample, which a registered meanwhile with a name.
+	if err := a.Save(ctx, []twin.Info{entry("y", "kept", 1), entry("z", "named on a", 2)}); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Save(ctx, []twin.Info{entry("x", "doomed", 1), entry("y", "kept", 1), {ID: "z", CreatedAt: regBase.Add(3 * time.Second), UpdatedAt: regBase.Add(3 * time.Second)}}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := newRegistry(t, s, RegistryOptions{}).Load(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []twin.Info{entry("y", "kept", 1), entry("z", "named on a", 2)}
+	if diff := cmp.Diff(got, want, cmpopts.EquateEmpty()); diff != "" {
+		t.Errorf("registry (-got +want):\n%s", diff)
+	}
+}
