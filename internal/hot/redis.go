@@ -137,8 +137,8 @@ func (r *Redis) Append(ctx context.Context, samples []telemetry.Sample) error {
 		return nil
 	}
 	r.mu.Lock()
-	lost, start := r.lostMax, now
-	if !r.written {
+	lost, start, first := r.lostMax, now, !r.written
+	if first {
 		start = r.born
 	}
 	r.mu.Unlock()
@@ -164,6 +164,12 @@ func (r *Redis) Append(ctx context.Context, samples []telemetry.Sample) error {
 	// when this replica started if this is its first write, since every
 	// sample it took was written.
 	pipe.ZAddNX(ctx, r.meta, redis.Z{Score: float64(start), Member: "since"})
+	if first {
+		// A replica that died (kill -9) may have lost batches it had not
+		// written yet, all of event times before this replica started: the
+		// window is complete from then on only.
+		pipe.ZAddGT(ctx, r.meta, redis.Z{Score: float64(r.born), Member: "since"})
+	}
 	if lost > 0 {
 		pipe.ZAddGT(ctx, r.meta, redis.Z{Score: float64(lost + 1), Member: "since"})
 	}
