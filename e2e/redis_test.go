@@ -3,14 +3,13 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"io"
-	"net"
 	"os"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/twinline/twinline/internal/tcpproxy"
 )
 
 const redisAddr = "127.0.0.1:6379"
@@ -153,70 +152,10 @@ func TestRedisRateLimitAcrossReplicas(t *testing.T) {
 	}
 }
 
-// proxy is a TCP proxy to target whose connections the test can cut.
-type proxy struct {
-	ln     net.Listener
-	target string
-	mu     sync.Mutex
-	down   bool
-	conns  []net.Conn
-}
+// proxy is a TCP proxy whose connections the test can cut.
+type proxy = tcpproxy.Proxy
 
-func newProxy(t *testing.T, target string) *proxy {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &proxy{ln: ln, target: target}
-	go p.serve()
-	t.Cleanup(func() { ln.Close(); p.cut() })
-	return p
-}
-
-func (p *proxy) addr() string { return p.ln.Addr().String() }
-
-func (p *proxy) serve() {
-	for {
-		c, err := p.ln.Accept()
-		if err != nil {
-			return
-		}
-		p.mu.Lock()
-		if p.down {
-			p.mu.Unlock()
-			c.Close()
-			continue
-		}
-		u, err := net.Dial("tcp", p.target)
-		if err != nil {
-			p.mu.Unlock()
-			c.Close()
-			continue
-		}
-		p.conns = append(p.conns, c, u)
-		p.mu.Unlock()
-		go func() { io.Copy(u, c); u.Close() }()
-		go func() { io.Copy(c, u); c.Close() }()
-	}
-}
-
-// cut closes every connection and refuses new ones until restore.
-func (p *proxy) cut() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.down = true
-	for _, c := range p.conns {
-		c.Close()
-	}
-	p.conns = nil
-}
-
-func (p *proxy) restore() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.down = false
-}
+func newProxy(t testing.TB, target string) *proxy { return tcpproxy.New(t, target) }
 
 // TestRedisOutage: Redis unreachable while events flow: ingest goes on,
 // local stream clients still get everything, /readyz says degraded; when
@@ -224,7 +163,7 @@ func (p *proxy) restore() {
 func TestRedisOutage(t *testing.T) {
 	prefix := redisPrefix(t)
 	px := newProxy(t, redisAddr)
-	s := start(t, "", "--redis-url", "redis://"+px.addr()+"/0", "--redis-prefix", prefix)
+	s := start(t, "", "--redis-url", "redis://"+px.Addr()+"/0", "--redis-prefix", prefix)
 	c := ctx(t, 60*time.Second)
 	live := subscribe(t, c, s, "machine=ro-1", false)
 	nextData(t, c, live, "hello")
@@ -261,7 +200,7 @@ func TestRedisOutage(t *testing.T) {
 		t.Fatalf("before the outage: %+v", m)
 	}
 
-	px.cut()
+	px.Cut()
 	post(2) // acknowledged while Redis is down
 	for {   // delivered locally (after a reset if the subscription noticed first)
 		m := nextData(t, c, live, "samples", "reset")
@@ -274,7 +213,7 @@ func TestRedisOutage(t *testing.T) {
 	}
 	await("degraded")
 
-	px.restore()
+	px.Restore()
 	await("ready")
 	post(3)
 	for {

@@ -186,7 +186,7 @@ func TestRedisOutage(t *testing.T) {
 	start := c.Now().UnixMilli()
 	c.Add(time.Minute)
 
-	p.cut()
+	p.Cut()
 	t0 := time.Now()
 	if err := write(); err == nil {
 		t.Fatal("append with Redis cut off: no error")
@@ -206,7 +206,7 @@ func TestRedisOutage(t *testing.T) {
 	lost := c.Now().UnixMilli()
 	c.Add(time.Minute)
 
-	p.restore()
+	p.Restore()
 	deadline := time.Now().Add(10 * time.Second)
 	for write() != nil {
 		if time.Now().After(deadline) {

@@ -215,8 +215,8 @@ func TestFanoutSurvivesRedisCut(t *testing.T) {
 	before := readUntilType(t, ctx, onA, "before")[0].Seq
 	readUntilType(t, ctx, onB, "before")
 
-	pa.cut()
-	pb.cut()
+	pa.Cut()
+	pb.Cut()
 	// Messages keep flowing on A: its own client gets every one.
 	deadline := time.Now().Add(10 * time.Second)
 	for i := 0; a.hub.Ready() == nil || i < 20; i++ {
@@ -233,8 +233,8 @@ func TestFanoutSurvivesRedisCut(t *testing.T) {
 		t.Error("no message delivered locally during the outage")
 	}
 
-	pa.restore()
-	pb.restore()
+	pa.Restore()
+	pb.Restore()
 	a.waitReady(t)
 	b.waitReady(t)
 	// Recovered without a restart: each client is told that messages of

@@ -19,6 +19,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/twinline/twinline/internal/tcpproxy"
 	"github.com/twinline/twinline/internal/telemetry"
 )
 
@@ -290,74 +291,7 @@ func isClosed(err error) bool {
 		errors.Is(err, syscall.ECONNRESET)
 }
 
-// proxy forwards TCP connections to a target; cut drops them all and
-// refuses new ones until restore, simulating a network outage between the
-// subscriber and a broker that stays up.
-type proxy struct {
-	ln     net.Listener
-	target string
+// proxy is a TCP proxy whose connections the test can cut.
+type proxy = tcpproxy.Proxy
 
-	mu      sync.Mutex
-	blocked bool
-	conns   []net.Conn
-}
-
-func startProxy(t *testing.T, target string) *proxy {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &proxy{ln: ln, target: target}
-	go p.serve()
-	t.Cleanup(func() {
-		ln.Close()
-		p.cut()
-	})
-	return p
-}
-
-func (p *proxy) addr() string { return p.ln.Addr().String() }
-
-func (p *proxy) serve() {
-	for {
-		c, err := p.ln.Accept()
-		if err != nil {
-			return
-		}
-		p.mu.Lock()
-		if p.blocked {
-			p.mu.Unlock()
-			c.Close()
-			continue
-		}
-		u, err := net.Dial("tcp", p.target)
-		if err != nil {
-			p.mu.Unlock()
-			c.Close()
-			continue
-		}
-		p.conns = append(p.conns, c, u)
-		p.mu.Unlock()
-		go func() { _, _ = io.Copy(u, c); u.Close(); c.Close() }()
-		go func() { _, _ = io.Copy(c, u); u.Close(); c.Close() }()
-	}
-}
-
-// cut closes every proxied connection and refuses new ones.
-func (p *proxy) cut() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.blocked = true
-	for _, c := range p.conns {
-		c.Close()
-	}
-	p.conns = nil
-}
-
-// restore accepts connections again.
-func (p *proxy) restore() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.blocked = false
-}
+func newProxy(t testing.TB, target string) *proxy { return tcpproxy.New(t, target) }

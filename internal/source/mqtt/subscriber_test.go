@@ -314,9 +314,9 @@ func (m *mosquitto) kill() {
 func TestSubscriberBrokerRestart(t *testing.T) {
 	t.Parallel()
 	m := startMosquitto(t, 0)
-	px := startProxy(t, m.addr())
+	px := newProxy(t, m.addr())
 	fl := newFakeLog()
-	s, err := NewSubscriber("mqtt://"+px.addr(), SubscriberOptions{
+	s, err := NewSubscriber("mqtt://"+px.Addr(), SubscriberOptions{
 		ClientID: "restart", MinBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond,
 	}, fl.deps(t, nil))
 	if err != nil {
@@ -342,12 +342,12 @@ func TestSubscriberBrokerRestart(t *testing.T) {
 	fl.waitEvent(t, "m", 2)
 
 	t.Log("cutting the subscriber off; the broker stays up")
-	px.cut()
+	px.Cut()
 	waitNotReady(t, s)
 	if code, reason := publish(t, pub2, topic, `{"temp":3}`); code != 0 {
 		t.Fatalf("publishing while the subscriber is away: %#x %s", code, reason)
 	}
-	px.restore()
+	px.Restore()
 	waitReady(t, s)
 	fl.waitEvent(t, "m", 3)
 	// QoS 1 is at least once: a message whose acknowledgement was still

@@ -4,13 +4,11 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"io"
 	"log/slog"
 	"math"
 	"net"
 	"os"
 	"strconv"
-	"sync"
 	"testing"
 	"time"
 
@@ -18,6 +16,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/twinline/twinline/internal/store/storetest"
+	"github.com/twinline/twinline/internal/tcpproxy"
 )
 
 // testURL is the PostgreSQL the tests use: TWINLINE_TEST_POSTGRES_URL, else
@@ -103,87 +102,14 @@ func openTest(t testing.TB, url string, opts Options) *Store {
 	return s
 }
 
-// proxy is a TCP proxy between a store and PostgreSQL that can cut the
-// connection: Cut closes every open connection and makes new ones fail
-// (accepted and closed at once, as a server going away looks); Restore
-// forwards again.
-type proxy struct {
-	ln     net.Listener
-	target string
+// proxy is a TCP proxy whose connections the test can cut.
+type proxy = tcpproxy.Proxy
 
-	mu    sync.Mutex
-	down  bool
-	conns map[net.Conn]bool
-	wg    sync.WaitGroup
-}
+func newProxy(t testing.TB, target string) *proxy { return tcpproxy.New(t, target) }
 
-func newProxy(t testing.TB, target string) *proxy {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("listening: %v", err)
-	}
-	p := &proxy{ln: ln, target: target, conns: map[net.Conn]bool{}}
-	p.wg.Go(p.serve)
-	t.Cleanup(func() {
-		ln.Close()
-		p.Cut()
-		p.wg.Wait()
-	})
-	return p
-}
-
-// URL returns the URL of the proxied test database.
-func (p *proxy) URL() string {
-	return "postgres://postgres@" + p.ln.Addr().String() + "/postgres?sslmode=disable"
-}
-
-func (p *proxy) serve() {
-	for {
-		c, err := p.ln.Accept()
-		if err != nil {
-			return
-		}
-		p.mu.Lock()
-		if p.down {
-			p.mu.Unlock()
-			c.Close()
-			continue
-		}
-		up, err := net.Dial("tcp", p.target)
-		if err != nil {
-			p.mu.Unlock()
-			c.Close()
-			continue
-		}
-		p.conns[c], p.conns[up] = true, true
-		p.mu.Unlock()
-		pipe := func(dst, src net.Conn) {
-			_, _ = io.Copy(dst, src)
-			dst.Close()
-			src.Close()
-		}
-		p.wg.Go(func() { pipe(up, c) })
-		p.wg.Go(func() { pipe(c, up) })
-	}
-}
-
-// Cut drops every connection and refuses new ones until Restore.
-func (p *proxy) Cut() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.down = true
-	for c := range p.conns {
-		c.Close()
-	}
-	clear(p.conns)
-}
-
-// Restore forwards new connections again.
-func (p *proxy) Restore() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.down = false
+// proxyURL returns the URL of the test database through p.
+func proxyURL(p *proxy) string {
+	return "postgres://postgres@" + p.Addr() + "/postgres?sslmode=disable"
 }
 
 // targetAddr returns host:port of the test server.

@@ -66,7 +66,7 @@ func checkExactlyOnce(t *testing.T, s *Store, acked []int) {
 func TestOutageSpoolsAndRecovers(t *testing.T) {
 	t.Parallel()
 	p := newProxy(t, targetAddr(t))
-	s := openTest(t, p.URL(), Options{SpoolDir: t.TempDir(), WriteTimeout: 3 * time.Second, ReplayInterval: time.Nanosecond})
+	s := openTest(t, proxyURL(p), Options{SpoolDir: t.TempDir(), WriteTimeout: 3 * time.Second, ReplayInterval: time.Nanosecond})
 	ctx := context.Background()
 
 	var acked []int
@@ -115,7 +115,7 @@ func TestOutageSpoolsAndRecovers(t *testing.T) {
 func TestOutageMidBatch(t *testing.T) {
 	t.Parallel()
 	p := newProxy(t, targetAddr(t))
-	s := openTest(t, p.URL(), Options{SpoolDir: t.TempDir(), WriteTimeout: 3 * time.Second, ReplayInterval: time.Nanosecond})
+	s := openTest(t, proxyURL(p), Options{SpoolDir: t.TempDir(), WriteTimeout: 3 * time.Second, ReplayInterval: time.Nanosecond})
 	ctx := context.Background()
 	const writers, per = 3, 30
 	progress := make(chan int, writers*per)
@@ -167,7 +167,7 @@ func TestOutageMidBatch(t *testing.T) {
 func TestSpoolFullIsUnavailable(t *testing.T) {
 	t.Parallel()
 	p := newProxy(t, targetAddr(t))
-	s := openTest(t, p.URL(), Options{SpoolDir: t.TempDir(), SpoolBytes: 1500, ReplayInterval: time.Hour})
+	s := openTest(t, proxyURL(p), Options{SpoolDir: t.TempDir(), SpoolBytes: 1500, ReplayInterval: time.Hour})
 	ctx := context.Background()
 	p.Cut()
 	var acked []int
@@ -192,7 +192,7 @@ func TestSpoolFullIsUnavailable(t *testing.T) {
 
 	// Without a spool an outage is ErrUnavailable at once.
 	p2 := newProxy(t, targetAddr(t))
-	s2 := openTest(t, p2.URL(), Options{})
+	s2 := openTest(t, proxyURL(p2), Options{})
 	p2.Cut()
 	if err := s2.Append(ctx, batchN(0)); !errors.Is(err, ErrUnavailable) {
 		t.Errorf("Append without spool during an outage = %v, want ErrUnavailable", err)
@@ -203,7 +203,7 @@ func TestSpoolReplayAfterReopen(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
 	p := newProxy(t, targetAddr(t))
-	s := openTest(t, p.URL(), Options{SpoolDir: dir})
+	s := openTest(t, proxyURL(p), Options{SpoolDir: dir})
 	ctx := context.Background()
 	mustAppend(t, s, batchN(0))
 	p.Cut()
@@ -259,7 +259,7 @@ func TestSpoolSurvivesKill9(t *testing.T) {
 	schema := newSchema(t)
 	p := newProxy(t, targetAddr(t))
 	cmd := exec.Command(os.Args[0], "-test.run=^TestKill9Child$", "-test.count=1")
-	cmd.Env = append(os.Environ(), "TWINLINE_KILL9_CHILD=1", "TWINLINE_KILL9_URL="+p.URL(),
+	cmd.Env = append(os.Environ(), "TWINLINE_KILL9_CHILD=1", "TWINLINE_KILL9_URL="+proxyURL(p),
 		"TWINLINE_KILL9_SCHEMA="+schema, "TWINLINE_KILL9_DIR="+dir)
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
@@ -344,7 +344,7 @@ func TestKill9Child(t *testing.T) {
 func TestRunReplaysSpool(t *testing.T) {
 	t.Parallel()
 	p := newProxy(t, targetAddr(t))
-	s := openTest(t, p.URL(), Options{SpoolDir: t.TempDir(), ReplayInterval: time.Millisecond})
+	s := openTest(t, proxyURL(p), Options{SpoolDir: t.TempDir(), ReplayInterval: time.Millisecond})
 	replayed := make(chan int, 100)
 	s.testHookReplayed = func(n int, err error) {
 		if err == nil {

@@ -368,7 +368,7 @@ func TestMetricsAndReady(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	schema := newSchema(t)
 	p := newProxy(t, targetAddr(t))
-	s, err := Open(context.Background(), p.URL(), Options{Schema: schema, SpoolDir: t.TempDir(), MaxConns: 2,
+	s, err := Open(context.Background(), proxyURL(p), Options{Schema: schema, SpoolDir: t.TempDir(), MaxConns: 2,
 		Now: func() time.Time { return testNow }}, testLogger(t), reg)
 	if err != nil {
 		t.Fatal(err)

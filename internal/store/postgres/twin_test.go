@@ -188,7 +188,7 @@ func TestRegistryRunReconnects(t *testing.T) {
 	schema := newSchema(t)
 	p := newProxy(t, targetAddr(t))
 	a := newRegistry(t, openTest(t, "", Options{Schema: schema}), RegistryOptions{})
-	b := newRegistry(t, openTest(t, p.URL(), Options{Schema: schema, WriteTimeout: 2 * time.Second}), RegistryOptions{RetryInterval: time.Millisecond})
+	b := newRegistry(t, openTest(t, proxyURL(p), Options{Schema: schema, WriteTimeout: 2 * time.Second}), RegistryOptions{RetryInterval: time.Millisecond})
 	listening := make(chan struct{}, 16)
 	b.testHookListening = func() { listening <- struct{}{} }
 	runCtx, stop := context.WithCancel(ctx)
@@ -288,7 +288,7 @@ func TestAlarmLogOutage(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	p := newProxy(t, targetAddr(t))
-	s := openTest(t, p.URL(), Options{WriteTimeout: 2 * time.Second})
+	s := openTest(t, proxyURL(p), Options{WriteTimeout: 2 * time.Second})
 	l := NewAlarmLog(s)
 	if err := l.Replay(ctx, func(twin.AlarmEntry) error { return nil }); err != nil {
 		t.Fatal(err)
