@@ -225,7 +225,15 @@ type listener struct {
 	ln     net.Listener
 	logger *slog.Logger
 	once   sync.Once
+
+	mu    sync.Mutex
+	conns map[net.Conn]struct{} // accepted, not yet ended
 }
+
+// closeGrace is how long, at shutdown, connections get to take their
+// DISCONNECT before they are closed: mochi waits for every connection,
+// also one that never sent CONNECT, until its read deadline otherwise.
+const closeGrace = 2 * time.Second
 
 func (l *listener) Init(*slog.Logger) error { return nil }
 func (l *listener) ID() string              { return "twinline-mqtt" }
@@ -238,10 +246,19 @@ func (l *listener) Serve(establish listeners.EstablishFn) {
 		if err != nil {
 			return
 		}
+		l.mu.Lock()
+		if l.conns == nil {
+			l.conns = map[net.Conn]struct{}{}
+		}
+		l.conns[conn] = struct{}{}
+		l.mu.Unlock()
 		go func() {
 			if err := establish(l.ID(), conn); err != nil {
 				l.logger.Debug("mqtt connection ended", "remote", conn.RemoteAddr().String(), "err", err)
 			}
+			l.mu.Lock()
+			delete(l.conns, conn)
+			l.mu.Unlock()
 		}()
 	}
 }
@@ -250,6 +267,16 @@ func (l *listener) Close(closeClients listeners.CloseFn) {
 	l.once.Do(func() {
 		l.ln.Close()
 		closeClients(l.ID())
+		// Whatever is still open after the grace — a connection that never
+		// sent CONNECT, a client not reading — is closed, so that the
+		// server's wait for its connections ends.
+		time.AfterFunc(closeGrace, func() {
+			l.mu.Lock()
+			defer l.mu.Unlock()
+			for c := range l.conns {
+				c.Close()
+			}
+		})
 	})
 }
 

@@ -281,3 +281,33 @@ func TestBrokerRunEnds(t *testing.T) {
 		t.Errorf("rejected{reason=shutdown} = %v, want 1", got)
 	}
 }
+
+// TestBrokerRunEndsWithSilentConnection: a connection that never sent
+// CONNECT does not hold the broker's shutdown (mochi waits for every
+// connection): Run returns once the close grace is over.
+func TestBrokerRunEndsWithSilentConnection(t *testing.T) {
+	b, err := NewBroker("127.0.0.1:0", BrokerOptions{}, Deps{Submit: newFakeLog().submit})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- b.Run(ctx) }()
+	conn, err := net.Dial("tcp", b.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	// Wait until the broker serves: a client completes a connection.
+	c := connectV5(t, b.Addr().String(), "probe")
+	_ = c.Disconnect(&paho.Disconnect{})
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	case <-time.After(closeGrace + waitFor):
+		t.Fatal("Run did not return: the silent connection holds the shutdown")
+	}
+}
