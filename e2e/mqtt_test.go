@@ -98,16 +98,9 @@ func TestMQTTExternalBroker(t *testing.T) {
 	id := fmt.Sprintf("e2e-%d", time.Now().UnixNano())
 	s := start(t, "", "--mqtt-broker", "mqtt://"+broker+"?client_id="+id+"&group="+id+"&session_expiry=1s")
 	c := ctx(t, 30*time.Second)
-	for {
-		if r := s.get("/readyz"); r.status == 200 {
-			break
-		}
-		select {
-		case <-c.Done():
-			t.Fatalf("not ready: %s", s.get("/readyz").body)
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
+	// Ready, not degraded: subscribed (a shared subscription keeps nothing
+	// published before it exists).
+	awaitReady(t, c, s)
 
 	client := paho.NewClient(paho.ClientConfig{Conn: conn, ClientID: id + "-device"})
 	if ca, err := client.Connect(c, &paho.Connect{ClientID: id + "-device", KeepAlive: 30, CleanStart: true}); err != nil || ca.ReasonCode != 0 {
