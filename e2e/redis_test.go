@@ -3,42 +3,20 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"os"
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
+	"github.com/twinline/twinline/internal/redistest"
 	"github.com/twinline/twinline/internal/tcpproxy"
 )
 
-const redisAddr = "127.0.0.1:6379"
+var redisAddr = redistest.Addr()
 
 // redisPrefix returns a key prefix of the test's own on the local Redis,
 // whose keys are deleted when the test ends. Without Redis the test fails
 // under CI=true and is skipped elsewhere.
 func redisPrefix(t *testing.T) string {
-	t.Helper()
-	rdb := redis.NewClient(&redis.Options{Addr: redisAddr})
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := rdb.Ping(ctx).Err(); err != nil {
-		rdb.Close()
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("Redis is required on %s under CI: %v", redisAddr, err)
-		}
-		t.Skipf("Redis not reachable on %s: %v", redisAddr, err)
-	}
-	prefix := fmt.Sprintf("tl-e2e-%d:", time.Now().UnixNano())
-	t.Cleanup(func() {
-		defer rdb.Close()
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		iter := rdb.Scan(ctx, 0, prefix+"*", 1000).Iterator()
-		for iter.Next(ctx) {
-			rdb.Del(ctx, iter.Val())
-		}
-	})
+	_, prefix := redistest.Client(t)
 	return prefix
 }
 

@@ -1,67 +1,15 @@
 package hot
 
 import (
-	"context"
-	"crypto/rand"
-	"os"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/twinline/twinline/internal/redistest"
 	"github.com/twinline/twinline/internal/tcpproxy"
 )
-
-// testRedis connects to the Redis on 127.0.0.1:6379 (TWINLINE_TEST_REDIS
-// overrides the address) and returns a client and a key prefix of the
-// test's own, whose keys are deleted when the test ends. Without Redis the
-// test fails under CI=true and is skipped otherwise.
-func testRedis(t testing.TB) (*redis.Client, string) {
-	t.Helper()
-	addr := redisAddr()
-	rdb := redis.NewClient(&redis.Options{Addr: addr, ContextTimeoutEnabled: true, DialTimeout: time.Second, MaxRetries: 1})
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	if err := rdb.Ping(ctx).Err(); err != nil {
-		rdb.Close()
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("redis at %s: %v", addr, err)
-		}
-		t.Skipf("redis at %s unavailable (%v); set CI=true to fail instead", addr, err)
-	}
-	prefix := "twinline-test:" + rand.Text()[:12] + ":"
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		deleteKeys(ctx, t, rdb, prefix)
-		rdb.Close()
-	})
-	return rdb, prefix
-}
-
-func deleteKeys(ctx context.Context, t testing.TB, rdb *redis.Client, prefix string) {
-	iter := rdb.Scan(ctx, 0, prefix+"*", 1000).Iterator()
-	var keys []string
-	for iter.Next(ctx) {
-		keys = append(keys, iter.Val())
-	}
-	if err := iter.Err(); err != nil {
-		t.Errorf("scanning test keys: %v", err)
-	}
-	if len(keys) > 0 {
-		if err := rdb.Del(ctx, keys...).Err(); err != nil {
-			t.Errorf("deleting test keys: %v", err)
-		}
-	}
-}
-
-func redisAddr() string {
-	if addr := os.Getenv("TWINLINE_TEST_REDIS"); addr != "" {
-		return addr
-	}
-	return "127.0.0.1:6379"
-}
 
 // clock is an injected clock.
 type clock struct {
@@ -87,3 +35,7 @@ func (c *clock) Add(d time.Duration) {
 type proxy = tcpproxy.Proxy
 
 func newProxy(t testing.TB, target string) *proxy { return tcpproxy.New(t, target) }
+
+func testRedis(t testing.TB) (*redis.Client, string) { return redistest.Client(t) }
+
+func redisAddr() string { return redistest.Addr() }

@@ -2,58 +2,16 @@ package hub
 
 import (
 	"context"
-	"crypto/rand"
 	"net/http/httptest"
-	"os"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/twinline/twinline/internal/redistest"
 	"github.com/twinline/twinline/internal/tcpproxy"
 )
-
-func redisAddr() string {
-	if addr := os.Getenv("TWINLINE_TEST_REDIS"); addr != "" {
-		return addr
-	}
-	return "127.0.0.1:6379"
-}
-
-// testRedisPrefix checks that Redis answers and returns a key prefix of
-// the test's own, whose keys are deleted when the test ends. Without
-// Redis the test fails under CI=true and is skipped otherwise.
-func testRedisPrefix(t testing.TB) string {
-	t.Helper()
-	rdb := redis.NewClient(&redis.Options{Addr: redisAddr(), ContextTimeoutEnabled: true, DialTimeout: time.Second, MaxRetries: 1})
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	if err := rdb.Ping(ctx).Err(); err != nil {
-		rdb.Close()
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("redis at %s: %v", redisAddr(), err)
-		}
-		t.Skipf("redis at %s unavailable (%v); set CI=true to fail instead", redisAddr(), err)
-	}
-	prefix := "twinline-test:" + rand.Text()[:12] + ":"
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		defer rdb.Close()
-		iter := rdb.Scan(ctx, 0, prefix+"*", 1000).Iterator()
-		var keys []string
-		for iter.Next(ctx) {
-			keys = append(keys, iter.Val())
-		}
-		if len(keys) > 0 {
-			if err := rdb.Del(ctx, keys...).Err(); err != nil {
-				t.Errorf("deleting test keys: %v", err)
-			}
-		}
-	})
-	return prefix
-}
 
 // replica is one in-process twinline replica's hub, served over HTTP.
 type replica struct {
@@ -134,3 +92,11 @@ func newBenchReplica(b *testing.B, prefix string) *Hub {
 	}
 	return h
 }
+
+// testRedisPrefix returns a key prefix of the test's own on the test Redis.
+func testRedisPrefix(t testing.TB) string {
+	_, prefix := redistest.Client(t)
+	return prefix
+}
+
+func redisAddr() string { return redistest.Addr() }
