@@ -226,8 +226,10 @@ type listener struct {
 	logger *slog.Logger
 	once   sync.Once
 
-	mu    sync.Mutex
-	conns map[net.Conn]struct{} // accepted, not yet ended
+	mu     sync.Mutex
+	closed bool
+	conns  map[net.Conn]struct{} // accepted, not yet ended
+	wg     sync.WaitGroup        // their establish calls
 }
 
 // closeGrace is how long, at shutdown, connections get to take their
@@ -247,12 +249,19 @@ func (l *listener) Serve(establish listeners.EstablishFn) {
 			return
 		}
 		l.mu.Lock()
+		if l.closed {
+			l.mu.Unlock()
+			conn.Close()
+			continue
+		}
 		if l.conns == nil {
 			l.conns = map[net.Conn]struct{}{}
 		}
 		l.conns[conn] = struct{}{}
+		l.wg.Add(1)
 		l.mu.Unlock()
 		go func() {
+			defer l.wg.Done()
 			if err := establish(l.ID(), conn); err != nil {
 				l.logger.Debug("mqtt connection ended", "remote", conn.RemoteAddr().String(), "err", err)
 			}
@@ -263,20 +272,30 @@ func (l *listener) Serve(establish listeners.EstablishFn) {
 	}
 }
 
+// Close stops accepting, disconnects the clients and returns once every
+// connection has ended: mochi waits for its connections after this, and a
+// connection it had not counted yet would race with that wait.
 func (l *listener) Close(closeClients listeners.CloseFn) {
 	l.once.Do(func() {
+		l.mu.Lock()
+		l.closed = true
+		l.mu.Unlock()
 		l.ln.Close()
 		closeClients(l.ID())
-		// Whatever is still open after the grace — a connection that never
-		// sent CONNECT, a client not reading — is closed, so that the
-		// server's wait for its connections ends.
-		time.AfterFunc(closeGrace, func() {
+		ended := make(chan struct{})
+		go func() { l.wg.Wait(); close(ended) }()
+		select {
+		case <-ended:
+		case <-time.After(closeGrace):
+			// Still open after the grace — a connection that never sent
+			// CONNECT, a client not reading: close it.
 			l.mu.Lock()
-			defer l.mu.Unlock()
 			for c := range l.conns {
 				c.Close()
 			}
-		})
+			l.mu.Unlock()
+			<-ended
+		}
 	})
 }
 
