@@ -264,4 +264,3 @@ func TestClientKey(t *testing.T) {
 
 func testRedis(t testing.TB) (*redis.Client, string) { return redistest.Client(t) }
 
-func redisAddr() string { return redistest.Addr() }
