@@ -263,4 +263,3 @@ func TestClientKey(t *testing.T) {
 }
 
 func testRedis(t testing.TB) (*redis.Client, string) { return redistest.Client(t) }
-
