@@ -252,3 +252,49 @@ func TestLatestAcrossReplicas(t *testing.T) {
 		t.Errorf("series on B: %v, want [61.5]", got.V)
 	}
 }
+
+// TestAlarmsAcrossReplicas: two replicas sharing PostgreSQL and Redis; an
+// alarm raised on A is in B's list, B acknowledges it, and A's list shows
+// the acknowledgement.
+func TestAlarmsAcrossReplicas(t *testing.T) {
+	prefix := redisPrefix(t)
+	db := pgDatabase(t)
+	args := []string{"--store", "postgres", "--postgres-url", db, "--redis-url", "redis://" + redisAddr + "/0", "--redis-prefix", prefix, "--lateness", "0s"}
+	a, b := start(t, "", args...), start(t, "", args...)
+	c := ctx(t, 60*time.Second)
+	awaitReady(t, c, a)
+	awaitReady(t, c, b)
+	if r := a.do("PUT", "/api/v1/machines/ar-1", "application/json", []byte(`{"thresholds":{"temp":{"high":90}}}`)); r.status != 201 {
+		t.Fatalf("PUT: %d %s", r.status, r.body)
+	}
+	ts := time.Now().Add(-time.Minute).UnixMilli()
+	for i, v := range []float64{95, 96} { // the second releases the first
+		if r := a.do("POST", "/api/v1/events", "application/json", []byte(fmt.Sprintf(`{"machineId":"ar-1","timestamp":%d,"temp":%g}`, ts+int64(i)*1000, v))); r.status != 202 {
+			t.Fatalf("post: %d %s", r.status, r.body)
+		}
+	}
+	type list struct {
+		Alarms []alarm `json:"alarms"`
+	}
+	await := func(s *server, ok func(list) bool, what string) list {
+		t.Helper()
+		for {
+			var l list
+			s.get("/api/v1/alarms?state=all&machine=ar-1").json(t, &l)
+			if ok(l) {
+				return l
+			}
+			select {
+			case <-c.Done():
+				t.Fatalf("%s: %+v", what, l)
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+	}
+	onB := await(b, func(l list) bool { return len(l.Alarms) == 1 }, "B never listed A's alarm")
+	id := onB.Alarms[0].ID
+	if r := b.do("POST", "/api/v1/alarms/"+id+"/ack", "application/json", []byte(`{"by":"ana","note":"seen on B"}`)); r.status != 200 {
+		t.Fatalf("ack on B: %d %s", r.status, r.body)
+	}
+	await(a, func(l list) bool { return len(l.Alarms) == 1 && l.Alarms[0].Acked }, "A never saw B's acknowledgement")
+}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/twinline/twinline/internal/sim"
 	"github.com/twinline/twinline/internal/store"
+	"github.com/twinline/twinline/internal/store/postgres"
 	"github.com/twinline/twinline/internal/stream"
 	"github.com/twinline/twinline/internal/telemetry"
 	"github.com/twinline/twinline/internal/twin"
@@ -31,7 +32,12 @@ type remoteSamples struct {
 // another replica processed (with Redis): machines processed elsewhere show
 // their status, last seen time, latest values and rates here too.
 func (a *App) observeRemote(machine string, msg []byte) {
-	if !bytes.Contains(msg[:min(len(msg), 32)], []byte(`"type":"samples"`)) {
+	head := msg[:min(len(msg), 32)]
+	if bytes.Contains(head, []byte(`"type":"alarm"`)) {
+		a.observeRemoteAlarm(msg)
+		return
+	}
+	if !bytes.Contains(head, []byte(`"type":"samples"`)) {
 		return
 	}
 	var m remoteSamples
@@ -47,6 +53,24 @@ func (a *App) observeRemote(machine string, msg []byte) {
 	if _, err := a.alarms.Seen(samples, m.IngestTS); err != nil {
 		a.logger.Error("journaling alarms", "component", "alarms", "err", err)
 	}
+}
+
+// observeRemoteAlarm records an alarm change another replica made, so that
+// this replica's alarm list and acknowledgements include it. Only on a
+// shared store (PostgreSQL): alarm ids are unique across replicas there,
+// while each embedded replica numbers its own.
+func (a *App) observeRemoteAlarm(msg []byte) {
+	if _, shared := a.store.(*postgres.Store); !shared {
+		return
+	}
+	var m struct {
+		Type string     `json:"type"`
+		Data twin.Alarm `json:"data"`
+	}
+	if err := json.Unmarshal(msg, &m); err != nil || m.Type != "alarm" || m.Data.ID == "" {
+		return
+	}
+	a.alarms.Apply(m.Data)
 }
 
 // offlineTick is how often machines are checked for silence.

@@ -479,6 +479,27 @@ func (a *Alarms) Ack(id, by, note string, now time.Time) (Alarm, error) {
 	return al, nil
 }
 
+// Apply records the state of an alarm another replica raised, cleared or
+// acknowledged (and journaled): this replica's list shows it, and its own
+// acknowledgement of it is possible. States only move forward — an alarm
+// cleared or acknowledged here stays so — and nothing is journaled or
+// reported to OnChange: the other replica did both.
+func (a *Alarms) Apply(al Alarm) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if old := a.alarms[al.ID]; old != nil {
+		merged := *old
+		if al.State == AlarmCleared && merged.State != AlarmCleared {
+			merged.State, merged.ClearedAt = AlarmCleared, al.ClearedAt
+		}
+		if al.Acked && !merged.Acked {
+			merged.Acked, merged.AckedAt, merged.AckedBy, merged.AckNote = true, al.AckedAt, al.AckedBy, al.AckNote
+		}
+		al = merged
+	}
+	a.keep(&al)
+}
+
 // List returns the alarms, newest first: only active ones unless all, of
 // one machine unless machine is "".
 func (a *Alarms) List(all bool, machine string) []Alarm {

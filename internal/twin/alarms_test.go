@@ -196,3 +196,36 @@ func TestAlarmsExpectAfterRestart(t *testing.T) {
 		t.Errorf("a machine silent since the start: %v, want an offline alarm", summarize(ch))
 	}
 }
+
+// TestAlarmsApplyRemote: alarms raised, acknowledged and cleared on another
+// replica show in this one's list; states only move forward.
+func TestAlarmsApplyRemote(t *testing.T) {
+	a, err := OpenAlarms(filepath.Join(t.TempDir(), "alarms.jsonl"), time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	raised := time.UnixMilli(1_000_000).UTC()
+	al := Alarm{ID: "9001", Machine: "m", Metric: "temp", Kind: "high", State: AlarmActive, RaisedAt: raised}
+	a.Apply(al)
+	if got := a.List(false, "m"); len(got) != 1 || got[0].ID != "9001" || !a.Active("m") {
+		t.Fatalf("after a remote raise: %+v, active %v", got, a.Active("m"))
+	}
+	acked := al
+	at := raised.Add(time.Second)
+	acked.Acked, acked.AckedAt, acked.AckedBy = true, &at, "ana"
+	a.Apply(acked)
+	a.Apply(al) // a late copy of the raise does not undo the ack
+	if got := a.List(true, "m"); !got[0].Acked || got[0].AckedBy != "ana" {
+		t.Errorf("after a remote ack and a stale raise: %+v", got[0])
+	}
+	cleared := al
+	cat := raised.Add(2 * time.Second)
+	cleared.State, cleared.ClearedAt = AlarmCleared, &cat
+	a.Apply(cleared)
+	a.Apply(al)
+	got := a.List(true, "m")
+	if got[0].State != AlarmCleared || !got[0].Acked || a.Active("m") {
+		t.Errorf("after a remote clear and a stale raise: %+v, active %v", got[0], a.Active("m"))
+	}
+}
