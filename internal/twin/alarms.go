@@ -498,6 +498,17 @@ func (a *Alarms) Apply(al Alarm) {
 		al = merged
 	}
 	a.keep(&al)
+	// Adopt another replica's offline alarm: not raised twice here, and
+	// cleared here too when the machine is seen again.
+	if al.Kind == AlarmOffline {
+		st := a.offlineOf(al.Machine)
+		switch {
+		case al.State == AlarmActive && st.open == "":
+			st.open, st.eval.active = al.ID, true
+		case al.State == AlarmCleared && st.open == al.ID:
+			st.open, st.eval.active = "", false
+		}
+	}
 }
 
 // List returns the alarms, newest first: only active ones unless all, of

@@ -229,3 +229,30 @@ func TestAlarmsApplyRemote(t *testing.T) {
 		t.Errorf("after a remote clear and a stale raise: %+v, active %v", got[0], a.Active("m"))
 	}
 }
+
+// TestAlarmsApplyRemoteOffline: a replica that learned of another's
+// offline alarm does not raise its own for the machine, and clears the
+// adopted one when the machine is seen again.
+func TestAlarmsApplyRemoteOffline(t *testing.T) {
+	a, err := OpenAlarms(filepath.Join(t.TempDir(), "alarms.jsonl"), time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	t0 := time.UnixMilli(1_000_000)
+	a.Expect([]string{"m"}, t0)
+	a.Apply(Alarm{ID: "77", Machine: "m", Kind: AlarmOffline, State: AlarmActive, RaisedAt: t0.Add(time.Second)})
+	if raised, err := a.Tick(t0.Add(5 * time.Second)); err != nil || len(raised) != 0 {
+		t.Fatalf("Tick raised %+v, %v; want nothing (another replica's offline alarm is active)", raised, err)
+	}
+	changed, err := a.Seen([]telemetry.Sample{{Machine: "m", Metric: "x", Time: 1, Value: 1}}, t0.Add(6*time.Second).UnixMilli())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(changed) != 1 || changed[0].ID != "77" || changed[0].State != AlarmCleared {
+		t.Errorf("seen again: %+v, want alarm 77 cleared", changed)
+	}
+	if a.Active("m") {
+		t.Error("machine still has an active alarm")
+	}
+}
