@@ -156,7 +156,11 @@ type seriesResponse struct {
 func (a *API) handleSeries(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
 	machine, err := a.twins.Get(id)
-	if err != nil {
+	// A machine's first samples are stored (and acknowledged) a moment
+	// before its twin registers it: an unknown machine is looked up in the
+	// store too, and is not found only when the store has nothing of it.
+	unknown := errors.Is(err, twin.ErrNotFound)
+	if err != nil && (!unknown || a.store == nil) {
 		a.twinError(w, err)
 		return
 	}
@@ -246,6 +250,11 @@ func (a *API) handleSeries(w http.ResponseWriter, r *http.Request) {
 			pts, err = store.Aggregate(r.Context(), a.store, key, f, t, step, agg)
 		}
 		resp.PartialFrom = partialFrom(pts, step, machine, a.opts.Lateness, now.UnixMilli())
+		if unknown && len(pts) > 0 {
+			// No twin state yet: the newest bucket may still change.
+			last := pts[len(pts)-1].Time
+			resp.PartialFrom = &last
+		}
 	case points > 0:
 		resp.Points = points
 		if ds, ok := a.store.(store.Downsampler); ok {
@@ -289,6 +298,10 @@ func (a *API) handleSeries(w http.ResponseWriter, r *http.Request) {
 				InvalidParams: []problem.InvalidParam{{Name: "from", Reason: "range holds too many raw points"}}})
 			return
 		}
+	}
+	if err == nil && unknown && len(pts) == 0 {
+		problem.Write(w, &problem.Problem{Type: problem.TypeNotFound, Status: http.StatusNotFound, Detail: fmt.Sprintf("not found: machine %q", id)})
+		return
 	}
 	if err != nil {
 		a.logger.Error("querying series", "machine", id, "metric", metric, "err", err)
