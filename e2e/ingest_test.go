@@ -281,3 +281,27 @@ func TestInfluxClient(t *testing.T) {
 		t.Errorf("SHOW DATABASES: %d %s; want telegraf listed", r.status, r.body)
 	}
 }
+
+// TestReadYourWrites: right after a 2xx, the twin shows what was sent:
+// the machine exists and /latest has the value (the acknowledgement waits
+// for the twin to take the batch).
+func TestReadYourWrites(t *testing.T) {
+	s := start(t, "")
+	for i := range 30 {
+		machine := fmt.Sprintf("ryw-%d", i)
+		if r := s.do("POST", "/api/v1/events", "application/json", []byte(fmt.Sprintf(`{"machineId":%q,"temp":%d}`, machine, i))); r.status != 202 {
+			t.Fatalf("post: %d %s", r.status, r.body)
+		}
+		r := s.get("/api/v1/machines/" + machine + "/latest")
+		if r.status != 200 {
+			t.Fatalf("latest right after the 2xx: %d %s", r.status, r.body)
+		}
+		var latest struct {
+			Metrics map[string]struct{ Value float64 }
+		}
+		r.json(t, &latest)
+		if v, ok := latest.Metrics["temp"]; !ok || v.Value != float64(i) {
+			t.Fatalf("latest of %s right after the 2xx: %+v, want temp %d", machine, latest.Metrics, i)
+		}
+	}
+}

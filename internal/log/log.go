@@ -62,6 +62,9 @@ func (e *Entry) Ack(res Result, err error) {
 	})
 }
 
+// Done is closed once the entry is acknowledged.
+func (e *Entry) Done() <-chan struct{} { return e.done }
+
 // Wait blocks until the entry is acknowledged or ctx ends.
 func (e *Entry) Wait(ctx context.Context) (Result, error) {
 	select {

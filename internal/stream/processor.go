@@ -197,12 +197,19 @@ type sinkJob struct {
 	entries []*log.Entry
 	out     *Output
 	bounds  []int // entry i's samples are out.Samples[bounds[i]:bounds[i+1]]
+	// results are the acknowledgements of the entries, sent once the Batch
+	// sink took each: a client that reads right after its 2xx (the twin's
+	// latest values, the fleet list) sees its events.
+	results []log.Result
 }
 
 func (p *Processor) feed(j sinkJob) {
-	if p.sinks.Batch != nil {
-		for i, e := range j.entries {
+	for i, e := range j.entries {
+		if p.sinks.Batch != nil {
 			p.sinks.Batch(e.Batch, j.out.Samples[j.bounds[i]:j.bounds[i+1]:j.bounds[i+1]])
+		}
+		if j.results != nil {
+			e.Ack(j.results[i], nil)
 		}
 	}
 	for _, w := range j.out.Windows {
@@ -254,8 +261,11 @@ func (p *Processor) process(ctx context.Context, entries []*log.Entry, out *Outp
 		if p.storeDedups {
 			p.keepFresh(out, bounds, fresh, dups)
 		}
+		// Durable; acknowledged by feed, once the Batch sink took them.
+		j.results = make([]log.Result, len(entries))
 		for i, e := range entries {
-			ack(i, e)
+			p.duplicates.Add(float64(dups[i]))
+			j.results[i] = log.Result{Accepted: len(e.Batch.Events) - dups[i], Duplicates: dups[i]}
 		}
 		// Durable: now the event-time stages may take the samples.
 		p.engine.Release(out, time.Now().UnixMilli())

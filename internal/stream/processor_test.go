@@ -492,3 +492,35 @@ func TestProcessorRestartsMatchOracle(t *testing.T) {
 		}
 	})
 }
+
+// TestProcessorAcksAfterBatchSink: an entry is acknowledged only once the
+// Batch sink took it, so a client reading right after its 2xx (the twin's
+// latest values) sees its events.
+func TestProcessorAcksAfterBatchSink(t *testing.T) {
+	l := log.New(100, nil)
+	entered, release := make(chan struct{}), make(chan struct{})
+	p := NewProcessor(l, (&fakeStore{}).append, Sinks{Batch: func(*telemetry.Batch, []telemetry.Sample) {
+		close(entered)
+		<-release
+	}}, DefaultEngineConfig(), slog.New(slog.DiscardHandler), nil)
+	done := make(chan error, 1)
+	go func() { done <- p.Run(context.Background()) }()
+	e, err := l.Append(&telemetry.Batch{Events: []telemetry.Event{event("a", 1, "x")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-entered
+	select {
+	case <-e.Done():
+		t.Fatal("acknowledged while the Batch sink still holds the entry")
+	default:
+	}
+	close(release)
+	if res, err := e.Wait(context.Background()); err != nil || res.Accepted != 1 {
+		t.Errorf("after the sink: %+v, %v", res, err)
+	}
+	l.Close()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
