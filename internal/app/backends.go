@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/twinline/twinline/internal/config"
 	"github.com/twinline/twinline/internal/ingest"
 	"github.com/twinline/twinline/internal/keylog"
 	"github.com/twinline/twinline/internal/log"
@@ -25,6 +26,15 @@ import (
 	"github.com/twinline/twinline/internal/twin"
 )
 
+// ingestLimits are the limits every ingest path (HTTP, MQTT) decodes with.
+func ingestLimits(cfg config.Config) telemetry.Limits {
+	return telemetry.Limits{
+		MaxMetricsPerEvent: cfg.MaxMetricsPerEvent,
+		MaxMachineIDLen:    telemetry.DefaultLimits().MaxMachineIDLen,
+		MaxMetricNameLen:   telemetry.DefaultLimits().MaxMetricNameLen,
+	}
+}
+
 // openMQTT builds the MQTT sources: the embedded broker (--mqtt-listen)
 // and the subscriber to an external broker (--mqtt-broker). They feed the
 // event log like the HTTP API, and acknowledge a QoS 1 message once its
@@ -36,11 +46,7 @@ func (a *App) openMQTT(reg prometheus.Registerer) error {
 	}
 	ingestOpts := mqtt.IngestOptions{
 		Decode: ingest.Options{
-			Limits: telemetry.Limits{
-				MaxMetricsPerEvent: cfg.MaxMetricsPerEvent,
-				MaxMachineIDLen:    telemetry.DefaultLimits().MaxMachineIDLen,
-				MaxMetricNameLen:   telemetry.DefaultLimits().MaxMetricNameLen,
-			},
+			Limits:       ingestLimits(cfg),
 			MaxLineBytes: cfg.MaxLineBytes,
 			MachineTags:  cfg.LPMachineTags,
 			AdmitMachine: func(id string) string { return a.twins.Admit(id, cfg.MaxMachines) },

@@ -134,6 +134,16 @@ func NewDedup(horizon time.Duration, maxKeys int) *Dedup {
 // neither is reported new and nothing is remembered: deduplicate its samples
 // with [Dedup.Sample].
 func (d *Dedup) Event(ev *telemetry.Event) bool {
+	key, ok := d.eventKey(ev)
+	if !ok {
+		return true
+	}
+	return d.see(ev.Machine, key, ev.Time)
+}
+
+// eventKey hashes the key of an event with an ID or a sequence number;
+// ok is false for an event with neither.
+func (d *Dedup) eventKey(ev *telemetry.Event) (key uint64, ok bool) {
 	switch {
 	case ev.ID != "":
 		d.start(dedupKindID, ev.Machine)
@@ -142,25 +152,16 @@ func (d *Dedup) Event(ev *telemetry.Event) bool {
 		d.start(dedupKindSeq, ev.Machine)
 		d.writeUint64(ev.Seq)
 	default:
-		return true
+		return 0, false
 	}
-	return d.see(ev.Machine, d.h.Sum64(), ev.Time)
+	return d.h.Sum64(), true
 }
 
 // Has reports whether the key of ev (an ID or a sequence number) is
 // remembered, without remembering it.
 func (d *Dedup) Has(ev *telemetry.Event) bool {
-	switch {
-	case ev.ID != "":
-		d.start(dedupKindID, ev.Machine)
-		d.h.WriteString(ev.ID)
-	case ev.HasSeq:
-		d.start(dedupKindSeq, ev.Machine)
-		d.writeUint64(ev.Seq)
-	default:
-		return false
-	}
-	return d.keys.has(max(d.h.Sum64(), 1))
+	key, ok := d.eventKey(ev)
+	return ok && d.keys.has(max(key, 1))
 }
 
 // Sample reports whether the sample of metric of machine at event time t

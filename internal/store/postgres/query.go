@@ -337,13 +337,7 @@ func (s *Store) DownsampleRange(ctx context.Context, key store.SeriesKey, from, 
 	if err != nil {
 		return nil, fmt.Errorf("downsampling %s/%s: %w", key.Machine, key.Metric, err)
 	}
-	raw, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (store.Point, error) {
-		var t time.Time
-		var p store.Point
-		err := r.Scan(&t, &p.Value)
-		p.Time = t.UnixMilli()
-		return p, err
-	})
+	raw, err := pgx.CollectRows(rows, scanPoint)
 	if err != nil {
 		return nil, fmt.Errorf("downsampling %s/%s: %w", key.Machine, key.Metric, err)
 	}
@@ -384,4 +378,13 @@ func (s *Store) DownsampleRange(ctx context.Context, key store.SeriesKey, from, 
 		return nil, fmt.Errorf("downsampling %s/%s: %w", key.Machine, key.Metric, err)
 	}
 	return out, nil
+}
+
+// scanPoint scans a (time, value) row into a point.
+func scanPoint(r pgx.CollectableRow) (store.Point, error) {
+	var t time.Time
+	var p store.Point
+	err := r.Scan(&t, &p.Value)
+	p.Time = t.UnixMilli()
+	return p, err
 }

@@ -3,7 +3,6 @@ package postgres
 import (
 	"context"
 	"fmt"
-	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -62,13 +61,7 @@ func (s *Store) TransformRange(ctx context.Context, key store.SeriesKey, from, t
 	if err != nil {
 		return nil, fmt.Errorf("transforming %s/%s: %w", key.Machine, key.Metric, err)
 	}
-	pts, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (store.Point, error) {
-		var t time.Time
-		var p store.Point
-		err := r.Scan(&t, &p.Value)
-		p.Time = t.UnixMilli()
-		return p, err
-	})
+	pts, err := pgx.CollectRows(rows, scanPoint)
 	if err != nil {
 		return nil, fmt.Errorf("transforming %s/%s: %w", key.Machine, key.Metric, err)
 	}
