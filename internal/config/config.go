@@ -118,6 +118,49 @@ type Config struct {
 	// Pprof is the address of a separate net/http/pprof listener ("": off).
 	Pprof string
 
+	// Security (docs/security.md).
+	//
+	// Auth is "auto" (tokens required once any exists; without tokens the
+	// server stays open on a loopback listener and refuses to start on any
+	// other), "on" (tokens always required) or "off" (open, with a warning).
+	Auth string
+	// BootstrapTokenFile names a file holding a token secret from which an
+	// admin token named "bootstrap" is created at start (Kubernetes Secret).
+	BootstrapTokenFile string
+	// TLSCert and TLSKey serve HTTPS on --listen (reloaded when they
+	// change); TLSClientCA verifies device certificates (mutual TLS).
+	TLSCert, TLSKey, TLSClientCA string
+	// MQTTTLSListen starts the embedded broker's TLS listener ("": off).
+	MQTTTLSListen string
+	// AllowedHosts are the Host header values accepted (nil: the loopback
+	// names and the listen address).
+	AllowedHosts []string
+	// TrustedProxies are the peers (CIDRs) whose X-Forwarded-For and
+	// X-Forwarded-Proto are believed.
+	TrustedProxies []string
+	// AuthHeader names a header set by a trusted authenticating proxy that
+	// carries the user ("": off); AuthHeaderScopes are that user's scopes.
+	AuthHeader       string
+	AuthHeaderScopes string
+	// MetricsAuth is "auto" (/metrics needs read unless on loopback), "on"
+	// or "off".
+	MetricsAuth string
+	// MaxStreamsPerClient caps the live stream connections of one identity
+	// (or IP when unauthenticated).
+	MaxStreamsPerClient int
+	// AuditRetention is how long the audit log is kept.
+	AuditRetention time.Duration
+	// SessionTTL is how long a dashboard sign-in lasts.
+	SessionTTL time.Duration
+	// MQTTMaxRetained and MQTTMaxRetainedBytes cap the retained messages
+	// one MQTT client may leave on the embedded broker.
+	MQTTMaxRetained      int
+	MQTTMaxRetainedBytes int
+	// KafkaTLS connects to the brokers over TLS (system roots, or
+	// KafkaTLSCA).
+	KafkaTLS   bool
+	KafkaTLSCA string
+
 	ShutdownTimeout time.Duration
 	LogLevel        string
 }
@@ -168,6 +211,13 @@ func Default() Config {
 		KafkaGroup:           "twinline-processor",
 		KafkaSessionTimeout:  45 * time.Second,
 		Role:                 "all",
+		Auth:                 "auto",
+		MetricsAuth:          "auto",
+		MaxStreamsPerClient:  100,
+		AuditRetention:       365 * 24 * time.Hour,
+		SessionTTL:           12 * time.Hour,
+		MQTTMaxRetained:      100,
+		MQTTMaxRetainedBytes: 1 << 20,
 		ShutdownTimeout:      15 * time.Second,
 		LogLevel:             "info",
 	}
@@ -366,6 +416,7 @@ func (c Config) Validate() error {
 			bad("pprof", "must use another port than --listen: profiles are never served on the public listener")
 		}
 	}
+	c.validateSecurity(bad)
 	if c.ShutdownTimeout <= 0 {
 		bad("shutdown-timeout", "must be positive, got %s", c.ShutdownTimeout)
 	}
@@ -375,4 +426,71 @@ func (c Config) Validate() error {
 		bad("log-level", "must be debug, info, warn or error, got %q", c.LogLevel)
 	}
 	return errors.Join(errs...)
+}
+
+// Loopback reports whether addr (host:port) listens on loopback only.
+func Loopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	ip := net.ParseIP(host)
+	return host == "localhost" || ip != nil && ip.IsLoopback()
+}
+
+func (c Config) validateSecurity(bad func(flag, format string, a ...any)) {
+	switch c.Auth {
+	case "auto", "on", "off":
+	default:
+		bad("auth", "must be auto, on or off, got %q", c.Auth)
+	}
+	switch c.MetricsAuth {
+	case "auto", "on", "off":
+	default:
+		bad("metrics-auth", "must be auto, on or off, got %q", c.MetricsAuth)
+	}
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		bad("tls-cert", "--tls-cert and --tls-key go together")
+	}
+	if c.TLSClientCA != "" && c.TLSCert == "" && c.MQTTTLSListen == "" {
+		bad("tls-client-ca", "needs --tls-cert (HTTPS) or --mqtt-tls-listen: client certificates are asked for on a TLS listener")
+	}
+	if c.MQTTTLSListen != "" {
+		if _, _, err := net.SplitHostPort(c.MQTTTLSListen); err != nil {
+			bad("mqtt-tls-listen", "%q is not host:port", c.MQTTTLSListen)
+		}
+		if c.TLSCert == "" {
+			bad("mqtt-tls-listen", "needs --tls-cert and --tls-key (the broker serves the same certificate)")
+		}
+	}
+	for _, h := range c.AllowedHosts {
+		if strings.TrimSpace(h) == "" || strings.ContainsAny(h, "/ ") {
+			bad("allowed-hosts", "%q is not a host name or host:port", h)
+		}
+	}
+	for _, p := range c.TrustedProxies {
+		if _, _, err := net.ParseCIDR(p); err != nil && net.ParseIP(p) == nil {
+			bad("trusted-proxies", "%q is not an IP address or CIDR", p)
+		}
+	}
+	if c.AuthHeader != "" {
+		if len(c.TrustedProxies) == 0 {
+			bad("auth-header", "needs --trusted-proxies: the header is believed only from the proxy that sets it")
+		}
+		if strings.TrimSpace(c.AuthHeaderScopes) == "" {
+			bad("auth-header-scopes", "is required with --auth-header (e.g. read,operate)")
+		}
+	}
+	if c.MaxStreamsPerClient < 1 {
+		bad("max-streams-per-client", "must be at least 1, got %d", c.MaxStreamsPerClient)
+	}
+	if c.AuditRetention < 24*time.Hour {
+		bad("audit-retention", "must be at least 1d, got %s", c.AuditRetention)
+	}
+	if c.SessionTTL < time.Minute || c.SessionTTL > 30*24*time.Hour {
+		bad("session-ttl", "must be between 1m and 30d, got %s", c.SessionTTL)
+	}
+	if c.MQTTMaxRetained < 0 || c.MQTTMaxRetainedBytes < 0 {
+		bad("mqtt-max-retained", "must not be negative")
+	}
 }
