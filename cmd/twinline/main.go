@@ -156,6 +156,29 @@ func serveFlags(fs *flag.FlagSet, cfg *config.Config) {
 	fs.StringVar(&cfg.Role, "role", cfg.Role, "all, gateway (ingest → log), processor (log → engine → store) or api (queries, stream, dashboard)")
 	fs.StringVar(&cfg.Pprof, "pprof", cfg.Pprof, "serve net/http/pprof on this separate `address` (never on --listen); empty: off")
 	fs.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "debug, info, warn or error")
+	securityFlags(fs, cfg)
+}
+
+// securityFlags defines the flags of docs/security.md.
+func securityFlags(fs *flag.FlagSet, cfg *config.Config) {
+	fs.StringVar(&cfg.Auth, "auth", cfg.Auth, "auto (tokens required once one exists; without tokens, open on loopback and refusing to start on any other address), on, or off (open to anyone who reaches the port: warns)")
+	fs.StringVar(&cfg.BootstrapTokenFile, "bootstrap-token-file", cfg.BootstrapTokenFile, "`file` holding a token secret: an admin token named bootstrap is created from it at start (for automated deploys)")
+	fs.StringVar(&cfg.TLSCert, "tls-cert", cfg.TLSCert, "PEM certificate `file` (chain) to serve HTTPS on --listen; reloaded when it changes")
+	fs.StringVar(&cfg.TLSKey, "tls-key", cfg.TLSKey, "PEM private key `file` of --tls-cert")
+	fs.StringVar(&cfg.TLSClientCA, "tls-client-ca", cfg.TLSClientCA, "PEM CA `file`: device client certificates signed by it authenticate (mutual TLS); the certificate's CN (or a DNS SAN) names the machine it may write for")
+	fs.StringVar(&cfg.MQTTTLSListen, "mqtt-tls-listen", cfg.MQTTTLSListen, "serve MQTT over TLS (MQTTS) on this `address` (e.g. 0.0.0.0:8883) with --tls-cert; empty: off")
+	listVar(fs, &cfg.AllowedHosts, "allowed-hosts", "Host header values accepted, with or without port (default: localhost, the loopback addresses and the --listen host)")
+	listVar(fs, &cfg.TrustedProxies, "trusted-proxies", "CIDRs of reverse proxies whose X-Forwarded-For / X-Forwarded-Proto are believed")
+	fs.StringVar(&cfg.AuthHeader, "auth-header", cfg.AuthHeader, "`header` naming the user, set by an authenticating proxy in --trusted-proxies (e.g. X-Forwarded-User); empty: off")
+	fs.StringVar(&cfg.AuthHeaderScopes, "auth-header-scopes", cfg.AuthHeaderScopes, "scopes of users named by --auth-header (e.g. read,operate)")
+	fs.StringVar(&cfg.MetricsAuth, "metrics-auth", cfg.MetricsAuth, "whether /metrics needs a read token: auto (unless listening on loopback), on or off")
+	fs.IntVar(&cfg.MaxStreamsPerClient, "max-streams-per-client", cfg.MaxStreamsPerClient, "most live stream connections of one identity (token, or IP when unauthenticated)")
+	durationVar(fs, &cfg.AuditRetention, "audit-retention", "how long the audit log is kept")
+	durationVar(fs, &cfg.SessionTTL, "session-ttl", "how long a dashboard sign-in lasts")
+	fs.IntVar(&cfg.MQTTMaxRetained, "mqtt-max-retained", cfg.MQTTMaxRetained, "most retained messages one MQTT client may leave on the embedded broker")
+	fs.IntVar(&cfg.MQTTMaxRetainedBytes, "mqtt-max-retained-bytes", cfg.MQTTMaxRetainedBytes, "most bytes of retained messages one MQTT client may leave on the embedded broker")
+	fs.BoolVar(&cfg.KafkaTLS, "kafka-tls", cfg.KafkaTLS, "connect to the Kafka brokers over TLS (system roots, or --kafka-tls-ca)")
+	fs.StringVar(&cfg.KafkaTLSCA, "kafka-tls-ca", cfg.KafkaTLSCA, "PEM CA `file` for --kafka-tls")
 }
 
 func migrate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
