@@ -3,8 +3,11 @@ package api
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
+	"slices"
 
+	"github.com/twinline/twinline/internal/auth"
 	"github.com/twinline/twinline/internal/problem"
 	"github.com/twinline/twinline/internal/twin"
 )
@@ -23,13 +26,19 @@ func (a *API) handleAlarms(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	list := a.alarms.List(all, q.Get("machine"))
+	if id := identity(r); id.Restricted() {
+		list = slices.DeleteFunc(list, func(al twin.Alarm) bool { return !a.machineVisible(id, al.Machine) })
+	}
 	writeJSON(w, http.StatusOK, struct {
 		Count  int          `json:"count"`
 		Alarms []twin.Alarm `json:"alarms"`
 	}{len(list), list})
 }
 
-// handleAlarmAck is POST /api/v1/alarms/{id}/ack with {"by":"…","note":"…"}.
+// handleAlarmAck is POST /api/v1/alarms/{id}/ack with {"note":"…"}. The
+// acknowledgement records the verified identity; a "by" in the body is
+// taken only when auth is open (anonymous), as the name an operator
+// typed.
 func (a *API) handleAlarmAck(w http.ResponseWriter, r *http.Request) {
 	body, ok := readSmallBody(w, r)
 	if !ok {
@@ -42,11 +51,24 @@ func (a *API) handleAlarmAck(w http.ResponseWriter, r *http.Request) {
 	if len(body) > 0 {
 		if err := json.Unmarshal(body, &in); err != nil {
 			problem.Write(w, &problem.Problem{Type: problem.TypeMalformedBody, Status: http.StatusBadRequest,
-				Detail: `the body must be a JSON object {"by":"…","note":"…"}: ` + err.Error()})
+				Detail: `the body must be a JSON object {"note":"…"}: ` + err.Error()})
 			return
 		}
 	}
-	al, err := a.alarms.Ack(r.PathValue("id"), in.By, in.Note, a.now())
+	alarmID := r.PathValue("id")
+	id := identity(r)
+	if cur, ok := a.alarms.Get(alarmID); ok {
+		if !a.machineVisible(id, cur.Machine) {
+			a.twinError(w, fmt.Errorf("%w: alarm %q", twin.ErrNotFound, alarmID))
+			return
+		}
+		note(r, cur.Machine, alarmID, nil)
+	}
+	by := id.Name
+	if id.Kind == auth.KindAnonymous && in.By != "" {
+		by = in.By
+	}
+	al, err := a.alarms.Ack(alarmID, by, in.Note, a.now())
 	if errors.Is(err, twin.ErrConflict) {
 		problem.Write(w, &problem.Problem{Type: problem.TypeConflict, Status: http.StatusConflict, Detail: err.Error()})
 		return

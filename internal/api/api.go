@@ -6,6 +6,7 @@ package api
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"runtime"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/twinline/twinline/internal/auth"
 	"github.com/twinline/twinline/internal/ingest"
 	"github.com/twinline/twinline/internal/log"
 	"github.com/twinline/twinline/internal/problem"
@@ -42,6 +44,8 @@ type Options struct {
 	MaxMachines int
 	// Lateness is the engine's watermark lag, to mark open windows.
 	Lateness time.Duration
+	// Security are the Host, proxy, session and metrics settings.
+	Security Security
 	// Role selects the routes served: "" or "all" every route; "gateway"
 	// ingest; "api" queries, registry, stream and dashboard; "processor"
 	// none of those. Health, readiness, metrics and the API document are
@@ -67,6 +71,10 @@ type Deps struct {
 	// Publish pushes a live update to the machine's stream subscribers.
 	Publish func(machine, typ string, data any)
 	Stream  http.Handler
+	// StreamContext attaches to a stream request's context the machines
+	// its identity may see (nil: all) and the key its connections are
+	// counted by (per-client cap); nil attaches nothing.
+	StreamContext func(ctx context.Context, visible func(machine string) bool, client string) context.Context
 	Metrics http.Handler
 	// UI serves the dashboard at /.
 	UI http.Handler
@@ -85,6 +93,8 @@ type Deps struct {
 	Logger *slog.Logger
 	// Registerer receives the API's metrics; nil for none.
 	Registerer prometheus.Registerer
+	// Auth checks identities; nil serves every route openly.
+	Auth *Auth
 }
 
 type hotWindow interface {
@@ -99,6 +109,8 @@ type hotWindow interface {
 // API is the HTTP handler of twinline.
 type API struct {
 	opts       Options
+	sec        Security
+	auth       *Auth
 	decodeOpts ingest.Options
 	submit     SubmitFunc
 	store      store.Store
@@ -107,6 +119,7 @@ type API struct {
 	alarms     *twin.Alarms
 	publish    func(machine, typ string, data any)
 	stream     http.Handler
+	streamCtx  func(ctx context.Context, visible func(machine string) bool, client string) context.Context
 	metrics    http.Handler
 	ui         http.Handler
 	ready      func() error
@@ -130,11 +143,24 @@ type API struct {
 	databases []string // names seen by /write and CREATE DATABASE
 }
 
-// route is one entry of the route table, which both registers the handlers
-// and is checked against the OpenAPI document by a test.
+// route is one entry of the route table, which registers the handlers, is
+// checked against the OpenAPI document by a test, and generates the auth
+// matrix test: every route says which scope it needs.
 type route struct {
 	method, path string
-	handler      http.HandlerFunc
+	// scope is what an identity needs (any one of the bits); 0 for the
+	// public routes (health, documents, the dashboard, signing in).
+	scope   auth.Scope
+	handler http.HandlerFunc
+	// audit names the action recorded in the audit log ("": none).
+	audit string
+	// anyHost exempts the route from the Host allow-list (health checks).
+	anyHost bool
+	// stream marks the live stream (Origin checked on the upgrade,
+	// tickets accepted); influx the InfluxDB-compatible answers.
+	stream, influx bool
+	// ownContentType: the handler checks its body's type itself.
+	ownContentType bool
 }
 
 // serves reports whether a server of role serves the route.
@@ -156,6 +182,8 @@ func serves(role string, rt route) bool {
 func New(opts Options, deps Deps) *API {
 	a := &API{
 		opts: opts,
+		sec:  opts.Security,
+		auth: deps.Auth,
 		decodeOpts: ingest.Options{
 			Limits:       opts.Limits,
 			MaxLineBytes: opts.MaxLineBytes,
@@ -168,6 +196,7 @@ func New(opts Options, deps Deps) *API {
 		alarms:    deps.Alarms,
 		publish:   deps.Publish,
 		stream:    deps.Stream,
+		streamCtx: deps.StreamContext,
 		metrics:   deps.Metrics,
 		ui:        deps.UI,
 		ready:     deps.Ready,
@@ -215,6 +244,7 @@ func New(opts Options, deps Deps) *API {
 		if limit := limits[rt.method+" "+rt.path]; limit != nil {
 			h = limit(h)
 		}
+		h = a.guard(rt, h)
 		a.mux.Handle(rt.method+" "+rt.path, h)
 		if _, ok := a.allow[rt.path]; !ok {
 			a.paths.HandleFunc(rt.path, func(http.ResponseWriter, *http.Request) {})
@@ -231,31 +261,49 @@ func New(opts Options, deps Deps) *API {
 }
 
 func (a *API) routes() []route {
+	const (
+		ingest  = auth.ScopeIngest
+		read    = auth.ScopeRead
+		operate = auth.ScopeOperate
+		admin   = auth.ScopeAdmin
+	)
+	var metricsScope auth.Scope
+	if a.sec.MetricsAuth {
+		metricsScope = read
+	}
 	return []route{
-		{"POST", "/api/v1/events", a.handleEvents},
-		{"POST", "/write", a.handleWrite},
-		{"POST", "/api/v2/write", a.handleWrite},
-		{"GET", "/ping", a.handlePing},
-		{"GET", "/query", a.handleQuery},
-		{"POST", "/query", a.handleQuery},
-		{"GET", "/api/v1/machines", a.handleMachines},
-		{"GET", "/api/v1/machines/{id}", a.handleMachineGet},
-		{"PUT", "/api/v1/machines/{id}", a.handleMachinePut},
-		{"PATCH", "/api/v1/machines/{id}", a.handleMachinePatch},
-		{"DELETE", "/api/v1/machines/{id}", a.handleMachineDelete},
-		{"GET", "/api/v1/machines/{id}/latest", a.handleLatest},
-		{"GET", "/api/v1/machines/{id}/series", a.handleSeries},
-		{"GET", "/api/v1/machines/{id}/notes", a.handleNotesGet},
-		{"POST", "/api/v1/machines/{id}/notes", a.handleNotesPost},
-		{"GET", "/api/v1/alarms", a.handleAlarms},
-		{"POST", "/api/v1/alarms/{id}/ack", a.handleAlarmAck},
-		{"GET", "/api/v1/stream", a.handleStream},
-		{"GET", "/healthz", a.handleHealthz},
-		{"GET", "/readyz", a.handleReadyz},
-		{"GET", "/metrics", a.handleMetrics},
-		{"GET", "/api/openapi.json", a.handleOpenAPI},
-		{"GET", "/docs", a.handleDocs},
-		{"GET", "/{$}", a.handleIndex},
+		{method: "POST", path: "/api/v1/events", scope: ingest, handler: a.handleEvents, ownContentType: true},
+		{method: "POST", path: "/write", scope: ingest, handler: a.handleWrite, influx: true, ownContentType: true},
+		{method: "POST", path: "/api/v2/write", scope: ingest, handler: a.handleWrite, influx: true, ownContentType: true},
+		{method: "GET", path: "/ping", handler: a.handlePing, influx: true},
+		{method: "GET", path: "/query", scope: ingest | read, handler: a.handleQuery, influx: true},
+		{method: "POST", path: "/query", scope: ingest | read, handler: a.handleQuery, influx: true, ownContentType: true},
+		{method: "GET", path: "/api/v1/machines", scope: read, handler: a.handleMachines},
+		{method: "GET", path: "/api/v1/machines/{id}", scope: read, handler: a.handleMachineGet},
+		{method: "PUT", path: "/api/v1/machines/{id}", scope: admin, handler: a.handleMachinePut, audit: "machine.put"},
+		{method: "PATCH", path: "/api/v1/machines/{id}", scope: admin, handler: a.handleMachinePatch, audit: "machine.patch"},
+		{method: "DELETE", path: "/api/v1/machines/{id}", scope: admin, handler: a.handleMachineDelete, audit: "machine.delete"},
+		{method: "GET", path: "/api/v1/machines/{id}/latest", scope: read, handler: a.handleLatest},
+		{method: "GET", path: "/api/v1/machines/{id}/series", scope: read, handler: a.handleSeries},
+		{method: "GET", path: "/api/v1/machines/{id}/notes", scope: read, handler: a.handleNotesGet},
+		{method: "POST", path: "/api/v1/machines/{id}/notes", scope: operate, handler: a.handleNotesPost, audit: "note.add"},
+		{method: "GET", path: "/api/v1/alarms", scope: read, handler: a.handleAlarms},
+		{method: "POST", path: "/api/v1/alarms/{id}/ack", scope: operate, handler: a.handleAlarmAck, audit: "alarm.ack"},
+		{method: "GET", path: "/api/v1/stream", scope: read, handler: a.handleStream, stream: true},
+		{method: "POST", path: "/api/v1/stream/tickets", scope: read, handler: a.handleTicket},
+		{method: "GET", path: "/api/v1/session", scope: auth.AllScopes, handler: a.handleSessionGet},
+		{method: "POST", path: "/api/v1/session", handler: a.handleSessionPost},
+		{method: "DELETE", path: "/api/v1/session", handler: a.handleSessionDelete},
+		{method: "GET", path: "/api/v1/tokens", scope: admin, handler: a.handleTokens},
+		{method: "POST", path: "/api/v1/tokens", scope: admin, handler: a.handleTokenCreate, audit: "token.create"},
+		{method: "DELETE", path: "/api/v1/tokens/{name}", scope: admin, handler: a.handleTokenRevoke, audit: "token.revoke"},
+		{method: "GET", path: "/api/v1/audit", scope: admin, handler: a.handleAudit},
+		{method: "GET", path: "/healthz", handler: a.handleHealthz, anyHost: true},
+		{method: "GET", path: "/readyz", handler: a.handleReadyz, anyHost: true},
+		{method: "GET", path: "/metrics", scope: metricsScope, handler: a.handleMetrics, anyHost: a.sec.MetricsAuth},
+		{method: "GET", path: "/api/openapi.json", handler: a.handleOpenAPI},
+		{method: "GET", path: "/docs", handler: a.handleDocs},
+		{method: "GET", path: "/{$}", handler: a.handleIndex},
 	}
 }
 
@@ -281,7 +329,32 @@ func (a *API) handleNotFound(w http.ResponseWriter, r *http.Request) {
 		Detail: "no such endpoint: " + r.Method + " " + r.URL.Path + "; see /api/openapi.json"})
 }
 
-func (a *API) handleStream(w http.ResponseWriter, r *http.Request) { a.stream.ServeHTTP(w, r) }
+// handleStream is GET /api/v1/stream: a site-restricted identity may name
+// only machines it sees (another site's is not found), and its all=1
+// stream carries only those.
+func (a *API) handleStream(w http.ResponseWriter, r *http.Request) {
+	id := identity(r)
+	if id.Restricted() {
+		for _, m := range r.URL.Query()["machine"] {
+			if !a.machineVisible(id, m) {
+				a.twinError(w, fmt.Errorf("%w: machine %q", twin.ErrNotFound, m))
+				return
+			}
+		}
+	}
+	if a.streamCtx != nil {
+		var filter func(string) bool
+		if id.Restricted() {
+			filter = func(m string) bool { return a.machineVisible(id, m) }
+		}
+		key := id.Key()
+		if key == "" {
+			key = "ip:" + info(r).remote
+		}
+		r = r.WithContext(a.streamCtx(r.Context(), filter, key))
+	}
+	a.stream.ServeHTTP(w, r)
+}
 
 func (a *API) handleMetrics(w http.ResponseWriter, r *http.Request) { a.metrics.ServeHTTP(w, r) }
 

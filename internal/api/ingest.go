@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/twinline/twinline/internal/auth"
 	"github.com/twinline/twinline/internal/ingest"
 	"github.com/twinline/twinline/internal/log"
 	"github.com/twinline/twinline/internal/problem"
@@ -45,7 +46,7 @@ func (a *API) handleEvents(w http.ResponseWriter, r *http.Request) {
 	switch mt {
 	case "application/x-ndjson", "application/ndjson", "application/jsonl", "application/jsonlines":
 		decode, style = ingest.DecodeNDJSON, styleNDJSON
-	case "", "application/json", "text/plain":
+	case "", "application/json":
 	default:
 		a.countRequest("json", "unsupported")
 		problem.Write(w, &problem.Problem{Type: problem.TypeUnsupported, Status: http.StatusUnsupportedMediaType,
@@ -55,11 +56,31 @@ func (a *API) handleEvents(w http.ResponseWriter, r *http.Request) {
 	a.ingest(w, r, "json", style, decode)
 }
 
+// lineProtocolType reports whether a write's Content-Type is one line
+// protocol clients send (text/plain, as Telegraf and the InfluxDB client
+// libraries do, octet-stream, or none) — not a form a foreign web page
+// could post.
+func lineProtocolType(ct string) bool {
+	if ct == "" {
+		return true
+	}
+	mt, _, err := mime.ParseMediaType(ct)
+	return err == nil && (mt == "text/plain" || mt == "application/octet-stream" || mt == "application/vnd.influx")
+}
+
 // handleWrite is the InfluxDB line protocol write API, v1 (/write) and v2
 // (/api/v2/write).
 func (a *API) handleWrite(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("X-Influxdb-Version", influxVersion)
 	w.Header().Set("X-Influxdb-Build", "OSS")
+	if !lineProtocolType(r.Header.Get("Content-Type")) {
+		a.countRequest("lineprotocol", "unsupported")
+		p := &problem.Problem{Type: problem.TypeUnsupported, Status: http.StatusUnsupportedMediaType,
+			Detail: fmt.Sprintf("Content-Type %q is not line protocol: send text/plain", r.Header.Get("Content-Type"))}
+		influxCompat(p)
+		problem.Write(w, p)
+		return
+	}
 	q := r.URL.Query()
 	prec, err := ingest.ParsePrecision(q.Get("precision"))
 	if err != nil {
@@ -129,6 +150,18 @@ func (a *API) ingest(w http.ResponseWriter, r *http.Request, protocol string, st
 	opts.Now = now.UnixMilli()
 	opts.MaxTime = now.Add(a.opts.MaxFuture).UnixMilli()
 	opts.MinTime = now.Add(-a.opts.OutOfOrderWindow + a.opts.MaxFuture).UnixMilli()
+	if id := identity(r); id.Restricted() || id.Machine != "" {
+		base := opts.AdmitMachine
+		opts.AdmitMachine = func(m string) string {
+			if reason := a.admitFor(id, m); reason != "" {
+				return reason
+			}
+			if base != nil {
+				return base(m)
+			}
+			return ""
+		}
+	}
 	events, rejects, err := decode(buf.Bytes(), opts, nil)
 	if err != nil {
 		fail("invalid", &problem.Problem{Type: problem.TypeMalformedBody, Status: http.StatusBadRequest, Detail: err.Error()})
@@ -284,3 +317,26 @@ func tooLargeOr(err error, limit int64) error {
 
 // now returns the server time.
 func (a *API) now() time.Time { return a.clock() }
+
+// admitFor says why id may not write for machine ("" when it may): a
+// device certificate writes for its own machine only; a site-restricted
+// token for machines of its sites, and a machine it is the first to send
+// is registered at its site when it has exactly one. The reason does not
+// tell another site's machine from an unknown one.
+func (a *API) admitFor(id auth.Identity, machine string) string {
+	if id.Machine != "" && machine != id.Machine {
+		return "this certificate writes for machine " + id.Machine + " only"
+	}
+	if !id.Restricted() {
+		return ""
+	}
+	site, ok := a.twins.Site(machine)
+	switch {
+	case ok && id.SeesSite(site):
+		return ""
+	case !ok && len(id.Sites) == 1:
+		a.twins.Locate(machine, id.Sites[0], "")
+		return ""
+	}
+	return "not a machine of your sites (" + strings.Join(id.Sites, ", ") + "): register it at one of them first"
+}

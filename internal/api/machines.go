@@ -1,12 +1,15 @@
 package api
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"math"
 	"net/http"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/twinline/twinline/internal/ingest"
@@ -22,8 +25,11 @@ const (
 )
 
 // handleMachines is GET /api/v1/machines: the fleet.
-func (a *API) handleMachines(w http.ResponseWriter, _ *http.Request) {
+func (a *API) handleMachines(w http.ResponseWriter, r *http.Request) {
 	ms := a.twins.List()
+	if id := identity(r); id.Restricted() {
+		ms = slices.DeleteFunc(ms, func(m twin.Machine) bool { return !id.SeesSite(m.Site) })
+	}
 	for i := range ms {
 		a.withAlarmStatus(&ms[i])
 	}
@@ -34,7 +40,7 @@ func (a *API) handleMachines(w http.ResponseWriter, _ *http.Request) {
 }
 
 func (a *API) handleMachineGet(w http.ResponseWriter, r *http.Request) {
-	m, err := a.twins.Get(r.PathValue("id"))
+	m, err := a.getMachine(r, r.PathValue("id"))
 	if err != nil {
 		a.twinError(w, err)
 		return
@@ -54,6 +60,14 @@ func (a *API) handleMachinePut(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	id := r.PathValue("id")
+	if !a.mayPlace(w, r, id, in.Site) {
+		return
+	}
+	if in.Site == "" {
+		if ident := identity(r); len(ident.Sites) == 1 {
+			in.Site = ident.Sites[0] // a one-site admin registers there
+		}
+	}
 	if in.ID != "" && in.ID != id {
 		a.twinError(w, fmt.Errorf("%w: id %q in the body differs from %q in the path", twin.ErrInvalid, in.ID, id))
 		return
@@ -62,11 +76,17 @@ func (a *API) handleMachinePut(w http.ResponseWriter, r *http.Request) {
 		badParam(w, "id", reason)
 		return
 	}
+	before, err := a.twins.Get(id)
 	m, created, err := a.twins.Put(id, in)
 	if err != nil {
 		a.twinError(w, err)
 		return
 	}
+	change := map[string]any{"after": m.Info}
+	if !created {
+		change["before"] = before.Info
+	}
+	note(r, id, "", change)
 	status := http.StatusOK
 	if created {
 		status = http.StatusCreated
@@ -79,16 +99,40 @@ func (a *API) handleMachinePatch(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	m, err := a.twins.Patch(r.PathValue("id"), body)
+	id := r.PathValue("id")
+	var change struct {
+		Site *string `json:"site"`
+	}
+	_ = json.Unmarshal(body, &change) // Patch reports a malformed body
+	site := ""
+	if change.Site != nil {
+		site = *change.Site
+	}
+	if _, err := a.getMachine(r, id); err != nil {
+		a.twinError(w, err)
+		return
+	}
+	if change.Site != nil && !a.mayPlace(w, r, id, site) {
+		return
+	}
+	before, _ := a.twins.Get(id)
+	m, err := a.twins.Patch(id, body)
 	if err != nil {
 		a.twinError(w, err)
 		return
 	}
+	note(r, id, "", map[string]any{"before": before.Info, "after": m.Info})
 	writeJSON(w, http.StatusOK, m)
 }
 
 func (a *API) handleMachineDelete(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
+	before, err := a.getMachine(r, id)
+	if err != nil {
+		a.twinError(w, err)
+		return
+	}
+	note(r, id, "", map[string]any{"before": before.Info})
 	if err := a.twins.Delete(id); err != nil {
 		a.twinError(w, err)
 		return
@@ -103,7 +147,7 @@ func (a *API) handleMachineDelete(w http.ResponseWriter, r *http.Request) {
 
 // handleLatest is GET /api/v1/machines/{id}/latest: the twin's latest values.
 func (a *API) handleLatest(w http.ResponseWriter, r *http.Request) {
-	m, err := a.twins.Get(r.PathValue("id"))
+	m, err := a.getMachine(r, r.PathValue("id"))
 	if err != nil {
 		a.twinError(w, err)
 		return
@@ -155,11 +199,12 @@ type seriesResponse struct {
 // or downsampled to at most N points.
 func (a *API) handleSeries(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
-	machine, err := a.twins.Get(id)
+	machine, err := a.getMachine(r, id)
 	// A machine's first samples are stored (and acknowledged) a moment
 	// before its twin registers it: an unknown machine is looked up in the
 	// store too, and is not found only when the store has nothing of it.
-	unknown := errors.Is(err, twin.ErrNotFound)
+	// A site-restricted identity sees registered machines only.
+	unknown := errors.Is(err, twin.ErrNotFound) && !identity(r).Restricted()
 	if err != nil && (!unknown || a.store == nil) {
 		a.twinError(w, err)
 		return
@@ -346,6 +391,37 @@ func readSmallBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
 		return nil, false
 	}
 	return b, true
+}
+
+// getMachine returns the twin id as the request's identity may see it: a
+// machine of a site it does not see is not found, exactly as one that does
+// not exist.
+func (a *API) getMachine(r *http.Request, id string) (twin.Machine, error) {
+	m, err := a.twins.Get(id)
+	if err == nil && !visible(r, m.Site) {
+		return twin.Machine{}, fmt.Errorf("%w: machine %q", twin.ErrNotFound, id)
+	}
+	return m, err
+}
+
+// mayPlace checks that the request's identity may put machine id at site:
+// an existing machine it does not see is not found; a site-restricted
+// identity places machines at its own sites only. It answers the refusal.
+func (a *API) mayPlace(w http.ResponseWriter, r *http.Request, id, site string) bool {
+	ident := identity(r)
+	if !ident.Restricted() {
+		return true
+	}
+	if cur, ok := a.twins.Site(id); ok && !ident.SeesSite(cur) {
+		a.twinError(w, fmt.Errorf("%w: machine %q", twin.ErrNotFound, id))
+		return false
+	}
+	if site == "" && len(ident.Sites) == 1 || ident.SeesSite(site) {
+		return true
+	}
+	problem.Write(w, &problem.Problem{Type: problem.TypeForbidden, Status: http.StatusForbidden,
+		Detail: "site " + strconv.Quote(site) + " is not one of yours: " + strings.Join(ident.Sites, ", ")})
+	return false
 }
 
 func (a *API) twinError(w http.ResponseWriter, err error) {

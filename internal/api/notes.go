@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"strconv"
 
+	"github.com/twinline/twinline/internal/auth"
 	"github.com/twinline/twinline/internal/problem"
 	"github.com/twinline/twinline/internal/twin"
 )
@@ -15,7 +16,7 @@ const maxNotesListed = 1000
 // machine, stored durably, then pushed to the machine's stream subscribers.
 func (a *API) handleNotesPost(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
-	if _, err := a.twins.Get(id); err != nil {
+	if _, err := a.getMachine(r, id); err != nil {
 		a.twinError(w, err)
 		return
 	}
@@ -32,20 +33,26 @@ func (a *API) handleNotesPost(w http.ResponseWriter, r *http.Request) {
 			Detail: `the body must be a JSON object {"text":"…","author":"…"}: ` + err.Error()})
 		return
 	}
-	note, err := a.notes.Add(id, in.Text, in.Author)
+	// The author is the verified identity; a typed name only when auth
+	// is open.
+	if ident := identity(r); ident.Kind != auth.KindAnonymous || in.Author == "" {
+		in.Author = ident.Name
+	}
+	n, err := a.notes.Add(id, in.Text, in.Author)
 	if err != nil {
 		a.twinError(w, err)
 		return
 	}
-	a.publish(id, "note", note)
-	writeJSON(w, http.StatusCreated, note)
+	note(r, id, n.ID, map[string]any{"chars": len(in.Text)})
+	a.publish(id, "note", n)
+	writeJSON(w, http.StatusCreated, n)
 }
 
 // handleNotesGet is GET /api/v1/machines/{id}/notes[?limit=N]: the latest
 // notes, oldest first.
 func (a *API) handleNotesGet(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
-	if _, err := a.twins.Get(id); err != nil {
+	if _, err := a.getMachine(r, id); err != nil {
 		a.twinError(w, err)
 		return
 	}

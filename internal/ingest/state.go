@@ -30,8 +30,12 @@ type decoder struct {
 	metricNames map[string]string
 	tagStrings  map[string]string
 	// recentMachines caches machine ids by recentHash, to skip the map for
-	// the machines of a fleet that send in turns. Only valid ids enter it.
+	// the machines of a fleet that send in turns. Only valid ids, admitted
+	// in this call, enter it: it is cleared per call, because AdmitMachine
+	// answers for one request's identity.
 	recentMachines [1 << recentBits]string
+	// admitted holds the machine ids AdmitMachine admitted in this call.
+	admitted map[string]struct{}
 	// lastNames[i] is the name of the i-th metric of the previous event:
 	// consecutive events usually carry the same metrics in the same order.
 	lastNames []string
@@ -76,6 +80,7 @@ var decoderPool = sync.Pool{New: func() any {
 		metricNames: make(map[string]string),
 		tagStrings:  make(map[string]string),
 		seen:        make(map[string]struct{}),
+		admitted:    make(map[string]struct{}),
 	}
 	d.visitTop = d.topField
 	d.visitNest = d.nestedMetric
@@ -90,6 +95,10 @@ func getDecoder(opts Options, dst []telemetry.Event) *decoder {
 	d.rejects = nil
 	d.stats = Stats{}
 	d.noTagReason = ""
+	if d.opts.AdmitMachine != nil {
+		clear(d.recentMachines[:])
+		clear(d.admitted)
+	}
 	return d
 }
 
@@ -126,13 +135,19 @@ func (d *decoder) machine(b []byte) (string, string) {
 		if p := machineIDProblem(b, d.opts.Limits.MaxMachineIDLen); p != "" {
 			return "", p
 		}
-		if d.opts.AdmitMachine != nil {
-			if p := d.opts.AdmitMachine(string(b)); p != "" {
-				return "", p
-			}
-		}
 		s = string(b)
 		intern(d.machines, s)
+	}
+	if d.opts.AdmitMachine != nil {
+		if _, ok := d.admitted[s]; !ok {
+			if p := d.opts.AdmitMachine(s); p != "" {
+				return "", p
+			}
+			if len(d.admitted) >= maxInterned {
+				clear(d.admitted)
+			}
+			d.admitted[s] = struct{}{}
+		}
 	}
 	*slot = s
 	return s, ""

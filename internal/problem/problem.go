@@ -24,6 +24,10 @@ const (
 	TypeInvalidMachine   = "urn:twinline:problem:invalid-machine"
 	TypeConflict         = "urn:twinline:problem:conflict"
 	TypeRateLimited      = "urn:twinline:problem:rate-limited"
+	TypeUnauthorized     = "urn:twinline:problem:unauthorized"
+	TypeForbidden        = "urn:twinline:problem:forbidden"
+	TypeHostNotAllowed   = "urn:twinline:problem:host-not-allowed"
+	TypeCrossOrigin      = "urn:twinline:problem:cross-origin"
 )
 
 // Problem is an RFC 9457 problem detail. The extension members say exactly

@@ -452,6 +452,16 @@ func (a *Alarms) Tick(now time.Time) ([]Alarm, error) {
 }
 
 // Ack acknowledges an alarm, active or cleared.
+// Get returns the alarm id, if it is kept (active, or recently cleared).
+func (a *Alarms) Get(id string) (Alarm, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if al := a.alarms[id]; al != nil {
+		return *al, true
+	}
+	return Alarm{}, false
+}
+
 func (a *Alarms) Ack(id, by, note string, now time.Time) (Alarm, error) {
 	if utf8.RuneCountInString(by) > maxNoteAuthor || utf8.RuneCountInString(note) > maxNoteText {
 		return Alarm{}, fmt.Errorf("%w: by is at most %d characters, note at most %d", ErrInvalid, maxNoteAuthor, maxNoteText)

@@ -268,6 +268,18 @@ func (t *Twins) Admit(id string, limit int) string {
 	return fmt.Sprintf("unknown machine and the fleet is at its limit of %d machines (--max-machines): delete machines no longer in use, or raise the limit", limit)
 }
 
+// Site returns the site of a registered machine, and whether it is
+// registered. Cheap: it runs per ingested machine for site-restricted
+// identities.
+func (t *Twins) Site(id string) (string, bool) {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	if e := t.machines[id]; e != nil {
+		return e.info.Site, true
+	}
+	return "", false
+}
+
 // Thresholds returns the alarm thresholds of a machine's registry entry.
 // The map is shared: registry writes replace it, never change it.
 func (t *Twins) Thresholds(id string) map[string]Threshold {
