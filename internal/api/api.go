@@ -75,7 +75,7 @@ type Deps struct {
 	// its identity may see (nil: all) and the key its connections are
 	// counted by (per-client cap); nil attaches nothing.
 	StreamContext func(ctx context.Context, visible func(machine string) bool, client string) context.Context
-	Metrics http.Handler
+	Metrics       http.Handler
 	// UI serves the dashboard at /.
 	UI http.Handler
 	// Ready reports nil when the server can take traffic.
