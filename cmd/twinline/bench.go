@@ -1,6 +1,8 @@
 package main
 
 import (
+	"path/filepath"
+
 	"context"
 	"encoding/json"
 	"errors"
@@ -87,6 +89,7 @@ func bench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&opts.ConnectWorkers, "connect-workers", 0, "stream connections opened at once (default 64)")
 	fs.IntVar(&opts.HistoryMachines, "history-machines", 0, "query: machines preloaded with history (default 4)")
 	durationVar(fs, &opts.History, "history", "query: length of the preloaded 1 Hz history")
+	fs.StringVar(&opts.Token, "token", "", "API token sent on every request (Authorization: Bearer); without --target, the embedded server is started with auth on and this token as its bootstrap token, so the figures include token checking")
 	fs.BoolVar(&asJSON, "json", false, "print the result as JSON instead of a table")
 	fs.BoolVar(&quiet, "quiet", false, "no progress line")
 	fs.StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of this process (the embedded server and the load generator) during the run to `file`")
@@ -163,6 +166,14 @@ func bench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		defer os.RemoveAll(dir)
 		cfg.DataDir = dir
+	}
+	if opts.Token != "" && cfg.BootstrapTokenFile == "" {
+		// The server checks the token on every request, as in production.
+		f := filepath.Join(cfg.DataDir, "bench-token")
+		if err := os.WriteFile(f, []byte(opts.Token), 0o600); err != nil {
+			return fmt.Errorf("writing the bench token: %w", err)
+		}
+		cfg.BootstrapTokenFile, cfg.Auth = f, "on"
 	}
 	if opts.Scenario == "query" && !set["out-of-order-window"] {
 		// The history is sent now with past event times: let the server

@@ -21,6 +21,7 @@ import (
 	"github.com/prometheus/common/model"
 
 	"github.com/twinline/twinline/internal/app"
+	"github.com/twinline/twinline/internal/auth"
 	"github.com/twinline/twinline/internal/config"
 	"github.com/twinline/twinline/internal/sim"
 	"github.com/twinline/twinline/internal/store/postgres"
@@ -202,10 +203,11 @@ func migrate(ctx context.Context, args []string, stdout, stderr io.Writer) error
 
 func simulate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	cfg := sim.Config{Machines: 20, Rate: 200, Interval: 100 * time.Millisecond, Seed: time.Now().UnixNano()}
-	target := "http://127.0.0.1:8080"
+	target, token := "http://127.0.0.1:8080", ""
 	fs := flag.NewFlagSet("twinline simulate", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.StringVar(&target, "target", target, "`URL` of the twinline server")
+	fs.StringVar(&token, "token", token, "API token with the ingest scope (twinline token create --scopes ingest), sent as Authorization: Bearer")
 	fs.IntVar(&cfg.Machines, "machines", cfg.Machines, "number of simulated machines")
 	fs.Float64Var(&cfg.Rate, "rate", cfg.Rate, "events per second across the fleet")
 	fs.Float64Var(&cfg.OutOfOrder, "out-of-order", cfg.OutOfOrder, "fraction of events sent late, out of event-time order (0..1)")
@@ -221,7 +223,7 @@ func simulate(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err := cfg.Validate(); err != nil {
 		return fmt.Errorf("invalid configuration:\n%w", err)
 	}
-	s := sim.New(cfg, sim.NewHTTPEmitter(strings.TrimRight(target, "/"), &http.Client{Timeout: 30 * time.Second}), time.Now)
+	s := sim.New(cfg, sim.NewHTTPEmitter(strings.TrimRight(target, "/"), &http.Client{Timeout: 30 * time.Second, Transport: auth.BearerTransport(token, nil)}), time.Now)
 	fmt.Fprintf(stdout, "simulating %d machines at %g events/s → %s (Ctrl-C to stop)\n", cfg.Machines, cfg.Rate, target)
 
 	done := make(chan error, 1)

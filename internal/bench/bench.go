@@ -48,7 +48,9 @@ type Process struct {
 type Options struct {
 	Scenario string
 	// Target is the server's base URL, e.g. http://127.0.0.1:8080.
-	Target   string
+	Target string
+	// Token is sent as a bearer token on every request ("": none).
+	Token    string
 	Duration time.Duration
 	// Warmup is the start of the measured phase excluded from latency
 	// figures (latency, fanout).

@@ -1,6 +1,8 @@
 package bench
 
 import (
+	"github.com/twinline/twinline/internal/auth"
+
 	"bytes"
 	"context"
 	"encoding/json"
@@ -154,7 +156,7 @@ type poster struct {
 	firstErr string
 }
 
-func newHTTPClient(conns int) *http.Client {
+func newHTTPClient(conns int, token string) *http.Client {
 	tr := &http.Transport{
 		Proxy:               nil,
 		DialContext:         (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
@@ -163,12 +165,12 @@ func newHTTPClient(conns int) *http.Client {
 		IdleConnTimeout:     90 * time.Second,
 		DisableCompression:  true,
 	}
-	return &http.Client{Transport: tr, Timeout: 2 * time.Minute}
+	return &http.Client{Transport: auth.BearerTransport(token, tr), Timeout: 2 * time.Minute}
 }
 
 func newPoster(o Options, f format, m *meter) *poster {
 	return &poster{
-		client:  newHTTPClient(o.Workers),
+		client:  newHTTPClient(o.Workers, o.Token),
 		url:     o.Target + f.path,
 		format:  f,
 		metrics: o.Metrics,

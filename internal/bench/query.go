@@ -102,7 +102,7 @@ func runQuery(ctx context.Context, o Options, r *Result) error {
 	for k := range hists {
 		hists[k] = NewHistogram()
 	}
-	client := newHTTPClient(1)
+	client := newHTTPClient(1, o.Token)
 	defer client.CloseIdleConnections()
 	m.setPhase("queries")
 	cpu0, cpuErr := serverCPU(o.Server)

@@ -1,6 +1,8 @@
 package bench
 
 import (
+	"github.com/twinline/twinline/internal/auth"
+
 	"context"
 	"errors"
 	"fmt"
@@ -58,7 +60,7 @@ func runStream(ctx context.Context, o Options, r *Result) error {
 	var from atomic.Int64
 	from.Store(math.MaxInt64)
 	shards := NewShards(4 * runtime.GOMAXPROCS(0))
-	wsClient := &http.Client{Transport: &http.Transport{Proxy: nil, MaxIdleConnsPerHost: -1}}
+	wsClient := &http.Client{Transport: auth.BearerTransport(o.Token, &http.Transport{Proxy: nil, MaxIdleConnsPerHost: -1})}
 	defer wsClient.CloseIdleConnections()
 
 	clientsCtx, stopClients := context.WithCancel(ctx)
