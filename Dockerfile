@@ -65,9 +65,10 @@ ENV TWINLINE_LISTEN=0.0.0.0:8080 \
     TWINLINE_DATA_DIR=/data
 VOLUME ["/data"]
 WORKDIR /data
-# 8080: HTTP (API, ingest, stream, dashboard, /metrics); 1883: MQTT when
-# --mqtt-listen 0.0.0.0:1883 runs the embedded broker.
-EXPOSE 8080 1883
+# 8080: HTTP, or HTTPS with --tls-cert (API, ingest, stream, dashboard,
+# /metrics); 1883: MQTT when --mqtt-listen 0.0.0.0:1883 runs the embedded
+# broker; 8883: MQTTS with --mqtt-tls-listen 0.0.0.0:8883.
+EXPOSE 8080 1883 8883
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["/usr/local/bin/twinline"]
 CMD ["serve"]

@@ -372,10 +372,10 @@ func checkComposeData(t *testing.T, where string, svc map[string]any, s settings
 }
 
 // checkComposePorts checks that published container ports are ones twinline
-// listens on.
+// listens on (HTTP, MQTT, MQTTS, pprof).
 func checkComposePorts(t *testing.T, where string, svc map[string]any, s settings) {
 	listening := map[string]bool{}
-	for _, flag := range []string{"listen", "mqtt-listen", "pprof"} {
+	for _, flag := range []string{"listen", "mqtt-listen", "mqtt-tls-listen", "pprof"} {
 		if _, port, err := net.SplitHostPort(s.get(flag)); err == nil {
 			listening[port] = true
 		}

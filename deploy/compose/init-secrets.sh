@@ -1,0 +1,51 @@
+#!/bin/sh
+# What twinline needs to start closed on a network, made once into the
+# volume mounted at /secrets (docker-compose.yml, docker-compose.scale.yml):
+#
+#   bootstrap-token   a random admin token secret (--bootstrap-token-file)
+#   tls.crt, tls.key  a self-signed certificate for TLS_HOSTS (--tls-cert,
+#                     --tls-key); clients trust tls.crt itself
+#
+# Files that exist are kept: delete one and run this again to replace it
+# (docs/security.md, "Rotation"). Secrets are never printed.
+set -eu
+umask 077
+dir=/secrets
+# The image's user (distroless nonroot) owns the files; KEY_GROUP may also
+# read the key (Mosquitto's 1883 in the scale file).
+owner=65532
+key_group=${KEY_GROUP:-65532}
+
+if [ ! -s "$dir/bootstrap-token" ]; then
+	openssl rand -base64 48 | tr -d '\n' >"$dir/bootstrap-token.new"
+	mv "$dir/bootstrap-token.new" "$dir/bootstrap-token"
+	echo "init-secrets: created a bootstrap admin token"
+fi
+
+if [ ! -s "$dir/tls.crt" ] || [ ! -s "$dir/tls.key" ]; then
+	san=""
+	for h in $(echo "${TLS_HOSTS:-localhost}" | tr ',' ' '); do
+		case "$h" in
+		*[!0-9.]*) san="$san,DNS:$h" ;;
+		*) san="$san,IP:$h" ;;
+		esac
+	done
+	openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+		-days "${TLS_DAYS:-365}" -subj "/CN=twinline" -addext "subjectAltName=${san#,}" \
+		-keyout "$dir/tls.key.new" -out "$dir/tls.crt.new" 2>/dev/null
+	mv "$dir/tls.key.new" "$dir/tls.key"
+	mv "$dir/tls.crt.new" "$dir/tls.crt"
+	echo "init-secrets: created a self-signed certificate for ${san#,}"
+fi
+
+chown "$owner:$owner" "$dir/bootstrap-token" "$dir/tls.crt"
+chown "$owner:$key_group" "$dir/tls.key"
+chmod 0400 "$dir/bootstrap-token"
+chmod 0440 "$dir/tls.key"
+chmod 0444 "$dir/tls.crt"
+
+file=${COMPOSE_FILE_HINT:-deploy/compose/docker-compose.yml}
+echo "init-secrets: the bootstrap admin token (keep it secret):"
+echo "  docker compose -f $file run --rm --no-deps --entrypoint cat init-secrets /secrets/bootstrap-token"
+echo "init-secrets: the certificate to trust (curl --cacert, devices):"
+echo "  docker compose -f $file run --rm --no-deps --entrypoint cat init-secrets /secrets/tls.crt > twinline.crt"
