@@ -347,11 +347,7 @@ func (a *API) handleStream(w http.ResponseWriter, r *http.Request) {
 		if id.Restricted() {
 			filter = func(m string) bool { return a.machineVisible(id, m) }
 		}
-		key := id.Key()
-		if key == "" {
-			key = "ip:" + info(r).remote
-		}
-		r = r.WithContext(a.streamCtx(r.Context(), filter, key))
+		r = r.WithContext(a.streamCtx(r.Context(), filter, ClientKey(r)))
 	}
 	a.stream.ServeHTTP(w, r)
 }

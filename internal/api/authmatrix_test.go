@@ -418,7 +418,11 @@ func TestCrossSiteRequests(t *testing.T) {
 		{"form line protocol", "POST", "/write", "application/x-www-form-urlencoded", "cpu,machineId=m1 v=1", nil, "example.com", http.StatusUnsupportedMediaType},
 		{"same origin note", "POST", "/api/v1/machines/m1/notes", "application/json", `{"text":"x"}`, []string{"Origin", "http://example.com", "Sec-Fetch-Site", "same-origin"}, "example.com", http.StatusCreated},
 		{"same origin stream", "GET", "/api/v1/stream?all=1", "", "", []string{"Origin", "http://example.com"}, "example.com", http.StatusOK},
-		{"healthz any host", "GET", "/healthz", "", "", nil, "10.1.2.3:8080", http.StatusOK},
+		{"healthz any host", "GET", "/healthz", "", "", nil, "probe.example", http.StatusOK},
+		{"IP address as Host", "GET", "/api/v1/machines", "", "", nil, "10.1.2.3:8080", http.StatusOK},
+		{"IPv6 address as Host", "GET", "/api/v1/machines", "", "", nil, "[fd00::1]:8080", http.StatusOK},
+		{"allowed name with port", "GET", "/api/v1/machines", "", "", nil, "example.com:8080", http.StatusOK},
+		{"suffix of an allowed name", "GET", "/api/v1/machines", "", "", nil, "evilexample.com", http.StatusMisdirectedRequest},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -24,8 +24,9 @@ const CSRFHeader = "X-CSRF-Token"
 
 // Security are the HTTP-level security settings (docs/security.md).
 type Security struct {
-	// AllowedHosts are the accepted Host header values, with or without a
-	// port; empty accepts any (tests only: app always sets it).
+	// AllowedHosts are the accepted Host names, with or without a port
+	// (IP addresses are always accepted); empty accepts any (tests only:
+	// app always sets it).
 	AllowedHosts []string
 	// TrustedProxies are the peers whose X-Forwarded-For and
 	// X-Forwarded-Proto are believed.
@@ -106,7 +107,9 @@ func unsafeMethod(m string) bool {
 	return m != http.MethodGet && m != http.MethodHead && m != http.MethodOptions
 }
 
-// hostAllowed reports whether the request's Host is one of allowed.
+// hostAllowed reports whether the request's Host is one of allowed, or an
+// IP address: DNS rebinding needs a name (the attacker's), and a page
+// loaded from an IP address is this server's own origin.
 func hostAllowed(allowed []string, host string) bool {
 	if len(allowed) == 0 {
 		return true
@@ -117,9 +120,12 @@ func hostAllowed(allowed []string, host string) bool {
 		bare = hh
 	}
 	bare = strings.TrimSuffix(strings.TrimPrefix(bare, "["), "]")
+	if _, err := netip.ParseAddr(bare); err == nil {
+		return true
+	}
 	for _, a := range allowed {
 		a = strings.ToLower(a)
-		if a == h || a == bare || strings.TrimSuffix(strings.TrimPrefix(a, "["), "]") == bare {
+		if a == h || a == bare {
 			return true
 		}
 	}
@@ -371,3 +377,18 @@ func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 // visible reports whether the request's identity may see a machine of
 // site.
 func visible(r *http.Request, site string) bool { return identity(r).SeesSite(site) }
+
+// ClientKey names the client of a request that went through the security
+// layer, for rate limits and quotas: its verified identity, or "ip:" and
+// its address (after --trusted-proxies) when it has none.
+func ClientKey(r *http.Request) string {
+	ri := info(r)
+	if k := ri.id.Key(); k != "" {
+		return k
+	}
+	host := ri.remote
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	return "ip:" + host
+}

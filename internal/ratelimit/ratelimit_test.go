@@ -245,8 +245,9 @@ func TestClientKey(t *testing.T) {
 		{"ipv6", "[2001:db8::1]:1234", "", "ip:2001:db8::1"},
 		{"no port", "192.0.2.1", "", "ip:192.0.2.1"},
 		{"basic auth is not a token", "192.0.2.1:1", "Basic Zm9v", "ip:192.0.2.1"},
-		{"token", "192.0.2.1:1", "Bearer abc", "t:ba7816bf8f01cfea414140de"},
-		{"token any case", "192.0.2.1:1", "bearer abc", "t:ba7816bf8f01cfea414140de"},
+		// An unverified token never names the client: a made-up token
+		// per request would escape the limit.
+		{"unverified token", "192.0.2.1:1", "Bearer abc", "ip:192.0.2.1"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
