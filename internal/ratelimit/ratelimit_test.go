@@ -186,7 +186,15 @@ func TestRedisFailsOpen(t *testing.T) {
 
 func TestMiddleware(t *testing.T) {
 	c := &clock{now: time.Unix(1_764_482_400, 0)}
-	l, err := New(Options{Name: "ingest", Limit: Limit{Rate: 0.5, Burst: 1}, Now: c.Now})
+	// Key stands in for the verified identity the API puts before the
+	// limiter: here the Authorization header, taken as verified.
+	key := func(r *http.Request) string {
+		if a := r.Header.Get("Authorization"); a != "" {
+			return "verified:" + a
+		}
+		return ClientKey(r)
+	}
+	l, err := New(Options{Name: "ingest", Limit: Limit{Rate: 0.5, Burst: 1}, Now: c.Now, Key: key})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -221,7 +229,7 @@ func TestMiddleware(t *testing.T) {
 	if p.Type != problem.TypeRateLimited || p.Status != 429 {
 		t.Errorf("problem %+v", p)
 	}
-	// Another IP, or a token from the same IP, is another client.
+	// Another IP, or an identity from the same IP, is another client.
 	if w := do("192.0.2.2:5000", ""); w.Code != http.StatusNoContent {
 		t.Errorf("another IP: %d", w.Code)
 	}
