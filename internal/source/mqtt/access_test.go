@@ -572,6 +572,39 @@ func TestBrokerAuthMatrix(t *testing.T) {
 	}
 }
 
+// TestBrokerAuthTopicAlias shows an authenticated MQTT 5 client naming
+// its topic by an alias (mochi checks the ACL before resolving it).
+func TestBrokerAuthTopicAlias(t *testing.T) {
+	t.Parallel()
+	fl := newFakeLog()
+	deps := fl.deps(t, nil)
+	deps.Authenticate = fakeAuthenticate
+	b := startBroker(t, BrokerOptions{}, deps)
+	conn, err := net.Dial("tcp", b.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, code := connectOn(t, conn, "alias", "ingest-lyon")
+	if code != 0 {
+		t.Fatalf("CONNACK %#x", code)
+	}
+	alias := uint16(1)
+	for i, topic := range []string{"twinline/lyon/a/m1/telemetry", ""} {
+		ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+		pr, err := c.Publish(ctx, &paho.Publish{
+			Topic: topic, QoS: 1, Payload: []byte(fmt.Sprintf(`{"temp":%d}`, i)),
+			Properties: &paho.PublishProperties{TopicAlias: &alias},
+		})
+		cancel()
+		if err != nil || pr.ReasonCode != 0 {
+			t.Fatalf("publish %d (topic %q, alias 1): %+v, %v", i, topic, pr, err)
+		}
+	}
+	if !fl.stored("m1", 0) || !fl.stored("m1", 1) {
+		t.Errorf("stored %v, want both messages of m1", fl.events())
+	}
+}
+
 // TestBrokerAuthV311 shows the MQTT 3.1.1 CONNACK return codes of a
 // refused client: 4 for bad credentials, 5 not authorized, 3 server
 // unavailable.
