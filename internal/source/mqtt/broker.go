@@ -3,10 +3,13 @@ package mqtt
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -15,6 +18,8 @@ import (
 	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/twinline/twinline/internal/auth"
 )
 
 // BrokerOptions configure the embedded broker. The zero value is usable.
@@ -35,6 +40,22 @@ type BrokerOptions struct {
 	// ReceiveMaximum is how many QoS 1 and 2 messages a client may have
 	// unacknowledged; 0 means 64.
 	ReceiveMaximum int
+	// MaxRetained caps the retained messages one identity (one client id
+	// when the broker is open) may have set; a retained publish over it
+	// is refused (MQTT 5: 0x97 Quota exceeded). 0 means 1000.
+	MaxRetained int
+	// MaxRetainedBytes caps the payload bytes of those retained messages;
+	// 0 means 1 MiB.
+	MaxRetainedBytes int
+	// TLSListen, when not empty, is a second address (host:port) that
+	// serves MQTT over TLS (MQTTS) with TLSConfig.
+	TLSListen string
+	// TLSConfig is required with TLSListen. The caller builds it:
+	// certificates (GetCertificate to reload them), and for device
+	// certificates (mTLS) ClientCAs with ClientAuth
+	// tls.VerifyClientCertIfGiven, so that token clients need none. Only
+	// a verified client certificate reaches Deps.Authenticate.
+	TLSConfig *tls.Config
 }
 
 func (o BrokerOptions) withDefaults() BrokerOptions {
@@ -51,18 +72,39 @@ func (o BrokerOptions) withDefaults() BrokerOptions {
 		o.ReceiveMaximum = 64
 	}
 	o.ReceiveMaximum = min(o.ReceiveMaximum, 65535)
+	if o.MaxRetained <= 0 {
+		o.MaxRetained = 1000
+	}
+	if o.MaxRetainedBytes <= 0 {
+		o.MaxRetainedBytes = 1 << 20
+	}
 	return o
 }
 
-// Broker is the embedded MQTT broker (MQTT 3.1.1 and 5). Messages published
-// on telemetry topics are decoded and submitted before they are
-// acknowledged; other topics are brokered as usual. Every client may
-// connect, publish and subscribe: bind it to loopback or a trusted network.
+// authTimeout bounds one Authenticate or Authorize call.
+const authTimeout = 10 * time.Second
+
+// Broker is the embedded MQTT broker (MQTT 3.1.1 and 5), on TCP and
+// optionally TLS. Messages published on telemetry topics are decoded and
+// submitted before they are acknowledged; other topics are brokered as
+// usual. With Deps.Authenticate, clients are authenticated at CONNECT and
+// their publications and subscriptions checked against their identity
+// (see the package documentation); without it, every client may connect,
+// publish and subscribe. Retained messages are allowed only under
+// twinline/ and capped per identity either way.
 type Broker struct {
 	srv    *mochi.Server
 	ln     *listener
+	tln    *listener // nil without TLSListen
 	h      *handler
 	logger *slog.Logger
+
+	authenticate AuthenticateFunc
+	authorize    AuthorizeFunc
+	ids          identities
+	retained     *retainedQuota
+	refused      *prometheus.CounterVec // by reason
+	authLog      *logLimiter
 
 	// submitCtx ends when Run's context does: a client blocked in a
 	// submit lets go, so that the server can close.
@@ -73,10 +115,14 @@ type Broker struct {
 	serving atomic.Bool
 }
 
-// NewBroker listens on addr (host:port; port 0 picks a free one) and
-// returns the broker; Run serves it. opts may be the zero value.
+// NewBroker listens on addr (host:port; port 0 picks a free one), and on
+// opts.TLSListen when set, and returns the broker; Run serves it. opts may
+// be the zero value.
 func NewBroker(addr string, opts BrokerOptions, deps Deps) (*Broker, error) {
 	opts = opts.withDefaults()
+	if opts.TLSListen != "" && opts.TLSConfig == nil {
+		return nil, errors.New("mqtt: BrokerOptions.TLSConfig is required with TLSListen")
+	}
 	h, err := newHandler(opts.Ingest, deps, "broker")
 	if err != nil {
 		return nil, err
@@ -92,12 +138,24 @@ func NewBroker(addr string, opts BrokerOptions, deps Deps) (*Broker, error) {
 		// mochi's info lines (hooks added, started, stopped) are noise here.
 		Logger: slog.New(minLevel{logger.With("lib", "mochi").Handler(), slog.LevelWarn}),
 	})
-	b := &Broker{srv: srv, h: h, logger: logger}
+	b := &Broker{
+		srv: srv, h: h, logger: logger,
+		authenticate: deps.Authenticate, authorize: deps.Authorize,
+		retained: newRetainedQuota(opts.MaxRetained, opts.MaxRetainedBytes),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "twinline_mqtt_refused_total", ConstLabels: prometheus.Labels{"source": "broker"},
+			Help: "MQTT connections, publications and subscriptions the embedded broker refused, by reason: credentials, not_authorized, unavailable (CONNECT); publish, subscribe (ACL); retained_topic, retained_quota.",
+		}, []string{"reason"}),
+		authLog: newLogLimiter(h.clock, 10),
+	}
+	for _, r := range allRefusals {
+		b.refused.WithLabelValues(r)
+	}
 	b.submitCtx, b.cancelSubmit = context.WithCancel(context.Background())
 	if err := srv.AddHook(&hook{b: b}, nil); err != nil {
 		return nil, fmt.Errorf("adding mqtt hook: %w", err)
 	}
-	if err := register(deps.Registerer, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+	if err := register(deps.Registerer, b.refused, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "twinline_mqtt_clients_connected", ConstLabels: prometheus.Labels{"source": "broker"},
 		Help: "MQTT clients connected to the embedded broker.",
 	}, func() float64 { return float64(atomic.LoadInt64(&srv.Info.ClientsConnected)) })); err != nil {
@@ -107,16 +165,38 @@ func NewBroker(addr string, opts BrokerOptions, deps Deps) (*Broker, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listening for mqtt: %w", err)
 	}
-	b.ln = &listener{ln: nl, logger: logger}
+	b.ln = &listener{id: "twinline-mqtt", ln: nl, logger: logger}
 	if err := srv.AddListener(b.ln); err != nil {
 		nl.Close()
 		return nil, fmt.Errorf("adding mqtt listener: %w", err)
+	}
+	if opts.TLSListen != "" {
+		tl, err := net.Listen("tcp", opts.TLSListen)
+		if err != nil {
+			nl.Close()
+			return nil, fmt.Errorf("listening for mqtts: %w", err)
+		}
+		b.tln = &listener{id: "twinline-mqtts", ln: tls.NewListener(tl, opts.TLSConfig), logger: logger}
+		if err := srv.AddListener(b.tln); err != nil {
+			nl.Close()
+			tl.Close()
+			return nil, fmt.Errorf("adding mqtts listener: %w", err)
+		}
 	}
 	return b, nil
 }
 
 // Addr returns the address the broker listens on.
 func (b *Broker) Addr() net.Addr { return b.ln.ln.Addr() }
+
+// TLSAddr returns the address the broker serves MQTTS on, or nil without
+// TLSListen.
+func (b *Broker) TLSAddr() net.Addr {
+	if b.tln == nil {
+		return nil
+	}
+	return b.tln.ln.Addr()
+}
 
 // Ready reports whether the broker is serving.
 func (b *Broker) Ready() error {
@@ -138,9 +218,16 @@ func (b *Broker) Run(ctx context.Context) error {
 		b.serving.Store(false)
 		b.cancelSubmit()
 		b.ln.ln.Close()
+		if b.tln != nil {
+			b.tln.ln.Close()
+		}
 		return fmt.Errorf("serving mqtt: %w", err)
 	}
-	b.logger.Info("mqtt broker listening", "addr", b.Addr().String())
+	if b.tln != nil {
+		b.logger.Info("mqtt broker listening", "addr", b.Addr().String(), "tls_addr", b.TLSAddr().String())
+	} else {
+		b.logger.Info("mqtt broker listening", "addr", b.Addr().String())
+	}
 	<-ctx.Done()
 	b.serving.Store(false)
 	b.cancelSubmit()
@@ -150,9 +237,10 @@ func (b *Broker) Run(ctx context.Context) error {
 	return nil
 }
 
-// hook intercepts PUBLISH packets on telemetry topics. mochi calls OnPublish
-// in the client's read loop before it writes the PUBACK (PUBREC for QoS 2),
-// so the acknowledgement leaves only once the submit has returned.
+// hook authenticates clients, checks their topics and intercepts PUBLISH
+// packets on telemetry topics. mochi calls OnPublish in the client's read
+// loop before it writes the PUBACK (PUBREC for QoS 2), so the
+// acknowledgement leaves only once the submit has returned.
 type hook struct {
 	mochi.HookBase
 	b *Broker
@@ -161,36 +249,217 @@ type hook struct {
 func (h *hook) ID() string { return "twinline-telemetry" }
 
 func (h *hook) Provides(b byte) bool {
-	return bytes.Contains([]byte{mochi.OnConnectAuthenticate, mochi.OnACLCheck, mochi.OnPublish}, []byte{b})
+	return bytes.Contains([]byte{
+		mochi.OnConnect, mochi.OnConnectAuthenticate, mochi.OnACLCheck, mochi.OnSubscribed,
+		mochi.OnPublish, mochi.OnWill, mochi.OnDisconnect, mochi.OnClientExpired, mochi.OnRetainedExpired,
+	}, []byte{b})
 }
 
-// OnConnectAuthenticate lets every client in: the broker is meant for
-// loopback or a trusted network.
-func (h *hook) OnConnectAuthenticate(*mochi.Client, packets.Packet) bool { return true }
+// OnConnect authenticates the client. It answers a refusal itself:
+// mochi's own (OnConnectAuthenticate returning false) is always 0x86,
+// which it turns into the 3.1.1 code 5 (Not authorized) instead of 4 (Bad
+// user name or password), and it cannot say 0x87 or 0x88. Returning the
+// error ends the connection without a second CONNACK.
+func (h *hook) OnConnect(cl *mochi.Client, pk packets.Packet) error {
+	b := h.b
+	if b.authenticate == nil {
+		return nil
+	}
+	var cert *x509.Certificate
+	if len(pk.Connect.Password) == 0 {
+		cert = peerCertificate(cl.Net.Conn)
+	}
+	ctx, cancel := context.WithTimeout(b.submitCtx, authTimeout)
+	id, err := b.authenticate(ctx, string(pk.Connect.Username), pk.Connect.Password, cert)
+	cancel()
+	var refusal connRefusal
+	switch {
+	case err != nil:
+		refusal = connRefusalFor(err)
+	case !id.Can(auth.ScopeIngest) && !id.Can(auth.ScopeRead):
+		refusal, err = connNotAuthorized, errors.New("neither ingest nor read scope")
+	case cl.Properties.Will.Flag == 1 && !mayPublish(id, cl.Properties.Will.TopicName):
+		// mochi publishes the will without an ACL check.
+		refusal, err = connNotAuthorized, fmt.Errorf("will topic %q not writable", cl.Properties.Will.TopicName)
+	default:
+		b.ids.set(cl, id)
+		return nil
+	}
+	b.refused.WithLabelValues(refusal.reason).Inc()
+	b.logRefusal("refusing mqtt connection", cl, "reason", refusal.reason, "user", string(pk.Connect.Username), "err", err)
+	code := refusal.v5
+	if cl.Properties.ProtocolVersion < 5 {
+		code = refusal.v3
+	}
+	ack := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connack}, ReasonCode: code.Code}
+	if cl.Properties.ProtocolVersion == 5 {
+		ack.Properties.ReasonString = code.Reason
+	}
+	if werr := cl.WritePacket(ack); werr != nil {
+		return fmt.Errorf("writing mqtt connack: %w", werr)
+	}
+	return code
+}
 
-// OnACLCheck lets every client publish and subscribe anywhere.
-func (h *hook) OnACLCheck(*mochi.Client, string, bool) bool { return true }
+// OnConnectAuthenticate lets in a client OnConnect verified, or every
+// client without Authenticate.
+func (h *hook) OnConnectAuthenticate(cl *mochi.Client, _ packets.Packet) bool {
+	if h.b.authenticate == nil {
+		return true
+	}
+	_, ok := h.b.ids.get(cl)
+	return ok
+}
 
-func (h *hook) OnPublish(cl *mochi.Client, pk packets.Packet) (packets.Packet, error) {
-	if !isTelemetryTopic(pk.TopicName) {
-		return pk, nil
+// OnACLCheck checks a publication (write), a subscription filter or a
+// delivery (the topic of a message for a subscriber: a session inherited
+// by a new connection is judged by the new identity) against the client's
+// identity.
+func (h *hook) OnACLCheck(cl *mochi.Client, topic string, write bool) bool {
+	b := h.b
+	if b.authenticate == nil {
+		return true
+	}
+	id, ok := b.ids.get(cl)
+	if !ok {
+		return false
+	}
+	if !write {
+		return maySubscribe(id, topic)
+	}
+	if topic == "" {
+		// Named by an MQTT 5 topic alias, which mochi resolves after
+		// this check: OnPublish checks the resolved topic.
+		return true
+	}
+	if mayPublish(id, topic) {
+		return true
+	}
+	b.refused.WithLabelValues(refusedPublish).Inc()
+	b.logRefusal("refusing mqtt publish", cl, "topic", topic, "identity", id.Name)
+	return false
+}
+
+// OnSubscribed counts the filters OnACLCheck refused.
+func (h *hook) OnSubscribed(cl *mochi.Client, pk packets.Packet, _ []byte) {
+	b := h.b
+	if b.authenticate == nil {
+		return
+	}
+	id, _ := b.ids.get(cl)
+	for _, f := range pk.Filters {
+		if !maySubscribe(id, f.Filter) {
+			b.refused.WithLabelValues(refusedSubscribe).Inc()
+			b.logRefusal("refusing mqtt subscription", cl, "filter", f.Filter, "identity", id.Name)
+		}
+	}
+}
+
+// OnDisconnect forgets the identity of a client whose session ends with
+// the connection; a kept session keeps it, for the messages queued for it.
+func (h *hook) OnDisconnect(cl *mochi.Client, _ error, expire bool) {
+	if expire {
+		h.b.ids.drop(cl)
+	}
+}
+
+// OnClientExpired forgets the identity of a session that expired.
+func (h *hook) OnClientExpired(cl *mochi.Client) { h.b.ids.drop(cl) }
+
+// OnRetainedExpired frees the quota of an expired retained message.
+func (h *hook) OnRetainedExpired(topic string) { h.b.retained.expired(topic) }
+
+// OnWill keeps the retained message rules for a will (mochi publishes it
+// without OnPublish): a will outside twinline/ or over the quota is
+// published without the retain flag.
+func (h *hook) OnWill(cl *mochi.Client, will mochi.Will) (mochi.Will, error) {
+	if !will.Retain {
+		return will, nil
 	}
 	b := h.b
-	p, out := b.h.prepare(pk.TopicName, pk.Payload)
-	if p != nil {
-		out = b.h.submitOnce(b.submitCtx, p)
+	if !strings.HasPrefix(will.TopicName, topicRoot) {
+		b.refused.WithLabelValues(refusedRetainedTopic).Inc()
+		will.Retain = false
+		return will, nil
 	}
-	b.h.finish(pk.TopicName, cl.ID, p, out)
-	if out.reason == "" {
-		return pk, nil
+	if !b.retained.admit(retainedOwner(cl, b.identity(cl)), will.TopicName, len(will.Payload), true) {
+		b.refused.WithLabelValues(refusedRetainedQuota).Inc()
+		will.Retain = false
 	}
+	return will, nil
+}
+
+func (h *hook) OnPublish(cl *mochi.Client, pk packets.Packet) (packets.Packet, error) {
+	b := h.b
+	id := b.identity(cl)
+	if b.authenticate != nil && !mayPublish(id, pk.TopicName) {
+		// Only a topic alias gets here (OnACLCheck saw an empty name), and
+		// an alias is only ever set by a publish the ACL let through.
+		b.refused.WithLabelValues(refusedPublish).Inc()
+		return b.refuse(cl, pk, outcome{code: codeNotAuthorized, detail: "not authorized"})
+	}
+	retain := pk.FixedHeader.Retain
+	var owner string
+	if retain {
+		if !strings.HasPrefix(pk.TopicName, topicRoot) {
+			b.refused.WithLabelValues(refusedRetainedTopic).Inc()
+			b.logRefusal("refusing mqtt retained message", cl, "topic", pk.TopicName, "reason", refusedRetainedTopic)
+			return b.refuse(cl, pk, outcome{code: codeNotAuthorized, detail: "retained messages only under " + topicRoot})
+		}
+		owner = retainedOwner(cl, id)
+		if !b.retained.admit(owner, pk.TopicName, len(pk.Payload), false) {
+			b.refused.WithLabelValues(refusedRetainedQuota).Inc()
+			b.logRefusal("refusing mqtt retained message", cl, "topic", pk.TopicName, "reason", refusedRetainedQuota)
+			return b.refuse(cl, pk, outcome{code: codeQuotaExceeded, detail: "retained message quota exceeded"})
+		}
+	}
+	if isTelemetryTopic(pk.TopicName) {
+		var authorize func(Topic) error
+		if b.authorize != nil {
+			authorize = func(t Topic) error {
+				ctx, cancel := context.WithTimeout(b.submitCtx, authTimeout)
+				defer cancel()
+				return b.authorize(ctx, id, t.Machine)
+			}
+		}
+		p, out := b.h.prepare(pk.TopicName, pk.Payload, authorize)
+		if p != nil {
+			out = b.h.submitOnce(auth.NewContext(b.submitCtx, id), p)
+		}
+		b.h.finish(pk.TopicName, cl.ID, p, out)
+		if out.reason != "" {
+			return b.refuse(cl, pk, out)
+		}
+	}
+	if retain && !b.retained.admit(owner, pk.TopicName, len(pk.Payload), true) {
+		// Another connection of the same identity took the quota since
+		// the check above: deliver, but do not retain.
+		pk.FixedHeader.Retain = false
+	}
+	return pk, nil
+}
+
+// identity returns the identity cl acts as: auth.Anonymous without
+// Authenticate.
+func (b *Broker) identity(cl *mochi.Client) auth.Identity {
+	if b.authenticate == nil {
+		return auth.Anonymous
+	}
+	id, _ := b.ids.get(cl)
+	return id
+}
+
+// refuse answers a publish that is not taken: out.code in the PUBACK
+// (PUBREC) of an MQTT 5 client; for MQTT 3.1.1, which has no negative
+// acknowledgement, the connection is closed when sending again may
+// succeed (out.retry), and the message acknowledged and dropped otherwise.
+// A QoS 0 message is dropped (and not relayed).
+func (b *Broker) refuse(cl *mochi.Client, pk packets.Packet, out outcome) (packets.Packet, error) {
 	qos := pk.FixedHeader.Qos
-	v5 := cl.Properties.ProtocolVersion == 5
 	switch {
 	case qos == 0:
-		// Nothing to acknowledge: drop it (and don't relay it).
 		return pk, packets.CodeSuccessIgnore
-	case v5:
+	case cl.Properties.ProtocolVersion == 5:
 		// mochi would answer a QoS 2 publish with a PUBACK here, so the
 		// negative acknowledgement is written by the hook.
 		ack := packets.Packet{
@@ -207,21 +476,32 @@ func (h *hook) OnPublish(cl *mochi.Client, pk packets.Packet) (packets.Packet, e
 		}
 		return pk, packets.ErrRejectPacket
 	case out.retry():
-		// MQTT 3.1.1 has no negative acknowledgement: close the
-		// connection without one, and the client sends it again.
 		cl.Stop(packets.ErrServerBusy)
 		return pk, packets.ErrRejectPacket
 	default:
-		// MQTT 3.1.1, bad message: acknowledge and drop it, or the client
-		// would send it for ever.
 		return pk, packets.CodeSuccessIgnore
 	}
+}
+
+// logRefusal logs a refused connection, publication or subscription, at
+// most a few per second.
+func (b *Broker) logRefusal(msg string, cl *mochi.Client, attrs ...any) {
+	ok, suppressed := b.authLog.allow()
+	if !ok {
+		return
+	}
+	attrs = append(attrs, "client", cl.ID, "remote", cl.Net.Remote)
+	if suppressed > 0 {
+		attrs = append(attrs, "suppressed", suppressed)
+	}
+	b.logger.Warn(msg, attrs...)
 }
 
 // listener serves mochi on a net.Listener opened by NewBroker, so that the
 // address (and a bind error) is known before Run, and logs client errors at
 // debug level rather than as warnings.
 type listener struct {
+	id     string
 	ln     net.Listener
 	logger *slog.Logger
 	once   sync.Once
@@ -238,7 +518,7 @@ type listener struct {
 const closeGrace = 2 * time.Second
 
 func (l *listener) Init(*slog.Logger) error { return nil }
-func (l *listener) ID() string              { return "twinline-mqtt" }
+func (l *listener) ID() string              { return l.id }
 func (l *listener) Address() string         { return l.ln.Addr().String() }
 func (l *listener) Protocol() string        { return "tcp" }
 

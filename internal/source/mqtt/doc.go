@@ -21,4 +21,24 @@
 // publisher gets a PUBACK with a failure reason code (0x90, 0x99, 0x97), an
 // MQTT 3.1.1 publisher, which has no such code, a plain PUBACK. It never
 // ends the client's session nor the subscription.
+//
+// The embedded broker authenticates clients when Deps.Authenticate is set
+// (without it, it is open: bind it to loopback or a trusted network). At
+// CONNECT the password is a token (the user name is free) or, on the TLS
+// listener without a password, the verified client certificate stands for
+// a device; bad credentials are refused with 0x86 (MQTT 3.1.1: 4), an
+// identity with neither the ingest nor the read scope with 0x87 (5), a
+// failing Authenticate with 0x88 (3). Each client then acts as its
+// identity: it publishes only with the ingest scope and only to
+// twinline/{site}/… of a site it sees (a device only where the machine id
+// level is its machine); it subscribes only with the read scope and, when
+// restricted to sites, only to filters under twinline/{site} of its sites
+// with no wildcard in the site level. Refusals are 0x87 in the PUBACK or
+// SUBACK. Deps.Authorize is asked about each telemetry message's machine
+// before the submit (0x87 when refused), and the submit context carries
+// the identity (auth.FromContext).
+//
+// Retained messages are accepted only under twinline/ and count against a
+// quota per identity (MaxRetained, MaxRetainedBytes; 0x97 beyond it),
+// whether or not the broker authenticates.
 package mqtt

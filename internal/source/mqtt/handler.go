@@ -74,6 +74,15 @@ type Deps struct {
 	Registerer prometheus.Registerer
 	// Clock may be nil (time.Now).
 	Clock func() time.Time
+	// Authenticate, for the embedded broker, verifies every connecting
+	// client; nil lets every client in as auth.Anonymous, with no topic
+	// ACL (a broker for loopback or a trusted network). The subscriber
+	// ignores it.
+	Authenticate AuthenticateFunc
+	// Authorize, for the embedded broker, is asked about the machine of
+	// every telemetry message before it is submitted; nil allows every
+	// machine. The subscriber ignores it.
+	Authorize AuthorizeFunc
 }
 
 // IngestOptions say how a payload becomes events. The zero value is usable.
@@ -145,21 +154,23 @@ func TelemetryTopic(site, line, machine string) string {
 
 // Reject reasons, the reason label of twinline_mqtt_messages_rejected_total.
 const (
-	reasonTopic         = "topic"         // malformed telemetry topic
-	reasonPayload       = "payload"       // no event could be decoded
-	reasonMachine       = "machine"       // AdmitMachine refused the machine
-	reasonUnprocessable = "unprocessable" // Submit: ErrUnprocessable
-	reasonBusy          = "busy"          // Submit: ErrBusy or timeout
-	reasonError         = "error"         // Submit: any other error
-	reasonShutdown      = "shutdown"      // Submit cancelled by shutdown
+	reasonTopic         = "topic"          // malformed telemetry topic
+	reasonPayload       = "payload"        // no event could be decoded
+	reasonMachine       = "machine"        // AdmitMachine refused the machine
+	reasonNotAuthorized = "not_authorized" // Authorize refused the machine
+	reasonUnprocessable = "unprocessable"  // Submit: ErrUnprocessable
+	reasonBusy          = "busy"           // Submit: ErrBusy or timeout
+	reasonError         = "error"          // Submit: any other error
+	reasonShutdown      = "shutdown"       // Submit cancelled by shutdown
 )
 
-var allReasons = []string{reasonTopic, reasonPayload, reasonMachine, reasonUnprocessable, reasonBusy, reasonError, reasonShutdown}
+var allReasons = []string{reasonTopic, reasonPayload, reasonMachine, reasonNotAuthorized, reasonUnprocessable, reasonBusy, reasonError, reasonShutdown}
 
 // MQTT 5 reason codes used in acknowledgements.
 const (
 	codeUnspecified   byte = 0x80
 	codeImplSpecific  byte = 0x83
+	codeNotAuthorized byte = 0x87
 	codeTopicInvalid  byte = 0x90
 	codeQuotaExceeded byte = 0x97
 	codePayloadFormat byte = 0x99
@@ -228,13 +239,19 @@ func newHandler(opts IngestOptions, deps Deps, source string) (*handler, error) 
 	return h, nil
 }
 
-// prepare parses the topic and decodes the payload. It returns a rejected
-// outcome when nothing can be submitted.
-func (h *handler) prepare(topicName string, payload []byte) (*prepared, outcome) {
+// prepare parses the topic, asks authorize (when not nil) about it and
+// decodes the payload. It returns a rejected outcome when nothing can be
+// submitted.
+func (h *handler) prepare(topicName string, payload []byte, authorize func(Topic) error) (*prepared, outcome) {
 	h.m.received.Inc()
 	t, err := ParseTopic(topicName, h.opts.Decode.Limits.MaxMachineIDLen)
 	if err != nil {
 		return nil, outcome{reason: reasonTopic, code: codeTopicInvalid, detail: err.Error()}
+	}
+	if authorize != nil {
+		if err := authorize(t); err != nil {
+			return nil, outcome{reason: reasonNotAuthorized, code: codeNotAuthorized, detail: "machine " + t.Machine + ": " + err.Error()}
+		}
 	}
 	if admit := h.opts.Decode.AdmitMachine; admit != nil {
 		if p := admit(t.Machine); p != "" {

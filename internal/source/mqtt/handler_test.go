@@ -139,7 +139,7 @@ func TestPrepare(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			p, out := h.prepare(tt.topic, []byte(tt.payload))
+			p, out := h.prepare(tt.topic, []byte(tt.payload), nil)
 			if out.reason != tt.wantReason || out.code != tt.wantCode {
 				t.Fatalf("prepare: reason %q code %#x (%s), want %q %#x", out.reason, out.code, out.detail, tt.wantReason, tt.wantCode)
 			}
@@ -194,7 +194,7 @@ func TestRegisterOnChange(t *testing.T) {
 		"twinline/s1/l2/m1/telemetry",
 		"twinline/s1/l2/m1/telemetry",
 	} {
-		p, out := h.prepare(topic, []byte(`{"temp":1}`))
+		p, out := h.prepare(topic, []byte(`{"temp":1}`), nil)
 		if p == nil {
 			t.Fatalf("prepare(%s): %+v", topic, out)
 		}

@@ -30,7 +30,7 @@ func newMetrics(reg prometheus.Registerer, source string) (*metrics, error) {
 		}),
 		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "twinline_mqtt_messages_rejected_total", ConstLabels: labels,
-			Help: "MQTT messages not accepted, by reason: topic, payload, machine, unprocessable (dropped); busy, error, shutdown (sent again).",
+			Help: "MQTT messages not accepted, by reason: topic, payload, machine, not_authorized, unprocessable (dropped); busy, error, shutdown (sent again).",
 		}, []string{"reason"}),
 		events: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "twinline_mqtt_events_total", ConstLabels: labels,

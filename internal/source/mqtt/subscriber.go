@@ -56,6 +56,10 @@ type SubscriberOptions struct {
 	// DrainTimeout is how long, at shutdown, submits in progress may take
 	// to finish (and be acknowledged); 0 means 5 s.
 	DrainTimeout time.Duration
+	// Username and Password authenticate to a secured broker (sent only
+	// when Username is not empty). User information in the broker URL
+	// (mqtt://user:password@host) overrides them.
+	Username, Password string
 }
 
 func (o SubscriberOptions) withDefaults() SubscriberOptions {
@@ -217,8 +221,11 @@ func (s *Subscriber) Run(ctx context.Context) error {
 	defer stopSubmits()
 
 	var subscribing sync.WaitGroup // subscribe calls, one per connection
-	username := s.url.User.Username()
-	password, _ := s.url.User.Password()
+	username, password := s.opts.Username, s.opts.Password
+	if s.url.User != nil {
+		username = s.url.User.Username()
+		password, _ = s.url.User.Password()
+	}
 	srv := *s.url
 	srv.User = nil
 	cfg := autopaho.ClientConfig{
@@ -401,7 +408,7 @@ const maxBatchMessages = 256
 func (s *Subscriber) handle(ctx context.Context, msgs []paho.PublishReceived) bool {
 	var ps []*prepared
 	for _, pr := range msgs {
-		p, out := s.h.prepare(pr.Packet.Topic, pr.Packet.Payload)
+		p, out := s.h.prepare(pr.Packet.Topic, pr.Packet.Payload, nil)
 		if p == nil {
 			s.h.finish(pr.Packet.Topic, s.opts.ClientID, nil, out)
 			continue
