@@ -378,7 +378,7 @@ func testAuditFilters(t *testing.T, open func() auth.AuditStore) {
 		entry(20, "bo", "alarm.ack", "press-07"),
 		entry(30, "ana", "alarm.ack", "oven-01"),
 		entry(40, "ana", "token.create", ""),
-		entry(40, "bo", "note.add", "oven-01"), // same time: the higher id first
+		entry(40, "bo", "note.add", "oven-01"),       // same time: the higher id first
 		entry(5, "bo", "machine.delete", "press-07"), // appended late, older
 	)
 	for _, tt := range []struct {
