@@ -7,8 +7,9 @@ import (
 	"fmt"
 	"math"
 	"os"
-	"path/filepath"
 	"time"
+
+	"github.com/twinline/twinline/internal/atomicfile"
 )
 
 const (
@@ -115,33 +116,8 @@ func (r *registryFile) save(infos []Info) error {
 	if err != nil {
 		return fmt.Errorf("encoding registry: %w", err)
 	}
-	dir := filepath.Dir(r.path)
-	f, err := os.CreateTemp(dir, ".registry-*.json")
-	if err != nil {
-		return fmt.Errorf("writing registry: %w", err)
-	}
-	defer os.Remove(f.Name()) // no-op after the rename
-	if _, err := f.Write(b); err != nil {
-		f.Close()
-		return fmt.Errorf("writing registry: %w", err)
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("syncing registry: %w", err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("writing registry: %w", err)
-	}
-	if err := os.Rename(f.Name(), r.path); err != nil {
-		return fmt.Errorf("replacing registry: %w", err)
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("syncing registry directory: %w", err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("syncing registry directory: %w", err)
+	if _, err := atomicfile.WriteFile(r.path, b, 0o600); err != nil {
+		return fmt.Errorf("saving registry: %w", err)
 	}
 	return nil
 }

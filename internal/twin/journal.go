@@ -2,10 +2,14 @@ package twin
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
+
+	"github.com/twinline/twinline/internal/atomicfile"
 )
 
 // journal is an append-only file of JSON lines, the durable form of the
@@ -94,3 +98,48 @@ func (j *journal) sync() error {
 }
 
 func (j *journal) close() error { return j.f.Close() }
+
+// rewriteJournal replaces j's file, atomically, with its lines decoded as
+// T and passed through change, which reports whether it changed the value,
+// and reopens j on the new file; when nothing changed the file stays as it
+// is. It returns how many lines changed. On an error j is unchanged.
+func rewriteJournal[T any](j *journal, change func(*T) bool) (int, error) {
+	path := j.f.Name()
+	var out bytes.Buffer
+	n := 0
+	sc := bufio.NewScanner(io.NewSectionReader(j.f, 0, j.size))
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for line := 1; sc.Scan(); line++ {
+		var v T
+		if err := json.Unmarshal(sc.Bytes(), &v); err != nil {
+			return 0, fmt.Errorf("reading %s line %d: %w", path, line, err)
+		}
+		if !change(&v) {
+			out.Write(sc.Bytes())
+			out.WriteByte('\n')
+			continue
+		}
+		b, err := json.Marshal(v)
+		if err != nil {
+			return 0, fmt.Errorf("encoding %s line %d: %w", path, line, err)
+		}
+		out.Write(append(b, '\n'))
+		n++
+	}
+	if err := sc.Err(); err != nil {
+		return 0, fmt.Errorf("reading %s: %w", path, err)
+	}
+	if n == 0 {
+		return 0, nil
+	}
+	if _, err := atomicfile.WriteFile(path, out.Bytes(), 0o640); err != nil {
+		return 0, fmt.Errorf("rewriting %s: %w", path, err)
+	}
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_APPEND, 0o640)
+	if err != nil {
+		return 0, fmt.Errorf("reopening %s: %w", path, err)
+	}
+	j.f.Close()
+	j.f, j.size, j.unsynced = f, int64(out.Len()), false
+	return n, nil
+}

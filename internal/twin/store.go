@@ -85,6 +85,25 @@ type NoteStore interface {
 	Close() error
 }
 
+// NoteEraser is implemented by a NoteStore that can replace an author's
+// name in every note (GDPR erasure: `twinline privacy erase --author`).
+type NoteEraser interface {
+	// EraseAuthor replaces author by pseudonym as the author of every
+	// note, returning how many notes changed. The texts stay as written.
+	EraseAuthor(ctx context.Context, author, pseudonym string) (int, error)
+}
+
+// AlarmEraser is implemented by an AlarmStore that can replace a user's
+// name in the alarm journal (GDPR erasure).
+type AlarmEraser interface {
+	// EraseBy replaces name by pseudonym as the By of every journal entry
+	// and as the acknowledger (Alarm.AckedBy) of every alarm state stored,
+	// returning how many journal entries changed. Entries appended but
+	// not yet synced are changed too. A running Alarms keeps the names it
+	// holds in memory: erase while it is stopped, or restart it after.
+	EraseBy(ctx context.Context, name, pseudonym string) (int, error)
+}
+
 // RegistryFile is a RegistryStore in one JSON document (registry.json),
 // replaced atomically on every Save (write, fsync, rename, fsync the
 // directory).
@@ -112,6 +131,8 @@ type AlarmFile struct {
 	mu sync.Mutex
 	j  *journal // nil until Replay (or the first Append)
 }
+
+var _ AlarmEraser = (*AlarmFile)(nil)
 
 // NewAlarmFile returns the alarm journal at path, created on first use.
 func NewAlarmFile(path string) *AlarmFile { return &AlarmFile{path: path} }
@@ -170,6 +191,38 @@ func (f *AlarmFile) Sync(context.Context) error {
 	return f.j.sync()
 }
 
+// EraseBy implements AlarmEraser: it rewrites the file atomically.
+func (f *AlarmFile) EraseBy(_ context.Context, name, pseudonym string) (int, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	j := f.j
+	if j == nil {
+		var err error
+		if j, err = openJournal(f.path, func([]byte) error { return nil }); err != nil {
+			return 0, fmt.Errorf("erasing %q from alarm journal: %w", name, err)
+		}
+		defer j.close()
+	}
+	n, err := rewriteJournal(j, func(e *AlarmEntry) bool { return e.Erase(name, pseudonym) })
+	if err != nil {
+		return 0, fmt.Errorf("erasing %q from alarm journal: %w", name, err)
+	}
+	return n, nil
+}
+
+// Erase replaces name by pseudonym as e's By and as its alarm's AckedBy,
+// and reports whether it changed e: the erasure of an AlarmEraser.
+func (e *AlarmEntry) Erase(name, pseudonym string) bool {
+	changed := false
+	if e.By == name {
+		e.By, changed = pseudonym, true
+	}
+	if e.Alarm.AckedBy == name {
+		e.Alarm.AckedBy, changed = pseudonym, true
+	}
+	return changed
+}
+
 // Close implements AlarmStore.
 func (f *AlarmFile) Close() error {
 	f.mu.Lock()
@@ -191,6 +244,8 @@ type NoteFile struct {
 	byMach map[string][]Note
 	seq    uint64
 }
+
+var _ NoteEraser = (*NoteFile)(nil)
 
 // OpenNoteFile opens (creating it if needed) the notes journal at path.
 func OpenNoteFile(path string) (*NoteFile, error) {
@@ -249,6 +304,33 @@ func (n *NoteFile) List(_ context.Context, machine string, limit int) ([]Note, e
 		list = list[len(list)-limit:]
 	}
 	return append([]Note(nil), list...), nil
+}
+
+// EraseAuthor implements NoteEraser: it rewrites the file atomically.
+func (n *NoteFile) EraseAuthor(_ context.Context, author, pseudonym string) (int, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.j == nil {
+		return 0, errors.New("erasing note author: notes closed")
+	}
+	count, err := rewriteJournal(n.j, func(note *Note) bool {
+		if note.Author != author {
+			return false
+		}
+		note.Author = pseudonym
+		return true
+	})
+	if err != nil {
+		return 0, fmt.Errorf("erasing note author: %w", err)
+	}
+	for _, list := range n.byMach {
+		for i := range list {
+			if list[i].Author == author {
+				list[i].Author = pseudonym
+			}
+		}
+	}
+	return count, nil
 }
 
 // Close implements NoteStore.

@@ -47,6 +47,7 @@ type AlarmLog struct {
 var (
 	_ twin.AlarmStore    = (*AlarmLog)(nil)
 	_ twin.AlarmNumberer = (*AlarmLog)(nil)
+	_ twin.AlarmEraser   = (*AlarmLog)(nil)
 )
 
 // alarmIDBlock is how many ids NextAlarmID draws at once: an outage taking
@@ -240,6 +241,43 @@ func (l *AlarmLog) write(ctx context.Context, entries []twin.AlarmEntry) error {
 		}
 		return nil
 	})
+}
+
+// EraseBy implements twin.AlarmEraser: in the journal (by_user and the
+// alarm's acknowledgedBy), the table alarms and the pending entries.
+func (l *AlarmLog) EraseBy(ctx context.Context, name, pseudonym string) (int, error) {
+	if !validName(pseudonym) {
+		return 0, fmt.Errorf("erasing %q from alarm journal: %w: texts must be UTF-8 without NUL", name, twin.ErrInvalid)
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	ctx, cancel := context.WithTimeout(ctx, l.timeout)
+	defer cancel()
+	var n int64
+	err := pgx.BeginFunc(ctx, l.pool, func(tx pgx.Tx) error {
+		tag, err := tx.Exec(ctx, `UPDATE `+l.journal+` SET
+				by_user = CASE WHEN by_user = $1 THEN $2 ELSE by_user END,
+				alarm = CASE WHEN alarm->>'acknowledgedBy' = $1
+					THEN jsonb_set(alarm, '{acknowledgedBy}', to_jsonb($2::text)) ELSE alarm END
+			WHERE by_user = $1 OR alarm->>'acknowledgedBy' = $1`, name, pseudonym)
+		if err != nil {
+			return fmt.Errorf("updating the journal: %w", err)
+		}
+		n = tag.RowsAffected()
+		if _, err := tx.Exec(ctx, `UPDATE `+l.alarms+` SET acknowledged_by = $2 WHERE acknowledged_by = $1`, name, pseudonym); err != nil {
+			return fmt.Errorf("updating alarm states: %w", err)
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("erasing %q from alarm journal: %w", name, err)
+	}
+	for i := range l.pending {
+		if l.pending[i].Erase(name, pseudonym) {
+			n++
+		}
+	}
+	return int(n), nil
 }
 
 // Close implements twin.AlarmStore: it writes the pending entries. The

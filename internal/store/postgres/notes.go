@@ -22,7 +22,10 @@ type NoteStore struct {
 	timeout time.Duration
 }
 
-var _ twin.NoteStore = (*NoteStore)(nil)
+var (
+	_ twin.NoteStore  = (*NoteStore)(nil)
+	_ twin.NoteEraser = (*NoteStore)(nil)
+)
 
 // NewNoteStore returns the notes in the tables of s.
 func NewNoteStore(s *Store) *NoteStore {
@@ -75,6 +78,20 @@ func (n *NoteStore) List(ctx context.Context, machine string, limit int) ([]twin
 		return nil, fmt.Errorf("listing notes: %w", err)
 	}
 	return out, nil
+}
+
+// EraseAuthor implements twin.NoteEraser.
+func (n *NoteStore) EraseAuthor(ctx context.Context, author, pseudonym string) (int, error) {
+	if !validName(pseudonym) {
+		return 0, fmt.Errorf("erasing note author: %w: texts must be UTF-8 without NUL", twin.ErrInvalid)
+	}
+	ctx, cancel := context.WithTimeout(ctx, n.timeout)
+	defer cancel()
+	tag, err := n.pool.Exec(ctx, `UPDATE `+n.notes+` SET author = $2 WHERE author = $1`, author, pseudonym)
+	if err != nil {
+		return 0, fmt.Errorf("erasing note author: %w", err)
+	}
+	return int(tag.RowsAffected()), nil
 }
 
 // Close implements twin.NoteStore; the pool belongs to the Store.

@@ -3,11 +3,9 @@ package postgres
 import (
 	"bytes"
 	"context"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"log/slog"
 	"reflect"
 	"sync"
@@ -129,15 +127,7 @@ func NewRegistry(s *Store, opts RegistryOptions) (*Registry, error) {
 // registryChannel is the NOTIFY channel of schema's registry:
 // <schema>_machines, or a hashed name when that is longer than an
 // identifier may be.
-func registryChannel(schema string) string {
-	ch := schema + "_machines"
-	if len(ch) <= 63 {
-		return ch
-	}
-	h := fnv.New64a()
-	h.Write([]byte(schema))
-	return "twinline_machines_" + hex.EncodeToString(h.Sum(nil))
-}
+func registryChannel(schema string) string { return notifyChannel(schema, "machines") }
 
 const machineColumns = `id, name, site, line, thresholds, attributes, created_at, updated_at`
 
@@ -413,70 +403,32 @@ func (r *Registry) WithAttributes(ctx context.Context, attrs map[string]any) ([]
 // it; while it is not listening, the cache is emptied (a change may have
 // been missed) and Get reads through to the database.
 func (r *Registry) Run(ctx context.Context) error {
-	retry := time.NewTimer(0)
-	defer retry.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-retry.C:
-		}
-		err := r.listen(ctx)
-		r.cache.Purge()
-		if ctx.Err() != nil {
-			return nil
-		}
-		r.logger.Warn("listening for registry changes", "err", err, "retry_in", r.opts.RetryInterval)
-		retry.Reset(r.opts.RetryInterval)
-	}
-}
-
-// listen runs one LISTEN connection until it fails or ctx ends.
-func (r *Registry) listen(ctx context.Context) error {
-	cctx, cancel := context.WithTimeout(ctx, r.timeout)
-	conn, err := pgx.ConnectConfig(cctx, r.pool.Config().ConnConfig)
-	cancel()
-	if err != nil {
-		return fmt.Errorf("connecting: %w", err)
-	}
-	defer conn.Close(context.WithoutCancel(ctx))
-	cctx, cancel = context.WithTimeout(ctx, r.timeout)
-	_, err = conn.Exec(cctx, "LISTEN "+pgx.Identifier{r.channel}.Sanitize())
-	cancel()
-	if err != nil {
-		return fmt.Errorf("listening on %s: %w", r.channel, err)
-	}
-	// Changes made before LISTEN took effect were not notified.
-	r.cache.Purge()
-	if r.onChange != nil {
-		r.onChange(nil)
-	}
-	if r.testHookListening != nil {
-		r.testHookListening()
-	}
-	for {
-		wctx, cancel := context.WithTimeout(ctx, r.opts.PingInterval)
-		n, err := conn.WaitForNotification(wctx)
-		cancel()
-		switch {
-		case ctx.Err() != nil:
-			return ctx.Err()
-		case errors.Is(err, context.DeadlineExceeded) && !conn.IsClosed():
-			pctx, cancel := context.WithTimeout(ctx, r.timeout)
-			err = conn.Ping(pctx)
-			cancel()
-			if err != nil {
-				return fmt.Errorf("pinging: %w", err)
+	l := &listener{
+		connConfig: r.pool.Config().ConnConfig,
+		channel:    r.channel,
+		timeout:    r.timeout,
+		retry:      r.opts.RetryInterval,
+		ping:       r.opts.PingInterval,
+		logger:     r.logger,
+		what:       "registry changes",
+		listening: func() {
+			r.cache.Purge()
+			if r.onChange != nil {
+				r.onChange(nil)
 			}
-			continue
-		case err != nil:
-			return fmt.Errorf("waiting for notifications: %w", err)
-		}
-		r.invalidate(n.Payload)
-		if r.testHookInvalidated != nil {
-			r.testHookInvalidated(n.Payload)
-		}
+			if r.testHookListening != nil {
+				r.testHookListening()
+			}
+		},
+		notified: func(payload string) {
+			r.invalidate(payload)
+			if r.testHookInvalidated != nil {
+				r.testHookInvalidated(payload)
+			}
+		},
+		stopped: r.cache.Purge,
 	}
+	return l.run(ctx)
 }
 
 // OnChange makes Run call fn with the ids of each change notified by any

@@ -251,6 +251,7 @@ func RunAlarmStore(t *testing.T, newStorage func(t *testing.T) func() twin.Alarm
 	t.Run("CloseMakesDurable", func(t *testing.T) { testAlarmClose(t, newStorage(t)) })
 	t.Run("ReplayStopsOnError", func(t *testing.T) { testAlarmReplayError(t, newStorage(t)) })
 	t.Run("AlarmsRestart", func(t *testing.T) { testAlarmsRestart(t, newStorage(t)) })
+	t.Run("EraseBy", func(t *testing.T) { testAlarmEraseBy(t, newStorage(t)) })
 }
 
 // replayAll opens a new handle, replays it and closes it.
@@ -473,6 +474,7 @@ func RunNoteStore(t *testing.T, newStorage func(t *testing.T) func() twin.NoteSt
 	t.Run("AddList", func(t *testing.T) { testNotesAddList(t, newStorage(t)) })
 	t.Run("Reopen", func(t *testing.T) { testNotesReopen(t, newStorage(t)) })
 	t.Run("Notes", func(t *testing.T) { testNotesOverStore(t, newStorage(t)) })
+	t.Run("EraseAuthor", func(t *testing.T) { testNotesEraseAuthor(t, newStorage(t)) })
 }
 
 func openNotes(t *testing.T, open func() twin.NoteStore) twin.NoteStore {
@@ -615,5 +617,126 @@ func testNotesOverStore(t *testing.T, open func() twin.NoteStore) {
 	}
 	if diff := cmp.Diff(n.List("press-07", 2), want[1:]); diff != "" {
 		t.Errorf("List limit 2 (-got +want):\n%s", diff)
+	}
+}
+
+// testAlarmEraseBy: a store that is a twin.AlarmEraser replaces a name in
+// the entries stored and in those not yet synced.
+func testAlarmEraseBy(t *testing.T, open func() twin.AlarmStore) {
+	ctx := context.Background()
+	if _, ok := open().(twin.AlarmEraser); !ok {
+		t.Skip("not a twin.AlarmEraser")
+	}
+	s := open()
+	if err := s.Replay(ctx, func(twin.AlarmEntry) error { return nil }); err != nil {
+		t.Fatalf("Replay: %v", err)
+	}
+	first := lifecycle("1", "press-07", 0) // ana in the ack and the clear
+	appendAll(t, s, first...)
+	if err := s.Sync(ctx); err != nil {
+		t.Fatalf("Sync: %v", err)
+	}
+	bo := lifecycle("2", "oven-01", 10)
+	for i := range bo {
+		if bo[i].By != "" {
+			bo[i].By = "bo"
+		}
+		if bo[i].Alarm.AckedBy != "" {
+			bo[i].Alarm.AckedBy = "bo"
+		}
+	}
+	appendAll(t, s, bo...)
+	if err := s.Sync(ctx); err != nil {
+		t.Fatalf("Sync: %v", err)
+	}
+	if n, err := s.(twin.AlarmEraser).EraseBy(ctx, "ana", "user-1"); err != nil || n != 2 {
+		t.Fatalf("EraseBy = %d, %v; want 2 entries", n, err)
+	}
+	// Appended, not yet synced, then erased.
+	pending := lifecycle("3", "press-07", 20)
+	appendAll(t, s, pending...)
+	if n, err := s.(twin.AlarmEraser).EraseBy(ctx, "ana", "user-1"); err != nil || n != 2 {
+		t.Fatalf("EraseBy with entries pending = %d, %v; want 2 entries", n, err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	// Through a handle that never replayed.
+	other := open()
+	if n, err := other.(twin.AlarmEraser).EraseBy(ctx, "nobody", "user-2"); err != nil || n != 0 {
+		t.Errorf("EraseBy of an unknown name = %d, %v; want 0", n, err)
+	}
+	if err := other.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	var want []twin.AlarmEntry
+	for _, e := range append(append(first, bo...), pending...) {
+		e.Erase("ana", "user-1")
+		want = append(want, e)
+	}
+	if diff := cmp.Diff(replayAll(t, open), want); diff != "" {
+		t.Errorf("Replay after EraseBy (-got +want):\n%s", diff)
+	}
+	// The journal takes entries after an erasure.
+	s = open()
+	if err := s.Replay(ctx, func(twin.AlarmEntry) error { return nil }); err != nil {
+		t.Fatalf("Replay: %v", err)
+	}
+	if _, err := s.(twin.AlarmEraser).EraseBy(ctx, "bo", "user-3"); err != nil {
+		t.Fatalf("EraseBy: %v", err)
+	}
+	more := lifecycle("4", "m", 30)
+	appendAll(t, s, more...)
+	if err := s.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	for i := range want {
+		want[i].Erase("bo", "user-3")
+	}
+	if diff := cmp.Diff(replayAll(t, open), append(want, more...)); diff != "" {
+		t.Errorf("Replay after EraseBy and Append (-got +want):\n%s", diff)
+	}
+}
+
+// testNotesEraseAuthor: a store that is a twin.NoteEraser replaces an
+// author's name in every note, and goes on adding notes after.
+func testNotesEraseAuthor(t *testing.T, open func() twin.NoteStore) {
+	ctx := context.Background()
+	s := openNotes(t, open)
+	eraser, ok := s.(twin.NoteEraser)
+	if !ok {
+		t.Skip("not a twin.NoteEraser")
+	}
+	press, oven := addNotes(t, s) // ana wrote all but one
+	bo := add(t, s, twin.Note{Machine: "press-07", Text: "ana says hi", Author: "bo", Time: at(1000)})
+	n, err := eraser.EraseAuthor(ctx, "ana", "user-1")
+	if err != nil || n != 5 {
+		t.Fatalf("EraseAuthor = %d, %v; want 5 notes", n, err)
+	}
+	erase := func(ns []twin.Note) []twin.Note {
+		out := slices.Clone(ns)
+		for i := range out {
+			if out[i].Author == "ana" {
+				out[i].Author = "user-1"
+			}
+		}
+		return out
+	}
+	wantPress, wantOven := append(erase(press), bo), erase(oven)
+	after := add(t, s, twin.Note{Machine: "oven-01", Text: "after erasure", Author: "cy", Time: at(2000)})
+	wantOven = append(wantOven, after)
+	for _, h := range []struct {
+		name string
+		s    twin.NoteStore
+	}{{"same handle", s}, {"new handle", openNotes(t, open)}} {
+		if diff := cmp.Diff(list(t, h.s, "press-07", 100), wantPress); diff != "" {
+			t.Errorf("press-07, %s (-got +want):\n%s", h.name, diff)
+		}
+		if diff := cmp.Diff(list(t, h.s, "oven-01", 100), wantOven); diff != "" {
+			t.Errorf("oven-01, %s (-got +want):\n%s", h.name, diff)
+		}
+	}
+	if n, err := eraser.EraseAuthor(ctx, "ana", "user-1"); err != nil || n != 0 {
+		t.Errorf("EraseAuthor again = %d, %v; want 0", n, err)
 	}
 }
