@@ -20,6 +20,7 @@ package kafka
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -73,6 +74,7 @@ type Option func(*options)
 
 type options struct {
 	kgo         []kgo.Opt
+	tls         *tls.Config
 	decode      ingest.Options
 	maxPoll     int
 	readyPeriod time.Duration
@@ -91,6 +93,25 @@ func buildOptions(opts []Option) options {
 // they override them), e.g. kgo.RecordDeliveryTimeout or kgo.SessionTimeout.
 func WithClientOptions(opts ...kgo.Opt) Option {
 	return func(o *options) { o.kgo = append(o.kgo, opts...) }
+}
+
+// WithTLS connects to the brokers over TLS with cfg (see
+// tlsconf.ClientConfig); the server name of each broker is its host. nil,
+// the default, connects in plaintext.
+func WithTLS(cfg *tls.Config) Option {
+	return func(o *options) { o.tls = cfg }
+}
+
+// clientOptions returns the franz-go options of a client: own (twinline's
+// defaults of the Producer or Processor), then TLS, then the caller's
+// WithClientOptions, which override both.
+func (o options) clientOptions(own ...kgo.Opt) []kgo.Opt {
+	out := make([]kgo.Opt, 0, len(own)+1+len(o.kgo))
+	out = append(out, own...)
+	if o.tls != nil {
+		out = append(out, kgo.DialTLSConfig(o.tls))
+	}
+	return append(out, o.kgo...)
 }
 
 // WithDecodeOptions sets the options the Processor decodes records with

@@ -175,7 +175,7 @@ func (p *Processor) Assigned() []int32 {
 // consumed again by the next owner: nothing is acknowledged before it is
 // stored.
 func (p *Processor) Run(ctx context.Context) error {
-	kopts := append([]kgo.Opt{
+	kopts := p.opts.clientOptions(
 		kgo.SeedBrokers(p.brokers...),
 		kgo.ConsumerGroup(p.group),
 		kgo.ConsumeTopics(p.topic),
@@ -188,7 +188,7 @@ func (p *Processor) Run(ctx context.Context) error {
 		kgo.OnPartitionsRevoked(p.revoked),
 		kgo.OnPartitionsLost(p.revoked),
 		kgo.WithLogger(kgoLogger{p.logger}),
-	}, p.opts.kgo...)
+	)
 	cl, err := kgo.NewClient(kopts...)
 	if err != nil {
 		return fmt.Errorf("creating kafka consumer: %w", err)
