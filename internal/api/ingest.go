@@ -12,7 +12,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/twinline/twinline/internal/auth"
 	"github.com/twinline/twinline/internal/ingest"
 	"github.com/twinline/twinline/internal/log"
 	"github.com/twinline/twinline/internal/problem"
@@ -153,7 +152,7 @@ func (a *API) ingest(w http.ResponseWriter, r *http.Request, protocol string, st
 	if id := identity(r); id.Restricted() || id.Machine != "" {
 		base := opts.AdmitMachine
 		opts.AdmitMachine = func(m string) string {
-			if reason := a.admitFor(id, m); reason != "" {
+			if reason := a.twins.AdmitFor(id, m); reason != "" {
 				return reason
 			}
 			if base != nil {
@@ -317,26 +316,3 @@ func tooLargeOr(err error, limit int64) error {
 
 // now returns the server time.
 func (a *API) now() time.Time { return a.clock() }
-
-// admitFor says why id may not write for machine ("" when it may): a
-// device certificate writes for its own machine only; a site-restricted
-// token for machines of its sites, and a machine it is the first to send
-// is registered at its site when it has exactly one. The reason does not
-// tell another site's machine from an unknown one.
-func (a *API) admitFor(id auth.Identity, machine string) string {
-	if id.Machine != "" && machine != id.Machine {
-		return "this certificate writes for machine " + id.Machine + " only"
-	}
-	if !id.Restricted() {
-		return ""
-	}
-	site, ok := a.twins.Site(machine)
-	switch {
-	case ok && id.SeesSite(site):
-		return ""
-	case !ok && len(id.Sites) == 1:
-		a.twins.Locate(machine, id.Sites[0], "")
-		return ""
-	}
-	return "not a machine of your sites (" + strings.Join(id.Sites, ", ") + "): register it at one of them first"
-}

@@ -11,6 +11,10 @@
 package twin
 
 import (
+	"strings"
+
+	"github.com/twinline/twinline/internal/auth"
+
 	"cmp"
 	"context"
 	"encoding/json"
@@ -278,6 +282,30 @@ func (t *Twins) Site(id string) (string, bool) {
 		return e.info.Site, true
 	}
 	return "", false
+}
+
+// AdmitFor says why id may not write for machine ("" when it may), for
+// every ingest path (HTTP, line protocol, MQTT): a device certificate
+// writes for its own machine only; a site-restricted identity for machines
+// of its sites, and a machine it is the first to send is registered at its
+// site when it has exactly one. The reason does not tell another site's
+// machine from an unknown one.
+func (t *Twins) AdmitFor(id auth.Identity, machine string) string {
+	if id.Machine != "" && machine != id.Machine {
+		return "this certificate writes for machine " + id.Machine + " only"
+	}
+	if !id.Restricted() {
+		return ""
+	}
+	site, ok := t.Site(machine)
+	switch {
+	case ok && id.SeesSite(site):
+		return ""
+	case !ok && len(id.Sites) == 1:
+		t.Locate(machine, id.Sites[0], "")
+		return ""
+	}
+	return "not a machine of your sites (" + strings.Join(id.Sites, ", ") + "): register it at one of them first"
 }
 
 // Thresholds returns the alarm thresholds of a machine's registry entry.

@@ -115,8 +115,8 @@ type Broker struct {
 	serving atomic.Bool
 }
 
-// NewBroker listens on addr (host:port; port 0 picks a free one), and on
-// opts.TLSListen when set, and returns the broker; Run serves it. opts may
+// NewBroker listens on addr (host:port; port 0 picks a free one; "" for
+// none), and on opts.TLSListen when set, and returns the broker; Run serves it. opts may
 // be the zero value.
 func NewBroker(addr string, opts BrokerOptions, deps Deps) (*Broker, error) {
 	opts = opts.withDefaults()
@@ -161,33 +161,46 @@ func NewBroker(addr string, opts BrokerOptions, deps Deps) (*Broker, error) {
 	}, func() float64 { return float64(atomic.LoadInt64(&srv.Info.ClientsConnected)) })); err != nil {
 		return nil, err
 	}
-	nl, err := net.Listen("tcp", addr)
-	if err != nil {
-		return nil, fmt.Errorf("listening for mqtt: %w", err)
+	if addr == "" && opts.TLSListen == "" {
+		return nil, errors.New("mqtt: no address to listen on")
 	}
-	b.ln = &listener{id: "twinline-mqtt", ln: nl, logger: logger}
-	if err := srv.AddListener(b.ln); err != nil {
-		nl.Close()
-		return nil, fmt.Errorf("adding mqtt listener: %w", err)
+	if addr != "" {
+		nl, err := net.Listen("tcp", addr)
+		if err != nil {
+			return nil, fmt.Errorf("listening for mqtt: %w", err)
+		}
+		b.ln = &listener{id: "twinline-mqtt", ln: nl, logger: logger}
+		if err := srv.AddListener(b.ln); err != nil {
+			nl.Close()
+			return nil, fmt.Errorf("adding mqtt listener: %w", err)
+		}
 	}
 	if opts.TLSListen != "" {
 		tl, err := net.Listen("tcp", opts.TLSListen)
-		if err != nil {
-			nl.Close()
-			return nil, fmt.Errorf("listening for mqtts: %w", err)
+		if err == nil {
+			b.tln = &listener{id: "twinline-mqtts", ln: tls.NewListener(tl, opts.TLSConfig), logger: logger}
+			if err = srv.AddListener(b.tln); err != nil {
+				tl.Close()
+			}
 		}
-		b.tln = &listener{id: "twinline-mqtts", ln: tls.NewListener(tl, opts.TLSConfig), logger: logger}
-		if err := srv.AddListener(b.tln); err != nil {
-			nl.Close()
-			tl.Close()
-			return nil, fmt.Errorf("adding mqtts listener: %w", err)
+		if err != nil {
+			if b.ln != nil {
+				b.ln.ln.Close()
+			}
+			return nil, fmt.Errorf("listening for mqtts: %w", err)
 		}
 	}
 	return b, nil
 }
 
-// Addr returns the address the broker listens on.
-func (b *Broker) Addr() net.Addr { return b.ln.ln.Addr() }
+// Addr returns the address the broker listens on without TLS (nil when it
+// serves MQTTS only).
+func (b *Broker) Addr() net.Addr {
+	if b.ln == nil {
+		return nil
+	}
+	return b.ln.ln.Addr()
+}
 
 // TLSAddr returns the address the broker serves MQTTS on, or nil without
 // TLSListen.
@@ -217,17 +230,21 @@ func (b *Broker) Run(ctx context.Context) error {
 	if err := b.srv.Serve(); err != nil {
 		b.serving.Store(false)
 		b.cancelSubmit()
-		b.ln.ln.Close()
-		if b.tln != nil {
-			b.tln.ln.Close()
+		for _, l := range []*listener{b.ln, b.tln} {
+			if l != nil {
+				l.ln.Close()
+			}
 		}
 		return fmt.Errorf("serving mqtt: %w", err)
 	}
-	if b.tln != nil {
-		b.logger.Info("mqtt broker listening", "addr", b.Addr().String(), "tls_addr", b.TLSAddr().String())
-	} else {
-		b.logger.Info("mqtt broker listening", "addr", b.Addr().String())
+	var attrs []any
+	if b.ln != nil {
+		attrs = append(attrs, "addr", b.Addr().String())
 	}
+	if b.tln != nil {
+		attrs = append(attrs, "tls_addr", b.TLSAddr().String())
+	}
+	b.logger.Info("mqtt broker listening", attrs...)
 	<-ctx.Done()
 	b.serving.Store(false)
 	b.cancelSubmit()
