@@ -52,6 +52,8 @@ Usage:
   twinline simulate [flags]   send a simulated fleet to a running server
   twinline bench [flags]      measure ingest, latency, fan-out and queries (see: twinline bench -h)
   twinline migrate [flags]    apply the PostgreSQL schema migrations (also done by serve --store postgres)
+  twinline token create|list|revoke   manage API tokens (see: twinline token help)
+  twinline privacy erase --author NAME  replace a person's name in notes, alarm acks and the audit log
   twinline version            print the version
 
 Every flag also reads from TWINLINE_<FLAG> (upper case, - becomes _),
@@ -72,6 +74,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return bench(ctx, args[1:], stdout, stderr)
 	case "migrate":
 		return migrate(ctx, args[1:], stdout, stderr)
+	case "token":
+		return token(ctx, args[1:], stdout, stderr)
+	case "privacy":
+		return privacy(ctx, args[1:], stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, "twinline", buildVersion())
 		return nil

@@ -5,6 +5,7 @@ package app
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -82,6 +83,8 @@ type App struct {
 	pprofSrv *http.Server
 	pprofLn  net.Listener
 	ready    atomic.Bool
+	// sec holds the tokens, audit log, tickets and TLS certificate.
+	sec *security
 }
 
 // New builds every part from cfg and opens the listener, so a port in use or
@@ -227,6 +230,11 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 	if rdb != nil {
 		a.degraded = append(a.degraded, a.hub.Ready)
 	}
+	sec, err := a.openSecurity(ctx, rdb, reg)
+	if err != nil {
+		return nil, err
+	}
+	a.sec = sec
 	var ingestLimit, streamLimit func(http.Handler) http.Handler
 	if rateLimited(cfg) {
 		il, sl, err := newLimiters(cfg, rdb, logger.With("component", "ratelimit"), reg)
@@ -292,6 +300,14 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 		MaxMachines:          cfg.MaxMachines,
 		Lateness:             cfg.Lateness,
 		Role:                 cfg.Role,
+		Security: api.Security{
+			AllowedHosts:     allowedHosts(cfg),
+			TrustedProxies:   trustedProxies(cfg),
+			AuthHeader:       cfg.AuthHeader,
+			AuthHeaderScopes: authHeaderScopes(cfg),
+			MetricsAuth:      metricsAuth(cfg),
+			SessionTTL:       cfg.SessionTTL,
+		},
 	}
 	deps := api.Deps{
 		Submit:  a.submitFn,
@@ -315,6 +331,7 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 		Clock:       time.Now,
 		Logger:      logger.With("component", "api"),
 		Registerer:  reg,
+		Auth:        sec.apiAuth(cfg),
 	}
 	if a.hot != nil {
 		deps.Hot = a.hot
@@ -338,6 +355,12 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 		MaxHeaderBytes:    cfg.MaxHeaderBytes,
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(logger.With("component", "http").Handler(), slog.LevelWarn),
+	}
+	if sec.tls != nil {
+		// HTTP/1.1 only: the live stream takes its connection over
+		// (Hijack), which HTTP/2 does not allow.
+		a.srv.TLSConfig = sec.tls.ListenerConfig()
+		a.srv.TLSNextProto = map[string]func(*http.Server, *tls.Conn, http.Handler){}
 	}
 
 	if cfg.Pprof != "" {
@@ -433,8 +456,19 @@ func (a *App) Run(ctx context.Context) (err error) {
 	a.ready.Store(true)
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
-		logger.Info("listening", "addr", ln.Addr().String(), "url", "http://"+ln.Addr().String()+"/", "data_dir", cfg.DataDir, "version", a.version)
-		if err := srv.Serve(netutil.LimitListener(ln, cfg.MaxConns)); !errors.Is(err, http.ErrServerClosed) {
+		scheme := "http://"
+		if a.sec.tls != nil {
+			scheme = "https://"
+		}
+		logger.Info("listening", "addr", ln.Addr().String(), "url", scheme+ln.Addr().String()+"/", "data_dir", cfg.DataDir, "version", a.version)
+		lim := netutil.LimitListener(ln, cfg.MaxConns)
+		var err error
+		if a.sec.tls != nil {
+			err = srv.ServeTLS(lim, "", "")
+		} else {
+			err = srv.Serve(lim)
+		}
+		if !errors.Is(err, http.ErrServerClosed) {
 			return fmt.Errorf("serving http: %w", err)
 		}
 		return nil

@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/twinline/twinline/internal/auth"
 	"github.com/twinline/twinline/internal/config"
 	"github.com/twinline/twinline/internal/ingest"
 	"github.com/twinline/twinline/internal/keylog"
@@ -23,6 +24,7 @@ import (
 	"github.com/twinline/twinline/internal/store/postgres"
 	"github.com/twinline/twinline/internal/stream"
 	"github.com/twinline/twinline/internal/telemetry"
+	"github.com/twinline/twinline/internal/tlsconf"
 	"github.com/twinline/twinline/internal/twin"
 )
 
@@ -41,7 +43,7 @@ func ingestLimits(cfg config.Config) telemetry.Limits {
 // events are durable.
 func (a *App) openMQTT(reg prometheus.Registerer) error {
 	cfg := a.cfg
-	if cfg.MQTTListen == "" && cfg.MQTTBroker == "" {
+	if cfg.MQTTListen == "" && cfg.MQTTTLSListen == "" && cfg.MQTTBroker == "" {
 		return nil
 	}
 	ingestOpts := mqtt.IngestOptions{
@@ -60,8 +62,20 @@ func (a *App) openMQTT(reg prometheus.Registerer) error {
 		Logger:     a.logger.With("component", "mqtt"),
 		Registerer: reg,
 	}
-	if cfg.MQTTListen != "" {
-		br, err := mqtt.NewBroker(cfg.MQTTListen, mqtt.BrokerOptions{Ingest: ingestOpts}, deps)
+	if cfg.MQTTListen != "" || cfg.MQTTTLSListen != "" {
+		bdeps := deps
+		bdeps.Authenticate = a.sec.mqttAuthenticate(cfg)
+		bdeps.Authorize = func(_ context.Context, id auth.Identity, machine string) error {
+			if reason := a.twins.AdmitFor(id, machine); reason != "" {
+				return errors.New(reason)
+			}
+			return nil
+		}
+		opts := mqtt.BrokerOptions{Ingest: ingestOpts, MaxRetained: cfg.MQTTMaxRetained, MaxRetainedBytes: cfg.MQTTMaxRetainedBytes}
+		if cfg.MQTTTLSListen != "" {
+			opts.TLSListen, opts.TLSConfig = cfg.MQTTTLSListen, a.sec.tls.ListenerConfig()
+		}
+		br, err := mqtt.NewBroker(cfg.MQTTListen, opts, bdeps)
 		if err != nil {
 			return fmt.Errorf("starting the embedded MQTT broker: %w", err)
 		}
@@ -139,8 +153,16 @@ func (a *App) openLog(st store.Store, sinks stream.Sinks, engineCfg stream.Engin
 // offsets in one PostgreSQL transaction.
 func (a *App) openKafka(st store.Store, sinks stream.Sinks, engineCfg stream.EngineConfig, reg prometheus.Registerer) error {
 	cfg, logger := a.cfg, a.logger.With("component", "kafka")
+	var kopts []kafka.Option
+	if cfg.KafkaTLS {
+		tc, err := tlsconf.ClientConfig(cfg.KafkaTLSCA)
+		if err != nil {
+			return fmt.Errorf("--kafka-tls-ca: %w", err)
+		}
+		kopts = append(kopts, kafka.WithTLS(tc))
+	}
 	if cfg.Role == "all" || cfg.Role == "gateway" {
-		p, err := kafka.NewProducer(cfg.KafkaBrokers, cfg.KafkaTopic, logger, reg)
+		p, err := kafka.NewProducer(cfg.KafkaBrokers, cfg.KafkaTopic, logger, reg, kopts...)
 		if err != nil {
 			return fmt.Errorf("starting the Kafka producer: %w", err)
 		}
@@ -161,7 +183,7 @@ func (a *App) openKafka(st store.Store, sinks stream.Sinks, engineCfg stream.Eng
 			return errors.New("the Kafka processor needs --store postgres")
 		}
 		kp, err := kafka.NewProcessor(cfg.KafkaBrokers, cfg.KafkaTopic, cfg.KafkaGroup, kafka.NewPGStore(pg), engineCfg, sinks, logger, reg,
-			kafka.WithClientOptions(kgo.SessionTimeout(cfg.KafkaSessionTimeout)))
+			append(kopts, kafka.WithClientOptions(kgo.SessionTimeout(cfg.KafkaSessionTimeout)))...)
 		if err != nil {
 			return fmt.Errorf("starting the Kafka processor: %w", err)
 		}

@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/twinline/twinline/internal/api"
 	"github.com/twinline/twinline/internal/config"
 	"github.com/twinline/twinline/internal/hot"
 	"github.com/twinline/twinline/internal/ratelimit"
@@ -51,7 +52,8 @@ func rateLimited(cfg config.Config) bool {
 // when rdb is not nil, so the limits hold across replicas).
 func newLimiters(cfg config.Config, rdb redis.UniversalClient, logger *slog.Logger, reg prometheus.Registerer) (ingest, stream *ratelimit.Limiter, err error) {
 	opts := func(name string, l ratelimit.Limit) ratelimit.Options {
-		return ratelimit.Options{Name: name, Limit: l, Redis: rdb, Prefix: cfg.RedisPrefix, Logger: logger, Registerer: reg}
+		return ratelimit.Options{Name: name, Limit: l, Redis: rdb, Prefix: cfg.RedisPrefix, Logger: logger, Registerer: reg,
+			Key: api.ClientKey}
 	}
 	if ingest, err = ratelimit.New(opts("ingest", ratelimit.Limit{Rate: cfg.IngestRate, Burst: cfg.IngestBurst})); err != nil {
 		return nil, nil, fmt.Errorf("building the ingest rate limit: %w", err)

@@ -9,6 +9,8 @@ import (
 	"net"
 	"strings"
 	"time"
+
+	"github.com/twinline/twinline/internal/auth"
 )
 
 // Config is the whole configuration of `twinline serve`.
@@ -405,8 +407,8 @@ func (c Config) Validate() error {
 		if c.Demo {
 			bad("demo", "needs a role that takes ingest (all or gateway), not %s", c.Role)
 		}
-		if c.MQTTListen != "" || c.MQTTBroker != "" {
-			bad("role", "%s takes no ingest: --mqtt-listen and --mqtt-broker belong on all or gateway", c.Role)
+		if c.MQTTListen != "" || c.MQTTTLSListen != "" || c.MQTTBroker != "" {
+			bad("role", "%s takes no ingest: --mqtt-listen, --mqtt-tls-listen and --mqtt-broker belong on all or gateway", c.Role)
 		}
 	}
 	if c.Pprof != "" {
@@ -479,7 +481,12 @@ func (c Config) validateSecurity(bad func(flag, format string, a ...any)) {
 		}
 		if strings.TrimSpace(c.AuthHeaderScopes) == "" {
 			bad("auth-header-scopes", "is required with --auth-header (e.g. read,operate)")
+		} else if _, err := auth.ParseScopes(c.AuthHeaderScopes); err != nil {
+			bad("auth-header-scopes", "%v", err)
 		}
+	}
+	if c.KafkaTLSCA != "" && !c.KafkaTLS {
+		bad("kafka-tls-ca", "needs --kafka-tls")
 	}
 	if c.MaxStreamsPerClient < 1 {
 		bad("max-streams-per-client", "must be at least 1, got %d", c.MaxStreamsPerClient)
