@@ -57,6 +57,7 @@ type Authenticator struct {
 
 // snapshot is an immutable view of the store's tokens.
 type snapshot struct {
+	all    []*entry // as loaded, by name
 	byID   map[string]*entry
 	byName map[string]*entry
 	// never is whether some usable API token never expires; else latest
@@ -107,15 +108,16 @@ func NewAuthenticator(store TokenStore, opts AuthenticatorOptions) (*Authenticat
 		a.now = time.Now
 	}
 	a.snap.Store(&snapshot{})
-	if err := a.Reload(context.Background()); err != nil {
-		return nil, err
-	}
+	// Registered first: a change during the load is not missed.
 	store.OnChange(func() {
 		select {
 		case a.changed <- struct{}{}:
 		default:
 		}
 	})
+	if err := a.Reload(context.Background()); err != nil {
+		return nil, err
+	}
 	return a, nil
 }
 
@@ -135,6 +137,7 @@ func newSnapshot(toks []Token, old *snapshot, now time.Time) *snapshot {
 	s := &snapshot{byID: make(map[string]*entry, len(toks)), byName: make(map[string]*entry, len(toks))}
 	for _, t := range toks {
 		e := &entry{tok: t, id: t.Identity()}
+		s.all = append(s.all, e)
 		// Two tokens of one id or one name: a revoked one and its
 		// successor. The one not revoked wins.
 		if o := s.byID[t.ID]; o == nil || !o.tok.Revoked.IsZero() {
@@ -144,8 +147,12 @@ func newSnapshot(toks []Token, old *snapshot, now time.Time) *snapshot {
 			s.byName[t.Name] = e
 		}
 	}
-	for id, e := range s.byID {
-		if o := old.byID[id]; o != nil {
+	for _, e := range s.all {
+		if e != s.byID[e.tok.ID] {
+			e.used = new(usage) // a revoked predecessor: never used again
+			continue
+		}
+		if o := old.byID[e.tok.ID]; o != nil {
 			e.used = o.used
 		} else {
 			e.used = new(usage)
@@ -267,18 +274,19 @@ func (a *Authenticator) create(ctx context.Context, tok Token) error {
 	return a.Reload(ctx)
 }
 
-// List returns every API token, revoked and expired ones included, by
-// name, without their hashes; sessions are left out.
+// List returns every API token, revoked and expired ones included (a name
+// revoked and taken again appears twice), by name, without their hashes;
+// sessions are left out.
 func (a *Authenticator) List() []Token {
 	s := a.snap.Load()
-	out := make([]Token, 0, len(s.byName))
-	for _, e := range s.byName {
+	out := make([]Token, 0, len(s.all))
+	for _, e := range s.all {
 		if e.tok.Session() {
 			continue
 		}
 		out = append(out, e.tok.public(e.used))
 	}
-	slices.SortFunc(out, func(a, b Token) int { return cmp.Compare(a.Name, b.Name) })
+	slices.SortStableFunc(out, func(a, b Token) int { return cmp.Compare(a.Name, b.Name) })
 	return out
 }
 
@@ -316,6 +324,10 @@ func (a *Authenticator) Bootstrap(ctx context.Context, secret string) error {
 		return fmt.Errorf("bootstrapping: secret must be %d to %d visible ASCII characters: %w", MinBootstrapSecretLen, MaxSecretLen, ErrInvalidArgument)
 	}
 	hash := HashSecret(secret)
+	// Another replica may have bootstrapped or rotated since our load.
+	if err := a.Reload(ctx); err != nil {
+		return fmt.Errorf("bootstrapping: %w", err)
+	}
 	for attempt := 0; ; attempt++ {
 		s := a.snap.Load()
 		// byID prefers a token that is not revoked: a revoked one here

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"strings"
+	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -231,8 +232,8 @@ func TestCreateListRevoke(t *testing.T) {
 		t.Fatalf("Create() of a revoked name: %v", err)
 	}
 	got := a.List()
-	if len(got) != 1 || !got[0].Revoked.IsZero() || got[0].Scopes != ScopeRead {
-		t.Errorf("List() = %+v, want the new token only", got)
+	if len(got) != 2 || got[0].ID != want.ID || !got[1].Revoked.IsZero() || got[1].Scopes != ScopeRead {
+		t.Errorf("List() = %+v, want the revoked token, then the new one", got)
 	}
 	for _, tok := range got {
 		if tok.Hash != nil {
@@ -447,4 +448,33 @@ func BenchmarkVerify(b *testing.B) {
 			}
 		}
 	})
+}
+
+func TestVerifyDuringReload(t *testing.T) {
+	c := newClock()
+	store := &fakeStore{}
+	a := newTestAuthenticator(t, store, c)
+	secret := mustCreate(t, a, "busy", ScopeIngest, nil, time.Time{})
+	var wg sync.WaitGroup
+	for range 2 {
+		wg.Go(func() {
+			for range 200 {
+				if _, err := a.Verify(secret); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Go(func() {
+		for i := range 20 {
+			if _, _, err := a.Create(t.Context(), fmt.Sprintf("other-%d", i), ScopeRead, nil, time.Time{}, "test"); err != nil {
+				t.Error(err)
+			}
+			if err := a.Flush(t.Context()); err != nil {
+				t.Error(err)
+			}
+		}
+	})
+	wg.Wait()
 }
