@@ -236,8 +236,11 @@ type Token struct {
 	Owner string `json:"owner,omitempty"`
 }
 
-// Session reports whether t is a dashboard session.
-func (t Token) Session() bool { return t.Parent != "" || t.Kind == KindSession }
+// Session reports whether t is a dashboard session: it has a Parent, or
+// the kind or the name ("session:…", which no API token can have) of one.
+func (t Token) Session() bool {
+	return t.Parent != "" || t.Kind == KindSession || strings.HasPrefix(t.Name, "session:")
+}
 
 // Identity returns the identity a request authenticated by t acts as.
 func (t Token) Identity() Identity {

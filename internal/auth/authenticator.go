@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -31,8 +32,15 @@ type AuthenticatorOptions struct {
 	ReloadInterval time.Duration
 }
 
-// BootstrapName is the name of the token Bootstrap ensures.
+// BootstrapName is the name of the token Bootstrap ensures. A store that
+// keeps the names of revoked tokens taken gets a rotated one named
+// "bootstrap:<id>" (no API token can have a colon in its name).
 const BootstrapName = "bootstrap"
+
+// isBootstrap reports whether t is, or was, a token of Bootstrap.
+func isBootstrap(t Token) bool {
+	return t.Name == BootstrapName || strings.HasPrefix(t.Name, BootstrapName+":")
+}
 
 // MinBootstrapSecretLen is the shortest secret Bootstrap accepts.
 const MinBootstrapSecretLen = 32
@@ -148,6 +156,12 @@ func newSnapshot(toks []Token, old *snapshot, now time.Time) *snapshot {
 		}
 	}
 	for _, e := range s.all {
+		// A store that keeps no Owner: a session acts as its parent.
+		if e.tok.Owner == "" && e.tok.Parent != "" {
+			if p := s.byID[e.tok.Parent]; p != nil && !p.tok.Session() {
+				e.id.Name = p.tok.Name
+			}
+		}
 		if e != s.byID[e.tok.ID] {
 			e.used = new(usage) // a revoked predecessor: never used again
 			continue
@@ -314,8 +328,9 @@ func (a *Authenticator) Revoke(ctx context.Context, name string) error {
 
 // Bootstrap ensures an admin token named "bootstrap" with every scope
 // whose secret is secret: it creates it, does nothing if it exists, and
-// rotates it (revokes the old one, creates the new one) if it exists with
-// another secret. The secret must be 32 to MaxSecretLen visible ASCII
+// rotates it (revokes the old one, creates the new one, named
+// "bootstrap:<id>" if the store keeps the old name taken) if it exists
+// with another secret. The secret must be 32 to MaxSecretLen visible ASCII
 // characters. A secret whose token was revoked, by an admin or by a
 // rotation, stays so: the error wraps ErrRevoked, and the way on is a new
 // secret.
@@ -335,25 +350,38 @@ func (a *Authenticator) Bootstrap(ctx context.Context, secret string) error {
 		if e := s.byID[idOfHash(hash)]; e != nil && subtle.ConstantTimeCompare(e.tok.Hash, hash) == 1 && !e.tok.Revoked.IsZero() {
 			return fmt.Errorf("bootstrapping: the token of this secret (id %s) was revoked; write a new secret: %w", e.tok.ID, ErrRevoked)
 		}
-		if e := s.byName[BootstrapName]; e != nil && e.tok.Revoked.IsZero() {
-			if subtle.ConstantTimeCompare(e.tok.Hash, hash) == 1 {
-				return nil
+		current := false
+		for _, e := range s.all {
+			if !isBootstrap(e.tok) || !e.tok.Revoked.IsZero() {
+				continue
 			}
-			if err := a.store.Revoke(ctx, BootstrapName, a.now()); err != nil && !errors.Is(err, ErrNotFound) {
+			if subtle.ConstantTimeCompare(e.tok.Hash, hash) == 1 {
+				current = true
+				continue
+			}
+			if err := a.store.Revoke(ctx, e.tok.Name, a.now()); err != nil && !errors.Is(err, ErrNotFound) {
 				return fmt.Errorf("bootstrapping: revoking the old token: %w", err)
 			}
-			a.logger.Info("bootstrap token rotated", "old_id", e.tok.ID)
+			a.logger.Info("bootstrap token rotated", "old_id", e.tok.ID, "old_name", e.tok.Name)
+		}
+		if current {
+			return nil
+		}
+		name := BootstrapName
+		if e := s.byName[BootstrapName]; attempt > 0 && e != nil && !e.tok.Revoked.IsZero() {
+			name = BootstrapName + ":" + idOfHash(hash)
 		}
 		tok := Token{
 			ID:        idOfHash(hash),
-			Name:      BootstrapName,
+			Name:      name,
 			Scopes:    AllScopes,
 			Hash:      hash,
 			Created:   a.now(),
 			CreatedBy: BootstrapName,
 		}
 		err := a.store.Create(ctx, tok)
-		// Another replica may have bootstrapped meanwhile: look again.
+		// Another replica may have bootstrapped meanwhile, or the store
+		// keeps a revoked token's name: look again.
 		if errors.Is(err, ErrExists) && attempt < 2 {
 			if err := a.Reload(ctx); err != nil {
 				return fmt.Errorf("bootstrapping: %w", err)

@@ -478,3 +478,64 @@ func TestVerifyDuringReload(t *testing.T) {
 	})
 	wg.Wait()
 }
+
+// TestStoreKeepingNames runs what depends on the store's reading of
+// names against one that keeps revoked tokens' names taken and has no
+// Kind and Owner (the PostgreSQL store before it grew them).
+func TestStoreKeepingNames(t *testing.T) {
+	ctx := t.Context()
+	c := newClock()
+	store := &fakeStore{keepNames: true, dropSessionFields: true}
+	a := newTestAuthenticator(t, store, c)
+	first, second := strings.Repeat("d", 40), strings.Repeat("e", 40)
+	if err := a.Bootstrap(ctx, first); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Bootstrap(ctx, second); err != nil {
+		t.Fatalf("Bootstrap() rotation: %v", err)
+	}
+	want := Identity{Name: "bootstrap:" + TokenID(second), Kind: KindToken, Scopes: AllScopes, TokenID: TokenID(second)}
+	if diff := cmp.Diff(mustVerify(t, a, second), want); diff != "" {
+		t.Errorf("Verify(rotated bootstrap) (-got +want):\n%s", diff)
+	}
+	if _, err := a.Verify(first); !errors.Is(err, ErrRevoked) {
+		t.Errorf("Verify(old bootstrap) error = %v, want ErrRevoked", err)
+	}
+	if err := a.Bootstrap(ctx, second); err != nil { // idempotent
+		t.Fatal(err)
+	}
+	third := strings.Repeat("f", 40)
+	if err := a.Bootstrap(ctx, third); err != nil {
+		t.Fatalf("second rotation: %v", err)
+	}
+	if _, err := a.Verify(second); !errors.Is(err, ErrRevoked) {
+		t.Errorf("Verify(second bootstrap) error = %v, want ErrRevoked", err)
+	}
+	mustVerify(t, a, third)
+
+	// Sessions without Kind and Owner stay sessions acting as the parent.
+	api := mustCreate(t, a, "api", ScopeRead, nil, time.Time{})
+	session, _, _, err := a.NewSession(ctx, mustVerify(t, a, api), time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantSession := Identity{Name: "api", Kind: KindSession, Scopes: ScopeRead, TokenID: TokenID(session)}
+	if diff := cmp.Diff(mustVerify(t, a, session), wantSession); diff != "" {
+		t.Errorf("Verify(session) (-got +want):\n%s", diff)
+	}
+	proxy, _, _, err := a.NewSession(ctx, Identity{Name: "alice", Kind: KindProxy, Scopes: ScopeRead}, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := mustVerify(t, a, proxy); got.Kind != KindSession {
+		t.Errorf("Verify(proxy session).Kind = %q, want %q", got.Kind, KindSession)
+	}
+	for _, name := range []string{"api", "bootstrap:" + TokenID(third)} {
+		if err := a.Revoke(ctx, name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !a.Empty() {
+		t.Errorf("Empty() = false with only sessions and revoked tokens: %+v", a.List())
+	}
+}

@@ -17,18 +17,25 @@ type fakeStore struct {
 	onChange func()
 	loads    int
 	failLoad error
+	// keepNames keeps the names and ids of revoked tokens taken, as the
+	// file and PostgreSQL stores do; dropSessionFields loses Kind and
+	// Owner, as a store without those columns would.
+	keepNames, dropSessionFields bool
 }
 
 func (s *fakeStore) Create(_ context.Context, t Token) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, o := range s.toks {
-		if o.Revoked.IsZero() && (o.Name == t.Name || o.ID == t.ID) {
+		if (o.Revoked.IsZero() || s.keepNames) && (o.Name == t.Name || o.ID == t.ID) {
 			return ErrExists
 		}
 	}
 	t.Hash = slices.Clone(t.Hash)
 	t.Sites = slices.Clone(t.Sites)
+	if s.dropSessionFields {
+		t.Kind, t.Owner = "", ""
+	}
 	s.toks = append(s.toks, t)
 	return nil
 }
