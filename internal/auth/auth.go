@@ -226,15 +226,33 @@ type Token struct {
 	Parent string `json:"parent,omitempty"`
 	// CreatedBy names the identity that created the token.
 	CreatedBy string `json:"createdBy,omitempty"`
+	// Kind is "" for an API token and KindSession for a dashboard
+	// session: a session made from a token also has Parent, one made for
+	// a proxy user (KindProxy) has none.
+	Kind Kind `json:"kind,omitempty"`
+	// Owner, when not empty, is the name the token's identity acts as:
+	// a session's Name is "session:<id>", unique in the store, and its
+	// Owner the parent token's name or the proxy user.
+	Owner string `json:"owner,omitempty"`
+}
+
+// Session reports whether t is a dashboard session: it has a Parent, or
+// the kind or the name ("session:…", which no API token can have) of one.
+func (t Token) Session() bool {
+	return t.Parent != "" || t.Kind == KindSession || strings.HasPrefix(t.Name, "session:")
 }
 
 // Identity returns the identity a request authenticated by t acts as.
 func (t Token) Identity() Identity {
 	kind := KindToken
-	if t.Parent != "" {
+	if t.Session() {
 		kind = KindSession
 	}
-	return Identity{Name: t.Name, Kind: kind, Scopes: t.Scopes, Sites: t.Sites, TokenID: t.ID}
+	name := t.Name
+	if t.Owner != "" {
+		name = t.Owner
+	}
+	return Identity{Name: name, Kind: kind, Scopes: t.Scopes, Sites: t.Sites, TokenID: t.ID}
 }
 
 // TokenStore persists tokens. The file implementation is the embedded
