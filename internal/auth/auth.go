@@ -260,7 +260,7 @@ func (t Token) Identity() Identity {
 // replica. The conformance suite is internal/auth/authtest.
 type TokenStore interface {
 	// Create stores a new token; ErrExists if its name or id is taken by
-	// a token that is not revoked.
+	// a kept token, revoked or not (Delete frees them).
 	Create(ctx context.Context, t Token) error
 	// Load returns every token, revoked ones included, ordered by name.
 	Load(ctx context.Context) ([]Token, error)

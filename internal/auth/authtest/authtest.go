@@ -127,7 +127,7 @@ func testTokensCreateLoad(t *testing.T, open func() auth.TokenStore) {
 		ID: "tl_0123456789abcdef", Name: "Ana's ingest token — ünïcode", Scopes: auth.AllScopes,
 		Sites: []string{"lyon", "östersund"}, Hash: []byte{0, 1, 2, 0xfe, 0xff},
 		Created: at(1), Expires: at(86400), LastUsed: at(5), Revoked: at(6),
-		Parent: "tl_parent", CreatedBy: "root",
+		Parent: "tl_parent", CreatedBy: "root", Kind: auth.KindSession, Owner: "ana",
 	}
 	bare := auth.Token{ID: "b", Name: "b", Scopes: auth.ScopeIngest, Hash: []byte{1}, Created: at(2)}
 	s := open()

@@ -76,7 +76,7 @@ func NewTokenStore(s *Store, opts TokenStoreOptions) *TokenStore {
 	}
 }
 
-const tokenColumns = `id, name, scopes, sites, hash, created, expires, last_used, revoked, parent, created_by`
+const tokenColumns = `id, name, scopes, sites, hash, created, expires, last_used, revoked, parent, owner, kind, created_by`
 
 func scanToken(row pgx.Row) (auth.Token, error) {
 	var (
@@ -84,11 +84,13 @@ func scanToken(row pgx.Row) (auth.Token, error) {
 		scopes                 int32
 		expires, used, revoked *time.Time
 		created                time.Time
+		kind                   string
 	)
-	if err := row.Scan(&t.ID, &t.Name, &scopes, &t.Sites, &t.Hash, &created, &expires, &used, &revoked, &t.Parent, &t.CreatedBy); err != nil {
+	if err := row.Scan(&t.ID, &t.Name, &scopes, &t.Sites, &t.Hash, &created, &expires, &used, &revoked, &t.Parent, &t.Owner, &kind, &t.CreatedBy); err != nil {
 		return auth.Token{}, err
 	}
 	t.Scopes = auth.Scope(scopes)
+	t.Kind = auth.Kind(kind)
 	t.Created = created.UTC()
 	for _, x := range []struct {
 		from *time.Time
@@ -146,9 +148,9 @@ func (s *TokenStore) Create(ctx context.Context, t auth.Token) error {
 	}
 	err := s.change(ctx, func(tx pgx.Tx) (bool, error) {
 		_, err := tx.Exec(ctx, `INSERT INTO `+s.tokens+` (`+tokenColumns+`)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)`,
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)`,
 			t.ID, t.Name, int32(t.Scopes), sites, t.Hash, t.Created, nullTime(t.Expires),
-			nullTime(t.LastUsed), nullTime(t.Revoked), t.Parent, t.CreatedBy)
+			nullTime(t.LastUsed), nullTime(t.Revoked), t.Parent, t.Owner, string(t.Kind), t.CreatedBy)
 		return err == nil, err
 	})
 	if pgErr, ok := errors.AsType[*pgconn.PgError](err); ok && pgErr.Code == "23505" {

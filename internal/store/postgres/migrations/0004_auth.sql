@@ -2,8 +2,8 @@
 --
 -- Tokens keep only the SHA-256 of their secret. A token's name and id stay
 -- taken while its row is kept, revoked or not; TokenStore.Delete removes the
--- rows revoked or expired long enough ago. owner is for a token's owner
--- (the person it was issued to), empty when not known.
+-- rows revoked or expired long enough ago. owner is the name a token's
+-- identity acts as (a session's user), kind marks dashboard sessions.
 
 CREATE TABLE IF NOT EXISTS tokens (
 	id         text        PRIMARY KEY,
@@ -17,6 +17,7 @@ CREATE TABLE IF NOT EXISTS tokens (
 	revoked    timestamptz,
 	parent     text        NOT NULL DEFAULT '',
 	owner      text        NOT NULL DEFAULT '',
+	kind       text        NOT NULL DEFAULT '',
 	created_by text        NOT NULL DEFAULT ''
 );
 
