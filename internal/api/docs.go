@@ -3,6 +3,9 @@ package api
 import (
 	_ "embed"
 	"net/http"
+	"strings"
+
+	"github.com/twinline/twinline/internal/web"
 )
 
 //go:embed openapi.json
@@ -21,8 +24,15 @@ func (a *API) handleOpenAPI(w http.ResponseWriter, _ *http.Request) {
 // no CDN, so it works on an air-gapped plant network.
 func (a *API) handleDocs(w http.ResponseWriter, _ *http.Request) {
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
-	w.Header().Set("Content-Security-Policy", "default-src 'self'; style-src 'self' 'unsafe-inline'; script-src 'self' 'unsafe-inline'")
+	w.Header().Set("Content-Security-Policy", docsCSP)
 	_, _ = w.Write(docsPage)
 }
+
+// docsCSP allows the docs page's own inline script and style by their
+// hashes, same-origin fetches of the OpenAPI document, and no framing.
+var docsCSP = "default-src 'self'" +
+	"; script-src " + strings.Join(append([]string{"'self'"}, web.InlineHashes(docsPage, "script")...), " ") +
+	"; style-src " + strings.Join(append([]string{"'self'"}, web.InlineHashes(docsPage, "style")...), " ") +
+	"; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
 
 func (a *API) handleIndex(w http.ResponseWriter, r *http.Request) { a.ui.ServeHTTP(w, r) }

@@ -15,9 +15,12 @@
 // at once goes in one frame, which saves a client receiving many messages
 // a second most of its per-frame work. The hub speaks the server side of
 // RFC 6455 itself: no extension (no compression) and no subprotocol is
-// negotiated; it answers pings and close frames and ignores data frames
-// (a client has nothing to say); a frame that breaks the protocol (e.g.
-// unmasked) closes the connection with status 1002. A request with "Accept: text/event-stream" gets SSE: one JSON
+// negotiated; it answers pings and close frames and ignores data messages
+// (a client has nothing to say). It fails the connection (RFC 6455 §7.4.1)
+// with 1002 on a frame that breaks the protocol (unmasked, a continuation
+// without a message to continue), 1007 on a text message that is not
+// UTF-8, and 1009 on a message over 16 KiB. A request with
+// "Accept: text/event-stream" gets SSE: one JSON
 // message per event, in the event's data field; events that may serve as a
 // resume cursor also carry "id: <seq>". The stream opens with a "retry:"
 // hint (1–5 s, jittered per connection so that a restart does not bring every
@@ -179,6 +182,14 @@
 // the peer gone) and ends when the client's queue is empty. The queue grows
 // on demand and the scratch space of a write is pooled. The replay ring
 // holds ReplaySize messages.
+//
+// # Identities
+//
+// The HTTP layer in front of the hub may attach two things to a stream
+// request's context: [WithFilter], which narrows an all=1 stream (live and
+// replayed) to the machines an identity may see, and [WithClientKey], which
+// counts the stream against Options.MaxPerClient (past it: 429, reason
+// max_per_client). A client without a filter costs nothing extra.
 //
 // # Metrics
 //

@@ -30,6 +30,11 @@ type Options struct {
 	// MaxClients caps the connected clients; 0 means unlimited. Past it a
 	// new client is answered 503 problem+json.
 	MaxClients int
+	// MaxPerClient caps the concurrent streams of one client key (see
+	// WithClientKey); 0 means unlimited. Past it a new stream of that key
+	// is answered 429 problem+json; a stream's slot is released when it
+	// ends. Requests without a key are not counted.
+	MaxPerClient int
 	// MaxMachines caps the machines one client may name (default 1000).
 	MaxMachines int
 	// WriteTimeout bounds each burst of writes to one client (default 10s).
@@ -111,10 +116,12 @@ const (
 	reasonWriteError = "write_error"
 )
 
-// Errors of registration, answered 503 by ServeHTTP.
+// Errors of registration, answered 503 (429 for errTooManyForClient) by
+// ServeHTTP.
 var (
-	errTooManyClients = errors.New("too many stream clients")
-	errShuttingDown   = errors.New("stream hub shutting down")
+	errTooManyClients   = errors.New("too many stream clients")
+	errTooManyForClient = errors.New("too many streams for this client")
+	errShuttingDown     = errors.New("stream hub shutting down")
 )
 
 // Hub is the in-memory fan-out of live updates to stream clients. All its
@@ -139,8 +146,14 @@ type Hub struct {
 	ring      ring
 	byMachine map[string]map[*client]struct{}
 	all       map[*client]struct{}
-	clients   map[*client]struct{} // every registered client, cut off or not
-	closing   bool
+	// allFiltered are the all-machines clients with a filter (WithFilter);
+	// filtered is the scratch space of their share of a publish call.
+	allFiltered map[*client]struct{}
+	filtered    []*message
+	clients     map[*client]struct{} // every registered client, cut off or not
+	// perKey counts the registered clients of each client key.
+	perKey  map[string]int
+	closing bool
 	// mark numbers publish calls; touched are the clients a publish call
 	// has enqueued for, to be woken once it is done.
 	mark    uint64
@@ -170,15 +183,20 @@ type client struct {
 	reason string
 	cutSeq uint64
 	// all subscribes to every machine; otherwise machines, sorted.
-	all       bool
-	machines  []string
+	all      bool
+	machines []string
+	// filter, when not nil, narrows an all-machines subscription to the
+	// machines it accepts; messages without a machine do not pass.
+	filter    func(machine string) bool
 	transport string
+	// key is the client key its stream counts against (MaxPerClient).
+	key string
 }
 
 // wants reports whether a message for machine goes to c.
 func (c *client) wants(machine string) bool {
 	if c.all {
-		return true
+		return c.filter == nil || machine != "" && c.filter(machine)
 	}
 	if machine == "" {
 		return false
@@ -204,6 +222,9 @@ func New(opts Options, logger *slog.Logger, reg prometheus.Registerer) *Hub {
 		byMachine: make(map[string]map[*client]struct{}),
 		all:       make(map[*client]struct{}),
 		clients:   make(map[*client]struct{}),
+
+		allFiltered: make(map[*client]struct{}),
+		perKey:      make(map[string]int),
 	}
 	h.ring.reset(h.seq)
 	h.killCtx, h.kill = context.WithCancel(context.Background())
@@ -378,6 +399,17 @@ func (h *Hub) publishLocked(msgs []*message) {
 	for c := range h.all {
 		h.offerLocked(c, msgs, nil)
 	}
+	// A filtered one takes its share of the call, also at once.
+	for c := range h.allFiltered {
+		h.filtered = h.filtered[:0]
+		for _, m := range msgs {
+			if m.machine != "" && c.filter(m.machine) {
+				h.filtered = append(h.filtered, m)
+			}
+		}
+		h.offerLocked(c, h.filtered, nil)
+	}
+	clear(h.filtered)
 	for _, c := range h.touched {
 		c.queue.signal()
 	}
@@ -413,6 +445,7 @@ func (h *Hub) cutLocked(c *client, reason string) {
 func (h *Hub) unsubscribeLocked(c *client) {
 	if c.all {
 		delete(h.all, c)
+		delete(h.allFiltered, c)
 		return
 	}
 	for _, m := range c.machines {
@@ -450,6 +483,9 @@ func (h *Hub) register(c *client, cursor uint64, hasCursor bool) (registration, 
 	if h.opts.MaxClients > 0 && len(h.clients) >= h.opts.MaxClients {
 		return registration{}, errTooManyClients
 	}
+	if c.key != "" && h.opts.MaxPerClient > 0 && h.perKey[c.key] >= h.opts.MaxPerClient {
+		return registration{}, errTooManyForClient
+	}
 	reg := registration{latest: h.seq, cursor: h.seq}
 	hello := helloMessage(h.seq, h.opts.Heartbeat.Milliseconds(), h.opts.QueueSize)
 	switch {
@@ -469,9 +505,15 @@ func (h *Hub) register(c *client, cursor uint64, hasCursor bool) (registration, 
 		reg.replay = len(reg.first) // nothing to replay
 	}
 	h.clients[c] = struct{}{}
-	if c.all {
+	if c.key != "" {
+		h.perKey[c.key]++
+	}
+	switch {
+	case c.all && c.filter != nil:
+		h.allFiltered[c] = struct{}{}
+	case c.all:
 		h.all[c] = struct{}{}
-	} else {
+	default:
 		for _, m := range c.machines {
 			set := h.byMachine[m]
 			if set == nil {
@@ -491,6 +533,11 @@ func (h *Hub) unregister(c *client) {
 	h.mu.Lock()
 	if _, ok := h.clients[c]; ok {
 		delete(h.clients, c)
+		if c.key != "" {
+			if h.perKey[c.key]--; h.perKey[c.key] == 0 {
+				delete(h.perKey, c.key)
+			}
+		}
 		if c.reason == "" {
 			h.unsubscribeLocked(c)
 		}

@@ -45,7 +45,7 @@ func newMetrics(reg prometheus.Registerer, fanout bool) *metrics {
 		}, []string{"reason"}),
 		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "twinline_stream_rejected_total",
-			Help: "Stream requests refused by reason (bad_request, max_clients, shutting_down).",
+			Help: "Stream requests refused by reason (bad_request, max_clients, max_per_client, shutting_down).",
 		}, []string{"reason"}),
 		publishDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "twinline_stream_publish_duration_seconds",
@@ -87,7 +87,7 @@ func newMetrics(reg prometheus.Registerer, fanout bool) *metrics {
 	for _, r := range []string{reasonSlowClient, reasonWriteError, reasonShutdown} {
 		m.dropped.WithLabelValues(r)
 	}
-	for _, r := range []string{rejectBadRequest, rejectMaxClients, rejectShuttingDown} {
+	for _, r := range []string{rejectBadRequest, rejectMaxClients, rejectMaxPerClient, rejectShuttingDown} {
 		m.rejected.WithLabelValues(r)
 	}
 	if reg != nil {

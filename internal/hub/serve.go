@@ -21,8 +21,36 @@ import (
 const (
 	rejectBadRequest   = "bad_request"
 	rejectMaxClients   = "max_clients"
+	rejectMaxPerClient = "max_per_client"
 	rejectShuttingDown = "shutting_down"
 )
+
+// ctxKey keys the values the HTTP layer attaches to a stream request.
+type ctxKey int
+
+const (
+	filterKey ctxKey = iota
+	clientKeyKey
+)
+
+// WithFilter returns a copy of ctx that narrows an all=1 stream opened
+// with it to the machines filter accepts, live and on replay after a
+// resume; messages without a machine (fleet-wide news) do not pass. The
+// HTTP layer attaches it to the request of an identity that may see only
+// some machines (ServeHTTP reads it from r.Context()); a machine=ID stream
+// is not filtered, its machines are checked before. filter is called under
+// the hub's lock, once per message and filtered client: it must be fast
+// and must not call the hub.
+func WithFilter(ctx context.Context, filter func(machine string) bool) context.Context {
+	return context.WithValue(ctx, filterKey, filter)
+}
+
+// WithClientKey returns a copy of ctx whose stream counts against key's
+// Options.MaxPerClient: the identity (or address) the HTTP layer knows the
+// client by. An empty key is not counted.
+func WithClientKey(ctx context.Context, key string) context.Context {
+	return context.WithValue(ctx, clientKeyKey, key)
+}
 
 // burst is the most messages written to a client with one write (one
 // system call, one write deadline).
@@ -63,6 +91,10 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		all:      q.all,
 		machines: q.machines,
 	}
+	if f, ok := r.Context().Value(filterKey).(func(string) bool); ok && f != nil && q.all {
+		c.filter = f
+	}
+	c.key, _ = r.Context().Value(clientKeyKey).(string)
 	c.queue.wake = nil // the writer is started by the queue (writer.start)
 	c.transport = transportWS
 	if sse {
@@ -73,6 +105,10 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case errors.Is(err, errShuttingDown):
 		h.refuse(w, rejectShuttingDown, &problem.Problem{Type: problem.TypeOverloaded, Status: http.StatusServiceUnavailable, RetryAfter: 1,
 			Detail: "the server is shutting down; reconnect"})
+		return
+	case errors.Is(err, errTooManyForClient):
+		h.refuse(w, rejectMaxPerClient, &problem.Problem{Type: problem.TypeRateLimited, Status: http.StatusTooManyRequests, RetryAfter: 5,
+			Detail: fmt.Sprintf("too many streams for this client: at most %d at once; close one first", h.opts.MaxPerClient)})
 		return
 	case errors.Is(err, errTooManyClients):
 		h.refuse(w, rejectMaxClients, &problem.Problem{Type: problem.TypeOverloaded, Status: http.StatusServiceUnavailable, RetryAfter: 5,
@@ -118,7 +154,7 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // filterReplay drops from reg's replay the messages c does not want.
 func filterReplay(reg registration, c *client) []*message {
-	if c.all {
+	if c.all && c.filter == nil {
 		return reg.first
 	}
 	out := reg.first[:reg.replay]

@@ -16,6 +16,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 )
 
 // The hub speaks the server side of WebSocket (RFC 6455) itself, on the
@@ -35,12 +36,19 @@ const (
 	opPong         = 0xA
 
 	closeProtocolError  = 1002
+	closeInvalidPayload = 1007
+	closeMessageTooBig  = 1009
 	closeServiceRestart = 1012
 	closeTryAgainLater  = 1013
 )
 
 // wsGUID is the key suffix of the opening handshake (RFC 6455 §1.3).
 const wsGUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+// maxClientMessage bounds a data message a client may send, over all its
+// fragments: clients have nothing to say on the stream, so a longer one is
+// refused (close 1009) rather than read.
+const maxClientMessage = 16 << 10
 
 // closeWait bounds how long the hub waits for the peer's close frame after
 // sending its own, before it closes the connection.
@@ -195,12 +203,16 @@ func (h *Hub) acceptWS(w http.ResponseWriter, r *http.Request, onGone func()) (*
 }
 
 // readLoop reads the client's frames until the connection ends: it answers
-// pings and close frames, and discards data frames (clients have nothing
-// to say on the stream).
+// pings and close frames, and checks and discards data messages (clients
+// have nothing to say on the stream). It fails the connection (RFC 6455
+// §7.1.7) with 1002 on a protocol error (such as a continuation frame
+// without a message to continue), 1007 on a text message that is not
+// UTF-8, and 1009 on a message longer than maxClientMessage.
 func (c *rawConn) readLoop(rd io.Reader) {
 	defer c.ended()
 	var hdr [8]byte
 	var ctl [125]byte
+	var msg dataMessage
 	for {
 		if _, err := io.ReadFull(rd, hdr[:2]); err != nil {
 			return
@@ -208,7 +220,7 @@ func (c *rawConn) readLoop(rd io.Reader) {
 		fin, rsv, op := hdr[0]&0x80 != 0, hdr[0]&0x70, hdr[0]&0x0f
 		masked, n := hdr[1]&0x80 != 0, uint64(hdr[1]&0x7f)
 		if rsv != 0 || !masked {
-			c.fail()
+			c.fail(closeProtocolError)
 			return
 		}
 		switch n {
@@ -222,7 +234,7 @@ func (c *rawConn) readLoop(rd io.Reader) {
 				return
 			}
 			if n = binary.BigEndian.Uint64(hdr[:8]); n>>63 != 0 {
-				c.fail()
+				c.fail(closeProtocolError)
 				return
 			}
 		}
@@ -232,17 +244,22 @@ func (c *rawConn) readLoop(rd io.Reader) {
 		}
 		switch op {
 		case opContinuation, opText, opBinary:
-			if _, err := io.CopyN(io.Discard, rd, int64(n)); err != nil {
+			code, err := msg.frame(rd, op, fin, n, mask)
+			if code != 0 {
+				c.fail(code)
+				return
+			}
+			if err != nil {
 				return
 			}
 			continue
 		case opClose, opPing, opPong:
 		default:
-			c.fail()
+			c.fail(closeProtocolError)
 			return
 		}
 		if !fin || n > uint64(len(ctl)) {
-			c.fail()
+			c.fail(closeProtocolError)
 			return
 		}
 		p := ctl[:n]
@@ -263,7 +280,7 @@ func (c *rawConn) readLoop(rd io.Reader) {
 			var code []byte
 			switch {
 			case len(p) == 1:
-				c.fail()
+				c.fail(closeProtocolError)
 				return
 			case len(p) >= 2:
 				code = p[:2]
@@ -283,10 +300,76 @@ func (c *rawConn) ended() {
 	}
 }
 
-// fail closes the connection with status 1002 protocol error.
-func (c *rawConn) fail() {
+// dataMessage is the state of the data message a client is sending, frame
+// by frame.
+type dataMessage struct {
+	open bool // a fragmented message awaits its continuation
+	text bool
+	size uint64
+	// tail holds the last bytes of the text so far when they begin a
+	// character the next fragment completes.
+	tail  [utf8.UTFMax - 1]byte
+	ntail int
+}
+
+// frame reads and discards the payload of a data frame of n bytes, checking
+// it. It returns the close code the connection fails with, or 0 and any
+// read error.
+func (m *dataMessage) frame(rd io.Reader, op byte, fin bool, n uint64, mask [4]byte) (uint16, error) {
+	switch {
+	case op == opContinuation && !m.open:
+		return closeProtocolError, nil // nothing to continue
+	case op != opContinuation && m.open:
+		return closeProtocolError, nil // a new message before the last ended
+	case op != opContinuation:
+		*m = dataMessage{text: op == opText}
+	}
+	if n > maxClientMessage-m.size {
+		return closeMessageTooBig, nil
+	}
+	m.size += n
+	m.open = !fin
+	if !m.text {
+		_, err := io.CopyN(io.Discard, rd, int64(n))
+		return 0, err
+	}
+	var buf [512]byte
+	for off := uint64(0); off < n; {
+		k := copy(buf[:], m.tail[:m.ntail])
+		chunk := buf[k:min(uint64(len(buf)), uint64(k)+n-off)]
+		if _, err := io.ReadFull(rd, chunk); err != nil {
+			return 0, err
+		}
+		for i := range chunk {
+			chunk[i] ^= mask[(off+uint64(i))&3]
+		}
+		off += uint64(len(chunk))
+		b := buf[:k+len(chunk)]
+		// Keep back a character the next bytes may complete.
+		m.ntail = 0
+		for i := len(b) - 1; i >= 0 && i >= len(b)-(utf8.UTFMax-1); i-- {
+			if utf8.RuneStart(b[i]) {
+				if !utf8.FullRune(b[i:]) {
+					m.ntail = copy(m.tail[:], b[i:])
+					b = b[:i]
+				}
+				break
+			}
+		}
+		if !utf8.Valid(b) {
+			return closeInvalidPayload, nil
+		}
+	}
+	if fin && m.ntail > 0 {
+		return closeInvalidPayload, nil // the text ends inside a character
+	}
+	return 0, nil
+}
+
+// fail closes the connection with a close frame of status code.
+func (c *rawConn) fail(code uint16) {
 	var p [2]byte
-	binary.BigEndian.PutUint16(p[:], closeProtocolError)
+	binary.BigEndian.PutUint16(p[:], code)
 	_ = c.writeClose(p[:])
 	c.conn.Close()
 }

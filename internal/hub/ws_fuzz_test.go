@@ -53,6 +53,11 @@ func FuzzReadLoop(f *testing.F) {
 	f.Add(frame(opBinary, false, bytes.Repeat([]byte{7}, 300)))
 	f.Add([]byte{0x89, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff})
 	f.Add([]byte{0x81, 0x05, 'h', 'e', 'l', 'l', 'o'}) // unmasked
+	f.Add(append(frame(opText, false, []byte{'a', 0xe2}), frame(opContinuation, true, []byte{0x82, 0xac})...))
+	f.Add(frame(opText, true, []byte{0xed, 0xa0, 0x80}))
+	f.Add(frame(opContinuation, true, []byte("orphan")))
+	f.Add(append(frame(opText, false, nil), frame(opBinary, true, nil)...))
+	f.Add(frame(opBinary, true, make([]byte, maxClientMessage+1)))
 	f.Fuzz(func(t *testing.T, in []byte) {
 		conn := &recordConn{}
 		c := &rawConn{conn: conn, timeout: time.Second, done: make(chan struct{})}

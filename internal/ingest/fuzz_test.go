@@ -27,6 +27,8 @@ var jsonSeeds = []string{
 	`[{"machineId":"m1","timestamp":1796018400123.5,"a":1,"b":2,"c":3,"d":4,"e":5},{"machineId":"m1","tags":{"a":"b","a":"c"},"x":1}]`,
 	`{"machineId":"m\u0031","te\u006dp":1e400,"s":"x","n":null,"o":{},"a":[]}`,
 	"\xEF\xBB\xBF[{\"machineId\":\"Presse-\xc3\x9c1\",\"timestamp\":\"2026-11-30T07:00:00+01:00\",\"x\":true}]",
+	`[{"machineId":"a\ud800","x":1},{"machineId":"b","tags":{"k\udc00":"\x"},"x":1},{"machineId":"\ud83d\ude00\u200b","x":1}]`,
+	`{"machineId":"m","id":"\ud800\u0041\u12","metrics":{"t\\":1}}`,
 	`{"a":1,}`,
 	`[]`,
 	`42`,

@@ -24,6 +24,10 @@ import (
 // numbers may carry more of them. null in id, seq, tags, metrics or
 // timestamp means absent.
 //
+// Strings are decoded as JSON says; an escape that stands for no text
+// (a lone UTF-16 surrogate such as \ud800, or an unknown one such as \x)
+// rejects its item, naming the field.
+//
 // Each item is validated on its own: the valid ones are appended to dst and
 // each invalid one gives exactly one Reject (the first problem found, Index
 // its 0-based array index); a body that is JSON but neither an object nor
@@ -45,14 +49,25 @@ func DecodeJSON(body []byte, opts Options, dst []telemetry.Event) ([]telemetry.E
 			}
 		}
 		d.slab.hint(n)
+		bad := hasBadEscape(trimmed)
 		for i, it := range items {
-			d.decodeItem(it, i)
+			var raw []byte
+			if bad {
+				// Nothing of the item is unescaped yet: its raw text.
+				d.rawItem = it.MarshalTo(d.rawItem[:0])
+				raw = d.rawItem
+			}
+			d.decodeItem(it, i, raw)
 		}
 	} else {
+		var raw []byte
+		if hasBadEscape(trimmed) {
+			raw = trimmed
+		}
 		if o, err := v.Object(); err == nil {
 			d.slab.hint(estimateMetrics(o))
 		}
-		d.decodeItem(v, 0)
+		d.decodeItem(v, 0, raw)
 	}
 	events, rejects := d.events, d.rejects
 	d.release(len(body))
@@ -96,7 +111,11 @@ func DecodeNDJSON(body []byte, opts Options, dst []telemetry.Event) ([]telemetry
 				d.slab.hint(min(estimateMetrics(o)*(lines-line+1), size/4))
 			}
 		}
-		d.decodeItem(v, line)
+		var raw []byte
+		if hasBadEscape(ln) {
+			raw = ln
+		}
+		d.decodeItem(v, line, raw)
 	}
 	events, rejects := d.events, d.rejects
 	d.release(size)
@@ -205,12 +224,21 @@ func (it *jsonItem) once(flag uint8, field string) bool {
 	return true
 }
 
-// decodeItem appends the event v encodes, or its Reject, to d.
-func (d *decoder) decodeItem(v *fastjson.Value, index int) {
+// decodeItem appends the event v encodes, or its Reject, to d. raw is the
+// item's JSON text when it may hold an escape fastjson cannot decode
+// faithfully (see escapeLen), nil when it does not; such an escape is the
+// item's problem, wherever it is.
+func (d *decoder) decodeItem(v *fastjson.Value, index int, raw []byte) {
 	o, err := v.Object()
 	if err != nil {
 		d.reject(index, "", "must be a JSON object, got "+typeName(v))
 		return
+	}
+	if raw != nil {
+		if field, p := escapeProblem(raw); p != "" {
+			d.reject(index, field, p)
+			return
+		}
 	}
 	d.item = jsonItem{rej: Reject{Index: index}}
 	it := &d.item

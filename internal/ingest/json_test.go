@@ -69,6 +69,9 @@ func TestDecodeJSON(t *testing.T) {
 			[]telemetry.Event{ev("m1", testNow, "x", 1)}},
 		{"unicode machine id", `{"machineId":"Presse-Ü1","x":1}`, []telemetry.Event{ev("Presse-Ü1", testNow, "x", 1)}},
 		{"escaped key and value", `{"machineId":"m\u0031","te\u006dp":1}`, []telemetry.Event{ev("m1", testNow, "temp", 1)}},
+		{"every valid escape", `{"machineId":"m\ud83d\ude00","id":"\"\\\/\u00e9\ud800\udc00","tags":{"k\\ud800":"\\x"},"x":1}`,
+			[]telemetry.Event{{Machine: "m\U0001F600", ID: "\"\\/é\U00010000", Time: testNow, Tags: map[string]string{`k\ud800`: `\x`},
+				Metrics: []telemetry.Metric{{Name: "x", Value: 1}}}}},
 		{"metric name characters", `{"machineId":"m1","spindle.rpm:max-1_A":1}`,
 			[]telemetry.Event{ev("m1", testNow, "spindle.rpm:max-1_A", 1)}},
 		{"large and negative values", `{"machineId":"m1","a":1e300,"b":-0.5,"c":-12}`,
@@ -116,6 +119,22 @@ func TestDecodeJSONRejects(t *testing.T) {
 		{"machineId with question mark", `{"machineId":"a?b","temp":1}`, nil, "machineId", `must not contain '?' (it is used in URLs and MQTT topics)`},
 		{"machineId invalid UTF-8", "{\"machineId\":\"a\xffb\",\"temp\":1}", nil, "machineId", "is not valid UTF-8"},
 		{"machineId given twice", `{"machineId":"a","machineId":"b","temp":1}`, nil, "machineId", "given twice"},
+		{"machineId with zero-width space", `{"machineId":"press\u200b7","temp":1}`, nil, "machineId", "must not contain invisible format characters (found U+200B)"},
+		{"machineId with right-to-left override", "{\"machineId\":\"press\u202e7\",\"temp\":1}", nil, "machineId", "must not contain invisible format characters (found U+202E)"},
+		{"machineId with byte order mark", `{"machineId":"\ufeffpress","temp":1}`, nil, "machineId", "must not contain invisible format characters (found U+FEFF)"},
+		{"machineId lone high surrogate", `{"machineId":"a\ud800","temp":1}`, nil, "machineId", `has the escape \ud800 of a lone UTF-16 surrogate, which is not a character`},
+		{"machineId high surrogate then letter", `{"machineId":"a\uD800\u0041","temp":1}`, nil, "machineId", `has the escape \uD800 of a lone UTF-16 surrogate, which is not a character`},
+		{"machineId lone low surrogate", `{"machineId":"\udc00a","temp":1}`, nil, "machineId", `has the escape \udc00 of a lone UTF-16 surrogate, which is not a character`},
+		{"machineId unknown escape", `{"machineId":"a\xb","temp":1}`, nil, "machineId", `has the invalid escape \x`},
+		{"machineId short unicode escape", `{"machineId":"a\u12","temp":1}`, nil, "machineId", `has the invalid escape \u`},
+		{"bad escape wins over an earlier problem", `{"temp":"x","machineId":"\ud800"}`, nil, "machineId", `has the escape …`},
+		{"id lone surrogate", `{"machineId":"m1","id":"\ud800","temp":1}`, nil, "id", `has the escape …`},
+		{"tag value lone surrogate", `{"machineId":"m1","tags":{"line":"\ud800"},"temp":1}`, nil, "tags.line", `has the escape …`},
+		{"tag name lone surrogate", `{"machineId":"m1","tags":{"a\udfff":"x"},"temp":1}`, nil, `tags.a\udfff`, `has the escape \udfff …`},
+		{"tags array lone surrogate", `{"machineId":"m1","tags":["\ud800"],"temp":1}`, nil, "tags", `has the escape …`},
+		{"metric name lone surrogate", `{"machineId":"m1","t\ud800":1}`, nil, `t\ud800`, `has the escape …`},
+		{"nested metric name lone surrogate", `{"machineId":"m1","metrics":{"t\ud800":1}}`, nil, `metrics.t\ud800`, `has the escape …`},
+		{"metric name with zero-width joiner", `{"machineId":"m1","te\u200dmp":1}`, nil, "te\u200dmp", `metric name may contain only A-Z a-z 0-9 _ . : - (found '\u200d')`},
 
 		{"timestamp not RFC 3339", `{"machineId":"m1","timestamp":"yesterday","temp":1}`, nil, "timestamp",
 			`must be an RFC 3339 time like "2026-11-30T06:00:00Z" or epoch milliseconds, got "yesterday"`},
@@ -234,13 +253,17 @@ func TestDecodeJSONMixedBatchKeepsValidRest(t *testing.T) {
 		"not an object",
 		{"machineId":"m2","temp":2},
 		{"temp":3},
-		{"machineId":"m3","temp":3,"metrics":{"temp":4}}
+		{"machineId":"m3","temp":3,"metrics":{"temp":4}},
+		{"machineId":"m\ud800","temp":5},
+		{"machineId":"m4","tags":{"note":"a\\ud800"},"temp":6}
 	]`
 	events, rejects, err := DecodeJSON([]byte(body), testOptions(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	wantEvents := []telemetry.Event{ev("m1", testNow, "temp", 1), ev("m2", testNow, "temp", 2)}
+	m4 := ev("m4", testNow, "temp", 6)
+	m4.Tags = map[string]string{"note": `a\ud800`}
+	wantEvents := []telemetry.Event{ev("m1", testNow, "temp", 1), ev("m2", testNow, "temp", 2), m4}
 	if diff := cmp.Diff(events, wantEvents, cmpEvents); diff != "" {
 		t.Errorf("events mismatch (-got +want):\n%s", diff)
 	}
@@ -249,6 +272,7 @@ func TestDecodeJSONMixedBatchKeepsValidRest(t *testing.T) {
 		{Index: 2, Field: "", Reason: "must be a JSON object, got string"},
 		{Index: 4, Field: "machineId", Reason: "missing"},
 		{Index: 5, Field: "metrics.temp", Reason: "given twice"},
+		{Index: 6, Field: "machineId", Reason: `has the escape \ud800 of a lone UTF-16 surrogate, which is not a character`},
 	}
 	if diff := cmp.Diff(rejects, wantRejects); diff != "" {
 		t.Errorf("rejects mismatch (-got +want):\n%s", diff)

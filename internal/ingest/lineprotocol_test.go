@@ -114,6 +114,16 @@ func TestDecodeLineProtocol(t *testing.T) {
 			wantStats:  Stats{IgnoredStringFields: 1},
 		},
 		{
+			name: "format characters in machine id and metric name",
+			body: "m,host=press\u200b7 x=1\nm,host=\ufeffpress x=1\nm,host=h te\u2066mp=1\nm,host=a\xed\xa0\x80b x=1",
+			wantRejects: []Reject{
+				{Index: 1, Field: "host", Reason: "machine id must not contain invisible format characters (found U+200B)"},
+				{Index: 2, Field: "host", Reason: "machine id must not contain invisible format characters (found U+FEFF)"},
+				{Index: 3, Field: "te\u2066mp", Reason: `metric name may contain only A-Z a-z 0-9 _ . : - (found '\u2066'): "m_te\u2066mp"`},
+				{Index: 4, Reason: `syntax error at column 8: invalid utf-8 sequence in token "a\xed\xa0\x80b"`},
+			},
+		},
+		{
 			name:        "escaped space in measurement is not a metric name",
 			body:        `plant\ a,host=h x=1`,
 			wantRejects: []Reject{{Index: 1, Field: "x", Reason: `metric name may contain only A-Z a-z 0-9 _ . : - (found ' '): "plant a_x"`}},

@@ -64,6 +64,12 @@ func TestDecodeNDJSON(t *testing.T) {
 			wantRejects: []Reject{{Index: 2, Reason: "line exceeds 100 bytes"}},
 		},
 		{
+			name:        "lone surrogate rejects its line only",
+			body:        "{\"machineId\":\"m1\",\"x\":1}\n{\"machineId\":\"m1\",\"tags\":{\"k\":\"\\udc00\"},\"x\":1}\n{\"machineId\":\"m2\",\"x\":2}",
+			wantEvents:  []telemetry.Event{ev("m1", testNow, "x", 1), ev("m2", testNow, "x", 2)},
+			wantRejects: []Reject{{Index: 2, Field: "tags.k", Reason: `has the escape \udc00 of a lone UTF-16 surrogate, which is not a character`}},
+		},
+		{
 			name:       "line at the limit, CR not counted",
 			body:       `{"machineId":"m1","x":1}` + "\r\n",
 			maxLine:    len(`{"machineId":"m1","x":1}`),

@@ -50,6 +50,8 @@ type decoder struct {
 	visitNest  func(key []byte, v *fastjson.Value)
 	visitTags  func(key []byte, v *fastjson.Value)
 	numScratch []byte
+	// rawItem holds an array item's JSON text while its escapes are checked.
+	rawItem []byte
 
 	// Line-protocol state.
 	measurement []byte

@@ -61,8 +61,12 @@ type Log struct {
 // recognise duplicates, so losing keys is not worth refusing to start
 // over; only an unreadable file is an error.
 func Open(dir string, maxKeys int) (*Log, []stream.Key, error) {
-	if err := os.MkdirAll(dir, 0o750); err != nil {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, nil, fmt.Errorf("creating key journal directory: %w", err)
+	}
+	// Private whatever the umask, or the mode an older version gave it.
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return nil, nil, fmt.Errorf("restricting key journal directory: %w", err)
 	}
 	per := max(maxKeys/4, 1)
 	l := &Log{dir: dir, perSegment: per, keep: 5}
@@ -93,9 +97,13 @@ func Open(dir string, maxKeys int) (*Log, []stream.Key, error) {
 			}
 		}
 		if last {
-			f, err := os.OpenFile(l.path(seq), os.O_RDWR, 0o640)
+			f, err := os.OpenFile(l.path(seq), os.O_RDWR, 0o600)
 			if err != nil {
 				return nil, nil, fmt.Errorf("opening key journal: %w", err)
+			}
+			if err := f.Chmod(0o600); err != nil {
+				f.Close()
+				return nil, nil, fmt.Errorf("restricting key journal: %w", err)
 			}
 			if err := f.Truncate(good); err != nil {
 				f.Close()
@@ -174,7 +182,7 @@ func (l *Log) rotate() error {
 	if len(l.segments) > 0 {
 		next = l.segments[len(l.segments)-1] + 1
 	}
-	f, err := os.OpenFile(l.path(next), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o640)
+	f, err := os.OpenFile(l.path(next), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
 	if err != nil {
 		return fmt.Errorf("creating key journal segment: %w", err)
 	}

@@ -466,6 +466,12 @@ func (a *Alarms) Ack(id, by, note string, now time.Time) (Alarm, error) {
 	if utf8.RuneCountInString(by) > maxNoteAuthor || utf8.RuneCountInString(note) > maxNoteText {
 		return Alarm{}, fmt.Errorf("%w: by is at most %d characters, note at most %d", ErrInvalid, maxNoteAuthor, maxNoteText)
 	}
+	if p := textProblem(by); p != "" {
+		return Alarm{}, fmt.Errorf("%w: by %s", ErrInvalid, p)
+	}
+	if p := textProblem(note); p != "" {
+		return Alarm{}, fmt.Errorf("%w: note %s", ErrInvalid, p)
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	old := a.alarms[id]

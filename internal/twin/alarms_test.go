@@ -59,6 +59,11 @@ func TestAlarmsLifecycleAndRestart(t *testing.T) {
 	if got := observe(1_011_000, 89); got != nil {
 		t.Errorf("within the deadband: %v, want no change", got)
 	}
+	for _, bad := range [][2]string{{"a\x00na", ""}, {"ana", "cooler\x00"}, {"ana", "\xff"}} {
+		if _, err := a.Ack("1", bad[0], bad[1], time.UnixMilli(1_012_000)); !errors.Is(err, ErrInvalid) {
+			t.Errorf("Ack(%q, %q) = %v, want ErrInvalid", bad[0], bad[1], err)
+		}
+	}
 	al, err := a.Ack("1", "ana", "checking the cooler", time.UnixMilli(1_012_000))
 	if err != nil || !al.Acked || al.AckedBy != "ana" || al.State != AlarmActive {
 		t.Fatalf("Ack = %+v, %v", al, err)

@@ -44,6 +44,9 @@ func (in Info) validate() error {
 		if len(v) > maxTextLen {
 			errs = append(errs, fmt.Errorf("%s: longer than %d bytes", name, maxTextLen))
 		}
+		if p := textProblem(v); p != "" {
+			errs = append(errs, fmt.Errorf("%s: %s", name, p))
+		}
 	}
 	if len(in.Thresholds) > maxThresholds {
 		errs = append(errs, fmt.Errorf("thresholds: more than %d metrics", maxThresholds))
@@ -52,6 +55,9 @@ func (in Info) validate() error {
 		field := "thresholds." + metric
 		if metric == "" {
 			errs = append(errs, errors.New("thresholds: empty metric name"))
+		}
+		if p := textProblem(metric); p != "" {
+			errs = append(errs, fmt.Errorf("thresholds: metric name %s", p))
 		}
 		if th.High == nil && th.Low == nil {
 			errs = append(errs, fmt.Errorf("%s: needs high or low", field))
@@ -75,8 +81,11 @@ func (in Info) validate() error {
 	}
 	if len(in.Attributes) > 0 {
 		b, err := json.Marshal(in.Attributes)
-		if err != nil || len(b) > maxAttributeBytes {
+		switch {
+		case err != nil || len(b) > maxAttributeBytes:
 			errs = append(errs, fmt.Errorf("attributes: larger than %d bytes", maxAttributeBytes))
+		case bytes.Contains(b, []byte(`\u0000`)):
+			errs = append(errs, errors.New("attributes: must not contain a NUL byte"))
 		}
 	}
 	if err := errors.Join(errs...); err != nil {

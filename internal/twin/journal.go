@@ -35,9 +35,14 @@ func (e stopReplay) Unwrap() error { return e.err }
 // replay with each line, oldest first. A replay error wrapped in stopReplay
 // ends the replay and is returned.
 func openJournal(path string, replay func(line []byte) error) (*journal, error) {
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR|os.O_APPEND, 0o640)
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR|os.O_APPEND, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("opening %s: %w", path, err)
+	}
+	// Private whatever the umask, or the mode an older version gave it.
+	if err := f.Chmod(0o600); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("restricting %s: %w", path, err)
 	}
 	j := &journal{f: f}
 	sc := bufio.NewScanner(f)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 	"unicode/utf8"
 )
@@ -58,8 +59,14 @@ func (n *Notes) Add(machine, text, author string) (Note, error) {
 	case utf8.RuneCountInString(text) > maxNoteText:
 		errs = append(errs, fmt.Errorf("text: longer than %d characters", maxNoteText))
 	}
+	if p := textProblem(text); p != "" {
+		errs = append(errs, errors.New("text: "+p))
+	}
 	if utf8.RuneCountInString(author) > maxNoteAuthor {
 		errs = append(errs, fmt.Errorf("author: longer than %d characters", maxNoteAuthor))
+	}
+	if p := textProblem(author); p != "" {
+		errs = append(errs, errors.New("author: "+p))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return Note{}, fmt.Errorf("%w: %w", ErrInvalid, err)
@@ -89,3 +96,16 @@ func (n *Notes) ListContext(ctx context.Context, machine string, limit int) ([]N
 
 // Close closes the store.
 func (n *Notes) Close() error { return n.store.Close() }
+
+// textProblem says why s cannot be kept the same by every store, or ""
+// when it can: PostgreSQL text holds neither a NUL byte nor invalid UTF-8,
+// and JSON encoding would replace invalid UTF-8 in the file stores.
+func textProblem(s string) string {
+	switch {
+	case strings.IndexByte(s, 0) >= 0:
+		return "must not contain a NUL byte"
+	case !utf8.ValidString(s):
+		return "is not valid UTF-8"
+	}
+	return ""
+}

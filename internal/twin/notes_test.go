@@ -78,6 +78,9 @@ func TestNotesValidate(t *testing.T) {
 		{"", "x", "text: required"},
 		{strings.Repeat("a", maxNoteText+1), "x", "text: longer"},
 		{"ok", strings.Repeat("b", maxNoteAuthor+1), "author: longer"},
+		{"a\x00b", "x", "text: must not contain a NUL byte"},
+		{"a\xffb", "x", "text: is not valid UTF-8"},
+		{"ok", "b\x00", "author: must not contain a NUL byte"},
 	} {
 		if _, err := n.Add("m", tt.text, tt.author); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("Add(%.10q, %.10q) = %v, want ErrInvalid with %q", tt.text, tt.author, err, tt.want)

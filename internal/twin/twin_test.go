@@ -124,6 +124,10 @@ func TestValidation(t *testing.T) {
 		{"bad for", Info{Thresholds: map[string]Threshold{"temp": {High: f(1), For: "soon"}}}, "thresholds.temp.for"},
 		{"negative deadband", Info{Thresholds: map[string]Threshold{"temp": {High: f(1), Deadband: -1}}}, "deadband"},
 		{"long name", Info{Name: strings.Repeat("x", 300)}, "name: longer than 256"},
+		{"NUL in site", Info{Site: "plant\x001"}, "site: must not contain a NUL byte"},
+		{"invalid UTF-8 in line", Info{Line: "a\xff"}, "line: is not valid UTF-8"},
+		{"NUL in threshold metric", Info{Thresholds: map[string]Threshold{"t\x00": {High: f(1)}}}, "thresholds: metric name must not contain a NUL byte"},
+		{"NUL in attributes", Info{Attributes: map[string]any{"a": "b\x00"}}, "attributes: must not contain a NUL byte"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

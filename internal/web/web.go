@@ -30,16 +30,13 @@ const (
 	fallbackPage = "dist/index.html"
 )
 
-// csp allows what the single-file dashboard needs: its inline script and
-// styles (Plotly sets styles inline), same-origin API and stream calls.
-const csp = "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; " +
-	"img-src 'self' data: blob:; connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
-
 // page is one prepared response body in two encodings.
 type page struct {
 	plain, gzipped      []byte
 	etagPlain, etagGzip string
 	built               bool
+	// csp allows the page's own inline scripts by their hashes.
+	csp string
 }
 
 // Handler serves the dashboard, or the fallback page when the dashboard was
@@ -87,6 +84,7 @@ func load(fsys fs.FS) (*page, error) {
 		etagPlain: `"` + tag + `"`,
 		etagGzip:  `"` + tag + `-gz"`,
 		built:     built,
+		csp:       dashboardCSP(body),
 	}, nil
 }
 
@@ -96,7 +94,7 @@ func (p *page) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.Set("Content-Type", "text/html; charset=utf-8")
 	h.Set("Cache-Control", "no-cache")
 	h.Set("Vary", "Accept-Encoding")
-	h.Set("Content-Security-Policy", csp)
+	h.Set("Content-Security-Policy", p.csp)
 	h.Set("Referrer-Policy", "same-origin")
 	body, etag := p.plain, p.etagPlain
 	if acceptsGzip(r.Header.Get("Accept-Encoding")) {

@@ -3,9 +3,12 @@ package web
 import (
 	"bytes"
 	"compress/gzip"
+	"crypto/sha256"
+	"encoding/base64"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"regexp"
 	"strings"
 	"testing"
 	"testing/fstest"
@@ -138,5 +141,69 @@ func TestAcceptsGzip(t *testing.T) {
 				t.Errorf("acceptsGzip(%q): got %v, want %v", tt.header, got, tt.want)
 			}
 		})
+	}
+}
+
+// scriptSrc returns the sources of the script-src directive of a CSP.
+func scriptSrc(t *testing.T, csp string) []string {
+	t.Helper()
+	for _, d := range strings.Split(csp, ";") {
+		f := strings.Fields(d)
+		if len(f) > 0 && f[0] == "script-src" {
+			return f[1:]
+		}
+	}
+	t.Fatalf("CSP %q has no script-src", csp)
+	return nil
+}
+
+// inlineScriptHashes hashes the inline scripts of page the simple way, to
+// check InlineHashes against.
+func inlineScriptHashes(page string) []string {
+	var out []string
+	re := regexp.MustCompile(`(?is)<script\b([^>]*)>(.*?)</script`)
+	for _, m := range re.FindAllStringSubmatch(page, -1) {
+		if strings.Contains(m[1], "src=") {
+			continue
+		}
+		sum := sha256.Sum256([]byte(strings.ReplaceAll(m[2], "\r\n", "\n")))
+		out = append(out, "'sha256-"+base64.StdEncoding.EncodeToString(sum[:])+"'")
+	}
+	return out
+}
+
+func TestCSPAllowsOnlyTheServedInlineScripts(t *testing.T) {
+	h := Handler()
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/", nil))
+	csp := rec.Header().Get("Content-Security-Policy")
+	got := scriptSrc(t, csp)
+	want := append([]string{"'self'"}, inlineScriptHashes(rec.Body.String())...)
+	if diff := cmp.Diff(got, want); diff != "" {
+		t.Errorf("script-src (-got +want):\n%s", diff)
+	}
+	if len(want) < 2 {
+		t.Errorf("served page has no inline script; the test checks nothing")
+	}
+	for _, directive := range []string{"frame-ancestors 'none'", "object-src 'none'", "base-uri 'none'"} {
+		if !strings.Contains(csp, directive) {
+			t.Errorf("CSP %q lacks %s", csp, directive)
+		}
+	}
+}
+
+func TestInlineHashes(t *testing.T) {
+	page := "<!doctype html><head><script>\r\n  let a = '<b>';\r\n</script>\n" +
+		`<script type="module" src="/x.js"></script><SCRIPT type="module">f("</scr" + "ipt>")</SCRIPT>` +
+		"<script></script><script>\n  let a = '<b>';\n</script><style>p{}</style></head>"
+	want := inlineScriptHashes(`<script>
+  let a = '<b>';
+</script><script>f("</scr" + "ipt>")</script><script></script>`)
+	if diff := cmp.Diff(InlineHashes([]byte(page), "script"), want); diff != "" {
+		t.Errorf("script hashes (-got +want):\n%s", diff)
+	}
+	sum := sha256.Sum256([]byte("p{}"))
+	if diff := cmp.Diff(InlineHashes([]byte(page), "style"), []string{"'sha256-" + base64.StdEncoding.EncodeToString(sum[:]) + "'"}); diff != "" {
+		t.Errorf("style hashes (-got +want):\n%s", diff)
 	}
 }

@@ -199,6 +199,8 @@ type Store struct {
 var _ store.Store = (*Store)(nil)
 
 // Open opens (creating it if needed) the store in dir, replaying its WAL.
+// dir is made private to the owner (see PrepareDir) and what the TSDB
+// created in it loses its group and other permission bits.
 // It fails with an error wrapping ErrLocked if another Store, in this or
 // another process, has dir open. logger (already carrying the caller's
 // component attribute) may be nil. reg may be nil, else it receives TSDB's
@@ -237,6 +239,10 @@ func Open(dir string, opts Options, logger *slog.Logger, reg prometheus.Register
 		s.reg.MustRegister(s.collectors()...)
 		r = s.reg
 	}
+	if err := PrepareDir(dir); err != nil {
+		s.reg.unregisterAll()
+		return nil, fmt.Errorf("opening tsdb in %s: %w", dir, err)
+	}
 	db, err := tsdb.Open(dir, logger, r, to, nil)
 	if err != nil {
 		s.reg.unregisterAll()
@@ -246,6 +252,10 @@ func Open(dir string, opts Options, logger *slog.Logger, reg prometheus.Register
 		return nil, fmt.Errorf("opening tsdb in %s: %w", dir, err)
 	}
 	s.db = db
+	if err := restrictTree(dir); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("restricting permissions in %s: %w", dir, err)
+	}
 	return s, nil
 }
 

@@ -609,8 +609,15 @@ func testNotesOverStore(t *testing.T, open func() twin.NoteStore) {
 		}
 		want = append(want, note)
 	}
-	if _, err := n.Add("press-07", "", "bo"); !errors.Is(err, twin.ErrInvalid) {
-		t.Errorf("Add of an empty note = %v, want ErrInvalid", err)
+	for _, tt := range []struct{ text, author string }{
+		{"", "bo"},
+		{"a\x00b", "bo"},
+		{"ok", "b\x00o"},
+		{"a\xffb", "bo"},
+	} {
+		if _, err := n.Add("press-07", tt.text, tt.author); !errors.Is(err, twin.ErrInvalid) {
+			t.Errorf("Add(%q, %q) = %v, want ErrInvalid", tt.text, tt.author, err)
+		}
 	}
 	if diff := cmp.Diff(n.List("press-07", 0), want); diff != "" {
 		t.Errorf("List (-got +want):\n%s", diff)
