@@ -97,6 +97,7 @@ export interface SessionOptions {
 }
 
 const PATH = '/api/v1/session';
+const ENDED = 'Your session ended; sign in again.';
 /** setTimeout's longest delay. */
 const MAX_TIMER_MS = 2 ** 31 - 1;
 
@@ -139,7 +140,7 @@ export class SessionStore {
     if (res.ok) {
       this.signedIn(parseSession(await res.json()));
     } else if (res.status === 401) {
-      this.set({ status: 'signed-out' });
+      this.set({ status: 'signed-out', reason: this.session?.authRequired ? ENDED : undefined });
     } else if (res.status === 404) {
       this.signedIn(OPEN_SESSION); // a server without sign-in
     } else {
@@ -176,7 +177,7 @@ export class SessionStore {
   ended(detail?: string): void {
     if (this.state.status === 'signed-out') return;
     const reason = this.session?.authRequired
-      ? 'Your session ended; sign in again.'
+      ? ENDED
       : `This server now requires signing in${detail ? ` (${detail})` : ''}.`;
     this.set({ status: 'signed-out', reason });
   }
