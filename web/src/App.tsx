@@ -41,10 +41,7 @@ function useTheme(): [string, () => void] {
 
 function useSession(): SessionState {
   useEffect(() => void session.load(), []);
-  return useSyncExternalStore(
-    (l) => session.subscribe(l),
-    () => session.state,
-  );
+  return useSyncExternalStore((l) => session.subscribe(l), () => session.state);
 }
 
 export function App() {
