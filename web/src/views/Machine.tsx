@@ -222,7 +222,7 @@ export function MachineView({ id, range, metrics: chosen, navigate, session }: P
                 <span className={`badge ${a.state === 'active' ? 'status-alarm' : 'status-online'}`}>
                   {a.state === 'active' ? '▲' : '✓'} {a.state}
                 </span>{' '}
-                {a.metric ?? ''} {a.kind} {a.limit ?? ''} at {fmtTime(a.raisedAt)} {a.acknowledged && `· ack by ${a.acknowledgedBy}`}
+                {a.metric ?? ''} {a.kind} {a.limit ?? ''} at {fmtTime(a.raisedAt)} {a.acknowledged && `· acknowledged${a.acknowledgedBy ? ` by ${a.acknowledgedBy}` : ''}`}
               </li>
             ))}
             {feed.alarms.length === 0 && <li className="muted">none</li>}
