@@ -1,7 +1,7 @@
 // Helpers for the browser tests, the screenshots and the benchmark: start
 // the real twinline binary on a free loopback port, and Debian's Chromium
 // through playwright-core (Playwright's own browser download is not used).
-import { spawn } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -139,4 +139,30 @@ export async function api(url, path, init) {
   const text = await r.text();
   if (!r.ok) throw new Error(`${init?.method ?? 'GET'} ${path}: ${r.status} ${text}`);
   return text ? JSON.parse(text) : undefined;
+}
+
+/**
+ * Creates an API token with `twinline token create` in dataDir (before the
+ * server starts, or while it runs: it notices) and returns its secret, the
+ * last line of stdout. scopes: "read,operate"; sites: "lyon" or undefined.
+ */
+export function createToken(dataDir, name, scopes, sites) {
+  const args = ['token', 'create', '--data-dir', dataDir, '--name', name, '--scopes', scopes];
+  if (sites) args.push('--sites', sites);
+  return new Promise((res, rej) => {
+    execFile(binaryPath(), args, { timeout: 30_000 }, (err, stdout, stderr) => {
+      if (err) {
+        rej(new Error(`twinline ${args.join(' ')}: ${err.message}\n${stderr}\n(this binary has no token support yet? issue 12's server side must be built in)`));
+        return;
+      }
+      const secret = stdout.trim().split('\n').at(-1)?.trim();
+      if (!secret) rej(new Error(`twinline token create printed no secret: ${stdout}`));
+      else res(secret);
+    });
+  });
+}
+
+/** Headers authenticating a direct API call with a token (Bearer). */
+export function bearer(token, extra = {}) {
+  return { Authorization: `Bearer ${token}`, ...extra };
 }

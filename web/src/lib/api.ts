@@ -1,4 +1,6 @@
 /** Typed calls to the twinline HTTP API (docs/api.md). */
+import { errorFrom } from './http';
+import { session, type SessionStore } from './session';
 
 export interface Threshold {
   high?: number;
@@ -72,27 +74,24 @@ export interface Note {
   time: string;
 }
 
-export class ApiError extends Error {
-  constructor(
-    readonly status: number,
-    message: string,
-  ) {
-    super(message);
-  }
-}
+export { ApiError } from './http';
 
-async function call<T>(path: string, init?: RequestInit): Promise<T> {
-  const res = await fetch(path, init);
+/**
+ * One API call: same-origin credentials (the session cookie), the CSRF
+ * header on writes, and an ApiError with the problem's detail for a non-2xx
+ * answer. A 401 ends the session (the sign-in page shows); a 403 is only
+ * the caller's to show.
+ */
+export async function call<T>(path: string, init: RequestInit = {}, s: SessionStore = session): Promise<T> {
+  const headers = new Headers(init.headers);
+  for (const [k, v] of Object.entries(s.headers(init.method))) headers.set(k, v);
+  const res = await fetch(path, { ...init, headers, credentials: 'same-origin' });
   if (!res.ok) {
-    let detail = res.statusText;
-    try {
-      const p = await res.json();
-      detail = p.detail || p.title || detail;
-    } catch {
-      /* not a problem document */
-    }
-    throw new ApiError(res.status, `${res.status} ${detail}`);
+    const err = await errorFrom(res);
+    if (res.status === 401) s.ended(err.detail);
+    throw err;
   }
+  if (res.status === 204) return undefined as T;
   return (await res.json()) as T;
 }
 
@@ -118,14 +117,16 @@ export const api = {
     if (machine) p.set('machine', machine);
     return call<{ count: number; alarms: Alarm[] }>(`/api/v1/alarms?${p}`);
   },
-  ack: (id: string, by: string, note: string) =>
+  /** Acknowledges an alarm; the server records who (the signed-in identity). */
+  ack: (id: string, note: string) =>
     call<Alarm>(`/api/v1/alarms/${enc(id)}/ack`, {
       method: 'POST',
       headers: { 'Content-Type': 'application/json' },
-      body: JSON.stringify({ by, note }),
+      body: JSON.stringify({ note }),
     }),
   notes: (id: string) => call<{ machine: string; notes: Note[] }>(`/api/v1/machines/${enc(id)}/notes`),
-  postNote: (id: string, text: string, author: string) =>
+  /** Posts a note; author is what an open server records (a signed-in one knows who). */
+  postNote: (id: string, text: string, author?: string) =>
     call<Note>(`/api/v1/machines/${enc(id)}/notes`, {
       method: 'POST',
       headers: { 'Content-Type': 'application/json' },

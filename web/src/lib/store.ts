@@ -6,6 +6,7 @@
 import { api, type Machine } from './api';
 import { FrameLoop, frameLoop } from './frame';
 import { LatencyTracker } from './latency';
+import { session, type SessionStore } from './session';
 import { SeriesRing } from './ring';
 import { StreamClient, type ConnInfo, type Filter, type Gap, type StreamMessage } from './stream';
 
@@ -156,9 +157,10 @@ export class Dashboard {
   messages = 0;
   gaps = 0;
 
-  constructor(loop = frameLoop) {
+  constructor(loop = frameLoop, s: SessionStore = session) {
     this.loop = loop;
     this.stream = new StreamClient({
+      ticket: () => s.streamTicket(),
       onMessage: (m, arrival) => this.onMessage(m, arrival),
       onState: (c) => {
         this.conn = c;
@@ -170,10 +172,17 @@ export class Dashboard {
         for (const l of this.gapListeners) l(g);
       },
     });
+    s.subscribe((st) => st.status !== 'signed-in' && this.reset());
   }
 
   subscribe(filter: Filter): void {
     this.stream.subscribe(filter);
+  }
+
+  /** Forgets what the last identity saw (on sign-out): closes the stream, empties the fleet. */
+  reset(): void {
+    this.stream.stop();
+    this.fleet.load([]);
   }
 
   onMessages(l: (m: StreamMessage, arrival: number) => void): () => void {

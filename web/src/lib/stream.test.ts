@@ -35,7 +35,7 @@ interface Conn {
   closed: boolean;
 }
 
-function setup(extra: { random?: () => number } = {}) {
+function setup(extra: { random?: () => number; ticket?: () => Promise<string | undefined> } = {}) {
   const time = new FakeTime();
   const conns: Conn[] = [];
   const msgs: StreamMessage[] = [];
@@ -54,6 +54,7 @@ function setup(extra: { random?: () => number } = {}) {
     setTimer: time.setTimer,
     clearTimer: time.clearTimer,
     random: extra.random ?? (() => 1), // no jitter: delays are exact
+    ticket: extra.ticket,
     minBackoffMs: 500,
     maxBackoffMs: 8000,
   });
@@ -212,6 +213,119 @@ describe('StreamClient', () => {
     expect(states.at(-1)?.state).toBe('stopped');
     time.advance(60_000);
     expect(conns).toHaveLength(1);
+  });
+});
+
+/** Ticket requests the test answers by hand, in order. */
+function tickets() {
+  const pending: { resolve(t: string | undefined): void; reject(e: Error): void }[] = [];
+  let n = 0;
+  return {
+    pending,
+    fetch: () => {
+      n++;
+      return new Promise<string | undefined>((resolve, reject) => pending.push({ resolve, reject }));
+    },
+    get count() {
+      return n;
+    },
+  };
+}
+
+/** Lets the promise callbacks run. */
+const settle = () => new Promise((r) => setTimeout(r, 0));
+
+describe('StreamClient with tickets', () => {
+  it('fetches a ticket before connecting and puts it on the URL', async () => {
+    const t = tickets();
+    const { client, conns, states } = setup({ ticket: t.fetch });
+    client.subscribe({ machines: ['m1'] });
+    expect(t.count).toBe(1);
+    expect(conns).toHaveLength(0); // not before the ticket
+    expect(states.at(-1)?.state).toBe('connecting');
+    t.pending[0].resolve('tk1');
+    await settle();
+    expect(conns.map((c) => c.url)).toEqual(['/api/v1/stream?machine=m1&ticket=tk1']);
+  });
+
+  it('fetches a fresh ticket for every reconnect and resumes from the cursor', async () => {
+    const t = tickets();
+    const { client, conns, hello, send, time, last } = setup({ ticket: t.fetch });
+    client.subscribe({ all: true });
+    t.pending[0].resolve('tk1');
+    await settle();
+    hello(last());
+    send(last(), samples(101, 5000));
+    last().h.onClose('closed (1006)');
+    time.advance(500);
+    expect(t.count).toBe(2);
+    t.pending[1].resolve('tk2');
+    await settle();
+    expect(last().url).toBe('/api/v1/stream?all=1&cursor=101&ticket=tk2');
+    // and again after a dead connection (missed heartbeats)
+    hello(last(), 101);
+    time.advance(37_500);
+    time.advance(500);
+    t.pending[2].resolve('tk3');
+    await settle();
+    expect(conns.map((c) => new URL(c.url, 'http://x').searchParams.get('ticket'))).toEqual(['tk1', 'tk2', 'tk3']);
+  });
+
+  it('backs off and tries a new ticket when the ticket request fails', async () => {
+    const t = tickets();
+    const { client, conns, states, time, last } = setup({ ticket: t.fetch });
+    client.subscribe({ all: true });
+    t.pending[0].reject(new Error('503 not ready'));
+    await settle();
+    expect(conns).toHaveLength(0);
+    expect(states.at(-1)).toMatchObject({ state: 'reconnecting', attempt: 1, reason: 'stream ticket: 503 not ready' });
+    time.advance(499);
+    expect(t.count).toBe(1);
+    time.advance(1);
+    expect(t.count).toBe(2);
+    t.pending[1].reject(new Error('503 not ready'));
+    await settle();
+    expect(states.at(-1)).toMatchObject({ attempt: 2, retryAt: time.now + 1000 });
+    time.advance(1000);
+    t.pending[2].resolve('tk3');
+    await settle();
+    expect(last().url).toBe('/api/v1/stream?all=1&ticket=tk3');
+  });
+
+  it('gives up on a ticket request that hangs', async () => {
+    const t = tickets();
+    const { client, states, time, conns } = setup({ ticket: t.fetch });
+    client.subscribe({ all: true });
+    time.advance(37_500); // 2.5 heartbeat periods of 15 s
+    expect(states.at(-1)).toMatchObject({ state: 'reconnecting', reason: 'stream ticket: timed out' });
+    t.pending[0].resolve('late'); // too late: not used
+    await settle();
+    expect(conns).toHaveLength(0);
+    time.advance(500);
+    expect(t.count).toBe(2);
+  });
+
+  it('drops a ticket that arrives after stop or a new subscription', async () => {
+    const t = tickets();
+    const { client, conns } = setup({ ticket: t.fetch });
+    client.subscribe({ machines: ['a'] });
+    client.subscribe({ machines: ['b'] });
+    t.pending[0].resolve('for-a');
+    t.pending[1].resolve('for-b');
+    await settle();
+    expect(conns.map((c) => c.url)).toEqual(['/api/v1/stream?machine=b&ticket=for-b']);
+    client.subscribe({ all: true });
+    client.stop();
+    t.pending[2].resolve('for-all');
+    await settle();
+    expect(conns).toHaveLength(1);
+  });
+
+  it('connects without a ticket when the server needs none', async () => {
+    const { client, conns } = setup({ ticket: async () => undefined });
+    client.subscribe({ all: true });
+    await settle();
+    expect(conns.map((c) => c.url)).toEqual(['/api/v1/stream?all=1']);
   });
 });
 

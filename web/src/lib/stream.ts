@@ -4,7 +4,8 @@
  * last cursor (`?cursor=`, so the server replays what was missed), watches
  * heartbeats to notice a dead connection, and asks its owner to backfill
  * from the series API when the server cannot replay (a `reset`, e.g. after a
- * restart).
+ * restart). When the server requires sign-in, every connection (the first
+ * and each reconnect) carries a fresh single-use ticket (`?ticket=`).
  */
 
 export type Filter = { all: true } | { machines: string[] };
@@ -76,6 +77,12 @@ export interface StreamOptions {
   /** Stream path, default /api/v1/stream. */
   path?: string;
   connect?: Connect;
+  /**
+   * Fetches a single-use ticket before each connection (POST
+   * /api/v1/stream/tickets); undefined: the server needs none. A failure
+   * counts as a failed attempt (backoff, then a new ticket).
+   */
+  ticket?: () => Promise<string | undefined>;
   onMessage(msg: StreamMessage, arrival: number): void;
   onState?(info: ConnInfo): void;
   /** Called when the server could not replay what was missed. */
@@ -90,12 +97,13 @@ export interface StreamOptions {
   heartbeatTolerance?: number;
 }
 
-/** The query string for a filter and optional cursor. */
-export function streamQuery(filter: Filter, cursor?: number): string {
+/** The query string for a filter, optional cursor and optional ticket. */
+export function streamQuery(filter: Filter, cursor?: number, ticket?: string): string {
   const p = new URLSearchParams();
   if ('all' in filter) p.set('all', '1');
   else for (const m of filter.machines) p.append('machine', m);
   if (cursor !== undefined) p.set('cursor', String(cursor));
+  if (ticket) p.set('ticket', ticket);
   return p.toString();
 }
 
@@ -106,8 +114,8 @@ export function backoffMs(attempt: number, min: number, max: number, random: () 
 }
 
 export class StreamClient {
-  private readonly o: Required<Omit<StreamOptions, 'onState' | 'onGap' | 'connect'>> &
-    Pick<StreamOptions, 'onState' | 'onGap'> & { connect: Connect };
+  private readonly o: Required<Omit<StreamOptions, 'onState' | 'onGap' | 'connect' | 'ticket'>> &
+    Pick<StreamOptions, 'onState' | 'onGap' | 'ticket'> & { connect: Connect };
   private filter: Filter | undefined;
   private socket: Socket | undefined;
   private generation = 0;
@@ -181,7 +189,28 @@ export class StreamClient {
     old?.close();
     this.resuming = this.cursor !== undefined;
     this.setState(this.attempt === 0 && !this.resuming ? 'connecting' : 'reconnecting');
-    const url = `${this.o.path}?${streamQuery(filter, this.cursor)}`;
+    if (!this.o.ticket) {
+      this.dial(filter, gen, undefined);
+      return;
+    }
+    // a ticket request that hangs counts as a failed attempt, as a silent connection does
+    this.watchdog = this.o.setTimer(() => {
+      if (gen === this.generation) this.scheduleReconnect('stream ticket: timed out');
+    }, this.heartbeatMs * this.o.heartbeatTolerance);
+    this.o.ticket().then(
+      (ticket) => {
+        if (gen !== this.generation) return;
+        this.o.clearTimer(this.watchdog);
+        this.dial(filter, gen, ticket);
+      },
+      (err: Error) => {
+        if (gen === this.generation) this.scheduleReconnect(`stream ticket: ${err.message}`);
+      },
+    );
+  }
+
+  private dial(filter: Filter, gen: number, ticket: string | undefined): void {
+    const url = `${this.o.path}?${streamQuery(filter, this.cursor, ticket)}`;
     this.socket = this.o.connect(url, {
       onOpen: () => {
         if (gen !== this.generation) return;

@@ -1,5 +1,6 @@
 import { useEffect, useState, type FormEvent } from 'react';
 import { api, type Alarm } from '../lib/api';
+import { can, type Session } from '../lib/session';
 import { formatRoute } from '../lib/route';
 import { dashboard } from '../lib/store';
 import { fmtNum, fmtTime } from './common';
@@ -9,7 +10,8 @@ export function severity(a: Alarm): 'critical' | 'warning' {
   return a.kind === 'offline' ? 'warning' : 'critical';
 }
 
-export function AlarmsView() {
+export function AlarmsView({ session }: { session: Session }) {
+  const mayAck = can(session, 'operate');
   const [active, setActive] = useState<Alarm[]>([]);
   const [journal, setJournal] = useState<Alarm[]>([]);
   const [error, setError] = useState<string>();
@@ -67,7 +69,12 @@ export function AlarmsView() {
         </thead>
         <tbody>
           {active.map((a) => (
-            <AlarmRow key={a.id} a={a} onAcked={(x) => setActive((xs) => xs.map((y) => (y.id === x.id ? x : y)))} />
+            <AlarmRow
+              key={a.id}
+              a={a}
+              mayAck={mayAck}
+              onAcked={(x) => setActive((xs) => xs.map((y) => (y.id === x.id ? x : y)))}
+            />
           ))}
           {active.length === 0 && (
             <tr>
@@ -100,7 +107,7 @@ export function AlarmsView() {
               <td>{describe(a)}</td>
               <td>{a.state}</td>
               <td>{a.clearedAt ? fmtTime(a.clearedAt) : '—'}</td>
-              <td>{a.acknowledged ? `${a.acknowledgedBy ?? ''} ${fmtTime(a.acknowledgedAt)}: ${a.acknowledgeNote ?? ''}` : '—'}</td>
+              <td>{a.acknowledged ? `${a.acknowledgedBy ?? ''} ${fmtTime(a.acknowledgedAt)}: ${a.acknowledgeNote ?? ''}`.trim() : '—'}</td>
             </tr>
           ))}
         </tbody>
@@ -114,17 +121,15 @@ function describe(a: Alarm): string {
   return `${a.metric ?? ''} ${a.kind === 'high' ? '>' : a.kind === 'low' ? '<' : a.kind} ${a.limit ?? ''}`;
 }
 
-function AlarmRow({ a, onAcked }: { a: Alarm; onAcked(a: Alarm): void }) {
+function AlarmRow({ a, mayAck, onAcked }: { a: Alarm; mayAck: boolean; onAcked(a: Alarm): void }) {
   const [open, setOpen] = useState(false);
   const [note, setNote] = useState('');
-  const [by, setBy] = useState(() => localStorage.getItem('twinline.author') ?? 'operator');
   const [err, setErr] = useState<string>();
   const sev = severity(a);
   const submit = async (e: FormEvent) => {
     e.preventDefault();
     try {
-      localStorage.setItem('twinline.author', by);
-      onAcked(await api.ack(a.id, by.trim() || 'operator', note.trim()));
+      onAcked(await api.ack(a.id, note.trim()));
       setOpen(false);
     } catch (x) {
       setErr((x as Error).message);
@@ -143,14 +148,15 @@ function AlarmRow({ a, onAcked }: { a: Alarm; onAcked(a: Alarm): void }) {
       <td>{describe(a)}</td>
       <td>{fmtNum(a.value)}</td>
       <td>{fmtTime(a.raisedAt)}</td>
-      <td data-testid="ack-state">{a.acknowledged ? `acknowledged by ${a.acknowledgedBy}` : 'unacknowledged'}</td>
+      <td data-testid="ack-state" data-acked={a.acknowledged}>
+        {a.acknowledged ? `acknowledged${a.acknowledgedBy ? ` by ${a.acknowledgedBy}` : ''}` : 'unacknowledged'}
+      </td>
       <td>
         {a.acknowledged ? (
           <span className="muted">{a.acknowledgeNote}</span>
         ) : open ? (
           <form onSubmit={submit} className="ack-form" aria-label={`Acknowledge alarm ${a.id}`}>
             <input aria-label="Note" placeholder="note" value={note} onChange={(e) => setNote(e.target.value)} autoFocus />
-            <input aria-label="By" value={by} onChange={(e) => setBy(e.target.value)} size={10} />
             <button type="submit">Acknowledge</button>
             <button type="button" onClick={() => setOpen(false)}>
               Cancel
@@ -161,8 +167,12 @@ function AlarmRow({ a, onAcked }: { a: Alarm; onAcked(a: Alarm): void }) {
               </span>
             )}
           </form>
-        ) : (
+        ) : mayAck ? (
           <button onClick={() => setOpen(true)}>Acknowledge…</button>
+        ) : (
+          <span className="muted" title="Acknowledging needs the operate scope">
+            —
+          </span>
         )}
       </td>
     </tr>

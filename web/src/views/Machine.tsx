@@ -1,7 +1,8 @@
 import { useEffect, useMemo, useState, type FormEvent } from 'react';
-import { api } from '../lib/api';
+import { api, ApiError } from '../lib/api';
 import { MachineFeed } from '../lib/feed';
 import { formatRoute, LIVE_SPANS, type Range } from '../lib/route';
+import { can, type Session } from '../lib/session';
 import { dashboard } from '../lib/store';
 import { Chart } from './Chart';
 import { StatusBadge, fmtAgo, fmtNum, fmtTime, useTick } from './common';
@@ -11,12 +12,15 @@ interface Props {
   range: Range;
   metrics?: string[];
   navigate(hash: string, replace?: boolean): void;
+  session: Session;
 }
 
-export function MachineView({ id, range, metrics: chosen, navigate }: Props) {
+export function MachineView({ id, range, metrics: chosen, navigate, session }: Props) {
   const feed = useMemo(() => new MachineFeed(id), [id]);
   const [, setVersion] = useState(0);
   const [error, setError] = useState<string>();
+  // the machine does not exist, or is of a site this identity does not see (the server answers 404 alike)
+  const [notFound, setNotFound] = useState(false);
   useTick(1000);
 
   // subscribe to the machine's stream; re-render (text, lists) at most ~4 times a second
@@ -31,7 +35,12 @@ export function MachineView({ id, range, metrics: chosen, navigate }: Props) {
         setVersion((v) => v + 1);
       }, 250);
     });
-    feed.loadMeta().catch((e: Error) => setError(e.message));
+    feed.loadMeta().catch((e: Error) => {
+      if (e instanceof ApiError && e.status === 404) {
+        setNotFound(true);
+        dashboard.stream.stop(); // nothing to stream; the next view subscribes again
+      } else setError(e.message);
+    });
     return () => unsub();
   }, [feed, id]);
 
@@ -57,7 +66,7 @@ export function MachineView({ id, range, metrics: chosen, navigate }: Props) {
       const to = live ? now : range.to;
       feed.loadHistory(metrics, from, to, width(), ac.signal).catch((e: Error) => e.name !== 'AbortError' && setError(e.message));
     }
-    if (live) {
+    if (live && !notFound) {
       poll = setInterval(() => void feed.pollLatest().catch(() => {}), 1000);
     }
     return () => {
@@ -67,7 +76,7 @@ export function MachineView({ id, range, metrics: chosen, navigate }: Props) {
       clearInterval(poll);
     };
     // metrics.join: a new set of metrics reloads; the array identity does not matter
-  }, [feed, rangeKey, metrics.join(',')]);
+  }, [feed, rangeKey, metrics.join(','), notFound]);
 
   const go = (patch: Partial<{ range: Range; metrics: string[] }>) =>
     navigate(formatRoute({ view: 'machine', id, range, metrics: chosen, ...patch }));
@@ -80,6 +89,25 @@ export function MachineView({ id, range, metrics: chosen, navigate }: Props) {
   const m = feed.machine;
   const l = feed.latest;
   const status = l?.status ?? m?.status ?? 'offline';
+
+  if (notFound) {
+    return (
+      <div className="machine not-found" data-testid="not-found">
+        <h1>
+          <a href="#/" className="muted back">
+            Fleet
+          </a>{' '}
+          / {id}
+        </h1>
+        <p role="alert">
+          Machine <strong>{id}</strong> not found: it does not exist, or you may not see it.
+        </p>
+        <p>
+          <a href="#/">Back to the fleet</a>
+        </p>
+      </div>
+    );
+  }
 
   return (
     <div className="machine">
@@ -194,13 +222,13 @@ export function MachineView({ id, range, metrics: chosen, navigate }: Props) {
                 <span className={`badge ${a.state === 'active' ? 'status-alarm' : 'status-online'}`}>
                   {a.state === 'active' ? '▲' : '✓'} {a.state}
                 </span>{' '}
-                {a.metric ?? ''} {a.kind} {a.limit ?? ''} at {fmtTime(a.raisedAt)} {a.acknowledged && `· ack by ${a.acknowledgedBy}`}
+                {a.metric ?? ''} {a.kind} {a.limit ?? ''} at {fmtTime(a.raisedAt)} {a.acknowledged && `· acknowledged${a.acknowledgedBy ? ` by ${a.acknowledgedBy}` : ''}`}
               </li>
             ))}
             {feed.alarms.length === 0 && <li className="muted">none</li>}
           </ul>
         </section>
-        <Notes feed={feed} />
+        <Notes feed={feed} session={session} />
       </div>
     </div>
   );
@@ -254,7 +282,10 @@ function CustomRange({ range, onApply }: { range: Range; onApply(from: number, t
   );
 }
 
-function Notes({ feed }: { feed: MachineFeed }) {
+function Notes({ feed, session }: { feed: MachineFeed; session: Session }) {
+  const mayWrite = can(session, 'operate');
+  // an open server records the author given; a signed-in identity is its own author
+  const askAuthor = !session.authRequired;
   const [text, setText] = useState('');
   const [author, setAuthor] = useState(() => localStorage.getItem('twinline.author') ?? 'operator');
   const [busy, setBusy] = useState(false);
@@ -265,8 +296,12 @@ function Notes({ feed }: { feed: MachineFeed }) {
     setBusy(true);
     setErr(undefined);
     try {
-      localStorage.setItem('twinline.author', author);
-      const n = await api.postNote(feed.id, text.trim(), author.trim() || 'operator');
+      let by = session.name;
+      if (askAuthor) {
+        localStorage.setItem('twinline.author', author);
+        by = author.trim() || 'operator';
+      }
+      const n = await api.postNote(feed.id, text.trim(), by);
       feed.addNote(n);
       setText('');
     } catch (x) {
@@ -289,23 +324,29 @@ function Notes({ feed }: { feed: MachineFeed }) {
         ))}
         {feed.notes.length === 0 && <li className="muted">No notes yet.</li>}
       </ol>
-      <form onSubmit={submit} className="note-form">
-        <label>
-          Note
-          <textarea value={text} onChange={(e) => setText(e.target.value)} rows={2} placeholder="For the next shift…" required />
-        </label>
-        <label>
-          by <input value={author} onChange={(e) => setAuthor(e.target.value)} />
-        </label>
-        <button type="submit" disabled={busy}>
-          Post note
-        </button>
-        {err && (
-          <span className="error" role="alert">
-            {err}
-          </span>
-        )}
-      </form>
+      {!mayWrite ? (
+        <p className="muted">Writing notes needs the operate scope.</p>
+      ) : (
+        <form onSubmit={submit} className="note-form">
+          <label>
+            Note
+            <textarea value={text} onChange={(e) => setText(e.target.value)} rows={2} placeholder="For the next shift…" required />
+          </label>
+          {askAuthor && (
+            <label>
+              by <input value={author} onChange={(e) => setAuthor(e.target.value)} />
+            </label>
+          )}
+          <button type="submit" disabled={busy}>
+            Post note
+          </button>
+          {err && (
+            <span className="error" role="alert">
+              {err}
+            </span>
+          )}
+        </form>
+      )}
     </section>
   );
 }
