@@ -11,7 +11,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
 	"sync/atomic"
 	"time"
 
@@ -31,6 +30,7 @@ import (
 	"github.com/twinline/twinline/internal/log/kafka"
 	"github.com/twinline/twinline/internal/sim"
 	"github.com/twinline/twinline/internal/store"
+	"github.com/twinline/twinline/internal/store/embedded"
 	"github.com/twinline/twinline/internal/store/postgres"
 	"github.com/twinline/twinline/internal/stream"
 	"github.com/twinline/twinline/internal/telemetry"
@@ -94,7 +94,7 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("invalid configuration:\n%w", err)
 	}
-	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
+	if err := embedded.PrepareDir(cfg.DataDir); err != nil {
 		return nil, fmt.Errorf("creating data directory: %w", err)
 	}
 	a := &App{cfg: cfg, logger: logger, version: version}
@@ -207,6 +207,7 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 		WriteTimeout:  cfg.StreamWriteTimeout,
 		MaxClients:    cfg.MaxConns,
 		WriteInterval: cfg.StreamWriteInterval,
+		MaxPerClient:  cfg.MaxStreamsPerClient,
 	}
 	// With Redis, live messages fan out across replicas, the hot window is
 	// shared and the rate limits hold across replicas.
@@ -317,6 +318,12 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 		Alarms:  alarms,
 		Publish: a.hub.PublishEvent,
 		Stream:  a.hub,
+		StreamContext: func(ctx context.Context, visible func(string) bool, client string) context.Context {
+			if visible != nil {
+				ctx = hub.WithFilter(ctx, visible)
+			}
+			return hub.WithClientKey(ctx, client)
+		},
 		Metrics: promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}),
 		UI:      web.Handler(),
 		Ready: func() error {

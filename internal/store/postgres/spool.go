@@ -46,7 +46,7 @@ const (
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 func openSpool(dir string, limit int64, logger *slog.Logger) (*spool, error) {
-	if err := os.MkdirAll(dir, 0o750); err != nil {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("opening spool: %w", err)
 	}
 	ents, err := os.ReadDir(dir)
@@ -135,7 +135,7 @@ func (sp *spool) write(rows []row) error {
 func (sp *spool) writeFile(seq uint64, buf []byte) error {
 	final := sp.path(seq)
 	tmp := final + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o640)
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return err
 	}
