@@ -167,7 +167,7 @@ func TestStalledStreamClientIsCutOff(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	fmt.Fprintf(conn, "GET /api/v1/stream?all=1 HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n")
+	fmt.Fprintf(conn, "GET /api/v1/stream?all=1 HTTP/1.1\r\nHost: %s\r\nAccept: text/event-stream\r\n\r\n", conn.RemoteAddr())
 
 	// More than the kernel's socket buffers can hold (4 MiB send buffer at
 	// most): 100 batches × 300 machines × ~500-byte messages. After each

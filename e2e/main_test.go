@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -43,8 +44,11 @@ func TestMain(m *testing.M) {
 
 // server is one running twinline process.
 type server struct {
-	t       *testing.T
-	url     string
+	t   *testing.T
+	url string
+	// http is the client of do (http.DefaultClient when nil), e.g. one
+	// trusting a test CA.
+	http    *http.Client
 	dataDir string
 	cmd     *exec.Cmd
 	exited  chan struct{}
@@ -76,18 +80,18 @@ func start(t *testing.T, dataDir string, args ...string) *server {
 			line := sc.Bytes()
 			s.logs.Write(append(append([]byte{}, line...), '\n'))
 			var rec struct {
-				Msg  string `json:"msg"`
-				Addr string `json:"addr"`
+				Msg string `json:"msg"`
+				URL string `json:"url"`
 			}
 			if json.Unmarshal(line, &rec) == nil && rec.Msg == "listening" {
-				addr <- rec.Addr
+				addr <- strings.TrimSuffix(rec.URL, "/")
 			}
 		}
 	}()
 	go func() { cmd.Wait(); close(s.exited) }()
 	select {
-	case a := <-addr:
-		s.url = "http://" + a
+	case u := <-addr:
+		s.url = u
 	case <-s.exited:
 		t.Fatalf("twinline exited before listening:\n%s", s.logs.String())
 	case <-time.After(60 * time.Second):
@@ -148,7 +152,7 @@ func (s *server) do(method, path, contentType string, body []byte, header ...str
 	for i := 0; i+1 < len(header); i += 2 {
 		req.Header.Set(header[i], header[i+1])
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := s.client().Do(req)
 	if err != nil {
 		s.t.Fatal(err)
 	}
@@ -161,6 +165,13 @@ func (s *server) do(method, path, contentType string, body []byte, header ...str
 }
 
 func (s *server) get(path string) response { return s.do("GET", path, "", nil) }
+
+func (s *server) client() *http.Client {
+	if s.http != nil {
+		return s.http
+	}
+	return http.DefaultClient
+}
 
 type series struct {
 	T []int64   `json:"t"`

@@ -264,6 +264,10 @@ func influxCompat(p *problem.Problem) {
 	switch {
 	case p.Status == http.StatusRequestEntityTooLarge:
 		p.Code = "request too large"
+	case p.Status == http.StatusUnauthorized:
+		p.Code = "unauthorized"
+	case p.Status == http.StatusForbidden:
+		p.Code = "forbidden"
 	case p.Status >= 500:
 		p.Code = "unavailable"
 	default:

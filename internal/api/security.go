@@ -301,15 +301,21 @@ func (a *API) authenticate(r *http.Request, rt route) (auth.Identity, *problem.P
 			return id, nil
 		}
 	}
+	open := a.auth.Open()
 	secret, err := auth.Credentials(r)
 	switch {
 	case err == nil:
 		id, err := a.auth.Verify(secret)
-		if err != nil {
-			return unauthorized("the token is not valid (unknown, expired or revoked)")
+		switch {
+		case err == nil:
+			return id, nil
+		case open:
+			// An open server takes anyone: a client configured with a
+			// placeholder token (Telegraf, InfluxDB clients) still works.
+			return auth.Anonymous, nil
 		}
-		return id, nil
-	case !errors.Is(err, auth.ErrNoCredentials):
+		return unauthorized("the token is not valid (unknown, expired or revoked)")
+	case !errors.Is(err, auth.ErrNoCredentials) && !open:
 		return unauthorized("malformed credentials: " + err.Error())
 	}
 	if rt.stream && a.auth.RedeemTicket != nil {
@@ -337,7 +343,7 @@ func (a *API) authenticate(r *http.Request, rt route) (auth.Identity, *problem.P
 			return auth.Identity{Name: user, Kind: auth.KindProxy, Scopes: a.sec.AuthHeaderScopes}, nil
 		}
 	}
-	if a.auth.Open() {
+	if open {
 		return auth.Anonymous, nil
 	}
 	return unauthorized("this needs a token: send Authorization: Bearer <token> (twinline token create), or sign in")
