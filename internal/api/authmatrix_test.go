@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -535,5 +536,41 @@ func TestTokenCreateCannotEscalate(t *testing.T) {
 	}
 	if len(env.tokens.toks) != 1 {
 		t.Errorf("tokens created: %+v", env.tokens.toks)
+	}
+}
+
+// TestTrustedProxy: --auth-header and X-Forwarded-For are believed only
+// from --trusted-proxies; the audit log records the client behind the
+// proxy.
+func TestTrustedProxy(t *testing.T) {
+	env := newMatrixEnv(t, auth.AllScopes)
+	env.api.sec.TrustedProxies = []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}
+	env.api.sec.AuthHeader = "X-Forwarded-User"
+	env.api.sec.AuthHeaderScopes = auth.ScopeRead | auth.ScopeOperate
+	do := func(peer, user, xff string) *httptest.ResponseRecorder {
+		r := httptest.NewRequest("POST", "http://example.com/api/v1/machines/m1/notes", strings.NewReader(`{"text":"from the proxy"}`))
+		r.RemoteAddr = peer
+		r.Header.Set("Content-Type", "application/json")
+		r.Header.Set("X-Forwarded-User", user)
+		if xff != "" {
+			r.Header.Set("X-Forwarded-For", xff)
+		}
+		w := httptest.NewRecorder()
+		env.api.ServeHTTP(w, r)
+		return w
+	}
+	if w := do("192.0.2.7:5000", "mallory", ""); w.Code != http.StatusUnauthorized {
+		t.Errorf("the header from an untrusted peer: %d, want 401", w.Code)
+	}
+	if w := do("10.1.2.3:5000", "ana", "203.0.113.9, 10.9.9.9"); w.Code != http.StatusCreated {
+		t.Fatalf("the header from the proxy: %d %s", w.Code, w.Body)
+	}
+	n := env.notes.List("m1", 10)
+	if got := n[len(n)-1].Author; got != "ana" {
+		t.Errorf("note author %q, want the proxy's user", got)
+	}
+	e := env.audit.entries[len(env.audit.entries)-1]
+	if e.Actor != "ana" || e.ActorKind != auth.KindProxy || e.Remote != "203.0.113.9" {
+		t.Errorf("audit %+v: want ana (proxy) from 203.0.113.9", e)
 	}
 }
