@@ -174,7 +174,7 @@ func securityFlags(fs *flag.FlagSet, cfg *config.Config) {
 	fs.StringVar(&cfg.TLSKey, "tls-key", cfg.TLSKey, "PEM private key `file` of --tls-cert")
 	fs.StringVar(&cfg.TLSClientCA, "tls-client-ca", cfg.TLSClientCA, "PEM CA `file`: device client certificates signed by it authenticate (mutual TLS); the certificate's CN (or a DNS SAN) names the machine it may write for")
 	fs.StringVar(&cfg.MQTTTLSListen, "mqtt-tls-listen", cfg.MQTTTLSListen, "serve MQTT over TLS (MQTTS) on this `address` (e.g. 0.0.0.0:8883) with --tls-cert; empty: off")
-	listVar(fs, &cfg.AllowedHosts, "allowed-hosts", "Host header values accepted, with or without port (default: localhost, the loopback addresses and the --listen host)")
+	listVar(fs, &cfg.AllowedHosts, "allowed-hosts", "Host names accepted, with or without port; IP addresses always are (default: localhost, the --listen host and this machine's host name)")
 	listVar(fs, &cfg.TrustedProxies, "trusted-proxies", "CIDRs of reverse proxies whose X-Forwarded-For / X-Forwarded-Proto are believed")
 	fs.StringVar(&cfg.AuthHeader, "auth-header", cfg.AuthHeader, "`header` naming the user, set by an authenticating proxy in --trusted-proxies (e.g. X-Forwarded-User); empty: off")
 	fs.StringVar(&cfg.AuthHeaderScopes, "auth-header-scopes", cfg.AuthHeaderScopes, "scopes of users named by --auth-header (e.g. read,operate)")

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/twinline/twinline/internal/auth"
 	"github.com/twinline/twinline/internal/ingest"
 	"github.com/twinline/twinline/internal/log"
 	"github.com/twinline/twinline/internal/problem"
@@ -174,7 +175,7 @@ func (a *API) ingest(w http.ResponseWriter, r *http.Request, protocol string, st
 	var res log.Result
 	if len(events) > 0 {
 		b := &telemetry.Batch{Events: events, Protocol: protocol, Received: now.UnixMilli()}
-		res, err = a.submit(r.Context(), b)
+		res, err = a.submit(auth.NewContext(r.Context(), identity(r)), b)
 		switch {
 		case errors.Is(err, log.ErrFull):
 			a.samples.WithLabelValues(protocol, "shed").Add(float64(b.NumSamples()))

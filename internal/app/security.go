@@ -92,7 +92,6 @@ func (a *App) openSecurity(ctx context.Context, rdb redis.UniversalClient, reg p
 			return errors.New("auth is off (--auth=off): anyone who reaches the server may read and change everything")
 		})
 		logger.Warn(authOffWarning)
-		a.runners = append(a.runners, func(ctx context.Context) error { return warnAuthOff(ctx, logger) })
 	}
 	s := &security{tokens: tokens, authn: authn, audit: audit,
 		tickets: auth.NewTickets(auth.TicketOptions{Redis: rdb, KeyPrefix: cfg.RedisPrefix + "ticket:"})}
@@ -135,26 +134,16 @@ To run open to anyone who reaches it (not advised), pass --auth=off`, where, cfg
 
 const authOffWarning = "auth is off (--auth=off): anyone who reaches this server may read, write and delete everything"
 
-// warnAuthOff logs that auth is off every hour until ctx ends.
-func warnAuthOff(ctx context.Context, logger interface{ Warn(string, ...any) }) error {
-	t := time.NewTicker(time.Hour)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-			logger.Warn(authOffWarning)
-		}
-	}
-}
-
 // maintain deletes sessions and tokens expired or revoked more than a day
-// ago, and audit entries older than --audit-retention, every hour.
+// ago, and audit entries older than --audit-retention, every hour; with
+// --auth=off it says so in the log every hour too.
 func (s *security) maintain(ctx context.Context, cfg config.Config, logger interface{ Warn(string, ...any) }) error {
 	t := time.NewTicker(tokenMaintenanceInterval)
 	defer t.Stop()
-	for {
+	for first := true; ; first = false {
+		if cfg.Auth == "off" && !first {
+			logger.Warn(authOffWarning)
+		}
 		now := time.Now()
 		if err := s.tokens.Delete(ctx, now.Add(-24*time.Hour)); err != nil && ctx.Err() == nil {
 			logger.Warn("deleting expired sessions and revoked tokens", "err", err)

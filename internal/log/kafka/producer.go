@@ -1,6 +1,8 @@
 package kafka
 
 import (
+	"github.com/twinline/twinline/internal/auth"
+
 	"context"
 	"errors"
 	"fmt"
@@ -110,6 +112,10 @@ func (c *appendCall) promise(_ *kgo.Record, err error) {
 	}
 }
 
+// IdentityHeader is the record header naming the identity ("token:name")
+// whose request the gateway verified and produced the record for.
+const IdentityHeader = "twinline-identity"
+
 // Append writes one record per event of b and returns nil once Kafka has
 // acknowledged all of them (acks=all). Otherwise it returns an error
 // wrapping ErrUnavailable (and ctx's error when ctx ended), or
@@ -134,6 +140,13 @@ func (p *Producer) Append(ctx context.Context, b *telemetry.Batch) error {
 		}
 		ends[i] = len(buf)
 	}
+	// The identity the gateway verified travels with each record, for
+	// the record's sake: consumers trust the topic (only gateways may
+	// write it), never a header.
+	var headers []kgo.RecordHeader
+	if id, ok := auth.FromContext(ctx); ok && id.Kind != auth.KindAnonymous {
+		headers = []kgo.RecordHeader{{Key: IdentityHeader, Value: []byte(string(id.Kind) + ":" + id.Name)}}
+	}
 	recs := make([]kgo.Record, n)
 	call := &appendCall{done: make(chan struct{})}
 	call.left.Store(int64(n))
@@ -144,6 +157,7 @@ func (p *Producer) Append(ctx context.Context, b *telemetry.Batch) error {
 		r := &recs[i]
 		r.Key = []byte(b.Events[i].Machine)
 		r.Value = buf[from:ends[i]:ends[i]]
+		r.Headers = headers
 		from = ends[i]
 		p.cl.TryProduce(ctx, r, call.promise)
 	}
