@@ -76,7 +76,7 @@ func (a *API) handleMachinePut(w http.ResponseWriter, r *http.Request) {
 		badParam(w, "id", reason)
 		return
 	}
-	before, err := a.twins.Get(id)
+	before, _ := a.twins.Get(id)
 	m, created, err := a.twins.Put(id, in)
 	if err != nil {
 		a.twinError(w, err)
