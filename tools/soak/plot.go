@@ -85,18 +85,18 @@ func soakPanels(ss []sample) []panel {
 }
 
 func retriedPerS(ss []sample) func(sample) float64 {
-	prev := map[time.Duration]int64{}
+	prev := map[time.Duration]sample{}
 	for i, s := range ss {
 		if i > 0 {
-			prev[s.Elapsed] = ss[i-1].Retries
+			prev[s.Elapsed] = ss[i-1]
 		}
 	}
 	return func(s sample) float64 {
 		p, ok := prev[s.Elapsed]
-		if !ok {
+		if !ok || s.Elapsed <= p.Elapsed {
 			return math.NaN()
 		}
-		return float64(s.Retries - p)
+		return float64(s.Retries-p.Retries) / (s.Elapsed - p.Elapsed).Seconds()
 	}
 }
 
