@@ -252,13 +252,19 @@ func run(ctx context.Context, c config, out io.Writer) (err error) {
 	var prevAcked int64
 	prevAt := start
 recording:
-	for {
+	for last := false; !last; {
 		select {
 		case <-tick.C:
 		case <-loadCtx.Done():
-			break recording
+			if ctx.Err() != nil {
+				break recording
+			}
+			last = true // the load's end: one last sample, unless one was just taken
 		}
 		now := time.Now()
+		if last && now.Sub(prevAt) < c.interval/2 {
+			break
+		}
 		p := srv.probe(ctx)
 		acked := snd.acked.Load()
 		s := sample{
