@@ -30,7 +30,6 @@ var (
 	colOrange = color.RGBA{255, 127, 14, 255}
 	colGreen  = color.RGBA{44, 160, 44, 255}
 	colRed    = color.RGBA{214, 39, 40, 255}
-	colPurple = color.RGBA{148, 103, 189, 255}
 	colGrid   = color.RGBA{225, 225, 225, 255}
 	colAxis   = color.RGBA{60, 60, 60, 255}
 	colMark   = color.RGBA{250, 200, 200, 255}

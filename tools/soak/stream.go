@@ -7,7 +7,6 @@ import (
 	"io"
 	"net/http"
 	"strconv"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -44,7 +43,6 @@ type streams struct {
 	reconn   atomic.Int64
 	// slowCut counts the slow readers' connections the server ended.
 	slowCut atomic.Int64
-	wg      sync.WaitGroup
 }
 
 func newStreams(base string) *streams {
