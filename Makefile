@@ -3,6 +3,11 @@
 #   make run    build and start the platform on embedded defaults with live demo data
 #   make test   everything CI runs: format, vet, staticcheck, race tests, short fuzzing,
 #               and the dashboard's unit and browser tests (web-test)
+#   make soak   30 minutes under load: RSS, heap, goroutines, open files and stream lag every
+#               10 s (docs/img/soak.csv, docs/img/soak.png), then every acknowledged event
+#               counted back (SOAK_DURATION=2m for a quick check; not part of make test)
+#   make chaos  5 minutes under load with kill -9, PostgreSQL/Redis cuts, a Kafka restart,
+#               stalled sockets and slow readers, then every acknowledged event counted back
 #   make web    build the React dashboard (web/) into internal/web/dist/app for go:embed
 
 GO        ?= go
@@ -16,7 +21,7 @@ DATA_DIR  ?= ./data
 FUZZTIME  ?= 20000x
 STATICCHECK_VERSION := v0.8.2
 
-.PHONY: all build run test lint vet staticcheck fmt-check unit fuzz bench clean web web-test web-unit web-e2e web-screenshots web-bench
+.PHONY: soak chaos all build run test lint vet staticcheck fmt-check unit fuzz bench clean web web-test web-unit web-e2e web-screenshots web-bench
 
 all: build
 
@@ -95,6 +100,21 @@ web-screenshots: build
 
 web-bench: build
 	cd web && TWINLINE_BIN=$(abspath $(BIN)) npm run bench
+
+# Soak and chaos (tools/soak): the real binary on a temporary data directory.
+# Neither is part of make test. SOAK_FLAGS / CHAOS_FLAGS pass further flags,
+# e.g. CHAOS_FLAGS='--faults kill --kills 3'.
+SOAK_DURATION  ?= 30m
+SOAK_RATE      ?= 20000
+SOAK_FLAGS     ?=
+CHAOS_DURATION ?= 5m
+CHAOS_FLAGS    ?=
+
+soak: build
+	$(GO) run ./tools/soak soak --bin $(BIN) --duration $(SOAK_DURATION) --rate $(SOAK_RATE) $(SOAK_FLAGS)
+
+chaos: build
+	$(GO) run ./tools/soak chaos --bin $(BIN) --duration $(CHAOS_DURATION) --rate $(SOAK_RATE) $(CHAOS_FLAGS)
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./internal/...
