@@ -34,7 +34,11 @@ import (
 // number; the machine id is kept once per machine) in a per-machine binary
 // min-heap whose backing array is reused: Add and Release are O(log k) for
 // k samples buffered for the machine, and do not allocate once each
-// machine's heap has reached its working size. Emit functions must not call
+// machine's heap has reached its working size. A heap that drains below a
+// quarter of its capacity (above reorderMinCap) is copied into one of twice
+// its length, so a burst's memory goes back once it is released; the copy
+// is paid for by the pops that drained it (amortised O(1)), and a heap that
+// shrank must double before it grows again, so it does not thrash. Emit functions must not call
 // back into the Reorder. A Reorder is not safe for concurrent use.
 type Reorder struct {
 	lateness    int64 // ms
@@ -220,8 +224,23 @@ func (m *reorderMachine) pop() reorderItem {
 		h[i], h[c] = h[c], h[i]
 		i = c
 	}
+	if cap(h) > reorderMinCap && n < cap(h)/4 {
+		h = append(make([]reorderItem, 0, max(2*n, reorderMinCap)), h...)
+	}
 	m.heap = h
 	return top
+}
+
+// reorderMinCap is the capacity below which a heap is not shrunk: 16
+// samples (640 bytes), a machine's usual working size.
+const reorderMinCap = 16
+
+// heapCap returns the capacity of machine's heap, for tests.
+func (r *Reorder) heapCap(machine string) int {
+	if m := r.index[machine]; m != nil {
+		return cap(m.heap)
+	}
+	return 0
 }
 
 // SetNow sets the server time (Unix ms) the next Adds arrive at.
