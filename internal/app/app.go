@@ -274,6 +274,7 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 		DedupHorizon: cfg.DedupHorizon,
 		DedupMaxKeys: cfg.DedupMaxKeys,
 		MaxBuffered:  10_000,
+		EvictAfter:   stream.DefaultEngineConfig().EvictAfter,
 	}
 	switch {
 	case cfg.Role == "api":

@@ -136,6 +136,7 @@ func (a *App) openLog(st store.Store, sinks stream.Sinks, engineCfg stream.Engin
 		appendFn, engineCfg.StoreDedups = fa.AppendFresh, true
 	}
 	a.proc = stream.NewProcessor(a.log, appendFn, sinks, engineCfg, a.logger.With("component", "processor"), reg)
+	a.twins.OnDelete(a.proc.ForgetMachine) // a deleted machine leaves the engine
 	kl, journaled, err := keylog.Open(filepath.Join(cfg.DataDir, "dedup-keys"), cfg.DedupMaxKeys)
 	if err != nil {
 		return fmt.Errorf("opening dedup key journal: %w", err)

@@ -94,8 +94,9 @@ type Dedup struct {
 
 	machines map[string]int32 // machine id → index into ms
 	lastName string           // machine of the previous call: an event's samples come together
-	lastIdx  int32
+	lastIdx  int32            // -1: none
 	ms       []dedupMachine
+	freeMs   []int32 // indexes of ms that Forget freed
 }
 
 // dedupSlot is one remembered key: 32 bytes.
@@ -124,6 +125,7 @@ func NewDedup(horizon time.Duration, maxKeys int) *Dedup {
 		oldest:   dedupNil,
 		newest:   dedupNil,
 		machines: make(map[string]int32),
+		lastIdx:  -1,
 	}
 	d.h.SetSeed(maphash.MakeSeed())
 	return d
@@ -178,6 +180,27 @@ func (d *Dedup) Sample(machine, metric string, t int64) bool {
 // Len returns the number of keys remembered.
 func (d *Dedup) Len() int { return d.keys.n }
 
+// Forget forgets machine and every key of it: O(its keys). Later copies
+// of its events are new to the Dedup (the store's key still tells a
+// sample it holds).
+func (d *Dedup) Forget(machine string) {
+	mi, ok := d.machines[machine]
+	if !ok {
+		return
+	}
+	for d.ms[mi].head != dedupNil {
+		d.forget(d.ms[mi].head)
+	}
+	delete(d.machines, machine)
+	d.freeMs = append(d.freeMs, mi)
+	if d.lastName == machine {
+		d.lastIdx = -1
+	}
+}
+
+// Machines returns the number of machines the Dedup holds state for.
+func (d *Dedup) Machines() int { return len(d.machines) }
+
 // start begins hashing a key of kind for machine. The machine id is
 // length-prefixed so that the encoding of a key is unambiguous.
 func (d *Dedup) start(kind byte, machine string) {
@@ -196,11 +219,17 @@ func (d *Dedup) writeUint64(v uint64) {
 // cutoff, expires what fell behind it, and looks key up.
 func (d *Dedup) see(machine string, key uint64, t int64) bool {
 	mi := d.lastIdx
-	if len(d.ms) == 0 || machine != d.lastName {
+	if d.lastIdx < 0 || machine != d.lastName {
 		var ok bool
 		if mi, ok = d.machines[machine]; !ok {
-			mi = int32(len(d.ms))
-			d.ms = append(d.ms, dedupMachine{maxTime: t, head: dedupNil, tail: dedupNil})
+			m := dedupMachine{maxTime: t, head: dedupNil, tail: dedupNil}
+			if n := len(d.freeMs); n > 0 {
+				mi, d.freeMs = d.freeMs[n-1], d.freeMs[:n-1]
+				d.ms[mi] = m
+			} else {
+				mi = int32(len(d.ms))
+				d.ms = append(d.ms, m)
+			}
 			d.machines[machine] = mi
 		}
 		d.lastName, d.lastIdx = machine, mi

@@ -35,6 +35,11 @@ type EngineConfig struct {
 	// key to the store, at any age and across restarts. The caller drops
 	// the samples the store held with KeepFresh before Release.
 	StoreDedups bool
+	// EvictAfter is how long (server time) a machine must send nothing,
+	// with nothing buffered and no window held, before Tick drops its
+	// state, keeping only its watermarks (see Engine.Tick); 0 keeps every
+	// machine for the life of the engine.
+	EvictAfter time.Duration
 }
 
 // DefaultEngineConfig returns the engine defaults.
@@ -46,6 +51,7 @@ func DefaultEngineConfig() EngineConfig {
 		DedupHorizon: 10 * time.Minute,
 		DedupMaxKeys: 2 << 20,
 		MaxBuffered:  10_000,
+		EvictAfter:   time.Hour,
 	}
 }
 
@@ -278,7 +284,7 @@ func (e *Engine) Release(out *Output, now int64) {
 		wm, _ := e.reorder.Watermark(m)
 		e.windows.Advance(m, wm, e.emitWin)
 	}
-	clear(e.advanced)
+	e.advanced = resetSet(e.advanced)
 }
 
 // Tick lets the watermarks of machines that sent nothing for the lateness
@@ -286,14 +292,63 @@ func (e *Engine) Release(out *Output, now int64) {
 // samples are all released (the reorder watermark goes up to their newest
 // event time, so data that keeps coming in order is never made late by the
 // clock), and their windows close up to now − lateness. Call it
-// periodically (about once a second), not per batch: it costs O(machines).
+// periodically (about once a second), not per batch. It costs O(active
+// machines) — those with samples buffered, windows held or a watermark to
+// move — not O(machines seen).
+//
+// With EvictAfter, Tick also drops the state of the machines that sent
+// nothing for that long and hold nothing: their remembered keys go, and
+// only their watermarks (two integers) stay, so that a machine that comes
+// back has its samples placed by event time as if it had stayed (a sample
+// at or before its watermark is late, its window's aggregate a correction
+// or a late one). What it loses is its duplicate keys: a copy of one of
+// its events that arrives after the eviction is told by the store's
+// (machine, metric, time) key, as after a restart.
 func (e *Engine) Tick(now int64, out *Output) {
 	e.use(out)
 	wm := satSubMilli(now, e.cfg.Lateness.Milliseconds())
-	e.reorder.AdvanceTo(wm, wm, e.emitRel, func(m string, _ int64) {
-		e.windows.Advance(m, wm, e.emitWin)
-	})
-	clear(e.advanced)
+	e.reorder.SetNow(now)
+	e.reorder.AdvanceTo(wm, wm, e.emitRel)
+	e.windows.AdvanceAll(wm, e.emitWin)
+	e.advanced = resetSet(e.advanced)
+	if e.cfg.EvictAfter > 0 {
+		e.reorder.Evict(satSubMilli(now, e.cfg.EvictAfter.Milliseconds()), e.windows.Holds, e.evicted)
+	}
+}
+
+// evicted drops what the windows and the dedup keep of a machine the
+// reorder evicted.
+func (e *Engine) evicted(machine string, _ int64) {
+	e.windows.Evict(machine)
+	e.dedup.Forget(machine)
+}
+
+// ForgetMachine drops everything the engine keeps of machine (buffered
+// samples, windows, watermarks, duplicate keys): for a machine deleted
+// from the registry. A sample of it that comes later starts it afresh.
+// With StoreDedups, the keys of a group in flight are kept until its
+// Release or Forget.
+func (e *Engine) ForgetMachine(machine string) {
+	e.reorder.Forget(machine)
+	e.windows.Forget(machine)
+	e.dedup.Forget(machine)
+}
+
+// EngineStats counts the machines an Engine keeps state for.
+type EngineStats struct {
+	// Machines are held in full; Active of them are visited by Tick.
+	Machines, Active int
+	// Windowed hold windows or may; Keyed have duplicate keys.
+	Windowed, Keyed int
+}
+
+// Stats counts the machines e keeps state for.
+func (e *Engine) Stats() EngineStats {
+	var st EngineStats
+	st.Machines, st.Active = e.reorder.Len()
+	_, st.Windowed = e.windows.Len()
+	st.Keyed = e.dedup.Machines()
+	return st
 }
 
 // Flush releases everything buffered and closes every open window, for a
@@ -302,11 +357,22 @@ func (e *Engine) Flush(out *Output) {
 	e.use(out)
 	e.reorder.Flush(e.emitRel)
 	e.windows.Flush(e.emitWin)
-	clear(e.advanced)
+	e.advanced = resetSet(e.advanced)
 }
 
 // use directs emissions to out; late aggregates merge within one call.
 func (e *Engine) use(out *Output) {
 	e.out = out
-	clear(e.late)
+	e.late = resetSet(e.late)
+}
+
+// resetSet empties m for the next call. A map that held many keys (a
+// burst, or the first tick after a restart) is replaced rather than
+// cleared: ranging over a cleared map still costs its peak size.
+func resetSet[K comparable, V any](m map[K]V) map[K]V {
+	if len(m) > 1024 {
+		return make(map[K]V)
+	}
+	clear(m)
+	return m
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -52,6 +53,11 @@ type Processor struct {
 	engine      *Engine
 	// journal makes the keys of new keyed events durable with each commit.
 	journal func([]Key) error
+
+	// forget are the machines ForgetMachine was told of, for Run's
+	// goroutine (which owns the engine) to drop.
+	forgetMu sync.Mutex
+	forget   []string
 
 	writeSeconds prometheus.Histogram
 	samples      *prometheus.CounterVec
@@ -109,6 +115,26 @@ func (p *Processor) JournalKeys(journal func([]Key) error) { p.journal = journal
 // retries are recognised as duplicates. Call it before Run.
 func (p *Processor) Remember(keys []Key) { p.engine.Remember(keys) }
 
+// ForgetMachine makes Run drop the engine's state of a machine deleted
+// from the registry, before it processes its next group. It is safe to
+// call from any goroutine.
+func (p *Processor) ForgetMachine(machine string) {
+	p.forgetMu.Lock()
+	defer p.forgetMu.Unlock()
+	p.forget = append(p.forget, machine)
+}
+
+// forgetMachines applies ForgetMachine; Run's goroutine calls it.
+func (p *Processor) forgetMachines() {
+	p.forgetMu.Lock()
+	ids := p.forget
+	p.forget = nil
+	p.forgetMu.Unlock()
+	for _, id := range ids {
+		p.engine.ForgetMachine(id)
+	}
+}
+
 // Run processes the log until it is closed and drained (then it flushes
 // the engine to the group sink and returns nil) or ctx ends (then it returns
 // ctx's error; unprocessed entries stay unacknowledged, so their clients get
@@ -139,6 +165,7 @@ func (p *Processor) Run(ctx context.Context) error {
 		rctx, cancel := context.WithTimeout(ctx, tickInterval)
 		entries, err := p.log.Read(rctx, maxCommitSamples)
 		cancel()
+		p.forgetMachines()
 		if now := time.Now(); now.Sub(lastTick) >= tickInterval {
 			lastTick = now
 			out := <-free

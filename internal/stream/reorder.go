@@ -2,6 +2,7 @@ package stream
 
 import (
 	"math"
+	"slices"
 	"time"
 
 	"github.com/twinline/twinline/internal/telemetry"
@@ -27,14 +28,24 @@ import (
 // Samples arriving later at or before the raised watermark are late, so the
 // released order still holds. A machine thus buffers at most maxBuffered
 // samples plus those added since its last release; the caller releases after
-// each batch. Machines are remembered for the life of the Reorder (about 100
-// bytes each), since their watermarks must not go back.
+// each batch.
+//
+// A machine costs about 100 bytes while remembered. Its watermark must not
+// go back, so [Reorder.Evict] (of a machine long quiet) keeps just the
+// watermark, and a machine that returns resumes from it; [Reorder.Forget]
+// (of a deleted machine) keeps nothing. [Reorder.AdvanceTo] visits only
+// the active machines: those with buffered samples or a watermark below
+// their newest event time.
 //
 // A buffered sample costs 40 bytes (metric name, time, value and arrival
 // number; the machine id is kept once per machine) in a per-machine binary
 // min-heap whose backing array is reused: Add and Release are O(log k) for
 // k samples buffered for the machine, and do not allocate once each
-// machine's heap has reached its working size. Emit functions must not call
+// machine's heap has reached its working size. A heap that drains below a
+// quarter of its capacity (above reorderMinCap) is copied into one of twice
+// its length, so a burst's memory goes back once it is released; the copy
+// is paid for by the pops that drained it (amortised O(1)), and a heap that
+// shrank must double before it grows again, so it does not thrash. Emit functions must not call
 // back into the Reorder. A Reorder is not safe for concurrent use.
 type Reorder struct {
 	lateness    int64 // ms
@@ -45,8 +56,23 @@ type Reorder struct {
 
 	index    map[string]*reorderMachine
 	last     *reorderMachine   // of the previous Add: an event's samples come together
-	machines []*reorderMachine // in order of first sample, for Flush
+	machines []*reorderMachine // in order of first sample, for Flush; may hold gone ones
+	gone     int               // gone machines in machines
 	ready    []*reorderMachine // machines with a sample at or before their watermark
+	active   []*reorderMachine // machines AdvanceTo may have to move (see reorderMachine.active); may hold gone ones
+	nactive  int               // machines in active that are not gone
+	// quiet are machines that left active, in the order they did, with the
+	// server time they did: the candidates for Evict.
+	quiet []quietMachine
+	qhead int
+	// evicted holds the watermarks of evicted machines.
+	evicted map[string]int64
+}
+
+// quietMachine is an entry of Reorder.quiet.
+type quietMachine struct {
+	m     *reorderMachine
+	since int64 // server time it was queued
 }
 
 // reorderMachine is the per-machine state of a Reorder.
@@ -57,6 +83,9 @@ type reorderMachine struct {
 	arrived   int64         // server time of the latest Add (see SetNow)
 	heap      []reorderItem // min-heap by (time, arrival)
 	inReady   bool          // in Reorder.ready
+	// active: in Reorder.active, as it has buffered samples or a watermark
+	// below maxTime; queued: in Reorder.quiet; gone: evicted or forgotten.
+	active, queued, gone bool
 }
 
 // reorderItem is one buffered sample: 40 bytes.
@@ -79,6 +108,7 @@ func NewReorder(lateness time.Duration, maxBuffered int) *Reorder {
 		lateness:    max(lateness.Milliseconds(), 0),
 		maxBuffered: max(maxBuffered, 1),
 		index:       make(map[string]*reorderMachine),
+		evicted:     make(map[string]int64),
 	}
 }
 
@@ -92,9 +122,19 @@ func (r *Reorder) Add(s telemetry.Sample) (late bool) {
 	}
 	if m == nil {
 		m = &reorderMachine{machine: s.Machine, maxTime: s.Time, watermark: math.MinInt64}
+		if wm, ok := r.evicted[s.Machine]; ok {
+			// Back after eviction: resume from the watermark it left with.
+			delete(r.evicted, s.Machine)
+			m.maxTime, m.watermark = wm, wm
+		}
 		r.index[s.Machine] = m
 		r.machines = append(r.machines, m)
 		r.last = m
+		if s.Time <= m.watermark {
+			m.arrived = r.now
+			r.queue(m)
+			return true
+		}
 	} else if r.last = m; s.Time <= m.watermark {
 		m.arrived = r.now
 		return true
@@ -105,6 +145,11 @@ func (r *Reorder) Add(s telemetry.Sample) (late bool) {
 	r.buffered++
 	m.maxTime = max(m.maxTime, s.Time)
 	m.watermark = max(m.watermark, satSubMilli(m.maxTime, r.lateness))
+	if !m.active {
+		m.active = true
+		r.active = append(r.active, m)
+		r.nactive++
+	}
 	if !m.inReady && (m.heap[0].time <= m.watermark || len(m.heap) > r.maxBuffered) {
 		m.inReady = true
 		r.ready = append(r.ready, m)
@@ -153,6 +198,9 @@ func (r *Reorder) ReleaseReady(emit func(telemetry.Sample)) {
 // added afterwards stay in order after those flushed (or are late).
 func (r *Reorder) Flush(emit func(telemetry.Sample)) {
 	for _, m := range r.machines {
+		if m.gone {
+			continue
+		}
 		m.watermark = max(m.watermark, m.maxTime)
 		r.release(m, emit)
 	}
@@ -220,8 +268,23 @@ func (m *reorderMachine) pop() reorderItem {
 		h[i], h[c] = h[c], h[i]
 		i = c
 	}
+	if cap(h) > reorderMinCap && n < cap(h)/4 {
+		h = append(make([]reorderItem, 0, max(2*n, reorderMinCap)), h...)
+	}
 	m.heap = h
 	return top
+}
+
+// reorderMinCap is the capacity below which a heap is not shrunk: 16
+// samples (640 bytes), a machine's usual working size.
+const reorderMinCap = 16
+
+// heapCap returns the capacity of machine's heap, for tests.
+func (r *Reorder) heapCap(machine string) int {
+	if m := r.index[machine]; m != nil {
+		return cap(m.heap)
+	}
+	return 0
 }
 
 // SetNow sets the server time (Unix ms) the next Adds arrive at.
@@ -231,19 +294,106 @@ func (r *Reorder) SetNow(now int64) { r.now = now }
 // the watermark of every machine whose latest sample arrived (server time,
 // see SetNow) before idleBefore, and releases what that makes due: a
 // machine that went quiet has its last samples released, while a machine
-// still sending (even old data) keeps its own watermark. Then
-// it calls visit with each machine and its watermark. It costs
-// O(machines): call it periodically, not per batch.
-func (r *Reorder) AdvanceTo(wm, idleBefore int64, emit func(telemetry.Sample), visit func(machine string, watermark int64)) {
-	for _, m := range r.machines {
+// still sending (even old data) keeps its own watermark. It visits only
+// the active machines (buffered samples, or a watermark below the newest
+// event time): call it periodically, not per batch. A machine it leaves
+// with nothing to do becomes a candidate for Evict.
+func (r *Reorder) AdvanceTo(wm, idleBefore int64, emit func(telemetry.Sample)) {
+	keep := r.active[:0]
+	for _, m := range r.active {
+		if m.gone {
+			m.active = false
+			continue
+		}
 		if m.arrived < idleBefore && m.watermark < min(wm, m.maxTime) {
 			m.watermark = min(wm, m.maxTime)
 		}
 		if len(m.heap) > 0 && m.heap[0].time <= m.watermark {
 			r.release(m, emit)
 		}
-		if visit != nil {
-			visit(m.machine, m.watermark)
+		if len(m.heap) > 0 || m.watermark < m.maxTime {
+			keep = append(keep, m)
+			continue
 		}
+		m.active = false
+		r.nactive--
+		r.queue(m)
+	}
+	clear(r.active[len(keep):])
+	r.active = keep
+}
+
+// queue makes m a candidate for Evict, at server time r.now.
+func (r *Reorder) queue(m *reorderMachine) {
+	if m.queued {
+		return
+	}
+	m.queued = true
+	if r.qhead > len(r.quiet)/2 { // reuse the consumed half
+		n := copy(r.quiet, r.quiet[r.qhead:])
+		clear(r.quiet[n:])
+		r.quiet, r.qhead = r.quiet[:n], 0
+	}
+	r.quiet = append(r.quiet, quietMachine{m: m, since: r.now})
+}
+
+// Evict forgets the machines with nothing buffered whose latest sample
+// arrived (server time) before idleBefore and that keep (if not nil)
+// does not hold back, calling evicted with each and its watermark. An
+// evicted machine costs only its watermark: a sample of it that comes
+// later is late when at or before it, as if the machine had stayed. A
+// machine is evicted at the first call after it has been quiet from
+// idleBefore on, and at the latest once it has been quiet twice as long;
+// the cost is O(machines evicted or checked), not O(machines).
+func (r *Reorder) Evict(idleBefore int64, keep func(machine string) bool, evicted func(machine string, watermark int64)) {
+	for n := len(r.quiet) - r.qhead; n > 0 && r.quiet[r.qhead].since < idleBefore; n-- {
+		q := r.quiet[r.qhead]
+		r.quiet[r.qhead] = quietMachine{}
+		r.qhead++
+		m := q.m
+		m.queued = false
+		switch {
+		case m.gone || m.active:
+			// Forgotten, or busy again: queued anew when it quiets.
+		case m.arrived >= idleBefore || (keep != nil && keep(m.machine)):
+			r.queue(m) // not quiet long enough yet: look again later
+		default:
+			r.evicted[m.machine] = m.watermark
+			r.remove(m)
+			if evicted != nil {
+				evicted(m.machine, m.watermark)
+			}
+		}
+	}
+}
+
+// Forget drops machine and its buffered samples, keeping nothing of it: a
+// sample of it that comes later starts it afresh.
+func (r *Reorder) Forget(machine string) {
+	delete(r.evicted, machine)
+	if m := r.index[machine]; m != nil {
+		r.buffered -= len(m.heap)
+		m.heap = nil
+		r.remove(m)
+	}
+}
+
+// Len returns the number of machines remembered (not evicted) and of
+// those the active ones.
+func (r *Reorder) Len() (machines, active int) { return len(r.index), r.nactive }
+
+// remove drops m from the index; the lists holding it skip it from now on.
+func (r *Reorder) remove(m *reorderMachine) {
+	m.gone = true
+	if m.active {
+		r.nactive--
+	}
+	delete(r.index, m.machine)
+	if r.last == m {
+		r.last = nil
+	}
+	if r.gone++; r.gone > len(r.machines)/2 {
+		r.machines = slices.DeleteFunc(r.machines, func(m *reorderMachine) bool { return m.gone })
+		r.gone = 0
 	}
 }

@@ -376,3 +376,50 @@ func BenchmarkReorder(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "samples/s")
 }
+
+// TestReorderShrinksAfterBurst: a machine that buffered a burst of 100 k
+// out-of-order samples gives the heap's memory back once they are
+// released, and its steady state then does not allocate.
+func TestReorderShrinksAfterBurst(t *testing.T) {
+	r := NewReorder(time.Hour, 1<<20)
+	rng := rand.New(rand.NewPCG(3, 4))
+	const burst = 100_000
+	for _, i := range rng.Perm(burst) {
+		r.Add(telemetry.Sample{Machine: "m", Metric: "x", Time: int64(i), Value: 1})
+	}
+	if got := r.heapCap("m"); got < burst {
+		t.Fatalf("heap capacity during the burst = %d, want ≥ %d", got, burst)
+	}
+	var last int64 = -1
+	released := 0
+	r.Flush(func(s telemetry.Sample) {
+		if s.Time < last {
+			t.Fatalf("released %d after %d", s.Time, last)
+		}
+		last = s.Time
+		released++
+	})
+	if released != burst {
+		t.Fatalf("released %d, want %d", released, burst)
+	}
+	if got := r.heapCap("m"); got > reorderMinCap {
+		t.Errorf("heap capacity after the burst drained = %d, want ≤ %d", got, reorderMinCap)
+	}
+	// Quiet traffic after the burst: in order, a few buffered at a time.
+	emit := func(telemetry.Sample) {}
+	next := int64(burst + time.Hour.Milliseconds())
+	steady := func() {
+		for range 8 {
+			r.Add(telemetry.Sample{Machine: "m", Metric: "x", Time: next, Value: 1})
+			next += time.Hour.Milliseconds() / 4
+		}
+		r.ReleaseReady(emit)
+	}
+	steady()
+	if got := testing.AllocsPerRun(100, steady); got != 0 {
+		t.Errorf("allocs per quiet round = %v, want 0", got)
+	}
+	if got := r.heapCap("m"); got > reorderMinCap {
+		t.Errorf("heap capacity in quiet traffic = %d, want ≤ %d", got, reorderMinCap)
+	}
+}

@@ -149,9 +149,14 @@ func (w Window) End() int64 { return w.Start + w.Size }
 //
 // A series costs about 100 bytes besides its windows, and a machine a few
 // dozen; both stay allocated after their last window is dropped, so a machine
-// that falls silent costs no allocation when it returns. That state is
-// bounded by the number of series ever seen (the registry's machines times
-// their metrics); metric names are interned once per Windows.
+// that pauses costs no allocation when it returns. [Windows.Evict] drops a
+// machine that holds no window, keeping only its watermark (so that its
+// windows stay right by event time if it returns), and [Windows.Forget]
+// drops a machine entirely. Metric names are interned once per Windows.
+//
+// [Windows.AdvanceAll] raises every machine's watermark, visiting only the
+// machines that hold windows; the others take the raise lazily, when next
+// used.
 type Windows struct {
 	size  int64 // ms, ≥ 1
 	grace int64 // ms, ≥ 0
@@ -159,8 +164,17 @@ type Windows struct {
 	capHint int // initial capacity of a series' windows
 
 	machines map[string]*winMachine
-	order    []*winMachine     // first-seen order, for deterministic Flush
+	order    []*winMachine     // first-seen order, for deterministic Flush; may hold gone ones
+	gone     int               // gone machines in order
 	names    map[string]string // interned metric names: shared by all machines, they stay in cache
+	active   []*winMachine     // machines that may hold windows, for AdvanceAll; may hold gone ones
+	nactive  int               // machines in active that are not gone
+	evicted  map[string]int64  // watermarks of evicted machines
+
+	// floor is the watermark of the latest AdvanceAll, epoch counts them:
+	// a machine whose epoch is older takes floor as a watermark when used.
+	floor int64
+	epoch uint64
 
 	// The series of the previous Add, and its names: an event's samples
 	// share the machine, and a cache hit compares two hot strings.
@@ -172,6 +186,10 @@ type Windows struct {
 type winMachine struct {
 	name string
 	wm   int64 // highest watermark given for the machine
+	// epoch is the AdvanceAll epoch wm includes; active: in Windows.active;
+	// gone: evicted or forgotten.
+	epoch        uint64
+	active, gone bool
 	// metrics and series are parallel, in first-seen order. A linear scan
 	// of metrics touches contiguous headers of interned names. Pointers into
 	// series are held only in Windows.last, which series updates whenever it
@@ -221,6 +239,8 @@ func NewWindows(size, grace time.Duration) *Windows {
 		grace:    max(grace.Milliseconds(), 0),
 		machines: make(map[string]*winMachine),
 		names:    make(map[string]string),
+		evicted:  make(map[string]int64),
+		floor:    math.MinInt64,
 	}
 	// Enough for the windows held in grace, an open one and a late one,
 	// within reason: a series rarely needs to grow.
@@ -271,6 +291,7 @@ func (w *Windows) Add(s telemetry.Sample, watermark int64, emit func(Window)) {
 		sr = w.series(s.Machine, s.Metric)
 	}
 	m := sr.m
+	w.catchUp(m)
 	if watermark > m.wm {
 		m.wm = watermark
 	}
@@ -308,6 +329,11 @@ func (w *Windows) Add(s telemetry.Sample, watermark int64, emit func(Window)) {
 		sr.nextDue = min(sr.nextDue, end)
 	}
 	sr.wins = slices.Insert(sr.wins, i, ws)
+	if !m.active {
+		m.active = true
+		w.active = append(w.active, m)
+		w.nactive++
+	}
 	if i == 0 {
 		sr.dropAt = w.dropAt(start)
 	}
@@ -328,6 +354,12 @@ func (w *Windows) Advance(machine string, watermark int64, emit func(Window)) {
 	} else if m = w.machines[machine]; m == nil {
 		return
 	}
+	w.advance(m, watermark, emit)
+}
+
+// advance is Advance of m.
+func (w *Windows) advance(m *winMachine, watermark int64, emit func(Window)) {
+	w.catchUp(m)
 	if watermark > m.wm {
 		m.wm = watermark
 	}
@@ -337,13 +369,113 @@ func (w *Windows) Advance(machine string, watermark int64, emit func(Window)) {
 	}
 }
 
+// catchUp gives m the watermark of the AdvanceAll calls since it was last
+// used.
+func (w *Windows) catchUp(m *winMachine) {
+	if m.epoch != w.epoch {
+		m.epoch = w.epoch
+		m.wm = max(m.wm, w.floor)
+	}
+}
+
+// AdvanceAll does what Advance does for every machine seen so far, at
+// the same watermark. It visits only the machines that hold windows: it
+// costs O(those machines), whatever the number of machines seen.
+func (w *Windows) AdvanceAll(watermark int64, emit func(Window)) {
+	if watermark > w.floor {
+		w.floor = watermark
+	}
+	w.epoch++
+	keep := w.active[:0]
+	for _, m := range w.active {
+		if m.gone {
+			m.active = false
+			continue
+		}
+		w.advance(m, watermark, emit)
+		if m.holds() {
+			keep = append(keep, m)
+		} else {
+			m.active = false
+			w.nactive--
+		}
+	}
+	clear(w.active[len(keep):])
+	w.active = keep
+}
+
+// holds reports whether m holds a window.
+func (m *winMachine) holds() bool {
+	for i := range m.series {
+		if len(m.series[i].wins) > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// Holds reports whether machine holds a window (open, or emitted and
+// within its grace).
+func (w *Windows) Holds(machine string) bool {
+	m := w.machines[machine]
+	return m != nil && m.holds()
+}
+
+// Evict drops machine if it holds no window, keeping only its watermark:
+// if it returns, its samples are placed by event time as if it had stayed
+// (a window past its grace gets a WindowLate, never a second WindowFinal).
+// It reports whether the machine was dropped (or was not there).
+func (w *Windows) Evict(machine string) bool {
+	m := w.machines[machine]
+	if m == nil {
+		return true
+	}
+	if m.holds() {
+		return false
+	}
+	w.catchUp(m)
+	w.evicted[m.name] = m.wm
+	w.remove(m)
+	return true
+}
+
+// Forget drops machine and its windows, keeping nothing of it.
+func (w *Windows) Forget(machine string) {
+	delete(w.evicted, machine)
+	if m := w.machines[machine]; m != nil {
+		w.remove(m)
+	}
+}
+
+// Len returns the number of machines held (not evicted) and of those the
+// ones that may hold windows.
+func (w *Windows) Len() (machines, active int) { return len(w.machines), w.nactive }
+
+// remove drops m; the lists holding it skip it from now on.
+func (w *Windows) remove(m *winMachine) {
+	m.gone = true
+	if m.active {
+		w.nactive--
+	}
+	delete(w.machines, m.name)
+	if w.last != nil && w.last.m == m {
+		w.last, w.lastMachine, w.lastMetric = nil, "", ""
+	}
+	if w.gone++; w.gone > len(w.order)/2 {
+		w.order = slices.DeleteFunc(w.order, func(m *winMachine) bool { return m.gone })
+		w.gone = 0
+	}
+}
+
 // Flush emits every open window as a WindowFinal, machines in the order
 // first seen, each machine's windows as Advance orders them. It is meant for
 // shutdown; the emitted windows are kept as Advance keeps them, so a sample
 // added after Flush still yields a correct Correction or Late.
 func (w *Windows) Flush(emit func(Window)) {
 	for _, m := range w.order {
-		w.finalize(m, math.MaxInt64, emit)
+		if !m.gone {
+			w.finalize(m, math.MaxInt64, emit)
+		}
 	}
 }
 
@@ -390,7 +522,11 @@ func (w *Windows) series(machine, metric string) *winSeries {
 	if w.last != nil && machine == w.lastMachine {
 		m = w.last.m
 	} else if m = w.machines[machine]; m == nil {
-		m = &winMachine{name: strings.Clone(machine), wm: math.MinInt64}
+		m = &winMachine{name: strings.Clone(machine), wm: math.MinInt64, epoch: w.epoch}
+		if wm, ok := w.evicted[machine]; ok {
+			delete(w.evicted, machine)
+			m.wm = wm
+		}
 		w.machines[m.name] = m
 		w.order = append(w.order, m)
 	}

@@ -102,13 +102,20 @@ func NewAlarms(ctx context.Context, s AlarmStore, offlineAfter time.Duration) (*
 	}
 	err := s.Replay(ctx, func(e AlarmEntry) error {
 		al := e.Alarm
-		a.keep(&al)
 		if s, err := strconv.ParseUint(al.ID, 10, 64); err == nil {
 			a.seq = max(a.seq, s)
+		}
+		if e.Op != OpSeq {
+			a.keep(&al)
 		}
 		return nil
 	})
 	if err != nil {
+		return nil, fmt.Errorf("restoring alarms: %w", err)
+	}
+	// A journal written before compaction existed, or grown since the last
+	// one, is compacted now: the next start replays the snapshot.
+	if err := a.compact(ctx); err != nil {
 		return nil, fmt.Errorf("restoring alarms: %w", err)
 	}
 	// Active alarms resume their evaluation state.
@@ -166,9 +173,68 @@ func (a *Alarms) journal(op, by string, at time.Time, al *Alarm) error {
 	return a.store.Append(context.Background(), AlarmEntry{Op: op, At: at, By: by, Alarm: *al})
 }
 
-// sync makes the journaled changes durable; a.mu must be held.
+// sync makes the journaled changes durable, then compacts the journal if
+// it is due; a.mu must be held.
 func (a *Alarms) sync() error {
-	return a.store.Sync(context.Background())
+	ctx := context.Background()
+	if err := a.store.Sync(ctx); err != nil {
+		return err
+	}
+	return a.compact(ctx)
+}
+
+// compact replaces the journal by a snapshot of the alarms kept, if the
+// store compacts and the journal has grown past a few times that; a.mu
+// must be held (or the Alarms not yet shared), and the journal synced.
+// The cost, O(alarms kept), is paid once per alarmCompactFactor times as
+// many changes: amortised O(1) per change.
+func (a *Alarms) compact(ctx context.Context) error {
+	c, ok := a.store.(AlarmCompactor)
+	if !ok || !c.CompactDue(len(a.alarms)) {
+		return nil
+	}
+	if err := c.Compact(ctx, a.snapshot()); err != nil {
+		return fmt.Errorf("compacting alarm journal: %w", err)
+	}
+	return nil
+}
+
+// snapshot returns journal entries that restore the alarms' state when
+// replayed: the numbering, the cleared alarms in the order they were
+// cleared (so the same ones drop out first), then the active ones by id;
+// a.mu must be held.
+func (a *Alarms) snapshot() []AlarmEntry {
+	out := make([]AlarmEntry, 0, len(a.alarms)+1)
+	out = append(out, AlarmEntry{Op: OpSeq, Alarm: Alarm{ID: strconv.FormatUint(a.seq, 10)}})
+	entry := func(al *Alarm) AlarmEntry {
+		at := al.RaisedAt
+		for _, t := range []*time.Time{al.ClearedAt, al.AckedAt} {
+			if t != nil && t.After(at) {
+				at = *t
+			}
+		}
+		return AlarmEntry{Op: OpSnapshot, At: at, Alarm: *al}
+	}
+	for _, id := range a.cleared {
+		if al := a.alarms[id]; al != nil && al.State == AlarmCleared {
+			out = append(out, entry(al))
+		}
+	}
+	var active []*Alarm
+	for _, al := range a.alarms {
+		if al.State == AlarmActive {
+			active = append(active, al)
+		}
+	}
+	slices.SortFunc(active, func(x, y *Alarm) int {
+		xi, _ := strconv.ParseUint(x.ID, 10, 64)
+		yi, _ := strconv.ParseUint(y.ID, 10, 64)
+		return cmp.Compare(xi, yi)
+	})
+	for _, al := range active {
+		out = append(out, entry(al))
+	}
+	return out
 }
 
 // changed reports a change to the OnChange callback, under a.mu, so that

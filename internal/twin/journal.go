@@ -20,6 +20,7 @@ import (
 type journal struct {
 	f        *os.File
 	size     int64 // bytes of complete lines
+	lines    int   // complete lines
 	unsynced bool  // lines written since the last sync
 }
 
@@ -47,6 +48,7 @@ func openJournal(path string, replay func(line []byte) error) (*journal, error) 
 	j := &journal{f: f}
 	sc := bufio.NewScanner(f)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	sc.Split(scanWholeLines)
 	for line := 1; sc.Scan(); line++ {
 		if err := replay(sc.Bytes()); err != nil {
 			var stop stopReplay
@@ -65,12 +67,35 @@ func openJournal(path string, replay func(line []byte) error) (*journal, error) 
 			break
 		}
 		j.size += int64(len(sc.Bytes())) + 1
+		j.lines++
 	}
-	if err := sc.Err(); err != nil {
+	if err := sc.Err(); errors.Is(err, errNoNewline) {
+		// The last line lacks its newline: its write was cut short,
+		// whatever it holds, and was never synced.
+		if err := f.Truncate(j.size); err != nil {
+			f.Close()
+			return nil, fmt.Errorf("cutting off the torn last line of %s: %w", path, err)
+		}
+	} else if err != nil {
 		f.Close()
 		return nil, fmt.Errorf("reading %s: %w", path, err)
 	}
 	return j, nil
+}
+
+// errNoNewline reports a last line without its newline.
+var errNoNewline = errors.New("last line without a newline")
+
+// scanWholeLines is a bufio.SplitFunc of lines ended by a newline; a last
+// line without one is the error errNoNewline.
+func scanWholeLines(data []byte, atEOF bool) (advance int, token []byte, err error) {
+	if i := bytes.IndexByte(data, '\n'); i >= 0 {
+		return i + 1, data[:i], nil
+	}
+	if atEOF && len(data) > 0 {
+		return 0, nil, errNoNewline
+	}
+	return 0, nil, nil
 }
 
 // append writes v as one line; sync makes it durable.
@@ -86,6 +111,7 @@ func (j *journal) append(v any) error {
 		return fmt.Errorf("writing journal: %w", err)
 	}
 	j.size += int64(len(b)) + 1
+	j.lines++
 	j.unsynced = true
 	return nil
 }
@@ -137,14 +163,38 @@ func rewriteJournal[T any](j *journal, change func(*T) bool) (int, error) {
 	if n == 0 {
 		return 0, nil
 	}
-	if _, err := atomicfile.WriteFile(path, out.Bytes(), 0o640); err != nil {
-		return 0, fmt.Errorf("rewriting %s: %w", path, err)
+	if err := j.replace(out.Bytes(), j.lines); err != nil {
+		return 0, err
 	}
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_APPEND, 0o640)
+	return n, nil
+}
+
+// replace makes data (lines JSON lines) the journal's whole content,
+// atomically and durably (write, fsync, rename, fsync the directory), and
+// reopens j on it; the lines appended after go on from there. On an error
+// j is unchanged: the old file is still whole.
+func (j *journal) replace(data []byte, lines int) error {
+	path := j.f.Name()
+	if _, err := atomicfile.WriteFile(path, data, 0o600); err != nil {
+		return fmt.Errorf("rewriting %s: %w", path, err)
+	}
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_APPEND, 0o600)
 	if err != nil {
-		return 0, fmt.Errorf("reopening %s: %w", path, err)
+		return fmt.Errorf("reopening %s: %w", path, err)
 	}
 	j.f.Close()
-	j.f, j.size, j.unsynced = f, int64(out.Len()), false
-	return n, nil
+	j.f, j.size, j.lines, j.unsynced = f, int64(len(data)), lines, false
+	return nil
+}
+
+// encodeLines encodes vs as JSON lines.
+func encodeLines[T any](vs []T) ([]byte, error) {
+	var out bytes.Buffer
+	enc := json.NewEncoder(&out)
+	for i := range vs {
+		if err := enc.Encode(&vs[i]); err != nil {
+			return nil, fmt.Errorf("encoding journal entry: %w", err)
+		}
+	}
+	return out.Bytes(), nil
 }

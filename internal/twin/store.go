@@ -38,6 +38,13 @@ const (
 	OpRaise = "raise"
 	OpClear = "clear"
 	OpAck   = "ack"
+	// OpSnapshot is an alarm's state as a compaction wrote it (see
+	// AlarmCompactor).
+	OpSnapshot = "snapshot"
+	// OpSeq records, in Alarm.ID, the highest alarm id given so far; it is
+	// no alarm. A compaction writes it first, as the alarm with that id
+	// may be one it drops.
+	OpSeq = "seq"
 )
 
 // AlarmStore is the durable journal of alarm changes, from which Alarms
@@ -69,6 +76,20 @@ type AlarmNumberer interface {
 	// NextAlarmID returns an id above every id it returned before, to
 	// any process.
 	NextAlarmID(ctx context.Context) (uint64, error)
+}
+
+// AlarmCompactor is implemented by an AlarmStore whose journal would
+// otherwise grow with history, and its replay with it (the file store): it
+// replaces the journal by a snapshot of the live alarms.
+type AlarmCompactor interface {
+	// CompactDue reports whether the journal has grown past its live state
+	// (live alarms) enough to be compacted.
+	CompactDue(live int) bool
+	// Compact replaces, atomically and durably, every entry stored by
+	// snapshot, whose replay must restore the Alarms' state; entries
+	// appended later follow it. The entries appended before must be
+	// synced. On an error the journal is unchanged.
+	Compact(ctx context.Context, snapshot []AlarmEntry) error
 }
 
 // NoteStore stores operator notes. The file implementation (NoteFile) is
@@ -125,17 +146,66 @@ func (r *RegistryFile) Save(_ context.Context, all []Info) error { return r.f.sa
 // (alarms.jsonl): Append writes a line, Sync fsyncs. A torn last line (a
 // crash mid-write, never acknowledged) is cut off when the file is opened,
 // and a write that fails part-way is cut back.
+//
+// It is an AlarmCompactor: once the file holds more than
+// alarmCompactFactor times as many lines as there are live alarms (and at
+// least alarmCompactMin), Alarms replaces it by a snapshot of its state —
+// the alarms it keeps (active, and the latest cleared ones) with their
+// acknowledgements — written beside it and renamed over it, and the
+// journal goes on after the snapshot. So the file, and the replay at
+// start, stay within a few times the live state whatever the history; the
+// changes of the alarms no longer kept are not kept on disk either.
 type AlarmFile struct {
 	path string
+	// compactMin is the fewest lines a compaction is worth.
+	compactMin int
 
 	mu sync.Mutex
 	j  *journal // nil until Replay (or the first Append)
 }
 
-var _ AlarmEraser = (*AlarmFile)(nil)
+// When an AlarmFile is due for compaction (see AlarmFile).
+const (
+	alarmCompactFactor = 4
+	alarmCompactMin    = 4096
+)
+
+var (
+	_ AlarmEraser    = (*AlarmFile)(nil)
+	_ AlarmCompactor = (*AlarmFile)(nil)
+)
 
 // NewAlarmFile returns the alarm journal at path, created on first use.
-func NewAlarmFile(path string) *AlarmFile { return &AlarmFile{path: path} }
+func NewAlarmFile(path string) *AlarmFile {
+	return &AlarmFile{path: path, compactMin: alarmCompactMin}
+}
+
+// CompactDue implements AlarmCompactor.
+func (f *AlarmFile) CompactDue(live int) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.j != nil && f.j.lines >= f.compactMin && f.j.lines > alarmCompactFactor*(live+1)
+}
+
+// Compact implements AlarmCompactor.
+func (f *AlarmFile) Compact(_ context.Context, snapshot []AlarmEntry) error {
+	data, err := encodeLines(snapshot)
+	if err != nil {
+		return fmt.Errorf("compacting alarm journal: %w", err)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.j == nil {
+		return errors.New("compacting alarm journal: not open")
+	}
+	if f.j.unsynced {
+		return errors.New("compacting alarm journal: entries not synced")
+	}
+	if err := f.j.replace(data, len(snapshot)); err != nil {
+		return fmt.Errorf("compacting alarm journal: %w", err)
+	}
+	return nil
+}
 
 // Replay implements AlarmStore: it opens the file.
 func (f *AlarmFile) Replay(_ context.Context, fn func(AlarmEntry) error) error {

@@ -121,7 +121,17 @@ type Twins struct {
 	// written, so an older one never overwrites it.
 	saveMu   sync.Mutex
 	savedGen uint64
+
+	// onDelete is told of each machine removed from the registry.
+	onDelete func(id string)
 }
+
+// idleFactor times --offline-after (at least idleMin) is how long a
+// machine must be silent before Trim drops its sliding medians.
+const (
+	idleFactor = 10
+	idleMin    = time.Hour
+)
 
 // Open loads the registry at path (a missing file is an empty registry).
 // medianWindow is the number of samples the sliding median covers.
@@ -471,8 +481,12 @@ func (t *Twins) Refresh(ctx context.Context, ids []string, get func(context.Cont
 		switch {
 		case errors.Is(err, ErrNotFound):
 			t.mu.Lock()
+			_, had := t.machines[id]
 			delete(t.machines, id)
 			t.mu.Unlock()
+			if had && t.onDelete != nil {
+				t.onDelete(id)
+			}
 		case err != nil:
 			return err
 		default:
@@ -528,10 +542,44 @@ func (t *Twins) RegisterMissing(infos []Info) (int, error) {
 	return len(added), nil
 }
 
+// OnDelete sets the function told of every machine removed from the
+// registry (Delete, or a removal Refresh found), after the removal, without
+// the Twins' lock held: the engine drops its state of the machine. Call it
+// before the Twins is shared.
+func (t *Twins) OnDelete(fn func(id string)) { t.onDelete = fn }
+
+// Trim drops the sliding medians of machines silent (server time now) for
+// idleFactor × --offline-after, at least idleMin: their registry entry,
+// latest values and last median stay, and a machine that comes back
+// starts its medians afresh. It costs O(machines); Run calls it.
+func (t *Twins) Trim(now time.Time) (trimmed int) {
+	cutoff := now.Add(-max(idleFactor*t.offlineAfter, idleMin)).UnixMilli()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, e := range t.machines {
+		if e.medians != nil && e.lastSeen < cutoff {
+			e.medians = nil
+			trimmed++
+		}
+	}
+	return trimmed
+}
+
 // Delete removes a machine from the registry and forgets its live state.
 // Its stored samples stay until retention removes them; a new event
 // registers it again.
 func (t *Twins) Delete(id string) error {
+	if err := t.delete(id); err != nil {
+		return err
+	}
+	if t.onDelete != nil {
+		t.onDelete(id)
+	}
+	return nil
+}
+
+// delete is Delete without the hook.
+func (t *Twins) delete(id string) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	e, ok := t.machines[id]
@@ -614,10 +662,11 @@ func (t *Twins) Run(ctx context.Context, interval time.Duration) error {
 		select {
 		case <-ctx.Done():
 			return t.Flush()
-		case <-tick.C:
+		case now := <-tick.C:
 			if err := t.Flush(); err != nil {
 				t.logger.Error("persisting registry", "err", err)
 			}
+			t.Trim(now)
 		}
 	}
 }

@@ -341,3 +341,31 @@ func TestRefreshFollowsTheStore(t *testing.T) {
 		}
 	}
 }
+
+// TestTrimAndDeleteHook: a long-silent machine loses its medians but keeps
+// its entry and latest values; a deleted one is reported to the hook.
+func TestTrimAndDeleteHook(t *testing.T) {
+	clk := &fakeClock{t: time.UnixMilli(1_000_000)}
+	tw := open(t, filepath.Join(t.TempDir(), "registry.json"), clk)
+	var deleted []string
+	tw.OnDelete(func(id string) { deleted = append(deleted, id) })
+	samples := []telemetry.Sample{{Machine: "m", Metric: "x", Time: 1_000_000, Value: 3}}
+	tw.Observe(&telemetry.Batch{Received: 1_000_000}, samples)
+	tw.ObserveReleased(samples, nil)
+	if n := tw.Trim(clk.t.Add(time.Minute)); n != 0 {
+		t.Errorf("Trim after a minute dropped %d, want 0", n)
+	}
+	if n := tw.Trim(clk.t.Add(2 * time.Hour)); n != 1 {
+		t.Errorf("Trim after two silent hours dropped %d, want 1", n)
+	}
+	m, err := tw.Get("m")
+	if err != nil || m.Metrics["x"].Value != 3 || m.Metrics["x"].Median == nil {
+		t.Errorf("after Trim: %+v, %v; want the latest value and last median kept", m, err)
+	}
+	if err := tw.Delete("m"); err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(deleted, []string{"m"}); diff != "" {
+		t.Errorf("deleted (-got +want):\n%s", diff)
+	}
+}
