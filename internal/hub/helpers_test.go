@@ -84,7 +84,7 @@ func testClient(t testing.TB, h *Hub, queue int, machines ...string) (*client, r
 // newClient returns a client of no machines (all) or of machines.
 func newClient(queue int, machines ...string) *client {
 	return &client{
-		queue:     newQueue(queue),
+		queue:     newQueue(queueLimits{messages: queue}),
 		cut:       make(chan struct{}),
 		all:       len(machines) == 0,
 		machines:  slices.Compact(slices.Sorted(slices.Values(machines))),
@@ -96,7 +96,7 @@ func newClient(queue int, machines ...string) *client {
 func queued(t testing.TB, c *client) []msg {
 	t.Helper()
 	var out []msg
-	for _, m := range c.queue.pop(nil, c.queue.limit*maxMessagesPerPush) {
+	for _, m := range c.queue.pop(nil, 1<<30) {
 		out = append(out, decode(t, m.json()))
 	}
 	return out
@@ -126,7 +126,9 @@ type memWriter struct {
 	flushed  bytes.Buffer
 	block    chan struct{}
 	deadline time.Time
-	flushes  int
+	// changed is closed when the deadline is set again.
+	changed chan struct{}
+	flushes int
 }
 
 func newMemWriter() *memWriter { return &memWriter{header: make(http.Header)} }
@@ -143,12 +145,12 @@ func (w *memWriter) WriteHeader(status int) {
 
 func (w *memWriter) Write(p []byte) (int, error) {
 	w.mu.Lock()
-	block, deadline := w.block, w.deadline
+	block, deadline, changed := w.block, w.deadline, w.changed
 	if w.status == 0 {
 		w.status = http.StatusOK
 	}
 	w.mu.Unlock()
-	if block != nil {
+	for block != nil {
 		var timeout <-chan time.Time
 		if !deadline.IsZero() {
 			t := time.NewTimer(time.Until(deadline))
@@ -157,8 +159,14 @@ func (w *memWriter) Write(p []byte) (int, error) {
 		}
 		select {
 		case <-block:
+			block = nil
 		case <-timeout:
 			return 0, os.ErrDeadlineExceeded
+		case <-changed:
+			// The deadline moved (an interrupt): wait again with it.
+			w.mu.Lock()
+			deadline, changed = w.deadline, w.changed
+			w.mu.Unlock()
 		}
 	}
 	w.mu.Lock()
@@ -177,6 +185,10 @@ func (w *memWriter) SetWriteDeadline(t time.Time) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.deadline = t
+	if w.changed != nil {
+		close(w.changed)
+	}
+	w.changed = make(chan struct{})
 	return nil
 }
 

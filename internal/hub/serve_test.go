@@ -316,7 +316,7 @@ func TestCursorExpired(t *testing.T) {
 
 			got := []msg{hello, reset, {Type: live.Type, Seq: live.Seq}}
 			want := []msg{
-				{Type: "hello", Seq: from + 10, HeartbeatMs: 15000, Queue: 256},
+				{Type: "hello", Seq: from + 10, HeartbeatMs: 15000, Queue: 65536},
 				{Type: "reset", Reason: "cursor_expired", Seq: from + 10},
 				{Type: "e", Seq: from + 11},
 			}
