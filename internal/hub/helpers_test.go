@@ -81,6 +81,14 @@ func testClient(t testing.TB, h *Hub, queue int, machines ...string) (*client, r
 	return c, reg
 }
 
+// leftRecently has a client connect to h and leave, so that h keeps what
+// is published for a client that may resume (see skipLocked).
+func leftRecently(t testing.TB, h *Hub) {
+	t.Helper()
+	c, _ := testClient(t, h, 16, "nobody")
+	h.unregister(c)
+}
+
 // newClient returns a client of no machines (all) or of machines.
 func newClient(queue int, machines ...string) *client {
 	return &client{
@@ -192,6 +200,23 @@ func (w *memWriter) SetWriteDeadline(t time.Time) error {
 	return nil
 }
 
+// rawEvents returns the data of the SSE events flushed so far, minus the
+// retry hint.
+func (w *memWriter) rawEvents(t testing.TB) [][]byte {
+	t.Helper()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var out [][]byte
+	for ev := range strings.SplitSeq(w.flushed.String(), "\n\n") {
+		for line := range strings.SplitSeq(ev, "\n") {
+			if data, ok := strings.CutPrefix(line, "data: "); ok {
+				out = append(out, []byte(data))
+			}
+		}
+	}
+	return out
+}
+
 // events returns the SSE events flushed so far, minus the retry hint.
 func (w *memWriter) events(t testing.TB) []msg {
 	t.Helper()
@@ -241,7 +266,19 @@ func parseEvent(ev string) (msg, error) {
 // in-memory writer; stop cancels the request and waits for the handler.
 func startSSE(t testing.TB, h http.Handler, target string, hdr http.Header, w *memWriter) (stop func()) {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
+	return startSSEWith(t, h, context.Background(), target, hdr, w)
+}
+
+// startSSEContext is startSSE with the request's context derived from
+// parent (WithFilter, WithClientKey).
+func startSSEContext(t testing.TB, h http.Handler, parent context.Context, target string, w *memWriter) (stop func()) {
+	t.Helper()
+	return startSSEWith(t, h, parent, target, nil, w)
+}
+
+func startSSEWith(t testing.TB, h http.Handler, parent context.Context, target string, hdr http.Header, w *memWriter) (stop func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(parent)
 	r := httptest.NewRequestWithContext(ctx, http.MethodGet, target, nil)
 	r.Header.Set("Accept", "text/event-stream")
 	for k, v := range hdr {

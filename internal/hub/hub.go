@@ -206,6 +206,9 @@ type Hub struct {
 	global uint64
 	// pubs tracks this replica's publish calls through Redis, by number.
 	pubs map[uint64]pubState
+	// left says a client has left, at leftAt (now): see skipLocked.
+	left   bool
+	leftAt int64
 	// advanced, when not nil, is closed when seq moves (waitSeq).
 	advanced chan struct{}
 }
@@ -347,6 +350,16 @@ func (h *Hub) PublishSamples(samples []telemetry.Sample, received int64) {
 	}
 	e.want = slices.Grow(e.want[:0], len(e.drafts))[:len(e.drafts)]
 	h.mu.Lock()
+	if h.skipLocked(len(e.drafts)) {
+		h.mu.Unlock()
+		h.metrics.published.samples.Add(float64(len(e.drafts)))
+		clear(e.index)
+		clear(e.drafts)
+		e.drafts, e.counts, e.nums = e.drafts[:0], e.counts[:0], e.nums[:0]
+		h.encoders.Put(e)
+		h.metrics.publishDuration.Observe(time.Since(start).Seconds())
+		return
+	}
 	unwanted := 0
 	for g := range e.drafts {
 		if e.want[g] = h.wantedLocked(e.drafts[g].machine, false); !e.want[g] {
@@ -404,6 +417,32 @@ func (h *Hub) PublishSamples(samples []telemetry.Sample, received int64) {
 	h.metrics.publishDuration.Observe(time.Since(start).Seconds())
 }
 
+// resumeHorizon is how long after the last client left the hub keeps
+// what is published for a client that may come back and resume.
+const resumeHorizon = time.Minute
+
+// skipLocked, when no client could want a message now or resume to it
+// later (none is connected, none left within resumeHorizon, and no other
+// replica shares the stream), takes n seqs for messages it does not make
+// at all, expires the cursors before them, and reports true: publishing
+// to nobody costs next to nothing.
+func (h *Hub) skipLocked(n int) bool {
+	if h.bus != nil || len(h.clients) > 0 || h.left && h.now()-h.leftAt < int64(resumeHorizon) {
+		return false
+	}
+	h.seq += uint64(n)
+	h.ring.forget(h.seq)
+	return true
+}
+
+// skip is skipLocked(1) under the lock: a seq jump expires the cursors
+// before it, whatever its length.
+func (h *Hub) skip() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.skipLocked(1)
+}
+
 // wantedLocked reports whether a client on this replica, or with Redis
 // maybe on another, wants a message for machine now; passThrough says a
 // conflated client takes it too (an alarm, a note).
@@ -442,6 +481,10 @@ func (h *Hub) wantedLocked(machine string, passThrough bool) bool {
 func (h *Hub) PublishEvent(machine, typ string, data any) {
 	start := time.Now()
 	h.mu.Lock()
+	if h.skipLocked(1) {
+		h.mu.Unlock()
+		return
+	}
 	wanted := h.wantedLocked(machine, true)
 	h.mu.Unlock()
 	d := draft{machine: machine, lazy: &eventBody{machine: machine, typ: typ, data: data}}
@@ -481,6 +524,9 @@ func (h *Hub) PublishWindows(ws []Window) {
 		return
 	}
 	start := time.Now()
+	if h.skip() {
+		return
+	}
 	slices.SortStableFunc(ws, func(a, b Window) int { return strings.Compare(a.Machine, b.Machine) })
 	var machines []string
 	var bodies []lazyBody
@@ -508,6 +554,9 @@ func (h *Hub) PublishMedians(ms []Median) {
 		return
 	}
 	start := time.Now()
+	if h.skip() {
+		return
+	}
 	slices.SortStableFunc(ms, func(a, b Median) int { return strings.Compare(a.Machine, b.Machine) })
 	var machines []string
 	var bodies []lazyBody
@@ -530,8 +579,12 @@ func (h *Hub) PublishMedians(ms []Median) {
 // encoded now if a client wants its machine, else on demand. merge, if not
 // nil, updates the fleet state of conflated streams, if any.
 func (h *Hub) publishBodies(machines []string, bodies []lazyBody, merge func(*fleetState)) {
-	drafts := make([]draft, len(bodies))
 	h.mu.Lock()
+	if h.skipLocked(len(bodies)) {
+		h.mu.Unlock()
+		return
+	}
+	drafts := make([]draft, len(bodies))
 	for i := range bodies {
 		drafts[i] = draft{machine: machines[i], lazy: bodies[i], absorbed: true}
 		if h.wantedLocked(machines[i], false) {
@@ -816,6 +869,7 @@ func (h *Hub) unregister(c *client) {
 	h.mu.Lock()
 	if _, ok := h.clients[c]; ok {
 		delete(h.clients, c)
+		h.left, h.leftAt = true, h.now()
 		if c.key != "" {
 			if h.perKey[c.key]--; h.perKey[c.key] == 0 {
 				delete(h.perKey, c.key)
@@ -966,6 +1020,16 @@ func (r *ring) at(i int) int {
 		i -= len(r.buf)
 	}
 	return i
+}
+
+// forget expires every cursor before floor, the latest seq: the messages
+// up to it are not held.
+func (r *ring) forget(floor uint64) {
+	if r.n > 0 {
+		r.reset(floor)
+		return
+	}
+	r.floor, r.hasFloor = floor, true
 }
 
 // reset forgets every message held; floor is the latest seq then.

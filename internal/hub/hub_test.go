@@ -145,6 +145,7 @@ func TestSeqMonotonic(t *testing.T) {
 func TestRegisterReplay(t *testing.T) {
 	const ring = 8
 	h, _ := newTestHub(t, Options{ReplaySize: ring})
+	leftRecently(t, h)
 	start := h.seq
 	// 12 messages, alternating machines a and b: the ring keeps the last 8.
 	for i := range 12 {

@@ -280,6 +280,7 @@ func TestResumeFiltered(t *testing.T) {
 	ctx := testContext(t)
 	h, _ := newTestHub(t, Options{})
 	srv := newTestServer(t, h)
+	leftRecently(t, h)
 	from := h.seq
 	for i := range 10 {
 		h.PublishEvent([]string{"a", "b", "c"}[i%3], "e", i)

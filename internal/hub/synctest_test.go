@@ -81,6 +81,7 @@ func TestHeartbeatCadence(t *testing.T) {
 func TestSSEHeadersAndResume(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		h, _ := newTestHub(t, Options{})
+		leftRecently(t, h)
 		base := h.seq
 		for i := range 6 {
 			h.PublishEvent([]string{"a", "b"}[i%2], "e", i)
