@@ -154,7 +154,7 @@ func TestLogFullAnswers503(t *testing.T) {
 // TestStalledStreamClientIsCutOff: a client that stops reading is cut off
 // with a reconnect hint while another client keeps receiving everything.
 func TestStalledStreamClientIsCutOff(t *testing.T) {
-	s := start(t, "", "--stream-queue", "32", "--stream-write-timeout", "3s")
+	s := start(t, "", "--stream-max-queue-bytes", "1048576", "--stream-write-timeout", "3s")
 	c := ctx(t, 60*time.Second)
 	fast := subscribe(t, c, s, "all=1", true)
 

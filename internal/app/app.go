@@ -186,10 +186,7 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 		if active {
 			m.Status = twin.StatusAlarm
 		}
-		a.hub.PublishEvent(al.Machine, "status", struct {
-			Status   string `json:"status"`
-			LastSeen int64  `json:"lastSeen,omitempty"`
-		}{m.Status, m.LastSeen})
+		a.hub.PublishStatus(al.Machine, m.Status, m.LastSeen)
 	})
 	// A machine that stays silent from now on gets its offline alarm.
 	var known []string
@@ -202,8 +199,11 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 
 	hubOpts := hub.Options{
 		QueueSize:     cfg.StreamQueue,
+		MaxQueueBytes: cfg.StreamMaxQueueBytes,
+		MaxLag:        cfg.StreamMaxLag,
 		Heartbeat:     cfg.StreamHeartbeat,
 		ReplaySize:    cfg.StreamReplay,
+		ReplayBytes:   cfg.StreamReplayBytes,
 		WriteTimeout:  cfg.StreamWriteTimeout,
 		MaxClients:    cfg.MaxConns,
 		WriteInterval: cfg.StreamWriteInterval,

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/twinline/twinline/internal/hub"
 	"github.com/twinline/twinline/internal/sim"
 	"github.com/twinline/twinline/internal/store"
 	"github.com/twinline/twinline/internal/store/postgres"
@@ -92,54 +93,33 @@ func (a *App) watchOffline(ctx context.Context) error {
 	}
 }
 
-// windowMessage is a window aggregate on the live stream.
-type windowMessage struct {
-	Metric string  `json:"metric"`
-	Start  int64   `json:"start"`
-	Size   int64   `json:"size"`
-	Kind   string  `json:"kind"` // final, correction, late
-	Count  int64   `json:"count"`
-	Sum    float64 `json:"sum"`
-	Min    float64 `json:"min"`
-	Max    float64 `json:"max"`
-	Avg    float64 `json:"avg"`
-}
-
 // publishWindows pushes closed and corrected windows to the machines'
-// stream subscribers.
+// stream subscribers: one message per machine.
 func (a *App) publishWindows(ws []stream.Window) {
-	for _, w := range ws {
-		a.hub.PublishEvent(w.Machine, "window", windowMessage{
-			Metric: w.Metric, Start: w.Start, Size: w.Size, Kind: w.Kind.String(),
-			Count: w.Agg.Count, Sum: w.Agg.Sum, Min: w.Agg.Min, Max: w.Agg.Max, Avg: w.Agg.Avg(),
-		})
+	if len(ws) == 0 {
+		return
 	}
-}
-
-// medianValue is a metric's sliding median on the live stream, with the
-// event time of the newest sample it covers.
-type medianValue struct {
-	Median float64 `json:"median"`
-	Time   int64   `json:"t"`
+	out := make([]hub.Window, len(ws)) // the hub keeps it until encoded
+	for i, w := range ws {
+		out[i] = hub.Window{
+			Machine: w.Machine, Metric: w.Metric, Start: w.Start, Size: w.Size, Kind: w.Kind.String(),
+			Count: w.Agg.Count, Sum: w.Agg.Sum, Min: w.Agg.Min, Max: w.Agg.Max, Avg: w.Agg.Avg(),
+		}
+	}
+	a.hub.PublishWindows(out)
 }
 
 // publishMedians pushes the medians updated by a released group, one
 // message per machine: {"metrics":{"temp":{"median":71.2,"t":…}}}.
 func (a *App) publishMedians(us []twin.MedianUpdate) {
-	for i := 0; i < len(us); {
-		j := i + 1
-		for j < len(us) && us[j].Machine == us[i].Machine {
-			j++
-		}
-		metrics := make(map[string]medianValue, j-i)
-		for _, u := range us[i:j] {
-			metrics[u.Metric] = medianValue{Median: u.Median, Time: u.Time}
-		}
-		a.hub.PublishEvent(us[i].Machine, "median", struct {
-			Metrics map[string]medianValue `json:"metrics"`
-		}{metrics})
-		i = j
+	if len(us) == 0 {
+		return
 	}
+	out := make([]hub.Median, len(us)) // us is reused; the hub keeps out
+	for i, u := range us {
+		out[i] = hub.Median{Machine: u.Machine, Metric: u.Metric, Median: u.Median, Time: u.Time}
+	}
+	a.hub.PublishMedians(out)
 }
 
 // registerDemo registers the simulated machines that are not registered

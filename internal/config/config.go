@@ -51,6 +51,9 @@ type Config struct {
 	LPMachineTags []string
 
 	// Live stream.
+	// StreamQueue caps the messages queued for one stream client
+	// (deprecated: a safety cap far above use; the queue is bounded by
+	// StreamMaxQueueBytes and StreamMaxLag).
 	StreamQueue     int
 	StreamHeartbeat time.Duration
 	StreamReplay    int
@@ -59,6 +62,14 @@ type Config struct {
 	// StreamWriteInterval is the least time between two writes to one
 	// stream client (0: write as soon as a message is queued).
 	StreamWriteInterval time.Duration
+	// StreamMaxQueueBytes bounds the bytes queued for one stream client,
+	// and StreamMaxLag how far behind the head it may fall, before it is
+	// dropped with a reconnect notice.
+	StreamMaxQueueBytes int
+	StreamMaxLag        time.Duration
+	// StreamReplayBytes bounds the bytes of the replay ring (with
+	// StreamReplay, its messages).
+	StreamReplayBytes int
 
 	// MaxMachines bounds the fleet: events of further new machines are
 	// rejected (0: no limit).
@@ -188,7 +199,10 @@ func Default() Config {
 		ReadHeaderTimeout:    10 * time.Second,
 		ReadTimeout:          60 * time.Second,
 		LPMachineTags:        []string{"machineId", "machine_id", "machine", "host", "name"},
-		StreamQueue:          256,
+		StreamQueue:          65536,
+		StreamMaxQueueBytes:  8 << 20,
+		StreamMaxLag:         30 * time.Second,
+		StreamReplayBytes:    32 << 20,
 		StreamHeartbeat:      15 * time.Second,
 		StreamReplay:         8192,
 		StreamWriteTimeout:   10 * time.Second,
@@ -314,6 +328,15 @@ func (c Config) Validate() error {
 	}
 	if c.StreamWriteInterval < 0 || c.StreamWriteInterval > 5*time.Second {
 		bad("stream-write-interval", "must be between 0 and 5s, got %s", c.StreamWriteInterval)
+	}
+	if c.StreamMaxQueueBytes < 64<<10 {
+		bad("stream-max-queue-bytes", "must be at least 64 KiB, got %d", c.StreamMaxQueueBytes)
+	}
+	if c.StreamMaxLag < time.Second {
+		bad("stream-max-lag", "must be at least 1s, got %s", c.StreamMaxLag)
+	}
+	if c.StreamReplayBytes < 0 {
+		bad("stream-replay-bytes", "must not be negative, got %d", c.StreamReplayBytes)
 	}
 	if c.StreamReplay < 0 {
 		bad("stream-replay", "must not be negative, got %d", c.StreamReplay)

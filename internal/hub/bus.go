@@ -202,6 +202,7 @@ func decodeDrafts(payload string) (p published, err error) {
 		d := newDraft(string(machine), len(body)+2)
 		d.buf = append(d.buf, body...)
 		d.buf = append(d.buf, "\n\n"...)
+		d.absorbed = absorbedBody(body)
 		p.drafts = append(p.drafts, d)
 	}
 	if len(p.drafts) == 0 {
@@ -438,9 +439,10 @@ func (h *Hub) lostLocked() {
 	h.metrics.busGaps.Inc()
 	m := resetMessage(h.seq, reasonFanoutGap)
 	h.mark++
+	now := h.now()
 	for c := range h.clients {
 		if c.reason == "" {
-			h.offerLocked(c, nil, m)
+			h.offerLocked(c, now, nil, m)
 		}
 	}
 	for _, c := range h.touched {

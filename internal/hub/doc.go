@@ -48,11 +48,14 @@
 //
 //	{"seq":43,"type":"alarm","machine":"press-07","data":{…}}
 //
-// Other live updates (status changes, alarms, notes, windows) carry the type
-// and data given to [Hub.PublishEvent]. The types hello, heartbeat, reset,
-// reconnect and samples are the hub's own.
+// Other live updates carry the type and data given to [Hub.PublishEvent]
+// (alarms, notes), or are the hub's own typed messages: status
+// ([Hub.PublishStatus]), windows ([Hub.PublishWindows], one message per
+// machine: "windows":[{…},…]) and median ([Hub.PublishMedians]). The types
+// hello, heartbeat, reset, reconnect, samples, status, windows, median and
+// fleet are the hub's own.
 //
-//	{"type":"hello","seq":41,"heartbeatMs":15000,"queue":256}
+//	{"type":"hello","seq":41,"heartbeatMs":15000,"queue":65536,"queueBytes":8388608,"maxLagMs":30000}
 //
 // hello is the first message on every connection. Its seq is the hub's
 // latest seq at the moment the client was registered: replayed messages
@@ -65,8 +68,9 @@
 // message up to seq that matches the client's filter has been sent before
 // the heartbeat, so seq is a valid resume cursor even for a client whose
 // machines are quiet; on SSE the heartbeat is a normal event with "id: seq"
-// so that the browser's Last-Event-ID moves forward with it. A heartbeat is
-// skipped for a client whose queue is full (its queue is not idle).
+// so that the browser's Last-Event-ID moves forward with it. A client
+// that has fallen past a bound of its queue (see Slow clients) is cut off
+// at a heartbeat instead.
 //
 //	{"type":"reset","reason":"cursor_expired","seq":41}
 //
@@ -99,23 +103,44 @@
 //
 // # Slow clients
 //
-// Each client has a bounded queue (Options.QueueSize publish calls: a client
-// may fall that many publishes behind, whatever the number of machines in
-// each; at most 64 × QueueSize messages). The publisher never blocks on a
-// client and never writes to a network connection: it only enqueues shared,
-// already encoded messages. If a client's queue has no room for what a
-// publish brings it (an all-machines client takes every machine of the
-// publish at once; a machine client one message), the client is cut off: it
-// is removed from the hub at once (other clients keep receiving),
-// the messages still in its queue are discarded, and the client's writer
-// sends, best effort and within the write timeout, a final
-// {"type":"reconnect","reason":"slow_client","cursor":N} where N is the seq
-// of the last message actually written to it, then closes the connection
-// (WebSocket close status 1013 try again later; SSE: the response ends). A
-// client that reconnects with that cursor gets the discarded messages from
-// the replay ring, or a reset if they have left it. A write that does not
-// complete within Options.WriteTimeout also ends the connection, without a
-// reconnect message, so a stuck TCP peer cannot hold a goroutine.
+// Each client has its own queue, bounded by what the client is really
+// behind by: Options.MaxQueueBytes (bytes queued; a publish into an empty
+// queue is always taken, whatever its size) and Options.MaxLag (the age of
+// its oldest queued message, checked at each publish for it and at each
+// heartbeat); Options.QueueSize is a safety cap of messages far above use.
+// The publisher never blocks on a client and never writes to a network
+// connection: it only enqueues shared, already encoded messages. A client
+// past a bound is cut off: it is removed from the hub at once (other
+// clients keep receiving), the messages still in its queue are discarded,
+// a write in flight to it is interrupted (its deadline moved to now), and
+// its writer sends, within noticeTimeout (2s), the rest of the interrupted
+// frame, then {"type":"reconnect","reason":"slow_client","cursor":N} where
+// N is the seq to resume from, then closes the connection (WebSocket close
+// status 1013 try again later; SSE: the response ends). A write that does
+// not complete within Options.WriteTimeout is announced the same way, with
+// reason "write_error". A client that reconnects with the cursor gets the
+// discarded messages from the replay ring, or a reset if they have left it.
+//
+// # Conflated fleet streams
+//
+// all=1&conflate=D (50ms to 10s) gets, at most once per D, one message
+//
+//	{"type":"fleet","seq":N,"machines":[{"machine":"m1","status":"online","alarm":false,
+//	 "lastSeen":…,"metrics":{"temp":{"value":71.2,"ts":…}}},…]}
+//
+// with the machines changed since the last, and their metrics that changed
+// (fleetState.merge). Messages of PublishEvent (alarms, notes) pass
+// through at once; samples, status, windows and medians do not. No resume:
+// a conflated stream opened with a cursor gets a reset (reason
+// "conflated"). A filter (WithFilter) applies.
+//
+// # Encoding
+//
+// Messages are encoded by hand, once, and only if a client wants them: a
+// message for a machine nobody subscribed to is kept unencoded in the
+// replay ring (lazyBody) and encoded if a resuming client wants it. With no
+// client connected, none that left within resumeHorizon and no Redis, a
+// publish makes no message at all and expires older cursors.
 //
 // # Filters and limits
 //
@@ -181,7 +206,7 @@
 // started only when there is something to write (messages queued, a cut-off,
 // the peer gone) and ends when the client's queue is empty. The queue grows
 // on demand and the scratch space of a write is pooled. The replay ring
-// holds ReplaySize messages.
+// holds ReplaySize messages and at most ReplayBytes.
 //
 // # Identities
 //

@@ -81,10 +81,18 @@ func testClient(t testing.TB, h *Hub, queue int, machines ...string) (*client, r
 	return c, reg
 }
 
+// leftRecently has a client connect to h and leave, so that h keeps what
+// is published for a client that may resume (see skipLocked).
+func leftRecently(t testing.TB, h *Hub) {
+	t.Helper()
+	c, _ := testClient(t, h, 16, "nobody")
+	h.unregister(c)
+}
+
 // newClient returns a client of no machines (all) or of machines.
 func newClient(queue int, machines ...string) *client {
 	return &client{
-		queue:     newQueue(queue),
+		queue:     newQueue(queueLimits{messages: queue}),
 		cut:       make(chan struct{}),
 		all:       len(machines) == 0,
 		machines:  slices.Compact(slices.Sorted(slices.Values(machines))),
@@ -96,7 +104,7 @@ func newClient(queue int, machines ...string) *client {
 func queued(t testing.TB, c *client) []msg {
 	t.Helper()
 	var out []msg
-	for _, m := range c.queue.pop(nil, c.queue.limit*maxMessagesPerPush) {
+	for _, m := range c.queue.pop(nil, 1<<30) {
 		out = append(out, decode(t, m.json()))
 	}
 	return out
@@ -126,7 +134,9 @@ type memWriter struct {
 	flushed  bytes.Buffer
 	block    chan struct{}
 	deadline time.Time
-	flushes  int
+	// changed is closed when the deadline is set again.
+	changed chan struct{}
+	flushes int
 }
 
 func newMemWriter() *memWriter { return &memWriter{header: make(http.Header)} }
@@ -143,12 +153,12 @@ func (w *memWriter) WriteHeader(status int) {
 
 func (w *memWriter) Write(p []byte) (int, error) {
 	w.mu.Lock()
-	block, deadline := w.block, w.deadline
+	block, deadline, changed := w.block, w.deadline, w.changed
 	if w.status == 0 {
 		w.status = http.StatusOK
 	}
 	w.mu.Unlock()
-	if block != nil {
+	for block != nil {
 		var timeout <-chan time.Time
 		if !deadline.IsZero() {
 			t := time.NewTimer(time.Until(deadline))
@@ -157,8 +167,14 @@ func (w *memWriter) Write(p []byte) (int, error) {
 		}
 		select {
 		case <-block:
+			block = nil
 		case <-timeout:
 			return 0, os.ErrDeadlineExceeded
+		case <-changed:
+			// The deadline moved (an interrupt): wait again with it.
+			w.mu.Lock()
+			deadline, changed = w.deadline, w.changed
+			w.mu.Unlock()
 		}
 	}
 	w.mu.Lock()
@@ -177,7 +193,28 @@ func (w *memWriter) SetWriteDeadline(t time.Time) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.deadline = t
+	if w.changed != nil {
+		close(w.changed)
+	}
+	w.changed = make(chan struct{})
 	return nil
+}
+
+// rawEvents returns the data of the SSE events flushed so far, minus the
+// retry hint.
+func (w *memWriter) rawEvents(t testing.TB) [][]byte {
+	t.Helper()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var out [][]byte
+	for ev := range strings.SplitSeq(w.flushed.String(), "\n\n") {
+		for line := range strings.SplitSeq(ev, "\n") {
+			if data, ok := strings.CutPrefix(line, "data: "); ok {
+				out = append(out, []byte(data))
+			}
+		}
+	}
+	return out
 }
 
 // events returns the SSE events flushed so far, minus the retry hint.
@@ -229,7 +266,19 @@ func parseEvent(ev string) (msg, error) {
 // in-memory writer; stop cancels the request and waits for the handler.
 func startSSE(t testing.TB, h http.Handler, target string, hdr http.Header, w *memWriter) (stop func()) {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
+	return startSSEWith(t, h, context.Background(), target, hdr, w)
+}
+
+// startSSEContext is startSSE with the request's context derived from
+// parent (WithFilter, WithClientKey).
+func startSSEContext(t testing.TB, h http.Handler, parent context.Context, target string, w *memWriter) (stop func()) {
+	t.Helper()
+	return startSSEWith(t, h, parent, target, nil, w)
+}
+
+func startSSEWith(t testing.TB, h http.Handler, parent context.Context, target string, hdr http.Header, w *memWriter) (stop func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(parent)
 	r := httptest.NewRequestWithContext(ctx, http.MethodGet, target, nil)
 	r.Header.Set("Accept", "text/event-stream")
 	for k, v := range hdr {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -18,15 +19,27 @@ import (
 
 // Options configure a Hub. Zero values take the defaults.
 type Options struct {
-	// QueueSize bounds each client's queue, in publish calls it may fall
-	// behind (default 256; at most 64 × QueueSize messages). A client
-	// whose queue is full when a publish for it arrives is cut off.
+	// QueueSize caps the messages queued for one client (default 65536):
+	// a safety cap far above realistic use, kept for compatibility. A
+	// client's queue is bounded by MaxQueueBytes and MaxLag.
 	QueueSize int
+	// MaxQueueBytes bounds the bytes queued for one client (default 8 MiB):
+	// a client whose queue would pass it is cut off (slow_client). A
+	// publish into an empty queue is always taken, whatever its size.
+	MaxQueueBytes int
+	// MaxLag bounds how far behind the head one client may be (default
+	// 30s): a client whose oldest queued message is older than MaxLag when
+	// a message for it is published, or at a heartbeat, is cut off
+	// (slow_client).
+	MaxLag time.Duration
 	// Heartbeat is the heartbeat interval (default 15s).
 	Heartbeat time.Duration
 	// ReplaySize is the number of recent messages kept for resume (default
 	// 8192).
 	ReplaySize int
+	// ReplayBytes bounds the bytes of the messages kept for resume
+	// (default 32 MiB); the oldest leave first.
+	ReplayBytes int
 	// MaxClients caps the connected clients; 0 means unlimited. Past it a
 	// new client is answered 503 problem+json.
 	MaxClients int
@@ -81,7 +94,16 @@ type Options struct {
 
 func (o Options) withDefaults() Options {
 	if o.QueueSize <= 0 {
-		o.QueueSize = 256
+		o.QueueSize = defaultQueueMessages
+	}
+	if o.MaxQueueBytes <= 0 {
+		o.MaxQueueBytes = defaultQueueBytes
+	}
+	if o.MaxLag <= 0 {
+		o.MaxLag = defaultMaxLag
+	}
+	if o.ReplayBytes <= 0 {
+		o.ReplayBytes = defaultReplayBytes
 	}
 	if o.Heartbeat <= 0 {
 		o.Heartbeat = 15 * time.Second
@@ -107,6 +129,14 @@ func (o Options) withDefaults() Options {
 	return o
 }
 
+// Defaults of the client queues and the replay ring.
+const (
+	defaultQueueMessages = 65536
+	defaultQueueBytes    = 8 << 20
+	defaultMaxLag        = 30 * time.Second
+	defaultReplayBytes   = 32 << 20
+)
+
 // Reasons a client is dropped, the reason label of
 // twinline_stream_clients_dropped_total and the reason of a reconnect
 // message.
@@ -115,6 +145,10 @@ const (
 	reasonShutdown   = "shutdown"
 	reasonWriteError = "write_error"
 )
+
+// reasonConflated is the reason of the reset a conflated stream resuming
+// with a cursor gets: it has no resume.
+const reasonConflated = "conflated"
 
 // Errors of registration, answered 503 (429 for errTooManyForClient) by
 // ServeHTTP.
@@ -140,6 +174,8 @@ type Hub struct {
 	encoders sync.Pool
 	// bus is the cross-replica fan-out, nil without Redis.
 	bus *bus
+	// epoch is the origin of the queues' clock (now).
+	epoch time.Time
 
 	mu        sync.Mutex
 	seq       uint64 // latest seq
@@ -150,7 +186,12 @@ type Hub struct {
 	// filtered is the scratch space of their share of a publish call.
 	allFiltered map[*client]struct{}
 	filtered    []*message
-	clients     map[*client]struct{} // every registered client, cut off or not
+	// conflated are the clients of a conflated fleet stream, and fleet
+	// their shared state (nil without them).
+	conflated map[*client]struct{}
+	fleet     *fleetState
+	names     []string             // scratch space of a flush
+	clients   map[*client]struct{} // every registered client, cut off or not
 	// perKey counts the registered clients of each client key.
 	perKey  map[string]int
 	closing bool
@@ -165,6 +206,9 @@ type Hub struct {
 	global uint64
 	// pubs tracks this replica's publish calls through Redis, by number.
 	pubs map[uint64]pubState
+	// left says a client has left, at leftAt (now): see skipLocked.
+	left   bool
+	leftAt int64
 	// advanced, when not nil, is closed when seq moves (waitSeq).
 	advanced chan struct{}
 }
@@ -182,6 +226,18 @@ type client struct {
 	cut    chan struct{}
 	reason string
 	cutSeq uint64
+	// why says which bound of its queue a slow client passed.
+	why refusal
+	// interrupt, when set, makes a write in flight to the client return
+	// at once (its deadline passes): a client cut off while its writer is
+	// stuck gets its final notice without waiting for the write timeout.
+	interrupt func()
+	// conflate, for a conflated fleet stream, is its flush interval;
+	// flushed is the fleet state's version at its last flush, and flusher
+	// the timer of the next.
+	conflate time.Duration
+	flushed  uint64
+	flusher  *time.Timer
 	// all subscribes to every machine; otherwise machines, sorted.
 	all      bool
 	machines []string
@@ -218,7 +274,9 @@ func New(opts Options, logger *slog.Logger, reg prometheus.Registerer) *Hub {
 		logger:    logger.With("component", "hub"),
 		metrics:   newMetrics(reg, opts.Redis != nil),
 		seq:       uint64(time.Now().UnixMicro()),
-		ring:      newRing(opts.ReplaySize),
+		epoch:     time.Now(),
+		ring:      newRing(opts.ReplaySize, opts.ReplayBytes),
+		conflated: make(map[*client]struct{}),
 		byMachine: make(map[string]map[*client]struct{}),
 		all:       make(map[*client]struct{}),
 		clients:   make(map[*client]struct{}),
@@ -247,8 +305,10 @@ type encoder struct {
 	index  map[string]int
 	drafts []draft
 	msgs   []*message
-	counts []int
-	group  []int // group of each sample
+	counts []int  // estimated size of each group, then samples written
+	nums   []int  // samples of each group
+	want   []bool // a client wants the group's machine now
+	group  []int  // group of each sample
 }
 
 // PublishSamples sends samples to the clients subscribed to their machines:
@@ -256,6 +316,9 @@ type encoder struct {
 // encoded once and shared by all its subscribers; a machine's samples keep
 // their order. received is the server's ingest time, Unix ms. It never
 // blocks on a client.
+//
+// A machine no client wants now is not encoded: the replay ring keeps a
+// copy of its samples, encoded only if a client resuming wants them.
 func (h *Hub) PublishSamples(samples []telemetry.Sample, received int64) {
 	if len(samples) == 0 {
 		return
@@ -275,27 +338,73 @@ func (h *Hub) PublishSamples(samples []telemetry.Sample, received int64) {
 			if g, ok = e.index[s.Machine]; !ok {
 				g = len(e.drafts)
 				e.index[s.Machine] = g
-				e.drafts = append(e.drafts, draft{machine: s.Machine})
+				e.drafts = append(e.drafts, draft{machine: s.Machine, absorbed: true})
 				e.counts = append(e.counts, 0)
+				e.nums = append(e.nums, 0)
 			}
 			last = s.Machine
 		}
 		e.group[i] = g
 		e.counts[g] += sampleSize(s)
+		e.nums[g]++
+	}
+	e.want = slices.Grow(e.want[:0], len(e.drafts))[:len(e.drafts)]
+	h.mu.Lock()
+	if h.skipLocked(len(e.drafts)) {
+		h.mu.Unlock()
+		h.metrics.published.samples.Add(float64(len(e.drafts)))
+		clear(e.index)
+		clear(e.drafts)
+		e.drafts, e.counts, e.nums = e.drafts[:0], e.counts[:0], e.nums[:0]
+		h.encoders.Put(e)
+		h.metrics.publishDuration.Observe(time.Since(start).Seconds())
+		return
+	}
+	unwanted := 0
+	for g := range e.drafts {
+		if e.want[g] = h.wantedLocked(e.drafts[g].machine, false); !e.want[g] {
+			unwanted += e.nums[g]
+		}
+	}
+	if h.fleet != nil {
+		h.fleet.mergeSamples(samples, received)
+	}
+	h.mu.Unlock()
+
+	// The samples of the machines nobody wants, copied: one allocation.
+	var kept []telemetry.Sample
+	if unwanted > 0 {
+		kept = make([]telemetry.Sample, 0, unwanted)
 	}
 	for g := range e.drafts {
-		d := newDraft(e.drafts[g].machine, len(e.drafts[g].machine)+64+e.counts[g])
+		machine := e.drafts[g].machine
+		if !e.want[g] {
+			n := len(kept)
+			kept = kept[:n+e.nums[g]]
+			e.drafts[g] = draft{machine: machine, absorbed: true,
+				lazy: &samplesBody{machine: machine, received: received, samples: kept[n : n : n+e.nums[g]]}}
+			continue
+		}
+		d := newDraft(machine, len(machine)+64+e.counts[g])
 		d.buf = samplesHeader(d.buf, d.machine, received)
+		d.absorbed = true
 		e.drafts[g] = d
 		e.counts[g] = 0 // now: samples written
 	}
 	for i := range samples {
 		g := e.group[i]
+		if d := &e.drafts[g]; d.buf == nil {
+			sb := d.lazy.(*samplesBody)
+			sb.samples = append(sb.samples, samples[i])
+			continue
+		}
 		e.drafts[g].buf = appendSample(e.drafts[g].buf, &samples[i], e.counts[g] == 0)
 		e.counts[g]++
 	}
 	for g := range e.drafts {
-		e.drafts[g].buf = samplesTrailer(e.drafts[g].buf)
+		if e.drafts[g].buf != nil {
+			e.drafts[g].buf = samplesTrailer(e.drafts[g].buf)
+		}
 	}
 
 	e.msgs = h.publishDrafts(e.drafts, e.msgs)
@@ -303,27 +412,196 @@ func (h *Hub) PublishSamples(samples []telemetry.Sample, received int64) {
 	h.metrics.published.samples.Add(float64(len(e.drafts)))
 	clear(e.index)
 	clear(e.drafts)
-	e.drafts, e.counts = e.drafts[:0], e.counts[:0]
+	e.drafts, e.counts, e.nums = e.drafts[:0], e.counts[:0], e.nums[:0]
 	h.encoders.Put(e)
 	h.metrics.publishDuration.Observe(time.Since(start).Seconds())
 }
 
-// PublishEvent sends a live update other than samples (a status change, an
-// alarm, a note…) to the clients subscribed to machine, as
+// resumeHorizon is how long after the last client left the hub keeps
+// what is published for a client that may come back and resume.
+const resumeHorizon = time.Minute
+
+// skipLocked, when no client could want a message now or resume to it
+// later (none is connected, none left within resumeHorizon, and no other
+// replica shares the stream), takes n seqs for messages it does not make
+// at all, expires the cursors before them, and reports true: publishing
+// to nobody costs next to nothing.
+func (h *Hub) skipLocked(n int) bool {
+	if h.bus != nil || len(h.clients) > 0 || h.left && h.now()-h.leftAt < int64(resumeHorizon) {
+		return false
+	}
+	h.seq += uint64(n)
+	h.ring.forget(h.seq)
+	return true
+}
+
+// skip is skipLocked(1) under the lock: a seq jump expires the cursors
+// before it, whatever its length.
+func (h *Hub) skip() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.skipLocked(1)
+}
+
+// wantedLocked reports whether a client on this replica, or with Redis
+// maybe on another, wants a message for machine now; passThrough says a
+// conflated client takes it too (an alarm, a note).
+func (h *Hub) wantedLocked(machine string, passThrough bool) bool {
+	if h.bus != nil || len(h.all) > 0 || h.byMachine[machine] != nil {
+		return true
+	}
+	if machine == "" {
+		return len(h.allFiltered) > 0 || passThrough && len(h.conflated) > 0
+	}
+	for c := range h.allFiltered {
+		if c.filter(machine) {
+			return true
+		}
+	}
+	if passThrough {
+		for c := range h.conflated {
+			if c.wants(machine) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// PublishEvent sends a live update other than samples (an alarm, a
+// note…) to the clients subscribed to machine, as
 // {"seq":N,"type":typ,"machine":machine,"data":data}; data is encoded with
-// encoding/json. An empty machine (fleet-wide news) reaches all-machines
-// subscribers only, and the message has no "machine". It never blocks on a
+// encoding/json, only if a client wants it: keep it for rare events, and
+// use the typed methods (PublishStatus, PublishWindows, PublishMedians)
+// for the frequent ones. data must not change once published; data that
+// cannot be encoded is sent as null. An empty machine (fleet-wide news)
+// reaches all-machines subscribers only, and the message has no
+// "machine". Conflated streams get it as it is. It never blocks on a
 // client.
 func (h *Hub) PublishEvent(machine, typ string, data any) {
 	start := time.Now()
-	b, err := json.Marshal(data)
-	if err != nil {
-		h.logger.Error("encoding stream event", "machine", machine, "type", typ, "err", err)
+	h.mu.Lock()
+	if h.skipLocked(1) {
+		h.mu.Unlock()
 		return
 	}
-	h.publishDrafts([]draft{eventDraft(machine, typ, b)}, nil)
+	wanted := h.wantedLocked(machine, true)
+	h.mu.Unlock()
+	d := draft{machine: machine, lazy: &eventBody{machine: machine, typ: typ, data: data}}
+	if wanted {
+		b, err := json.Marshal(data)
+		if err != nil {
+			h.logger.Error("encoding stream event", "machine", machine, "type", typ, "err", err)
+			return
+		}
+		d = eventDraft(machine, typ, b)
+	}
+	h.publishDrafts([]draft{d}, nil)
 	h.metrics.published.events.Inc()
 	h.metrics.publishDuration.Observe(time.Since(start).Seconds())
+}
+
+// PublishStatus sends a machine's status change,
+// {"seq":N,"type":"status","machine":M,"data":{"status":S,"lastSeen":T}}
+// (no lastSeen when 0), and records it in the fleet state of conflated
+// streams. It never blocks on a client.
+func (h *Hub) PublishStatus(machine, status string, lastSeen int64) {
+	start := time.Now()
+	h.publishBodies([]string{machine}, []lazyBody{&statusBody{machine: machine, status: status, lastSeen: lastSeen}},
+		func(f *fleetState) { f.apply(fleetUpdate{Machine: machine, Status: status, Seen: lastSeen}) })
+	h.metrics.published.events.Inc()
+	h.metrics.publishDuration.Observe(time.Since(start).Seconds())
+}
+
+// PublishWindows sends windows, in one publish call, as one message per
+// machine: {"seq":N,"type":"windows","machine":M,"windows":[{"metric":…,
+// "start":…,"size":…,"kind":…,"count":…,"sum":…,"min":…,"max":…,"avg":…},…]},
+// the machines in order of name, a machine's windows in the order given.
+// It takes ws over (sorts it, keeps it until encoded). Conflated streams
+// do not get windows. It never blocks on a client.
+func (h *Hub) PublishWindows(ws []Window) {
+	if len(ws) == 0 {
+		return
+	}
+	start := time.Now()
+	if h.skip() {
+		return
+	}
+	slices.SortStableFunc(ws, func(a, b Window) int { return strings.Compare(a.Machine, b.Machine) })
+	var machines []string
+	var bodies []lazyBody
+	for i := 0; i < len(ws); {
+		j := i + 1
+		for j < len(ws) && ws[j].Machine == ws[i].Machine {
+			j++
+		}
+		machines = append(machines, ws[i].Machine)
+		bodies = append(bodies, windowsBody(ws[i:j:j]))
+		i = j
+	}
+	h.publishBodies(machines, bodies, nil)
+	h.metrics.published.events.Add(float64(len(bodies)))
+	h.metrics.publishDuration.Observe(time.Since(start).Seconds())
+}
+
+// PublishMedians sends medians, in one publish call, as one message per
+// machine: {"seq":N,"type":"median","machine":M,"data":{"metrics":
+// {"temp":{"median":71.2,"t":…},…}}}, the machines in order of name. It
+// takes ms over (sorts it, keeps it until encoded). Conflated streams do
+// not get medians. It never blocks on a client.
+func (h *Hub) PublishMedians(ms []Median) {
+	if len(ms) == 0 {
+		return
+	}
+	start := time.Now()
+	if h.skip() {
+		return
+	}
+	slices.SortStableFunc(ms, func(a, b Median) int { return strings.Compare(a.Machine, b.Machine) })
+	var machines []string
+	var bodies []lazyBody
+	for i := 0; i < len(ms); {
+		j := i + 1
+		for j < len(ms) && ms[j].Machine == ms[i].Machine {
+			j++
+		}
+		machines = append(machines, ms[i].Machine)
+		bodies = append(bodies, mediansBody(ms[i:j:j]))
+		i = j
+	}
+	h.publishBodies(machines, bodies, nil)
+	h.metrics.published.events.Add(float64(len(bodies)))
+	h.metrics.publishDuration.Observe(time.Since(start).Seconds())
+}
+
+// publishBodies publishes one message per body, for machines[i], in one
+// publish call; conflated streams do not take them (absorbed). A body is
+// encoded now if a client wants its machine, else on demand. merge, if not
+// nil, updates the fleet state of conflated streams, if any.
+func (h *Hub) publishBodies(machines []string, bodies []lazyBody, merge func(*fleetState)) {
+	h.mu.Lock()
+	if h.skipLocked(len(bodies)) {
+		h.mu.Unlock()
+		return
+	}
+	drafts := make([]draft, len(bodies))
+	for i := range bodies {
+		drafts[i] = draft{machine: machines[i], lazy: bodies[i], absorbed: true}
+		if h.wantedLocked(machines[i], false) {
+			drafts[i].buf = []byte{} // encoded below, outside the lock
+		}
+	}
+	if merge != nil && h.fleet != nil {
+		merge(h.fleet)
+	}
+	h.mu.Unlock()
+	for i := range drafts {
+		if drafts[i].buf != nil {
+			drafts[i].buf = nil
+			drafts[i].encode()
+		}
+	}
+	h.publishDrafts(drafts, nil)
 }
 
 // publishDrafts publishes the drafts of one publish call: through Redis
@@ -332,6 +610,9 @@ func (h *Hub) PublishEvent(machine, typ string, data any) {
 // the next seqs. scratch is reused for the messages and returned.
 func (h *Hub) publishDrafts(drafts []draft, scratch []*message) []*message {
 	if h.bus != nil && h.bus.up.Load() {
+		for i := range drafts {
+			drafts[i].encode()
+		}
 		no := h.bus.next.Add(1)
 		h.mu.Lock()
 		h.pubs[no] = pubPending
@@ -385,29 +666,40 @@ func (h *Hub) answered(no uint64, err error) bool {
 // it wakes each subscriber's handler once.
 func (h *Hub) publishLocked(msgs []*message) {
 	h.mark++
+	now := h.now()
 	for _, m := range msgs {
 		h.ring.put(m)
 		if m.machine == "" {
 			continue
 		}
 		for c := range h.byMachine[m.machine] {
-			h.offerLocked(c, msgs[:0], m)
+			m.ensure() // published lazily as a client joined: rare
+			h.offerLocked(c, now, msgs[:0], m)
+		}
+	}
+	if len(h.all) > 0 {
+		for _, m := range msgs {
+			m.ensure()
 		}
 	}
 	// An all-machines subscriber takes the whole call at once: one lock
 	// and one look at its queue, not one per message.
 	for c := range h.all {
-		h.offerLocked(c, msgs, nil)
+		h.offerLocked(c, now, msgs, nil)
 	}
-	// A filtered one takes its share of the call, also at once.
-	for c := range h.allFiltered {
-		h.filtered = h.filtered[:0]
-		for _, m := range msgs {
-			if m.machine != "" && c.filter(m.machine) {
-				h.filtered = append(h.filtered, m)
+	// A filtered one takes its share of the call, also at once; a
+	// conflated one the messages that pass through conflation.
+	for _, set := range []map[*client]struct{}{h.allFiltered, h.conflated} {
+		for c := range set {
+			h.filtered = h.filtered[:0]
+			for _, m := range msgs {
+				if (c.conflate == 0 || !m.absorbed) && c.wants(m.machine) {
+					m.ensure()
+					h.filtered = append(h.filtered, m)
+				}
 			}
+			h.offerLocked(c, now, h.filtered, nil)
 		}
-		h.offerLocked(c, h.filtered, nil)
 	}
 	clear(h.filtered)
 	for _, c := range h.touched {
@@ -417,10 +709,14 @@ func (h *Hub) publishLocked(msgs []*message) {
 	h.touched = h.touched[:0]
 }
 
+// now is the clock of the client queues: the time since the hub was made.
+func (h *Hub) now() int64 { return int64(time.Since(h.epoch)) }
+
 // offerLocked enqueues msgs, then m if not nil, for c, or cuts c off if its
-// queue has no room for them.
-func (h *Hub) offerLocked(c *client, msgs []*message, m *message) {
-	if !c.queue.push(msgs, m) {
+// queue has no room for them, or if it is too far behind already.
+func (h *Hub) offerLocked(c *client, now int64, msgs []*message, m *message) {
+	if why := c.queue.push(now, msgs, m); why != pushed {
+		c.why = why
 		h.cutLocked(c, reasonSlowClient)
 		return
 	}
@@ -438,11 +734,36 @@ func (h *Hub) cutLocked(c *client, reason string) {
 	c.reason, c.cutSeq = reason, h.seq
 	h.unsubscribeLocked(c)
 	close(c.cut)
+	if reason == reasonSlowClient {
+		// What it has not taken is lost to it: free it now, and make a
+		// write in flight give up so that the final notice goes out.
+		c.queue.discard()
+		if c.interrupt != nil {
+			c.interrupt()
+		}
+	}
 	c.queue.signal()
 	h.metrics.dropped.WithLabelValues(reason).Inc()
 }
 
+// setInterrupt sets the function that aborts a write in flight to c.
+func (h *Hub) setInterrupt(c *client, f func()) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	c.interrupt = f
+}
+
 func (h *Hub) unsubscribeLocked(c *client) {
+	if c.conflate > 0 {
+		delete(h.conflated, c)
+		if c.flusher != nil {
+			c.flusher.Stop()
+		}
+		if len(h.conflated) == 0 {
+			h.fleet = nil // the next conflated client starts afresh
+		}
+		return
+	}
 	if c.all {
 		delete(h.all, c)
 		delete(h.allFiltered, c)
@@ -487,8 +808,11 @@ func (h *Hub) register(c *client, cursor uint64, hasCursor bool) (registration, 
 		return registration{}, errTooManyForClient
 	}
 	reg := registration{latest: h.seq, cursor: h.seq}
-	hello := helloMessage(h.seq, h.opts.Heartbeat.Milliseconds(), h.opts.QueueSize)
+	hello := helloMessage(h.seq, h.opts, c.conflate)
 	switch {
+	case c.conflate > 0 && hasCursor:
+		// No resume: the client reloads the machine list.
+		reg.first = []*message{hello, resetMessage(h.seq, reasonConflated)}
 	case !hasCursor:
 		reg.first = []*message{hello}
 	case cursor > h.seq:
@@ -498,6 +822,11 @@ func (h *Hub) register(c *client, cursor uint64, hasCursor bool) (registration, 
 	default:
 		reg.first = h.ring.since(cursor, h.seq, 1)
 		reg.first[0] = hello
+		for _, m := range reg.first[1:] {
+			if m.frame == nil && c.wants(m.machine) {
+				m.ensure()
+			}
+		}
 		reg.replay = 1
 		reg.cursor = cursor
 	}
@@ -509,6 +838,13 @@ func (h *Hub) register(c *client, cursor uint64, hasCursor bool) (registration, 
 		h.perKey[c.key]++
 	}
 	switch {
+	case c.conflate > 0:
+		h.conflated[c] = struct{}{}
+		if h.fleet == nil {
+			h.fleet = newFleetState()
+		}
+		c.flushed = h.fleet.v
+		c.flusher = time.AfterFunc(c.conflate, func() { h.flush(c) })
 	case c.all && c.filter != nil:
 		h.allFiltered[c] = struct{}{}
 	case c.all:
@@ -533,6 +869,7 @@ func (h *Hub) unregister(c *client) {
 	h.mu.Lock()
 	if _, ok := h.clients[c]; ok {
 		delete(h.clients, c)
+		h.left, h.leftAt = true, h.now()
 		if c.key != "" {
 			if h.perKey[c.key]--; h.perKey[c.key] == 0 {
 				delete(h.perKey, c.key)
@@ -577,17 +914,25 @@ func (h *Hub) Run(ctx context.Context) error {
 	}
 }
 
-// heartbeat enqueues one shared heartbeat for every client, skipping those
-// whose queue is full. It is enqueued under the lock after every message up
-// to its seq, which makes its seq a valid cursor.
+// heartbeat enqueues one shared heartbeat for every client, cutting off
+// those too far behind (a stalled client with no new messages is noticed
+// here). It is enqueued under the lock after every message up to its seq,
+// which makes its seq a valid cursor.
 func (h *Hub) heartbeat(now time.Time) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	m := heartbeatMessage(h.seq, now.UnixMilli())
+	clock := h.now()
 	for c := range h.clients {
-		if c.reason == "" && c.queue.push(nil, m) {
-			c.queue.signal()
+		if c.reason != "" {
+			continue
 		}
+		if why := c.queue.push(clock, nil, m); why != pushed {
+			c.why = why
+			h.cutLocked(c, reasonSlowClient)
+			continue
+		}
+		c.queue.signal()
 	}
 }
 
@@ -629,25 +974,44 @@ type ring struct {
 	buf  []*message
 	head int // index of the oldest message
 	n    int // messages held, ≤ len(buf)
+	// bytes is the size of the messages held, ≤ maxBytes unless one
+	// message is larger.
+	bytes, maxBytes int
 	// floor, when set, is the seq of the last message evicted or forgotten:
 	// a cursor below it can no longer be served.
 	floor    uint64
 	hasFloor bool
 }
 
-func newRing(size int) ring { return ring{buf: make([]*message, size)} }
+func newRing(size, maxBytes int) ring {
+	return ring{buf: make([]*message, size), maxBytes: maxBytes}
+}
 
+// put adds m, evicting the oldest messages while the ring is full, by
+// count or by bytes.
 func (r *ring) put(m *message) {
-	if r.n == len(r.buf) {
-		r.floor, r.hasFloor = r.buf[r.head].seq, true
-		r.buf[r.head] = m
-		if r.head++; r.head == len(r.buf) {
-			r.head = 0
-		}
+	for r.n > 0 && (r.n == len(r.buf) || r.maxBytes > 0 && r.bytes+m.size > r.maxBytes) {
+		r.evict()
+	}
+	if len(r.buf) == 0 {
+		r.floor, r.hasFloor = m.seq, true
 		return
 	}
 	r.buf[r.at(r.n)] = m
 	r.n++
+	r.bytes += m.size
+}
+
+// evict forgets the oldest message.
+func (r *ring) evict() {
+	old := r.buf[r.head]
+	r.floor, r.hasFloor = old.seq, true
+	r.bytes -= old.size
+	r.buf[r.head] = nil
+	if r.head++; r.head == len(r.buf) {
+		r.head = 0
+	}
+	r.n--
 }
 
 func (r *ring) at(i int) int {
@@ -658,10 +1022,20 @@ func (r *ring) at(i int) int {
 	return i
 }
 
+// forget expires every cursor before floor, the latest seq: the messages
+// up to it are not held.
+func (r *ring) forget(floor uint64) {
+	if r.n > 0 {
+		r.reset(floor)
+		return
+	}
+	r.floor, r.hasFloor = floor, true
+}
+
 // reset forgets every message held; floor is the latest seq then.
 func (r *ring) reset(floor uint64) {
 	clear(r.buf)
-	r.head, r.n = 0, 0
+	r.head, r.n, r.bytes = 0, 0, 0
 	r.floor, r.hasFloor = floor, true
 }
 

@@ -3,6 +3,7 @@ package hub
 import (
 	"encoding/json"
 	"fmt"
+	"math/rand/v2"
 	"testing"
 	"time"
 
@@ -144,6 +145,7 @@ func TestSeqMonotonic(t *testing.T) {
 func TestRegisterReplay(t *testing.T) {
 	const ring = 8
 	h, _ := newTestHub(t, Options{ReplaySize: ring})
+	leftRecently(t, h)
 	start := h.seq
 	// 12 messages, alternating machines a and b: the ring keeps the last 8.
 	for i := range 12 {
@@ -238,8 +240,8 @@ func TestSlowClientCutOffBelowTransport(t *testing.T) {
 	if got, want := seqs(queued(t, fast)), seqRange(r.latest+1, r.latest+5); !cmp.Equal(got, want) {
 		t.Errorf("fast client seqs: got %v, want %v", got, want)
 	}
-	if got := len(queued(t, slow)); got != 2 {
-		t.Errorf("slow client queue: got %d messages, want 2 (its queue size)", got)
+	if got := len(queued(t, slow)); got != 0 {
+		t.Errorf("slow client queue: got %d messages, want 0 (discarded when cut off)", got)
 	}
 	select {
 	case <-other.cut:
@@ -270,18 +272,19 @@ func TestHeartbeatBelowTransport(t *testing.T) {
 	if len(got) != 1 || got[0].Type != "heartbeat" || got[0].Seq != h.seq {
 		t.Errorf("client a: got %+v, want one heartbeat with seq %d", got, h.seq)
 	}
-	if got := queued(t, full); len(got) != 1 || got[0].Type != "e" {
-		t.Errorf("full client: got %+v, want its event only (heartbeat skipped)", got)
-	}
+	// A client at its cap is behind: the heartbeat cuts it off.
 	select {
 	case <-full.cut:
-		t.Error("a heartbeat cut a full client off")
 	default:
+		t.Error("a heartbeat left a full client connected")
+	}
+	if full.reason != reasonSlowClient || full.why != tooMany {
+		t.Errorf("full client: cut off for %q (%v), want %q (messages)", full.reason, full.why, reasonSlowClient)
 	}
 }
 
 func TestRing(t *testing.T) {
-	r := newRing(4)
+	r := newRing(4, 0)
 	const base = 1000
 	if got := r.oldest(base); got != base+1 {
 		t.Errorf("oldest of empty ring: got %d, want %d", got, base+1)
@@ -304,15 +307,15 @@ func TestRing(t *testing.T) {
 }
 
 func TestQueue(t *testing.T) {
-	q := newQueue(4) // 4 pushes, at most 4×64 messages
+	q := newQueue(queueLimits{messages: 1000})
 	var next, want uint64
 	push := func(n int) bool {
 		msgs := make([]*message, n)
 		for i := range msgs {
 			next++
-			msgs[i] = &message{seq: next}
+			msgs[i] = &message{seq: next, size: 10}
 		}
-		if q.push(msgs[:n-1], msgs[n-1]) {
+		if q.push(0, msgs[:n-1], msgs[n-1]) == pushed {
 			return true
 		}
 		next -= uint64(n)
@@ -330,38 +333,120 @@ func TestQueue(t *testing.T) {
 	// Wrap the initial ring around, then grow it while wrapped, twice.
 	for _, step := range []struct{ push, pop int }{{10, 8}, {12, 0}, {5, 3}, {20, 0}, {1, 100}} {
 		if !push(step.push) {
-			t.Fatalf("push %d: queue full at %d messages, %d pushes", step.push, q.n, q.pushes)
+			t.Fatalf("push %d: queue full at %d messages", step.push, q.n)
 		}
 		pop(step.pop)
 	}
-	if q.n != 0 || q.pushes != 0 || want != next {
-		t.Errorf("after popping all: %d messages, %d pushes left, last %d of %d", q.n, q.pushes, want, next)
+	if q.n != 0 || q.bytes != 0 || want != next {
+		t.Errorf("after popping all: %d messages, %d bytes left, last %d of %d", q.n, q.bytes, want, next)
 	}
-	// The bound counts pushes, whatever their size...
-	for i := range 4 {
-		if !push(50) {
-			t.Fatalf("push %d of 4 (50 messages each) refused", i+1)
-		}
-	}
-	if push(1) {
-		t.Error("fifth push into a queue of 4 pushes: accepted")
-	}
-	// ...and a push is released when its last message is popped.
-	pop(49)
-	if push(1) {
-		t.Error("push accepted before the first push was fully popped")
-	}
-	pop(1)
-	if !push(1) {
-		t.Error("push refused after the first push was popped")
-	}
-	pop(1000)
-	// The message cap bounds memory: 4×64 messages at most.
-	if push(4*64 + 1) {
+	// The message cap holds whatever the number of pushes.
+	if push(1001) {
 		t.Error("push over the message cap: accepted")
 	}
-	if !push(4 * 64) {
+	if !push(1000) {
 		t.Error("push at the message cap: refused")
+	}
+}
+
+// TestQueueBounds checks each bound of a queue against a model: bytes
+// queued, age of the oldest message, messages; and that a refused push
+// changes nothing.
+func TestQueueBounds(t *testing.T) {
+	const maxBytes, lag, cap = 1000, int64(30e9), 50
+	rng := rand.New(rand.NewPCG(1, 2))
+	for round := range 200 {
+		q := newQueue(queueLimits{messages: cap, bytes: maxBytes, lag: lag})
+		type item struct {
+			size int
+			at   int64
+		}
+		var model []item
+		now := int64(0)
+		for step := range 200 {
+			now += rng.Int64N(int64(5e9))
+			if rng.IntN(3) == 0 {
+				n := rng.IntN(len(model) + 1)
+				if got := len(q.pop(nil, n)); got != n {
+					t.Fatalf("round %d step %d: popped %d, want %d", round, step, got, n)
+				}
+				model = model[n:]
+				continue
+			}
+			var msgs []*message
+			size := 0
+			for range 1 + rng.IntN(5) {
+				m := &message{size: 1 + rng.IntN(400)}
+				msgs = append(msgs, m)
+				size += m.size
+			}
+			queued := 0
+			for _, it := range model {
+				queued += it.size
+			}
+			var want refusal
+			switch {
+			case len(model) > 0 && now-model[0].at > lag:
+				want = tooLate
+			case len(model)+len(msgs) > cap:
+				want = tooMany
+			case len(model) > 0 && queued+size > maxBytes:
+				want = tooBig
+			}
+			if got := q.push(now, msgs, nil); got != want {
+				t.Fatalf("round %d step %d: push of %d bytes onto %d bytes (oldest %v old): got %v, want %v",
+					round, step, size, queued, time.Duration(now-model[0].at), got, want)
+			}
+			if want == pushed {
+				for _, m := range msgs {
+					model = append(model, item{m.size, now})
+				}
+			}
+			if q.n != len(model) {
+				t.Fatalf("round %d step %d: %d messages queued, want %d", round, step, q.n, len(model))
+			}
+		}
+	}
+}
+
+// TestQueueTakesOneLargePush: a push larger than the byte bound goes into
+// an empty queue; a client is cut off for being behind, not for one large
+// publish.
+func TestQueueTakesOneLargePush(t *testing.T) {
+	q := newQueue(queueLimits{bytes: 100})
+	if got := q.push(0, nil, &message{size: 500}); got != pushed {
+		t.Fatalf("large push into an empty queue: got %v, want accepted", got)
+	}
+	if got := q.push(0, nil, &message{size: 1}); got != tooBig {
+		t.Errorf("push behind a large one: got %v, want bytes", got)
+	}
+}
+
+// TestRingBytes checks that the ring evicts by bytes as well as by count,
+// and that a cursor before what it evicted is expired.
+func TestRingBytes(t *testing.T) {
+	r := newRing(100, 1000)
+	const base = 1000
+	for s := uint64(base + 1); s <= base+30; s++ {
+		r.put(&message{seq: s, size: 100})
+		if r.bytes > 1000 {
+			t.Fatalf("after seq %d: ring holds %d bytes, bound 1000", s, r.bytes)
+		}
+	}
+	if r.n != 10 {
+		t.Errorf("ring holds %d messages, want 10 (1000 bytes of 100)", r.n)
+	}
+	if got := r.oldest(base + 30); got != base+21 {
+		t.Errorf("oldest: got %d, want %d", got, base+21)
+	}
+	// One message larger than the bound replaces everything.
+	r.put(&message{seq: base + 31, size: 5000})
+	if r.n != 1 || r.bytes != 5000 || r.oldest(base+31) != base+31 {
+		t.Errorf("after a large message: %d messages, %d bytes, oldest %d", r.n, r.bytes, r.oldest(base+31))
+	}
+	r.put(&message{seq: base + 32, size: 10})
+	if r.n != 1 || r.bytes != 10 {
+		t.Errorf("after the large message: %d messages, %d bytes; want 1 and 10", r.n, r.bytes)
 	}
 }
 
@@ -369,7 +454,7 @@ func TestQueue(t *testing.T) {
 // unless it is running, and a signal while it runs makes it go on once
 // more instead of being lost.
 func TestQueueRun(t *testing.T) {
-	q := newQueue(4)
+	q := newQueue(queueLimits{messages: 4})
 	started := make(chan struct{}, 4)
 	q.setRun(func() { started <- struct{}{} })
 	q.signal()

@@ -3,6 +3,7 @@ package hub
 import (
 	"math"
 	"strconv"
+	"time"
 	"unicode/utf8"
 
 	"github.com/twinline/twinline/internal/telemetry"
@@ -25,6 +26,39 @@ type message struct {
 	machine string
 	frame   []byte
 	jsonOff int
+	// size is what the message counts for in the queues and the replay
+	// ring: the length of its frame, or for a message not encoded yet the
+	// estimate its buffer will be made with.
+	size int
+	// absorbed says a conflated client does not take the message: its
+	// content reaches it through the fleet state (samples, status,
+	// windows, medians).
+	absorbed bool
+	// lazy, while frame is nil, encodes the body on demand (ensure).
+	lazy lazyBody
+}
+
+// lazyBody is the content of a message no client wanted when it was
+// published: it is encoded only if one does later (a resume from the
+// ring).
+type lazyBody interface {
+	// appendBody appends the JSON body after its opening `{"seq":N,`, and
+	// "\n\n".
+	appendBody(b []byte) []byte
+	// estimate is the size of the body, give or take.
+	estimate() int
+}
+
+// ensure encodes m if it is not yet. It is called under the hub's lock,
+// before m is handed to any client, so that writers only read frame.
+func (m *message) ensure() {
+	if m.frame != nil || m.lazy == nil {
+		return
+	}
+	d := newDraft(m.machine, m.lazy.estimate())
+	d.buf = m.lazy.appendBody(d.buf)
+	m.frame, m.jsonOff = d.frameWith(m.seq)
+	m.lazy = nil
 }
 
 // json returns the message as JSON, without the SSE framing.
@@ -40,6 +74,17 @@ const headroom = 64
 type draft struct {
 	machine string
 	buf     []byte
+	// lazy, when buf is nil, is the body to encode on demand.
+	lazy     lazyBody
+	absorbed bool
+}
+
+// encode encodes a lazy draft now (to publish it through Redis).
+func (d *draft) encode() {
+	if d.buf == nil && d.lazy != nil {
+		d.buf = d.lazy.appendBody(newDraft(d.machine, d.lazy.estimate()).buf)
+		d.lazy = nil
+	}
 }
 
 func newDraft(machine string, size int) draft {
@@ -47,8 +92,21 @@ func newDraft(machine string, size int) draft {
 	return draft{machine: machine, buf: b}
 }
 
-// finish writes the seq prefix into the headroom and makes m the message.
+// finish writes the seq prefix into the headroom and makes m the message;
+// a lazy draft stays unencoded.
 func (d draft) finish(seq uint64, m *message) *message {
+	if d.buf == nil {
+		*m = message{seq: seq, id: true, machine: d.machine, lazy: d.lazy, size: headroom + d.lazy.estimate(), absorbed: d.absorbed}
+		return m
+	}
+	frame, off := d.frameWith(seq)
+	*m = message{seq: seq, id: true, machine: d.machine, frame: frame, jsonOff: off, size: len(frame), absorbed: d.absorbed}
+	return m
+}
+
+// frameWith writes the seq prefix into the headroom and returns the frame
+// and the offset of its JSON.
+func (d draft) frameWith(seq uint64) ([]byte, int) {
 	var digits [20]byte
 	s := strconv.AppendUint(digits[:0], seq, 10)
 	n := len("id: ") + len(s) + len("\ndata: ")
@@ -60,8 +118,7 @@ func (d draft) finish(seq uint64, m *message) *message {
 	i += copy(p[i:], `{"seq":`)
 	i += copy(p[i:], s)
 	p[i] = ','
-	*m = message{seq: seq, id: true, machine: d.machine, frame: d.buf[start:], jsonOff: n}
-	return m
+	return d.buf[start:], n
 }
 
 // controlMessage frames a JSON object built by the caller as an SSE event;
@@ -77,17 +134,28 @@ func controlMessage(seq uint64, id bool, body []byte) *message {
 	off := len(b)
 	b = append(b, body...)
 	b = append(b, "\n\n"...)
-	return &message{seq: seq, id: id, frame: b, jsonOff: off}
+	return &message{seq: seq, id: id, frame: b, jsonOff: off, size: len(b)}
 }
 
-func helloMessage(seq uint64, heartbeatMs int64, queue int) *message {
-	b := make([]byte, 0, 96)
+// helloMessage opens every stream: the hub's latest seq, the heartbeat
+// interval and the bounds of the client's queue; conflateMs for a
+// conflated stream.
+func helloMessage(seq uint64, o Options, conflate time.Duration) *message {
+	b := make([]byte, 0, 160)
 	b = append(b, `{"type":"hello","seq":`...)
 	b = strconv.AppendUint(b, seq, 10)
 	b = append(b, `,"heartbeatMs":`...)
-	b = strconv.AppendInt(b, heartbeatMs, 10)
+	b = strconv.AppendInt(b, o.Heartbeat.Milliseconds(), 10)
 	b = append(b, `,"queue":`...)
-	b = strconv.AppendInt(b, int64(queue), 10)
+	b = strconv.AppendInt(b, int64(o.QueueSize), 10)
+	b = append(b, `,"queueBytes":`...)
+	b = strconv.AppendInt(b, int64(o.MaxQueueBytes), 10)
+	b = append(b, `,"maxLagMs":`...)
+	b = strconv.AppendInt(b, o.MaxLag.Milliseconds(), 10)
+	if conflate > 0 {
+		b = append(b, `,"conflateMs":`...)
+		b = strconv.AppendInt(b, conflate.Milliseconds(), 10)
+	}
 	b = append(b, '}')
 	return controlMessage(seq, false, b)
 }
@@ -122,24 +190,6 @@ func reconnectMessage(cursor uint64, reason string, retryMs int64) *message {
 	b = strconv.AppendInt(b, retryMs, 10)
 	b = append(b, '}')
 	return controlMessage(cursor, false, b)
-}
-
-// eventDraft encodes the body of a PublishEvent message; data is already
-// JSON.
-func eventDraft(machine, typ string, data []byte) draft {
-	d := newDraft(machine, len(typ)+len(machine)+len(data)+48)
-	b := d.buf
-	b = append(b, `"type":`...)
-	b = appendString(b, typ)
-	if machine != "" {
-		b = append(b, `,"machine":`...)
-		b = appendString(b, machine)
-	}
-	b = append(b, `,"data":`...)
-	b = append(b, data...)
-	b = append(b, "}\n\n"...)
-	d.buf = b
-	return d
 }
 
 // sampleSize estimates the encoded size of one sample.

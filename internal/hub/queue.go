@@ -9,19 +9,19 @@ import "sync"
 // The ring is allocated by the first push, starts small and grows as
 // needed, so that an idle client costs a few hundred bytes.
 //
-// The bound counts pushes, not messages: a client may fall at most limit
-// publish calls behind, whatever the number of machines in each (an
-// all-machines client receives every machine of a call in one push; a
-// machine client one message). maxMessagesPerPush × limit messages bound
-// the memory a slow client can pin.
+// The bound is what the client is really behind by, not a count of
+// publishes: the bytes queued (limits.bytes), the age of the oldest queued
+// message (limits.lag: how far behind the head the client is), and, as a
+// safety cap far above realistic use, the messages queued
+// (limits.messages). A push that would pass a bound is refused: the hub
+// then cuts the client off.
 type queue struct {
-	mu    sync.Mutex
-	buf   []slot // ring
-	head  int
-	n     int
-	limit int // pushes
-	// pushes counts the pushes with a message still queued.
-	pushes int
+	mu     sync.Mutex
+	buf    []slot // ring
+	head   int
+	n      int
+	bytes  int // sizes of the queued messages
+	limits queueLimits
 	// wake holds a token when the handler should look at the queue; for a
 	// queue without run (below the transport, in tests).
 	wake chan struct{}
@@ -32,51 +32,91 @@ type queue struct {
 	again   bool
 }
 
-// slot is one queued message; last marks the last message of a push.
+// queueLimits bound a client's queue; a zero field is no bound.
+type queueLimits struct {
+	messages int
+	bytes    int
+	// lag bounds the age of the oldest queued message, in the clock of
+	// push (nanoseconds).
+	lag int64
+}
+
+// slot is one queued message and when it was queued.
 type slot struct {
-	m    *message
-	last bool
+	m  *message
+	at int64
 }
 
 // initialQueue is the ring size a queue starts with.
 const initialQueue = 16
 
-// maxMessagesPerPush scales limit into the cap on queued messages.
-const maxMessagesPerPush = 64
-
 // newQueue returns an empty queue; its ring is allocated by the first
 // push.
-func newQueue(limit int) queue {
-	return queue{limit: limit, wake: make(chan struct{}, 1)}
+func newQueue(limits queueLimits) queue {
+	return queue{limits: limits, wake: make(chan struct{}, 1)}
 }
 
-// push adds msgs, then m if not nil, as one push, or reports false if the
-// queue has no room for it (and then adds none).
-func (q *queue) push(msgs []*message, m *message) bool {
-	n := len(msgs)
+// Why a push is refused.
+type refusal uint8
+
+const (
+	pushed  refusal = iota
+	tooMany         // the message cap
+	tooBig          // the byte bound
+	tooLate         // the lag bound
+)
+
+func (r refusal) String() string {
+	switch r {
+	case tooMany:
+		return "messages"
+	case tooBig:
+		return "bytes"
+	case tooLate:
+		return "lag"
+	}
+	return "none"
+}
+
+// push adds msgs, then m if not nil, queued at now (nanoseconds, any
+// monotonic clock), or reports why it has no room for them (and then adds
+// none). A push of nothing checks the lag bound only.
+func (q *queue) push(now int64, msgs []*message, m *message) refusal {
+	n, size := len(msgs), 0
+	for _, x := range msgs {
+		size += x.size
+	}
 	if m != nil {
 		n++
-	}
-	if n == 0 {
-		return true
+		size += m.size
 	}
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if q.pushes+1 > q.limit || q.n+n > q.limit*maxMessagesPerPush {
-		return false
+	if l := q.limits; l.lag > 0 && q.n > 0 && now-q.buf[q.head].at > l.lag {
+		return tooLate
+	}
+	if n == 0 {
+		return pushed
+	}
+	switch l := q.limits; {
+	case l.messages > 0 && q.n+n > l.messages:
+		return tooMany
+	case l.bytes > 0 && q.n > 0 && q.bytes+size > l.bytes:
+		// An empty queue takes one push whatever its size: a client is cut
+		// off for falling behind, not for one large publish.
+		return tooBig
 	}
 	if q.n+n > len(q.buf) {
 		q.grow(q.n + n)
 	}
-	for _, m := range msgs {
-		q.put(m)
+	for _, x := range msgs {
+		q.put(x, now)
 	}
 	if m != nil {
-		q.put(m)
+		q.put(m, now)
 	}
-	q.buf[q.index(q.n-1)].last = true
-	q.pushes++
-	return true
+	q.bytes += size
+	return pushed
 }
 
 func (q *queue) index(i int) int {
@@ -87,8 +127,8 @@ func (q *queue) index(i int) int {
 	return i
 }
 
-func (q *queue) put(m *message) {
-	q.buf[q.index(q.n)] = slot{m: m}
+func (q *queue) put(m *message, now int64) {
+	q.buf[q.index(q.n)] = slot{m: m, at: now}
 	q.n++
 }
 
@@ -162,9 +202,7 @@ func (q *queue) pop(dst []*message, upTo int) []*message {
 	for q.n > 0 && len(dst) < upTo {
 		sl := q.buf[q.head]
 		dst = append(dst, sl.m)
-		if sl.last {
-			q.pushes--
-		}
+		q.bytes -= sl.m.size
 		q.buf[q.head] = slot{}
 		q.head++
 		if q.head == len(q.buf) {
@@ -173,4 +211,11 @@ func (q *queue) pop(dst []*message, upTo int) []*message {
 		q.n--
 	}
 	return dst
+}
+
+// discard empties the queue (the client is cut off) and releases its ring.
+func (q *queue) discard() {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.buf, q.head, q.n, q.bytes = nil, 0, 0, 0
 }

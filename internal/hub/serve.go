@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/twinline/twinline/internal/problem"
 	"github.com/twinline/twinline/internal/telemetry"
@@ -86,10 +87,11 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.waitSeq(r.Context(), q.cursor, h.opts.ResumeWait)
 	}
 	c := &client{
-		queue:    newQueue(h.opts.QueueSize),
+		queue:    newQueue(h.queueLimits()),
 		cut:      make(chan struct{}),
 		all:      q.all,
 		machines: q.machines,
+		conflate: q.conflate,
 	}
 	if f, ok := r.Context().Value(filterKey).(func(string) bool); ok && f != nil && q.all {
 		c.filter = f
@@ -127,6 +129,7 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			h.unregister(c)
 			h.logger.Debug("opening event stream", "remote_addr", wr.remote, "err", err)
 		case raw:
+			h.setInterrupt(c, s.(*rawSSEStream).c.interrupt)
 			wr.start(s, s.(*rawSSEStream).c.close)
 		default:
 			// The response must be served before the handler returns.
@@ -134,6 +137,7 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 				context.AfterFunc(r.Context(), c.queue.signal),
 				context.AfterFunc(h.killCtx, c.queue.signal))
 			wr.finished = make(chan struct{})
+			h.setInterrupt(c, s.(*sseStream).interrupt)
 			wr.start(s, nil)
 			<-wr.finished
 		}
@@ -149,7 +153,13 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// The connection is hijacked: net/http's goroutine (its stack grown by
 	// the request) and the request itself go; the writer runs when it has
 	// something to do.
+	h.setInterrupt(c, ws.interrupt)
 	wr.start(&wsStream{c: ws, batch: q.batch}, ws.close)
+}
+
+// queueLimits are the bounds of a client's queue.
+func (h *Hub) queueLimits() queueLimits {
+	return queueLimits{messages: h.opts.QueueSize, bytes: h.opts.MaxQueueBytes, lag: int64(h.opts.MaxLag)}
 }
 
 // filterReplay drops from reg's replay the messages c does not want.
@@ -172,9 +182,14 @@ type stream interface {
 	// send writes msgs in order and makes them reach the peer (flush),
 	// within the write timeout.
 	send(msgs []*message) error
-	// end writes a last message, best effort, and closes the stream with
-	// a WebSocket close status.
+	// end writes a last message, best effort within noticeTimeout, and
+	// closes the stream with a WebSocket close status. If a send was
+	// interrupted part way (see partial), the rest of it goes first, so
+	// that the stream stays well-formed.
 	end(last *message, code uint16, reason string)
+	// partial reports whether the last send failed part way through:
+	// end then completes it before its last message.
+	partial() bool
 	// gone is done when the peer has gone away.
 	gone() <-chan struct{}
 }
@@ -186,7 +201,13 @@ var bursts = sync.Pool{New: func() any {
 	return &b
 }}
 
-// end sends c's reconnect message and closes s.
+// noticeTimeout bounds the final write to a client that is dropped: its
+// reconnect message or close frame, after the rest of an interrupted
+// write.
+const noticeTimeout = 2 * time.Second
+
+// end sends c's reconnect message and closes s; it logs the drop of a
+// client (once: a client ends once).
 func (h *Hub) end(c *client, s stream, cursor uint64) string {
 	code, text := uint16(closeTryAgainLater), "slow client"
 	switch c.reason {
@@ -194,7 +215,10 @@ func (h *Hub) end(c *client, s stream, cursor uint64) string {
 		code, text = closeServiceRestart, "service restart"
 	case reasonSlowClient:
 		h.logger.Info("dropping stream client", "transport", c.transport, "reason", reasonSlowClient,
-			"queue", h.opts.QueueSize, "cursor", cursor)
+			"bound", c.why.String(), "cursor", cursor)
+	case reasonWriteError:
+		text = "write timeout"
+		h.logger.Info("dropping stream client", "transport", c.transport, "reason", reasonWriteError, "cursor", cursor)
 	}
 	s.end(reconnectMessage(cursor, c.reason, retryMs()), code, text)
 	return c.reason
@@ -213,6 +237,9 @@ type query struct {
 	// batch asks for several messages per WebSocket frame, as a JSON
 	// array (ignored on SSE).
 	batch bool
+	// conflate, for all=1 only, asks for a conflated fleet stream
+	// flushed at most once per conflate.
+	conflate time.Duration
 }
 
 // parseQuery parses the stream parameters, reporting every invalid one.
@@ -257,6 +284,16 @@ func parseQuery(r *http.Request, sse bool, maxMachines int) (query, []problem.In
 		default:
 			invalid = append(invalid, problem.InvalidParam{Name: "batch", Reason: "must be 1 or true, to receive a JSON array of messages per WebSocket frame"})
 		}
+	}
+	if v.Has("conflate") {
+		d, reason := parseConflate(v.Get("conflate"))
+		switch {
+		case reason != "":
+			invalid = append(invalid, problem.InvalidParam{Name: "conflate", Reason: reason})
+		case !q.all:
+			invalid = append(invalid, problem.InvalidParam{Name: "conflate", Reason: "only with all=1: a conflated stream is of the fleet"})
+		}
+		q.conflate = d
 	}
 	if c := v.Get("cursor"); c != "" || v.Has("cursor") {
 		n, err := strconv.ParseUint(c, 10, 64)

@@ -280,6 +280,7 @@ func TestResumeFiltered(t *testing.T) {
 	ctx := testContext(t)
 	h, _ := newTestHub(t, Options{})
 	srv := newTestServer(t, h)
+	leftRecently(t, h)
 	from := h.seq
 	for i := range 10 {
 		h.PublishEvent([]string{"a", "b", "c"}[i%3], "e", i)
@@ -316,7 +317,7 @@ func TestCursorExpired(t *testing.T) {
 
 			got := []msg{hello, reset, {Type: live.Type, Seq: live.Seq}}
 			want := []msg{
-				{Type: "hello", Seq: from + 10, HeartbeatMs: 15000, Queue: 256},
+				{Type: "hello", Seq: from + 10, HeartbeatMs: 15000, Queue: 65536},
 				{Type: "reset", Reason: "cursor_expired", Seq: from + 10},
 				{Type: "e", Seq: from + 11},
 			}

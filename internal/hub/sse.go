@@ -56,7 +56,11 @@ type sseStream struct {
 }
 
 func (s *sseStream) send(msgs []*message) error {
-	if err := s.rc.SetWriteDeadline(time.Now().Add(s.timeout)); err != nil && !errors.Is(err, http.ErrNotSupported) {
+	return s.sendWithin(msgs, s.timeout)
+}
+
+func (s *sseStream) sendWithin(msgs []*message, timeout time.Duration) error {
+	if err := s.rc.SetWriteDeadline(time.Now().Add(timeout)); err != nil && !errors.Is(err, http.ErrNotSupported) {
 		return fmt.Errorf("setting write deadline: %w", err)
 	}
 	if !s.started {
@@ -77,10 +81,17 @@ func (s *sseStream) send(msgs []*message) error {
 }
 
 func (s *sseStream) end(last *message, _ uint16, _ string) {
-	_ = s.send([]*message{last})
+	_ = s.sendWithin([]*message{last}, noticeTimeout)
 }
 
 func (s *sseStream) gone() <-chan struct{} { return s.done }
+
+// partial is false: what a ResponseWriter took of an interrupted write is
+// unknown; the final notice is attempted all the same.
+func (s *sseStream) partial() bool { return false }
+
+// interrupt makes a write in flight return at once.
+func (s *sseStream) interrupt() { _ = s.rc.SetWriteDeadline(time.Now()) }
 
 // rawSSEStream is a Server-Sent Events stream on a hijacked HTTP/1.1
 // connection: each burst is one chunk, written with one system call.
@@ -90,6 +101,8 @@ type rawSSEStream struct {
 }
 
 func (s *rawSSEStream) send(msgs []*message) error { return s.write(msgs, false) }
+
+func (s *rawSSEStream) partial() bool { return s.c.partial() }
 
 func (s *rawSSEStream) write(msgs []*message, last bool) error {
 	var prefix []byte
@@ -152,5 +165,8 @@ func (c *rawConn) sendChunk(prefix []byte, msgs []*message, last bool) error {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.writeLocked(b)
+	if last {
+		return c.writeFinalLocked(b)
+	}
+	return c.writeLocked(b, c.timeout)
 }

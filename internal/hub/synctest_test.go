@@ -81,6 +81,7 @@ func TestHeartbeatCadence(t *testing.T) {
 func TestSSEHeadersAndResume(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		h, _ := newTestHub(t, Options{})
+		leftRecently(t, h)
 		base := h.seq
 		for i := range 6 {
 			h.PublishEvent([]string{"a", "b"}[i%2], "e", i)
@@ -200,7 +201,9 @@ func TestWriteTimeout(t *testing.T) {
 		if got := h.Clients(); got != 1 {
 			t.Fatalf("clients during the stuck write: got %d, want 1", got)
 		}
-		time.Sleep(10 * time.Second)
+		// The write times out; then the final notice is attempted, within
+		// noticeTimeout, and the client is gone.
+		time.Sleep(10*time.Second + noticeTimeout)
 		synctest.Wait()
 		if got := h.Clients(); got != 0 {
 			t.Errorf("clients %v after the write began: got %d, want 0", time.Since(start), got)

@@ -65,7 +65,7 @@ func (w *writer) pass() (reason string, ended bool) {
 	for len(w.first) > 0 {
 		n := min(len(w.first), burst)
 		if !w.write(w.first[:n]) {
-			return reasonWriteError, true
+			return w.failed(), true
 		}
 		clear(w.first[:n])
 		w.first = w.first[n:]
@@ -90,7 +90,7 @@ func (w *writer) pass() (reason string, ended bool) {
 		if c.reason == reasonShutdown {
 			// Deliver what is queued, then say goodbye.
 			if !w.drain() {
-				return reasonWriteError, true
+				return w.failed(), true
 			}
 			w.cursor = max(w.cursor, c.cutSeq)
 		}
@@ -119,9 +119,21 @@ func (w *writer) pass() (reason string, ended bool) {
 		w.lastWrite = now
 	}
 	if !w.drain() {
-		return reasonWriteError, true
+		return w.failed(), true
 	}
 	return "", false
+}
+
+// failed ends the stream after a write failed: unless the peer is gone,
+// the client is dropped (write_error, unless the hub cut it off already
+// and interrupted the write) and sent its final notice, within
+// noticeTimeout, after the rest of the interrupted write.
+func (w *writer) failed() string {
+	if reason, gone := w.gone(); gone {
+		return reason
+	}
+	w.h.drop(w.c, reasonWriteError) // a no-op if cut off already
+	return w.h.end(w.c, w.s, w.cursor)
 }
 
 // gone reports whether the peer has gone away or the hub was killed.
@@ -154,25 +166,30 @@ func (w *writer) drain() bool {
 	}
 }
 
-// write sends msgs and moves the cursor; on failure it drops the client
-// (unless its peer is gone) and reports false.
+// write sends msgs and moves the cursor; it reports false if the write
+// failed. A write interrupted part way moves the cursor too: the final
+// notice, which carries the cursor, completes it before it (or does not
+// arrive).
 func (w *writer) write(msgs []*message) bool {
 	if err := w.s.send(msgs); err != nil {
-		select {
-		case <-w.s.gone():
-		default:
-			w.h.logger.Info("dropping stream client", "transport", w.c.transport, "reason", reasonWriteError, "err", err)
-			w.h.drop(w.c, reasonWriteError)
+		w.h.logger.Debug("writing to stream client", "transport", w.c.transport, "remote_addr", w.remote, "err", err)
+		if w.s.partial() {
+			w.advance(msgs)
 		}
 		return false
 	}
 	w.sent.Add(float64(len(msgs)))
+	w.advance(msgs)
+	return true
+}
+
+// advance moves the cursor past msgs.
+func (w *writer) advance(msgs []*message) {
 	for _, m := range msgs {
 		if m.id {
 			w.cursor = m.seq
 		}
 	}
-	return true
 }
 
 // finish releases what the stream held and unregisters the client.

@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"path"
 	"strings"
 	"sync"
@@ -130,6 +131,9 @@ type rawConn struct {
 
 	mu        sync.Mutex
 	closeSent bool
+	// rest is what an interrupted write left unwritten: the end of a
+	// frame (or chunk), written before the final notice.
+	rest []byte
 	// done is closed when the read side has ended: the peer closed, went
 	// away, broke the protocol, or the connection was closed.
 	done chan struct{}
@@ -382,7 +386,7 @@ func (c *rawConn) writeClose(p []byte) error {
 		return nil
 	}
 	c.closeSent = true
-	return c.writeLocked(append(appendFrameHeader(nil, opClose, len(p)), p...))
+	return c.writeLocked(append(appendFrameHeader(nil, opClose, len(p)), p...), c.timeout)
 }
 
 func (c *rawConn) writeControl(op byte, p []byte) error {
@@ -391,21 +395,47 @@ func (c *rawConn) writeControl(op byte, p []byte) error {
 	if c.closeSent {
 		return nil
 	}
-	return c.writeLocked(append(appendFrameHeader(nil, op, len(p)), p...))
+	return c.writeLocked(append(appendFrameHeader(nil, op, len(p)), p...), c.timeout)
 }
 
-// writeLocked writes b, within the write timeout: one system call. (The
-// burst is copied into b rather than written with writev: the connection
-// may be wrapped, e.g. by a listener that limits connections, and then
-// net.Buffers falls back to one write per buffer.)
-func (c *rawConn) writeLocked(b []byte) error {
-	if err := c.conn.SetWriteDeadline(time.Now().Add(c.timeout)); err != nil {
+// writeLocked writes b, within timeout: one system call. (The burst is
+// copied into b rather than written with writev: the connection may be
+// wrapped, e.g. by a listener that limits connections, and then
+// net.Buffers falls back to one write per buffer.) A write that times out
+// part way keeps the rest of b (rest), for the final notice.
+func (c *rawConn) writeLocked(b []byte, timeout time.Duration) error {
+	if err := c.conn.SetWriteDeadline(time.Now().Add(timeout)); err != nil {
 		return fmt.Errorf("setting write deadline: %w", err)
 	}
-	if _, err := c.conn.Write(b); err != nil {
+	n, err := c.conn.Write(b)
+	if err != nil {
+		if n > 0 && n < len(b) && errors.Is(err, os.ErrDeadlineExceeded) {
+			c.rest = append(c.rest[:0], b[n:]...)
+		}
 		return fmt.Errorf("writing to the stream connection: %w", err)
 	}
 	return nil
+}
+
+// writeFinalLocked writes what an interrupted write left, then b, within
+// noticeTimeout: the last write to a client that is dropped.
+func (c *rawConn) writeFinalLocked(b []byte) error {
+	if len(c.rest) > 0 {
+		b = append(c.rest, b...)
+		c.rest = nil
+	}
+	return c.writeLocked(b, noticeTimeout)
+}
+
+// interrupt makes a write in flight return at once (its deadline passes).
+// It does not wait for the write: the writer holds mu meanwhile.
+func (c *rawConn) interrupt() { _ = c.conn.SetWriteDeadline(time.Now()) }
+
+// partial reports whether the last write was interrupted part way.
+func (c *rawConn) partial() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.rest) > 0
 }
 
 // appendFrameHeader appends the header of an unmasked, final frame of n
@@ -443,7 +473,8 @@ func (w *writeBuf) release() {
 
 // sendMessages writes msgs, in order, with one system call: one text frame
 // each, or with batch one text frame holding them all as a JSON array; then
-// a close frame with code and reason if code is not 0.
+// a close frame with code and reason if code is not 0 (the final notice:
+// after the rest of an interrupted write, within noticeTimeout).
 func (c *rawConn) sendMessages(msgs []*message, batch bool, code uint16, reason string) error {
 	w := getWriteBuf()
 	defer w.release()
@@ -484,11 +515,12 @@ func (c *rawConn) sendMessages(msgs []*message, batch bool, code uint16, reason 
 		b = appendFrameHeader(b, opClose, 2+len(reason))
 		b = binary.BigEndian.AppendUint16(b, code)
 		b = append(b, reason...)
+		return c.writeFinalLocked(b)
 	}
 	if len(b) == 0 {
 		return nil
 	}
-	return c.writeLocked(b)
+	return c.writeLocked(b, c.timeout)
 }
 
 // close closes the connection and stops watching the hub's kill.
@@ -522,3 +554,5 @@ func (s *wsStream) end(last *message, code uint16, reason string) {
 }
 
 func (s *wsStream) gone() <-chan struct{} { return s.c.done }
+
+func (s *wsStream) partial() bool { return s.c.partial() }

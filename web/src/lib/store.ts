@@ -29,6 +29,14 @@ export interface FleetEntry {
   v: number;
 }
 
+/**
+ * The fleet and alarms views' subscription: a conflated fleet stream, at
+ * most one update per machine every 250 ms whatever the event rate (alarms
+ * and notes come at once). The machine view subscribes to its machine with
+ * every sample.
+ */
+export const FLEET_FILTER: Filter = { all: true, conflateMs: 250 };
+
 /** Picks the metric a tile shows: temp when there is one, else the first by name. */
 export function primaryMetric(metrics: Record<string, unknown> | undefined): string | undefined {
   if (!metrics) return undefined;
@@ -105,6 +113,37 @@ export class FleetStore {
       e.v++;
       this.version++;
       return true;
+    }
+    if (msg.type === 'fleet') {
+      for (const u of msg.machines) {
+        let e = this.entries.get(u.machine);
+        if (!e) {
+          e = { m: { id: u.machine, status: u.status ?? 'online', metrics: {} }, spark: new SeriesRing(SPARK_POINTS), v: 0 };
+          this.entries.set(u.machine, e);
+          this.sorted = undefined;
+        }
+        const metrics = (e.m.metrics ??= {});
+        for (const [metric, x] of Object.entries(u.metrics)) {
+          if (x.value === null) continue;
+          const cur = metrics[metric];
+          if (!cur || cur.ts <= x.ts) metrics[metric] = { value: x.value, ts: x.ts };
+          e.primary ??= metric;
+          if (metric === e.primary) {
+            const t = sparkTime(x.ts);
+            const last = e.spark.last();
+            if (!last || t >= last.t) {
+              e.spark.insert(t, x.value);
+              e.sparkTs = x.ts;
+            }
+          }
+        }
+        if (u.status) e.m.status = u.status;
+        else if (e.m.status === 'offline' && Object.keys(u.metrics).length > 0) e.m.status = 'online';
+        if (u.lastSeen) e.m.lastSeen = Math.max(e.m.lastSeen ?? 0, u.lastSeen);
+        e.v++;
+      }
+      this.version++;
+      return msg.machines.length > 0;
     }
     if (msg.type === 'status') {
       const e = this.entries.get(msg.machine);
@@ -270,6 +309,10 @@ export class Dashboard {
       if (m.type === 'samples') {
         let newest = -Infinity;
         for (const s of m.samples) newest = Math.max(newest, s.ts);
+        if (Number.isFinite(newest)) this.latency.arrived(newest);
+      } else if (m.type === 'fleet') {
+        let newest = -Infinity;
+        for (const u of m.machines) for (const x of Object.values(u.metrics)) newest = Math.max(newest, x.ts);
         if (Number.isFinite(newest)) this.latency.arrived(newest);
       }
       this.requestFleetDraw();

@@ -78,6 +78,7 @@ const samples = (seq: number, ts: number) => ({
 describe('streamQuery and backoffMs', () => {
   it('encodes the filter and cursor', () => {
     expect(streamQuery({ all: true })).toBe('all=1');
+    expect(streamQuery({ all: true, conflateMs: 250 })).toBe('all=1&conflate=250ms');
     expect(streamQuery({ machines: ['a', 'b c'] }, 42)).toBe('machine=a&machine=b+c&cursor=42');
   });
 
@@ -89,6 +90,26 @@ describe('streamQuery and backoffMs', () => {
 });
 
 describe('StreamClient', () => {
+  it('hands on the windows of one message one by one', () => {
+    const { client, msgs, hello, send, last } = setup();
+    client.subscribe({ machines: ['m1'] });
+    hello(last());
+    const w = { metric: 'temp', start: 0, size: 10_000, kind: 'final', count: 1, sum: 1, min: 1, max: 1, avg: 1 };
+    send(last(), { type: 'windows', seq: 101, machine: 'm1', windows: [w, { ...w, metric: 'vib' }] });
+    expect(msgs.slice(1)).toEqual([
+      { type: 'window', seq: 101, machine: 'm1', data: w },
+      { type: 'window', seq: 101, machine: 'm1', data: { ...w, metric: 'vib' } },
+    ]);
+    expect(client.cursor).toBe(101);
+  });
+
+  it('resubscribes when the conflation changes, and asks for it', () => {
+    const { client, conns } = setup();
+    client.subscribe({ all: true });
+    client.subscribe({ all: true, conflateMs: 250 });
+    expect(conns.map((c) => c.url)).toEqual(['/api/v1/stream?all=1', '/api/v1/stream?all=1&conflate=250ms']);
+  });
+
   it('connects with the filter and goes live on hello', () => {
     const { client, conns, hello, states } = setup();
     client.subscribe({ machines: ['m1'] });

@@ -8,7 +8,13 @@
  * and each reconnect) carries a fresh single-use ticket (`?ticket=`).
  */
 
-export type Filter = { all: true } | { machines: string[] };
+/**
+ * What a stream carries: every machine (all), with conflateMs a conflated
+ * fleet stream (at most one `fleet` message per interval with the latest
+ * values; no resume: a reconnect gets a `reset`, so the owner reloads the
+ * machine list), or some machines with every sample.
+ */
+export type Filter = { all: true; conflateMs?: number } | { machines: string[] };
 
 export interface Sample {
   metric: string;
@@ -28,10 +34,21 @@ export interface WindowData {
   avg: number;
 }
 
+/** One machine's changes in a `fleet` message (only what changed since the last). */
+export interface FleetMachine {
+  machine: string;
+  status?: string;
+  alarm?: boolean;
+  lastSeen?: number;
+  metrics: Record<string, { value: number | null; ts: number }>;
+}
+
 export type StreamMessage =
   | { type: 'hello'; seq: number; heartbeatMs: number; queue: number }
   | { type: 'samples'; seq: number; machine: string; ingestTs: number; samples: Sample[] }
   | { type: 'window'; seq: number; machine: string; data: WindowData }
+  | { type: 'windows'; seq: number; machine: string; windows: WindowData[] }
+  | { type: 'fleet'; seq: number; machines: FleetMachine[] }
   | { type: 'note'; seq: number; machine: string; data: import('./api').Note }
   | { type: 'alarm'; seq: number; machine: string; data: import('./api').Alarm }
   | { type: 'status'; seq: number; machine: string; data: { status: string; lastSeen: number } }
@@ -100,8 +117,10 @@ export interface StreamOptions {
 /** The query string for a filter, optional cursor and optional ticket. */
 export function streamQuery(filter: Filter, cursor?: number, ticket?: string): string {
   const p = new URLSearchParams();
-  if ('all' in filter) p.set('all', '1');
-  else for (const m of filter.machines) p.append('machine', m);
+  if ('all' in filter) {
+    p.set('all', '1');
+    if (filter.conflateMs) p.set('conflate', `${filter.conflateMs}ms`);
+  } else for (const m of filter.machines) p.append('machine', m);
   if (cursor !== undefined) p.set('cursor', String(cursor));
   if (ticket) p.set('ticket', ticket);
   return p.toString();
@@ -263,6 +282,13 @@ export class StreamClient {
           if (this.lastEventTime === undefined || s.ts > this.lastEventTime) this.lastEventTime = s.ts;
         }
         break;
+      case 'windows':
+        // the windows a group closed for one machine: handed on one by one
+        this.cursor = msg.seq;
+        for (const w of msg.windows) this.o.onMessage({ type: 'window', seq: msg.seq, machine: msg.machine, data: w }, arrival);
+        return;
+      case 'fleet':
+        break; // no id: a conflated stream does not resume
       default:
         if ('seq' in msg && typeof msg.seq === 'number') this.cursor = msg.seq;
     }
@@ -299,7 +325,7 @@ export class StreamClient {
 }
 
 function sameFilter(a: Filter, b: Filter): boolean {
-  if ('all' in a || 'all' in b) return 'all' in a && 'all' in b;
+  if ('all' in a || 'all' in b) return 'all' in a && 'all' in b && a.conflateMs === b.conflateMs;
   return a.machines.length === b.machines.length && a.machines.every((m, i) => m === b.machines[i]);
 }
 

@@ -104,6 +104,36 @@ describe('FleetStore', () => {
   });
 });
 
+describe('FleetStore and the conflated stream', () => {
+  it('merges fleet messages: newer values, status, alarm, lastSeen, new machines', () => {
+    const f = new FleetStore();
+    f.load([
+      { id: 'a', status: 'offline', metrics: { temp: { value: 1, ts: 10 } } },
+      { id: 'b', status: 'online' },
+    ]);
+    const changed = f.apply(
+      {
+        type: 'fleet',
+        seq: 5,
+        machines: [
+          { machine: 'a', lastSeen: 40, metrics: { temp: { value: 3, ts: 30 } } },
+          { machine: 'b', status: 'alarm', alarm: true, lastSeen: 41, metrics: {} },
+          { machine: 'c', lastSeen: 42, metrics: { vib: { value: 0.5, ts: 31 } } },
+        ],
+      },
+      50,
+    );
+    expect(changed).toBe(true);
+    expect(f.entries.get('a')!.m).toMatchObject({ status: 'online', lastSeen: 40, metrics: { temp: { value: 3, ts: 30 } } });
+    expect(f.entries.get('b')!.m).toMatchObject({ status: 'alarm', lastSeen: 41 });
+    expect(f.entries.get('c')!.m.metrics).toEqual({ vib: { value: 0.5, ts: 31 } });
+    expect(f.counts()).toEqual({ online: 2, offline: 0, alarm: 1, total: 3 });
+    // an older value in a later message does not roll back
+    f.apply({ type: 'fleet', seq: 6, machines: [{ machine: 'a', metrics: { temp: { value: 9, ts: 20 } } }] }, 60);
+    expect(f.entries.get('a')!.m.metrics!.temp).toEqual({ value: 3, ts: 30 });
+  });
+});
+
 describe('plot time conversions', () => {
   it('round-trips epoch ms through what Plotly reports', async () => {
     const { fromPlotX, toPlotX } = await import('./time');

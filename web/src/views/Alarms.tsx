@@ -2,7 +2,7 @@ import { useEffect, useState, type FormEvent } from 'react';
 import { api, type Alarm } from '../lib/api';
 import { can, type Session } from '../lib/session';
 import { formatRoute } from '../lib/route';
-import { dashboard } from '../lib/store';
+import { FLEET_FILTER, dashboard } from '../lib/store';
 import { fmtNum, fmtTime } from './common';
 
 /** Severity as shown: threshold breaches are critical, silence a warning. */
@@ -17,7 +17,7 @@ export function AlarmsView({ session }: { session: Session }) {
   const [error, setError] = useState<string>();
 
   useEffect(() => {
-    dashboard.subscribe({ all: true });
+    dashboard.subscribe(FLEET_FILTER);
     let timer: ReturnType<typeof setTimeout> | undefined;
     const load = async () => {
       try {

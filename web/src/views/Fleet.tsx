@@ -1,7 +1,7 @@
 import { memo, useEffect, useLayoutEffect, useMemo, useRef, useState } from 'react';
 import { flushSync } from 'react-dom';
 import { formatRoute } from '../lib/route';
-import { dashboard, type FleetEntry } from '../lib/store';
+import { FLEET_FILTER, dashboard, type FleetEntry } from '../lib/store';
 import { layoutGrid, visibleRows } from '../lib/grid';
 import { StatusBadge, fmtAgo, fmtNum, useTick } from './common';
 
@@ -19,7 +19,7 @@ interface Props {
 export function Fleet({ q, status, group, navigate }: Props) {
   const [, setVersion] = useState(0);
   useEffect(() => {
-    dashboard.subscribe({ all: true });
+    dashboard.subscribe(FLEET_FILTER);
     return dashboard.watchFleet(() => flushSync(() => setVersion((v) => v + 1)));
   }, []);
 
