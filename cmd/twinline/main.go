@@ -132,7 +132,7 @@ func serveFlags(fs *flag.FlagSet, cfg *config.Config) {
 	durationVar(fs, &cfg.ReadHeaderTimeout, "read-header-timeout", "time allowed to read request headers")
 	durationVar(fs, &cfg.ReadTimeout, "read-timeout", "time allowed to read one ingest request body")
 	durationVar(fs, &cfg.ReadIdleTimeout, "read-idle-timeout", "an ingest body that sends nothing for this long is cut off with 408")
-	fs.Int64Var(&cfg.IngestMemory, "ingest-memory", cfg.IngestMemory, "`bytes` ingest requests may hold at once (bodies and decoding); beyond, requests wait up to 1s, then 503 (0: a quarter of the memory limit, else 512 MiB)")
+	fs.Int64Var(&cfg.IngestMemory, "ingest-memory", cfg.IngestMemory, "`bytes` ingest requests may hold at once (bodies and decoding); beyond, requests wait up to 1s, then 503 (0: a quarter of the memory limit, else 192 MiB)")
 	fs.IntVar(&cfg.MaxInflightIngestPerClient, "max-inflight-ingest-per-client", cfg.MaxInflightIngestPerClient, "most ingest requests one client (token, or address) has decoded at once (429 beyond)")
 	listVar(fs, &cfg.LPMachineTags, "lp-machine-tags", "line-protocol tags carrying the machine id, first present wins")
 	fs.IntVar(&cfg.StreamQueue, "stream-queue", cfg.StreamQueue, "per stream client queue in `messages`; a client that falls this far behind is cut off and resumes")

@@ -45,7 +45,7 @@ type Options struct {
 	// (408); 0 means ReadTimeout.
 	ReadIdleTimeout time.Duration
 	// IngestMemory is the budget of bytes ingest requests hold at once
-	// (bodies and decoding); 0 means 512 MiB.
+	// (bodies and decoding); 0 means 192 MiB.
 	IngestMemory int64
 	// MaxInflightIngestPerClient bounds the ingest requests of one client
 	// (ClientKey) being decoded at once; 0 means MaxInflightIngest.
@@ -219,7 +219,7 @@ func New(opts Options, deps Deps) *API {
 		clock:     deps.Clock,
 		logger:    deps.Logger,
 		inflight:  make(chan struct{}, max(opts.MaxInflightIngest, 1)),
-		mem:       newMemBudget(cmp.Or(opts.IngestMemory, 512<<20)),
+		mem:       newMemBudget(cmp.Or(opts.IngestMemory, 192<<20)),
 		clientSlots: &clientSlots{max: max(cmp.Or(opts.MaxInflightIngestPerClient, opts.MaxInflightIngest), 1),
 			n: map[string]int{}},
 		queries:   make(chan struct{}, 4*runtime.GOMAXPROCS(0)),

@@ -165,9 +165,16 @@ func (b *body) release() {
 }
 
 // grow makes room for at least one more byte, up to limit bytes in all,
-// taking the new capacity from the budget.
+// taking the new capacity from the budget. The buffer doubles as data
+// arrives; once an eighth of the announced size want has arrived, it
+// takes the whole of it. So a stalled sender holds at most 8 times what it
+// sent, and a large body leaves little garbage behind.
 func (b *body) grow(ctx context.Context, want, limit int) error {
-	n := min(max(2*cap(b.buf), minBodyBuffer), max(want, len(b.buf)+1), limit)
+	n := max(2*cap(b.buf), minBodyBuffer)
+	if want > 0 && (n >= want/8 || n >= want) {
+		n = want
+	}
+	n = min(n, limit)
 	if n <= cap(b.buf) {
 		n = min(cap(b.buf)+minBodyBuffer, limit)
 	}

@@ -197,7 +197,7 @@ func Default() Config {
 		ReadHeaderTimeout:    10 * time.Second,
 		ReadTimeout:          60 * time.Second,
 		ReadIdleTimeout:      10 * time.Second,
-		// IngestMemory 0: a quarter of the memory limit, else 512 MiB.
+		// IngestMemory 0: a quarter of the memory limit, else 192 MiB.
 		MaxInflightIngestPerClient: 16,
 		LPMachineTags:              []string{"machineId", "machine_id", "machine", "host", "name"},
 		StreamQueue:                256,

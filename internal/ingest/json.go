@@ -102,6 +102,7 @@ func DecodeNDJSON(body []byte, opts Options, dst []telemetry.Event) ([]telemetry
 	size := len(body)
 	body = bytes.TrimPrefix(body, utf8BOM)
 	lines := bytes.Count(body, []byte{'\n'}) + 1
+	d.expectEvents(lines)
 	first := true
 	for line := 1; len(body) > 0 && !d.stopped(); line++ {
 		var ln []byte

@@ -95,6 +95,7 @@ func decodeLineProtocol(body []byte, precision lineprotocol.Precision, opts Opti
 	d := getDecoder(opts, dst)
 	lines := bytes.Count(body, []byte{'\n'}) + 1
 	base := len(dst)
+	d.expectEvents(lines)
 	if opts.Sink != nil {
 		lines, base = min(lines, d.stream.sink.Chunk), 0
 	}

@@ -45,6 +45,12 @@ type streamState struct {
 	sink *Sink
 	// hold keeps events back until the end of the body.
 	hold bool
+	// check, if set, is asked once before the first chunk goes out
+	// whether it may: a JSON array is validated only if it has more
+	// than one chunk. A false answer sets hold.
+	check func() bool
+	// expect estimates the events of the body, to size the chunks.
+	expect int
 	// skip drops the next events decoded: the line-protocol slow path
 	// decodes again what the fast path already flushed.
 	skip int
@@ -58,7 +64,19 @@ func (d *decoder) startStream(s *Sink) {
 			s.Chunk = DefaultChunkEvents
 		}
 		s.Flushed, s.Rejected = 0, 0
-		d.events = make([]telemetry.Event, 0, s.Chunk)
+		d.events = nil
+	}
+}
+
+// expectEvents sizes the next chunk for a body of about n events.
+func (d *decoder) expectEvents(n int) {
+	st := &d.stream
+	if st.sink == nil {
+		return
+	}
+	st.expect = n
+	if cap(d.events) == 0 {
+		d.events = make([]telemetry.Event, 0, min(st.sink.Chunk, max(n, 1)))
 	}
 }
 
@@ -71,6 +89,13 @@ func (d *decoder) emitted() {
 		return
 	}
 	if st.sink != nil && !st.hold && len(d.events) >= st.sink.Chunk {
+		if st.check != nil {
+			st.hold = !st.check()
+			st.check = nil
+			if st.hold {
+				return
+			}
+		}
 		d.flush()
 	}
 }
@@ -88,7 +113,10 @@ func (d *decoder) flush() {
 			break
 		}
 	}
-	d.events = make([]telemetry.Event, 0, st.sink.Chunk)
+	d.events = nil
+	if left := st.expect - st.sink.Flushed; left > 0 {
+		d.events = make([]telemetry.Event, 0, min(st.sink.Chunk, left))
+	}
 }
 
 // stopped reports whether the sink refused a chunk.
@@ -112,7 +140,7 @@ func (d *decoder) finishStream() error {
 // *SyntaxError, as DecodeJSON's.
 func (d *decoder) decodeJSONItems(body []byte, skip int) error {
 	trimmed := body[skip:]
-	d.stream.hold = fastjson.ValidateBytes(trimmed) != nil
+	d.stream.check = func() bool { return fastjson.ValidateBytes(trimmed) == nil }
 	fail := func(err error) error {
 		d.events = d.events[:0]
 		return jsonSyntaxError(body, skip, err)
@@ -145,8 +173,10 @@ func (d *decoder) decodeJSONItems(body []byte, skip int) error {
 		}
 		if first {
 			first = false
+			items := len(trimmed)/max(n, 1) + 1
+			d.expectEvents(items)
 			if o, err := v.Object(); err == nil {
-				d.slab.hint(estimateMetrics(o) * min(d.stream.sink.Chunk, len(trimmed)/max(n, 1)+1))
+				d.slab.hint(estimateMetrics(o) * min(d.stream.sink.Chunk, items))
 			}
 		}
 		var raw []byte

@@ -185,3 +185,16 @@ func BenchmarkDecodeJSONArrayLarge(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkDecodeJSONArraySink is BenchmarkDecodeJSONArray through a Sink,
+// as the API decodes.
+func BenchmarkDecodeJSONArraySink(b *testing.B) {
+	body := append(append([]byte("["), benchJSONEvents(benchEvents, ",")...), ']')
+	opts := DefaultOptions()
+	var got []telemetry.Event
+	opts.Sink = &Sink{Flush: func(ev []telemetry.Event) error { got = ev; return nil }}
+	benchDecode(b, body, "events/s", benchEvents, func(dst []telemetry.Event) ([]telemetry.Event, []Reject, error) {
+		_, rejects, err := DecodeJSON(body, opts, dst)
+		return got, rejects, err
+	})
+}

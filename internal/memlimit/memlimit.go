@@ -95,7 +95,9 @@ func Current() int64 {
 }
 
 // DefaultIngestBudget is the ingest memory budget without a memory limit.
-const DefaultIngestBudget = 512 << 20
+// Without a limit the heap may grow to twice what is live (GOGC=100), so
+// this keeps ingest's share of the RSS under about 400 MiB.
+const DefaultIngestBudget = 192 << 20
 
 // IngestBudget returns the bytes ingest may hold in flight: configured
 // when positive, else a quarter of the Go memory limit, else
