@@ -155,6 +155,11 @@ func (a *API) ingest(w http.ResponseWriter, r *http.Request, protocol string, st
 	defer a.clientSlots.release(client)
 	reserve := decodeReserve(len(body.buf))
 	if err := a.mem.acquire(r.Context(), reserve); err != nil {
+		if errors.Is(err, errOverBudget) {
+			fail("invalid", &problem.Problem{Type: problem.TypeBodyTooLarge, Status: http.StatusRequestEntityTooLarge,
+				Detail: "decoding this body needs more than the whole --ingest-memory; split the request"})
+			return
+		}
 		shed("the server is decoding as much as its memory allows (--ingest-memory); retry later")
 		return
 	}

@@ -160,9 +160,19 @@ type body struct {
 }
 
 func (b *body) release() {
+	if cap(b.buf) == pooledBody {
+		buf := b.buf[:0]
+		bodyPool.Put(&buf)
+	}
 	b.mem.release(b.held)
 	b.held, b.buf = 0, nil
 }
+
+// pooledBody is the size of the pooled body buffers: the bodies decoded
+// whole fit in one.
+const pooledBody = streamMinBody
+
+var bodyPool = sync.Pool{New: func() any { b := make([]byte, 0, pooledBody); return &b }}
 
 // grow makes room for at least one more byte, up to limit bytes in all,
 // taking the new capacity from the budget. The buffer doubles as data
@@ -178,12 +188,26 @@ func (b *body) grow(ctx context.Context, want, limit int) error {
 	if n <= cap(b.buf) {
 		n = min(cap(b.buf)+minBodyBuffer, limit)
 	}
+	if cap(b.buf) == 0 && n <= pooledBody && (want == 0 || want <= pooledBody) {
+		// A small body (or one of unknown size) starts in a pooled
+		// buffer.
+		if err := b.mem.acquire(ctx, pooledBody); err != nil {
+			return err
+		}
+		b.held += pooledBody
+		b.buf = (*bodyPool.Get().(*[]byte))[:0]
+		return nil
+	}
 	if err := b.mem.acquire(ctx, int64(n-cap(b.buf))); err != nil {
 		return err
 	}
 	b.held += int64(n - cap(b.buf))
 	buf := make([]byte, len(b.buf), n)
 	copy(buf, b.buf)
+	if cap(b.buf) == pooledBody {
+		old := b.buf[:0]
+		bodyPool.Put(&old)
+	}
 	b.buf = buf
 	return nil
 }

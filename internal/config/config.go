@@ -309,8 +309,8 @@ func (c Config) Validate() error {
 	if c.ReadIdleTimeout <= 0 {
 		bad("read-idle-timeout", "must be positive, got %s", c.ReadIdleTimeout)
 	}
-	if c.IngestMemory != 0 && c.IngestMemory < 1<<20 {
-		bad("ingest-memory", "must be 0 (from the memory limit) or at least 1 MiB, got %d", c.IngestMemory)
+	if c.IngestMemory != 0 && c.IngestMemory < 16<<20 {
+		bad("ingest-memory", "must be 0 (from the memory limit) or at least 16 MiB, got %d", c.IngestMemory)
 	}
 	if c.MaxInflightIngestPerClient < 1 {
 		bad("max-inflight-ingest-per-client", "must be at least 1, got %d", c.MaxInflightIngestPerClient)
