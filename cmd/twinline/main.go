@@ -4,6 +4,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"flag"
@@ -23,6 +24,7 @@ import (
 	"github.com/twinline/twinline/internal/app"
 	"github.com/twinline/twinline/internal/auth"
 	"github.com/twinline/twinline/internal/config"
+	"github.com/twinline/twinline/internal/memlimit"
 	"github.com/twinline/twinline/internal/sim"
 	"github.com/twinline/twinline/internal/store/postgres"
 )
@@ -99,6 +101,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	logger := newLogger(stderr, cfg.LogLevel)
+	setMemoryLimit(logger, cfg.IngestMemory)
 	a, err := app.New(ctx, cfg, logger, buildVersion())
 	if err != nil {
 		return err
@@ -128,6 +131,9 @@ func serveFlags(fs *flag.FlagSet, cfg *config.Config) {
 	fs.IntVar(&cfg.MaxInflightIngest, "max-inflight-ingest", cfg.MaxInflightIngest, "most ingest requests read and decoded at once (503 beyond)")
 	durationVar(fs, &cfg.ReadHeaderTimeout, "read-header-timeout", "time allowed to read request headers")
 	durationVar(fs, &cfg.ReadTimeout, "read-timeout", "time allowed to read one ingest request body")
+	durationVar(fs, &cfg.ReadIdleTimeout, "read-idle-timeout", "an ingest body that sends nothing for this long is cut off with 408")
+	fs.Int64Var(&cfg.IngestMemory, "ingest-memory", cfg.IngestMemory, "`bytes` ingest requests may hold at once (bodies and decoding); beyond, requests wait up to 1s, then 503 (0: a quarter of the memory limit, else 192 MiB)")
+	fs.IntVar(&cfg.MaxInflightIngestPerClient, "max-inflight-ingest-per-client", cfg.MaxInflightIngestPerClient, "most ingest requests one client (token, or address) has decoded at once (429 beyond)")
 	listVar(fs, &cfg.LPMachineTags, "lp-machine-tags", "line-protocol tags carrying the machine id, first present wins")
 	fs.IntVar(&cfg.StreamQueue, "stream-queue", cfg.StreamQueue, "deprecated: most `messages` queued per stream client, a safety cap far above use (queues are bounded by --stream-max-queue-bytes and --stream-max-lag)")
 	durationVar(fs, &cfg.StreamHeartbeat, "stream-heartbeat", "interval of stream heartbeats")
@@ -336,4 +342,17 @@ func buildVersion() string {
 		return bi.Main.Version
 	}
 	return "dev"
+}
+
+// setMemoryLimit fits the Go memory limit to the container's (unless
+// GOMEMLIMIT is given) and logs it. TWINLINE_CGROUP_ROOT points at another
+// cgroup mount, for tests only.
+func setMemoryLimit(logger *slog.Logger, ingestMemory int64) {
+	root := cmp.Or(os.Getenv("TWINLINE_CGROUP_ROOT"), memlimit.DefaultRoot)
+	res, err := memlimit.Apply(root, os.Getenv("GOMEMLIMIT"), memlimit.DefaultShare)
+	if err != nil {
+		logger.Warn("reading the cgroup memory limit", "err", err)
+	}
+	logger.Info("memory limit", "go_limit_bytes", res.Limit, "cgroup_limit_bytes", res.Cgroup, "source", res.Source,
+		"ingest_memory_bytes", memlimit.IngestBudget(ingestMemory))
 }

@@ -5,6 +5,7 @@
 package api
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
@@ -40,6 +41,15 @@ type Options struct {
 	MaxInflightIngest int
 	// ReadTimeout bounds reading one ingest request body.
 	ReadTimeout time.Duration
+	// ReadIdleTimeout cuts an ingest body that sends nothing for this long
+	// (408); 0 means ReadTimeout.
+	ReadIdleTimeout time.Duration
+	// IngestMemory is the budget of bytes ingest requests hold at once
+	// (bodies and decoding); 0 means 192 MiB.
+	IngestMemory int64
+	// MaxInflightIngestPerClient bounds the ingest requests of one client
+	// (ClientKey) being decoded at once; 0 means MaxInflightIngest.
+	MaxInflightIngestPerClient int
 	// MaxMachines bounds the fleet (0: no limit).
 	MaxMachines int
 	// Lateness is the engine's watermark lag, to mark open windows.
@@ -128,8 +138,12 @@ type API struct {
 	clock      func() time.Time
 	logger     *slog.Logger
 	inflight   chan struct{}
-	queries    chan struct{} // history queries in flight
-	mux        *http.ServeMux
+	// mem and clientSlots bound ingest memory and each client's share of
+	// the in-flight slots.
+	mem         *memBudget
+	clientSlots *clientSlots
+	queries     chan struct{} // history queries in flight
+	mux         *http.ServeMux
 	// paths matches a request's path whatever its method, and allow
 	// lists the methods of each path pattern, for 405 answers.
 	paths *http.ServeMux
@@ -205,6 +219,9 @@ func New(opts Options, deps Deps) *API {
 		clock:     deps.Clock,
 		logger:    deps.Logger,
 		inflight:  make(chan struct{}, max(opts.MaxInflightIngest, 1)),
+		mem:       newMemBudget(cmp.Or(opts.IngestMemory, 192<<20)),
+		clientSlots: &clientSlots{max: max(cmp.Or(opts.MaxInflightIngestPerClient, opts.MaxInflightIngest), 1),
+			n: map[string]int{}},
 		queries:   make(chan struct{}, 4*runtime.GOMAXPROCS(0)),
 		databases: []string{"twinline"},
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -228,6 +245,7 @@ func New(opts Options, deps Deps) *API {
 	}
 	if deps.Registerer != nil {
 		deps.Registerer.MustRegister(a.requests, a.samples, a.ignoredStrings)
+		deps.Registerer.MustRegister(a.mem.collectors()...)
 	}
 	a.mux = http.NewServeMux()
 	a.paths = http.NewServeMux()

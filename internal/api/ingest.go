@@ -1,14 +1,11 @@
 package api
 
 import (
-	"bytes"
-	"compress/gzip"
+	"context"
 	"errors"
 	"fmt"
-	"io"
 	"mime"
 	"net/http"
-	"strings"
 	"sync"
 	"time"
 
@@ -36,8 +33,6 @@ const (
 	styleNDJSON
 	styleInflux
 )
-
-var bodyPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 
 // handleEvents is POST /api/v1/events.
 func (a *API) handleEvents(w http.ResponseWriter, r *http.Request) {
@@ -101,6 +96,12 @@ func (a *API) handleWrite(w http.ResponseWriter, r *http.Request) {
 
 // ingest reads, decodes and logs one request body, then answers once the
 // accepted events are durable.
+//
+// The body is read first, into memory taken from the ingest budget as it
+// arrives (a slow or stalled sender holds no in-flight slot, and is cut
+// after --read-idle-timeout); then the request takes an in-flight slot, one
+// of its client's, and its decoding reserve. A large body is decoded and
+// logged in chunks, and answered once every chunk is durable.
 func (a *API) ingest(w http.ResponseWriter, r *http.Request, protocol string, style ingestStyle, decode decodeFunc) {
 	fail := func(outcome string, p *problem.Problem) {
 		a.countRequest(protocol, outcome)
@@ -109,41 +110,60 @@ func (a *API) ingest(w http.ResponseWriter, r *http.Request, protocol string, st
 		}
 		problem.Write(w, p)
 	}
-	select {
-	case a.inflight <- struct{}{}:
-		defer func() { <-a.inflight }()
-	default:
-		fail("shed", &problem.Problem{Type: problem.TypeOverloaded, Status: http.StatusServiceUnavailable, RetryAfter: 1,
-			Detail: "too many ingest requests in flight; retry later"})
-		return
+	shed := func(detail string) {
+		fail("shed", &problem.Problem{Type: problem.TypeOverloaded, Status: http.StatusServiceUnavailable, RetryAfter: 1, Detail: detail})
 	}
 
-	// A slow sender must not hold an ingest slot for ever. The deadline
-	// covers this request's body only (stream connections have none).
-	if err := http.NewResponseController(w).SetReadDeadline(a.now().Add(a.opts.ReadTimeout)); err != nil && !errors.Is(err, http.ErrNotSupported) {
-		a.logger.Warn("setting read deadline", "err", err)
-	}
-
-	buf := bodyPool.Get().(*bytes.Buffer)
-	buf.Reset()
-	defer func() {
-		if buf.Cap() <= 4<<20 { // don't pin huge buffers
-			bodyPool.Put(buf)
-		}
-	}()
-	if err := a.readBody(w, r, buf); err != nil {
+	body, err := a.readBody(w, r)
+	defer body.release()
+	if err != nil {
 		var p *problem.Problem
 		switch {
-		case errors.Is(err, errTooLarge):
+		case errors.Is(err, errBudget):
+			shed("the server is decoding as much as its memory allows (--ingest-memory); retry later")
+			return
+		case errors.Is(err, errTooLarge), errors.Is(err, errOverBudget):
 			p = &problem.Problem{Type: problem.TypeBodyTooLarge, Status: http.StatusRequestEntityTooLarge, Detail: err.Error()}
 		case errors.Is(err, errUnsupportedEncoding):
 			p = &problem.Problem{Type: problem.TypeUnsupported, Status: http.StatusUnsupportedMediaType, Detail: err.Error()}
+		case errors.Is(err, errIdle), errors.Is(err, errSlow):
+			w.Header().Set("Connection", "close")
+			p = &problem.Problem{Type: typeRequestTimeout, Status: http.StatusRequestTimeout,
+				Detail: "reading the body: " + err.Error() + " (--read-idle-timeout, --read-timeout); nothing was stored"}
+			fail("timeout", p)
+			return
 		default:
 			p = &problem.Problem{Type: problem.TypeMalformedBody, Status: http.StatusBadRequest, Detail: err.Error()}
 		}
 		fail("invalid", p)
 		return
 	}
+
+	select {
+	case a.inflight <- struct{}{}:
+		defer func() { <-a.inflight }()
+	default:
+		shed("too many ingest requests in flight; retry later")
+		return
+	}
+	client := ClientKey(r)
+	if !a.clientSlots.acquire(client) {
+		fail("shed", &problem.Problem{Type: problem.TypeRateLimited, Status: http.StatusTooManyRequests, RetryAfter: 1,
+			Detail: fmt.Sprintf("this client has %d ingest requests in flight (--max-inflight-ingest-per-client); retry later", a.clientSlots.max)})
+		return
+	}
+	defer a.clientSlots.release(client)
+	reserve := decodeReserve(len(body.buf))
+	if err := a.mem.acquire(r.Context(), reserve); err != nil {
+		if errors.Is(err, errOverBudget) {
+			fail("invalid", &problem.Problem{Type: problem.TypeBodyTooLarge, Status: http.StatusRequestEntityTooLarge,
+				Detail: "decoding this body needs more than the whole --ingest-memory; split the request"})
+			return
+		}
+		shed("the server is decoding as much as its memory allows (--ingest-memory); retry later")
+		return
+	}
+	defer a.mem.release(reserve)
 
 	now := a.now()
 	opts := a.decodeOpts
@@ -162,52 +182,46 @@ func (a *API) ingest(w http.ResponseWriter, r *http.Request, protocol string, st
 			return ""
 		}
 	}
-	events, rejects, err := decode(buf.Bytes(), opts, nil)
-	if err != nil {
+	sub := &chunkSubmitter{ctx: auth.NewContext(r.Context(), identity(r)), submit: a.submit, protocol: protocol, received: now.UnixMilli(),
+		window: make(chan struct{}, chunkWindow)}
+	var sink *ingest.Sink
+	if len(body.buf) > streamMinBody {
+		sink = &ingest.Sink{Flush: sub.flush, MaxRejects: maxListedRejects}
+		opts.Sink = sink
+	}
+	events, rejects, err := decode(body.buf, opts, nil)
+	nrejects := len(rejects)
+	if sink != nil {
+		nrejects = sink.Rejected
+	}
+	var se *ingest.SyntaxError
+	if err != nil && (errors.As(err, &se) || sink == nil) {
+		sub.wait()
 		fail("invalid", &problem.Problem{Type: problem.TypeMalformedBody, Status: http.StatusBadRequest, Detail: err.Error()})
 		return
 	}
-	if len(events) == 0 && len(rejects) == 0 && style != styleInflux {
+	if err == nil && len(events) > 0 {
+		sub.flush(events)
+	}
+	body.release() // the events no longer refer to it
+	res, samples, err := sub.wait()
+	if sink == nil && len(events) == 0 && nrejects == 0 && style != styleInflux {
 		fail("invalid", &problem.Problem{Type: problem.TypeMalformedBody, Status: http.StatusBadRequest, Detail: "the body holds no event"})
 		return
 	}
-
-	var res log.Result
-	if len(events) > 0 {
-		b := &telemetry.Batch{Events: events, Protocol: protocol, Received: now.UnixMilli()}
-		res, err = a.submit(auth.NewContext(r.Context(), identity(r)), b)
-		switch {
-		case errors.Is(err, log.ErrFull):
-			a.samples.WithLabelValues(protocol, "shed").Add(float64(b.NumSamples()))
-			fail("shed", &problem.Problem{Type: problem.TypeOverloaded, Status: http.StatusServiceUnavailable, RetryAfter: 1,
-				Detail: "the event log is full; nothing from this request was stored; retry later"})
-			return
-		case errors.Is(err, log.ErrTooLarge):
-			fail("invalid", &problem.Problem{Type: problem.TypeBodyTooLarge, Status: http.StatusRequestEntityTooLarge,
-				Detail: err.Error() + "; split the request"})
-			return
-		case errors.Is(err, log.ErrClosed):
-			fail("shed", &problem.Problem{Type: problem.TypeOverloaded, Status: http.StatusServiceUnavailable, RetryAfter: 1,
-				Detail: "the server is shutting down; nothing from this request was stored; retry"})
-			return
-		case errors.Is(err, store.ErrOutOfBounds):
-			// Rare: the store's window moved between validation and
-			// storage (a clock jump). Retrying would not help.
-			fail("invalid", &problem.Problem{Type: problem.TypeInvalidItems, Status: http.StatusBadRequest,
-				Detail: "some samples fall outside the store's accepted time window (--out-of-order-window, --max-future) and were not stored; the others were"})
-			return
-		case err != nil:
-			// The processor logged the cause; clients get no internals.
-			fail("error", &problem.Problem{Type: problem.TypeStorage, Status: http.StatusServiceUnavailable, RetryAfter: 1,
-				Detail: "storing the events did not complete; nothing is acknowledged; retry"})
-			return
-		}
-		a.samples.WithLabelValues(protocol, "accepted").Add(float64(b.NumSamples()))
+	if sink != nil && sink.Flushed == 0 && nrejects == 0 && style != styleInflux {
+		fail("invalid", &problem.Problem{Type: problem.TypeMalformedBody, Status: http.StatusBadRequest, Detail: "the body holds no event"})
+		return
 	}
+	if err != nil {
+		a.submitFailed(fail, shed, err, protocol, res, sub)
+		return
+	}
+	a.samples.WithLabelValues(protocol, "accepted").Add(float64(samples))
 
-	if len(rejects) > 0 {
-		a.samples.WithLabelValues(protocol, "rejected").Add(float64(len(rejects)))
-		fail("partial", partialProblem(rejects, res, style))
+	if nrejects > 0 {
+		a.samples.WithLabelValues(protocol, "rejected").Add(float64(nrejects))
+		fail("partial", partialProblem(rejects, nrejects, res, style))
 		return
 	}
 	a.countRequest(protocol, "ok")
@@ -221,11 +235,135 @@ func (a *API) ingest(w http.ResponseWriter, r *http.Request, protocol string, st
 	}{res.Accepted, res.Duplicates})
 }
 
+// submitFailed answers a request whose events the log did not all take.
+func (a *API) submitFailed(fail func(string, *problem.Problem), shed func(string), err error, protocol string, res log.Result, sub *chunkSubmitter) {
+	a.samples.WithLabelValues(protocol, "shed").Add(float64(sub.failedSamples))
+	stored := ""
+	if res.Accepted+res.Duplicates > 0 {
+		stored = fmt.Sprintf("; %d events of this request were stored before (retrying them is safe for events with an id or seq)", res.Accepted)
+	}
+	switch {
+	case errors.Is(err, log.ErrFull):
+		if stored == "" {
+			shed("the event log is full; nothing from this request was stored; retry later")
+			return
+		}
+		shed("the event log is full: the rest of the request was not stored" + stored)
+	case errors.Is(err, log.ErrTooLarge):
+		fail("invalid", &problem.Problem{Type: problem.TypeBodyTooLarge, Status: http.StatusRequestEntityTooLarge,
+			Detail: err.Error() + "; split the request" + stored})
+	case errors.Is(err, log.ErrClosed):
+		if stored == "" {
+			shed("the server is shutting down; nothing from this request was stored; retry")
+			return
+		}
+		shed("the server is shutting down: the rest of the request was not stored" + stored)
+	case errors.Is(err, store.ErrOutOfBounds):
+		// Rare: the store's window moved between validation and
+		// storage (a clock jump). Retrying would not help.
+		fail("invalid", &problem.Problem{Type: problem.TypeInvalidItems, Status: http.StatusBadRequest,
+			Detail: "some samples fall outside the store's accepted time window (--out-of-order-window, --max-future) and were not stored; the others were"})
+	default:
+		// The processor logged the cause; clients get no internals.
+		detail := "storing the events did not complete; nothing is acknowledged; retry"
+		if stored != "" {
+			detail = "storing the events did not complete; the rest of the request is not acknowledged" + stored
+		}
+		fail("error", &problem.Problem{Type: problem.TypeStorage, Status: http.StatusServiceUnavailable, RetryAfter: 1, Detail: detail})
+	}
+}
+
+// chunkSubmitter logs the chunks of one request, chunkWindow at a time
+// (the decoder fills the next one meanwhile), and sums their results.
+// After a failure it takes no more chunks.
+type chunkSubmitter struct {
+	ctx      context.Context
+	submit   SubmitFunc
+	protocol string
+	received int64
+	window   chan struct{}
+	wg       sync.WaitGroup
+
+	mu            sync.Mutex
+	res           log.Result
+	samples       int // samples stored
+	failedSamples int // samples not stored
+	chunks        int
+	err           error
+}
+
+// flush is the ingest.Sink's Flush.
+func (s *chunkSubmitter) flush(events []telemetry.Event) error {
+	s.window <- struct{}{}
+	s.mu.Lock()
+	err, first := s.err, s.chunks == 0
+	s.chunks++
+	s.mu.Unlock()
+	if err != nil {
+		<-s.window
+		return err
+	}
+	b := &telemetry.Batch{Events: events, Protocol: s.protocol, Received: s.received}
+	s.wg.Go(func() {
+		defer func() { <-s.window }()
+		res, err := s.submitChunk(b, first)
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if err != nil {
+			s.failedSamples += b.NumSamples()
+			if s.err == nil {
+				s.err = err
+			}
+			return
+		}
+		s.res.Accepted += res.Accepted
+		s.res.Duplicates += res.Duplicates
+		s.samples += b.NumSamples()
+	})
+	return nil
+}
+
+// submitChunk logs one chunk. Past the first chunk of a request, a full
+// log is waited for (up to chunkRetry), rather than failing a request
+// that is partly stored.
+func (s *chunkSubmitter) submitChunk(b *telemetry.Batch, first bool) (log.Result, error) {
+	const chunkRetry = 5 * time.Second
+	var deadline <-chan time.Time
+	delay := 5 * time.Millisecond
+	for {
+		res, err := s.submit(s.ctx, b)
+		if first || !errors.Is(err, log.ErrFull) {
+			return res, err
+		}
+		if deadline == nil {
+			t := time.NewTimer(chunkRetry)
+			defer t.Stop()
+			deadline = t.C
+		}
+		select {
+		case <-time.After(delay):
+			delay = min(2*delay, 100*time.Millisecond)
+		case <-deadline:
+			return res, err
+		case <-s.ctx.Done():
+			return res, err
+		}
+	}
+}
+
+// wait waits for the chunks logged and returns their sum.
+func (s *chunkSubmitter) wait() (log.Result, int, error) {
+	s.wg.Wait()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.res, s.samples, s.err
+}
+
 // maxListedRejects bounds the items a problem lists; the detail gives the
 // total, so a body of a million bad lines gets a bounded answer.
 const maxListedRejects = 1000
 
-func partialProblem(rejects []ingest.Reject, res log.Result, style ingestStyle) *problem.Problem {
+func partialProblem(rejects []ingest.Reject, total int, res log.Result, style ingestStyle) *problem.Problem {
 	p := &problem.Problem{
 		Type: problem.TypeInvalidItems, Title: "Some items were rejected", Status: http.StatusBadRequest,
 		Accepted: &res.Accepted, Duplicates: &res.Duplicates,
@@ -247,13 +385,13 @@ func partialProblem(rejects []ingest.Reject, res log.Result, style ingestStyle) 
 	if first.Field != "" {
 		where += " field " + first.Field
 	}
-	p.Detail = fmt.Sprintf("%d %s(s) rejected, %d accepted; first: %s: %s", len(rejects), unit, res.Accepted, where, first.Reason)
-	if len(rejects) > maxListedRejects {
+	p.Detail = fmt.Sprintf("%d %s(s) rejected, %d accepted; first: %s: %s", total, unit, res.Accepted, where, first.Reason)
+	if total > maxListedRejects {
 		p.Detail += fmt.Sprintf("; errors lists the first %d", maxListedRejects)
 	}
 	if style == styleInflux {
 		// InfluxDB's partial-write wording, which Telegraf recognises.
-		p.Detail = fmt.Sprintf("partial write: %s dropped=%d", p.Detail, len(rejects))
+		p.Detail = fmt.Sprintf("partial write: %s dropped=%d", p.Detail, total)
 	}
 	return p
 }
@@ -277,39 +415,6 @@ func influxCompat(p *problem.Problem) {
 }
 
 var errUnsupportedEncoding = errors.New("unsupported Content-Encoding")
-
-// readBody reads the request body into buf, enforcing the compressed and
-// decompressed size limits.
-func (a *API) readBody(w http.ResponseWriter, r *http.Request, buf *bytes.Buffer) error {
-	body := http.MaxBytesReader(w, r.Body, a.opts.MaxBodyBytes)
-	var src io.Reader = body
-	switch enc := strings.ToLower(strings.TrimSpace(r.Header.Get("Content-Encoding"))); enc {
-	case "", "identity":
-	case "gzip", "x-gzip":
-		zr, err := gzip.NewReader(body)
-		if err != nil {
-			return tooLargeOr(fmt.Errorf("reading gzip body: %w", err), a.opts.MaxBodyBytes)
-		}
-		defer zr.Close()
-		src = zr
-	default:
-		return fmt.Errorf("%w %q: send identity or gzip", errUnsupportedEncoding, enc)
-	}
-	// Trust Content-Length for a first allocation only up to 1 MiB: the
-	// buffer grows as data actually arrives.
-	if r.ContentLength > 0 {
-		buf.Grow(int(min(r.ContentLength, a.opts.MaxBodyBytes, 1<<20)))
-	}
-	limit := a.opts.MaxDecompressedBytes
-	n, err := buf.ReadFrom(io.LimitReader(src, limit+1))
-	if err != nil {
-		return tooLargeOr(fmt.Errorf("reading body: %w", err), a.opts.MaxBodyBytes)
-	}
-	if n > limit {
-		return fmt.Errorf("%w: decompressed body exceeds %d bytes", errTooLarge, limit)
-	}
-	return nil
-}
 
 func tooLargeOr(err error, limit int64) error {
 	var mbe *http.MaxBytesError

@@ -28,6 +28,7 @@ import (
 	"github.com/twinline/twinline/internal/keylog"
 	"github.com/twinline/twinline/internal/log"
 	"github.com/twinline/twinline/internal/log/kafka"
+	"github.com/twinline/twinline/internal/memlimit"
 	"github.com/twinline/twinline/internal/sim"
 	"github.com/twinline/twinline/internal/store"
 	"github.com/twinline/twinline/internal/store/embedded"
@@ -290,18 +291,21 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 	}
 
 	apiOpts := api.Options{
-		MaxBodyBytes:         cfg.MaxBodyBytes,
-		MaxDecompressedBytes: cfg.MaxDecompressedBytes,
-		MaxLineBytes:         cfg.MaxLineBytes,
-		Limits:               ingestLimits(cfg),
-		MachineTags:          cfg.LPMachineTags,
-		OutOfOrderWindow:     cfg.OutOfOrderWindow,
-		MaxFuture:            cfg.MaxFuture,
-		MaxInflightIngest:    cfg.MaxInflightIngest,
-		ReadTimeout:          cfg.ReadTimeout,
-		MaxMachines:          cfg.MaxMachines,
-		Lateness:             cfg.Lateness,
-		Role:                 cfg.Role,
+		MaxBodyBytes:               cfg.MaxBodyBytes,
+		MaxDecompressedBytes:       cfg.MaxDecompressedBytes,
+		MaxLineBytes:               cfg.MaxLineBytes,
+		Limits:                     ingestLimits(cfg),
+		MachineTags:                cfg.LPMachineTags,
+		OutOfOrderWindow:           cfg.OutOfOrderWindow,
+		MaxFuture:                  cfg.MaxFuture,
+		MaxInflightIngest:          cfg.MaxInflightIngest,
+		ReadTimeout:                cfg.ReadTimeout,
+		ReadIdleTimeout:            cfg.ReadIdleTimeout,
+		IngestMemory:               memlimit.IngestBudget(cfg.IngestMemory),
+		MaxInflightIngestPerClient: cfg.MaxInflightIngestPerClient,
+		MaxMachines:                cfg.MaxMachines,
+		Lateness:                   cfg.Lateness,
+		Role:                       cfg.Role,
 		Security: api.Security{
 			AllowedHosts:     allowedHosts(cfg),
 			TrustedProxies:   trustedProxies(cfg),

@@ -46,6 +46,15 @@ type Config struct {
 	ReadHeaderTimeout    time.Duration
 	// ReadTimeout bounds reading one ingest request body.
 	ReadTimeout time.Duration
+	// ReadIdleTimeout cuts an ingest body that sends nothing for this long
+	// (408).
+	ReadIdleTimeout time.Duration
+	// IngestMemory bounds the bytes ingest requests hold at once (bodies
+	// and their decoding); 0 sizes it from the memory limit.
+	IngestMemory int64
+	// MaxInflightIngestPerClient bounds the ingest requests one client
+	// (identity, or address) has decoded at once.
+	MaxInflightIngestPerClient int
 	// LPMachineTags are the line-protocol tags that carry the machine id, in
 	// order of preference.
 	LPMachineTags []string
@@ -198,44 +207,47 @@ func Default() Config {
 		MaxInflightIngest:    64,
 		ReadHeaderTimeout:    10 * time.Second,
 		ReadTimeout:          60 * time.Second,
-		LPMachineTags:        []string{"machineId", "machine_id", "machine", "host", "name"},
-		StreamQueue:          65536,
-		StreamMaxQueueBytes:  8 << 20,
-		StreamMaxLag:         30 * time.Second,
-		StreamReplayBytes:    32 << 20,
-		StreamHeartbeat:      15 * time.Second,
-		StreamReplay:         8192,
-		StreamWriteTimeout:   10 * time.Second,
-		MaxMachines:          100_000,
-		Lateness:             5 * time.Second,
-		Window:               10 * time.Second,
-		WindowGrace:          time.Minute,
-		MedianWindow:         60,
-		DedupHorizon:         10 * time.Minute,
-		DedupMaxKeys:         2 << 20,
-		OfflineAfter:         30 * time.Second,
-		Store:                "embedded",
-		SpoolBytes:           1 << 30,
-		RedisPrefix:          "twinline:",
-		HotWindow:            5 * time.Minute,
-		RateLimit:            "auto",
-		IngestRate:           200,
-		IngestBurst:          400,
-		StreamRate:           5,
-		StreamBurst:          50,
-		KafkaTopic:           "twinline.telemetry",
-		KafkaGroup:           "twinline-processor",
-		KafkaSessionTimeout:  45 * time.Second,
-		Role:                 "all",
-		Auth:                 "auto",
-		MetricsAuth:          "auto",
-		MaxStreamsPerClient:  100,
-		AuditRetention:       365 * 24 * time.Hour,
-		SessionTTL:           12 * time.Hour,
-		MQTTMaxRetained:      100,
-		MQTTMaxRetainedBytes: 1 << 20,
-		ShutdownTimeout:      15 * time.Second,
-		LogLevel:             "info",
+		ReadIdleTimeout:      10 * time.Second,
+		// IngestMemory 0: a quarter of the memory limit, else 192 MiB.
+		MaxInflightIngestPerClient: 16,
+		LPMachineTags:              []string{"machineId", "machine_id", "machine", "host", "name"},
+		StreamQueue:                65536,
+		StreamMaxQueueBytes:        8 << 20,
+		StreamMaxLag:               30 * time.Second,
+		StreamReplayBytes:          32 << 20,
+		StreamHeartbeat:            15 * time.Second,
+		StreamReplay:               8192,
+		StreamWriteTimeout:         10 * time.Second,
+		MaxMachines:                100_000,
+		Lateness:                   5 * time.Second,
+		Window:                     10 * time.Second,
+		WindowGrace:                time.Minute,
+		MedianWindow:               60,
+		DedupHorizon:               10 * time.Minute,
+		DedupMaxKeys:               2 << 20,
+		OfflineAfter:               30 * time.Second,
+		Store:                      "embedded",
+		SpoolBytes:                 1 << 30,
+		RedisPrefix:                "twinline:",
+		HotWindow:                  5 * time.Minute,
+		RateLimit:                  "auto",
+		IngestRate:                 200,
+		IngestBurst:                400,
+		StreamRate:                 5,
+		StreamBurst:                50,
+		KafkaTopic:                 "twinline.telemetry",
+		KafkaGroup:                 "twinline-processor",
+		KafkaSessionTimeout:        45 * time.Second,
+		Role:                       "all",
+		Auth:                       "auto",
+		MetricsAuth:                "auto",
+		MaxStreamsPerClient:        100,
+		AuditRetention:             365 * 24 * time.Hour,
+		SessionTTL:                 12 * time.Hour,
+		MQTTMaxRetained:            100,
+		MQTTMaxRetainedBytes:       1 << 20,
+		ShutdownTimeout:            15 * time.Second,
+		LogLevel:                   "info",
 	}
 }
 
@@ -307,6 +319,15 @@ func (c Config) Validate() error {
 	}
 	if c.ReadTimeout <= 0 {
 		bad("read-timeout", "must be positive, got %s", c.ReadTimeout)
+	}
+	if c.ReadIdleTimeout <= 0 {
+		bad("read-idle-timeout", "must be positive, got %s", c.ReadIdleTimeout)
+	}
+	if c.IngestMemory != 0 && c.IngestMemory < 16<<20 {
+		bad("ingest-memory", "must be 0 (from the memory limit) or at least 16 MiB, got %d", c.IngestMemory)
+	}
+	if c.MaxInflightIngestPerClient < 1 {
+		bad("max-inflight-ingest-per-client", "must be at least 1, got %d", c.MaxInflightIngestPerClient)
 	}
 	if len(c.LPMachineTags) == 0 {
 		bad("lp-machine-tags", "must name at least one tag")

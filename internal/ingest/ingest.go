@@ -73,6 +73,9 @@ type Options struct {
 	// decoder has not met recently; a non-empty answer rejects the events
 	// of that machine with it as the reason (e.g. a fleet size limit).
 	AdmitMachine func(id string) string
+	// Sink, if set, streams the events out in chunks instead of returning
+	// them (see Sink).
+	Sink *Sink
 }
 
 // DefaultMaxLineBytes is the line-length limit DefaultOptions sets.

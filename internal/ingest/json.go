@@ -32,10 +32,24 @@ import (
 // each invalid one gives exactly one Reject (the first problem found, Index
 // its 0-based array index); a body that is JSON but neither an object nor
 // an array is one such item. The error is a *SyntaxError, only when the body
-// is not JSON at all (or is empty).
+// is not JSON at all (or is empty), or the error of opts.Sink's Flush.
+//
+// With opts.Sink set, an array is decoded one item at a time (no tree of
+// the whole body is built) and its events go to the sink in chunks.
 func DecodeJSON(body []byte, opts Options, dst []telemetry.Event) ([]telemetry.Event, []Reject, error) {
 	trimmed := bytes.TrimPrefix(body, utf8BOM)
 	d := getDecoder(opts, dst)
+	if d.stream.sink != nil {
+		if s := skipJSONSpace(trimmed); len(s) > 0 && s[0] == '[' {
+			err := d.decodeJSONItems(body, len(body)-len(s))
+			if err == nil {
+				err = d.finishStream()
+			}
+			rejects := d.rejects
+			d.release(len(body))
+			return dst, rejects, err
+		}
+	}
 	v, err := d.parser.ParseBytes(trimmed)
 	if err != nil {
 		d.release(len(body))
@@ -70,22 +84,27 @@ func DecodeJSON(body []byte, opts Options, dst []telemetry.Event) ([]telemetry.E
 		d.decodeItem(v, 0, raw)
 	}
 	events, rejects := d.events, d.rejects
+	err = d.finishStream()
 	d.release(len(body))
+	if opts.Sink != nil {
+		return dst, rejects, err
+	}
 	return events, rejects, nil
 }
 
 // DecodeNDJSON decodes newline-delimited JSON: one event object per line,
 // as DecodeJSON describes. Blank lines are skipped; a line that is not a
 // valid event, or is longer than opts.MaxLineBytes, gives a Reject with its
-// 1-based line number and the other lines are kept. The error is always
-// nil: every line is judged on its own.
+// 1-based line number and the other lines are kept. The error is nil
+// (every line is judged on its own) unless opts.Sink's Flush fails.
 func DecodeNDJSON(body []byte, opts Options, dst []telemetry.Event) ([]telemetry.Event, []Reject, error) {
 	d := getDecoder(opts, dst)
 	size := len(body)
 	body = bytes.TrimPrefix(body, utf8BOM)
 	lines := bytes.Count(body, []byte{'\n'}) + 1
+	d.expectEvents(lines)
 	first := true
-	for line := 1; len(body) > 0; line++ {
+	for line := 1; len(body) > 0 && !d.stopped(); line++ {
 		var ln []byte
 		if i := bytes.IndexByte(body, '\n'); i >= 0 {
 			ln, body = body[:i], body[i+1:]
@@ -108,7 +127,11 @@ func DecodeNDJSON(body []byte, opts Options, dst []telemetry.Event) ([]telemetry
 		if first {
 			first = false
 			if o, err := v.Object(); err == nil {
-				d.slab.hint(min(estimateMetrics(o)*(lines-line+1), size/4))
+				n := lines - line + 1
+				if d.stream.sink != nil {
+					n = min(n, d.stream.sink.Chunk)
+				}
+				d.slab.hint(min(estimateMetrics(o)*n, size/4))
 			}
 		}
 		var raw []byte
@@ -118,7 +141,11 @@ func DecodeNDJSON(body []byte, opts Options, dst []telemetry.Event) ([]telemetry
 		d.decodeItem(v, line, raw)
 	}
 	events, rejects := d.events, d.rejects
+	err := d.finishStream()
 	d.release(size)
+	if opts.Sink != nil {
+		return dst, rejects, err
+	}
 	return events, rejects, nil
 }
 
@@ -262,11 +289,12 @@ func (d *decoder) decodeItem(v *fastjson.Value, index int, raw []byte) {
 	}
 	if it.failed {
 		d.slab.abort()
-		d.rejects = append(d.rejects, it.rej)
+		d.addReject(it.rej)
 		return
 	}
 	it.ev.Metrics = d.slab.commit()
 	d.events = append(d.events, it.ev)
+	d.emitted()
 }
 
 // unitHint explains a numeric timestamp that looks like seconds or

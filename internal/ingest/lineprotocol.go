@@ -81,7 +81,7 @@ func DecodeLineProtocol(body []byte, precision lineprotocol.Precision, opts Opti
 // takes the number of its first line); an unterminated one swallows the
 // rest of the body. After a lone CR the lineprotocol decoder finds a second
 // entry on the same line, so a line may have two rejects. The error is
-// non-nil only for an unknown precision.
+// non-nil only for an unknown precision, or from opts.Sink's Flush.
 func DecodeLineProtocolStats(body []byte, precision lineprotocol.Precision, opts Options, dst []telemetry.Event) ([]telemetry.Event, []Reject, Stats, error) {
 	return decodeLineProtocol(body, precision, opts, dst, false)
 }
@@ -93,13 +93,28 @@ func decodeLineProtocol(body []byte, precision lineprotocol.Precision, opts Opti
 		return dst, nil, Stats{}, fmt.Errorf("decoding line protocol: precision %d: %w", precision, ErrUnknownPrecision)
 	}
 	d := getDecoder(opts, dst)
-	d.slab.hint(2 * (bytes.Count(body, []byte{'\n'}) + 1))
+	lines := bytes.Count(body, []byte{'\n'}) + 1
+	base := len(dst)
+	d.expectEvents(lines)
+	if opts.Sink != nil {
+		lines, base = min(lines, d.stream.sink.Chunk), 0
+	}
+	d.slab.hint(2 * lines)
 	if slow || !d.decodeLinesFast(body, precision) {
-		d.events, d.rejects, d.stats = d.events[:len(dst)], d.rejects[:0], Stats{}
+		// Start again; what the fast path flushed is decoded again, and
+		// dropped.
+		d.events, d.rejects, d.rejected, d.stats = d.events[:base], d.rejects[:0], 0, Stats{}
+		if s := d.stream.sink; s != nil {
+			d.stream.skip = s.Flushed
+		}
 		d.decodeLinesReader(body, precision)
 	}
 	events, rejects, stats := d.events, d.rejects, d.stats
+	err := d.finishStream()
 	d.release(len(body))
+	if opts.Sink != nil {
+		return dst, rejects, stats, err
+	}
 	return events, rejects, stats, nil
 }
 
@@ -113,7 +128,7 @@ func (d *decoder) decodeLinesFast(body []byte, precision lineprotocol.Precision)
 	}
 	dec := lineprotocol.NewDecoderWithBytes(body)
 	line, lineStart := 1, 0 // the line number of body[lineStart]
-	for dec.Next() {
+	for !d.stopped() && dec.Next() {
 		m, err := dec.Measurement()
 		if err != nil {
 			// Measurement errors lie on the entry's first line.
@@ -169,7 +184,7 @@ func hasLongLine(body []byte, limit int) bool {
 func (d *decoder) decodeLinesReader(body []byte, precision lineprotocol.Precision) {
 	r := &lineReader{d: d, body: body}
 	dec := lineprotocol.NewDecoder(r)
-	for dec.Next() {
+	for !d.stopped() && dec.Next() {
 		line := r.line
 		m, err := dec.Measurement()
 		if err != nil {
@@ -364,6 +379,7 @@ func (d *decoder) decodeEntry(dec *lineprotocol.Decoder, m []byte, line int, pre
 	}
 	ev.Metrics = d.slab.commit()
 	d.events = append(d.events, ev)
+	d.emitted()
 }
 
 // precisionHint suggests the precision under which an out-of-range

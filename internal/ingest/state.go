@@ -18,6 +18,9 @@ type decoder struct {
 
 	events  []telemetry.Event
 	rejects []Reject
+	// rejected counts the rejects, including those over Sink.MaxRejects.
+	rejected int
+	stream   streamState
 
 	slab  metricSlab
 	arena []byte // backing bytes of event ids, append-only
@@ -95,6 +98,8 @@ func getDecoder(opts Options, dst []telemetry.Event) *decoder {
 	d.opts = opts.normalize()
 	d.events = dst
 	d.rejects = nil
+	d.rejected = 0
+	d.startStream(opts.Sink)
 	d.stats = Stats{}
 	d.noTagReason = ""
 	if d.opts.AdmitMachine != nil {
@@ -108,6 +113,8 @@ func getDecoder(opts Options, dst []telemetry.Event) *decoder {
 // returned by the call.
 func (d *decoder) release(bodyLen int) {
 	d.events, d.rejects = nil, nil
+	d.stream = streamState{}
+	d.opts.Sink = nil
 	d.slab = metricSlab{}
 	d.arena = nil
 	d.item = jsonItem{}
@@ -120,7 +127,15 @@ func (d *decoder) release(bodyLen int) {
 }
 
 func (d *decoder) reject(index int, field, reason string) {
-	d.rejects = append(d.rejects, Reject{Index: index, Field: field, Reason: reason})
+	d.addReject(Reject{Index: index, Field: field, Reason: reason})
+}
+
+func (d *decoder) addReject(r Reject) {
+	d.rejected++
+	if s := d.stream.sink; s != nil && s.MaxRejects > 0 && len(d.rejects) >= s.MaxRejects {
+		return
+	}
+	d.rejects = append(d.rejects, r)
 }
 
 // machine returns the interned machine id b, or why it is not valid.
