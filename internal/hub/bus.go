@@ -345,14 +345,22 @@ func (h *Hub) deliver(payload string) {
 		return
 	}
 	prev, first, drafts := p.prev, p.first, p.drafts
-	if h.opts.OnRemote != nil && p.origin != h.bus.id {
+	// Another replica's samples and status also feed the conflated fleet
+	// streams here (decoded only while one is connected).
+	var remote []fleetUpdate
+	if p.origin != h.bus.id && (h.opts.OnRemote != nil || h.conflating.Load()) {
 		var msg []byte
 		for _, d := range drafts {
 			if len(d.buf) < headroom+2 {
 				continue // a jump: no message
 			}
 			msg = append(append(msg[:0], '{'), d.buf[headroom:len(d.buf)-2]...)
-			h.opts.OnRemote(d.machine, msg)
+			if h.opts.OnRemote != nil {
+				h.opts.OnRemote(d.machine, msg)
+			}
+			if h.conflating.Load() {
+				remote = remoteUpdates(d.machine, msg, remote)
+			}
 		}
 	}
 	last := first + uint64(len(drafts)) - 1 // first-1 for a jump
@@ -366,6 +374,9 @@ func (h *Hub) deliver(payload string) {
 		h.lostLocked()
 	}
 	h.global = max(h.global, last)
+	if h.fleet != nil {
+		h.fleet.merge(remote)
+	}
 	if p.origin == h.bus.id {
 		switch st, ok := h.pubs[p.no]; {
 		case !ok:

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/valyala/fastjson"
+
 	"github.com/twinline/twinline/internal/telemetry"
 )
 
@@ -229,4 +231,37 @@ func parseConflate(v string) (time.Duration, string) {
 		return 0, "must be a duration from " + minConflate.String() + " to " + maxConflate.String() + ", e.g. 250ms"
 	}
 	return d, ""
+}
+
+// remoteUpdates decodes the samples and status messages another replica
+// published (bodies as in the bus: `{"type":…,"machine":…,…}`) into fleet
+// updates, so that conflated streams on this replica show the whole fleet
+// (an api replica processes nothing itself). Other message types give none;
+// a body that does not decode is skipped.
+func remoteUpdates(machine string, body []byte, us []fleetUpdate) []fleetUpdate {
+	head := body[:min(len(body), 32)]
+	switch {
+	case bytes.Contains(head, []byte(`"type":"samples"`)):
+		v, err := fastjson.ParseBytes(body)
+		if err != nil {
+			return us
+		}
+		seen := v.GetInt64("ingestTs")
+		for _, s := range v.GetArray("samples") {
+			metric := string(s.GetStringBytes("metric"))
+			if metric == "" {
+				continue
+			}
+			us = append(us, fleetUpdate{Machine: machine, Metric: metric, Value: s.GetFloat64("value"), TS: s.GetInt64("ts"), Seen: seen})
+		}
+	case bytes.Contains(head, []byte(`"type":"status"`)):
+		v, err := fastjson.ParseBytes(body)
+		if err != nil {
+			return us
+		}
+		if st := string(v.GetStringBytes("data", "status")); st != "" {
+			us = append(us, fleetUpdate{Machine: machine, Status: st, Seen: v.GetInt64("data", "lastSeen")})
+		}
+	}
+	return us
 }

@@ -36,6 +36,7 @@ type msg struct {
 	Reason      string          `json:"reason,omitempty"`
 	Cursor      uint64          `json:"cursor,omitempty"`
 	RetryMs     int64           `json:"retryMs,omitempty"`
+	Machines    json.RawMessage `json:"machines,omitempty"`
 	// ID is the SSE event id, "" if none (or not SSE).
 	ID string `json:"-"`
 }

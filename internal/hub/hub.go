@@ -1,6 +1,8 @@
 package hub
 
 import (
+	"sync/atomic"
+
 	"context"
 	"encoding/json"
 	"errors"
@@ -190,8 +192,11 @@ type Hub struct {
 	// their shared state (nil without them).
 	conflated map[*client]struct{}
 	fleet     *fleetState
-	names     []string             // scratch space of a flush
-	clients   map[*client]struct{} // every registered client, cut off or not
+	// conflating says fleet is not nil, read without the lock (the bus
+	// decodes other replicas' messages for it only then).
+	conflating atomic.Bool
+	names      []string             // scratch space of a flush
+	clients    map[*client]struct{} // every registered client, cut off or not
 	// perKey counts the registered clients of each client key.
 	perKey  map[string]int
 	closing bool
@@ -761,6 +766,7 @@ func (h *Hub) unsubscribeLocked(c *client) {
 		}
 		if len(h.conflated) == 0 {
 			h.fleet = nil // the next conflated client starts afresh
+			h.conflating.Store(false)
 		}
 		return
 	}
@@ -842,6 +848,7 @@ func (h *Hub) register(c *client, cursor uint64, hasCursor bool) (registration, 
 		h.conflated[c] = struct{}{}
 		if h.fleet == nil {
 			h.fleet = newFleetState()
+			h.conflating.Store(true)
 		}
 		c.flushed = h.fleet.v
 		c.flusher = time.AfterFunc(c.conflate, func() { h.flush(c) })

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -343,5 +344,27 @@ func TestOwnPublishOnce(t *testing.T) {
 				t.Errorf("publish calls left tracked: %v", h.pubs)
 			}
 		})
+	}
+}
+
+// TestConflatedAcrossReplicas: a conflated fleet stream on B shows the
+// samples and status A published (an api replica processes nothing
+// itself), once per interval.
+func TestConflatedAcrossReplicas(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	prefix := testRedisPrefix(t)
+	a := newReplica(t, redisAddr(), prefix, Options{})
+	b := newReplica(t, redisAddr(), prefix, Options{})
+	fleet := dial(t, ctx, b.srv, transportWS, "all=1&conflate=50ms", nil)
+	fleet.hello(t, ctx)
+	a.hub.PublishSamples([]telemetry.Sample{{Machine: "press-07", Metric: "temp", Time: 1000, Value: 71.5}}, 5000)
+	a.hub.PublishStatus("press-07", "online", 5000)
+	for {
+		m := readUntilType(t, ctx, fleet, "fleet")
+		got := string(m[len(m)-1].Machines)
+		if strings.Contains(got, `"temp":{"value":71.5,"ts":1000}`) && strings.Contains(got, `"status":"online"`) {
+			break
+		}
 	}
 }
