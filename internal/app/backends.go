@@ -189,6 +189,7 @@ func (a *App) openKafka(st store.Store, sinks stream.Sinks, engineCfg stream.Eng
 			return fmt.Errorf("starting the Kafka processor: %w", err)
 		}
 		a.kproc = kp
+		a.twins.OnDelete(kp.ForgetMachine) // a deleted machine leaves the partition engines
 		a.checks = append(a.checks, kp.Ready)
 	}
 	return nil

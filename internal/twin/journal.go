@@ -13,7 +13,7 @@ import (
 )
 
 // journal is an append-only file of JSON lines, the durable form of the
-// alarm changes and the operator notes. Opening it replays every line; a
+// alarm changes and the operator notes (the recent ones: see NoteFile). Opening it replays every line; a
 // torn last line (a crash mid-write, never acknowledged) is cut off, any
 // other unreadable line is an error. A write that fails part-way is cut
 // back, so the file always stays readable.
@@ -135,15 +135,29 @@ func (j *journal) close() error { return j.f.Close() }
 // and reopens j on the new file; when nothing changed the file stays as it
 // is. It returns how many lines changed. On an error j is unchanged.
 func rewriteJournal[T any](j *journal, change func(*T) bool) (int, error) {
-	path := j.f.Name()
+	out, n, err := rewriteLines(io.NewSectionReader(j.f, 0, j.size), j.f.Name(), change)
+	if err != nil || n == 0 {
+		return 0, err
+	}
+	if err := j.replace(out, j.lines); err != nil {
+		return 0, err
+	}
+	return n, nil
+}
+
+// rewriteLines returns the JSON lines read from r (of the file name)
+// decoded as T and passed through change, which reports whether it changed
+// the value: the lines it did not change are copied as they are. It
+// returns how many lines changed.
+func rewriteLines[T any](r io.Reader, name string, change func(*T) bool) ([]byte, int, error) {
 	var out bytes.Buffer
 	n := 0
-	sc := bufio.NewScanner(io.NewSectionReader(j.f, 0, j.size))
+	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for line := 1; sc.Scan(); line++ {
 		var v T
 		if err := json.Unmarshal(sc.Bytes(), &v); err != nil {
-			return 0, fmt.Errorf("reading %s line %d: %w", path, line, err)
+			return nil, 0, fmt.Errorf("reading %s line %d: %w", name, line, err)
 		}
 		if !change(&v) {
 			out.Write(sc.Bytes())
@@ -152,21 +166,15 @@ func rewriteJournal[T any](j *journal, change func(*T) bool) (int, error) {
 		}
 		b, err := json.Marshal(v)
 		if err != nil {
-			return 0, fmt.Errorf("encoding %s line %d: %w", path, line, err)
+			return nil, 0, fmt.Errorf("encoding %s line %d: %w", name, line, err)
 		}
 		out.Write(append(b, '\n'))
 		n++
 	}
 	if err := sc.Err(); err != nil {
-		return 0, fmt.Errorf("reading %s: %w", path, err)
+		return nil, 0, fmt.Errorf("reading %s: %w", name, err)
 	}
-	if n == 0 {
-		return 0, nil
-	}
-	if err := j.replace(out.Bytes(), j.lines); err != nil {
-		return 0, err
-	}
-	return n, nil
+	return out.Bytes(), n, nil
 }
 
 // replace makes data (lines JSON lines) the journal's whole content,

@@ -14,8 +14,8 @@ const (
 	maxNoteText   = 4000
 	maxNoteAuthor = 100
 	// notesInMemory bounds the notes kept in memory per machine by
-	// NoteFile (the journal on disk keeps every note), and so the notes
-	// List returns.
+	// NoteFile (its journal and archive on disk keep every note), and so
+	// the notes List returns.
 	notesInMemory = 1000
 )
 

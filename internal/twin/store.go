@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strconv"
 	"sync"
 	"time"
 )
@@ -302,115 +301,5 @@ func (f *AlarmFile) Close() error {
 	}
 	err := errors.Join(f.j.sync(), f.j.close())
 	f.j = nil
-	return err
-}
-
-// NoteFile is a NoteStore in an append-only JSON-lines file (notes.jsonl),
-// fsynced per note, indexed in memory by machine (the latest notesInMemory
-// notes of each).
-type NoteFile struct {
-	mu     sync.Mutex
-	j      *journal
-	byMach map[string][]Note
-	seq    uint64
-}
-
-var _ NoteEraser = (*NoteFile)(nil)
-
-// OpenNoteFile opens (creating it if needed) the notes journal at path.
-func OpenNoteFile(path string) (*NoteFile, error) {
-	n := &NoteFile{byMach: map[string][]Note{}}
-	j, err := openJournal(path, func(line []byte) error {
-		var note Note
-		if err := json.Unmarshal(line, &note); err != nil {
-			return err
-		}
-		n.index(note)
-		if s, err := strconv.ParseUint(note.ID, 10, 64); err == nil {
-			n.seq = max(n.seq, s)
-		}
-		return nil
-	})
-	if err != nil {
-		return nil, err
-	}
-	n.j = j
-	return n, nil
-}
-
-func (n *NoteFile) index(note Note) {
-	list := append(n.byMach[note.Machine], note)
-	if len(list) > notesInMemory {
-		list = append(list[:0:0], list[len(list)-notesInMemory:]...)
-	}
-	n.byMach[note.Machine] = list
-}
-
-// Add implements NoteStore.
-func (n *NoteFile) Add(_ context.Context, note Note) (Note, error) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if n.j == nil {
-		return Note{}, errors.New("adding note: notes closed")
-	}
-	note.ID = strconv.FormatUint(n.seq+1, 10)
-	if err := n.j.append(note); err != nil {
-		return Note{}, err
-	}
-	if err := n.j.sync(); err != nil {
-		return Note{}, err
-	}
-	n.seq++
-	n.index(note)
-	return note, nil
-}
-
-// List implements NoteStore.
-func (n *NoteFile) List(_ context.Context, machine string, limit int) ([]Note, error) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	list := n.byMach[machine]
-	if limit > 0 && len(list) > limit {
-		list = list[len(list)-limit:]
-	}
-	return append([]Note(nil), list...), nil
-}
-
-// EraseAuthor implements NoteEraser: it rewrites the file atomically.
-func (n *NoteFile) EraseAuthor(_ context.Context, author, pseudonym string) (int, error) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if n.j == nil {
-		return 0, errors.New("erasing note author: notes closed")
-	}
-	count, err := rewriteJournal(n.j, func(note *Note) bool {
-		if note.Author != author {
-			return false
-		}
-		note.Author = pseudonym
-		return true
-	})
-	if err != nil {
-		return 0, fmt.Errorf("erasing note author: %w", err)
-	}
-	for _, list := range n.byMach {
-		for i := range list {
-			if list[i].Author == author {
-				list[i].Author = pseudonym
-			}
-		}
-	}
-	return count, nil
-}
-
-// Close implements NoteStore.
-func (n *NoteFile) Close() error {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if n.j == nil {
-		return nil
-	}
-	err := n.j.close()
-	n.j = nil
 	return err
 }

@@ -92,7 +92,7 @@ type entry struct {
 	info     Info
 	lastSeen int64
 	latest   map[string]latest
-	rate     stream.Rate
+	rate     *stream.Rate // nil until the first event, and once trimmed
 	medians  map[string]*stream.Median
 }
 
@@ -170,6 +170,9 @@ func (t *Twins) Observe(b *telemetry.Batch, samples []telemetry.Sample) {
 		}
 		// An event's samples come together: count one hit per event.
 		if i == 0 || samples[i-1].Machine != s.Machine || samples[i-1].Time != s.Time {
+			if e.rate == nil {
+				e.rate = new(stream.Rate)
+			}
 			e.rate.Hit(b.Received, 1)
 			t.fleet.Hit(b.Received, 1)
 		}
@@ -369,8 +372,11 @@ func (t *Twins) view(e *entry, now int64) Machine {
 		}
 		metrics[name] = mv
 	}
-	return Machine{Info: e.info, Status: status, LastSeen: e.lastSeen, Metrics: metrics,
-		Rate1m: e.rate.PerSecond(now, time.Minute), Rate5m: e.rate.PerSecond(now, 5*time.Minute)}
+	m := Machine{Info: e.info, Status: status, LastSeen: e.lastSeen, Metrics: metrics}
+	if e.rate != nil {
+		m.Rate1m, m.Rate5m = e.rate.PerSecond(now, time.Minute), e.rate.PerSecond(now, 5*time.Minute)
+	}
+	return m
 }
 
 // Put creates or replaces a machine's registry entry and persists it. It
@@ -548,17 +554,22 @@ func (t *Twins) RegisterMissing(infos []Info) (int, error) {
 // before the Twins is shared.
 func (t *Twins) OnDelete(fn func(id string)) { t.onDelete = fn }
 
-// Trim drops the sliding medians of machines silent (server time now) for
-// idleFactor × --offline-after, at least idleMin: their registry entry,
-// latest values and last median stay, and a machine that comes back
-// starts its medians afresh. It costs O(machines); Run calls it.
+// Trim drops the sliding medians and the event rate of machines silent
+// (server time now) for idleFactor × --offline-after, at least idleMin,
+// and reports how many machines it trimmed: their registry entry, latest
+// values and last median stay, and a machine that comes back starts its
+// medians afresh. Its rate answers 0 either way (a Rate covers the last
+// MaxRateWindow, far less than idleMin; unless the server clock goes back
+// by more than idleMin), and the Rate its next event creates counts as the
+// dropped one would have (a hit after a gap longer than the window starts
+// it afresh). It costs O(machines); Run calls it.
 func (t *Twins) Trim(now time.Time) (trimmed int) {
 	cutoff := now.Add(-max(idleFactor*t.offlineAfter, idleMin)).UnixMilli()
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	for _, e := range t.machines {
-		if e.medians != nil && e.lastSeen < cutoff {
-			e.medians = nil
+		if (e.medians != nil || e.rate != nil) && e.lastSeen < cutoff {
+			e.medians, e.rate = nil, nil
 			trimmed++
 		}
 	}

@@ -342,8 +342,9 @@ func TestRefreshFollowsTheStore(t *testing.T) {
 	}
 }
 
-// TestTrimAndDeleteHook: a long-silent machine loses its medians but keeps
-// its entry and latest values; a deleted one is reported to the hook.
+// TestTrimAndDeleteHook: a long-silent machine loses its medians and rate
+// but keeps its entry and latest values, and counts its events afresh when
+// it comes back; a deleted one is reported to the hook.
 func TestTrimAndDeleteHook(t *testing.T) {
 	clk := &fakeClock{t: time.UnixMilli(1_000_000)}
 	tw := open(t, filepath.Join(t.TempDir(), "registry.json"), clk)
@@ -361,6 +362,24 @@ func TestTrimAndDeleteHook(t *testing.T) {
 	m, err := tw.Get("m")
 	if err != nil || m.Metrics["x"].Value != 3 || m.Metrics["x"].Median == nil {
 		t.Errorf("after Trim: %+v, %v; want the latest value and last median kept", m, err)
+	}
+	tw.mu.RLock()
+	if e := tw.machines["m"]; e.rate != nil || e.medians != nil {
+		t.Errorf("after Trim: rate %v, medians %v; want both dropped", e.rate != nil, e.medians)
+	}
+	tw.mu.RUnlock()
+	// Back after the trim, m counts its events as a machine never seen.
+	clk.t = clk.t.Add(3 * time.Hour)
+	for i := range 5 {
+		at := clk.t.UnixMilli() + int64(i)*700
+		for _, id := range []string{"m", "fresh"} {
+			tw.Observe(&telemetry.Batch{Received: at}, []telemetry.Sample{{Machine: id, Metric: "x", Time: at, Value: 1}})
+		}
+	}
+	back, _ := tw.Get("m")
+	fresh, _ := tw.Get("fresh")
+	if back.Rate1m != fresh.Rate1m || back.Rate5m != fresh.Rate5m || back.Rate1m == 0 {
+		t.Errorf("rates of m back after Trim = %v, %v; of a fresh machine %v, %v", back.Rate1m, back.Rate5m, fresh.Rate1m, fresh.Rate5m)
 	}
 	if err := tw.Delete("m"); err != nil {
 		t.Fatal(err)

@@ -53,6 +53,11 @@ type Processor struct {
 	mu    sync.Mutex
 	parts map[int32]*partition
 
+	// forget are the machines ForgetMachine was told of, for the polling
+	// goroutine (which owns the engines) to drop.
+	forgetMu sync.Mutex
+	forget   []string
+
 	lag          *prometheus.GaugeVec
 	consumed     prometheus.Counter
 	bad          prometheus.Counter
@@ -230,6 +235,7 @@ func (p *Processor) Run(ctx context.Context) error {
 			}
 			p.logger.Warn("fetching records", "partition", part, "err", err)
 		})
+		p.forgetMachines()
 		failed := p.process(ctx, cl, fetches)
 		if now := time.Now(); now.Sub(lastTick) >= tickInterval {
 			lastTick = now
@@ -240,6 +246,36 @@ func (p *Processor) Run(ctx context.Context) error {
 			backoff = min(max(2*backoff, 50*time.Millisecond), maxBackoff)
 		} else {
 			backoff = 0
+		}
+	}
+}
+
+// ForgetMachine makes Run drop every partition engine's state of a
+// machine deleted from the registry, before it processes the next records
+// it polled. It is safe to call from any goroutine.
+func (p *Processor) ForgetMachine(machine string) {
+	p.forgetMu.Lock()
+	defer p.forgetMu.Unlock()
+	p.forget = append(p.forget, machine)
+}
+
+// forgetMachines applies ForgetMachine to every assigned partition's
+// engine (a machine's records are in one partition, but which one is the
+// producer's choice); the polling goroutine calls it between a poll and
+// its processing, when no partition work is in flight.
+func (p *Processor) forgetMachines() {
+	p.forgetMu.Lock()
+	ids := p.forget
+	p.forget = nil
+	p.forgetMu.Unlock()
+	if len(ids) == 0 {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, ps := range p.parts {
+		for _, id := range ids {
+			ps.engine.ForgetMachine(id)
 		}
 	}
 }

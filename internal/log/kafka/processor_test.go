@@ -628,3 +628,35 @@ func TestProducerUnavailable(t *testing.T) {
 		t.Errorf("Ready() = %v, want ErrUnavailable", err)
 	}
 }
+
+// TestForgetMachine: a machine forgotten (deleted from the registry)
+// leaves the partition engines, so an event of it sent again is not taken
+// for a duplicate; a machine not forgotten keeps its keys.
+func TestForgetMachine(t *testing.T) {
+	t.Parallel()
+	c, topic := newCluster(t, 2)
+	brokers := c.ListenAddrs()
+	prod := newProducer(t, brokers, topic)
+	evs := events(2, 3, 0)
+	if err := prod.Append(context.Background(), &telemetry.Batch{Events: evs, Received: base}); err != nil {
+		t.Fatalf("Append: %v", err)
+	}
+	st := NewMemStore()
+	r := startProcessor(t, brokers, topic, "g", st, stream.Sinks{})
+	waitFor(t, 20*time.Second, "all samples stored", func() bool { return st.Len() == len(samplesOf(evs)) })
+
+	r.p.ForgetMachine("m-000")
+	again := []telemetry.Event{evs[0], evs[1]} // m-000 and m-001, seq 0
+	if err := prod.Append(context.Background(), &telemetry.Batch{Events: again, Received: base}); err != nil {
+		t.Fatalf("Append: %v", err)
+	}
+	waitFor(t, 20*time.Second, "the events sent again consumed", func() bool {
+		return testutil.ToFloat64(r.p.consumed) == float64(len(evs)+len(again))
+	})
+	if got := testutil.ToFloat64(r.p.duplicates); got != 1 {
+		t.Errorf("duplicates = %v, want 1 (m-001's event)", got)
+	}
+	if got := st.Repeats(); got != len(evs[0].Metrics) {
+		t.Errorf("samples stored again = %d, want %d (m-000's event)", got, len(evs[0].Metrics))
+	}
+}

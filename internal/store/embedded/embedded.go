@@ -91,6 +91,13 @@ type Options struct {
 	// WALCompression is the compression of WAL records: "snappy" (the
 	// default), "zstd" or "none".
 	WALCompression string
+	// SeriesIdle is how long a series may go without samples before the
+	// store forgets what it caches of it (about 200 bytes: its labels, TSDB
+	// reference and newest time); its next sample takes the checked path,
+	// which learns them again from the stored data. Server time (Now).
+	// Default OutOfOrderWindow, or BlockDuration when out-of-order samples
+	// are disabled; negative keeps every series cached.
+	SeriesIdle time.Duration
 	// Now returns the current time. Default time.Now.
 	Now func() time.Time
 }
@@ -110,6 +117,12 @@ func (o Options) withDefaults() Options {
 	}
 	if o.WALCompression == "" {
 		o.WALCompression = compression.Snappy
+	}
+	if o.SeriesIdle == 0 {
+		o.SeriesIdle = o.OutOfOrderWindow
+		if o.SeriesIdle < 0 {
+			o.SeriesIdle = o.BlockDuration
+		}
 	}
 	if o.Now == nil {
 		o.Now = time.Now
@@ -149,6 +162,9 @@ type series struct {
 	// maxT is the newest time stored (or being stored) in the series, or
 	// unknownTime. Samples at or before it take the checked path.
 	maxT atomic.Int64
+	// seen is the server time (Unix ms, to a second) of the latest Append
+	// of a sample of the series: the sweep forgets long idle series.
+	seen atomic.Int64
 }
 
 // raise makes the series' newest time at least t.
@@ -184,6 +200,14 @@ type Store struct {
 	reg       *registerer
 	now       func() time.Time
 	maxFuture int64 // ms; negative: unchecked
+	idle      int64 // ms a series stays cached without samples; negative: forever
+
+	// nextSweep is when (Unix ms) an Append next sweeps idle series out
+	// of the cache.
+	nextSweep atomic.Int64
+	// appendMu is held for reading by every Append, which holds the
+	// series it resolved until it returns, and for writing by the sweep.
+	appendMu sync.RWMutex
 
 	// closeMu is held for reading by every operation, for writing by Close.
 	closeMu sync.RWMutex
@@ -233,6 +257,11 @@ func Open(dir string, opts Options, logger *slog.Logger, reg prometheus.Register
 	if opts.MaxFuture >= 0 {
 		s.maxFuture = opts.MaxFuture.Milliseconds()
 	}
+	s.idle = -1
+	if opts.SeriesIdle >= 0 {
+		s.idle = opts.SeriesIdle.Milliseconds()
+		s.nextSweep.Store(s.now().UnixMilli() + s.sweepEvery())
+	}
 	var r prometheus.Registerer
 	if reg != nil {
 		s.reg = &registerer{reg: reg, logger: logger}
@@ -270,6 +299,10 @@ func (s *Store) collectors() []prometheus.Collector {
 		counter("conflicting_samples_total", "Samples at the time of a stored one with another value, dropped (first write wins).", &s.conflicts),
 		counter("out_of_bounds_samples_total", "Samples too old or too far in the future, dropped.", &s.outOfBounds),
 		counter("invalid_samples_total", "Samples with an empty machine or metric, dropped.", &s.invalid),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Namespace: "twinline", Subsystem: "store", Name: "cached_series",
+			Help: "Series whose identity the store caches: those with samples appended within the series idle time.",
+		}, func() float64 { return float64(s.CachedSeries()) }),
 	}
 }
 
@@ -361,6 +394,19 @@ func (s *Store) Append(ctx context.Context, samples []telemetry.Sample) error {
 // newer than its series' newest is stored on the fast path, and an older
 // one is checked against the stored data anyway.
 func (s *Store) AppendFresh(ctx context.Context, samples []telemetry.Sample, fresh []bool) error {
+	now := s.now().UnixMilli()
+	s.appendMu.RLock()
+	err := s.appendFresh(ctx, samples, fresh, now)
+	s.appendMu.RUnlock()
+	if s.idle >= 0 {
+		if next := s.nextSweep.Load(); now >= next && s.nextSweep.CompareAndSwap(next, now+s.sweepEvery()) {
+			s.sweep(now)
+		}
+	}
+	return err
+}
+
+func (s *Store) appendFresh(ctx context.Context, samples []telemetry.Sample, fresh []bool, now int64) error {
 	if fresh != nil && len(fresh) != len(samples) {
 		return fmt.Errorf("appending samples: %d fresh flags for %d samples", len(fresh), len(samples))
 	}
@@ -376,10 +422,10 @@ func (s *Store) AppendFresh(ctx context.Context, samples []telemetry.Sample, fre
 		return nil
 	}
 
-	ents := s.resolve(samples)
+	ents := s.resolve(samples, now)
 	maxT := int64(math.MaxInt64)
 	if s.maxFuture >= 0 {
-		maxT = s.now().UnixMilli() + s.maxFuture
+		maxT = now + s.maxFuture
 	}
 	var (
 		c       counts
@@ -543,8 +589,9 @@ func (s *Store) appendGroup(ctx context.Context, q storage.Querier, app storage.
 }
 
 // resolve returns the cached series of every sample, nil for a sample
-// without machine or metric, creating the missing ones.
-func (s *Store) resolve(samples []telemetry.Sample) []*series {
+// without machine or metric, creating the missing ones, and marks them
+// seen at now.
+func (s *Store) resolve(samples []telemetry.Sample, now int64) []*series {
 	ents := make([]*series, len(samples))
 	missing := false
 	s.mu.RLock()
@@ -566,6 +613,7 @@ func (s *Store) resolve(samples []telemetry.Sample) []*series {
 			missing = true
 			continue
 		}
+		e.see(now)
 		ents[i], lastKey, last = e, k, e
 	}
 	s.mu.RUnlock()
@@ -588,9 +636,60 @@ func (s *Store) resolve(samples []telemetry.Sample) []*series {
 			s.nextID++
 			s.series[k] = e
 		}
+		e.see(now)
 		ents[i] = e
 	}
 	return ents
+}
+
+// see marks e seen at now (ms), to a second: most calls only read.
+func (e *series) see(now int64) {
+	if now-e.seen.Load() >= 1000 {
+		e.seen.Store(now)
+	}
+}
+
+// sweepEvery is how often (ms) Append sweeps idle series out of the
+// cache: twice per idle time, so a series goes at most 1.5 idle times
+// after its last sample.
+func (s *Store) sweepEvery() int64 { return max(s.idle/2, 1000) }
+
+// sweep forgets the series not seen for the idle time. It holds appendMu
+// for writing, so no Append holds a series it forgets (it waits for the
+// Appends running, not for queries); a sample of a
+// forgotten series creates it again, with its newest time unknown, so
+// that sample takes the checked path: it is compared with the stored data,
+// which also gives the series' newest time (appendGroup), and TSDB finds
+// its series again by labels (reference 0). The map is rebuilt when most
+// of it went, since a Go map does not shrink.
+func (s *Store) sweep(now int64) {
+	s.appendMu.Lock()
+	defer s.appendMu.Unlock()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	cutoff := now - s.idle
+	dropped := 0
+	for k, e := range s.series {
+		if e.seen.Load() < cutoff {
+			delete(s.series, k)
+			dropped++
+		}
+	}
+	if dropped > len(s.series) {
+		kept := make(map[store.SeriesKey]*series, len(s.series))
+		for k, e := range s.series {
+			kept[k] = e
+		}
+		s.series = kept
+	}
+}
+
+// CachedSeries returns how many series the store caches (see
+// Options.SeriesIdle).
+func (s *Store) CachedSeries() int {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return len(s.series)
 }
 
 // Select calls fn for every sample of key in [from, to] in time order, until

@@ -340,3 +340,67 @@ func TestCrash(t *testing.T) {
 		}
 	}
 }
+
+// TestIdleSeriesForgotten: a series without samples for SeriesIdle leaves
+// the cache at the next sweep (Appends, clock injected); its next samples
+// are checked against the stored data: a duplicate stays a duplicate, a
+// conflict keeps the stored value, and its newest time is learned again.
+func TestIdleSeriesForgotten(t *testing.T) {
+	clock := time.UnixMilli(base)
+	s := open(t, t.TempDir(), Options{SeriesIdle: time.Hour, Now: func() time.Time { return clock }})
+	a := func(t int64, v float64) telemetry.Sample {
+		return telemetry.Sample{Machine: "m", Metric: "a", Time: t, Value: v}
+	}
+	b := func(t int64, v float64) telemetry.Sample {
+		return telemetry.Sample{Machine: "m", Metric: "b", Time: t, Value: v}
+	}
+	mustAppend(t, s, []telemetry.Sample{a(base, 1), b(base, 1), b(base+sec, 2)})
+
+	steps := []struct {
+		after  time.Duration
+		cached int
+	}{
+		{40 * time.Minute, 2},  // swept at 40 min: nothing idle for an hour
+		{60 * time.Minute, 1},  // swept at 100 min: b idle since 0
+		{120 * time.Minute, 1}, // swept at 220 min: a is seen by the Append that sweeps
+	}
+	at := base
+	for _, st := range steps {
+		clock = clock.Add(st.after)
+		at += sec
+		mustAppend(t, s, []telemetry.Sample{a(at+sec, 1)})
+		if got := s.CachedSeries(); got != st.cached {
+			t.Errorf("after %v: %d series cached, want %d", clock.Sub(time.UnixMilli(base)), got, st.cached)
+		}
+	}
+
+	before := s.Stats()
+	fresh := make([]bool, 3)
+	// b's samples: a duplicate, a conflict, a new one.
+	if err := s.AppendFresh(context.Background(), []telemetry.Sample{b(base, 1), b(base+sec, 9), b(base+2*sec, 3)}, fresh); err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(fresh, []bool{false, false, true}); diff != "" {
+		t.Errorf("fresh (-got +want):\n%s", diff)
+	}
+	after := s.Stats()
+	if after.Duplicates-before.Duplicates != 1 || after.Conflicts-before.Conflicts != 1 {
+		t.Errorf("duplicates, conflicts = %d, %d; want 1, 1", after.Duplicates-before.Duplicates, after.Conflicts-before.Conflicts)
+	}
+	var got []store.Point
+	if err := s.Select(context.Background(), store.SeriesKey{Machine: "m", Metric: "b"}, base, base+hour, func(p store.Point) bool {
+		got = append(got, p)
+		return true
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(got, []store.Point{{Time: base, Value: 1}, {Time: base + sec, Value: 2}, {Time: base + 2*sec, Value: 3}}); diff != "" {
+		t.Errorf("b (-got +want):\n%s", diff)
+	}
+	s.mu.RLock()
+	newest := s.series[store.SeriesKey{Machine: "m", Metric: "b"}].maxT.Load()
+	s.mu.RUnlock()
+	if newest != base+2*sec {
+		t.Errorf("b's newest time = %d, want %d (learned again)", newest, base+2*sec)
+	}
+}
