@@ -186,6 +186,11 @@ func bench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		// take all of it.
 		cfg.OutOfOrderWindow = max(cfg.OutOfOrderWindow, opts.History+time.Hour)
 	}
+	if d := opts.WithDefaults(); !set["max-streams-per-client"] {
+		// Every stream client of the bench comes from one IP: let the
+		// server take them all (the default caps one client at 100).
+		cfg.MaxStreamsPerClient = max(cfg.MaxStreamsPerClient, d.Clients+d.FleetClients)
+	}
 	var logger *slog.Logger
 	if serverLog != "" {
 		f, err := os.Create(serverLog)
