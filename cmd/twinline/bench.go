@@ -24,7 +24,7 @@ import (
 const benchUsage = `Usage: twinline bench --scenario NAME [flags]
 
 Measures a twinline server: ingest throughput, sensor-to-client latency,
-stream fan-out and query latency. Without --target it starts a server in
+stream fan-out, a dashboard's mix of streams and query latency. Without --target it starts a server in
 this process (every serve flag applies to it, e.g. --log-capacity; its data
 goes to a temporary directory unless --data-dir is given).
 
@@ -40,10 +40,14 @@ Scenarios:
   query        preload --history of 1 Hz data for --history-machines machines
                (and one event for every other machine), then time history queries
                (points=1000, step=10s&agg=avg) and the fleet list
+  dashboard    latency plus --fleet-clients (50) conflated fleet clients
+               (all=1&conflate=--conflate): machine clients' latency, the interval
+               between fleet updates, their size, and every client dropped
 
 Examples:
   twinline bench --scenario ingest-json --duration 10s
   twinline bench --scenario latency --rate 50000 --clients 1000
+  twinline bench --scenario dashboard --duration 10s
   twinline bench --scenario fanout --clients 20000 --target http://127.0.0.1:8080 --target-pid 1234
 
 Flags:
@@ -86,6 +90,8 @@ func bench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&opts.MachinesPerClient, "machines-per-client", 0, "machines each stream client subscribes to (default 1)")
 	fs.IntVar(&opts.AllClients, "all-clients", 0, "of --clients, how many subscribe to every machine (?all=1)")
 	fs.StringVar(&opts.Transport, "transport", "ws", "stream transport: ws (WebSocket) or sse")
+	fs.IntVar(&opts.FleetClients, "fleet-clients", 0, "stream clients of the conflated fleet stream (all=1&conflate=…), besides --clients (default 50 for dashboard, else 0)")
+	durationVar(fs, &opts.Conflate, "conflate", "conflation interval of the fleet clients, 50ms to 10s (0: 250ms)")
 	fs.IntVar(&opts.ConnectWorkers, "connect-workers", 0, "stream connections opened at once (default 64)")
 	fs.IntVar(&opts.HistoryMachines, "history-machines", 0, "query: machines preloaded with history (default 4)")
 	durationVar(fs, &opts.History, "history", "query: length of the preloaded 1 Hz history")
@@ -179,6 +185,11 @@ func bench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		// The history is sent now with past event times: let the server
 		// take all of it.
 		cfg.OutOfOrderWindow = max(cfg.OutOfOrderWindow, opts.History+time.Hour)
+	}
+	if d := opts.WithDefaults(); !set["max-streams-per-client"] {
+		// Every stream client of the bench comes from one IP: let the
+		// server take them all (the default caps one client at 100).
+		cfg.MaxStreamsPerClient = max(cfg.MaxStreamsPerClient, d.Clients+d.FleetClients)
 	}
 	var logger *slog.Logger
 	if serverLog != "" {

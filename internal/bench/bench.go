@@ -16,6 +16,10 @@
 //     connection), then receive a paced load (messages/s delivered).
 //   - query: a store preloaded with history, then history queries
 //     (downsampled and aggregated) and the fleet list, one at a time.
+//   - dashboard: the latency scenario plus conflated fleet clients
+//     (all=1&conflate=D), as a dashboard's fleet view subscribes: machine
+//     clients' latency, the fleet clients' update interval and message
+//     size, and every client the server dropped.
 //
 // The package is a client only: the caller (cmd/twinline) starts an
 // embedded server when no target is given and tells the package which
@@ -35,7 +39,7 @@ import (
 )
 
 // Scenarios are the scenario names, in the order of the help text.
-var Scenarios = []string{"ingest-json", "ingest-lp", "latency", "fanout", "query"}
+var Scenarios = []string{"ingest-json", "ingest-lp", "latency", "fanout", "query", "dashboard"}
 
 // Process names the process whose memory and CPU a scenario reports: the
 // server. PID 0 is this process (an embedded server).
@@ -73,6 +77,10 @@ type Options struct {
 	AllClients        int    // of Clients, how many subscribe with ?all=1
 	Transport         string // "ws" or "sse"
 	ConnectWorkers    int    // concurrent dials while connecting clients
+	// FleetClients subscribe, besides Clients, to the conflated fleet
+	// stream (all=1&conflate=Conflate) and measure its updates.
+	FleetClients int
+	Conflate     time.Duration
 
 	HistoryMachines int           // query: machines preloaded with history
 	History         time.Duration // query: length of the preloaded history at 1 Hz
@@ -126,7 +134,7 @@ func (o Options) WithDefaults() Options {
 	case "ingest-json", "ingest-lp":
 		def(&o.Batch, 1000)
 		def(&o.Machines, 1000)
-	case "latency":
+	case "latency", "dashboard":
 		def(&o.Batch, 500)
 		def(&o.Machines, 1000)
 		def(&o.Clients, 1000)
@@ -135,6 +143,9 @@ func (o Options) WithDefaults() Options {
 		}
 		if o.Warmup == 0 {
 			o.Warmup = min(time.Second, o.Duration/5)
+		}
+		if o.Scenario == "dashboard" {
+			def(&o.FleetClients, 50)
 		}
 	case "fanout":
 		def(&o.Batch, 500)
@@ -149,6 +160,9 @@ func (o Options) WithDefaults() Options {
 	case "query":
 		def(&o.Batch, 1000)
 		def(&o.Machines, 1000)
+	}
+	if o.FleetClients > 0 && o.Conflate == 0 {
+		o.Conflate = 250 * time.Millisecond
 	}
 	return o
 }
@@ -191,6 +205,9 @@ func (o Options) Validate() error {
 	positive("machines", o.Machines)
 	positive("metrics", o.Metrics)
 	positive("connect-workers", o.ConnectWorkers)
+	if o.FleetClients > 0 && o.Scenario != "latency" && o.Scenario != "fanout" && o.Scenario != "dashboard" {
+		bad("fleet-clients", "only with the stream scenarios (latency, fanout, dashboard)")
+	}
 	if o.Metrics > 256 {
 		bad("metrics", "at most 256 (the server's default --max-metrics-per-event)")
 	}
@@ -199,7 +216,7 @@ func (o Options) Validate() error {
 		if o.Machines < o.Workers {
 			bad("machines", "%d is fewer than --workers (%d): each worker owns its machines", o.Machines, o.Workers)
 		}
-	case "latency", "fanout":
+	case "latency", "fanout", "dashboard":
 		if !(o.Rate > 0) {
 			bad("rate", "must be positive")
 		}
@@ -219,6 +236,13 @@ func (o Options) Validate() error {
 		}
 		if o.Transport != "ws" && o.Transport != "sse" {
 			bad("transport", "%q is not ws or sse", o.Transport)
+		}
+		if o.FleetClients < 0 {
+			bad("fleet-clients", "must not be negative")
+		}
+		// The server's bounds of conflate (internal/hub).
+		if o.FleetClients > 0 && (o.Conflate < 50*time.Millisecond || o.Conflate > 10*time.Second) {
+			bad("conflate", "%s is not between 50ms and 10s", o.Conflate)
 		}
 	case "query":
 		positive("history-machines", o.HistoryMachines)
@@ -249,7 +273,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	switch o.Scenario {
 	case "ingest-json", "ingest-lp":
 		err = runIngest(ctx, o, r)
-	case "latency", "fanout":
+	case "latency", "fanout", "dashboard":
 		err = runStream(ctx, o, r)
 	case "query":
 		err = runQuery(ctx, o, r)

@@ -21,6 +21,17 @@ func TestOptionsValidate(t *testing.T) {
 		{name: "latency defaults", opts: ok("latency")},
 		{name: "fanout defaults", opts: ok("fanout")},
 		{name: "query defaults", opts: ok("query")},
+		{name: "dashboard defaults", opts: ok("dashboard")},
+		{name: "dashboard conflate out of the server's bounds", opts: func() Options {
+			o := ok("dashboard")
+			o.Conflate = 20 * time.Millisecond
+			return o
+		}(), flags: []string{"--conflate"}},
+		{name: "fleet clients outside the stream scenarios", opts: func() Options {
+			o := ok("query")
+			o.FleetClients = 3
+			return o
+		}(), flags: []string{"--fleet-clients"}},
 		{name: "unknown scenario and bad target", opts: Options{Scenario: "nope", Target: "127.0.0.1:8080"}.WithDefaults(), flags: []string{"--scenario", "--target"}},
 		{name: "too fast for the machines", opts: func() Options {
 			o := ok("latency")
@@ -61,6 +72,17 @@ func TestOptionsValidate(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+func TestDashboardDefaults(t *testing.T) {
+	got := Options{Scenario: "dashboard"}.WithDefaults()
+	if got.Rate != 50_000 || got.Clients != 1000 || got.FleetClients != 50 || got.Conflate != 250*time.Millisecond {
+		t.Errorf("dashboard defaults: rate %v, clients %d, fleet clients %d, conflate %s; want 50000, 1000, 50, 250ms",
+			got.Rate, got.Clients, got.FleetClients, got.Conflate)
+	}
+	if lat := (Options{Scenario: "latency"}).WithDefaults(); lat.FleetClients != 0 {
+		t.Errorf("latency defaults: %d fleet clients, want 0", lat.FleetClients)
 	}
 }
 

@@ -23,13 +23,17 @@ type streamMsg struct {
 	// seq is the message's seq ("seq"), or its cursor ("cursor") for a
 	// reconnect message; 0 when absent.
 	seq uint64
-	// ts holds each sample's event time (ms) of a samples message.
+	// ts holds each sample's event time (ms) of a samples message, or
+	// each value's of a fleet message.
 	ts []int64
+	// machines is the number of machines of a fleet message.
+	machines int
 }
 
 // scanMessage reads the fields the bench needs from one JSON stream
 // message without decoding it whole: the type, the seq (or a reconnect's
-// cursor) and, for samples, every sample's "ts". It relies on the hub's
+// cursor) and, for samples, every sample's "ts" (for fleet, every value's
+// "ts" and the number of machines). It relies on the hub's
 // encoding: string values never hold an unescaped quote, so `"ts":` cannot
 // appear inside one. ts is reused.
 func scanMessage(msg []byte, ts []int64) (streamMsg, error) {
@@ -46,14 +50,22 @@ func scanMessage(msg []byte, ts []int64) (streamMsg, error) {
 	if v, ok := intField(msg, key); ok {
 		out.seq = uint64(v)
 	}
-	if typ != "samples" {
+	list := `"samples":[`
+	switch typ {
+	case "samples":
+	case "fleet":
+		list = `"machines":[`
+	default:
 		return out, nil
 	}
-	i := bytes.Index(msg, []byte(`"samples":[`))
+	i := bytes.Index(msg, []byte(list))
 	if i < 0 {
-		return out, fmt.Errorf("samples message without samples: %.100q", msg)
+		return out, fmt.Errorf("%s message without %s: %.100q", typ, list, msg)
 	}
 	rest := msg[i:]
+	if typ == "fleet" {
+		out.machines = bytes.Count(rest, []byte(`{"machine":`))
+	}
 	for {
 		j := bytes.Index(rest, []byte(`"ts":`))
 		if j < 0 {
@@ -126,6 +138,9 @@ type subscriber struct {
 	from *atomic.Int64
 	// wsClient makes WebSocket handshakes.
 	wsClient *http.Client
+	// fleet, for a client of a conflated fleet stream, records its fleet
+	// messages (nil: a machine or all=1 client).
+	fleet *fleetMeter
 }
 
 // errStreamEnded is a stream the server closed.
@@ -193,10 +208,14 @@ func (s *subscriber) session(ctx context.Context, cursor *uint64, hello func()) 
 	defer closeFn()
 	var ts []int64
 	var lat []time.Duration
+	var lastFleet time.Time // arrival of this session's previous fleet message
 	got := false
 	for {
 		msg, err := next()
 		if err != nil {
+			if websocket.CloseStatus(err) == websocket.StatusTryAgainLater {
+				s.m.closeNotices.Add(1)
+			}
 			return got, err
 		}
 		arrival := time.Now()
@@ -211,7 +230,26 @@ func (s *subscriber) session(ctx context.Context, cursor *uint64, hello func()) 
 			hello()
 		case "reconnect":
 			*cursor = sm.seq
+			s.m.reconnectNotices.Add(1)
+			// A WebSocket close frame (1013) follows: count it too.
+			for range 4 {
+				if _, err := next(); err != nil {
+					if websocket.CloseStatus(err) == websocket.StatusTryAgainLater {
+						s.m.closeNotices.Add(1)
+					}
+					break
+				}
+			}
 			return got, errStreamEnded
+		case "fleet":
+			if s.fleet != nil && arrival.UnixMilli() >= s.from.Load() {
+				var gap time.Duration
+				if !lastFleet.IsZero() {
+					gap = arrival.Sub(lastFleet)
+				}
+				s.fleet.record(arrival, gap, len(msg), sm.machines, sm.ts)
+			}
+			lastFleet = arrival
 		case "samples":
 			if sm.seq > 0 {
 				*cursor = sm.seq

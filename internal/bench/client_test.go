@@ -46,6 +46,12 @@ func TestScanMessage(t *testing.T) {
 			msg:  `{"seq":43,"type":"window","machine":"m","data":{"metric":"temp","start":1,"size":10000,"kind":"final","count":1,"sum":1,"min":1,"max":1,"avg":1}}`,
 			want: streamMsg{typ: "window", seq: 43, ts: []int64{}},
 		},
+		{
+			name: "fleet: its machines and every value's ts, not lastSeen",
+			msg:  `{"type":"fleet","seq":90,"machines":[{"machine":"a","status":"online","alarm":false,"lastSeen":1764482400500,"metrics":{"rpm":{"value":2,"ts":1764482400002},"temp":{"value":1,"ts":1764482400001}}},{"machine":"b","metrics":{"temp":{"value":3,"ts":1764482400003}}}]}`,
+			want: streamMsg{typ: "fleet", seq: 90, ts: []int64{1764482400002, 1764482400001, 1764482400003}, machines: 2},
+		},
+		{name: "fleet without machines", msg: `{"type":"fleet","seq":1}`, wantErr: true},
 		{name: "no type", msg: `{"seq":1}`, wantErr: true},
 		{name: "samples without samples", msg: `{"seq":1,"type":"samples"}`, wantErr: true},
 		{name: "bad ts", msg: `{"seq":1,"type":"samples","samples":[{"ts":x}]}`, wantErr: true},
@@ -127,5 +133,26 @@ func TestBodies(t *testing.T) {
 		"bench,machineId=bench-00001 temp=0.7,rpm=2 1764482400001\n"
 	if got != wantLP {
 		t.Errorf("line protocol body = %q, want %q", got, wantLP)
+	}
+}
+
+func TestParseDropped(t *testing.T) {
+	exposition := `# HELP twinline_stream_clients_dropped_total Stream clients dropped, by reason.
+# TYPE twinline_stream_clients_dropped_total counter
+twinline_stream_clients_dropped_total{reason="shutdown"} 0
+twinline_stream_clients_dropped_total{reason="slow_client"} 3
+twinline_stream_clients_dropped_total{reason="write_error"} 1
+twinline_stream_clients{transport="ws"} 1050
+`
+	got, err := parseDropped([]byte(exposition))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]int64{"shutdown": 0, "slow_client": 3, "write_error": 1}
+	if diff := cmp.Diff(got, want); diff != "" {
+		t.Errorf("parseDropped mismatch (-got +want):\n%s", diff)
+	}
+	if _, err := parseDropped([]byte(`twinline_stream_clients_dropped_total{reason="x"} many` + "\n")); err == nil {
+		t.Error("parseDropped of a bad value = nil error, want one")
 	}
 }

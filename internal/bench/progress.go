@@ -24,6 +24,12 @@ type meter struct {
 	// reconnects counts sessions of connected subscribers that ended
 	// before the run did (slow client cut off, server restart).
 	reconnects atomic.Int64
+	// reconnectNotices and closeNotices count the announced drops the
+	// stream clients saw: reconnect messages and WebSocket close frames
+	// with status 1013 (try again later).
+	reconnectNotices, closeNotices atomic.Int64
+	// fleetMessages counts the fleet messages of conflated clients.
+	fleetMessages atomic.Int64
 }
 
 func newMeter(now time.Time) *meter {
@@ -43,6 +49,7 @@ type counters struct {
 	clients, connected                int64
 	messages, received                int64
 	queries                           int64
+	fleetMessages                     int64
 }
 
 func (m *meter) read(now time.Time) counters {
@@ -52,7 +59,8 @@ func (m *meter) read(now time.Time) counters {
 		behind:  m.behind.Load(),
 		clients: m.clients.Load(), connected: m.connected.Load(),
 		messages: m.messages.Load(), received: m.received.Load(),
-		queries: m.queries.Load(),
+		queries:       m.queries.Load(),
+		fleetMessages: m.fleetMessages.Load(),
 	}
 }
 
@@ -93,6 +101,9 @@ func lineFor(scenario string, start time.Time, prev, cur counters) progressLine 
 		add("clients", fmt.Sprintf("%d/%d", cur.connected, cur.clients))
 		add("msgs/s", rate(prev.messages, cur.messages))
 		add("recv samples/s", rate(prev.received, cur.received))
+	}
+	if cur.fleetMessages > 0 {
+		add("fleet msgs/s", rate(prev.fleetMessages, cur.fleetMessages))
 	}
 	if cur.behind > 0 {
 		add("backlog", FormatCount(float64(cur.behind)))

@@ -26,6 +26,7 @@ type Result struct {
 	Ingest  *IngestResult `json:"ingest,omitempty"`
 	Latency *Summary      `json:"latency,omitempty"`
 	Stream  *StreamResult `json:"stream,omitempty"`
+	Fleet   *FleetResult  `json:"fleet,omitempty"`
 	Queries []QueryResult `json:"queries,omitempty"`
 	Server  *ServerResult `json:"server,omitempty"`
 	Notes   []string      `json:"notes,omitempty"`
@@ -51,6 +52,8 @@ type Config struct {
 	MachinesPerClient int     `json:"machinesPerClient,omitempty"`
 	AllClients        int     `json:"allClients,omitempty"`
 	Transport         string  `json:"transport,omitempty"`
+	FleetClients      int     `json:"fleetClients,omitempty"`
+	ConflateMs        float64 `json:"conflateMs,omitempty"`
 	WarmupSeconds     float64 `json:"warmupSeconds,omitempty"`
 	HistoryMachines   int     `json:"historyMachines,omitempty"`
 	HistorySeconds    float64 `json:"historySeconds,omitempty"`
@@ -91,6 +94,8 @@ type StreamResult struct {
 	// for the events acknowledged in the measured phase.
 	Expected   int64 `json:"expected"`
 	Reconnects int64 `json:"reconnects"`
+	// Drops are the clients the server dropped while they were measured.
+	Drops *DropResult `json:"drops,omitempty"`
 	// RSSDelta is the server's resident memory with every client connected
 	// minus before; BytesPerClient is RSSDelta / Connected.
 	RSSDelta       int64   `json:"rssDeltaBytes,omitempty"`
@@ -99,6 +104,53 @@ type StreamResult struct {
 	// client, after a GC, when the server runs elsewhere: the cost of the
 	// load generator's side, to subtract from an embedded server's figure.
 	ClientBytesPerClient float64 `json:"clientBytesPerClient,omitempty"`
+}
+
+// DropResult counts dropped stream clients, as the server reports them
+// and as the clients saw them. A healthy run has none.
+type DropResult struct {
+	// Server is twinline_stream_clients_dropped_total{reason} after −
+	// before the run, by reason (reasons that did not move are left out);
+	// ServerTotal is their sum. ServerRead is false when the server's
+	// /metrics could not be read: then both are unknown.
+	Server      map[string]int64 `json:"server,omitempty"`
+	ServerTotal int64            `json:"serverTotal"`
+	ServerRead  bool             `json:"serverRead"`
+	// ReconnectNotices counts reconnect messages the clients received,
+	// CloseNotices WebSocket close frames with status 1013.
+	ReconnectNotices int64 `json:"reconnectNotices"`
+	CloseNotices     int64 `json:"closeNotices"`
+}
+
+// FleetResult describes what the clients of conflated fleet streams
+// (all=1&conflate=D) received in the measured phase.
+type FleetResult struct {
+	Clients      int     `json:"clients"`
+	ConflateMs   float64 `json:"conflateMs"`
+	Messages     int64   `json:"messages"`
+	MessagesPerS float64 `json:"messagesPerS"`
+	// Interval is the time between two fleet messages of one client: the
+	// conflation interval when the server keeps up.
+	Interval Summary `json:"interval"`
+	// Freshness is a fleet message's arrival − the event time of its
+	// newest value.
+	Freshness Summary     `json:"freshness"`
+	Bytes     SizeSummary `json:"bytes"`
+	// MachinesPerMessage and ValuesPerMessage are the machines and metric
+	// values (latest per series) a fleet message carries on average;
+	// SamplesPerMessage the acknowledged samples one message of one
+	// client stands for (the conflation ratio).
+	MachinesPerMessage float64 `json:"machinesPerMessage"`
+	ValuesPerMessage   float64 `json:"valuesPerMessage"`
+	SamplesPerMessage  float64 `json:"samplesPerMessage"`
+}
+
+// SizeSummary is a distribution of message sizes, in bytes.
+type SizeSummary struct {
+	Mean float64 `json:"mean"`
+	P50  float64 `json:"p50"`
+	P99  float64 `json:"p99"`
+	Max  float64 `json:"max"`
 }
 
 // QueryResult is one kind of query's latency.
@@ -135,8 +187,12 @@ func newResult(o Options) *Result {
 		},
 	}
 	switch o.Scenario {
-	case "latency", "fanout":
+	case "latency", "fanout", "dashboard":
 		r.Config.Rate = o.Rate
+		r.Config.FleetClients = o.FleetClients
+		if o.FleetClients > 0 {
+			r.Config.ConflateMs = float64(o.Conflate) / float64(time.Millisecond)
+		}
 		r.Config.LingerMs = float64(o.Linger) / float64(time.Millisecond)
 		r.Config.Clients = o.Clients
 		r.Config.MachinesPerClient = o.MachinesPerClient
@@ -171,6 +227,9 @@ func WriteTable(w io.Writer, r *Result) error {
 		cfg += fmt.Sprintf(" rate=%s clients=%d machines-per-client=%d all-clients=%d transport=%s",
 			FormatCount(c.Rate), c.Clients, c.MachinesPerClient, c.AllClients, c.Transport)
 	}
+	if c.FleetClients > 0 {
+		cfg += fmt.Sprintf(" fleet-clients=%d conflate=%s", c.FleetClients, time.Duration(c.ConflateMs*float64(time.Millisecond)))
+	}
 	if c.HistoryMachines > 0 {
 		cfg += fmt.Sprintf(" history=%s×%d", time.Duration(c.HistorySeconds*float64(time.Second)), c.HistoryMachines)
 	}
@@ -199,9 +258,24 @@ func WriteTable(w io.Writer, r *Result) error {
 		if s.ClientBytesPerClient != 0 {
 			row("bench memory", "%s per client on the load generator's side", FormatBytes(s.ClientBytesPerClient))
 		}
+		if d := s.Drops; d != nil {
+			server := "server's /metrics not read"
+			if d.ServerRead {
+				server = fmt.Sprintf("%d by the server (%s)", d.ServerTotal, formatErrors(d.Server))
+			}
+			row("dropped", "%s; clients saw %d reconnect messages, %d close frames 1013", server, d.ReconnectNotices, d.CloseNotices)
+		}
 	}
 	if l := r.Latency; l != nil {
 		row("sensor→client", "%s", formatSummary(*l))
+	}
+	if f := r.Fleet; f != nil {
+		row("fleet", "%d clients, conflate %s: %s messages (%s/s)", f.Clients, formatMs(f.ConflateMs), FormatCount(float64(f.Messages)), FormatCount(f.MessagesPerS))
+		row("fleet interval", "%s", formatSummary(f.Interval))
+		row("fleet freshness", "%s", formatSummary(f.Freshness))
+		row("fleet message", "mean %s  p50 %s  p99 %s  max %s; %.1f machines, %.1f values, %s samples per message",
+			FormatBytes(f.Bytes.Mean), FormatBytes(f.Bytes.P50), FormatBytes(f.Bytes.P99), FormatBytes(f.Bytes.Max),
+			f.MachinesPerMessage, f.ValuesPerMessage, FormatCount(f.SamplesPerMessage))
 	}
 	for _, q := range r.Queries {
 		extra := ""

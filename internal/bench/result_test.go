@@ -63,6 +63,22 @@ func sampleResults() map[string]*Result {
 		RSSDelta: 60 << 20, BytesPerClient: 62914.56,
 	}
 
+	dash := base("dashboard")
+	dash.Ingest = &IngestResult{Requests: 1000, Events: 500_000, Samples: 1_500_000, EventsPerS: 50_000, SamplesPerS: 150_000}
+	dash.Latency = &Summary{Count: 1_350_000, MeanMs: 9.2, P50Ms: 7.6, P90Ms: 11.8, P99Ms: 25.3, P999Ms: 60.1, MaxMs: 120.4}
+	dash.Stream = &StreamResult{
+		Clients: 1050, Connected: 1050, ConnectS: 0.6, ConnectPerS: 1750,
+		Messages: 900_000, MessagesPerS: 100_000, Samples: 1_350_000, SamplesPerS: 150_000, Expected: 1_350_000,
+		Drops: &DropResult{ServerRead: true, Server: map[string]int64{"slow_client": 1}, ServerTotal: 1, ReconnectNotices: 1, CloseNotices: 1},
+	}
+	dash.Fleet = &FleetResult{
+		Clients: 50, ConflateMs: 250, Messages: 1800, MessagesPerS: 200,
+		Interval:           Summary{Count: 1750, MeanMs: 250.2, P50Ms: 250.1, P90Ms: 251, P99Ms: 262, P999Ms: 270, MaxMs: 271},
+		Freshness:          Summary{Count: 1800, MeanMs: 12, P50Ms: 10, P90Ms: 20, P99Ms: 40, P999Ms: 50, MaxMs: 51},
+		Bytes:              SizeSummary{Mean: 120_000, P50: 119_000, P99: 125_000, Max: 130_000},
+		MachinesPerMessage: 1000, ValuesPerMessage: 3000, SamplesPerMessage: 37_500,
+	}
+
 	q := base("query")
 	q.Queries = []QueryResult{
 		{Name: "history-points", Path: "/api/v1/machines/bench-00000/series?metric=temp&points=1000", Points: 1000,
@@ -70,7 +86,7 @@ func sampleResults() map[string]*Result {
 		{Name: "fleet", Path: "/api/v1/machines", Errors: map[string]int64{"transport": 1},
 			Summary: Summary{Count: 899, MeanMs: 3, P50Ms: 2.9, P90Ms: 4, P99Ms: 6, P999Ms: 8, MaxMs: 8.1}, PerS: 30},
 	}
-	return map[string]*Result{"ingest": ingest, "latency": lat, "query": q}
+	return map[string]*Result{"ingest": ingest, "latency": lat, "dashboard": dash, "query": q}
 }
 
 func TestResultJSONShape(t *testing.T) {

@@ -40,7 +40,7 @@ func startServer(t *testing.T, mutate func(*config.Config)) string {
 // TestSmoke runs every scenario for a fraction of a second against an
 // embedded server: the machinery works end to end (requests acknowledged,
 // samples received and measured, queries answered). Timings are not
-// checked. Skipped with -short (about 3 s in all).
+// checked. Skipped with -short (about 3.5 s in all).
 func TestSmoke(t *testing.T) {
 	if testing.Short() {
 		t.Skip("smoke test of every scenario against a real server; skipped with -short")
@@ -74,6 +74,21 @@ func TestSmoke(t *testing.T) {
 				}
 				if r.Stream.RSSDelta == 0 {
 					t.Errorf("no memory figure: %+v", r.Stream)
+				}
+			},
+		},
+		{
+			opts: Options{Scenario: "dashboard", Rate: 2000, Clients: 10, FleetClients: 3, Conflate: 100 * time.Millisecond, Machines: 10, Warmup: 100 * time.Millisecond},
+			check: func(t *testing.T, r *Result) {
+				checkIngest(t, r)
+				if r.Stream == nil || r.Stream.Connected != 13 || r.Stream.Samples == 0 {
+					t.Fatalf("stream = %+v, want 13 clients connected and samples received", r.Stream)
+				}
+				if f := r.Fleet; f == nil || f.Messages == 0 || f.Interval.Count == 0 || f.MachinesPerMessage == 0 || f.Bytes.Max == 0 {
+					t.Fatalf("fleet = %+v, want fleet messages measured", r.Fleet)
+				}
+				if d := r.Stream.Drops; d == nil || !d.ServerRead || d.ServerTotal != 0 || d.ReconnectNotices != 0 || d.CloseNotices != 0 {
+					t.Errorf("drops = %+v, want the server's counter read and nothing dropped", d)
 				}
 			},
 		},

@@ -1,23 +1,28 @@
 package bench
 
 import (
-	"github.com/twinline/twinline/internal/auth"
-
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"math"
 	"net/http"
 	"runtime"
 	"runtime/debug"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/twinline/twinline/internal/auth"
 )
 
-// runStream runs the latency and fanout scenarios: connect the stream
-// clients, then send at a fixed rate, open loop, and measure every sample
-// the clients receive.
+// runStream runs the latency, fanout and dashboard scenarios: connect the
+// stream clients — o.Clients machine (or all=1) clients, then
+// o.FleetClients conflated fleet clients — then send at a fixed rate, open
+// loop, and measure every sample and fleet message the clients receive,
+// and every client the server drops.
 func runStream(ctx context.Context, o Options, r *Result) error {
 	if err := checkOpenFiles(o); err != nil {
 		return err
@@ -31,7 +36,11 @@ func runStream(ctx context.Context, o Options, r *Result) error {
 	// others to MachinesPerClient consecutive machines each, round robin.
 	names := machineList(o.Prefix, o.Machines)
 	subs := make([]int64, o.Machines) // subscribers per machine
-	queries := make([]string, o.Clients)
+	total := o.Clients + o.FleetClients
+	queries := make([]string, total)
+	for c := o.Clients; c < total; c++ {
+		queries[c] = "all=1&conflate=" + o.Conflate.String()
+	}
 	for c := range o.Clients {
 		if c < o.AllClients {
 			queries[c] = "all=1"
@@ -55,11 +64,15 @@ func runStream(ctx context.Context, o Options, r *Result) error {
 
 	rss0, rssErr := serverRSS(o)
 	self0, selfErr := selfRSS(o)
+	// Drops are counted from here: the server's counter before, and the
+	// notices the clients see.
+	dropped0, droppedErr := droppedClients(ctx, o)
 	m.setPhase("connect")
-	m.clients.Store(int64(o.Clients))
+	m.clients.Store(int64(total))
 	var from atomic.Int64
 	from.Store(math.MaxInt64)
 	shards := NewShards(4 * runtime.GOMAXPROCS(0))
+	fleet := newFleetMeter(m)
 	wsClient := &http.Client{Transport: auth.BearerTransport(o.Token, &http.Transport{Proxy: nil, MaxIdleConnsPerHost: -1})}
 	defer wsClient.CloseIdleConnections()
 
@@ -73,10 +86,13 @@ func runStream(ctx context.Context, o Options, r *Result) error {
 	var firstConnectErr error
 	connectStart := time.Now()
 	var connectEnd atomic.Int64
-	for c := range o.Clients {
+	for c := range total {
 		s := &subscriber{
 			base: o.Target, query: queries[c], transport: o.Transport,
 			hist: shards.Shard(c), m: m, from: &from, wsClient: wsClient,
+		}
+		if c >= o.Clients {
+			s.fleet = fleet
 		}
 		wg.Add(1)
 		go func() {
@@ -91,7 +107,7 @@ func runStream(ctx context.Context, o Options, r *Result) error {
 			defer release()
 			s.run(clientsCtx, func() {
 				release()
-				if m.connected.Add(1) == int64(o.Clients) {
+				if m.connected.Add(1) == int64(total) {
 					connectEnd.Store(time.Now().UnixNano())
 					close(allConnected)
 				}
@@ -106,7 +122,7 @@ func runStream(ctx context.Context, o Options, r *Result) error {
 			})
 		}()
 	}
-	connectTimeout := max(30*time.Second, time.Duration(o.Clients)*5*time.Millisecond)
+	connectTimeout := max(30*time.Second, time.Duration(total)*5*time.Millisecond)
 	t := time.NewTimer(connectTimeout)
 	select {
 	case <-allConnected:
@@ -120,7 +136,7 @@ func runStream(ctx context.Context, o Options, r *Result) error {
 		connectDur = time.Duration(end - connectStart.UnixNano())
 	}
 	st := &StreamResult{
-		Clients:     o.Clients,
+		Clients:     total,
 		Connected:   connected,
 		ConnectS:    connectDur.Seconds(),
 		ConnectErrs: connectErrs.Load(),
@@ -129,9 +145,9 @@ func runStream(ctx context.Context, o Options, r *Result) error {
 		st.ConnectPerS = float64(connected) / connectDur.Seconds()
 	}
 	r.Stream = st
-	if connected < int64(o.Clients) {
+	if connected < int64(total) {
 		connectErrMu.Lock()
-		r.Notes = append(r.Notes, fmt.Sprintf("only %d of %d clients connected within %s; first error: %v", connected, o.Clients, connectTimeout, firstConnectErr))
+		r.Notes = append(r.Notes, fmt.Sprintf("only %d of %d clients connected within %s; first error: %v", connected, total, connectTimeout, firstConnectErr))
 		connectErrMu.Unlock()
 	}
 	if connected == 0 {
@@ -184,6 +200,24 @@ func runStream(ctx context.Context, o Options, r *Result) error {
 			last, lastAt = n, time.Now()
 		}
 	}
+	// Before the clients leave: a client that goes away can be counted as
+	// a write error on the server.
+	drops := &DropResult{ReconnectNotices: m.reconnectNotices.Load(), CloseNotices: m.closeNotices.Load()}
+	dropped1, dropErr := droppedClients(ctx, o)
+	if dropErr = errors.Join(droppedErr, dropErr); dropErr != nil {
+		r.Notes = append(r.Notes, fmt.Sprintf("dropped clients not read from the server: %v", dropErr))
+	} else {
+		drops.ServerRead = true
+		for reason, n := range dropped1 {
+			if d := n - dropped0[reason]; d != 0 {
+				if drops.Server == nil {
+					drops.Server = make(map[string]int64)
+				}
+				drops.Server[reason] = d
+				drops.ServerTotal += d
+			}
+		}
+	}
 	stopClients()
 	wg.Wait()
 	m.setPhase("done")
@@ -196,10 +230,22 @@ func runStream(ctx context.Context, o Options, r *Result) error {
 	st.Samples = m.received.Load()
 	st.Expected = expected
 	st.Reconnects = m.reconnects.Load()
+	st.Drops = drops
 	st.MessagesPerS = float64(st.Messages) / measured.Seconds()
 	st.SamplesPerS = float64(st.Samples) / measured.Seconds()
 	lat := shards.Merged().Summary()
 	r.Latency = &lat
+	if o.FleetClients > 0 {
+		r.Fleet = fleet.result(o.FleetClients, o.Conflate, r.Ingest.SamplesPerS*measured.Seconds(), measured.Seconds())
+		if r.Fleet.Interval.Count > 0 && r.Fleet.Interval.P99Ms > 2*r.Fleet.ConflateMs {
+			r.Notes = append(r.Notes, fmt.Sprintf("fleet updates came at p99 %s, more than twice the conflation interval (%s)",
+				formatMs(r.Fleet.Interval.P99Ms), formatMs(r.Fleet.ConflateMs)))
+		}
+	}
+	if drops.ServerTotal > 0 || drops.ReconnectNotices > 0 || drops.CloseNotices > 0 {
+		r.Notes = append(r.Notes, fmt.Sprintf("%d clients dropped by the server, %d reconnect and %d close notices seen: a healthy run has none",
+			drops.ServerTotal, drops.ReconnectNotices, drops.CloseNotices))
+	}
 	r.Server = serverResult(o.Server, cpu0, cpuErr, 0)
 	if got := r.Ingest.EventsPerS; got < 0.95*o.Rate {
 		r.Notes = append(r.Notes, fmt.Sprintf("the sender achieved %s of %s events/s: the server (or this machine) did not keep up; the latencies include the backlog",
@@ -353,7 +399,8 @@ func checkOpenFiles(o Options) error {
 	if o.Embedded {
 		per = 2
 	}
-	need := uint64(o.Clients)*per + uint64(o.Workers) + fdReserve
+	clients := uint64(o.Clients + o.FleetClients)
+	need := clients*per + uint64(o.Workers) + fdReserve
 	got, err := RaiseOpenFiles(need)
 	if err == nil && got >= need {
 		return nil
@@ -368,5 +415,55 @@ func checkOpenFiles(o Options) error {
 	} else {
 		hint += "; or split the clients over several bench processes"
 	}
-	return fmt.Errorf("%d clients need %d open files, the limit is %d (at most %d clients fit): %s", o.Clients, need, got, fit, hint)
+	return fmt.Errorf("%d clients need %d open files, the limit is %d (at most %d clients fit): %s", clients, need, got, fit, hint)
+}
+
+// droppedClients reads twinline_stream_clients_dropped_total{reason} from
+// the server's /metrics, by reason.
+func droppedClients(ctx context.Context, o Options) (map[string]int64, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, o.Target+"/metrics", nil)
+	if err != nil {
+		return nil, fmt.Errorf("reading dropped clients: %w", err)
+	}
+	c := &http.Client{Transport: auth.BearerTransport(o.Token, &http.Transport{Proxy: nil})}
+	defer c.CloseIdleConnections()
+	resp, err := c.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("reading dropped clients: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("reading dropped clients: GET /metrics answered %s", resp.Status)
+	}
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if err != nil {
+		return nil, fmt.Errorf("reading dropped clients: %w", err)
+	}
+	return parseDropped(body)
+}
+
+// parseDropped picks the twinline_stream_clients_dropped_total series out
+// of a Prometheus text exposition.
+func parseDropped(body []byte) (map[string]int64, error) {
+	const name = "twinline_stream_clients_dropped_total{"
+	out := make(map[string]int64)
+	for line := range bytes.Lines(body) {
+		rest, ok := bytes.CutPrefix(bytes.TrimSpace(line), []byte(name))
+		if !ok {
+			continue
+		}
+		labels, value, ok := bytes.Cut(rest, []byte("} "))
+		if !ok {
+			return nil, fmt.Errorf("parsing %q: no value", line)
+		}
+		reason, _ := stringField(labels, `reason="`)
+		v, err := strconv.ParseFloat(string(bytes.TrimSpace(value)), 64)
+		if err != nil {
+			return nil, fmt.Errorf("parsing %q: %w", line, err)
+		}
+		out[reason] += int64(v)
+	}
+	return out, nil
 }
