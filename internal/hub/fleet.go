@@ -181,8 +181,17 @@ func sortedKeys(m map[string]fleetValue) []string {
 	return keys
 }
 
-// flush sends c, a conflated client, what changed in the fleet since its
-// last flush, if anything, and schedules its next flush.
+// fleetGroup is the unfiltered conflated clients of one interval: one
+// timer, one message per flush, encoded once and queued for each.
+type fleetGroup struct {
+	interval time.Duration
+	clients  map[*client]struct{}
+	flushed  uint64 // the fleet state's version at the last flush
+	timer    *time.Timer
+}
+
+// flush sends a filtered conflated client the machines it may see that
+// changed since its last flush.
 func (h *Hub) flush(c *client) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -193,18 +202,56 @@ func (h *Hub) flush(c *client) {
 	if h.fleet.v == c.flushed {
 		return
 	}
+	m := h.fleetMessageLocked(c.flushed, c.filter)
+	c.flushed = h.fleet.v
+	if m != nil {
+		h.offerFleetLocked(c, m)
+	}
+}
+
+// flushGroup sends the group's clients the machines that changed since
+// the group's last flush: one message for all of them.
+func (h *Hub) flushGroup(g *fleetGroup) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.groups[g.interval] != g || h.fleet == nil {
+		return // gone
+	}
+	g.timer.Reset(g.interval)
+	if h.fleet.v == g.flushed {
+		return
+	}
+	m := h.fleetMessageLocked(g.flushed, nil)
+	g.flushed = h.fleet.v
+	if m == nil {
+		return
+	}
+	for c := range g.clients {
+		if c.reason == "" {
+			h.offerFleetLocked(c, m)
+		}
+	}
+}
+
+// fleetMessageLocked encodes a fleet message of the changes after version
+// since that filter accepts (all if nil), or returns nil if there are none.
+func (h *Hub) fleetMessageLocked(since uint64, filter func(string) bool) *message {
 	b := make([]byte, 0, 256)
 	b = append(b, `{"type":"fleet","seq":`...)
 	b = strconv.AppendUint(b, h.seq, 10)
 	b = append(b, `,"machines":`...)
 	var n int
-	b, n, h.names = h.fleet.appendChanges(b, c.flushed, c.filter, h.names)
-	c.flushed = h.fleet.v
+	b, n, h.names = h.fleet.appendChanges(b, since, filter, h.names)
 	if n == 0 {
-		return // changes the client may not see
+		return nil // changes the client may not see
 	}
 	b = append(b, '}')
-	if why := c.queue.push(h.now(), nil, controlMessage(h.seq, false, b)); why != pushed {
+	return controlMessage(h.seq, false, b)
+}
+
+// offerFleetLocked queues m for c, cutting c off if it is too far behind.
+func (h *Hub) offerFleetLocked(c *client, m *message) {
+	if why := c.queue.push(h.now(), nil, m); why != pushed {
 		c.why = why
 		h.cutLocked(c, reasonSlowClient)
 		return

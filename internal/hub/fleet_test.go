@@ -6,6 +6,7 @@ import (
 	"math"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -227,5 +228,41 @@ func TestConflateParameter(t *testing.T) {
 			t.Errorf("resuming a conflated stream: got %+v, want hello and a reset (conflated)", got)
 		}
 		stop()
+	})
+}
+
+// TestConflatedClientsShareFlush: unfiltered conflated clients of one
+// interval get the same fleet message, encoded once, whenever they joined.
+func TestConflatedClientsShareFlush(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		h, _ := newTestHub(t, Options{})
+		wa, wb := newMemWriter(), newMemWriter()
+		stopA := startSSEContext(t, h, context.Background(), "/api/v1/stream?all=1&conflate=250ms", wa)
+		synctest.Wait()
+		h.PublishSamples([]telemetry.Sample{{Machine: "a", Metric: "temp", Time: 1000, Value: 1}}, 5000)
+		time.Sleep(100 * time.Millisecond)
+		stopB := startSSEContext(t, h, context.Background(), "/api/v1/stream?all=1&conflate=250ms", wb)
+		synctest.Wait()
+		h.PublishSamples([]telemetry.Sample{{Machine: "b", Metric: "temp", Time: 1000, Value: 2}}, 5000)
+		time.Sleep(200 * time.Millisecond)
+		synctest.Wait()
+		fleets := func(w *memWriter) []string {
+			var out []string
+			for i, m := range w.events(t) {
+				if m.Type == "fleet" {
+					out = append(out, string(w.rawEvents(t)[i]))
+				}
+			}
+			return out
+		}
+		a, b := fleets(wa), fleets(wb)
+		if len(a) != 1 || !cmp.Equal(a, b) {
+			t.Errorf("fleet messages: A %v, B %v; want the same one", a, b)
+		}
+		if !strings.Contains(a[0], `"machine":"a"`) || !strings.Contains(a[0], `"machine":"b"`) {
+			t.Errorf("fleet message %s: want both machines", a[0])
+		}
+		stopA()
+		stopB()
 	})
 }

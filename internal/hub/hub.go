@@ -192,6 +192,9 @@ type Hub struct {
 	// their shared state (nil without them).
 	conflated map[*client]struct{}
 	fleet     *fleetState
+	// groups are the unfiltered conflated clients by interval: they share
+	// one flush, encoded once for all of them.
+	groups map[time.Duration]*fleetGroup
 	// conflating says fleet is not nil, read without the lock (the bus
 	// decodes other replicas' messages for it only then).
 	conflating atomic.Bool
@@ -764,6 +767,13 @@ func (h *Hub) unsubscribeLocked(c *client) {
 		if c.flusher != nil {
 			c.flusher.Stop()
 		}
+		if g := h.groups[c.conflate]; g != nil && c.filter == nil {
+			delete(g.clients, c)
+			if len(g.clients) == 0 {
+				g.timer.Stop()
+				delete(h.groups, c.conflate)
+			}
+		}
 		if len(h.conflated) == 0 {
 			h.fleet = nil // the next conflated client starts afresh
 			h.conflating.Store(false)
@@ -851,7 +861,20 @@ func (h *Hub) register(c *client, cursor uint64, hasCursor bool) (registration, 
 			h.conflating.Store(true)
 		}
 		c.flushed = h.fleet.v
-		c.flusher = time.AfterFunc(c.conflate, func() { h.flush(c) })
+		if c.filter != nil {
+			c.flusher = time.AfterFunc(c.conflate, func() { h.flush(c) })
+			break
+		}
+		g := h.groups[c.conflate]
+		if g == nil {
+			g = &fleetGroup{interval: c.conflate, clients: map[*client]struct{}{}, flushed: h.fleet.v}
+			g.timer = time.AfterFunc(c.conflate, func() { h.flushGroup(g) })
+			if h.groups == nil {
+				h.groups = map[time.Duration]*fleetGroup{}
+			}
+			h.groups[c.conflate] = g
+		}
+		g.clients[c] = struct{}{}
 	case c.all && c.filter != nil:
 		h.allFiltered[c] = struct{}{}
 	case c.all:
