@@ -528,28 +528,7 @@ func (h *Hub) PublishStatus(machine, status string, lastSeen int64) {
 // It takes ws over (sorts it, keeps it until encoded). Conflated streams
 // do not get windows. It never blocks on a client.
 func (h *Hub) PublishWindows(ws []Window) {
-	if len(ws) == 0 {
-		return
-	}
-	start := time.Now()
-	if h.skip() {
-		return
-	}
-	slices.SortStableFunc(ws, func(a, b Window) int { return strings.Compare(a.Machine, b.Machine) })
-	var machines []string
-	var bodies []lazyBody
-	for i := 0; i < len(ws); {
-		j := i + 1
-		for j < len(ws) && ws[j].Machine == ws[i].Machine {
-			j++
-		}
-		machines = append(machines, ws[i].Machine)
-		bodies = append(bodies, windowsBody(ws[i:j:j]))
-		i = j
-	}
-	h.publishBodies(machines, bodies, nil)
-	h.metrics.published.events.Add(float64(len(bodies)))
-	h.metrics.publishDuration.Observe(time.Since(start).Seconds())
+	publishPerMachine(h, ws, func(w Window) string { return w.Machine }, func(ws []Window) lazyBody { return windowsBody(ws) })
 }
 
 // PublishMedians sends medians, in one publish call, as one message per
@@ -558,23 +537,29 @@ func (h *Hub) PublishWindows(ws []Window) {
 // takes ms over (sorts it, keeps it until encoded). Conflated streams do
 // not get medians. It never blocks on a client.
 func (h *Hub) PublishMedians(ms []Median) {
-	if len(ms) == 0 {
+	publishPerMachine(h, ms, func(m Median) string { return m.Machine }, func(ms []Median) lazyBody { return mediansBody(ms) })
+}
+
+// publishPerMachine publishes xs as one message per machine, the body of
+// each made by body from that machine's xs, in one publish call.
+func publishPerMachine[T any](h *Hub, xs []T, machine func(T) string, body func([]T) lazyBody) {
+	if len(xs) == 0 {
 		return
 	}
 	start := time.Now()
 	if h.skip() {
 		return
 	}
-	slices.SortStableFunc(ms, func(a, b Median) int { return strings.Compare(a.Machine, b.Machine) })
+	slices.SortStableFunc(xs, func(a, b T) int { return strings.Compare(machine(a), machine(b)) })
 	var machines []string
 	var bodies []lazyBody
-	for i := 0; i < len(ms); {
+	for i := 0; i < len(xs); {
 		j := i + 1
-		for j < len(ms) && ms[j].Machine == ms[i].Machine {
+		for j < len(xs) && machine(xs[j]) == machine(xs[i]) {
 			j++
 		}
-		machines = append(machines, ms[i].Machine)
-		bodies = append(bodies, mediansBody(ms[i:j:j]))
+		machines = append(machines, machine(xs[i]))
+		bodies = append(bodies, body(xs[i:j:j]))
 		i = j
 	}
 	h.publishBodies(machines, bodies, nil)
