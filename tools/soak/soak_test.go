@@ -6,6 +6,7 @@ import (
 	"encoding/csv"
 	"image/png"
 	"math"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -272,5 +273,23 @@ func TestGlyphsCoverLabels(t *testing.T) {
 				}
 			}
 		}
+	}
+}
+
+func TestSampleTimes(t *testing.T) {
+	tests := []struct {
+		name, msg string
+		want      []int64
+	}{
+		{"samples", `{"seq":1,"type":"samples","machine":"m","ingestTs":9,"samples":[{"metric":"a","ts":100,"value":1},{"metric":"b","ts":101,"value":2}]}`, []int64{100, 101}},
+		{"fleet", `{"type":"fleet","seq":3,"machines":[{"machine":"m","lastSeen":9,"metrics":{"a":{"value":1,"ts":200}}},{"machine":"n","metrics":{"a":{"value":2,"ts":201}}}]}`, []int64{200, 201}},
+		{"heartbeat", `{"type":"heartbeat","ts":5}`, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := sampleTimes([]byte(tt.msg), nil); !slices.Equal(got, tt.want) {
+				t.Errorf("got %v, want %v", got, tt.want)
+			}
+		})
 	}
 }

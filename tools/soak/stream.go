@@ -180,13 +180,20 @@ func (s *streams) slowReader(ctx context.Context, pause time.Duration) {
 }
 
 // sampleTimes appends the event time (ms) of every sample of a "samples"
-// message, read without decoding the JSON whole: the hub writes each
-// sample's "ts" as a plain integer and no string value holds a quote.
+// message, and of every value of a conflated "fleet" message (its lag then
+// includes the conflation interval), read without decoding the JSON whole:
+// the hub writes each "ts" as a plain integer and no string value holds a
+// quote.
 func sampleTimes(msg []byte, ts []int64) []int64 {
-	if !bytes.Contains(msg, []byte(`"type":"samples"`)) {
+	var i int
+	switch {
+	case bytes.Contains(msg, []byte(`"type":"samples"`)):
+		i = bytes.Index(msg, []byte(`"samples":[`))
+	case bytes.Contains(msg, []byte(`"type":"fleet"`)):
+		i = bytes.Index(msg, []byte(`"machines":[`))
+	default:
 		return ts
 	}
-	i := bytes.Index(msg, []byte(`"samples":[`))
 	if i < 0 {
 		return ts
 	}
