@@ -67,6 +67,7 @@ func soakPanels(ss []sample) []panel {
 	return []panel{
 		{"memory (MiB)", []series{
 			{"RSS", colBlue, col(func(s sample) float64 { return mib(s.RSS) })},
+			{"RSS anonymous", colGreen, col(func(s sample) float64 { return mib(s.RSSAnon) })},
 			{"Go heap in use", colOrange, col(func(s sample) float64 { return mib(s.HeapInuse) })},
 		}},
 		{"goroutines", []series{{"goroutines", colBlue, col(func(s sample) float64 { return num(s.Goroutines) })}}},

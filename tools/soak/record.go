@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"slices"
 	"strconv"
 	"time"
 )
@@ -15,6 +16,7 @@ type sample struct {
 	// Server side, from /proc and /metrics; -1 when it could not be read
 	// (the server was down at that moment).
 	RSS        int64
+	RSSAnon    int64 // anonymous part of RSS (heap, stacks)
 	HeapInuse  int64
 	Goroutines int64
 	OpenFDs    int64
@@ -48,7 +50,7 @@ const (
 var groupNames = [numGroups]string{"machine", "fleet", "conflate"}
 
 var csvHeader = []string{
-	"elapsed_s", "rss_bytes", "heap_inuse_bytes", "goroutines", "open_fds",
+	"elapsed_s", "rss_bytes", "rss_anon_bytes", "heap_inuse_bytes", "goroutines", "open_fds",
 	"events_sent", "events_acked", "acked_per_s",
 	"lag_machine_n", "lag_machine_p50_ms", "lag_machine_p99_ms",
 	"lag_fleet_n", "lag_fleet_p50_ms", "lag_fleet_p99_ms",
@@ -80,7 +82,7 @@ func (c *csvWriter) Write(s sample) error {
 	f := func(v float64) string { return strconv.FormatFloat(v, 'f', 3, 64) }
 	msf := func(d time.Duration) string { return f(float64(d) / float64(time.Millisecond)) }
 	row := []string{
-		f(s.Elapsed.Seconds()), i(s.RSS), i(s.HeapInuse), i(s.Goroutines), i(s.OpenFDs),
+		f(s.Elapsed.Seconds()), i(s.RSS), i(s.RSSAnon), i(s.HeapInuse), i(s.Goroutines), i(s.OpenFDs),
 		i(s.Sent), i(s.Acked), f(s.AckedPerS),
 	}
 	for _, l := range s.Lag {
@@ -157,31 +159,46 @@ func spread(v []float64) (lo, hi float64) {
 }
 
 // flatness is the verdict on a series that should stay flat after warm-up:
-// max − min within max(abs, rel × min).
+// the median of its last fifth within max(abs, rel × first) of the median
+// of its first fifth. Medians, not min and max: bursts (writer goroutines
+// of busy stream clients, a compaction) come and go; a leak moves the
+// baseline.
 type flatness struct {
-	Name     string
-	Min, Max float64
-	Abs      float64 // absolute tolerance
-	Rel      float64 // relative tolerance (0.1 = 10 %)
-	N        int     // samples considered
+	Name        string
+	Min, Max    float64
+	First, Last float64 // medians of the first and last fifth
+	Abs         float64 // absolute tolerance
+	Rel         float64 // relative tolerance (0.1 = 10 %)
+	N           int     // samples considered
 }
 
-func (f flatness) tolerance() float64 { return max(f.Abs, f.Rel*f.Min) }
+func (f flatness) tolerance() float64 { return max(f.Abs, f.Rel*f.First) }
 
-func (f flatness) ok() bool { return f.N > 0 && f.Max-f.Min <= f.tolerance() }
+func (f flatness) ok() bool { return f.N > 0 && math.Abs(f.Last-f.First) <= f.tolerance() }
 
 func (f flatness) String() string {
 	if f.N == 0 {
 		return fmt.Sprintf("%s: no samples after warm-up", f.Name)
 	}
-	return fmt.Sprintf("%s min %.0f max %.0f after warm-up (flat: max − min ≤ max(%.0f, %.0f %% of min) = %.0f)",
-		f.Name, f.Min, f.Max, f.Abs, f.Rel*100, f.tolerance())
+	return fmt.Sprintf("%s baseline %.0f → %.0f after warm-up (medians of the first and last fifth; flat: within max(%.0f, %.0f %%) = %.0f); min %.0f max %.0f",
+		f.Name, f.First, f.Last, f.Abs, f.Rel*100, f.tolerance(), f.Min, f.Max)
 }
 
 func flat(name string, v []float64, abs, rel float64) flatness {
 	f := flatness{Name: name, Abs: abs, Rel: rel, N: len(v)}
 	if len(v) > 0 {
 		f.Min, f.Max = spread(v)
+		k := max(1, len(v)/5)
+		f.First, f.Last = median(v[:k]), median(v[len(v)-k:])
 	}
 	return f
+}
+
+func median(v []float64) float64 {
+	s := slices.Clone(v)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }

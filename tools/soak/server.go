@@ -167,7 +167,7 @@ func (s *server) pid() int {
 
 // probe is one reading of the server's resources: RSS from /proc, the
 // rest from /metrics; -1 for what could not be read.
-type probe struct{ rss, heap, goroutines, fds int64 }
+type probe struct{ rss, anon, heap, goroutines, fds int64 }
 
 // metricNames are the /metrics series the soak reads.
 var probeMetrics = map[string]func(*probe, int64){
@@ -178,7 +178,7 @@ var probeMetrics = map[string]func(*probe, int64){
 }
 
 func (s *server) probe(ctx context.Context) probe {
-	p := probe{-1, -1, -1, -1}
+	p := probe{-1, -1, -1, -1, -1}
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	req, _ := http.NewRequestWithContext(ctx, "GET", s.url+"/metrics", nil)
@@ -194,6 +194,7 @@ func (s *server) probe(ctx context.Context) probe {
 		if rss, err := (bench.Process{PID: pid}).RSS(); err == nil {
 			p.rss = rss
 		}
+		p.anon = rssAnon(pid)
 	}
 	return p
 }
@@ -224,4 +225,25 @@ func parseMetrics(sc *bufio.Scanner, p *probe) error {
 		return fmt.Errorf("reading metrics: %w", err)
 	}
 	return nil
+}
+
+// rssAnon reads a process's anonymous resident memory (RssAnon, bytes), -1
+// when it cannot: the part of RSS that is the process's own heap and
+// stacks, not the file pages it maps (the TSDB's memory-mapped chunks,
+// which grow with the data kept and which the kernel reclaims at will).
+func rssAnon(pid int) int64 {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		return -1
+	}
+	for line := range strings.SplitSeq(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "RssAnon:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			if err != nil {
+				return -1
+			}
+			return kb << 10
+		}
+	}
+	return -1
 }

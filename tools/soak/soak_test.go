@@ -41,7 +41,7 @@ func TestCSVWriter(t *testing.T) {
 		got[h] = rows[1][i]
 	}
 	want := map[string]string{
-		"elapsed_s": "10.000", "rss_bytes": "104857600", "heap_inuse_bytes": "", "goroutines": "42",
+		"elapsed_s": "10.000", "rss_bytes": "104857600", "rss_anon_bytes": "0", "heap_inuse_bytes": "", "goroutines": "42",
 		"open_fds": "17", "events_sent": "1000", "events_acked": "990", "acked_per_s": "99.000",
 		"lag_machine_n": "3", "lag_machine_p50_ms": "1.500", "lag_machine_p99_ms": "20.000",
 		"lag_fleet_n": "0", "lag_fleet_p50_ms": "", "lag_fleet_p99_ms": "",
@@ -103,6 +103,15 @@ func TestWarmupAndFlatness(t *testing.T) {
 	}
 	if f := flat("goroutines", nil, 20, 0.1); f.ok() {
 		t.Errorf("%v: flat without samples", f)
+	}
+	// Bursts leave the baseline: flat; a baseline that climbs: not flat.
+	bursts := []float64{80, 81, 80, 137, 80, 82, 130, 80, 81, 80}
+	if f := flat("goroutines", bursts, 20, 0.1); !f.ok() {
+		t.Errorf("%v: bursts over a flat baseline, want flat", f)
+	}
+	climb := []float64{80, 85, 90, 95, 100, 105, 110, 115, 120, 125}
+	if f := flat("goroutines", climb, 20, 0.1); f.ok() {
+		t.Errorf("%v: a climbing baseline, want not flat", f)
 	}
 }
 
