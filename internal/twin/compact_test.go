@@ -190,7 +190,6 @@ func TestAlarmJournalStaysSmall(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := stateOf(a)
 	v := 95.0
 	for i := range 20_000 { // raise and clear one alarm over and over
 		ss := []telemetry.Sample{{Machine: "x", Metric: "temp", Time: int64(i) * 1000, Value: v}}
@@ -199,7 +198,7 @@ func TestAlarmJournalStaysSmall(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	want = stateOf(a)
+	want := stateOf(a)
 	if err := a.Close(); err != nil {
 		t.Fatal(err)
 	}
