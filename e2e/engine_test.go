@@ -136,23 +136,25 @@ func TestShuffledDuplicatedBurst(t *testing.T) {
 					if !ok {
 						t.Fatal("stream ended")
 					}
-					if m.Type != "window" {
+					if m.Type != "windows" {
 						continue
 					}
-					var w struct {
-						Start         int64
-						Kind          string
-						Count         int64
-						Sum, Min, Max float64
-					}
-					if err := json.Unmarshal(m.Data, &w); err != nil {
-						t.Fatal(err)
-					}
-					a := agg{w.Count, w.Sum, w.Min, w.Max}
-					if w.Kind == "late" {
-						lates[w.Start] = merge(lates[w.Start], a)
-					} else {
-						finals[w.Start] = a
+					for _, raw := range m.Windows {
+						var w struct {
+							Start         int64
+							Kind          string
+							Count         int64
+							Sum, Min, Max float64
+						}
+						if err := json.Unmarshal(raw, &w); err != nil {
+							t.Fatal(err)
+						}
+						a := agg{w.Count, w.Sum, w.Min, w.Max}
+						if w.Kind == "late" {
+							lates[w.Start] = merge(lates[w.Start], a)
+						} else {
+							finals[w.Start] = a
+						}
 					}
 				case <-c.Done():
 					t.Fatalf("live windows (-got +want):\n%s", cmp.Diff(merged(), want))

@@ -20,7 +20,10 @@ type message struct {
 	Reason   string          `json:"reason"`
 	Cursor   uint64          `json:"cursor"`
 	Data     json.RawMessage `json:"data"`
-	Samples  []struct {
+	// Windows are the windows a processed group closed for the machine
+	// (type "windows").
+	Windows []json.RawMessage `json:"windows"`
+	Samples []struct {
 		Metric string  `json:"metric"`
 		TS     int64   `json:"ts"`
 		Value  float64 `json:"value"`
