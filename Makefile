@@ -21,7 +21,7 @@ DATA_DIR  ?= ./data
 FUZZTIME  ?= 20000x
 STATICCHECK_VERSION := v0.8.2
 
-.PHONY: soak chaos all build run test lint vet staticcheck fmt-check unit fuzz bench clean web web-test web-unit web-e2e web-screenshots web-bench
+.PHONY: e2e-load soak chaos all build run test lint vet staticcheck fmt-check unit fuzz bench clean web web-test web-unit web-e2e web-screenshots web-bench
 
 all: build
 
@@ -109,6 +109,11 @@ SOAK_RATE      ?= 20000
 SOAK_FLAGS     ?=
 CHAOS_DURATION ?= 5m
 CHAOS_FLAGS    ?=
+
+# Load tests of the end-to-end suite, apart from make test (they need the
+# machine to themselves): the stream fairness test (issue 13).
+e2e-load:
+	TWINLINE_E2E_LOAD=1 $(GO) test -count=1 -run 'TestStreamFair' -v ./e2e/
 
 soak: build
 	$(GO) run ./tools/soak soak --bin $(BIN) --duration $(SOAK_DURATION) --rate $(SOAK_RATE) $(SOAK_FLAGS)

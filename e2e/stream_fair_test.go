@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -29,8 +30,10 @@ import (
 // others down: their delivery p99 in the 15 s after the stall stays close
 // to the 15 s before. About 80 s.
 func TestStreamFair(t *testing.T) {
-	if testing.Short() {
-		t.Skip("80 s of steady load; skipped with -short")
+	// A load test: its latency comparison needs the machine to itself,
+	// not beside make test's other packages under -race.
+	if os.Getenv("TWINLINE_E2E_LOAD") == "" {
+		t.Skip("80 s of steady load: run with make e2e-load (TWINLINE_E2E_LOAD=1)")
 	}
 	const (
 		machines     = 100
