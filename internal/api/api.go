@@ -19,7 +19,7 @@ import (
 
 	"github.com/twinline/twinline/internal/auth"
 	"github.com/twinline/twinline/internal/ingest"
-	"github.com/twinline/twinline/internal/log"
+	"github.com/twinline/twinline/internal/eventlog"
 	"github.com/twinline/twinline/internal/problem"
 	"github.com/twinline/twinline/internal/store"
 	"github.com/twinline/twinline/internal/telemetry"
@@ -65,10 +65,10 @@ type Options struct {
 
 // SubmitFunc hands a decoded batch to the event log and returns once it is
 // durable, with the count of accepted and duplicate events. Errors:
-// log.ErrFull (shed load: 503), log.ErrTooLarge (413), log.ErrClosed
+// eventlog.ErrFull (shed load: 503), eventlog.ErrTooLarge (413), eventlog.ErrClosed
 // (shutting down: 503), store.ErrOutOfBounds (400); any other error means
 // nothing is acknowledged (503).
-type SubmitFunc func(ctx context.Context, b *telemetry.Batch) (log.Result, error)
+type SubmitFunc func(ctx context.Context, b *telemetry.Batch) (eventlog.Result, error)
 
 // Deps are the parts the API serves.
 type Deps struct {

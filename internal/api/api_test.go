@@ -17,7 +17,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
-	"github.com/twinline/twinline/internal/log"
+	"github.com/twinline/twinline/internal/eventlog"
 	"github.com/twinline/twinline/internal/problem"
 	"github.com/twinline/twinline/internal/store"
 	"github.com/twinline/twinline/internal/telemetry"
@@ -30,10 +30,10 @@ type fakeLog struct {
 	appendErr error
 	ackErr    error
 	got       []*telemetry.Batch
-	real      *log.Log
+	real      *eventlog.Log
 }
 
-func (f *fakeLog) Append(b *telemetry.Batch) (*log.Entry, error) {
+func (f *fakeLog) Append(b *telemetry.Batch) (*eventlog.Entry, error) {
 	if f.appendErr != nil {
 		return nil, f.appendErr
 	}
@@ -44,22 +44,22 @@ func (f *fakeLog) Append(b *telemetry.Batch) (*log.Entry, error) {
 	}
 	es, _ := f.real.Read(context.Background(), 1<<30)
 	for _, e := range es {
-		e.Ack(log.Result{Accepted: len(e.Batch.Events)}, f.ackErr)
+		e.Ack(eventlog.Result{Accepted: len(e.Batch.Events)}, f.ackErr)
 	}
 	return e, nil
 }
 
 // Submit is the SubmitFunc of the fake.
-func (f *fakeLog) Submit(ctx context.Context, b *telemetry.Batch) (log.Result, error) {
+func (f *fakeLog) Submit(ctx context.Context, b *telemetry.Batch) (eventlog.Result, error) {
 	e, err := f.Append(b)
 	if err != nil {
-		return log.Result{}, err
+		return eventlog.Result{}, err
 	}
 	return e.Wait(ctx)
 }
 
 type submitter interface {
-	Submit(ctx context.Context, b *telemetry.Batch) (log.Result, error)
+	Submit(ctx context.Context, b *telemetry.Batch) (eventlog.Result, error)
 }
 
 func newTestAPI(t *testing.T, l submitter) *API {
@@ -105,10 +105,10 @@ func TestIngestOutcomes(t *testing.T) {
 		contains   string
 	}{
 		{"accepted", &fakeLog{}, "/api/v1/events", "application/json", `{"machineId":"m","temp":1}`, 202, false, `"accepted":1`},
-		{"log full", &fakeLog{appendErr: log.ErrFull}, "/api/v1/events", "", `{"machineId":"m","temp":1}`, 503, true, "event log is full"},
-		{"log full, influx", &fakeLog{appendErr: log.ErrFull}, "/write", "", "cpu,host=m v=1", 503, true, `"error":`},
-		{"too large for log", &fakeLog{appendErr: log.ErrTooLarge}, "/api/v1/events", "", `{"machineId":"m","temp":1}`, 413, false, "split"},
-		{"closed", &fakeLog{appendErr: log.ErrClosed}, "/api/v1/events", "", `{"machineId":"m","temp":1}`, 503, true, "shutting down"},
+		{"log full", &fakeLog{appendErr: eventlog.ErrFull}, "/api/v1/events", "", `{"machineId":"m","temp":1}`, 503, true, "event log is full"},
+		{"log full, influx", &fakeLog{appendErr: eventlog.ErrFull}, "/write", "", "cpu,host=m v=1", 503, true, `"error":`},
+		{"too large for log", &fakeLog{appendErr: eventlog.ErrTooLarge}, "/api/v1/events", "", `{"machineId":"m","temp":1}`, 413, false, "split"},
+		{"closed", &fakeLog{appendErr: eventlog.ErrClosed}, "/api/v1/events", "", `{"machineId":"m","temp":1}`, 503, true, "shutting down"},
 		{"store failed", &fakeLog{ackErr: errors.New("disk full")}, "/api/v1/events", "", `{"machineId":"m","temp":1}`, 503, true, "nothing is acknowledged"},
 		{"store out of bounds", &fakeLog{ackErr: fmt.Errorf("storing: %w", store.ErrOutOfBounds)}, "/api/v1/events", "", `{"machineId":"m","temp":1}`, 400, false, "time window"},
 		{"malformed", &fakeLog{}, "/api/v1/events", "", `{"machineId":`, 400, false, "urn:twinline:problem:malformed-body"},
@@ -119,7 +119,7 @@ func TestIngestOutcomes(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			tt.log.real = log.New(1000, nil)
+			tt.log.real = eventlog.New(1000, nil)
 			a := newTestAPI(t, tt.log)
 			rec := post(a, tt.path, tt.ct, tt.body)
 			if rec.Code != tt.status {
@@ -143,7 +143,7 @@ func TestIngestOutcomes(t *testing.T) {
 }
 
 func TestSeriesParameterErrors(t *testing.T) {
-	a := newTestAPI(t, &fakeLog{real: log.New(10, nil)})
+	a := newTestAPI(t, &fakeLog{real: eventlog.New(10, nil)})
 	if _, _, err := a.twins.Put("m", twin.Info{}); err != nil {
 		t.Fatal(err)
 	}
@@ -200,7 +200,7 @@ func TestOpenAPIMatchesRoutes(t *testing.T) {
 	if !strings.HasPrefix(doc.OpenAPI, "3.1") {
 		t.Errorf("openapi = %q, want 3.1.x", doc.OpenAPI)
 	}
-	a := newTestAPI(t, &fakeLog{real: log.New(10, nil)})
+	a := newTestAPI(t, &fakeLog{real: eventlog.New(10, nil)})
 	var fromRoutes, fromDoc []string
 	for _, rt := range a.routes() {
 		fromRoutes = append(fromRoutes, strings.ToLower(rt.method)+" "+strings.TrimSuffix(rt.path, "{$}"))
@@ -220,7 +220,7 @@ func TestOpenAPIMatchesRoutes(t *testing.T) {
 }
 
 func TestNotFoundAndMethodNotAllowed(t *testing.T) {
-	a := newTestAPI(t, &fakeLog{real: log.New(10, nil)})
+	a := newTestAPI(t, &fakeLog{real: eventlog.New(10, nil)})
 	tests := []struct {
 		method, path string
 		status       int
@@ -242,7 +242,7 @@ func TestNotFoundAndMethodNotAllowed(t *testing.T) {
 }
 
 func TestQueryEndpoint(t *testing.T) {
-	a := newTestAPI(t, &fakeLog{real: log.New(10, nil)})
+	a := newTestAPI(t, &fakeLog{real: eventlog.New(10, nil)})
 	for _, q := range []string{"CREATE DATABASE plant", "SHOW DATABASES"} {
 		rec := post(a, "/query", "application/x-www-form-urlencoded", "q="+strings.ReplaceAll(q, " ", "+"))
 		if rec.Code != 200 {
@@ -271,7 +271,7 @@ func TestQueryEndpoint(t *testing.T) {
 }
 
 func TestMaxMachines(t *testing.T) {
-	fl := &fakeLog{real: log.New(1000, nil)}
+	fl := &fakeLog{real: eventlog.New(1000, nil)}
 	a := newTestAPI(t, fl)
 	a.decodeOpts.AdmitMachine = func(id string) string { return a.twins.Admit(id, 1) }
 	a.twins.Observe(&telemetry.Batch{Received: 1}, []telemetry.Sample{{Machine: "known-mm", Metric: "x", Time: 1}})

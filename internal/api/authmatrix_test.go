@@ -15,7 +15,7 @@ import (
 	"time"
 
 	"github.com/twinline/twinline/internal/auth"
-	"github.com/twinline/twinline/internal/log"
+	"github.com/twinline/twinline/internal/eventlog"
 	"github.com/twinline/twinline/internal/store"
 	"github.com/twinline/twinline/internal/store/embedded"
 	"github.com/twinline/twinline/internal/telemetry"
@@ -188,7 +188,7 @@ func newMatrixEnvFor(t *testing.T, scope, wrong auth.Scope, withStore bool) *mat
 	if _, err := notes.Add("m1", "first note", "ana"); err != nil {
 		t.Fatal(err)
 	}
-	env := &matrixEnv{twins: tw, alarms: alarms, notes: notes, log: &fakeLog{real: log.New(1<<16, nil)},
+	env := &matrixEnv{twins: tw, alarms: alarms, notes: notes, log: &fakeLog{real: eventlog.New(1<<16, nil)},
 		tokens: &fakeTokens{toks: []auth.Token{{Name: "lyon-reader", Scopes: auth.ScopeRead, Sites: []string{"lyon"}}}},
 		audit:  &memAudit{}, alarmID: raised[0].ID}
 	identities := map[string]auth.Identity{

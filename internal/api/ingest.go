@@ -11,7 +11,7 @@ import (
 
 	"github.com/twinline/twinline/internal/auth"
 	"github.com/twinline/twinline/internal/ingest"
-	"github.com/twinline/twinline/internal/log"
+	"github.com/twinline/twinline/internal/eventlog"
 	"github.com/twinline/twinline/internal/problem"
 	"github.com/twinline/twinline/internal/store"
 	"github.com/twinline/twinline/internal/telemetry"
@@ -236,23 +236,23 @@ func (a *API) ingest(w http.ResponseWriter, r *http.Request, protocol string, st
 }
 
 // submitFailed answers a request whose events the log did not all take.
-func (a *API) submitFailed(fail func(string, *problem.Problem), shed func(string), err error, protocol string, res log.Result, sub *chunkSubmitter) {
+func (a *API) submitFailed(fail func(string, *problem.Problem), shed func(string), err error, protocol string, res eventlog.Result, sub *chunkSubmitter) {
 	a.samples.WithLabelValues(protocol, "shed").Add(float64(sub.failedSamples))
 	stored := ""
 	if res.Accepted+res.Duplicates > 0 {
 		stored = fmt.Sprintf("; %d events of this request were stored before (retrying them is safe for events with an id or seq)", res.Accepted)
 	}
 	switch {
-	case errors.Is(err, log.ErrFull):
+	case errors.Is(err, eventlog.ErrFull):
 		if stored == "" {
 			shed("the event log is full; nothing from this request was stored; retry later")
 			return
 		}
 		shed("the event log is full: the rest of the request was not stored" + stored)
-	case errors.Is(err, log.ErrTooLarge):
+	case errors.Is(err, eventlog.ErrTooLarge):
 		fail("invalid", &problem.Problem{Type: problem.TypeBodyTooLarge, Status: http.StatusRequestEntityTooLarge,
 			Detail: err.Error() + "; split the request" + stored})
-	case errors.Is(err, log.ErrClosed):
+	case errors.Is(err, eventlog.ErrClosed):
 		if stored == "" {
 			shed("the server is shutting down; nothing from this request was stored; retry")
 			return
@@ -285,7 +285,7 @@ type chunkSubmitter struct {
 	wg       sync.WaitGroup
 
 	mu            sync.Mutex
-	res           log.Result
+	res           eventlog.Result
 	samples       int // samples stored
 	failedSamples int // samples not stored
 	chunks        int
@@ -326,13 +326,13 @@ func (s *chunkSubmitter) flush(events []telemetry.Event) error {
 // submitChunk logs one chunk. Past the first chunk of a request, a full
 // log is waited for (up to chunkRetry), rather than failing a request
 // that is partly stored.
-func (s *chunkSubmitter) submitChunk(b *telemetry.Batch, first bool) (log.Result, error) {
+func (s *chunkSubmitter) submitChunk(b *telemetry.Batch, first bool) (eventlog.Result, error) {
 	const chunkRetry = 5 * time.Second
 	var deadline <-chan time.Time
 	delay := 5 * time.Millisecond
 	for {
 		res, err := s.submit(s.ctx, b)
-		if first || !errors.Is(err, log.ErrFull) {
+		if first || !errors.Is(err, eventlog.ErrFull) {
 			return res, err
 		}
 		if deadline == nil {
@@ -352,7 +352,7 @@ func (s *chunkSubmitter) submitChunk(b *telemetry.Batch, first bool) (log.Result
 }
 
 // wait waits for the chunks logged and returns their sum.
-func (s *chunkSubmitter) wait() (log.Result, int, error) {
+func (s *chunkSubmitter) wait() (eventlog.Result, int, error) {
 	s.wg.Wait()
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -363,7 +363,7 @@ func (s *chunkSubmitter) wait() (log.Result, int, error) {
 // total, so a body of a million bad lines gets a bounded answer.
 const maxListedRejects = 1000
 
-func partialProblem(rejects []ingest.Reject, total int, res log.Result, style ingestStyle) *problem.Problem {
+func partialProblem(rejects []ingest.Reject, total int, res eventlog.Result, style ingestStyle) *problem.Problem {
 	p := &problem.Problem{
 		Type: problem.TypeInvalidItems, Title: "Some items were rejected", Status: http.StatusBadRequest,
 		Accepted: &res.Accepted, Duplicates: &res.Duplicates,

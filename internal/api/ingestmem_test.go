@@ -10,7 +10,7 @@ import (
 	"testing"
 	"testing/synctest"
 
-	"github.com/twinline/twinline/internal/log"
+	"github.com/twinline/twinline/internal/eventlog"
 	"github.com/twinline/twinline/internal/problem"
 	"github.com/twinline/twinline/internal/telemetry"
 )
@@ -21,11 +21,11 @@ type chunkLog struct {
 	batches []int
 }
 
-func (c *chunkLog) Submit(_ context.Context, b *telemetry.Batch) (log.Result, error) {
+func (c *chunkLog) Submit(_ context.Context, b *telemetry.Batch) (eventlog.Result, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.batches = append(c.batches, len(b.Events))
-	return log.Result{Accepted: len(b.Events)}, nil
+	return eventlog.Result{Accepted: len(b.Events)}, nil
 }
 
 // TestIngestChunked: a large body goes to the log in chunks, and its

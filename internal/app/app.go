@@ -26,8 +26,8 @@ import (
 	"github.com/twinline/twinline/internal/hot"
 	"github.com/twinline/twinline/internal/hub"
 	"github.com/twinline/twinline/internal/keylog"
-	"github.com/twinline/twinline/internal/log"
-	"github.com/twinline/twinline/internal/log/kafka"
+	"github.com/twinline/twinline/internal/eventlog"
+	"github.com/twinline/twinline/internal/eventlog/kafka"
 	"github.com/twinline/twinline/internal/memlimit"
 	"github.com/twinline/twinline/internal/sim"
 	"github.com/twinline/twinline/internal/store"
@@ -68,7 +68,7 @@ type App struct {
 	hub      *hub.Hub
 	// The event log: in-process (log, proc, keys), or Kafka (producer on
 	// the roles that take ingest, kproc on those that process).
-	log      *log.Log
+	events   *eventlog.Log
 	proc     *stream.Processor
 	keys     *keylog.Log
 	producer *kafka.Producer
@@ -554,8 +554,8 @@ func (a *App) Run(ctx context.Context) (err error) {
 	if a.producer != nil {
 		a.producer.Close()
 	}
-	if a.log != nil {
-		a.log.Close()
+	if a.events != nil {
+		a.events.Close()
 	} else {
 		procCancel()
 	}

@@ -16,8 +16,8 @@ import (
 	"github.com/twinline/twinline/internal/config"
 	"github.com/twinline/twinline/internal/ingest"
 	"github.com/twinline/twinline/internal/keylog"
-	"github.com/twinline/twinline/internal/log"
-	"github.com/twinline/twinline/internal/log/kafka"
+	"github.com/twinline/twinline/internal/eventlog"
+	"github.com/twinline/twinline/internal/eventlog/kafka"
 	"github.com/twinline/twinline/internal/source/mqtt"
 	"github.com/twinline/twinline/internal/store"
 	"github.com/twinline/twinline/internal/store/embedded"
@@ -107,14 +107,14 @@ func (a *App) submit(ctx context.Context, b *telemetry.Batch) (accepted, duplica
 		b.Received = time.Now().UnixMilli()
 		res, err := a.submitFn(ctx, b)
 		switch {
-		case errors.Is(err, log.ErrFull):
+		case errors.Is(err, eventlog.ErrFull):
 			select {
 			case <-ctx.Done():
 				return 0, 0, fmt.Errorf("%w: %w", mqtt.ErrBusy, ctx.Err())
 			case <-time.After(50 * time.Millisecond):
 				continue
 			}
-		case errors.Is(err, log.ErrTooLarge):
+		case errors.Is(err, eventlog.ErrTooLarge):
 			return 0, 0, fmt.Errorf("%w: %w", mqtt.ErrUnprocessable, err)
 		}
 		return res.Accepted, res.Duplicates, err
@@ -129,13 +129,13 @@ func (a *App) submit(ctx context.Context, b *telemetry.Batch) (accepted, duplica
 // a restart even with another event time.
 func (a *App) openLog(st store.Store, sinks stream.Sinks, engineCfg stream.EngineConfig, reg prometheus.Registerer) error {
 	cfg := a.cfg
-	a.log = log.New(cfg.LogCapacity, reg)
-	a.submitFn = a.log.Submit
+	a.events = eventlog.New(cfg.LogCapacity, reg)
+	a.submitFn = a.events.Submit
 	appendFn := func(ctx context.Context, samples []telemetry.Sample, _ []bool) error { return st.Append(ctx, samples) }
 	if fa, ok := st.(store.FreshAppender); ok {
 		appendFn, engineCfg.StoreDedups = fa.AppendFresh, true
 	}
-	a.proc = stream.NewProcessor(a.log, appendFn, sinks, engineCfg, a.logger.With("component", "processor"), reg)
+	a.proc = stream.NewProcessor(a.events, appendFn, sinks, engineCfg, a.logger.With("component", "processor"), reg)
 	a.twins.OnDelete(a.proc.ForgetMachine) // a deleted machine leaves the engine
 	kl, journaled, err := keylog.Open(filepath.Join(cfg.DataDir, "dedup-keys"), cfg.DedupMaxKeys)
 	if err != nil {
@@ -169,12 +169,12 @@ func (a *App) openKafka(st store.Store, sinks stream.Sinks, engineCfg stream.Eng
 		}
 		a.producer = p
 		a.cleanup = append(a.cleanup, p.Close)
-		a.submitFn = func(ctx context.Context, b *telemetry.Batch) (log.Result, error) {
+		a.submitFn = func(ctx context.Context, b *telemetry.Batch) (eventlog.Result, error) {
 			if err := p.Append(ctx, b); err != nil {
-				return log.Result{}, err
+				return eventlog.Result{}, err
 			}
 			// Duplicates are recognised downstream, by the processors.
-			return log.Result{Accepted: len(b.Events)}, nil
+			return eventlog.Result{Accepted: len(b.Events)}, nil
 		}
 		a.checks = append(a.checks, p.Ready)
 	}

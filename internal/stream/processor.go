@@ -12,7 +12,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/twinline/twinline/internal/log"
+	"github.com/twinline/twinline/internal/eventlog"
 	"github.com/twinline/twinline/internal/store"
 	"github.com/twinline/twinline/internal/telemetry"
 )
@@ -25,7 +25,7 @@ const maxCommitSamples = 64 << 10
 const tickInterval = time.Second
 
 type logReader interface {
-	Read(ctx context.Context, maxSamples int) ([]*log.Entry, error)
+	Read(ctx context.Context, maxSamples int) ([]*eventlog.Entry, error)
 }
 
 // Sinks receive what the processor made durable. Neither may retain the
@@ -221,13 +221,13 @@ func (p *Processor) keepFresh(out *Output, bounds []int, fresh []bool, dups []in
 
 // sinkJob is a durable group of entries on its way to the sinks.
 type sinkJob struct {
-	entries []*log.Entry
+	entries []*eventlog.Entry
 	out     *Output
 	bounds  []int // entry i's samples are out.Samples[bounds[i]:bounds[i+1]]
 	// results are the acknowledgements of the entries, sent once the Batch
 	// sink took each: a client that reads right after its 2xx (the twin's
 	// latest values, the fleet list) sees its events.
-	results []log.Result
+	results []eventlog.Result
 }
 
 func (p *Processor) feed(j sinkJob) {
@@ -249,7 +249,7 @@ func (p *Processor) feed(j sinkJob) {
 
 // process runs the engine on entries, stores their new samples in one
 // commit and acknowledges them. ok reports whether they go on to the sinks.
-func (p *Processor) process(ctx context.Context, entries []*log.Entry, out *Output) (j sinkJob, ok bool) {
+func (p *Processor) process(ctx context.Context, entries []*eventlog.Entry, out *Output) (j sinkJob, ok bool) {
 	bounds := make([]int, len(entries)+1)
 	dups := make([]int, len(entries))
 	for i, e := range entries {
@@ -278,9 +278,9 @@ func (p *Processor) process(ctx context.Context, entries []*log.Entry, out *Outp
 		}
 	}
 	p.writeSeconds.Observe(time.Since(start).Seconds())
-	ack := func(i int, e *log.Entry) {
+	ack := func(i int, e *eventlog.Entry) {
 		p.duplicates.Add(float64(dups[i]))
-		e.Ack(log.Result{Accepted: len(e.Batch.Events) - dups[i], Duplicates: dups[i]}, nil)
+		e.Ack(eventlog.Result{Accepted: len(e.Batch.Events) - dups[i], Duplicates: dups[i]}, nil)
 	}
 	switch {
 	case err == nil:
@@ -289,10 +289,10 @@ func (p *Processor) process(ctx context.Context, entries []*log.Entry, out *Outp
 			p.keepFresh(out, bounds, fresh, dups)
 		}
 		// Durable; acknowledged by feed, once the Batch sink took them.
-		j.results = make([]log.Result, len(entries))
+		j.results = make([]eventlog.Result, len(entries))
 		for i, e := range entries {
 			p.duplicates.Add(float64(dups[i]))
-			j.results[i] = log.Result{Accepted: len(e.Batch.Events) - dups[i], Duplicates: dups[i]}
+			j.results[i] = eventlog.Result{Accepted: len(e.Batch.Events) - dups[i], Duplicates: dups[i]}
 		}
 		// Durable: now the event-time stages may take the samples.
 		p.engine.Release(out, time.Now().UnixMilli())
@@ -311,7 +311,7 @@ func (p *Processor) process(ctx context.Context, entries []*log.Entry, out *Outp
 			}
 			if err := p.append(ctx, samples[lo:hi], again); err != nil {
 				p.samples.WithLabelValues("rejected").Add(float64(hi - lo))
-				e.Ack(log.Result{}, fmt.Errorf("storing samples: %w", err))
+				e.Ack(eventlog.Result{}, fmt.Errorf("storing samples: %w", err))
 				continue
 			}
 			p.samples.WithLabelValues("stored").Add(float64(hi - lo))
@@ -330,7 +330,7 @@ func (p *Processor) process(ctx context.Context, entries []*log.Entry, out *Outp
 		p.samples.WithLabelValues("error").Add(float64(len(samples)))
 		p.logger.Error("storing samples", "err", err, "samples", len(samples))
 		for _, e := range entries {
-			e.Ack(log.Result{}, fmt.Errorf("storing samples: %w", err))
+			e.Ack(eventlog.Result{}, fmt.Errorf("storing samples: %w", err))
 		}
 	}
 	// Some samples were not stored, but the engine remembered their keys:

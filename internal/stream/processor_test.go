@@ -12,7 +12,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"pgregory.net/rapid"
 
-	"github.com/twinline/twinline/internal/log"
+	"github.com/twinline/twinline/internal/eventlog"
 	"github.com/twinline/twinline/internal/store"
 	"github.com/twinline/twinline/internal/telemetry"
 )
@@ -86,7 +86,7 @@ func TestProcessorGroupOutcomes(t *testing.T) {
 			t.Run(fmt.Sprintf("%s/store dedups %v", tt.name, storeDedups), func(t *testing.T) {
 				cfg := DefaultEngineConfig()
 				cfg.StoreDedups = storeDedups
-				l := log.New(100, nil)
+				l := eventlog.New(100, nil)
 				fs := &fakeStore{}
 				var sunk []telemetry.Sample
 				p := NewProcessor(l, fs.append, Sinks{Batch: func(_ *telemetry.Batch, ss []telemetry.Sample) {
@@ -119,7 +119,7 @@ func TestProcessorGroupOutcomes(t *testing.T) {
 }
 
 func TestProcessorStopsOnContext(t *testing.T) {
-	l := log.New(100, nil)
+	l := eventlog.New(100, nil)
 	p := NewProcessor(l, (&fakeStore{}).append, Sinks{}, DefaultEngineConfig(), slog.New(slog.DiscardHandler), nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
@@ -131,7 +131,7 @@ func TestProcessorStopsOnContext(t *testing.T) {
 // TestProcessorSinkSeesEachEntrysSamples checks that pipelined sinks get
 // exactly their entry's samples across many groups (the buffers alternate).
 func TestProcessorSinkSeesEachEntrysSamples(t *testing.T) {
-	l := log.New(1<<20, nil)
+	l := eventlog.New(1<<20, nil)
 	var got []string
 	p := NewProcessor(l, (&fakeStore{}).append, Sinks{Batch: func(b *telemetry.Batch, ss []telemetry.Sample) {
 		for _, s := range ss {
@@ -161,7 +161,7 @@ func TestProcessorSinkSeesEachEntrysSamples(t *testing.T) {
 // some samples, only the entry that carried them is acknowledged with the
 // error; the others succeed.
 func TestProcessorAttributesOutOfBounds(t *testing.T) {
-	l := log.New(100, nil)
+	l := eventlog.New(100, nil)
 	fs := &fakeStore{}
 	sinkCalls := 0
 	p := NewProcessor(l, fs.append, Sinks{Batch: func(*telemetry.Batch, []telemetry.Sample) { sinkCalls++ }}, DefaultEngineConfig(), slog.New(slog.DiscardHandler), nil)
@@ -192,7 +192,7 @@ func TestProcessorAttributesOutOfBounds(t *testing.T) {
 // does not cost the event-time stages what earlier, durable groups brought,
 // and its events are not duplicates when the client retries.
 func TestProcessorStoreFailureKeepsEarlierGroups(t *testing.T) {
-	l := log.New(100, nil)
+	l := eventlog.New(100, nil)
 	fs := &fakeStore{}
 	var released []telemetry.Sample
 	p := NewProcessor(l, fs.append, Sinks{Group: func(rel []telemetry.Sample, _ []Window) {
@@ -200,7 +200,7 @@ func TestProcessorStoreFailureKeepsEarlierGroups(t *testing.T) {
 	}}, DefaultEngineConfig(), slog.New(slog.DiscardHandler), nil)
 	done := make(chan error, 1)
 	go func() { done <- p.Run(context.Background()) }()
-	wait := func(b *telemetry.Batch) (log.Result, error) {
+	wait := func(b *telemetry.Batch) (eventlog.Result, error) {
 		t.Helper()
 		e, err := l.Append(b)
 		if err != nil {
@@ -238,7 +238,7 @@ func TestProcessorStoreFailureKeepsEarlierGroups(t *testing.T) {
 // journaled after the store committed it and before the ack; a group the
 // store refuses journals nothing; remembered keys make retries duplicates.
 func TestProcessorJournalsKeysBeforeAck(t *testing.T) {
-	l := log.New(100, nil)
+	l := eventlog.New(100, nil)
 	fs := &fakeStore{}
 	var (
 		mu       sync.Mutex
@@ -259,7 +259,7 @@ func TestProcessorJournalsKeysBeforeAck(t *testing.T) {
 	})
 	done := make(chan error, 1)
 	go func() { done <- p.Run(context.Background()) }()
-	send := func(evs ...telemetry.Event) (log.Result, error) {
+	send := func(evs ...telemetry.Event) (eventlog.Result, error) {
 		t.Helper()
 		e, err := l.Append(&telemetry.Batch{Events: evs})
 		if err != nil {
@@ -315,14 +315,14 @@ func TestProcessorStoreDedups(t *testing.T) {
 	fs := &fakeStore{}
 	cfg := DefaultEngineConfig()
 	cfg.StoreDedups = true
-	run := func(batches ...[]telemetry.Event) (results []log.Result, sunk []telemetry.Sample, released []telemetry.Sample) {
+	run := func(batches ...[]telemetry.Event) (results []eventlog.Result, sunk []telemetry.Sample, released []telemetry.Sample) {
 		t.Helper()
-		l := log.New(1000, nil)
+		l := eventlog.New(1000, nil)
 		p := NewProcessor(l, fs.append, Sinks{
 			Batch: func(_ *telemetry.Batch, ss []telemetry.Sample) { sunk = append(sunk, ss...) },
 			Group: func(rel []telemetry.Sample, _ []Window) { released = append(released, rel...) },
 		}, cfg, slog.New(slog.DiscardHandler), nil)
-		var entries []*log.Entry
+		var entries []*eventlog.Entry
 		for _, evs := range batches {
 			e, err := l.Append(&telemetry.Batch{Events: evs})
 			if err != nil {
@@ -349,7 +349,7 @@ func TestProcessorStoreDedups(t *testing.T) {
 		[]telemetry.Event{a1, a2, a1}, // a1 twice in one batch
 		[]telemetry.Event{a2, event("a", 3000, "x")},
 	)
-	if diff := cmp.Diff(results, []log.Result{{Accepted: 2, Duplicates: 1}, {Accepted: 1, Duplicates: 1}}); diff != "" {
+	if diff := cmp.Diff(results, []eventlog.Result{{Accepted: 2, Duplicates: 1}, {Accepted: 1, Duplicates: 1}}); diff != "" {
 		t.Errorf("results (-got +want):\n%s", diff)
 	}
 	if len(sunk) != 4 || len(released) != 4 {
@@ -358,7 +358,7 @@ func TestProcessorStoreDedups(t *testing.T) {
 	// After a restart the engine remembers nothing; the store still does.
 	// An event with one old and one new sample is not a duplicate.
 	results, sunk, _ = run([]telemetry.Event{a1, {Machine: "a", Time: 2000, Metrics: []telemetry.Metric{{Name: "x", Value: 9}, {Name: "z", Value: 1}}}})
-	if diff := cmp.Diff(results, []log.Result{{Accepted: 1, Duplicates: 1}}); diff != "" {
+	if diff := cmp.Diff(results, []eventlog.Result{{Accepted: 1, Duplicates: 1}}); diff != "" {
 		t.Errorf("after restart (-got +want):\n%s", diff)
 	}
 	if diff := cmp.Diff(sunk, []telemetry.Sample{{Machine: "a", Metric: "z", Time: 2000, Value: 1}}); diff != "" {
@@ -443,11 +443,11 @@ func TestProcessorRestartsMatchOracle(t *testing.T) {
 		accepted := 0
 		for len(arrival) > 0 {
 			// One processor's life: a few batches, then a restart.
-			l := log.New(1<<20, nil)
+			l := eventlog.New(1<<20, nil)
 			p := NewProcessor(l, fs.append, Sinks{}, cfg, slog.New(slog.DiscardHandler), nil)
 			p.Remember(journal)
 			p.JournalKeys(func(ks []Key) error { journal = append(journal, ks...); return nil })
-			var entries []*log.Entry
+			var entries []*eventlog.Entry
 			for range rapid.IntRange(1, 4).Draw(t, "batches") {
 				if len(arrival) == 0 {
 					break
@@ -497,7 +497,7 @@ func TestProcessorRestartsMatchOracle(t *testing.T) {
 // Batch sink took it, so a client reading right after its 2xx (the twin's
 // latest values) sees its events.
 func TestProcessorAcksAfterBatchSink(t *testing.T) {
-	l := log.New(100, nil)
+	l := eventlog.New(100, nil)
 	entered, release := make(chan struct{}), make(chan struct{})
 	p := NewProcessor(l, (&fakeStore{}).append, Sinks{Batch: func(*telemetry.Batch, []telemetry.Sample) {
 		close(entered)

@@ -14,7 +14,7 @@ import (
 
 	"github.com/eclipse/paho.golang/paho"
 
-	"github.com/twinline/twinline/internal/log"
+	"github.com/twinline/twinline/internal/eventlog"
 	"github.com/twinline/twinline/internal/telemetry"
 )
 
@@ -22,7 +22,7 @@ import (
 // group of batches durable with one write and one fsync to a file, as the
 // store's WAL does, and then acknowledges them.
 func durableLog(b *testing.B) SubmitFunc {
-	lg := log.New(1<<20, nil)
+	lg := eventlog.New(1<<20, nil)
 	f, err := os.Create(filepath.Join(b.TempDir(), "wal"))
 	if err != nil {
 		b.Fatal(err)
@@ -47,7 +47,7 @@ func durableLog(b *testing.B) SubmitFunc {
 				err = f.Sync()
 			}
 			for _, e := range entries {
-				e.Ack(log.Result{Accepted: len(e.Batch.Events)}, err)
+				e.Ack(eventlog.Result{Accepted: len(e.Batch.Events)}, err)
 			}
 		}
 	})
@@ -55,7 +55,7 @@ func durableLog(b *testing.B) SubmitFunc {
 	return func(ctx context.Context, batch *telemetry.Batch) (int, int, error) {
 		for {
 			e, err := lg.Append(batch)
-			if errors.Is(err, log.ErrFull) {
+			if errors.Is(err, eventlog.ErrFull) {
 				select {
 				case <-ctx.Done():
 					return 0, 0, ctx.Err()

@@ -18,7 +18,7 @@ import (
 // The measurements of docs/kafka.md. They run only with
 // TWINLINE_KAFKA_MEASURE=1 (and not under -race):
 //
-//	TWINLINE_KAFKA_MEASURE=1 go test -count=1 -run TestMeasure -v ./internal/log/kafka/
+//	TWINLINE_KAFKA_MEASURE=1 go test -count=1 -run TestMeasure -v ./internal/eventlog/kafka/
 
 func measureOnly(t *testing.T) {
 	if os.Getenv("TWINLINE_KAFKA_MEASURE") != "1" {

@@ -1,4 +1,4 @@
-// Package log is the event log between ingest and processing: a bounded,
+// Package eventlog is the event log between ingest and processing: a bounded,
 // in-process queue of batches with back-pressure and acknowledgement.
 //
 // Ingest appends a batch and waits for its acknowledgement; the processor
@@ -7,7 +7,7 @@
 // ErrFull (the HTTP layer answers 503 + Retry-After), so memory never grows
 // without bound and nothing that was acknowledged is ever dropped. A Kafka
 // log with the same shape replaces it at scale.
-package log
+package eventlog
 
 import (
 	"context"
