@@ -18,8 +18,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/twinline/twinline/internal/auth"
-	"github.com/twinline/twinline/internal/ingest"
 	"github.com/twinline/twinline/internal/eventlog"
+	"github.com/twinline/twinline/internal/ingest"
 	"github.com/twinline/twinline/internal/problem"
 	"github.com/twinline/twinline/internal/store"
 	"github.com/twinline/twinline/internal/telemetry"

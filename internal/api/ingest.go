@@ -10,8 +10,8 @@ import (
 	"time"
 
 	"github.com/twinline/twinline/internal/auth"
-	"github.com/twinline/twinline/internal/ingest"
 	"github.com/twinline/twinline/internal/eventlog"
+	"github.com/twinline/twinline/internal/ingest"
 	"github.com/twinline/twinline/internal/problem"
 	"github.com/twinline/twinline/internal/store"
 	"github.com/twinline/twinline/internal/telemetry"

@@ -23,11 +23,11 @@ import (
 
 	"github.com/twinline/twinline/internal/api"
 	"github.com/twinline/twinline/internal/config"
+	"github.com/twinline/twinline/internal/eventlog"
+	"github.com/twinline/twinline/internal/eventlog/kafka"
 	"github.com/twinline/twinline/internal/hot"
 	"github.com/twinline/twinline/internal/hub"
 	"github.com/twinline/twinline/internal/keylog"
-	"github.com/twinline/twinline/internal/eventlog"
-	"github.com/twinline/twinline/internal/eventlog/kafka"
 	"github.com/twinline/twinline/internal/memlimit"
 	"github.com/twinline/twinline/internal/sim"
 	"github.com/twinline/twinline/internal/store"

@@ -14,10 +14,10 @@ import (
 
 	"github.com/twinline/twinline/internal/auth"
 	"github.com/twinline/twinline/internal/config"
-	"github.com/twinline/twinline/internal/ingest"
-	"github.com/twinline/twinline/internal/keylog"
 	"github.com/twinline/twinline/internal/eventlog"
 	"github.com/twinline/twinline/internal/eventlog/kafka"
+	"github.com/twinline/twinline/internal/ingest"
+	"github.com/twinline/twinline/internal/keylog"
 	"github.com/twinline/twinline/internal/source/mqtt"
 	"github.com/twinline/twinline/internal/store"
 	"github.com/twinline/twinline/internal/store/embedded"
