@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"regexp"
 	"sync/atomic"
 	"time"
 
@@ -110,7 +111,11 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(
-		collectors.NewGoCollector(),
+		// go_gc_heap_live_bytes (the heap the last GC marked live) on top of
+		// the default memstats: it tells a leak from heap the runtime has not
+		// returned yet (the soak records both).
+		collectors.NewGoCollector(collectors.WithGoCollectorRuntimeMetrics(
+			collectors.GoRuntimeMetricsRule{Matcher: regexp.MustCompile(`^/gc/heap/live:bytes$`)})),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
 	buildInfo := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "twinline_build_info", Help: "Build information."}, []string{"version"})

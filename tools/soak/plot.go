@@ -69,6 +69,7 @@ func soakPanels(ss []sample) []panel {
 			{"RSS", colBlue, col(func(s sample) float64 { return mib(s.RSS) })},
 			{"RSS anonymous", colGreen, col(func(s sample) float64 { return mib(s.RSSAnon) })},
 			{"Go heap in use", colOrange, col(func(s sample) float64 { return mib(s.HeapInuse) })},
+			{"Go heap live", colRed, col(func(s sample) float64 { return mib(s.HeapLive) })},
 		}},
 		{"goroutines", []series{{"goroutines", colBlue, col(func(s sample) float64 { return num(s.Goroutines) })}}},
 		{"open files", []series{{"open fds", colBlue, col(func(s sample) float64 { return num(s.OpenFDs) })}}},

@@ -18,6 +18,7 @@ type sample struct {
 	RSS        int64
 	RSSAnon    int64 // anonymous part of RSS (heap, stacks)
 	HeapInuse  int64
+	HeapLive   int64 // heap marked live by the last GC
 	Goroutines int64
 	OpenFDs    int64
 	// Sender: cumulative events sent (first attempts) and acknowledged, and
@@ -50,7 +51,7 @@ const (
 var groupNames = [numGroups]string{"machine", "fleet", "conflate"}
 
 var csvHeader = []string{
-	"elapsed_s", "rss_bytes", "rss_anon_bytes", "heap_inuse_bytes", "goroutines", "open_fds",
+	"elapsed_s", "rss_bytes", "rss_anon_bytes", "heap_inuse_bytes", "heap_live_bytes", "goroutines", "open_fds",
 	"events_sent", "events_acked", "acked_per_s",
 	"lag_machine_n", "lag_machine_p50_ms", "lag_machine_p99_ms",
 	"lag_fleet_n", "lag_fleet_p50_ms", "lag_fleet_p99_ms",
@@ -82,7 +83,7 @@ func (c *csvWriter) Write(s sample) error {
 	f := func(v float64) string { return strconv.FormatFloat(v, 'f', 3, 64) }
 	msf := func(d time.Duration) string { return f(float64(d) / float64(time.Millisecond)) }
 	row := []string{
-		f(s.Elapsed.Seconds()), i(s.RSS), i(s.RSSAnon), i(s.HeapInuse), i(s.Goroutines), i(s.OpenFDs),
+		f(s.Elapsed.Seconds()), i(s.RSS), i(s.RSSAnon), i(s.HeapInuse), i(s.HeapLive), i(s.Goroutines), i(s.OpenFDs),
 		i(s.Sent), i(s.Acked), f(s.AckedPerS),
 	}
 	for _, l := range s.Lag {

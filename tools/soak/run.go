@@ -268,7 +268,7 @@ recording:
 		p := srv.probe(ctx)
 		acked := snd.acked.Load()
 		s := sample{
-			Elapsed: now.Sub(start), RSS: p.rss, RSSAnon: p.anon, HeapInuse: p.heap, Goroutines: p.goroutines, OpenFDs: p.fds,
+			Elapsed: now.Sub(start), RSS: p.rss, RSSAnon: p.anon, HeapInuse: p.heap, HeapLive: p.live, Goroutines: p.goroutines, OpenFDs: p.fds,
 			Sent: snd.sent.Load(), Acked: acked, AckedPerS: float64(acked-prevAcked) / now.Sub(prevAt).Seconds(),
 			Received: st.received.Load(), Reconnects: st.reconn.Load(), Restarts: srv.starts.Load() - 1,
 			Unanswered: snd.unanswered.Load(), Retries: snd.retries.Load(), SenderBehind: snd.behind.Load(),
@@ -283,8 +283,8 @@ recording:
 				return err
 			}
 		}
-		fmt.Fprintf(os.Stderr, "[%5.0fs] acked %d (%.0f/s) retried %d | rss %s heap %s goroutines %d fds %d | lag p99 machine %s fleet %s conflate %s | restarts %d\n",
-			s.Elapsed.Seconds(), s.Acked, s.AckedPerS, s.Retries, mib(s.RSS), mib(s.HeapInuse), s.Goroutines, s.OpenFDs,
+		fmt.Fprintf(os.Stderr, "[%5.0fs] acked %d (%.0f/s) retried %d | rss %s heap %s live %s goroutines %d fds %d | lag p99 machine %s fleet %s conflate %s | restarts %d\n",
+			s.Elapsed.Seconds(), s.Acked, s.AckedPerS, s.Retries, mib(s.RSS), mib(s.HeapInuse), mib(s.HeapLive), s.Goroutines, s.OpenFDs,
 			msStr(s.Lag[groupMachine]), msStr(s.Lag[groupFleet]), msStr(s.Lag[groupConflate]), s.Restarts)
 	}
 	tick.Stop()
@@ -353,6 +353,11 @@ recording:
 		if d, ok := drift(t, rss); ok {
 			rlo, rhi := spread(rss)
 			fmt.Fprintf(out, "INFO  total RSS drift after warm-up %+.1f %% (%s – %s), file pages included\n", d, mib(int64(rlo)), mib(int64(rhi)))
+		}
+		t, live := afterWarmup(record, warm, func(s sample) int64 { return s.HeapLive })
+		if d, ok := drift(t, live); ok {
+			llo, lhi := spread(live)
+			fmt.Fprintf(out, "INFO  live heap drift after warm-up %+.1f %% (%s – %s): a leak shows here first\n", d, mib(int64(llo)), mib(int64(lhi)))
 		}
 		_, g := afterWarmup(record, warm, func(s sample) int64 { return s.Goroutines })
 		gf := flat("goroutines", g, 50, 0.10)

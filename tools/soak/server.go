@@ -167,18 +167,19 @@ func (s *server) pid() int {
 
 // probe is one reading of the server's resources: RSS from /proc, the
 // rest from /metrics; -1 for what could not be read.
-type probe struct{ rss, anon, heap, goroutines, fds int64 }
+type probe struct{ rss, anon, heap, live, goroutines, fds int64 }
 
 // metricNames are the /metrics series the soak reads.
 var probeMetrics = map[string]func(*probe, int64){
 	"go_memstats_heap_inuse_bytes":  func(p *probe, v int64) { p.heap = v },
+	"go_gc_heap_live_bytes":         func(p *probe, v int64) { p.live = v },
 	"go_goroutines":                 func(p *probe, v int64) { p.goroutines = v },
 	"process_open_fds":              func(p *probe, v int64) { p.fds = v },
 	"process_resident_memory_bytes": func(p *probe, v int64) { p.rss = v },
 }
 
 func (s *server) probe(ctx context.Context) probe {
-	p := probe{-1, -1, -1, -1, -1}
+	p := probe{-1, -1, -1, -1, -1, -1}
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	req, _ := http.NewRequestWithContext(ctx, "GET", s.url+"/metrics", nil)

@@ -20,7 +20,7 @@ func TestCSVWriter(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := sample{Elapsed: 10 * time.Second, RSS: 100 << 20, HeapInuse: -1, Goroutines: 42, OpenFDs: 17,
+	s := sample{Elapsed: 10 * time.Second, RSS: 100 << 20, HeapInuse: -1, HeapLive: 50 << 20, Goroutines: 42, OpenFDs: 17,
 		Sent: 1000, Acked: 990, AckedPerS: 99, Received: 5, Restarts: 1}
 	s.Lag[groupMachine] = lagStat{N: 3, P50: 1500 * time.Microsecond, P99: 20 * time.Millisecond}
 	if err := w.Write(s); err != nil {
@@ -41,7 +41,7 @@ func TestCSVWriter(t *testing.T) {
 		got[h] = rows[1][i]
 	}
 	want := map[string]string{
-		"elapsed_s": "10.000", "rss_bytes": "104857600", "rss_anon_bytes": "0", "heap_inuse_bytes": "", "goroutines": "42",
+		"elapsed_s": "10.000", "rss_bytes": "104857600", "rss_anon_bytes": "0", "heap_inuse_bytes": "", "heap_live_bytes": "52428800", "goroutines": "42",
 		"open_fds": "17", "events_sent": "1000", "events_acked": "990", "acked_per_s": "99.000",
 		"lag_machine_n": "3", "lag_machine_p50_ms": "1.500", "lag_machine_p99_ms": "20.000",
 		"lag_fleet_n": "0", "lag_fleet_p50_ms": "", "lag_fleet_p99_ms": "",
