@@ -78,8 +78,8 @@ type Deps struct {
 	Twins  *twin.Twins
 	Notes  *twin.Notes
 	Alarms *twin.Alarms
-	// Publish pushes a live update to the machine's stream subscribers.
-	Publish func(machine, typ string, data any)
+	// Publish pushes a new note to its machine's stream subscribers.
+	Publish func(twin.Note)
 	Stream  http.Handler
 	// StreamContext attaches to a stream request's context the machines
 	// its identity may see (nil: all) and the key its connections are
@@ -127,7 +127,7 @@ type API struct {
 	twins      *twin.Twins
 	notes      *twin.Notes
 	alarms     *twin.Alarms
-	publish    func(machine, typ string, data any)
+	publish    func(twin.Note)
 	stream     http.Handler
 	streamCtx  func(ctx context.Context, visible func(machine string) bool, client string) context.Context
 	metrics    http.Handler

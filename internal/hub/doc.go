@@ -2,7 +2,7 @@
 // Server-Sent Events: GET /api/v1/stream?machine=ID[&machine=ID…] or ?all=1.
 //
 // Its publish side is two methods, [Hub.PublishSamples] and
-// [Hub.PublishEvent]. Alone it fans out to its own clients; with
+// [Hub.PublishAlarm], [Hub.PublishNote]. Alone it fans out to its own clients; with
 // Options.Redis it fans out across every replica sharing that Redis (see
 // Replicas).
 //
@@ -48,7 +48,7 @@
 //
 //	{"seq":43,"type":"alarm","machine":"press-07","data":{…}}
 //
-// Other live updates carry the type and data given to [Hub.PublishEvent]
+// Other live updates carry the type and data given to [Hub.PublishAlarm], [Hub.PublishNote]
 // (alarms, notes), or are the hub's own typed messages: status
 // ([Hub.PublishStatus]), windows ([Hub.PublishWindows], one message per
 // machine: "windows":[{…},…]) and median ([Hub.PublishMedians]). The types
