@@ -180,7 +180,8 @@ type route struct {
 // serves reports whether a server of role serves the route.
 func serves(role string, rt route) bool {
 	ingest := rt.path == "/api/v1/events" || rt.path == "/write" || rt.path == "/api/v2/write" || rt.path == "/ping" || rt.path == "/query"
-	ops := rt.path == "/healthz" || rt.path == "/readyz" || rt.path == "/metrics" || rt.path == "/api/openapi.json" || rt.path == "/docs"
+	ops := rt.path == "/healthz" || rt.path == "/readyz" || rt.path == "/metrics" || rt.path == "/api/openapi.json" || rt.path == "/api/asyncapi.json" ||
+		rt.path == "/docs"
 	switch role {
 	case "gateway":
 		return ingest || ops
@@ -320,6 +321,7 @@ func (a *API) routes() []route {
 		{method: "GET", path: "/readyz", handler: a.handleReadyz, anyHost: true},
 		{method: "GET", path: "/metrics", scope: metricsScope, handler: a.handleMetrics, anyHost: a.sec.MetricsAuth},
 		{method: "GET", path: "/api/openapi.json", handler: a.handleOpenAPI},
+		{method: "GET", path: "/api/asyncapi.json", handler: a.handleAsyncAPI},
 		{method: "GET", path: "/docs", handler: a.handleDocs},
 		{method: "GET", path: "/{$}", handler: a.handleIndex},
 	}

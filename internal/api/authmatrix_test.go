@@ -66,6 +66,7 @@ var matrixRequests = map[string]matrixRequest{
 	"GET /readyz":                      {"/readyz", "", "", "neutral"},
 	"GET /metrics":                     {"/metrics", "", "", "neutral"},
 	"GET /api/openapi.json":            {"/api/openapi.json", "", "", "neutral"},
+	"GET /api/asyncapi.json":           {"/api/asyncapi.json", "", "", "neutral"},
 	"GET /docs":                        {"/docs", "", "", "neutral"},
 	"GET /{$}":                         {"/", "", "", "neutral"},
 }
