@@ -92,7 +92,7 @@ web-unit:
 	@if [ -z "$(NPM)" ]; then \
 	  if [ "$$CI" = true ]; then echo "web-unit: npm not found (CI=true)"; exit 1; fi; \
 	  echo "web-unit: SKIP (npm not found)"; exit 0; fi; \
-	$(MAKE) --no-print-directory $(WEB_DEPS) && cd web && npm test
+	$(MAKE) --no-print-directory $(WEB_DEPS) && cd web && npm run typecheck && npm test
 
 web-e2e:
 	@if [ -z "$(NPM)" ]; then \
