@@ -77,10 +77,12 @@ func (h *Hub) decodeRemote(d *draft, remote bool, us []fleetUpdate) []fleetUpdat
 
 // decodeSamples decodes the samples of a samples message v of machine
 // (SamplesMessage): its ingest time and its samples, a null value as NaN.
-// A sample without a metric is skipped.
+// A sample without a metric is skipped. A message's metric names are
+// made into strings once each (a message has few distinct ones).
 func decodeSamples(machine string, v *fastjson.Value) (int64, []telemetry.Sample) {
 	arr := v.GetArray("samples")
 	samples := make([]telemetry.Sample, 0, len(arr))
+	var names []string
 	for _, s := range arr {
 		metric := s.GetStringBytes("metric")
 		if len(metric) == 0 {
@@ -90,7 +92,21 @@ func decodeSamples(machine string, v *fastjson.Value) (int64, []telemetry.Sample
 		if x := s.Get("value"); x != nil && x.Type() == fastjson.TypeNumber {
 			value = x.GetFloat64()
 		}
-		samples = append(samples, telemetry.Sample{Machine: machine, Metric: string(metric), Time: s.GetInt64("ts"), Value: value})
+		samples = append(samples, telemetry.Sample{Machine: machine, Metric: intern(&names, metric), Time: s.GetInt64("ts"), Value: value})
 	}
 	return v.GetInt64("ingestTs"), samples
+}
+
+// intern returns b as one of names, adding it if it is new; it looks at
+// the last 16 names only.
+func intern(names *[]string, b []byte) string {
+	ns := *names
+	for i := len(ns) - 1; i >= 0 && i >= len(ns)-16; i-- {
+		if ns[i] == string(b) {
+			return ns[i]
+		}
+	}
+	s := string(b)
+	*names = append(ns, s)
+	return s
 }

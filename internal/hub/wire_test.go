@@ -3,6 +3,7 @@ package hub
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"math"
 	"reflect"
 	"testing"
@@ -213,5 +214,35 @@ func TestRemoteCallbacks(t *testing.T) {
 	case al := <-alarmsA:
 		t.Errorf("A heard its own alarm as remote: %+v", al)
 	default:
+	}
+}
+
+// BenchmarkDeliverRemote: delivering another replica's samples message of
+// 64 samples (decoded for the app's callback) to a replica with one
+// client.
+func BenchmarkDeliverRemote(b *testing.B) {
+	var in []telemetry.Sample
+	for i := range 64 {
+		in = append(in, telemetry.Sample{Machine: "press-07", Metric: "temp", Time: int64(1000 + i), Value: 71.5 + float64(i)})
+	}
+	d := bodyDraft("press-07", &samplesBody{machine: "press-07", received: 5000, samples: in})
+	for _, callback := range []bool{false, true} {
+		b.Run(map[bool]string{false: "no callback", true: "callback"}[callback], func(b *testing.B) {
+			var opts Options
+			n := 0
+			if callback {
+				opts.OnRemoteSamples = func(_ string, _ int64, s []telemetry.Sample) { n += len(s) }
+			}
+			h, _ := newTestHub(b, opts)
+			h.bus = &bus{id: 5}
+			c, _ := testClient(b, h, 1<<20)
+			b.ReportAllocs()
+			for b.Loop() {
+				seq := h.latest()
+				h.global = seq
+				h.deliver(fmt.Sprintf("%d %d ", seq, seq+1) + encodeDrafts(7, 1, []draft{d}))
+				c.queue.discard()
+			}
+		})
 	}
 }
