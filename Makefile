@@ -9,6 +9,8 @@
 #   make chaos  5 minutes under load with kill -9, PostgreSQL/Redis cuts, a Kafka restart,
 #               stalled sockets and slow readers, then every acknowledged event counted back
 #   make web    build the React dashboard (web/) into internal/web/dist/app for go:embed
+#   make generate  regenerate web/src/lib/wire.ts (the dashboard's wire types) from
+#               internal/api/openapi.json and asyncapi.json (TestWireUpToDate fails when stale)
 
 GO        ?= go
 BIN       := bin/twinline
@@ -21,7 +23,7 @@ DATA_DIR  ?= ./data
 FUZZTIME  ?= 20000x
 STATICCHECK_VERSION := v0.8.2
 
-.PHONY: e2e-load soak chaos all build run test lint vet staticcheck fmt-check unit fuzz bench clean web web-test web-unit web-e2e web-screenshots web-bench
+.PHONY: generate e2e-load soak chaos all build run test lint vet staticcheck fmt-check unit fuzz bench clean web web-test web-unit web-e2e web-screenshots web-bench
 
 all: build
 
@@ -46,6 +48,10 @@ $(WEB_OUT): $(WEB_DEPS) $(WEB_SRC)
 	cd web && npm run build
 
 web: $(WEB_OUT)
+
+# The dashboard's TypeScript wire types, generated from the API documents.
+generate:
+	$(GO) run ./tools/tsgen
 
 build: $(BUILD_WEB)
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/twinline
@@ -86,7 +92,7 @@ web-unit:
 	@if [ -z "$(NPM)" ]; then \
 	  if [ "$$CI" = true ]; then echo "web-unit: npm not found (CI=true)"; exit 1; fi; \
 	  echo "web-unit: SKIP (npm not found)"; exit 0; fi; \
-	$(MAKE) --no-print-directory $(WEB_DEPS) && cd web && npm test
+	$(MAKE) --no-print-directory $(WEB_DEPS) && cd web && npm run typecheck && npm test
 
 web-e2e:
 	@if [ -z "$(NPM)" ]; then \

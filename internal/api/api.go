@@ -78,8 +78,8 @@ type Deps struct {
 	Twins  *twin.Twins
 	Notes  *twin.Notes
 	Alarms *twin.Alarms
-	// Publish pushes a live update to the machine's stream subscribers.
-	Publish func(machine, typ string, data any)
+	// Publish pushes a new note to its machine's stream subscribers.
+	Publish func(twin.Note)
 	Stream  http.Handler
 	// StreamContext attaches to a stream request's context the machines
 	// its identity may see (nil: all) and the key its connections are
@@ -127,7 +127,7 @@ type API struct {
 	twins      *twin.Twins
 	notes      *twin.Notes
 	alarms     *twin.Alarms
-	publish    func(machine, typ string, data any)
+	publish    func(twin.Note)
 	stream     http.Handler
 	streamCtx  func(ctx context.Context, visible func(machine string) bool, client string) context.Context
 	metrics    http.Handler
@@ -180,7 +180,8 @@ type route struct {
 // serves reports whether a server of role serves the route.
 func serves(role string, rt route) bool {
 	ingest := rt.path == "/api/v1/events" || rt.path == "/write" || rt.path == "/api/v2/write" || rt.path == "/ping" || rt.path == "/query"
-	ops := rt.path == "/healthz" || rt.path == "/readyz" || rt.path == "/metrics" || rt.path == "/api/openapi.json" || rt.path == "/docs"
+	ops := rt.path == "/healthz" || rt.path == "/readyz" || rt.path == "/metrics" || rt.path == "/api/openapi.json" || rt.path == "/api/asyncapi.json" ||
+		rt.path == "/docs"
 	switch role {
 	case "gateway":
 		return ingest || ops
@@ -320,6 +321,7 @@ func (a *API) routes() []route {
 		{method: "GET", path: "/readyz", handler: a.handleReadyz, anyHost: true},
 		{method: "GET", path: "/metrics", scope: metricsScope, handler: a.handleMetrics, anyHost: a.sec.MetricsAuth},
 		{method: "GET", path: "/api/openapi.json", handler: a.handleOpenAPI},
+		{method: "GET", path: "/api/asyncapi.json", handler: a.handleAsyncAPI},
 		{method: "GET", path: "/docs", handler: a.handleDocs},
 		{method: "GET", path: "/{$}", handler: a.handleIndex},
 	}

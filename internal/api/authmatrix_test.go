@@ -66,6 +66,7 @@ var matrixRequests = map[string]matrixRequest{
 	"GET /readyz":                      {"/readyz", "", "", "neutral"},
 	"GET /metrics":                     {"/metrics", "", "", "neutral"},
 	"GET /api/openapi.json":            {"/api/openapi.json", "", "", "neutral"},
+	"GET /api/asyncapi.json":           {"/api/asyncapi.json", "", "", "neutral"},
 	"GET /docs":                        {"/docs", "", "", "neutral"},
 	"GET /{$}":                         {"/", "", "", "neutral"},
 }
@@ -224,7 +225,7 @@ func newMatrixEnvFor(t *testing.T, scope, wrong auth.Scope, withStore bool) *mat
 		Security: Security{AllowedHosts: []string{"example.com"}, MetricsAuth: true, SessionTTL: time.Hour},
 	}, Deps{
 		Submit: env.log.Submit, Twins: tw, Alarms: alarms, Notes: notes, Store: st,
-		Publish: func(string, string, any) {},
+		Publish: func(twin.Note) {},
 		Stream:  http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusOK) }),
 		Metrics: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "twinline_up 1\n") }),
 		UI:      http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "<html></html>") }),

@@ -11,13 +11,29 @@ import (
 //go:embed openapi.json
 var openapiDoc []byte
 
+// asyncapiDoc describes the channels beside the HTTP API: the live
+// stream's messages (their Go types are in internal/hub), the MQTT and
+// Kafka telemetry topics.
+//
+//go:embed asyncapi.json
+var asyncapiDoc []byte
+
 //go:embed docs.html
 var docsPage []byte
 
 func (a *API) handleOpenAPI(w http.ResponseWriter, _ *http.Request) {
+	writeDoc(w, openapiDoc)
+}
+
+func (a *API) handleAsyncAPI(w http.ResponseWriter, _ *http.Request) {
+	writeDoc(w, asyncapiDoc)
+}
+
+// writeDoc writes one of the API documents.
+func writeDoc(w http.ResponseWriter, doc []byte) {
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-cache")
-	_, _ = w.Write(openapiDoc)
+	_, _ = w.Write(doc)
 }
 
 // handleDocs renders the OpenAPI document with a small self-contained page:

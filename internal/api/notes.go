@@ -44,7 +44,7 @@ func (a *API) handleNotesPost(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	note(r, id, n.ID, map[string]any{"chars": len(in.Text)})
-	a.publish(id, "note", n)
+	a.publish(n)
 	writeJSON(w, http.StatusCreated, n)
 }
 

@@ -184,7 +184,7 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 	// Alarm changes go out in the order they happen, each followed by the
 	// machine's status (alarm while any alarm of it is active).
 	alarms.OnChange(func(al twin.Alarm, active bool) {
-		a.hub.PublishEvent(al.Machine, "alarm", al)
+		a.hub.PublishAlarm(hub.Alarm(al))
 		m, err := twins.Get(al.Machine)
 		if err != nil {
 			return // deleted
@@ -228,7 +228,7 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 		hubOpts.Redis, hubOpts.RedisPrefix = rdb, cfg.RedisPrefix
 		// The samples other replicas processed keep this replica's twins
 		// current: status, lastSeen, latest values and rates.
-		hubOpts.OnRemote = a.observeRemote
+		hubOpts.OnRemoteSamples, hubOpts.OnRemoteAlarm = a.observeRemoteSamples, a.observeRemoteAlarm
 		a.hot = hot.NewRedis(rdb, hot.RedisOptions{Options: hot.Options{Window: cfg.HotWindow}, Prefix: cfg.RedisPrefix})
 		a.hotW = newHotWriter(a.hot, logger.With("component", "hot"), reg)
 		a.degraded = append(a.degraded, a.hot.Ready)
@@ -326,7 +326,7 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 		Twins:   twins,
 		Notes:   notes,
 		Alarms:  alarms,
-		Publish: a.hub.PublishEvent,
+		Publish: func(n twin.Note) { a.hub.PublishNote(hub.Note(n)) },
 		Stream:  a.hub,
 		StreamContext: func(ctx context.Context, visible func(string) bool, client string) context.Context {
 			if visible != nil {

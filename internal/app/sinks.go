@@ -1,9 +1,7 @@
 package app
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"strings"
 	"time"
@@ -17,41 +15,14 @@ import (
 	"github.com/twinline/twinline/internal/twin"
 )
 
-// remoteSamples is the part of a live "samples" message a replica needs to
-// update its twins.
-type remoteSamples struct {
-	Type     string `json:"type"`
-	IngestTS int64  `json:"ingestTs"`
-	Samples  []struct {
-		Metric string  `json:"metric"`
-		TS     int64   `json:"ts"`
-		Value  float64 `json:"value"`
-	} `json:"samples"`
-}
-
-// observeRemote updates the twins with the samples of a live message that
-// another replica processed (with Redis): machines processed elsewhere show
-// their status, last seen time, latest values and rates here too.
-func (a *App) observeRemote(machine string, msg []byte) {
-	head := msg[:min(len(msg), 32)]
-	if bytes.Contains(head, []byte(`"type":"alarm"`)) {
-		a.observeRemoteAlarm(msg)
-		return
-	}
-	if !bytes.Contains(head, []byte(`"type":"samples"`)) {
-		return
-	}
-	var m remoteSamples
-	if err := json.Unmarshal(msg, &m); err != nil || m.Type != "samples" {
-		return
-	}
-	samples := make([]telemetry.Sample, len(m.Samples))
-	for i, s := range m.Samples {
-		samples[i] = telemetry.Sample{Machine: machine, Metric: s.Metric, Time: s.TS, Value: s.Value}
-	}
-	a.twins.Observe(&telemetry.Batch{Received: m.IngestTS}, samples)
+// observeRemoteSamples updates the twins with the samples another replica
+// processed (with Redis; the hub decodes them): machines processed
+// elsewhere show their status, last seen time, latest values and rates
+// here too.
+func (a *App) observeRemoteSamples(_ string, ingestTs int64, samples []telemetry.Sample) {
+	a.twins.Observe(&telemetry.Batch{Received: ingestTs}, samples)
 	// Seen elsewhere is seen: no offline alarm for it here.
-	if _, err := a.alarms.Seen(samples, m.IngestTS); err != nil {
+	if _, err := a.alarms.Seen(samples, ingestTs); err != nil {
 		a.logger.Error("journaling alarms", "component", "alarms", "err", err)
 	}
 }
@@ -60,18 +31,11 @@ func (a *App) observeRemote(machine string, msg []byte) {
 // this replica's alarm list and acknowledgements include it. Only on a
 // shared store (PostgreSQL): alarm ids are unique across replicas there,
 // while each embedded replica numbers its own.
-func (a *App) observeRemoteAlarm(msg []byte) {
+func (a *App) observeRemoteAlarm(al hub.Alarm) {
 	if _, shared := a.store.(*postgres.Store); !shared {
 		return
 	}
-	var m struct {
-		Type string     `json:"type"`
-		Data twin.Alarm `json:"data"`
-	}
-	if err := json.Unmarshal(msg, &m); err != nil || m.Type != "alarm" || m.Data.ID == "" {
-		return
-	}
-	a.alarms.Apply(m.Data)
+	a.alarms.Apply(twin.Alarm(al))
 }
 
 // offlineTick is how often machines are checked for silence.

@@ -12,18 +12,19 @@ import (
 // it is published, only on demand (lazyBody).
 
 // Window is a window aggregate on the live stream: a closed, corrected or
-// late window of one machine's metric.
+// late window of one machine's metric. Its JSON is an element of a
+// WindowsMessage's windows (the machine is the message's).
 type Window struct {
-	Machine string
-	Metric  string
-	Start   int64 // Unix ms
-	Size    int64 // ms
-	Kind    string
-	Count   int64
-	Sum     float64
-	Min     float64
-	Max     float64
-	Avg     float64
+	Machine string  `json:"-"`
+	Metric  string  `json:"metric"`
+	Start   int64   `json:"start"` // Unix ms
+	Size    int64   `json:"size"`  // ms
+	Kind    string  `json:"kind"`  // final, correction, late
+	Count   int64   `json:"count"`
+	Sum     float64 `json:"sum"`
+	Min     float64 `json:"min"`
+	Max     float64 `json:"max"`
+	Avg     float64 `json:"avg"`
 }
 
 // Median is a metric's sliding median on the live stream, with the event
@@ -68,7 +69,8 @@ func (ws windowsBody) estimate() int {
 }
 
 func (ws windowsBody) appendBody(b []byte) []byte {
-	b = append(b, `"type":"windows","machine":`...)
+	b = appendType(b, TypeWindows)
+	b = append(b, `,"machine":`...)
 	b = appendString(b, ws[0].Machine)
 	b = append(b, `,"windows":[`...)
 	for i := range ws {
@@ -106,7 +108,8 @@ type mediansBody []Median
 func (ms mediansBody) estimate() int { return len(ms[0].Machine) + 64 + len(ms)*(len(ms[0].Metric)+56) }
 
 func (ms mediansBody) appendBody(b []byte) []byte {
-	b = append(b, `"type":"median","machine":`...)
+	b = appendType(b, TypeMedian)
+	b = append(b, `,"machine":`...)
 	b = appendString(b, ms[0].Machine)
 	b = append(b, `,"data":{"metrics":{`...)
 	for i := range ms {
@@ -124,20 +127,29 @@ func (ms mediansBody) appendBody(b []byte) []byte {
 	return append(b, "}}}\n\n"...)
 }
 
-// statusBody is "type":"status","machine":M,"data":{"status":S,"lastSeen":T}
-// (no lastSeen when 0).
+// statusBody is "type":"status","machine":M,"data":{"status":S,"alarm":A,
+// "lastSeen":T} (no lastSeen when 0).
 type statusBody struct {
 	machine, status string
+	alarm           bool
 	lastSeen        int64
 }
 
-func (s *statusBody) estimate() int { return len(s.machine) + len(s.status) + 80 }
+// newStatusBody is a machine's status; alarm says status is "alarm".
+func newStatusBody(machine, status string, lastSeen int64) *statusBody {
+	return &statusBody{machine: machine, status: status, alarm: status == statusAlarm, lastSeen: lastSeen}
+}
+
+func (s *statusBody) estimate() int { return len(s.machine) + len(s.status) + 96 }
 
 func (s *statusBody) appendBody(b []byte) []byte {
-	b = append(b, `"type":"status","machine":`...)
+	b = appendType(b, TypeStatus)
+	b = append(b, `,"machine":`...)
 	b = appendString(b, s.machine)
 	b = append(b, `,"data":{"status":`...)
 	b = appendString(b, s.status)
+	b = append(b, `,"alarm":`...)
+	b = strconv.AppendBool(b, s.alarm)
 	if s.lastSeen != 0 {
 		b = append(b, `,"lastSeen":`...)
 		b = strconv.AppendInt(b, s.lastSeen, 10)
@@ -148,8 +160,9 @@ func (s *statusBody) appendBody(b []byte) []byte {
 // eventBody is a PublishEvent message whose data is encoded with
 // encoding/json, on demand: rare events (alarms, notes) only.
 type eventBody struct {
-	machine, typ string
-	data         any
+	machine string
+	typ     MessageType
+	data    any
 }
 
 func (e *eventBody) estimate() int { return len(e.typ) + len(e.machine) + 256 }
@@ -164,9 +177,8 @@ func (e *eventBody) appendBody(b []byte) []byte {
 
 // appendEventBody appends the body of a PublishEvent message; data is
 // already JSON.
-func appendEventBody(b []byte, machine, typ string, data []byte) []byte {
-	b = append(b, `"type":`...)
-	b = appendString(b, typ)
+func appendEventBody(b []byte, machine string, typ MessageType, data []byte) []byte {
+	b = appendType(b, typ)
 	if machine != "" {
 		b = append(b, `,"machine":`...)
 		b = appendString(b, machine)
@@ -178,8 +190,16 @@ func appendEventBody(b []byte, machine, typ string, data []byte) []byte {
 
 // eventDraft encodes the body of a PublishEvent message; data is already
 // JSON.
-func eventDraft(machine, typ string, data []byte) draft {
+func eventDraft(machine string, typ MessageType, data []byte) draft {
 	d := newDraft(machine, len(typ)+len(machine)+len(data)+48)
 	d.buf = appendEventBody(d.buf, machine, typ, data)
 	return d
+}
+
+// appendType appends the "type" member a body starts with. A message
+// type is plain ASCII: it needs no escaping.
+func appendType(b []byte, t MessageType) []byte {
+	b = append(b, `"type":"`...)
+	b = append(b, t...)
+	return append(b, '"')
 }

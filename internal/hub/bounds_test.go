@@ -93,7 +93,7 @@ func TestStalledClientDroppedWithinMaxLag(t *testing.T) {
 		dropped := h.metrics.dropped.WithLabelValues(reasonSlowClient)
 		var droppedAfter time.Duration
 		for i := range 20 {
-			h.PublishEvent("m", "e", i)
+			h.publishEvent("m", "e", i)
 			synctest.Wait()
 			if droppedAfter == 0 && testutil.ToFloat64(dropped) == 1 {
 				droppedAfter = time.Since(stalledAt)
@@ -140,7 +140,7 @@ func TestStalledQuietClientDroppedAtHeartbeat(t *testing.T) {
 		w.mu.Lock()
 		w.block = make(chan struct{})
 		w.mu.Unlock()
-		h.PublishEvent("m", "e", 1)
+		h.publishEvent("m", "e", 1)
 		time.Sleep(7 * time.Second)
 		synctest.Wait()
 		if got := testutil.ToFloat64(h.metrics.dropped.WithLabelValues(reasonSlowClient)); got != 1 {
@@ -169,7 +169,7 @@ func TestLazyReplay(t *testing.T) {
 			h.PublishStatus("a", "alarm", 5000)
 			h.PublishWindows([]Window{{Machine: "b", Metric: "temp", Kind: "final", Count: 1, Sum: 2, Min: 2, Max: 2, Avg: 2}})
 			h.PublishMedians([]Median{{Machine: "a", Metric: "temp", Median: 70, Time: 4000}})
-			h.PublishEvent("a", "note", map[string]string{"text": "hi"})
+			h.publishEvent("a", "note", map[string]string{"text": "hi"})
 		}
 		publish() // nobody wants it: kept unencoded
 		lazy := newMemWriter()
@@ -206,7 +206,7 @@ func TestPublishToNobody(t *testing.T) {
 		leftRecently(t, h)
 		cursor := h.seq
 		time.Sleep(resumeHorizon)
-		h.PublishEvent("a", "e", 1)
+		h.publishEvent("a", "e", 1)
 		h.PublishSamples(samples("a", "temp", 1.0), 1)
 		if h.ring.n != 0 || h.seq != cursor+2 {
 			t.Errorf("ring holds %d messages, seq moved by %d; want 0 and 2", h.ring.n, h.seq-cursor)

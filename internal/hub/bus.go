@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/valyala/fastjson"
 )
 
 // Defaults of the Redis fan-out.
@@ -73,6 +74,9 @@ type bus struct {
 	// them.
 	id   uint64
 	next atomic.Uint64
+	// parser parses the messages that arrive (deliver, on the subscriber's
+	// goroutine only).
+	parser fastjson.Parser
 }
 
 // pubState is where one of this replica's publish calls stands, between
@@ -202,7 +206,6 @@ func decodeDrafts(payload string) (p published, err error) {
 		d := newDraft(string(machine), len(body)+2)
 		d.buf = append(d.buf, body...)
 		d.buf = append(d.buf, "\n\n"...)
-		d.absorbed = absorbedBody(body)
 		p.drafts = append(p.drafts, d)
 	}
 	if len(p.drafts) == 0 {
@@ -345,23 +348,12 @@ func (h *Hub) deliver(payload string) {
 		return
 	}
 	prev, first, drafts := p.prev, p.first, p.drafts
-	// Another replica's samples and status also feed the conflated fleet
-	// streams here (decoded only while one is connected).
+	// Each message's type says whether conflated streams take it as it is;
+	// another replica's samples and status also feed their fleet state,
+	// and its samples and alarms the OnRemote callbacks.
 	var remote []fleetUpdate
-	if p.origin != h.bus.id && (h.opts.OnRemote != nil || h.conflating.Load()) {
-		var msg []byte
-		for _, d := range drafts {
-			if len(d.buf) < headroom+2 {
-				continue // a jump: no message
-			}
-			msg = append(append(msg[:0], '{'), d.buf[headroom:len(d.buf)-2]...)
-			if h.opts.OnRemote != nil {
-				h.opts.OnRemote(d.machine, msg)
-			}
-			if h.conflating.Load() {
-				remote = remoteUpdates(d.machine, msg, remote)
-			}
-		}
+	for i := range drafts {
+		remote = h.decodeRemote(&drafts[i], p.origin != h.bus.id, remote)
 	}
 	last := first + uint64(len(drafts)) - 1 // first-1 for a jump
 	slab := make([]message, len(drafts))

@@ -1,10 +1,12 @@
 // Package hub fans live updates out to dashboard clients over WebSocket and
 // Server-Sent Events: GET /api/v1/stream?machine=ID[&machine=ID…] or ?all=1.
 //
-// Its publish side is two methods, [Hub.PublishSamples] and
-// [Hub.PublishEvent]. Alone it fans out to its own clients; with
-// Options.Redis it fans out across every replica sharing that Redis (see
-// Replicas).
+// Its publish side is one typed method per kind of update:
+// [Hub.PublishSamples], [Hub.PublishWindows], [Hub.PublishMedians],
+// [Hub.PublishStatus], [Hub.PublishAlarm] and [Hub.PublishNote]. Alone it
+// fans out to its own clients; with Options.Redis it fans out across every
+// replica sharing that Redis (see Replicas), and hands the app what other
+// replicas published, decoded (Options.OnRemoteSamples, OnRemoteAlarm).
 //
 // # Transports
 //
@@ -48,12 +50,13 @@
 //
 //	{"seq":43,"type":"alarm","machine":"press-07","data":{…}}
 //
-// Other live updates carry the type and data given to [Hub.PublishEvent]
-// (alarms, notes), or are the hub's own typed messages: status
-// ([Hub.PublishStatus]), windows ([Hub.PublishWindows], one message per
-// machine: "windows":[{…},…]) and median ([Hub.PublishMedians]). The types
-// hello, heartbeat, reset, reconnect, samples, status, windows, median and
-// fleet are the hub's own.
+// Alarms ([Hub.PublishAlarm]) and notes ([Hub.PublishNote]) carry the alarm
+// or note as data; status ([Hub.PublishStatus]), windows
+// ([Hub.PublishWindows], one message per machine: "windows":[{…},…]) and
+// median ([Hub.PublishMedians]) are encoded by hand. Every message type is
+// a [MessageType] constant with a Go struct (wire.go) that describes its
+// JSON field for field; the AsyncAPI document served at /api/asyncapi.json
+// gives their schemas.
 //
 //	{"type":"hello","seq":41,"heartbeatMs":15000,"queue":65536,"queueBytes":8388608,"maxLagMs":30000}
 //
@@ -129,8 +132,7 @@
 //	 "lastSeen":…,"metrics":{"temp":{"value":71.2,"ts":…}}},…]}
 //
 // with the machines changed since the last, and their metrics that changed
-// (fleetState.merge). Messages of PublishEvent (alarms, notes) pass
-// through at once; samples, status, windows and medians do not. No resume:
+// (fleetState.merge). Alarm and note messages pass through at once; samples, status, windows and medians do not. No resume:
 // a conflated stream opened with a cursor gets a reset (reason
 // "conflated"). A filter (WithFilter) applies.
 //

@@ -1,13 +1,10 @@
 package hub
 
 import (
-	"bytes"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
-
-	"github.com/valyala/fastjson"
 
 	"github.com/twinline/twinline/internal/telemetry"
 )
@@ -141,7 +138,7 @@ func (s *fleetState) appendChanges(b []byte, since uint64, filter func(string) b
 			b = append(b, `,"status":`...)
 			b = appendString(b, m.status)
 			b = append(b, `,"alarm":`...)
-			b = strconv.AppendBool(b, m.status == "alarm")
+			b = strconv.AppendBool(b, m.status == statusAlarm)
 		}
 		if m.lastSeen != 0 {
 			b = append(b, `,"lastSeen":`...)
@@ -237,7 +234,9 @@ func (h *Hub) flushGroup(g *fleetGroup) {
 // since that filter accepts (all if nil), or returns nil if there are none.
 func (h *Hub) fleetMessageLocked(since uint64, filter func(string) bool) *message {
 	b := make([]byte, 0, 256)
-	b = append(b, `{"type":"fleet","seq":`...)
+	b = append(b, '{')
+	b = appendType(b, TypeFleet)
+	b = append(b, `,"seq":`...)
 	b = strconv.AppendUint(b, h.seq, 10)
 	b = append(b, `,"machines":`...)
 	var n int
@@ -259,17 +258,6 @@ func (h *Hub) offerFleetLocked(c *client, m *message) {
 	c.queue.signal()
 }
 
-// absorbedBody reports whether the body of a published message (after
-// `{"seq":N,`) is one conflated streams do not take as it is.
-func absorbedBody(body []byte) bool {
-	for _, t := range []string{`"type":"samples"`, `"type":"status"`, `"type":"windows"`, `"type":"median"`} {
-		if bytes.HasPrefix(body, []byte(t)) {
-			return true
-		}
-	}
-	return false
-}
-
 // parseConflate parses the conflate parameter: a duration between
 // minConflate and maxConflate.
 func parseConflate(v string) (time.Duration, string) {
@@ -278,37 +266,4 @@ func parseConflate(v string) (time.Duration, string) {
 		return 0, "must be a duration from " + minConflate.String() + " to " + maxConflate.String() + ", e.g. 250ms"
 	}
 	return d, ""
-}
-
-// remoteUpdates decodes the samples and status messages another replica
-// published (bodies as in the bus: `{"type":…,"machine":…,…}`) into fleet
-// updates, so that conflated streams on this replica show the whole fleet
-// (an api replica processes nothing itself). Other message types give none;
-// a body that does not decode is skipped.
-func remoteUpdates(machine string, body []byte, us []fleetUpdate) []fleetUpdate {
-	head := body[:min(len(body), 32)]
-	switch {
-	case bytes.Contains(head, []byte(`"type":"samples"`)):
-		v, err := fastjson.ParseBytes(body)
-		if err != nil {
-			return us
-		}
-		seen := v.GetInt64("ingestTs")
-		for _, s := range v.GetArray("samples") {
-			metric := string(s.GetStringBytes("metric"))
-			if metric == "" {
-				continue
-			}
-			us = append(us, fleetUpdate{Machine: machine, Metric: metric, Value: s.GetFloat64("value"), TS: s.GetInt64("ts"), Seen: seen})
-		}
-	case bytes.Contains(head, []byte(`"type":"status"`)):
-		v, err := fastjson.ParseBytes(body)
-		if err != nil {
-			return us
-		}
-		if st := string(v.GetStringBytes("data", "status")); st != "" {
-			us = append(us, fleetUpdate{Machine: machine, Status: st, Seen: v.GetInt64("data", "lastSeen")})
-		}
-	}
-	return us
 }

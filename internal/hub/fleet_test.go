@@ -138,7 +138,7 @@ func TestConflatedStream(t *testing.T) {
 		}
 		h.PublishWindows([]Window{{Machine: "a", Metric: "temp", Kind: "final"}})
 		h.PublishStatus("b", "alarm", 5000)
-		h.PublishEvent("b", "alarm", map[string]string{"kind": "high"})
+		h.publishEvent("b", "alarm", map[string]string{"kind": "high"})
 		synctest.Wait()
 		types := func() []string {
 			var out []string

@@ -63,11 +63,15 @@ type Options struct {
 	// than a message) when clients receive many messages a second. 0 writes
 	// as soon as a message is queued.
 	WriteInterval time.Duration
-	// OnRemote, with Redis, hears every message published by another
-	// replica — its machine and its JSON (without the seq) — before this
-	// replica's clients get it: a replica that does not process a machine's
-	// data may still keep its twin current. It must not block for long.
-	OnRemote func(machine string, msg []byte)
+	// OnRemoteSamples, with Redis, hears the samples another replica
+	// published (decoded from its samples messages: machine, ingest time
+	// in Unix ms, samples the callee may keep), before this replica's
+	// clients get them: a replica that does not process a machine's data
+	// may still keep its twin current. It must not block for long.
+	OnRemoteSamples func(machine string, ingestTs int64, samples []telemetry.Sample)
+	// OnRemoteAlarm, with Redis, hears the alarm changes another replica
+	// published, like OnRemoteSamples.
+	OnRemoteAlarm func(Alarm)
 	// OriginPatterns are the extra origins allowed to open a WebSocket, as
 	// host patterns for path.Match (see websocket.AcceptOptions). The
 	// default, none, allows same-origin requests only.
@@ -151,6 +155,13 @@ const (
 // reasonConflated is the reason of the reset a conflated stream resuming
 // with a cursor gets: it has no resume.
 const reasonConflated = "conflated"
+
+// Reasons of the reset a client resuming with a cursor the hub cannot
+// serve gets.
+const (
+	reasonCursorExpired = "cursor_expired"
+	reasonCursorUnknown = "cursor_unknown"
+)
 
 // Errors of registration, answered 503 (429 for errTooManyForClient) by
 // ServeHTTP.
@@ -476,17 +487,25 @@ func (h *Hub) wantedLocked(machine string, passThrough bool) bool {
 	return false
 }
 
-// PublishEvent sends a live update other than samples (an alarm, a
-// note…) to the clients subscribed to machine, as
-// {"seq":N,"type":typ,"machine":machine,"data":data}; data is encoded with
-// encoding/json, only if a client wants it: keep it for rare events, and
-// use the typed methods (PublishStatus, PublishWindows, PublishMedians)
-// for the frequent ones. data must not change once published; data that
+// PublishAlarm sends an alarm change to the clients subscribed to its
+// machine, as an AlarmMessage. Conflated streams get it as it is. It never
+// blocks on a client.
+func (h *Hub) PublishAlarm(a Alarm) { h.publishEvent(a.Machine, TypeAlarm, a) }
+
+// PublishNote sends an operator's note to the clients subscribed to its
+// machine, as a NoteMessage. Conflated streams get it as it is. It never
+// blocks on a client.
+func (h *Hub) PublishNote(n Note) { h.publishEvent(n.Machine, TypeNote, n) }
+
+// publishEvent sends a live update of type typ to the clients subscribed
+// to machine, as {"seq":N,"type":typ,"machine":machine,"data":data}; data
+// is encoded with encoding/json, only if a client wants it: it is for rare
+// events (alarms, notes). data must not change once published; data that
 // cannot be encoded is sent as null. An empty machine (fleet-wide news)
 // reaches all-machines subscribers only, and the message has no
 // "machine". Conflated streams get it as it is. It never blocks on a
 // client.
-func (h *Hub) PublishEvent(machine, typ string, data any) {
+func (h *Hub) publishEvent(machine string, typ MessageType, data any) {
 	start := time.Now()
 	h.mu.Lock()
 	if h.skipLocked(1) {
@@ -509,13 +528,14 @@ func (h *Hub) PublishEvent(machine, typ string, data any) {
 	h.metrics.publishDuration.Observe(time.Since(start).Seconds())
 }
 
-// PublishStatus sends a machine's status change,
-// {"seq":N,"type":"status","machine":M,"data":{"status":S,"lastSeen":T}}
-// (no lastSeen when 0), and records it in the fleet state of conflated
-// streams. It never blocks on a client.
+// PublishStatus sends a machine's status change as a StatusMessage,
+// {"seq":N,"type":"status","machine":M,"data":{"status":S,"alarm":A,
+// "lastSeen":T}} (no lastSeen when 0; alarm says status is "alarm"), and
+// records it in the fleet state of conflated streams. It never blocks on a
+// client.
 func (h *Hub) PublishStatus(machine, status string, lastSeen int64) {
 	start := time.Now()
-	h.publishBodies([]string{machine}, []lazyBody{&statusBody{machine: machine, status: status, lastSeen: lastSeen}},
+	h.publishBodies([]string{machine}, []lazyBody{newStatusBody(machine, status, lastSeen)},
 		func(f *fleetState) { f.apply(fleetUpdate{Machine: machine, Status: status, Seen: lastSeen}) })
 	h.metrics.published.events.Inc()
 	h.metrics.publishDuration.Observe(time.Since(start).Seconds())
@@ -817,9 +837,9 @@ func (h *Hub) register(c *client, cursor uint64, hasCursor bool) (registration, 
 	case !hasCursor:
 		reg.first = []*message{hello}
 	case cursor > h.seq:
-		reg.first = []*message{hello, resetMessage(h.seq, "cursor_unknown")}
+		reg.first = []*message{hello, resetMessage(h.seq, reasonCursorUnknown)}
 	case cursor+1 < h.ring.oldest(h.seq):
-		reg.first = []*message{hello, resetMessage(h.seq, "cursor_expired")}
+		reg.first = []*message{hello, resetMessage(h.seq, reasonCursorExpired)}
 	default:
 		reg.first = h.ring.since(cursor, h.seq, 1)
 		reg.first[0] = hello

@@ -67,8 +67,8 @@ func TestPublishEvent(t *testing.T) {
 	all, reg := testClient(t, h, 4)
 	press, _ := testClient(t, h, 4, "press-07")
 
-	h.PublishEvent("press-07", "alarm", map[string]any{"metric": "temp", "state": "firing"})
-	h.PublishEvent("", "fleet", []int{1, 2})
+	h.publishEvent("press-07", "alarm", map[string]any{"metric": "temp", "state": "firing"})
+	h.publishEvent("", "fleet", []int{1, 2})
 
 	want := []msg{
 		{Seq: reg.latest + 1, Type: "alarm", Machine: "press-07", Data: json.RawMessage(`{"metric":"temp","state":"firing"}`)},
@@ -85,7 +85,7 @@ func TestPublishEvent(t *testing.T) {
 func TestPublishEventUnencodable(t *testing.T) {
 	h, _ := newTestHub(t, Options{})
 	c, _ := testClient(t, h, 4)
-	h.PublishEvent("m", "bad", func() {})
+	h.publishEvent("m", "bad", func() {})
 	if got := queued(t, c); len(got) != 0 {
 		t.Errorf("got %v, want nothing published", got)
 	}
@@ -109,7 +109,7 @@ func TestFilter(t *testing.T) {
 		clients[i], _ = testClient(t, h, 16, tt.machines...)
 	}
 	h.PublishSamples(samples("a", "x", 1.0, "b", "x", 2.0, "c", "x", 3.0), 1)
-	h.PublishEvent("", "note", "hi")
+	h.publishEvent("", "note", "hi")
 
 	for i, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -129,7 +129,7 @@ func TestSeqMonotonic(t *testing.T) {
 	c, reg := testClient(t, h, 1024)
 	for i := range 100 {
 		if i%3 == 0 {
-			h.PublishEvent("m", "status", i)
+			h.publishEvent("m", "status", i)
 			continue
 		}
 		h.PublishSamples(samples(fmt.Sprint("m", i%7), "x", float64(i), "n", "x", 1.0), int64(i))
@@ -149,7 +149,7 @@ func TestRegisterReplay(t *testing.T) {
 	start := h.seq
 	// 12 messages, alternating machines a and b: the ring keeps the last 8.
 	for i := range 12 {
-		h.PublishEvent([]string{"a", "b"}[i%2], "e", i)
+		h.publishEvent([]string{"a", "b"}[i%2], "e", i)
 	}
 	latest := start + 12
 	tests := []struct {
@@ -226,7 +226,7 @@ func TestSlowClientCutOffBelowTransport(t *testing.T) {
 	other, _ := testClient(t, h, 2, "elsewhere")
 
 	for i := range 5 {
-		h.PublishEvent("m", "e", i)
+		h.publishEvent("m", "e", i)
 	}
 
 	select {
@@ -255,7 +255,7 @@ func TestSlowClientCutOffBelowTransport(t *testing.T) {
 		t.Errorf("dropped series: got %d, %v; want 3", n, err)
 	}
 	// Cut off means unsubscribed: later messages do not reach it.
-	h.PublishEvent("m", "e", 5)
+	h.publishEvent("m", "e", 5)
 	if got := len(queued(t, slow)); got != 0 {
 		t.Errorf("slow client got %d messages after its cut-off", got)
 	}
@@ -265,7 +265,7 @@ func TestHeartbeatBelowTransport(t *testing.T) {
 	h, _ := newTestHub(t, Options{})
 	a, _ := testClient(t, h, 4, "a")
 	full, _ := testClient(t, h, 1, "b")
-	h.PublishEvent("b", "e", 1)
+	h.publishEvent("b", "e", 1)
 	h.heartbeat(time.Now())
 
 	got := queued(t, a)

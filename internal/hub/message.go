@@ -142,7 +142,9 @@ func controlMessage(seq uint64, id bool, body []byte) *message {
 // conflated stream.
 func helloMessage(seq uint64, o Options, conflate time.Duration) *message {
 	b := make([]byte, 0, 160)
-	b = append(b, `{"type":"hello","seq":`...)
+	b = append(b, '{')
+	b = appendType(b, TypeHello)
+	b = append(b, `,"seq":`...)
 	b = strconv.AppendUint(b, seq, 10)
 	b = append(b, `,"heartbeatMs":`...)
 	b = strconv.AppendInt(b, o.Heartbeat.Milliseconds(), 10)
@@ -162,7 +164,9 @@ func helloMessage(seq uint64, o Options, conflate time.Duration) *message {
 
 func heartbeatMessage(seq uint64, ts int64) *message {
 	b := make([]byte, 0, 80)
-	b = append(b, `{"type":"heartbeat","ts":`...)
+	b = append(b, '{')
+	b = appendType(b, TypeHeartbeat)
+	b = append(b, `,"ts":`...)
 	b = strconv.AppendInt(b, ts, 10)
 	b = append(b, `,"seq":`...)
 	b = strconv.AppendUint(b, seq, 10)
@@ -172,7 +176,9 @@ func heartbeatMessage(seq uint64, ts int64) *message {
 
 func resetMessage(seq uint64, reason string) *message {
 	b := make([]byte, 0, 80)
-	b = append(b, `{"type":"reset","reason":`...)
+	b = append(b, '{')
+	b = appendType(b, TypeReset)
+	b = append(b, `,"reason":`...)
 	b = appendString(b, reason)
 	b = append(b, `,"seq":`...)
 	b = strconv.AppendUint(b, seq, 10)
@@ -182,7 +188,9 @@ func resetMessage(seq uint64, reason string) *message {
 
 func reconnectMessage(cursor uint64, reason string, retryMs int64) *message {
 	b := make([]byte, 0, 96)
-	b = append(b, `{"type":"reconnect","reason":`...)
+	b = append(b, '{')
+	b = appendType(b, TypeReconnect)
+	b = append(b, `,"reason":`...)
 	b = appendString(b, reason)
 	b = append(b, `,"cursor":`...)
 	b = strconv.AppendUint(b, cursor, 10)
@@ -197,7 +205,8 @@ func sampleSize(s *telemetry.Sample) int { return len(s.Metric) + 64 }
 
 // samplesHeader starts the body of a samples message.
 func samplesHeader(b []byte, machine string, ingestTs int64) []byte {
-	b = append(b, `"type":"samples","machine":`...)
+	b = appendType(b, TypeSamples)
+	b = append(b, `,"machine":`...)
 	b = appendString(b, machine)
 	b = append(b, `,"ingestTs":`...)
 	b = strconv.AppendInt(b, ingestTs, 10)

@@ -53,7 +53,7 @@ func BenchmarkPublishNoSubscriber(b *testing.B) {
 		h, _ := newTestHub(b, Options{})
 		b.ReportAllocs()
 		for b.Loop() {
-			h.PublishEvent("m-001", "window", window{Metric: "temp", Start: 1764482400000, Size: 10000, Kind: "final", Count: 10, Sum: 712.5, Min: 70, Max: 73, Avg: 71.25})
+			h.publishEvent("m-001", "window", window{Metric: "temp", Start: 1764482400000, Size: 10000, Kind: "final", Count: 10, Sum: 712.5, Min: 70, Max: 73, Avg: 71.25})
 		}
 	})
 }

@@ -84,7 +84,7 @@ func BenchmarkFanoutRedis(b *testing.B) {
 				hubs[i%2].PublishSamples(batch, 1764482400123)
 				i++
 			}
-			hubs[0].PublishEvent("\x00end", "end", nil)
+			hubs[0].publishEvent("\x00end", "end", nil)
 			wg.Wait()
 			secs := b.Elapsed().Seconds()
 			var cut int
@@ -129,7 +129,7 @@ func BenchmarkFanoutLatency(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
 				start := time.Now()
-				a.PublishEvent("press-07", "note", 1)
+				a.publishEvent("press-07", "note", 1)
 				for _, c := range []*client{cb, ca} {
 					for len(c.queue.pop(nil, 1)) == 0 {
 						<-c.queue.wake

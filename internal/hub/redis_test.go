@@ -65,9 +65,9 @@ func TestFanoutAcrossReplicas(t *testing.T) {
 				{Machine: "press-07", Metric: "temp", Time: 1000, Value: 71.3},
 				{Machine: "oven-1", Metric: "temp", Time: 1000, Value: 180},
 			}, 5000)
-			a.hub.PublishEvent("press-07", "alarm", map[string]string{"state": "firing"})
-			b.hub.PublishEvent("oven-1", "note", "door open")
-			a.hub.PublishEvent("", "end", nil)
+			a.hub.publishEvent("press-07", "alarm", map[string]string{"state": "firing"})
+			b.hub.publishEvent("oven-1", "note", "door open")
+			a.hub.publishEvent("", "end", nil)
 
 			gotA := readUntilType(t, ctx, aAll, "end")
 			gotB := readUntilType(t, ctx, bAll, "end")
@@ -93,7 +93,7 @@ func TestFanoutAcrossReplicas(t *testing.T) {
 			}
 			// The press client of B gets its machine's messages only; a
 			// final press-07 event shows nothing else (no duplicate) came.
-			a.hub.PublishEvent("press-07", "end", nil)
+			a.hub.publishEvent("press-07", "end", nil)
 			gotPress := readUntilType(t, ctx, bPress, "end")
 			wantPress := []string{want[0], want[2], fmt.Sprintf("end press-07 %d", first+5)}
 			if diff := cmp.Diff(wantPress, summary(gotPress)); diff != "" {
@@ -124,15 +124,15 @@ func TestResumeOnAnotherReplica(t *testing.T) {
 	onA := dial(t, ctx, a.srv, transportSSE, "machine=press-07", nil)
 	onA.hello(t, ctx)
 	for i := range 3 {
-		a.hub.PublishEvent("press-07", "note", i)
+		a.hub.publishEvent("press-07", "note", i)
 	}
 	got := readUntilType(t, ctx, onA, "note")
 	cursor := got[0].Seq // the first note; the client "disconnects" here
 	for i := 3; i < 6; i++ {
-		b.hub.PublishEvent("press-07", "note", i)
-		a.hub.PublishEvent("oven-1", "note", i) // filtered out
+		b.hub.publishEvent("press-07", "note", i)
+		a.hub.publishEvent("oven-1", "note", i) // filtered out
 	}
-	b.hub.PublishEvent("press-07", "end", nil)
+	b.hub.publishEvent("press-07", "end", nil)
 
 	hdr := http.Header{"Last-Event-Id": {strconv.FormatUint(cursor, 10)}}
 	onB := dial(t, ctx, b.srv, transportSSE, "machine=press-07", hdr)
@@ -181,9 +181,9 @@ func TestResumeWaitsForAFasterReplica(t *testing.T) {
 		b.hub.waitSeq(ctx, b.hub.latest()+1, time.Millisecond)
 	}
 	for i := range 3 {
-		b.hub.PublishEvent("m", "note", i)
+		b.hub.publishEvent("m", "note", i)
 	}
-	b.hub.PublishEvent("m", "end", nil)
+	b.hub.publishEvent("m", "end", nil)
 	got := <-done
 	if diff := cmp.Diff([]string{"note 2 " + strconv.FormatUint(ahead+1, 10), "end null " + strconv.FormatUint(ahead+2, 10)},
 		func() []string {
@@ -212,7 +212,7 @@ func TestFanoutSurvivesRedisCut(t *testing.T) {
 	onA.hello(t, ctx)
 	onB.hello(t, ctx)
 
-	a.hub.PublishEvent("m", "before", nil)
+	a.hub.publishEvent("m", "before", nil)
 	before := readUntilType(t, ctx, onA, "before")[0].Seq
 	readUntilType(t, ctx, onB, "before")
 
@@ -224,7 +224,7 @@ func TestFanoutSurvivesRedisCut(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatal("A still ready 10s after Redis was cut off")
 		}
-		a.hub.PublishEvent("m", "during", i)
+		a.hub.publishEvent("m", "during", i)
 		readUntilType(t, ctx, onA, "during")
 	}
 	if a.hub.Ready() == nil {
@@ -241,7 +241,7 @@ func TestFanoutSurvivesRedisCut(t *testing.T) {
 	// Recovered without a restart: each client is told that messages of
 	// other replicas may have been lost (a reset), then a message from A
 	// reaches both again, with the same seq.
-	a.hub.PublishEvent("m", "after", nil)
+	a.hub.publishEvent("m", "after", nil)
 	gotA := readUntilType(t, ctx, onA, "after")
 	gotB := readUntilType(t, ctx, onB, "after")
 	for name, got := range map[string][]msg{"A": gotA, "B": gotB} {
@@ -267,7 +267,7 @@ func TestFanoutSurvivesRedisCut(t *testing.T) {
 		t.Errorf("resuming on B from before the outage: %+v, want a cursor_expired reset", m)
 	}
 	// And the fan-out goes on.
-	b.hub.PublishEvent("m", "later", nil)
+	b.hub.publishEvent("m", "later", nil)
 	if got := readUntilType(t, ctx, onA, "later"); len(got) != 1 {
 		t.Errorf("A after B's later: %v", summary(got))
 	}

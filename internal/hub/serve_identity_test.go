@@ -43,9 +43,9 @@ func TestStreamSiteFilter(t *testing.T) {
 			from := h.seq
 			publish := func() {
 				h.PublishSamples(samples("s1-a", "t", 1.0, "s2-b", "t", 2.0, "s1-c", "t", 3.0), 10)
-				h.PublishEvent("s2-b", "alarm", "hot")
-				h.PublishEvent("", "fleet", nil) // not for a filtered client
-				h.PublishEvent("s1-a", "note", "hello")
+				h.publishEvent("s2-b", "alarm", "hot")
+				h.publishEvent("", "fleet", nil) // not for a filtered client
+				h.publishEvent("s1-a", "note", "hello")
 			}
 			filtered := dial(t, ctx, srv, tr, "all=1", site1)
 			all := dial(t, ctx, srv, tr, "all=1", nil)
@@ -55,8 +55,8 @@ func TestStreamSiteFilter(t *testing.T) {
 				c.hello(t, ctx)
 			}
 			publish()
-			h.PublishEvent("s1-c", "end", nil)
-			h.PublishEvent("s2-b", "end", nil)
+			h.publishEvent("s1-c", "end", nil)
+			h.publishEvent("s2-b", "end", nil)
 			read := func(c *streamClient, end uint64) []string {
 				var got []string
 				for _, m := range c.until(t, ctx, from+end) {
@@ -79,7 +79,7 @@ func TestStreamSiteFilter(t *testing.T) {
 			again := dial(t, ctx, srv, tr, "all=1&cursor="+strconv.FormatUint(from, 10), site1)
 			again.hello(t, ctx)
 			publish()
-			h.PublishEvent("s1-c", "end", nil)
+			h.publishEvent("s1-c", "end", nil)
 			want := []string{"s1-a 1", "s1-c 3", "s1-a 6", "s1-c 7", "s1-a 9", "s1-c 11", "s1-a 14", "s1-c 15"}
 			if diff := cmp.Diff(read(again, 15), want); diff != "" {
 				t.Errorf("filtered resume (-got +want):\n%s", diff)

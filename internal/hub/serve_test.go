@@ -163,11 +163,11 @@ func TestStreamFilter(t *testing.T) {
 				clients[i].hello(t, ctx)
 			}
 			h.PublishSamples(samples("a", "t", 1.0, "b", "t", 2.0, "c", "t", 3.0, "a", "t", 4.0), 10)
-			h.PublishEvent("b", "alarm", "hot")
-			h.PublishEvent("a", "note", "hello")
-			h.PublishEvent("", "fleet", nil) // all-machines subscribers only
+			h.publishEvent("b", "alarm", "hot")
+			h.publishEvent("a", "note", "hello")
+			h.publishEvent("", "fleet", nil) // all-machines subscribers only
 			for _, m := range []string{"a", "b", "c"} {
-				h.PublishEvent(m, "end", nil)
+				h.publishEvent(m, "end", nil)
 			}
 
 			for i, s := range subs {
@@ -237,7 +237,7 @@ func TestResume(t *testing.T) {
 
 			const before, during = 300, 3000
 			for i := range before {
-				h.PublishEvent("m", "e", i)
+				h.publishEvent("m", "e", i)
 			}
 			got := first.until(t, ctx, from+before/2)
 			cursor := got[len(got)-1].Seq // the client drops here
@@ -245,7 +245,7 @@ func TestResume(t *testing.T) {
 			var wg sync.WaitGroup
 			wg.Go(func() {
 				for i := range during {
-					h.PublishEvent("m", "e", before+i)
+					h.publishEvent("m", "e", before+i)
 				}
 			})
 			query, hdr := "all=1", http.Header(nil)
@@ -283,12 +283,12 @@ func TestResumeFiltered(t *testing.T) {
 	leftRecently(t, h)
 	from := h.seq
 	for i := range 10 {
-		h.PublishEvent([]string{"a", "b", "c"}[i%3], "e", i)
+		h.publishEvent([]string{"a", "b", "c"}[i%3], "e", i)
 	}
 	c := dial(t, ctx, srv, transportWS, "machine=a&machine=c&cursor="+strconv.FormatUint(from+2, 10), nil)
 	c.hello(t, ctx)
-	h.PublishEvent("b", "e", 10)
-	h.PublishEvent("c", "e", 11)
+	h.publishEvent("b", "e", 10)
+	h.publishEvent("c", "e", 11)
 	var got []uint64
 	for _, m := range c.until(t, ctx, from+12) {
 		got = append(got, m.Seq-from)
@@ -307,12 +307,12 @@ func TestCursorExpired(t *testing.T) {
 			srv := newTestServer(t, h)
 			from := h.seq
 			for i := range 10 {
-				h.PublishEvent("m", "e", i)
+				h.publishEvent("m", "e", i)
 			}
 			c := dial(t, ctx, srv, tr, "all=1&cursor="+strconv.FormatUint(from+3, 10), nil)
 			hello := c.next(t, ctx)
 			reset := c.next(t, ctx)
-			h.PublishEvent("m", "e", 10)
+			h.publishEvent("m", "e", 10)
 			live := c.next(t, ctx)
 
 			got := []msg{hello, reset, {Type: live.Type, Seq: live.Seq}}
@@ -352,7 +352,7 @@ func TestSlowClientWebSocket(t *testing.T) {
 		if n == 100000 {
 			t.Fatal("slow client never cut off")
 		}
-		h.PublishEvent("m", "e", payload)
+		h.publishEvent("m", "e", payload)
 		n++
 		if m := fast.next(t, ctx); m.Seq != from+n {
 			t.Fatalf("fast client: got seq %d, want %d", m.Seq, from+n)
@@ -372,7 +372,7 @@ func TestSlowClientWebSocket(t *testing.T) {
 		t.Errorf("close status: got %v (%v), want %v", got, err, websocket.StatusTryAgainLater)
 	}
 	// The fast client is still served.
-	h.PublishEvent("m", "e", "after")
+	h.publishEvent("m", "e", "after")
 	if m := fast.next(t, ctx); m.Seq != from+n+1 {
 		t.Errorf("fast client after the cut-off: got seq %d, want %d", m.Seq, from+n+1)
 	}
@@ -386,8 +386,8 @@ func TestShutdown(t *testing.T) {
 	from := ws.hello(t, ctx)
 	sse := dial(t, ctx, srv, transportSSE, "machine=a", nil)
 	sse.hello(t, ctx)
-	h.PublishEvent("a", "e", 1)
-	h.PublishEvent("b", "e", 2)
+	h.publishEvent("a", "e", 1)
+	h.publishEvent("b", "e", 2)
 	if got := testutil.ToFloat64(h.metrics.clients.WithLabelValues(transportWS)); got != 1 {
 		t.Errorf("clients{ws}: got %v, want 1", got)
 	}

@@ -54,10 +54,10 @@ func TestHeartbeatCadence(t *testing.T) {
 		// idle again.
 		time.Sleep(30*time.Second - time.Millisecond)
 		synctest.Wait()
-		h.PublishEvent("oven-1", "status", "up") // seq+1, not for this client
+		h.publishEvent("oven-1", "status", "up") // seq+1, not for this client
 		time.Sleep(time.Millisecond)
 		synctest.Wait()
-		h.PublishEvent("press-07", "status", "up") // seq+2
+		h.publishEvent("press-07", "status", "up") // seq+2
 		time.Sleep(15 * time.Second)
 		synctest.Wait()
 		record()
@@ -84,15 +84,15 @@ func TestSSEHeadersAndResume(t *testing.T) {
 		leftRecently(t, h)
 		base := h.seq
 		for i := range 6 {
-			h.PublishEvent([]string{"a", "b"}[i%2], "e", i)
+			h.publishEvent([]string{"a", "b"}[i%2], "e", i)
 		}
 		w := newMemWriter()
 		// Last-Event-ID wins over ?cursor (EventSource keeps its first URL).
 		hdr := http.Header{"Last-Event-Id": {strconv.FormatUint(base+2, 10)}}
 		stop := startSSE(t, h, fmt.Sprintf("/api/v1/stream?machine=a&cursor=%d", base), hdr, w)
 		synctest.Wait()
-		h.PublishEvent("a", "e", 6)
-		h.PublishEvent("b", "e", 7)
+		h.publishEvent("a", "e", 6)
+		h.publishEvent("b", "e", 7)
 		synctest.Wait()
 
 		wantHeader := http.Header{
@@ -143,13 +143,13 @@ func TestSlowClientCutOffSSE(t *testing.T) {
 		base := h.seq
 
 		// The slow client takes its first message, then its peer stalls.
-		h.PublishEvent("m", "e", 0)
+		h.publishEvent("m", "e", 0)
 		synctest.Wait()
 		slow.mu.Lock()
 		slow.block = make(chan struct{})
 		slow.mu.Unlock()
 		for i := 1; i <= 10; i++ {
-			h.PublishEvent("m", "e", i)
+			h.publishEvent("m", "e", i)
 			synctest.Wait() // the fast client keeps up
 		}
 		if got := h.Clients(); got != 2 {
@@ -195,7 +195,7 @@ func TestWriteTimeout(t *testing.T) {
 		w.mu.Lock()
 		w.block = make(chan struct{}) // never closed: a stuck TCP peer
 		w.mu.Unlock()
-		h.PublishEvent("m", "e", 1)
+		h.publishEvent("m", "e", 1)
 		start := time.Now()
 		synctest.Wait()
 		if got := h.Clients(); got != 1 {
@@ -221,8 +221,8 @@ func TestShutdownDrains(t *testing.T) {
 		w := newMemWriter()
 		stop := startSSE(t, h, "/api/v1/stream?machine=a", nil, w)
 		synctest.Wait()
-		h.PublishEvent("a", "e", 1)
-		h.PublishEvent("a", "e", 2)
+		h.publishEvent("a", "e", 1)
+		h.publishEvent("a", "e", 2)
 		// Shutdown right away: what is queued is still delivered.
 		if err := h.Shutdown(t.Context()); err != nil {
 			t.Fatalf("Shutdown: %v", err)
@@ -259,7 +259,7 @@ func TestShutdownTimeout(t *testing.T) {
 		w.mu.Lock()
 		w.block = make(chan struct{}) // stuck
 		w.mu.Unlock()
-		h.PublishEvent("m", "e", 1)
+		h.publishEvent("m", "e", 1)
 		synctest.Wait()
 
 		ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
@@ -339,7 +339,7 @@ func TestWriteInterval(t *testing.T) {
 		record := func(after time.Duration, publish bool) {
 			time.Sleep(after)
 			if publish {
-				h.PublishEvent("a", "e", nil)
+				h.publishEvent("a", "e", nil)
 			}
 			synctest.Wait()
 			n, f := state()
@@ -389,7 +389,7 @@ func TestIdleClientHasNoWriter(t *testing.T) {
 		if got := running(); !cmp.Equal(got, []bool{false}) {
 			t.Errorf("after hello: writer running %v, want [false]", got)
 		}
-		h.PublishEvent("a", "e", 1)
+		h.publishEvent("a", "e", 1)
 		synctest.Wait()
 		if got := running(); !cmp.Equal(got, []bool{false}) {
 			t.Errorf("after a message: writer running %v, want [false]", got)

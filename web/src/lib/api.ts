@@ -2,77 +2,15 @@
 import { errorFrom } from './http';
 import { session, type SessionStore } from './session';
 
-export interface Threshold {
-  high?: number;
-  low?: number;
-  deadband?: number;
-  for?: string;
-}
+/** The API's answers, generated from the OpenAPI document (./wire). */
+export type { Alarm, Latest, Note, Series, Threshold, Value as MetricValue } from './wire';
+import type { Alarm, Latest, Machine as ApiMachine, Note, Series } from './wire';
 
-export interface MetricValue {
-  value: number;
-  ts: number;
-  median?: number;
-}
-
-export interface Machine {
-  id: string;
-  name?: string;
-  site?: string;
-  line?: string;
-  thresholds?: Record<string, Threshold>;
-  attributes?: Record<string, unknown>;
-  createdAt?: string;
-  updatedAt?: string;
-  status: string;
-  lastSeen?: number;
-  metrics?: Record<string, MetricValue>;
-  rate1m?: number;
-  rate5m?: number;
-}
-
-export interface Latest {
-  machine: string;
-  status: string;
-  lastSeen?: number;
-  metrics: Record<string, MetricValue>;
-  rate1m?: number;
-  rate5m?: number;
-}
-
-export interface Series {
-  machine: string;
-  metric: string;
-  from: number;
-  to: number;
-  t: number[];
-  v: (number | null)[];
-  partialFrom?: number;
-}
-
-export interface Alarm {
-  id: string;
-  machine: string;
-  metric?: string;
-  kind: string;
-  limit?: number;
-  value?: number;
-  state: string;
-  raisedAt: string;
-  clearedAt?: string;
-  acknowledged: boolean;
-  acknowledgedAt?: string;
-  acknowledgedBy?: string;
-  acknowledgeNote?: string;
-}
-
-export interface Note {
-  id: string;
-  machine: string;
-  text: string;
-  author: string;
-  time: string;
-}
+/**
+ * A machine as the dashboard holds it: the API's Machine, of which one
+ * first seen on the stream has only its id, status and latest values.
+ */
+export type Machine = Pick<ApiMachine, 'id' | 'status'> & Partial<ApiMachine>;
 
 export { ApiError } from './http';
 
@@ -98,8 +36,8 @@ export async function call<T>(path: string, init: RequestInit = {}, s: SessionSt
 const enc = encodeURIComponent;
 
 export const api = {
-  machines: () => call<{ count: number; machines: Machine[] }>('/api/v1/machines'),
-  machine: (id: string) => call<Machine>(`/api/v1/machines/${enc(id)}`),
+  machines: () => call<{ count: number; machines: ApiMachine[] }>('/api/v1/machines'),
+  machine: (id: string) => call<ApiMachine>(`/api/v1/machines/${enc(id)}`),
   latest: (id: string) => call<Latest>(`/api/v1/machines/${enc(id)}/latest`),
   series: (
     id: string,

@@ -1,4 +1,5 @@
 import { afterEach, describe, expect, it, vi } from 'vitest';
+import type { Alarm } from './api';
 import { MachineFeed } from './feed';
 import { backoffMs, streamQuery, StreamClient, type ConnInfo, type Gap, type SocketHandlers, type StreamMessage } from './stream';
 
@@ -406,7 +407,7 @@ describe('MachineFeed backfill', () => {
     feed.apply({ type: 'note', seq: 6, machine: 'm1', data: note }, true);
     feed.addNote(note);
     expect(feed.notes).toHaveLength(1);
-    const alarm = { id: '7', machine: 'm1', kind: 'high', state: 'active', raisedAt: '2026-01-01T00:00:00Z', acknowledged: false };
+    const alarm: Alarm = { id: '7', machine: 'm1', kind: 'high', state: 'active', raisedAt: '2026-01-01T00:00:00Z', acknowledged: false };
     feed.apply({ type: 'alarm', seq: 7, machine: 'm1', data: alarm }, true);
     feed.apply({ type: 'alarm', seq: 8, machine: 'm1', data: { ...alarm, acknowledged: true } }, true);
     expect(feed.alarms).toEqual([{ ...alarm, acknowledged: true }]);

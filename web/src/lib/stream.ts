@@ -16,45 +16,17 @@
  */
 export type Filter = { all: true; conflateMs?: number } | { machines: string[] };
 
-export interface Sample {
-  metric: string;
-  ts: number;
-  value: number | null;
-}
+/** The live stream's messages, generated from the AsyncAPI document (./wire). */
+export type { SampleData as Sample, Window as WindowData, FleetMachine } from './wire';
+import type { StreamMessages, Window } from './wire';
 
-export interface WindowData {
-  metric: string;
-  start: number;
-  size: number;
-  kind: 'final' | 'correction' | 'late';
-  count: number;
-  sum: number;
-  min: number;
-  max: number;
-  avg: number;
-}
-
-/** One machine's changes in a `fleet` message (only what changed since the last). */
-export interface FleetMachine {
-  machine: string;
-  status?: string;
-  alarm?: boolean;
-  lastSeen?: number;
-  metrics: Record<string, { value: number | null; ts: number }>;
-}
-
+/**
+ * What the client hands on: every message of the stream but `windows`,
+ * which it splits into one `window` per aggregate.
+ */
 export type StreamMessage =
-  | { type: 'hello'; seq: number; heartbeatMs: number; queue: number }
-  | { type: 'samples'; seq: number; machine: string; ingestTs: number; samples: Sample[] }
-  | { type: 'window'; seq: number; machine: string; data: WindowData }
-  | { type: 'windows'; seq: number; machine: string; windows: WindowData[] }
-  | { type: 'fleet'; seq: number; machines: FleetMachine[] }
-  | { type: 'note'; seq: number; machine: string; data: import('./api').Note }
-  | { type: 'alarm'; seq: number; machine: string; data: import('./api').Alarm }
-  | { type: 'status'; seq: number; machine: string; data: { status: string; lastSeen: number } }
-  | { type: 'heartbeat'; seq: number; ts: number }
-  | { type: 'reset'; seq: number; reason: string }
-  | { type: 'reconnect'; reason: string; cursor: number; retryMs: number };
+  | Exclude<StreamMessages, { type: 'windows' }>
+  | { type: 'window'; seq: number; machine: string; data: Window };
 
 export type ConnState = 'connecting' | 'live' | 'reconnecting' | 'stopped';
 
@@ -248,9 +220,9 @@ export class StreamClient {
   }
 
   private handle(data: string, gen: number): void {
-    let msg: StreamMessage;
+    let msg: StreamMessages;
     try {
-      msg = JSON.parse(data) as StreamMessage;
+      msg = JSON.parse(data) as StreamMessages;
     } catch {
       return; // not ours to crash on
     }

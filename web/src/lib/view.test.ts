@@ -94,7 +94,7 @@ describe('FleetStore', () => {
       { id: 'c', status: 'offline' },
     ]);
     f.apply({ type: 'samples', seq: 1, machine: 'b', ingestTs: 20, samples: [{ metric: 'temp', ts: 20, value: 2 }] }, 25);
-    f.apply({ type: 'status', seq: 2, machine: 'c', data: { status: 'online', lastSeen: 30 } }, 30);
+    f.apply({ type: 'status', seq: 2, machine: 'c', data: { status: 'online', alarm: false, lastSeen: 30 } }, 30);
     expect(f.list().map((e) => e.m.id)).toEqual(['a', 'b', 'c']);
     expect(f.counts()).toEqual({ online: 2, offline: 0, alarm: 1, total: 3 });
     // an older list does not roll back a streamed value
