@@ -36,6 +36,9 @@ import (
 	"runtime"
 	"strings"
 	"time"
+
+	"github.com/twinline/twinline/internal/ingest"
+	"github.com/twinline/twinline/internal/telemetry"
 )
 
 // Scenarios are the scenario names, in the order of the help text.
@@ -188,6 +191,8 @@ func (o Options) Validate() error {
 	}
 	if len(o.Prefix) > 100 || strings.ContainsAny(o.Prefix, " \t\n/+#?\"\\&=%") {
 		bad("prefix", "%q must be at most 100 characters without spaces, quotes or / + # ? & = %%", o.Prefix)
+	} else if p := ingest.MachineIDProblem(machineName(o.Prefix, 0), telemetry.DefaultLimits().MaxMachineIDLen); p != "" {
+		bad("prefix", "%q makes machine ids that are not valid: a machine id %s", o.Prefix, p)
 	}
 	if o.Linger < 0 {
 		bad("linger", "must not be negative")

@@ -48,6 +48,11 @@ func TestOptionsValidate(t *testing.T) {
 			o.Machines, o.Workers = 2, 4
 			return o
 		}(), flags: []string{"--machines"}},
+		{name: "prefix with a control character", opts: func() Options {
+			o := ok("ingest-json")
+			o.Prefix = "bench\x01"
+			return o
+		}(), flags: []string{"--prefix"}},
 		{name: "query history", opts: func() Options {
 			o := ok("query")
 			o.HistoryMachines, o.History = o.Machines+1, time.Second

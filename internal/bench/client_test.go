@@ -115,7 +115,10 @@ func TestBodies(t *testing.T) {
 	ev := func(j int) (string, int64, int64) { return machineName("bench", j), 1764482400000 + int64(j), int64(j) }
 
 	var events []map[string]any
-	body := formatJSON.body(nil, 3, metrics[:2], ev)
+	body, err := formatJSON.body(nil, 3, metrics[:2], ev)
+	if err != nil {
+		t.Fatalf("JSON body: %v", err)
+	}
 	if err := json.Unmarshal(body, &events); err != nil {
 		t.Fatalf("JSON body %s: %v", body, err)
 	}
@@ -128,7 +131,11 @@ func TestBodies(t *testing.T) {
 		t.Errorf("JSON body mismatch (-got +want):\n%s", diff)
 	}
 
-	got := string(formatLP.body([]byte("old"), 2, metrics[:2], ev))
+	lp, err := formatLP.body([]byte("old"), 2, metrics[:2], ev)
+	if err != nil {
+		t.Fatalf("line protocol body: %v", err)
+	}
+	got := string(lp)
 	wantLP := "bench,machineId=bench-00000 temp=0,rpm=1.3 1764482400000\n" +
 		"bench,machineId=bench-00001 temp=0.7,rpm=2 1764482400001\n"
 	if got != wantLP {

@@ -47,7 +47,8 @@ func runIngest(ctx context.Context, o Options, r *Result) error {
 			pos := 0
 			var i int64
 			for time.Now().Before(deadline) && runCtx.Err() == nil {
-				buf = f.body(buf, o.Batch, metrics, func(int) (string, int64, int64) {
+				var err error
+				buf, err = f.body(buf, o.Batch, metrics, func(int) (string, int64, int64) {
 					k := pos % len(own)
 					pos++
 					ts := base + next[k]
@@ -55,6 +56,11 @@ func runIngest(ctx context.Context, o Options, r *Result) error {
 					i++
 					return names[own[k]], ts, i
 				})
+				if err != nil {
+					errc <- err
+					cancel()
+					return
+				}
 				if _, err := p.post(runCtx, w, buf, o.Batch); err != nil {
 					return
 				}

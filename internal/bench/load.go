@@ -1,8 +1,6 @@
 package bench
 
 import (
-	"github.com/twinline/twinline/internal/auth"
-
 	"bytes"
 	"context"
 	"encoding/json"
@@ -15,6 +13,10 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/twinline/twinline/internal/auth"
+	"github.com/twinline/twinline/internal/ingest"
+	"github.com/twinline/twinline/internal/telemetry"
 )
 
 // metricNames are the names of the first metrics of every event; further
@@ -51,46 +53,39 @@ func value(i int64, k int) float64 {
 	return float64((i*7+int64(k)*13)%10_000) / 10
 }
 
-// appendJSONEvent appends one event object of the JSON ingest format.
-func appendJSONEvent(b []byte, machine string, tsMs int64, metrics []string, i int64) []byte {
-	b = append(b, `{"machineId":"`...)
-	b = append(b, machine...)
-	b = append(b, `","timestamp":`...)
-	b = strconv.AppendInt(b, tsMs, 10)
-	for k, m := range metrics {
-		b = append(b, `,"`...)
-		b = append(b, m...)
-		b = append(b, `":`...)
-		b = strconv.AppendFloat(b, value(i, k), 'f', -1, 64)
-	}
-	return append(b, '}')
+// appendJSONEvent appends ev in the wire form of the JSON ingest format
+// (ingest.AppendEvent).
+func appendJSONEvent(b []byte, ev *telemetry.Event) ([]byte, error) {
+	return ingest.AppendEvent(b, ev)
 }
 
-// appendLine appends one line of InfluxDB line protocol, millisecond
-// precision: measurement "bench", tag machineId, one field per metric.
-func appendLine(b []byte, machine string, tsMs int64, metrics []string, i int64) []byte {
+// appendLine appends ev as one line of InfluxDB line protocol, millisecond
+// precision: measurement "bench", tag machineId, one field per metric. The
+// machine id and metric names are bench-made (Options.Validate checks the
+// prefix) and need no escaping.
+func appendLine(b []byte, ev *telemetry.Event) ([]byte, error) {
 	b = append(b, "bench,machineId="...)
-	b = append(b, machine...)
-	for k, m := range metrics {
+	b = append(b, ev.Machine...)
+	for k, m := range ev.Metrics {
 		if k == 0 {
 			b = append(b, ' ')
 		} else {
 			b = append(b, ',')
 		}
-		b = append(b, m...)
+		b = append(b, m.Name...)
 		b = append(b, '=')
-		b = strconv.AppendFloat(b, value(i, k), 'f', -1, 64)
+		b = strconv.AppendFloat(b, m.Value, 'f', -1, 64)
 	}
 	b = append(b, ' ')
-	b = strconv.AppendInt(b, tsMs, 10)
-	return append(b, '\n')
+	b = strconv.AppendInt(b, ev.Time, 10)
+	return append(b, '\n'), nil
 }
 
 // format is an ingest wire format.
 type format struct {
 	path, contentType string
 	open, sep, close  string
-	event             func(b []byte, machine string, tsMs int64, metrics []string, i int64) []byte
+	event             func(b []byte, ev *telemetry.Event) ([]byte, error)
 }
 
 var (
@@ -99,17 +94,29 @@ var (
 )
 
 // body builds one request body of n events; ev(j) gives the j-th event's
-// machine, time and index.
-func (f format) body(b []byte, n int, metrics []string, ev func(j int) (machine string, tsMs, i int64)) []byte {
+// machine, time and index, and the event carries the metrics named, with
+// value(index, k) for the k-th.
+func (f format) body(b []byte, n int, metrics []string, ev func(j int) (machine string, tsMs, i int64)) ([]byte, error) {
+	e := telemetry.Event{Metrics: make([]telemetry.Metric, len(metrics))}
+	for k, name := range metrics {
+		e.Metrics[k].Name = name
+	}
 	b = append(b[:0], f.open...)
 	for j := range n {
 		if j > 0 {
 			b = append(b, f.sep...)
 		}
-		m, ts, i := ev(j)
-		b = f.event(b, m, ts, metrics, i)
+		var i int64
+		e.Machine, e.Time, i = ev(j)
+		for k := range e.Metrics {
+			e.Metrics[k].Value = value(i, k)
+		}
+		var err error
+		if b, err = f.event(b, &e); err != nil {
+			return b, fmt.Errorf("encoding bench event: %w", err)
+		}
 	}
-	return append(b, f.close...)
+	return append(b, f.close...), nil
 }
 
 // errCounts counts failures by kind ("503", "transport", …).

@@ -42,10 +42,15 @@ func runQuery(ctx context.Context, o Options, r *Result) error {
 			for h := w; h < o.HistoryMachines; h += o.Workers {
 				for i := int64(0); i < n && ctx.Err() == nil; i += int64(o.Batch) {
 					cnt := int(min(int64(o.Batch), n-i))
-					buf = formatJSON.body(buf, cnt, metrics, func(j int) (string, int64, int64) {
+					var err error
+					buf, err = formatJSON.body(buf, cnt, metrics, func(j int) (string, int64, int64) {
 						k := i + int64(j)
 						return names[h], first.UnixMilli() + k*1000, k
 					})
+					if err != nil {
+						errc <- err
+						return
+					}
 					if err := postAll(ctx, p, w, buf, cnt); err != nil {
 						errc <- err
 						return
@@ -57,9 +62,14 @@ func runQuery(ctx context.Context, o Options, r *Result) error {
 			now := time.Now().UnixMilli()
 			for i := w * o.Batch; i < rest; i += o.Workers * o.Batch {
 				cnt := min(o.Batch, rest-i)
-				buf = formatJSON.body(buf, cnt, metrics, func(j int) (string, int64, int64) {
+				var err error
+				buf, err = formatJSON.body(buf, cnt, metrics, func(j int) (string, int64, int64) {
 					return names[o.HistoryMachines+i+j], now, int64(i + j)
 				})
+				if err != nil {
+					errc <- err
+					return
+				}
 				if err := postAll(ctx, p, w, buf, cnt); err != nil {
 					errc <- err
 					return

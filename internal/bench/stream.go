@@ -363,7 +363,7 @@ loop:
 		m.behind.Store(pacer.Behind(now))
 		var want int64
 		buf := pool.Get().(*[]byte)
-		*buf = formatJSON.body(*buf, int(hi-lo), metrics, func(j int) (string, int64, int64) {
+		*buf, err = formatJSON.body(*buf, int(hi-lo), metrics, func(j int) (string, int64, int64) {
 			i := lo + int64(j)
 			k := int(i % int64(len(names)))
 			ts := pacer.Intended(i).UnixMilli()
@@ -372,6 +372,9 @@ loop:
 			}
 			return names[k], ts, i
 		})
+		if err != nil {
+			break loop
+		}
 		select {
 		case jobs <- job{body: buf, events: int(hi - lo), expected: want}:
 		case <-ctx.Done():

@@ -1,11 +1,10 @@
 package hub
 
 import (
-	"math"
 	"strconv"
 	"time"
-	"unicode/utf8"
 
+	"github.com/twinline/twinline/internal/jsonenc"
 	"github.com/twinline/twinline/internal/telemetry"
 )
 
@@ -230,78 +229,12 @@ func appendSample(b []byte, s *telemetry.Sample, first bool) []byte {
 // samplesTrailer ends the body of a samples message.
 func samplesTrailer(b []byte) []byte { return append(b, "]}\n\n"...) }
 
-// appendFloat encodes v the way encoding/json does, and a value JSON cannot
-// carry (NaN, ±Inf) as null.
-func appendFloat(b []byte, v float64) []byte {
-	if math.IsNaN(v) || math.IsInf(v, 0) {
-		return append(b, "null"...)
-	}
-	abs := math.Abs(v)
-	format := byte('f')
-	if abs != 0 && (abs < 1e-6 || abs >= 1e21) {
-		format = 'e'
-	}
-	b = strconv.AppendFloat(b, v, format, -1, 64)
-	if format == 'e' {
-		// Clean up e-09 to e-9, as encoding/json does.
-		n := len(b)
-		if n >= 4 && b[n-4] == 'e' && b[n-3] == '-' && b[n-2] == '0' {
-			b[n-2] = b[n-1]
-			b = b[:n-1]
-		}
-	}
-	return b
-}
+// appendFloat writes v as every twinline wire format does
+// (jsonenc.AppendFloat): as encoding/json does, and NaN and ±Inf as null.
+func appendFloat(b []byte, v float64) []byte { return jsonenc.AppendFloat(b, v) }
 
-const hexDigits = "0123456789abcdef"
-
-// appendString appends s as a JSON string. Like encoding/json it escapes
-// control characters, U+2028 and U+2029, and replaces invalid UTF-8 with
-// U+FFFD; unlike it, it leaves <, > and & alone (the stream is not HTML).
-func appendString(b []byte, s string) []byte {
-	b = append(b, '"')
-	start := 0
-	for i := 0; i < len(s); {
-		c := s[i]
-		if c < utf8.RuneSelf {
-			if c >= 0x20 && c != '"' && c != '\\' {
-				i++
-				continue
-			}
-			b = append(b, s[start:i]...)
-			switch c {
-			case '"', '\\':
-				b = append(b, '\\', c)
-			case '\n':
-				b = append(b, '\\', 'n')
-			case '\r':
-				b = append(b, '\\', 'r')
-			case '\t':
-				b = append(b, '\\', 't')
-			default:
-				b = append(b, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
-			}
-			i++
-			start = i
-			continue
-		}
-		r, size := utf8.DecodeRuneInString(s[i:])
-		if r == utf8.RuneError && size == 1 {
-			b = append(b, s[start:i]...)
-			b = append(b, `\ufffd`...)
-			i += size
-			start = i
-			continue
-		}
-		if r == '\u2028' || r == '\u2029' {
-			b = append(b, s[start:i]...)
-			b = append(b, '\\', 'u', '2', '0', '2', hexDigits[r&0xf])
-			i += size
-			start = i
-			continue
-		}
-		i += size
-	}
-	b = append(b, s[start:]...)
-	return append(b, '"')
-}
+// appendString writes s as every twinline wire format does
+// (jsonenc.AppendString): as encoding/json does, without HTML escaping;
+// U+2028 and U+2029 escaped, invalid UTF-8 replaced with U+FFFD, and no raw
+// line break that would split an SSE event.
+func appendString(b []byte, s string) []byte { return jsonenc.AppendString(b, s) }

@@ -409,7 +409,7 @@ func metricField(k []byte, nested bool) string {
 func (d *decoder) metricValue(v *fastjson.Value) (float64, string) {
 	switch v.Type() {
 	case fastjson.TypeNumber:
-		f, err := v.Float64()
+		f, err := d.float(v)
 		if err != nil {
 			return 0, d.badNumber(v)
 		}
@@ -454,7 +454,7 @@ func (d *decoder) timestamp(v *fastjson.Value) {
 		}
 		it.ev.Time = ms
 	case fastjson.TypeNumber:
-		f, err := v.Float64()
+		f, err := d.float(v)
 		// Beyond ±2^63 ms the conversion to int64 is undefined.
 		if err != nil || math.IsNaN(f) || f < -0x1p63 || f >= 0x1p63 {
 			it.fail("timestamp", "must be epoch milliseconds within the int64 range, got "+quoteTrunc([]byte(d.rawNumber(v))))

@@ -10,13 +10,13 @@ import (
 	"io"
 	"math"
 	"net/http"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 	"unicode/utf8"
 
+	"github.com/twinline/twinline/internal/ingest"
 	"github.com/twinline/twinline/internal/telemetry"
 )
 
@@ -226,9 +226,8 @@ func sleepCtx(ctx context.Context, d time.Duration) error {
 // ndjsonEncoder encodes events as gzip-compressed NDJSON, reusing its
 // buffers across batches.
 type ndjsonEncoder struct {
-	raw  []byte
-	zw   *gzip.Writer
-	keys []string
+	raw []byte
+	zw  *gzip.Writer
 }
 
 func newNDJSONEncoder() *ndjsonEncoder {
@@ -236,15 +235,17 @@ func newNDJSONEncoder() *ndjsonEncoder {
 	return &ndjsonEncoder{zw: zw}
 }
 
-// encode returns the compressed body, in a fresh slice the caller owns
-// (the HTTP transport may read it after the request is done).
+// encode returns the compressed body, one event a line in the wire form of
+// ingest.AppendEvent, in a fresh slice the caller owns (the HTTP transport
+// may read it after the request is done).
 func (e *ndjsonEncoder) encode(events []telemetry.Event) ([]byte, error) {
 	e.raw = e.raw[:0]
 	for i := range events {
 		var err error
-		if e.raw, err = e.appendEvent(e.raw, &events[i]); err != nil {
+		if e.raw, err = ingest.AppendEvent(e.raw, &events[i]); err != nil {
 			return nil, fmt.Errorf("event %d: %w", i, err)
 		}
+		e.raw = append(e.raw, '\n')
 	}
 	var out bytes.Buffer
 	out.Grow(len(e.raw)/4 + 64)
@@ -256,65 +257,4 @@ func (e *ndjsonEncoder) encode(events []telemetry.Event) ([]byte, error) {
 		return nil, fmt.Errorf("compressing: %w", err)
 	}
 	return out.Bytes(), nil
-}
-
-// appendEvent appends ev as one NDJSON line in the format of POST
-// /api/v1/events: machineId, id, seq, timestamp (epoch ms), metrics, tags.
-func (e *ndjsonEncoder) appendEvent(b []byte, ev *telemetry.Event) ([]byte, error) {
-	b = append(b, `{"machineId":`...)
-	b = appendString(b, ev.Machine)
-	if ev.ID != "" {
-		b = append(b, `,"id":`...)
-		b = appendString(b, ev.ID)
-	}
-	if ev.HasSeq {
-		b = append(b, `,"seq":`...)
-		b = strconv.AppendUint(b, ev.Seq, 10)
-	}
-	b = append(b, `,"timestamp":`...)
-	b = strconv.AppendInt(b, ev.Time, 10)
-	b = append(b, `,"metrics":{`...)
-	for i, m := range ev.Metrics {
-		if math.IsNaN(m.Value) || math.IsInf(m.Value, 0) {
-			return b, fmt.Errorf("metric %q: %v is not a JSON number", m.Name, m.Value)
-		}
-		if i > 0 {
-			b = append(b, ',')
-		}
-		b = appendString(b, m.Name)
-		b = append(b, ':')
-		b = strconv.AppendFloat(b, m.Value, 'g', -1, 64)
-	}
-	b = append(b, '}')
-	if len(ev.Tags) > 0 {
-		e.keys = e.keys[:0]
-		for k := range ev.Tags {
-			e.keys = append(e.keys, k)
-		}
-		slices.Sort(e.keys)
-		b = append(b, `,"tags":{`...)
-		for i, k := range e.keys {
-			if i > 0 {
-				b = append(b, ',')
-			}
-			b = appendString(b, k)
-			b = append(b, ':')
-			b = appendString(b, ev.Tags[k])
-		}
-		b = append(b, '}')
-	}
-	return append(b, '}', '\n'), nil
-}
-
-// appendString appends s as a JSON string.
-func appendString(b []byte, s string) []byte {
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' {
-			q, _ := json.Marshal(s) // a string always marshals
-			return append(b, q...)
-		}
-	}
-	b = append(b, '"')
-	b = append(b, s...)
-	return append(b, '"')
 }

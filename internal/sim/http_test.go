@@ -20,6 +20,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/twinline/twinline/internal/ingest"
 	"github.com/twinline/twinline/internal/telemetry"
 )
 
@@ -122,7 +123,7 @@ func testEvents() []telemetry.Event {
 			Tags:    map[string]string{"site": "plant-1", "kind": "press", "line": "line-1"},
 		},
 		{
-			Machine: `odd "machine"\ é`, Time: 1740830400010,
+			Machine: `odd"machine\é`, Time: 1740830400010,
 			Metrics: []telemetry.Metric{{Name: "vibration", Value: 0.00012}, {Name: "big", Value: -1.5e21}},
 		},
 	}
@@ -148,12 +149,12 @@ func TestHTTPEmitterPostsGzipNDJSON(t *testing.T) {
 			wantLines := []map[string]any{
 				{
 					"machineId": "press-01", "id": "press-01-1", "seq": 1.0, "timestamp": 1740830400005.0,
-					"metrics": map[string]any{"temp": 48.2, "pressure": 181.0, "cycles": 123456.0},
-					"tags":    map[string]any{"site": "plant-1", "kind": "press", "line": "line-1"},
+					"temp": 48.2, "pressure": 181.0, "cycles": 123456.0,
+					"tags": map[string]any{"site": "plant-1", "kind": "press", "line": "line-1"},
 				},
 				{
-					"machineId": `odd "machine"\ é`, "timestamp": 1740830400010.0,
-					"metrics": map[string]any{"vibration": 0.00012, "big": -1.5e21},
+					"machineId": `odd"machine\é`, "timestamp": 1740830400010.0,
+					"vibration": 0.00012, "big": -1.5e21,
 				},
 			}
 			if diff := cmp.Diff(srv.lines[0], wantLines); diff != "" {
@@ -441,53 +442,45 @@ func TestSleepCtx(t *testing.T) {
 	})
 }
 
-func FuzzEncodeEvent(f *testing.F) {
-	f.Add("press-01", "press-01-1", uint64(1), int64(1740830400005), "temp", 48.2, "kind", "press")
-	f.Add(`a"\`, "", uint64(0), int64(-1), "\x00\u2028", math.Copysign(0, -1), "", "\xff")
-	f.Fuzz(func(t *testing.T, machine, id string, seq uint64, ts int64, metric string, value float64, tagK, tagV string) {
-		if math.IsNaN(value) || math.IsInf(value, 0) {
-			return
-		}
-		ev := telemetry.Event{Machine: machine, ID: id, Seq: seq, HasSeq: seq != 0, Time: ts, Metrics: []telemetry.Metric{{Name: metric, Value: value}}}
-		if tagK != "" {
-			ev.Tags = map[string]string{tagK: tagV}
-		}
-		b, err := newNDJSONEncoder().appendEvent(nil, &ev)
+// TestEncode checks that the body is the events in the wire form, one a
+// line, which the server's NDJSON decoder reads back to the same events.
+// The codec itself is fuzzed in package ingest.
+func TestEncode(t *testing.T) {
+	enc := newNDJSONEncoder()
+	for range 2 { // the second time with the buffers reused
+		body, err := enc.encode(testEvents())
 		if err != nil {
-			t.Fatalf("appendEvent: %v", err)
+			t.Fatalf("encode: %v", err)
 		}
-		if !bytes.HasSuffix(b, []byte("}\n")) || bytes.Count(b, []byte("\n")) != 1 {
-			t.Fatalf("not one NDJSON line: %q", b)
+		zr, err := gzip.NewReader(bytes.NewReader(body))
+		if err != nil {
+			t.Fatalf("opening gzip body: %v", err)
 		}
-		var got struct {
-			Machine   string             `json:"machineId"`
-			ID        string             `json:"id"`
-			Seq       uint64             `json:"seq"`
-			Timestamp int64              `json:"timestamp"`
-			Metrics   map[string]float64 `json:"metrics"`
-			Tags      map[string]string  `json:"tags"`
+		raw, err := io.ReadAll(zr)
+		if err != nil {
+			t.Fatalf("reading gzip body: %v", err)
 		}
-		if err := json.Unmarshal(b, &got); err != nil {
-			t.Fatalf("decoding %q: %v", b, err)
+		if n := bytes.Count(raw, []byte("\n")); n != 2 || !bytes.HasSuffix(raw, []byte("}\n")) {
+			t.Fatalf("body %q is not 2 NDJSON lines", raw)
 		}
-		// JSON carries valid UTF-8 only: compare with what encoding/json
-		// makes of the inputs.
-		valid := func(s string) string {
-			b, _ := json.Marshal(s)
-			var out string
-			_ = json.Unmarshal(b, &out)
-			return out
+		got, rejects, err := ingest.DecodeNDJSON(raw, ingest.DefaultOptions(), nil)
+		if err != nil || len(rejects) > 0 {
+			t.Fatalf("DecodeNDJSON(%s): rejects %v, err %v", raw, rejects, err)
 		}
-		if got.Machine != valid(machine) || got.ID != valid(id) || got.Seq != seq || got.Timestamp != ts {
-			t.Errorf("decoded %+v from %q", got, b)
+		if diff := cmp.Diff(got, testEvents()); diff != "" {
+			t.Errorf("decoded body (-got +want):\n%s", diff)
 		}
-		if v, ok := got.Metrics[valid(metric)]; !ok || v != value {
-			t.Errorf("metric %q = %v, %v; want %v", metric, v, ok, value)
-		}
-		if tagK != "" && got.Tags[valid(tagK)] != valid(tagV) {
-			t.Errorf("tag %q = %q, want %q", tagK, got.Tags[valid(tagK)], tagV)
-		}
-	})
+	}
+}
+
+func TestEncodeRefusesInvalidEvent(t *testing.T) {
+	events := testEvents()
+	events[1].Metrics[0].Value = math.NaN()
+	_, err := newNDJSONEncoder().encode(events)
+	var ee *ingest.EventError
+	if !errors.As(err, &ee) || ee.Field != "metrics.vibration" || !strings.Contains(err.Error(), "event 1") {
+		t.Errorf("encode error = %v, want event 1's *ingest.EventError on metrics.vibration", err)
+	}
 }
 
 func BenchmarkEncode(b *testing.B) {
