@@ -27,6 +27,7 @@ import (
 	"github.com/twinline/twinline/internal/eventlog/kafka"
 	"github.com/twinline/twinline/internal/hot"
 	"github.com/twinline/twinline/internal/hub"
+	"github.com/twinline/twinline/internal/ingest"
 	"github.com/twinline/twinline/internal/keylog"
 	"github.com/twinline/twinline/internal/memlimit"
 	"github.com/twinline/twinline/internal/sim"
@@ -86,6 +87,10 @@ type App struct {
 	ready    atomic.Bool
 	// sec holds the tokens, audit log, tickets and TLS certificate.
 	sec *security
+
+	// stamper gives events without a timestamp their server time, shared
+	// by every ingest path (HTTP, MQTT).
+	stamper *ingest.Stamper
 }
 
 // New builds every part from cfg and opens the listener, so a port in use or
@@ -315,8 +320,10 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 			SessionTTL:       cfg.SessionTTL,
 		},
 	}
+	a.stamper = ingest.NewStamper()
 	deps := api.Deps{
 		Submit:  a.submitFn,
+		Stamper: a.stamper,
 		Store:   st,
 		Twins:   twins,
 		Notes:   notes,
