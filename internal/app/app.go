@@ -182,17 +182,14 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 	a.alarms = alarms
 	a.cleanup = append(a.cleanup, func() { alarms.Close() })
 	// Alarm changes go out in the order they happen, each followed by the
-	// machine's status (alarm while any alarm of it is active).
-	alarms.OnChange(func(al twin.Alarm, active bool) {
+	// machine's status: its liveness, and whether it is in alarm.
+	alarms.OnChange(func(al twin.Alarm, alarmed bool) {
 		a.hub.PublishEvent(al.Machine, "alarm", al)
 		m, err := twins.Get(al.Machine)
 		if err != nil {
 			return // deleted
 		}
-		if active {
-			m.Status = twin.StatusAlarm
-		}
-		a.hub.PublishStatus(al.Machine, m.Status, m.LastSeen)
+		a.hub.PublishStatus(al.Machine, twin.Liveness(m.Status, al), alarmed, m.LastSeen)
 	})
 	// A machine that stays silent from now on gets its offline alarm.
 	var known []string

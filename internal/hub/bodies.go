@@ -124,20 +124,23 @@ func (ms mediansBody) appendBody(b []byte) []byte {
 	return append(b, "}}}\n\n"...)
 }
 
-// statusBody is "type":"status","machine":M,"data":{"status":S,"lastSeen":T}
-// (no lastSeen when 0).
+// statusBody is "type":"status","machine":M,"data":{"status":S,
+// "alarm":A,"lastSeen":T} (no lastSeen when 0).
 type statusBody struct {
 	machine, status string
+	alarm           bool
 	lastSeen        int64
 }
 
-func (s *statusBody) estimate() int { return len(s.machine) + len(s.status) + 80 }
+func (s *statusBody) estimate() int { return len(s.machine) + len(s.status) + 96 }
 
 func (s *statusBody) appendBody(b []byte) []byte {
 	b = append(b, `"type":"status","machine":`...)
 	b = appendString(b, s.machine)
 	b = append(b, `,"data":{"status":`...)
 	b = appendString(b, s.status)
+	b = append(b, `,"alarm":`...)
+	b = strconv.AppendBool(b, s.alarm)
 	if s.lastSeen != 0 {
 		b = append(b, `,"lastSeen":`...)
 		b = strconv.AppendInt(b, s.lastSeen, 10)

@@ -51,7 +51,9 @@
 // Other live updates carry the type and data given to [Hub.PublishEvent]
 // (alarms, notes), or are the hub's own typed messages: status
 // ([Hub.PublishStatus]), windows ([Hub.PublishWindows], one message per
-// machine: "windows":[{…},…]) and median ([Hub.PublishMedians]). The types
+// machine: "windows":[{…},…]) and median ([Hub.PublishMedians]). A status
+// message's data is {"status":"online"|"offline","alarm":bool,"lastSeen":T}:
+// liveness and alarm apart, so a machine may be offline and in alarm. The types
 // hello, heartbeat, reset, reconnect, samples, status, windows, median and
 // fleet are the hub's own.
 //

@@ -510,13 +510,17 @@ func (h *Hub) PublishEvent(machine, typ string, data any) {
 }
 
 // PublishStatus sends a machine's status change,
-// {"seq":N,"type":"status","machine":M,"data":{"status":S,"lastSeen":T}}
-// (no lastSeen when 0), and records it in the fleet state of conflated
-// streams. It never blocks on a client.
-func (h *Hub) PublishStatus(machine, status string, lastSeen int64) {
+// {"seq":N,"type":"status","machine":M,"data":{"status":S,"alarm":A,
+// "lastSeen":T}} (no lastSeen when 0): status is its liveness ("online" or
+// "offline"), alarm whether it has an active alarm other than the offline
+// one. It records both in the fleet state of conflated streams. It never
+// blocks on a client.
+func (h *Hub) PublishStatus(machine, status string, alarm bool, lastSeen int64) {
 	start := time.Now()
-	h.publishBodies([]string{machine}, []lazyBody{&statusBody{machine: machine, status: status, lastSeen: lastSeen}},
-		func(f *fleetState) { f.apply(fleetUpdate{Machine: machine, Status: status, Seen: lastSeen}) })
+	h.publishBodies([]string{machine}, []lazyBody{&statusBody{machine: machine, status: status, alarm: alarm, lastSeen: lastSeen}},
+		func(f *fleetState) {
+			f.apply(fleetUpdate{Machine: machine, Status: status, Alarm: alarm, Seen: lastSeen})
+		})
 	h.metrics.published.events.Inc()
 	h.metrics.publishDuration.Observe(time.Since(start).Seconds())
 }
