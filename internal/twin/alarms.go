@@ -70,7 +70,7 @@ type Alarms struct {
 	// activeBy counts the active alarms of each machine; alarmedBy those
 	// other than the offline alarm (see Alarmed).
 	activeBy, alarmedBy map[string]int
-	cleared  []string // ids of cleared alarms, oldest first
+	cleared             []string // ids of cleared alarms, oldest first
 	// rules by machine then metric; offline by machine.
 	rules   map[string]map[string]*ruleState
 	offline map[string]*offlineState
