@@ -15,6 +15,12 @@ export interface MetricValue {
   median?: number;
 }
 
+/**
+ * A machine's liveness: online when an event arrived within --offline-after.
+ * Whether it is in alarm is told apart (`alarm`): a machine may be offline and in alarm.
+ */
+export type Liveness = 'online' | 'offline';
+
 export interface Machine {
   id: string;
   name?: string;
@@ -24,7 +30,9 @@ export interface Machine {
   attributes?: Record<string, unknown>;
   createdAt?: string;
   updatedAt?: string;
-  status: string;
+  status: Liveness;
+  /** One or more active alarms other than the offline one. */
+  alarm: boolean;
   lastSeen?: number;
   metrics?: Record<string, MetricValue>;
   rate1m?: number;
@@ -33,7 +41,8 @@ export interface Machine {
 
 export interface Latest {
   machine: string;
-  status: string;
+  status: Liveness;
+  alarm: boolean;
   lastSeen?: number;
   metrics: Record<string, MetricValue>;
   rate1m?: number;

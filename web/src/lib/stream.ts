@@ -37,7 +37,8 @@ export interface WindowData {
 /** One machine's changes in a `fleet` message (only what changed since the last). */
 export interface FleetMachine {
   machine: string;
-  status?: string;
+  /** Liveness and alarm flag, both present when the status is known. */
+  status?: import('./api').Liveness;
   alarm?: boolean;
   lastSeen?: number;
   metrics: Record<string, { value: number | null; ts: number }>;
@@ -51,7 +52,12 @@ export type StreamMessage =
   | { type: 'fleet'; seq: number; machines: FleetMachine[] }
   | { type: 'note'; seq: number; machine: string; data: import('./api').Note }
   | { type: 'alarm'; seq: number; machine: string; data: import('./api').Alarm }
-  | { type: 'status'; seq: number; machine: string; data: { status: string; lastSeen: number } }
+  | {
+      type: 'status';
+      seq: number;
+      machine: string;
+      data: { status: import('./api').Liveness; alarm: boolean; lastSeen?: number };
+    }
   | { type: 'heartbeat'; seq: number; ts: number }
   | { type: 'reset'; seq: number; reason: string }
   | { type: 'reconnect'; reason: string; cursor: number; retryMs: number };
