@@ -160,7 +160,8 @@ func (a *API) handleLatest(w http.ResponseWriter, r *http.Request) {
 		if pts, err := a.hot.Latest(r.Context(), m.ID); err == nil {
 			for metric, p := range pts {
 				if v, ok := m.Metrics[metric]; !ok || p.Time > v.TS {
-					m.Metrics[metric] = twin.Value{Value: p.Value, TS: p.Time}
+					// A newer value; the median stays the twin's.
+					m.Metrics[metric] = twin.Value{Value: p.Value, TS: p.Time, Median: v.Median}
 				}
 			}
 		}

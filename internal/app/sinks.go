@@ -29,13 +29,18 @@ type remoteSamples struct {
 	} `json:"samples"`
 }
 
-// observeRemote updates the twins with the samples of a live message that
-// another replica processed (with Redis): machines processed elsewhere show
-// their status, last seen time, latest values and rates here too.
+// observeRemote updates the twins with the samples and medians of a live
+// message that another replica processed (with Redis): machines processed
+// elsewhere show their status, last seen time, latest values, medians and
+// rates here too.
 func (a *App) observeRemote(machine string, msg []byte) {
 	head := msg[:min(len(msg), 32)]
 	if bytes.Contains(head, []byte(`"type":"alarm"`)) {
 		a.observeRemoteAlarm(msg)
+		return
+	}
+	if bytes.Contains(head, []byte(`"type":"median"`)) {
+		a.observeRemoteMedians(machine, msg)
 		return
 	}
 	if !bytes.Contains(head, []byte(`"type":"samples"`)) {

@@ -89,3 +89,29 @@ func TestMachineStatusIsLiveness(t *testing.T) {
 		t.Errorf("past --offline-after: %q, want offline", got)
 	}
 }
+
+// TestApplyMedians: medians computed by the replica that processes a
+// machine show in this replica's twins, on the metrics it has values of.
+func TestApplyMedians(t *testing.T) {
+	tw, err := Open(filepath.Join(t.TempDir(), "registry.json"), 30*time.Second, 60, time.Now, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tw.Observe(&telemetry.Batch{Received: 1}, []telemetry.Sample{{Machine: "m", Metric: "temp", Time: 5, Value: 9}})
+	tw.ApplyMedians([]MedianUpdate{
+		{Machine: "m", Metric: "temp", Time: 5, Median: 7},
+		{Machine: "m", Metric: "rpm", Time: 5, Median: 1},      // no value here: ignored
+		{Machine: "other", Metric: "temp", Time: 5, Median: 1}, // unknown: ignored
+	})
+	m, err := tw.Get("m")
+	if err != nil {
+		t.Fatal(err)
+	}
+	med := 7.0
+	if diff := cmp.Diff(m.Metrics, map[string]Value{"temp": {Value: 9, TS: 5, Median: &med}}); diff != "" {
+		t.Errorf("metrics (-got +want):\n%s", diff)
+	}
+	if _, err := tw.Get("other"); err == nil {
+		t.Error("a median registered an unknown machine")
+	}
+}
