@@ -279,6 +279,9 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 		MaxBuffered:  10_000,
 		EvictAfter:   stream.DefaultEngineConfig().EvictAfter,
 	}
+	if err := a.claimProcessing(ctx); err != nil {
+		return nil, err
+	}
 	switch {
 	case cfg.Role == "api":
 		// Queries and the live stream only: processors elsewhere write.
