@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math/rand/v2"
+	"os/exec"
 	"slices"
 	"strings"
 	"testing"
@@ -279,4 +281,26 @@ func assignedPartitions(logs string) map[int32]bool {
 		}
 	}
 	return mine
+}
+
+// TestSecondAllReplicaRefused: a second --role all replica without Kafka on
+// the same PostgreSQL store would compute partial windows and medians of
+// the same machines: it refuses to start, naming the replica that
+// processes and saying to use Kafka.
+func TestSecondAllReplicaRefused(t *testing.T) {
+	db := pgDatabase(t)
+	args := []string{"--store", "postgres", "--postgres-url", db}
+	start(t, "", args...)
+	c := ctx(t, 60*time.Second)
+	cmd := exec.CommandContext(c, binary, append([]string{"serve", "--listen", "127.0.0.1:0", "--data-dir", t.TempDir()}, args...)...)
+	out, err := cmd.CombinedOutput()
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() == 0 {
+		t.Fatalf("second replica: %v, want a non-zero exit:\n%s", err, out)
+	}
+	for _, want := range []string{"another replica processes the events of this PostgreSQL store", "--kafka-brokers", `"twinline all host=`} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("the refusal does not say %q:\n%s", want, out)
+		}
+	}
 }
