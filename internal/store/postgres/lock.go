@@ -74,7 +74,7 @@ func (s *Store) TryLock(ctx context.Context, name string, mode LockMode, holder 
 	defer s.life.RUnlock()
 	cfg := s.pool.Config().ConnConfig.Copy()
 	cfg.RuntimeParams["application_name"] = holder
-	l := &Lock{cfg: cfg, key: lockKey(s.schema, name), mode: mode, logger: s.logger, ping: lockPing, retry: lockRetry,
+	l := &Lock{cfg: cfg, key: advisoryKey(s.schema, name), mode: mode, logger: s.logger, ping: lockPing, retry: lockRetry,
 		what: fmt.Sprintf("%s lock %q on schema %s", mode, name, s.schema)}
 	conn, err := l.take(ctx)
 	if err != nil {
@@ -87,8 +87,8 @@ func (s *Store) TryLock(ctx context.Context, name string, mode LockMode, holder 
 	return l, nil
 }
 
-// lockKey is the advisory lock key of name in schema.
-func lockKey(schema, name string) int64 {
+// advisoryKey is the advisory lock key of name in schema.
+func advisoryKey(schema, name string) int64 {
 	h := fnv.New64a()
 	h.Write([]byte("twinline\x00" + schema + "\x00" + name))
 	return int64(h.Sum64())
