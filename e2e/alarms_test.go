@@ -59,8 +59,8 @@ func TestAlarms(t *testing.T) {
 
 	post(95)
 	raised := awaitAlarm(t, c, live)
-	if st := awaitStatus(t, c, live); st != "alarm" {
-		t.Errorf("status pushed after the raise = %q, want alarm", st)
+	if st := awaitStatus(t, c, live); st != (liveStatus{"online", true}) {
+		t.Errorf("status pushed after the raise = %+v, want online in alarm", st)
 	}
 	if raised.Kind != "high" || raised.State != "active" || raised.Metric != "temp" {
 		t.Fatalf("raised = %+v", raised)
@@ -72,10 +72,10 @@ func TestAlarms(t *testing.T) {
 	if len(list.Alarms) != 1 || list.Alarms[0].ID != raised.ID {
 		t.Errorf("active alarms = %+v, want [%s]", list.Alarms, raised.ID)
 	}
-	var m struct{ Status string }
+	var m liveStatus
 	s.get("/api/v1/machines/oven-02").json(t, &m)
-	if m.Status != "alarm" {
-		t.Errorf("machine status = %q, want alarm", m.Status)
+	if m != (liveStatus{"online", true}) {
+		t.Errorf("machine status = %+v, want online in alarm", m)
 	}
 
 	if r := s.do("POST", "/api/v1/alarms/"+raised.ID+"/ack", "application/json", []byte(`{"by":"ana","note":"door open"}`)); r.status != 200 {
@@ -96,15 +96,20 @@ func TestAlarms(t *testing.T) {
 	if a := awaitAlarm(t, c, live); a.ID != raised.ID || a.State != "cleared" {
 		t.Errorf("cleared = %+v", a)
 	}
-	if st := awaitStatus(t, c, live); st != "online" {
-		t.Errorf("status after the clear = %q, want online", st)
+	if st := awaitStatus(t, c, live); st != (liveStatus{"online", false}) {
+		t.Errorf("status after the clear = %+v, want online, no alarm", st)
 	}
 	// Silence: after --offline-after the machine gets an offline alarm.
 	if a := awaitAlarm(t, c, live); a.Kind != "offline" || a.State != "active" {
 		t.Errorf("offline = %+v", a)
 	}
-	if st := awaitStatus(t, c, live); st != "alarm" {
-		t.Errorf("status with the offline alarm = %q, want alarm", st)
+	// Offline is liveness, not an alarm: the fleet counts it as offline.
+	if st := awaitStatus(t, c, live); st != (liveStatus{"offline", false}) {
+		t.Errorf("status with the offline alarm = %+v, want offline, no alarm", st)
+	}
+	s.get("/api/v1/machines/oven-02").json(t, &m)
+	if m != (liveStatus{"offline", false}) {
+		t.Errorf("machine status while offline = %+v, want offline, no alarm", m)
 	}
 
 	s.stop()
@@ -115,8 +120,15 @@ func TestAlarms(t *testing.T) {
 	}
 }
 
+// liveStatus is a machine's liveness and alarm flag, as status messages and
+// the machine JSON carry them.
+type liveStatus struct {
+	Status string `json:"status"`
+	Alarm  bool   `json:"alarm"`
+}
+
 // awaitStatus returns the status of the next status message on ch.
-func awaitStatus(t *testing.T, c interface{ Done() <-chan struct{} }, ch <-chan message) string {
+func awaitStatus(t *testing.T, c interface{ Done() <-chan struct{} }, ch <-chan message) liveStatus {
 	t.Helper()
 	for {
 		select {
@@ -125,11 +137,11 @@ func awaitStatus(t *testing.T, c interface{ Done() <-chan struct{} }, ch <-chan 
 				t.Fatal("stream ended before a status")
 			}
 			if m.Type == "status" {
-				var st struct{ Status string }
+				var st liveStatus
 				if err := json.Unmarshal(m.Data, &st); err != nil {
 					t.Fatal(err)
 				}
-				return st.Status
+				return st
 			}
 		case <-c.Done():
 			t.Fatal("no status on the stream")

@@ -124,12 +124,14 @@ func TestPostgresAggregatesAfterReplay(t *testing.T) {
 func abs(x float64) float64 { return max(x, -x) }
 
 // TestPostgresReplicasShareRegistryAndNotes: two servers on one
-// PostgreSQL (each with its own data directory): a machine registered on A
-// with thresholds is seen by B, and a note posted on A is listed by B.
+// PostgreSQL (each with its own data directory; A processes, B is an api
+// replica): a machine registered on A with thresholds is seen by B, and a
+// note posted on A is listed by B.
 func TestPostgresReplicasShareRegistryAndNotes(t *testing.T) {
 	db := pgDatabase(t)
 	a := start(t, "", "--store", "postgres", "--postgres-url", db)
-	b := start(t, "", "--store", "postgres", "--postgres-url", db)
+	b := start(t, "", "--role", "api", "--store", "postgres", "--postgres-url", db,
+		"--redis-url", "redis://"+redisAddr+"/0", "--redis-prefix", redisPrefix(t))
 	if r := a.do("PUT", "/api/v1/machines/shared-1", "application/json", []byte(`{"name":"Press 1","site":"lyon","thresholds":{"temp":{"high":90}}}`)); r.status != 201 {
 		t.Fatalf("PUT on A: %d %s", r.status, r.body)
 	}

@@ -215,7 +215,9 @@ func TestLatestAcrossReplicas(t *testing.T) {
 	prefix := redisPrefix(t)
 	db := pgDatabase(t)
 	args := []string{"--store", "postgres", "--postgres-url", db, "--redis-url", "redis://" + redisAddr + "/0", "--redis-prefix", prefix}
-	a, b := start(t, "", args...), start(t, "", args...)
+	// One replica processes a PostgreSQL store without Kafka: B is an api
+	// replica.
+	a, b := start(t, "", args...), start(t, "", append(args, "--role", "api")...)
 	c := ctx(t, 30*time.Second)
 	awaitReady(t, c, a)
 	awaitReady(t, c, b)
@@ -260,7 +262,9 @@ func TestAlarmsAcrossReplicas(t *testing.T) {
 	prefix := redisPrefix(t)
 	db := pgDatabase(t)
 	args := []string{"--store", "postgres", "--postgres-url", db, "--redis-url", "redis://" + redisAddr + "/0", "--redis-prefix", prefix, "--lateness", "0s"}
-	a, b := start(t, "", args...), start(t, "", args...)
+	// One replica processes a PostgreSQL store without Kafka: B is an api
+	// replica.
+	a, b := start(t, "", args...), start(t, "", append(args, "--role", "api")...)
 	c := ctx(t, 60*time.Second)
 	awaitReady(t, c, a)
 	awaitReady(t, c, b)

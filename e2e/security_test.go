@@ -285,13 +285,15 @@ func TestCrossSiteRefused(t *testing.T) {
 	}
 }
 
-// TestRevocationAcrossReplicas: two replicas on PostgreSQL share tokens; a
-// token revoked on A is refused by B within 2 s.
+// TestRevocationAcrossReplicas: two replicas on PostgreSQL (A processes, B
+// is an api replica) share tokens; a token revoked on A is refused by B
+// within 2 s.
 func TestRevocationAcrossReplicas(t *testing.T) {
 	db := pgDatabase(t)
 	admin := tokenCreate(t, "--postgres-url", db, "--name", "admin", "--scopes", "admin,read")
 	a := start(t, "", "--store", "postgres", "--postgres-url", db)
-	b := start(t, "", "--store", "postgres", "--postgres-url", db)
+	b := start(t, "", "--role", "api", "--store", "postgres", "--postgres-url", db,
+		"--redis-url", "redis://"+redisAddr+"/0", "--redis-prefix", redisPrefix(t))
 	r := a.do("POST", "/api/v1/tokens", "application/json", []byte(`{"name":"viewer","scopes":["read"]}`), bearer(admin)...)
 	if r.status != 201 {
 		t.Fatalf("create on A: %d %s", r.status, r.body)

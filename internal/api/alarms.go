@@ -80,9 +80,8 @@ func (a *API) handleAlarmAck(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, al) // the change went out on the stream already
 }
 
-// withAlarmStatus shows a machine with an active alarm as "alarm".
+// withAlarmStatus sets the machine's alarm flag: an active alarm other
+// than the offline one (its status already says it is offline).
 func (a *API) withAlarmStatus(m *twin.Machine) {
-	if a.alarms != nil && a.alarms.Active(m.ID) {
-		m.Status = twin.StatusAlarm
-	}
+	m.Alarm = a.alarms != nil && a.alarms.Alarmed(m.ID)
 }

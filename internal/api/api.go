@@ -105,6 +105,11 @@ type Deps struct {
 	Registerer prometheus.Registerer
 	// Auth checks identities; nil serves every route openly.
 	Auth *Auth
+
+	// Stamper stamps the events sent without a timestamp; share one with
+	// every other ingest path of the server (MQTT). nil: the API has its
+	// own.
+	Stamper *ingest.Stamper
 }
 
 type hotWindow interface {
@@ -203,6 +208,7 @@ func New(opts Options, deps Deps) *API {
 			Limits:       opts.Limits,
 			MaxLineBytes: opts.MaxLineBytes,
 			MachineTags:  opts.MachineTags,
+			Stamper:      cmp.Or(deps.Stamper, ingest.NewStamper()),
 		},
 		submit:    deps.Submit,
 		store:     deps.Store,

@@ -160,7 +160,8 @@ func (a *API) handleLatest(w http.ResponseWriter, r *http.Request) {
 		if pts, err := a.hot.Latest(r.Context(), m.ID); err == nil {
 			for metric, p := range pts {
 				if v, ok := m.Metrics[metric]; !ok || p.Time > v.TS {
-					m.Metrics[metric] = twin.Value{Value: p.Value, TS: p.Time}
+					// A newer value; the median stays the twin's.
+					m.Metrics[metric] = twin.Value{Value: p.Value, TS: p.Time, Median: v.Median}
 				}
 			}
 		}
@@ -168,11 +169,12 @@ func (a *API) handleLatest(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, struct {
 		Machine  string                `json:"machine"`
 		Status   string                `json:"status"`
+		Alarm    bool                  `json:"alarm"`
 		LastSeen int64                 `json:"lastSeen,omitempty"`
 		Metrics  map[string]twin.Value `json:"metrics"`
 		Rate1m   float64               `json:"rate1m"`
 		Rate5m   float64               `json:"rate5m"`
-	}{m.ID, m.Status, m.LastSeen, m.Metrics, m.Rate1m, m.Rate5m})
+	}{m.ID, m.Status, m.Alarm, m.LastSeen, m.Metrics, m.Rate1m, m.Rate5m})
 }
 
 // seriesResponse is columnar: t[i] and v[i] form one point.

@@ -28,6 +28,7 @@ import (
 	"github.com/twinline/twinline/internal/eventlog/kafka"
 	"github.com/twinline/twinline/internal/hot"
 	"github.com/twinline/twinline/internal/hub"
+	"github.com/twinline/twinline/internal/ingest"
 	"github.com/twinline/twinline/internal/keylog"
 	"github.com/twinline/twinline/internal/memlimit"
 	"github.com/twinline/twinline/internal/sim"
@@ -87,6 +88,10 @@ type App struct {
 	ready    atomic.Bool
 	// sec holds the tokens, audit log, tickets and TLS certificate.
 	sec *security
+
+	// stamper gives events without a timestamp their server time, shared
+	// by every ingest path (HTTP, MQTT).
+	stamper *ingest.Stamper
 }
 
 // New builds every part from cfg and opens the listener, so a port in use or
@@ -182,17 +187,14 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 	a.alarms = alarms
 	a.cleanup = append(a.cleanup, func() { alarms.Close() })
 	// Alarm changes go out in the order they happen, each followed by the
-	// machine's status (alarm while any alarm of it is active).
-	alarms.OnChange(func(al twin.Alarm, active bool) {
+	// machine's status: its liveness, and whether it is in alarm.
+	alarms.OnChange(func(al twin.Alarm, alarmed bool) {
 		a.hub.PublishAlarm(hub.Alarm(al))
 		m, err := twins.Get(al.Machine)
 		if err != nil {
 			return // deleted
 		}
-		if active {
-			m.Status = twin.StatusAlarm
-		}
-		a.hub.PublishStatus(al.Machine, m.Status, m.LastSeen)
+		a.hub.PublishStatus(al.Machine, twin.Liveness(m.Status, al), alarmed, m.LastSeen)
 	})
 	// A machine that stays silent from now on gets its offline alarm.
 	var known []string
@@ -228,7 +230,7 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 		hubOpts.Redis, hubOpts.RedisPrefix = rdb, cfg.RedisPrefix
 		// The samples other replicas processed keep this replica's twins
 		// current: status, lastSeen, latest values and rates.
-		hubOpts.OnRemoteSamples, hubOpts.OnRemoteAlarm = a.observeRemoteSamples, a.observeRemoteAlarm
+		hubOpts.OnRemoteSamples, hubOpts.OnRemoteAlarm, hubOpts.OnRemoteMedians = a.observeRemoteSamples, a.observeRemoteAlarm, a.observeRemoteMedians
 		a.hot = hot.NewRedis(rdb, hot.RedisOptions{Options: hot.Options{Window: cfg.HotWindow}, Prefix: cfg.RedisPrefix})
 		a.hotW = newHotWriter(a.hot, logger.With("component", "hot"), reg)
 		a.degraded = append(a.degraded, a.hot.Ready)
@@ -282,6 +284,9 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 		MaxBuffered:  10_000,
 		EvictAfter:   stream.DefaultEngineConfig().EvictAfter,
 	}
+	if err := a.claimProcessing(ctx); err != nil {
+		return nil, err
+	}
 	switch {
 	case cfg.Role == "api":
 		// Queries and the live stream only: processors elsewhere write.
@@ -320,8 +325,10 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 			SessionTTL:       cfg.SessionTTL,
 		},
 	}
+	a.stamper = ingest.NewStamper()
 	deps := api.Deps{
 		Submit:  a.submitFn,
+		Stamper: a.stamper,
 		Store:   st,
 		Twins:   twins,
 		Notes:   notes,

@@ -52,6 +52,7 @@ func (a *App) openMQTT(reg prometheus.Registerer) error {
 			MaxLineBytes: cfg.MaxLineBytes,
 			MachineTags:  cfg.LPMachineTags,
 			AdmitMachine: func(id string) string { return a.twins.Admit(id, cfg.MaxMachines) },
+			Stamper:      a.stamper,
 		},
 		OutOfOrderWindow: cfg.OutOfOrderWindow,
 		MaxFuture:        cfg.MaxFuture,

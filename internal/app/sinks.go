@@ -27,6 +27,17 @@ func (a *App) observeRemoteSamples(_ string, ingestTs int64, samples []telemetry
 	}
 }
 
+// observeRemoteMedians records the medians another replica computed for a
+// machine it processes (with Redis; the hub decodes them): /latest here
+// then shows the same median as that replica, and as its stream does.
+func (a *App) observeRemoteMedians(ms []hub.Median) {
+	us := make([]twin.MedianUpdate, len(ms))
+	for i, m := range ms {
+		us[i] = twin.MedianUpdate{Machine: m.Machine, Metric: m.Metric, Median: m.Median, Time: m.Time}
+	}
+	a.twins.ApplyMedians(us)
+}
+
 // observeRemoteAlarm records an alarm change another replica made, so that
 // this replica's alarm list and acknowledgements include it. Only on a
 // shared store (PostgreSQL): alarm ids are unique across replicas there,

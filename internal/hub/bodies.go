@@ -127,17 +127,12 @@ func (ms mediansBody) appendBody(b []byte) []byte {
 	return append(b, "}}}\n\n"...)
 }
 
-// statusBody is "type":"status","machine":M,"data":{"status":S,"alarm":A,
-// "lastSeen":T} (no lastSeen when 0).
+// statusBody is "type":"status","machine":M,"data":{"status":S,
+// "alarm":A,"lastSeen":T} (no lastSeen when 0).
 type statusBody struct {
 	machine, status string
 	alarm           bool
 	lastSeen        int64
-}
-
-// newStatusBody is a machine's status; alarm says status is "alarm".
-func newStatusBody(machine, status string, lastSeen int64) *statusBody {
-	return &statusBody{machine: machine, status: status, alarm: status == statusAlarm, lastSeen: lastSeen}
 }
 
 func (s *statusBody) estimate() int { return len(s.machine) + len(s.status) + 96 }

@@ -166,7 +166,7 @@ func TestLazyReplay(t *testing.T) {
 		from := h.seq
 		publish := func() {
 			h.PublishSamples(samples("a", "temp", 71.5, "b", "temp", 12.0, "a", "vib", 0.5), 5000)
-			h.PublishStatus("a", "alarm", 5000)
+			h.PublishStatus("a", "online", true, 5000)
 			h.PublishWindows([]Window{{Machine: "b", Metric: "temp", Kind: "final", Count: 1, Sum: 2, Min: 2, Max: 2, Avg: 2}})
 			h.PublishMedians([]Median{{Machine: "a", Metric: "temp", Median: 70, Time: 4000}})
 			h.publishEvent("a", "note", map[string]string{"text": "hi"})

@@ -56,7 +56,9 @@
 // median ([Hub.PublishMedians]) are encoded by hand. Every message type is
 // a [MessageType] constant with a Go struct (wire.go) that describes its
 // JSON field for field; the AsyncAPI document served at /api/asyncapi.json
-// gives their schemas.
+// gives their schemas. A status message's data is
+// {"status":"online"|"offline","alarm":bool,"lastSeen":T}: liveness and
+// alarm apart, so a machine may be offline and in alarm.
 //
 //	{"type":"hello","seq":41,"heartbeatMs":15000,"queue":65536,"queueBytes":8388608,"maxLagMs":30000}
 //

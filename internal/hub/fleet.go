@@ -24,14 +24,15 @@ const (
 )
 
 // fleetUpdate is one change to a machine's state on a conflated stream: a
-// value (Metric set), a status change (Status set), and when the machine
-// was last seen (Seen, Unix ms, 0 if unknown).
+// value (Metric set), a status change (Status set, with Alarm), and when
+// the machine was last seen (Seen, Unix ms, 0 if unknown).
 type fleetUpdate struct {
 	Machine string
 	Metric  string
 	Value   float64
 	TS      int64 // event time of Value, Unix ms
 	Status  string
+	Alarm   bool // with Status: an active alarm other than offline
 	Seen    int64
 }
 
@@ -44,6 +45,7 @@ type fleetState struct {
 
 type fleetMachine struct {
 	status   string
+	alarm    bool
 	lastSeen int64
 	metrics  map[string]fleetValue
 	v        uint64 // last change of anything
@@ -70,8 +72,8 @@ func (s *fleetState) merge(us []fleetUpdate) {
 }
 
 // apply merges one update: a metric keeps the value of the newest event
-// time (on a tie, the later update); the status is the latest given; the
-// last seen time only moves forward.
+// time (on a tie, the later update); the status and alarm flag are the
+// latest given; the last seen time only moves forward.
 func (s *fleetState) apply(u fleetUpdate) {
 	m := s.machines[u.Machine]
 	if m == nil {
@@ -92,8 +94,8 @@ func (s *fleetState) apply(u fleetUpdate) {
 			}
 		}
 	}
-	if u.Status != "" && u.Status != m.status {
-		m.status, m.statusV, changed = u.Status, s.v, true
+	if u.Status != "" && (u.Status != m.status || u.Alarm != m.alarm) {
+		m.status, m.alarm, m.statusV, changed = u.Status, u.Alarm, s.v, true
 	}
 	if u.Seen > m.lastSeen {
 		m.lastSeen, changed = u.Seen, true
@@ -138,7 +140,7 @@ func (s *fleetState) appendChanges(b []byte, since uint64, filter func(string) b
 			b = append(b, `,"status":`...)
 			b = appendString(b, m.status)
 			b = append(b, `,"alarm":`...)
-			b = strconv.AppendBool(b, m.status == statusAlarm)
+			b = strconv.AppendBool(b, m.alarm)
 		}
 		if m.lastSeen != 0 {
 			b = append(b, `,"lastSeen":`...)

@@ -78,7 +78,7 @@ func FuzzConflate(f *testing.F) {
 			u := fleetUpdate{Machine: string(rune('a' + b0%4)), Seen: int64(b2 % 16)}
 			switch b1 % 4 {
 			case 0:
-				u.Status = []string{"online", "offline", "alarm"}[b2%3]
+				u.Status, u.Alarm = []string{"online", "offline"}[b2%2], b2%3 == 0
 			default:
 				u.Metric = string(rune('x' + b1%3))
 				u.TS = int64(b2 % 8)
@@ -137,7 +137,7 @@ func TestConflatedStream(t *testing.T) {
 			}, 5000)
 		}
 		h.PublishWindows([]Window{{Machine: "a", Metric: "temp", Kind: "final"}})
-		h.PublishStatus("b", "alarm", 5000)
+		h.PublishStatus("b", "offline", true, 5000) // offline and in alarm
 		h.publishEvent("b", "alarm", map[string]string{"kind": "high"})
 		synctest.Wait()
 		types := func() []string {
@@ -167,7 +167,7 @@ func TestConflatedStream(t *testing.T) {
 		v := func(f float64) *float64 { return &f }
 		want := fleetView{
 			"a": {Machine: "a", LastSeen: 5000, Metrics: map[string]fleetMetricV{"temp": {v(999), 1999}}},
-			"b": {Machine: "b", Status: "alarm", Alarm: true, LastSeen: 5000, Metrics: map[string]fleetMetricV{"temp": {v(-999), 1999}}},
+			"b": {Machine: "b", Status: "offline", Alarm: true, LastSeen: 5000, Metrics: map[string]fleetMetricV{"temp": {v(-999), 1999}}},
 		}
 		if diff := cmp.Diff(want, view); diff != "" {
 			t.Errorf("fleet (-want +got):\n%s", diff)

@@ -72,6 +72,10 @@ type Options struct {
 	// OnRemoteAlarm, with Redis, hears the alarm changes another replica
 	// published, like OnRemoteSamples.
 	OnRemoteAlarm func(Alarm)
+	// OnRemoteMedians, with Redis, hears the sliding medians another
+	// replica computed for a machine it processes (a null median is
+	// skipped), like OnRemoteSamples.
+	OnRemoteMedians func([]Median)
 	// OriginPatterns are the extra origins allowed to open a WebSocket, as
 	// host patterns for path.Match (see websocket.AcceptOptions). The
 	// default, none, allows same-origin requests only.
@@ -528,15 +532,18 @@ func (h *Hub) publishEvent(machine string, typ MessageType, data any) {
 	h.metrics.publishDuration.Observe(time.Since(start).Seconds())
 }
 
-// PublishStatus sends a machine's status change as a StatusMessage,
+// PublishStatus sends a machine's status change,
 // {"seq":N,"type":"status","machine":M,"data":{"status":S,"alarm":A,
-// "lastSeen":T}} (no lastSeen when 0; alarm says status is "alarm"), and
-// records it in the fleet state of conflated streams. It never blocks on a
-// client.
-func (h *Hub) PublishStatus(machine, status string, lastSeen int64) {
+// "lastSeen":T}} (no lastSeen when 0): status is its liveness ("online" or
+// "offline"), alarm whether it has an active alarm other than the offline
+// one. It records both in the fleet state of conflated streams. It never
+// blocks on a client.
+func (h *Hub) PublishStatus(machine, status string, alarm bool, lastSeen int64) {
 	start := time.Now()
-	h.publishBodies([]string{machine}, []lazyBody{newStatusBody(machine, status, lastSeen)},
-		func(f *fleetState) { f.apply(fleetUpdate{Machine: machine, Status: status, Seen: lastSeen}) })
+	h.publishBodies([]string{machine}, []lazyBody{&statusBody{machine: machine, status: status, alarm: alarm, lastSeen: lastSeen}},
+		func(f *fleetState) {
+			f.apply(fleetUpdate{Machine: machine, Status: status, Alarm: alarm, Seen: lastSeen})
+		})
 	h.metrics.published.events.Inc()
 	h.metrics.publishDuration.Observe(time.Since(start).Seconds())
 }

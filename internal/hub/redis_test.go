@@ -359,11 +359,11 @@ func TestConflatedAcrossReplicas(t *testing.T) {
 	fleet := dial(t, ctx, b.srv, transportWS, "all=1&conflate=50ms", nil)
 	fleet.hello(t, ctx)
 	a.hub.PublishSamples([]telemetry.Sample{{Machine: "press-07", Metric: "temp", Time: 1000, Value: 71.5}}, 5000)
-	a.hub.PublishStatus("press-07", "online", 5000)
+	a.hub.PublishStatus("press-07", "offline", true, 5000)
 	for {
 		m := readUntilType(t, ctx, fleet, "fleet")
 		got := string(m[len(m)-1].Machines)
-		if strings.Contains(got, `"temp":{"value":71.5,"ts":1000}`) && strings.Contains(got, `"status":"online"`) {
+		if strings.Contains(got, `"temp":{"value":71.5,"ts":1000}`) && strings.Contains(got, `"status":"offline","alarm":true`) {
 			break
 		}
 	}

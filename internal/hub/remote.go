@@ -14,8 +14,8 @@ import (
 // conflated streams take it as it is (d.absorbed). For a message another
 // replica published (remote), it decodes, once, what this replica needs
 // of it: samples and status for the fleet state of conflated streams
-// (appended to us, while one is connected), samples and alarms for the
-// OnRemote callbacks. A message that does not parse is delivered as it
+// (appended to us, while one is connected), samples, medians and alarms
+// for the OnRemote callbacks. A message that does not parse is delivered as it
 // is, counted and logged.
 func (h *Hub) decodeRemote(d *draft, remote bool, us []fleetUpdate) []fleetUpdate {
 	if len(d.buf) < headroom+2 {
@@ -58,7 +58,20 @@ func (h *Hub) decodeRemote(d *draft, remote bool, us []fleetUpdate) []fleetUpdat
 		}
 		data := v.Get("data")
 		if st := string(data.GetStringBytes("status")); st != "" {
-			us = append(us, fleetUpdate{Machine: d.machine, Status: st, Seen: data.GetInt64("lastSeen")})
+			us = append(us, fleetUpdate{Machine: d.machine, Status: st, Alarm: data.GetBool("alarm"), Seen: data.GetInt64("lastSeen")})
+		}
+	case TypeMedian:
+		if h.opts.OnRemoteMedians == nil {
+			return us
+		}
+		var ms []Median
+		v.Get("data", "metrics").GetObject().Visit(func(metric []byte, x *fastjson.Value) {
+			if m := x.Get("median"); m != nil && m.Type() == fastjson.TypeNumber {
+				ms = append(ms, Median{Machine: d.machine, Metric: string(metric), Median: m.GetFloat64(), Time: x.GetInt64("t")})
+			}
+		})
+		if len(ms) > 0 {
+			h.opts.OnRemoteMedians(ms)
 		}
 	case TypeAlarm:
 		if h.opts.OnRemoteAlarm == nil {

@@ -56,10 +56,6 @@ func (t MessageType) absorbed() bool {
 	return t == TypeSamples || t == TypeStatus || t == TypeWindows || t == TypeMedian
 }
 
-// statusAlarm is the status of a machine with an active alarm
-// (twin.StatusAlarm): its StatusData and FleetMachine say alarm.
-const statusAlarm = "alarm"
-
 // Float is a number on the stream: a value JSON cannot carry (NaN, ±Inf)
 // is sent as null, and null is read back as NaN.
 type Float float64

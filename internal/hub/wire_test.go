@@ -40,7 +40,7 @@ func TestAppendersMatchTypes(t *testing.T) {
 		h.fleet = newFleetState()
 		h.fleet.mergeSamples([]telemetry.Sample{{Machine: "m1", Metric: "temp", Time: 5, Value: 71.2}, {Machine: "m1", Metric: "vib", Time: 6, Value: math.NaN()}}, 9)
 		h.fleet.apply(fleetUpdate{Machine: "m1", Status: "online", Seen: 10})
-		h.fleet.apply(fleetUpdate{Machine: "m2", Status: "alarm"})
+		h.fleet.apply(fleetUpdate{Machine: "m2", Status: "offline", Alarm: true})
 		h.fleet.mergeSamples([]telemetry.Sample{{Machine: "m3", Metric: "temp", Time: 7, Value: 1}}, 0)
 		return h.fleetMessageLocked(0, nil)
 	}
@@ -72,10 +72,10 @@ func TestAppendersMatchTypes(t *testing.T) {
 			WindowsMessage{Seq: 45, Type: TypeWindows, Machine: "m", Windows: []Window{{Metric: "temp", Start: 10000, Size: 10000, Kind: "final", Count: 3, Sum: 6, Min: 1, Max: 3, Avg: 2}}}},
 		{"median", bodyDraft("m", mediansBody{{Machine: "m", Metric: "temp", Median: 71.2, Time: 5}, {Machine: "m", Metric: "vib", Median: 0.1, Time: 6}}).finish(46, new(message)),
 			MedianMessage{Seq: 46, Type: TypeMedian, Machine: "m", Data: MedianData{Metrics: map[string]MedianValue{"temp": {Median: 71.2, T: 5}, "vib": {Median: 0.1, T: 6}}}}},
-		{"status", statusDraft("press-07", "online", 1764482400123).finish(44, new(message)),
+		{"status", statusDraft("press-07", "online", false, 1764482400123).finish(44, new(message)),
 			StatusMessage{Seq: 44, Type: TypeStatus, Machine: "press-07", Data: StatusData{Status: "online", LastSeen: 1764482400123}}},
-		{"status in alarm, never seen", statusDraft("press-07", "alarm", 0).finish(44, new(message)),
-			StatusMessage{Seq: 44, Type: TypeStatus, Machine: "press-07", Data: StatusData{Status: "alarm", Alarm: true}}},
+		{"status offline in alarm, never seen", statusDraft("press-07", "offline", true, 0).finish(44, new(message)),
+			StatusMessage{Seq: 44, Type: TypeStatus, Machine: "press-07", Data: StatusData{Status: "offline", Alarm: true}}},
 		{"alarm", bodyDraft("press-07", &eventBody{machine: "press-07", typ: TypeAlarm, data: alarm}).finish(47, new(message)),
 			AlarmMessage{Seq: 47, Type: TypeAlarm, Machine: "press-07", Data: alarm}},
 		{"alarm active", bodyDraft("press-07", &eventBody{machine: "press-07", typ: TypeAlarm, data: Alarm{ID: "a2", Machine: "press-07", Kind: "offline", State: "active", RaisedAt: raised}}).finish(48, new(message)),
@@ -84,7 +84,7 @@ func TestAppendersMatchTypes(t *testing.T) {
 			NoteMessage{Seq: 49, Type: TypeNote, Machine: "press-07", Data: note}},
 		{"fleet", fleet(), FleetMessage{Type: TypeFleet, Seq: 70, Machines: []FleetMachine{
 			{Machine: "m1", Status: "online", Alarm: &no, LastSeen: 10, Metrics: map[string]FleetValue{"temp": {Value: 71.2, TS: 5}, "vib": {Value: Float(math.NaN()), TS: 6}}},
-			{Machine: "m2", Status: "alarm", Alarm: &yes, Metrics: map[string]FleetValue{}},
+			{Machine: "m2", Status: "offline", Alarm: &yes, Metrics: map[string]FleetValue{}},
 			{Machine: "m3", Metrics: map[string]FleetValue{"temp": {Value: 1, TS: 7}}},
 		}}},
 	}
@@ -177,7 +177,7 @@ func TestRemoteCallbacks(t *testing.T) {
 	limit := 90.0
 	al := Alarm{ID: "a1", Machine: "press-07", Metric: "temp", Kind: "high", Limit: &limit, State: "active", RaisedAt: raised}
 	a.hub.PublishAlarm(al)
-	a.hub.PublishStatus("press-07", "alarm", 5000)
+	a.hub.PublishStatus("press-07", "online", true, 5000)
 	a.hub.PublishNote(Note{ID: "n1", Machine: "press-07", Text: "x", Time: raised})
 
 	var got []gotSamples

@@ -63,9 +63,14 @@ type Options struct {
 	// MachineTags are the line-protocol tags that carry the machine id, in
 	// order of preference; empty means DefaultMachineTags.
 	MachineTags []string
-	// Now is the server time (Unix ms) given to events without a timestamp;
-	// 0 means the clock is read once per call.
+	// Now is the server time (Unix ms) events without a timestamp are
+	// stamped from (see Stamper); 0 means the clock is read once per call.
 	Now int64
+	// Stamper, if set, stamps the events without a timestamp, so that
+	// their stamps increase per machine across calls (one Stamper per
+	// server, shared by every ingest path); nil stamps them per call, still
+	// strictly increasing per machine within the call.
+	Stamper *Stamper
 	// MinTime and MaxTime bound the accepted event time (Unix ms,
 	// inclusive); 0 means unbounded on that side.
 	MinTime, MaxTime int64

@@ -17,8 +17,8 @@ import (
 //	{"machineId":"press-07","timestamp":"2026-11-30T06:00:00Z","temp":71.3}
 //
 // machineId is required. timestamp is an RFC 3339 string or epoch
-// milliseconds (integer or fraction, floored); without it the event gets
-// opts.Now. id (a string) and seq (a non-negative integer) are optional, and
+// milliseconds (integer or fraction, floored); without it the event gets a
+// server stamp (see Stamper). id (a string) and seq (a non-negative integer) are optional, and
 // so is tags, an object of strings. Every other top-level field is a metric
 // and must be a number (booleans count as 1 and 0); a "metrics" object of
 // numbers may carry more of them. null in id, seq, tags, metrics or
@@ -280,7 +280,11 @@ func (d *decoder) decodeItem(v *fastjson.Value, index int, raw []byte) {
 			it.fail("", `no metrics: send numeric fields ("temp": 71.3) or a "metrics" object`)
 		default:
 			if it.seen&hasTime == 0 {
-				it.ev.Time = d.opts.Now
+				var p string
+				if it.ev.Time, p = d.stamp(it.ev.Machine); p != "" {
+					it.fail("timestamp", p)
+					break
+				}
 			}
 			if p := checkTime(it.ev.Time, &d.opts); p != "" {
 				it.fail("timestamp", p+unitHint(it.ev.Time, it.numericTime))

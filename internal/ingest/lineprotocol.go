@@ -70,8 +70,8 @@ func DecodeLineProtocol(body []byte, precision lineprotocol.Precision, opts Opti
 // field becomes the metric <measurement>_<field>: floats, integers and
 // unsigned integers as their value, booleans as 1 and 0. String fields are
 // skipped and counted in Stats. The timestamp is read in the given
-// precision and floored to milliseconds; without one the event gets
-// opts.Now.
+// precision and floored to milliseconds; without one the event gets a
+// server stamp (see Stamper).
 //
 // A line that cannot be accepted — a syntax error, no machine tag, no
 // numeric field, an invalid name, a timestamp out of range, longer than
@@ -339,7 +339,7 @@ func (d *decoder) decodeEntry(dec *lineprotocol.Decoder, m []byte, line int, pre
 		return
 	}
 
-	ev := telemetry.Event{Time: d.opts.Now}
+	var ev telemetry.Event
 	field, reason := "", ""
 	switch {
 	case best == len(tags):
@@ -364,6 +364,9 @@ func (d *decoder) decodeEntry(dec *lineprotocol.Decoder, m []byte, line int, pre
 				break
 			}
 			ev.Time = ms
+		} else if ev.Time, p = d.stamp(ev.Machine); p != "" {
+			field, reason = "timestamp", p
+			break
 		}
 		if p := checkTime(ev.Time, &d.opts); p != "" {
 			field, reason = "timestamp", p

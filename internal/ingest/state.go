@@ -21,6 +21,9 @@ type decoder struct {
 	// rejected counts the rejects, including those over Sink.MaxRejects.
 	rejected int
 	stream   streamState
+	// local stamps events without a timestamp when Options.Stamper is nil;
+	// it is reset per call.
+	local *Stamper
 
 	slab  metricSlab
 	arena []byte // backing bytes of event ids, append-only
@@ -102,6 +105,9 @@ func getDecoder(opts Options, dst []telemetry.Event) *decoder {
 	d.startStream(opts.Sink)
 	d.stats = Stats{}
 	d.noTagReason = ""
+	if d.local != nil {
+		d.local.reset()
+	}
 	if d.opts.AdmitMachine != nil {
 		clear(d.recentMachines[:])
 		clear(d.admitted)
@@ -120,6 +126,7 @@ func (d *decoder) release(bodyLen int) {
 	d.item = jsonItem{}
 	d.opts.MachineTags = nil
 	d.opts.AdmitMachine = nil
+	d.opts.Stamper = nil
 	if bodyLen > maxPooledBody {
 		return
 	}

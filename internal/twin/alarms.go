@@ -67,9 +67,10 @@ type Alarms struct {
 	onChange func(Alarm, bool)
 	seq      uint64
 	alarms   map[string]*Alarm // active ones, and the latest cleared ones
-	// activeBy counts the active alarms of each machine.
-	activeBy map[string]int
-	cleared  []string // ids of cleared alarms, oldest first
+	// activeBy counts the active alarms of each machine; alarmedBy those
+	// other than the offline alarm (see Alarmed).
+	activeBy, alarmedBy map[string]int
+	cleared             []string // ids of cleared alarms, oldest first
 	// rules by machine then metric; offline by machine.
 	rules   map[string]map[string]*ruleState
 	offline map[string]*offlineState
@@ -98,7 +99,7 @@ func NewAlarms(ctx context.Context, s AlarmStore, offlineAfter time.Duration) (*
 	a := &Alarms{
 		offlineAfter: offlineAfter,
 		store:        s,
-		alarms:       map[string]*Alarm{}, activeBy: map[string]int{}, rules: map[string]map[string]*ruleState{}, offline: map[string]*offlineState{},
+		alarms:       map[string]*Alarm{}, activeBy: map[string]int{}, alarmedBy: map[string]int{}, rules: map[string]map[string]*ruleState{}, offline: map[string]*offlineState{},
 	}
 	err := s.Replay(ctx, func(e AlarmEntry) error {
 		al := e.Alarm
@@ -136,13 +137,16 @@ func NewAlarms(ctx context.Context, s AlarmStore, offlineAfter time.Duration) (*
 func (a *Alarms) keep(al *Alarm) {
 	prev, ok := a.alarms[al.ID]
 	if ok && prev.State == AlarmActive {
-		a.activeBy[prev.Machine]--
-		if a.activeBy[prev.Machine] == 0 {
-			delete(a.activeBy, prev.Machine)
+		decrement(a.activeBy, prev.Machine)
+		if prev.Kind != AlarmOffline {
+			decrement(a.alarmedBy, prev.Machine)
 		}
 	}
 	if al.State == AlarmActive {
 		a.activeBy[al.Machine]++
+		if al.Kind != AlarmOffline {
+			a.alarmedBy[al.Machine]++
+		}
 	}
 	a.alarms[al.ID] = al
 	if al.State == AlarmCleared && (!ok || prev.State != AlarmCleared) {
@@ -154,6 +158,13 @@ func (a *Alarms) keep(al *Alarm) {
 				delete(a.alarms, drop)
 			}
 		}
+	}
+}
+
+// decrement counts one less for key, dropping it at zero.
+func decrement(m map[string]int, key string) {
+	if m[key]--; m[key] <= 0 {
+		delete(m, key)
 	}
 }
 
@@ -241,15 +252,16 @@ func (a *Alarms) snapshot() []AlarmEntry {
 // callbacks come in the order of the changes.
 func (a *Alarms) changed(al *Alarm) {
 	if a.onChange != nil {
-		a.onChange(*al, a.activeBy[al.Machine] > 0)
+		a.onChange(*al, a.alarmedBy[al.Machine] > 0)
 	}
 }
 
 // OnChange sets the function told of every alarm change (raise, clear,
-// acknowledge), in order, with whether the machine still has an active
-// alarm. It is called with the Alarms' lock held: it must not call back
-// into the Alarms, and should not block.
-func (a *Alarms) OnChange(fn func(al Alarm, machineActive bool)) {
+// acknowledge), in order, with whether the machine is still in alarm after
+// it (Alarmed: an active alarm other than the offline one). It is called
+// with the Alarms' lock held: it must not call back into the Alarms, and
+// should not block.
+func (a *Alarms) OnChange(fn func(al Alarm, alarmed bool)) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.onChange = fn
@@ -617,6 +629,15 @@ func (a *Alarms) Active(machine string) bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return a.activeBy[machine] > 0
+}
+
+// Alarmed reports whether machine is in alarm: it has an active alarm
+// other than the offline one. Being offline is liveness, which the twin's
+// status shows; a machine may be offline and in alarm at once.
+func (a *Alarms) Alarmed(machine string) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.alarmedBy[machine] > 0
 }
 
 // Close closes the store.

@@ -36,13 +36,27 @@ var (
 	ErrInvalid = errors.New("invalid machine")
 )
 
-// Status values of a twin.
+// Status values of a twin: its liveness only. Whether it is in alarm is
+// told apart, by Machine.Alarm, so a machine may be offline and in alarm.
 const (
-	StatusOnline  = "online"
+	// StatusOnline: an event arrived within --offline-after.
+	StatusOnline = "online"
+	// StatusOffline: none did, or none was seen since the server started.
 	StatusOffline = "offline"
-	// StatusAlarm is shown by the API for a machine with an active alarm.
-	StatusAlarm = "alarm"
 )
+
+// Liveness is a machine's status after a change to al: offline while al
+// is its active offline alarm, else status, the twin's own view (which
+// shows it online once the event that cleared the offline alarm has
+// arrived). The offline alarm and the twin judge silence by the same
+// --offline-after at slightly different instants: this keeps a status
+// message consistent with the alarm it follows.
+func Liveness(status string, al Alarm) string {
+	if al.Kind == AlarmOffline && al.State == AlarmActive {
+		return StatusOffline
+	}
+	return status
+}
 
 // Threshold is an alarm rule for one metric.
 type Threshold struct {
@@ -77,7 +91,12 @@ type Value struct {
 // Machine is a twin as the API shows it: registry entry and live state.
 type Machine struct {
 	Info
+	// Status is the liveness: StatusOnline or StatusOffline.
 	Status string `json:"status"`
+	// Alarm is set when the machine has an active alarm other than the
+	// offline one (see Alarms.Alarmed); Twins leaves it false, the API
+	// fills it in.
+	Alarm bool `json:"alarm"`
 	// LastSeen is the server time (Unix ms) of the machine's latest event,
 	// or 0 if none was seen since the server started.
 	LastSeen int64            `json:"lastSeen,omitempty"`

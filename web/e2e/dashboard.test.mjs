@@ -48,13 +48,27 @@ describe('dashboard', { skip }, () => {
     assert.equal(await page.locator('[data-testid=sign-in]').count(), 0);
     assert.equal(await page.locator('[data-testid=identity]').count(), 0);
     const tiles = await page.$$eval('.tile', (els) =>
-      els.map((e) => ({ id: e.dataset.machine, status: e.dataset.status, label: e.querySelector('[data-testid=status]')?.textContent ?? '' })),
+      els.map((e) => ({
+        id: e.dataset.machine,
+        status: e.dataset.status,
+        alarm: e.dataset.alarm,
+        label: e.querySelector('[data-testid=status]')?.textContent ?? '',
+        alarmBadge: e.querySelector('[data-testid=alarm]') !== null,
+      })),
     );
     assert.deepEqual(tiles.map((t) => t.id).sort(), machines.map((m) => m.id).sort());
     for (const t of tiles) {
-      assert.ok(['online', 'offline', 'alarm'].includes(t.status), `tile ${t.id} status ${t.status}`);
+      // liveness and alarm apart: a machine may be offline and in alarm
+      assert.ok(['online', 'offline'].includes(t.status), `tile ${t.id} status ${t.status}`);
       assert.ok(t.label.includes(t.status), `tile ${t.id} shows its status as text, got ${t.label}`);
+      assert.ok(['true', 'false'].includes(t.alarm), `tile ${t.id} alarm ${t.alarm}`);
+      assert.equal(t.alarmBadge, t.alarm === 'true', `tile ${t.id} shows its alarm flag`);
     }
+    // the counters: online + offline = all; alarm counted apart
+    const [all, online, offline] = await page.evaluate(() =>
+      ['all', 'online', 'offline'].map((k) => Number(document.querySelector(`[data-testid=count-${k}] strong`)?.textContent)),
+    );
+    assert.equal(online + offline, all, `online ${online} + offline ${offline} = all ${all}`);
     // values move: a tile's sparkline fills from the stream
     await page.waitForFunction(() => [...document.querySelectorAll('.spark path')].length > 0);
     // search narrows the grid

@@ -88,7 +88,9 @@ type Deps struct {
 // IngestOptions say how a payload becomes events. The zero value is usable.
 type IngestOptions struct {
 	// Decode are the decoder options (limits, line-protocol machine tags,
-	// AdmitMachine…). Now, MinTime and MaxTime are set per message.
+	// AdmitMachine, the Stamper shared with the other ingest paths; nil
+	// gives the source its own). Now, MinTime and MaxTime are set per
+	// message.
 	// AdmitMachine is asked about the topic's machine id.
 	Decode ingest.Options
 	// Precision of line-protocol timestamps; the zero value is nanoseconds.
@@ -220,6 +222,9 @@ func newHandler(opts IngestOptions, deps Deps, source string) (*handler, error) 
 		return nil, errors.New("mqtt: Deps.Submit is required")
 	}
 	opts = opts.withDefaults()
+	if opts.Decode.Stamper == nil {
+		opts.Decode.Stamper = ingest.NewStamper()
+	}
 	h := &handler{opts: opts, submit: deps.Submit, register: deps.Register, clock: deps.Clock, logger: deps.Logger}
 	if h.clock == nil {
 		h.clock = time.Now

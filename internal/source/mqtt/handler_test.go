@@ -205,3 +205,30 @@ func TestRegisterOnChange(t *testing.T) {
 		t.Errorf("Register calls (-got +want):\n%s", diff)
 	}
 }
+
+// TestPrepareStamps: messages without a timestamp that arrive in the same
+// millisecond, as JSON or line protocol, get one time each, in arrival
+// order, continuing the stamps of the Stamper shared with the HTTP API.
+func TestPrepareStamps(t *testing.T) {
+	now := time.UnixMilli(1_795_996_800_000)
+	stamper := ingest.NewStamper()
+	stamper.Stamp("m", now.UnixMilli(), 0) // an HTTP event of m, this millisecond
+	h, err := newHandler(IngestOptions{Decode: ingest.Options{Stamper: stamper}, MaxFuture: time.Minute},
+		Deps{Submit: func(context.Context, *telemetry.Batch) (int, int, error) { return 0, 0, nil }, Clock: func() time.Time { return now }}, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []int64
+	for _, payload := range []string{`{"temp":1}`, `[{"temp":2},{"temp":3}]`, "m temp=4"} {
+		p, out := h.prepare("twinline/s/l/m/telemetry", []byte(payload), nil)
+		if p == nil {
+			t.Fatalf("prepare(%s): %+v", payload, out)
+		}
+		for _, e := range p.batch.Events {
+			got = append(got, e.Time-now.UnixMilli())
+		}
+	}
+	if diff := cmp.Diff(got, []int64{1, 2, 3, 4}); diff != "" {
+		t.Errorf("event times after now (-got +want):\n%s", diff)
+	}
+}

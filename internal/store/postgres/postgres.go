@@ -187,6 +187,10 @@ type Store struct {
 	lastErr     atomic.Pointer[error]
 
 	testHookReplayed func(n int, err error) // called by Run after each replay
+
+	// locks are the advisory locks taken with TryLock, released by Close.
+	locksMu sync.Mutex
+	locks   []*Lock
 }
 
 var (
@@ -342,8 +346,9 @@ func (s *Store) Pool() *pgxpool.Pool { return s.pool }
 // Schema returns the schema of the store's tables.
 func (s *Store) Schema() string { return s.schema }
 
-// Close waits for running operations and releases the pool. The spool stays
-// on disk and is replayed by the next Open's Run.
+// Close waits for running operations, releases the pool and then the
+// advisory locks taken with TryLock. The spool stays on disk and is
+// replayed by the next Open's Run.
 func (s *Store) Close() error {
 	s.life.Lock()
 	defer s.life.Unlock()
@@ -352,6 +357,15 @@ func (s *Store) Close() error {
 	}
 	s.closed = true
 	s.pool.Close()
+	s.locksMu.Lock()
+	defer s.locksMu.Unlock()
+	var errs []error
+	for _, l := range s.locks {
+		errs = append(errs, l.Release())
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("closing postgres store: %w", err)
+	}
 	return nil
 }
 

@@ -110,9 +110,13 @@ export class MachineFeed {
       case 'status':
         if (this.latest) {
           this.latest.status = msg.data.status;
+          this.latest.alarm = msg.data.alarm;
           if (msg.data.lastSeen) this.latest.lastSeen = msg.data.lastSeen;
         }
-        if (this.machine) this.machine.status = msg.data.status;
+        if (this.machine) {
+          this.machine.status = msg.data.status;
+          this.machine.alarm = msg.data.alarm;
+        }
         break;
       default:
         return;

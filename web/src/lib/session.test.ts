@@ -264,7 +264,7 @@ describe('Dashboard on sign-out', () => {
     await s.load();
     const d = new Dashboard(new FrameLoop(() => 0, () => 0), s);
     const stop = vi.spyOn(d.stream, 'stop');
-    d.fleet.load([{ id: 'lyon-1', site: 'lyon', status: 'online' }]);
+    d.fleet.load([{ id: 'lyon-1', site: 'lyon', status: 'online', alarm: false }]);
     s.ended('session expired');
     expect(d.fleet.entries.size).toBe(0);
     expect(stop).toHaveBeenCalledTimes(1);

@@ -86,7 +86,7 @@ export class FleetStore {
     if (msg.type === 'samples') {
       let e = this.entries.get(msg.machine);
       if (!e) {
-        e = { m: { id: msg.machine, status: 'online', metrics: {} }, spark: new SeriesRing(SPARK_POINTS), v: 0 };
+        e = { m: { id: msg.machine, status: 'online', alarm: false, metrics: {} }, spark: new SeriesRing(SPARK_POINTS), v: 0 };
         this.entries.set(msg.machine, e);
         this.sorted = undefined;
       }
@@ -118,7 +118,11 @@ export class FleetStore {
       for (const u of msg.machines) {
         let e = this.entries.get(u.machine);
         if (!e) {
-          e = { m: { id: u.machine, status: u.status ?? 'online', metrics: {} }, spark: new SeriesRing(SPARK_POINTS), v: 0 };
+          e = {
+            m: { id: u.machine, status: u.status ?? 'online', alarm: u.alarm ?? false, metrics: {} },
+            spark: new SeriesRing(SPARK_POINTS),
+            v: 0,
+          };
           this.entries.set(u.machine, e);
           this.sorted = undefined;
         }
@@ -137,6 +141,7 @@ export class FleetStore {
             }
           }
         }
+        if (u.alarm !== undefined) e.m.alarm = u.alarm;
         if (u.status) e.m.status = u.status;
         else if (e.m.status === 'offline' && Object.keys(u.metrics).length > 0) e.m.status = 'online';
         if (u.lastSeen) e.m.lastSeen = Math.max(e.m.lastSeen ?? 0, u.lastSeen);
@@ -149,6 +154,7 @@ export class FleetStore {
       const e = this.entries.get(msg.machine);
       if (e) {
         e.m.status = msg.data.status;
+        e.m.alarm = msg.data.alarm;
         if (msg.data.lastSeen) e.m.lastSeen = msg.data.lastSeen;
         e.v++;
         this.version++;
@@ -164,19 +170,33 @@ export class FleetStore {
     return this.sorted;
   }
 
+  /**
+   * Machines by liveness (online + offline = total) and, apart, those in
+   * alarm — offline or not.
+   */
   counts(): { online: number; offline: number; alarm: number; total: number } {
     const c = { online: 0, offline: 0, alarm: 0, total: 0 };
     for (const e of this.entries.values()) {
       c.total++;
-      if (e.m.status === 'alarm') c.alarm++;
-      else if (e.m.status === 'offline') c.offline++;
+      if (e.m.status === 'offline') c.offline++;
       else c.online++;
+      if (e.m.alarm) c.alarm++;
     }
     return c;
   }
 }
 
 type Listener<T> = (x: T) => void;
+
+/**
+ * Whether a machine passes the fleet's status filter: all, a liveness
+ * (online, offline), or alarm — in alarm, whatever its liveness.
+ */
+export function matchesStatus(e: FleetEntry, filter: string): boolean {
+  if (filter === 'all') return true;
+  if (filter === 'alarm') return e.m.alarm === true;
+  return (e.m.status === 'offline' ? 'offline' : 'online') === filter;
+}
 
 /** The page's single live connection and what hangs off it. */
 export class Dashboard {

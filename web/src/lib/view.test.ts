@@ -3,7 +3,7 @@ import { layoutGrid, visibleRows } from './grid';
 import { percentile, LatencyTracker } from './latency';
 import { FrameLoop } from './frame';
 import { formatRoute, parseRoute } from './route';
-import { FleetStore } from './store';
+import { FleetStore, matchesStatus } from './store';
 
 describe('routes', () => {
   it('round-trips machine, range and metrics through the hash', () => {
@@ -89,18 +89,49 @@ describe('FleetStore', () => {
   it('merges the list with streamed values and counts statuses', () => {
     const f = new FleetStore();
     f.load([
-      { id: 'b', status: 'online', metrics: { temp: { value: 1, ts: 10 } } },
-      { id: 'a', status: 'alarm' },
-      { id: 'c', status: 'offline' },
+      { id: 'b', status: 'online', alarm: false, metrics: { temp: { value: 1, ts: 10 } } },
+      { id: 'a', status: 'online', alarm: true },
+      { id: 'c', status: 'offline', alarm: false },
     ]);
     f.apply({ type: 'samples', seq: 1, machine: 'b', ingestTs: 20, samples: [{ metric: 'temp', ts: 20, value: 2 }] }, 25);
     f.apply({ type: 'status', seq: 2, machine: 'c', data: { status: 'online', alarm: false, lastSeen: 30 } }, 30);
     expect(f.list().map((e) => e.m.id)).toEqual(['a', 'b', 'c']);
-    expect(f.counts()).toEqual({ online: 2, offline: 0, alarm: 1, total: 3 });
+    expect(f.counts()).toEqual({ online: 3, offline: 0, alarm: 1, total: 3 });
     // an older list does not roll back a streamed value
-    f.load([{ id: 'b', status: 'online', metrics: { temp: { value: 1, ts: 10 } } }]);
+    f.load([{ id: 'b', status: 'online', alarm: false, metrics: { temp: { value: 1, ts: 10 } } }]);
     expect(f.entries.get('b')!.m.metrics!.temp).toEqual({ value: 2, ts: 20 });
     expect(f.list().map((e) => e.m.id)).toEqual(['b']);
+  });
+});
+
+describe('FleetStore counts liveness and alarms apart', () => {
+  it('counts an offline machine as offline, also while in alarm', () => {
+    const f = new FleetStore();
+    f.load([
+      { id: 'on', status: 'online', alarm: false },
+      { id: 'on-alarm', status: 'online', alarm: true },
+      { id: 'off', status: 'offline', alarm: false },
+      { id: 'off-alarm', status: 'offline', alarm: true },
+    ]);
+    expect(f.counts()).toEqual({ online: 2, offline: 2, alarm: 2, total: 4 });
+    const shown = (filter: string) =>
+      f
+        .list()
+        .filter((e) => matchesStatus(e, filter))
+        .map((e) => e.m.id);
+    expect(shown('all')).toEqual(['off', 'off-alarm', 'on', 'on-alarm']);
+    expect(shown('online')).toEqual(['on', 'on-alarm']);
+    expect(shown('offline')).toEqual(['off', 'off-alarm']);
+    expect(shown('alarm')).toEqual(['off-alarm', 'on-alarm']);
+
+    // the offline alarm raised: a status message says offline, not in alarm
+    f.apply({ type: 'status', seq: 1, machine: 'on', data: { status: 'offline', alarm: false, lastSeen: 5 } }, 10);
+    // a threshold alarm cleared while offline
+    f.apply({ type: 'status', seq: 2, machine: 'off-alarm', data: { status: 'offline', alarm: false } }, 10);
+    expect(f.counts()).toEqual({ online: 1, offline: 3, alarm: 1, total: 4 });
+    // a conflated fleet update: back online, in alarm
+    f.apply({ type: 'fleet', seq: 3, machines: [{ machine: 'off', status: 'online', alarm: true, metrics: {} }] }, 20);
+    expect(f.counts()).toEqual({ online: 2, offline: 2, alarm: 2, total: 4 });
   });
 });
 
@@ -108,8 +139,8 @@ describe('FleetStore and the conflated stream', () => {
   it('merges fleet messages: newer values, status, alarm, lastSeen, new machines', () => {
     const f = new FleetStore();
     f.load([
-      { id: 'a', status: 'offline', metrics: { temp: { value: 1, ts: 10 } } },
-      { id: 'b', status: 'online' },
+      { id: 'a', status: 'offline', alarm: false, metrics: { temp: { value: 1, ts: 10 } } },
+      { id: 'b', status: 'online', alarm: false },
     ]);
     const changed = f.apply(
       {
@@ -117,7 +148,7 @@ describe('FleetStore and the conflated stream', () => {
         seq: 5,
         machines: [
           { machine: 'a', lastSeen: 40, metrics: { temp: { value: 3, ts: 30 } } },
-          { machine: 'b', status: 'alarm', alarm: true, lastSeen: 41, metrics: {} },
+          { machine: 'b', status: 'offline', alarm: true, lastSeen: 41, metrics: {} },
           { machine: 'c', lastSeen: 42, metrics: { vib: { value: 0.5, ts: 31 } } },
         ],
       },
@@ -125,9 +156,9 @@ describe('FleetStore and the conflated stream', () => {
     );
     expect(changed).toBe(true);
     expect(f.entries.get('a')!.m).toMatchObject({ status: 'online', lastSeen: 40, metrics: { temp: { value: 3, ts: 30 } } });
-    expect(f.entries.get('b')!.m).toMatchObject({ status: 'alarm', lastSeen: 41 });
+    expect(f.entries.get('b')!.m).toMatchObject({ status: 'offline', alarm: true, lastSeen: 41 });
     expect(f.entries.get('c')!.m.metrics).toEqual({ vib: { value: 0.5, ts: 31 } });
-    expect(f.counts()).toEqual({ online: 2, offline: 0, alarm: 1, total: 3 });
+    expect(f.counts()).toEqual({ online: 2, offline: 1, alarm: 1, total: 3 });
     // an older value in a later message does not roll back
     f.apply({ type: 'fleet', seq: 6, machines: [{ machine: 'a', metrics: { temp: { value: 9, ts: 20 } } }] }, 60);
     expect(f.entries.get('a')!.m.metrics!.temp).toEqual({ value: 3, ts: 30 });

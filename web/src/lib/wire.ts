@@ -58,15 +58,15 @@ export interface Event {
 
 /** One machine's changes since the last fleet message. */
 export interface FleetMachine {
-  /** Present with status. */
+  /** Present with status: the machine has an active alarm other than the offline kind. */
   alarm?: boolean;
   /** Absent if unknown. */
   lastSeen?: number;
   machine: string;
   /** The metrics that changed since the last fleet message. */
   metrics: Record<string, FleetValue>;
-  /** Absent if not known yet; alarm while the machine has an active alarm (to become liveness only, online or offline, as in StatusData). */
-  status?: 'online' | 'offline' | 'alarm';
+  /** Liveness, absent if not known yet (as in StatusData). */
+  status?: 'online' | 'offline';
 }
 
 /** A conflated stream's (all=1&conflate=D) summary, at most once per D: the machines that changed. No SSE id. */
@@ -116,15 +116,20 @@ export interface IngestResult {
 }
 
 export interface Latest {
+  /** True while the machine has one or more active alarms other than the offline one. */
+  alarm: boolean;
   lastSeen?: number;
   machine: string;
   metrics: Record<string, Value>;
   rate1m: number;
   rate5m: number;
-  status: 'online' | 'offline' | 'alarm';
+  /** Liveness: online or offline (see Machine). */
+  status: 'online' | 'offline';
 }
 
 export type Machine = MachineInfo & {
+  /** True while the machine has one or more active alarms other than the offline one. */
+  alarm: boolean;
   createdAt: string;
   id: string;
   lastSeen?: number;
@@ -133,7 +138,8 @@ export type Machine = MachineInfo & {
   rate1m: number;
   /** Events per second over the last 5 minutes. */
   rate5m: number;
-  status: 'online' | 'offline' | 'alarm';
+  /** Liveness: online when an event arrived within --offline-after, else offline. Whether the machine is in alarm is the alarm field: a machine may be offline and in alarm. */
+  status: 'online' | 'offline';
   updatedAt: string;
 };
 

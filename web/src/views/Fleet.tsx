@@ -1,9 +1,9 @@
 import { memo, useEffect, useLayoutEffect, useMemo, useRef, useState } from 'react';
 import { flushSync } from 'react-dom';
 import { formatRoute } from '../lib/route';
-import { FLEET_FILTER, dashboard, type FleetEntry } from '../lib/store';
+import { FLEET_FILTER, dashboard, matchesStatus, type FleetEntry } from '../lib/store';
 import { layoutGrid, visibleRows } from '../lib/grid';
-import { StatusBadge, fmtAgo, fmtNum, useTick } from './common';
+import { AlarmBadge, StatusBadge, fmtAgo, fmtNum, useTick } from './common';
 
 const TILE_W = 232;
 const ROW_H = 132;
@@ -27,7 +27,7 @@ export function Fleet({ q, status, group, navigate }: Props) {
   const counts = fleet.counts();
   const needle = q.trim().toLowerCase();
   const filtered = fleet.list().filter((e) => {
-    if (status !== 'all' && normStatus(e.m.status) !== status) return false;
+    if (!matchesStatus(e, status)) return false;
     if (!needle) return true;
     const m = e.m;
     return [m.id, m.name, m.site, m.line].some((s) => s?.toLowerCase().includes(needle));
@@ -86,9 +86,11 @@ export function Fleet({ q, status, group, navigate }: Props) {
   );
 }
 
-function normStatus(s: string): string {
-  return s === 'alarm' || s === 'offline' ? s : 'online';
+/** A machine's liveness as shown: offline, or else online. */
+function normStatus(s: string): 'online' | 'offline' {
+  return s === 'offline' ? 'offline' : 'online';
 }
+
 
 const collator = new Intl.Collator(undefined, { numeric: true, sensitivity: 'base' });
 
@@ -162,16 +164,18 @@ const Tile = memo(function Tile({ e }: { e: FleetEntry; v: number; minute: numbe
   const p = e.primary ? m.metrics?.[e.primary] : undefined;
   return (
     <a
-      className={`tile status-${st}`}
+      className={`tile status-${st}${m.alarm ? ' in-alarm' : ''}`}
       href={formatRoute({ view: 'machine', id: m.id, range: { kind: 'live', spanMs: 120_000, label: 'live' } })}
       role="listitem"
       data-machine={m.id}
       data-status={st}
-      aria-label={`${m.name || m.id}: ${st}`}
+      data-alarm={m.alarm ? 'true' : 'false'}
+      aria-label={`${m.name || m.id}: ${st}${m.alarm ? ', in alarm' : ''}`}
     >
       <div className="tile-head">
         <span className="tile-id">{m.name || m.id}</span>
         <StatusBadge status={st} />
+        {m.alarm && <AlarmBadge />}
       </div>
       <div className="tile-sub muted">
         {[m.site, m.line].filter(Boolean).join(' · ') || m.id}
@@ -219,8 +223,9 @@ function Sparkline({ e }: { e: FleetEntry }) {
   );
 }
 
+/** The icon of a status filter: a liveness, or alarm. */
 export function StatusIcon({ status }: { status: string }) {
-  const s = normStatus(status);
+  const s = status === 'alarm' ? 'alarm' : normStatus(status);
   const icon = s === 'alarm' ? '▲' : s === 'offline' ? '○' : '●';
   return (
     <span className={`status-icon status-${s}`} aria-hidden="true">

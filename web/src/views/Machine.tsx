@@ -5,7 +5,7 @@ import { formatRoute, LIVE_SPANS, type Range } from '../lib/route';
 import { can, type Session } from '../lib/session';
 import { dashboard } from '../lib/store';
 import { Chart } from './Chart';
-import { StatusBadge, fmtAgo, fmtNum, fmtTime, useTick } from './common';
+import { AlarmBadge, StatusBadge, fmtAgo, fmtNum, fmtTime, useTick } from './common';
 
 interface Props {
   id: string;
@@ -89,6 +89,7 @@ export function MachineView({ id, range, metrics: chosen, navigate, session }: P
   const m = feed.machine;
   const l = feed.latest;
   const status = l?.status ?? m?.status ?? 'offline';
+  const alarm = l?.alarm ?? m?.alarm ?? false;
 
   if (notFound) {
     return (
@@ -119,6 +120,7 @@ export function MachineView({ id, range, metrics: chosen, navigate, session }: P
           / {m?.name || id}
         </h1>
         <StatusBadge status={status} />
+        {alarm && <AlarmBadge />}
         <span className="muted" data-testid="last-seen">
           last seen {l?.lastSeen ? fmtAgo(l.lastSeen) : '—'}
         </span>

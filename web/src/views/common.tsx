@@ -30,12 +30,22 @@ const STATUS_TEXT: Record<string, [string, string]> = {
   alarm: ['▲', 'alarm'],
 };
 
-/** A status shown by colour, icon and label together. */
+/** A liveness (or alarm) shown by colour, icon and label together. */
 export function StatusBadge({ status }: { status: string }) {
   const s = STATUS_TEXT[status] ? status : 'online';
   const [icon, label] = STATUS_TEXT[s];
   return (
     <span className={`badge status-${s}`} data-testid="status">
+      <span aria-hidden="true">{icon}</span> {label}
+    </span>
+  );
+}
+
+/** The mark of a machine in alarm (an active alarm other than offline), next to its liveness. */
+export function AlarmBadge() {
+  const [icon, label] = STATUS_TEXT.alarm;
+  return (
+    <span className="badge status-alarm" data-testid="alarm">
       <span aria-hidden="true">{icon}</span> {label}
     </span>
   );
