@@ -2,6 +2,7 @@ package hub
 
 import (
 	"encoding/json"
+	"github.com/twinline/twinline/internal/jsonenc"
 	"strconv"
 
 	"github.com/twinline/twinline/internal/telemetry"
@@ -71,7 +72,7 @@ func (ws windowsBody) estimate() int {
 func (ws windowsBody) appendBody(b []byte) []byte {
 	b = appendType(b, TypeWindows)
 	b = append(b, `,"machine":`...)
-	b = appendString(b, ws[0].Machine)
+	b = jsonenc.AppendString(b, ws[0].Machine)
 	b = append(b, `,"windows":[`...)
 	for i := range ws {
 		w := &ws[i]
@@ -79,23 +80,23 @@ func (ws windowsBody) appendBody(b []byte) []byte {
 			b = append(b, ',')
 		}
 		b = append(b, `{"metric":`...)
-		b = appendString(b, w.Metric)
+		b = jsonenc.AppendString(b, w.Metric)
 		b = append(b, `,"start":`...)
 		b = strconv.AppendInt(b, w.Start, 10)
 		b = append(b, `,"size":`...)
 		b = strconv.AppendInt(b, w.Size, 10)
 		b = append(b, `,"kind":`...)
-		b = appendString(b, w.Kind)
+		b = jsonenc.AppendString(b, w.Kind)
 		b = append(b, `,"count":`...)
 		b = strconv.AppendInt(b, w.Count, 10)
 		b = append(b, `,"sum":`...)
-		b = appendFloat(b, w.Sum)
+		b = jsonenc.AppendFloat(b, w.Sum)
 		b = append(b, `,"min":`...)
-		b = appendFloat(b, w.Min)
+		b = jsonenc.AppendFloat(b, w.Min)
 		b = append(b, `,"max":`...)
-		b = appendFloat(b, w.Max)
+		b = jsonenc.AppendFloat(b, w.Max)
 		b = append(b, `,"avg":`...)
-		b = appendFloat(b, w.Avg)
+		b = jsonenc.AppendFloat(b, w.Avg)
 		b = append(b, '}')
 	}
 	return append(b, "]}\n\n"...)
@@ -110,16 +111,16 @@ func (ms mediansBody) estimate() int { return len(ms[0].Machine) + 64 + len(ms)*
 func (ms mediansBody) appendBody(b []byte) []byte {
 	b = appendType(b, TypeMedian)
 	b = append(b, `,"machine":`...)
-	b = appendString(b, ms[0].Machine)
+	b = jsonenc.AppendString(b, ms[0].Machine)
 	b = append(b, `,"data":{"metrics":{`...)
 	for i := range ms {
 		m := &ms[i]
 		if i > 0 {
 			b = append(b, ',')
 		}
-		b = appendString(b, m.Metric)
+		b = jsonenc.AppendString(b, m.Metric)
 		b = append(b, `:{"median":`...)
-		b = appendFloat(b, m.Median)
+		b = jsonenc.AppendFloat(b, m.Median)
 		b = append(b, `,"t":`...)
 		b = strconv.AppendInt(b, m.Time, 10)
 		b = append(b, '}')
@@ -140,9 +141,9 @@ func (s *statusBody) estimate() int { return len(s.machine) + len(s.status) + 96
 func (s *statusBody) appendBody(b []byte) []byte {
 	b = appendType(b, TypeStatus)
 	b = append(b, `,"machine":`...)
-	b = appendString(b, s.machine)
+	b = jsonenc.AppendString(b, s.machine)
 	b = append(b, `,"data":{"status":`...)
-	b = appendString(b, s.status)
+	b = jsonenc.AppendString(b, s.status)
 	b = append(b, `,"alarm":`...)
 	b = strconv.AppendBool(b, s.alarm)
 	if s.lastSeen != 0 {
@@ -176,7 +177,7 @@ func appendEventBody(b []byte, machine string, typ MessageType, data []byte) []b
 	b = appendType(b, typ)
 	if machine != "" {
 		b = append(b, `,"machine":`...)
-		b = appendString(b, machine)
+		b = jsonenc.AppendString(b, machine)
 	}
 	b = append(b, `,"data":`...)
 	b = append(b, data...)

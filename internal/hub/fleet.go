@@ -1,6 +1,7 @@
 package hub
 
 import (
+	"github.com/twinline/twinline/internal/jsonenc"
 	"slices"
 	"strconv"
 	"strings"
@@ -135,10 +136,10 @@ func (s *fleetState) appendChanges(b []byte, since uint64, filter func(string) b
 			b = append(b, ',')
 		}
 		b = append(b, `{"machine":`...)
-		b = appendString(b, name)
+		b = jsonenc.AppendString(b, name)
 		if m.status != "" {
 			b = append(b, `,"status":`...)
-			b = appendString(b, m.status)
+			b = jsonenc.AppendString(b, m.status)
 			b = append(b, `,"alarm":`...)
 			b = strconv.AppendBool(b, m.alarm)
 		}
@@ -157,9 +158,9 @@ func (s *fleetState) appendChanges(b []byte, since uint64, filter func(string) b
 				b = append(b, ',')
 			}
 			first = false
-			b = appendString(b, metric)
+			b = jsonenc.AppendString(b, metric)
 			b = append(b, `:{"value":`...)
-			b = appendFloat(b, x.value)
+			b = jsonenc.AppendFloat(b, x.value)
 			b = append(b, `,"ts":`...)
 			b = strconv.AppendInt(b, x.ts, 10)
 			b = append(b, '}')

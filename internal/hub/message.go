@@ -178,7 +178,7 @@ func resetMessage(seq uint64, reason string) *message {
 	b = append(b, '{')
 	b = appendType(b, TypeReset)
 	b = append(b, `,"reason":`...)
-	b = appendString(b, reason)
+	b = jsonenc.AppendString(b, reason)
 	b = append(b, `,"seq":`...)
 	b = strconv.AppendUint(b, seq, 10)
 	b = append(b, '}')
@@ -190,7 +190,7 @@ func reconnectMessage(cursor uint64, reason string, retryMs int64) *message {
 	b = append(b, '{')
 	b = appendType(b, TypeReconnect)
 	b = append(b, `,"reason":`...)
-	b = appendString(b, reason)
+	b = jsonenc.AppendString(b, reason)
 	b = append(b, `,"cursor":`...)
 	b = strconv.AppendUint(b, cursor, 10)
 	b = append(b, `,"retryMs":`...)
@@ -206,7 +206,7 @@ func sampleSize(s *telemetry.Sample) int { return len(s.Metric) + 64 }
 func samplesHeader(b []byte, machine string, ingestTs int64) []byte {
 	b = appendType(b, TypeSamples)
 	b = append(b, `,"machine":`...)
-	b = appendString(b, machine)
+	b = jsonenc.AppendString(b, machine)
 	b = append(b, `,"ingestTs":`...)
 	b = strconv.AppendInt(b, ingestTs, 10)
 	return append(b, `,"samples":[`...)
@@ -218,23 +218,13 @@ func appendSample(b []byte, s *telemetry.Sample, first bool) []byte {
 		b = append(b, ',')
 	}
 	b = append(b, `{"metric":`...)
-	b = appendString(b, s.Metric)
+	b = jsonenc.AppendString(b, s.Metric)
 	b = append(b, `,"ts":`...)
 	b = strconv.AppendInt(b, s.Time, 10)
 	b = append(b, `,"value":`...)
-	b = appendFloat(b, s.Value)
+	b = jsonenc.AppendFloat(b, s.Value)
 	return append(b, '}')
 }
 
 // samplesTrailer ends the body of a samples message.
 func samplesTrailer(b []byte) []byte { return append(b, "]}\n\n"...) }
-
-// appendFloat writes v as every twinline wire format does
-// (jsonenc.AppendFloat): as encoding/json does, and NaN and ±Inf as null.
-func appendFloat(b []byte, v float64) []byte { return jsonenc.AppendFloat(b, v) }
-
-// appendString writes s as every twinline wire format does
-// (jsonenc.AppendString): as encoding/json does, without HTML escaping;
-// U+2028 and U+2029 escaped, invalid UTF-8 replaced with U+FFFD, and no raw
-// line break that would split an SSE event.
-func appendString(b []byte, s string) []byte { return jsonenc.AppendString(b, s) }

@@ -3,6 +3,7 @@ package hub
 import (
 	"encoding/json"
 	"fmt"
+	"github.com/twinline/twinline/internal/jsonenc"
 	"math"
 	"time"
 )
@@ -61,7 +62,7 @@ func (t MessageType) absorbed() bool {
 type Float float64
 
 // MarshalJSON encodes f as the hub's encoder does.
-func (f Float) MarshalJSON() ([]byte, error) { return appendFloat(nil, float64(f)), nil }
+func (f Float) MarshalJSON() ([]byte, error) { return jsonenc.AppendFloat(nil, float64(f)), nil }
 
 // UnmarshalJSON decodes a number, or null as NaN.
 func (f *Float) UnmarshalJSON(b []byte) error {
