@@ -1,12 +1,12 @@
 package hub
 
 import (
-	"github.com/twinline/twinline/internal/jsonenc"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/twinline/twinline/internal/jsonenc"
 	"github.com/twinline/twinline/internal/telemetry"
 )
 
