@@ -4,10 +4,10 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
-	"sync"
 	"testing"
 	"time"
 
@@ -15,7 +15,6 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 
-	"github.com/twinline/twinline/internal/stream"
 	"github.com/twinline/twinline/internal/telemetry"
 )
 
@@ -67,46 +66,6 @@ func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool)
 		}
 		<-tick.C
 	}
-}
-
-// running is a Processor running in the background.
-type running struct {
-	p      *Processor
-	cancel context.CancelFunc
-	done   chan error
-	once   sync.Once
-}
-
-// stop ends Run and checks it returned cleanly; later calls do nothing.
-func (r *running) stop(t testing.TB) {
-	t.Helper()
-	r.once.Do(func() { r.stopOnce(t) })
-}
-
-func (r *running) stopOnce(t testing.TB) {
-	t.Helper()
-	r.cancel()
-	select {
-	case err := <-r.done:
-		if err != nil && err != context.Canceled {
-			t.Errorf("Run returned %v", err)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("Run did not return after cancel")
-	}
-}
-
-func startProcessor(t testing.TB, brokers []string, topic, group string, st TxStore, sinks stream.Sinks, opts ...Option) *running {
-	t.Helper()
-	p, err := NewProcessor(brokers, topic, group, st, stream.DefaultEngineConfig(), sinks, testLogger(t), nil, append([]Option{fastGroup}, opts...)...)
-	if err != nil {
-		t.Fatalf("NewProcessor: %v", err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	r := &running{p: p, cancel: cancel, done: make(chan error, 1)}
-	go func() { r.done <- p.Run(ctx) }()
-	t.Cleanup(func() { r.stop(t) })
-	return r
 }
 
 func newProducer(t testing.TB, brokers []string, topic string, opts ...Option) *Producer {
@@ -172,16 +131,6 @@ func endOffsets(t testing.TB, brokers []string, topic string) map[int32]int64 {
 	return out
 }
 
-// storedOffsets reads st's offsets of group, with nonzero ends only.
-func storedOffsets(t testing.TB, st TxStore, group, topic string) map[int32]int64 {
-	t.Helper()
-	offs, err := st.Offsets(context.Background(), group, topic)
-	if err != nil {
-		t.Fatalf("Offsets: %v", err)
-	}
-	return offs
-}
-
 // nonZero drops the zero entries of m (partitions nothing was written to).
 func nonZero(m map[int32]int64) map[int32]int64 {
 	out := map[int32]int64{}
@@ -191,4 +140,55 @@ func nonZero(m map[int32]int64) map[int32]int64 {
 		}
 	}
 	return out
+}
+
+// startConsumer runs a consumer of topic in group on st in the background,
+// driven as the processor would, reduced to its bones: every sample of a
+// batch's events is committed (no engine), and entry gets each entry of a
+// committed batch. It stops at the end of t.
+func startConsumer(t testing.TB, brokers []string, topic, group string, st OffsetStore, entry func(*telemetry.Batch), opts ...Option) *Consumer {
+	t.Helper()
+	c, err := NewConsumer(brokers, topic, group, st, testLogger(t), nil, append([]Option{fastGroup}, opts...)...)
+	if err != nil {
+		t.Fatalf("NewConsumer: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- drive(ctx, c, entry) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil && !errors.Is(err, context.Canceled) {
+			t.Errorf("consumer: %v", err)
+		}
+	})
+	return c
+}
+
+func drive(ctx context.Context, c *Consumer, entry func(*telemetry.Batch)) error {
+	defer c.Close()
+	for {
+		rctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+		read, err := c.Read(rctx)
+		cancel()
+		for _, b := range read.Batches {
+			var samples []telemetry.Sample
+			for _, e := range b.Entries {
+				samples = append(samples, samplesOf(e.Events)...)
+			}
+			if b.Commit(ctx, samples, make([]bool, len(samples))) == nil && entry != nil {
+				for _, e := range b.Entries {
+					entry(e)
+				}
+			}
+		}
+		if read.Done != nil {
+			read.Done()
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if err != nil && !errors.Is(err, context.DeadlineExceeded) {
+			return err
+		}
+	}
 }
