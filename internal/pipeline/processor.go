@@ -175,7 +175,6 @@ func (p *Processor) Run(ctx context.Context) (err error) {
 		defer close(sinkDone)
 		for r := range jobs {
 			p.feed(r)
-			r.reset()
 			free <- r
 		}
 	}()
@@ -188,6 +187,7 @@ func (p *Processor) Run(ctx context.Context) (err error) {
 		// Taken before the read: the sinks hold at most the previous
 		// read's batches while this one is read, as Source promises.
 		r := <-free
+		r.reset()
 		rctx, cancel := context.WithTimeout(ctx, tickInterval)
 		read, err := p.src.Read(rctx)
 		cancel()
