@@ -318,13 +318,6 @@ func (e *env) settle() {
 	})
 }
 
-// journaled returns a copy of the env's journal.
-func (e *env) journaled() []stream.Key {
-	e.journalMu.Lock()
-	defer e.journalMu.Unlock()
-	return slices.Clone(e.journal)
-}
-
 // sinkLog records what the sinks received.
 type sinkLog struct {
 	mu       sync.Mutex

@@ -11,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 
@@ -102,41 +101,6 @@ func samplesOf(evs []telemetry.Event) []telemetry.Sample {
 	for _, ev := range evs {
 		for _, m := range ev.Metrics {
 			out = append(out, telemetry.Sample{Machine: ev.Machine, Metric: m.Name, Time: ev.Time, Value: m.Value})
-		}
-	}
-	return out
-}
-
-// endOffsets returns the end offset of each partition of topic.
-func endOffsets(t testing.TB, brokers []string, topic string) map[int32]int64 {
-	t.Helper()
-	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	ends, err := kadm.NewClient(cl).ListEndOffsets(ctx, topic)
-	if err != nil {
-		t.Fatalf("listing end offsets: %v", err)
-	}
-	out := map[int32]int64{}
-	ends.Each(func(o kadm.ListedOffset) {
-		if o.Err != nil {
-			t.Fatalf("end offset of partition %d: %v", o.Partition, o.Err)
-		}
-		out[o.Partition] = o.Offset
-	})
-	return out
-}
-
-// nonZero drops the zero entries of m (partitions nothing was written to).
-func nonZero(m map[int32]int64) map[int32]int64 {
-	out := map[int32]int64{}
-	for k, v := range m {
-		if v != 0 {
-			out[k] = v
 		}
 	}
 	return out
