@@ -465,8 +465,10 @@ func keepFresh(out *stream.Output, bounds []int, fresh []bool, dups []int) {
 	for i := range dups {
 		hi := bounds[i+1] // bounds[i+1] is rewritten below: read it first
 		n, d := stream.KeepFresh(out.Samples[lo:hi], out.Origin[lo:hi], fresh[lo:hi])
-		copy(out.Samples[w:], out.Samples[lo:lo+n])
-		copy(out.Origin[w:], out.Origin[lo:lo+n])
+		if w != lo {
+			copy(out.Samples[w:], out.Samples[lo:lo+n])
+			copy(out.Origin[w:], out.Origin[lo:lo+n])
+		}
 		dups[i] += d
 		bounds[i], bounds[i+1] = w, w+n
 		w, lo = w+n, hi

@@ -230,7 +230,9 @@ func KeepFresh(samples []telemetry.Sample, origin []int32, fresh []bool) (n, dup
 		for ; j < len(samples) && origin[j] == origin[i]; j++ {
 			if fresh[j] {
 				kept = true
-				samples[n], origin[n] = samples[j], origin[j]
+				if n != j { // nothing dropped yet: no copy (nor write barriers)
+					samples[n], origin[n] = samples[j], origin[j]
+				}
 				n++
 			}
 		}
