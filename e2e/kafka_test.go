@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"testing"
 	"time"
 
@@ -32,9 +33,14 @@ func TestKafkaExactlyOnce(t *testing.T) {
 	processor := append([]string{"--role", "processor", "--store", "postgres", "--postgres-url", dbURL,
 		"--redis-url", "redis://" + redisAddr + "/0", "--redis-prefix", prefix}, common...)
 	gw := start(t, "", append([]string{"--role", "gateway"}, common...)...)
+	// Two processors on one host: each needs an instance id of its own (the
+	// default, the host name, would make them fence each other); p1 comes
+	// back under its own after the kill, and takes its partitions back at
+	// once (static membership).
+	p1args := append(slices.Clone(processor), "--kafka-instance-id", "p1")
 	p1dir := t.TempDir()
-	p1 := start(t, p1dir, processor...)
-	start(t, "", processor...)
+	p1 := start(t, p1dir, p1args...)
+	start(t, "", append(slices.Clone(processor), "--kafka-instance-id", "p2")...)
 
 	// The oracle: distinct events (machine, time) with one value each,
 	// then an arrival order with about a third sent twice.
@@ -65,7 +71,7 @@ func TestKafkaExactlyOnce(t *testing.T) {
 		case killAt:
 			p1.kill()
 		case restartAt:
-			p1 = start(t, p1dir, processor...)
+			p1 = start(t, p1dir, p1args...)
 		}
 		var body bytes.Buffer
 		for _, e := range arrival[b*batch : min((b+1)*batch, len(arrival))] {

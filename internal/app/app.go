@@ -31,6 +31,7 @@ import (
 	"github.com/twinline/twinline/internal/ingest"
 	"github.com/twinline/twinline/internal/keylog"
 	"github.com/twinline/twinline/internal/memlimit"
+	"github.com/twinline/twinline/internal/pipeline"
 	"github.com/twinline/twinline/internal/sim"
 	"github.com/twinline/twinline/internal/store"
 	"github.com/twinline/twinline/internal/store/embedded"
@@ -68,13 +69,13 @@ type App struct {
 	notes    *twin.Notes
 	alarms   *twin.Alarms
 	hub      *hub.Hub
-	// The event log: in-process (log, proc, keys), or Kafka (producer on
-	// the roles that take ingest, kproc on those that process).
+	// The event log: in-process (events), or Kafka (producer on the roles
+	// that take ingest); proc processes it on the roles that process, with
+	// its key journal.
 	events   *eventlog.Log
-	proc     *stream.Processor
+	proc     *pipeline.Processor
 	keys     *keylog.Log
 	producer *kafka.Producer
-	kproc    *kafka.Processor
 	// submitFn hands a batch to the event log and waits until it is
 	// durable; nil when the role takes no ingest.
 	submitFn api.SubmitFunc
@@ -255,7 +256,7 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 	}
 	alarmLog := logger.With("component", "alarms")
 	var medians []twin.MedianUpdate // reused by the sink goroutine
-	sinks := stream.Sinks{
+	sinks := pipeline.Sinks{
 		Batch: func(b *telemetry.Batch, samples []telemetry.Sample) {
 			twins.Observe(b, samples)
 			a.hub.PublishSamples(samples, b.Received)
@@ -460,18 +461,15 @@ func (a *App) Run(ctx context.Context) (err error) {
 		}
 	}()
 	procDone := make(chan error, 1)
-	switch {
-	case a.proc != nil:
-		go func() { procDone <- a.proc.Run(procCtx) }()
-	case a.kproc != nil:
+	if a.proc != nil {
 		go func() {
-			err := a.kproc.Run(procCtx)
-			if errors.Is(err, context.Canceled) {
-				err = nil // stopped: what it consumed is stored with its offsets
+			err := a.proc.Run(procCtx)
+			if a.events == nil && errors.Is(err, context.Canceled) {
+				err = nil // Kafka, stopped: what it consumed is stored with its offsets
 			}
 			procDone <- err
 		}()
-	default:
+	} else {
 		procDone <- nil
 	}
 

@@ -18,6 +18,7 @@ import (
 	"github.com/twinline/twinline/internal/eventlog/kafka"
 	"github.com/twinline/twinline/internal/ingest"
 	"github.com/twinline/twinline/internal/keylog"
+	"github.com/twinline/twinline/internal/pipeline"
 	"github.com/twinline/twinline/internal/source/mqtt"
 	"github.com/twinline/twinline/internal/store"
 	"github.com/twinline/twinline/internal/store/embedded"
@@ -125,27 +126,31 @@ func (a *App) submit(ctx context.Context, b *telemetry.Batch) (accepted, duplica
 // openLog builds the in-process event log and its processor: the
 // embedded default. A store that reports which samples it held already
 // decides on sample duplicates (at any age, across restarts); otherwise
-// the engine remembers sample keys for the dedup horizon. Keys of events
-// with an id or seq are journaled, so their retries stay duplicates across
-// a restart even with another event time.
-func (a *App) openLog(st store.Store, sinks stream.Sinks, engineCfg stream.EngineConfig, reg prometheus.Registerer) error {
-	cfg := a.cfg
-	a.events = eventlog.New(cfg.LogCapacity, reg)
+// the engine remembers sample keys for the dedup horizon.
+func (a *App) openLog(st store.Store, sinks pipeline.Sinks, engineCfg stream.EngineConfig, reg prometheus.Registerer) error {
+	a.events = eventlog.New(a.cfg.LogCapacity, reg)
 	a.submitFn = a.events.Submit
-	appendFn := func(ctx context.Context, samples []telemetry.Sample, _ []bool) error { return st.Append(ctx, samples) }
-	if fa, ok := st.(store.FreshAppender); ok {
-		appendFn, engineCfg.StoreDedups = fa.AppendFresh, true
+	return a.openProcessor(pipeline.NewLogSource(a.events, st), "memory", sinks, engineCfg, reg)
+}
+
+// openProcessor builds the processor of src. Keys of events with an id or
+// seq are journaled, so their retries stay duplicates across a restart
+// even with another event time.
+func (a *App) openProcessor(src pipeline.Source, log string, sinks pipeline.Sinks, engineCfg stream.EngineConfig, reg prometheus.Registerer) error {
+	proc, err := pipeline.New(src, log, engineCfg, sinks, a.logger.With("component", "processor", "log", log), reg)
+	if err != nil {
+		return fmt.Errorf("starting the processor: %w", err)
 	}
-	a.proc = stream.NewProcessor(a.events, appendFn, sinks, engineCfg, a.logger.With("component", "processor"), reg)
-	a.twins.OnDelete(a.proc.ForgetMachine) // a deleted machine leaves the engine
-	kl, journaled, err := keylog.Open(filepath.Join(cfg.DataDir, "dedup-keys"), cfg.DedupMaxKeys)
+	a.proc = proc
+	a.twins.OnDelete(proc.ForgetMachine) // a deleted machine leaves the engines
+	kl, journaled, err := keylog.Open(filepath.Join(a.cfg.DataDir, "dedup-keys"), a.cfg.DedupMaxKeys)
 	if err != nil {
 		return fmt.Errorf("opening dedup key journal: %w", err)
 	}
 	a.keys = kl
 	a.cleanup = append(a.cleanup, func() { kl.Close() })
-	a.proc.Remember(journaled)
-	a.proc.JournalKeys(kl.Append)
+	proc.Remember(journaled)
+	proc.JournalKeys(kl.Append)
 	return nil
 }
 
@@ -153,7 +158,7 @@ func (a *App) openLog(st store.Store, sinks stream.Sinks, engineCfg stream.Engin
 // ingest (acknowledging a client once Kafka has), a consumer-group
 // processor for the roles that process, storing samples and the consumed
 // offsets in one PostgreSQL transaction.
-func (a *App) openKafka(st store.Store, sinks stream.Sinks, engineCfg stream.EngineConfig, reg prometheus.Registerer) error {
+func (a *App) openKafka(st store.Store, sinks pipeline.Sinks, engineCfg stream.EngineConfig, reg prometheus.Registerer) error {
 	cfg, logger := a.cfg, a.logger.With("component", "kafka")
 	var kopts []kafka.Option
 	if cfg.KafkaTLS {
@@ -180,18 +185,17 @@ func (a *App) openKafka(st store.Store, sinks stream.Sinks, engineCfg stream.Eng
 		a.checks = append(a.checks, p.Ready)
 	}
 	if cfg.Role == "all" || cfg.Role == "processor" {
-		pg, ok := st.(*postgres.Store)
+		ost, ok := st.(kafka.OffsetStore)
 		if !ok {
 			return errors.New("the Kafka processor needs --store postgres")
 		}
-		kp, err := kafka.NewProcessor(cfg.KafkaBrokers, cfg.KafkaTopic, cfg.KafkaGroup, kafka.NewPGStore(pg), engineCfg, sinks, logger, reg,
-			append(kopts, kafka.WithClientOptions(kgo.SessionTimeout(cfg.KafkaSessionTimeout)))...)
+		kc, err := kafka.NewConsumer(cfg.KafkaBrokers, cfg.KafkaTopic, cfg.KafkaGroup, ost, logger, reg,
+			append(kopts, kafka.WithInstanceID(cfg.KafkaInstanceID), kafka.WithClientOptions(kgo.SessionTimeout(cfg.KafkaSessionTimeout)))...)
 		if err != nil {
-			return fmt.Errorf("starting the Kafka processor: %w", err)
+			return fmt.Errorf("starting the Kafka consumer: %w", err)
 		}
-		a.kproc = kp
-		a.twins.OnDelete(kp.ForgetMachine) // a deleted machine leaves the partition engines
-		a.checks = append(a.checks, kp.Ready)
+		a.checks = append(a.checks, kc.Ready)
+		return a.openProcessor(kc, "kafka", sinks, engineCfg, reg)
 	}
 	return nil
 }

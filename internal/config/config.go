@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"strings"
 	"time"
 
@@ -134,6 +135,12 @@ type Config struct {
 	// stopped heart-beating (crashed) before giving its partitions to the
 	// others.
 	KafkaSessionTimeout time.Duration
+	// KafkaInstanceID makes the processor a static member of its consumer
+	// group under this id, stable across its restarts, so a restarted
+	// replica gets its partitions back at once instead of after the
+	// session timeout ("": a dynamic member). Default: the host name (a
+	// StatefulSet pod's name in Kubernetes).
+	KafkaInstanceID string
 	// Role is all, gateway, processor or api.
 	Role string
 
@@ -238,6 +245,7 @@ func Default() Config {
 		KafkaTopic:                 "twinline.telemetry",
 		KafkaGroup:                 "twinline-processor",
 		KafkaSessionTimeout:        45 * time.Second,
+		KafkaInstanceID:            hostname(),
 		Role:                       "all",
 		Auth:                       "auto",
 		MetricsAuth:                "auto",
@@ -424,6 +432,9 @@ func (c Config) Validate() error {
 	if kafka && (strings.TrimSpace(c.KafkaTopic) == "" || strings.TrimSpace(c.KafkaGroup) == "") {
 		bad("kafka-topic", "--kafka-topic and --kafka-group must not be empty with --kafka-brokers")
 	}
+	if c.KafkaInstanceID != "" && !validInstanceID(c.KafkaInstanceID) {
+		bad("kafka-instance-id", "%q is not a Kafka group instance id: at most 249 of [a-zA-Z0-9._-]", c.KafkaInstanceID)
+	}
 	if c.KafkaSessionTimeout < 6*time.Second || c.KafkaSessionTimeout > 30*time.Minute {
 		bad("kafka-session-timeout", "must be between 6s and 30m (the brokers' group session bounds), got %s", c.KafkaSessionTimeout)
 	}
@@ -544,4 +555,28 @@ func (c Config) validateSecurity(bad func(flag, format string, a ...any)) {
 	if c.MQTTMaxRetained < 0 || c.MQTTMaxRetainedBytes < 0 {
 		bad("mqtt-max-retained", "must not be negative")
 	}
+}
+
+// hostname returns the host name as a Kafka group instance id: "" when it
+// is unknown or is not one.
+func hostname() string {
+	h, err := os.Hostname()
+	if err != nil || !validInstanceID(h) {
+		return ""
+	}
+	return h
+}
+
+// validInstanceID reports whether id is a valid Kafka group instance id:
+// the brokers take the characters and length of a topic name.
+func validInstanceID(id string) bool {
+	if id == "" || len(id) > 249 || id == "." || id == ".." {
+		return false
+	}
+	for _, r := range id {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.' || r == '_' || r == '-') {
+			return false
+		}
+	}
+	return true
 }

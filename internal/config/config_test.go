@@ -75,6 +75,8 @@ func TestValidateCases(t *testing.T) {
 		{"pprof on the listen port, another host form", func(c *Config) { c.Listen, c.Pprof = "0.0.0.0:8080", "127.0.0.1:8080" }, "--pprof"},
 		{"unknown role", func(c *Config) { c.Role = "worker" }, "--role"},
 		{"short session timeout", func(c *Config) { c.KafkaSessionTimeout = time.Second }, "--kafka-session-timeout"},
+		{"instance id with a space", func(c *Config) { c.KafkaInstanceID = "processor 0" }, "--kafka-instance-id"},
+		{"instance id too long", func(c *Config) { c.KafkaInstanceID = strings.Repeat("p", 250) }, "--kafka-instance-id"},
 		{"rate limit mode", func(c *Config) { c.RateLimit = "sometimes" }, "--rate-limit"},
 		{"zero ingest rate", func(c *Config) { c.IngestRate = 0 }, "--ingest-rate"},
 		{"redis without prefix", func(c *Config) { c.RedisURL, c.RedisPrefix = "redis://r", "" }, "--redis-prefix"},

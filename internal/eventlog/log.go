@@ -6,7 +6,10 @@
 // bounded in samples: an append that does not fit fails at once with
 // ErrFull (the HTTP layer answers 503 + Retry-After), so memory never grows
 // without bound and nothing that was acknowledged is ever dropped. A Kafka
-// log with the same shape replaces it at scale.
+// log (eventlog/kafka) replaces it at scale.
+//
+// Both hand their events to the processor (internal/pipeline) in the same
+// shape, Read: batches of events, each with its commit function (source.go).
 package eventlog
 
 import (

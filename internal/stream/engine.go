@@ -1,9 +1,9 @@
-// Package stream is the processing stage between the event log and the
-// sinks: a pure, deterministic event-time engine (deduplication, reordering
-// behind a per-machine watermark, tumbling windows with corrections, and the
-// sliding median and rates its sinks keep), and the Processor that reads the
-// log, runs the engine, makes each group of batches durable in the store,
-// acknowledges it and hands it to the live sinks.
+// Package stream is the event-time engine between the event log and the
+// sinks: pure and deterministic (deduplication, reordering behind a
+// per-machine watermark, tumbling windows with corrections, and the sliding
+// median and rates its sinks keep). It knows nothing of logs or stores:
+// internal/pipeline runs it, one engine per lane of the log, and commits
+// what it makes.
 package stream
 
 import (
@@ -230,7 +230,9 @@ func KeepFresh(samples []telemetry.Sample, origin []int32, fresh []bool) (n, dup
 		for ; j < len(samples) && origin[j] == origin[i]; j++ {
 			if fresh[j] {
 				kept = true
-				samples[n], origin[n] = samples[j], origin[j]
+				if n != j { // nothing dropped yet: no copy (nor write barriers)
+					samples[n], origin[n] = samples[j], origin[j]
+				}
 				n++
 			}
 		}

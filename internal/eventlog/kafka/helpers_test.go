@@ -4,18 +4,16 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
-	"sync"
 	"testing"
 	"time"
 
-	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 
-	"github.com/twinline/twinline/internal/stream"
 	"github.com/twinline/twinline/internal/telemetry"
 )
 
@@ -69,46 +67,6 @@ func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool)
 	}
 }
 
-// running is a Processor running in the background.
-type running struct {
-	p      *Processor
-	cancel context.CancelFunc
-	done   chan error
-	once   sync.Once
-}
-
-// stop ends Run and checks it returned cleanly; later calls do nothing.
-func (r *running) stop(t testing.TB) {
-	t.Helper()
-	r.once.Do(func() { r.stopOnce(t) })
-}
-
-func (r *running) stopOnce(t testing.TB) {
-	t.Helper()
-	r.cancel()
-	select {
-	case err := <-r.done:
-		if err != nil && err != context.Canceled {
-			t.Errorf("Run returned %v", err)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("Run did not return after cancel")
-	}
-}
-
-func startProcessor(t testing.TB, brokers []string, topic, group string, st TxStore, sinks stream.Sinks, opts ...Option) *running {
-	t.Helper()
-	p, err := NewProcessor(brokers, topic, group, st, stream.DefaultEngineConfig(), sinks, testLogger(t), nil, append([]Option{fastGroup}, opts...)...)
-	if err != nil {
-		t.Fatalf("NewProcessor: %v", err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	r := &running{p: p, cancel: cancel, done: make(chan error, 1)}
-	go func() { r.done <- p.Run(ctx) }()
-	t.Cleanup(func() { r.stop(t) })
-	return r
-}
-
 func newProducer(t testing.TB, brokers []string, topic string, opts ...Option) *Producer {
 	t.Helper()
 	p, err := NewProducer(brokers, topic, testLogger(t), nil, opts...)
@@ -148,47 +106,53 @@ func samplesOf(evs []telemetry.Event) []telemetry.Sample {
 	return out
 }
 
-// endOffsets returns the end offset of each partition of topic.
-func endOffsets(t testing.TB, brokers []string, topic string) map[int32]int64 {
+// startConsumer runs a consumer of topic in group on st in the background,
+// driven as the processor would, reduced to its bones: every sample of a
+// batch's events is committed (no engine), and entry gets each entry of a
+// committed batch. It stops at the end of t.
+func startConsumer(t testing.TB, brokers []string, topic, group string, st OffsetStore, entry func(*telemetry.Batch), opts ...Option) *Consumer {
 	t.Helper()
-	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...))
+	c, err := NewConsumer(brokers, topic, group, st, testLogger(t), nil, append([]Option{fastGroup}, opts...)...)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("NewConsumer: %v", err)
 	}
-	defer cl.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	ends, err := kadm.NewClient(cl).ListEndOffsets(ctx, topic)
-	if err != nil {
-		t.Fatalf("listing end offsets: %v", err)
-	}
-	out := map[int32]int64{}
-	ends.Each(func(o kadm.ListedOffset) {
-		if o.Err != nil {
-			t.Fatalf("end offset of partition %d: %v", o.Partition, o.Err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- drive(ctx, c, entry) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil && !errors.Is(err, context.Canceled) {
+			t.Errorf("consumer: %v", err)
 		}
-		out[o.Partition] = o.Offset
 	})
-	return out
+	return c
 }
 
-// storedOffsets reads st's offsets of group, with nonzero ends only.
-func storedOffsets(t testing.TB, st TxStore, group, topic string) map[int32]int64 {
-	t.Helper()
-	offs, err := st.Offsets(context.Background(), group, topic)
-	if err != nil {
-		t.Fatalf("Offsets: %v", err)
-	}
-	return offs
-}
-
-// nonZero drops the zero entries of m (partitions nothing was written to).
-func nonZero(m map[int32]int64) map[int32]int64 {
-	out := map[int32]int64{}
-	for k, v := range m {
-		if v != 0 {
-			out[k] = v
+func drive(ctx context.Context, c *Consumer, entry func(*telemetry.Batch)) error {
+	defer c.Close()
+	for {
+		rctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+		read, err := c.Read(rctx)
+		cancel()
+		for _, b := range read.Batches {
+			var samples []telemetry.Sample
+			for _, e := range b.Entries {
+				samples = append(samples, samplesOf(e.Events)...)
+			}
+			if b.Commit(ctx, samples, make([]bool, len(samples))) == nil && entry != nil {
+				for _, e := range b.Entries {
+					entry(e)
+				}
+			}
+		}
+		if read.Done != nil {
+			read.Done()
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if err != nil && !errors.Is(err, context.DeadlineExceeded) {
+			return err
 		}
 	}
-	return out
 }

@@ -1,21 +1,23 @@
 // Package kafka is the event log on Apache Kafka (franz-go): the Producer
-// the gateway appends batches with, and the Processor, a consumer-group
-// member that runs one event-time engine per partition and stores raw
-// samples together with the consumed offsets in one transaction.
+// the gateway appends batches with, and the Consumer, a consumer-group
+// member that hands each assigned partition's records to the processor
+// (internal/pipeline) as an eventlog lane, whose commit stores raw samples
+// together with the consumed offset in one transaction.
 //
 // Records are keyed by machine id, so one machine's events stay in one
 // partition and in order; the value is one event as JSON, the format
 // ingest.DecodeJSON reads, so external producers may write to the topic
 // directly. The Producer is idempotent with acks=all, and Append returns
-// only once Kafka acknowledged every record of the batch.
+// only once Kafka acknowledged every record of the batch; each record
+// carries the batch's ingest time (IngestTimeHeader).
 //
-// The Processor does not use Kafka's committed offsets: on every partition
+// The Consumer does not use Kafka's committed offsets: on every partition
 // assignment it resumes from the offsets stored next to the samples
-// (TxStore), and each commit moves a partition's stored offset from the
-// value the processor last read to the new one, or fails with ErrFenced when
-// another processor moved it first. So every record is stored exactly once,
-// even across rebalances and crashes. See docs/kafka.md and
-// docs/decisions/0006-kafka-exactly-once.md.
+// (OffsetStore), and each commit moves a partition's stored offset from the
+// value the consumer last read to the new one, or fails with
+// store.ErrFenced when another consumer moved it first. So every record is
+// stored exactly once, even across rebalances and crashes. See
+// docs/kafka.md and docs/decisions/0006-kafka-exactly-once.md.
 package kafka
 
 import (
@@ -31,7 +33,6 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/twinline/twinline/internal/ingest"
-	"github.com/twinline/twinline/internal/telemetry"
 )
 
 var (
@@ -41,35 +42,15 @@ var (
 	// safe: the processor deduplicates by id and seq, and the store keeps
 	// the first value of a (machine, metric, time).
 	ErrUnavailable = errors.New("kafka unavailable")
-	// ErrFenced reports a commit refused because the partition's stored
-	// offset is no longer the one the processor read: another processor
-	// owns the partition now (or did meanwhile).
-	ErrFenced = errors.New("partition offset moved by another processor")
-	// ErrNotRunning reports a Processor whose Run has not started or ended.
-	ErrNotRunning = errors.New("kafka processor not running")
+	// ErrNotRunning reports a Consumer not connected: its processor has
+	// not read yet, or has stopped.
+	ErrNotRunning = errors.New("kafka consumer not running")
 	// ErrInvalidEvent reports an event that cannot be encoded as JSON (a
 	// non-finite value): the decoders never produce one.
 	ErrInvalidEvent = errors.New("invalid event")
 )
 
-// TxStore is what the Processor needs from the store: samples and the
-// consumed offset of a partition in one transaction, fenced by the offset
-// read before.
-type TxStore interface {
-	// AppendWithOffsets stores samples and sets the stored offset of
-	// (group, topic, partition) to next, in one transaction, if the stored
-	// offset is expected (-1: none stored yet); otherwise it stores nothing
-	// and returns an error wrapping ErrFenced. Samples repeating a stored
-	// (machine, metric, time) are idempotent duplicates. An error wrapping
-	// store.ErrOutOfBounds means the offset moved and the other samples
-	// were stored.
-	AppendWithOffsets(ctx context.Context, samples []telemetry.Sample, group, topic string, partition int32, next, expected int64) error
-	// Offsets returns the stored offsets of a group's partitions of topic:
-	// the next offset to consume, by partition.
-	Offsets(ctx context.Context, group, topic string) (map[int32]int64, error)
-}
-
-// Option configures a Producer or a Processor.
+// Option configures a Producer or a Consumer.
 type Option func(*options)
 
 type options struct {
@@ -79,6 +60,7 @@ type options struct {
 	maxPoll     int
 	readyPeriod time.Duration
 	ackTimeout  time.Duration
+	instanceID  string
 }
 
 func buildOptions(opts []Option) options {
@@ -103,7 +85,7 @@ func WithTLS(cfg *tls.Config) Option {
 }
 
 // clientOptions returns the franz-go options of a client: own (twinline's
-// defaults of the Producer or Processor), then TLS, then the caller's
+// defaults of the Producer or Consumer), then TLS, then the caller's
 // WithClientOptions, which override both.
 func (o options) clientOptions(own ...kgo.Opt) []kgo.Opt {
 	out := make([]kgo.Opt, 0, len(own)+1+len(o.kgo))
@@ -114,7 +96,19 @@ func (o options) clientOptions(own ...kgo.Opt) []kgo.Opt {
 	return append(out, o.kgo...)
 }
 
-// WithDecodeOptions sets the options the Processor decodes records with
+// WithInstanceID makes the Consumer a static member of its group under id
+// (kgo.InstanceID): a consumer restarted under the same id (a crashed
+// replica coming back) gets its partitions back at once, without a
+// rebalance, instead of after the session timeout. Closing a static member
+// does not leave the group: its partitions wait for it until the session
+// timeout. Each replica needs an id of its own, stable across its restarts
+// (a StatefulSet pod name); two consumers with one id fence each other.
+// "" (the default) is a dynamic member.
+func WithInstanceID(id string) Option {
+	return func(o *options) { o.instanceID = id }
+}
+
+// WithDecodeOptions sets the options the Consumer decodes records with
 // (limits, time bounds). Now is ignored: an event without a timestamp gets
 // its record's timestamp, so a replay decodes it the same way. Default
 // ingest.DefaultOptions().
@@ -122,7 +116,7 @@ func WithDecodeOptions(d ingest.Options) Option {
 	return func(o *options) { o.decode = d }
 }
 
-// WithMaxPollRecords bounds the records the Processor takes per poll, and
+// WithMaxPollRecords bounds the records the Consumer takes per poll, and
 // so the size of one commit per partition. Default 16384.
 func WithMaxPollRecords(n int) Option {
 	return func(o *options) {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -146,6 +147,11 @@ func (p *Producer) Append(ctx context.Context, b *telemetry.Batch) error {
 	var headers []kgo.RecordHeader
 	if id, ok := auth.FromContext(ctx); ok && id.Kind != auth.KindAnonymous {
 		headers = []kgo.RecordHeader{{Key: IdentityHeader, Value: []byte(string(id.Kind) + ":" + id.Name)}}
+	}
+	// The ingest time travels too, so the processor's live latency covers
+	// gateway → Kafka → processor (see IngestTimeHeader).
+	if b.Received > 0 {
+		headers = append(headers, kgo.RecordHeader{Key: IngestTimeHeader, Value: strconv.AppendInt(nil, b.Received, 10)})
 	}
 	recs := make([]kgo.Record, n)
 	call := &appendCall{done: make(chan struct{})}

@@ -8,7 +8,7 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kfake"
 
-	"github.com/twinline/twinline/internal/stream"
+	"github.com/twinline/twinline/internal/store/offsettest"
 	"github.com/twinline/twinline/internal/telemetry"
 	"github.com/twinline/twinline/internal/tlsconf"
 	"github.com/twinline/twinline/internal/tlsconf/tlstest"
@@ -29,8 +29,8 @@ func TestTLS(t *testing.T) {
 	if err := prod.Append(context.Background(), &telemetry.Batch{Events: evs, Protocol: "json", Received: base}); err != nil {
 		t.Fatalf("Append over TLS: %v", err)
 	}
-	st := NewMemStore()
-	startProcessor(t, brokers, topic, "g", st, stream.Sinks{}, WithTLS(cfg))
+	st := offsettest.NewMemory()
+	startConsumer(t, brokers, topic, "g", st, nil, WithTLS(cfg))
 	want := len(samplesOf(evs))
 	waitFor(t, 20*time.Second, "all samples stored over TLS", func() bool { return st.Len() == want })
 

@@ -54,18 +54,33 @@ func (s *Store) AppendFresh(ctx context.Context, samples []telemetry.Sample, fre
 	return s.append(ctx, samples, nil, fresh)
 }
 
-// AppendTx is Append with extra run in the same transaction before COMMIT,
-// e.g. to store the Kafka offsets the samples were consumed up to (see the
-// consumer_offsets table): the offsets then move if and only if the samples
-// are stored. extra may run more than once (a retried transaction). The
-// samples are never spooled: when PostgreSQL is unreachable AppendTx returns
-// an error wrapping ErrUnavailable.
-func (s *Store) AppendTx(ctx context.Context, samples []telemetry.Sample, extra func(pgx.Tx) error) error {
+// appendTx is AppendFresh with extra run in the same transaction before
+// COMMIT, e.g. to move the Kafka offsets the samples were consumed up to
+// (AppendWithOffsets): the offsets then move if and only if the samples are
+// stored. extra may run more than once (a retried transaction). An error of
+// extra's own (not the database's, with the connection still open) is the
+// callback refusing the write: it is returned as is, neither retried nor
+// taken for a lost connection. The samples are never spooled: when
+// PostgreSQL is unreachable appendTx returns an error wrapping
+// ErrUnavailable.
+func (s *Store) appendTx(ctx context.Context, samples []telemetry.Sample, fresh []bool, extra func(pgx.Tx) error) error {
+	if fresh != nil && len(fresh) != len(samples) {
+		return fmt.Errorf("appending samples: %d fresh flags for %d samples: %w", len(fresh), len(samples), ErrInvalidSample)
+	}
+	clear(fresh)
 	if extra == nil {
 		extra = func(pgx.Tx) error { return nil }
 	}
-	return s.append(ctx, samples, extra, nil)
+	return s.append(ctx, samples, extra, fresh)
 }
+
+// refusal is an error of appendTx's extra callback that does not come from
+// the database: the callback refused the write (a fenced offset). The store
+// neither retries it nor takes it for a lost connection.
+type refusal struct{ err error }
+
+func (r *refusal) Error() string { return r.err.Error() }
+func (r *refusal) Unwrap() error { return r.err }
 
 func (s *Store) append(ctx context.Context, samples []telemetry.Sample, extra func(pgx.Tx) error, fresh []bool) error {
 	if err := ctx.Err(); err != nil {
@@ -204,6 +219,10 @@ func (s *Store) spoolRows(rows []row, cause error) error {
 // isUnavailable reports whether err means the database could not be reached
 // or went away, rather than that it refused the statement.
 func isUnavailable(err error) bool {
+	var r *refusal
+	if errors.As(err, &r) {
+		return false
+	}
 	var pe *pgconn.PgError
 	if errors.As(err, &pe) {
 		c := pe.Code
@@ -312,6 +331,10 @@ func (s *Store) tryWrite(ctx context.Context, rows []row, extra func(pgx.Tx) err
 	}
 	if extra != nil {
 		if err := extra(tx); err != nil {
+			var pe *pgconn.PgError
+			if !errors.As(err, &pe) && !tx.Conn().IsClosed() {
+				err = &refusal{err}
+			}
 			return 0, nil, err
 		}
 	}

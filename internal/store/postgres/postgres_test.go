@@ -227,18 +227,18 @@ func TestAppendTxOffsets(t *testing.T) {
 		}
 	}
 	batch := storetest.Samples("m", "x", storetest.Base, time.Second, 10, func(i int) float64 { return float64(i) })
-	if err := s.AppendTx(ctx, batch, commit(10)); err != nil {
-		t.Fatalf("AppendTx: %v", err)
+	if err := s.appendTx(ctx, batch, nil, commit(10)); err != nil {
+		t.Fatalf("appendTx: %v", err)
 	}
 	// A failing extra rolls the samples back with it.
 	boom := errors.New("boom")
 	next := storetest.Samples("m", "x", storetest.Base+10*sec, time.Second, 5, func(i int) float64 { return 1 })
-	if err := s.AppendTx(ctx, next, func(pgx.Tx) error { return boom }); !errors.Is(err, boom) {
-		t.Fatalf("AppendTx with failing extra = %v, want %v", err, boom)
+	if err := s.appendTx(ctx, next, nil, func(pgx.Tx) error { return boom }); !errors.Is(err, boom) {
+		t.Fatalf("appendTx with failing extra = %v, want %v", err, boom)
 	}
 	// A replay with its offsets: duplicates are skipped, offsets still move.
-	if err := s.AppendTx(ctx, append(batch, next...), commit(15)); err != nil {
-		t.Fatalf("AppendTx replay: %v", err)
+	if err := s.appendTx(ctx, append(batch, next...), nil, commit(15)); err != nil {
+		t.Fatalf("appendTx replay: %v", err)
 	}
 	var off int64
 	if err := s.pool.QueryRow(ctx, "SELECT next_offset FROM consumer_offsets").Scan(&off); err != nil || off != 15 {

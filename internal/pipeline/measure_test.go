@@ -1,4 +1,4 @@
-package kafka
+package pipeline
 
 import (
 	"context"
@@ -9,16 +9,16 @@ import (
 	"time"
 
 	"github.com/HdrHistogram/hdrhistogram-go"
-	"github.com/twmb/franz-go/pkg/kgo"
 
-	"github.com/twinline/twinline/internal/stream"
+	"github.com/twinline/twinline/internal/eventlog/kafka"
+	"github.com/twinline/twinline/internal/store"
 	"github.com/twinline/twinline/internal/telemetry"
 )
 
-// The measurements of docs/kafka.md. They run only with
-// TWINLINE_KAFKA_MEASURE=1 (and not under -race):
+// The Kafka measurements of docs/kafka.md and docs/benchmarks.md. They run
+// only with TWINLINE_KAFKA_MEASURE=1 (and not under -race):
 //
-//	TWINLINE_KAFKA_MEASURE=1 go test -count=1 -run TestMeasure -v ./internal/eventlog/kafka/
+//	TWINLINE_KAFKA_MEASURE=1 go test -count=1 -run TestMeasure -v ./internal/pipeline/
 
 func measureOnly(t *testing.T) {
 	if os.Getenv("TWINLINE_KAFKA_MEASURE") != "1" {
@@ -41,7 +41,7 @@ func prefill(t *testing.T, brokers []string, topic string, machines, n int) int 
 	sem := make(chan struct{}, 8)
 	total := 0
 	for k := 0; k < n; k += perBatch / machines {
-		evs := events(machines, perBatch/machines, k)
+		evs := kevents(machines, perBatch/machines, k)
 		total += len(evs)
 		sem <- struct{}{}
 		wg.Go(func() {
@@ -55,13 +55,13 @@ func prefill(t *testing.T, brokers []string, topic string, machines, n int) int 
 	return total
 }
 
-func measureThroughput(t *testing.T, name string, st TxStore, stored func() int) {
+func measureThroughput(t *testing.T, name string, st kafka.OffsetStore, stored func() int) {
 	c, topic := newCluster(t, 4)
 	brokers := c.ListenAddrs()
 	events := prefill(t, brokers, topic, 100, 4000)
 	rows := 2 * events
 	cpu0, t0 := cpuTime(), time.Now()
-	startProcessor(t, brokers, topic, "g", st, stream.Sinks{})
+	startKafka(t, brokers, topic, "g", st, Sinks{})
 	waitFor(t, 5*time.Minute, "every offset stored", func() bool {
 		sum := int64(0)
 		for _, off := range storedOffsets(t, st, "g", topic) {
@@ -80,30 +80,29 @@ func measureThroughput(t *testing.T, name string, st TxStore, stored func() int)
 
 func TestMeasureThroughputMem(t *testing.T) {
 	measureOnly(t)
-	st := NewMemStore()
-	measureThroughput(t, "kfake → MemStore", st, st.Len)
+	st, m := memoryStore(t)
+	measureThroughput(t, "kfake → memory store", st, m.Len)
 }
 
 func TestMeasureThroughputPG(t *testing.T) {
 	measureOnly(t)
-	pg, conn := openPG(t)
-	st := NewPGStore(pg)
+	st, pg := openPG(t)
 	measureThroughput(t, "kfake → PostgreSQL", st, func() int {
-		return int(count(t, conn, "SELECT count(*) FROM samples"))
+		return int(pgCount(t, pg, "SELECT count(*) FROM samples"))
 	})
 }
 
 // lagStore records, for each stored sample of metric "temp", how long ago
 // its event was created (its event time is its creation time).
 type lagStore struct {
-	TxStore
+	kafka.OffsetStore
 	mu   sync.Mutex
 	hist *hdrhistogram.Histogram
 	n    int
 }
 
-func (l *lagStore) AppendWithOffsets(ctx context.Context, samples []telemetry.Sample, group, topic string, partition int32, next, expected int64) error {
-	err := l.TxStore.AppendWithOffsets(ctx, samples, group, topic, partition, next, expected)
+func (l *lagStore) AppendWithOffsets(ctx context.Context, samples []telemetry.Sample, fresh []bool, c store.OffsetCommit) error {
+	err := l.OffsetStore.AppendWithOffsets(ctx, samples, fresh, c)
 	if err != nil {
 		return err
 	}
@@ -119,14 +118,14 @@ func (l *lagStore) AppendWithOffsets(ctx context.Context, samples []telemetry.Sa
 	return nil
 }
 
-func measureLag(t *testing.T, name string, inner TxStore) {
+func measureLag(t *testing.T, name string, inner kafka.OffsetStore) {
 	const rate, tick, seconds = 50_000, 10 * time.Millisecond, 3
 	perTick := rate * int(tick) / int(time.Second)
 	c, topic := newCluster(t, 4)
 	brokers := c.ListenAddrs()
 	prod := newProducer(t, brokers, topic)
-	st := &lagStore{TxStore: inner, hist: hdrhistogram.New(0, 60_000, 3)}
-	startProcessor(t, brokers, topic, "g", st, stream.Sinks{})
+	st := &lagStore{OffsetStore: inner, hist: hdrhistogram.New(0, 60_000, 3)}
+	startKafka(t, brokers, topic, "g", st, Sinks{})
 
 	ticker := time.NewTicker(tick)
 	defer ticker.Stop()
@@ -172,55 +171,12 @@ func machineName(i int) string {
 
 func TestMeasureLagMem(t *testing.T) {
 	measureOnly(t)
-	measureLag(t, "kfake → MemStore", NewMemStore())
+	st, _ := memoryStore(t)
+	measureLag(t, "kfake → memory store", st)
 }
 
 func TestMeasureLagPG(t *testing.T) {
 	measureOnly(t)
-	pg, _ := openPG(t)
-	measureLag(t, "kfake → PostgreSQL", NewPGStore(pg))
-}
-
-// BenchmarkProcessPartition measures the processor's own work per record,
-// without Kafka: decode, engine, and a commit to the in-memory store, in
-// groups of 1000 records of one partition.
-func BenchmarkProcessPartition(b *testing.B) {
-	const perGroup, groups = 1000, 100
-	var recs [groups][]*kgo.Record
-	off := int64(0)
-	for g := range groups {
-		for i := range perGroup {
-			ev := telemetry.Event{Machine: machineName(i % 500), Seq: uint64(off), HasSeq: true, Time: base + off,
-				Metrics: []telemetry.Metric{{Name: "temp", Value: float64(i)}, {Name: "rpm", Value: 1500}}}
-			v, _ := AppendEvent(nil, &ev)
-			recs[g] = append(recs[g], &kgo.Record{Key: []byte(ev.Machine), Value: v, Offset: off, Timestamp: time.UnixMilli(base)})
-			off++
-		}
-	}
-	p, err := NewProcessor([]string{"unused:9092"}, "t", "g", NewMemStore(), stream.DefaultEngineConfig(), stream.Sinks{}, nil, nil)
-	if err != nil {
-		b.Fatal(err)
-	}
-	ctx := context.Background()
-	reset := func() *partition {
-		p.store = NewMemStore()
-		return &partition{engine: stream.NewEngine(p.engineCfg), next: -1, stored: -1, rewind: -1}
-	}
-	ps := reset()
-	b.ReportAllocs()
-	n := 0
-	for b.Loop() {
-		g := n % groups
-		if g == 0 && n > 0 {
-			b.StopTimer()
-			ps = reset()
-			b.StartTimer()
-		}
-		p.processPartition(ctx, work{ps: ps, recs: recs[g], hwm: off})
-		if ps.rewind >= 0 {
-			b.Fatalf("commit failed")
-		}
-		n++
-	}
-	b.ReportMetric(float64(n*perGroup*2)/b.Elapsed().Seconds(), "rows/s")
+	st, _ := openPG(t)
+	measureLag(t, "kfake → PostgreSQL", st)
 }

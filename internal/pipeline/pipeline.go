@@ -1,0 +1,86 @@
+// Package pipeline is the processing stage between the event log and the
+// sinks, written once for every log: one Processor loop reads a Source
+// (the in-process log, or Kafka), runs an event-time engine (internal/stream)
+// per lane of it, commits each lane's new samples through the commit
+// function the source gave with them, journals the keys of keyed events,
+// hands what is durable to the live sinks and, where the source has
+// clients waiting, acknowledges them.
+//
+// The source contract (eventlog.Read, eventlog.Batch) is shaped like a
+// Benthos/Redpanda Connect batch input: a read yields batches, each with
+// the function that commits it. In-process, a commit is a store append;
+// under Kafka, each assigned partition is a lane whose commit writes its
+// samples, their aggregates and the partition's offset in one transaction.
+// The rules below hold for both:
+//
+//   - Durable first. A batch's samples go to the event-time stages and the
+//     sinks only once its commit returned nil.
+//   - Read your writes. In-process, an entry is acknowledged (its client's
+//     2xx) only once the Batch sink took it, so a read right after the 2xx
+//     (the twin's latest values, the fleet list) sees its events. Under
+//     Kafka the gateway answers 2xx once Kafka holds the events: the 2xx
+//     means durable in Kafka, processed (stored, live) within the consumer
+//     lag; a read right after it may not see them yet.
+//   - Duplicates. Keyed events (id, seq) are recognised by the engine, for
+//     the dedup horizon, and across restarts by the key journal (keys are
+//     journaled after the commit, before the ack). Sample duplicates — the
+//     same (machine, metric, time) — are decided by the store when its
+//     commits report which samples they stored (store.FreshAppender; the
+//     Kafka offset store always does), else by the engine.
+//   - A failed commit stores nothing: its entries are acknowledged with the
+//     error (in-process: the client retries) or consumed again (Kafka: the
+//     source rewinds), and the engine forgets the group's keys so the retry
+//     is not taken for a duplicate.
+//   - A fenced commit (store.ErrFenced: another consumer owns the lane now)
+//     resets the lane's engine: what it held may be stale.
+//   - Out of bounds. store.ErrOutOfBounds is a partial success: the store
+//     kept the samples inside its time window (and, under Kafka, moved the
+//     offset with them). Retrying the rejected samples cannot succeed, so
+//     they are not retried: the processor appends each entry again
+//     (idempotent) to find the entries that lost samples, acknowledges those
+//     with the error and the others normally, counts the rejected samples,
+//     and keeps the group from the event-time stages and the sinks (a live
+//     view recovers from the query API). A group of one entry needs no
+//     second look.
+//
+// The engine package (internal/stream) knows nothing of logs or stores:
+// this package is where they meet.
+package pipeline
+
+import (
+	"context"
+
+	"github.com/twinline/twinline/internal/eventlog"
+	"github.com/twinline/twinline/internal/stream"
+	"github.com/twinline/twinline/internal/telemetry"
+)
+
+// Source is a log the Processor reads: the in-process log (LogSource), or
+// Kafka (eventlog/kafka's Consumer).
+type Source interface {
+	// Read waits for the next batches, at most one per lane, and returns
+	// them with the lanes dropped since the last read. It returns io.EOF
+	// once the log is closed and drained, and ctx's error when ctx ended
+	// first (the Processor reads with a deadline of a second, so that the
+	// engines' clocks move while the log is idle). The batches of a read
+	// stay valid until the read after the next one.
+	Read(ctx context.Context) (eventlog.Read, error)
+	// StoreDedups reports whether the batches' commits report which
+	// samples the store held already (see store.FreshAppender).
+	StoreDedups() bool
+	// Close releases the source; the Processor calls it when Run returns.
+	Close() error
+}
+
+// Sinks receive what the processor made durable. Neither may retain the
+// slices it is given: they are reused for a later group. They are called
+// from one goroutine.
+type Sinks struct {
+	// Batch receives each committed entry with its new (deduplicated)
+	// samples, in arrival order; b.Received is the time the gateway took
+	// the batch (under Kafka too).
+	Batch func(b *telemetry.Batch, samples []telemetry.Sample)
+	// Group receives, once per lane and commit (and per tick), the samples
+	// released in event-time order and the windows that closed or changed.
+	Group func(released []telemetry.Sample, windows []stream.Window)
+}
