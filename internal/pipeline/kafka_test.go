@@ -96,10 +96,10 @@ func TestKafkaStoresProduceConsume(t *testing.T) {
 }
 
 // TestKafkaIngestTime: the Batch sink gets a batch the gateway took at T
-// (Received, carried by a record header) with Received == T however late
-// it is processed, so the live latency covers gateway → Kafka → processor;
-// an external producer's record without the header was ingested at its
-// record timestamp.
+// (Received, carried as the record timestamp) with Received == T however
+// late it is processed, so the live latency covers gateway → Kafka →
+// processor; an external producer's record was ingested at its record
+// timestamp.
 func TestKafkaIngestTime(t *testing.T) {
 	t.Parallel()
 	c, topic := newCluster(t, 2)

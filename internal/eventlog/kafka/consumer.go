@@ -310,33 +310,6 @@ func (c *Consumer) collect(fetches kgo.Fetches) []work {
 	return works
 }
 
-// IngestTimeHeader is the record header holding the time (Unix ms, in
-// decimal) the gateway took the record's event: the Received of its batch.
-// The processor's batches keep it, so the live latency covers gateway →
-// Kafka → processor. A record without it (an external producer) was
-// ingested at its record timestamp.
-const IngestTimeHeader = "twinline-ingest-ts"
-
-// ingestTime returns the ingest time of r: its IngestTimeHeader, else its
-// timestamp. last and lastMs cache the previous header's parse.
-func ingestTime(r *kgo.Record, last *[]byte, lastMs *int64) int64 {
-	for _, h := range r.Headers {
-		if h.Key != IngestTimeHeader {
-			continue
-		}
-		if string(h.Value) == string(*last) && *last != nil {
-			return *lastMs
-		}
-		ms, err := strconv.ParseInt(string(h.Value), 10, 64)
-		if err != nil || ms <= 0 {
-			break
-		}
-		*last, *lastMs = h.Value, ms
-		return ms
-	}
-	return r.Timestamp.UnixMilli()
-}
-
 // decode decodes one partition's new records into a batch whose entries
 // are the runs of records of one ingest time (one gateway batch, usually),
 // and whose commit stores them with the partition's next offset. ok is
@@ -352,8 +325,6 @@ func (c *Consumer) decode(w work) (b eventlog.Batch, ok bool) {
 		n, bad       int
 		starts       []int   // index in events of each entry's first event
 		received     []int64 // each entry's ingest time
-		hdr          []byte
-		hdrMs        int64
 		decodeOpts   = c.opts.decode
 		prevReceived = int64(-1)
 	)
@@ -383,7 +354,9 @@ func (c *Consumer) decode(w work) (b eventlog.Batch, ok bool) {
 		if len(events) == from {
 			continue
 		}
-		if at := ingestTime(r, &hdr, &hdrMs); at != prevReceived {
+		// The record timestamp is the gateway's ingest time (the producer
+		// sets it; an external producer's create time stands in).
+		if at := r.Timestamp.UnixMilli(); at != prevReceived {
 			starts, received = append(starts, from), append(received, at)
 			prevReceived = at
 		}

@@ -23,8 +23,7 @@ func BenchmarkDecodeRecords(b *testing.B) {
 			ev := telemetry.Event{Machine: benchMachine(i % 500), Seq: uint64(off), HasSeq: true, Time: base + off,
 				Metrics: []telemetry.Metric{{Name: "temp", Value: float64(i)}, {Name: "rpm", Value: 1500}}}
 			v, _ := AppendEvent(nil, &ev)
-			recs[g] = append(recs[g], &kgo.Record{Key: []byte(ev.Machine), Value: v, Offset: off, Timestamp: time.UnixMilli(base),
-				Headers: []kgo.RecordHeader{{Key: IngestTimeHeader, Value: []byte("1764482400000")}}})
+			recs[g] = append(recs[g], &kgo.Record{Key: []byte(ev.Machine), Value: v, Offset: off, Timestamp: time.UnixMilli(base)})
 			off++
 		}
 	}

@@ -15,14 +15,14 @@ import (
 
 // TestIngestTimeCarried: a batch the gateway took at T (its Received) and
 // consumed later comes out of the consumer with Received == T, one entry
-// per gateway batch; a record without the ingest-time header (an external
-// producer's) was ingested at its record timestamp.
+// per gateway batch (the producer sets the record timestamp to it); an
+// external producer's record was ingested at its record timestamp.
 func TestIngestTimeCarried(t *testing.T) {
 	t.Parallel()
 	c, topic := newCluster(t, 1)
 	brokers := c.ListenAddrs()
 	prod := newProducer(t, brokers, topic)
-	t1 := time.Now().Add(-10 * time.Minute).UnixMilli()
+	t1 := time.Now().Add(-3 * time.Second).UnixMilli() // within maxIngestAge
 	t2 := t1 + 1234
 	first, second := events(2, 3, 0), events(2, 3, 3)
 	if err := prod.Append(context.Background(), &telemetry.Batch{Events: first, Received: t1}); err != nil {
@@ -64,35 +64,5 @@ func TestIngestTimeCarried(t *testing.T) {
 	want := map[int64]int{t1: len(first), t2: len(second), recTime.UnixMilli(): 1}
 	if diff := cmp.Diff(got, want); diff != "" {
 		t.Errorf("events by Received (-got +want):\n%s", diff)
-	}
-}
-
-// TestIngestTime reads the header, and falls back to the record timestamp
-// without it or with a value that is not a positive integer.
-func TestIngestTime(t *testing.T) {
-	ts := time.UnixMilli(base)
-	tests := []struct {
-		name    string
-		headers []kgo.RecordHeader
-		want    int64
-	}{
-		{"header", []kgo.RecordHeader{{Key: IdentityHeader, Value: []byte("token:x")}, {Key: IngestTimeHeader, Value: []byte("1700000000123")}}, 1700000000123},
-		{"no header", nil, base},
-		{"garbage", []kgo.RecordHeader{{Key: IngestTimeHeader, Value: []byte("soon")}}, base},
-		{"zero", []kgo.RecordHeader{{Key: IngestTimeHeader, Value: []byte("0")}}, base},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			var last []byte
-			var lastMs int64
-			r := &kgo.Record{Headers: tt.headers, Timestamp: ts}
-			if got := ingestTime(r, &last, &lastMs); got != tt.want {
-				t.Errorf("ingestTime = %d, want %d", got, tt.want)
-			}
-			// Again, from the cache.
-			if got := ingestTime(r, &last, &lastMs); got != tt.want {
-				t.Errorf("ingestTime (cached) = %d, want %d", got, tt.want)
-			}
-		})
 	}
 }

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -17,6 +16,10 @@ import (
 
 	"github.com/twinline/twinline/internal/telemetry"
 )
+
+// maxIngestAge is the oldest ingest time a record is stamped with; an
+// older batch is stamped at produce time (see Append).
+const maxIngestAge = 5 * time.Second
 
 // Producer appends batches to the topic: the gateway side of the log.
 type Producer struct {
@@ -148,19 +151,23 @@ func (p *Producer) Append(ctx context.Context, b *telemetry.Batch) error {
 	if id, ok := auth.FromContext(ctx); ok && id.Kind != auth.KindAnonymous {
 		headers = []kgo.RecordHeader{{Key: IdentityHeader, Value: []byte(string(id.Kind) + ":" + id.Name)}}
 	}
-	// The ingest time travels too, so the processor's live latency covers
-	// gateway → Kafka → processor (see IngestTimeHeader).
-	if b.Received > 0 {
-		headers = append(headers, kgo.RecordHeader{Key: IngestTimeHeader, Value: strconv.AppendInt(nil, b.Received, 10)})
-	}
 	recs := make([]kgo.Record, n)
 	call := &appendCall{done: make(chan struct{})}
 	call.left.Store(int64(n))
 	from := 0
-	// The record timestamp stays unset: the client sets it to now, and
-	// times records out from it. Each value carries its event time.
+	// The record timestamp is the batch's ingest time, so the processor's
+	// live latency covers gateway → Kafka → processor at no cost in bytes
+	// (each value carries its own event time). The client times a record's
+	// delivery out from its timestamp: a batch taken longer ago than
+	// maxIngestAge (a slow body, a retried submit) is stamped now instead,
+	// so it gets the whole delivery timeout.
+	var ts time.Time
+	if b.Received > 0 && time.Since(time.UnixMilli(b.Received)) < maxIngestAge {
+		ts = time.UnixMilli(b.Received)
+	}
 	for i := range recs {
 		r := &recs[i]
+		r.Timestamp = ts
 		r.Key = []byte(b.Events[i].Machine)
 		r.Value = buf[from:ends[i]:ends[i]]
 		r.Headers = headers
