@@ -22,6 +22,11 @@ import (
 // clock (stream.Engine.Tick), busy or idle.
 const tickInterval = time.Second
 
+// commitGrace is how long the commits in flight when Run's context ends
+// may still take: Run stops after its current commit rather than abort it
+// (as long as PostgreSQL's default write timeout).
+const commitGrace = 5 * time.Second
+
 // Processor reads a Source, runs an event-time engine per lane, commits
 // each lane's new samples, then feeds the sinks and acknowledges. See the
 // package documentation for its rules.
@@ -155,8 +160,9 @@ func (p *Processor) reset(ln *lane) {
 
 // Run processes the source until its log is closed and drained (then it
 // flushes the engines to the group sink and returns nil) or ctx ends (then
-// it returns ctx's error; what was not committed stays unacknowledged, or in
-// Kafka). It closes the source when it returns.
+// it finishes the commits in flight, given up to commitGrace, and returns
+// ctx's error; what was not committed stays unacknowledged, or in Kafka).
+// It closes the source when it returns.
 //
 // Committing and feeding the sinks overlap: while the sinks take the
 // output of read N, read N+1 is processed into the other of two rounds of
@@ -183,6 +189,14 @@ func (p *Processor) Run(ctx context.Context) (err error) {
 		close(jobs)
 		<-sinkDone
 	}()
+	// Commits outlive ctx for a while: stopping, Run finishes the commit
+	// in flight instead of rolling it back (and Kafka redoing it).
+	commitCtx, stopCommits := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopCommits()
+	defer context.AfterFunc(ctx, func() {
+		grace := time.AfterFunc(commitGrace, stopCommits)
+		context.AfterFunc(commitCtx, func() { grace.Stop() }) // Run returned
+	})()
 	lastTick := time.Now()
 	for {
 		// Taken before the read: the sinks hold at most the previous
@@ -197,7 +211,7 @@ func (p *Processor) Run(ctx context.Context) (err error) {
 			delete(p.lanes, id)
 		}
 		if err == nil {
-			p.process(ctx, read.Batches, r)
+			p.process(commitCtx, read.Batches, r)
 		}
 		if read.Done != nil {
 			read.Done()
