@@ -5,6 +5,7 @@ import (
 	"errors"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -76,6 +77,7 @@ type env struct {
 	prod    *kafka.Producer
 
 	cur       *running
+	reads     *trackedSource // cur's source
 	journalMu sync.Mutex
 	journal   []stream.Key
 	received  int64
@@ -223,7 +225,8 @@ func (e *env) start(o procOpts) *running {
 		}
 		src = NewLogSource(e.log, e.appender)
 	}
-	p, err := New(src, log, stream.DefaultEngineConfig(), o.sinks, testLogger(e.t), nil)
+	e.reads = &trackedSource{Source: src}
+	p, err := New(e.reads, log, stream.DefaultEngineConfig(), o.sinks, testLogger(e.t), nil)
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -253,7 +256,7 @@ func (e *env) stop() {
 	if err := e.cur.stop(e.t); err != nil {
 		e.t.Errorf("processor: %v", err)
 	}
-	e.cur, e.log = nil, nil
+	e.cur, e.log, e.reads = nil, nil, nil
 }
 
 // submit hands evs to the log as one gateway batch and returns a function
@@ -306,7 +309,9 @@ func (e *env) deliver(evs ...telemetry.Event) (eventlog.Result, error) {
 }
 
 // settle waits until every record sent is committed (Kafka: the stored
-// offsets are at the end of the topic). In-process, send waited already.
+// offsets are at the end of the topic) and the read that committed it is
+// done: what follows a commit (the journal, the metrics) happened too.
+// In-process, send waited already.
 func (e *env) settle() {
 	e.t.Helper()
 	if !e.kafka {
@@ -316,6 +321,33 @@ func (e *env) settle() {
 	waitFor(e.t, 30*time.Second, "offsets stored up to the end of the topic", func() bool {
 		return cmp.Equal(storedOffsets(e.t, e.faulty, "g", e.topic), want)
 	})
+	if e.reads != nil {
+		waitFor(e.t, 30*time.Second, "the committing read done", func() bool { return !e.reads.busy.Load() })
+	}
+}
+
+// trackedSource reports whether a read with batches is in progress: from
+// the Read that returned them to its Done, which the processor calls once
+// every batch is committed, journaled and counted.
+type trackedSource struct {
+	Source
+	busy atomic.Bool
+}
+
+func (s *trackedSource) Read(ctx context.Context) (eventlog.Read, error) {
+	read, err := s.Source.Read(ctx)
+	if len(read.Batches) == 0 {
+		return read, err
+	}
+	s.busy.Store(true)
+	done := read.Done
+	read.Done = func() {
+		if done != nil {
+			done()
+		}
+		s.busy.Store(false)
+	}
+	return read, err
 }
 
 // sinkLog records what the sinks received.

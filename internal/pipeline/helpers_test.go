@@ -166,8 +166,9 @@ func pgCount(t testing.TB, st *postgres.Store, sql string, args ...any) int64 {
 	return n
 }
 
-// faultyStore wraps an offset store: samples of machine "old" are out of
-// the store's bounds (the others are stored, and the offset moves), and
+// faultyStore wraps an offset store: samples of machine "old", and of
+// metric "old" (whatever the machine: they share its Kafka partition), are
+// out of the store's bounds (the others are stored, and the offset moves), and
 // the next failures commits holding a sample of machine "bad" fail and
 // store nothing.
 type faultyStore struct {
@@ -195,7 +196,7 @@ func (f *faultyStore) fault(samples []telemetry.Sample) (keep []telemetry.Sample
 			f.failures--
 			return nil, nil, 0, errDiskFull
 		}
-		if s.Machine == "old" {
+		if s.Machine == "old" || s.Metric == "old" {
 			old++
 			continue
 		}

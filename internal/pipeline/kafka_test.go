@@ -489,6 +489,43 @@ func TestKafkaZombieFenced(t *testing.T) {
 	}
 }
 
+// TestKafkaStopFinishesCommit: a processor stopped (its context ended)
+// while a commit is in flight stops after that commit rather than abort
+// it: its samples and offset are stored, nothing is left for the next
+// processor to redo.
+func TestKafkaStopFinishesCommit(t *testing.T) {
+	forKafkaStores(t, func(t *testing.T, st offsetStore) {
+		c, topic := newCluster(t, 1)
+		brokers := c.ListenAddrs()
+		prod := newProducer(t, brokers, topic)
+		gated := &gatedStore{OffsetStore: st, blocked: make(chan struct{}), open: make(chan struct{})}
+		gated.armed.Store(true)
+		r := startKafka(t, brokers, topic, "g", gated, Sinks{})
+		evs := kevents(2, 10, 0)
+		if err := prod.Append(context.Background(), &telemetry.Batch{Events: evs, Received: base}); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-gated.blocked:
+		case <-time.After(20 * time.Second):
+			t.Fatal("the processor did not reach its commit")
+		}
+		r.cancel()
+		close(gated.open)
+		if err := r.stop(t); err != nil {
+			t.Fatalf("Run: %v", err)
+		}
+		// The commit held the records of one poll: one per event, in order.
+		off := storedOffsets(t, st, "g", topic)[0]
+		if off <= 0 {
+			t.Fatalf("stored offset %d: the commit in flight was aborted", off)
+		}
+		if diff := cmp.Diff(st.samples(), sortSamples(samplesOf(evs[:off]))); diff != "" {
+			t.Errorf("stored samples (-got +want):\n%s", diff)
+		}
+	})
+}
+
 // TestKafkaStoreOutage fails the store for a while, from before the
 // processor joins (so reading the offsets at assignment fails too, and the
 // member joins again), then while records wait: they are consumed again

@@ -41,7 +41,9 @@
 //     with the error and the others normally, counts the rejected samples,
 //     and keeps the group from the event-time stages and the sinks (a live
 //     view recovers from the query API). A group of one entry needs no
-//     second look.
+//     second look. The keys of the keyed events that were stored are
+//     journaled and remembered (a retry of one is a duplicate), the
+//     others' forgotten.
 //
 // The engine package (internal/stream) knows nothing of logs or stores:
 // this package is where they meet.

@@ -15,11 +15,17 @@ import (
 	"github.com/twinline/twinline/internal/eventlog"
 	"github.com/twinline/twinline/internal/store"
 	"github.com/twinline/twinline/internal/stream"
+	"github.com/twinline/twinline/internal/telemetry"
 )
 
 // tickInterval is how often the engines' watermarks follow the server
 // clock (stream.Engine.Tick), busy or idle.
 const tickInterval = time.Second
+
+// commitGrace is how long the commits in flight when Run's context ends
+// may still take: Run stops after its current commit rather than abort it
+// (as long as PostgreSQL's default write timeout).
+const commitGrace = 5 * time.Second
 
 // Processor reads a Source, runs an event-time engine per lane, commits
 // each lane's new samples, then feeds the sinks and acknowledges. See the
@@ -154,8 +160,9 @@ func (p *Processor) reset(ln *lane) {
 
 // Run processes the source until its log is closed and drained (then it
 // flushes the engines to the group sink and returns nil) or ctx ends (then
-// it returns ctx's error; what was not committed stays unacknowledged, or in
-// Kafka). It closes the source when it returns.
+// it finishes the commits in flight, given up to commitGrace, and returns
+// ctx's error; what was not committed stays unacknowledged, or in Kafka).
+// It closes the source when it returns.
 //
 // Committing and feeding the sinks overlap: while the sinks take the
 // output of read N, read N+1 is processed into the other of two rounds of
@@ -182,6 +189,14 @@ func (p *Processor) Run(ctx context.Context) (err error) {
 		close(jobs)
 		<-sinkDone
 	}()
+	// Commits outlive ctx for a while: stopping, Run finishes the commit
+	// in flight instead of rolling it back (and Kafka redoing it).
+	commitCtx, stopCommits := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopCommits()
+	defer context.AfterFunc(ctx, func() {
+		grace := time.AfterFunc(commitGrace, stopCommits)
+		context.AfterFunc(commitCtx, func() { grace.Stop() }) // Run returned
+	})()
 	lastTick := time.Now()
 	for {
 		// Taken before the read: the sinks hold at most the previous
@@ -196,7 +211,7 @@ func (p *Processor) Run(ctx context.Context) (err error) {
 			delete(p.lanes, id)
 		}
 		if err == nil {
-			p.process(ctx, read.Batches, r)
+			p.process(commitCtx, read.Batches, r)
 		}
 		if read.Done != nil {
 			read.Done()
@@ -244,6 +259,8 @@ type job struct {
 	lane   *lane
 	out    *stream.Output
 	bounds []int // entry i's samples are out.Samples[bounds[i]:bounds[i+1]]
+	// keyBounds: entry i's keys are out.Keys[keyBounds[i]:keyBounds[i+1]].
+	keyBounds []int
 	// results are the entries' acknowledgements, sent once the Batch sink
 	// took each (read your writes); nil without Ack.
 	results []eventlog.Result
@@ -329,11 +346,14 @@ func (p *Processor) group(out *stream.Output) {
 // samples. j.sink reports whether the batch goes on to the sinks.
 func (p *Processor) processLane(ctx context.Context, j *job) {
 	b, ln, out := &j.batch, j.lane, j.out
-	j.bounds = make([]int, len(b.Entries)+1)
-	dups := make([]int, len(b.Entries))
+	n := len(b.Entries)
+	ints := make([]int, 3*n+2)
+	j.bounds, j.keyBounds = ints[:n+1:n+1], ints[n+1:2*n+2:2*n+2]
+	dups := ints[2*n+2:]
 	for i, e := range b.Entries {
 		dups[i] = ln.engine.Process(e.Events, out)
 		j.bounds[i+1] = len(out.Samples)
+		j.keyBounds[i+1] = len(out.Keys)
 	}
 	samples := out.Samples
 	var fresh []bool
@@ -395,6 +415,7 @@ func (p *Processor) processLane(ctx context.Context, j *job) {
 	case errors.Is(err, store.ErrOutOfBounds):
 		p.logger.Warn("storing samples", "lane", b.Lane, "err", err)
 		p.attributeOutOfBounds(ctx, j, fresh, dups, err)
+		return
 	default:
 		p.samples.WithLabelValues("error").Add(float64(len(samples)))
 		p.logger.Error("storing samples", "lane", b.Lane, "err", err, "samples", len(samples))
@@ -414,38 +435,63 @@ func (p *Processor) processLane(ctx context.Context, j *job) {
 // error, the others normally. With more than one entry, and a source that
 // can append without committing, it finds them by appending each entry
 // again: what is stored already is an idempotent duplicate.
+//
+// The engine forgets the group's keys but for those of the events whose
+// samples are stored (every event of an entry found whole, else those with
+// a sample the store reported fresh): they are journaled and remembered, so
+// that a retry of one, stamped with another time, is not stored twice.
 func (p *Processor) attributeOutOfBounds(ctx context.Context, j *job, fresh []bool, dups []int, cause error) {
 	b, out := &j.batch, j.out
 	samples := out.Samples
-	if len(b.Entries) <= 1 || b.Append == nil {
-		p.samples.WithLabelValues("rejected").Add(float64(len(samples)))
-		for i := range b.Entries {
-			if b.Ack != nil {
-				b.Ack(i, eventlog.Result{}, fmt.Errorf("storing samples: %w", cause))
-			}
-		}
-		return
-	}
+	secondLook := len(b.Entries) > 1 && b.Append != nil
+	errs := make([]error, len(b.Entries))
+	var kept []stream.Key
 	var again []bool // the first attempt's fresh flags are the ones that count
 	for i, e := range b.Entries {
 		lo, hi := j.bounds[i], j.bounds[i+1]
-		if fresh != nil {
-			again = make([]bool, hi-lo)
+		errs[i] = cause
+		if secondLook {
+			if fresh != nil {
+				again = make([]bool, hi-lo)
+			}
+			errs[i] = b.Append(ctx, samples[lo:hi], again)
+			if errs[i] == nil && fresh != nil {
+				// Stored by either attempt (the store's time window may
+				// have moved between them).
+				for k := range again {
+					fresh[lo+k] = fresh[lo+k] || again[k]
+				}
+			}
 		}
-		if err := b.Append(ctx, samples[lo:hi], again); err != nil {
+		keys := out.Keys[j.keyBounds[i]:j.keyBounds[i+1]]
+		switch {
+		case errs[i] == nil:
+			kept = append(kept, keys...)
+		case fresh != nil:
+			kept = storedKeys(kept, e.Events, keys, out.Origin[lo:hi], fresh[lo:hi])
+		}
+	}
+	if len(kept) > 0 && p.journal != nil {
+		p.journalMu.Lock()
+		jerr := p.journal(kept)
+		p.journalMu.Unlock()
+		if jerr != nil {
+			p.logger.Error("journaling dedup keys", "err", jerr, "keys", len(kept))
+		}
+	}
+	j.lane.engine.Forget()
+	j.lane.engine.Remember(kept)
+	for i, e := range b.Entries {
+		lo, hi := j.bounds[i], j.bounds[i+1]
+		if errs[i] != nil {
 			p.samples.WithLabelValues("rejected").Add(float64(hi - lo))
 			if b.Ack != nil {
-				b.Ack(i, eventlog.Result{}, fmt.Errorf("storing samples: %w", err))
+				b.Ack(i, eventlog.Result{}, fmt.Errorf("storing samples: %w", errs[i]))
 			}
 			continue
 		}
 		p.samples.WithLabelValues("stored").Add(float64(hi - lo))
 		if fresh != nil {
-			// Stored by either attempt (the store's time window may have
-			// moved between them).
-			for k := range again {
-				fresh[lo+k] = fresh[lo+k] || again[k]
-			}
 			_, d := stream.KeepFresh(samples[lo:hi], out.Origin[lo:hi], fresh[lo:hi])
 			dups[i] += d
 		}
@@ -454,6 +500,40 @@ func (p *Processor) attributeOutOfBounds(ctx context.Context, j *job, fresh []bo
 			b.Ack(i, eventlog.Result{Accepted: len(e.Events) - dups[i], Duplicates: dups[i]}, nil)
 		}
 	}
+}
+
+// storedKeys appends to dst those of keys (the keys of one entry's new
+// keyed events, in event order) whose event has a sample the store
+// reported fresh (origin and fresh: the entry's samples').
+func storedKeys(dst []stream.Key, events []telemetry.Event, keys []stream.Key, origin []int32, fresh []bool) []stream.Key {
+	ev, s := 0, 0
+	for _, k := range keys {
+		// k's event: the first with its key and time (the engine gave no
+		// key to the duplicates among them).
+		for ev < len(events) && !hasKey(&events[ev], k) {
+			ev++
+		}
+		if ev == len(events) {
+			break
+		}
+		for s < len(origin) && int(origin[s]) < ev {
+			s++
+		}
+		stored := false
+		for ; s < len(origin) && int(origin[s]) == ev; s++ {
+			stored = stored || fresh[s]
+		}
+		if stored {
+			dst = append(dst, k)
+		}
+		ev++
+	}
+	return dst
+}
+
+// hasKey reports whether k is the key of ev.
+func hasKey(ev *telemetry.Event, k stream.Key) bool {
+	return ev.Machine == k.Machine && ev.ID == k.ID && ev.HasSeq == k.HasSeq && ev.Seq == k.Seq && ev.Time == k.Time
 }
 
 // keepFresh drops from the group the samples the store held already (they

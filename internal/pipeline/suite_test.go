@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"pgregory.net/rapid"
 
@@ -90,6 +91,77 @@ func TestOutOfBounds(t *testing.T) {
 		}
 		if !e.kafka && len(sl.sunk()) != 0 {
 			t.Errorf("sinks got %d samples of a group with rejected samples, want 0", len(sl.sunk()))
+		}
+	})
+}
+
+// TestOutOfBoundsKeepsStoredKeys: in a group the store kept only in part
+// (store.ErrOutOfBounds), a keyed event whose samples were stored stays
+// known — remembered by the engine and journaled — so its client's retry,
+// stamped with another server time, is a duplicate rather than a second
+// sample; whether its entry is alone with the rejected samples or beside
+// the entry that carried them.
+func TestOutOfBoundsKeepsStoredKeys(t *testing.T) {
+	runSuite(t, func(t *testing.T, e *env) {
+		if !e.storeDedups {
+			t.Skip("the store does not report which samples it stored")
+		}
+		journal := journalChecker(t, e)
+		x := []telemetry.Metric{{Name: "x", Value: 1}}
+		beside := telemetry.Event{Machine: "a", ID: "beside", Time: base + 1000, Metrics: x}
+		along := telemetry.Event{Machine: "a", ID: "along", Time: base + 1001, Metrics: x}
+		// Samples of metric "old" are out of the store's bounds.
+		ancient := telemetry.Event{Machine: "a", Time: base + 1, Metrics: []telemetry.Metric{{Name: "old", Value: 1}}}
+		rejected := telemetry.Event{Machine: "a", ID: "rejected", Time: base + 2, Metrics: []telemetry.Metric{{Name: "old", Value: 1}}}
+		// One read: the keyed entry beside the entry with a rejected
+		// sample, then one entry holding both.
+		waits := []func() (eventlog.Result, error){e.submit(beside), e.submit(ancient), e.submit(along, rejected)}
+		r := e.start(procOpts{journal: journal.append})
+		if e.acks {
+			want := []bool{false, true, true}
+			for i, w := range waits {
+				if _, err := w(); errors.Is(err, store.ErrOutOfBounds) != want[i] {
+					t.Errorf("entry %d: %v; want ErrOutOfBounds %v", i, err, want[i])
+				}
+			}
+		}
+		e.settle()
+		// The clients retry; the gateway stamps their events again. The
+		// stored events are duplicates; the rejected one, corrected, is not.
+		fixed := rejected
+		fixed.Time, fixed.Metrics = base+7000, x
+		for _, c := range []struct {
+			ev  telemetry.Event
+			dup bool
+		}{{beside, true}, {along, true}, {fixed, false}} {
+			retry := c.ev
+			retry.Time += 5000
+			res, err := e.deliver(retry)
+			want := eventlog.Result{Accepted: 1}
+			if c.dup {
+				want = eventlog.Result{Duplicates: 1}
+			}
+			if err != nil || e.acks && res != want {
+				t.Errorf("retry of %s: %+v, %v; want %+v", c.ev.ID, res, err, want)
+			}
+			if !c.dup {
+				fixed = retry
+			}
+		}
+		e.stop()
+		if diff := cmp.Diff(e.stored(), samplesOf([]telemetry.Event{beside, along, fixed})); diff != "" {
+			t.Errorf("stored samples (-got +want):\n%s", diff)
+		}
+		if got := testutil.ToFloat64(r.p.duplicates); got != 2 {
+			t.Errorf("duplicate events = %v, want 2 (the retries)", got)
+		}
+		want := []stream.Key{
+			{Machine: "a", ID: "along", Time: base + 1001},
+			{Machine: "a", ID: "beside", Time: base + 1000},
+			{Machine: "a", ID: "rejected", Time: fixed.Time},
+		}
+		if diff := cmp.Diff(journal.keys(), want, cmpopts.SortSlices(func(a, b stream.Key) bool { return a.ID < b.ID })); diff != "" {
+			t.Errorf("journaled keys (-got +want):\n%s", diff)
 		}
 	})
 }

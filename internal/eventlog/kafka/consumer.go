@@ -73,7 +73,10 @@ type Consumer struct {
 
 	// Only the reading goroutine touches these.
 	inflight []*partition
-	backoff  time.Duration
+	// backoff is the pause after the last failed commit (0 after a
+	// successful one); no poll before pauseUntil.
+	backoff    time.Duration
+	pauseUntil time.Time
 
 	lag      *prometheus.GaugeVec
 	consumed prometheus.Counter
@@ -229,8 +232,10 @@ func (c *Consumer) Read(ctx context.Context) (eventlog.Read, error) {
 		return eventlog.Read{}, err
 	}
 	read := eventlog.Read{Done: c.done}
-	if c.backoff > 0 {
-		t := time.NewTimer(c.backoff)
+	if d := time.Until(c.pauseUntil); d > 0 {
+		// A read that ends within the pause leaves it as it is: the next
+		// one waits for the rest.
+		t := time.NewTimer(d)
 		select {
 		case <-ctx.Done():
 			t.Stop()
@@ -452,16 +457,20 @@ func (c *Consumer) done() {
 			ps.rewind = -1
 		}
 	}
-	c.inflight = c.inflight[:0]
 	if seek != nil {
 		// From the polling goroutine before AllowRebalance, as kgo asks.
 		cl.SetOffsets(map[string]map[int32]kgo.EpochOffset{c.topic: seek})
 	}
-	if failed {
+	switch {
+	case failed:
 		c.backoff = min(max(2*c.backoff, 50*time.Millisecond), maxBackoff)
-	} else {
+		c.pauseUntil = time.Now().Add(c.backoff)
+	case len(c.inflight) > 0:
+		// Committed: no pause. (A read that committed nothing, idle or
+		// cut short within a pause, changes nothing.)
 		c.backoff = 0
 	}
+	c.inflight = c.inflight[:0]
 	cl.AllowRebalance()
 }
 
