@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -674,4 +675,28 @@ func TestKafkaStaticMembership(t *testing.T) {
 	if m.Repeats() != 0 {
 		t.Errorf("%d samples consumed again after the restart", m.Repeats())
 	}
+}
+
+// TestKafkaInstanceIDTaken: a replica started with the --kafka-instance-id
+// of a running one takes its place in the group; the one it replaced
+// stops with an error naming the id, rather than fight it for the slot.
+func TestKafkaInstanceIDTaken(t *testing.T) {
+	t.Parallel()
+	c, topic := newCluster(t, 2)
+	brokers := c.ListenAddrs()
+	st, _ := memoryStore(t)
+	static := []kafka.Option{kafka.WithInstanceID("processor-0"), kafka.WithClientOptions(kgo.SessionTimeout(time.Minute))}
+	r1 := startKafka(t, brokers, topic, "g", st, Sinks{}, static...)
+	waitFor(t, 20*time.Second, "the first member owns the partitions", func() bool { return len(r1.consumer.Assigned()) == 2 })
+	r2 := startKafka(t, brokers, topic, "g", st, Sinks{}, static...)
+	select {
+	case err := <-r1.done:
+		r1.once.Do(func() {}) // stopped on its own: the cleanup has nothing to stop
+		if err == nil || !strings.Contains(err.Error(), `--kafka-instance-id "processor-0"`) {
+			t.Errorf("replaced member's Run = %v, want an error naming the instance id", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the replaced member still runs 30 s after another took its instance id")
+	}
+	waitFor(t, 20*time.Second, "the new member owns the partitions", func() bool { return len(r2.consumer.Assigned()) == 2 })
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/twinline/twinline/internal/eventlog"
@@ -248,12 +249,24 @@ func (c *Consumer) Read(ctx context.Context) (eventlog.Read, error) {
 	if fetches.IsClientClosed() {
 		return read, errors.New("reading kafka: client closed")
 	}
+	var fenced error
 	fetches.EachError(func(_ string, part int32, err error) {
-		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
-			return
+		switch {
+		case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled):
+		case errors.Is(err, kerr.FencedInstanceID):
+			fenced = err
+		default:
+			c.logger.Warn("fetching records", "partition", part, "err", err)
 		}
-		c.logger.Warn("fetching records", "partition", part, "err", err)
 	})
+	if fenced != nil {
+		// Another member joined with this --kafka-instance-id and took its
+		// place: going on would fight it for the slot. Its partitions are
+		// gone (nothing of this poll is committed; their new owner reads
+		// them again), so stop, loudly.
+		read.Dropped = c.takeDropped()
+		return read, fmt.Errorf("reading kafka: %w: another replica uses --kafka-instance-id %q; give each replica its own", fenced, c.opts.instanceID)
+	}
 	works := c.collect(fetches)
 	read.Dropped = c.takeDropped()
 	c.inflight = c.inflight[:0]
