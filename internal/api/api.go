@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/twinline/twinline/internal/auth"
+	"github.com/twinline/twinline/internal/config"
 	"github.com/twinline/twinline/internal/eventlog"
 	"github.com/twinline/twinline/internal/ingest"
 	"github.com/twinline/twinline/internal/problem"
@@ -56,11 +57,11 @@ type Options struct {
 	Lateness time.Duration
 	// Security are the Host, proxy, session and metrics settings.
 	Security Security
-	// Role selects the routes served: "" or "all" every route; "gateway"
-	// ingest; "api" queries, registry, stream and dashboard; "processor"
-	// none of those. Health, readiness, metrics and the API document are
+	// Role selects the routes served: ingest on the roles that ingest;
+	// queries, registry, stream and dashboard on those that query; "" is
+	// every route. Health, readiness, metrics and the API documents are
 	// always served.
-	Role string
+	Role config.Role
 }
 
 // SubmitFunc hands a decoded batch to the event log and returns once it is
@@ -183,19 +184,17 @@ type route struct {
 }
 
 // serves reports whether a server of role serves the route.
-func serves(role string, rt route) bool {
+func serves(role config.Role, rt route) bool {
 	ingest := rt.path == "/api/v1/events" || rt.path == "/write" || rt.path == "/api/v2/write" || rt.path == "/ping" || rt.path == "/query"
 	ops := rt.path == "/healthz" || rt.path == "/readyz" || rt.path == "/metrics" || rt.path == "/api/openapi.json" || rt.path == "/api/asyncapi.json" ||
 		rt.path == "/docs"
-	switch role {
-	case "gateway":
-		return ingest || ops
-	case "api":
-		return !ingest
-	case "processor":
-		return ops
+	switch {
+	case role == "" || ops:
+		return true
+	case ingest:
+		return role.Ingests()
 	}
-	return true
+	return role.Queries()
 }
 
 // New returns the API.

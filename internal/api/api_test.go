@@ -17,6 +17,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/twinline/twinline/internal/config"
 	"github.com/twinline/twinline/internal/eventlog"
 	"github.com/twinline/twinline/internal/problem"
 	"github.com/twinline/twinline/internal/store"
@@ -318,7 +319,7 @@ func ptr[T any](v T) *T { return &v }
 
 func TestServesByRole(t *testing.T) {
 	tests := []struct {
-		role               string
+		role               config.Role
 		ingest, query, ops bool
 	}{
 		{"", true, true, true},
@@ -328,7 +329,7 @@ func TestServesByRole(t *testing.T) {
 		{"processor", false, false, true},
 	}
 	for _, tt := range tests {
-		t.Run("role "+tt.role, func(t *testing.T) {
+		t.Run("role "+string(tt.role), func(t *testing.T) {
 			for _, c := range []struct {
 				rt   route
 				want bool

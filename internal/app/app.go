@@ -132,7 +132,7 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 	// PostgreSQL uses it for the shared registry (site and line of MQTT
 	// topics, --max-machines).
 	var st store.Store
-	if cfg.Role != "gateway" || cfg.Store == "postgres" {
+	if cfg.Role.Processes() || cfg.Role.Queries() || cfg.Store == "postgres" {
 		if st, err = a.openStore(ctx, reg); err != nil {
 			return nil, err
 		}
@@ -289,7 +289,7 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 		return nil, err
 	}
 	switch {
-	case cfg.Role == "api":
+	case !cfg.Role.Ingests() && !cfg.Role.Processes():
 		// Queries and the live stream only: processors elsewhere write.
 	case len(cfg.KafkaBrokers) == 0:
 		if err := a.openLog(st, sinks, engineCfg, reg); err != nil {
@@ -400,7 +400,7 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 
 // processes reports whether this replica processes data (runs the engine):
 // roles all and processor.
-func (a *App) processes() bool { return a.cfg.Role == "all" || a.cfg.Role == "processor" }
+func (a *App) processes() bool { return a.cfg.Role.Processes() }
 
 // joinChecks runs every check and joins their errors.
 func joinChecks(checks []func() error) error {

@@ -168,7 +168,7 @@ func (a *App) openKafka(st store.Store, sinks pipeline.Sinks, engineCfg stream.E
 		}
 		kopts = append(kopts, kafka.WithTLS(tc))
 	}
-	if cfg.Role == "all" || cfg.Role == "gateway" {
+	if cfg.Role.Ingests() {
 		p, err := kafka.NewProducer(cfg.KafkaBrokers, cfg.KafkaTopic, logger, reg, kopts...)
 		if err != nil {
 			return fmt.Errorf("starting the Kafka producer: %w", err)
@@ -184,7 +184,7 @@ func (a *App) openKafka(st store.Store, sinks pipeline.Sinks, engineCfg stream.E
 		}
 		a.checks = append(a.checks, p.Ready)
 	}
-	if cfg.Role == "all" || cfg.Role == "processor" {
+	if cfg.Role.Processes() {
 		ost, ok := st.(kafka.OffsetStore)
 		if !ok {
 			return errors.New("the Kafka processor needs --store postgres")

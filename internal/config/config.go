@@ -141,8 +141,8 @@ type Config struct {
 	// session timeout ("": a dynamic member). Default: the host name (a
 	// StatefulSet pod's name in Kubernetes).
 	KafkaInstanceID string
-	// Role is all, gateway, processor or api.
-	Role string
+	// Role is the part of the platform this replica runs.
+	Role Role
 
 	// Pprof is the address of a separate net/http/pprof listener ("": off).
 	Pprof string
@@ -246,7 +246,7 @@ func Default() Config {
 		KafkaGroup:                 "twinline-processor",
 		KafkaSessionTimeout:        45 * time.Second,
 		KafkaInstanceID:            hostname(),
-		Role:                       "all",
+		Role:                       RoleAll,
 		Auth:                       "auto",
 		MetricsAuth:                "auto",
 		MaxStreamsPerClient:        100,
@@ -439,26 +439,26 @@ func (c Config) Validate() error {
 		bad("kafka-session-timeout", "must be between 6s and 30m (the brokers' group session bounds), got %s", c.KafkaSessionTimeout)
 	}
 	switch c.Role {
-	case "all":
+	case RoleAll:
 		if kafka && c.Store != "postgres" {
 			bad("kafka-brokers", "needs --store postgres: processors store samples and Kafka offsets in one PostgreSQL transaction")
 		}
-	case "gateway":
+	case RoleGateway:
 		if !kafka {
 			bad("role", "gateway needs --kafka-brokers: it writes ingested events to Kafka")
 		}
-	case "processor":
+	case RoleProcessor:
 		if !kafka || c.Store != "postgres" || c.RedisURL == "" {
 			bad("role", "processor needs --kafka-brokers, --store postgres and --redis-url (its live messages reach the api replicas through Redis)")
 		}
-	case "api":
+	case RoleAPI:
 		if c.Store != "postgres" || c.RedisURL == "" {
 			bad("role", "api needs --store postgres (the history it serves) and --redis-url (the live messages of the processors)")
 		}
 	default:
 		bad("role", "must be all, gateway, processor or api, got %q", c.Role)
 	}
-	if ingests := c.Role == "all" || c.Role == "gateway"; !ingests {
+	if !c.Role.Ingests() {
 		if c.Demo {
 			bad("demo", "needs a role that takes ingest (all or gateway), not %s", c.Role)
 		}
