@@ -76,9 +76,12 @@ type Deps struct {
 	// Submit is the event log: in-process, or Kafka on a gateway.
 	Submit SubmitFunc
 	Store  store.Store
-	Twins  *twin.Twins
-	Notes  *twin.Notes
-	Alarms *twin.Alarms
+	// Registry is the machine registry; Live the machines' live state.
+	// Together they make the twins the API shows.
+	Registry registry
+	Live     liveState
+	Notes    *twin.Notes
+	Alarms   *twin.Alarms
 	// Publish pushes a new note to its machine's stream subscribers.
 	Publish func(twin.Note)
 	Stream  http.Handler
@@ -113,6 +116,24 @@ type Deps struct {
 	Stamper *ingest.Stamper
 }
 
+// registry is the machine registry: entries, and who may send.
+type registry interface {
+	List() []twin.Info
+	Get(id string) (twin.Info, error)
+	Put(id string, in twin.Info) (twin.Info, bool, error)
+	Patch(id string, patch []byte) (twin.Info, error)
+	Delete(id string) error
+	Site(id string) (string, bool)
+	Admit(id string, limit int) string
+	AdmitFor(id auth.Identity, machine string) string
+}
+
+// liveState makes the twins of registered machines: entry and live state.
+type liveState interface {
+	Machine(in twin.Info) twin.Machine
+	Machines(infos []twin.Info) []twin.Machine
+}
+
 type hotWindow interface {
 	// Range returns the points of key in [from, to], and whether the
 	// window covers that whole range (else the store must answer).
@@ -130,7 +151,8 @@ type API struct {
 	decodeOpts ingest.Options
 	submit     SubmitFunc
 	store      store.Store
-	twins      *twin.Twins
+	registry   registry
+	live       liveState
 	notes      *twin.Notes
 	alarms     *twin.Alarms
 	publish    func(twin.Note)
@@ -211,7 +233,8 @@ func New(opts Options, deps Deps) *API {
 		},
 		submit:    deps.Submit,
 		store:     deps.Store,
-		twins:     deps.Twins,
+		registry:  deps.Registry,
+		live:      deps.Live,
 		notes:     deps.Notes,
 		alarms:    deps.Alarms,
 		publish:   deps.Publish,
@@ -247,7 +270,7 @@ func New(opts Options, deps Deps) *API {
 		a.clock = time.Now
 	}
 	if opts.MaxMachines > 0 {
-		a.decodeOpts.AdmitMachine = func(id string) string { return a.twins.Admit(id, opts.MaxMachines) }
+		a.decodeOpts.AdmitMachine = func(id string) string { return a.registry.Admit(id, opts.MaxMachines) }
 	}
 	if deps.Registerer != nil {
 		deps.Registerer.MustRegister(a.requests, a.samples, a.ignoredStrings)

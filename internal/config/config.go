@@ -12,6 +12,9 @@ import (
 	"time"
 
 	"github.com/twinline/twinline/internal/auth"
+	"github.com/twinline/twinline/internal/hot"
+	"github.com/twinline/twinline/internal/sim"
+	"github.com/twinline/twinline/internal/stream"
 )
 
 // Config is the whole configuration of `twinline serve`.
@@ -194,13 +197,15 @@ type Config struct {
 	LogLevel        string
 }
 
-// Default returns the embedded-defaults configuration.
+// Default returns the embedded-defaults configuration. The defaults of
+// the engine, the demo fleet and the hot window are their packages' own.
 func Default() Config {
+	engine := stream.DefaultEngineConfig()
 	return Config{
 		Listen:               "127.0.0.1:8080",
 		DataDir:              "./data",
-		DemoMachines:         20,
-		DemoRate:             200,
+		DemoMachines:         sim.DefaultMachines,
+		DemoRate:             sim.DefaultRate,
 		Retention:            30 * 24 * time.Hour,
 		OutOfOrderWindow:     24 * time.Hour,
 		MaxFuture:            10 * time.Minute,
@@ -226,17 +231,17 @@ func Default() Config {
 		StreamReplay:               8192,
 		StreamWriteTimeout:         10 * time.Second,
 		MaxMachines:                100_000,
-		Lateness:                   5 * time.Second,
-		Window:                     10 * time.Second,
-		WindowGrace:                time.Minute,
+		Lateness:                   engine.Lateness,
+		Window:                     engine.Window,
+		WindowGrace:                engine.WindowGrace,
 		MedianWindow:               60,
-		DedupHorizon:               10 * time.Minute,
-		DedupMaxKeys:               2 << 20,
+		DedupHorizon:               engine.DedupHorizon,
+		DedupMaxKeys:               engine.DedupMaxKeys,
 		OfflineAfter:               30 * time.Second,
 		Store:                      "embedded",
 		SpoolBytes:                 1 << 30,
 		RedisPrefix:                "twinline:",
-		HotWindow:                  5 * time.Minute,
+		HotWindow:                  hot.DefaultWindow,
 		RateLimit:                  "auto",
 		IngestRate:                 200,
 		IngestBurst:                400,
