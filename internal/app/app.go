@@ -1,6 +1,8 @@
 // Package app is twinline's composition root: it builds every part from the
-// configuration, wires them source → ingest → log → engine → sinks, runs
-// them under one supervisor and stops them in reverse order.
+// configuration, wires them source → ingest → log → engine → sinks, and
+// runs them as an ordered list of start/stop pairs (runGroup) whose order
+// is the shutdown order (App.Run). Domain code lives with its owner (twin,
+// sim, hot, hub); what is here only connects parts.
 package app
 
 import (
