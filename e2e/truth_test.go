@@ -38,8 +38,10 @@ func TestAllReplicasOneTruth(t *testing.T) {
 		"--redis-url", "redis://" + redisAddr + "/0", "--redis-prefix", prefix,
 		"--kafka-brokers", cluster.ListenAddrs()[0], "--kafka-session-timeout", "6s",
 		"--median-window", fmt.Sprint(medianWindow)}
-	a := start(t, "", args...)
-	b := start(t, "", args...)
+	// Two replicas on one host: each needs a Kafka instance id of its own
+	// (the default, the host name, would make them one static member).
+	a := start(t, "", append(slices.Clone(args), "--kafka-instance-id", "all-a")...)
+	b := start(t, "", append(slices.Clone(args), "--kafka-instance-id", "all-b")...)
 	c := ctx(t, 120*time.Second)
 	awaitReady(t, c, a)
 	awaitReady(t, c, b)
