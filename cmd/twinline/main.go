@@ -170,7 +170,7 @@ func serveFlags(fs *flag.FlagSet, cfg *config.Config) {
 	fs.StringVar(&cfg.KafkaGroup, "kafka-group", cfg.KafkaGroup, "Kafka consumer group of the processors")
 	durationVar(fs, &cfg.KafkaSessionTimeout, "kafka-session-timeout", "how long the group waits for a silent (crashed) processor before moving its partitions")
 	fs.StringVar(&cfg.KafkaInstanceID, "kafka-instance-id", cfg.KafkaInstanceID, "stable id of this processor in its Kafka group (static membership: a restart gets its partitions back at once); unique per replica; \"\": a dynamic member. Default: the host name")
-	fs.StringVar(&cfg.Role, "role", cfg.Role, "all, gateway (ingest → log), processor (log → engine → store) or api (queries, stream, dashboard)")
+	fs.Var(&cfg.Role, "role", "all, gateway (ingest → log), processor (log → engine → store) or api (queries, stream, dashboard)")
 	fs.StringVar(&cfg.Pprof, "pprof", cfg.Pprof, "serve net/http/pprof on this separate `address` (never on --listen); empty: off")
 	fs.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "debug, info, warn or error")
 	securityFlags(fs, cfg)

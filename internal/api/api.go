@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/twinline/twinline/internal/auth"
+	"github.com/twinline/twinline/internal/config"
 	"github.com/twinline/twinline/internal/eventlog"
 	"github.com/twinline/twinline/internal/ingest"
 	"github.com/twinline/twinline/internal/problem"
@@ -56,11 +57,11 @@ type Options struct {
 	Lateness time.Duration
 	// Security are the Host, proxy, session and metrics settings.
 	Security Security
-	// Role selects the routes served: "" or "all" every route; "gateway"
-	// ingest; "api" queries, registry, stream and dashboard; "processor"
-	// none of those. Health, readiness, metrics and the API document are
+	// Role selects the routes served: ingest on the roles that ingest;
+	// queries, registry, stream and dashboard on those that query; "" is
+	// every route. Health, readiness, metrics and the API documents are
 	// always served.
-	Role string
+	Role config.Role
 }
 
 // SubmitFunc hands a decoded batch to the event log and returns once it is
@@ -75,9 +76,12 @@ type Deps struct {
 	// Submit is the event log: in-process, or Kafka on a gateway.
 	Submit SubmitFunc
 	Store  store.Store
-	Twins  *twin.Twins
-	Notes  *twin.Notes
-	Alarms *twin.Alarms
+	// Registry is the machine registry; Live the machines' live state.
+	// Together they make the twins the API shows.
+	Registry registry
+	Live     liveState
+	Notes    *twin.Notes
+	Alarms   *twin.Alarms
 	// Publish pushes a new note to its machine's stream subscribers.
 	Publish func(twin.Note)
 	Stream  http.Handler
@@ -112,6 +116,24 @@ type Deps struct {
 	Stamper *ingest.Stamper
 }
 
+// registry is the machine registry: entries, and who may send.
+type registry interface {
+	List() []twin.Info
+	Get(id string) (twin.Info, error)
+	Put(id string, in twin.Info) (twin.Info, bool, error)
+	Patch(id string, patch []byte) (twin.Info, error)
+	Delete(id string) error
+	Site(id string) (string, bool)
+	Admit(id string, limit int) string
+	AdmitFor(id auth.Identity, machine string) string
+}
+
+// liveState makes the twins of registered machines: entry and live state.
+type liveState interface {
+	Machine(in twin.Info) twin.Machine
+	Machines(infos []twin.Info) []twin.Machine
+}
+
 type hotWindow interface {
 	// Range returns the points of key in [from, to], and whether the
 	// window covers that whole range (else the store must answer).
@@ -129,7 +151,8 @@ type API struct {
 	decodeOpts ingest.Options
 	submit     SubmitFunc
 	store      store.Store
-	twins      *twin.Twins
+	registry   registry
+	live       liveState
 	notes      *twin.Notes
 	alarms     *twin.Alarms
 	publish    func(twin.Note)
@@ -183,19 +206,17 @@ type route struct {
 }
 
 // serves reports whether a server of role serves the route.
-func serves(role string, rt route) bool {
+func serves(role config.Role, rt route) bool {
 	ingest := rt.path == "/api/v1/events" || rt.path == "/write" || rt.path == "/api/v2/write" || rt.path == "/ping" || rt.path == "/query"
 	ops := rt.path == "/healthz" || rt.path == "/readyz" || rt.path == "/metrics" || rt.path == "/api/openapi.json" || rt.path == "/api/asyncapi.json" ||
 		rt.path == "/docs"
-	switch role {
-	case "gateway":
-		return ingest || ops
-	case "api":
-		return !ingest
-	case "processor":
-		return ops
+	switch {
+	case role == "" || ops:
+		return true
+	case ingest:
+		return role.Ingests()
 	}
-	return true
+	return role.Queries()
 }
 
 // New returns the API.
@@ -212,7 +233,8 @@ func New(opts Options, deps Deps) *API {
 		},
 		submit:    deps.Submit,
 		store:     deps.Store,
-		twins:     deps.Twins,
+		registry:  deps.Registry,
+		live:      deps.Live,
 		notes:     deps.Notes,
 		alarms:    deps.Alarms,
 		publish:   deps.Publish,
@@ -248,7 +270,7 @@ func New(opts Options, deps Deps) *API {
 		a.clock = time.Now
 	}
 	if opts.MaxMachines > 0 {
-		a.decodeOpts.AdmitMachine = func(id string) string { return a.twins.Admit(id, opts.MaxMachines) }
+		a.decodeOpts.AdmitMachine = func(id string) string { return a.registry.Admit(id, opts.MaxMachines) }
 	}
 	if deps.Registerer != nil {
 		deps.Registerer.MustRegister(a.requests, a.samples, a.ignoredStrings)

@@ -17,6 +17,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/twinline/twinline/internal/config"
 	"github.com/twinline/twinline/internal/eventlog"
 	"github.com/twinline/twinline/internal/problem"
 	"github.com/twinline/twinline/internal/store"
@@ -62,12 +63,22 @@ type submitter interface {
 	Submit(ctx context.Context, b *telemetry.Batch) (eventlog.Result, error)
 }
 
-func newTestAPI(t *testing.T, l submitter) *API {
+// openTwins opens a registry in a temporary directory and the live state
+// that registers into it, wired as the server wires them.
+func openTwins(t *testing.T, offlineAfter time.Duration, clock func() time.Time) (*twin.Registry, *twin.Live) {
 	t.Helper()
-	tw, err := twin.Open(filepath.Join(t.TempDir(), "registry.json"), time.Minute, 60, time.Now, slog.New(slog.DiscardHandler))
+	reg, err := twin.OpenRegistryFile(filepath.Join(t.TempDir(), "registry.json"), clock, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
+	live := twin.NewLive(twin.LiveOptions{OfflineAfter: offlineAfter, MedianWindow: 60, Now: clock, Register: reg.AutoRegister})
+	reg.OnDelete(live.Forget)
+	return reg, live
+}
+
+func newTestAPI(t *testing.T, l submitter) *API {
+	t.Helper()
+	reg, live := openTwins(t, time.Minute, time.Now)
 	return New(Options{
 		MaxBodyBytes: 1 << 20, MaxDecompressedBytes: 4 << 20, MaxLineBytes: 1024,
 		Limits:            telemetry.DefaultLimits(),
@@ -77,7 +88,7 @@ func newTestAPI(t *testing.T, l submitter) *API {
 		MaxInflightIngest: 4,
 		ReadTimeout:       time.Minute,
 	}, Deps{
-		Submit: l.Submit, Twins: tw, Store: nil,
+		Submit: l.Submit, Registry: reg, Live: live, Store: nil,
 		Stream: http.NotFoundHandler(), Metrics: http.NotFoundHandler(), UI: http.NotFoundHandler(),
 		Ready:  func() error { return nil },
 		Logger: slog.New(slog.DiscardHandler),
@@ -144,7 +155,7 @@ func TestIngestOutcomes(t *testing.T) {
 
 func TestSeriesParameterErrors(t *testing.T) {
 	a := newTestAPI(t, &fakeLog{real: eventlog.New(10, nil)})
-	if _, _, err := a.twins.Put("m", twin.Info{}); err != nil {
+	if _, _, err := a.registry.Put("m", twin.Info{}); err != nil {
 		t.Fatal(err)
 	}
 	tests := []struct {
@@ -273,8 +284,8 @@ func TestQueryEndpoint(t *testing.T) {
 func TestMaxMachines(t *testing.T) {
 	fl := &fakeLog{real: eventlog.New(1000, nil)}
 	a := newTestAPI(t, fl)
-	a.decodeOpts.AdmitMachine = func(id string) string { return a.twins.Admit(id, 1) }
-	a.twins.Observe(&telemetry.Batch{Received: 1}, []telemetry.Sample{{Machine: "known-mm", Metric: "x", Time: 1}})
+	a.decodeOpts.AdmitMachine = func(id string) string { return a.registry.Admit(id, 1) }
+	a.registry.(*twin.Registry).AutoRegister("known-mm", time.UnixMilli(1))
 	rec := post(a, "/api/v1/events", "", `[{"machineId":"known-mm","x":1},{"machineId":"new-mm","x":2}]`)
 	if rec.Code != 400 || !strings.Contains(rec.Body.String(), `"index":1,"field":"machineId"`) || !strings.Contains(rec.Body.String(), "--max-machines") {
 		t.Errorf("got %d %s; want 400 naming item 1 and the limit", rec.Code, rec.Body)
@@ -318,7 +329,7 @@ func ptr[T any](v T) *T { return &v }
 
 func TestServesByRole(t *testing.T) {
 	tests := []struct {
-		role               string
+		role               config.Role
 		ingest, query, ops bool
 	}{
 		{"", true, true, true},
@@ -328,7 +339,7 @@ func TestServesByRole(t *testing.T) {
 		{"processor", false, false, true},
 	}
 	for _, tt := range tests {
-		t.Run("role "+tt.role, func(t *testing.T) {
+		t.Run("role "+string(tt.role), func(t *testing.T) {
 			for _, c := range []struct {
 				rt   route
 				want bool

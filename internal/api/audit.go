@@ -157,7 +157,7 @@ func (a *API) machineVisible(id auth.Identity, machine string) bool {
 	if !id.Restricted() {
 		return true
 	}
-	site, ok := a.twins.Site(machine)
+	site, ok := a.registry.Site(machine)
 	return ok && id.SeesSite(site)
 }
 

@@ -75,7 +75,7 @@ var matrixRequests = map[string]matrixRequest{
 // active alarm and a note, and fakes that record every effect.
 type matrixEnv struct {
 	api     *API
-	twins   *twin.Twins
+	twins   *twin.Registry
 	alarms  *twin.Alarms
 	notes   *twin.Notes
 	log     *fakeLog
@@ -163,14 +163,11 @@ func newMatrixEnvFor(t *testing.T, scope, wrong auth.Scope, withStore bool) *mat
 	t.Helper()
 	dir := t.TempDir()
 	logger := slog.New(slog.DiscardHandler)
-	tw, err := twin.Open(filepath.Join(dir, "registry.json"), time.Minute, 60, time.Now, logger)
-	if err != nil {
-		t.Fatal(err)
-	}
+	tw, live := openTwins(t, time.Minute, time.Now)
 	if _, _, err := tw.Put("m1", twin.Info{Name: "Press 1", Site: "lyon"}); err != nil {
 		t.Fatal(err)
 	}
-	alarms, err := twin.NewAlarms(context.Background(), twin.NewAlarmFile(filepath.Join(dir, "alarms.jsonl")), time.Hour)
+	alarms, err := twin.NewAlarms(context.Background(), twin.NewAlarmFile(filepath.Join(dir, "alarms.jsonl")), time.Hour, logger)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -224,7 +221,7 @@ func newMatrixEnvFor(t *testing.T, scope, wrong auth.Scope, withStore bool) *mat
 		OutOfOrderWindow: time.Hour, MaxFuture: time.Minute, MaxInflightIngest: 4, ReadTimeout: time.Minute,
 		Security: Security{AllowedHosts: []string{"example.com"}, MetricsAuth: true, SessionTTL: time.Hour},
 	}, Deps{
-		Submit: env.log.Submit, Twins: tw, Alarms: alarms, Notes: notes, Store: st,
+		Submit: env.log.Submit, Registry: tw, Live: live, Alarms: alarms, Notes: notes, Store: st,
 		Publish: func(twin.Note) {},
 		Stream:  http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusOK) }),
 		Metrics: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "twinline_up 1\n") }),

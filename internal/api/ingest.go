@@ -173,7 +173,7 @@ func (a *API) ingest(w http.ResponseWriter, r *http.Request, protocol string, st
 	if id := identity(r); id.Restricted() || id.Machine != "" {
 		base := opts.AdmitMachine
 		opts.AdmitMachine = func(m string) string {
-			if reason := a.twins.AdmitFor(id, m); reason != "" {
+			if reason := a.registry.AdmitFor(id, m); reason != "" {
 				return reason
 			}
 			if base != nil {

@@ -26,7 +26,7 @@ const (
 
 // handleMachines is GET /api/v1/machines: the fleet.
 func (a *API) handleMachines(w http.ResponseWriter, r *http.Request) {
-	ms := a.twins.List()
+	ms := a.live.Machines(a.registry.List())
 	if id := identity(r); id.Restricted() {
 		ms = slices.DeleteFunc(ms, func(m twin.Machine) bool { return !id.SeesSite(m.Site) })
 	}
@@ -76,15 +76,16 @@ func (a *API) handleMachinePut(w http.ResponseWriter, r *http.Request) {
 		badParam(w, "id", reason)
 		return
 	}
-	before, _ := a.twins.Get(id)
-	m, created, err := a.twins.Put(id, in)
+	before, _ := a.registry.Get(id)
+	after, created, err := a.registry.Put(id, in)
 	if err != nil {
 		a.twinError(w, err)
 		return
 	}
-	change := map[string]any{"after": m.Info}
+	m := a.live.Machine(after)
+	change := map[string]any{"after": after}
 	if !created {
-		change["before"] = before.Info
+		change["before"] = before
 	}
 	note(r, id, "", change)
 	status := http.StatusOK
@@ -115,14 +116,14 @@ func (a *API) handleMachinePatch(w http.ResponseWriter, r *http.Request) {
 	if change.Site != nil && !a.mayPlace(w, r, id, site) {
 		return
 	}
-	before, _ := a.twins.Get(id)
-	m, err := a.twins.Patch(id, body)
+	before, _ := a.registry.Get(id)
+	after, err := a.registry.Patch(id, body)
 	if err != nil {
 		a.twinError(w, err)
 		return
 	}
-	note(r, id, "", map[string]any{"before": before.Info, "after": m.Info})
-	writeJSON(w, http.StatusOK, m)
+	note(r, id, "", map[string]any{"before": before, "after": after})
+	writeJSON(w, http.StatusOK, a.live.Machine(after))
 }
 
 func (a *API) handleMachineDelete(w http.ResponseWriter, r *http.Request) {
@@ -133,7 +134,7 @@ func (a *API) handleMachineDelete(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	note(r, id, "", map[string]any{"before": before.Info})
-	if err := a.twins.Delete(id); err != nil {
+	if err := a.registry.Delete(id); err != nil {
 		a.twinError(w, err)
 		return
 	}
@@ -399,11 +400,14 @@ func readSmallBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
 // machine of a site it does not see is not found, exactly as one that does
 // not exist.
 func (a *API) getMachine(r *http.Request, id string) (twin.Machine, error) {
-	m, err := a.twins.Get(id)
-	if err == nil && !visible(r, m.Site) {
+	in, err := a.registry.Get(id)
+	if err != nil {
+		return twin.Machine{}, err
+	}
+	if !visible(r, in.Site) {
 		return twin.Machine{}, fmt.Errorf("%w: machine %q", twin.ErrNotFound, id)
 	}
-	return m, err
+	return a.live.Machine(in), nil
 }
 
 // mayPlace checks that the request's identity may put machine id at site:
@@ -414,7 +418,7 @@ func (a *API) mayPlace(w http.ResponseWriter, r *http.Request, id, site string) 
 	if !ident.Restricted() {
 		return true
 	}
-	if cur, ok := a.twins.Site(id); ok && !ident.SeesSite(cur) {
+	if cur, ok := a.registry.Site(id); ok && !ident.SeesSite(cur) {
 		a.twinError(w, fmt.Errorf("%w: machine %q", twin.ErrNotFound, id))
 		return false
 	}

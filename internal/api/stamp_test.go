@@ -3,7 +3,6 @@ package api
 import (
 	"log/slog"
 	"net/http"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -12,7 +11,6 @@ import (
 	"github.com/twinline/twinline/internal/eventlog"
 	"github.com/twinline/twinline/internal/ingest"
 	"github.com/twinline/twinline/internal/telemetry"
-	"github.com/twinline/twinline/internal/twin"
 )
 
 // TestIngestStampsPerMachine: requests without timestamps that arrive in
@@ -21,10 +19,7 @@ import (
 // arrival order.
 func TestIngestStampsPerMachine(t *testing.T) {
 	now := time.UnixMilli(1_796_018_400_000)
-	tw, err := twin.Open(filepath.Join(t.TempDir(), "registry.json"), time.Minute, 60, time.Now, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
+	reg, live := openTwins(t, time.Minute, time.Now)
 	stamper := ingest.NewStamper()
 	log := &fakeLog{real: eventlog.New(1000, nil)}
 	a := New(Options{
@@ -32,7 +27,7 @@ func TestIngestStampsPerMachine(t *testing.T) {
 		Limits: telemetry.DefaultLimits(), MachineTags: []string{"host"},
 		OutOfOrderWindow: time.Hour, MaxFuture: time.Minute, MaxInflightIngest: 4, ReadTimeout: time.Minute,
 	}, Deps{
-		Submit: log.Submit, Twins: tw, Stamper: stamper,
+		Submit: log.Submit, Registry: reg, Live: live, Stamper: stamper,
 		Stream: http.NotFoundHandler(), Metrics: http.NotFoundHandler(), UI: http.NotFoundHandler(),
 		Ready: func() error { return nil }, Clock: func() time.Time { return now },
 		Logger: slog.New(slog.DiscardHandler),

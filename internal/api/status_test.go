@@ -23,11 +23,8 @@ import (
 func TestMachineStatusAndAlarm(t *testing.T) {
 	now := time.UnixMilli(1_796_018_400_000)
 	clock := func() time.Time { return now }
-	tw, err := twin.Open(filepath.Join(t.TempDir(), "registry.json"), 30*time.Second, 60, clock, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	alarms, err := twin.NewAlarms(context.Background(), twin.NewAlarmFile(filepath.Join(t.TempDir(), "alarms.jsonl")), 30*time.Second)
+	reg, live := openTwins(t, 30*time.Second, clock)
+	alarms, err := twin.NewAlarms(context.Background(), twin.NewAlarmFile(filepath.Join(t.TempDir(), "alarms.jsonl")), 30*time.Second, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -36,7 +33,7 @@ func TestMachineStatusAndAlarm(t *testing.T) {
 	thresholds := func(string) map[string]twin.Threshold { return map[string]twin.Threshold{"temp": {High: &high}} }
 	see := func(machine string, v float64, at time.Time) {
 		ss := []telemetry.Sample{{Machine: machine, Metric: "temp", Time: at.UnixMilli(), Value: v}}
-		tw.Observe(&telemetry.Batch{Received: at.UnixMilli()}, ss)
+		live.Observe(&telemetry.Batch{Received: at.UnixMilli()}, ss)
 		if _, err := alarms.Seen(ss, at.UnixMilli()); err != nil {
 			t.Fatal(err)
 		}
@@ -55,7 +52,7 @@ func TestMachineStatusAndAlarm(t *testing.T) {
 	see("live-cool", 20, now) // online only
 
 	a := New(Options{MaxInflightIngest: 1}, Deps{
-		Submit: (&fakeLog{real: eventlog.New(10, nil)}).Submit, Twins: tw, Alarms: alarms, Clock: clock,
+		Submit: (&fakeLog{real: eventlog.New(10, nil)}).Submit, Registry: reg, Live: live, Alarms: alarms, Clock: clock,
 		Stream: http.NotFoundHandler(), Metrics: http.NotFoundHandler(), UI: http.NotFoundHandler(),
 		Ready: func() error { return nil }, Logger: slog.New(slog.DiscardHandler),
 	})

@@ -1,6 +1,8 @@
 // Package app is twinline's composition root: it builds every part from the
-// configuration, wires them source → ingest → log → engine → sinks, runs
-// them under one supervisor and stops them in reverse order.
+// configuration, wires them source → ingest → log → engine → sinks, and
+// runs them as an ordered list of start/stop pairs (runGroup) whose order
+// is the shutdown order (App.Run). Domain code lives with its owner (twin,
+// sim, hot, hub); what is here only connects parts.
 package app
 
 import (
@@ -32,7 +34,6 @@ import (
 	"github.com/twinline/twinline/internal/keylog"
 	"github.com/twinline/twinline/internal/memlimit"
 	"github.com/twinline/twinline/internal/pipeline"
-	"github.com/twinline/twinline/internal/sim"
 	"github.com/twinline/twinline/internal/store"
 	"github.com/twinline/twinline/internal/store/embedded"
 	"github.com/twinline/twinline/internal/store/postgres"
@@ -42,12 +43,6 @@ import (
 	"github.com/twinline/twinline/internal/web"
 )
 
-// restoreWindow is how far back start-up looks for each series' latest value.
-const restoreWindow = 10 * time.Minute
-
-// registryFlushInterval is how often auto-registered machines are persisted.
-const registryFlushInterval = 5 * time.Second
-
 // App is the platform, built and listening, not yet running.
 type App struct {
 	cfg     config.Config
@@ -55,17 +50,22 @@ type App struct {
 	version string
 
 	store store.Store
-	// runners are the store's and backends' background loops, run under
-	// Run's supervisor; checks are their readiness checks.
-	runners []func(context.Context) error
-	checks  []func() error
+	// pg is the store when it is PostgreSQL, shared by the replicas
+	// (registry, notes, alarms, tokens and the processing lock live there
+	// too); nil otherwise.
+	pg *postgres.Store
+	// background are the store's and backends' loops, run by Run and
+	// stopped in its first stage; checks are their readiness checks.
+	background []part
+	checks     []func() error
 	// degraded are the checks of parts that can fail without making the
 	// server unready (Redis: fan-out, hot window, rate limits).
 	degraded []func() error
 	rdb      *redis.Client // nil without --redis-url
 	hot      *hot.Redis    // nil without --redis-url
-	hotW     *hotWriter    // nil without --redis-url
-	twins    *twin.Twins
+	hotW     *hot.Writer   // nil without --redis-url
+	registry *twin.Registry
+	live     *twin.Live
 	notes    *twin.Notes
 	alarms   *twin.Alarms
 	hub      *hub.Hub
@@ -132,7 +132,7 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 	// PostgreSQL uses it for the shared registry (site and line of MQTT
 	// topics, --max-machines).
 	var st store.Store
-	if cfg.Role != "gateway" || cfg.Store == "postgres" {
+	if cfg.Role.Processes() || cfg.Role.Queries() || cfg.Store == "postgres" {
 		if st, err = a.openStore(ctx, reg); err != nil {
 			return nil, err
 		}
@@ -142,34 +142,31 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 
 	// The registry, notes and alarm journal live with the history: files in
 	// the data directory, or PostgreSQL, shared by the replicas.
-	registry, noteStore, alarmStore, err := a.openTwinStores(ctx)
+	ts, err := a.openTwinStores()
 	if err != nil {
 		return nil, err
 	}
-	notes := twin.NewNotes(noteStore, time.Now)
+	notes := twin.NewNotes(ts.notes, time.Now)
 	a.notes = notes
 	a.cleanup = append(a.cleanup, func() { notes.Close() })
-	twins, err := twin.OpenWith(ctx, registry, cfg.OfflineAfter, cfg.MedianWindow, time.Now, logger.With("component", "twin"))
+	twinLog := logger.With("component", "twin")
+	registry, err := twin.OpenRegistry(ctx, ts.registry, time.Now, twinLog)
 	if err != nil {
 		return nil, fmt.Errorf("opening registry: %w", err)
 	}
-	if pr, ok := registry.(*postgres.Registry); ok {
-		// Registry writes of the other replicas reach this one's twins.
-		twinLog := logger.With("component", "twin")
-		pr.OnChange(func(ids []string) {
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-			if err := twins.Refresh(ctx, ids, pr.Get, pr.Snapshot); err != nil {
-				twinLog.Warn("refreshing registry entries changed by another replica", "err", err)
-			}
-		})
+	if ts.shared != nil {
+		registry.Follow(ts.shared) // registry writes of the other replicas reach this one
 	}
+	// The live state registers the machines it sees; a machine deleted
+	// from the registry leaves it.
+	live := twin.NewLive(twin.LiveOptions{OfflineAfter: cfg.OfflineAfter, MedianWindow: cfg.MedianWindow, Register: registry.AutoRegister})
+	registry.OnDelete(live.Forget)
 	if st != nil {
-		if err := restoreLatest(ctx, st, twins, time.Now(), cfg.MaxFuture, cfg.MedianWindow); err != nil {
-			return nil, err
+		if err := live.RestoreLatest(ctx, st, time.Now(), cfg.MaxFuture); err != nil {
+			return nil, fmt.Errorf("restoring the latest values: %w", err)
 		}
 	}
-	a.twins = twins
+	a.registry, a.live = registry, live
 	for _, w := range []struct {
 		label string
 		d     time.Duration
@@ -178,10 +175,10 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 			Name:        "twinline_fleet_events_per_second",
 			Help:        "Events per second across the fleet over the window (server time).",
 			ConstLabels: prometheus.Labels{"window": w.label},
-		}, func() float64 { return twins.FleetRate(w.d) }))
+		}, func() float64 { return live.FleetRate(w.d) }))
 	}
 
-	alarms, err := twin.NewAlarms(ctx, alarmStore, cfg.OfflineAfter)
+	alarms, err := twin.NewAlarms(ctx, ts.alarms, cfg.OfflineAfter, logger.With("component", "alarms"))
 	if err != nil {
 		return nil, err
 	}
@@ -191,19 +188,20 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 	// machine's status: its liveness, and whether it is in alarm.
 	alarms.OnChange(func(al twin.Alarm, alarmed bool) {
 		a.hub.PublishAlarm(hub.Alarm(al))
-		m, err := twins.Get(al.Machine)
+		in, err := registry.Get(al.Machine)
 		if err != nil {
 			return // deleted
 		}
+		m := live.Machine(in)
 		a.hub.PublishStatus(al.Machine, twin.Liveness(m.Status, al), alarmed, m.LastSeen)
 	})
-	// A machine that stays silent from now on gets its offline alarm.
-	var known []string
-	for _, m := range twins.List() {
-		known = append(known, m.ID)
-	}
-	if a.processes() {
-		alarms.Expect(known, time.Now())
+	a.background = append(a.background, part{name: "stopping the live state's trim", run: live.Run})
+	if cfg.Role.Processes() {
+		// A machine that stays silent from now on gets its offline alarm.
+		// Offline alarms are raised where data is processed: a replica
+		// that sees none would take every machine for offline.
+		alarms.Expect(registry.IDs(), time.Now())
+		a.background = append(a.background, part{name: "stopping the offline alarms", run: alarms.Run})
 	}
 
 	hubOpts := hub.Options{
@@ -229,11 +227,9 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 		a.rdb, rdb = c, c
 		a.cleanup = append(a.cleanup, func() { c.Close() })
 		hubOpts.Redis, hubOpts.RedisPrefix = rdb, cfg.RedisPrefix
-		// The samples other replicas processed keep this replica's twins
-		// current: status, lastSeen, latest values and rates.
-		hubOpts.OnRemoteSamples, hubOpts.OnRemoteAlarm, hubOpts.OnRemoteMedians = a.observeRemoteSamples, a.observeRemoteAlarm, a.observeRemoteMedians
+		a.observeRemote(&hubOpts)
 		a.hot = hot.NewRedis(rdb, hot.RedisOptions{Options: hot.Options{Window: cfg.HotWindow}, Prefix: cfg.RedisPrefix})
-		a.hotW = newHotWriter(a.hot, logger.With("component", "hot"), reg)
+		a.hotW = hot.NewWriter(a.hot, logger.With("component", "hot"), reg)
 		a.degraded = append(a.degraded, a.hot.Ready)
 	}
 	a.hub = hub.New(hubOpts, logger, reg)
@@ -258,45 +254,39 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 	var medians []twin.MedianUpdate // reused by the sink goroutine
 	sinks := pipeline.Sinks{
 		Batch: func(b *telemetry.Batch, samples []telemetry.Sample) {
-			twins.Observe(b, samples)
+			live.Observe(b, samples)
 			a.hub.PublishSamples(samples, b.Received)
 			if a.hotW != nil {
-				a.hotW.add(samples)
+				a.hotW.Add(samples)
 			}
 			if _, err := alarms.Seen(samples, b.Received); err != nil {
 				alarmLog.Error("journaling alarms", "err", err)
 			}
 		},
 		Group: func(released []telemetry.Sample, windows []stream.Window) {
-			medians = twins.ObserveReleased(released, medians[:0])
-			a.publishMedians(medians)
-			if _, err := alarms.Observe(released, twins.Thresholds); err != nil {
+			medians = live.ObserveReleased(released, medians[:0])
+			publishMedians(a.hub, medians)
+			if _, err := alarms.Observe(released, registry.Thresholds); err != nil {
 				alarmLog.Error("journaling alarms", "err", err)
 			}
-			a.publishWindows(windows)
+			publishWindows(a.hub, windows)
 		},
 	}
-	engineCfg := stream.EngineConfig{
-		Lateness:     cfg.Lateness,
-		Window:       cfg.Window,
-		WindowGrace:  cfg.WindowGrace,
-		DedupHorizon: cfg.DedupHorizon,
-		DedupMaxKeys: cfg.DedupMaxKeys,
-		MaxBuffered:  10_000,
-		EvictAfter:   stream.DefaultEngineConfig().EvictAfter,
-	}
+	engineCfg := stream.DefaultEngineConfig()
+	engineCfg.Lateness, engineCfg.Window, engineCfg.WindowGrace = cfg.Lateness, cfg.Window, cfg.WindowGrace
+	engineCfg.DedupHorizon, engineCfg.DedupMaxKeys = cfg.DedupHorizon, cfg.DedupMaxKeys
 	if err := a.claimProcessing(ctx); err != nil {
 		return nil, err
 	}
 	switch {
-	case cfg.Role == "api":
+	case !cfg.Role.Ingests() && !cfg.Role.Processes():
 		// Queries and the live stream only: processors elsewhere write.
 	case len(cfg.KafkaBrokers) == 0:
 		if err := a.openLog(st, sinks, engineCfg, reg); err != nil {
 			return nil, err
 		}
 	default:
-		if err := a.openKafka(st, sinks, engineCfg, reg); err != nil {
+		if err := a.openKafka(sinks, engineCfg, reg); err != nil {
 			return nil, err
 		}
 	}
@@ -328,14 +318,15 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 	}
 	a.stamper = ingest.NewStamper()
 	deps := api.Deps{
-		Submit:  a.submitFn,
-		Stamper: a.stamper,
-		Store:   st,
-		Twins:   twins,
-		Notes:   notes,
-		Alarms:  alarms,
-		Publish: func(n twin.Note) { a.hub.PublishNote(hub.Note(n)) },
-		Stream:  a.hub,
+		Submit:   a.submitFn,
+		Stamper:  a.stamper,
+		Store:    st,
+		Registry: registry,
+		Live:     live,
+		Notes:    notes,
+		Alarms:   alarms,
+		Publish:  func(n twin.Note) { a.hub.PublishNote(hub.Note(n)) },
+		Stream:   a.hub,
 		StreamContext: func(ctx context.Context, visible func(string) bool, client string) context.Context {
 			if visible != nil {
 				ctx = hub.WithFilter(ctx, visible)
@@ -368,6 +359,9 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 			return nil, err
 		}
 	}
+	if cfg.Demo {
+		a.openDemo()
+	}
 
 	a.ln, err = net.Listen("tcp", cfg.Listen)
 	if err != nil {
@@ -398,10 +392,6 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 	return a, nil
 }
 
-// processes reports whether this replica processes data (runs the engine):
-// roles all and processor.
-func (a *App) processes() bool { return a.cfg.Role == "all" || a.cfg.Role == "processor" }
-
 // joinChecks runs every check and joins their errors.
 func joinChecks(checks []func() error) error {
 	var errs []error
@@ -414,175 +404,143 @@ func joinChecks(checks []func() error) error {
 // Addr returns the address the HTTP server listens on.
 func (a *App) Addr() net.Addr { return a.ln.Addr() }
 
-// Run runs the platform until ctx ends, then shuts down gracefully: not
-// ready first, stream clients told to reconnect, in-flight requests
-// finished, the log drained into the store, the registry flushed, the store
-// closed.
-func (a *App) Run(ctx context.Context) (err error) {
-	cfg, logger := a.cfg, a.logger
-	ln, srv, h, twins := a.ln, a.srv, a.hub, a.twins
-	defer func() {
-		// Alarms and notes first: with PostgreSQL they write through the
-		// store's pool.
-		if cerr := a.notes.Close(); cerr != nil {
-			err = errors.Join(err, fmt.Errorf("closing notes: %w", cerr))
-		}
-		if cerr := a.alarms.Close(); cerr != nil {
-			err = errors.Join(err, fmt.Errorf("closing alarms: %w", cerr))
-		}
-		if a.store != nil {
-			if cerr := a.store.Close(); cerr != nil {
-				err = errors.Join(err, fmt.Errorf("closing store: %w", cerr))
-			}
-		}
-		if a.rdb != nil {
-			a.rdb.Close()
-		}
-		if a.keys != nil {
-			if cerr := a.keys.Close(); cerr != nil {
-				err = errors.Join(err, fmt.Errorf("closing dedup key journal: %w", cerr))
-			}
-		}
-	}()
-
-	// The processor outlives the HTTP server: in-flight requests wait for
-	// their acknowledgement while the server shuts down.
-	procCtx, procCancel := context.WithCancel(context.WithoutCancel(ctx))
-	defer procCancel()
-	// The hot-window writer outlives the processor: it takes what the
-	// drain at shutdown acknowledges.
-	hotCtx, hotCancel := context.WithCancel(context.WithoutCancel(ctx))
-	defer hotCancel()
-	hotDone := make(chan struct{})
-	go func() {
-		defer close(hotDone)
-		if a.hotW != nil {
-			_ = a.hotW.Run(hotCtx, 2*time.Second)
-		}
-	}()
-	procDone := make(chan error, 1)
-	if a.proc != nil {
-		go func() {
-			err := a.proc.Run(procCtx)
-			if a.events == nil && errors.Is(err, context.Canceled) {
-				err = nil // Kafka, stopped: what it consumed is stored with its offsets
-			}
-			procDone <- err
-		}()
-	} else {
-		procDone <- nil
+// Run runs the platform until ctx ends (or a part fails), then shuts down
+// within cfg.ShutdownTimeout, in this order, each stage once the one
+// before has stopped:
+//
+//  1. not ready; stream clients told to reconnect and in-flight requests
+//     finished, while the processor still runs (a request waits for its
+//     acknowledgement); the sources (MQTT, the demo), the offline alarms
+//     and the background loops stop;
+//  2. the Kafka producer flushes what the gateway took;
+//  3. the event log drains into the store through the processor: the
+//     in-process log to its end; a Kafka processor after its current
+//     commit (the rest stays in Kafka, for the next processor);
+//  4. the hot-window writer writes what the drain acknowledged;
+//  5. the registry persists the machines registered meanwhile;
+//  6. notes, then alarms (with PostgreSQL they write through the store's
+//     pool), the store, Redis and the dedup key journal close.
+//
+// It returns every error met, joined.
+func (a *App) Run(ctx context.Context) error {
+	g := runGroup{
+		// Everything is built and the processor runs: ready from the
+		// first request served.
+		started: func() { a.ready.Store(true) },
+		stopping: func() {
+			a.ready.Store(false)
+			a.logger.Info("shutting down", "timeout", a.cfg.ShutdownTimeout.String())
+		},
 	}
+	g.add(append([]part{a.serveHTTP(), a.servePprof(), {name: "stopping the live stream", run: a.hub.Run}}, a.background...)...)
+	if a.producer != nil {
+		g.add(part{name: "flushing the Kafka producer", stop: func(context.Context) error { a.producer.Close(); return nil }})
+	}
+	if a.proc != nil {
+		g.add(a.drainLog())
+	}
+	if a.hotW != nil {
+		g.add(part{name: "writing the hot window", run: a.hotW.Run})
+	}
+	g.add(part{name: "persisting the registry", run: a.registry.Run})
+	g.add(closer("closing notes", a.notes.Close))
+	g.add(closer("closing alarms", a.alarms.Close))
+	if a.store != nil {
+		g.add(closer("closing store", a.store.Close))
+	}
+	if a.rdb != nil {
+		g.add(part{name: "closing redis", stop: func(context.Context) error { a.rdb.Close(); return nil }})
+	}
+	if a.keys != nil {
+		g.add(closer("closing dedup key journal", a.keys.Close))
+	}
+	err := g.run(ctx, a.cfg.ShutdownTimeout)
+	a.logger.Info("stopped")
+	return err
+}
 
-	// Everything is built and the processor runs: ready from the first
-	// request served.
-	a.ready.Store(true)
-	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error {
-		scheme := "http://"
-		if a.sec.tls != nil {
-			scheme = "https://"
-		}
-		logger.Info("listening", "addr", ln.Addr().String(), "url", scheme+ln.Addr().String()+"/", "data_dir", cfg.DataDir, "version", a.version)
-		lim := netutil.LimitListener(ln, cfg.MaxConns)
-		var err error
-		if a.sec.tls != nil {
-			err = srv.ServeTLS(lim, "", "")
-		} else {
-			err = srv.Serve(lim)
-		}
-		if !errors.Is(err, http.ErrServerClosed) {
-			return fmt.Errorf("serving http: %w", err)
+// closer is a part that only closes something, its error wrapped in name.
+func closer(name string, close func() error) part {
+	return part{name: name, stop: func(context.Context) error {
+		if err := close(); err != nil {
+			return fmt.Errorf("%s: %w", name, err)
 		}
 		return nil
-	})
-	if a.pprofSrv != nil {
-		g.Go(func() error {
-			logger.Info("serving profiles", "addr", a.pprofLn.Addr().String())
+	}}
+}
+
+// serveHTTP is the HTTP server: stopping it drains the stream clients
+// (told to reconnect) and the in-flight requests, for at most the
+// shutdown deadline, then cuts what is left.
+func (a *App) serveHTTP() part {
+	return part{
+		name: "draining clients",
+		run: func(context.Context) error {
+			scheme := "http://"
+			if a.sec.tls != nil {
+				scheme = "https://"
+			}
+			addr := a.ln.Addr().String()
+			a.logger.Info("listening", "addr", addr, "url", scheme+addr+"/", "data_dir", a.cfg.DataDir, "version", a.version)
+			lim := netutil.LimitListener(a.ln, a.cfg.MaxConns)
+			var err error
+			if a.sec.tls != nil {
+				err = a.srv.ServeTLS(lim, "", "")
+			} else {
+				err = a.srv.Serve(lim)
+			}
+			if !errors.Is(err, http.ErrServerClosed) {
+				return fmt.Errorf("serving http: %w", err)
+			}
+			return nil
+		},
+		stop: func(ctx context.Context) error {
+			var sg errgroup.Group
+			sg.Go(func() error { return a.hub.Shutdown(ctx) })
+			sg.Go(func() error { return a.srv.Shutdown(ctx) })
+			if err := sg.Wait(); err != nil {
+				a.logger.Warn("draining clients", "err", err)
+				a.srv.Close()
+			}
+			return nil
+		},
+	}
+}
+
+// servePprof is the profiles' listener (--pprof), closed at once on
+// shutdown; without --pprof, nothing.
+func (a *App) servePprof() part {
+	if a.pprofSrv == nil {
+		return part{name: "closing pprof"}
+	}
+	return part{
+		name: "closing pprof",
+		run: func(context.Context) error {
+			a.logger.Info("serving profiles", "addr", a.pprofLn.Addr().String())
 			if err := a.pprofSrv.Serve(a.pprofLn); !errors.Is(err, http.ErrServerClosed) {
 				return fmt.Errorf("serving pprof: %w", err)
 			}
 			return nil
-		})
-		g.Go(func() error {
-			<-gctx.Done()
-			return a.pprofSrv.Close()
-		})
+		},
+		stop: func(context.Context) error { return a.pprofSrv.Close() },
 	}
-	for _, run := range a.runners {
-		g.Go(func() error { return run(gctx) })
+}
+
+// drainLog is the processor. Stopping it drains the event log into the
+// store: the in-process log is closed and processed to its end; a Kafka
+// processor is stopped after its current commit (its context cancelled),
+// and what it consumed is stored with its offsets.
+func (a *App) drainLog() part {
+	p := part{name: "draining the event log", run: a.proc.Run}
+	if a.events != nil {
+		p.stop = func(context.Context) error { a.events.Close(); return nil }
+		return p
 	}
-	g.Go(func() error { return h.Run(gctx) })
-	g.Go(func() error { return twins.Run(gctx, registryFlushInterval) })
-	if a.processes() {
-		// Offline alarms are raised where data is processed: a replica
-		// that sees none would take every machine for offline.
-		g.Go(func() error { return a.watchOffline(gctx) })
-	}
-	if cfg.Demo {
-		simulator := sim.New(sim.Config{Machines: cfg.DemoMachines, Rate: cfg.DemoRate, Seed: time.Now().UnixNano(), Interval: 100 * time.Millisecond},
-			func(ctx context.Context, events []telemetry.Event) error {
-				// The demo fleet is a well-behaved client: it waits for room.
-				_, _, err := a.submit(ctx, &telemetry.Batch{Events: events, Protocol: "demo"})
-				return err
-			}, time.Now)
-		if err := registerDemo(twins, simulator.Machines()); err != nil {
-			logger.Warn("registering the demo fleet", "err", err)
-		}
-		a.alarms.Expect(machineIDs(simulator.Machines()), time.Now())
-		g.Go(func() error {
-			logger.Info("demo fleet simulator running", "machines", cfg.DemoMachines, "rate", cfg.DemoRate)
-			if err := simulator.Run(gctx); err != nil && gctx.Err() == nil {
-				return fmt.Errorf("running demo simulator: %w", err)
-			}
-			return nil
-		})
-	}
-	// One deadline for the whole shutdown, so it fits in an orchestrator's
-	// grace period: draining clients, then the log.
-	var deadline time.Time
-	g.Go(func() error {
-		<-gctx.Done()
-		a.ready.Store(false)
-		logger.Info("shutting down", "timeout", cfg.ShutdownTimeout.String())
-		deadline = time.Now().Add(cfg.ShutdownTimeout)
-		sdCtx, cancel := context.WithDeadline(context.WithoutCancel(ctx), deadline)
-		defer cancel()
-		var sg errgroup.Group
-		sg.Go(func() error { return h.Shutdown(sdCtx) })
-		sg.Go(func() error { return srv.Shutdown(sdCtx) })
-		if err := sg.Wait(); err != nil {
-			logger.Warn("draining clients", "err", err)
-			srv.Close()
+	p.run = func(ctx context.Context) error {
+		if err := a.proc.Run(ctx); !errors.Is(err, context.Canceled) {
+			return err
 		}
 		return nil
-	})
-	err = g.Wait()
-
-	// Drain the log into the store: the in-process log to its end; Kafka's
-	// producer flushes, its processor stops after its current commit (the
-	// rest stays in Kafka, for the next processor).
-	if a.producer != nil {
-		a.producer.Close()
 	}
-	if a.events != nil {
-		a.events.Close()
-	} else {
-		procCancel()
-	}
-	drain := time.NewTimer(max(time.Until(deadline), time.Second))
-	defer drain.Stop()
-	select {
-	case perr := <-procDone:
-		err = errors.Join(err, perr)
-	case <-drain.C:
-		procCancel()
-		err = errors.Join(err, <-procDone, errors.New("draining the event log: timed out"))
-	}
-	hotCancel()
-	<-hotDone
-	if ferr := twins.Flush(); ferr != nil {
-		err = errors.Join(err, fmt.Errorf("persisting registry: %w", ferr))
-	}
-	logger.Info("stopped")
-	return err
+	return p
 }

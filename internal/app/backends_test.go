@@ -4,7 +4,6 @@ import (
 	"testing"
 
 	"github.com/twinline/twinline/internal/config"
-	"github.com/twinline/twinline/internal/sim"
 )
 
 func TestRateLimited(t *testing.T) {
@@ -26,21 +25,6 @@ func TestRateLimited(t *testing.T) {
 		cfg.RateLimit, cfg.Listen = tt.mode, tt.listen
 		if got := rateLimited(cfg); got != tt.want {
 			t.Errorf("rateLimited(%s, %s) = %v, want %v", tt.mode, tt.listen, got, tt.want)
-		}
-	}
-}
-
-func TestDemoName(t *testing.T) {
-	for _, tt := range []struct {
-		m    sim.Machine
-		want string
-	}{
-		{sim.Machine{ID: "cnc-03", Kind: "cnc"}, "CNC mill 03"},
-		{sim.Machine{ID: "demo-press-12", Kind: "press"}, "Hydraulic press 12"},
-		{sim.Machine{ID: "lathe", Kind: "lathe"}, "lathe lathe"},
-	} {
-		if got := demoName(tt.m); got != tt.want {
-			t.Errorf("demoName(%+v) = %q, want %q", tt.m, got, tt.want)
 		}
 	}
 }

@@ -1,7 +1,6 @@
 package app
 
 import (
-	"context"
 	"fmt"
 	"log/slog"
 	"net"
@@ -12,9 +11,7 @@ import (
 
 	"github.com/twinline/twinline/internal/api"
 	"github.com/twinline/twinline/internal/config"
-	"github.com/twinline/twinline/internal/hot"
 	"github.com/twinline/twinline/internal/ratelimit"
-	"github.com/twinline/twinline/internal/telemetry"
 )
 
 // newRedisClient connects to --redis-url with short timeouts: an
@@ -62,67 +59,4 @@ func newLimiters(cfg config.Config, rdb redis.UniversalClient, logger *slog.Logg
 		return nil, nil, fmt.Errorf("building the stream rate limit: %w", err)
 	}
 	return ingest, stream, nil
-}
-
-// hotWriter writes acknowledged samples to the hot window on a goroutine
-// of its own, so that a Redis round trip never delays the live stream. Its
-// queue is bounded: when Redis falls behind, the processor's sinks wait,
-// and so ingest, rather than the window silently missing samples.
-type hotWriter struct {
-	w      hot.Window
-	queue  chan []telemetry.Sample
-	done   chan struct{} // closed when Run returns
-	logger *slog.Logger
-	errors prometheus.Counter
-}
-
-func newHotWriter(w hot.Window, logger *slog.Logger, reg prometheus.Registerer) *hotWriter {
-	h := &hotWriter{w: w, queue: make(chan []telemetry.Sample, 64), done: make(chan struct{}), logger: logger,
-		errors: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "twinline_hot_window_write_errors_total",
-			Help: "Batches the hot window could not store (its reads then fall back to the store).",
-		})}
-	reg.MustRegister(h.errors)
-	return h
-}
-
-// add queues a copy of samples; once Run has returned (shutting down) it
-// drops them: the store has them.
-func (h *hotWriter) add(samples []telemetry.Sample) {
-	if len(samples) == 0 {
-		return
-	}
-	select {
-	case h.queue <- append([]telemetry.Sample(nil), samples...):
-	case <-h.done:
-	}
-}
-
-// Run writes queued batches until ctx ends, then what is still queued,
-// for at most drain.
-func (h *hotWriter) Run(ctx context.Context, drain time.Duration) error {
-	defer close(h.done)
-	write := func(ctx context.Context, b []telemetry.Sample) {
-		if err := h.w.Append(ctx, b); err != nil {
-			h.errors.Inc()
-			h.logger.Warn("writing the hot window", "err", err, "samples", len(b))
-		}
-	}
-	for {
-		select {
-		case b := <-h.queue:
-			write(ctx, b)
-		case <-ctx.Done():
-			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), drain)
-			defer cancel()
-			for {
-				select {
-				case b := <-h.queue:
-					write(dctx, b)
-				default:
-					return nil
-				}
-			}
-		}
-	}
 }

@@ -61,20 +61,19 @@ func OpenTokens(ctx context.Context, pg *postgres.Store, dataDir string) (auth.T
 // leave a network listener open to anyone.
 func (a *App) openSecurity(ctx context.Context, rdb redis.UniversalClient, reg prometheus.Registerer) (*security, error) {
 	cfg, logger := a.cfg, a.logger.With("component", "auth")
-	pg, _ := a.store.(*postgres.Store)
-	tokens, audit, err := OpenTokens(ctx, pg, cfg.DataDir)
+	tokens, audit, err := OpenTokens(ctx, a.pg, cfg.DataDir)
 	if err != nil {
 		return nil, err
 	}
 	a.cleanup = append(a.cleanup, func() { tokens.Close(); audit.Close() })
 	if r, ok := tokens.(runner); ok {
-		a.runners = append(a.runners, r.Run)
+		a.background = append(a.background, part{name: "stopping the token listener", run: r.Run})
 	}
 	authn, err := auth.NewAuthenticator(tokens, auth.AuthenticatorOptions{Logger: logger})
 	if err != nil {
 		return nil, fmt.Errorf("loading tokens: %w", err)
 	}
-	a.runners = append(a.runners, authn.Run)
+	a.background = append(a.background, part{name: "stopping the authenticator", run: authn.Run})
 	if cfg.BootstrapTokenFile != "" {
 		b, err := os.ReadFile(cfg.BootstrapTokenFile)
 		if err != nil {
@@ -95,12 +94,12 @@ func (a *App) openSecurity(ctx context.Context, rdb redis.UniversalClient, reg p
 	}
 	s := &security{tokens: tokens, authn: authn, audit: audit,
 		tickets: auth.NewTickets(auth.TicketOptions{Redis: rdb, KeyPrefix: cfg.RedisPrefix + "ticket:"})}
-	a.runners = append(a.runners, func(ctx context.Context) error { return s.maintain(ctx, cfg, logger) })
+	a.background = append(a.background, part{name: "stopping token maintenance", run: func(ctx context.Context) error { return s.maintain(ctx, cfg, logger) }})
 	if cfg.TLSCert != "" {
 		if s.tls, err = tlsconf.New(cfg.TLSCert, cfg.TLSKey, cfg.TLSClientCA, logger, tlsconf.WithRegisterer(reg)); err != nil {
 			return nil, err
 		}
-		a.runners = append(a.runners, s.tls.Run)
+		a.background = append(a.background, part{name: "stopping the certificate reloader", run: s.tls.Run})
 	}
 	return s, nil
 }

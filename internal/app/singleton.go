@@ -13,12 +13,6 @@ import (
 // PostgreSQL store hold (docs/decisions/0011-one-processor-per-machine.md).
 const processingLock = "processing"
 
-// processLocker is a store that can take a lock for the life of the
-// process: PostgreSQL's advisory locks.
-type processLocker interface {
-	TryLock(ctx context.Context, name string, mode postgres.LockMode, holder string) (*postgres.Lock, error)
-}
-
 // claimProcessing makes sure each machine's events are processed by one
 // replica of a shared PostgreSQL store, so that a window's final value and
 // a metric's median on the live stream are the store's. A --role all
@@ -29,8 +23,7 @@ type processLocker interface {
 // The Store releases the lock when it closes, after the last write; a
 // replica that loses it to another process stops (the lock's Run fails).
 func (a *App) claimProcessing(ctx context.Context) error {
-	locker, ok := a.store.(processLocker)
-	if !ok || !a.processes() {
+	if a.pg == nil || !a.cfg.Role.Processes() {
 		return nil // an embedded store has a data directory of its own, locked
 	}
 	mode, kafka := postgres.LockExclusive, len(a.cfg.KafkaBrokers) > 0
@@ -39,7 +32,7 @@ func (a *App) claimProcessing(ctx context.Context) error {
 	}
 	host, _ := os.Hostname()
 	holder := fmt.Sprintf("twinline %s host=%s pid=%d", a.cfg.Role, host, os.Getpid())
-	lock, err := locker.TryLock(ctx, processingLock, mode, holder)
+	lock, err := a.pg.TryLock(ctx, processingLock, mode, holder)
 	switch {
 	case errors.Is(err, postgres.ErrLockHeld) && kafka:
 		return fmt.Errorf("a --role all replica without --kafka-brokers processes the events of this PostgreSQL store: "+
@@ -52,6 +45,6 @@ func (a *App) claimProcessing(ctx context.Context) error {
 	case err != nil:
 		return fmt.Errorf("claiming the processing of the PostgreSQL store: %w", err)
 	}
-	a.runners = append(a.runners, lock.Run)
+	a.background = append(a.background, part{name: "releasing the processing lock", run: lock.Run})
 	return nil
 }

@@ -12,6 +12,9 @@ import (
 	"time"
 
 	"github.com/twinline/twinline/internal/auth"
+	"github.com/twinline/twinline/internal/hot"
+	"github.com/twinline/twinline/internal/sim"
+	"github.com/twinline/twinline/internal/stream"
 )
 
 // Config is the whole configuration of `twinline serve`.
@@ -141,8 +144,8 @@ type Config struct {
 	// session timeout ("": a dynamic member). Default: the host name (a
 	// StatefulSet pod's name in Kubernetes).
 	KafkaInstanceID string
-	// Role is all, gateway, processor or api.
-	Role string
+	// Role is the part of the platform this replica runs.
+	Role Role
 
 	// Pprof is the address of a separate net/http/pprof listener ("": off).
 	Pprof string
@@ -194,13 +197,15 @@ type Config struct {
 	LogLevel        string
 }
 
-// Default returns the embedded-defaults configuration.
+// Default returns the embedded-defaults configuration. The defaults of
+// the engine, the demo fleet and the hot window are their packages' own.
 func Default() Config {
+	engine := stream.DefaultEngineConfig()
 	return Config{
 		Listen:               "127.0.0.1:8080",
 		DataDir:              "./data",
-		DemoMachines:         20,
-		DemoRate:             200,
+		DemoMachines:         sim.DefaultMachines,
+		DemoRate:             sim.DefaultRate,
 		Retention:            30 * 24 * time.Hour,
 		OutOfOrderWindow:     24 * time.Hour,
 		MaxFuture:            10 * time.Minute,
@@ -226,17 +231,17 @@ func Default() Config {
 		StreamReplay:               8192,
 		StreamWriteTimeout:         10 * time.Second,
 		MaxMachines:                100_000,
-		Lateness:                   5 * time.Second,
-		Window:                     10 * time.Second,
-		WindowGrace:                time.Minute,
+		Lateness:                   engine.Lateness,
+		Window:                     engine.Window,
+		WindowGrace:                engine.WindowGrace,
 		MedianWindow:               60,
-		DedupHorizon:               10 * time.Minute,
-		DedupMaxKeys:               2 << 20,
+		DedupHorizon:               engine.DedupHorizon,
+		DedupMaxKeys:               engine.DedupMaxKeys,
 		OfflineAfter:               30 * time.Second,
 		Store:                      "embedded",
 		SpoolBytes:                 1 << 30,
 		RedisPrefix:                "twinline:",
-		HotWindow:                  5 * time.Minute,
+		HotWindow:                  hot.DefaultWindow,
 		RateLimit:                  "auto",
 		IngestRate:                 200,
 		IngestBurst:                400,
@@ -246,7 +251,7 @@ func Default() Config {
 		KafkaGroup:                 "twinline-processor",
 		KafkaSessionTimeout:        45 * time.Second,
 		KafkaInstanceID:            hostname(),
-		Role:                       "all",
+		Role:                       RoleAll,
 		Auth:                       "auto",
 		MetricsAuth:                "auto",
 		MaxStreamsPerClient:        100,
@@ -439,26 +444,26 @@ func (c Config) Validate() error {
 		bad("kafka-session-timeout", "must be between 6s and 30m (the brokers' group session bounds), got %s", c.KafkaSessionTimeout)
 	}
 	switch c.Role {
-	case "all":
+	case RoleAll:
 		if kafka && c.Store != "postgres" {
 			bad("kafka-brokers", "needs --store postgres: processors store samples and Kafka offsets in one PostgreSQL transaction")
 		}
-	case "gateway":
+	case RoleGateway:
 		if !kafka {
 			bad("role", "gateway needs --kafka-brokers: it writes ingested events to Kafka")
 		}
-	case "processor":
+	case RoleProcessor:
 		if !kafka || c.Store != "postgres" || c.RedisURL == "" {
 			bad("role", "processor needs --kafka-brokers, --store postgres and --redis-url (its live messages reach the api replicas through Redis)")
 		}
-	case "api":
+	case RoleAPI:
 		if c.Store != "postgres" || c.RedisURL == "" {
 			bad("role", "api needs --store postgres (the history it serves) and --redis-url (the live messages of the processors)")
 		}
 	default:
 		bad("role", "must be all, gateway, processor or api, got %q", c.Role)
 	}
-	if ingests := c.Role == "all" || c.Role == "gateway"; !ingests {
+	if !c.Role.Ingests() {
 		if c.Demo {
 			bad("demo", "needs a role that takes ingest (all or gateway), not %s", c.Role)
 		}

@@ -96,3 +96,25 @@ func TestValidateCases(t *testing.T) {
 		})
 	}
 }
+
+func TestRoleParts(t *testing.T) {
+	tests := []struct {
+		role                        Role
+		ingests, processes, queries bool
+	}{
+		{RoleAll, true, true, true},
+		{RoleGateway, true, false, false},
+		{RoleProcessor, false, true, false},
+		{RoleAPI, false, false, true},
+		{"worker", false, false, false},
+	}
+	for _, tt := range tests {
+		if got := [3]bool{tt.role.Ingests(), tt.role.Processes(), tt.role.Queries()}; got != [3]bool{tt.ingests, tt.processes, tt.queries} {
+			t.Errorf("%s: ingests, processes, queries = %v, want %v", tt.role, got, [3]bool{tt.ingests, tt.processes, tt.queries})
+		}
+	}
+	var r Role
+	if err := r.Set("gateway"); err != nil || r != RoleGateway {
+		t.Errorf("Set(gateway) = %q, %v", r, err)
+	}
+}

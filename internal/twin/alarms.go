@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"strconv"
 	"sync"
@@ -61,6 +62,7 @@ type ruleState struct {
 // come back after a restart.
 type Alarms struct {
 	offlineAfter time.Duration
+	logger       *slog.Logger
 
 	mu       sync.Mutex
 	store    AlarmStore
@@ -83,9 +85,10 @@ type offlineState struct {
 
 // OpenAlarms opens (creating it if needed) the journal at path and restores
 // the alarms it records: an alarm active before a restart is active again.
+// Run logs nothing.
 func OpenAlarms(path string, offlineAfter time.Duration) (*Alarms, error) {
 	s := NewAlarmFile(path)
-	a, err := NewAlarms(context.Background(), s, offlineAfter)
+	a, err := NewAlarms(context.Background(), s, offlineAfter, slog.New(slog.DiscardHandler))
 	if err != nil {
 		s.Close()
 		return nil, err
@@ -94,10 +97,12 @@ func OpenAlarms(path string, offlineAfter time.Duration) (*Alarms, error) {
 }
 
 // NewAlarms replays the journal of s and restores the alarms it records: an
-// alarm active before a restart is active again. Close closes s.
-func NewAlarms(ctx context.Context, s AlarmStore, offlineAfter time.Duration) (*Alarms, error) {
+// alarm active before a restart is active again. Close closes s. Run logs
+// the journaling errors of the offline alarms it raises to logger.
+func NewAlarms(ctx context.Context, s AlarmStore, offlineAfter time.Duration, logger *slog.Logger) (*Alarms, error) {
 	a := &Alarms{
 		offlineAfter: offlineAfter,
+		logger:       logger,
 		store:        s,
 		alarms:       map[string]*Alarm{}, activeBy: map[string]int{}, alarmedBy: map[string]int{}, rules: map[string]map[string]*ruleState{}, offline: map[string]*offlineState{},
 	}
@@ -529,7 +534,29 @@ func (a *Alarms) Tick(now time.Time) ([]Alarm, error) {
 	return out, errors.Join(errs...)
 }
 
-// Ack acknowledges an alarm, active or cleared.
+// OfflineTick is how often Run checks the machines for silence.
+const OfflineTick = time.Second
+
+// Run raises offline alarms every OfflineTick until ctx ends: a machine
+// expected (Expect) or seen (Seen) that stays silent for --offline-after
+// gets its offline alarm. Run it where data is processed: a replica that
+// sees none would take every machine for offline. A journaling error is
+// logged, and the alarm raised again on the next tick.
+func (a *Alarms) Run(ctx context.Context) error {
+	t := time.NewTicker(OfflineTick)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case now := <-t.C:
+			if _, err := a.Tick(now); err != nil {
+				a.logger.Error("journaling alarms", "err", err)
+			}
+		}
+	}
+}
+
 // Get returns the alarm id, if it is kept (active, or recently cleared).
 func (a *Alarms) Get(id string) (Alarm, bool) {
 	a.mu.Lock()
@@ -540,6 +567,7 @@ func (a *Alarms) Get(id string) (Alarm, bool) {
 	return Alarm{}, false
 }
 
+// Ack acknowledges an alarm, active or cleared.
 func (a *Alarms) Ack(id, by, note string, now time.Time) (Alarm, error) {
 	if utf8.RuneCountInString(by) > maxNoteAuthor || utf8.RuneCountInString(note) > maxNoteText {
 		return Alarm{}, fmt.Errorf("%w: by is at most %d characters, note at most %d", ErrInvalid, maxNoteAuthor, maxNoteText)

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"testing"
@@ -103,7 +104,7 @@ func TestAlarmJournalCompactionProperty(t *testing.T) {
 		open := func(path string, compactMin int) *Alarms {
 			f := NewAlarmFile(path)
 			f.compactMin = compactMin
-			a, err := NewAlarms(context.Background(), f, 30*time.Second)
+			a, err := NewAlarms(context.Background(), f, 30*time.Second, slog.New(slog.DiscardHandler))
 			if err != nil {
 				rt.Fatalf("opening alarms: %v", err)
 			}

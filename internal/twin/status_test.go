@@ -1,7 +1,6 @@
 package twin
 
 import (
-	"log/slog"
 	"path/filepath"
 	"testing"
 	"time"
@@ -66,19 +65,16 @@ func TestStatusApartFromAlarm(t *testing.T) {
 // and it leaves Alarm for the API to fill in.
 func TestMachineStatusIsLiveness(t *testing.T) {
 	now := time.UnixMilli(1_000_000)
-	tw, err := Open(filepath.Join(t.TempDir(), "registry.json"), 30*time.Second, 60, func() time.Time { return now }, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	tw.Observe(&telemetry.Batch{Received: now.UnixMilli()}, []telemetry.Sample{{Machine: "m", Metric: "temp", Time: 1, Value: 1}})
+	tw := openFleet(t, filepath.Join(t.TempDir(), "registry.json"), 30*time.Second, 60, func() time.Time { return now })
+	tw.live.Observe(&telemetry.Batch{Received: now.UnixMilli()}, []telemetry.Sample{{Machine: "m", Metric: "temp", Time: 1, Value: 1}})
 	statusAt := func(d time.Duration) string {
 		now = time.UnixMilli(1_000_000).Add(d)
-		m, err := tw.Get("m")
+		m, err := tw.get("m")
 		if err != nil {
 			t.Fatal(err)
 		}
 		if m.Alarm {
-			t.Error("Twins set Alarm")
+			t.Error("Live set Alarm")
 		}
 		return m.Status
 	}
@@ -93,17 +89,14 @@ func TestMachineStatusIsLiveness(t *testing.T) {
 // TestApplyMedians: medians computed by the replica that processes a
 // machine show in this replica's twins, on the metrics it has values of.
 func TestApplyMedians(t *testing.T) {
-	tw, err := Open(filepath.Join(t.TempDir(), "registry.json"), 30*time.Second, 60, time.Now, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	tw.Observe(&telemetry.Batch{Received: 1}, []telemetry.Sample{{Machine: "m", Metric: "temp", Time: 5, Value: 9}})
-	tw.ApplyMedians([]MedianUpdate{
+	tw := openFleet(t, filepath.Join(t.TempDir(), "registry.json"), 30*time.Second, 60, time.Now)
+	tw.live.Observe(&telemetry.Batch{Received: 1}, []telemetry.Sample{{Machine: "m", Metric: "temp", Time: 5, Value: 9}})
+	tw.live.ApplyMedians([]MedianUpdate{
 		{Machine: "m", Metric: "temp", Time: 5, Median: 7},
 		{Machine: "m", Metric: "rpm", Time: 5, Median: 1},      // no value here: ignored
 		{Machine: "other", Metric: "temp", Time: 5, Median: 1}, // unknown: ignored
 	})
-	m, err := tw.Get("m")
+	m, err := tw.get("m")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -111,7 +104,7 @@ func TestApplyMedians(t *testing.T) {
 	if diff := cmp.Diff(m.Metrics, map[string]Value{"temp": {Value: 9, TS: 5, Median: &med}}); diff != "" {
 		t.Errorf("metrics (-got +want):\n%s", diff)
 	}
-	if _, err := tw.Get("other"); err == nil {
+	if _, err := tw.get("other"); err == nil {
 		t.Error("a median registered an unknown machine")
 	}
 }

@@ -18,7 +18,7 @@ type RegistryStore interface {
 	Load(ctx context.Context) ([]Info, error)
 	// Save replaces the registry with all, the whole registry sorted by id,
 	// durably: when it returns nil, a later Load returns all. A failed Save
-	// may have stored nothing or all, never a part. Twins never calls it
+	// may have stored nothing or all, never a part. A Registry never calls it
 	// concurrently and never with an older snapshot after a newer one.
 	Save(ctx context.Context, all []Info) error
 }

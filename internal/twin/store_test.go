@@ -12,7 +12,6 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
-	"github.com/twinline/twinline/internal/telemetry"
 	"github.com/twinline/twinline/internal/twin"
 	"github.com/twinline/twinline/internal/twin/twintest"
 )
@@ -132,13 +131,13 @@ func (r *flakyRegistry) setFail(v bool) {
 	r.fail = v
 }
 
-// TestTwinsKeepMemoryAndStoreInStep: a registry write the store refuses is
+// TestRegistryKeepsMemoryAndStoreInStep: a registry write the store refuses is
 // undone; auto-registered machines a failed Flush could not persist are
 // persisted by the next one.
-func TestTwinsKeepMemoryAndStoreInStep(t *testing.T) {
+func TestRegistryKeepsMemoryAndStoreInStep(t *testing.T) {
 	reg := &flakyRegistry{fail: true}
 	now := time.Date(2026, 11, 30, 6, 0, 0, 0, time.UTC)
-	tw, err := twin.OpenWith(context.Background(), reg, time.Minute, 10, func() time.Time { return now }, slog.New(slog.DiscardHandler))
+	tw, err := twin.OpenRegistry(context.Background(), reg, func() time.Time { return now }, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -148,7 +147,7 @@ func TestTwinsKeepMemoryAndStoreInStep(t *testing.T) {
 	if _, err := tw.Get("press-07"); !errors.Is(err, twin.ErrNotFound) {
 		t.Errorf("Get after a failed Put = %v, want ErrNotFound (undone)", err)
 	}
-	tw.Observe(&telemetry.Batch{Received: now.UnixMilli()}, []telemetry.Sample{{Machine: "auto-1", Metric: "x", Time: now.UnixMilli(), Value: 1}})
+	tw.AutoRegister("auto-1", now)
 	if err := tw.Flush(); err == nil {
 		t.Fatal("Flush with a failing store: no error")
 	}
@@ -161,12 +160,12 @@ func TestTwinsKeepMemoryAndStoreInStep(t *testing.T) {
 	}
 }
 
-func TestOpenWithReportsLoadErrors(t *testing.T) {
+func TestOpenRegistryReportsLoadErrors(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "registry.json")
 	if err := os.WriteFile(path, []byte("{broken"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := twin.Open(path, time.Minute, 10, time.Now, slog.New(slog.DiscardHandler)); err == nil {
+	if _, err := twin.OpenRegistryFile(path, time.Now, slog.New(slog.DiscardHandler)); err == nil {
 		t.Error("Open of a corrupt registry: no error")
 	}
 }

@@ -19,14 +19,40 @@ type fakeClock struct{ t time.Time }
 
 func (c *fakeClock) now() time.Time { return c.t }
 
-func open(t *testing.T, path string, clk *fakeClock) *Twins {
+// fleet is a registry and the live state that registers into it, wired
+// as the server wires them.
+type fleet struct {
+	*Registry
+	live *Live
+}
+
+func open(t *testing.T, path string, clk *fakeClock) *fleet {
 	t.Helper()
-	tw, err := Open(path, 30*time.Second, 60, clk.now, slog.New(slog.DiscardHandler))
+	return openFleet(t, path, 30*time.Second, 60, clk.now)
+}
+
+func openFleet(t *testing.T, path string, offlineAfter time.Duration, medianWindow int, now func() time.Time) *fleet {
+	t.Helper()
+	reg, err := OpenRegistryFile(path, now, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
-	return tw
+	live := NewLive(LiveOptions{OfflineAfter: offlineAfter, MedianWindow: medianWindow, Now: now, Register: reg.AutoRegister})
+	reg.OnDelete(live.Forget)
+	return &fleet{Registry: reg, live: live}
 }
+
+// get returns a twin as the API does: its entry and live state.
+func (f *fleet) get(id string) (Machine, error) {
+	in, err := f.Get(id)
+	if err != nil {
+		return Machine{}, err
+	}
+	return f.live.Machine(in), nil
+}
+
+// list returns every twin as the API does.
+func (f *fleet) list() []Machine { return f.live.Machines(f.List()) }
 
 func f(v float64) *float64 { return &v }
 
@@ -34,13 +60,13 @@ func TestObserveRegistersAndTracksLatestByEventTime(t *testing.T) {
 	clk := &fakeClock{time.UnixMilli(1_000_000)}
 	tw := open(t, filepath.Join(t.TempDir(), "registry.json"), clk)
 	b := &telemetry.Batch{Received: 1_000_000}
-	tw.Observe(b, []telemetry.Sample{
+	tw.live.Observe(b, []telemetry.Sample{
 		{Machine: "press-07", Metric: "temp", Time: 900_000, Value: 70},
 		{Machine: "press-07", Metric: "temp", Time: 800_000, Value: 60}, // older event arriving later
 		{Machine: "press-07", Metric: "rpm", Time: 900_000, Value: 1200},
 		{Machine: "oven-01", Metric: "temp", Time: 950_000, Value: 180},
 	})
-	got, err := tw.Get("press-07")
+	got, err := tw.get("press-07")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -52,11 +78,11 @@ func TestObserveRegistersAndTracksLatestByEventTime(t *testing.T) {
 		t.Errorf("status, lastSeen = %s, %d; want online, 1000000", got.Status, got.LastSeen)
 	}
 	clk.t = clk.t.Add(31 * time.Second)
-	if got, _ := tw.Get("press-07"); got.Status != StatusOffline {
+	if got, _ := tw.get("press-07"); got.Status != StatusOffline {
 		t.Errorf("status after 31s of silence = %s, want offline", got.Status)
 	}
 	var ids []string
-	for _, m := range tw.List() {
+	for _, m := range tw.list() {
 		ids = append(ids, m.ID)
 	}
 	if diff := cmp.Diff(ids, []string{"oven-01", "press-07"}); diff != "" {
@@ -85,29 +111,29 @@ func TestRegistryPersistsAcrossOpen(t *testing.T) {
 	if m.Line != "B" || m.Name != "Press 7" {
 		t.Errorf("after patch: line %q name %q; want B, Press 7", m.Line, m.Name)
 	}
-	tw.Observe(&telemetry.Batch{Received: 1}, []telemetry.Sample{{Machine: "auto-1", Metric: "x", Time: 1, Value: 1}})
+	tw.live.Observe(&telemetry.Batch{Received: 1}, []telemetry.Sample{{Machine: "auto-1", Metric: "x", Time: 1, Value: 1}})
 	if err := tw.Flush(); err != nil {
 		t.Fatal(err)
 	}
 
 	again := open(t, path, clk)
-	got, err := again.Get("press-07")
+	got, err := again.get("press-07")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if diff := cmp.Diff(got.Info, m.Info); diff != "" {
+	if diff := cmp.Diff(got.Info, m); diff != "" {
 		t.Errorf("reopened entry (-got +want):\n%s", diff)
 	}
 	if diff := cmp.Diff(got.Attributes, map[string]any{"bay": float64(3)}); diff != "" {
 		t.Errorf("merge patch attributes (-got +want):\n%s", diff)
 	}
-	if _, err := again.Get("auto-1"); err != nil {
+	if _, err := again.get("auto-1"); err != nil {
 		t.Errorf("auto-registered machine not persisted: %v", err)
 	}
 	if err := again.Delete("press-07"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := open(t, path, clk).Get("press-07"); !errors.Is(err, ErrNotFound) {
+	if _, err := open(t, path, clk).get("press-07"); !errors.Is(err, ErrNotFound) {
 		t.Errorf("Get after Delete and reopen: got %v, want ErrNotFound", err)
 	}
 }
@@ -152,8 +178,8 @@ func TestValidation(t *testing.T) {
 
 func TestRestoreDoesNotClaimOnline(t *testing.T) {
 	tw := open(t, filepath.Join(t.TempDir(), "registry.json"), &fakeClock{time.UnixMilli(10_000)})
-	tw.Restore([]telemetry.Sample{{Machine: "m", Metric: "temp", Time: 9_000, Value: 5}})
-	got, err := tw.Get("m")
+	tw.live.Restore([]telemetry.Sample{{Machine: "m", Metric: "temp", Time: 9_000, Value: 5}})
+	got, err := tw.get("m")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -174,7 +200,7 @@ func TestDecodeInfoStrict(t *testing.T) {
 
 func TestAdmit(t *testing.T) {
 	tw := open(t, filepath.Join(t.TempDir(), "registry.json"), &fakeClock{time.Unix(0, 0)})
-	tw.Observe(&telemetry.Batch{Received: 1}, []telemetry.Sample{{Machine: "a", Metric: "x", Time: 1}, {Machine: "b", Metric: "x", Time: 1}})
+	tw.live.Observe(&telemetry.Batch{Received: 1}, []telemetry.Sample{{Machine: "a", Metric: "x", Time: 1}, {Machine: "b", Metric: "x", Time: 1}})
 	tests := []struct {
 		id    string
 		limit int
@@ -194,17 +220,14 @@ func TestAdmit(t *testing.T) {
 
 func TestMedianAndRates(t *testing.T) {
 	clk := &fakeClock{time.UnixMilli(600_000)}
-	tw, err := Open(filepath.Join(t.TempDir(), "registry.json"), 30*time.Second, 3, clk.now, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
+	tw := openFleet(t, filepath.Join(t.TempDir(), "registry.json"), 30*time.Second, 3, clk.now)
 	// 120 events over the last minute of server time, one sample each.
 	for i := range 120 {
 		received := int64(540_500 + i*500)
-		tw.Observe(&telemetry.Batch{Received: received}, []telemetry.Sample{{Machine: "m", Metric: "temp", Time: int64(i), Value: float64(i)}})
+		tw.live.Observe(&telemetry.Batch{Received: received}, []telemetry.Sample{{Machine: "m", Metric: "temp", Time: int64(i), Value: float64(i)}})
 	}
 	// Released in event-time order: the median of the last 3.
-	updates := tw.ObserveReleased([]telemetry.Sample{
+	updates := tw.live.ObserveReleased([]telemetry.Sample{
 		{Machine: "m", Metric: "temp", Time: 1, Value: 10},
 		{Machine: "m", Metric: "rpm", Time: 1, Value: 7},
 		{Machine: "m", Metric: "temp", Time: 2, Value: 30},
@@ -221,7 +244,7 @@ func TestMedianAndRates(t *testing.T) {
 	if diff := cmp.Diff(updates, wantUpdates); diff != "" {
 		t.Errorf("median updates (-got +want):\n%s", diff)
 	}
-	got, err := tw.Get("m")
+	got, err := tw.get("m")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -234,7 +257,7 @@ func TestMedianAndRates(t *testing.T) {
 	if want := 120.0 / 300; got.Rate5m < want*0.99 || got.Rate5m > want {
 		t.Errorf("rate5m = %v, want about %v", got.Rate5m, want)
 	}
-	if fleet := tw.FleetRate(time.Minute); fleet != got.Rate1m {
+	if fleet := tw.live.FleetRate(time.Minute); fleet != got.Rate1m {
 		t.Errorf("fleet rate = %v, want the one machine's %v", fleet, got.Rate1m)
 	}
 }
@@ -258,7 +281,7 @@ func TestRegisterMissingKeepsRegisteredMachines(t *testing.T) {
 	}
 	again := open(t, path, clk)
 	var got []string
-	for _, m := range again.List() {
+	for _, m := range again.list() {
 		got = append(got, m.ID+": "+m.Name)
 	}
 	if diff := cmp.Diff(got, []string{"oven-01: demo oven", "press-07: edited by an operator"}); diff != "" {
@@ -281,7 +304,7 @@ func TestLocateFillsInSiteAndLine(t *testing.T) {
 	}
 	again := open(t, path, clk)
 	var got []string
-	for _, m := range again.List() {
+	for _, m := range again.list() {
 		got = append(got, m.ID+"@"+m.Site+"/"+m.Line)
 	}
 	if diff := cmp.Diff(got, []string{"oven-01@lyon/B", "press-07@lyon/A"}); diff != "" {
@@ -298,7 +321,7 @@ func TestRefreshFollowsTheStore(t *testing.T) {
 	if _, _, err := tw.Put("gone-1", Info{}); err != nil {
 		t.Fatal(err)
 	}
-	tw.Observe(&telemetry.Batch{Received: clk.t.UnixMilli()}, []telemetry.Sample{{Machine: "press-07", Metric: "temp", Time: 1, Value: 70}})
+	tw.live.Observe(&telemetry.Batch{Received: clk.t.UnixMilli()}, []telemetry.Sample{{Machine: "press-07", Metric: "temp", Time: 1, Value: 70}})
 	stored := map[string]Info{
 		"press-07": {ID: "press-07", Name: "renamed elsewhere", Thresholds: map[string]Threshold{"temp": {High: f(90)}}},
 		"new-1":    {ID: "new-1", Site: "lyon"},
@@ -315,28 +338,28 @@ func TestRefreshFollowsTheStore(t *testing.T) {
 	if err := tw.Refresh(context.Background(), []string{"press-07", "gone-1", "new-1"}, get, load); err != nil {
 		t.Fatal(err)
 	}
-	m, err := tw.Get("press-07")
+	m, err := tw.get("press-07")
 	if err != nil || m.Name != "renamed elsewhere" || tw.Thresholds("press-07")["temp"].High == nil {
 		t.Errorf("press-07 after refresh: %+v, %v", m.Info, err)
 	}
 	if m.Metrics["temp"].Value != 70 {
 		t.Errorf("live state lost in a refresh: %+v", m.Metrics)
 	}
-	if _, err := tw.Get("gone-1"); !errors.Is(err, ErrNotFound) {
+	if _, err := tw.get("gone-1"); !errors.Is(err, ErrNotFound) {
 		t.Errorf("a machine removed elsewhere: %v, want ErrNotFound", err)
 	}
-	if m, err := tw.Get("new-1"); err != nil || m.Site != "lyon" {
+	if m, err := tw.get("new-1"); err != nil || m.Site != "lyon" {
 		t.Errorf("a machine registered elsewhere: %+v, %v", m.Info, err)
 	}
 	// Everything (a lost LISTEN connection): adds and updates only.
-	tw.Observe(&telemetry.Batch{Received: 1}, []telemetry.Sample{{Machine: "local-only", Metric: "x", Time: 1, Value: 1}})
+	tw.live.Observe(&telemetry.Batch{Received: 1}, []telemetry.Sample{{Machine: "local-only", Metric: "x", Time: 1, Value: 1}})
 	stored["new-2"] = Info{ID: "new-2"}
 	load = func(context.Context) ([]Info, error) { return []Info{stored["new-2"]}, nil }
 	if err := tw.Refresh(context.Background(), nil, get, load); err != nil {
 		t.Fatal(err)
 	}
 	for _, id := range []string{"new-2", "local-only", "press-07"} {
-		if _, err := tw.Get(id); err != nil {
+		if _, err := tw.get(id); err != nil {
 			t.Errorf("after a full refresh, %s: %v", id, err)
 		}
 	}
@@ -351,33 +374,33 @@ func TestTrimAndDeleteHook(t *testing.T) {
 	var deleted []string
 	tw.OnDelete(func(id string) { deleted = append(deleted, id) })
 	samples := []telemetry.Sample{{Machine: "m", Metric: "x", Time: 1_000_000, Value: 3}}
-	tw.Observe(&telemetry.Batch{Received: 1_000_000}, samples)
-	tw.ObserveReleased(samples, nil)
-	if n := tw.Trim(clk.t.Add(time.Minute)); n != 0 {
+	tw.live.Observe(&telemetry.Batch{Received: 1_000_000}, samples)
+	tw.live.ObserveReleased(samples, nil)
+	if n := tw.live.Trim(clk.t.Add(time.Minute)); n != 0 {
 		t.Errorf("Trim after a minute dropped %d, want 0", n)
 	}
-	if n := tw.Trim(clk.t.Add(2 * time.Hour)); n != 1 {
+	if n := tw.live.Trim(clk.t.Add(2 * time.Hour)); n != 1 {
 		t.Errorf("Trim after two silent hours dropped %d, want 1", n)
 	}
-	m, err := tw.Get("m")
+	m, err := tw.get("m")
 	if err != nil || m.Metrics["x"].Value != 3 || m.Metrics["x"].Median == nil {
 		t.Errorf("after Trim: %+v, %v; want the latest value and last median kept", m, err)
 	}
-	tw.mu.RLock()
-	if e := tw.machines["m"]; e.rate != nil || e.medians != nil {
+	tw.live.mu.RLock()
+	if e := tw.live.machines["m"]; e.rate != nil || e.medians != nil {
 		t.Errorf("after Trim: rate %v, medians %v; want both dropped", e.rate != nil, e.medians)
 	}
-	tw.mu.RUnlock()
+	tw.live.mu.RUnlock()
 	// Back after the trim, m counts its events as a machine never seen.
 	clk.t = clk.t.Add(3 * time.Hour)
 	for i := range 5 {
 		at := clk.t.UnixMilli() + int64(i)*700
 		for _, id := range []string{"m", "fresh"} {
-			tw.Observe(&telemetry.Batch{Received: at}, []telemetry.Sample{{Machine: id, Metric: "x", Time: at, Value: 1}})
+			tw.live.Observe(&telemetry.Batch{Received: at}, []telemetry.Sample{{Machine: id, Metric: "x", Time: at, Value: 1}})
 		}
 	}
-	back, _ := tw.Get("m")
-	fresh, _ := tw.Get("fresh")
+	back, _ := tw.get("m")
+	fresh, _ := tw.get("fresh")
 	if back.Rate1m != fresh.Rate1m || back.Rate5m != fresh.Rate5m || back.Rate1m == 0 {
 		t.Errorf("rates of m back after Trim = %v, %v; of a fresh machine %v, %v", back.Rate1m, back.Rate5m, fresh.Rate1m, fresh.Rate5m)
 	}

@@ -81,7 +81,7 @@ type savedEntry struct {
 }
 
 // sameInfo reports whether a and b are surely equal without encoding them:
-// same texts and times, and the same maps (twin.Twins replaces the maps of
+// same texts and times, and the same maps (twin.Registry replaces the maps of
 // an entry it changes, never changes them in place).
 func sameInfo(a, b *twin.Info) bool {
 	return a.ID == b.ID && a.Name == b.Name && a.Site == b.Site && a.Line == b.Line &&

@@ -56,7 +56,7 @@ func RunRegistry(t *testing.T, newStorage func(t *testing.T) func() twin.Registr
 	t.Run("FreshHandleReplaces", func(t *testing.T) { testRegistryFreshHandle(t, newStorage(t)) })
 	t.Run("Many", func(t *testing.T) { testRegistryMany(t, newStorage(t)) })
 	t.Run("LoadOrder", func(t *testing.T) { testRegistryOrder(t, newStorage(t)) })
-	t.Run("Twins", func(t *testing.T) { testRegistryTwins(t, newStorage(t)) })
+	t.Run("Registry", func(t *testing.T) { testRegistryTwins(t, newStorage(t)) })
 }
 
 func machine(id string, sec int) twin.Info {
@@ -196,45 +196,41 @@ func testRegistryOrder(t *testing.T, open func() twin.RegistryStore) {
 	wantRegistry(t, open, all...)
 }
 
-// testRegistryTwins runs Twins over the store: registry writes and
-// auto-registered machines come back after a restart.
+// testRegistryTwins runs a Registry over the store, with the live state
+// registering the machines it sees: registry writes and auto-registered
+// machines come back after a restart.
 func testRegistryTwins(t *testing.T, open func() twin.RegistryStore) {
 	now := at(100)
 	clock := func() time.Time { return now }
 	logger := slog.New(slog.DiscardHandler)
-	tw, err := twin.OpenWith(context.Background(), open(), time.Minute, 10, clock, logger)
+	reg, err := twin.OpenRegistry(context.Background(), open(), clock, logger)
 	if err != nil {
-		t.Fatalf("OpenWith: %v", err)
+		t.Fatalf("OpenRegistry: %v", err)
 	}
-	if _, _, err := tw.Put("press-07", twin.Info{Name: "Press 7", Thresholds: map[string]twin.Threshold{"temp": {High: fp(90)}}}); err != nil {
+	live := twin.NewLive(twin.LiveOptions{OfflineAfter: time.Minute, MedianWindow: 10, Now: clock, Register: reg.AutoRegister})
+	if _, _, err := reg.Put("press-07", twin.Info{Name: "Press 7", Thresholds: map[string]twin.Threshold{"temp": {High: fp(90)}}}); err != nil {
 		t.Fatalf("Put: %v", err)
 	}
-	if _, _, err := tw.Put("gone", twin.Info{Name: "Gone"}); err != nil {
+	if _, _, err := reg.Put("gone", twin.Info{Name: "Gone"}); err != nil {
 		t.Fatalf("Put: %v", err)
 	}
 	now = at(101)
-	if _, err := tw.Patch("press-07", []byte(`{"attributes":{"vendor":"acme"}}`)); err != nil {
+	if _, err := reg.Patch("press-07", []byte(`{"attributes":{"vendor":"acme"}}`)); err != nil {
 		t.Fatalf("Patch: %v", err)
 	}
-	if err := tw.Delete("gone"); err != nil {
+	if err := reg.Delete("gone"); err != nil {
 		t.Fatalf("Delete: %v", err)
 	}
-	tw.Observe(&telemetry.Batch{Received: at(102).UnixMilli()}, []telemetry.Sample{{Machine: "auto-1", Metric: "x", Time: at(102).UnixMilli(), Value: 1}})
-	if err := tw.Flush(); err != nil {
+	live.Observe(&telemetry.Batch{Received: at(102).UnixMilli()}, []telemetry.Sample{{Machine: "auto-1", Metric: "x", Time: at(102).UnixMilli(), Value: 1}})
+	if err := reg.Flush(); err != nil {
 		t.Fatalf("Flush: %v", err)
 	}
-	var want []twin.Info
-	for _, m := range tw.List() {
-		want = append(want, m.Info)
-	}
-	again, err := twin.OpenWith(context.Background(), open(), time.Minute, 10, clock, logger)
+	want := reg.List()
+	again, err := twin.OpenRegistry(context.Background(), open(), clock, logger)
 	if err != nil {
-		t.Fatalf("OpenWith again: %v", err)
+		t.Fatalf("OpenRegistry again: %v", err)
 	}
-	var got []twin.Info
-	for _, m := range again.List() {
-		got = append(got, m.Info)
-	}
+	got := again.List()
 	if diff := cmp.Diff(got, want, emptyIsNil); diff != "" {
 		t.Errorf("registry after a restart (-got +want):\n%s", diff)
 	}
@@ -420,7 +416,7 @@ func testAlarmsRestart(t *testing.T, open func() twin.AlarmStore) {
 	sample := func(sec int, v float64) []telemetry.Sample {
 		return []telemetry.Sample{{Machine: "press-07", Metric: "temp", Time: at(sec).UnixMilli(), Value: v}}
 	}
-	a, err := twin.NewAlarms(ctx, open(), time.Minute)
+	a, err := twin.NewAlarms(ctx, open(), time.Minute, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatalf("NewAlarms: %v", err)
 	}
@@ -441,7 +437,7 @@ func testAlarmsRestart(t *testing.T, open func() twin.AlarmStore) {
 		t.Fatalf("Close: %v", err)
 	}
 
-	a, err = twin.NewAlarms(ctx, open(), time.Minute)
+	a, err = twin.NewAlarms(ctx, open(), time.Minute, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatalf("NewAlarms again: %v", err)
 	}

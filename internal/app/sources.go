@@ -1,0 +1,135 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/twinline/twinline/internal/auth"
+	"github.com/twinline/twinline/internal/config"
+	"github.com/twinline/twinline/internal/eventlog"
+	"github.com/twinline/twinline/internal/ingest"
+	"github.com/twinline/twinline/internal/sim"
+	"github.com/twinline/twinline/internal/source/mqtt"
+	"github.com/twinline/twinline/internal/telemetry"
+)
+
+// ingestLimits are the limits every ingest path (HTTP, MQTT) decodes with.
+func ingestLimits(cfg config.Config) telemetry.Limits {
+	return telemetry.Limits{
+		MaxMetricsPerEvent: cfg.MaxMetricsPerEvent,
+		MaxMachineIDLen:    telemetry.DefaultLimits().MaxMachineIDLen,
+		MaxMetricNameLen:   telemetry.DefaultLimits().MaxMetricNameLen,
+	}
+}
+
+// openMQTT builds the MQTT sources: the embedded broker (--mqtt-listen)
+// and the subscriber to an external broker (--mqtt-broker). They feed the
+// event log like the HTTP API, and acknowledge a QoS 1 message once its
+// events are durable.
+func (a *App) openMQTT(reg prometheus.Registerer) error {
+	cfg := a.cfg
+	if cfg.MQTTListen == "" && cfg.MQTTTLSListen == "" && cfg.MQTTBroker == "" {
+		return nil
+	}
+	ingestOpts := mqtt.IngestOptions{
+		Decode: ingest.Options{
+			Limits:       ingestLimits(cfg),
+			MaxLineBytes: cfg.MaxLineBytes,
+			MachineTags:  cfg.LPMachineTags,
+			AdmitMachine: func(id string) string { return a.registry.Admit(id, cfg.MaxMachines) },
+			Stamper:      a.stamper,
+		},
+		OutOfOrderWindow: cfg.OutOfOrderWindow,
+		MaxFuture:        cfg.MaxFuture,
+	}
+	deps := mqtt.Deps{
+		Submit:     a.submit,
+		Register:   a.registry.Locate,
+		Logger:     a.logger.With("component", "mqtt"),
+		Registerer: reg,
+	}
+	if cfg.MQTTListen != "" || cfg.MQTTTLSListen != "" {
+		bdeps := deps
+		bdeps.Authenticate = a.sec.mqttAuthenticate(cfg)
+		bdeps.Authorize = func(_ context.Context, id auth.Identity, machine string) error {
+			if reason := a.registry.AdmitFor(id, machine); reason != "" {
+				return errors.New(reason)
+			}
+			return nil
+		}
+		opts := mqtt.BrokerOptions{Ingest: ingestOpts, MaxRetained: cfg.MQTTMaxRetained, MaxRetainedBytes: cfg.MQTTMaxRetainedBytes}
+		if cfg.MQTTTLSListen != "" {
+			opts.TLSListen, opts.TLSConfig = cfg.MQTTTLSListen, a.sec.tls.ListenerConfig()
+		}
+		br, err := mqtt.NewBroker(cfg.MQTTListen, opts, bdeps)
+		if err != nil {
+			return fmt.Errorf("starting the embedded MQTT broker: %w", err)
+		}
+		a.background = append(a.background, part{name: "stopping the MQTT broker", run: br.Run})
+		a.checks = append(a.checks, br.Ready)
+		a.cleanup = append(a.cleanup, func() {
+			// Run with an ended context closes the listener and returns.
+			ctx, cancel := context.WithCancel(context.Background())
+			cancel()
+			_ = br.Run(ctx)
+		})
+	}
+	if cfg.MQTTBroker != "" {
+		sub, err := mqtt.NewSubscriber(cfg.MQTTBroker, mqtt.SubscriberOptions{Ingest: ingestOpts}, deps)
+		if err != nil {
+			return fmt.Errorf("subscribing to the MQTT broker: %w", err)
+		}
+		a.background = append(a.background, part{name: "stopping the MQTT subscriber", run: sub.Run})
+		// Another broker being down does not stop HTTP ingest: degraded.
+		a.degraded = append(a.degraded, sub.Ready)
+	}
+	return nil
+}
+
+// submit hands a batch from a source other than HTTP to the event log and
+// waits until it is durable; while the log is full it waits for room.
+func (a *App) submit(ctx context.Context, b *telemetry.Batch) (accepted, duplicates int, err error) {
+	for {
+		b.Received = time.Now().UnixMilli()
+		res, err := a.submitFn(ctx, b)
+		switch {
+		case errors.Is(err, eventlog.ErrFull):
+			select {
+			case <-ctx.Done():
+				return 0, 0, fmt.Errorf("%w: %w", mqtt.ErrBusy, ctx.Err())
+			case <-time.After(50 * time.Millisecond):
+				continue
+			}
+		case errors.Is(err, eventlog.ErrTooLarge):
+			return 0, 0, fmt.Errorf("%w: %w", mqtt.ErrUnprocessable, err)
+		}
+		return res.Accepted, res.Duplicates, err
+	}
+}
+
+// openDemo builds the demo fleet (--demo): registered with its alarm
+// thresholds, expected by the offline alarms, and sending to the event log
+// like a well-behaved client, waiting for room (submit).
+func (a *App) openDemo() {
+	cfg := a.cfg
+	simulator := sim.New(sim.Config{Machines: cfg.DemoMachines, Rate: cfg.DemoRate, Seed: time.Now().UnixNano()},
+		func(ctx context.Context, events []telemetry.Event) error {
+			_, _, err := a.submit(ctx, &telemetry.Batch{Events: events, Protocol: "demo"})
+			return err
+		}, time.Now)
+	if err := sim.Register(a.registry, simulator.Machines()); err != nil {
+		a.logger.Warn("registering the demo fleet", "err", err)
+	}
+	a.alarms.Expect(sim.IDs(simulator.Machines()), time.Now())
+	a.background = append(a.background, part{name: "stopping the demo fleet", run: func(ctx context.Context) error {
+		a.logger.Info("demo fleet simulator running", "machines", cfg.DemoMachines, "rate", cfg.DemoRate)
+		if err := simulator.Run(ctx); err != nil && ctx.Err() == nil {
+			return fmt.Errorf("running demo simulator: %w", err)
+		}
+		return nil
+	}})
+}
