@@ -5,7 +5,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/twinline/twinline/internal/stream"
+	"github.com/twinline/twinline/internal/stats"
 	"github.com/twinline/twinline/internal/telemetry"
 )
 
@@ -20,7 +20,7 @@ type Live struct {
 
 	mu       sync.RWMutex
 	machines map[string]*state
-	fleet    stream.Rate // events of every machine
+	fleet    stats.Rate // events of every machine
 }
 
 // LiveOptions configure a Live.
@@ -44,8 +44,8 @@ type LiveOptions struct {
 type state struct {
 	lastSeen int64
 	latest   map[string]latest
-	rate     *stream.Rate // nil until the first event, and once trimmed
-	medians  map[string]*stream.Median
+	rate     *stats.Rate // nil until the first event, and once trimmed
+	medians  map[string]*stats.Median
 }
 
 // latest is the internal form of Value, without a pointer to allocate.
@@ -111,7 +111,7 @@ func (l *Live) Observe(b *telemetry.Batch, samples []telemetry.Sample) {
 		// An event's samples come together: count one hit per event.
 		if i == 0 || samples[i-1].Machine != s.Machine || samples[i-1].Time != s.Time {
 			if e.rate == nil {
-				e.rate = new(stream.Rate)
+				e.rate = new(stats.Rate)
 			}
 			e.rate.Hit(b.Received, 1)
 			l.fleet.Hit(b.Received, 1)
@@ -181,9 +181,9 @@ func (l *Live) ObserveReleased(samples []telemetry.Sample, dst []MedianUpdate) [
 		m := e.medians[s.Metric]
 		if m == nil {
 			if e.medians == nil {
-				e.medians = map[string]*stream.Median{}
+				e.medians = map[string]*stats.Median{}
 			}
-			m = stream.NewMedian(l.opts.MedianWindow)
+			m = stats.NewMedian(l.opts.MedianWindow)
 			e.medians[s.Metric] = m
 		}
 		m.Add(s.Value)
