@@ -78,9 +78,7 @@ func TestBrokerAcksAfterDurable(t *testing.T) {
 	if got.Protocol != "mqtt" {
 		t.Errorf("protocol = %q, want mqtt", got.Protocol)
 	}
-	fl.mu.Lock()
-	reg := fl.registered["press-07"]
-	fl.mu.Unlock()
+	reg := fl.waitRegistered(t, "press-07")
 	if diff := cmp.Diff(reg, [2]string{"plant-1", "line-a"}); diff != "" {
 		t.Errorf("registered site and line (-got +want):\n%s", diff)
 	}

@@ -77,6 +77,32 @@ func (f *fakeLog) register(machine, site, line string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.registered[machine] = [2]string{site, line}
+	select {
+	case f.added <- struct{}{}:
+	default:
+	}
+}
+
+// waitRegistered returns machine's registered site and line once the
+// handler registered it (after its events were stored: a moment after
+// waitEvent returns), or fails the test.
+func (f *fakeLog) waitRegistered(t *testing.T, machine string) [2]string {
+	t.Helper()
+	deadline := time.NewTimer(waitFor)
+	defer deadline.Stop()
+	for {
+		f.mu.Lock()
+		reg, ok := f.registered[machine]
+		f.mu.Unlock()
+		if ok {
+			return reg
+		}
+		select {
+		case <-f.added:
+		case <-deadline.C:
+			t.Fatalf("%s not registered within %v", machine, waitFor)
+		}
+	}
 }
 
 func (f *fakeLog) setFail(err error) {

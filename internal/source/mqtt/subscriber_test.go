@@ -155,9 +155,7 @@ func TestSubscriberMosquitto(t *testing.T) {
 			if diff := cmp.Diff(fl.valuesOf(machine), []float64{1, 2}); diff != "" {
 				t.Errorf("stored values (-got +want):\n%s", diff)
 			}
-			fl.mu.Lock()
-			reg := fl.registered[machine]
-			fl.mu.Unlock()
+			reg := fl.waitRegistered(t, machine)
 			if diff := cmp.Diff(reg, [2]string{site, "line-1"}); diff != "" {
 				t.Errorf("registered (-got +want):\n%s", diff)
 			}
