@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/eclipse/paho.golang/paho"
+	paholog "github.com/eclipse/paho.golang/paho/log"
 	"github.com/google/go-cmp/cmp"
 	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -297,13 +298,29 @@ type mqttClient struct {
 	received chan string
 }
 
+// quietPinger is a paho Pinger that sends no PINGREQ. paho's default one
+// sends its first at once after CONNACK, from a goroutine of its own; over
+// TLS a packet is several writes, and that PINGREQ (0xc0 0x00) can land
+// inside the test's PUBLISH, which the broker then reads as a payload
+// starting with 0xc0. The tests last far less than the keep-alive.
+type quietPinger struct{}
+
+func (quietPinger) Run(ctx context.Context, _ net.Conn, _ uint16) error {
+	<-ctx.Done()
+	return nil
+}
+func (quietPinger) PacketSent()             {}
+func (quietPinger) PacketReceived()         {}
+func (quietPinger) PingResp()               {}
+func (quietPinger) SetDebug(paholog.Logger) {}
+
 // connectOn sends CONNECT over conn with password (none when empty) and
 // returns the client and the CONNACK reason code.
 func connectOn(t *testing.T, conn net.Conn, clientID, password string) (*mqttClient, byte) {
 	t.Helper()
 	mc := &mqttClient{id: clientID, received: make(chan string, 100)}
 	mc.Client = paho.NewClient(paho.ClientConfig{
-		Conn: conn, ClientID: clientID,
+		Conn: conn, ClientID: clientID, PingHandler: quietPinger{},
 		OnPublishReceived: []func(paho.PublishReceived) (bool, error){func(pr paho.PublishReceived) (bool, error) {
 			select {
 			case mc.received <- pr.Packet.Topic:
@@ -732,7 +749,7 @@ func TestBrokerTLS(t *testing.T) {
 
 // connectOnErr tries a CONNECT on conn and returns the error, if any.
 func connectOnErr(conn net.Conn) (*paho.Connack, error) {
-	c := paho.NewClient(paho.ClientConfig{Conn: conn, ClientID: "other-ca"})
+	c := paho.NewClient(paho.ClientConfig{Conn: conn, ClientID: "other-ca", PingHandler: quietPinger{}})
 	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
 	defer cancel()
 	ca, err := c.Connect(ctx, &paho.Connect{ClientID: "other-ca", KeepAlive: 30, CleanStart: true})
