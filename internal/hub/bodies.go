@@ -153,7 +153,7 @@ func (s *statusBody) appendBody(b []byte) []byte {
 	return append(b, "}}\n\n"...)
 }
 
-// eventBody is a PublishEvent message whose data is encoded with
+// eventBody is a publishEvent message whose data is encoded with
 // encoding/json, on demand: rare events (alarms, notes) only.
 type eventBody struct {
 	machine string
@@ -171,7 +171,7 @@ func (e *eventBody) appendBody(b []byte) []byte {
 	return appendEventBody(b, e.machine, e.typ, data)
 }
 
-// appendEventBody appends the body of a PublishEvent message; data is
+// appendEventBody appends the body of a publishEvent message; data is
 // already JSON.
 func appendEventBody(b []byte, machine string, typ MessageType, data []byte) []byte {
 	b = appendType(b, typ)
@@ -184,7 +184,7 @@ func appendEventBody(b []byte, machine string, typ MessageType, data []byte) []b
 	return append(b, "}\n\n"...)
 }
 
-// eventDraft encodes the body of a PublishEvent message; data is already
+// eventDraft encodes the body of a publishEvent message; data is already
 // JSON.
 func eventDraft(machine string, typ MessageType, data []byte) draft {
 	d := newDraft(machine, len(typ)+len(machine)+len(data)+48)

@@ -350,7 +350,7 @@ func (h *Hub) deliver(payload string) {
 	prev, first, drafts := p.prev, p.first, p.drafts
 	// Each message's type says whether conflated streams take it as it is;
 	// another replica's samples and status also feed their fleet state,
-	// and its samples and alarms the OnRemote callbacks.
+	// and its samples, medians and alarms the OnRemote* callbacks.
 	var remote []fleetUpdate
 	for i := range drafts {
 		remote = h.decodeRemote(&drafts[i], p.origin != h.bus.id, remote)

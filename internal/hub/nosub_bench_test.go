@@ -9,7 +9,7 @@ import (
 
 // BenchmarkPublishNoSubscriber measures publishing with no client
 // connected: one publish of 100 machines × 10 metrics (samples), and one
-// event per window (event, the old way windows went out: PublishEvent
+// event per window (event, the old way windows went out: publishEvent
 // with a struct). Reported per sample and per event.
 func BenchmarkPublishNoSubscriber(b *testing.B) {
 	const machines, metrics = 100, 10

@@ -107,7 +107,7 @@ func BenchmarkFanoutRedis(b *testing.B) {
 	}
 }
 
-// BenchmarkFanoutLatency measures the time from PublishEvent on hub A to
+// BenchmarkFanoutLatency measures the time from publishEvent on hub A to
 // the message in the queue of a client of hub B (and of A), with Redis
 // (two hubs) and without (one local hub), one message at a time.
 //

@@ -15,7 +15,7 @@ import (
 // replica published (remote), it decodes, once, what this replica needs
 // of it: samples and status for the fleet state of conflated streams
 // (appended to us, while one is connected), samples, medians and alarms
-// for the OnRemote callbacks. A message that does not parse is delivered as it
+// for the OnRemote* callbacks. A message that does not parse is delivered as it
 // is, counted and logged.
 func (h *Hub) decodeRemote(d *draft, remote bool, us []fleetUpdate) []fleetUpdate {
 	if len(d.buf) < headroom+2 {

@@ -3,9 +3,10 @@ package hub
 import (
 	"encoding/json"
 	"fmt"
-	"github.com/twinline/twinline/internal/jsonenc"
 	"math"
 	"time"
+
+	"github.com/twinline/twinline/internal/jsonenc"
 )
 
 // The stream's messages as Go types: the schema of every message the hub

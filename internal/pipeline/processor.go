@@ -371,12 +371,7 @@ func (p *Processor) processLane(ctx context.Context, j *job) {
 		// and lose it. A failure here loses nothing acknowledged: the
 		// samples are stored; a retry with another event time after a
 		// restart could be stored again.
-		p.journalMu.Lock()
-		jerr := p.journal(out.Keys)
-		p.journalMu.Unlock()
-		if jerr != nil {
-			p.logger.Error("journaling dedup keys", "err", jerr, "keys", len(out.Keys))
-		}
+		p.journalKeys(out.Keys)
 	}
 	ack := func(i int, res eventlog.Result, err error) {
 		if b.Ack != nil {
@@ -430,6 +425,17 @@ func (p *Processor) processLane(ctx context.Context, j *job) {
 	ln.engine.Forget()
 }
 
+// journalKeys hands keys to the journal, serialising the lanes' commits; a
+// failure is logged: the samples are stored already.
+func (p *Processor) journalKeys(keys []stream.Key) {
+	p.journalMu.Lock()
+	err := p.journal(keys)
+	p.journalMu.Unlock()
+	if err != nil {
+		p.logger.Error("journaling dedup keys", "err", err, "keys", len(keys))
+	}
+}
+
 // attributeOutOfBounds acknowledges the entries of a group the store kept
 // only in part (store.ErrOutOfBounds): those that lost samples with the
 // error, the others normally. With more than one entry, and a source that
@@ -472,12 +478,7 @@ func (p *Processor) attributeOutOfBounds(ctx context.Context, j *job, fresh []bo
 		}
 	}
 	if len(kept) > 0 && p.journal != nil {
-		p.journalMu.Lock()
-		jerr := p.journal(kept)
-		p.journalMu.Unlock()
-		if jerr != nil {
-			p.logger.Error("journaling dedup keys", "err", jerr, "keys", len(kept))
-		}
+		p.journalKeys(kept)
 	}
 	j.lane.engine.Forget()
 	j.lane.engine.Remember(kept)

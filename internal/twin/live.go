@@ -21,6 +21,9 @@ type Live struct {
 	mu       sync.RWMutex
 	machines map[string]*state
 	fleet    stats.Rate // events of every machine
+	// touched is ObserveReleased's scratch: the index in dst of each
+	// series it touched; empty between calls.
+	touched map[seriesKey]int
 }
 
 // LiveOptions configure a Live.
@@ -71,7 +74,7 @@ func NewLive(opts LiveOptions) *Live {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	return &Live{opts: opts, machines: map[string]*state{}}
+	return &Live{opts: opts, machines: map[string]*state{}, touched: map[seriesKey]int{}}
 }
 
 // stateLocked returns id's state, creating it (and adding id to *fresh)
@@ -168,7 +171,8 @@ type MedianUpdate struct {
 func (l *Live) ObserveReleased(samples []telemetry.Sample, dst []MedianUpdate) []MedianUpdate {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	at := make(map[seriesKey]int) // index in dst of each touched series
+	at := l.touched
+	defer clear(at)
 	var e *state
 	for i := range samples {
 		s := &samples[i]

@@ -412,11 +412,7 @@ func (c *Consumer) decode(w work) (b eventlog.Batch, ok bool) {
 		default:
 			// Not stored: consume the records again.
 			c.commits.WithLabelValues("error").Inc()
-			ps.failed = true
-			ps.rewind = first
-			if ps.next >= 0 {
-				ps.rewind = ps.next
-			}
+			ps.retry(first)
 		}
 		return err
 	}
@@ -427,14 +423,10 @@ func (c *Consumer) decode(w work) (b eventlog.Batch, ok bool) {
 // other consumer stored past what this one read. Consumption resumes from
 // the stored offset (the processor resets the partition's engine).
 func (c *Consumer) refence(ctx context.Context, ps *partition, first int64) {
-	ps.failed = true
 	offs, err := c.store.Offsets(ctx, c.group, c.topic)
 	if err != nil {
 		c.logger.Error("reading stored offsets after a fenced commit", "partition", ps.id, "err", err)
-		ps.rewind = first
-		if ps.next >= 0 {
-			ps.rewind = ps.next
-		}
+		ps.retry(first)
 		return
 	}
 	off, ok := offs[ps.id]
@@ -444,9 +436,17 @@ func (c *Consumer) refence(ctx context.Context, ps *partition, first int64) {
 	c.logger.Warn("partition offset moved by another processor; resuming from the stored offset",
 		"partition", ps.id, "expected", ps.stored, "stored", off)
 	ps.stored, ps.next = off, off
+	ps.retry(first)
+}
+
+// retry marks the partition's commit failed and makes the read's Done seek
+// it back to its next offset, or to first (the batch's first record) when
+// none is known.
+func (ps *partition) retry(first int64) {
+	ps.failed = true
 	ps.rewind = first
-	if off >= 0 {
-		ps.rewind = off
+	if ps.next >= 0 {
+		ps.rewind = ps.next
 	}
 }
 

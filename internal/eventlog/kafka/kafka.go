@@ -8,8 +8,8 @@
 // partition and in order; the value is one event as JSON, the format
 // ingest.DecodeJSON reads, so external producers may write to the topic
 // directly. The Producer is idempotent with acks=all, and Append returns
-// only once Kafka acknowledged every record of the batch; each record
-// carries the batch's ingest time (IngestTimeHeader).
+// only once Kafka acknowledged every record of the batch; each record's
+// timestamp is the batch's ingest time.
 //
 // The Consumer does not use Kafka's committed offsets: on every partition
 // assignment it resumes from the offsets stored next to the samples

@@ -395,7 +395,7 @@ func BenchmarkRegistryGet(b *testing.B) {
 }
 
 // BenchmarkRegistrySave measures a Save of a 10 000-machine registry in
-// which one entry changed (Twins saves the whole snapshot every time).
+// which one entry changed (the twin registry hands Save the whole snapshot every time).
 func BenchmarkRegistrySave(b *testing.B) {
 	ctx := context.Background()
 	r := newRegistry(b, openTest(b, "", Options{}), RegistryOptions{})
