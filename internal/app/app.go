@@ -105,7 +105,7 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 	if err := embedded.PrepareDir(cfg.DataDir); err != nil {
 		return nil, fmt.Errorf("creating data directory: %w", err)
 	}
-	a := &App{cfg: cfg, logger: logger, version: version}
+	a := &App{cfg: cfg, logger: logger, version: version, stamper: ingest.NewStamper()}
 	// On an error, release what was built, newest first.
 	defer func() {
 		if err != nil {
@@ -316,7 +316,6 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 			SessionTTL:       cfg.SessionTTL,
 		},
 	}
-	a.stamper = ingest.NewStamper()
 	deps := api.Deps{
 		Submit:   a.submitFn,
 		Stamper:  a.stamper,
