@@ -19,11 +19,9 @@ import (
 
 // ingestLimits are the limits every ingest path (HTTP, MQTT) decodes with.
 func ingestLimits(cfg config.Config) telemetry.Limits {
-	return telemetry.Limits{
-		MaxMetricsPerEvent: cfg.MaxMetricsPerEvent,
-		MaxMachineIDLen:    telemetry.DefaultLimits().MaxMachineIDLen,
-		MaxMetricNameLen:   telemetry.DefaultLimits().MaxMetricNameLen,
-	}
+	l := telemetry.DefaultLimits()
+	l.MaxMetricsPerEvent = cfg.MaxMetricsPerEvent
+	return l
 }
 
 // openMQTT builds the MQTT sources: the embedded broker (--mqtt-listen)
