@@ -174,6 +174,16 @@ func serveFlags(fs *flag.FlagSet, cfg *config.Config) {
 	fs.StringVar(&cfg.Pprof, "pprof", cfg.Pprof, "serve net/http/pprof on this separate `address` (never on --listen); empty: off")
 	fs.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "debug, info, warn or error")
 	securityFlags(fs, cfg)
+	tracingFlags(fs, cfg)
+}
+
+// tracingFlags defines the flags of docs/observability.md; the standard
+// OTEL_* variables fill what they leave unset.
+func tracingFlags(fs *flag.FlagSet, cfg *config.Config) {
+	fs.StringVar(&cfg.Tracing.Endpoint, "otlp-endpoint", cfg.Tracing.Endpoint, "OpenTelemetry collector `URL` to export traces to (e.g. http://otel-collector:4318); empty: OTEL_EXPORTER_OTLP_ENDPOINT, and tracing is off without either")
+	fs.StringVar(&cfg.Tracing.Protocol, "otlp-protocol", cfg.Tracing.Protocol, "OTLP protocol: grpc or http/protobuf (default: OTEL_EXPORTER_OTLP_PROTOCOL, else http/protobuf)")
+	fs.Float64Var(&cfg.Tracing.Sample, "trace-sample", cfg.Tracing.Sample, "`fraction` of new traces sampled (0 to 1, parent-based: a sampled traceparent is always followed); negative: OTEL_TRACES_SAMPLER decides")
+	fs.StringVar(&cfg.Tracing.UIURL, "trace-ui-url", cfg.Tracing.UIURL, "trace viewer `URL` containing {traceId} (e.g. http://localhost:16686/trace/{traceId}): the dashboard's latency badge links to the trace")
 }
 
 // securityFlags defines the flags of docs/security.md.

@@ -193,8 +193,31 @@ type Config struct {
 	KafkaTLS   bool
 	KafkaTLSCA string
 
+	// Tracing configures OpenTelemetry tracing (docs/observability.md).
+	Tracing Tracing
+
 	ShutdownTimeout time.Duration
 	LogLevel        string
+}
+
+// Tracing configures OpenTelemetry tracing. Tracing is off unless an OTLP
+// endpoint is given, by --otlp-endpoint or the standard
+// OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT variable; the flags win over the
+// OTEL_* variables, which fill what the flags leave unset.
+type Tracing struct {
+	// Endpoint is the OTLP collector's URL ("": the OTEL_* variables).
+	Endpoint string
+	// Protocol is "grpc" or "http/protobuf" ("": OTEL_EXPORTER_OTLP_PROTOCOL,
+	// else http/protobuf).
+	Protocol string
+	// Sample is the fraction of new traces sampled, 0 to 1, parent-based
+	// (a request whose traceparent says sampled is traced); negative:
+	// OTEL_TRACES_SAMPLER and OTEL_TRACES_SAMPLER_ARG decide.
+	Sample float64
+	// UIURL is a trace viewer's URL with {traceId} in it (e.g.
+	// http://jaeger:16686/trace/{traceId}): the dashboard's latency badge
+	// links there ("": no link).
+	UIURL string
 }
 
 // Default returns the embedded-defaults configuration. The defaults of
@@ -259,6 +282,7 @@ func Default() Config {
 		SessionTTL:                 12 * time.Hour,
 		MQTTMaxRetained:            100,
 		MQTTMaxRetainedBytes:       1 << 20,
+		Tracing:                    Tracing{Sample: -1},
 		ShutdownTimeout:            15 * time.Second,
 		LogLevel:                   "info",
 	}
@@ -510,6 +534,17 @@ func (c Config) validateSecurity(bad func(flag, format string, a ...any)) {
 	case "auto", "on", "off":
 	default:
 		bad("metrics-auth", "must be auto, on or off, got %q", c.MetricsAuth)
+	}
+	switch c.Tracing.Protocol {
+	case "", "grpc", "http/protobuf":
+	default:
+		bad("otlp-protocol", "must be grpc or http/protobuf, got %q", c.Tracing.Protocol)
+	}
+	if c.Tracing.Sample > 1 {
+		bad("trace-sample", "must be at most 1 (a fraction of traces), got %g", c.Tracing.Sample)
+	}
+	if c.Tracing.UIURL != "" && !strings.Contains(c.Tracing.UIURL, "{traceId}") {
+		bad("trace-ui-url", "must contain {traceId}, got %q", c.Tracing.UIURL)
 	}
 	if (c.TLSCert == "") != (c.TLSKey == "") {
 		bad("tls-cert", "--tls-cert and --tls-key go together")
