@@ -154,6 +154,7 @@ func serveFlags(fs *flag.FlagSet, cfg *config.Config) {
 	durationVar(fs, &cfg.ShutdownTimeout, "shutdown-timeout", "time allowed to drain clients and the event log on shutdown")
 	fs.StringVar(&cfg.Store, "store", cfg.Store, "storage backend: embedded or postgres")
 	fs.StringVar(&cfg.PostgresURL, "postgres-url", cfg.PostgresURL, "PostgreSQL connection `URL` of --store postgres (e.g. postgres://user@host:5432/twinline)")
+	durationVar(fs, &cfg.PostgresStartWait, "postgres-start-wait", "how long a start waits for an unreachable PostgreSQL (retrying, logging each attempt) before giving up")
 	fs.Int64Var(&cfg.SpoolBytes, "spool-bytes", cfg.SpoolBytes, "local durable buffer for acknowledged samples while PostgreSQL is unreachable; 503 beyond")
 	fs.StringVar(&cfg.RedisURL, "redis-url", cfg.RedisURL, "Redis `URL` (redis://host:6379/0) for the hot window, cross-replica fan-out and rate limits; empty: in-memory")
 	fs.StringVar(&cfg.RedisPrefix, "redis-prefix", cfg.RedisPrefix, "prefix of every Redis key and channel")

@@ -147,6 +147,7 @@ func (a *App) openStore(ctx context.Context, reg prometheus.Registerer) (store.S
 			Window:     cfg.Window,
 			SpoolDir:   filepath.Join(cfg.DataDir, "spool"),
 			SpoolBytes: cfg.SpoolBytes,
+			StartWait:  cfg.PostgresStartWait,
 		}, logger, reg)
 		if err != nil {
 			return nil, fmt.Errorf("opening postgres store: %w", err)

@@ -103,6 +103,9 @@ type Config struct {
 	Store string
 	// PostgresURL is the PostgreSQL connection string of --store postgres.
 	PostgresURL string
+	// PostgresStartWait is how long a start waits for an unreachable
+	// PostgreSQL (a restart during an outage) before giving up.
+	PostgresStartWait time.Duration
 	// SpoolBytes bounds the local durable buffer that holds acknowledged
 	// samples while PostgreSQL is unreachable; beyond it ingest answers 503.
 	SpoolBytes int64
@@ -282,6 +285,7 @@ func Default() Config {
 		SessionTTL:                 12 * time.Hour,
 		MQTTMaxRetained:            100,
 		MQTTMaxRetainedBytes:       1 << 20,
+		PostgresStartWait:          2 * time.Minute,
 		Tracing:                    Tracing{Sample: -1},
 		ShutdownTimeout:            15 * time.Second,
 		LogLevel:                   "info",

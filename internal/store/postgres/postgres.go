@@ -33,14 +33,18 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math"
+	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -101,6 +105,12 @@ type Options struct {
 	// MaintenanceInterval is how often Run creates partitions ahead and
 	// enforces retention. Default 1 hour.
 	MaintenanceInterval time.Duration
+	// StartWait is how long Open waits for the database to be reachable
+	// (a restart during an outage: retrying with backoff and logging each
+	// failure) before it gives up; errors other than an unreachable or
+	// starting database fail at once. Default 2 minutes; negative: no
+	// retry.
+	StartWait time.Duration
 	// MaxConns caps the connection pool. Default: pgxpool's (the URL's
 	// pool_max_conns, else max(4, CPUs)).
 	MaxConns int32
@@ -132,6 +142,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.MaintenanceInterval == 0 {
 		o.MaintenanceInterval = time.Hour
+	}
+	if o.StartWait == 0 {
+		o.StartWait = 2 * time.Minute
 	}
 	if o.Now == nil {
 		o.Now = time.Now
@@ -254,7 +267,7 @@ func Open(ctx context.Context, url string, opts Options, logger *slog.Logger, re
 		return nil, fmt.Errorf("opening postgres store: %w", err)
 	}
 	s.metrics = newMetrics(s)
-	if err := s.init(ctx); err != nil {
+	if err := s.initWaiting(ctx); err != nil {
 		s.pool.Close()
 		return nil, fmt.Errorf("opening postgres store: %w", err)
 	}
@@ -265,6 +278,50 @@ func Open(ctx context.Context, url string, opts Options, logger *slog.Logger, re
 		}
 	}
 	return s, nil
+}
+
+// initWaiting runs init, retrying while the database is unreachable or
+// starting up, for up to StartWait: a replica restarted during an outage
+// waits for the database instead of exiting (and a supervisor restarting
+// it in a loop). It logs each failed attempt.
+func (s *Store) initWaiting(ctx context.Context) error {
+	deadline := time.Now().Add(s.opts.StartWait)
+	backoff := 250 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		err := s.init(ctx)
+		if err == nil || !unreachable(err) || s.opts.StartWait < 0 || ctx.Err() != nil {
+			return err
+		}
+		wait := time.Until(deadline)
+		if wait <= 0 {
+			return fmt.Errorf("database unreachable for %v: %w", s.opts.StartWait, err)
+		}
+		s.logger.Warn("waiting for PostgreSQL", "attempt", attempt, "err", err, "gives_up_in", wait.Round(time.Second).String())
+		t := time.NewTimer(min(backoff, wait))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("waiting for the database: %w", ctx.Err())
+		case <-t.C:
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
+}
+
+// unreachable reports whether err says the database cannot be reached or
+// cannot take connections yet (starting up, shutting down), as opposed to
+// refusing this client (authentication, a wrong database, a settings
+// mismatch), which waiting does not mend.
+func unreachable(err error) bool {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		// Class 57: operator intervention (admin_shutdown, crash_shutdown,
+		// cannot_connect_now); class 08: connection exceptions.
+		return strings.HasPrefix(pgErr.Code, "57") || strings.HasPrefix(pgErr.Code, "08")
+	}
+	var netErr net.Error
+	var connectErr *pgconn.ConnectError
+	return errors.As(err, &netErr) || errors.As(err, &connectErr) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)
 }
 
 func (s *Store) init(ctx context.Context) error {
