@@ -243,7 +243,7 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 	a.sec = sec
 	var ingestLimit, streamLimit func(http.Handler) http.Handler
 	if rateLimited(cfg) {
-		il, sl, err := newLimiters(cfg, rdb, logger.With("component", "ratelimit"), reg)
+		il, sl, err := newLimiters(cfg, rdb, logger, reg) // a limiter names itself
 		if err != nil {
 			return nil, err
 		}
