@@ -177,6 +177,9 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 			ConstLabels: prometheus.Labels{"window": w.label},
 		}, func() float64 { return live.FleetRate(w.d) }))
 	}
+	// Data freshness per site, the SLI of the freshness alerts
+	// (deploy/prometheus/rules/twinline-slo.yml).
+	reg.MustRegister(twin.NewSiteFreshness(live, registry))
 
 	alarms, err := twin.NewAlarms(ctx, ts.alarms, cfg.OfflineAfter, logger.With("component", "alarms"))
 	if err != nil {
