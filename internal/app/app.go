@@ -335,7 +335,7 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 			}
 			return hub.WithClientKey(ctx, client)
 		},
-		Metrics: promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}),
+		Metrics: promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg, EnableOpenMetrics: true}),
 		UI:      web.Handler(),
 		Ready: func() error {
 			if !a.ready.Load() {
