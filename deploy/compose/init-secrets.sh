@@ -5,6 +5,9 @@
 #   bootstrap-token   a random admin token secret (--bootstrap-token-file)
 #   tls.crt, tls.key  a self-signed certificate for TLS_HOSTS (--tls-cert,
 #                     --tls-key); clients trust tls.crt itself
+#   prometheus-token  with METRICS_TOKEN_OWNER set (the scale file): a copy
+#                     of the bootstrap token that user (Prometheus) may
+#                     read, to scrape /metrics with
 #
 # Files that exist are kept: delete one and run this again to replace it
 # (docs/security.md, "Rotation"). Secrets are never printed.
@@ -36,6 +39,19 @@ if [ ! -s "$dir/tls.crt" ] || [ ! -s "$dir/tls.key" ]; then
 	mv "$dir/tls.key.new" "$dir/tls.key"
 	mv "$dir/tls.crt.new" "$dir/tls.crt"
 	echo "init-secrets: created a self-signed certificate for ${san#,}"
+fi
+
+# Like every file here, made once: after replacing the bootstrap token,
+# delete this one too; once the bootstrap token is revoked, write a read
+# token here instead (docs/observability.md#dashboards-and-the-stack).
+if [ -n "${METRICS_TOKEN_OWNER:-}" ]; then
+	if [ ! -s "$dir/prometheus-token" ]; then
+		cp "$dir/bootstrap-token" "$dir/prometheus-token.new"
+		mv "$dir/prometheus-token.new" "$dir/prometheus-token"
+		echo "init-secrets: copied the bootstrap token for Prometheus"
+	fi
+	chown "$METRICS_TOKEN_OWNER:$METRICS_TOKEN_OWNER" "$dir/prometheus-token"
+	chmod 0400 "$dir/prometheus-token"
 fi
 
 chown "$owner:$owner" "$dir/bootstrap-token" "$dir/tls.crt"

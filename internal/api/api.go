@@ -255,7 +255,7 @@ func New(opts Options, deps Deps) *API {
 		databases: []string{"twinline"},
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "twinline_ingest_requests_total",
-			Help: "Ingest requests by protocol and outcome (ok, partial, invalid, unsupported, shed, error).",
+			Help: "Ingest requests by protocol and outcome (ok, partial, invalid, unsupported, timeout, limited, shed, error).",
 		}, []string{"protocol", "outcome"}),
 		samples: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "twinline_ingest_samples_total",
@@ -271,6 +271,16 @@ func New(opts Options, deps Deps) *API {
 	}
 	if opts.MaxMachines > 0 {
 		a.decodeOpts.AdmitMachine = func(id string) string { return a.registry.Admit(id, opts.MaxMachines) }
+	}
+	if opts.Role.Ingests() {
+		// Every outcome exists from the start at 0, so that the error
+		// ratios of the SLO rules (deploy/prometheus) are 0, not absent,
+		// on a replica that has not failed yet.
+		for _, p := range []string{"json", "lineprotocol"} {
+			for _, o := range []string{"ok", "partial", "invalid", "unsupported", "timeout", "limited", "shed", "error"} {
+				a.requests.WithLabelValues(p, o)
+			}
+		}
 	}
 	if deps.Registerer != nil {
 		deps.Registerer.MustRegister(a.requests, a.samples, a.ignoredStrings)

@@ -148,7 +148,9 @@ func (a *API) ingest(w http.ResponseWriter, r *http.Request, protocol string, st
 	}
 	client := ClientKey(r)
 	if !a.clientSlots.acquire(client) {
-		fail("shed", &problem.Problem{Type: problem.TypeRateLimited, Status: http.StatusTooManyRequests, RetryAfter: 1,
+		// "limited", not "shed": the client went over its own share, the
+		// server is not short of room (the availability SLI leaves it out).
+		fail("limited", &problem.Problem{Type: problem.TypeRateLimited, Status: http.StatusTooManyRequests, RetryAfter: 1,
 			Detail: fmt.Sprintf("this client has %d ingest requests in flight (--max-inflight-ingest-per-client); retry later", a.clientSlots.max)})
 		return
 	}

@@ -177,6 +177,9 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 			ConstLabels: prometheus.Labels{"window": w.label},
 		}, func() float64 { return live.FleetRate(w.d) }))
 	}
+	// Data freshness per site, the SLI of the freshness alerts
+	// (deploy/prometheus/rules/twinline-slo.yml).
+	reg.MustRegister(twin.NewSiteFreshness(live, registry))
 
 	alarms, err := twin.NewAlarms(ctx, ts.alarms, cfg.OfflineAfter, logger.With("component", "alarms"))
 	if err != nil {
@@ -243,7 +246,7 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 	a.sec = sec
 	var ingestLimit, streamLimit func(http.Handler) http.Handler
 	if rateLimited(cfg) {
-		il, sl, err := newLimiters(cfg, rdb, logger.With("component", "ratelimit"), reg)
+		il, sl, err := newLimiters(cfg, rdb, logger, reg) // a limiter names itself
 		if err != nil {
 			return nil, err
 		}
@@ -332,7 +335,7 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 			}
 			return hub.WithClientKey(ctx, client)
 		},
-		Metrics: promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}),
+		Metrics: promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg, EnableOpenMetrics: true}),
 		UI:      web.Handler(),
 		Ready: func() error {
 			if !a.ready.Load() {

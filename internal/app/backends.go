@@ -60,7 +60,9 @@ func (a *App) openProcessor(src pipeline.Source, log string, sinks pipeline.Sink
 // processor for the roles that process, storing samples and the consumed
 // offsets in one PostgreSQL transaction.
 func (a *App) openKafka(sinks pipeline.Sinks, engineCfg stream.EngineConfig, reg prometheus.Registerer) error {
-	cfg, logger := a.cfg, a.logger.With("component", "kafka")
+	// The producer and the consumer name themselves (kafka_producer,
+	// kafka_consumer): a component given here would be a second one.
+	cfg, logger := a.cfg, a.logger
 	var kopts []kafka.Option
 	if cfg.KafkaTLS {
 		tc, err := tlsconf.ClientConfig(cfg.KafkaTLSCA)
@@ -138,7 +140,7 @@ func (a *App) openTwinStores() (twinStores, error) {
 // openStore opens the configured storage backend; a PostgreSQL store is
 // also kept typed in a.pg.
 func (a *App) openStore(ctx context.Context, reg prometheus.Registerer) (store.Store, error) {
-	cfg, logger := a.cfg, a.logger.With("component", "store")
+	cfg := a.cfg
 	switch cfg.Store {
 	case "postgres":
 		pg, err := postgres.Open(ctx, cfg.PostgresURL, postgres.Options{
@@ -148,7 +150,7 @@ func (a *App) openStore(ctx context.Context, reg prometheus.Registerer) (store.S
 			SpoolDir:   filepath.Join(cfg.DataDir, "spool"),
 			SpoolBytes: cfg.SpoolBytes,
 			StartWait:  cfg.PostgresStartWait,
-		}, logger, reg)
+		}, a.logger, reg) // it names itself postgres_store
 		if err != nil {
 			return nil, fmt.Errorf("opening postgres store: %w", err)
 		}
@@ -164,7 +166,7 @@ func (a *App) openStore(ctx context.Context, reg prometheus.Registerer) (store.S
 			Retention:        cfg.Retention,
 			OutOfOrderWindow: cfg.OutOfOrderWindow,
 			MaxFuture:        cfg.MaxFuture,
-		}, logger, reg)
+		}, a.logger.With("component", "store"), reg)
 		if err != nil {
 			return nil, fmt.Errorf("opening store: %w", err)
 		}

@@ -69,7 +69,9 @@ func (a *App) openSecurity(ctx context.Context, rdb redis.UniversalClient, reg p
 	if r, ok := tokens.(runner); ok {
 		a.background = append(a.background, part{name: "stopping the token listener", run: r.Run})
 	}
-	authn, err := auth.NewAuthenticator(tokens, auth.AuthenticatorOptions{Logger: logger})
+	// The authenticator and the certificate reloader name themselves
+	// (auth, tls): they get the logger without this function's component.
+	authn, err := auth.NewAuthenticator(tokens, auth.AuthenticatorOptions{Logger: a.logger})
 	if err != nil {
 		return nil, fmt.Errorf("loading tokens: %w", err)
 	}
@@ -96,7 +98,7 @@ func (a *App) openSecurity(ctx context.Context, rdb redis.UniversalClient, reg p
 		tickets: auth.NewTickets(auth.TicketOptions{Redis: rdb, KeyPrefix: cfg.RedisPrefix + "ticket:"})}
 	a.background = append(a.background, part{name: "stopping token maintenance", run: func(ctx context.Context) error { return s.maintain(ctx, cfg, logger) }})
 	if cfg.TLSCert != "" {
-		if s.tls, err = tlsconf.New(cfg.TLSCert, cfg.TLSKey, cfg.TLSClientCA, logger, tlsconf.WithRegisterer(reg)); err != nil {
+		if s.tls, err = tlsconf.New(cfg.TLSCert, cfg.TLSKey, cfg.TLSClientCA, a.logger, tlsconf.WithRegisterer(reg)); err != nil {
 			return nil, err
 		}
 		a.background = append(a.background, part{name: "stopping the certificate reloader", run: s.tls.Run})

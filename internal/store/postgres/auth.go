@@ -72,7 +72,7 @@ func NewTokenStore(s *Store, opts TokenStoreOptions) *TokenStore {
 		self:    hex.EncodeToString(b),
 		timeout: s.opts.WriteTimeout,
 		opts:    opts,
-		logger:  s.logger.With("component", "postgres_tokens"),
+		logger:  s.base.With("component", "postgres_tokens"),
 	}
 }
 

@@ -74,7 +74,13 @@ func newMetrics(s *Store) *metrics {
 		gauge("twinline_postgres_pool_max_conns", "Maximum pool size.", func() float64 {
 			return float64(s.pool.Stat().MaxConns())
 		}),
-		gauge("twinline_postgres_pool_empty_acquire_total", "Acquires that waited for a connection.", func() float64 {
+		// pgxpool's count only grows (the pool lives as long as the
+		// store): a counter, so rate() works on it. It was a gauge under
+		// the same name until promlint caught the _total suffix.
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "twinline_postgres_pool_empty_acquire_total",
+			Help: "Acquires that waited for a connection because the pool was empty.",
+		}, func() float64 {
 			return float64(s.pool.Stat().EmptyAcquireCount())
 		}),
 	}

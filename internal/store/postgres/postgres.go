@@ -175,9 +175,14 @@ func (o Options) validate() error {
 
 // Store is a store.Store on PostgreSQL. It is safe for concurrent use.
 type Store struct {
-	pool    *pgxpool.Pool
-	opts    Options
+	pool *pgxpool.Pool
+	opts Options
+	// logger names the store (component postgres_store); base is the
+	// caller's, from which the registry and the token store name
+	// themselves: slog's With appends, so a second "component" would be
+	// a duplicate key in every JSON line.
 	logger  *slog.Logger
+	base    *slog.Logger
 	schema  string
 	window  int64 // ms
 	metrics *metrics
@@ -225,7 +230,8 @@ func Open(ctx context.Context, url string, opts Options, logger *slog.Logger, re
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	logger = logger.With("component", "postgres_store")
+	base := logger
+	logger = base.With("component", "postgres_store")
 	cfg, err := pgxpool.ParseConfig(url)
 	if err != nil {
 		return nil, fmt.Errorf("opening postgres store: parsing url: %w", err)
@@ -252,6 +258,7 @@ func Open(ctx context.Context, url string, opts Options, logger *slog.Logger, re
 	s := &Store{
 		opts:   opts,
 		logger: logger,
+		base:   base,
 		schema: schema,
 		window: opts.Window.Milliseconds(),
 		parts:  partitions{known: map[int64]bool{}},

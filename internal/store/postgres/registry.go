@@ -114,7 +114,7 @@ func NewRegistry(s *Store, opts RegistryOptions) (*Registry, error) {
 		channel:  registryChannel(s.schema),
 		timeout:  s.opts.WriteTimeout,
 		opts:     opts,
-		logger:   s.logger.With("component", "postgres_registry"),
+		logger:   s.base.With("component", "postgres_registry"),
 	}
 	c, err := NewCache(opts.CacheSize, r.lookup)
 	if err != nil {
