@@ -12,7 +12,6 @@ import (
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
-	"go.opentelemetry.io/otel/propagation"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 	"go.opentelemetry.io/otel/trace"
 
@@ -262,7 +261,7 @@ func (a *API) ingest(w http.ResponseWriter, r *http.Request, protocol string, st
 // startIngest starts the ingest request's server span, continuing the
 // request's traceparent; a no-op span when the request is not traced.
 func (a *API) startIngest(r *http.Request, protocol string) (context.Context, trace.Span) {
-	ctx, span := a.tracer.Start(a.tracer.Extract(r.Context(), propagation.HeaderCarrier(r.Header)), "ingest", trace.SpanKindServer)
+	ctx, span := a.tracer.Start(a.tracer.ExtractHTTP(r.Context(), r.Header), "ingest", trace.SpanKindServer)
 	if span.IsRecording() {
 		scheme := "http"
 		if r.TLS != nil {

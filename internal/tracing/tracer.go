@@ -3,6 +3,7 @@ package tracing
 import (
 	"context"
 	"encoding/hex"
+	"net/http"
 
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
@@ -69,13 +70,23 @@ func (t *Tracer) ChildOf(ctx context.Context, parent trace.SpanContext, name str
 	return t.tracer.Start(ctx, name, trace.WithSpanKind(kind), trace.WithLinks(links...))
 }
 
-// Extract returns ctx with the trace context (and baggage) carrier holds:
-// HTTP headers (propagation.HeaderCarrier). A nil t returns ctx.
+// Extract returns ctx with the trace context (and baggage) carrier holds.
+// A nil t returns ctx.
 func (t *Tracer) Extract(ctx context.Context, carrier propagation.TextMapCarrier) context.Context {
 	if t == nil {
 		return ctx
 	}
 	return t.prop.Extract(ctx, carrier)
+}
+
+// ExtractHTTP is Extract from a request's headers. A request without a
+// traceparent nor baggage header costs nothing (the propagators' lookups
+// canonicalise the header names, an allocation each).
+func (t *Tracer) ExtractHTTP(ctx context.Context, h http.Header) context.Context {
+	if t == nil || len(h["Traceparent"]) == 0 && len(h["Baggage"]) == 0 {
+		return ctx
+	}
+	return t.prop.Extract(ctx, propagation.HeaderCarrier(h))
 }
 
 // Sampled returns the span context of span when it is sampled, else the
