@@ -135,6 +135,10 @@ func NewBroker(addr string, opts BrokerOptions, deps Deps) (*Broker, error) {
 	caps.MaximumClients = int64(opts.MaxClients)
 	caps.MaximumSessionExpiryInterval = uint32(opts.MaxSessionExpiry / time.Second)
 	caps.ReceiveMaximum = uint16(opts.ReceiveMaximum)
+	// A PUBACK does not echo the PUBLISH's user properties (mochi's
+	// default): with them it would also carry reason code 0x01, which is
+	// no PUBACK code, to a device that sent a traceparent.
+	caps.Compatibilities.NoInheritedPropertiesOnAck = true
 	srv := mochi.New(&mochi.Options{
 		Capabilities: caps,
 		// mochi's info lines (hooks added, started, stopped) are noise here.
