@@ -8,7 +8,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/twinline/twinline/internal/config"
 	"github.com/twinline/twinline/internal/eventlog"
 	"github.com/twinline/twinline/internal/otlptest"
 	"github.com/twinline/twinline/internal/tracing"
@@ -24,7 +23,7 @@ const (
 func newTracing(t testing.TB, sample float64) (*tracing.Tracing, *otlptest.Receiver) {
 	t.Helper()
 	rcv := otlptest.Start(t)
-	tr, err := tracing.Setup(context.Background(), config.Tracing{Endpoint: rcv.HTTPURL, Sample: sample}, tracing.Identity{Role: "gateway"})
+	tr, err := tracing.Setup(context.Background(), tracing.Config{Endpoint: rcv.HTTPURL, Sample: sample}, tracing.Identity{Role: "gateway"})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -113,7 +113,7 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 	}
 	// Tracing first, so that every part gets its tracer and the log lines
 	// of traced operations their trace ids.
-	tr, err := tracing.Setup(ctx, cfg.Tracing, tracing.Identity{Version: version, Role: cfg.Role.String(), Replica: replica(cfg)})
+	tr, err := tracing.Setup(ctx, tracing.Config{Endpoint: cfg.Tracing.Endpoint, Protocol: cfg.Tracing.Protocol, Sample: cfg.Tracing.Sample}, tracing.Identity{Version: version, Role: cfg.Role.String(), Replica: replica(cfg)})
 	if err != nil {
 		return nil, fmt.Errorf("setting up tracing: %w", err)
 	}

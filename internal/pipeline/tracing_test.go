@@ -9,7 +9,6 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
 
-	"github.com/twinline/twinline/internal/config"
 	"github.com/twinline/twinline/internal/eventlog"
 	"github.com/twinline/twinline/internal/otlptest"
 	"github.com/twinline/twinline/internal/store"
@@ -22,7 +21,7 @@ import (
 func newTracing(t testing.TB, sample float64) (*tracing.Tracing, *otlptest.Receiver) {
 	t.Helper()
 	rcv := otlptest.Start(t)
-	tr, err := tracing.Setup(context.Background(), config.Tracing{Endpoint: rcv.HTTPURL, Sample: sample}, tracing.Identity{})
+	tr, err := tracing.Setup(context.Background(), tracing.Config{Endpoint: rcv.HTTPURL, Sample: sample}, tracing.Identity{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -36,8 +36,6 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"go.opentelemetry.io/otel/trace/noop"
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
-
-	"github.com/twinline/twinline/internal/config"
 )
 
 // ErrOff reports an upload while tracing is off (no OTLP endpoint).
@@ -46,6 +44,21 @@ var ErrOff = errors.New("tracing is off: no OTLP endpoint configured")
 // RoleKey is the resource attribute naming the replica's role
 // (all, gateway, processor, api).
 const RoleKey = attribute.Key("twinline.role")
+
+// Config is config.Tracing as far as Setup needs it (internal/app hands
+// it over): this package depends on no configuration package, so that the
+// logs and sources it traces stay below the engine (internal/pipeline's
+// TestLayers).
+type Config struct {
+	// Endpoint is the OTLP collector's base URL ("": the OTEL_* variables).
+	Endpoint string
+	// Protocol is grpc, http/protobuf or http/json ("": the OTEL_*
+	// variables, else http/protobuf).
+	Protocol string
+	// Sample is the fraction of new traces sampled, parent-based;
+	// negative: OTEL_TRACES_SAMPLER decides.
+	Sample float64
+}
 
 // Identity is what the resource says of this process, besides its
 // service name (OTEL_SERVICE_NAME, default "twinline").
@@ -79,7 +92,7 @@ type Tracing struct {
 // OTEL_RESOURCE_ATTRIBUTES, OTEL_BSP_*). Without an endpoint tracing is
 // off: the result's Tracer returns nil, and Shutdown does nothing. Call
 // Shutdown once the last span ended, to flush.
-func Setup(ctx context.Context, cfg config.Tracing, id Identity) (*Tracing, error) {
+func Setup(ctx context.Context, cfg Config, id Identity) (*Tracing, error) {
 	t := &Tracing{provider: noop.NewTracerProvider(), prop: propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{})}
 	endpoint := cfg.Endpoint
 	if endpoint == "" {

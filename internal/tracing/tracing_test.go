@@ -17,7 +17,6 @@ import (
 	resourcepb "go.opentelemetry.io/proto/otlp/resource/v1"
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
 
-	"github.com/twinline/twinline/internal/config"
 	"github.com/twinline/twinline/internal/otlptest"
 	"github.com/twinline/twinline/internal/tracing"
 )
@@ -38,7 +37,7 @@ func clearEnv(t *testing.T) {
 	}
 }
 
-func setup(t *testing.T, cfg config.Tracing) *tracing.Tracing {
+func setup(t *testing.T, cfg tracing.Config) *tracing.Tracing {
 	t.Helper()
 	tr, err := tracing.Setup(context.Background(), cfg, tracing.Identity{Version: "v9", Role: "gateway", Replica: "replica-1"})
 	if err != nil {
@@ -54,7 +53,7 @@ func setup(t *testing.T, cfg config.Tracing) *tracing.Tracing {
 func TestSetupOff(t *testing.T) {
 	clearEnv(t)
 	t.Setenv("OTEL_TRACES_SAMPLER", "always_on") // a sampler alone turns nothing on
-	tr := setup(t, config.Tracing{Sample: -1})
+	tr := setup(t, tracing.Config{Sample: -1})
 	if tr.Enabled() || tr.Tracer("x") != nil {
 		t.Errorf("Enabled() = %v, Tracer() = %v; want off", tr.Enabled(), tr.Tracer("x"))
 	}
@@ -78,15 +77,15 @@ func TestSetupExports(t *testing.T) {
 	rcv := otlptest.Start(t)
 	tests := []struct {
 		name string
-		cfg  config.Tracing
+		cfg  tracing.Config
 		env  map[string]string
 	}{
-		{"flag http", config.Tracing{Endpoint: rcv.HTTPURL, Sample: 1}, nil},
-		{"flag grpc", config.Tracing{Endpoint: "http://" + rcv.GRPCAddr, Protocol: "grpc", Sample: 1}, nil},
-		{"env http", config.Tracing{Sample: -1}, map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": rcv.HTTPURL}},
-		{"env traces endpoint", config.Tracing{Sample: -1}, map[string]string{"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": rcv.HTTPURL + "/v1/traces"}},
-		{"env grpc", config.Tracing{Sample: -1}, map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://" + rcv.GRPCAddr, "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}},
-		{"env http/json", config.Tracing{Sample: -1}, map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": rcv.HTTPURL, "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"}},
+		{"flag http", tracing.Config{Endpoint: rcv.HTTPURL, Sample: 1}, nil},
+		{"flag grpc", tracing.Config{Endpoint: "http://" + rcv.GRPCAddr, Protocol: "grpc", Sample: 1}, nil},
+		{"env http", tracing.Config{Sample: -1}, map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": rcv.HTTPURL}},
+		{"env traces endpoint", tracing.Config{Sample: -1}, map[string]string{"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": rcv.HTTPURL + "/v1/traces"}},
+		{"env grpc", tracing.Config{Sample: -1}, map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://" + rcv.GRPCAddr, "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}},
+		{"env http/json", tracing.Config{Sample: -1}, map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": rcv.HTTPURL, "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -129,7 +128,7 @@ func TestFlagsWinOverEnv(t *testing.T) {
 	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:1")
 	t.Setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
 	t.Setenv("OTEL_TRACES_SAMPLER", "always_off")
-	tr := setup(t, config.Tracing{Endpoint: "http://" + rcv.GRPCAddr, Protocol: "grpc", Sample: 1})
+	tr := setup(t, tracing.Config{Endpoint: "http://" + rcv.GRPCAddr, Protocol: "grpc", Sample: 1})
 	_, span := tr.Tracer("test").Start(context.Background(), "flags win", trace.SpanKindInternal)
 	if !span.IsRecording() {
 		t.Fatal("--trace-sample 1 did not win over OTEL_TRACES_SAMPLER=always_off")
@@ -148,15 +147,15 @@ func TestFlagsWinOverEnv(t *testing.T) {
 func TestSetupRefuses(t *testing.T) {
 	tests := []struct {
 		name string
-		cfg  config.Tracing
+		cfg  tracing.Config
 		env  map[string]string
 		want string
 	}{
-		{"endpoint without scheme", config.Tracing{Endpoint: "collector:4318", Sample: -1}, nil, "--otlp-endpoint"},
-		{"unknown sampler", config.Tracing{Endpoint: "http://127.0.0.1:1", Sample: -1}, map[string]string{"OTEL_TRACES_SAMPLER": "jaeger_remote"}, "OTEL_TRACES_SAMPLER"},
-		{"bad ratio", config.Tracing{Endpoint: "http://127.0.0.1:1", Sample: -1},
+		{"endpoint without scheme", tracing.Config{Endpoint: "collector:4318", Sample: -1}, nil, "--otlp-endpoint"},
+		{"unknown sampler", tracing.Config{Endpoint: "http://127.0.0.1:1", Sample: -1}, map[string]string{"OTEL_TRACES_SAMPLER": "jaeger_remote"}, "OTEL_TRACES_SAMPLER"},
+		{"bad ratio", tracing.Config{Endpoint: "http://127.0.0.1:1", Sample: -1},
 			map[string]string{"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "2"}, "OTEL_TRACES_SAMPLER_ARG"},
-		{"unknown protocol", config.Tracing{Endpoint: "http://127.0.0.1:1", Sample: -1}, map[string]string{"OTEL_EXPORTER_OTLP_PROTOCOL": "udp"}, "protocol"},
+		{"unknown protocol", tracing.Config{Endpoint: "http://127.0.0.1:1", Sample: -1}, map[string]string{"OTEL_EXPORTER_OTLP_PROTOCOL": "udp"}, "protocol"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -190,7 +189,7 @@ func TestTracerStartsOnlyWhatCanBeSampled(t *testing.T) {
 	rcv := otlptest.Start(t)
 	clearEnv(t)
 	for _, sample := range []float64{0, 1} {
-		tr := setup(t, config.Tracing{Endpoint: rcv.HTTPURL, Sample: sample}).Tracer("test")
+		tr := setup(t, tracing.Config{Endpoint: rcv.HTTPURL, Sample: sample}).Tracer("test")
 		bg := context.Background()
 		if sc := trace.SpanContextFromContext(tr.ExtractHTTP(bg, http.Header{"Traceparent": {exampleTraceparent}})); !sc.IsSampled() || sc.TraceID().String() != exampleTraceID {
 			t.Errorf("sample %g: ExtractHTTP = %+v, want the traceparent's", sample, sc)
@@ -242,7 +241,7 @@ func TestTracerStartsOnlyWhatCanBeSampled(t *testing.T) {
 func TestFreeWhenUnsampled(t *testing.T) {
 	rcv := otlptest.Start(t)
 	clearEnv(t)
-	zero := setup(t, config.Tracing{Endpoint: rcv.HTTPURL, Sample: 0}).Tracer("test")
+	zero := setup(t, tracing.Config{Endpoint: rcv.HTTPURL, Sample: 0}).Tracer("test")
 	h := http.Header{"Content-Type": {"application/json"}}
 	for name, tr := range map[string]*tracing.Tracer{"off": nil, "sampler 0": zero} {
 		allocs := testing.AllocsPerRun(100, func() { hops(tr, h) })
@@ -280,7 +279,7 @@ func BenchmarkHops(b *testing.B) {
 			var tr *tracing.Tracer
 			if !tc.off {
 				rcv := otlptest.Start(b)
-				t, err := tracing.Setup(context.Background(), config.Tracing{Endpoint: rcv.HTTPURL, Sample: tc.sample}, tracing.Identity{})
+				t, err := tracing.Setup(context.Background(), tracing.Config{Endpoint: rcv.HTTPURL, Sample: tc.sample}, tracing.Identity{})
 				if err != nil {
 					b.Fatal(err)
 				}
@@ -347,7 +346,7 @@ func TestLogHandler(t *testing.T) {
 func TestUpload(t *testing.T) {
 	rcv := otlptest.Start(t)
 	clearEnv(t)
-	for _, cfg := range []config.Tracing{
+	for _, cfg := range []tracing.Config{
 		{Endpoint: rcv.HTTPURL, Sample: 0},
 		{Endpoint: "http://" + rcv.GRPCAddr, Protocol: "grpc", Sample: 0},
 	} {

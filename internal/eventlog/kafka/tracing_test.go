@@ -9,7 +9,6 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 	"go.opentelemetry.io/otel/trace"
 
-	"github.com/twinline/twinline/internal/config"
 	"github.com/twinline/twinline/internal/otlptest"
 	"github.com/twinline/twinline/internal/store/offsettest"
 	"github.com/twinline/twinline/internal/telemetry"
@@ -25,7 +24,7 @@ import (
 func TestTraceThroughKafka(t *testing.T) {
 	t.Parallel()
 	rcv := otlptest.Start(t)
-	tr, err := tracing.Setup(context.Background(), config.Tracing{Endpoint: rcv.HTTPURL, Sample: 0}, tracing.Identity{})
+	tr, err := tracing.Setup(context.Background(), tracing.Config{Endpoint: rcv.HTTPURL, Sample: 0}, tracing.Identity{})
 	if err != nil {
 		t.Fatal(err)
 	}

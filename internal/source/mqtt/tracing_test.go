@@ -6,7 +6,6 @@ import (
 
 	"github.com/eclipse/paho.golang/paho"
 
-	"github.com/twinline/twinline/internal/config"
 	"github.com/twinline/twinline/internal/otlptest"
 	"github.com/twinline/twinline/internal/telemetry"
 	"github.com/twinline/twinline/internal/tracing"
@@ -54,7 +53,7 @@ func TestTraceThroughMQTT(t *testing.T) {
 	for _, source := range []string{"broker", "subscriber"} {
 		t.Run(source, func(t *testing.T) {
 			rcv := otlptest.Start(t)
-			tr, err := tracing.Setup(context.Background(), config.Tracing{Endpoint: rcv.HTTPURL, Sample: 0}, tracing.Identity{})
+			tr, err := tracing.Setup(context.Background(), tracing.Config{Endpoint: rcv.HTTPURL, Sample: 0}, tracing.Identity{})
 			if err != nil {
 				t.Fatal(err)
 			}
