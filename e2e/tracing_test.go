@@ -91,7 +91,7 @@ func TestTraceMQTTKafkaPostgres(t *testing.T) {
 		"mqtt receive": {"", "gateway", map[string]string{"messaging.system": "mqtt", "messaging.destination.name": "twinline/lyon/line-a/tr-press/telemetry", "twinline.events": "1"}},
 		"send":         {"mqtt receive", "gateway", map[string]string{"messaging.system": "kafka", "messaging.destination.name": "twinline.telemetry", "messaging.operation.type": "send"}},
 		"process": {"send", "processor", map[string]string{"messaging.system": "kafka", "messaging.destination.name": "twinline.telemetry",
-			"messaging.operation.type": "process", "messaging.consumer.group.name": "twinline", "twinline.samples": "1"}},
+			"messaging.operation.type": "process", "messaging.consumer.group.name": "twinline-processor", "twinline.samples": "1"}},
 		"store commit": {"process", "processor", map[string]string{"db.system.name": "postgresql", "db.operation.batch.size": "1"}},
 		"sinks":        {"process", "processor", nil},
 		"hub publish":  {"sinks", "processor", map[string]string{"twinline.samples": "1"}},
