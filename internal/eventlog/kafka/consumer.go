@@ -349,7 +349,8 @@ func (c *Consumer) decode(w work) (b eventlog.Batch, ok bool) {
 		decodeOpts   = c.opts.decode
 		prevReceived = int64(-1)
 		// With tracing, each entry's trace context (from its first
-		// record's headers), and the raw headers of the last entry.
+		// record's headers; nil while none had any), and the raw headers
+		// of the last entry.
 		traces            []trace.SpanContext
 		prevTP, prevState []byte
 	)
@@ -392,10 +393,13 @@ func (c *Consumer) decode(w work) (b eventlog.Batch, ok bool) {
 		if at := r.Timestamp.UnixMilli(); at != prevReceived || newTrace {
 			starts, received = append(starts, from), append(received, at)
 			prevReceived = at
-			if c.opts.tracer != nil {
+			if tp != nil || traces != nil { // allocated at the first traced entry
+				if traces == nil {
+					traces = make([]trace.SpanContext, len(starts)-1, len(starts))
+				}
 				traces = append(traces, tracing.Remote(string(tp), string(state)))
-				prevTP, prevState = tp, state
 			}
+			prevTP, prevState = tp, state
 		}
 	}
 	ps.events[ps.flip] = events

@@ -162,3 +162,49 @@ func TestTraceThroughKafka(t *testing.T) {
 		})
 	}
 }
+
+// BenchmarkDecodeTracing: decoding a poll of 1000 records of one gateway
+// batch with tracing off, on without trace headers (an untraced batch),
+// and on with them: off and on-untraced allocate the same.
+func BenchmarkDecodeTracing(b *testing.B) {
+	rcv := otlptest.Start(b)
+	tr, err := tracing.Setup(context.Background(), tracing.Config{Endpoint: rcv.HTTPURL, Sample: 0}, tracing.Identity{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer tr.Shutdown(context.Background())
+	for _, tc := range []struct {
+		name    string
+		on      bool
+		headers []kgo.RecordHeader
+	}{
+		{"off", false, nil},
+		{"on, untraced", true, nil},
+		{"on, traced", true, []kgo.RecordHeader{{Key: "traceparent", Value: []byte("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")}}},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			var recs []*kgo.Record
+			for i := range 1000 {
+				ev := telemetry.Event{Machine: benchMachine(i % 500), Time: base + int64(i), Metrics: []telemetry.Metric{{Name: "temp", Value: float64(i)}}}
+				v, _ := AppendEvent(nil, &ev)
+				recs = append(recs, &kgo.Record{Key: []byte(ev.Machine), Value: v, Offset: int64(i), Timestamp: time.UnixMilli(base), Headers: tc.headers})
+			}
+			var opts []Option
+			if tc.on {
+				opts = append(opts, WithTracer(tr.Tracer("bench")))
+			}
+			c, err := NewConsumer([]string{"unused:9092"}, "t", "g", offsettest.NewMemory(), nil, nil, opts...)
+			if err != nil {
+				b.Fatal(err)
+			}
+			ps := &partition{next: -1, stored: -1, rewind: -1}
+			b.ReportAllocs()
+			for b.Loop() {
+				ps.next = -1
+				if batch, ok := c.decode(work{ps: ps, recs: recs, hwm: 1000}); !ok || len(batch.Entries) != 1 {
+					b.Fatalf("decoded %d entries, ok %v", len(batch.Entries), ok)
+				}
+			}
+		})
+	}
+}
