@@ -13,13 +13,15 @@ import (
 
 // message is a stream message as clients see it.
 type message struct {
-	Seq      uint64          `json:"seq"`
-	Type     string          `json:"type"`
-	Machine  string          `json:"machine"`
-	IngestTS int64           `json:"ingestTs"`
-	Reason   string          `json:"reason"`
-	Cursor   uint64          `json:"cursor"`
-	Data     json.RawMessage `json:"data"`
+	Seq      uint64 `json:"seq"`
+	Type     string `json:"type"`
+	Machine  string `json:"machine"`
+	IngestTS int64  `json:"ingestTs"`
+	// Traceparent is a traced batch's trace context (samples).
+	Traceparent string          `json:"traceparent"`
+	Reason      string          `json:"reason"`
+	Cursor      uint64          `json:"cursor"`
+	Data        json.RawMessage `json:"data"`
 	// Windows are the windows a processed group closed for the machine
 	// (type "windows").
 	Windows []json.RawMessage `json:"windows"`

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/prometheus/common/model"
+	"go.opentelemetry.io/otel"
 
 	"github.com/twinline/twinline/internal/app"
 	"github.com/twinline/twinline/internal/auth"
@@ -102,6 +103,10 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	logger := newLogger(stderr, cfg.LogLevel)
 	setMemoryLimit(logger, cfg.IngestMemory)
+	// The OpenTelemetry SDK reports failed exports through its global
+	// handler (the process's own, like the memory limit): as log lines.
+	otelLog := logger.With("component", "tracing")
+	otel.SetErrorHandler(otel.ErrorHandlerFunc(func(err error) { otelLog.Warn("opentelemetry", "err", err) }))
 	a, err := app.New(ctx, cfg, logger, buildVersion())
 	if err != nil {
 		return err

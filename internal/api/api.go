@@ -24,6 +24,7 @@ import (
 	"github.com/twinline/twinline/internal/problem"
 	"github.com/twinline/twinline/internal/store"
 	"github.com/twinline/twinline/internal/telemetry"
+	"github.com/twinline/twinline/internal/tracing"
 	"github.com/twinline/twinline/internal/twin"
 )
 
@@ -114,6 +115,9 @@ type Deps struct {
 	// every other ingest path of the server (MQTT). nil: the API has its
 	// own.
 	Stamper *ingest.Stamper
+	// Tracer traces ingest requests (their traceparent continued, the
+	// batch carrying the span on); nil: tracing off.
+	Tracer *tracing.Tracer
 }
 
 // registry is the machine registry: entries, and who may send.
@@ -165,6 +169,7 @@ type API struct {
 	hot        hotWindow
 	clock      func() time.Time
 	logger     *slog.Logger
+	tracer     *tracing.Tracer
 	inflight   chan struct{}
 	// mem and clientSlots bound ingest memory and each client's share of
 	// the in-flight slots.
@@ -247,6 +252,7 @@ func New(opts Options, deps Deps) *API {
 		hot:       deps.Hot,
 		clock:     deps.Clock,
 		logger:    deps.Logger,
+		tracer:    deps.Tracer,
 		inflight:  make(chan struct{}, max(opts.MaxInflightIngest, 1)),
 		mem:       newMemBudget(cmp.Or(opts.IngestMemory, 192<<20)),
 		clientSlots: &clientSlots{max: max(cmp.Or(opts.MaxInflightIngestPerClient, opts.MaxInflightIngest), 1),

@@ -65,7 +65,7 @@ type submitter interface {
 
 // openTwins opens a registry in a temporary directory and the live state
 // that registers into it, wired as the server wires them.
-func openTwins(t *testing.T, offlineAfter time.Duration, clock func() time.Time) (*twin.Registry, *twin.Live) {
+func openTwins(t testing.TB, offlineAfter time.Duration, clock func() time.Time) (*twin.Registry, *twin.Live) {
 	t.Helper()
 	reg, err := twin.OpenRegistryFile(filepath.Join(t.TempDir(), "registry.json"), clock, slog.New(slog.DiscardHandler))
 	if err != nil {
@@ -76,7 +76,7 @@ func openTwins(t *testing.T, offlineAfter time.Duration, clock func() time.Time)
 	return reg, live
 }
 
-func newTestAPI(t *testing.T, l submitter) *API {
+func newTestAPI(t testing.TB, l submitter) *API {
 	t.Helper()
 	reg, live := openTwins(t, time.Minute, time.Now)
 	return New(Options{

@@ -6,8 +6,14 @@ import (
 	"fmt"
 	"mime"
 	"net/http"
+	"strconv"
 	"sync"
 	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/twinline/twinline/internal/auth"
 	"github.com/twinline/twinline/internal/eventlog"
@@ -15,6 +21,7 @@ import (
 	"github.com/twinline/twinline/internal/problem"
 	"github.com/twinline/twinline/internal/store"
 	"github.com/twinline/twinline/internal/telemetry"
+	"github.com/twinline/twinline/internal/tracing"
 )
 
 // errTooLarge marks a body over one of the size limits.
@@ -103,7 +110,13 @@ func (a *API) handleWrite(w http.ResponseWriter, r *http.Request) {
 // of its client's, and its decoding reserve. A large body is decoded and
 // logged in chunks, and answered once every chunk is durable.
 func (a *API) ingest(w http.ResponseWriter, r *http.Request, protocol string, style ingestStyle, decode decodeFunc) {
+	ctx, span := a.startIngest(r, protocol)
+	status := 0 // the answer's, for the span
+	if span.IsRecording() {
+		defer func() { endIngest(span, status) }()
+	}
 	fail := func(outcome string, p *problem.Problem) {
+		status = p.Status
 		a.countRequest(protocol, outcome)
 		if style == styleInflux {
 			influxCompat(p)
@@ -184,17 +197,25 @@ func (a *API) ingest(w http.ResponseWriter, r *http.Request, protocol string, st
 			return ""
 		}
 	}
-	sub := &chunkSubmitter{ctx: auth.NewContext(r.Context(), identity(r)), submit: a.submit, protocol: protocol, received: now.UnixMilli(),
-		window: make(chan struct{}, chunkWindow)}
+	sub := &chunkSubmitter{ctx: auth.NewContext(ctx, identity(r)), submit: a.submit, protocol: protocol, received: now.UnixMilli(),
+		trace: tracing.Sampled(span), window: make(chan struct{}, chunkWindow)}
 	var sink *ingest.Sink
 	if len(body.buf) > streamMinBody {
 		sink = &ingest.Sink{Flush: sub.flush, MaxRejects: maxListedRejects}
 		opts.Sink = sink
 	}
+	_, decodeSpan := a.tracer.Child(ctx, "decode", trace.SpanKindInternal)
 	events, rejects, err := decode(body.buf, opts, nil)
 	nrejects := len(rejects)
 	if sink != nil {
 		nrejects = sink.Rejected
+	}
+	if decodeSpan.IsRecording() {
+		nevents := len(events)
+		if sink != nil {
+			nevents += sink.Flushed
+		}
+		endDecode(decodeSpan, len(body.buf), nevents, nrejects, err)
 	}
 	var se *ingest.SyntaxError
 	if err != nil && (errors.As(err, &se) || sink == nil) {
@@ -228,13 +249,62 @@ func (a *API) ingest(w http.ResponseWriter, r *http.Request, protocol string, st
 	}
 	a.countRequest(protocol, "ok")
 	if style == styleInflux {
-		w.WriteHeader(http.StatusNoContent)
+		status = http.StatusNoContent
+		w.WriteHeader(status)
 		return
 	}
-	writeJSON(w, http.StatusAccepted, struct {
+	status = http.StatusAccepted
+	writeJSON(w, status, struct {
 		Accepted   int `json:"accepted"`
 		Duplicates int `json:"duplicates"`
 	}{res.Accepted, res.Duplicates})
+}
+
+// startIngest starts the ingest request's server span, continuing the
+// request's traceparent; a no-op span when the request is not traced.
+func (a *API) startIngest(r *http.Request, protocol string) (context.Context, trace.Span) {
+	ctx, span := a.tracer.Start(a.tracer.ExtractHTTP(r.Context(), r.Header), "ingest", trace.SpanKindServer)
+	if span.IsRecording() {
+		scheme := "http"
+		if r.TLS != nil {
+			scheme = "https"
+		}
+		span.SetAttributes(
+			semconv.HTTPRequestMethodKey.String(r.Method),
+			semconv.HTTPRoute(r.URL.Path), // the ingest routes have no parameters
+			semconv.URLPath(r.URL.Path),
+			semconv.URLScheme(scheme),
+			semconv.NetworkProtocolVersion(fmt.Sprintf("%d.%d", r.ProtoMajor, r.ProtoMinor)),
+			semconv.UserAgentOriginal(r.UserAgent()),
+			attribute.String("twinline.protocol", protocol),
+		)
+	}
+	return ctx, span
+}
+
+// endIngest ends the ingest span with the answer's status: a 5xx is an
+// error of the server's (a 4xx is the client's, not the span's).
+func endIngest(span trace.Span, status int) {
+	if status != 0 {
+		span.SetAttributes(semconv.HTTPResponseStatusCode(status))
+	}
+	if status >= 500 {
+		span.SetAttributes(attribute.String("error.type", strconv.Itoa(status)))
+		span.SetStatus(codes.Error, http.StatusText(status))
+	}
+	span.End()
+}
+
+// endDecode ends the decode span: the body's size, the events decoded
+// (validated: the decoders validate as they decode) and the items
+// rejected.
+func endDecode(span trace.Span, bodyBytes, events, rejected int, err error) {
+	span.SetAttributes(semconv.HTTPRequestBodySize(bodyBytes),
+		attribute.Int("twinline.events", events), attribute.Int("twinline.rejected", rejected))
+	if err != nil {
+		span.SetStatus(codes.Error, err.Error())
+	}
+	span.End()
 }
 
 // submitFailed answers a request whose events the log did not all take.
@@ -283,8 +353,11 @@ type chunkSubmitter struct {
 	submit   SubmitFunc
 	protocol string
 	received int64
-	window   chan struct{}
-	wg       sync.WaitGroup
+	// trace is the request's span context when it is sampled: its chunks
+	// carry it on (telemetry.Batch.Trace).
+	trace  trace.SpanContext
+	window chan struct{}
+	wg     sync.WaitGroup
 
 	mu            sync.Mutex
 	res           eventlog.Result
@@ -305,7 +378,7 @@ func (s *chunkSubmitter) flush(events []telemetry.Event) error {
 		<-s.window
 		return err
 	}
-	b := &telemetry.Batch{Events: events, Protocol: s.protocol, Received: s.received}
+	b := &telemetry.Batch{Events: events, Protocol: s.protocol, Received: s.received, Trace: s.trace}
 	s.wg.Go(func() {
 		defer func() { <-s.window }()
 		res, err := s.submitChunk(b, first)

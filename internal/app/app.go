@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"regexp"
 	"sync/atomic"
 	"time"
@@ -39,6 +40,7 @@ import (
 	"github.com/twinline/twinline/internal/store/postgres"
 	"github.com/twinline/twinline/internal/stream"
 	"github.com/twinline/twinline/internal/telemetry"
+	"github.com/twinline/twinline/internal/tracing"
 	"github.com/twinline/twinline/internal/twin"
 	"github.com/twinline/twinline/internal/web"
 )
@@ -93,6 +95,10 @@ type App struct {
 	// stamper gives events without a timestamp their server time, shared
 	// by every ingest path (HTTP, MQTT).
 	stamper *ingest.Stamper
+
+	// tracing is the tracer provider (off without an OTLP endpoint),
+	// flushed last by Run.
+	tracing *tracing.Tracing
 }
 
 // New builds every part from cfg and opens the listener, so a port in use or
@@ -105,7 +111,16 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 	if err := embedded.PrepareDir(cfg.DataDir); err != nil {
 		return nil, fmt.Errorf("creating data directory: %w", err)
 	}
-	a := &App{cfg: cfg, logger: logger, version: version, stamper: ingest.NewStamper()}
+	// Tracing first, so that every part gets its tracer and the log lines
+	// of traced operations their trace ids.
+	tr, err := tracing.Setup(ctx, tracing.Config{Endpoint: cfg.Tracing.Endpoint, Protocol: cfg.Tracing.Protocol, Sample: cfg.Tracing.Sample}, tracing.Identity{Version: version, Role: cfg.Role.String(), Replica: replica(cfg)})
+	if err != nil {
+		return nil, fmt.Errorf("setting up tracing: %w", err)
+	}
+	if tr.Enabled() {
+		logger = slog.New(tracing.LogHandler(logger.Handler()))
+	}
+	a := &App{cfg: cfg, logger: logger, version: version, stamper: ingest.NewStamper(), tracing: tr}
 	// On an error, release what was built, newest first.
 	defer func() {
 		if err != nil {
@@ -114,6 +129,10 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 			}
 		}
 	}()
+	a.cleanup = append(a.cleanup, func() { _ = tr.Shutdown(context.Background()) })
+	if tr.Enabled() {
+		logger.Info("tracing", "endpoint", tr.Endpoint(), "protocol", tr.Protocol())
+	}
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(
@@ -255,10 +274,11 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 	}
 	alarmLog := logger.With("component", "alarms")
 	var medians []twin.MedianUpdate // reused by the sink goroutine
+	hubTracer := tr.Tracer("github.com/twinline/twinline/internal/hub")
 	sinks := pipeline.Sinks{
-		Batch: func(b *telemetry.Batch, samples []telemetry.Sample) {
+		Batch: func(ctx context.Context, b *telemetry.Batch, samples []telemetry.Sample) {
 			live.Observe(b, samples)
-			a.hub.PublishSamples(samples, b.Received)
+			publishSamples(ctx, hubTracer, a.hub, samples, b.Received)
 			if a.hotW != nil {
 				a.hotW.Add(samples)
 			}
@@ -350,6 +370,7 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 		Logger:      logger.With("component", "api"),
 		Registerer:  reg,
 		Auth:        sec.apiAuth(cfg),
+		Tracer:      tr.Tracer("github.com/twinline/twinline/internal/api"),
 	}
 	if a.hot != nil {
 		deps.Hot = a.hot
@@ -394,6 +415,17 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 	return a, nil
 }
 
+// replica names this process among the replicas in its traces: the
+// processor's --kafka-instance-id (by default the host name), else the
+// host name.
+func replica(cfg config.Config) string {
+	if cfg.KafkaInstanceID != "" {
+		return cfg.KafkaInstanceID
+	}
+	host, _ := os.Hostname()
+	return host
+}
+
 // joinChecks runs every check and joins their errors.
 func joinChecks(checks []func() error) error {
 	var errs []error
@@ -421,7 +453,8 @@ func (a *App) Addr() net.Addr { return a.ln.Addr() }
 //  4. the hot-window writer writes what the drain acknowledged;
 //  5. the registry persists the machines registered meanwhile;
 //  6. notes, then alarms (with PostgreSQL they write through the store's
-//     pool), the store, Redis and the dedup key journal close.
+//     pool), the store, Redis and the dedup key journal close;
+//  7. the spans still buffered are exported.
 //
 // It returns every error met, joined.
 func (a *App) Run(ctx context.Context) error {
@@ -456,6 +489,8 @@ func (a *App) Run(ctx context.Context) error {
 	if a.keys != nil {
 		g.add(closer("closing dedup key journal", a.keys.Close))
 	}
+	// Last, so that the spans of the drain are exported too.
+	g.add(part{name: "flushing traces", stop: a.tracing.Shutdown})
 	err := g.run(ctx, a.cfg.ShutdownTimeout)
 	a.logger.Info("stopped")
 	return err

@@ -10,6 +10,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"go.opentelemetry.io/otel/attribute"
+	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 
 	"github.com/twinline/twinline/internal/eventlog"
 	"github.com/twinline/twinline/internal/eventlog/kafka"
@@ -43,6 +45,7 @@ func (a *App) openProcessor(src pipeline.Source, log string, sinks pipeline.Sink
 		return fmt.Errorf("starting the processor: %w", err)
 	}
 	a.proc = proc
+	a.traceProcessor(proc, log)
 	a.registry.OnDelete(proc.ForgetMachine) // a deleted machine leaves the engines
 	kl, journaled, err := keylog.Open(filepath.Join(a.cfg.DataDir, "dedup-keys"), a.cfg.DedupMaxKeys)
 	if err != nil {
@@ -63,7 +66,7 @@ func (a *App) openKafka(sinks pipeline.Sinks, engineCfg stream.EngineConfig, reg
 	// The producer and the consumer name themselves (kafka_producer,
 	// kafka_consumer): a component given here would be a second one.
 	cfg, logger := a.cfg, a.logger
-	var kopts []kafka.Option
+	kopts := []kafka.Option{kafka.WithTracer(a.tracing.Tracer("github.com/twinline/twinline/internal/eventlog/kafka"))}
 	if cfg.KafkaTLS {
 		tc, err := tlsconf.ClientConfig(cfg.KafkaTLSCA)
 		if err != nil {
@@ -100,6 +103,27 @@ func (a *App) openKafka(sinks pipeline.Sinks, engineCfg stream.EngineConfig, reg
 		return a.openProcessor(kc, "kafka", sinks, engineCfg, reg)
 	}
 	return nil
+}
+
+// traceProcessor makes the processor trace its sampled groups, with the
+// messaging attributes of its log and the database ones of its store.
+func (a *App) traceProcessor(proc *pipeline.Processor, log string) {
+	tr := a.tracing.Tracer("github.com/twinline/twinline/internal/pipeline")
+	if tr == nil {
+		return
+	}
+	process := []attribute.KeyValue{semconv.MessagingOperationTypeProcess, semconv.MessagingOperationName("process")}
+	if log == "kafka" {
+		process = append(process, semconv.MessagingSystemKafka, semconv.MessagingDestinationName(a.cfg.KafkaTopic),
+			semconv.MessagingConsumerGroupName(a.cfg.KafkaGroup))
+	} else {
+		process = append(process, semconv.MessagingSystemKey.String("twinline.memory"))
+	}
+	commit := []attribute.KeyValue{semconv.DBOperationName("commit"), semconv.DBSystemNameKey.String("twinline.embedded")}
+	if a.pg != nil {
+		commit[1] = semconv.DBSystemNamePostgreSQL
+	}
+	proc.Trace(tr, process, commit)
 }
 
 // twinStores are where the registry, the notes and the alarm journal

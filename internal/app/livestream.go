@@ -1,11 +1,32 @@
 package app
 
 import (
+	"context"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/twinline/twinline/internal/hub"
 	"github.com/twinline/twinline/internal/stream"
 	"github.com/twinline/twinline/internal/telemetry"
+	"github.com/twinline/twinline/internal/tracing"
 	"github.com/twinline/twinline/internal/twin"
 )
+
+// publishSamples pushes an entry's samples to its machines' stream
+// subscribers. Under a sampled span context (the processor's, see
+// pipeline.Sinks.Batch) it does so in a "hub publish" span, whose
+// traceparent the messages carry for the client's span to continue.
+func publishSamples(ctx context.Context, tr *tracing.Tracer, h *hub.Hub, samples []telemetry.Sample, received int64) {
+	_, span := tr.Child(ctx, "hub publish", trace.SpanKindProducer)
+	if !span.IsRecording() {
+		h.PublishSamples(samples, received)
+		return
+	}
+	span.SetAttributes(attribute.Int("twinline.samples", len(samples)))
+	h.PublishTracedSamples(samples, received, tracing.Traceparent(span.SpanContext()))
+	span.End()
+}
 
 // observeRemote wires what the hub hears from the other replicas (with
 // Redis) into this one's twins and alarms: the samples they processed

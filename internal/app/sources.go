@@ -49,6 +49,7 @@ func (a *App) openMQTT(reg prometheus.Registerer) error {
 		Register:   a.registry.Locate,
 		Logger:     a.logger.With("component", "mqtt"),
 		Registerer: reg,
+		Tracer:     a.tracing.Tracer("github.com/twinline/twinline/internal/source/mqtt"),
 	}
 	if cfg.MQTTListen != "" || cfg.MQTTTLSListen != "" {
 		bdeps := deps

@@ -40,13 +40,14 @@ type Median struct {
 // samplesBody is a samples message not encoded yet: its own copy of the
 // machine's samples.
 type samplesBody struct {
-	machine  string
-	received int64
-	samples  []telemetry.Sample
+	machine     string
+	received    int64
+	traceparent string
+	samples     []telemetry.Sample
 }
 
 func (s *samplesBody) estimate() int {
-	n := len(s.machine) + 64
+	n := len(s.machine) + 64 + len(s.traceparent)
 	for i := range s.samples {
 		n += sampleSize(&s.samples[i])
 	}
@@ -54,7 +55,7 @@ func (s *samplesBody) estimate() int {
 }
 
 func (s *samplesBody) appendBody(b []byte) []byte {
-	b = samplesHeader(b, s.machine, s.received)
+	b = samplesHeader(b, s.machine, s.received, s.traceparent)
 	for i := range s.samples {
 		b = appendSample(b, &s.samples[i], i == 0)
 	}

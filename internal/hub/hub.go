@@ -343,6 +343,13 @@ type encoder struct {
 // A machine no client wants now is not encoded: the replay ring keeps a
 // copy of its samples, encoded only if a client resuming wants them.
 func (h *Hub) PublishSamples(samples []telemetry.Sample, received int64) {
+	h.PublishTracedSamples(samples, received, "")
+}
+
+// PublishTracedSamples is PublishSamples for the samples of a traced
+// batch: every message carries traceparent (a W3C traceparent, "" for
+// none), which other replicas forward as it is.
+func (h *Hub) PublishTracedSamples(samples []telemetry.Sample, received int64, traceparent string) {
 	if len(samples) == 0 {
 		return
 	}
@@ -405,11 +412,11 @@ func (h *Hub) PublishSamples(samples []telemetry.Sample, received int64) {
 			n := len(kept)
 			kept = kept[:n+e.nums[g]]
 			e.drafts[g] = draft{machine: machine, absorbed: true,
-				lazy: &samplesBody{machine: machine, received: received, samples: kept[n : n : n+e.nums[g]]}}
+				lazy: &samplesBody{machine: machine, received: received, traceparent: traceparent, samples: kept[n : n : n+e.nums[g]]}}
 			continue
 		}
-		d := newDraft(machine, len(machine)+64+e.counts[g])
-		d.buf = samplesHeader(d.buf, d.machine, received)
+		d := newDraft(machine, len(machine)+64+len(traceparent)+e.counts[g])
+		d.buf = samplesHeader(d.buf, d.machine, received, traceparent)
 		d.absorbed = true
 		e.drafts[g] = d
 		e.counts[g] = 0 // now: samples written

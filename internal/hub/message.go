@@ -202,13 +202,18 @@ func reconnectMessage(cursor uint64, reason string, retryMs int64) *message {
 // sampleSize estimates the encoded size of one sample.
 func sampleSize(s *telemetry.Sample) int { return len(s.Metric) + 64 }
 
-// samplesHeader starts the body of a samples message.
-func samplesHeader(b []byte, machine string, ingestTs int64) []byte {
+// samplesHeader starts the body of a samples message; traceparent ""
+// leaves the member out.
+func samplesHeader(b []byte, machine string, ingestTs int64, traceparent string) []byte {
 	b = appendType(b, TypeSamples)
 	b = append(b, `,"machine":`...)
 	b = jsonenc.AppendString(b, machine)
 	b = append(b, `,"ingestTs":`...)
 	b = strconv.AppendInt(b, ingestTs, 10)
+	if traceparent != "" {
+		b = append(b, `,"traceparent":`...)
+		b = jsonenc.AppendString(b, traceparent)
+	}
 	return append(b, `,"samples":[`...)
 }
 

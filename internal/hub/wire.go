@@ -120,13 +120,16 @@ type ReconnectMessage struct {
 }
 
 // SamplesMessage is one machine's samples of one publish; IngestTs is the
-// server's ingest time (Unix ms).
+// server's ingest time (Unix ms). Traceparent, on the samples of a traced
+// batch, is the W3C traceparent of the server span that published them,
+// for the client's own span to continue the trace (absent otherwise).
 type SamplesMessage struct {
-	Seq      uint64       `json:"seq"`
-	Type     MessageType  `json:"type"`
-	Machine  string       `json:"machine"`
-	IngestTs int64        `json:"ingestTs"`
-	Samples  []SampleData `json:"samples"`
+	Seq         uint64       `json:"seq"`
+	Type        MessageType  `json:"type"`
+	Machine     string       `json:"machine"`
+	IngestTs    int64        `json:"ingestTs"`
+	Traceparent string       `json:"traceparent,omitempty"`
+	Samples     []SampleData `json:"samples"`
 }
 
 // SampleData is one sample of a SamplesMessage: metric, event time (Unix

@@ -12,6 +12,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/twinline/twinline/internal/eventlog"
 	"github.com/twinline/twinline/internal/eventlog/kafka"
@@ -358,17 +359,20 @@ type sinkLog struct {
 	received []int64
 	released []telemetry.Sample
 	windows  []stream.Window
-	onBatch  func(b *telemetry.Batch, samples []telemetry.Sample)
+	// live are the span contexts the Batch sink got, by batch.
+	live    []trace.SpanContext
+	onBatch func(b *telemetry.Batch, samples []telemetry.Sample)
 }
 
 func (s *sinkLog) sinks() Sinks {
 	return Sinks{
-		Batch: func(b *telemetry.Batch, samples []telemetry.Sample) {
+		Batch: func(ctx context.Context, b *telemetry.Batch, samples []telemetry.Sample) {
 			if s.onBatch != nil {
 				s.onBatch(b, samples)
 			}
 			s.mu.Lock()
 			defer s.mu.Unlock()
+			s.live = append(s.live, trace.SpanContextFromContext(ctx))
 			s.batches = append(s.batches, slices.Clone(samples))
 			s.events = append(s.events, slices.Clone(b.Events))
 			s.received = append(s.received, b.Received)

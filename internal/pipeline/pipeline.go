@@ -80,8 +80,10 @@ type Source interface {
 type Sinks struct {
 	// Batch receives each committed entry with its new (deduplicated)
 	// samples, in arrival order; b.Received is the time the gateway took
-	// the batch (under Kafka too).
-	Batch func(b *telemetry.Batch, samples []telemetry.Sample)
+	// the batch (under Kafka too). For a sampled entry of a traced group
+	// ctx carries the span context its live message continues (see
+	// Processor.Trace); otherwise it carries none.
+	Batch func(ctx context.Context, b *telemetry.Batch, samples []telemetry.Sample)
 	// Group receives, once per lane and commit (and per tick), the samples
 	// released in event-time order and the windows that closed or changed.
 	Group func(released []telemetry.Sample, windows []stream.Window)

@@ -7,15 +7,20 @@ import (
 	"io"
 	"log/slog"
 	"slices"
+	"strconv"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/twinline/twinline/internal/eventlog"
 	"github.com/twinline/twinline/internal/store"
 	"github.com/twinline/twinline/internal/stream"
 	"github.com/twinline/twinline/internal/telemetry"
+	"github.com/twinline/twinline/internal/tracing"
 )
 
 // tickInterval is how often the engines' watermarks follow the server
@@ -48,6 +53,12 @@ type Processor struct {
 	// goroutine (which owns the engines) to drop.
 	forgetMu sync.Mutex
 	forget   []string
+
+	// tracer, when not nil, traces the groups with a sampled entry
+	// (Trace); processAttrs and commitAttrs are their spans' constant
+	// attributes.
+	tracer                    *tracing.Tracer
+	processAttrs, commitAttrs []attribute.KeyValue
 
 	writeSeconds prometheus.Histogram
 	samples      *prometheus.CounterVec
@@ -112,6 +123,19 @@ func New(src Source, log string, engineCfg stream.EngineConfig, sinks Sinks, log
 // (id or seq) to journal, once the store committed them and before they are
 // acknowledged. Call it before Run.
 func (p *Processor) JournalKeys(journal func([]stream.Key) error) { p.journal = journal }
+
+// Trace makes the processor trace each group that has a sampled entry
+// (telemetry.Batch.Trace): a "process" span whose parent is the first
+// sampled entry's span and which links to the other sampled entries'
+// (links, not children: a group holds hundreds of entries), with a
+// "store commit" child around the commit and a "sinks" child around the
+// sinks, which get the span context each entry's live message continues
+// (Sinks.Batch). A group without a sampled entry costs nothing. process
+// and commit are the constant attributes of the process and store commit
+// spans (messaging and database semantic conventions). Call it before Run.
+func (p *Processor) Trace(tr *tracing.Tracer, process, commit []attribute.KeyValue) {
+	p.tracer, p.processAttrs, p.commitAttrs = tr, process, commit
+}
 
 // Remember makes every lane's engine recognise the keys journaled by an
 // earlier run, so their retries are duplicates. Call it before Run. (Under
@@ -266,6 +290,10 @@ type job struct {
 	results []eventlog.Result
 	// sink: the batch is durable and goes to the sinks.
 	sink bool
+	// span is the group's process span, nil when no entry is sampled;
+	// feed ends it once the sinks took the group, processLane if they
+	// do not.
+	span trace.Span
 }
 
 func (r *round) output(i int) *stream.Output {
@@ -319,18 +347,73 @@ func (p *Processor) feed(r *round) {
 		if !j.sink {
 			continue
 		}
+		ctx, sinks := context.Background(), trace.Span(nil)
+		if j.span != nil {
+			ctx, sinks = p.tracer.Child(trace.ContextWithSpan(ctx, j.span), "sinks", trace.SpanKindInternal)
+		}
 		for k, e := range j.batch.Entries {
 			if p.sinks.Batch != nil {
 				lo, hi := j.bounds[k], j.bounds[k+1]
-				p.sinks.Batch(e, j.out.Samples[lo:hi:hi])
+				p.sinks.Batch(entryContext(ctx, sinks, e), e, j.out.Samples[lo:hi:hi])
 			}
 			if j.results != nil {
 				j.batch.Ack(k, j.results[k], nil)
 			}
 		}
 		p.group(j.out)
+		if j.span != nil {
+			sinks.End()
+			j.span.End()
+		}
 	}
 	p.group(&r.tick)
+}
+
+// entryContext is the context the Batch sink gets for entry e of a group
+// whose sinks span is sinks (nil: the group is not traced): that span's
+// for an entry of its trace, the entry's own span context for a sampled
+// entry of another trace (the process span links to it), so that each
+// sampled trace goes on to the live stream; none for the others.
+func entryContext(ctx context.Context, sinks trace.Span, e *telemetry.Batch) context.Context {
+	switch {
+	case sinks == nil || !e.Trace.IsSampled():
+		return context.Background()
+	case e.Trace.TraceID() == sinks.SpanContext().TraceID():
+		return ctx
+	default:
+		return trace.ContextWithSpanContext(context.Background(), e.Trace)
+	}
+}
+
+// startProcess starts the process span of a group with a sampled entry,
+// and returns ctx with it; otherwise ctx and nil.
+func (p *Processor) startProcess(ctx context.Context, b *eventlog.Batch) (context.Context, trace.Span) {
+	if p.tracer == nil {
+		return ctx, nil
+	}
+	first := slices.IndexFunc(b.Entries, func(e *telemetry.Batch) bool { return e.Trace.IsSampled() })
+	if first < 0 {
+		return ctx, nil
+	}
+	parent := b.Entries[first].Trace
+	var links []trace.Link
+	last := parent
+	for _, e := range b.Entries[first+1:] {
+		// Entries of one request or one producer span come in runs: link
+		// each span context once.
+		if sc := e.Trace; sc.IsSampled() && !sc.Equal(last) && !sc.Equal(parent) {
+			links = append(links, trace.Link{SpanContext: sc})
+			last = sc
+		}
+	}
+	ctx, span := p.tracer.ChildOf(ctx, parent, "process", trace.SpanKindConsumer, links...)
+	if !span.IsRecording() {
+		return ctx, nil
+	}
+	span.SetAttributes(p.processAttrs...)
+	span.SetAttributes(attribute.Int("messaging.batch.message_count", len(b.Entries)),
+		attribute.String("messaging.destination.partition.id", strconv.Itoa(int(b.Lane))))
+	return ctx, span
 }
 
 func (p *Processor) group(out *stream.Output) {
@@ -346,6 +429,15 @@ func (p *Processor) group(out *stream.Output) {
 // samples. j.sink reports whether the batch goes on to the sinks.
 func (p *Processor) processLane(ctx context.Context, j *job) {
 	b, ln, out := &j.batch, j.lane, j.out
+	ctx, j.span = p.startProcess(ctx, b)
+	if j.span != nil {
+		defer func() {
+			if !j.sink { // failed: the sinks will not end it
+				j.span.End()
+				j.span = nil
+			}
+		}()
+	}
 	n := len(b.Entries)
 	ints := make([]int, 3*n+2)
 	j.bounds, j.keyBounds = ints[:n+1:n+1], ints[n+1:2*n+2:2*n+2]
@@ -363,8 +455,22 @@ func (p *Processor) processLane(ctx context.Context, j *job) {
 		ln.fresh = fresh
 	}
 	start := time.Now()
-	err := b.Commit(ctx, samples, fresh)
+	cctx, commit := p.tracer.Child(ctx, "store commit", trace.SpanKindClient)
+	if commit.IsRecording() {
+		commit.SetAttributes(p.commitAttrs...)
+		commit.SetAttributes(attribute.Int("db.operation.batch.size", len(samples)))
+	}
+	err := b.Commit(cctx, samples, fresh)
 	p.writeSeconds.Observe(time.Since(start).Seconds())
+	if j.span != nil {
+		if err != nil {
+			commit.RecordError(err)
+			commit.SetStatus(codes.Error, "commit failed")
+			j.span.SetStatus(codes.Error, "commit failed")
+		}
+		j.span.SetAttributes(attribute.Int("twinline.samples", len(samples)))
+		commit.End()
+	}
 	if err == nil && p.journal != nil && len(out.Keys) > 0 {
 		// After the commit, not alongside it: a key journaled for samples
 		// that were not stored would make the client's retry a duplicate,
@@ -401,19 +507,19 @@ func (p *Processor) processLane(ctx context.Context, j *job) {
 		// Another consumer owns the lane now, or did meanwhile: what the
 		// engine holds may be stale. The source rewinds to the stored
 		// offset.
-		p.logger.Warn("lane taken over by another consumer; its engine starts afresh", "lane", b.Lane, "err", err)
+		p.logger.WarnContext(ctx, "lane taken over by another consumer; its engine starts afresh", "lane", b.Lane, "err", err)
 		for i := range b.Entries {
 			ack(i, eventlog.Result{}, fmt.Errorf("storing samples: %w", err))
 		}
 		p.reset(ln)
 		return
 	case errors.Is(err, store.ErrOutOfBounds):
-		p.logger.Warn("storing samples", "lane", b.Lane, "err", err)
+		p.logger.WarnContext(ctx, "storing samples", "lane", b.Lane, "err", err)
 		p.attributeOutOfBounds(ctx, j, fresh, dups, err)
 		return
 	default:
 		p.samples.WithLabelValues("error").Add(float64(len(samples)))
-		p.logger.Error("storing samples", "lane", b.Lane, "err", err, "samples", len(samples))
+		p.logger.ErrorContext(ctx, "storing samples", "lane", b.Lane, "err", err, "samples", len(samples))
 		for i := range b.Entries {
 			ack(i, eventlog.Result{}, fmt.Errorf("storing samples: %w", err))
 		}

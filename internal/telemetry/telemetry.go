@@ -2,6 +2,8 @@
 // the samples they become, and the batches that flow from ingest to the sinks.
 package telemetry
 
+import "go.opentelemetry.io/otel/trace"
+
 // Event is one message from one machine: a set of metric values observed at
 // one event time. Decoders produce events; the engine turns them into samples.
 type Event struct {
@@ -45,6 +47,11 @@ type Batch struct {
 	Protocol string
 	// Received is the server's ingest time in Unix milliseconds.
 	Received int64
+	// Trace is the span context of the sampled trace the batch belongs
+	// to (the span that took it in: an ingest request's, an MQTT
+	// message's, a Kafka record's producer span), which the next hop
+	// continues; the zero value when it is not traced.
+	Trace trace.SpanContext
 }
 
 // NumSamples returns the number of samples the batch will produce.

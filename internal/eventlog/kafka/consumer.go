@@ -1,6 +1,7 @@
 package kafka
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -13,11 +14,13 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/twinline/twinline/internal/eventlog"
 	"github.com/twinline/twinline/internal/ingest"
 	"github.com/twinline/twinline/internal/store"
 	"github.com/twinline/twinline/internal/telemetry"
+	"github.com/twinline/twinline/internal/tracing"
 )
 
 // maxBackoff bounds the pause after a failed commit.
@@ -345,6 +348,11 @@ func (c *Consumer) decode(w work) (b eventlog.Batch, ok bool) {
 		received     []int64 // each entry's ingest time
 		decodeOpts   = c.opts.decode
 		prevReceived = int64(-1)
+		// With tracing, each entry's trace context (from its first
+		// record's headers; nil while none had any), and the raw headers
+		// of the last entry.
+		traces            []trace.SpanContext
+		prevTP, prevState []byte
 	)
 	for _, r := range w.recs {
 		if r.Offset < ps.next {
@@ -373,10 +381,25 @@ func (c *Consumer) decode(w work) (b eventlog.Batch, ok bool) {
 			continue
 		}
 		// The record timestamp is the gateway's ingest time (the producer
-		// sets it; an external producer's create time stands in).
-		if at := r.Timestamp.UnixMilli(); at != prevReceived {
+		// sets it; an external producer's create time stands in). A new
+		// trace context starts an entry too: one gateway batch's records
+		// carry the same.
+		newTrace := false
+		var tp, state []byte
+		if c.opts.tracer != nil {
+			tp, state = traceHeaders(r.Headers)
+			newTrace = len(starts) == 0 || !bytes.Equal(tp, prevTP) || !bytes.Equal(state, prevState)
+		}
+		if at := r.Timestamp.UnixMilli(); at != prevReceived || newTrace {
 			starts, received = append(starts, from), append(received, at)
 			prevReceived = at
+			if tp != nil || traces != nil { // allocated at the first traced entry
+				if traces == nil {
+					traces = make([]trace.SpanContext, len(starts)-1, len(starts))
+				}
+				traces = append(traces, tracing.Remote(string(tp), string(state)))
+			}
+			prevTP, prevState = tp, state
 		}
 	}
 	ps.events[ps.flip] = events
@@ -391,6 +414,9 @@ func (c *Consumer) decode(w work) (b eventlog.Batch, ok bool) {
 			hi = starts[i+1]
 		}
 		batches[i] = telemetry.Batch{Events: events[lo:hi:hi], Protocol: "kafka", Received: received[i]}
+		if traces != nil {
+			batches[i].Trace = traces[i]
+		}
 		entries[i] = &batches[i]
 	}
 	next, hwm := last+1, w.hwm
@@ -554,6 +580,20 @@ func (c *Consumer) revoked(_ context.Context, _ *kgo.Client, revoked map[string]
 	}
 	c.mu.Unlock()
 	c.logger.Info("partitions revoked", "partitions", ids)
+}
+
+// traceHeaders returns the values of a record's traceparent and
+// tracestate headers (nil when absent).
+func traceHeaders(hs []kgo.RecordHeader) (traceparent, tracestate []byte) {
+	for i := range hs {
+		switch hs[i].Key {
+		case tracing.TraceparentKey:
+			traceparent = hs[i].Value
+		case tracing.TracestateKey:
+			tracestate = hs[i].Value
+		}
+	}
+	return traceparent, tracestate
 }
 
 // keyText returns a record key for a log line, cut to 128 bytes.

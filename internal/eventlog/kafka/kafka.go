@@ -33,6 +33,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/twinline/twinline/internal/ingest"
+	"github.com/twinline/twinline/internal/tracing"
 )
 
 var (
@@ -61,6 +62,7 @@ type options struct {
 	readyPeriod time.Duration
 	ackTimeout  time.Duration
 	instanceID  string
+	tracer      *tracing.Tracer
 }
 
 func buildOptions(opts []Option) options {
@@ -106,6 +108,15 @@ func (o options) clientOptions(own ...kgo.Opt) []kgo.Opt {
 // "" (the default) is a dynamic member.
 func WithInstanceID(id string) Option {
 	return func(o *options) { o.instanceID = id }
+}
+
+// WithTracer traces through Kafka with tr (nil: off, the default): the
+// Producer makes a "send" span per sampled batch and writes its W3C
+// traceparent and tracestate as record headers; the Consumer reads them
+// back into each entry's telemetry.Batch.Trace, and starts an entry
+// wherever they change. Records without them cost nothing more.
+func WithTracer(tr *tracing.Tracer) Option {
+	return func(o *options) { o.tracer = tr }
 }
 
 // WithDecodeOptions sets the options the Consumer decodes records with

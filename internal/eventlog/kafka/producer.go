@@ -1,8 +1,6 @@
 package kafka
 
 import (
-	"github.com/twinline/twinline/internal/auth"
-
 	"context"
 	"errors"
 	"fmt"
@@ -13,8 +11,13 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"go.opentelemetry.io/otel/codes"
+	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
+	"go.opentelemetry.io/otel/trace"
 
+	"github.com/twinline/twinline/internal/auth"
 	"github.com/twinline/twinline/internal/telemetry"
+	"github.com/twinline/twinline/internal/tracing"
 )
 
 // maxIngestAge is the oldest ingest time a record is stamped with; an
@@ -28,6 +31,7 @@ type Producer struct {
 	logger     *slog.Logger
 	ready      readiness
 	ackTimeout time.Duration
+	tracer     *tracing.Tracer
 
 	seconds  prometheus.Histogram
 	records  prometheus.Counter
@@ -69,6 +73,7 @@ func NewProducer(brokers []string, topic string, logger *slog.Logger, reg promet
 		logger:     logger,
 		ready:      readiness{period: o.readyPeriod},
 		ackTimeout: o.ackTimeout,
+		tracer:     o.tracer,
 		seconds: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "twinline_kafka_produce_seconds",
 			Help:    "Latency of appending one batch to Kafka, until every record is acknowledged.",
@@ -127,11 +132,36 @@ const IdentityHeader = "twinline-identity"
 // some of its records may have been written. It waits at most the ack
 // timeout (WithAckTimeout, default 10 s), and never for room in a full
 // client buffer: it fails.
+//
+// A sampled batch (b.Trace) is sent under a "send" span, whose trace
+// context every record carries in its traceparent and tracestate headers.
 func (p *Producer) Append(ctx context.Context, b *telemetry.Batch) error {
-	n := len(b.Events)
-	if n == 0 {
+	if len(b.Events) == 0 {
 		return nil
 	}
+	ctx, span := p.tracer.ChildOf(ctx, b.Trace, "send", trace.SpanKindProducer)
+	if !span.IsRecording() {
+		return p.append(ctx, b, nil)
+	}
+	span.SetAttributes(semconv.MessagingSystemKafka, semconv.MessagingOperationTypeSend, semconv.MessagingOperationName("send"),
+		semconv.MessagingDestinationName(p.topic), semconv.MessagingBatchMessageCount(len(b.Events)))
+	sc := span.SpanContext()
+	headers := []kgo.RecordHeader{{Key: tracing.TraceparentKey, Value: []byte(tracing.Traceparent(sc))}}
+	if ts := sc.TraceState().String(); ts != "" {
+		headers = append(headers, kgo.RecordHeader{Key: tracing.TracestateKey, Value: []byte(ts)})
+	}
+	err := p.append(ctx, b, headers)
+	if err != nil {
+		span.RecordError(err)
+		span.SetStatus(codes.Error, "not acknowledged")
+	}
+	span.End()
+	return err
+}
+
+// append is Append, each record carrying headers too.
+func (p *Producer) append(ctx context.Context, b *telemetry.Batch, headers []kgo.RecordHeader) error {
+	n := len(b.Events)
 	start := time.Now()
 	// One buffer for every value, one slice of records: two allocations.
 	buf := make([]byte, 0, 96*n)
@@ -147,9 +177,8 @@ func (p *Producer) Append(ctx context.Context, b *telemetry.Batch) error {
 	// The identity the gateway verified travels with each record, for
 	// the record's sake: consumers trust the topic (only gateways may
 	// write it), never a header.
-	var headers []kgo.RecordHeader
 	if id, ok := auth.FromContext(ctx); ok && id.Kind != auth.KindAnonymous {
-		headers = []kgo.RecordHeader{{Key: IdentityHeader, Value: []byte(string(id.Kind) + ":" + id.Name)}}
+		headers = append(headers, kgo.RecordHeader{Key: IdentityHeader, Value: []byte(string(id.Kind) + ":" + id.Name)})
 	}
 	recs := make([]kgo.Record, n)
 	call := &appendCall{done: make(chan struct{})}

@@ -18,8 +18,10 @@ import (
 	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/twinline/twinline/internal/auth"
+	"github.com/twinline/twinline/internal/tracing"
 )
 
 // BrokerOptions configure the embedded broker. The zero value is usable.
@@ -133,6 +135,10 @@ func NewBroker(addr string, opts BrokerOptions, deps Deps) (*Broker, error) {
 	caps.MaximumClients = int64(opts.MaxClients)
 	caps.MaximumSessionExpiryInterval = uint32(opts.MaxSessionExpiry / time.Second)
 	caps.ReceiveMaximum = uint16(opts.ReceiveMaximum)
+	// A PUBACK does not echo the PUBLISH's user properties (mochi's
+	// default): with them it would also carry reason code 0x01, which is
+	// no PUBACK code, to a device that sent a traceparent.
+	caps.Compatibilities.NoInheritedPropertiesOnAck = true
 	srv := mochi.New(&mochi.Options{
 		Capabilities: caps,
 		// mochi's info lines (hooks added, started, stopped) are noise here.
@@ -439,11 +445,21 @@ func (h *hook) OnPublish(cl *mochi.Client, pk packets.Packet) (packets.Packet, e
 				return b.authorize(ctx, id, t.Machine)
 			}
 		}
+		ctx, span := b.submitCtx, trace.Span(nil)
+		if b.h.tracer != nil {
+			ctx, span = b.h.startReceive(ctx, pk.TopicName, cl.ID, userPropertiesTrace(pk.Properties.User), nil, 1, len(pk.Payload))
+		}
 		p, out := b.h.prepare(pk.TopicName, pk.Payload, authorize)
 		if p != nil {
-			out = b.h.submitOnce(auth.NewContext(b.submitCtx, id), p)
+			if span != nil {
+				p.batch.Trace = tracing.Sampled(span)
+			}
+			out = b.h.submitOnce(auth.NewContext(ctx, id), p)
 		}
-		b.h.finish(pk.TopicName, cl.ID, p, out)
+		b.h.finish(ctx, pk.TopicName, cl.ID, p, out)
+		if span != nil && span.IsRecording() {
+			endReceive(span, out)
+		}
 		if out.reason != "" {
 			return b.refuse(cl, pk, out)
 		}
@@ -454,6 +470,21 @@ func (h *hook) OnPublish(cl *mochi.Client, pk packets.Packet) (packets.Packet, e
 		pk.FixedHeader.Retain = false
 	}
 	return pk, nil
+}
+
+// userPropertiesTrace returns the trace context of an MQTT 5 message's
+// traceparent and tracestate user properties.
+func userPropertiesTrace(props []packets.UserProperty) trace.SpanContext {
+	var tp, ts string
+	for _, p := range props {
+		switch p.Key {
+		case tracing.TraceparentKey:
+			tp = p.Val
+		case tracing.TracestateKey:
+			ts = p.Val
+		}
+	}
+	return tracing.Remote(tp, ts)
 }
 
 // identity returns the identity cl acts as: auth.Anonymous without

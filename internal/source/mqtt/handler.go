@@ -15,9 +15,14 @@ import (
 	"github.com/influxdata/line-protocol/v2/lineprotocol"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/valyala/fastjson"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/twinline/twinline/internal/ingest"
 	"github.com/twinline/twinline/internal/telemetry"
+	"github.com/twinline/twinline/internal/tracing"
 )
 
 // TelemetryFilter is the topic filter that matches every telemetry topic.
@@ -83,6 +88,10 @@ type Deps struct {
 	// every telemetry message before it is submitted; nil allows every
 	// machine. The subscriber ignores it.
 	Authorize AuthorizeFunc
+	// Tracer traces the messages (an "mqtt receive" span continuing the
+	// traceparent and tracestate user properties of an MQTT 5 message);
+	// nil: tracing off.
+	Tracer *tracing.Tracer
 }
 
 // IngestOptions say how a payload becomes events. The zero value is usable.
@@ -212,6 +221,7 @@ type handler struct {
 	register RegisterFunc
 	clock    func() time.Time
 	logger   *slog.Logger
+	tracer   *tracing.Tracer
 	m        *metrics
 	limiter  *logLimiter
 	sites    *lru.Cache[string, string] // machine → site "\x00" line registered
@@ -225,7 +235,7 @@ func newHandler(opts IngestOptions, deps Deps, source string) (*handler, error) 
 	if opts.Decode.Stamper == nil {
 		opts.Decode.Stamper = ingest.NewStamper()
 	}
-	h := &handler{opts: opts, submit: deps.Submit, register: deps.Register, clock: deps.Clock, logger: deps.Logger}
+	h := &handler{opts: opts, submit: deps.Submit, register: deps.Register, clock: deps.Clock, logger: deps.Logger, tracer: deps.Tracer}
 	if h.clock == nil {
 		h.clock = time.Now
 	}
@@ -319,16 +329,61 @@ func (h *handler) submitOnce(ctx context.Context, p *prepared) outcome {
 	return out
 }
 
+// topicTemplate is the telemetry topic with its variable levels named:
+// the span attribute messaging.destination.template.
+const topicTemplate = "twinline/{site}/{line}/{machineId}/telemetry"
+
+// startReceive starts the "mqtt receive" span of messages from client on
+// topic (the first one's, for several), a child of parent (the trace
+// context a message carried, valid or not) and linked to links (the other
+// messages' sampled ones); a no-op span when it could not be sampled.
+func (h *handler) startReceive(ctx context.Context, topic, client string, parent trace.SpanContext, links []trace.Link, messages, size int) (context.Context, trace.Span) {
+	if h.tracer == nil {
+		return ctx, trace.SpanFromContext(context.Background())
+	}
+	if parent.IsValid() {
+		ctx = trace.ContextWithRemoteSpanContext(ctx, parent)
+	}
+	ctx, span := h.tracer.Start(ctx, "mqtt receive", trace.SpanKindConsumer, links...)
+	if span.IsRecording() {
+		span.SetAttributes(
+			semconv.MessagingSystemKey.String("mqtt"),
+			semconv.MessagingOperationTypeReceive,
+			semconv.MessagingOperationName("receive"),
+			semconv.MessagingDestinationName(topic),
+			semconv.MessagingDestinationTemplate(topicTemplate),
+			semconv.MessagingClientID(client),
+		)
+		if size > 0 {
+			span.SetAttributes(semconv.MessagingMessageBodySize(size))
+		}
+		if messages > 1 {
+			span.SetAttributes(semconv.MessagingBatchMessageCount(messages))
+		}
+	}
+	return ctx, span
+}
+
+// endReceive ends a receive span with the messages' outcome.
+func endReceive(span trace.Span, out outcome) {
+	span.SetAttributes(attribute.Int("twinline.events", out.accepted+out.duplicates), attribute.Int("twinline.rejected", out.rejectedItems))
+	if out.reason != "" {
+		span.SetAttributes(attribute.String("error.type", out.reason))
+		span.SetStatus(codes.Error, out.detail)
+	}
+	span.End()
+}
+
 // finish counts and logs the final outcome of a message and registers the
 // machine's site and line once its events are durable.
-func (h *handler) finish(topicName, client string, p *prepared, out outcome) {
+func (h *handler) finish(ctx context.Context, topicName, client string, p *prepared, out outcome) {
 	if out.reason != "" {
 		h.m.rejected.WithLabelValues(out.reason).Inc()
 		h.m.events.WithLabelValues("rejected").Add(float64(out.rejectedItems))
 		if out.retry() {
 			h.m.events.WithLabelValues("rejected").Add(float64(len(p.batch.Events)))
 		}
-		h.logReject(topicName, client, out)
+		h.logReject(ctx, topicName, client, out)
 		return
 	}
 	h.m.accepted.Inc()
@@ -336,7 +391,7 @@ func (h *handler) finish(topicName, client string, p *prepared, out outcome) {
 	h.m.events.WithLabelValues("duplicate").Add(float64(out.duplicates))
 	h.m.events.WithLabelValues("rejected").Add(float64(len(p.rejects)))
 	if len(p.rejects) > 0 {
-		h.logReject(topicName, client, outcome{reason: "partial", detail: describeRejects(p.rejects)})
+		h.logReject(ctx, topicName, client, outcome{reason: "partial", detail: describeRejects(p.rejects)})
 	}
 	if h.register != nil {
 		key := p.topic.Site + "\x00" + p.topic.Line
@@ -349,19 +404,19 @@ func (h *handler) finish(topicName, client string, p *prepared, out outcome) {
 
 // finishBatch is finish for messages whose events were submitted together
 // with one outcome.
-func (h *handler) finishBatch(client string, ps []*prepared, out outcome) {
+func (h *handler) finishBatch(ctx context.Context, client string, ps []*prepared, out outcome) {
 	for i, p := range ps {
 		o := out
 		o.rejectedItems = len(p.rejects)
 		if i > 0 {
 			o.accepted, o.duplicates = 0, 0
 		}
-		h.finish(p.topicName, client, p, o)
+		h.finish(ctx, p.topicName, client, p, o)
 	}
 }
 
 // logReject logs a rejected message, at most a few per second.
-func (h *handler) logReject(topic, client string, out outcome) {
+func (h *handler) logReject(ctx context.Context, topic, client string, out outcome) {
 	ok, suppressed := h.limiter.allow()
 	if !ok {
 		return
@@ -374,7 +429,7 @@ func (h *handler) logReject(topic, client string, out outcome) {
 	if out.reason == "partial" {
 		msg = "rejecting items of mqtt message"
 	}
-	h.logger.Warn(msg, attrs...)
+	h.logger.WarnContext(ctx, msg, attrs...)
 }
 
 // describeRejects summarises rejects for a log line or a reason string.

@@ -198,7 +198,7 @@ func TestRegisterOnChange(t *testing.T) {
 		if p == nil {
 			t.Fatalf("prepare(%s): %+v", topic, out)
 		}
-		h.finish(topic, "c", p, h.submitOnce(context.Background(), p))
+		h.finish(context.Background(), topic, "c", p, h.submitOnce(context.Background(), p))
 	}
 	want := [][3]string{{"m1", "s1", "l1"}, {"m2", "s1", "l1"}, {"m1", "s1", "l2"}}
 	if diff := cmp.Diff(calls, want); diff != "" {

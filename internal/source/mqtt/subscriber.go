@@ -16,8 +16,10 @@ import (
 	"github.com/eclipse/paho.golang/autopaho"
 	"github.com/eclipse/paho.golang/paho"
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/twinline/twinline/internal/telemetry"
+	"github.com/twinline/twinline/internal/tracing"
 )
 
 // SubscriberOptions configure the subscriber to an external broker. The
@@ -410,8 +412,11 @@ func (s *Subscriber) handle(ctx context.Context, msgs []paho.PublishReceived) bo
 	for _, pr := range msgs {
 		p, out := s.h.prepare(pr.Packet.Topic, pr.Packet.Payload, nil)
 		if p == nil {
-			s.h.finish(pr.Packet.Topic, s.opts.ClientID, nil, out)
+			s.h.finish(ctx, pr.Packet.Topic, s.opts.ClientID, nil, out)
 			continue
+		}
+		if s.h.tracer != nil && pr.Packet.Properties != nil {
+			p.batch.Trace = propertiesTrace(pr.Packet.Properties.User) // the sender's, for submit's span
 		}
 		ps = append(ps, p)
 	}
@@ -438,10 +443,16 @@ func (s *Subscriber) submit(ctx context.Context, ps []*prepared) bool {
 		}
 		all = &prepared{batch: &telemetry.Batch{Events: events, Protocol: protocol, Received: ps[0].batch.Received}}
 	}
+	ctx, span := s.startReceive(ctx, ps, all)
+	var last outcome
+	if span.IsRecording() {
+		defer func() { endReceive(span, last) }()
+	}
 	client := s.opts.ClientID
 	delay := 50 * time.Millisecond
 	for {
 		out := s.h.submitOnce(ctx, all)
+		last = out
 		if out.reason == reasonUnprocessable && len(ps) > 1 {
 			ok := true
 			for _, p := range ps {
@@ -450,11 +461,11 @@ func (s *Subscriber) submit(ctx context.Context, ps []*prepared) bool {
 			return ok
 		}
 		if !out.retry() {
-			s.h.finishBatch(client, ps, out)
+			s.h.finishBatch(ctx, client, ps, out)
 			return true
 		}
 		if ctx.Err() != nil {
-			s.h.finishBatch(client, ps, out)
+			s.h.finishBatch(ctx, client, ps, out)
 			return false
 		}
 		s.logger.Warn("submitting mqtt messages, will retry", "messages", len(ps), "topic", ps[0].topicName,
@@ -466,11 +477,50 @@ func (s *Subscriber) submit(ctx context.Context, ps []*prepared) bool {
 			t.Stop()
 		case <-s.stop:
 			t.Stop()
-			s.h.finishBatch(client, ps, out)
+			s.h.finishBatch(ctx, client, ps, out)
 			return false
 		}
 		delay = min(2*delay, 5*time.Second)
 	}
+}
+
+// startReceive starts the receive span of the messages ps, submitted
+// together as all: a child of the first sampled trace context they
+// carried (else of the first one's, or a new root), linked to the other
+// sampled ones. all's batch carries the span on when it is sampled.
+func (s *Subscriber) startReceive(ctx context.Context, ps []*prepared, all *prepared) (context.Context, trace.Span) {
+	if s.h.tracer == nil {
+		return ctx, trace.SpanFromContext(context.Background())
+	}
+	parent := ps[0].batch.Trace
+	var links []trace.Link
+	for i, p := range ps {
+		switch sc := p.batch.Trace; {
+		case !sc.IsSampled():
+		case !parent.IsSampled():
+			parent = sc
+		case i > 0 && !sc.Equal(parent):
+			links = append(links, trace.Link{SpanContext: sc})
+		}
+	}
+	ctx, span := s.h.startReceive(ctx, ps[0].topicName, s.opts.ClientID, parent, links, len(ps), 0)
+	all.batch.Trace = tracing.Sampled(span)
+	return ctx, span
+}
+
+// propertiesTrace returns the trace context of an MQTT 5 message's
+// traceparent and tracestate user properties.
+func propertiesTrace(props paho.UserProperties) trace.SpanContext {
+	var tp, ts string
+	for _, p := range props {
+		switch p.Key {
+		case tracing.TraceparentKey:
+			tp = p.Value
+		case tracing.TracestateKey:
+			ts = p.Value
+		}
+	}
+	return tracing.Remote(tp, ts)
 }
 
 // pahoLogger adapts slog to paho's logger interface.

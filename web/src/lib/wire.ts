@@ -248,6 +248,8 @@ export interface SamplesMessage {
   samples: SampleData[];
   /** The hub-wide sequence number of the message (a resume cursor). */
   seq: number;
+  /** Present on the samples of a traced batch: the W3C traceparent of the server span that published them (same trace id as the ingest), for the client's span to continue the trace. */
+  traceparent?: string;
   type: 'samples';
 }
 
