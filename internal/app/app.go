@@ -21,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/redis/go-redis/v9"
+	"go.opentelemetry.io/otel/exporters/otlp/otlptrace"
 	"golang.org/x/net/netutil"
 	"golang.org/x/sync/errgroup"
 
@@ -93,6 +94,10 @@ type App struct {
 	// stamper gives events without a timestamp their server time, shared
 	// by every ingest path (HTTP, MQTT).
 	stamper *ingest.Stamper
+
+	// traceRelay forwards the dashboard's spans to the collector (nil:
+	// tracing off).
+	traceRelay otlptrace.Client
 }
 
 // New builds every part from cfg and opens the listener, so a port in use or
@@ -250,6 +255,19 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 		ingestLimit, streamLimit = il.Middleware, sl.Middleware
 		a.degraded = append(a.degraded, il.Ready, sl.Ready)
 	}
+	// The dashboard's spans go to the collector through the server.
+	if a.traceRelay, err = newTraceRelayClient(ctx, cfg.Tracing); err != nil {
+		return nil, err
+	}
+	var uploadTraces api.UploadTracesFunc
+	if a.traceRelay != nil {
+		a.cleanup = append(a.cleanup, func() { _ = a.traceRelay.Stop(context.Background()) })
+		uploadTraces = a.traceRelay.UploadTraces
+	}
+	tracesLimit, err := newTracesLimit(cfg, rdb, logger.With("component", "ratelimit"), reg)
+	if err != nil {
+		return nil, err
+	}
 	alarmLog := logger.With("component", "alarms")
 	var medians []twin.MedianUpdate // reused by the sink goroutine
 	sinks := pipeline.Sinks{
@@ -307,6 +325,7 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 		MaxMachines:                cfg.MaxMachines,
 		Lateness:                   cfg.Lateness,
 		Role:                       cfg.Role,
+		Tracing:                    api.TracingOptions{UIURL: cfg.Tracing.UIURL},
 		Security: api.Security{
 			AllowedHosts:     allowedHosts(cfg),
 			TrustedProxies:   trustedProxies(cfg),
@@ -351,6 +370,7 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 	if a.hot != nil {
 		deps.Hot = a.hot
 	}
+	deps.UploadTraces, deps.TracesLimit = uploadTraces, tracesLimit
 	handler := api.New(apiOpts, deps)
 
 	if a.submitFn != nil {
@@ -432,6 +452,9 @@ func (a *App) Run(ctx context.Context) error {
 		},
 	}
 	g.add(append([]part{a.serveHTTP(), a.servePprof(), {name: "stopping the live stream", run: a.hub.Run}}, a.background...)...)
+	if a.traceRelay != nil {
+		g.add(part{name: "closing the trace relay", stop: a.traceRelay.Stop})
+	}
 	if a.producer != nil {
 		g.add(part{name: "flushing the Kafka producer", stop: func(context.Context) error { a.producer.Close(); return nil }})
 	}

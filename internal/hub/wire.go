@@ -120,13 +120,16 @@ type ReconnectMessage struct {
 }
 
 // SamplesMessage is one machine's samples of one publish; IngestTs is the
-// server's ingest time (Unix ms).
+// server's ingest time (Unix ms). Traceparent, only on a sampled batch, is
+// the W3C trace context of the server's publish span: the dashboard's
+// render span continues that trace.
 type SamplesMessage struct {
-	Seq      uint64       `json:"seq"`
-	Type     MessageType  `json:"type"`
-	Machine  string       `json:"machine"`
-	IngestTs int64        `json:"ingestTs"`
-	Samples  []SampleData `json:"samples"`
+	Seq         uint64       `json:"seq"`
+	Type        MessageType  `json:"type"`
+	Machine     string       `json:"machine"`
+	IngestTs    int64        `json:"ingestTs"`
+	Samples     []SampleData `json:"samples"`
+	Traceparent string       `json:"traceparent,omitempty"`
 }
 
 // SampleData is one sample of a SamplesMessage: metric, event time (Unix

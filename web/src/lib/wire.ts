@@ -248,6 +248,8 @@ export interface SamplesMessage {
   samples: SampleData[];
   /** The hub-wide sequence number of the message (a resume cursor). */
   seq: number;
+  /** W3C traceparent of the server's publish span, only on a sampled batch: the dashboard's render span continues this trace. */
+  traceparent?: string;
   type: 'samples';
 }
 
@@ -275,6 +277,11 @@ export interface Session {
   name: string;
   scopes: ('ingest' | 'read' | 'operate' | 'admin')[];
   sites?: string[];
+  /** Whether the dashboard traces its renders (tracing is on: POST /api/v1/traces relays), and the trace viewer's URL with {traceId} in it. */
+  tracing?: {
+    enabled: boolean;
+    uiUrl?: string;
+  };
 }
 
 export interface StatusData {
