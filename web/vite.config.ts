@@ -2,9 +2,13 @@
 import { defineConfig, type Plugin } from 'vite';
 
 /**
- * The Go server routes only "/" to the dashboard (internal/api: GET /{$}),
- * so the build is one self-contained index.html: scripts and styles are
- * inlined here, and the server gzips it once.
+ * The Go server routes "/" to the dashboard (internal/api: GET /{$}), so
+ * the build is one self-contained index.html: the entry script and the
+ * styles are inlined here, and the server gzips it once. Chunks imported
+ * dynamically (the OpenTelemetry SDK, only when tracing is on) stay files
+ * under assets/, which the server serves at /assets/ (internal/web); the
+ * entry is named at the root so that its import paths ("./assets/…")
+ * resolve from the page's URL.
  */
 function singleFile(): Plugin {
   return {
@@ -46,7 +50,11 @@ export default defineConfig({
     assetsInlineLimit: 100_000_000,
     reportCompressedSize: true,
     chunkSizeWarningLimit: 4000,
-    rollupOptions: { output: { inlineDynamicImports: true } },
+    // no modulepreload polyfill: the page is one file, its chunks need none
+    modulePreload: false,
+    rollupOptions: {
+      output: { entryFileNames: '[name].js', chunkFileNames: 'assets/[name]-[hash].js' },
+    },
   },
   server: {
     proxy: {
