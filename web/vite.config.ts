@@ -14,23 +14,27 @@ function singleFile(): Plugin {
   return {
     name: 'twinline-single-file',
     enforce: 'post',
-    generateBundle(_, bundle) {
-      const html = Object.values(bundle).find((f) => f.type === 'asset' && f.fileName === 'index.html');
-      if (!html || html.type !== 'asset') return;
-      let out = String(html.source);
-      for (const [name, f] of Object.entries(bundle)) {
-        if (f.type === 'chunk' && f.isEntry) {
-          const re = new RegExp(`<script type="module" crossorigin src="[^"]*${escapeRe(name)}"></script>`);
-          const code = f.code.replace(/<\/(script)/gi, '<\\/$1');
-          out = out.replace(re, () => `<script type="module">${code}</script>`);
-          delete bundle[name];
-        } else if (f.type === 'asset' && name.endsWith('.css')) {
-          const re = new RegExp(`<link rel="stylesheet" crossorigin href="[^"]*${escapeRe(name)}">`);
-          out = out.replace(re, () => `<style>${String(f.source)}</style>`);
-          delete bundle[name];
+    // after Vite's own generateBundle, which fills in the dynamic imports' preload lists
+    generateBundle: {
+      order: 'post',
+      handler(_, bundle) {
+        const html = Object.values(bundle).find((f) => f.type === 'asset' && f.fileName === 'index.html');
+        if (!html || html.type !== 'asset') return;
+        let out = String(html.source);
+        for (const [name, f] of Object.entries(bundle)) {
+          if (f.type === 'chunk' && f.isEntry) {
+            const re = new RegExp(`<script type="module" crossorigin src="[^"]*${escapeRe(name)}"></script>`);
+            const code = f.code.replace(/<\/(script)/gi, '<\\/$1');
+            out = out.replace(re, () => `<script type="module">${code}</script>`);
+            delete bundle[name];
+          } else if (f.type === 'asset' && name.endsWith('.css')) {
+            const re = new RegExp(`<link rel="stylesheet" crossorigin href="[^"]*${escapeRe(name)}">`);
+            out = out.replace(re, () => `<style>${String(f.source)}</style>`);
+            delete bundle[name];
+          }
         }
-      }
-      html.source = out;
+        html.source = out;
+      },
     },
   };
 }

@@ -1,17 +1,17 @@
 // Package web embeds the dashboard served at /.
 //
 // The React dashboard (source in web/ at the repository root) is built by
-// `make web` into dist/app/index.html: one self-contained page, because the
-// API routes only "/" here. That directory is not in git, so a checkout
+// `make web` into dist/app/index.html: one self-contained page (one gzipped
+// response is the fastest first load). That directory is not in git, so a checkout
 // where npm has not run still builds; it then serves the committed fallback
 // page dist/index.html, a plain live table that says how to build the
 // dashboard.
 //
 // Beside the page, the build may write chunks that the dashboard imports
 // only when it needs them (the OpenTelemetry SDK, loaded when tracing is
-// on): dist/app/assets/NAME-HASH.js, served at /assets/ with the same
-// Content-Security-Policy origin ('self') and cached for good, their names
-// changing with their content.
+// on): dist/app/assets/NAME-HASH.js, served at /assets/ — allowed by the
+// page's script-src 'self' — and cached for good, their names changing
+// with their content.
 package web
 
 import (

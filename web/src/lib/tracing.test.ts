@@ -184,6 +184,23 @@ describe('RenderTracer', () => {
     expect(tracer.enabled).toBe(false);
     expect(tracer.dropped).toBe(1);
   });
+
+  it('does not throw into its caller when the load throws at once', async () => {
+    const tracer = new RenderTracer({
+      load: () => {
+        throw new ReferenceError('__VITE_PRELOAD__ is not defined');
+      },
+    });
+    const warn = console.warn;
+    console.warn = () => {};
+    try {
+      expect(() => tracer.enable({}, () => ({}))).not.toThrow();
+      await tracer.flush();
+    } finally {
+      console.warn = warn;
+    }
+    expect(tracer.enabled).toBe(false);
+  });
 });
 
 describe('createRenderExporter', () => {

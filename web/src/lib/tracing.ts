@@ -136,7 +136,10 @@ export class RenderTracer {
   enable(cfg: { uiUrl?: string }, headers: () => Record<string, string>): void {
     this.enabled = true;
     this.uiUrl = cfg.uiUrl || undefined;
-    this.loading ??= this.o.load({ url: RELAY_PATH, headers }).then(
+    // a load that throws at once fails like one that rejects: never in the caller (the session's listeners)
+    this.loading ??= Promise.resolve()
+      .then(() => this.o.load({ url: RELAY_PATH, headers }))
+      .then(
       (e) => {
         this.exporter = e;
         this.loaded = true;
