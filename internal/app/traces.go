@@ -1,11 +1,13 @@
 package app
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
 	"net/http"
 	"net/url"
+	"os"
 	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -26,16 +28,28 @@ var tracesLimit = ratelimit.Limit{Rate: 5, Burst: 20}
 
 // newTraceRelayClient returns the OTLP client that POST /api/v1/traces
 // forwards the dashboard's spans through, to the collector of
-// --otlp-endpoint (base URL: /v1/traces is appended for http/protobuf);
-// nil when tracing is off. Its Stop is the caller's.
+// --otlp-endpoint (a base URL: /v1/traces is appended for http/protobuf),
+// or else of the standard OTEL_EXPORTER_OTLP_* variables, which the
+// exporters read themselves; nil when tracing is off. Its Stop is the
+// caller's.
 func newTraceRelayClient(ctx context.Context, tc config.Tracing) (otlptrace.Client, error) {
-	if tc.Endpoint == "" {
+	fromEnv := tc.Endpoint == ""
+	if fromEnv && os.Getenv("OTEL_EXPORTER_OTLP_ENDPOINT") == "" && os.Getenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") == "" {
 		return nil, nil
 	}
+	protocol := tc.Protocol
+	if protocol == "" {
+		protocol = cmp.Or(os.Getenv("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"), os.Getenv("OTEL_EXPORTER_OTLP_PROTOCOL"))
+	}
 	var c otlptrace.Client
-	if tc.Protocol == "grpc" {
+	switch {
+	case fromEnv && protocol == "grpc":
+		c = otlptracegrpc.NewClient()
+	case fromEnv:
+		c = otlptracehttp.NewClient()
+	case protocol == "grpc":
 		c = otlptracegrpc.NewClient(otlptracegrpc.WithEndpointURL(tc.Endpoint))
-	} else {
+	default:
 		u, err := url.Parse(tc.Endpoint)
 		if err != nil {
 			return nil, fmt.Errorf("parsing --otlp-endpoint: %w", err)

@@ -14,21 +14,27 @@ import (
 	"github.com/twinline/twinline/internal/otlptest"
 )
 
-// TestTraceRelayWiring: with --otlp-endpoint, over either protocol, a span
+// TestTraceRelayWiring: with --otlp-endpoint, over either protocol, or
+// with OTEL_EXPORTER_OTLP_ENDPOINT, a span
 // posted to /api/v1/traces reaches the collector as the dashboard's, and
 // the session tells the dashboard that tracing is on and where traces are
 // viewed.
 func TestTraceRelayWiring(t *testing.T) {
 	rcv := otlptest.Start(t)
 	for _, tt := range []struct {
+		name    string
 		tc      config.Tracing
+		env     string // OTEL_EXPORTER_OTLP_ENDPOINT
 		traceID string
 	}{
-		{config.Tracing{Endpoint: rcv.HTTPURL, Protocol: "http/protobuf", UIURL: "http://jaeger:16686/trace/{traceId}"}, "4bf92f3577b34da6a3ce929d0e0e4736"},
-		{config.Tracing{Endpoint: "http://" + rcv.GRPCAddr, Protocol: "grpc"}, "0af7651916cd43dd8448eb211c80319c"},
+		{"http", config.Tracing{Endpoint: rcv.HTTPURL, Protocol: "http/protobuf", UIURL: "http://jaeger:16686/trace/{traceId}"}, "",
+			"4bf92f3577b34da6a3ce929d0e0e4736"},
+		{"grpc", config.Tracing{Endpoint: "http://" + rcv.GRPCAddr, Protocol: "grpc"}, "", "0af7651916cd43dd8448eb211c80319c"},
+		{"env", config.Tracing{}, rcv.HTTPURL, "5b8efff798038103d269b633813fc60c"},
 	} {
 		tc, traceID := tt.tc, tt.traceID
-		t.Run(tc.Protocol, func(t *testing.T) {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", tt.env)
 			cfg := config.Default()
 			cfg.Listen = "127.0.0.1:0"
 			cfg.DataDir = t.TempDir()
