@@ -57,7 +57,10 @@ async function startSink() {
   return {
     url: listen,
     spans,
-    waitSpan: (pred, what) => waitFor(() => spans.find(pred), { timeoutMs: 20_000, what: `${what}; spans so far: ${JSON.stringify(spans.slice(-10))}` }),
+    waitSpan: (pred, what) =>
+      waitFor(() => spans.find(pred), { timeoutMs: 20_000, what }).catch((err) => {
+        throw new Error(`${err.message}; the last spans received: ${JSON.stringify(spans.slice(-10))}`);
+      }),
     stop: () => proc.stdin.end(),
   };
 }
@@ -220,13 +223,20 @@ describe('browser tracing through the relay', { skip }, () => {
     await page.waitForFunction(() => Number(document.querySelector('[data-testid=chart]')?.dataset.draws) > 0);
 
     const traceId = hex(16);
-    const client = hex(8);
-    await ingest({ machineId: machine, temp: 21 }, { traceparent: `00-${traceId}-${client}-01` });
-
-    const render = await sink.waitSpan(
-      (s) => s.traceId === traceId && s.name === 'render' && s.service === 'twinline-dashboard',
-      "the render span in the ingest request's trace",
-    );
+    const traceparent = `00-${traceId}-${hex(8)}-01`;
+    const isRender = (s) => s.traceId === traceId && s.name === 'render' && s.service === 'twinline-dashboard';
+    // The page may still be switching its stream to the machine: an event
+    // published before that never reaches it. Each try sends one more
+    // event in the same trace, until one's render span arrives.
+    const render = await waitFor(
+      async () => {
+        await ingest({ machineId: machine, temp: 21 }, { traceparent });
+        return waitFor(() => sink.spans.find(isRender), { timeoutMs: 3_000, what: 'a render span' });
+      },
+      { timeoutMs: 20_000, intervalMs: 0, what: "the render span in the ingest request's trace" },
+    ).catch((err) => {
+      throw new Error(`${err.message}; the last spans received: ${JSON.stringify(sink.spans.slice(-10))}`);
+    });
     assert.equal(render.attributes['twinline.machine'], machine);
     // its parent is the server's publish span, exported to the same collector
     const publish = await sink.waitSpan((s) => s.spanId === render.parentSpanId, "the render span's parent");
