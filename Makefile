@@ -14,6 +14,7 @@
 
 GO        ?= go
 BIN       := bin/twinline
+OTLPSINK  := bin/otlpsink
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -s -w -X main.version=$(VERSION)
 LISTEN    ?= 127.0.0.1:8080
@@ -84,7 +85,8 @@ fuzz:
 	done
 
 # The dashboard's tests: vitest units, then playwright-core driving Debian's
-# Chromium against bin/twinline. Without npm (or Chromium) they are skipped,
+# Chromium against bin/twinline (the tracing test exports to bin/otlpsink,
+# a collector that prints the spans it receives). Without npm (or Chromium) they are skipped,
 # except under CI=true, where that is a failure.
 web-test: web-unit web-e2e
 
@@ -98,7 +100,8 @@ web-e2e:
 	@if [ -z "$(NPM)" ]; then \
 	  if [ "$$CI" = true ]; then echo "web-e2e: npm not found (CI=true)"; exit 1; fi; \
 	  echo "web-e2e: SKIP (npm not found)"; exit 0; fi; \
-	$(MAKE) --no-print-directory build && cd web && TWINLINE_BIN=$(abspath $(BIN)) npm run e2e
+	$(MAKE) --no-print-directory build && $(GO) build -o $(OTLPSINK) ./tools/otlpsink && \
+	cd web && TWINLINE_BIN=$(abspath $(BIN)) OTLPSINK_BIN=$(abspath $(OTLPSINK)) npm run e2e
 
 # Screenshots for docs/img and the dashboard benchmark (docs/dashboard-benchmarks.md).
 web-screenshots: build

@@ -2,31 +2,39 @@
 import { defineConfig, type Plugin } from 'vite';
 
 /**
- * The Go server routes only "/" to the dashboard (internal/api: GET /{$}),
- * so the build is one self-contained index.html: scripts and styles are
- * inlined here, and the server gzips it once.
+ * The Go server routes "/" to the dashboard (internal/api: GET /{$}), so
+ * the build is one self-contained index.html: the entry script and the
+ * styles are inlined here, and the server gzips it once. Chunks imported
+ * dynamically (the OpenTelemetry SDK, only when tracing is on) stay files
+ * under assets/, which the server serves at /assets/ (internal/web); the
+ * entry is named at the root so that its import paths ("./assets/…")
+ * resolve from the page's URL.
  */
 function singleFile(): Plugin {
   return {
     name: 'twinline-single-file',
     enforce: 'post',
-    generateBundle(_, bundle) {
-      const html = Object.values(bundle).find((f) => f.type === 'asset' && f.fileName === 'index.html');
-      if (!html || html.type !== 'asset') return;
-      let out = String(html.source);
-      for (const [name, f] of Object.entries(bundle)) {
-        if (f.type === 'chunk' && f.isEntry) {
-          const re = new RegExp(`<script type="module" crossorigin src="[^"]*${escapeRe(name)}"></script>`);
-          const code = f.code.replace(/<\/(script)/gi, '<\\/$1');
-          out = out.replace(re, () => `<script type="module">${code}</script>`);
-          delete bundle[name];
-        } else if (f.type === 'asset' && name.endsWith('.css')) {
-          const re = new RegExp(`<link rel="stylesheet" crossorigin href="[^"]*${escapeRe(name)}">`);
-          out = out.replace(re, () => `<style>${String(f.source)}</style>`);
-          delete bundle[name];
+    // after Vite's own generateBundle, which fills in the dynamic imports' preload lists
+    generateBundle: {
+      order: 'post',
+      handler(_, bundle) {
+        const html = Object.values(bundle).find((f) => f.type === 'asset' && f.fileName === 'index.html');
+        if (!html || html.type !== 'asset') return;
+        let out = String(html.source);
+        for (const [name, f] of Object.entries(bundle)) {
+          if (f.type === 'chunk' && f.isEntry) {
+            const re = new RegExp(`<script type="module" crossorigin src="[^"]*${escapeRe(name)}"></script>`);
+            const code = f.code.replace(/<\/(script)/gi, '<\\/$1');
+            out = out.replace(re, () => `<script type="module">${code}</script>`);
+            delete bundle[name];
+          } else if (f.type === 'asset' && name.endsWith('.css')) {
+            const re = new RegExp(`<link rel="stylesheet" crossorigin href="[^"]*${escapeRe(name)}">`);
+            out = out.replace(re, () => `<style>${String(f.source)}</style>`);
+            delete bundle[name];
+          }
         }
-      }
-      html.source = out;
+        html.source = out;
+      },
     },
   };
 }
@@ -46,7 +54,11 @@ export default defineConfig({
     assetsInlineLimit: 100_000_000,
     reportCompressedSize: true,
     chunkSizeWarningLimit: 4000,
-    rollupOptions: { output: { inlineDynamicImports: true } },
+    // no modulepreload polyfill: the page is one file, its chunks need none
+    modulePreload: false,
+    rollupOptions: {
+      output: { entryFileNames: '[name].js', chunkFileNames: 'assets/[name]-[hash].js' },
+    },
   },
   server: {
     proxy: {

@@ -58,6 +58,9 @@ type Options struct {
 	Lateness time.Duration
 	// Security are the Host, proxy, session and metrics settings.
 	Security Security
+	// Tracing are the browser-span relay's limits and the trace viewer's
+	// URL.
+	Tracing TracingOptions
 	// Role selects the routes served: ingest on the roles that ingest;
 	// queries, registry, stream and dashboard on those that query; "" is
 	// every route. Health, readiness, metrics and the API documents are
@@ -101,6 +104,12 @@ type Deps struct {
 	// IngestLimit and StreamLimit wrap the ingest and stream handlers with
 	// per-client rate limits; nil for none.
 	IngestLimit, StreamLimit func(http.Handler) http.Handler
+	// UploadTraces forwards the dashboard's spans to the collector (POST
+	// /api/v1/traces); nil when tracing is off, which also tells the
+	// dashboard not to trace. TracesLimit rate-limits the relay per
+	// client; nil for none.
+	UploadTraces UploadTracesFunc
+	TracesLimit  func(http.Handler) http.Handler
 	// Hot serves raw series reads that fall inside the hot window (the
 	// last minutes, kept in Redis across replicas); nil for none.
 	Hot    hotWindow
@@ -188,6 +197,10 @@ type API struct {
 
 	dbMu      sync.Mutex
 	databases []string // names seen by /write and CREATE DATABASE
+
+	// uploadTraces relays the dashboard's spans (nil: tracing off).
+	uploadTraces  UploadTracesFunc
+	relayRequests *prometheus.CounterVec
 }
 
 // route is one entry of the route table, which registers the handlers, is
@@ -268,6 +281,11 @@ func New(opts Options, deps Deps) *API {
 			Help: "Ingested samples by protocol and outcome (accepted, shed); rejected counts rejected items.",
 		}, []string{"protocol", "outcome"}),
 	}
+	a.uploadTraces = deps.UploadTraces
+	a.relayRequests = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "twinline_trace_relay_requests_total",
+		Help: "Dashboard span exports posted to /api/v1/traces, by outcome: relayed, refused (limits, bad input, tracing off), failed (the collector did not take them).",
+	}, []string{"outcome"})
 	a.ignoredStrings = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "twinline_ingest_ignored_string_fields_total",
 		Help: "Line-protocol string fields skipped: twinline stores numeric values only.",
@@ -289,7 +307,7 @@ func New(opts Options, deps Deps) *API {
 		}
 	}
 	if deps.Registerer != nil {
-		deps.Registerer.MustRegister(a.requests, a.samples, a.ignoredStrings)
+		deps.Registerer.MustRegister(a.requests, a.samples, a.ignoredStrings, a.relayRequests)
 		deps.Registerer.MustRegister(a.mem.collectors()...)
 	}
 	a.mux = http.NewServeMux()
@@ -297,7 +315,7 @@ func New(opts Options, deps Deps) *API {
 	a.allow = map[string][]string{}
 	limits := map[string]func(http.Handler) http.Handler{
 		"POST /api/v1/events": deps.IngestLimit, "POST /write": deps.IngestLimit, "POST /api/v2/write": deps.IngestLimit,
-		"GET /api/v1/stream": deps.StreamLimit,
+		"GET /api/v1/stream": deps.StreamLimit, "POST /api/v1/traces": deps.TracesLimit,
 	}
 	for _, rt := range a.routes() {
 		if !serves(opts.Role, rt) {
@@ -354,6 +372,7 @@ func (a *API) routes() []route {
 		{method: "POST", path: "/api/v1/alarms/{id}/ack", scope: operate, handler: a.handleAlarmAck, audit: "alarm.ack"},
 		{method: "GET", path: "/api/v1/stream", scope: read, handler: a.handleStream, stream: true},
 		{method: "POST", path: "/api/v1/stream/tickets", scope: read, handler: a.handleTicket},
+		{method: "POST", path: "/api/v1/traces", scope: read, handler: a.handleTraces, ownContentType: true},
 		{method: "GET", path: "/api/v1/session", scope: auth.AllScopes, handler: a.handleSessionGet},
 		{method: "POST", path: "/api/v1/session", handler: a.handleSessionPost},
 		{method: "DELETE", path: "/api/v1/session", handler: a.handleSessionDelete},
@@ -368,6 +387,7 @@ func (a *API) routes() []route {
 		{method: "GET", path: "/api/asyncapi.json", handler: a.handleAsyncAPI},
 		{method: "GET", path: "/docs", handler: a.handleDocs},
 		{method: "GET", path: "/{$}", handler: a.handleIndex},
+		{method: "GET", path: "/assets/{file}", handler: a.handleIndex},
 	}
 }
 

@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
+
 	"github.com/twinline/twinline/internal/auth"
 	"github.com/twinline/twinline/internal/eventlog"
 	"github.com/twinline/twinline/internal/store"
@@ -55,6 +57,7 @@ var matrixRequests = map[string]matrixRequest{
 	"POST /api/v1/alarms/{id}/ack":     {"/api/v1/alarms/ALARM/ack", "application/json", `{"note":"checked"}`, "hidden"},
 	"GET /api/v1/stream":               {"/api/v1/stream?machine=m1", "", "", "hidden"},
 	"POST /api/v1/stream/tickets":      {"/api/v1/stream/tickets", "application/json", `{}`, "neutral"},
+	"POST /api/v1/traces":              {"/api/v1/traces", "application/json", matrixSpan, "neutral"},
 	"GET /api/v1/session":              {"/api/v1/session", "", "", "neutral"},
 	"POST /api/v1/session":             {"/api/v1/session", "application/json", `{"token":"right"}`, "neutral"},
 	"DELETE /api/v1/session":           {"/api/v1/session", "", "", "neutral"},
@@ -69,7 +72,12 @@ var matrixRequests = map[string]matrixRequest{
 	"GET /api/asyncapi.json":           {"/api/asyncapi.json", "", "", "neutral"},
 	"GET /docs":                        {"/docs", "", "", "neutral"},
 	"GET /{$}":                         {"/", "", "", "neutral"},
+	"GET /assets/{file}":               {"/assets/otel-abc.js", "", "", "neutral"},
 }
+
+// matrixSpan is one dashboard span in OTLP/JSON.
+const matrixSpan = `{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"5b8efff798038103d269b633813fc60c",` +
+	`"spanId":"eee19b7ec3c1b174","name":"render","startTimeUnixNano":"1","endTimeUnixNano":"2"}]}]}]}`
 
 // matrixEnv is an API with auth on, one machine m1 at site lyon with an
 // active alarm and a note, and fakes that record every effect.
@@ -82,6 +90,7 @@ type matrixEnv struct {
 	tokens  *fakeTokens
 	audit   *memAudit
 	alarmID string
+	spans   int // relayed to the trace collector
 }
 
 // fakeTokens is the token admin of the matrix: it records changes.
@@ -228,6 +237,10 @@ func newMatrixEnvFor(t *testing.T, scope, wrong auth.Scope, withStore bool) *mat
 		UI:      http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "<html></html>") }),
 		Ready:   func() error { return nil },
 		Logger:  logger,
+		UploadTraces: func(_ context.Context, rss []*tracepb.ResourceSpans) error {
+			env.spans += countSpans(rss)
+			return nil
+		},
 		Auth: &Auth{
 			Open:   func() bool { return false },
 			Verify: verify,
@@ -249,9 +262,9 @@ func newMatrixEnvFor(t *testing.T, scope, wrong auth.Scope, withStore bool) *mat
 
 // effects is what a request may have changed.
 type effects struct {
-	submitted, notes, tokens, revoked, audited int
-	machine                                    string
-	acked                                      bool
+	submitted, notes, tokens, revoked, audited, spans int
+	machine                                           string
+	acked                                             bool
 }
 
 func (e *matrixEnv) effects() effects {
@@ -265,6 +278,7 @@ func (e *matrixEnv) effects() effects {
 		}
 	}
 	ef.audited = len(e.audit.entries)
+	ef.spans = e.spans
 	if m, err := e.twins.Get("m1"); err == nil {
 		ef.machine = m.Name + "@" + m.Site
 	}

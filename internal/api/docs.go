@@ -51,4 +51,6 @@ var docsCSP = "default-src 'self'" +
 	"; style-src " + strings.Join(append([]string{"'self'"}, web.InlineHashes(docsPage, "style")...), " ") +
 	"; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
 
+// handleIndex serves the dashboard: the page at /, and the chunks it
+// loads lazily at /assets/ (internal/web).
 func (a *API) handleIndex(w http.ResponseWriter, r *http.Request) { a.ui.ServeHTTP(w, r) }

@@ -24,6 +24,8 @@ type sessionView struct {
 	AuthRequired bool      `json:"authRequired"`
 	CSRF         string    `json:"csrf"`
 	Expires      string    `json:"expires,omitempty"`
+	// Tracing says whether the dashboard traces its renders.
+	Tracing *tracingView `json:"tracing,omitempty"`
 }
 
 func (a *API) authRequired() bool { return a.auth != nil && !a.auth.Open() }
@@ -33,7 +35,8 @@ func (a *API) authRequired() bool { return a.auth != nil && !a.auth.Open() }
 // needed.
 func (a *API) handleSessionGet(w http.ResponseWriter, r *http.Request) {
 	id := identity(r)
-	v := sessionView{Name: id.Name, Kind: id.Kind, Scopes: id.Scopes.Names(), Sites: id.Sites, AuthRequired: a.authRequired()}
+	v := sessionView{Name: id.Name, Kind: id.Kind, Scopes: id.Scopes.Names(), Sites: id.Sites, AuthRequired: a.authRequired(),
+		Tracing: a.tracingView()}
 	if c, err := r.Cookie(SessionCookie); err == nil && id.Kind == auth.KindSession && a.auth != nil {
 		v.CSRF = a.auth.CSRF(c.Value)
 	}
@@ -48,7 +51,8 @@ func (a *API) handleSessionGet(w http.ResponseWriter, r *http.Request) {
 func (a *API) handleSessionPost(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Cache-Control", "no-store")
 	if !a.authRequired() {
-		writeJSON(w, http.StatusOK, sessionView{Name: auth.Anonymous.Name, Kind: auth.KindAnonymous, Scopes: auth.AllScopes.Names()})
+		writeJSON(w, http.StatusOK, sessionView{Name: auth.Anonymous.Name, Kind: auth.KindAnonymous, Scopes: auth.AllScopes.Names(),
+			Tracing: a.tracingView()})
 		return
 	}
 	body, ok := readSmallBody(w, r)
@@ -104,7 +108,7 @@ func (a *API) handleSessionPost(w http.ResponseWriter, r *http.Request) {
 	a.appendAudit(r.Context(), auth.AuditEntry{At: a.now().UTC(), Actor: id.Name, ActorKind: id.Kind,
 		Action: "session.create", Remote: info(r).remote, Outcome: "ok"})
 	writeJSON(w, http.StatusOK, sessionView{Name: id.Name, Kind: auth.KindSession, Scopes: id.Scopes.Names(), Sites: id.Sites,
-		AuthRequired: true, CSRF: csrf, Expires: expires.UTC().Format(time.RFC3339)})
+		AuthRequired: true, CSRF: csrf, Expires: expires.UTC().Format(time.RFC3339), Tracing: a.tracingView()})
 }
 
 // handleSessionDelete is DELETE /api/v1/session: signs out (the session is

@@ -272,6 +272,16 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 		ingestLimit, streamLimit = il.Middleware, sl.Middleware
 		a.degraded = append(a.degraded, il.Ready, sl.Ready)
 	}
+	// The dashboard's spans go to the collector through the server, with
+	// the server's own OTLP client.
+	var uploadTraces api.UploadTracesFunc
+	if a.tracing.Enabled() {
+		uploadTraces = a.tracing.Upload
+	}
+	tracesLimit, err := newTracesLimit(cfg, rdb, logger.With("component", "ratelimit"), reg)
+	if err != nil {
+		return nil, err
+	}
 	alarmLog := logger.With("component", "alarms")
 	var medians []twin.MedianUpdate // reused by the sink goroutine
 	hubTracer := tr.Tracer("github.com/twinline/twinline/internal/hub")
@@ -330,6 +340,7 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 		MaxMachines:                cfg.MaxMachines,
 		Lateness:                   cfg.Lateness,
 		Role:                       cfg.Role,
+		Tracing:                    api.TracingOptions{UIURL: cfg.Tracing.UIURL},
 		Security: api.Security{
 			AllowedHosts:     allowedHosts(cfg),
 			TrustedProxies:   trustedProxies(cfg),
@@ -375,6 +386,7 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 	if a.hot != nil {
 		deps.Hot = a.hot
 	}
+	deps.UploadTraces, deps.TracesLimit = uploadTraces, tracesLimit
 	handler := api.New(apiOpts, deps)
 
 	if a.submitFn != nil {

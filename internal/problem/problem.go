@@ -28,6 +28,7 @@ const (
 	TypeForbidden        = "urn:twinline:problem:forbidden"
 	TypeHostNotAllowed   = "urn:twinline:problem:host-not-allowed"
 	TypeCrossOrigin      = "urn:twinline:problem:cross-origin"
+	TypeUpstream         = "urn:twinline:problem:upstream-unavailable"
 )
 
 // Problem is an RFC 9457 problem detail. The extension members say exactly

@@ -207,3 +207,54 @@ func TestInlineHashes(t *testing.T) {
 		t.Errorf("style hashes (-got +want):\n%s", diff)
 	}
 }
+
+// TestAssets: a built dashboard's lazily loaded chunks are served under
+// /assets/ as JavaScript, gzipped on request and cached for good; an
+// unknown name, or any name in a fallback build, is a 404 problem.
+func TestAssets(t *testing.T) {
+	chunk := strings.Repeat("export const x = 1;\n", 50)
+	built, err := load(fstest.MapFS{fallbackPage: {Data: []byte("fallback")}, appPage: {Data: []byte("app")},
+		assetsDir + "/otel-Ab12.js": {Data: []byte(chunk)}, assetsDir + "/notes.txt": {Data: []byte("no")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fallback, err := load(fstest.MapFS{fallbackPage: {Data: []byte("fallback")}, assetsDir + "/otel-Ab12.js": {Data: []byte(chunk)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	get := func(p *page, path string, gz bool) *httptest.ResponseRecorder {
+		req := httptest.NewRequest(http.MethodGet, path, nil)
+		if gz {
+			req.Header.Set("Accept-Encoding", "gzip")
+		}
+		rec := httptest.NewRecorder()
+		p.ServeHTTP(rec, req)
+		return rec
+	}
+	w := get(built, "/assets/otel-Ab12.js", false)
+	if w.Code != http.StatusOK || w.Body.String() != chunk || !strings.HasPrefix(w.Header().Get("Content-Type"), "text/javascript") ||
+		!strings.Contains(w.Header().Get("Cache-Control"), "immutable") {
+		t.Errorf("chunk: %d %v", w.Code, w.Header())
+	}
+	w = get(built, "/assets/otel-Ab12.js", true)
+	zr, err := gzip.NewReader(w.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := io.ReadAll(zr); string(b) != chunk || w.Header().Get("Content-Encoding") != "gzip" {
+		t.Errorf("gzipped chunk differs (%v)", w.Header())
+	}
+	for _, tt := range []struct {
+		name string
+		p    *page
+		path string
+	}{
+		{"unknown", built, "/assets/other.js"},
+		{"not a script", built, "/assets/notes.txt"},
+		{"fallback build", fallback, "/assets/otel-Ab12.js"},
+	} {
+		if w := get(tt.p, tt.path, false); w.Code != http.StatusNotFound || !strings.Contains(w.Header().Get("Content-Type"), "problem+json") {
+			t.Errorf("%s: %d %s; want a 404 problem", tt.name, w.Code, w.Header().Get("Content-Type"))
+		}
+	}
+}

@@ -11,6 +11,8 @@ export class LatencyTracker {
   private readonly server: Ring<number>;
   /** Every latency recorded since start (for benchmarks), capped. */
   readonly all: number[] = [];
+  /** Called after each drawn(): the render tracer ends its spans at the next frame. */
+  onDrawn?: () => void;
   private readonly maxAll: number;
 
   constructor(window = 2048, maxAll = 200_000) {
@@ -37,6 +39,7 @@ export class LatencyTracker {
       if (this.all.length < this.maxAll) this.all.push(d);
     }
     this.pending.length = 0;
+    this.onDrawn?.();
   }
 
   /** Forgets pending samples (their view was left undrawn). */

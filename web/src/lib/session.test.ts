@@ -88,6 +88,16 @@ describe('session and permissions', () => {
       .toMatchObject({ authRequired: false, sites: undefined, expires: undefined });
   });
 
+  it('reads whether the server traces, and its trace viewer', () => {
+    expect(parseSession({ ...ANA, tracing: { enabled: true, uiUrl: 'http://j/trace/{traceId}' } }).tracing).toEqual({
+      enabled: true,
+      uiUrl: 'http://j/trace/{traceId}',
+    });
+    expect(parseSession({ ...ANA, tracing: { enabled: false, uiUrl: '' } }).tracing).toEqual({ enabled: false, uiUrl: undefined });
+    expect(parseSession({ ...ANA, tracing: { enabled: 'yes' } }).tracing).toEqual({ enabled: false, uiUrl: undefined });
+    expect(parseSession(ANA).tracing).toBeUndefined(); // a server from before tracing
+  });
+
   it('grants only the scopes the identity has', () => {
     const reader = parseSession({ ...ANA, scopes: ['read'] });
     expect(can(reader, 'read')).toBe(true);

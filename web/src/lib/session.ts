@@ -25,6 +25,8 @@ export interface Session {
   csrf: string;
   /** When the sign-in ends (ms since the epoch), if it does. */
   expires?: number;
+  /** Whether the server traces (the dashboard then traces its renders), and its trace viewer's URL. */
+  tracing?: { enabled: boolean; uiUrl?: string };
 }
 
 /** A server from before sign-in (no /api/v1/session) is open: anyone may do anything. */
@@ -44,6 +46,7 @@ export function parseSession(raw: unknown): Session {
   const scopes = list(o.scopes).filter((s): s is Scope => (ALL_SCOPES as readonly string[]).includes(s));
   const sites = list(o.sites).filter(Boolean);
   const expires = typeof o.expires === 'string' ? Date.parse(o.expires) : NaN;
+  const t = o.tracing as Record<string, unknown> | undefined;
   return {
     name: typeof o.name === 'string' ? o.name : '',
     kind: typeof o.kind === 'string' ? o.kind : 'token',
@@ -52,6 +55,10 @@ export function parseSession(raw: unknown): Session {
     authRequired: o.authRequired !== false,
     csrf: typeof o.csrf === 'string' ? o.csrf : '',
     expires: Number.isFinite(expires) ? expires : undefined,
+    tracing:
+      t && typeof t === 'object'
+        ? { enabled: t.enabled === true, uiUrl: typeof t.uiUrl === 'string' && t.uiUrl ? t.uiUrl : undefined }
+        : undefined,
   };
 }
 

@@ -9,6 +9,7 @@ import { LatencyTracker } from './latency';
 import { session, type SessionStore } from './session';
 import { SeriesRing } from './ring';
 import { StreamClient, type ConnInfo, type Filter, type Gap, type StreamMessage } from './stream';
+import { RenderTracer } from './tracing';
 
 /** A tile's sparkline: one point per SPARK_BUCKET_MS (the bucket's last value), SPARK_POINTS of them. */
 export const SPARK_POINTS = 60;
@@ -202,6 +203,11 @@ export function matchesStatus(e: FleetEntry, filter: string): boolean {
 export class Dashboard {
   readonly fleet = new FleetStore();
   readonly latency = new LatencyTracker();
+  /** Render spans of traced messages (off unless the server traces). */
+  readonly traces = new RenderTracer({
+    // its own chunk, fetched only when tracing is on (vite.config.ts)
+    load: (c) => import('./otel').then((m) => m.createRenderExporter(c)),
+  });
   readonly loop: FrameLoop;
   readonly stream: StreamClient;
   conn: ConnInfo = { state: 'stopped', attempt: 0 };
@@ -231,7 +237,15 @@ export class Dashboard {
         for (const l of this.gapListeners) l(g);
       },
     });
-    s.subscribe((st) => st.status !== 'signed-in' && this.reset());
+    this.latency.onDrawn = () => this.traces.drawn();
+    s.subscribe((st) => {
+      if (st.status !== 'signed-in') {
+        this.reset();
+        this.traces.disable();
+      } else if (st.session.tracing?.enabled) {
+        this.traces.enable(st.session.tracing, () => s.headers('POST'));
+      }
+    });
   }
 
   subscribe(filter: Filter): void {
@@ -324,6 +338,7 @@ export class Dashboard {
 
   private onMessage(m: StreamMessage, arrival: number): void {
     this.messages++;
+    this.traces.received(m, arrival);
     if (m.type === 'samples') this.latency.serverShare(arrival - m.ingestTs);
     if (this.fleetLive && this.fleet.apply(m, arrival)) {
       if (m.type === 'samples') {
@@ -363,5 +378,11 @@ if (typeof window !== 'undefined') {
     cursor: () => dashboard.stream.cursor,
     messages: () => dashboard.messages,
     gaps: () => dashboard.gaps,
+    traces: () => {
+      const t = dashboard.traces;
+      return { enabled: t.enabled, loaded: t.loaded, recorded: t.recorded, dropped: t.dropped, lastTraceId: t.lastTraceId };
+    },
+    /** Exports the batched render spans now. */
+    flushTraces: () => dashboard.traces.flush(),
   };
 }

@@ -277,6 +277,11 @@ export interface Session {
   name: string;
   scopes: ('ingest' | 'read' | 'operate' | 'admin')[];
   sites?: string[];
+  /** Whether the dashboard traces its renders (tracing is on: POST /api/v1/traces relays), and the trace viewer's URL with {traceId} in it. */
+  tracing?: {
+    enabled: boolean;
+    uiUrl?: string;
+  };
 }
 
 export interface StatusData {

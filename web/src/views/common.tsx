@@ -1,5 +1,6 @@
 import { useEffect, useState } from 'react';
 import { dashboard } from '../lib/store';
+import { traceUrl } from '../lib/tracing';
 import type { ConnInfo } from '../lib/stream';
 
 export function fmtNum(v: number | undefined | null): string {
@@ -97,13 +98,31 @@ export function LatencyBadge() {
   useTick(1000);
   const s = dashboard.latency.stats();
   const cls = s.p50 === undefined ? '' : s.p50 < 500 ? 'good' : s.p50 < 2000 ? 'warn' : 'bad';
-  return (
-    <span
-      className={`latency ${cls}`}
-      data-testid="latency"
-      title={`sensor → screen over the last ${s.n} samples drawn: p50 ${fmtMs(s.p50)}, p99 ${fmtMs(s.p99)}; server share p50 ${fmtMs(s.serverP50)}`}
-    >
+  const title = `sensor → screen over the last ${s.n} samples drawn: p50 ${fmtMs(s.p50)}, p99 ${fmtMs(s.p99)}; server share p50 ${fmtMs(s.serverP50)}`;
+  const body = (
+    <>
       sensor→screen {fmtMs(s.p50)} <span className="muted">p99 {fmtMs(s.p99)}</span>
+    </>
+  );
+  // with a trace viewer configured: the trace of the newest traced render
+  const href = traceUrl(dashboard.traces.uiUrl, dashboard.traces.lastTraceId);
+  if (href) {
+    return (
+      <a
+        className={`latency ${cls}`}
+        data-testid="latency"
+        href={href}
+        target="_blank"
+        rel="noopener noreferrer"
+        title={`${title}. Open the trace of the latest traced render (sensor → screen, every leg).`}
+      >
+        {body}
+      </a>
+    );
+  }
+  return (
+    <span className={`latency ${cls}`} data-testid="latency" title={title}>
+      {body}
     </span>
   );
 }
