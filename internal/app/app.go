@@ -93,6 +93,8 @@ type App struct {
 	// stamper gives events without a timestamp their server time, shared
 	// by every ingest path (HTTP, MQTT).
 	stamper *ingest.Stamper
+	// legs are the latency legs of sensor → screen (twinline_leg_seconds).
+	legs legs
 }
 
 // New builds every part from cfg and opens the listener, so a port in use or
@@ -127,6 +129,7 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 	buildInfo := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "twinline_build_info", Help: "Build information."}, []string{"version"})
 	buildInfo.WithLabelValues(version).Set(1)
 	reg.MustRegister(buildInfo)
+	a.legs = newLegs(reg)
 
 	// Every role but the gateway reads or writes the history; a gateway on
 	// PostgreSQL uses it for the shared registry (site and line of MQTT
@@ -215,6 +218,7 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 		MaxClients:    cfg.MaxConns,
 		WriteInterval: cfg.StreamWriteInterval,
 		MaxPerClient:  cfg.MaxStreamsPerClient,
+		PublishWrite:  a.legs.leg(legPublishWrite),
 	}
 	// With Redis, live messages fan out across replicas, the hot window is
 	// shared and the rate limits hold across replicas.
@@ -253,9 +257,17 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 	alarmLog := logger.With("component", "alarms")
 	var medians []twin.MedianUpdate // reused by the sink goroutine
 	sinks := pipeline.Sinks{
+		// The live stream: under Kafka before the store commit (a viewer
+		// drops a sample shown twice by its machine, metric and ts), else
+		// after it; see internal/pipeline and ADR 0017.
+		Live: func(b *telemetry.Batch, samples []telemetry.Sample) {
+			a.hub.PublishSamples(samples, b.Received)
+		},
+		// The rest after the commit, with the samples the store took: the
+		// twin's live state (and its rates), the hot window (which queries
+		// read as history) and the alarms' last seen.
 		Batch: func(b *telemetry.Batch, samples []telemetry.Sample) {
 			live.Observe(b, samples)
-			a.hub.PublishSamples(samples, b.Received)
 			if a.hotW != nil {
 				a.hotW.Add(samples)
 			}
