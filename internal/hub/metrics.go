@@ -29,10 +29,10 @@ type metrics struct {
 	delivery     prometheus.Histogram
 	publishWrite prometheus.Observer
 	busUp        prometheus.Gauge
-	busErrors       prometheus.Counter
-	busGaps         prometheus.Counter
-	busStale        prometheus.Counter
-	busLocal        prometheus.Counter
+	busErrors    prometheus.Counter
+	busGaps      prometheus.Counter
+	busStale     prometheus.Counter
+	busLocal     prometheus.Counter
 }
 
 // newMetrics makes the hub's metrics and registers them on reg unless it is
