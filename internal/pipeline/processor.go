@@ -318,8 +318,8 @@ type round struct {
 	outs []*stream.Output // jobs[i].out is outs[i]
 	// done ends the read (Read.Done), once its commits are.
 	done func()
-	// tick: the commit stage ticks (flush: flushes) lanes after the
-	// commits, into tick.
+	// tick: after the commits, the commit stage ticks (flush: flushes)
+	// lanes into ticked.
 	tick, flush bool
 	lanes       []*lane
 	ticked      stream.Output // what Tick and Flush released
