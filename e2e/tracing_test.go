@@ -18,7 +18,8 @@ import (
 // (kfake) and commits it to PostgreSQL (exporting over OTLP/HTTP); an API
 // replica streams it to a WebSocket client through the Redis fan-out. The
 // in-test collector gets one trace: mqtt receive (under the device's span)
-// → send → process → store commit, sinks → hub publish, each from the
+// → send → process → live → hub publish (the live stream before the
+// commit: ADR 0017), store commit, sinks, each from the
 // replica that did it, with the messaging and database attributes; and
 // the client's samples message carries the hub publish span's
 // traceparent.
@@ -72,7 +73,7 @@ func TestTraceMQTTKafkaPostgres(t *testing.T) {
 		t.Errorf("samples message %+v", m)
 	}
 
-	names := []string{"mqtt receive", "send", "process", "store commit", "sinks", "hub publish"}
+	names := []string{"mqtt receive", "send", "process", "live", "hub publish", "store commit", "sinks"}
 	spans := otlptest.Trace(rcv.Wait(t, 30*time.Second, func(s []otlptest.Span) bool {
 		return len(otlptest.Trace(s, traceID)) >= len(names)
 	}), traceID)
@@ -94,7 +95,8 @@ func TestTraceMQTTKafkaPostgres(t *testing.T) {
 			"messaging.operation.type": "process", "messaging.consumer.group.name": "twinline-processor", "twinline.samples": "1"}},
 		"store commit": {"process", "processor", map[string]string{"db.system.name": "postgresql", "db.operation.batch.size": "1"}},
 		"sinks":        {"process", "processor", nil},
-		"hub publish":  {"sinks", "processor", map[string]string{"twinline.samples": "1"}},
+		"live":         {"process", "processor", nil},
+		"hub publish":  {"live", "processor", map[string]string{"twinline.samples": "1"}},
 	}
 	for _, name := range names {
 		s, ok := byName[name]

@@ -99,6 +99,9 @@ type App struct {
 	// tracing is the tracer provider (off without an OTLP endpoint),
 	// flushed last by Run.
 	tracing *tracing.Tracing
+
+	// legs are the latency legs of sensor → screen (twinline_leg_seconds).
+	legs legs
 }
 
 // New builds every part from cfg and opens the listener, so a port in use or
@@ -146,6 +149,7 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 	buildInfo := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "twinline_build_info", Help: "Build information."}, []string{"version"})
 	buildInfo.WithLabelValues(version).Set(1)
 	reg.MustRegister(buildInfo)
+	a.legs = newLegs(reg)
 
 	// Every role but the gateway reads or writes the history; a gateway on
 	// PostgreSQL uses it for the shared registry (site and line of MQTT
@@ -237,6 +241,7 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 		MaxClients:    cfg.MaxConns,
 		WriteInterval: cfg.StreamWriteInterval,
 		MaxPerClient:  cfg.MaxStreamsPerClient,
+		PublishWrite:  a.legs.leg(legPublishWrite),
 	}
 	// With Redis, live messages fan out across replicas, the hot window is
 	// shared and the rate limits hold across replicas.
@@ -278,7 +283,7 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 	if a.tracing.Enabled() {
 		uploadTraces = a.tracing.Upload
 	}
-	tracesLimit, err := newTracesLimit(cfg, rdb, logger.With("component", "ratelimit"), reg)
+	tracesLimit, err := newTracesLimit(cfg, rdb, logger, reg) // the limiter names itself
 	if err != nil {
 		return nil, err
 	}
@@ -286,9 +291,17 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 	var medians []twin.MedianUpdate // reused by the sink goroutine
 	hubTracer := tr.Tracer("github.com/twinline/twinline/internal/hub")
 	sinks := pipeline.Sinks{
-		Batch: func(ctx context.Context, b *telemetry.Batch, samples []telemetry.Sample) {
-			live.Observe(b, samples)
+		// The live stream: under Kafka before the store commit (a viewer
+		// drops a sample shown twice by its machine, metric and ts), else
+		// after it; see internal/pipeline and ADR 0017.
+		Live: func(ctx context.Context, b *telemetry.Batch, samples []telemetry.Sample) {
 			publishSamples(ctx, hubTracer, a.hub, samples, b.Received)
+		},
+		// The rest after the commit, with the samples the store took: the
+		// twin's live state (and its rates), the hot window (which queries
+		// read as history) and the alarms' last seen.
+		Batch: func(b *telemetry.Batch, samples []telemetry.Sample) {
+			live.Observe(b, samples)
 			if a.hotW != nil {
 				a.hotW.Add(samples)
 			}

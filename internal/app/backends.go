@@ -32,7 +32,15 @@ import (
 // the engine remembers sample keys for the dedup horizon.
 func (a *App) openLog(st store.Store, sinks pipeline.Sinks, engineCfg stream.EngineConfig, reg prometheus.Registerer) error {
 	a.events = eventlog.New(a.cfg.LogCapacity, reg)
-	a.submitFn = a.events.Submit
+	ack := a.legs.leg(legIngestAck)
+	a.submitFn = func(ctx context.Context, b *telemetry.Batch) (eventlog.Result, error) {
+		e, err := a.events.Append(b)
+		if err != nil {
+			return eventlog.Result{}, err
+		}
+		observeSince(ack, b.Received) // the log took it; the client waits for durable
+		return e.Wait(ctx)
+	}
 	return a.openProcessor(pipeline.NewLogSource(a.events, st), "memory", sinks, engineCfg, reg)
 }
 
@@ -44,6 +52,7 @@ func (a *App) openProcessor(src pipeline.Source, log string, sinks pipeline.Sink
 	if err != nil {
 		return fmt.Errorf("starting the processor: %w", err)
 	}
+	proc.ObserveLegs(a.legs.processor())
 	a.proc = proc
 	a.traceProcessor(proc, log)
 	a.registry.OnDelete(proc.ForgetMachine) // a deleted machine leaves the engines
@@ -81,10 +90,12 @@ func (a *App) openKafka(sinks pipeline.Sinks, engineCfg stream.EngineConfig, reg
 		}
 		a.producer = p
 		a.cleanup = append(a.cleanup, p.Close)
+		ack := a.legs.leg(legIngestAck)
 		a.submitFn = func(ctx context.Context, b *telemetry.Batch) (eventlog.Result, error) {
 			if err := p.Append(ctx, b); err != nil {
 				return eventlog.Result{}, err
 			}
+			observeSince(ack, b.Received) // Kafka holds every record of it
 			// Duplicates are recognised downstream, by the processors.
 			return eventlog.Result{Accepted: len(b.Events)}, nil
 		}

@@ -22,9 +22,11 @@ type Read struct {
 	// back in Batches and starts afresh.
 	Dropped []int32
 	// Done, when not nil, is called once every batch of the read is
-	// committed (or failed) and before the next read, also when the read
-	// returned an error: the Kafka consumer seeks the partitions to consume
-	// again and lets the group rebalance.
+	// committed (or failed, or found stale: see Batch.Current), from any
+	// goroutine. The processor may read again before it (it reads ahead
+	// while a read commits): the Kafka consumer counts the reads in
+	// flight, lets the group rebalance only when none is, and seeks a
+	// partition whose commit failed once the read that failed it is done.
 	Done func()
 }
 
@@ -37,9 +39,28 @@ type Batch struct {
 	Lane int32
 	// Entries are the batches as the gateway took them (their Received is
 	// the ingest time), in log order. Neither they nor their events change
-	// until the read after the next one: a source may reuse their memory
-	// then.
+	// until the third read after this one: a source may reuse their memory
+	// then (the processor holds at most three reads: one it reads, one it
+	// commits, one its sinks take).
 	Entries []*telemetry.Batch
+	// Shown is the number of leading Entries whose samples went to the
+	// processor's live sinks from an earlier read of the same records (a
+	// lane read again after a failed commit): the processor does not show
+	// them again. Only a durable log (the processor shows its batches
+	// before their commit) sets it.
+	Shown int
+	// OnShown, when not nil, is called once the processor handed the
+	// batch's entries to its live sinks before their commit, so that a
+	// later read of the same records sets Shown.
+	OnShown func()
+	// Current, when not nil, reports whether the batch is still to be
+	// committed: false once a commit of an earlier batch of its lane
+	// failed (the source then reads the lane again from that batch on, and
+	// this batch's records come again). The processor neither processes
+	// nor commits a batch that is not current. A source that lets the
+	// processor read a lane ahead of its commits (a durable log) must set
+	// it.
+	Current func() bool
 	// Ack, when not nil, acknowledges entry i to its client: err == nil
 	// means its samples are durable and the live sinks took them (the
 	// in-process log). A log whose clients were acknowledged when it took

@@ -42,7 +42,10 @@
 //	 "samples":[{"metric":"temp","ts":1764482400000,"value":71.3}, …]}
 //
 // Samples are batched: one message per machine per publish, the samples in
-// the order they were published. ts is the event time of a sample and
+// the order they were published. A seq names a message, not its samples: a
+// publisher may publish a sample again (on the Kafka path a processor that
+// takes a partition over shows its uncommitted samples again, ADR 0017), in
+// a new message; a client drops what it has by (machine, metric, ts). ts is the event time of a sample and
 // ingestTs the server's ingest time, both in Unix milliseconds; a client
 // measures sensor-to-screen latency as its arrival time − ts (and the
 // server's share of it as arrival time − ingestTs). A value that is not a
@@ -225,7 +228,10 @@
 // twinline_stream_clients{transport}, twinline_stream_messages_sent_total{transport},
 // twinline_stream_clients_dropped_total{reason}, twinline_stream_rejected_total{reason},
 // twinline_stream_messages_published_total{kind},
-// twinline_stream_publish_duration_seconds; with Redis also
+// twinline_stream_publish_duration_seconds, twinline_stream_delivery_seconds
+// (a samples message's ingestTs → the end of its write to a client, per
+// live samples message written), and, with Options.PublishWrite, the
+// publish_write leg (the hub took a message → written); with Redis also
 // twinline_stream_fanout_up, twinline_stream_fanout_errors_total,
 // twinline_stream_fanout_resets_total, twinline_stream_fanout_stale_total and
 // twinline_stream_fanout_local_total.

@@ -76,6 +76,11 @@ type Options struct {
 	// replica computed for a machine it processes (a null median is
 	// skipped), like OnRemoteSamples.
 	OnRemoteMedians func([]Median)
+	// PublishWrite, when not nil, observes for each live message written
+	// to a client the seconds from the hub taking it (its publish, or its
+	// arrival from Redis) to the end of its write: the publish_write leg
+	// of twinline_leg_seconds. A replayed message is not observed.
+	PublishWrite prometheus.Observer
 	// OriginPatterns are the extra origins allowed to open a WebSocket, as
 	// host patterns for path.Match (see websocket.AcceptOptions). The
 	// default, none, allows same-origin requests only.
@@ -295,7 +300,7 @@ func New(opts Options, logger *slog.Logger, reg prometheus.Registerer) *Hub {
 	h := &Hub{
 		opts:      opts,
 		logger:    logger.With("component", "hub"),
-		metrics:   newMetrics(reg, opts.Redis != nil),
+		metrics:   newMetrics(reg, opts.Redis != nil, opts.PublishWrite),
 		seq:       uint64(time.Now().UnixMicro()),
 		epoch:     time.Now(),
 		ring:      newRing(opts.ReplaySize, opts.ReplayBytes),
@@ -417,7 +422,7 @@ func (h *Hub) PublishTracedSamples(samples []telemetry.Sample, received int64, t
 		}
 		d := newDraft(machine, len(machine)+64+len(traceparent)+e.counts[g])
 		d.buf = samplesHeader(d.buf, d.machine, received, traceparent)
-		d.absorbed = true
+		d.absorbed, d.ingest = true, received
 		e.drafts[g] = d
 		e.counts[g] = 0 // now: samples written
 	}
@@ -695,6 +700,7 @@ func (h *Hub) publishLocked(msgs []*message) {
 	h.mark++
 	now := h.now()
 	for _, m := range msgs {
+		m.at = now
 		h.ring.put(m)
 		if m.machine == "" {
 			continue

@@ -35,6 +35,10 @@ type message struct {
 	absorbed bool
 	// lazy, while frame is nil, encodes the body on demand (ensure).
 	lazy lazyBody
+	// at is when the hub took the message (Hub.now); ingest, for a samples
+	// message, its ingestTs (Unix ms): what the delivery metrics measure
+	// from.
+	at, ingest int64
 }
 
 // lazyBody is the content of a message no client wanted when it was
@@ -76,6 +80,8 @@ type draft struct {
 	// lazy, when buf is nil, is the body to encode on demand.
 	lazy     lazyBody
 	absorbed bool
+	// ingest is a samples message's ingestTs (Unix ms), 0 for others.
+	ingest int64
 }
 
 // encode encodes a lazy draft now (to publish it through Redis).
@@ -95,11 +101,11 @@ func newDraft(machine string, size int) draft {
 // a lazy draft stays unencoded.
 func (d draft) finish(seq uint64, m *message) *message {
 	if d.buf == nil {
-		*m = message{seq: seq, id: true, machine: d.machine, lazy: d.lazy, size: headroom + d.lazy.estimate(), absorbed: d.absorbed}
+		*m = message{seq: seq, id: true, machine: d.machine, lazy: d.lazy, size: headroom + d.lazy.estimate(), absorbed: d.absorbed, ingest: d.ingest}
 		return m
 	}
 	frame, off := d.frameWith(seq)
-	*m = message{seq: seq, id: true, machine: d.machine, frame: frame, jsonOff: off, size: len(frame), absorbed: d.absorbed}
+	*m = message{seq: seq, id: true, machine: d.machine, frame: frame, jsonOff: off, size: len(frame), absorbed: d.absorbed, ingest: d.ingest}
 	return m
 }
 

@@ -1,6 +1,12 @@
 package hub
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/twinline/twinline/internal/telemetry"
+)
 
 // Transports, the transport label of the metrics.
 const (
@@ -20,17 +26,28 @@ type metrics struct {
 		events  prometheus.Counter
 	}
 	publishDuration prometheus.Histogram
-	busUp           prometheus.Gauge
-	busErrors       prometheus.Counter
-	busGaps         prometheus.Counter
-	busStale        prometheus.Counter
-	busLocal        prometheus.Counter
+	// delivery is twinline_stream_delivery_seconds; publishWrite the
+	// publish_write leg (Options.PublishWrite), or nil.
+	delivery     prometheus.Histogram
+	publishWrite prometheus.Observer
+	busUp        prometheus.Gauge
+	busErrors    prometheus.Counter
+	busGaps      prometheus.Counter
+	busStale     prometheus.Counter
+	busLocal     prometheus.Counter
 }
 
 // newMetrics makes the hub's metrics and registers them on reg unless it is
-// nil; those of the cross-replica fan-out only if fanout.
-func newMetrics(reg prometheus.Registerer, fanout bool) *metrics {
+// nil; those of the cross-replica fan-out only if fanout. publishWrite, if
+// not nil, observes the publish_write leg.
+func newMetrics(reg prometheus.Registerer, fanout bool, publishWrite prometheus.Observer) *metrics {
 	m := &metrics{
+		publishWrite: publishWrite,
+		delivery: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "twinline_stream_delivery_seconds",
+			Help:    "Time from the server's ingest of a batch (a samples message's ingestTs) to the end of the message's write to a stream client: the server's share of sensor to screen, per written samples message (ms resolution).",
+			Buckets: telemetry.LatencyBuckets(), // as the legs'
+		}),
 		clients: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "twinline_stream_clients",
 			Help: "Connected stream clients by transport (ws, sse).",
@@ -91,10 +108,29 @@ func newMetrics(reg prometheus.Registerer, fanout bool) *metrics {
 		m.rejected.WithLabelValues(r)
 	}
 	if reg != nil {
-		reg.MustRegister(m.clients, m.sent, m.dropped, m.rejected, published, m.publishDuration)
+		reg.MustRegister(m.clients, m.sent, m.dropped, m.rejected, published, m.publishDuration, m.delivery)
 		if fanout {
 			reg.MustRegister(m.busUp, m.busErrors, m.busGaps, m.busStale, m.busLocal)
 		}
 	}
 	return m
+}
+
+// delivered observes the delivery of live messages written to a client at
+// now (Hub.now): the server's share of sensor to screen for each samples
+// message, and the publish_write leg for each message. One clock read per
+// write, no allocation.
+func (m *metrics) delivered(now int64, msgs []*message) {
+	var wall int64 // Unix ms, read once a samples message needs it
+	for _, x := range msgs {
+		if x.ingest > 0 {
+			if wall == 0 {
+				wall = time.Now().UnixMilli()
+			}
+			m.delivery.Observe(float64(max(wall-x.ingest, 0)) / 1e3)
+		}
+		if m.publishWrite != nil && x.at > 0 {
+			m.publishWrite.Observe(float64(max(now-x.at, 0)) / 1e9)
+		}
+	}
 }

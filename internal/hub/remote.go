@@ -33,6 +33,9 @@ func (h *Hub) decodeRemote(d *draft, remote bool, us []fleetUpdate) []fleetUpdat
 	}
 	typ := MessageType(v.GetStringBytes("type"))
 	d.absorbed = typ.absorbed()
+	if typ == TypeSamples {
+		d.ingest = v.GetInt64("ingestTs") // for the delivery metrics
+	}
 	if !remote {
 		return us
 	}

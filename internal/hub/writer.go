@@ -159,6 +159,9 @@ func (w *writer) drain() bool {
 			return true
 		}
 		ok := w.write(batch)
+		if ok {
+			w.h.metrics.delivered(w.h.now(), batch)
+		}
 		clear(batch)
 		if !ok {
 			return false

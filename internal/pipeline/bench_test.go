@@ -13,11 +13,12 @@ import (
 )
 
 // benchSource is a Source that is never read: the benchmark drives
-// processLane itself.
+// commitLane itself.
 type benchSource struct{}
 
 func (benchSource) Read(context.Context) (eventlog.Read, error) { return eventlog.Read{}, io.EOF }
 func (benchSource) StoreDedups() bool                           { return true }
+func (benchSource) DurableLog() bool                            { return false }
 func (benchSource) Close() error                                { return nil }
 
 // BenchmarkProcessLane measures the processor's own work per record of a
@@ -73,7 +74,7 @@ func BenchmarkProcessLane(b *testing.B) {
 		}
 		out.Reset()
 		j := job{batch: eventlog.Batch{Entries: []*telemetry.Batch{batches[g]}, Commit: commit}, lane: ln, out: &out}
-		p.processLane(ctx, &j)
+		p.commitLane(ctx, &j)
 		if !j.sink {
 			b.Fatal("commit failed")
 		}

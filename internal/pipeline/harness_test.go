@@ -323,30 +323,32 @@ func (e *env) settle() {
 		return cmp.Equal(storedOffsets(e.t, e.faulty, "g", e.topic), want)
 	})
 	if e.reads != nil {
-		waitFor(e.t, 30*time.Second, "the committing read done", func() bool { return !e.reads.busy.Load() })
+		waitFor(e.t, 30*time.Second, "the committing read done", func() bool { return !e.reads.busy() })
 	}
 }
 
-// trackedSource reports whether a read with batches is in progress: from
-// the Read that returned them to its Done, which the processor calls once
-// every batch is committed, journaled and counted.
+// trackedSource counts the reads with batches in progress: from the Read
+// that returned them to its Done, which the processor calls once every
+// batch is committed, journaled and counted (it may read again before).
 type trackedSource struct {
 	Source
-	busy atomic.Bool
+	reads atomic.Int64
 }
+
+func (s *trackedSource) busy() bool { return s.reads.Load() > 0 }
 
 func (s *trackedSource) Read(ctx context.Context) (eventlog.Read, error) {
 	read, err := s.Source.Read(ctx)
 	if len(read.Batches) == 0 {
 		return read, err
 	}
-	s.busy.Store(true)
+	s.reads.Add(1)
 	done := read.Done
 	read.Done = func() {
 		if done != nil {
 			done()
 		}
-		s.busy.Store(false)
+		s.reads.Add(-1)
 	}
 	return read, err
 }
@@ -359,20 +361,24 @@ type sinkLog struct {
 	received []int64
 	released []telemetry.Sample
 	windows  []stream.Window
-	// live are the span contexts the Batch sink got, by batch.
+	// live are the span contexts the Live sink got, by batch.
 	live    []trace.SpanContext
 	onBatch func(b *telemetry.Batch, samples []telemetry.Sample)
 }
 
 func (s *sinkLog) sinks() Sinks {
 	return Sinks{
-		Batch: func(ctx context.Context, b *telemetry.Batch, samples []telemetry.Sample) {
+		Live: func(ctx context.Context, _ *telemetry.Batch, _ []telemetry.Sample) {
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			s.live = append(s.live, trace.SpanContextFromContext(ctx))
+		},
+		Batch: func(b *telemetry.Batch, samples []telemetry.Sample) {
 			if s.onBatch != nil {
 				s.onBatch(b, samples)
 			}
 			s.mu.Lock()
 			defer s.mu.Unlock()
-			s.live = append(s.live, trace.SpanContextFromContext(ctx))
 			s.batches = append(s.batches, slices.Clone(samples))
 			s.events = append(s.events, slices.Clone(b.Events))
 			s.received = append(s.received, b.Received)

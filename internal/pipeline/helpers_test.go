@@ -113,6 +113,12 @@ func pgURL() string {
 // unreachable, and skips otherwise.
 func openPG(t testing.TB) (offsetStore, *postgres.Store) {
 	t.Helper()
+	return openPGWith(t, nil)
+}
+
+// openPGWith is openPG with the store's options changed by mutate.
+func openPGWith(t testing.TB, mutate func(*postgres.Options)) (offsetStore, *postgres.Store) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	admin, err := pgx.Connect(ctx, pgURL())
@@ -123,7 +129,11 @@ func openPG(t testing.TB) (offsetStore, *postgres.Store) {
 		t.Skipf("PostgreSQL at %s unreachable, skipping (set CI=true to fail instead): %v", pgURL(), err)
 	}
 	schema := randName("tl_pipeline_")
-	st, err := postgres.Open(ctx, pgURL(), postgres.Options{Schema: schema, Retention: -1, MaxFuture: -1, MaxConns: 8}, testLogger(t), nil)
+	opts := postgres.Options{Schema: schema, Retention: -1, MaxFuture: -1, MaxConns: 8}
+	if mutate != nil {
+		mutate(&opts)
+	}
+	st, err := postgres.Open(ctx, pgURL(), opts, testLogger(t), nil)
 	if err != nil {
 		t.Fatalf("opening store: %v", err)
 	}

@@ -59,6 +59,10 @@ func (s *LogSource) Read(ctx context.Context) (eventlog.Read, error) {
 // StoreDedups implements Source.
 func (s *LogSource) StoreDedups() bool { return s.storeDedups }
 
+// DurableLog implements Source: the in-process log is not durable, a batch
+// is durable once committed.
+func (s *LogSource) DurableLog() bool { return false }
+
 // Close implements Source. It leaves the log open: closing the log is
 // what drains it (Read then returns io.EOF).
 func (s *LogSource) Close() error { return nil }

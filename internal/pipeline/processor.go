@@ -32,6 +32,11 @@ const tickInterval = time.Second
 // (as long as PostgreSQL's default write timeout).
 const commitGrace = 5 * time.Second
 
+// rounds is how many reads the processor holds at once: one it reads (and,
+// on a durable log, runs through the engines and shows), one it commits,
+// one its sinks take.
+const rounds = 3
+
 // Processor reads a Source, runs an event-time engine per lane, commits
 // each lane's new samples, then feeds the sinks and acknowledges. See the
 // package documentation for its rules.
@@ -40,8 +45,13 @@ type Processor struct {
 	engineCfg stream.EngineConfig
 	sinks     Sinks
 	logger    *slog.Logger
+	// early: the source's log is durable before the processor reads it
+	// (Source.DurableLog): a group goes to the engine and the Live sink as
+	// soon as it is read, and commits while the next read is processed.
+	early bool
 
-	// lanes are the engines, by lane; only Run's goroutine touches them.
+	// lanes are the engines, by lane; only Run's goroutine touches the
+	// map (each lane's engine has a lock of its own).
 	lanes map[int32]*lane
 	// remembered are the keys journaled by an earlier run: every new
 	// lane's engine remembers them.
@@ -61,15 +71,34 @@ type Processor struct {
 	processAttrs, commitAttrs []attribute.KeyValue
 
 	writeSeconds prometheus.Histogram
+	durable      prometheus.Histogram
+	legs         Legs
 	samples      *prometheus.CounterVec
 	duplicates   prometheus.Counter
 	windows      *prometheus.CounterVec
 }
 
+// Legs are the processor's legs of the sensor → screen latency, histograms
+// in seconds that app makes (twinline_leg_seconds{leg}); a nil one is not
+// observed.
+type Legs struct {
+	// LogWait: the gateway took a batch (Batch.Received, under Kafka the
+	// record timestamp) → the processor read it; once per entry.
+	LogWait prometheus.Observer
+	// Engine: the event-time engine's work on one lane group: processing
+	// it, and releasing it once durable.
+	Engine prometheus.Observer
+	// StoreCommit: one durable commit (as twinline_store_write_seconds).
+	StoreCommit prometheus.Observer
+}
+
 // lane is one lane's engine and scratch.
 type lane struct {
+	// mu guards engine: on a durable log Run's goroutine processes a group
+	// while the commit stage releases the one before, ticks or resets it.
+	mu     sync.Mutex
 	engine *stream.Engine
-	fresh  []bool
+	fresh  []bool // the commit stage's
 }
 
 // New returns a processor of src, feeding sinks (whose functions may be
@@ -86,11 +115,18 @@ func New(src Source, log string, engineCfg stream.EngineConfig, sinks Sinks, log
 		engineCfg: engineCfg,
 		sinks:     sinks,
 		logger:    logger,
+		early:     src.DurableLog(),
 		lanes:     map[int32]*lane{},
 		writeSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:        "twinline_store_write_seconds",
 			Help:        "Latency of one durable commit to the store (under Kafka: samples, aggregates and offset of one partition).",
 			Buckets:     prometheus.ExponentialBuckets(0.0001, 2, 16),
+			ConstLabels: labels,
+		}),
+		durable: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:        "twinline_ingest_durable_seconds",
+			Help:        "Time from the gateway taking a batch to its samples committed to the store (ingest → durable), per batch.",
+			Buckets:     telemetry.LatencyBuckets(),
 			ConstLabels: labels,
 		}),
 		samples: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -109,14 +145,27 @@ func New(src Source, log string, engineCfg stream.EngineConfig, sinks Sinks, log
 			ConstLabels: labels,
 		}, []string{"kind"}),
 	}
+	p.ObserveLegs(Legs{})
 	if reg != nil {
-		for _, c := range []prometheus.Collector{p.writeSeconds, p.samples, p.duplicates, p.windows} {
+		for _, c := range []prometheus.Collector{p.writeSeconds, p.durable, p.samples, p.duplicates, p.windows} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("registering processor metrics: %w", err)
 			}
 		}
 	}
 	return p, nil
+}
+
+// ObserveLegs makes the processor observe its legs into l. Call it before
+// Run.
+func (p *Processor) ObserveLegs(l Legs) {
+	none := prometheus.ObserverFunc(func(float64) {})
+	for _, o := range []*prometheus.Observer{&l.LogWait, &l.Engine, &l.StoreCommit} {
+		if *o == nil {
+			*o = none
+		}
+	}
+	p.legs = l
 }
 
 // JournalKeys makes each commit also hand the keys of its new keyed events
@@ -158,10 +207,15 @@ func (p *Processor) forgetMachines() {
 	ids := p.forget
 	p.forget = nil
 	p.forgetMu.Unlock()
+	if len(ids) == 0 {
+		return
+	}
 	for _, ln := range p.lanes {
+		ln.mu.Lock()
 		for _, id := range ids {
 			ln.engine.ForgetMachine(id)
 		}
+		ln.mu.Unlock()
 	}
 }
 
@@ -176,7 +230,8 @@ func (p *Processor) lane(id int32) *lane {
 	return ln
 }
 
-// reset gives ln a new engine, which remembers the journaled keys.
+// reset gives ln a new engine, which remembers the journaled keys. The
+// caller holds ln.mu, or is the only one to know ln.
 func (p *Processor) reset(ln *lane) {
 	ln.engine = stream.NewEngine(p.engineCfg)
 	ln.engine.Remember(p.remembered)
@@ -188,31 +243,24 @@ func (p *Processor) reset(ln *lane) {
 // ctx's error; what was not committed stays unacknowledged, or in Kafka).
 // It closes the source when it returns.
 //
-// Committing and feeding the sinks overlap: while the sinks take the
-// output of read N, read N+1 is processed into the other of two rounds of
-// outputs and committed.
+// Three stages overlap, each on a read of its own: Run's goroutine reads
+// (and, on a durable log, runs the engines and shows the samples live);
+// the commit stage commits each lane of the read before (on the
+// in-process log running the engine first), releases what is durable to
+// the event-time stages and ends the read (Read.Done); the sink stage
+// feeds the sinks and acknowledges the read before that.
 func (p *Processor) Run(ctx context.Context) (err error) {
 	defer func() {
 		if cerr := p.src.Close(); cerr != nil {
 			err = errors.Join(err, fmt.Errorf("closing the event log source: %w", cerr))
 		}
 	}()
-	jobs := make(chan *round, 1)
-	free := make(chan *round, 2)
-	free <- &round{}
-	free <- &round{}
-	sinkDone := make(chan struct{})
-	go func() {
-		defer close(sinkDone)
-		for r := range jobs {
-			p.feed(r)
-			free <- r
-		}
-	}()
-	defer func() {
-		close(jobs)
-		<-sinkDone
-	}()
+	free := make(chan *round, rounds)
+	for range rounds {
+		free <- &round{}
+	}
+	commits := make(chan *round, rounds)
+	feeds := make(chan *round, rounds)
 	// Commits outlive ctx for a while: stopping, Run finishes the commit
 	// in flight instead of rolling it back (and Kafka redoing it).
 	commitCtx, stopCommits := context.WithCancel(context.WithoutCancel(ctx))
@@ -221,11 +269,34 @@ func (p *Processor) Run(ctx context.Context) (err error) {
 		grace := time.AfterFunc(commitGrace, stopCommits)
 		context.AfterFunc(commitCtx, func() { grace.Stop() }) // Run returned
 	})()
+	var stages sync.WaitGroup
+	stages.Go(func() {
+		defer close(feeds)
+		for r := range commits {
+			p.commitRound(commitCtx, r)
+			feeds <- r
+		}
+	})
+	stages.Go(func() {
+		for r := range feeds {
+			p.feed(r)
+			free <- r
+		}
+	})
+	defer func() {
+		close(commits)
+		stages.Wait()
+	}()
 	lastTick := time.Now()
 	for {
-		// Taken before the read: the sinks hold at most the previous
-		// read's batches while this one is read, as Source promises.
-		r := <-free
+		// Taken before the read: the stages hold at most the two reads
+		// before this one while it is read, as Source promises.
+		var r *round
+		select {
+		case r = <-free:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 		r.reset()
 		rctx, cancel := context.WithTimeout(ctx, tickInterval)
 		read, err := p.src.Read(rctx)
@@ -235,28 +306,18 @@ func (p *Processor) Run(ctx context.Context) (err error) {
 			delete(p.lanes, id)
 		}
 		if err == nil {
-			p.process(commitCtx, read.Batches, r)
+			p.take(read.Batches, r)
 		}
-		if read.Done != nil {
-			read.Done()
-		}
-		if now := time.Now(); now.Sub(lastTick) >= tickInterval {
-			lastTick = now
-			for _, ln := range p.lanes {
-				ln.engine.Tick(now.UnixMilli(), &r.tick)
-			}
-		}
+		r.done = read.Done
 		eof := errors.Is(err, io.EOF) && ctx.Err() == nil
-		if eof {
+		if now := time.Now(); now.Sub(lastTick) >= tickInterval || eof {
+			lastTick = now
+			r.tick, r.flush = true, eof
 			for _, ln := range p.lanes {
-				ln.engine.Flush(&r.tick)
+				r.lanes = append(r.lanes, ln)
 			}
 		}
-		if r.busy() {
-			jobs <- r
-		} else {
-			free <- r
-		}
+		commits <- r
 		switch {
 		case ctx.Err() != nil:
 			return ctx.Err()
@@ -270,11 +331,17 @@ func (p *Processor) Run(ctx context.Context) (err error) {
 	}
 }
 
-// round is the output of one read, on its way to the sinks.
+// round is one read on its way through the stages.
 type round struct {
 	jobs []job
 	outs []*stream.Output // jobs[i].out is outs[i]
-	tick stream.Output    // what Tick and Flush released
+	// done ends the read (Read.Done), once its commits are.
+	done func()
+	// tick: after the commits, the commit stage ticks (flush: flushes)
+	// lanes into ticked.
+	tick, flush bool
+	lanes       []*lane
+	ticked      stream.Output // what Tick and Flush released
 }
 
 // job is one lane's batch of a read.
@@ -285,6 +352,13 @@ type job struct {
 	bounds []int // entry i's samples are out.Samples[bounds[i]:bounds[i+1]]
 	// keyBounds: entry i's keys are out.Keys[keyBounds[i]:keyBounds[i+1]].
 	keyBounds []int
+	// dups are the duplicate events of each entry the engine found.
+	dups []int
+	// processed: the engine took the batch; stale: it is not current
+	// (eventlog.Batch.Current), and goes nowhere.
+	processed, stale bool
+	// engine is the time the engine spent on the batch so far.
+	engine time.Duration
 	// results are the entries' acknowledgements, sent once the Batch sink
 	// took each (read your writes); nil without Ack.
 	results []eventlog.Result
@@ -303,40 +377,123 @@ func (r *round) output(i int) *stream.Output {
 	return r.outs[i]
 }
 
-// busy reports whether the round has anything for the sinks.
-func (r *round) busy() bool {
-	for i := range r.jobs {
-		if r.jobs[i].sink {
-			return true
-		}
-	}
-	return len(r.tick.Released) > 0 || len(r.tick.Windows) > 0
-}
-
 func (r *round) reset() {
 	for _, o := range r.outs {
 		o.Reset()
 	}
 	clear(r.jobs)
 	r.jobs = r.jobs[:0]
-	r.tick.Reset()
+	r.done, r.tick, r.flush = nil, false, false
+	clear(r.lanes)
+	r.lanes = r.lanes[:0]
+	r.ticked.Reset()
 }
 
-// process runs the engines on the batches and commits them, lanes in
-// parallel.
-func (p *Processor) process(ctx context.Context, batches []eventlog.Batch, r *round) {
+// take makes the jobs of a read and observes how long its entries waited
+// in the log. On a durable log it also runs the engines on them, lanes in
+// parallel, and shows their samples live, before any commit.
+func (p *Processor) take(batches []eventlog.Batch, r *round) {
+	now := time.Now().UnixMilli()
 	for i, b := range batches {
 		r.jobs = append(r.jobs, job{batch: b, lane: p.lane(b.Lane), out: r.output(i)})
+		for _, e := range b.Entries {
+			p.legs.LogWait.Observe(sinceMilli(now, e.Received))
+		}
 	}
-	if len(r.jobs) == 1 {
-		p.processLane(ctx, &r.jobs[0])
+	if !p.early {
+		return // each group goes to the engine next to its commit
+	}
+	eachJob(r.jobs, p.processJob)
+	for i := range r.jobs {
+		j := &r.jobs[i]
+		if j.stale {
+			continue
+		}
+		if p.sinks.Live != nil {
+			ctx, live := context.Background(), trace.Span(nil)
+			if j.span != nil {
+				ctx, live = p.tracer.Child(trace.ContextWithSpan(ctx, j.span), "live", trace.SpanKindInternal)
+			}
+			for k := j.batch.Shown; k < len(j.batch.Entries); k++ {
+				lo, hi := j.bounds[k], j.bounds[k+1]
+				e := j.batch.Entries[k]
+				p.sinks.Live(entryContext(ctx, live, e), e, j.out.Samples[lo:hi:hi])
+			}
+			if live != nil {
+				live.End()
+			}
+		}
+		if j.batch.OnShown != nil {
+			j.batch.OnShown()
+		}
+	}
+}
+
+// eachJob runs f on every job, in parallel when there are several.
+func eachJob(jobs []job, f func(*job)) {
+	if len(jobs) == 1 {
+		f(&jobs[0])
 		return
 	}
 	var wg sync.WaitGroup
-	for i := range r.jobs {
-		wg.Go(func() { p.processLane(ctx, &r.jobs[i]) })
+	for i := range jobs {
+		wg.Go(func() { f(&jobs[i]) })
 	}
 	wg.Wait()
+}
+
+// sinceMilli returns the seconds from the Unix ms at to now (Unix ms), 0
+// if at is later.
+func sinceMilli(now, at int64) float64 { return float64(max(now-at, 0)) / 1000 }
+
+// processJob runs the lane's engine on the batch, unless it is stale.
+func (p *Processor) processJob(j *job) {
+	b, ln, out := &j.batch, j.lane, j.out
+	n := len(b.Entries)
+	ints := make([]int, 3*n+2)
+	j.bounds, j.keyBounds, j.dups = ints[:n+1:n+1], ints[n+1:2*n+2:2*n+2], ints[2*n+2:]
+	ln.mu.Lock()
+	defer ln.mu.Unlock()
+	// Under the lane's lock: a commit of the lane that fails makes the
+	// source's later batches stale, then forgets their keys under it too;
+	// a batch found current here has its keys forgotten with them.
+	if b.Current != nil && !b.Current() {
+		j.stale = true
+		return
+	}
+	_, j.span = p.startProcess(context.Background(), b)
+	start := time.Now()
+	for i, e := range b.Entries {
+		j.dups[i] = ln.engine.Process(e.Events, out)
+		j.bounds[i+1] = len(out.Samples)
+		j.keyBounds[i+1] = len(out.Keys)
+	}
+	j.engine += time.Since(start)
+	j.processed = true
+}
+
+// commitRound commits the lanes of a read in parallel, ends the read, and
+// ticks or flushes the engines when due.
+func (p *Processor) commitRound(ctx context.Context, r *round) {
+	if len(r.jobs) > 0 {
+		eachJob(r.jobs, func(j *job) { p.commitLane(ctx, j) })
+	}
+	if r.done != nil {
+		r.done()
+	}
+	if !r.tick {
+		return
+	}
+	now := time.Now().UnixMilli()
+	for _, ln := range r.lanes {
+		ln.mu.Lock()
+		if r.flush {
+			ln.engine.Flush(&r.ticked)
+		} else {
+			ln.engine.Tick(now, &r.ticked)
+		}
+		ln.mu.Unlock()
+	}
 }
 
 // feed hands a round to the sinks, acknowledging each entry once the Batch
@@ -352,9 +509,12 @@ func (p *Processor) feed(r *round) {
 			ctx, sinks = p.tracer.Child(trace.ContextWithSpan(ctx, j.span), "sinks", trace.SpanKindInternal)
 		}
 		for k, e := range j.batch.Entries {
+			lo, hi := j.bounds[k], j.bounds[k+1]
+			if !p.early && p.sinks.Live != nil {
+				p.sinks.Live(entryContext(ctx, sinks, e), e, j.out.Samples[lo:hi:hi])
+			}
 			if p.sinks.Batch != nil {
-				lo, hi := j.bounds[k], j.bounds[k+1]
-				p.sinks.Batch(entryContext(ctx, sinks, e), e, j.out.Samples[lo:hi:hi])
+				p.sinks.Batch(e, j.out.Samples[lo:hi:hi])
 			}
 			if j.results != nil {
 				j.batch.Ack(k, j.results[k], nil)
@@ -366,7 +526,7 @@ func (p *Processor) feed(r *round) {
 			j.span.End()
 		}
 	}
-	p.group(&r.tick)
+	p.group(&r.ticked)
 }
 
 // entryContext is the context the Batch sink gets for entry e of a group
@@ -425,27 +585,28 @@ func (p *Processor) group(out *stream.Output) {
 	}
 }
 
-// processLane runs the lane's engine on the batch and commits its new
-// samples. j.sink reports whether the batch goes on to the sinks.
-func (p *Processor) processLane(ctx context.Context, j *job) {
+// commitLane commits the batch's new samples (running the engine on it
+// first, unless it did already). j.sink reports whether the batch goes on
+// to the sinks.
+func (p *Processor) commitLane(ctx context.Context, j *job) {
+	if !j.processed && !j.stale {
+		p.processJob(j)
+	}
 	b, ln, out := &j.batch, j.lane, j.out
-	ctx, j.span = p.startProcess(ctx, b)
 	if j.span != nil {
+		ctx = trace.ContextWithSpan(ctx, j.span)
 		defer func() {
-			if !j.sink { // failed: the sinks will not end it
+			if !j.sink { // failed or stale: the sinks will not end it
 				j.span.End()
 				j.span = nil
 			}
 		}()
 	}
-	n := len(b.Entries)
-	ints := make([]int, 3*n+2)
-	j.bounds, j.keyBounds = ints[:n+1:n+1], ints[n+1:2*n+2:2*n+2]
-	dups := ints[2*n+2:]
-	for i, e := range b.Entries {
-		dups[i] = ln.engine.Process(e.Events, out)
-		j.bounds[i+1] = len(out.Samples)
-		j.keyBounds[i+1] = len(out.Keys)
+	if j.stale || b.Current != nil && !b.Current() {
+		// A commit of the lane failed after the batch was read: its keys
+		// were forgotten then, and the source reads its records again.
+		j.stale = true
+		return
 	}
 	samples := out.Samples
 	var fresh []bool
@@ -461,7 +622,9 @@ func (p *Processor) processLane(ctx context.Context, j *job) {
 		commit.SetAttributes(attribute.Int("db.operation.batch.size", len(samples)))
 	}
 	err := b.Commit(cctx, samples, fresh)
-	p.writeSeconds.Observe(time.Since(start).Seconds())
+	took := time.Since(start).Seconds()
+	p.writeSeconds.Observe(took)
+	p.legs.StoreCommit.Observe(took)
 	if j.span != nil {
 		if err != nil {
 			commit.RecordError(err)
@@ -486,21 +649,28 @@ func (p *Processor) processLane(ctx context.Context, j *job) {
 	}
 	switch {
 	case err == nil:
+		now := time.Now().UnixMilli()
 		p.samples.WithLabelValues("stored").Add(float64(len(samples)))
 		if p.engineCfg.StoreDedups {
-			keepFresh(out, j.bounds, fresh, dups)
+			keepFresh(out, j.bounds, fresh, j.dups)
 		}
 		if b.Ack != nil {
 			j.results = make([]eventlog.Result, len(b.Entries))
 		}
 		for i, e := range b.Entries {
-			p.duplicates.Add(float64(dups[i]))
+			p.duplicates.Add(float64(j.dups[i]))
+			p.durable.Observe(sinceMilli(now, e.Received))
 			if j.results != nil {
-				j.results[i] = eventlog.Result{Accepted: len(e.Events) - dups[i], Duplicates: dups[i]}
+				j.results[i] = eventlog.Result{Accepted: len(e.Events) - j.dups[i], Duplicates: j.dups[i]}
 			}
 		}
 		// Durable: now the event-time stages may take the samples.
-		ln.engine.Release(out, time.Now().UnixMilli())
+		ln.mu.Lock()
+		start := time.Now()
+		ln.engine.Release(out, now)
+		j.engine += time.Since(start)
+		ln.mu.Unlock()
+		p.legs.Engine.Observe(j.engine.Seconds())
 		j.sink = true
 		return
 	case errors.Is(err, store.ErrFenced):
@@ -511,11 +681,13 @@ func (p *Processor) processLane(ctx context.Context, j *job) {
 		for i := range b.Entries {
 			ack(i, eventlog.Result{}, fmt.Errorf("storing samples: %w", err))
 		}
+		ln.mu.Lock()
 		p.reset(ln)
+		ln.mu.Unlock()
 		return
 	case errors.Is(err, store.ErrOutOfBounds):
 		p.logger.WarnContext(ctx, "storing samples", "lane", b.Lane, "err", err)
-		p.attributeOutOfBounds(ctx, j, fresh, dups, err)
+		p.attributeOutOfBounds(ctx, j, fresh, err)
 		return
 	default:
 		p.samples.WithLabelValues("error").Add(float64(len(samples)))
@@ -526,9 +698,13 @@ func (p *Processor) processLane(ctx context.Context, j *job) {
 	}
 	// Some samples were not stored, but the engine remembered their keys:
 	// forget them so a retry is not taken for a duplicate (the store's own
-	// (series, time) key keeps what was stored from counting twice). The
-	// group does not go on to the event-time stages nor the sinks.
+	// (series, time) key keeps what was stored from counting twice), with
+	// those of the lane's groups processed since, which the source reads
+	// again (they are stale now). The group does not go on to the
+	// event-time stages nor the sinks.
+	ln.mu.Lock()
 	ln.engine.Forget()
+	ln.mu.Unlock()
 }
 
 // journalKeys hands keys to the journal, serialising the lanes' commits; a
@@ -552,8 +728,8 @@ func (p *Processor) journalKeys(keys []stream.Key) {
 // samples are stored (every event of an entry found whole, else those with
 // a sample the store reported fresh): they are journaled and remembered, so
 // that a retry of one, stamped with another time, is not stored twice.
-func (p *Processor) attributeOutOfBounds(ctx context.Context, j *job, fresh []bool, dups []int, cause error) {
-	b, out := &j.batch, j.out
+func (p *Processor) attributeOutOfBounds(ctx context.Context, j *job, fresh []bool, cause error) {
+	b, out, dups := &j.batch, j.out, j.dups
 	samples := out.Samples
 	secondLook := len(b.Entries) > 1 && b.Append != nil
 	errs := make([]error, len(b.Entries))
@@ -586,8 +762,13 @@ func (p *Processor) attributeOutOfBounds(ctx context.Context, j *job, fresh []bo
 	if len(kept) > 0 && p.journal != nil {
 		p.journalKeys(kept)
 	}
-	j.lane.engine.Forget()
+	// The lane's groups processed since are not stale (the offset moved):
+	// only this group's keys go.
+	j.lane.mu.Lock()
+	j.lane.engine.ForgetGroup(out.Keys)
 	j.lane.engine.Remember(kept)
+	j.lane.mu.Unlock()
+	now := time.Now().UnixMilli()
 	for i, e := range b.Entries {
 		lo, hi := j.bounds[i], j.bounds[i+1]
 		if errs[i] != nil {
@@ -598,6 +779,7 @@ func (p *Processor) attributeOutOfBounds(ctx context.Context, j *job, fresh []bo
 			continue
 		}
 		p.samples.WithLabelValues("stored").Add(float64(hi - lo))
+		p.durable.Observe(sinceMilli(now, e.Received))
 		if fresh != nil {
 			_, d := stream.KeepFresh(samples[lo:hi], out.Origin[lo:hi], fresh[lo:hi])
 			dups[i] += d

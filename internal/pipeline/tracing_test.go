@@ -118,7 +118,7 @@ func TestProcessSpan(t *testing.T) {
 			got = sc.TraceID().String() + "/" + sc.SpanID().String()
 		}
 		if got != want[i] {
-			t.Errorf("entry %d: the Batch sink's span context %s, want %s", i, got, want[i])
+			t.Errorf("entry %d: the Live sink's span context %s, want %s", i, got, want[i])
 		}
 	}
 }
@@ -134,7 +134,7 @@ func BenchmarkProcessTracing(b *testing.B) {
 		sampled bool
 	}{{"off", false, false}, {"sampler=0", true, false}, {"one sampled entry", true, true}} {
 		b.Run(tc.name, func(b *testing.B) {
-			p, err := New(benchSource{}, "kafka", stream.DefaultEngineConfig(), Sinks{Batch: func(context.Context, *telemetry.Batch, []telemetry.Sample) {}}, nil, nil)
+			p, err := New(benchSource{}, "kafka", stream.DefaultEngineConfig(), Sinks{Live: func(context.Context, *telemetry.Batch, []telemetry.Sample) {}}, nil, nil)
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -144,8 +144,6 @@ func BenchmarkProcessTracing(b *testing.B) {
 			}
 			const entries, perEntry = 10, 10
 			st, stored := offsettest.NewMemory(), int64(-1)
-			ln := &lane{}
-			p.reset(ln)
 			var r round
 			seq := int64(0)
 			batches := make([]*telemetry.Batch, entries)
@@ -174,7 +172,8 @@ func BenchmarkProcessTracing(b *testing.B) {
 					return err
 				}
 				r.reset()
-				p.process(ctx, []eventlog.Batch{{Entries: batches, Commit: commit}}, &r)
+				p.take([]eventlog.Batch{{Entries: batches, Commit: commit}}, &r)
+				p.commitRound(ctx, &r)
 				p.feed(&r)
 			}
 		})

@@ -71,8 +71,10 @@ type Engine struct {
 	advanced map[string]struct{}
 	late     map[lateKey]int // index in out.Windows of a window's late aggregate
 
-	// pending are the keyed events of the group not yet durable (with
-	// StoreDedups): remembered by Release, dropped by Forget.
+	// pending are the keyed events of the groups processed and not yet
+	// durable (with StoreDedups): each group's are remembered by its
+	// Release, or dropped by Forget or ForgetGroup. A processor may
+	// process group N+1 while group N commits: both are pending then.
 	pending map[Key]struct{}
 }
 
@@ -244,9 +246,11 @@ func KeepFresh(samples []telemetry.Sample, origin []int32, fresh []bool) (n, dup
 	return n, duplicates
 }
 
-// Forget drops what the engine remembers of duplicates from the group that
-// could not be stored: its keys must not make the client's retry look like
-// a duplicate. With StoreDedups only that group's keys go; otherwise every
+// Forget drops what the engine remembers of duplicates from the groups
+// that could not be stored: their keys must not make the client's retry
+// look like a duplicate. With StoreDedups the keys of every group
+// processed and not yet released go (a failed commit dooms the groups
+// processed after it too: their source reads them again); otherwise every
 // remembered key does (the store's own key still keeps a retried sample
 // from being stored twice).
 func (e *Engine) Forget() {
@@ -255,6 +259,25 @@ func (e *Engine) Forget() {
 		return
 	}
 	e.dedup = NewDedup(e.cfg.DedupHorizon, e.cfg.DedupMaxKeys)
+}
+
+// ForgetGroup drops the pending keys of one group that will not be
+// released (keys: its Output.Keys), and leaves those of the groups
+// processed after it; without StoreDedups it is Forget.
+func (e *Engine) ForgetGroup(keys []Key) {
+	if !e.cfg.StoreDedups {
+		e.Forget()
+		return
+	}
+	e.dropPending(keys)
+}
+
+// dropPending deletes keys (with their event times) from pending.
+func (e *Engine) dropPending(keys []Key) {
+	for _, k := range keys {
+		k.Time = 0 // pending keys have none
+		delete(e.pending, k)
+	}
 }
 
 // Release takes the new samples of a durable group (out.Samples, processed
@@ -266,7 +289,7 @@ func (e *Engine) Forget() {
 func (e *Engine) Release(out *Output, now int64) {
 	if e.cfg.StoreDedups {
 		e.Remember(out.Keys)
-		clear(e.pending)
+		e.dropPending(out.Keys) // the groups processed since stay pending
 	}
 	e.use(out)
 	e.reorder.SetNow(now)

@@ -374,3 +374,29 @@ func TestEngineForgetDropsOnlyTheFailedGroup(t *testing.T) {
 		t.Errorf("after a failed group: %d duplicates, want 1 (a, durable; not b, refused)", dups)
 	}
 }
+
+// TestEnginePipelinedGroups: with StoreDedups, a processor may process
+// group B while group A commits. A's Release remembers A's keys and
+// leaves B's pending (a copy of B's event in C is a duplicate before B is
+// durable); ForgetGroup(B) drops B's keys alone, so B's retry is new while
+// A's stays a duplicate.
+func TestEnginePipelinedGroups(t *testing.T) {
+	cfg := DefaultEngineConfig()
+	cfg.StoreDedups = true
+	e := NewEngine(cfg)
+	x := []telemetry.Metric{{Name: "x", Value: 1}}
+	var a, b, c, d Output
+	e.Process([]telemetry.Event{{Machine: "m", ID: "a", Time: 1, Metrics: x}}, &a)
+	e.Process([]telemetry.Event{{Machine: "m", ID: "b", Time: 2, Metrics: x}}, &b)
+	e.Release(&a, 0)
+	if dups := e.Process([]telemetry.Event{{Machine: "m", ID: "b", Time: 5, Metrics: x}}, &c); dups != 1 {
+		t.Errorf("b while its group commits: %d duplicates, want 1", dups)
+	}
+	e.ForgetGroup(b.Keys) // b's group failed; c's (no keys) goes on
+	if dups := e.Process([]telemetry.Event{{Machine: "m", ID: "a", Time: 9, Metrics: x}, {Machine: "m", ID: "b", Time: 9, Metrics: x}}, &d); dups != 1 {
+		t.Errorf("after b's group failed: %d duplicates, want 1 (a, durable; not b)", dups)
+	}
+	if diff := len(d.Keys); diff != 1 || d.Keys[0].ID != "b" {
+		t.Errorf("new keys %+v, want b's", d.Keys)
+	}
+}

@@ -77,3 +77,12 @@ type Limits struct {
 func DefaultLimits() Limits {
 	return Limits{MaxMetricsPerEvent: 256, MaxMachineIDLen: 128, MaxMetricNameLen: 128}
 }
+
+// LatencyBuckets are the buckets (seconds) of the latency histograms of
+// sensor → screen (twinline_ingest_durable_seconds, twinline_leg_seconds,
+// twinline_stream_delivery_seconds): 0.5 ms to 30 s in 1-2.5-5 steps, with
+// the bounds the SLOs of deploy/prometheus select (0.25 s, 1 s, and the
+// brief's 3 s budget) among them. A new slice each call.
+func LatencyBuckets() []float64 {
+	return []float64{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 3, 5, 10, 30}
+}

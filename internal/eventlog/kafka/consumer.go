@@ -52,14 +52,27 @@ type OffsetStore interface {
 // their window aggregates) together with the partition's next offset in one
 // OffsetStore transaction.
 //
-// Polls and rebalances exclude each other (kgo.BlockRebalanceOnPoll): a
-// partition is revoked only between a read's Done and the next read, when
-// none of its work is in flight, so nothing is written for it after the
-// revocation returned. A consumer that lost its partitions without knowing
-// it (a zombie after a session timeout) is stopped by the store: its commit
-// expects the offset it read, which the new owner has moved; the commit
-// fails with store.ErrFenced, the consumer reloads the stored offset and
-// resumes from it, and the processor resets the partition's engine.
+// The log is durable (DurableLog): the processor may read on while a read
+// commits, and show what it read before its commit. The consumer hands
+// out each record once, in offset order, and a partition's commits come in
+// that order. When one fails, the partition's batches read since are
+// stale (Batch.Current reports false: they are neither processed further
+// nor committed), no record of it is handed out until the read of the
+// failed commit is done, and the next read seeks it back to the stored
+// offset. A batch read again that way has Shown set to the entries the
+// processor showed already.
+//
+// Polls and rebalances exclude each other (kgo.BlockRebalanceOnPoll): the
+// group rebalances only when no read is in flight — every read returned
+// has its Done called — and a read waits for that when a rebalance is
+// waiting (kgo.OnPartitionsCallbackBlocked). So a partition is revoked
+// only when none of its work is in flight, and nothing is written for it
+// after the revocation returned. A consumer that lost its partitions
+// without knowing it (a zombie after a session timeout) is stopped by the
+// store: its commit expects the offset it read, which the new owner has
+// moved; the commit fails with store.ErrFenced, the consumer reloads the
+// stored offset and resumes from it, and the processor resets the
+// partition's engine.
 type Consumer struct {
 	brokers []string
 	topic   string
@@ -74,13 +87,18 @@ type Consumer struct {
 	mu      sync.Mutex
 	parts   map[int32]*partition
 	dropped []int32
-
-	// Only the reading goroutine touches these.
-	inflight []*partition
+	// reads are the reads returned with batches whose Done is not called
+	// yet; doneC gets a token at each Done.
+	reads int
+	doneC chan struct{}
 	// backoff is the pause after the last failed commit (0 after a
 	// successful one); no poll before pauseUntil.
 	backoff    time.Duration
 	pauseUntil time.Time
+
+	// blocked: a rebalance waits for the reads in flight (set by kgo,
+	// cleared by the read that lets it happen).
+	blocked atomic.Bool
 
 	lag      *prometheus.GaugeVec
 	consumed prometheus.Counter
@@ -88,25 +106,46 @@ type Consumer struct {
 	commits  *prometheus.CounterVec
 }
 
-// partition is the state of one assigned partition. Only the reading
-// goroutine and the commit of the partition's batch (which runs between a
-// read and its Done) touch its fields after it is created.
+// partition is the state of one assigned partition. The reading goroutine
+// and the commits of the partition's batches (the processor's commit
+// stage, while later reads go on) share it.
 type partition struct {
 	id int32
-	// next is the first offset not yet stored (-1: from the log start);
-	// records below it are skipped.
+
+	mu sync.Mutex
+	// next is the first offset not handed out yet (-1: from the log
+	// start); records below it are skipped.
 	next int64
 	// stored is the partition's stored offset as this consumer last read
 	// or wrote it (-1: none): a commit expects it.
 	stored int64
-	// rewind >= 0: fetch again from this offset (a failed commit).
+	// gen counts the failed commits: a batch read at another gen is stale.
+	gen uint64
+	// rewind >= 0: a commit failed; fetch again from this offset once
+	// seek is set (the read of the failed commit is done). Until the
+	// seek, no record of the partition is handed out.
 	rewind int64
-	failed bool
+	seek   bool
+	// shown: the records below it went to the processor's live sinks.
+	shown int64
 
-	// events are the decoded events of the last two reads, alternately:
-	// the processor may still hold those of the previous read.
-	events [2][]telemetry.Event
-	flip   int
+	// events are the decoded events of the last three reads, in turn: the
+	// processor may still hold those of the two reads before. Only the
+	// reading goroutine touches them.
+	events [3][]telemetry.Event
+	turn   int
+}
+
+// fail records a failed commit of a batch whose first record is first:
+// the batches read since are stale, and the partition is to be read again
+// from the stored offset (or, when none is known, from first). The caller
+// holds ps.mu.
+func (ps *partition) fail(first int64) {
+	ps.gen++
+	ps.rewind = first
+	if ps.stored >= 0 {
+		ps.rewind = ps.stored
+	}
 }
 
 // NewConsumer returns a consumer of topic in consumer group, storing into
@@ -132,6 +171,7 @@ func NewConsumer(brokers []string, topic, group string, st OffsetStore, logger *
 		opts:    o,
 		ready:   readiness{period: o.readyPeriod},
 		parts:   map[int32]*partition{},
+		doneC:   make(chan struct{}, 1),
 		lag: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "twinline_kafka_consumer_lag_records",
 			Help: "Records of an assigned partition not yet stored: high watermark minus next offset.",
@@ -160,6 +200,11 @@ func NewConsumer(brokers []string, topic, group string, st OffsetStore, logger *
 // StoreDedups reports that the consumer's commits report which samples the
 // store held already: the store decides sample duplicates.
 func (c *Consumer) StoreDedups() bool { return true }
+
+// DurableLog reports that the log is durable: a record is in Kafka before
+// the consumer reads it (the gateway acknowledged its client once Kafka
+// had), so the processor may show it before its commit.
+func (c *Consumer) DurableLog() bool { return true }
 
 // Ready reports whether the consumer is connected and a broker answers
 // (cached for the ready period).
@@ -200,6 +245,10 @@ func (c *Consumer) connect() (*kgo.Client, error) {
 		kgo.AdjustFetchOffsetsFn(c.adjust),
 		kgo.OnPartitionsRevoked(c.revoked),
 		kgo.OnPartitionsLost(c.revoked),
+		kgo.OnPartitionsCallbackBlocked(func(context.Context, *kgo.Client) {
+			c.blocked.Store(true)
+			c.signalDone() // a read waiting for nothing in particular looks again
+		}),
 		kgo.WithLogger(kgoLogger{c.logger}),
 	}
 	if c.opts.instanceID != "" {
@@ -227,19 +276,30 @@ func (c *Consumer) Close() error {
 }
 
 // Read polls the next records and returns them as one batch per partition
-// (see eventlog.Batch): it connects on the first call, and after a failed
-// commit it pauses (up to 2 s, growing) before it polls again. It returns
-// ctx's error when ctx ended before any record came.
+// (see eventlog.Batch): it connects on the first call, seeks the
+// partitions whose failed commit's read is done, and after a failed commit
+// it pauses (up to 2 s, growing) before it polls again. When a rebalance
+// waits, it first waits until no read is in flight, then lets it happen.
+// It returns ctx's error when ctx ended before any record came. The read's
+// Done, set when it has batches, must be called once they are committed
+// (or failed, or stale).
 func (c *Consumer) Read(ctx context.Context) (eventlog.Read, error) {
 	cl, err := c.connect()
 	if err != nil {
 		return eventlog.Read{}, err
 	}
-	read := eventlog.Read{Done: c.done}
-	if d := time.Until(c.pauseUntil); d > 0 {
+	var read eventlog.Read
+	// Seeks first, from the polling goroutine while no revocation can run
+	// (the last poll holds rebalances off until AllowRebalance), as kgo
+	// asks.
+	c.seek(cl)
+	c.mu.Lock()
+	pause := time.Until(c.pauseUntil)
+	c.mu.Unlock()
+	if pause > 0 {
 		// A read that ends within the pause leaves it as it is: the next
 		// one waits for the rest.
-		t := time.NewTimer(d)
+		t := time.NewTimer(pause)
 		select {
 		case <-ctx.Done():
 			t.Stop()
@@ -247,6 +307,10 @@ func (c *Consumer) Read(ctx context.Context) (eventlog.Read, error) {
 			return read, ctx.Err()
 		case <-t.C:
 		}
+	}
+	if err := c.allowRebalance(ctx, cl); err != nil {
+		read.Dropped = c.takeDropped()
+		return read, err
 	}
 	fetches := cl.PollRecords(ctx, c.opts.maxPoll)
 	if fetches.IsClientClosed() {
@@ -272,15 +336,15 @@ func (c *Consumer) Read(ctx context.Context) (eventlog.Read, error) {
 	}
 	works := c.collect(fetches)
 	read.Dropped = c.takeDropped()
-	c.inflight = c.inflight[:0]
+	rd := &inflight{}
 	read.Batches = make([]eventlog.Batch, len(works))
 	ok := make([]bool, len(works))
 	if len(works) == 1 {
-		read.Batches[0], ok[0] = c.decode(works[0])
+		read.Batches[0], ok[0] = c.decode(works[0], rd)
 	} else {
 		var wg sync.WaitGroup
 		for i, w := range works {
-			wg.Go(func() { read.Batches[i], ok[i] = c.decode(w) })
+			wg.Go(func() { read.Batches[i], ok[i] = c.decode(w, rd) })
 		}
 		wg.Wait()
 	}
@@ -288,15 +352,80 @@ func (c *Consumer) Read(ctx context.Context) (eventlog.Read, error) {
 	for i, w := range works {
 		if ok[i] {
 			read.Batches[n] = read.Batches[i]
-			c.inflight = append(c.inflight, w.ps)
+			rd.parts = append(rd.parts, w.ps)
 			n++
 		}
 	}
 	read.Batches = read.Batches[:n]
-	if n == 0 && ctx.Err() != nil {
+	if n == 0 {
 		return read, ctx.Err()
 	}
+	c.mu.Lock()
+	c.reads++
+	c.mu.Unlock()
+	read.Done = func() { c.done(rd) }
 	return read, nil
+}
+
+// inflight is a read whose Done is not called yet.
+type inflight struct {
+	parts []*partition
+	// failed: a commit of the read failed; committed: one succeeded.
+	failed, committed atomic.Bool
+}
+
+// seek seeks the partitions whose failed commit's read is done back to
+// where they are to be read again.
+func (c *Consumer) seek(cl *kgo.Client) {
+	var seek map[int32]kgo.EpochOffset
+	c.mu.Lock()
+	for _, ps := range c.parts {
+		ps.mu.Lock()
+		if ps.seek {
+			if seek == nil {
+				seek = map[int32]kgo.EpochOffset{}
+			}
+			seek[ps.id] = kgo.EpochOffset{Epoch: -1, Offset: ps.rewind}
+			ps.next, ps.rewind, ps.seek = ps.rewind, -1, false
+		}
+		ps.mu.Unlock()
+	}
+	c.mu.Unlock()
+	if seek != nil {
+		cl.SetOffsets(map[string]map[int32]kgo.EpochOffset{c.topic: seek})
+	}
+}
+
+// allowRebalance lets the group rebalance when no read is in flight: at
+// once when none is, after waiting for them when a rebalance waits, and
+// not at all otherwise (the poll goes on, holding rebalances off).
+func (c *Consumer) allowRebalance(ctx context.Context, cl *kgo.Client) error {
+	for {
+		c.mu.Lock()
+		reads := c.reads
+		c.mu.Unlock()
+		switch {
+		case reads == 0:
+			c.blocked.Store(false)
+			cl.AllowRebalance()
+			return nil
+		case !c.blocked.Load():
+			return nil
+		}
+		select {
+		case <-c.doneC:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// signalDone wakes a read waiting for the reads in flight.
+func (c *Consumer) signalDone() {
+	select {
+	case c.doneC <- struct{}{}:
+	default:
+	}
 }
 
 // work is the records of one partition in one poll.
@@ -335,11 +464,20 @@ func (c *Consumer) collect(fetches kgo.Fetches) []work {
 // are the runs of records of one ingest time (one gateway batch, usually),
 // and whose commit stores them with the partition's next offset. ok is
 // false when every record was stored already.
-func (c *Consumer) decode(w work) (b eventlog.Batch, ok bool) {
+func (c *Consumer) decode(w work, rd *inflight) (b eventlog.Batch, ok bool) {
 	ps := w.ps
-	ps.flip ^= 1
-	events := ps.events[ps.flip]
-	clear(events) // let the strings of two reads ago go
+	ps.mu.Lock()
+	if ps.rewind >= 0 {
+		// A commit failed since: these records follow the stale batches;
+		// the partition is read again once that commit's read is done.
+		ps.mu.Unlock()
+		return eventlog.Batch{}, false
+	}
+	from, gen, shown := ps.next, ps.gen, ps.shown
+	ps.mu.Unlock()
+	ps.turn = (ps.turn + 1) % len(ps.events)
+	events := ps.events[ps.turn]
+	clear(events) // let the strings of three reads ago go
 	events = events[:0]
 	var (
 		first, last  = int64(-1), int64(-1)
@@ -353,10 +491,12 @@ func (c *Consumer) decode(w work) (b eventlog.Batch, ok bool) {
 		// of the last entry.
 		traces            []trace.SpanContext
 		prevTP, prevState []byte
+		nshown            = 0     // entries of records below shown
+		crossed           = false // a record at or past shown came
 	)
 	for _, r := range w.recs {
-		if r.Offset < ps.next {
-			continue // stored already (a fetch from before a seek)
+		if r.Offset < from {
+			continue // handed out already (a fetch from before a seek)
 		}
 		if first < 0 {
 			first = r.Offset
@@ -381,18 +521,23 @@ func (c *Consumer) decode(w work) (b eventlog.Batch, ok bool) {
 			continue
 		}
 		// The record timestamp is the gateway's ingest time (the producer
-		// sets it; an external producer's create time stands in). A new
-		// trace context starts an entry too: one gateway batch's records
-		// carry the same.
+		// sets it; an external producer's create time stands in). An entry
+		// starts at each new one, where the records shown end, and at a
+		// new trace context (one gateway batch's records carry the same).
+		cross := !crossed && r.Offset >= shown
+		crossed = crossed || cross
 		newTrace := false
 		var tp, state []byte
 		if c.opts.tracer != nil {
 			tp, state = traceHeaders(r.Headers)
 			newTrace = len(starts) == 0 || !bytes.Equal(tp, prevTP) || !bytes.Equal(state, prevState)
 		}
-		if at := r.Timestamp.UnixMilli(); at != prevReceived || newTrace {
+		if at := r.Timestamp.UnixMilli(); at != prevReceived || cross || newTrace {
 			starts, received = append(starts, from), append(received, at)
 			prevReceived = at
+			if !crossed {
+				nshown++
+			}
 			if tp != nil || traces != nil { // allocated at the first traced entry
 				if traces == nil {
 					traces = make([]trace.SpanContext, len(starts)-1, len(starts))
@@ -402,10 +547,14 @@ func (c *Consumer) decode(w work) (b eventlog.Batch, ok bool) {
 			prevTP, prevState = tp, state
 		}
 	}
-	ps.events[ps.flip] = events
+	ps.events[ps.turn] = events
 	if last < 0 {
 		return eventlog.Batch{}, false
 	}
+	next, hwm := last+1, w.hwm
+	ps.mu.Lock()
+	ps.next = next
+	ps.mu.Unlock()
 	entries := make([]*telemetry.Batch, len(starts))
 	batches := make([]telemetry.Batch, len(starts))
 	for i, lo := range starts {
@@ -419,30 +568,58 @@ func (c *Consumer) decode(w work) (b eventlog.Batch, ok bool) {
 		}
 		entries[i] = &batches[i]
 	}
-	next, hwm := last+1, w.hwm
 	commit := func(ctx context.Context, samples []telemetry.Sample, fresh []bool) error {
+		// The processor commits a partition's batches one after the
+		// other, in order, and only current ones: the stored offset is
+		// where this batch starts.
+		ps.mu.Lock()
+		expected := ps.stored
+		ps.mu.Unlock()
 		err := c.store.AppendWithOffsets(ctx, samples, fresh, store.OffsetCommit{
-			Group: c.group, Topic: c.topic, Partition: ps.id, Next: next, Expected: ps.stored,
+			Group: c.group, Topic: c.topic, Partition: ps.id, Next: next, Expected: expected,
 		})
 		switch {
 		case err == nil || errors.Is(err, store.ErrOutOfBounds):
 			// Out of bounds: the offset moved with the other samples.
 			c.commits.WithLabelValues("ok").Inc()
+			rd.committed.Store(true)
 			c.consumed.Add(float64(n))
 			c.bad.Add(float64(bad))
-			ps.stored, ps.next = next, next
+			ps.mu.Lock()
+			ps.stored = next
+			ps.mu.Unlock()
 			c.lag.WithLabelValues(partLabel(ps.id)).Set(float64(max(hwm-next, 0)))
 		case errors.Is(err, store.ErrFenced):
 			c.commits.WithLabelValues("fenced").Inc()
+			rd.failed.Store(true)
 			c.refence(ctx, ps, first)
 		default:
 			// Not stored: consume the records again.
 			c.commits.WithLabelValues("error").Inc()
-			ps.retry(first)
+			rd.failed.Store(true)
+			ps.mu.Lock()
+			ps.fail(first)
+			ps.mu.Unlock()
 		}
 		return err
 	}
-	return eventlog.Batch{Lane: ps.id, Entries: entries, Commit: commit, Append: c.store.AppendFresh}, true
+	return eventlog.Batch{
+		Lane:    ps.id,
+		Entries: entries,
+		Shown:   nshown,
+		OnShown: func() {
+			ps.mu.Lock()
+			ps.shown = max(ps.shown, next)
+			ps.mu.Unlock()
+		},
+		Current: func() bool {
+			ps.mu.Lock()
+			defer ps.mu.Unlock()
+			return ps.gen == gen
+		},
+		Commit: commit,
+		Append: c.store.AppendFresh,
+	}, true
 }
 
 // refence reloads the partition's stored offset after a fenced commit: some
@@ -450,9 +627,11 @@ func (c *Consumer) decode(w work) (b eventlog.Batch, ok bool) {
 // the stored offset (the processor resets the partition's engine).
 func (c *Consumer) refence(ctx context.Context, ps *partition, first int64) {
 	offs, err := c.store.Offsets(ctx, c.group, c.topic)
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
 	if err != nil {
 		c.logger.Error("reading stored offsets after a fenced commit", "partition", ps.id, "err", err)
-		ps.retry(first)
+		ps.fail(first)
 		return
 	}
 	off, ok := offs[ps.id]
@@ -461,56 +640,35 @@ func (c *Consumer) refence(ctx context.Context, ps *partition, first int64) {
 	}
 	c.logger.Warn("partition offset moved by another processor; resuming from the stored offset",
 		"partition", ps.id, "expected", ps.stored, "stored", off)
-	ps.stored, ps.next = off, off
-	ps.retry(first)
+	ps.stored = off
+	ps.fail(first)
 }
 
-// retry marks the partition's commit failed and makes the read's Done seek
-// it back to its next offset, or to first (the batch's first record) when
-// none is known.
-func (ps *partition) retry(first int64) {
-	ps.failed = true
-	ps.rewind = first
-	if ps.next >= 0 {
-		ps.rewind = ps.next
-	}
-}
-
-// done ends a read: it seeks the partitions whose commit failed, paces the
-// next poll after a failure, and lets the group rebalance.
-func (c *Consumer) done() {
-	cl := c.client.Load()
-	if cl == nil {
-		return
-	}
-	var seek map[int32]kgo.EpochOffset
-	failed := false
-	for _, ps := range c.inflight {
-		failed = failed || ps.failed
-		ps.failed = false
-		if ps.rewind >= 0 {
-			if seek == nil {
-				seek = map[int32]kgo.EpochOffset{}
-			}
-			seek[ps.id] = kgo.EpochOffset{Epoch: -1, Offset: ps.rewind}
-			ps.rewind = -1
+// done ends a read: the partitions whose commit failed may be sought back
+// by the next read, which pauses after a failure; with no read left in
+// flight, the group may rebalance.
+func (c *Consumer) done(rd *inflight) {
+	failed := rd.failed.Load()
+	if failed {
+		for _, ps := range rd.parts {
+			ps.mu.Lock()
+			ps.seek = ps.rewind >= 0
+			ps.mu.Unlock()
 		}
 	}
-	if seek != nil {
-		// From the polling goroutine before AllowRebalance, as kgo asks.
-		cl.SetOffsets(map[string]map[int32]kgo.EpochOffset{c.topic: seek})
-	}
+	c.mu.Lock()
+	c.reads--
 	switch {
 	case failed:
 		c.backoff = min(max(2*c.backoff, 50*time.Millisecond), maxBackoff)
 		c.pauseUntil = time.Now().Add(c.backoff)
-	case len(c.inflight) > 0:
-		// Committed: no pause. (A read that committed nothing, idle or
-		// cut short within a pause, changes nothing.)
+	case rd.committed.Load():
+		// Committed: no pause. (A read whose batches were all stale,
+		// after another read's failure, changes nothing.)
 		c.backoff = 0
 	}
-	c.inflight = c.inflight[:0]
-	cl.AllowRebalance()
+	c.mu.Unlock()
+	c.signalDone()
 }
 
 // takeDropped returns the partitions revoked since the last call.
@@ -546,7 +704,7 @@ func (c *Consumer) adjust(ctx context.Context, offsets map[string]map[int32]kgo.
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for id := range parts {
-		ps := &partition{id: id, next: -1, stored: -1, rewind: -1}
+		ps := &partition{id: id, next: -1, stored: -1, rewind: -1, shown: -1}
 		if off, ok := stored[id]; ok {
 			ps.next, ps.stored = off, off
 			parts[id] = kgo.NewOffset().At(off).WithEpoch(-1)
@@ -563,8 +721,8 @@ func (c *Consumer) adjust(ctx context.Context, offsets map[string]map[int32]kgo.
 }
 
 // revoked drops revoked or lost partitions, for the processor to drop
-// their engines. It runs between a read's Done and the next poll, so no
-// work of theirs is in flight.
+// their engines. It runs once no read is in flight (allowRebalance), so no
+// work of theirs is.
 func (c *Consumer) revoked(_ context.Context, _ *kgo.Client, revoked map[string][]int32) {
 	ids := revoked[c.topic]
 	if len(ids) == 0 {

@@ -31,7 +31,7 @@ func BenchmarkDecodeRecords(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	ps := &partition{next: -1, stored: -1, rewind: -1}
+	ps := &partition{next: -1, stored: -1, rewind: -1, shown: -1}
 	b.ReportAllocs()
 	n := 0
 	for b.Loop() {
@@ -39,7 +39,7 @@ func BenchmarkDecodeRecords(b *testing.B) {
 		if g == 0 {
 			ps.next = -1
 		}
-		batch, ok := c.decode(work{ps: ps, recs: recs[g], hwm: off})
+		batch, ok := c.decode(work{ps: ps, recs: recs[g], hwm: off}, &inflight{})
 		if !ok || len(batch.Entries) != 1 {
 			b.Fatalf("decoded %d entries, ok %v", len(batch.Entries), ok)
 		}

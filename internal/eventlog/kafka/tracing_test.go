@@ -197,11 +197,11 @@ func BenchmarkDecodeTracing(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			ps := &partition{next: -1, stored: -1, rewind: -1}
+			ps := &partition{next: -1, stored: -1, rewind: -1, shown: -1}
 			b.ReportAllocs()
 			for b.Loop() {
 				ps.next = -1
-				if batch, ok := c.decode(work{ps: ps, recs: recs, hwm: 1000}); !ok || len(batch.Entries) != 1 {
+				if batch, ok := c.decode(work{ps: ps, recs: recs, hwm: 1000}, &inflight{}); !ok || len(batch.Entries) != 1 {
 					b.Fatalf("decoded %d entries, ok %v", len(batch.Entries), ok)
 				}
 			}

@@ -4,6 +4,7 @@
  * connection state. Views subscribe to what they draw.
  */
 import { api, type Machine } from './api';
+import { SampleDedup } from './dedup';
 import { FrameLoop, frameLoop } from './frame';
 import { LatencyTracker } from './latency';
 import { session, type SessionStore } from './session';
@@ -218,6 +219,8 @@ export class Dashboard {
   private fleetTimer: ReturnType<typeof setTimeout> | undefined;
   private lastFleetDraw = 0;
   private fleetLive = false;
+  /** Samples shown already (see SampleDedup). */
+  private readonly dedup = new SampleDedup();
   /** Stream messages received and gaps reported (diagnostics). */
   messages = 0;
   gaps = 0;
@@ -338,6 +341,14 @@ export class Dashboard {
 
   private onMessage(m: StreamMessage, arrival: number): void {
     this.messages++;
+    if (m.type === 'samples') {
+      // On the Kafka path a processor restart shows samples again: keep
+      // what is new (the charts would only redraw them; the latency would
+      // count them twice).
+      const fresh = this.dedup.fresh(m);
+      if (!fresh) return;
+      m = fresh;
+    }
     this.traces.received(m, arrival);
     if (m.type === 'samples') this.latency.serverShare(arrival - m.ingestTs);
     if (this.fleetLive && this.fleet.apply(m, arrival)) {
