@@ -22,7 +22,7 @@ type Result struct {
 	StreamTargets  []string  `json:"streamTargets,omitempty"`
 	MetricsTargets []string  `json:"metricsTargets,omitempty"`
 	Embedded       bool      `json:"embedded"`
-	StartedAt time.Time `json:"startedAt"`
+	StartedAt      time.Time `json:"startedAt"`
 	// Seconds is the length of the measured phase.
 	Seconds float64 `json:"seconds"`
 	Host    Host    `json:"host"`
@@ -37,9 +37,9 @@ type Result struct {
 	// store kept up (ingest and stream scenarios).
 	Legs     []LegResult     `json:"legs,omitempty"`
 	Pipeline *PipelineResult `json:"pipeline,omitempty"`
-	Queries []QueryResult `json:"queries,omitempty"`
-	Server  *ServerResult `json:"server,omitempty"`
-	Notes   []string      `json:"notes,omitempty"`
+	Queries  []QueryResult   `json:"queries,omitempty"`
+	Server   *ServerResult   `json:"server,omitempty"`
+	Notes    []string        `json:"notes,omitempty"`
 }
 
 // Host describes where the bench ran.
@@ -188,8 +188,8 @@ func newResult(o Options) *Result {
 		Target:         o.Target,
 		MetricsTargets: o.MetricsTargets,
 		Embedded:       o.Embedded,
-		StartedAt: time.Now().UTC().Truncate(time.Second),
-		Host:      Host{CPUs: runtime.NumCPU(), GoVersion: runtime.Version(), OS: runtime.GOOS, Arch: runtime.GOARCH},
+		StartedAt:      time.Now().UTC().Truncate(time.Second),
+		Host:           Host{CPUs: runtime.NumCPU(), GoVersion: runtime.Version(), OS: runtime.GOOS, Arch: runtime.GOARCH},
 		Config: Config{
 			Workers:  o.Workers,
 			Batch:    o.Batch,
