@@ -61,7 +61,7 @@ func (a *App) openProcessor(src pipeline.Source, log string, sinks pipeline.Sink
 // offsets in one PostgreSQL transaction.
 func (a *App) openKafka(sinks pipeline.Sinks, engineCfg stream.EngineConfig, reg prometheus.Registerer) error {
 	cfg, logger := a.cfg, a.logger.With("component", "kafka")
-	var kopts []kafka.Option
+	kopts := []kafka.Option{kafka.WithTuning(cfg.KafkaTuning)}
 	if cfg.KafkaTLS {
 		tc, err := tlsconf.ClientConfig(cfg.KafkaTLSCA)
 		if err != nil {
