@@ -18,12 +18,13 @@ import (
 //
 //   - serial: one Append at a time; ns/op is the latency of one, so a
 //     linger shows up in full;
-//
 //   - concurrent: 8 Appends at once, closed loop (a busy gateway); records/s
 //     and CPU µs per record (this process: producer and kfake) say what a
 //     setting costs in throughput.
 //
-//     go test -run '^$' -bench BenchmarkAppend -benchtime 200x -count 3 ./internal/eventlog/kafka/
+// Run it with
+//
+//	go test -run '^$' -bench BenchmarkAppend -benchtime 200x -count 3 ./internal/eventlog/kafka/
 func BenchmarkAppend(b *testing.B) {
 	for _, tc := range []struct {
 		linger      time.Duration
