@@ -83,7 +83,7 @@ func bench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	serveFlags(fs, &cfg)
 	fs.StringVar(&opts.Scenario, "scenario", "", "`name`: "+strings.Join(benchmark.Scenarios, ", "))
-	fs.StringVar(&opts.Target, "target", "", "`URL` of a running server; empty: start one in this process")
+	fs.StringVar(&opts.Target, "target", "", "`URL` of a running server; several, comma-separated, take the events in turn (gateways); empty: start one in this process")
 	listVar(fs, &opts.StreamTargets, "stream-target", "`URLs` the stream clients connect to, in turn (api replicas; default: --target)")
 	listVar(fs, &opts.MetricsTargets, "metrics-target", "`URLs` of further processes (processors) whose /metrics are read for the per-leg latency and the store's backlog, besides --target and --stream-target")
 	fs.IntVar(&targetPID, "target-pid", 0, "process id of the --target server, to report its CPU and memory (same host)")
@@ -123,6 +123,19 @@ func bench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if strings.Contains(opts.Target, ",") {
+		// Several gateways: the first is the Target (reached first,
+		// named in the result), all take events.
+		for t := range strings.SplitSeq(opts.Target, ",") {
+			if t = strings.TrimSpace(t); t != "" {
+				opts.IngestTargets = append(opts.IngestTargets, t)
+			}
+		}
+		opts.Target = ""
+		if len(opts.IngestTargets) > 0 {
+			opts.Target = opts.IngestTargets[0]
+		}
+	}
 	if opts.Target != "" {
 		var serveOnly []string
 		serve := flag.NewFlagSet("", flag.ContinueOnError)

@@ -58,6 +58,9 @@ type Options struct {
 	// Target is the server's base URL, e.g. http://127.0.0.1:8080: where
 	// events are sent (a gateway, when the roles run apart).
 	Target string
+	// IngestTargets are the servers events are sent to, sender worker w to
+	// IngestTargets[w mod n] (gateways); empty: the Target.
+	IngestTargets []string
 	// StreamTargets are the base URLs the stream clients connect to, in
 	// turn (client i to StreamTargets[i mod n]): api replicas. Empty: the
 	// Target.
@@ -143,6 +146,9 @@ func (o Options) WithDefaults() Options {
 	if o.Transport == "" {
 		o.Transport = "ws"
 	}
+	if len(o.IngestTargets) == 0 && o.Target != "" {
+		o.IngestTargets = []string{o.Target}
+	}
 	if len(o.StreamTargets) == 0 && o.Target != "" {
 		o.StreamTargets = []string{o.Target}
 	}
@@ -198,6 +204,11 @@ func (o Options) Validate() error {
 	}
 	if !httpURL(o.Target) {
 		bad("target", "%q is not an http(s) URL like http://127.0.0.1:8080", o.Target)
+	}
+	for _, u := range o.IngestTargets {
+		if !httpURL(u) {
+			bad("target", "%q is not an http(s) URL like http://127.0.0.1:8080", u)
+		}
 	}
 	for _, u := range o.StreamTargets {
 		if !httpURL(u) {
@@ -293,7 +304,10 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		return nil, err
 	}
 	o.Target = strings.TrimRight(o.Target, "/")
-	o.StreamTargets, o.MetricsTargets = slices.Clone(o.StreamTargets), slices.Clone(o.MetricsTargets)
+	o.IngestTargets, o.StreamTargets, o.MetricsTargets = slices.Clone(o.IngestTargets), slices.Clone(o.StreamTargets), slices.Clone(o.MetricsTargets)
+	for i, u := range o.IngestTargets {
+		o.IngestTargets[i] = strings.TrimRight(u, "/")
+	}
 	for i, u := range o.StreamTargets {
 		o.StreamTargets[i] = strings.TrimRight(u, "/")
 	}

@@ -587,10 +587,12 @@ func cmpErr(a, b error) error {
 }
 
 // metricsSources are the distinct base URLs whose /metrics a run reads:
-// the ingest target, the stream targets and the extra metrics targets.
+// the ingest targets, the stream targets and the extra metrics targets.
 func metricsSources(o Options) []string {
 	var out []string
-	for _, u := range append(append([]string{o.Target}, o.StreamTargets...), o.MetricsTargets...) {
+	all := append([]string{o.Target}, o.IngestTargets...)
+	all = append(append(all, o.StreamTargets...), o.MetricsTargets...)
+	for _, u := range all {
 		u = strings.TrimRight(u, "/")
 		if u != "" && !slices.Contains(out, u) {
 			out = append(out, u)

@@ -16,9 +16,11 @@ import (
 type Result struct {
 	Scenario string `json:"scenario"`
 	Target   string `json:"target"`
-	// StreamTargets are where the stream clients connected, when not
-	// (only) the Target; MetricsTargets further processes whose /metrics
-	// were read.
+	// IngestTargets are where events went, when not only the Target;
+	// StreamTargets where the stream clients connected, when not (only)
+	// the Target; MetricsTargets further processes whose /metrics were
+	// read.
+	IngestTargets  []string  `json:"ingestTargets,omitempty"`
 	StreamTargets  []string  `json:"streamTargets,omitempty"`
 	MetricsTargets []string  `json:"metricsTargets,omitempty"`
 	Embedded       bool      `json:"embedded"`
@@ -214,6 +216,9 @@ func newResult(o Options) *Result {
 		r.Config.HistoryMachines = o.HistoryMachines
 		r.Config.HistorySeconds = o.History.Seconds()
 	}
+	if len(o.IngestTargets) > 1 {
+		r.IngestTargets = o.IngestTargets
+	}
 	if len(o.StreamTargets) > 1 || (len(o.StreamTargets) == 1 && o.StreamTargets[0] != o.Target) {
 		r.StreamTargets = o.StreamTargets
 	}
@@ -233,6 +238,9 @@ func WriteTable(w io.Writer, r *Result) error {
 	}
 	row("scenario", "%s", r.Scenario)
 	row("target", "%s", target)
+	if len(r.IngestTargets) > 0 {
+		row("ingest targets", "%s", strings.Join(r.IngestTargets, " "))
+	}
 	if len(r.StreamTargets) > 0 {
 		row("stream targets", "%s", strings.Join(r.StreamTargets, " "))
 	}
