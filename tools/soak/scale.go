@@ -68,6 +68,12 @@ setup each, in turn, and the stored throughput's ratio between them.
   go run ./tools/soak scale --processors 1,2 -- --scenario ingest-json --duration 20s
   go run ./tools/soak scale --processors 1,2 --drain 20s      # the processors alone
 
+With --drain, the processors settle (each owns partitions), stop, Kafka
+is filled for --drain with ingest-json through the gateways (plus the
+bench flags after --), and the processors start again: as static group
+members they get their partitions back at once, so keep --drain well
+under --kafka-session-timeout (45 s; --server-arg=--kafka-session-timeout=5m).
+
 Flags:
 `)
 		fs.PrintDefaults()
@@ -82,7 +88,7 @@ Flags:
 	fs.StringVar(&c.redisAddr, "redis", "127.0.0.1:6379", "Redis address (a key prefix of the run's own, deleted at the end)")
 	fs.Var((*listFlag)(&c.serverArgs), "server-arg", "extra flag for every twinline serve (repeatable), e.g. --server-arg=--kafka-linger=5ms")
 	fs.DurationVar(&c.settle, "settle", time.Minute, "longest wait, after start, for every processor to own partitions (warm-up events until each has consumed some)")
-	fs.DurationVar(&c.drain, "drain", 0, "measure the processors alone: fill Kafka through the gateways for this long (twinline bench --scenario ingest-json) with the processors stopped, then time them storing it all; no bench flags after --")
+	fs.DurationVar(&c.drain, "drain", 0, "measure the processors alone: fill Kafka through the gateways for this long (twinline bench --scenario ingest-json, plus the bench flags after --, e.g. --workers 2) with the processors stopped, then time them storing it all")
 	fs.BoolVar(&c.keep, "keep", false, "keep the run's directory (the processes' logs)")
 	fs.StringVar(&c.jsonPath, "json", "", "write every setup's figures (and the bench results) to this file as JSON")
 	if err := fs.Parse(args); err != nil {
@@ -101,8 +107,10 @@ Flags:
 	if c.gateways < 1 || c.apis < 0 || c.partitions < 1 {
 		problems = append(problems, errors.New("--gateways and --partitions must be at least 1, --apis at least 0"))
 	}
-	if c.drain > 0 && len(c.benchArgs) > 0 {
-		problems = append(problems, errors.New("--drain runs its own bench (ingest-json for --drain): no bench flags after --"))
+	if c.drain > 0 && slices.ContainsFunc(c.benchArgs, func(a string) bool {
+		return strings.HasPrefix(strings.TrimLeft(a, "-"), "scenario") || strings.HasPrefix(strings.TrimLeft(a, "-"), "duration")
+	}) {
+		problems = append(problems, errors.New("--drain fills Kafka with ingest-json for --drain: no --scenario or --duration after --"))
 	}
 	if c.drain == 0 && len(c.benchArgs) == 0 {
 		c.benchArgs = defaultScaleBench
@@ -300,24 +308,28 @@ func scaleOnce(ctx context.Context, c scaleConfig, dir string, processors int, o
 		return ws
 	}
 
-	if c.drain > 0 {
-		return drainRun(ctx, c, o, out, urls(gateways), func() error {
-			for _, p := range procs {
-				if err := start(p); err != nil {
-					return err
-				}
+	startProcs := func() error {
+		for _, p := range procs {
+			if err := start(p); err != nil {
+				return err
 			}
-			return nil
-		}, procURLs, watched)
-	}
-
-	for _, p := range procs {
-		if err := start(p); err != nil {
-			return o, err
 		}
+		return nil
+	}
+	if err := startProcs(); err != nil {
+		return o, err
 	}
 	if err := settle(ctx, urls(gateways)[0], procURLs(), c.settle, out); err != nil {
 		return o, err
+	}
+	if c.drain > 0 {
+		// Static members of the group: stopped, their partitions wait for
+		// them (for the session timeout), and they get them back at once
+		// when they come back: no rebalance inside the measurement.
+		for _, p := range procs {
+			p.srv.stop(30 * time.Second)
+		}
+		return drainRun(ctx, c, o, out, urls(gateways), startProcs, procURLs, watched)
 	}
 	args := append([]string{"bench",
 		"--target", strings.Join(urls(gateways), ","),
@@ -568,11 +580,11 @@ func metricSeries(ctx context.Context, base, series string) (float64, error) {
 	return 0, sc.Err()
 }
 
-// drainRun fills Kafka through the gateways for c.drain with no processor
-// running, then starts the processors and times them storing it all.
+// drainRun fills Kafka through the gateways for c.drain with the
+// processors stopped, then starts them and times them storing it all.
 func drainRun(ctx context.Context, c scaleConfig, o scaleOutcome, out io.Writer, gateways []string,
 	startProcs func() error, procURLs func() []string, watched func() []roleCPU) (scaleOutcome, error) {
-	args := []string{"bench", "--scenario", "ingest-json", "--target", strings.Join(gateways, ","), "--duration", c.drain.String(), "--json", "--quiet"}
+	args := append([]string{"bench", "--scenario", "ingest-json", "--target", strings.Join(gateways, ","), "--duration", c.drain.String(), "--json", "--quiet"}, c.benchArgs...)
 	fmt.Fprintf(out, "  fill         %s %s\n", c.bin, strings.Join(args, " "))
 	var stdout bytes.Buffer
 	cmd := exec.CommandContext(ctx, c.bin, args...)
