@@ -21,6 +21,8 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/twinline/twinline/internal/bench"
 )
 
@@ -143,6 +145,8 @@ type scaleOutcome struct {
 	Partitions int `json:"partitions"`
 	// CPU is each process's CPU seconds over the bench (or the drain).
 	CPU []roleCPU `json:"cpu"`
+	// Footprint is what PostgreSQL holds at the end.
+	Footprint *pgFootprint `json:"postgres,omitempty"`
 	// Bench is the bench's result (nil in a drain run).
 	Bench *bench.Result `json:"bench,omitempty"`
 	// Drain: samples stored by the processors, over how long, from their
@@ -329,7 +333,7 @@ func scaleOnce(ctx context.Context, c scaleConfig, dir string, processors int, o
 		for _, p := range procs {
 			p.srv.stop(30 * time.Second)
 		}
-		return drainRun(ctx, c, o, out, urls(gateways), startProcs, procURLs, watched)
+		return drainRun(ctx, c, o, out, dbURL, urls(gateways), startProcs, procURLs, watched)
 	}
 	args := append([]string{"bench",
 		"--target", strings.Join(urls(gateways), ","),
@@ -355,7 +359,47 @@ func scaleOnce(ctx context.Context, c scaleConfig, dir string, processors int, o
 		return o, err
 	}
 	writeCPU(out, cpu, wall)
+	o.Footprint = footprint(ctx, dbURL, out)
 	return o, nil
+}
+
+// pgFootprint is the size of what the run stored in PostgreSQL.
+type pgFootprint struct {
+	Samples        int64   `json:"samples"`
+	SampleBytes    int64   `json:"sampleBytes"`
+	AggregateRows  int64   `json:"aggregateRows"`
+	AggregateBytes int64   `json:"aggregateBytes"`
+	BytesPerSample float64 `json:"bytesPerSample"`
+}
+
+// footprint reads the rows and on-disk size (heap, indexes, TOAST) of
+// the samples and sample_aggs partitions; nil (and a line saying why)
+// when it cannot.
+func footprint(ctx context.Context, dbURL string, out io.Writer) *pgFootprint {
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, dbURL)
+	if err != nil {
+		fmt.Fprintf(out, "PostgreSQL footprint not read: %v\n", err)
+		return nil
+	}
+	defer conn.Close(context.Background())
+	var f pgFootprint
+	const q = `SELECT (SELECT count(*) FROM samples),
+		(SELECT coalesce(sum(pg_total_relation_size(inhrelid)), 0) FROM pg_inherits WHERE inhparent = 'samples'::regclass),
+		(SELECT count(*) FROM sample_aggs),
+		(SELECT coalesce(sum(pg_total_relation_size(inhrelid)), 0) FROM pg_inherits WHERE inhparent = 'sample_aggs'::regclass)`
+	if err := conn.QueryRow(ctx, q).Scan(&f.Samples, &f.SampleBytes, &f.AggregateRows, &f.AggregateBytes); err != nil {
+		fmt.Fprintf(out, "PostgreSQL footprint not read: %v\n", err)
+		return nil
+	}
+	if f.Samples > 0 {
+		f.BytesPerSample = float64(f.SampleBytes) / float64(f.Samples)
+	}
+	fmt.Fprintf(out, "\nPostgreSQL: %s samples in %s (%.0f bytes per sample, indexes included); %s aggregate rows in %s\n",
+		bench.FormatCount(float64(f.Samples)), bench.FormatBytes(float64(f.SampleBytes)), f.BytesPerSample,
+		bench.FormatCount(float64(f.AggregateRows)), bench.FormatBytes(float64(f.AggregateBytes)))
+	return &f
 }
 
 // runBenchProcess runs `twinline bench … --json` and returns its result
@@ -582,7 +626,7 @@ func metricSeries(ctx context.Context, base, series string) (float64, error) {
 
 // drainRun fills Kafka through the gateways for c.drain with the
 // processors stopped, then starts them and times them storing it all.
-func drainRun(ctx context.Context, c scaleConfig, o scaleOutcome, out io.Writer, gateways []string,
+func drainRun(ctx context.Context, c scaleConfig, o scaleOutcome, out io.Writer, dbURL string, gateways []string,
 	startProcs func() error, procURLs func() []string, watched func() []roleCPU) (scaleOutcome, error) {
 	args := append([]string{"bench", "--scenario", "ingest-json", "--target", strings.Join(gateways, ","), "--duration", c.drain.String(), "--json", "--quiet"}, c.benchArgs...)
 	fmt.Fprintf(out, "  fill         %s %s\n", c.bin, strings.Join(args, " "))
@@ -639,6 +683,7 @@ func drainRun(ctx context.Context, c scaleConfig, o scaleOutcome, out io.Writer,
 	fmt.Fprintf(out, "  drained      %s samples in %.1f s after the first was stored: %s samples/s (%.1f s from the processors' start)\n",
 		bench.FormatCount(o.DrainSamples), o.DrainSeconds, bench.FormatCount(o.DrainSamplesPerS), wall.Seconds())
 	writeCPU(out, o.CPU, wall)
+	o.Footprint = footprint(ctx, dbURL, out)
 	return o, nil
 }
 
