@@ -8,6 +8,10 @@
 #               counted back (SOAK_DURATION=2m for a quick check; not part of make test)
 #   make chaos  5 minutes under load with kill -9, PostgreSQL/Redis cuts, a Kafka restart,
 #               stalled sockets and slow readers, then every acknowledged event counted back
+#   make bench-scale  the roles as separate processes (a kfake broker, a gateway, two
+#               processors, an api replica) on PostgreSQL and Redis, then twinline bench
+#               against them: the table with its per-leg breakdown, and each process's CPU
+#               (SCALE_FLAGS, SCALE_BENCH; docs/benchmarks.md; not part of make test)
 #   make web    build the React dashboard (web/) into internal/web/dist/app for go:embed
 #   make generate  regenerate web/src/lib/wire.ts (the dashboard's wire types) from
 #               internal/api/openapi.json and asyncapi.json (TestWireUpToDate fails when stale)
@@ -24,7 +28,7 @@ DATA_DIR  ?= ./data
 FUZZTIME  ?= 20000x
 STATICCHECK_VERSION := v0.8.2
 
-.PHONY: generate e2e-load soak chaos all build run test lint vet staticcheck fmt-check unit fuzz bench clean web web-test web-unit web-e2e web-screenshots web-bench
+.PHONY: generate e2e-load soak chaos bench-scale all build run test lint vet staticcheck fmt-check unit fuzz bench clean web web-test web-unit web-e2e web-screenshots web-bench
 
 all: build
 
@@ -129,6 +133,18 @@ soak: build
 
 chaos: build
 	$(GO) run ./tools/soak chaos --bin $(BIN) --duration $(CHAOS_DURATION) --rate $(SOAK_RATE) $(CHAOS_FLAGS)
+
+# The roles as separate processes (tools/soak scale, tools/kfakebroker): a
+# database and a Redis key prefix of the run's own, created and removed.
+# SCALE_FLAGS configure the setup (--gateways, --processors 1,2 for the
+# scale-out ratio, --apis, --partitions, --drain 20s for the processors
+# alone, --server-arg=--kafka-linger=5ms …), SCALE_BENCH are the flags of
+# twinline bench (empty with --drain).
+SCALE_FLAGS ?= --gateways 1 --processors 2 --apis 1
+SCALE_BENCH ?= --scenario latency --duration 10s
+bench-scale: build
+	$(GO) build -o bin/kfakebroker ./tools/kfakebroker
+	$(GO) run ./tools/soak scale --bin $(BIN) --kfake-bin bin/kfakebroker $(SCALE_FLAGS) -- $(SCALE_BENCH)
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./internal/...

@@ -49,6 +49,14 @@ Examples:
   twinline bench --scenario latency --rate 50000 --clients 1000
   twinline bench --scenario dashboard --duration 10s
   twinline bench --scenario fanout --clients 20000 --target http://127.0.0.1:8080 --target-pid 1234
+  twinline bench --scenario latency --target http://127.0.0.1:8080 \
+      --stream-target http://127.0.0.1:8083,http://127.0.0.1:8084 \
+      --metrics-target http://127.0.0.1:8081,http://127.0.0.1:8082     (gateway, api replicas, processors)
+
+The table and --json break the server's part of the time down by leg
+(twinline_leg_seconds and others, read from every process's /metrics
+before and after the measured phase) and show whether the store kept up
+(Kafka consumer lag or the in-process log's depth over the phase).
 
 Flags:
 `
@@ -75,7 +83,9 @@ func bench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	serveFlags(fs, &cfg)
 	fs.StringVar(&opts.Scenario, "scenario", "", "`name`: "+strings.Join(benchmark.Scenarios, ", "))
-	fs.StringVar(&opts.Target, "target", "", "`URL` of a running server; empty: start one in this process")
+	fs.StringVar(&opts.Target, "target", "", "`URL` of a running server; several, comma-separated, take the events in turn (gateways); empty: start one in this process")
+	listVar(fs, &opts.StreamTargets, "stream-target", "`URLs` the stream clients connect to, in turn (api replicas; default: --target)")
+	listVar(fs, &opts.MetricsTargets, "metrics-target", "`URLs` of further processes (processors) whose /metrics are read for the per-leg latency and the store's backlog, besides --target and --stream-target")
 	fs.IntVar(&targetPID, "target-pid", 0, "process id of the --target server, to report its CPU and memory (same host)")
 	durationVar(fs, &opts.Duration, "duration", "length of the measured phase")
 	durationVar(fs, &opts.Warmup, "warmup", "start of the measured phase left out of the latency figures (0: 1s for latency and fanout)")
@@ -113,6 +123,19 @@ func bench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if strings.Contains(opts.Target, ",") {
+		// Several gateways: the first is the Target (reached first,
+		// named in the result), all take events.
+		for t := range strings.SplitSeq(opts.Target, ",") {
+			if t = strings.TrimSpace(t); t != "" {
+				opts.IngestTargets = append(opts.IngestTargets, t)
+			}
+		}
+		opts.Target = ""
+		if len(opts.IngestTargets) > 0 {
+			opts.Target = opts.IngestTargets[0]
+		}
+	}
 	if opts.Target != "" {
 		var serveOnly []string
 		serve := flag.NewFlagSet("", flag.ContinueOnError)
@@ -126,8 +149,12 @@ func bench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if len(serveOnly) > 0 {
 			return fmt.Errorf("serve flags (%s) configure the embedded server; they do not apply with --target", strings.Join(serveOnly, ", "))
 		}
-	} else if targetPID != 0 {
-		return errors.New("--target-pid needs --target")
+	} else {
+		for _, f := range []string{"target-pid", "stream-target", "metrics-target"} {
+			if set[f] {
+				return fmt.Errorf("--%s needs --target", f)
+			}
+		}
 	}
 
 	if cpuProfile != "" {

@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -175,6 +176,14 @@ func serveFlags(fs *flag.FlagSet, cfg *config.Config) {
 	fs.StringVar(&cfg.KafkaTopic, "kafka-topic", cfg.KafkaTopic, "Kafka topic of the event log")
 	fs.StringVar(&cfg.KafkaGroup, "kafka-group", cfg.KafkaGroup, "Kafka consumer group of the processors")
 	durationVar(fs, &cfg.KafkaSessionTimeout, "kafka-session-timeout", "how long the group waits for a silent (crashed) processor before moving its partitions")
+	durationVar(fs, &cfg.KafkaTuning.Linger, "kafka-linger", "how long the gateway's producer holds a partition's batch for more records (0: send at once; batches form while earlier requests are in flight)")
+	int32Var(fs, &cfg.KafkaTuning.BatchMaxBytes, "kafka-batch-max-bytes", "largest record batch the producer sends per partition, before compression (the topic's max.message.bytes must allow it)")
+	fs.StringVar(&cfg.KafkaTuning.Compression, "kafka-compression", cfg.KafkaTuning.Compression, "compression of produced batches: none, snappy, lz4, zstd or gzip")
+	durationVar(fs, &cfg.KafkaTuning.FetchMaxWait, "kafka-fetch-max-wait", "longest a broker holds a processor's fetch while it has less than --kafka-fetch-min-bytes")
+	int32Var(fs, &cfg.KafkaTuning.FetchMinBytes, "kafka-fetch-min-bytes", "bytes a broker waits for before answering a fetch (1: answer as soon as anything is there)")
+	int32Var(fs, &cfg.KafkaTuning.FetchMaxBytes, "kafka-fetch-max-bytes", "largest fetch response a processor asks for")
+	int32Var(fs, &cfg.KafkaTuning.FetchMaxPartitionBytes, "kafka-fetch-max-partition-bytes", "largest part of one partition in a fetch response")
+	fs.IntVar(&cfg.KafkaTuning.MaxPollRecords, "kafka-max-poll-records", cfg.KafkaTuning.MaxPollRecords, "most records a processor takes per read (and so commits per partition at once)")
 	fs.StringVar(&cfg.KafkaInstanceID, "kafka-instance-id", cfg.KafkaInstanceID, "stable id of this processor in its Kafka group (static membership: a restart gets its partitions back at once); unique per replica; \"\": a dynamic member. Default: the host name")
 	fs.Var(&cfg.Role, "role", "all, gateway (ingest → log), processor (log → engine → store) or api (queries, stream, dashboard)")
 	fs.StringVar(&cfg.Pprof, "pprof", cfg.Pprof, "serve net/http/pprof on this separate `address` (never on --listen); empty: off")
@@ -317,6 +326,28 @@ func (v durationValue) Set(s string) error {
 
 // durationVar defines a duration flag that also accepts days, weeks and
 // years (30d), with its current value as the default.
+func int32Var(fs *flag.FlagSet, v *int32, name, usage string) {
+	fs.Var(int32Value{v}, name, usage)
+}
+
+type int32Value struct{ v *int32 }
+
+func (i int32Value) String() string {
+	if i.v == nil {
+		return "0"
+	}
+	return strconv.FormatInt(int64(*i.v), 10)
+}
+
+func (i int32Value) Set(s string) error {
+	n, err := strconv.ParseInt(s, 0, 32)
+	if err != nil {
+		return errors.New("not a 32-bit integer")
+	}
+	*i.v = int32(n)
+	return nil
+}
+
 func durationVar(fs *flag.FlagSet, d *time.Duration, name, usage string) {
 	fs.Var(durationValue{d}, name, usage)
 }

@@ -75,7 +75,7 @@ func (a *App) openKafka(sinks pipeline.Sinks, engineCfg stream.EngineConfig, reg
 	// The producer and the consumer name themselves (kafka_producer,
 	// kafka_consumer): a component given here would be a second one.
 	cfg, logger := a.cfg, a.logger
-	kopts := []kafka.Option{kafka.WithTracer(a.tracing.Tracer("github.com/twinline/twinline/internal/eventlog/kafka"))}
+	kopts := []kafka.Option{kafka.WithTracer(a.tracing.Tracer("github.com/twinline/twinline/internal/eventlog/kafka")), kafka.WithTuning(cfg.KafkaTuning)}
 	if cfg.KafkaTLS {
 		tc, err := tlsconf.ClientConfig(cfg.KafkaTLSCA)
 		if err != nil {

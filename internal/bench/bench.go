@@ -34,6 +34,7 @@ import (
 	"net/http"
 	"net/url"
 	"runtime"
+	"slices"
 	"strings"
 	"time"
 
@@ -54,8 +55,20 @@ type Process struct {
 // [Options.WithDefaults]).
 type Options struct {
 	Scenario string
-	// Target is the server's base URL, e.g. http://127.0.0.1:8080.
+	// Target is the server's base URL, e.g. http://127.0.0.1:8080: where
+	// events are sent (a gateway, when the roles run apart).
 	Target string
+	// IngestTargets are the servers events are sent to, sender worker w to
+	// IngestTargets[w mod n] (gateways); empty: the Target.
+	IngestTargets []string
+	// StreamTargets are the base URLs the stream clients connect to, in
+	// turn (client i to StreamTargets[i mod n]): api replicas. Empty: the
+	// Target.
+	StreamTargets []string
+	// MetricsTargets are further processes whose /metrics are read for
+	// the legs and the store's backlog (processors), besides Target and
+	// StreamTargets.
+	MetricsTargets []string
 	// Token is sent as a bearer token on every request ("": none).
 	Token    string
 	Duration time.Duration
@@ -133,6 +146,12 @@ func (o Options) WithDefaults() Options {
 	if o.Transport == "" {
 		o.Transport = "ws"
 	}
+	if len(o.IngestTargets) == 0 && o.Target != "" {
+		o.IngestTargets = []string{o.Target}
+	}
+	if len(o.StreamTargets) == 0 && o.Target != "" {
+		o.StreamTargets = []string{o.Target}
+	}
 	switch o.Scenario {
 	case "ingest-json", "ingest-lp":
 		def(&o.Batch, 1000)
@@ -183,8 +202,23 @@ func (o Options) Validate() error {
 	if !known {
 		bad("scenario", "%q is not one of %s", o.Scenario, strings.Join(Scenarios, ", "))
 	}
-	if u, err := url.Parse(o.Target); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+	if !httpURL(o.Target) {
 		bad("target", "%q is not an http(s) URL like http://127.0.0.1:8080", o.Target)
+	}
+	for _, u := range o.IngestTargets {
+		if !httpURL(u) {
+			bad("target", "%q is not an http(s) URL like http://127.0.0.1:8080", u)
+		}
+	}
+	for _, u := range o.StreamTargets {
+		if !httpURL(u) {
+			bad("stream-target", "%q is not an http(s) URL like http://127.0.0.1:8081", u)
+		}
+	}
+	for _, u := range o.MetricsTargets {
+		if !httpURL(u) {
+			bad("metrics-target", "%q is not an http(s) URL like http://127.0.0.1:8082", u)
+		}
 	}
 	if o.Duration <= 0 {
 		bad("duration", "must be positive")
@@ -270,8 +304,20 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		return nil, err
 	}
 	o.Target = strings.TrimRight(o.Target, "/")
-	if err := reach(ctx, o.Target); err != nil {
-		return nil, err
+	o.IngestTargets, o.StreamTargets, o.MetricsTargets = slices.Clone(o.IngestTargets), slices.Clone(o.StreamTargets), slices.Clone(o.MetricsTargets)
+	for i, u := range o.IngestTargets {
+		o.IngestTargets[i] = strings.TrimRight(u, "/")
+	}
+	for i, u := range o.StreamTargets {
+		o.StreamTargets[i] = strings.TrimRight(u, "/")
+	}
+	for i, u := range o.MetricsTargets {
+		o.MetricsTargets[i] = strings.TrimRight(u, "/")
+	}
+	for _, u := range metricsSources(o) {
+		if err := reach(ctx, u); err != nil {
+			return nil, err
+		}
 	}
 	r := newResult(o)
 	var err error
@@ -287,6 +333,12 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		return nil, err // nothing was measured
 	}
 	return r, err
+}
+
+// httpURL reports whether s is an http(s) URL with a host.
+func httpURL(s string) bool {
+	u, err := url.Parse(s)
+	return err == nil && (u.Scheme == "http" || u.Scheme == "https") && u.Host != ""
 }
 
 // reach checks that a twinline server answers at target (GET /healthz).

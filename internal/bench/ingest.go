@@ -27,6 +27,7 @@ func runIngest(ctx context.Context, o Options, r *Result) error {
 	base := time.Now().Add(-time.Hour).UnixMilli()
 
 	cpu0, cpuErr := serverCPU(o.Server)
+	watch := startPhase(ctx, metricsSources(o), o.Token, time.Second)
 	m.setPhase("measure")
 	start := time.Now()
 	deadline := start.Add(o.Duration)
@@ -74,6 +75,9 @@ func runIngest(ctx context.Context, o Options, r *Result) error {
 	}
 	wg.Wait()
 	elapsed := time.Since(start)
+	var notes []string
+	r.Legs, r.Pipeline, notes = watch.finish(context.WithoutCancel(ctx))
+	r.Notes = append(r.Notes, notes...)
 	m.setPhase("done")
 	r.Seconds = elapsed.Seconds()
 	r.Ingest = p.result(m, r.Seconds)

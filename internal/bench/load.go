@@ -149,8 +149,9 @@ func (e *errCounts) snapshot() map[string]int64 {
 
 // poster sends ingest requests and counts what was acknowledged.
 type poster struct {
-	client  *http.Client
-	url     string
+	client *http.Client
+	// urls are the ingest endpoints, worker w posting to urls[w mod n].
+	urls    []string
 	format  format
 	metrics int
 	m       *meter
@@ -178,13 +179,26 @@ func newHTTPClient(conns int, token string) *http.Client {
 func newPoster(o Options, f format, m *meter) *poster {
 	return &poster{
 		client:  newHTTPClient(o.Workers, o.Token),
-		url:     o.Target + f.path,
+		urls:    ingestURLs(o, f),
 		format:  f,
 		metrics: o.Metrics,
 		m:       m,
 		errs:    &errCounts{},
 		reqs:    NewShards(o.Workers),
 	}
+}
+
+// ingestURLs are the ingest endpoints of f on every ingest target.
+func ingestURLs(o Options, f format) []string {
+	targets := o.IngestTargets
+	if len(targets) == 0 {
+		targets = []string{o.Target}
+	}
+	urls := make([]string, len(targets))
+	for i, t := range targets {
+		urls[i] = t + f.path
+	}
+	return urls
 }
 
 // ingestAnswer is the JSON ingest endpoint's 202 body.
@@ -197,7 +211,7 @@ type ingestAnswer struct {
 // acknowledged (0 on failure, counted by kind). worker picks the request
 // latency shard.
 func (p *poster) post(ctx context.Context, worker int, body []byte, events int) (acked int64, err error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, p.url, bytes.NewReader(body))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, p.urls[worker%len(p.urls)], bytes.NewReader(body))
 	if err != nil {
 		return 0, fmt.Errorf("building request: %w", err)
 	}

@@ -14,10 +14,17 @@ import (
 // Result is a run's machine-readable outcome (`twinline bench --json`).
 // Sections that do not apply to the scenario are omitted.
 type Result struct {
-	Scenario  string    `json:"scenario"`
-	Target    string    `json:"target"`
-	Embedded  bool      `json:"embedded"`
-	StartedAt time.Time `json:"startedAt"`
+	Scenario string `json:"scenario"`
+	Target   string `json:"target"`
+	// IngestTargets are where events went, when not only the Target;
+	// StreamTargets where the stream clients connected, when not (only)
+	// the Target; MetricsTargets further processes whose /metrics were
+	// read.
+	IngestTargets  []string  `json:"ingestTargets,omitempty"`
+	StreamTargets  []string  `json:"streamTargets,omitempty"`
+	MetricsTargets []string  `json:"metricsTargets,omitempty"`
+	Embedded       bool      `json:"embedded"`
+	StartedAt      time.Time `json:"startedAt"`
 	// Seconds is the length of the measured phase.
 	Seconds float64 `json:"seconds"`
 	Host    Host    `json:"host"`
@@ -27,9 +34,14 @@ type Result struct {
 	Latency *Summary      `json:"latency,omitempty"`
 	Stream  *StreamResult `json:"stream,omitempty"`
 	Fleet   *FleetResult  `json:"fleet,omitempty"`
-	Queries []QueryResult `json:"queries,omitempty"`
-	Server  *ServerResult `json:"server,omitempty"`
-	Notes   []string      `json:"notes,omitempty"`
+	// Legs break the server's part of the sensor → client time down, from
+	// its /metrics over the measured phase; Pipeline says whether the
+	// store kept up (ingest and stream scenarios).
+	Legs     []LegResult     `json:"legs,omitempty"`
+	Pipeline *PipelineResult `json:"pipeline,omitempty"`
+	Queries  []QueryResult   `json:"queries,omitempty"`
+	Server   *ServerResult   `json:"server,omitempty"`
+	Notes    []string        `json:"notes,omitempty"`
 }
 
 // Host describes where the bench ran.
@@ -174,11 +186,12 @@ type ServerResult struct {
 
 func newResult(o Options) *Result {
 	r := &Result{
-		Scenario:  o.Scenario,
-		Target:    o.Target,
-		Embedded:  o.Embedded,
-		StartedAt: time.Now().UTC().Truncate(time.Second),
-		Host:      Host{CPUs: runtime.NumCPU(), GoVersion: runtime.Version(), OS: runtime.GOOS, Arch: runtime.GOARCH},
+		Scenario:       o.Scenario,
+		Target:         o.Target,
+		MetricsTargets: o.MetricsTargets,
+		Embedded:       o.Embedded,
+		StartedAt:      time.Now().UTC().Truncate(time.Second),
+		Host:           Host{CPUs: runtime.NumCPU(), GoVersion: runtime.Version(), OS: runtime.GOOS, Arch: runtime.GOARCH},
 		Config: Config{
 			Workers:  o.Workers,
 			Batch:    o.Batch,
@@ -203,6 +216,12 @@ func newResult(o Options) *Result {
 		r.Config.HistoryMachines = o.HistoryMachines
 		r.Config.HistorySeconds = o.History.Seconds()
 	}
+	if len(o.IngestTargets) > 1 {
+		r.IngestTargets = o.IngestTargets
+	}
+	if len(o.StreamTargets) > 1 || (len(o.StreamTargets) == 1 && o.StreamTargets[0] != o.Target) {
+		r.StreamTargets = o.StreamTargets
+	}
 	if o.Embedded {
 		r.Notes = append(r.Notes, "embedded server: its CPU and memory figures include the load generator in the same process")
 	}
@@ -219,6 +238,15 @@ func WriteTable(w io.Writer, r *Result) error {
 	}
 	row("scenario", "%s", r.Scenario)
 	row("target", "%s", target)
+	if len(r.IngestTargets) > 0 {
+		row("ingest targets", "%s", strings.Join(r.IngestTargets, " "))
+	}
+	if len(r.StreamTargets) > 0 {
+		row("stream targets", "%s", strings.Join(r.StreamTargets, " "))
+	}
+	if len(r.MetricsTargets) > 0 {
+		row("metrics targets", "%s", strings.Join(r.MetricsTargets, " "))
+	}
 	row("host", "%d CPUs, %s %s/%s", r.Host.CPUs, r.Host.GoVersion, r.Host.OS, r.Host.Arch)
 	row("measured", "%.1f s", r.Seconds)
 	c := r.Config
@@ -269,6 +297,7 @@ func WriteTable(w io.Writer, r *Result) error {
 	if l := r.Latency; l != nil {
 		row("sensor→client", "%s", formatSummary(*l))
 	}
+	writeLegs(row, r.Legs, r.Pipeline)
 	if f := r.Fleet; f != nil {
 		row("fleet", "%d clients, conflate %s: %s messages (%s/s)", f.Clients, formatMs(f.ConflateMs), FormatCount(float64(f.Messages)), FormatCount(f.MessagesPerS))
 		row("fleet interval", "%s", formatSummary(f.Interval))
@@ -301,6 +330,49 @@ func WriteTable(w io.Writer, r *Result) error {
 		row("note", "%s", n)
 	}
 	return tw.Flush()
+}
+
+// writeLegs writes the server's legs, one row each ("–" for a leg no
+// process exposed), then the store's backlog.
+func writeLegs(row func(k, format string, a ...any), legs []LegResult, p *PipelineResult) {
+	for _, l := range legs {
+		if !l.Present {
+			row("leg "+l.Name, "–  (%s)", l.What)
+			continue
+		}
+		if l.Count == 0 {
+			row("leg "+l.Name, "no values in the phase  (%s)", l.What)
+			continue
+		}
+		row("leg "+l.Name, "p50 %s  p99 %s  mean %s  (n=%s, %s)",
+			formatMs(l.P50Ms), formatMs(l.P99Ms), formatMs(l.MeanMs), FormatCount(float64(l.Count)), l.What)
+	}
+	if p == nil {
+		return
+	}
+	if p.StoringProcesses > 0 {
+		procs := "1 process"
+		if p.StoringProcesses > 1 {
+			procs = fmt.Sprintf("%d processes", p.StoringProcesses)
+		}
+		row("stored", "%s samples/s over %.1f s (%s)", FormatCount(p.StoredSamplesPerS), p.Seconds, procs)
+	}
+	backlog := func(k, unit string, b *Backlog) {
+		if b == nil {
+			row(k, "–")
+			return
+		}
+		row(k, "start %s, end %s, max %s %s (%d readings)", FormatCount(b.Start), FormatCount(b.End), FormatCount(b.Max), unit, b.Readings)
+	}
+	if p.Lag != nil {
+		backlog("kafka lag", "records", p.Lag)
+	}
+	if p.Depth != nil {
+		backlog("log depth", "samples", p.Depth)
+	}
+	if p.Lag == nil && p.Depth == nil {
+		backlog("backlog", "", nil)
+	}
 }
 
 func formatSummary(s Summary) string {

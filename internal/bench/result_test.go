@@ -53,6 +53,12 @@ func sampleResults() map[string]*Result {
 		Request: &Summary{Count: 2540, MeanMs: 30.1, P50Ms: 27.5, P90Ms: 60, P99Ms: 150, P999Ms: 200, MaxMs: 210},
 	}
 	ingest.Server = &ServerResult{CPUSeconds: 19.5, CPUPerSample: 19.5 / 7_620_000, RSS: 450 << 20}
+	ingest.Legs = []LegResult{{Name: "ingest_ack", Series: `twinline_leg_seconds{leg="ingest_ack"}`, What: legSpecs[0].what}}
+	ingest.Pipeline = &PipelineResult{
+		Sources: []string{"http://127.0.0.1:8080"}, SourceErrors: []string{"http://127.0.0.1:8080: answered 401 Unauthorized"},
+		Seconds: 10, StoredSamplesPerS: 760_000, StoringProcesses: 1,
+		Depth: &Backlog{Start: 0, End: 2000, Max: 65_000, Readings: 11},
+	}
 
 	lat := base("latency")
 	lat.Ingest = &IngestResult{Requests: 1000, Events: 500_000, Samples: 1_500_000, EventsPerS: 50_000, SamplesPerS: 150_000}
@@ -61,6 +67,21 @@ func sampleResults() map[string]*Result {
 		Clients: 1000, Connected: 1000, ConnectS: 0.5, ConnectPerS: 2000,
 		Messages: 900_000, MessagesPerS: 100_000, Samples: 1_350_000, SamplesPerS: 150_000, Expected: 1_350_000,
 		RSSDelta: 60 << 20, BytesPerClient: 62914.56,
+	}
+	lat.StreamTargets = []string{"http://127.0.0.1:8083", "http://127.0.0.1:8084"}
+	lat.MetricsTargets = []string{"http://127.0.0.1:8081", "http://127.0.0.1:8082"}
+	lat.Legs = []LegResult{
+		{Name: "ingest_ack", Series: `twinline_leg_seconds{leg="ingest_ack"}`, What: legSpecs[0].what, Present: true, Processes: 1,
+			Count: 1000, MeanMs: 4.2, P50Ms: 3.5, P99Ms: 9.9},
+		{Name: "log_wait", Series: `twinline_leg_seconds{leg="log_wait"}`, What: legSpecs[1].what},
+		{Name: "store_commit", Series: `twinline_leg_seconds{leg="store_commit"}`, What: legSpecs[3].what, Present: true, Processes: 2,
+			Count: 800, MeanMs: 50, P50Ms: 45, P99Ms: 120},
+		{Name: "publish_write", Series: `twinline_leg_seconds{leg="publish_write"}`, What: legSpecs[4].what, Present: true, Processes: 2},
+	}
+	lat.Pipeline = &PipelineResult{
+		Sources: []string{"http://127.0.0.1:8080", "http://127.0.0.1:8083", "http://127.0.0.1:8084", "http://127.0.0.1:8081", "http://127.0.0.1:8082"},
+		Seconds: 9.5, StoredSamplesPerS: 150_000, StoringProcesses: 2,
+		Lag: &Backlog{Start: 120, End: 300, Max: 4500, Readings: 11},
 	}
 
 	dash := base("dashboard")

@@ -49,7 +49,10 @@ func TestSmoke(t *testing.T) {
 		opts  Options
 		check func(t *testing.T, r *Result)
 	}{
-		{opts: Options{Scenario: "ingest-json", Workers: 2, Batch: 100, Machines: 10}, check: checkIngest},
+		{opts: Options{Scenario: "ingest-json", Workers: 2, Batch: 100, Machines: 10}, check: func(t *testing.T, r *Result) {
+			checkIngest(t, r)
+			checkLegs(t, r)
+		}},
 		{opts: Options{Scenario: "ingest-lp", Workers: 2, Batch: 100, Machines: 10}, check: checkIngest},
 		{
 			opts: Options{Scenario: "latency", Rate: 2000, Clients: 20, AllClients: 2, Machines: 10, Warmup: 100 * time.Millisecond},
@@ -64,6 +67,7 @@ func TestSmoke(t *testing.T) {
 				if r.Stream.Samples > r.Stream.Expected {
 					t.Errorf("received %d samples, more than the %d expected", r.Stream.Samples, r.Stream.Expected)
 				}
+				checkLegs(t, r)
 			},
 		},
 		{
@@ -121,6 +125,44 @@ func TestSmoke(t *testing.T) {
 			}
 			tt.check(t, r)
 		})
+	}
+}
+
+// checkLegs checks the legs and backlog an embedded server exposes: the
+// in-process log's depth, the stored samples, and every leg it has
+// (whichever the server exposes: the others are reported absent).
+func checkLegs(t *testing.T, r *Result) {
+	t.Helper()
+	p := r.Pipeline
+	if p == nil || len(p.SourceErrors) > 0 || p.StoringProcesses != 1 || p.StoredSamplesPerS <= 0 {
+		t.Fatalf("pipeline = %+v, want the server read and samples stored", p)
+	}
+	if p.Depth == nil || p.Depth.Readings < 2 {
+		t.Errorf("log depth = %+v, want read at the start and end of the phase", p.Depth)
+	}
+	names := map[string]bool{}
+	for _, l := range r.Legs {
+		names[l.Name] = true
+		if !l.Present {
+			continue
+		}
+		if l.Count < 0 || l.P50Ms > l.P99Ms || l.MeanMs < 0 {
+			t.Errorf("leg %+v: want a count and p50 ≤ p99", l)
+		}
+	}
+	for _, sp := range legSpecs {
+		if !sp.optional && sp.split == "" && !names[sp.name] {
+			t.Errorf("leg %s missing from the report", sp.name)
+		}
+	}
+	// The store's commit histogram exists on every server.
+	if !names["store_write{memory}"] {
+		t.Errorf("legs %v: want store_write{memory}", names)
+	}
+	for _, l := range r.Legs {
+		if l.Name == "store_write{memory}" && l.Count == 0 {
+			t.Errorf("store_write{memory} = %+v, want commits counted in the phase", l)
+		}
 	}
 }
 

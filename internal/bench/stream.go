@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"math"
 	"net/http"
 	"runtime"
@@ -88,7 +87,7 @@ func runStream(ctx context.Context, o Options, r *Result) error {
 	var connectEnd atomic.Int64
 	for c := range total {
 		s := &subscriber{
-			base: o.Target, query: queries[c], transport: o.Transport,
+			base: o.StreamTargets[c%len(o.StreamTargets)], query: queries[c], transport: o.Transport,
 			hist: shards.Shard(c), m: m, from: &from, wsClient: wsClient,
 		}
 		if c >= o.Clients {
@@ -187,6 +186,19 @@ func runStream(ctx context.Context, o Options, r *Result) error {
 	measureFrom := start.Add(o.Warmup)
 	from.Store(measureFrom.UnixMilli())
 	m.setPhase("measure")
+	// The servers' legs and backlog over the measured phase: read once the
+	// warm-up is over, and again after the drain.
+	watchc := make(chan *phaseWatch, 1)
+	go func() {
+		t := time.NewTimer(time.Until(measureFrom))
+		defer t.Stop()
+		select {
+		case <-t.C:
+			watchc <- startPhase(ctx, metricsSources(o), o.Token, time.Second)
+		case <-ctx.Done():
+			watchc <- nil
+		}
+	}()
 	expected, behind, err := sendOpenLoop(ctx, o, p, m, names, subs, start, measureFrom, start.Add(o.Duration))
 	sendEnd := time.Now()
 
@@ -199,6 +211,11 @@ func runStream(ctx context.Context, o Options, r *Result) error {
 		if n := m.received.Load(); n != last {
 			last, lastAt = n, time.Now()
 		}
+	}
+	if w := <-watchc; w != nil {
+		var notes []string
+		r.Legs, r.Pipeline, notes = w.finish(context.WithoutCancel(ctx))
+		r.Notes = append(r.Notes, notes...)
 	}
 	// Before the clients leave: a client that goes away can be counted as
 	// a write error on the server.
@@ -422,29 +439,25 @@ func checkOpenFiles(o Options) error {
 }
 
 // droppedClients reads twinline_stream_clients_dropped_total{reason} from
-// the server's /metrics, by reason.
+// the /metrics of every stream target, by reason, summed.
 func droppedClients(ctx context.Context, o Options) (map[string]int64, error) {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, o.Target+"/metrics", nil)
-	if err != nil {
-		return nil, fmt.Errorf("reading dropped clients: %w", err)
-	}
 	c := &http.Client{Transport: auth.BearerTransport(o.Token, &http.Transport{Proxy: nil})}
 	defer c.CloseIdleConnections()
-	resp, err := c.Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("reading dropped clients: %w", err)
+	out := make(map[string]int64)
+	for _, t := range o.StreamTargets {
+		body, err := fetchMetrics(ctx, c, t)
+		if err != nil {
+			return nil, fmt.Errorf("reading dropped clients: %w", err)
+		}
+		one, err := parseDropped(body)
+		if err != nil {
+			return nil, fmt.Errorf("reading dropped clients of %s: %w", t, err)
+		}
+		for reason, n := range one {
+			out[reason] += n
+		}
 	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("reading dropped clients: GET /metrics answered %s", resp.Status)
-	}
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
-	if err != nil {
-		return nil, fmt.Errorf("reading dropped clients: %w", err)
-	}
-	return parseDropped(body)
+	return out, nil
 }
 
 // parseDropped picks the twinline_stream_clients_dropped_total series out

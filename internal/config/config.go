@@ -8,10 +8,12 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/twinline/twinline/internal/auth"
+	"github.com/twinline/twinline/internal/eventlog/kafka"
 	"github.com/twinline/twinline/internal/hot"
 	"github.com/twinline/twinline/internal/sim"
 	"github.com/twinline/twinline/internal/stream"
@@ -147,6 +149,11 @@ type Config struct {
 	// session timeout ("": a dynamic member). Default: the host name (a
 	// StatefulSet pod's name in Kubernetes).
 	KafkaInstanceID string
+	// KafkaTuning trades the Kafka legs' latency against their
+	// throughput: the producer's linger, batch size and compression, the
+	// consumer's fetch wait and sizes and records per read
+	// (docs/kafka.md, Tuning).
+	KafkaTuning kafka.Tuning
 	// Role is the part of the platform this replica runs.
 	Role Role
 
@@ -277,6 +284,7 @@ func Default() Config {
 		KafkaGroup:                 "twinline-processor",
 		KafkaSessionTimeout:        45 * time.Second,
 		KafkaInstanceID:            hostname(),
+		KafkaTuning:                kafka.DefaultTuning(),
 		Role:                       RoleAll,
 		Auth:                       "auto",
 		MetricsAuth:                "auto",
@@ -471,6 +479,7 @@ func (c Config) Validate() error {
 	if c.KafkaSessionTimeout < 6*time.Second || c.KafkaSessionTimeout > 30*time.Minute {
 		bad("kafka-session-timeout", "must be between 6s and 30m (the brokers' group session bounds), got %s", c.KafkaSessionTimeout)
 	}
+	c.validateKafkaTuning(bad)
 	switch c.Role {
 	case RoleAll:
 		if kafka && c.Store != "postgres" {
@@ -598,6 +607,37 @@ func (c Config) validateSecurity(bad func(flag, format string, a ...any)) {
 	}
 	if c.MQTTMaxRetained < 0 || c.MQTTMaxRetainedBytes < 0 {
 		bad("mqtt-max-retained", "must not be negative")
+	}
+}
+
+// validateKafkaTuning checks the Kafka tuning flags against what franz-go
+// and the brokers accept.
+func (c Config) validateKafkaTuning(bad func(flag, format string, a ...any)) {
+	t := c.KafkaTuning
+	if t.Linger < 0 || t.Linger > time.Second {
+		bad("kafka-linger", "must be between 0 and 1s, got %s", t.Linger)
+	}
+	// franz-go's bounds of a record batch.
+	if t.BatchMaxBytes < 512 || t.BatchMaxBytes > 1<<30 {
+		bad("kafka-batch-max-bytes", "must be between 512 and 1 GiB, got %d", t.BatchMaxBytes)
+	}
+	if !slices.Contains(kafka.Compressions, t.Compression) {
+		bad("kafka-compression", "must be one of %s, got %q", strings.Join(kafka.Compressions, ", "), t.Compression)
+	}
+	if t.FetchMaxWait < 10*time.Millisecond || t.FetchMaxWait > 30*time.Second {
+		bad("kafka-fetch-max-wait", "must be between 10ms and 30s, got %s", t.FetchMaxWait)
+	}
+	if t.FetchMaxBytes < 1<<10 || t.FetchMaxBytes > 1<<30 {
+		bad("kafka-fetch-max-bytes", "must be between 1 KiB and 1 GiB, got %d", t.FetchMaxBytes)
+	}
+	if t.FetchMinBytes < 1 || t.FetchMinBytes > t.FetchMaxBytes {
+		bad("kafka-fetch-min-bytes", "must be between 1 and --kafka-fetch-max-bytes (%d), got %d", t.FetchMaxBytes, t.FetchMinBytes)
+	}
+	if t.FetchMaxPartitionBytes < 1<<10 || t.FetchMaxPartitionBytes > t.FetchMaxBytes {
+		bad("kafka-fetch-max-partition-bytes", "must be between 1 KiB and --kafka-fetch-max-bytes (%d), got %d", t.FetchMaxBytes, t.FetchMaxPartitionBytes)
+	}
+	if t.MaxPollRecords < 1 || t.MaxPollRecords > 1<<20 {
+		bad("kafka-max-poll-records", "must be between 1 and 1048576, got %d", t.MaxPollRecords)
 	}
 }
 

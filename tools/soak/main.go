@@ -1,10 +1,12 @@
 // Command soak runs the real twinline binary under a steady load for a
 // long time (soak) or under faults (chaos), and checks that every event
-// the server acknowledged is stored.
+// the server acknowledged is stored; or runs its roles as separate
+// processes and benchmarks them (scale, scale.go).
 //
 //	go run ./tools/soak soak --duration 30m --rate 20000   # make soak
 //	go run ./tools/soak chaos --duration 5m                 # make chaos
 //	go run ./tools/soak chaos --duration 1m --faults kill --kills 3
+//	go run ./tools/soak scale -- --scenario latency         # make bench-scale
 //
 // The load: an open-loop sender at --rate events/s (each event with its
 // own id, so retries are idempotent; counted acknowledged only on a 2xx;
@@ -76,6 +78,19 @@ type config struct {
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if len(os.Args) > 1 && os.Args[1] == "scale" {
+		sc, err := parseScaleFlags(os.Args[2:])
+		if err == nil {
+			err = runScale(ctx, sc, os.Stdout)
+		}
+		if err != nil {
+			if !errors.Is(err, flag.ErrHelp) {
+				fmt.Fprintln(os.Stderr, "soak scale:", err)
+			}
+			os.Exit(1)
+		}
+		return
+	}
 	cfg, err := parseFlags(os.Args[1:])
 	if err == nil {
 		err = run(ctx, cfg, os.Stdout)
@@ -96,8 +111,8 @@ func (l *listFlag) Set(s string) error { *l = append(*l, s); return nil }
 func parseFlags(args []string) (config, error) {
 	var c config
 	if len(args) == 0 || (args[0] != "soak" && args[0] != "chaos") {
-		fmt.Fprintln(os.Stderr, "usage: soak soak|chaos [flags]   (soak soak -h for the flags)")
-		return c, errors.New("want a mode: soak or chaos")
+		fmt.Fprintln(os.Stderr, "usage: soak soak|chaos|scale [flags]   (soak soak -h for the flags)")
+		return c, errors.New("want a mode: soak, chaos or scale")
 	}
 	c.mode = args[0]
 	chaos := c.mode == "chaos"

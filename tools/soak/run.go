@@ -70,7 +70,7 @@ func run(ctx context.Context, c config, out io.Writer) (err error) {
 	// PostgreSQL: a database of the run's own, through a proxy when it is
 	// to be cut.
 	if c.store == "postgres" {
-		dbURL, drop, err := createDatabase(ctx, c.pgAdminURL)
+		dbURL, drop, err := createDatabase(ctx, c.pgAdminURL, "twinline_soak")
 		if err != nil {
 			return err
 		}
@@ -503,9 +503,10 @@ func (q *countQuery) get(ctx context.Context, u string) (map[int64]int64, error)
 	return out, nil
 }
 
-// createDatabase creates a database of the run's own on the PostgreSQL of
-// adminURL; drop drops it (WITH (FORCE): the killed servers' sessions).
-func createDatabase(ctx context.Context, adminURL string) (dbURL string, drop func(), err error) {
+// createDatabase creates a database of the run's own (prefix_<time>) on
+// the PostgreSQL of adminURL; drop drops it (WITH (FORCE): the killed
+// servers' sessions).
+func createDatabase(ctx context.Context, adminURL, prefix string) (dbURL string, drop func(), err error) {
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	conn, err := pgx.Connect(cctx, adminURL)
@@ -513,7 +514,7 @@ func createDatabase(ctx context.Context, adminURL string) (dbURL string, drop fu
 		return "", nil, fmt.Errorf("connecting to PostgreSQL at %s: %w", adminURL, err)
 	}
 	defer conn.Close(context.Background())
-	name := fmt.Sprintf("twinline_soak_%d", time.Now().UnixNano())
+	name := fmt.Sprintf("%s_%d", prefix, time.Now().UnixNano())
 	if _, err := conn.Exec(cctx, "CREATE DATABASE "+name); err != nil {
 		return "", nil, fmt.Errorf("creating database %s: %w", name, err)
 	}

@@ -251,6 +251,7 @@ func (c *Consumer) connect() (*kgo.Client, error) {
 		}),
 		kgo.WithLogger(kgoLogger{c.logger}),
 	}
+	own = append(own, c.opts.tuning.consumerOpts()...)
 	if c.opts.instanceID != "" {
 		// Static membership: a replica restarted under the same id gets its
 		// partitions back at once instead of after the session timeout.
@@ -312,7 +313,7 @@ func (c *Consumer) Read(ctx context.Context) (eventlog.Read, error) {
 		read.Dropped = c.takeDropped()
 		return read, err
 	}
-	fetches := cl.PollRecords(ctx, c.opts.maxPoll)
+	fetches := cl.PollRecords(ctx, c.opts.tuning.MaxPollRecords)
 	if fetches.IsClientClosed() {
 		return read, errors.New("reading kafka: client closed")
 	}

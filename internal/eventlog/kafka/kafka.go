@@ -26,6 +26,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -58,7 +59,7 @@ type options struct {
 	kgo         []kgo.Opt
 	tls         *tls.Config
 	decode      ingest.Options
-	maxPoll     int
+	tuning      Tuning
 	readyPeriod time.Duration
 	ackTimeout  time.Duration
 	instanceID  string
@@ -66,11 +67,98 @@ type options struct {
 }
 
 func buildOptions(opts []Option) options {
-	o := options{decode: ingest.DefaultOptions(), maxPoll: 16 << 10, readyPeriod: 2 * time.Second, ackTimeout: 10 * time.Second}
+	o := options{decode: ingest.DefaultOptions(), tuning: DefaultTuning(), readyPeriod: 2 * time.Second, ackTimeout: 10 * time.Second}
 	for _, opt := range opts {
 		opt(&o)
 	}
 	return o
+}
+
+// Tuning holds the settings that trade the Kafka legs' latency against
+// their throughput. docs/kafka.md (Tuning) says why each default is what
+// it is.
+type Tuning struct {
+	// Linger is how long the producer holds a partition's batch open for
+	// more records before it sends it (0: send at once; batches then form
+	// from the records that arrive while the requests before them are in
+	// flight, up to five per broker).
+	Linger time.Duration
+	// BatchMaxBytes bounds one produced record batch (one partition's part
+	// of a request), before compression; the topic's max.message.bytes
+	// must allow it.
+	BatchMaxBytes int32
+	// Compression of produced batches: none, snappy, lz4, zstd or gzip.
+	// A batch goes uncompressed when compressing does not shrink it.
+	Compression string
+	// FetchMaxWait is how long a broker may hold a fetch that has less
+	// than FetchMinBytes to return; FetchMinBytes 1 answers as soon as
+	// anything is there.
+	FetchMaxWait  time.Duration
+	FetchMinBytes int32
+	// FetchMaxBytes bounds one fetch response, FetchMaxPartitionBytes one
+	// partition's part of it (a batch larger than either still comes
+	// whole).
+	FetchMaxBytes          int32
+	FetchMaxPartitionBytes int32
+	// MaxPollRecords bounds the records the Consumer takes per read, and
+	// so the size of one commit per partition.
+	MaxPollRecords int
+}
+
+// DefaultTuning returns the defaults: low latency when the processors
+// keep up (nothing waits for a batch to fill), large batches when they
+// catch up (what accumulated while a request or a commit was under way
+// goes in the next one).
+func DefaultTuning() Tuning {
+	return Tuning{
+		Linger:                 0,
+		BatchMaxBytes:          1 << 20,
+		Compression:            "snappy",
+		FetchMaxWait:           500 * time.Millisecond,
+		FetchMinBytes:          1,
+		FetchMaxBytes:          50 << 20,
+		FetchMaxPartitionBytes: 1 << 20,
+		MaxPollRecords:         16 << 10,
+	}
+}
+
+// Compressions are the values Tuning.Compression takes.
+var Compressions = []string{"none", "snappy", "lz4", "zstd", "gzip"}
+
+// WithTuning sets the latency and throughput settings (default
+// DefaultTuning).
+func WithTuning(t Tuning) Option {
+	return func(o *options) { o.tuning = t }
+}
+
+// producerOpts are the franz-go options of the producer's tuning.
+// franz-go checks the ranges when the client is created.
+func (t Tuning) producerOpts() ([]kgo.Opt, error) {
+	codec := map[string]kgo.CompressionCodec{
+		"none": kgo.NoCompression(), "snappy": kgo.SnappyCompression(), "lz4": kgo.Lz4Compression(),
+		"zstd": kgo.ZstdCompression(), "gzip": kgo.GzipCompression(),
+	}
+	c, ok := codec[t.Compression]
+	if !ok {
+		return nil, fmt.Errorf("compression %q is not one of %s", t.Compression, strings.Join(Compressions, ", "))
+	}
+	return []kgo.Opt{
+		kgo.ProducerLinger(t.Linger),
+		kgo.ProducerBatchMaxBytes(t.BatchMaxBytes),
+		kgo.ProducerBatchCompression(c, kgo.NoCompression()),
+	}, nil
+}
+
+// consumerOpts are the franz-go options of the consumer's tuning.
+func (t Tuning) consumerOpts() []kgo.Opt {
+	return []kgo.Opt{
+		kgo.FetchMaxWait(t.FetchMaxWait),
+		kgo.FetchMinBytes(t.FetchMinBytes),
+		kgo.FetchMaxBytes(t.FetchMaxBytes),
+		kgo.FetchMaxPartitionBytes(t.FetchMaxPartitionBytes),
+		// A response as large as a fetch may be must be readable.
+		kgo.BrokerMaxReadBytes(max(t.FetchMaxBytes+1<<20, 100<<20)),
+	}
 }
 
 // WithClientOptions adds franz-go client options (after twinline's own, so
@@ -128,11 +216,12 @@ func WithDecodeOptions(d ingest.Options) Option {
 }
 
 // WithMaxPollRecords bounds the records the Consumer takes per poll, and
-// so the size of one commit per partition. Default 16384.
+// so the size of one commit per partition (Tuning.MaxPollRecords). Default
+// 16384.
 func WithMaxPollRecords(n int) Option {
 	return func(o *options) {
 		if n > 0 {
-			o.maxPoll = n
+			o.tuning.MaxPollRecords = n
 		}
 	}
 }

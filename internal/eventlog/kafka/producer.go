@@ -51,18 +51,22 @@ func NewProducer(brokers []string, topic string, logger *slog.Logger, reg promet
 	}
 	o := buildOptions(opts)
 	logger = orDiscard(logger).With("component", "kafka_producer")
-	kopts := o.clientOptions(
+	own := []kgo.Opt{
 		kgo.SeedBrokers(brokers...),
 		kgo.DefaultProduceTopic(topic),
 		kgo.RequiredAcks(kgo.AllISRAcks()), // the default, stated: acks=all
 		kgo.RecordPartitioner(kgo.StickyKeyPartitioner(nil)),
-		kgo.ProducerLinger(5*time.Millisecond),
-		kgo.MaxBufferedRecords(256<<10),
+		kgo.MaxBufferedRecords(256 << 10),
 		// A record that cannot be delivered fails (when idempotence allows)
 		// rather than holding its client forever.
-		kgo.RecordDeliveryTimeout(30*time.Second),
+		kgo.RecordDeliveryTimeout(30 * time.Second),
 		kgo.WithLogger(kgoLogger{logger}),
-	)
+	}
+	tuned, err := o.tuning.producerOpts()
+	if err != nil {
+		return nil, fmt.Errorf("creating kafka producer: %w", err)
+	}
+	kopts := o.clientOptions(append(own, tuned...)...)
 	cl, err := kgo.NewClient(kopts...)
 	if err != nil {
 		return nil, fmt.Errorf("creating kafka producer: %w", err)
