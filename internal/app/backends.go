@@ -38,7 +38,7 @@ func (a *App) openLog(st store.Store, sinks pipeline.Sinks, engineCfg stream.Eng
 		if err != nil {
 			return eventlog.Result{}, err
 		}
-		observeSince(ack, b.Received) // the log took it; the client waits for durable
+		observeSince(ack, b) // the log took it; the client waits for durable
 		return e.Wait(ctx)
 	}
 	return a.openProcessor(pipeline.NewLogSource(a.events, st), "memory", sinks, engineCfg, reg)
@@ -95,7 +95,7 @@ func (a *App) openKafka(sinks pipeline.Sinks, engineCfg stream.EngineConfig, reg
 			if err := p.Append(ctx, b); err != nil {
 				return eventlog.Result{}, err
 			}
-			observeSince(ack, b.Received) // Kafka holds every record of it
+			observeSince(ack, b) // Kafka holds every record of it
 			// Duplicates are recognised downstream, by the processors.
 			return eventlog.Result{Accepted: len(b.Events)}, nil
 		}

@@ -43,8 +43,14 @@ func (l legs) processor() pipeline.Legs {
 	return pipeline.Legs{LogWait: l.leg(legLogWait), Engine: l.leg(legEngine), StoreCommit: l.leg(legStoreCommit)}
 }
 
-// observeSince observes in o the seconds since received (Unix ms, a
-// batch's ingest time).
-func observeSince(o prometheus.Observer, received int64) {
-	o.Observe(float64(max(time.Now().UnixMilli()-received, 0)) / 1e3)
+// observeSince observes in o the seconds since b was received (its
+// ingest time, Unix ms), with b's trace as the exemplar when it is
+// sampled.
+func observeSince(o prometheus.Observer, b *telemetry.Batch) {
+	v := float64(max(time.Now().UnixMilli()-b.Received, 0)) / 1e3
+	if eo, ok := o.(prometheus.ExemplarObserver); ok && b.Trace.IsSampled() {
+		eo.ObserveWithExemplar(v, prometheus.Labels{"trace_id": b.Trace.TraceID().String()})
+		return
+	}
+	o.Observe(v)
 }

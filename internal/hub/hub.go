@@ -422,7 +422,7 @@ func (h *Hub) PublishTracedSamples(samples []telemetry.Sample, received int64, t
 		}
 		d := newDraft(machine, len(machine)+64+len(traceparent)+e.counts[g])
 		d.buf = samplesHeader(d.buf, d.machine, received, traceparent)
-		d.absorbed, d.ingest = true, received
+		d.absorbed, d.ingest, d.trace = true, received, traceID(traceparent)
 		e.drafts[g] = d
 		e.counts[g] = 0 // now: samples written
 	}

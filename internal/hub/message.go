@@ -39,6 +39,9 @@ type message struct {
 	// message, its ingestTs (Unix ms): what the delivery metrics measure
 	// from.
 	at, ingest int64
+	// trace is the trace id (hex) of a traced samples message, for the
+	// delivery histogram's exemplar; "" otherwise.
+	trace string
 }
 
 // lazyBody is the content of a message no client wanted when it was
@@ -82,6 +85,7 @@ type draft struct {
 	absorbed bool
 	// ingest is a samples message's ingestTs (Unix ms), 0 for others.
 	ingest int64
+	trace  string // the trace id of a traced samples draft (message.trace)
 }
 
 // encode encodes a lazy draft now (to publish it through Redis).
@@ -101,11 +105,11 @@ func newDraft(machine string, size int) draft {
 // a lazy draft stays unencoded.
 func (d draft) finish(seq uint64, m *message) *message {
 	if d.buf == nil {
-		*m = message{seq: seq, id: true, machine: d.machine, lazy: d.lazy, size: headroom + d.lazy.estimate(), absorbed: d.absorbed, ingest: d.ingest}
+		*m = message{seq: seq, id: true, machine: d.machine, lazy: d.lazy, size: headroom + d.lazy.estimate(), absorbed: d.absorbed, ingest: d.ingest, trace: d.trace}
 		return m
 	}
 	frame, off := d.frameWith(seq)
-	*m = message{seq: seq, id: true, machine: d.machine, frame: frame, jsonOff: off, size: len(frame), absorbed: d.absorbed, ingest: d.ingest}
+	*m = message{seq: seq, id: true, machine: d.machine, frame: frame, jsonOff: off, size: len(frame), absorbed: d.absorbed, ingest: d.ingest, trace: d.trace}
 	return m
 }
 
@@ -239,3 +243,12 @@ func appendSample(b []byte, s *telemetry.Sample, first bool) []byte {
 
 // samplesTrailer ends the body of a samples message.
 func samplesTrailer(b []byte) []byte { return append(b, "]}\n\n"...) }
+
+// traceID returns the trace id of a W3C traceparent (version-traceid-
+// parentid-flags), a substring of it, or "" when it is not one.
+func traceID(traceparent string) string {
+	if len(traceparent) < 55 || traceparent[2] != '-' || traceparent[35] != '-' {
+		return ""
+	}
+	return traceparent[3:35]
+}

@@ -127,7 +127,14 @@ func (m *metrics) delivered(now int64, msgs []*message) {
 			if wall == 0 {
 				wall = time.Now().UnixMilli()
 			}
-			m.delivery.Observe(float64(max(wall-x.ingest, 0)) / 1e3)
+			v := float64(max(wall-x.ingest, 0)) / 1e3
+			if x.trace != "" {
+				// A traced message: its trace is the histogram's exemplar
+				// (OpenMetrics), a click from the latency panel to the trace.
+				m.delivery.(prometheus.ExemplarObserver).ObserveWithExemplar(v, prometheus.Labels{"trace_id": x.trace})
+			} else {
+				m.delivery.Observe(v)
+			}
 		}
 		if m.publishWrite != nil && x.at > 0 {
 			m.publishWrite.Observe(float64(max(now-x.at, 0)) / 1e9)

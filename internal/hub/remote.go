@@ -35,6 +35,9 @@ func (h *Hub) decodeRemote(d *draft, remote bool, us []fleetUpdate) []fleetUpdat
 	d.absorbed = typ.absorbed()
 	if typ == TypeSamples {
 		d.ingest = v.GetInt64("ingestTs") // for the delivery metrics
+		if tp := v.GetStringBytes("traceparent"); tp != nil {
+			d.trace = traceID(string(tp)) // its exemplar
+		}
 	}
 	if !remote {
 		return us
