@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"encoding/json"
+	"io"
 	"net/http"
 	"strings"
 	"testing"
@@ -123,5 +124,33 @@ func TestTraceHTTPToStream(t *testing.T) {
 	}
 	if want := "00-" + testTraceID + "-" + byName["hub publish"].SpanID() + "-01"; got[1].Traceparent != want {
 		t.Errorf("samples traceparent = %q, want %q (the hub publish span)", got[1].Traceparent, want)
+	}
+
+	// Exemplars: the traced batch's observations of the latency
+	// histograms carry its trace id, in OpenMetrics.
+	req, _ := http.NewRequestWithContext(ctx, "GET", url+"/metrics", nil)
+	req.Header.Set("Accept", "application/openmetrics-text; version=1.0.0")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	exemplar := `# {trace_id="` + testTraceID + `"}`
+	for _, series := range []string{"twinline_ingest_durable_seconds_bucket", `twinline_leg_seconds_bucket{leg="ingest_ack"`,
+		`twinline_leg_seconds_bucket{leg="store_commit"`, "twinline_store_write_seconds_bucket", "twinline_stream_delivery_seconds_bucket"} {
+		found := false
+		for line := range strings.Lines(string(body)) {
+			if strings.HasPrefix(line, series) && strings.Contains(line, exemplar) {
+				found = true
+				break
+			}
+		}
+		if !found {
+			t.Errorf("no %s line with the exemplar %s", series, exemplar)
+		}
 	}
 }

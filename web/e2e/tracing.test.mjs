@@ -22,7 +22,6 @@ if (skip) console.log(`# SKIP browser tests: ${skip}`);
  * server's own trace into the browser is a TODO (it runs, and reports).
  * Remove this at the merge: the test must then pass.
  */
-const AWAITS_SERVER_TRACING = 'needs the server-side tracing of issue 16 (traceparent on samples messages)';
 
 const UI_URL = 'http://traces.example/trace/{traceId}';
 
@@ -209,7 +208,7 @@ describe('browser tracing through the relay', { skip }, () => {
     await ctx.close();
   });
 
-  it("follows the server's trace of an ingested event into the browser", { todo: AWAITS_SERVER_TRACING }, async () => {
+  it("follows the server's trace of an ingested event into the browser", async () => {
     const machine = 'traced-1';
     const ingest = (event, headers = {}) =>
       api(srv.url, '/api/v1/events', {
