@@ -46,7 +46,7 @@ func (s Span) SpanID() string { return hex.EncodeToString(s.Span.SpanId) }
 func (s Span) ParentID() string { return hex.EncodeToString(s.Span.ParentSpanId) }
 
 // Attr returns the string form of the span's attribute key ("" when absent).
-func (s Span) Attr(key string) string { return attr(s.Attributes, key) }
+func (s Span) Attr(key string) string { return Attr(s.Attributes, key) }
 
 // Receiver is a running test collector.
 type Receiver struct {
@@ -203,7 +203,7 @@ func (r *Receiver) add(msg *coltracepb.ExportTraceServiceRequest) {
 	for _, rs := range msg.GetResourceSpans() {
 		res := map[string]string{}
 		for _, kv := range rs.GetResource().GetAttributes() {
-			res[kv.Key] = value(kv.Value)
+			res[kv.Key] = Value(kv.Value)
 		}
 		for _, ss := range rs.GetScopeSpans() {
 			for _, s := range ss.GetSpans() {
@@ -219,27 +219,29 @@ func (r *Receiver) add(msg *coltracepb.ExportTraceServiceRequest) {
 	r.mu.Unlock()
 }
 
-func attr(kvs []*commonpb.KeyValue, key string) string {
+// Attr returns the string form of the attribute key of kvs ("" when
+// absent).
+func Attr(kvs []*commonpb.KeyValue, key string) string {
 	for _, kv := range kvs {
-		if kv.Key == key {
-			return value(kv.Value)
+		if kv.GetKey() == key {
+			return Value(kv.GetValue())
 		}
 	}
 	return ""
 }
 
-// value is an attribute value's string form (a number in decimal).
-func value(v *commonpb.AnyValue) string {
+// Value is an attribute value's string form (a number in decimal, an
+// array or map as its OTLP JSON).
+func Value(v *commonpb.AnyValue) string {
 	switch x := v.GetValue().(type) {
 	case *commonpb.AnyValue_StringValue:
 		return x.StringValue
 	case *commonpb.AnyValue_IntValue:
 		return strconv.FormatInt(x.IntValue, 10)
+	case *commonpb.AnyValue_DoubleValue:
+		return strconv.FormatFloat(x.DoubleValue, 'g', -1, 64)
 	case *commonpb.AnyValue_BoolValue:
-		if x.BoolValue {
-			return "true"
-		}
-		return "false"
+		return strconv.FormatBool(x.BoolValue)
 	default:
 		b, _ := protojson.Marshal(v)
 		return string(b)

@@ -25,7 +25,6 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -33,7 +32,8 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	coltracepb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
-	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
+
+	"github.com/twinline/twinline/internal/otlptest"
 )
 
 // span is one printed line.
@@ -91,12 +91,12 @@ func run(listen string, stdin io.Reader, stdout io.Writer) error {
 			return
 		}
 		for _, rs := range req.ResourceSpans {
-			service := attr(rs.GetResource().GetAttributes(), "service.name")
+			service := otlptest.Attr(rs.GetResource().GetAttributes(), "service.name")
 			for _, ss := range rs.GetScopeSpans() {
 				for _, s := range ss.GetSpans() {
 					attrs := map[string]string{}
 					for _, kv := range s.GetAttributes() {
-						attrs[kv.GetKey()] = value(kv.GetValue())
+						attrs[kv.GetKey()] = otlptest.Value(kv.GetValue())
 					}
 					if err := out.print(span{TraceID: hex.EncodeToString(s.TraceId), SpanID: hex.EncodeToString(s.SpanId),
 						ParentID: hex.EncodeToString(s.ParentSpanId), Name: s.Name, Kind: int32(s.Kind), Service: service,
@@ -140,29 +140,4 @@ func (p *printer) print(v any) error {
 		return fmt.Errorf("printing: %w", err)
 	}
 	return nil
-}
-
-func attr(kvs []*commonpb.KeyValue, key string) string {
-	for _, kv := range kvs {
-		if kv.GetKey() == key {
-			return value(kv.GetValue())
-		}
-	}
-	return ""
-}
-
-// value is an attribute value's string form (a number in decimal).
-func value(v *commonpb.AnyValue) string {
-	switch x := v.GetValue().(type) {
-	case *commonpb.AnyValue_StringValue:
-		return x.StringValue
-	case *commonpb.AnyValue_IntValue:
-		return strconv.FormatInt(x.IntValue, 10)
-	case *commonpb.AnyValue_DoubleValue:
-		return strconv.FormatFloat(x.DoubleValue, 'g', -1, 64)
-	case *commonpb.AnyValue_BoolValue:
-		return strconv.FormatBool(x.BoolValue)
-	default:
-		return v.String()
-	}
 }
