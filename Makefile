@@ -12,6 +12,8 @@
 #               processors, an api replica) on PostgreSQL and Redis, then twinline bench
 #               against them: the table with its per-leg breakdown, and each process's CPU
 #               (SCALE_FLAGS, SCALE_BENCH; docs/benchmarks.md; not part of make test)
+#   make trace-picture  docs/img/trace.png: one real trace from HTTP ingest to the
+#               dashboard's render span, drawn in Chromium (docs/observability.md)
 #   make web    build the React dashboard (web/) into internal/web/dist/app for go:embed
 #   make generate  regenerate web/src/lib/wire.ts (the dashboard's wire types) from
 #               internal/api/openapi.json and asyncapi.json (TestWireUpToDate fails when stale)
@@ -28,7 +30,7 @@ DATA_DIR  ?= ./data
 FUZZTIME  ?= 20000x
 STATICCHECK_VERSION := v0.8.2
 
-.PHONY: generate e2e-load soak chaos bench-scale all build run test lint vet staticcheck fmt-check unit fuzz bench clean web web-test web-unit web-e2e web-screenshots web-bench
+.PHONY: generate e2e-load soak chaos bench-scale trace-picture all build run test lint vet staticcheck fmt-check unit fuzz bench clean web web-test web-unit web-e2e web-screenshots web-bench
 
 all: build
 
@@ -110,6 +112,13 @@ web-e2e:
 # Screenshots for docs/img and the dashboard benchmark (docs/dashboard-benchmarks.md).
 web-screenshots: build
 	cd web && TWINLINE_BIN=$(abspath $(BIN)) npm run screenshots
+
+# docs/img/trace.png: one real trace, HTTP ingest to the dashboard's render
+# span, drawn from the spans the collector received (web/e2e/tracing.test.mjs).
+trace-picture: build
+	$(GO) build -o $(OTLPSINK) ./tools/otlpsink
+	cd web && TWINLINE_BIN=$(abspath $(BIN)) OTLPSINK_BIN=$(abspath $(OTLPSINK)) TRACE_PICTURE=$(abspath docs/img/trace.png) \
+	  node --test --test-name-pattern="follows the server's trace" e2e/tracing.test.mjs
 
 web-bench: build
 	cd web && TWINLINE_BIN=$(abspath $(BIN)) npm run bench

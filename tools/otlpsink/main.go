@@ -45,6 +45,11 @@ type span struct {
 	Kind       int32             `json:"kind"`
 	Service    string            `json:"service"`
 	Attributes map[string]string `json:"attributes"`
+	// StartMs and EndMs are the span's times in Unix milliseconds (a
+	// fraction keeps the microseconds; nanoseconds would not fit a
+	// JavaScript number).
+	StartMs float64 `json:"startMs"`
+	EndMs   float64 `json:"endMs"`
 }
 
 func main() {
@@ -100,7 +105,7 @@ func run(listen string, stdin io.Reader, stdout io.Writer) error {
 					}
 					if err := out.print(span{TraceID: hex.EncodeToString(s.TraceId), SpanID: hex.EncodeToString(s.SpanId),
 						ParentID: hex.EncodeToString(s.ParentSpanId), Name: s.Name, Kind: int32(s.Kind), Service: service,
-						Attributes: attrs}); err != nil {
+						Attributes: attrs, StartMs: float64(s.StartTimeUnixNano) / 1e6, EndMs: float64(s.EndTimeUnixNano) / 1e6}); err != nil {
 						http.Error(w, err.Error(), http.StatusInternalServerError)
 						return
 					}

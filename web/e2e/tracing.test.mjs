@@ -15,14 +15,6 @@ import { api, bearer, chromiumMissing, createToken, launchBrowser, removeDir, re
 const skip = chromiumMissing();
 if (skip) console.log(`# SKIP browser tests: ${skip}`);
 
-/**
- * The server side of issue 16 (internal/tracing: ingest, processor and
- * publish spans, and `traceparent` on the stream's samples messages) is
- * built on another branch; until it is merged, the test that follows the
- * server's own trace into the browser is a TODO (it runs, and reports).
- * Remove this at the merge: the test must then pass.
- */
-
 const UI_URL = 'http://traces.example/trace/{traceId}';
 
 const hex = (bytes) => randomBytes(bytes).toString('hex');
@@ -243,9 +235,58 @@ describe('browser tracing through the relay', { skip }, () => {
     assert.notEqual(publish.service, 'twinline-dashboard');
     await page.waitForFunction((href) => document.querySelector('[data-testid=latency]')?.getAttribute('href') === href, UI_URL.replace('{traceId}', traceId));
     assert.deepEqual(errors, []);
+    if (process.env.TRACE_PICTURE) {
+      // docs/img/trace.png (make trace-picture): this trace, sensor to screen
+      const chain = await waitFor(() => traceOf(sink.spans, render), { timeoutMs: 20_000, what: 'the whole trace of the render span' });
+      await page.setViewportSize({ width: 1400, height: 120 + 34 * chain.length });
+      await page.setContent(waterfall(chain));
+      await page.screenshot({ path: process.env.TRACE_PICTURE });
+    }
     await ctx.close();
   });
 });
+
+/**
+ * The spans of one sensor → screen path: the render span's ancestors and
+ * their children (decode, store commit, sinks), once every server span
+ * of it arrived; undefined until then.
+ */
+function traceOf(spans, render) {
+  const byId = new Map(spans.filter((s) => s.traceId === render.traceId).map((s) => [s.spanId, s]));
+  const chain = new Set();
+  for (let s = render; s; s = byId.get(s.parentSpanId)) chain.add(s.spanId);
+  const picked = [...byId.values()].filter((s) => chain.has(s.spanId) || chain.has(s.parentSpanId));
+  const names = new Set(picked.map((s) => s.name));
+  const want = ['ingest', 'decode', 'process', 'store commit', 'sinks', 'hub publish', 'render'];
+  return want.every((n) => names.has(n)) ? picked.sort((a, b) => a.startMs - b.startMs) : undefined;
+}
+
+/** A trace viewer's waterfall of spans (sorted by start), as an HTML page. */
+function waterfall(spans) {
+  const t0 = Math.min(...spans.map((s) => s.startMs));
+  const t1 = Math.max(...spans.map((s) => s.endMs));
+  const byId = new Map(spans.map((s) => [s.spanId, s]));
+  const depth = (s) => (byId.has(s.parentSpanId) ? 1 + depth(byId.get(s.parentSpanId)) : 0);
+  const esc = (t) => String(t).replace(/[&<>"]/g, (c) => `&#${c.charCodeAt(0)};`);
+  const rows = spans
+    .map((s) => {
+      const left = ((s.startMs - t0) / (t1 - t0)) * 100;
+      const width = Math.max(((s.endMs - s.startMs) / (t1 - t0)) * 100, 0.3);
+      const color = s.service === 'twinline-dashboard' ? '#e8833a' : '#3a7be8';
+      return `<tr><td style="padding-left:${8 + 16 * depth(s)}px">${esc(s.name)} <span class=svc>${esc(s.service)}</span></td>
+        <td class=lane><div class=bar style="left:${left}%;width:${width}%;background:${color}"></div>
+        <span class=ms style="left:${Math.min(left + width, 88)}%">${(s.endMs - s.startMs).toFixed(2)} ms</span></td></tr>`;
+    })
+    .join('');
+  return `<!doctype html><meta charset=utf-8><style>
+    body{font:14px system-ui,sans-serif;margin:16px;color:#222} h1{font-size:16px;margin:0 0 4px} p{margin:0 0 12px;color:#555}
+    table{border-collapse:collapse;width:100%} td{height:30px;border-bottom:1px solid #eee;white-space:nowrap}
+    td:first-child{width:330px} .svc{color:#888;font-size:12px} .lane{position:relative}
+    .bar{position:absolute;top:8px;height:14px;border-radius:2px} .ms{position:absolute;top:7px;margin-left:6px;font-size:12px;color:#444}
+  </style><h1>trace ${esc(spans[0].traceId)}: ${(t1 - t0).toFixed(1)} ms, sensor to screen</h1>
+  <p>HTTP ingest → in-process log → store commit → hub publish → the dashboard's render span (orange, exported through POST /api/v1/traces). Spans as the collector received them (tools/otlpsink), drawn by web/e2e/tracing.test.mjs.</p>
+  <table>${rows}</table>`;
+}
 
 describe('a dashboard without tracing', { skip }, () => {
   let srv;

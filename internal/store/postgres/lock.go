@@ -234,6 +234,11 @@ func (l *Lock) Release() error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), lockPing)
 	defer cancel()
+	// Unlocked before the connection closes: PostgreSQL ends a closed
+	// session's backend (and frees its locks) a moment after the client
+	// is gone, and another replica trying the lock right after Release
+	// must find it free. A failure here leaves that to the session's end.
+	_, _ = l.conn.Exec(ctx, "SELECT pg_advisory_unlock_all()")
 	err := l.conn.Close(ctx)
 	l.conn = nil
 	if err != nil {
