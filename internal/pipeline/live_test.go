@@ -249,6 +249,17 @@ func startKafkaLegs(t *testing.T, brokers []string, topic string, st kafka.Offse
 	return r
 }
 
+// oneBatchPerAppend makes the test's producer send each Append as one
+// record batch (a linger longer than an Append takes): with the default
+// linger of 0 the first record goes alone and the rest follow, and a
+// test's batch could take more reads than the processor's lead of three
+// (rounds) allows while a commit is held.
+func oneBatchPerAppend() kafka.Option {
+	t := kafka.DefaultTuning()
+	t.Linger = 50 * time.Millisecond
+	return kafka.WithTuning(t)
+}
+
 // TestKafkaLiveBeforeCommit: on Kafka the stream gets a batch's samples
 // while its PostgreSQL commit is held open (another transaction holds the
 // partition's offset row; the processor's commit waits for it), and the
@@ -261,7 +272,7 @@ func TestKafkaLiveBeforeCommit(t *testing.T) {
 	st, pg := openPGWith(t, func(o *postgres.Options) { o.WriteTimeout = time.Minute })
 	c, topic := newCluster(t, 1)
 	brokers := c.ListenAddrs()
-	prod := newProducer(t, brokers, topic)
+	prod := newProducer(t, brokers, topic, oneBatchPerAppend())
 	ls := newLiveStream(t)
 	var sl sinkLog
 	legs := prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "legs", Buckets: telemetry.LatencyBuckets()}, []string{"leg"})
@@ -338,7 +349,7 @@ func TestKafkaCrashLiveDedup(t *testing.T) {
 	st, pg := openPGWith(t, func(o *postgres.Options) { o.WriteTimeout = time.Minute })
 	c, topic := newCluster(t, 1)
 	brokers := c.ListenAddrs()
-	prod := newProducer(t, brokers, topic)
+	prod := newProducer(t, brokers, topic, oneBatchPerAppend())
 	ls := newLiveStream(t)
 	evs := kevents(2, 20, 0) // 40 events, 80 samples
 	send := func(evs []telemetry.Event) {
@@ -408,7 +419,7 @@ func TestKafkaRetryNotShownAgain(t *testing.T) {
 	t.Parallel()
 	c, topic := newCluster(t, 2)
 	brokers := c.ListenAddrs()
-	prod := newProducer(t, brokers, topic)
+	prod := newProducer(t, brokers, topic, oneBatchPerAppend())
 	st, m := memoryStore(t)
 	var mu sync.Mutex
 	var live []telemetry.Sample
