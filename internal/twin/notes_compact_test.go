@@ -9,6 +9,7 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -259,8 +260,19 @@ func TestNoteJournalCompactionProperty(t *testing.T) {
 		if diff := cmp.Diff(got, want); diff != "" {
 			rt.Fatalf("state restored after change %d of %d (-got +want):\n%s", k, len(snaps)-1, diff)
 		}
-		if ents, _ := os.ReadDir(killed); len(ents) > 2 {
-			rt.Fatalf("files left after reopening: %v", ents)
+		// Left behind: nothing but the journal and the archive, and, where a
+		// first compaction was cut before its journal got a header, the
+		// archive moved aside as notes.archive-unreferenced-<time>.jsonl
+		// (by design: opening keeps an archive no header vouches for).
+		var left []string
+		ents, _ := os.ReadDir(killed)
+		for _, e := range ents {
+			if !strings.Contains(e.Name(), "-unreferenced-") {
+				left = append(left, e.Name())
+			}
+		}
+		if len(left) > 2 {
+			rt.Fatalf("files left after reopening: %v", left)
 		}
 	})
 }
