@@ -358,7 +358,7 @@ func TestTLS(t *testing.T) {
 	if err != nil {
 		t.Fatalf("MQTTS: %v", err)
 	}
-	pc := paho.NewClient(paho.ClientConfig{Conn: conn})
+	pc := paho.NewClient(paho.ClientConfig{Conn: conn, PingHandler: quietPinger{}}) // over TLS: see quietPinger
 	ca1, err := pc.Connect(ctx(t, 10*time.Second), &paho.Connect{ClientID: "press-1", CleanStart: true, KeepAlive: 30})
 	if err != nil || ca1.ReasonCode != 0 {
 		t.Fatalf("MQTTS connect with a device certificate: %v %+v", err, ca1)
