@@ -47,3 +47,26 @@ type Store interface {
 
 // ErrOutOfBounds reports samples too old (or too far in the future) to store.
 var ErrOutOfBounds = errors.New("sample time out of bounds")
+
+// StateChange is one change of a machine's state series (a string field of
+// its events: "state", "part"): from Time (Unix ms) on, the state Name of
+// Machine is Value, until the next change.
+type StateChange struct {
+	Machine string `json:"machine"`
+	Name    string `json:"name"`
+	Time    int64  `json:"t"`
+	Value   string `json:"value"`
+}
+
+// StateStore is implemented by the stores that keep state series (both
+// backends): changes only, not every observation.
+type StateStore interface {
+	// AppendStates stores changes durably. A change with the machine,
+	// name and time of a stored one is an idempotent duplicate.
+	AppendStates(ctx context.Context, changes []StateChange) error
+	// States returns the changes of one state series in (from, to], in
+	// time order, preceded by the change in force at from (the latest at
+	// or before from) when there is one: enough to know the state at
+	// every instant of [from, to].
+	States(ctx context.Context, machine, name string, from, to int64) ([]StateChange, error)
+}

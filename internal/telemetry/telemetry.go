@@ -18,6 +18,10 @@ type Event struct {
 	Time int64
 	// Metrics holds the numeric values carried by the event.
 	Metrics []Metric
+	// States holds the string values carried by the event ("state":
+	// "RUNNING", "part": "A-1183"): each is a state series of the
+	// machine, stored as its changes.
+	States []State
 	// Tags are optional string labels sent with the event. They are passed
 	// through to the registry; they are not part of a series' identity.
 	Tags map[string]string
@@ -27,6 +31,13 @@ type Event struct {
 type Metric struct {
 	Name  string
 	Value float64
+}
+
+// State is one named string value of an event: a machine's mode, the
+// part it makes.
+type State struct {
+	Name  string
+	Value string
 }
 
 // Sample is one value of one metric of one machine at one event time: the

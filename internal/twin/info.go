@@ -88,6 +88,7 @@ func (in Info) validate() error {
 			errs = append(errs, errors.New("attributes: must not contain a NUL byte"))
 		}
 	}
+	errs = append(errs, in.checkControl()...)
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("%w: %w", ErrInvalid, err)
 	}

@@ -67,8 +67,16 @@ type Info struct {
 	Line       string               `json:"line,omitempty"`
 	Thresholds map[string]Threshold `json:"thresholds,omitempty"`
 	Attributes map[string]any       `json:"attributes,omitempty"`
-	CreatedAt  time.Time            `json:"createdAt"`
-	UpdatedAt  time.Time            `json:"updatedAt"`
+	// DesiredSchema constrains the machine's desired document (a JSON
+	// Schema subset, see Schema); nil allows any document.
+	DesiredSchema *Schema `json:"desiredSchema,omitempty"`
+	// Commands are the commands the machine supports, by name; a command
+	// not listed is refused.
+	Commands map[string]CommandSpec `json:"commands,omitempty"`
+	// OEE says how to compute the machine's OEE; nil: not computed.
+	OEE       *OEESpec  `json:"oee,omitempty"`
+	CreatedAt time.Time `json:"createdAt"`
+	UpdatedAt time.Time `json:"updatedAt"`
 }
 
 // Value is the latest value of one metric: its value and event time (Unix

@@ -86,7 +86,16 @@ type savedEntry struct {
 func sameInfo(a, b *twin.Info) bool {
 	return a.ID == b.ID && a.Name == b.Name && a.Site == b.Site && a.Line == b.Line &&
 		a.CreatedAt.Equal(b.CreatedAt) && a.UpdatedAt.Equal(b.UpdatedAt) &&
-		sameMap(a.Thresholds, b.Thresholds) && sameMap(a.Attributes, b.Attributes)
+		sameMap(a.Thresholds, b.Thresholds) && sameMap(a.Attributes, b.Attributes) &&
+		a.DesiredSchema == b.DesiredSchema && sameMap(a.Commands, b.Commands) && a.OEE == b.OEE
+}
+
+// control is the control column of a registry row: the entry's desired
+// schema, commands and OEE specification.
+type control struct {
+	DesiredSchema *twin.Schema                `json:"desiredSchema,omitempty"`
+	Commands      map[string]twin.CommandSpec `json:"commands,omitempty"`
+	OEE           *twin.OEESpec               `json:"oee,omitempty"`
 }
 
 func sameMap[V any](a, b map[string]V) bool {
@@ -129,15 +138,16 @@ func NewRegistry(s *Store, opts RegistryOptions) (*Registry, error) {
 // identifier may be.
 func registryChannel(schema string) string { return notifyChannel(schema, "machines") }
 
-const machineColumns = `id, name, site, line, thresholds, attributes, created_at, updated_at`
+const machineColumns = `id, name, site, line, thresholds, attributes, control, created_at, updated_at`
 
 func scanInfo(row pgx.Row) (twin.Info, error) {
 	var (
 		in          twin.Info
 		ths, attrs  []byte
+		ctl         []byte
 		created, up time.Time
 	)
-	if err := row.Scan(&in.ID, &in.Name, &in.Site, &in.Line, &ths, &attrs, &created, &up); err != nil {
+	if err := row.Scan(&in.ID, &in.Name, &in.Site, &in.Line, &ths, &attrs, &ctl, &created, &up); err != nil {
 		return twin.Info{}, err
 	}
 	if err := json.Unmarshal(ths, &in.Thresholds); err != nil {
@@ -146,6 +156,11 @@ func scanInfo(row pgx.Row) (twin.Info, error) {
 	if err := json.Unmarshal(attrs, &in.Attributes); err != nil {
 		return twin.Info{}, fmt.Errorf("decoding attributes of machine %q: %w", in.ID, err)
 	}
+	var c control
+	if err := json.Unmarshal(ctl, &c); err != nil {
+		return twin.Info{}, fmt.Errorf("decoding control of machine %q: %w", in.ID, err)
+	}
+	in.DesiredSchema, in.Commands, in.OEE = c.DesiredSchema, c.Commands, c.OEE
 	if len(in.Thresholds) == 0 {
 		in.Thresholds = nil
 	}
@@ -201,7 +216,8 @@ func (r *Registry) Snapshot(ctx context.Context) ([]twin.Info, error) {
 
 // bare reports whether in is an auto-registration: an id and nothing else.
 func bare(in *twin.Info) bool {
-	return in.Name == "" && in.Site == "" && in.Line == "" && len(in.Thresholds) == 0 && len(in.Attributes) == 0
+	return in.Name == "" && in.Site == "" && in.Line == "" && len(in.Thresholds) == 0 && len(in.Attributes) == 0 &&
+		in.DesiredSchema == nil && len(in.Commands) == 0 && in.OEE == nil
 }
 
 // Save implements twin.RegistryStore: it writes what changed since the
@@ -284,14 +300,17 @@ func (r *Registry) Save(ctx context.Context, all []twin.Info) error {
 			return fmt.Errorf("saving registry: encoding: %w", err)
 		}
 		if _, err := tx.Exec(ctx, `
-			INSERT INTO `+r.machines+` AS m (id, name, site, line, thresholds, attributes, created_at, updated_at, retired_at)
+			INSERT INTO `+r.machines+` AS m (id, name, site, line, thresholds, attributes, control, created_at, updated_at, retired_at)
 			SELECT x.id, coalesce(x.name, ''), coalesce(x.site, ''), coalesce(x.line, ''),
-				coalesce(x.thresholds, '{}'), coalesce(x.attributes, '{}'), x."createdAt", x."updatedAt", NULL
+				coalesce(x.thresholds, '{}'), coalesce(x.attributes, '{}'),
+				jsonb_strip_nulls(jsonb_build_object('desiredSchema', x."desiredSchema", 'commands', x.commands, 'oee', x.oee)),
+				x."createdAt", x."updatedAt", NULL
 			FROM jsonb_to_recordset($1::jsonb) AS x(id text, name text, site text, line text,
-				thresholds jsonb, attributes jsonb, "createdAt" timestamptz, "updatedAt" timestamptz)
+				thresholds jsonb, attributes jsonb, "desiredSchema" jsonb, commands jsonb, oee jsonb,
+				"createdAt" timestamptz, "updatedAt" timestamptz)
 			ON CONFLICT (id) DO UPDATE SET
 				name = EXCLUDED.name, site = EXCLUDED.site, line = EXCLUDED.line,
-				thresholds = EXCLUDED.thresholds, attributes = EXCLUDED.attributes,
+				thresholds = EXCLUDED.thresholds, attributes = EXCLUDED.attributes, control = EXCLUDED.control,
 				created_at = EXCLUDED.created_at, updated_at = EXCLUDED.updated_at, retired_at = NULL
 			WHERE CASE WHEN m.retired_at IS NOT NULL THEN m.updated_at < EXCLUDED.updated_at
 				ELSE m.updated_at <= EXCLUDED.updated_at END`, string(doc)); err != nil {
@@ -304,8 +323,8 @@ func (r *Registry) Save(ctx context.Context, all []twin.Info) error {
 			return fmt.Errorf("saving registry: encoding: %w", err)
 		}
 		if _, err := tx.Exec(ctx, `
-			INSERT INTO `+r.machines+` (id, name, site, line, thresholds, attributes, created_at, updated_at, retired_at)
-			SELECT x.id, '', '', '', '{}', '{}', x."createdAt", x."updatedAt", NULL
+			INSERT INTO `+r.machines+` (id, name, site, line, thresholds, attributes, control, created_at, updated_at, retired_at)
+			SELECT x.id, '', '', '', '{}', '{}', '{}', x."createdAt", x."updatedAt", NULL
 			FROM jsonb_to_recordset($1::jsonb) AS x(id text, "createdAt" timestamptz, "updatedAt" timestamptz)
 			ON CONFLICT (id) DO NOTHING`, string(doc)); err != nil {
 			return fmt.Errorf("saving registry: registering %d machines: %w", len(fresh), err)

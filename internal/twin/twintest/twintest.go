@@ -103,6 +103,16 @@ func testRegistryRoundTrip(t *testing.T, open func() twin.RegistryStore) {
 			"vendor": "Schuler", "bay": float64(3), "tags": []any{"hot", "line-a"},
 			"service": map[string]any{"due": "2026-01-01", "ok": true}, "note": nil,
 		},
+		DesiredSchema: &twin.Schema{Type: "object", Properties: map[string]*twin.Schema{
+			"tempSetpoint": {Type: "number", Minimum: fp(20), Maximum: fp(250)},
+			"mode":         {Type: "string", Enum: []any{"auto", "manual"}},
+		}},
+		Commands: map[string]twin.CommandSpec{
+			"stop":  {Description: "stops the press"},
+			"reset": {Params: &twin.Schema{Type: "object", Required: []string{"counter"}}},
+		},
+		OEE: &twin.OEESpec{StateMetric: "state", RunningStates: []string{"RUNNING"}, PlannedStopStates: []string{"PLANNED"},
+			TotalCount: "parts_total", GoodCount: "parts_good", IdealCycleSeconds: 2.5},
 		CreatedAt: at(1), UpdatedAt: at(2),
 	}
 	bare := twin.Info{ID: "auto-1", CreatedAt: at(3), UpdatedAt: at(3)}
