@@ -105,6 +105,7 @@ func bench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&opts.ConnectWorkers, "connect-workers", 0, "stream connections opened at once (default 64)")
 	fs.IntVar(&opts.HistoryMachines, "history-machines", 0, "query: machines preloaded with history (default 4)")
 	durationVar(fs, &opts.History, "history", "query: length of the preloaded 1 Hz history")
+	fs.StringVar(&opts.MQTT, "mqtt", "", "twin: the server's MQTT broker, `host:port`, the devices connect to (without --target: the embedded server's broker, on a free port unless --mqtt-listen)")
 	fs.StringVar(&opts.Token, "token", "", "API token sent on every request (Authorization: Bearer); without --target, the embedded server is started with auth on and this token as its bootstrap token, so the figures include token checking")
 	fs.BoolVar(&asJSON, "json", false, "print the result as JSON instead of a table")
 	fs.BoolVar(&quiet, "quiet", false, "no progress line")
@@ -218,6 +219,9 @@ func bench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		// server take them all (the default caps one client at 100).
 		cfg.MaxStreamsPerClient = max(cfg.MaxStreamsPerClient, d.Clients+d.FleetClients)
 	}
+	if opts.Scenario == "twin" && cfg.MQTTListen == "" {
+		cfg.MQTTListen = "127.0.0.1:0"
+	}
 	var logger *slog.Logger
 	if serverLog != "" {
 		f, err := os.Create(serverLog)
@@ -238,6 +242,9 @@ func bench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	done := make(chan error, 1)
 	go func() { done <- a.Run(srvCtx) }()
 	opts.Target = "http://" + a.Addr().String()
+	if addr := a.MQTTAddr(); addr != nil && opts.MQTT == "" {
+		opts.MQTT = addr.String()
+	}
 	opts.Server = &benchmark.Process{}
 	opts.Embedded = true
 	berr := runBench(ctx, opts, asJSON, stdout)

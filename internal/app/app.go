@@ -35,6 +35,7 @@ import (
 	"github.com/twinline/twinline/internal/keylog"
 	"github.com/twinline/twinline/internal/memlimit"
 	"github.com/twinline/twinline/internal/pipeline"
+	"github.com/twinline/twinline/internal/source/mqtt"
 	"github.com/twinline/twinline/internal/store"
 	"github.com/twinline/twinline/internal/store/embedded"
 	"github.com/twinline/twinline/internal/store/postgres"
@@ -52,6 +53,8 @@ type App struct {
 	version string
 
 	store store.Store
+	// broker is the embedded MQTT broker (nil: none).
+	broker *mqtt.Broker
 	// pg is the store when it is PostgreSQL, shared by the replicas
 	// (registry, notes, alarms, tokens and the processing lock live there
 	// too); nil otherwise.

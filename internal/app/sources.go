@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -68,6 +69,7 @@ func (a *App) openMQTT(reg prometheus.Registerer) error {
 		if err != nil {
 			return fmt.Errorf("starting the embedded MQTT broker: %w", err)
 		}
+		a.broker = br
 		a.background = append(a.background, part{name: "stopping the MQTT broker", run: br.Run})
 		a.checks = append(a.checks, br.Ready)
 		a.cleanup = append(a.cleanup, func() {
@@ -131,4 +133,13 @@ func (a *App) openDemo() {
 		}
 		return nil
 	}})
+}
+
+// MQTTAddr is the address of the embedded MQTT broker's listener, nil when
+// it does not run.
+func (a *App) MQTTAddr() net.Addr {
+	if a.broker == nil {
+		return nil
+	}
+	return a.broker.Addr()
 }

@@ -20,6 +20,9 @@
 //     (all=1&conflate=D), as a dashboard's fleet view subscribes: machine
 //     clients' latency, the fleet clients' update interval and message
 //     size, and every client the server dropped.
+//   - twin: Machines MQTT devices (clients of the server's broker) answer
+//     desired setpoints PATCHed at Rate per second with reported patches:
+//     PATCH → device and PATCH → reported acknowledged (round trip).
 //
 // The package is a client only: the caller (cmd/twinline) starts an
 // embedded server when no target is given and tells the package which
@@ -31,6 +34,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"runtime"
@@ -43,7 +47,7 @@ import (
 )
 
 // Scenarios are the scenario names, in the order of the help text.
-var Scenarios = []string{"ingest-json", "ingest-lp", "latency", "fanout", "query", "dashboard"}
+var Scenarios = []string{"ingest-json", "ingest-lp", "latency", "fanout", "query", "dashboard", "twin"}
 
 // Process names the process whose memory and CPU a scenario reports: the
 // server. PID 0 is this process (an embedded server).
@@ -97,6 +101,10 @@ type Options struct {
 	// stream (all=1&conflate=Conflate) and measure its updates.
 	FleetClients int
 	Conflate     time.Duration
+
+	// MQTT is the server's MQTT broker, host:port (twin: the devices
+	// connect to it).
+	MQTT string
 
 	HistoryMachines int           // query: machines preloaded with history
 	History         time.Duration // query: length of the preloaded history at 1 Hz
@@ -182,6 +190,11 @@ func (o Options) WithDefaults() Options {
 	case "query":
 		def(&o.Batch, 1000)
 		def(&o.Machines, 1000)
+	case "twin":
+		def(&o.Machines, 1000)
+		if o.Rate == 0 {
+			o.Rate = 200
+		}
 	}
 	if o.FleetClients > 0 && o.Conflate == 0 {
 		o.Conflate = 250 * time.Millisecond
@@ -283,6 +296,15 @@ func (o Options) Validate() error {
 		if o.FleetClients > 0 && (o.Conflate < 50*time.Millisecond || o.Conflate > 10*time.Second) {
 			bad("conflate", "%s is not between 50ms and 10s", o.Conflate)
 		}
+	case "twin":
+		if !(o.Rate > 0) {
+			bad("rate", "must be positive")
+		}
+		if o.MQTT != "" {
+			if _, _, err := net.SplitHostPort(o.MQTT); err != nil {
+				bad("mqtt", "%q is not host:port", o.MQTT)
+			}
+		}
 	case "query":
 		positive("history-machines", o.HistoryMachines)
 		if o.HistoryMachines > o.Machines {
@@ -328,6 +350,8 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		err = runStream(ctx, o, r)
 	case "query":
 		err = runQuery(ctx, o, r)
+	case "twin":
+		err = runTwin(ctx, o, r)
 	}
 	if err != nil && r.Seconds == 0 && ctx.Err() == nil {
 		return nil, err // nothing was measured

@@ -40,6 +40,7 @@ type Result struct {
 	Legs     []LegResult     `json:"legs,omitempty"`
 	Pipeline *PipelineResult `json:"pipeline,omitempty"`
 	Queries  []QueryResult   `json:"queries,omitempty"`
+	Twin     *TwinResult     `json:"twin,omitempty"`
 	Server   *ServerResult   `json:"server,omitempty"`
 	Notes    []string        `json:"notes,omitempty"`
 }
@@ -305,6 +306,13 @@ func WriteTable(w io.Writer, r *Result) error {
 		row("fleet message", "mean %s  p50 %s  p99 %s  max %s; %.1f machines, %.1f values, %s samples per message",
 			FormatBytes(f.Bytes.Mean), FormatBytes(f.Bytes.P50), FormatBytes(f.Bytes.P99), FormatBytes(f.Bytes.Max),
 			f.MachinesPerMessage, f.ValuesPerMessage, FormatCount(f.SamplesPerMessage))
+	}
+	if tw := r.Twin; tw != nil {
+		row("twin", "%d devices: %d patches (%d refused), %d delivered, %d reported, %d without a round trip",
+			tw.Devices, tw.Patches, tw.PatchErrors, tw.Delivered, tw.Reported, tw.Lost)
+		row("PATCH desired", "%s", formatSummary(*tw.Patch))
+		row("desired→device", "%s", formatSummary(*tw.Desired))
+		row("round trip", "%s (desired → device → reported acknowledged)", formatSummary(*tw.RoundTrip))
 	}
 	for _, q := range r.Queries {
 		extra := ""
