@@ -272,6 +272,9 @@ func (s *Subscriber) Run(ctx context.Context) error {
 	if username == "" {
 		cfg.ConnectPassword = nil
 	}
+	if tlsScheme(strings.ToLower(srv.Scheme)) {
+		cfg.AttemptConnection = dialTLSLocked(cfg.TlsCfg)
+	}
 	cm, err := autopaho.NewConnection(connCtx, cfg)
 	if err != nil {
 		return fmt.Errorf("starting mqtt connection: %w", err)
