@@ -15,6 +15,8 @@ import {
   timelineLayout,
   topDowntime,
   twinRows,
+  newerTwin,
+  type Twin,
   barWidth,
   fmtPct,
   type Command,
@@ -66,6 +68,19 @@ describe('twin rows and the delta', () => {
   it('computes the delta itself when the twin carries none, and highlights a whole object in the delta', () => {
     const rows = twinRows({ desired: { a: 1, s: { x: 1, y: 2 } }, reported: { a: 1, s: 3 } });
     expect(rows.filter((r) => r.pending).map((r) => r.path)).toEqual(['s.x', 's.y']);
+  });
+
+  it('keeps the newer twin when an answer and a stream message cross', () => {
+    const t = (version: number, reportedVersion: number): Twin => ({ machine: 'm', desired: {}, reported: {}, delta: {}, version, reportedVersion, metadata: {} });
+    const cases: [Twin | undefined, Twin, string][] = [
+      [undefined, t(1, 1), 'new'],
+      [t(2, 5), t(3, 5), 'new'],
+      [t(2, 5), t(2, 6), 'new'],
+      [t(2, 5), t(2, 5), 'new'],
+      [t(2, 5), t(1, 5), 'cur'],
+      [t(2, 5), t(2, 4), 'cur'],
+    ];
+    for (const [cur, next, want] of cases) expect(newerTwin(cur, next), `${cur?.version}.${cur?.reportedVersion} ← ${next.version}.${next.reportedVersion}`).toBe(want === 'new' ? next : cur);
   });
 
   it('reads ETags and W/ forms', () => {

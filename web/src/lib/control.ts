@@ -257,6 +257,17 @@ export function fmtValue(v: unknown): string {
   return JSON.stringify(v);
 }
 
+/**
+ * The newer of two versions of a twin (a stream message may cross an
+ * answer): t unless it is older than cur on one version and not newer on
+ * the other.
+ */
+export function newerTwin(cur: Twin | undefined, t: Twin): Twin {
+  if (!cur) return t;
+  const older = t.version <= cur.version && t.reportedVersion <= cur.reportedVersion;
+  return older && (t.version < cur.version || t.reportedVersion < cur.reportedVersion) ? cur : t;
+}
+
 /** The If-Match header of a desired patch made against version. */
 export function ifMatch(version: number): string {
   return `"${version}"`;
