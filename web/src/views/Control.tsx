@@ -202,7 +202,7 @@ export function TwinPanel({ id, control, session }: PanelProps) {
       )}
       {!mayOperate && editable.size > 0 && <p className="muted">Changing setpoints needs the operate scope.</p>}
       {editing && (
-        <form className="setpoint-form" onSubmit={review} aria-label={`Set ${editing.field.name}`}>
+        <form className="setpoint-form" onSubmit={review} noValidate aria-label={`Set ${editing.field.name}`}>
           <FieldInput field={{ ...editing.field, required: true }} text={editing.text} onChange={(text) => setEditing({ ...editing, text, error: undefined })} />
           <button type="submit" className="primary">
             Review…
@@ -440,7 +440,7 @@ function CommandForm({ id, name, spec, onSent, onCancel }: { id: string; name: s
     }
   };
   return (
-    <form className="command-form" onSubmit={review} aria-label={`Command ${name}`} data-testid="command-form">
+    <form className="command-form" onSubmit={review} noValidate aria-label={`Command ${name}`} data-testid="command-form">
       {spec.description && <p className="muted">{spec.description}</p>}
       {fields.map((f) => (
         <FieldInput key={f.name} field={f} text={texts[f.name] ?? ''} error={errors[f.name]} onChange={(t) => setTexts({ ...texts, [f.name]: t })} />
