@@ -5,6 +5,8 @@ import {
   computeDelta,
   editableFields,
   extendIntervals,
+  fmtDuration,
+  growTo,
   oeeLines,
   parseETag,
   parseField,
@@ -251,6 +253,17 @@ describe('state timeline', () => {
       { value: 'RUNNING', ms: 140 },
       { value: 'DOWN', ms: 60 },
     ]);
+  });
+
+  it('grows the last interval to now, never shrinks it', () => {
+    const ivs = [{ value: 'RUNNING', from: 0, to: 100 }];
+    expect(growTo(ivs, 150)).toEqual([{ value: 'RUNNING', from: 0, to: 150 }]);
+    expect(growTo(ivs, 50)).toBe(ivs);
+    expect(growTo([], 50)).toEqual([]);
+  });
+
+  it('formats durations', () => {
+    expect([0, 12_400, 250_000, 7_500_000].map((ms) => fmtDuration(ms))).toEqual(['0s', '12s', '4m 10s', '2h 05m']);
   });
 
   it('colours states', () => {

@@ -34,8 +34,9 @@ import { fmtAgo, fmtTime } from './common';
 const OPERATE_HINT = 'Needs the operate scope.';
 
 /** The twin of machine id, loaded once and kept live from the stream; undefined while loading or when the server has none. */
-function useTwin(id: string): { twin?: Twin; missing: boolean; error?: string; reload(): void; set(t: Twin): void } {
+function useTwin(id: string): { twin?: Twin; missing: boolean; deleted: boolean; error?: string; reload(): void; set(t: Twin): void } {
   const [twin, setTwin] = useState<Twin>();
+  const [deleted, setDeleted] = useState(false);
   const [missing, setMissing] = useState(false);
   const [error, setError] = useState<string>();
   const [n, setN] = useState(0);
@@ -52,9 +53,12 @@ function useTwin(id: string): { twin?: Twin; missing: boolean; error?: string; r
     const offMsg = dashboard.onMessages((m) => {
       const c = asControlMessage(m);
       if (c?.type !== 'twin' || c.machine !== id) return;
-      if ('deleted' in c.data) setTwin(undefined);
-      else {
+      if ('deleted' in c.data) {
+        setTwin(undefined);
+        setDeleted(true);
+      } else {
         const t = c.data;
+        setDeleted(false);
         setTwin((cur) => newer(cur, t));
       }
     });
@@ -65,7 +69,7 @@ function useTwin(id: string): { twin?: Twin; missing: boolean; error?: string; r
       offGap();
     };
   }, [id, n]);
-  return { twin, missing, error, reload: () => setN((x) => x + 1), set: (t) => setTwin((cur) => newer(cur, t)) };
+  return { twin, missing, deleted, error, reload: () => setN((x) => x + 1), set: (t) => setTwin((cur) => newer(cur, t)) };
 }
 
 interface PanelProps {
@@ -75,7 +79,7 @@ interface PanelProps {
 }
 
 export function TwinPanel({ id, control, session }: PanelProps) {
-  const { twin, missing, error, reload, set } = useTwin(id);
+  const { twin, missing, deleted, error, reload, set } = useTwin(id);
   const mayOperate = can(session, 'operate');
   const editable = editableFields(control?.desiredSchema);
   const [editing, setEditing] = useState<{ field: FormField; text: string; error?: string }>();
@@ -150,7 +154,8 @@ export function TwinPanel({ id, control, session }: PanelProps) {
           {error}
         </p>
       )}
-      {!twin && !error && <p className="muted">Loading the twin…</p>}
+      {deleted && <p className="muted">The machine was deleted from the registry: its twin is gone.</p>}
+      {!twin && !error && !deleted && <p className="muted">Loading the twin…</p>}
       {twin && rows.length === 0 && <p className="muted">Nothing desired or reported yet.</p>}
       {rows.length > 0 && (
         <table className="twin-table">
