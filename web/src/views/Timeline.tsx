@@ -66,6 +66,8 @@ export function StateTimeline({ id, control, range }: { id: string; control: Mac
   const to = range.kind === 'live' ? now : range.to;
   const shown = live ? growTo(intervals, now) : intervals;
   const segs = timelineLayout(shown, from, to);
+  // a machine without state series (no OEE spec, no latest state) gets no empty strip
+  if (segs.length === 0 && !control?.oee && !control?.states?.[name]) return null;
   const current = live ? shown.at(-1)?.value : undefined;
   const totals = stateTotals(shown.map((iv) => ({ ...iv, from: Math.max(from, iv.from), to: Math.min(to, iv.to) })).filter((iv) => iv.to > iv.from));
 
