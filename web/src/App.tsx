@@ -5,6 +5,7 @@ import { AlarmsView } from './views/Alarms';
 import { ConnIndicator, LatencyBadge } from './views/common';
 import { Fleet } from './views/Fleet';
 import { MachineView } from './views/Machine';
+import { OeeView } from './views/Oee';
 import { SignIn } from './views/SignIn';
 
 function useRoute(): [Route, (hash: string, replace?: boolean) => void] {
@@ -93,6 +94,9 @@ function Nav({ route }: { route: Route }) {
       <a href="#/alarms" aria-current={route.view === 'alarms' ? 'page' : undefined}>
         Alarms
       </a>
+      <a href="#/oee" aria-current={route.view === 'oee' ? 'page' : undefined}>
+        OEE
+      </a>
       <a href="/docs">API</a>
     </nav>
   );
@@ -130,6 +134,7 @@ function Views({ route, navigate, session }: { route: Route; navigate(hash: stri
     <>
       {route.view === 'fleet' && <Fleet q={route.q} status={route.status} group={route.group} navigate={navigate} />}
       {route.view === 'alarms' && <AlarmsView session={session} />}
+      {route.view === 'oee' && <OeeView period={route.period} site={route.site} navigate={navigate} />}
       {route.view === 'machine' && (
         <MachineView key={route.id} id={route.id} range={route.range} metrics={route.metrics} navigate={navigate} session={session} />
       )}

@@ -1,6 +1,7 @@
 /**
  * Routes live in the URL hash so links carry the view, the machine and the
- * time range: #/ (fleet), #/alarms, #/m/<id>?range=live|5m|1h|24h|<from>~<to>&metrics=a,b
+ * time range: #/ (fleet), #/alarms, #/m/<id>?range=live|5m|1h|24h|<from>~<to>&metrics=a,b,
+ * #/oee?period=shift|day&site=lyon
  */
 
 export type Range =
@@ -10,6 +11,7 @@ export type Range =
 export type Route =
   | { view: 'fleet'; q: string; status: string; group: string }
   | { view: 'alarms' }
+  | { view: 'oee'; period: 'shift' | 'day'; site: string }
   | { view: 'machine'; id: string; range: Range; metrics?: string[] };
 
 export const LIVE_SPANS: Record<string, number> = {
@@ -38,6 +40,7 @@ export function parseRoute(hash: string): Route {
   const q = new URLSearchParams(query);
   const parts = path.split('/').filter(Boolean);
   if (parts[0] === 'alarms') return { view: 'alarms' };
+  if (parts[0] === 'oee') return { view: 'oee', period: q.get('period') === 'day' ? 'day' : 'shift', site: q.get('site') ?? '' };
   if (parts[0] === 'm' && parts[1]) {
     const metrics = q.get('metrics');
     return {
@@ -54,6 +57,13 @@ export function formatRoute(r: Route): string {
   switch (r.view) {
     case 'alarms':
       return '#/alarms';
+    case 'oee': {
+      const q = new URLSearchParams();
+      if (r.period !== 'shift') q.set('period', r.period);
+      if (r.site) q.set('site', r.site);
+      const qs = q.toString();
+      return `#/oee${qs ? `?${qs}` : ''}`;
+    }
     case 'machine': {
       const q = new URLSearchParams();
       if (!(r.range.kind === 'live' && r.range.label === 'live')) q.set('range', formatRange(r.range));

@@ -4,6 +4,7 @@
  * connection state. Views subscribe to what they draw.
  */
 import { api, type Machine } from './api';
+import { asControlMessage, type StateValue } from './control';
 import { SampleDedup } from './dedup';
 import { FrameLoop, frameLoop } from './frame';
 import { LatencyTracker } from './latency';
@@ -70,7 +71,7 @@ export class FleetStore {
       for (const [k, v] of Object.entries(e.m.metrics ?? {})) {
         if (!metrics[k] || metrics[k].ts < v.ts) metrics[k] = v;
       }
-      e.m = { ...m, metrics, lastSeen: Math.max(m.lastSeen ?? 0, e.m.lastSeen ?? 0) || undefined };
+      e.m = { ...m, metrics, states: newerStates(m.states, e.m.states), lastSeen: Math.max(m.lastSeen ?? 0, e.m.lastSeen ?? 0) || undefined };
       e.primary ??= primaryMetric(metrics);
       e.v++;
     }
@@ -152,6 +153,17 @@ export class FleetStore {
       this.version++;
       return msg.machines.length > 0;
     }
+    const c = asControlMessage(msg);
+    if (c?.type === 'state') {
+      const e = this.entries.get(c.machine);
+      if (!e) return false;
+      const cur = e.m.states?.[c.data.name];
+      if (cur && cur.ts > c.data.ts) return false;
+      e.m.states = { ...e.m.states, [c.data.name]: { value: c.data.value, ts: c.data.ts } };
+      e.v++;
+      this.version++;
+      return true;
+    }
     if (msg.type === 'status') {
       const e = this.entries.get(msg.machine);
       if (e) {
@@ -189,6 +201,17 @@ export class FleetStore {
 }
 
 type Listener<T> = (x: T) => void;
+
+/** The listed states merged with those streamed: per name the newer. */
+export function newerStates(
+  listed: Record<string, StateValue> | undefined,
+  streamed: Record<string, StateValue> | undefined,
+): Record<string, StateValue> | undefined {
+  if (!streamed) return listed;
+  const out = { ...(listed ?? {}) };
+  for (const [k, v] of Object.entries(streamed)) if (!out[k] || out[k].ts < v.ts) out[k] = v;
+  return out;
+}
 
 /**
  * Whether a machine passes the fleet's status filter: all, a liveness

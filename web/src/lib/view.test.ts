@@ -10,6 +10,8 @@ describe('routes', () => {
     const cases = [
       '#/',
       '#/alarms',
+      '#/oee',
+      '#/oee?period=day&site=lyon',
       '#/m/press-07',
       '#/m/press-07?range=1h',
       '#/m/a%20b?range=1796020000000~1796023600000&metrics=temp,rpm',
@@ -176,5 +178,29 @@ describe('plot time conversions', () => {
     expect(fromPlotX(x)).toBe(t);
     expect(fromPlotX('2026-11-30')).toBe(fromPlotX('2026-11-30 00:00:00'));
     expect(Number.isNaN(fromPlotX('2026-11-30'))).toBe(false);
+  });
+});
+
+describe('FleetStore and machine states', () => {
+  it('takes a streamed state change and keeps the newer of listed and streamed states', () => {
+    const f = new FleetStore();
+    f.load([{ id: 'm', status: 'online', alarm: false, states: { state: { value: 'RUNNING', ts: 10 } } }]);
+    const v = f.entries.get('m')!.v;
+    // the stream hands on message types ./wire does not know yet
+    const msg = (value: string, ts: number, machine = 'm') =>
+      ({ type: 'state', seq: 1, machine, data: { name: 'state', value, ts } }) as unknown as Parameters<FleetStore['apply']>[0];
+    expect(f.apply(msg('DOWN', 20), 21)).toBe(true);
+    expect(f.entries.get('m')!.m.states?.state).toEqual({ value: 'DOWN', ts: 20 });
+    expect(f.entries.get('m')!.v).toBeGreaterThan(v);
+    // an older change is not shown over a newer one
+    expect(f.apply(msg('IDLE', 15), 22)).toBe(false);
+    expect(f.entries.get('m')!.m.states?.state.value).toBe('DOWN');
+    // a list from before the change does not roll it back; a newer list wins
+    f.load([{ id: 'm', status: 'online', alarm: false, states: { state: { value: 'RUNNING', ts: 10 } } }]);
+    expect(f.entries.get('m')!.m.states?.state.value).toBe('DOWN');
+    f.load([{ id: 'm', status: 'online', alarm: false, states: { state: { value: 'STOPPED', ts: 30 } } }]);
+    expect(f.entries.get('m')!.m.states?.state.value).toBe('STOPPED');
+    // a state message for an unknown machine changes nothing
+    expect(f.apply(msg('DOWN', 40, 'x'), 41)).toBe(false);
   });
 });

@@ -1,5 +1,6 @@
 import { memo, useEffect, useLayoutEffect, useMemo, useRef, useState } from 'react';
 import { flushSync } from 'react-dom';
+import { currentState, stateClass } from '../lib/control';
 import { formatRoute } from '../lib/route';
 import { FLEET_FILTER, dashboard, matchesStatus, type FleetEntry } from '../lib/store';
 import { layoutGrid, visibleRows } from '../lib/grid';
@@ -162,15 +163,17 @@ const Tile = memo(function Tile({ e }: { e: FleetEntry; v: number; minute: numbe
   const m = e.m;
   const st = normStatus(m.status);
   const p = e.primary ? m.metrics?.[e.primary] : undefined;
+  const state = currentState(m);
   return (
     <a
-      className={`tile status-${st}${m.alarm ? ' in-alarm' : ''}`}
+      className={`tile status-${st}${m.alarm ? ' in-alarm' : ''}${state !== undefined ? ` state-${stateClass(state)}` : ''}`}
       href={formatRoute({ view: 'machine', id: m.id, range: { kind: 'live', spanMs: 120_000, label: 'live' } })}
       role="listitem"
       data-machine={m.id}
       data-status={st}
       data-alarm={m.alarm ? 'true' : 'false'}
-      aria-label={`${m.name || m.id}: ${st}${m.alarm ? ', in alarm' : ''}`}
+      data-state={state ?? ''}
+      aria-label={`${m.name || m.id}: ${st}${state !== undefined ? `, ${state}` : ''}${m.alarm ? ', in alarm' : ''}`}
     >
       <div className="tile-head">
         <span className="tile-id">{m.name || m.id}</span>
@@ -178,7 +181,12 @@ const Tile = memo(function Tile({ e }: { e: FleetEntry; v: number; minute: numbe
         {m.alarm && <AlarmBadge />}
       </div>
       <div className="tile-sub muted">
-        {[m.site, m.line].filter(Boolean).join(' · ') || m.id}
+        <span>{[m.site, m.line].filter(Boolean).join(' · ') || m.id}</span>
+        {state !== undefined && (
+          <span className={`state-chip state-${stateClass(state)}`} data-testid="tile-state">
+            {state}
+          </span>
+        )}
       </div>
       <div className="tile-value">
         <span className="metric-name">{e.primary ?? '—'}</span>{' '}

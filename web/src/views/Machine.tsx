@@ -4,7 +4,10 @@ import { MachineFeed } from '../lib/feed';
 import { formatRoute, LIVE_SPANS, type Range } from '../lib/route';
 import { can, type Session } from '../lib/session';
 import { dashboard } from '../lib/store';
+import type { MachineControl } from '../lib/control';
 import { Chart } from './Chart';
+import { CommandsPanel, TwinPanel } from './Control';
+import { StateTimeline } from './Timeline';
 import { AlarmBadge, StatusBadge, fmtAgo, fmtNum, fmtTime, useTick } from './common';
 
 interface Props {
@@ -90,6 +93,8 @@ export function MachineView({ id, range, metrics: chosen, navigate, session }: P
   const l = feed.latest;
   const status = l?.status ?? m?.status ?? 'offline';
   const alarm = l?.alarm ?? m?.alarm ?? false;
+  // the registry entry's control part (desiredSchema, commands, oee): ./wire has no types for it yet
+  const control = m as MachineControl | undefined;
 
   if (notFound) {
     return (
@@ -159,6 +164,7 @@ export function MachineView({ id, range, metrics: chosen, navigate, session }: P
           ))}
         </div>
       </div>
+      <StateTimeline id={id} control={control} range={range} />
       {metrics.length > 0 ? (
         <Chart
           feed={feed}
@@ -174,6 +180,10 @@ export function MachineView({ id, range, metrics: chosen, navigate, session }: P
         Drag across the chart to zoom into history (downsampled to the chart width); double-click or “Back to live” returns.
         Solid: samples · dashed: sliding median · shaded: 10 s window min–max · dotted red: thresholds · ✕ alarms · ✎ notes.
       </p>
+      <div className="columns control-columns">
+        <TwinPanel id={id} control={control} session={session} />
+        <CommandsPanel id={id} control={control} session={session} />
+      </div>
       <div className="columns">
         <section aria-labelledby="latest-h">
           <h2 id="latest-h">Latest</h2>
