@@ -113,6 +113,7 @@ type Broker struct {
 	control         *controlMetrics
 	deliveries      deliveries
 	delivered       *deliverer
+	subscribed      *deliverer
 	desiredMu       sync.Mutex
 	desiredVersions map[string]uint64 // last published, by machine
 
@@ -170,8 +171,11 @@ func NewBroker(addr string, opts BrokerOptions, deps Deps) (*Broker, error) {
 	if b.control, err = newControlMetrics(deps.Registerer, "broker"); err != nil {
 		return nil, err
 	}
-	if deps.Control.Delivered != nil {
-		b.delivered = newDeliverer(deps.Control.Delivered, logger, b.control)
+	if fn := deps.Control.Delivered; fn != nil {
+		b.delivered = newDeliverer("delivered", func(ctx context.Context, r commandRef) error { return fn(ctx, r.machine, r.id) }, logger, b.control)
+	}
+	if fn := deps.Control.Subscribed; fn != nil {
+		b.subscribed = newDeliverer("subscribed", func(ctx context.Context, r commandRef) error { return fn(ctx, r.machine) }, logger, b.control)
 	}
 	for _, r := range allRefusals {
 		b.refused.WithLabelValues(r)
@@ -271,12 +275,14 @@ func (b *Broker) Run(ctx context.Context) error {
 	}
 	b.logger.Info("mqtt broker listening", attrs...)
 	var delivering sync.WaitGroup
-	if b.delivered != nil {
-		delivering.Go(func() {
-			b.delivered.run(b.submitCtx, func() (context.Context, context.CancelFunc) {
-				return context.WithTimeout(b.submitCtx, b.h.opts.SubmitTimeout)
+	for _, d := range []*deliverer{b.delivered, b.subscribed} {
+		if d != nil {
+			delivering.Go(func() {
+				d.run(b.submitCtx, func() (context.Context, context.CancelFunc) {
+					return context.WithTimeout(b.submitCtx, b.h.opts.SubmitTimeout)
+				})
 			})
-		})
+		}
 	}
 	<-ctx.Done()
 	b.serving.Store(false)
@@ -393,8 +399,9 @@ func (h *hook) OnACLCheck(cl *mochi.Client, topic string, write bool) bool {
 }
 
 // OnSubscribed counts the filters OnACLCheck refused.
-func (h *hook) OnSubscribed(cl *mochi.Client, pk packets.Packet, _ []byte) {
+func (h *hook) OnSubscribed(cl *mochi.Client, pk packets.Packet, codes []byte) {
 	b := h.b
+	b.commandsSubscribed(cl, pk, codes)
 	if b.authenticate == nil {
 		return
 	}

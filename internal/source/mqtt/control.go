@@ -39,6 +39,13 @@ type ControlHandlers struct {
 	// which says the broker has it, not that a device got it. Called from
 	// a goroutine of its own, never twice concurrently for one command.
 	Delivered func(ctx context.Context, machine, cmdID string) error
+	// Subscribed, on the embedded broker only, is called when a client
+	// that may answer for machine subscribes with QoS 1 to its commands
+	// (…/{machine}/commands/+ or /#, the machine level spelled out): the
+	// time to publish its pending commands again, which a device without
+	// a session missed while away. Called from a goroutine of its own.
+	// The subscriber cannot see subscriptions on an external broker.
+	Subscribed func(ctx context.Context, machine string) error
 }
 
 // Control topic leaves after twinline/{site}/{line}/{machineId}/.
@@ -235,9 +242,9 @@ type controlMetrics struct {
 func newControlMetrics(reg prometheus.Registerer, source string) (*controlMetrics, error) {
 	m := &controlMetrics{messages: prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "twinline_mqtt_control_messages_total", ConstLabels: prometheus.Labels{"source": source},
-		Help: "MQTT twin control messages, by kind (desired, command: published; reported, response: received; delivered: command acknowledged) and result (ok, error).",
+		Help: "MQTT twin control messages, by kind (desired, command: published; reported, response: received; delivered: command acknowledged; subscribed: a device subscribed to its commands) and result (ok, error).",
 	}, []string{"kind", "result"})}
-	for _, k := range []string{"desired", "command", "reported", "response", "delivered"} {
+	for _, k := range []string{"desired", "command", "reported", "response", "delivered", "subscribed"} {
 		for _, r := range []string{"ok", "error"} {
 			m.messages.WithLabelValues(k, r)
 		}

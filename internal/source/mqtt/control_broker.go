@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 
 	mochi "github.com/mochi-mqtt/server/v2"
@@ -222,34 +223,69 @@ func (d *deliveries) drop(client string) {
 	delete(d.m, client)
 }
 
-// deliverer calls ControlHandlers.Delivered from one goroutine, off the
-// clients' read loops and the publishers' paths.
+// commandsSubscribed tells ControlHandlers.Subscribed of each machine
+// whose commands a client that may answer for it subscribed to with
+// QoS 1: a filter twinline/{site}/{line}/{machine}/commands/+ (or /#)
+// with the machine level spelled out.
+func (b *Broker) commandsSubscribed(cl *mochi.Client, pk packets.Packet, codes []byte) {
+	if b.subscribed == nil {
+		return
+	}
+	for i, f := range pk.Filters {
+		if i >= len(codes) || codes[i] != 1 && codes[i] != 2 {
+			continue
+		}
+		filter := f.Filter
+		if rest, ok := strings.CutPrefix(filter, "$share/"); ok {
+			_, filter, _ = strings.Cut(rest, "/")
+		}
+		parts := strings.Split(filter, "/")
+		if len(parts) != 6 || parts[0] != "twinline" || parts[4] != leafCommands || parts[5] != "+" && parts[5] != "#" {
+			continue
+		}
+		machine := parts[3]
+		if machine == "" || machine == "+" || machine == "#" {
+			continue
+		}
+		if b.authenticate != nil {
+			id, _ := b.ids.get(cl)
+			if id.Machine != "" && id.Machine != machine || !id.Can(auth.ScopeIngest) {
+				continue
+			}
+		}
+		b.subscribed.enqueue(commandRef{machine: machine})
+	}
+}
+
+// deliverer calls a handler (ControlHandlers.Delivered, Subscribed) from
+// one goroutine, off the clients' read loops and the publishers' paths.
 type deliverer struct {
-	fn      func(ctx context.Context, machine, cmdID string) error
+	kind    string // metrics and logs
+	fn      func(ctx context.Context, ref commandRef) error
 	ch      chan commandRef
 	logger  *slog.Logger
 	metrics *controlMetrics
 }
 
-// deliveredQueue bounds the deliveries waiting for the handler; beyond
-// it one is dropped (logged): the command stays pending until the
+// deliveredQueue bounds the calls waiting for the handler; beyond it one
+// is dropped (logged): a delivery's command stays pending until the
 // device's response moves it on.
 const deliveredQueue = 4096
 
-func newDeliverer(fn func(context.Context, string, string) error, logger *slog.Logger, m *controlMetrics) *deliverer {
-	return &deliverer{fn: fn, ch: make(chan commandRef, deliveredQueue), logger: logger, metrics: m}
+func newDeliverer(kind string, fn func(context.Context, commandRef) error, logger *slog.Logger, m *controlMetrics) *deliverer {
+	return &deliverer{kind: kind, fn: fn, ch: make(chan commandRef, deliveredQueue), logger: logger, metrics: m}
 }
 
 func (d *deliverer) enqueue(ref commandRef) {
 	select {
 	case d.ch <- ref:
 	default:
-		d.metrics.count("delivered", errors.New("queue full"))
-		d.logger.Warn("dropping mqtt command delivery: queue full", "machine", ref.machine, "command", ref.id)
+		d.metrics.count(d.kind, errors.New("queue full"))
+		d.logger.Warn("dropping mqtt control call: queue full", "kind", d.kind, "machine", ref.machine, "command", ref.id)
 	}
 }
 
-// run calls the handler for each delivery until ctx ends.
+// run calls the handler for each queued call until ctx ends.
 func (d *deliverer) run(ctx context.Context, callTimeout func() (context.Context, context.CancelFunc)) {
 	for {
 		select {
@@ -257,11 +293,11 @@ func (d *deliverer) run(ctx context.Context, callTimeout func() (context.Context
 			return
 		case ref := <-d.ch:
 			cctx, cancel := callTimeout()
-			err := d.fn(cctx, ref.machine, ref.id)
+			err := d.fn(cctx, ref)
 			cancel()
-			d.metrics.count("delivered", err)
+			d.metrics.count(d.kind, err)
 			if err != nil {
-				d.logger.Warn("marking mqtt command delivered", "machine", ref.machine, "command", ref.id, "err", err)
+				d.logger.Warn("mqtt control handler", "kind", d.kind, "machine", ref.machine, "command", ref.id, "err", err)
 			}
 		}
 	}

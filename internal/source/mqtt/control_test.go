@@ -146,14 +146,14 @@ type call struct {
 // controlRecorder records the calls of its ControlHandlers. fail, when
 // set, is returned by Reported and Respond.
 type controlRecorder struct {
-	reported, responses, delivered chan call
+	reported, responses, delivered, subscribed chan call
 
 	mu   sync.Mutex
 	fail error
 }
 
 func newControlRecorder() *controlRecorder {
-	return &controlRecorder{reported: make(chan call, 100), responses: make(chan call, 100), delivered: make(chan call, 100)}
+	return &controlRecorder{reported: make(chan call, 100), responses: make(chan call, 100), delivered: make(chan call, 100), subscribed: make(chan call, 100)}
 }
 
 func (r *controlRecorder) setFail(err error) {
@@ -166,7 +166,7 @@ func (r *controlRecorder) record(ctx context.Context, ch chan call, c call) erro
 	r.mu.Lock()
 	err := r.fail
 	r.mu.Unlock()
-	if err != nil && ch != r.delivered {
+	if err != nil && (ch == r.reported || ch == r.responses) {
 		return err
 	}
 	if id, ok := auth.FromContext(ctx); ok {
@@ -186,6 +186,9 @@ func (r *controlRecorder) handlers() ControlHandlers {
 		},
 		Delivered: func(ctx context.Context, machine, cmdID string) error {
 			return r.record(ctx, r.delivered, call{Machine: machine, Cmd: cmdID})
+		},
+		Subscribed: func(ctx context.Context, machine string) error {
+			return r.record(ctx, r.subscribed, call{Machine: machine})
 		},
 	}
 }
@@ -342,6 +345,10 @@ func TestBrokerControl(t *testing.T) {
 	if diff := cmp.Diff(codes, []byte{0, 0, 1, 0x87, 0x87, 0x87}); diff != "" {
 		t.Errorf("SUBACK reason codes (-got +want):\n%s", diff)
 	}
+	// Subscribed to its commands: the time to send the pending ones.
+	if diff := cmp.Diff(next(t, rec.subscribed, "Subscribed"), call{Machine: "m1"}); diff != "" {
+		t.Errorf("Subscribed (-got +want):\n%s", diff)
+	}
 	wantDoc := message{Topic: "twinline/lyon/a/m1/desired", Payload: `{"machine":"m1","version":1,"desired":{"tempSetpoint":180}}`, Retain: true}
 	if diff := cmp.Diff(dev.next(t, wantDoc.Topic), wantDoc); diff != "" {
 		t.Errorf("retained desired on subscribe (-got +want):\n%s", diff)
@@ -478,6 +485,16 @@ func TestBrokerControl(t *testing.T) {
 		if inFlight != 0 {
 			t.Errorf("%d commands tracked for the reader", inFlight)
 		}
+		// Nor did its subscription (any machine's commands, and no
+		// ingest scope) count as a device's: the device subscribing
+		// again is the next call (mochi calls OnSubscribed before the
+		// SUBACK, and the calls are made in order).
+		if codes := dev.subscribe(t, paho.SubscribeOptions{Topic: "twinline/lyon/a/m1/commands/#", QoS: 1}); codes[0] != 1 {
+			t.Fatalf("device subscribing again: %#x", codes[0])
+		}
+		if diff := cmp.Diff(next(t, rec.subscribed, "Subscribed"), call{Machine: "m1"}); diff != "" {
+			t.Errorf("Subscribed after the reader's subscription (-got +want):\n%s", diff)
+		}
 	})
 
 	// Clearing: the subscribed device gets empty retained payloads (the
@@ -513,6 +530,9 @@ func TestBrokerControlOpen(t *testing.T) {
 	}
 	if err := b.PublishCommand("", "", "m5", "c-5", []byte(`{"id":"c-5"}`)); err != nil {
 		t.Fatal(err)
+	}
+	if diff := cmp.Diff(next(t, rec.subscribed, "Subscribed"), call{Machine: "m5"}); diff != "" {
+		t.Errorf("Subscribed (-got +want):\n%s", diff)
 	}
 	dev.next(t, "twinline/_/_/m5/commands/c-5")
 	if diff := cmp.Diff(next(t, rec.delivered, "Delivered"), call{Machine: "m5", Cmd: "c-5"}); diff != "" {

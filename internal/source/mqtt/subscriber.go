@@ -199,8 +199,8 @@ func NewSubscriber(brokerURL string, opts SubscriberOptions, deps Deps) (*Subscr
 	if s.control, err = newControlMetrics(deps.Registerer, "subscriber"); err != nil {
 		return nil, err
 	}
-	if deps.Control.Delivered != nil {
-		s.delivered = newDeliverer(deps.Control.Delivered, h.logger, s.control)
+	if fn := deps.Control.Delivered; fn != nil {
+		s.delivered = newDeliverer("delivered", func(ctx context.Context, r commandRef) error { return fn(ctx, r.machine, r.id) }, h.logger, s.control)
 	}
 	for range opts.Workers {
 		s.work = append(s.work, make(chan paho.PublishReceived, opts.ReceiveMaximum))
