@@ -2,6 +2,7 @@ package mqtt
 
 import (
 	"errors"
+	"fmt"
 	"testing"
 
 	"github.com/eclipse/paho.golang/paho"
@@ -84,6 +85,33 @@ func TestSubscriberControl(t *testing.T) {
 	}
 	if diff := cmp.Diff(next(t, rec.responses, "Respond"), call{Machine: machine, Cmd: "c-1", Body: `{"state":"succeeded"}`}); diff != "" {
 		t.Errorf("Respond (-got +want):\n%s", diff)
+	}
+
+	// A busy handler is tried again until it passes; another failure
+	// drops the message (acknowledged, not tried again).
+	rec.failNext(fmt.Errorf("storing: %w", ErrBusy), 2)
+	if code := dev.publish(t, ReportedTopic(site, "", machine), `{"busy":1}`); code >= 0x80 {
+		t.Fatalf("reported: PUBACK %#x", code)
+	}
+	if diff := cmp.Diff(next(t, rec.reported, "Reported"), call{Machine: machine, Body: `{"busy":1}`}); diff != "" {
+		t.Errorf("Reported after ErrBusy (-got +want):\n%s", diff)
+	}
+	if got := rec.failed(); got != 2 {
+		t.Errorf("failed calls = %d, want 2", got)
+	}
+	rec.failNext(errors.New("not an object"), 1)
+	for _, p := range []string{`[]`, `{"after":1}`} {
+		if code := dev.publish(t, ReportedTopic(site, "", machine), p); code >= 0x80 {
+			t.Fatalf("reported: PUBACK %#x", code)
+		}
+	}
+	// Messages of one topic are handled in order: the next call is the
+	// second message's, so the first was not tried again.
+	if diff := cmp.Diff(next(t, rec.reported, "Reported"), call{Machine: machine, Body: `{"after":1}`}); diff != "" {
+		t.Errorf("Reported after a dropped message (-got +want):\n%s", diff)
+	}
+	if got := rec.failed(); got != 3 {
+		t.Errorf("failed calls = %d, want 3", got)
 	}
 
 	// Nobody subscribes to another machine's commands: not delivered.

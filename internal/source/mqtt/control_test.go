@@ -148,26 +148,43 @@ type call struct {
 type controlRecorder struct {
 	reported, responses, delivered, subscribed chan call
 
-	mu   sync.Mutex
-	fail error
+	mu       sync.Mutex
+	fail     error
+	failN    int // calls left to fail; < 0: all
+	failures int // calls that failed
 }
 
 func newControlRecorder() *controlRecorder {
 	return &controlRecorder{reported: make(chan call, 100), responses: make(chan call, 100), delivered: make(chan call, 100), subscribed: make(chan call, 100)}
 }
 
-func (r *controlRecorder) setFail(err error) {
+func (r *controlRecorder) setFail(err error) { r.failNext(err, -1) }
+
+// failNext makes the next n calls of Reported and Respond fail with err
+// (n < 0: every call).
+func (r *controlRecorder) failNext(err error, n int) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.fail = err
+	r.fail, r.failN = err, n
+}
+
+func (r *controlRecorder) failed() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.failures
 }
 
 func (r *controlRecorder) record(ctx context.Context, ch chan call, c call) error {
-	r.mu.Lock()
-	err := r.fail
-	r.mu.Unlock()
-	if err != nil && (ch == r.reported || ch == r.responses) {
-		return err
+	if ch == r.reported || ch == r.responses {
+		r.mu.Lock()
+		err := r.fail
+		if err != nil && r.failN != 0 {
+			r.failN--
+			r.failures++
+			r.mu.Unlock()
+			return err
+		}
+		r.mu.Unlock()
 	}
 	if id, ok := auth.FromContext(ctx); ok {
 		c.Identity = id.Name
