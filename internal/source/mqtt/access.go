@@ -117,10 +117,9 @@ func maySubscribe(id auth.Identity, filter string) bool {
 		if !found {
 			return false
 		}
-		if mayReceiveControl(id, f) {
-			return true
-		}
-	} else if mayReceiveControl(id, filter) {
+		filter = f
+	}
+	if mayReceiveControl(id, filter) {
 		return true
 	}
 	if !id.Can(auth.ScopeRead) || id.Machine != "" {
@@ -128,13 +127,6 @@ func maySubscribe(id auth.Identity, filter string) bool {
 	}
 	if !id.Restricted() {
 		return true
-	}
-	if rest, ok := strings.CutPrefix(filter, "$share/"); ok {
-		_, f, found := strings.Cut(rest, "/")
-		if !found {
-			return false
-		}
-		filter = f
 	}
 	parts := strings.Split(filter, "/")
 	if len(parts) < 2 || parts[0] != "twinline" {
