@@ -87,7 +87,9 @@ func peerCertificate(conn any) *x509.Certificate {
 
 // mayPublish reports whether id may publish to topic: with the ingest
 // scope, only under twinline/{site}/ of a site it sees, and for a device
-// identity only where the machine id level is its machine.
+// identity only where the machine id level is its machine. Nobody
+// publishes where only the server does: a machine's desired documents
+// and its commands (the responses to them are the device's).
 func mayPublish(id auth.Identity, topic string) bool {
 	if !id.Can(auth.ScopeIngest) {
 		return false
@@ -96,21 +98,20 @@ func mayPublish(id auth.Identity, topic string) bool {
 	if len(parts) < 3 || parts[0] != "twinline" || parts[1] == "" || !id.SeesSite(parts[1]) {
 		return false
 	}
+	if serverOwned(topic) {
+		return false
+	}
 	return id.Machine == "" || len(parts) >= 4 && parts[3] == id.Machine
 }
 
 // maySubscribe reports whether id may subscribe to filter (or receive a
-// message on the topic filter): with the read scope, an unrestricted
-// identity anywhere ($SYS included), a restricted one only under
-// twinline/{site} of its sites, the site level without wildcards. A
-// shared subscription ($share/{group}/{filter}) is judged by its filter.
+// message on the topic filter): with the read scope (and no machine of
+// its own), an unrestricted identity anywhere ($SYS included), a
+// restricted one only under twinline/{site} of its sites, the site level
+// without wildcards. A shared subscription ($share/{group}/{filter}) is
+// judged by its filter. Besides, an ingest identity may subscribe to the
+// control topics of the machines it writes for (mayReceiveControl).
 func maySubscribe(id auth.Identity, filter string) bool {
-	if !id.Can(auth.ScopeRead) {
-		return false
-	}
-	if !id.Restricted() {
-		return true
-	}
 	if rest, ok := strings.CutPrefix(filter, "$share/"); ok {
 		_, f, found := strings.Cut(rest, "/")
 		if !found {
@@ -118,12 +119,63 @@ func maySubscribe(id auth.Identity, filter string) bool {
 		}
 		filter = f
 	}
+	if mayReceiveControl(id, filter) {
+		return true
+	}
+	if !id.Can(auth.ScopeRead) || id.Machine != "" {
+		return false
+	}
+	if !id.Restricted() {
+		return true
+	}
 	parts := strings.Split(filter, "/")
 	if len(parts) < 2 || parts[0] != "twinline" {
 		return false
 	}
 	site := parts[1]
 	return site != "+" && site != "#" && id.SeesSite(site)
+}
+
+// mayReceiveControl reports whether id, with the ingest scope, may
+// subscribe to filter as a device (or a gateway) receiving twin control:
+// twinline/{site}/{line}/{machine}/ followed by desired, desired/delta,
+// desired/#, commands/#, commands/+ or commands/{cmdId}, where machine is
+// the device identity's own (any, or +, for another ingest identity) and
+// site a site the identity sees, or + (as line may be). A wildcard lets
+// the filter through; each message is checked again by its topic on
+// delivery, so another machine's or site's never reaches the client.
+func mayReceiveControl(id auth.Identity, filter string) bool {
+	if !id.Can(auth.ScopeIngest) {
+		return false
+	}
+	parts := strings.Split(filter, "/")
+	if len(parts) < 5 || parts[0] != "twinline" {
+		return false
+	}
+	site, line, machine := parts[1], parts[2], parts[3]
+	if site == "" || site == "#" || site != "+" && !id.SeesSite(site) {
+		return false
+	}
+	if line == "" || line == "#" {
+		return false
+	}
+	switch {
+	case id.Machine != "":
+		if machine != id.Machine {
+			return false
+		}
+	case machine == "" || machine == "#":
+		return false
+	}
+	switch rest := parts[4:]; {
+	case len(rest) == 1:
+		return rest[0] == leafDesired
+	case len(rest) == 2 && rest[0] == leafDesired:
+		return rest[1] == "delta" || rest[1] == "#"
+	case len(rest) == 2 && rest[0] == leafCommands:
+		return rest[1] != ""
+	}
+	return false
 }
 
 // identities keeps the verified identity of each client, by client id.

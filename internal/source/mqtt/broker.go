@@ -108,6 +108,15 @@ type Broker struct {
 	refused      *prometheus.CounterVec // by reason
 	authLog      *logLimiter
 
+	// Twin control (control_broker.go).
+	ctl             ControlHandlers
+	control         *controlMetrics
+	deliveries      deliveries
+	delivered       *deliverer
+	subscribed      *deliverer
+	desiredMu       sync.Mutex
+	desiredVersions map[string]uint64 // last published, by machine
+
 	// submitCtx ends when Run's context does: a client blocked in a
 	// submit lets go, so that the server can close.
 	submitCtx    context.Context
@@ -141,6 +150,8 @@ func NewBroker(addr string, opts BrokerOptions, deps Deps) (*Broker, error) {
 	caps.Compatibilities.NoInheritedPropertiesOnAck = true
 	srv := mochi.New(&mochi.Options{
 		Capabilities: caps,
+		// The inline client publishes the desired documents and commands.
+		InlineClient: true,
 		// mochi's info lines (hooks added, started, stopped) are noise here.
 		Logger: slog.New(minLevel{logger.With("lib", "mochi").Handler(), slog.LevelWarn}),
 	})
@@ -153,6 +164,18 @@ func NewBroker(addr string, opts BrokerOptions, deps Deps) (*Broker, error) {
 			Help: "MQTT connections, publications and subscriptions the embedded broker refused, by reason: credentials, not_authorized, unavailable (CONNECT); publish, subscribe (ACL); retained_topic, retained_quota.",
 		}, []string{"reason"}),
 		authLog: newLogLimiter(h.clock, 10),
+		ctl:     deps.Control,
+
+		desiredVersions: map[string]uint64{},
+	}
+	if b.control, err = newControlMetrics(deps.Registerer, "broker"); err != nil {
+		return nil, err
+	}
+	if fn := deps.Control.Delivered; fn != nil {
+		b.delivered = newDeliverer("delivered", func(ctx context.Context, r commandRef) error { return fn(ctx, r.machine, r.id) }, logger, b.control)
+	}
+	if fn := deps.Control.Subscribed; fn != nil {
+		b.subscribed = newDeliverer("subscribed", func(ctx context.Context, r commandRef) error { return fn(ctx, r.machine) }, logger, b.control)
 	}
 	for _, r := range allRefusals {
 		b.refused.WithLabelValues(r)
@@ -251,9 +274,20 @@ func (b *Broker) Run(ctx context.Context) error {
 		attrs = append(attrs, "tls_addr", b.TLSAddr().String())
 	}
 	b.logger.Info("mqtt broker listening", attrs...)
+	var delivering sync.WaitGroup
+	for _, d := range []*deliverer{b.delivered, b.subscribed} {
+		if d != nil {
+			delivering.Go(func() {
+				d.run(b.submitCtx, func() (context.Context, context.CancelFunc) {
+					return context.WithTimeout(b.submitCtx, b.h.opts.SubmitTimeout)
+				})
+			})
+		}
+	}
 	<-ctx.Done()
 	b.serving.Store(false)
 	b.cancelSubmit()
+	delivering.Wait()
 	if err := b.srv.Close(); err != nil {
 		return fmt.Errorf("closing mqtt broker: %w", err)
 	}
@@ -275,6 +309,7 @@ func (h *hook) Provides(b byte) bool {
 	return bytes.Contains([]byte{
 		mochi.OnConnect, mochi.OnConnectAuthenticate, mochi.OnACLCheck, mochi.OnSubscribed,
 		mochi.OnPublish, mochi.OnWill, mochi.OnDisconnect, mochi.OnClientExpired, mochi.OnRetainedExpired,
+		mochi.OnQosPublish, mochi.OnQosComplete, mochi.OnQosDropped,
 	}, []byte{b})
 }
 
@@ -364,8 +399,9 @@ func (h *hook) OnACLCheck(cl *mochi.Client, topic string, write bool) bool {
 }
 
 // OnSubscribed counts the filters OnACLCheck refused.
-func (h *hook) OnSubscribed(cl *mochi.Client, pk packets.Packet, _ []byte) {
+func (h *hook) OnSubscribed(cl *mochi.Client, pk packets.Packet, codes []byte) {
 	b := h.b
+	b.commandsSubscribed(cl, pk, codes)
 	if b.authenticate == nil {
 		return
 	}
@@ -383,11 +419,15 @@ func (h *hook) OnSubscribed(cl *mochi.Client, pk packets.Packet, _ []byte) {
 func (h *hook) OnDisconnect(cl *mochi.Client, _ error, expire bool) {
 	if expire {
 		h.b.ids.drop(cl)
+		h.b.deliveries.drop(cl.ID)
 	}
 }
 
 // OnClientExpired forgets the identity of a session that expired.
-func (h *hook) OnClientExpired(cl *mochi.Client) { h.b.ids.drop(cl) }
+func (h *hook) OnClientExpired(cl *mochi.Client) {
+	h.b.ids.drop(cl)
+	h.b.deliveries.drop(cl.ID)
+}
 
 // OnRetainedExpired frees the quota of an expired retained message.
 func (h *hook) OnRetainedExpired(topic string) { h.b.retained.expired(topic) }
@@ -414,6 +454,10 @@ func (h *hook) OnWill(cl *mochi.Client, will mochi.Will) (mochi.Will, error) {
 
 func (h *hook) OnPublish(cl *mochi.Client, pk packets.Packet) (packets.Packet, error) {
 	b := h.b
+	if cl.Net.Inline {
+		// The broker's own: desired documents and commands.
+		return pk, nil
+	}
 	id := b.identity(cl)
 	if b.authenticate != nil && !mayPublish(id, pk.TopicName) {
 		// Only a topic alias gets here (OnACLCheck saw an empty name), and
@@ -463,6 +507,9 @@ func (h *hook) OnPublish(cl *mochi.Client, pk packets.Packet) (packets.Packet, e
 		if out.reason != "" {
 			return b.refuse(cl, pk, out)
 		}
+	}
+	if handled, out := b.handleControl(cl, id, pk); handled && out.reason != "" {
+		return b.refuse(cl, pk, out)
 	}
 	if retain && !b.retained.admit(owner, pk.TopicName, len(pk.Payload), true) {
 		// Another connection of the same identity took the quota since

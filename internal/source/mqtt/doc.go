@@ -41,4 +41,15 @@
 // Retained messages are accepted only under twinline/ and count against a
 // quota per identity (MaxRetained, MaxRetainedBytes; 0x97 beyond it),
 // whether or not the broker authenticates.
+//
+// Both also carry twin control (control*.go): PublishDesired and
+// ClearDesired keep a machine's desired document and delta as retained
+// messages on twinline/{site}/{line}/{machineId}/desired and
+// …/desired/delta, PublishCommand sends a command with QoS 1 on
+// …/commands/{cmdId}, and what devices send on …/reported and
+// …/commands/{cmdId}/response goes to Deps.Control before it is
+// acknowledged. A command is reported delivered on the device's PUBACK
+// (embedded broker) or the external broker's (subscriber). Nobody but the
+// server publishes the desired and command topics; a device may subscribe
+// to its own (see mayReceiveControl).
 package mqtt

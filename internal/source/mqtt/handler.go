@@ -92,6 +92,10 @@ type Deps struct {
 	// traceparent and tracestate user properties of an MQTT 5 message);
 	// nil: tracing off.
 	Tracer *tracing.Tracer
+	// Control takes devices' reported state and command responses, and
+	// hears of command deliveries (see ControlHandlers); the zero value
+	// takes none.
+	Control ControlHandlers
 }
 
 // IngestOptions say how a payload becomes events. The zero value is usable.

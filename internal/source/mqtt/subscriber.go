@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/url"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -127,6 +128,14 @@ type Subscriber struct {
 
 	work []chan paho.PublishReceived // one per worker, chosen by topic
 	stop chan struct{}
+
+	// Twin control (control_subscriber.go).
+	cm              atomic.Pointer[autopaho.ConnectionManager] // while Run runs
+	ctl             ControlHandlers
+	control         *controlMetrics
+	delivered       *deliverer
+	desiredMu       sync.Mutex
+	desiredVersions map[string]uint64 // last published, by machine
 }
 
 // NewSubscriber returns a subscriber to the broker at brokerURL
@@ -183,6 +192,15 @@ func NewSubscriber(brokerURL string, opts SubscriberOptions, deps Deps) (*Subscr
 			Help: "Failed connection attempts to the external MQTT broker.",
 		}),
 		stop: make(chan struct{}),
+
+		ctl:             deps.Control,
+		desiredVersions: map[string]uint64{},
+	}
+	if s.control, err = newControlMetrics(deps.Registerer, "subscriber"); err != nil {
+		return nil, err
+	}
+	if fn := deps.Control.Delivered; fn != nil {
+		s.delivered = newDeliverer("delivered", func(ctx context.Context, r commandRef) error { return fn(ctx, r.machine, r.id) }, h.logger, s.control)
 	}
 	for range opts.Workers {
 		s.work = append(s.work, make(chan paho.PublishReceived, opts.ReceiveMaximum))
@@ -280,12 +298,23 @@ func (s *Subscriber) Run(ctx context.Context) error {
 		return fmt.Errorf("starting mqtt connection: %w", err)
 	}
 
+	s.cm.Store(cm)
 	var wg sync.WaitGroup
 	for _, work := range s.work {
 		wg.Go(func() { s.worker(submitCtx, work) })
 	}
+	var delivering sync.WaitGroup
+	if s.delivered != nil {
+		delivering.Go(func() {
+			s.delivered.run(ctx, func() (context.Context, context.CancelFunc) {
+				return context.WithTimeout(submitCtx, s.h.opts.SubmitTimeout)
+			})
+		})
+	}
 
 	<-ctx.Done()
+	s.cm.Store(nil)
+	delivering.Wait()
 	close(s.stop)
 	drained := make(chan struct{})
 	go func() { wg.Wait(); close(drained) }()
@@ -315,16 +344,21 @@ func (s *Subscriber) Run(ctx context.Context) error {
 func (s *Subscriber) subscribe(ctx context.Context, cm *autopaho.ConnectionManager, gen uint64) {
 	sctx, cancel := context.WithTimeout(ctx, s.opts.ConnectTimeout)
 	defer cancel()
-	sa, err := cm.Subscribe(sctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{
-		Topic: s.filter, QoS: 1,
-		RetainHandling: 2, // no retained messages: they are old events
-	}}})
+	filters := append([]string{s.filter}, s.controlFilters()...)
+	subs := make([]paho.SubscribeOptions, len(filters))
+	for i, f := range filters {
+		subs[i] = paho.SubscribeOptions{
+			Topic: f, QoS: 1,
+			RetainHandling: 2, // no retained messages: they are old events (or old patches)
+		}
+	}
+	sa, err := cm.Subscribe(sctx, &paho.Subscribe{Subscriptions: subs})
 	if err != nil {
-		s.logger.Error("subscribing to mqtt telemetry", "filter", s.filter, "err", err)
+		s.logger.Error("subscribing to mqtt telemetry", "filters", filters, "err", err)
 		return
 	}
-	if len(sa.Reasons) == 0 || sa.Reasons[0] >= 0x80 {
-		s.logger.Error("mqtt subscription refused", "filter", s.filter, "reasons", sa.Reasons)
+	if len(sa.Reasons) != len(filters) || slices.ContainsFunc(sa.Reasons, func(r byte) bool { return r >= 0x80 }) {
+		s.logger.Error("mqtt subscription refused", "filters", filters, "reasons", sa.Reasons)
 		return
 	}
 	s.connMu.Lock()
@@ -413,6 +447,12 @@ const maxBatchMessages = 256
 func (s *Subscriber) handle(ctx context.Context, msgs []paho.PublishReceived) bool {
 	var ps []*prepared
 	for _, pr := range msgs {
+		if t := parseControlTopic(pr.Packet.Topic); t.kind == kindReported || t.kind == kindResponse {
+			if !s.handleControl(ctx, t, pr) {
+				return false
+			}
+			continue
+		}
 		p, out := s.h.prepare(pr.Packet.Topic, pr.Packet.Payload, nil)
 		if p == nil {
 			s.h.finish(ctx, pr.Packet.Topic, s.opts.ClientID, nil, out)
@@ -452,7 +492,7 @@ func (s *Subscriber) submit(ctx context.Context, ps []*prepared) bool {
 		defer func() { endReceive(span, last) }()
 	}
 	client := s.opts.ClientID
-	delay := 50 * time.Millisecond
+	delay := backoffStart
 	for {
 		out := s.h.submitOnce(ctx, all)
 		last = out
@@ -483,7 +523,27 @@ func (s *Subscriber) submit(ctx context.Context, ps []*prepared) bool {
 			s.h.finishBatch(ctx, client, ps, out)
 			return false
 		}
-		delay = min(2*delay, 5*time.Second)
+		delay = min(2*delay, backoffMax)
+	}
+}
+
+// Retry delays of a submit or a control handler that may pass later.
+const (
+	backoffStart = 50 * time.Millisecond
+	backoffMax   = 5 * time.Second
+)
+
+// wait waits d, and reports false when the subscriber stops first.
+func (s *Subscriber) wait(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	case <-s.stop:
+		return false
 	}
 }
 
