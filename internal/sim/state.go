@@ -268,4 +268,3 @@ func (o *operation) step(t int64, dt float64) {
 	}
 	o.spOffset = target + (o.spOffset-target)*math.Exp(-dt/setpointTau)
 }
-
