@@ -181,11 +181,25 @@ func pause(ctx context.Context, d time.Duration) bool {
 	return sleepCtx(ctx, d) == nil
 }
 
-// followDesired long-polls the machine's desired document, hands each new
-// version to the machine and reports what it applied.
+// followDesired reports the machine's boot state — mode auto, no
+// setpoint, its firmware — then long-polls its desired document, hands
+// each new version to the machine and reports what it applied.
 func (d *device) followDesired(ctx context.Context) {
+	boot := map[string]any{"mode": ModeAuto, "tempSetpoint": nil, "fw": FirmwareVersion}
+	for {
+		err := d.ctl.Report(ctx, d.m.id, boot)
+		if ctx.Err() != nil {
+			return
+		}
+		if err == nil {
+			break
+		}
+		d.logger.Warn("reporting the twin at boot", "err", err)
+		if !pause(ctx, d.cfg.Retry) {
+			return
+		}
+	}
 	var version uint64
-	first := true
 	for ctx.Err() == nil {
 		v, desired, err := d.ctl.Desired(ctx, d.m.id, version)
 		switch {
@@ -195,25 +209,21 @@ func (d *device) followDesired(ctx context.Context) {
 			d.logger.Warn("polling the desired twin", "err", err)
 			pause(ctx, d.cfg.Retry)
 			continue
-		case v <= version && !first:
+		case v <= version:
 			pause(ctx, d.cfg.Retry) // no change before the long-poll ended
 			continue
 		}
-		version = v
 		patch := d.applyDesired(desired)
-		if first {
-			patch["fw"] = FirmwareVersion
-		}
 		if err := d.ctl.Report(ctx, d.m.id, patch); err != nil {
 			if ctx.Err() != nil {
 				return
 			}
-			// Report again after the next poll.
+			// Applied but not reported: report again after a pause.
 			d.logger.Warn("reporting the twin", "version", v, "err", err)
 			pause(ctx, d.cfg.Retry)
 			continue
 		}
-		first = false
+		version = v
 	}
 }
 

@@ -30,6 +30,9 @@ const (
 	StateIdle    = "IDLE"
 	StateDown    = "DOWN"
 	StateStopped = "STOPPED"
+	// StatePlanned is the planned stop of the demo OEE spec; the
+	// simulator never sends it by itself.
+	StatePlanned = "PLANNED"
 )
 
 // StateMetric is the name of the state the simulator sends.
