@@ -181,10 +181,36 @@ func pause(ctx context.Context, d time.Duration) bool {
 	return sleepCtx(ctx, d) == nil
 }
 
+// maxControlBackoff caps the pause after errors in a row.
+const maxControlBackoff = 30 * time.Second
+
+// failures paces one device loop through errors in a row (a server
+// without the control routes, one that is down): the pause doubles from
+// ControlConfig.Retry up to 30s, and only the first error of a streak is
+// logged as a warning.
+type failures struct {
+	n int
+}
+
+// failed logs err and pauses; it reports whether ctx is still alive.
+func (f *failures) failed(ctx context.Context, d *device, msg string, err error, attrs ...any) bool {
+	f.n++
+	attrs = append(attrs, "err", err, "in_a_row", f.n)
+	if f.n == 1 {
+		d.logger.Warn(msg, attrs...)
+	} else {
+		d.logger.Debug(msg, attrs...)
+	}
+	return pause(ctx, min(d.cfg.Retry<<min(f.n-1, 16), maxControlBackoff))
+}
+
+func (f *failures) ok() { f.n = 0 }
+
 // followDesired reports the machine's boot state — mode auto, no
 // setpoint, its firmware — then long-polls its desired document, hands
 // each new version to the machine and reports what it applied.
 func (d *device) followDesired(ctx context.Context) {
+	var f failures
 	boot := map[string]any{"mode": ModeAuto, "tempSetpoint": nil, "fw": FirmwareVersion}
 	for {
 		err := d.ctl.Report(ctx, d.m.id, boot)
@@ -194,11 +220,11 @@ func (d *device) followDesired(ctx context.Context) {
 		if err == nil {
 			break
 		}
-		d.logger.Warn("reporting the twin at boot", "err", err)
-		if !pause(ctx, d.cfg.Retry) {
+		if !f.failed(ctx, d, "reporting the twin at boot", err) {
 			return
 		}
 	}
+	f.ok()
 	var version uint64
 	for ctx.Err() == nil {
 		v, desired, err := d.ctl.Desired(ctx, d.m.id, version)
@@ -206,10 +232,11 @@ func (d *device) followDesired(ctx context.Context) {
 		case ctx.Err() != nil:
 			return
 		case err != nil:
-			d.logger.Warn("polling the desired twin", "err", err)
-			pause(ctx, d.cfg.Retry)
+			f.failed(ctx, d, "polling the desired twin", err)
 			continue
-		case v <= version:
+		}
+		if v <= version {
+			f.ok()
 			pause(ctx, d.cfg.Retry) // no change before the long-poll ended
 			continue
 		}
@@ -219,10 +246,10 @@ func (d *device) followDesired(ctx context.Context) {
 				return
 			}
 			// Applied but not reported: report again after a pause.
-			d.logger.Warn("reporting the twin", "version", v, "err", err)
-			pause(ctx, d.cfg.Retry)
+			f.failed(ctx, d, "reporting the twin", err, "version", v)
 			continue
 		}
+		f.ok()
 		version = v
 	}
 }
@@ -251,15 +278,18 @@ func (d *device) applyDesired(desired map[string]any) map[string]any {
 // takeCommands long-polls the machine's commands and carries them out one
 // after another.
 func (d *device) takeCommands(ctx context.Context) {
+	var f failures
 	for ctx.Err() == nil {
 		cmds, err := d.ctl.Commands(ctx, d.m.id, d.cfg.Wait)
 		switch {
 		case ctx.Err() != nil:
 			return
 		case err != nil:
-			d.logger.Warn("polling commands", "err", err)
-			pause(ctx, d.cfg.Retry)
+			f.failed(ctx, d, "polling commands", err)
 			continue
+		}
+		f.ok()
+		switch {
 		case len(cmds) == 0:
 			pause(ctx, d.cfg.Retry)
 			continue

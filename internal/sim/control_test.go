@@ -370,3 +370,43 @@ func TestControlConfigValidate(t *testing.T) {
 		t.Error("RunControl with an invalid config = nil, want an error")
 	}
 }
+
+// TestControlBackoff: errors in a row double the pause from Retry up to
+// 30s.
+func TestControlBackoff(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ctx, cancel := context.WithCancel(t.Context())
+		defer cancel()
+		var mu sync.Mutex
+		var calls []time.Duration
+		start := time.Now()
+		down := errors.New("404 Not Found")
+		ctl := ControlFuncs{
+			ReportFunc: func(context.Context, string, map[string]any) error {
+				mu.Lock()
+				defer mu.Unlock()
+				calls = append(calls, time.Since(start))
+				return down
+			},
+			CommandsFunc: func(ctx context.Context, _ string, _ time.Duration) ([]Cmd, error) {
+				<-ctx.Done()
+				return nil, ctx.Err()
+			},
+		}
+		s := New(Config{Machines: 1, Seed: 1}, nil, nil)
+		done := make(chan error, 1)
+		go func() { done <- s.RunControl(ctx, ctl, ControlConfig{Retry: time.Second}, nil) }()
+		time.Sleep(2 * time.Minute)
+		cancel()
+		<-done
+		want := []time.Duration{0, 1, 3, 7, 15, 31, 61, 91}
+		for i := range want {
+			want[i] *= time.Second
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if diff := cmp.Diff(calls, want); diff != "" {
+			t.Errorf("report attempts at (-got +want):\n%s", diff)
+		}
+	})
+}
