@@ -1,6 +1,7 @@
 package sim
 
 import (
+	"context"
 	"errors"
 	"io"
 	"net/http"
@@ -146,5 +147,61 @@ func TestHTTPControlErrors(t *testing.T) {
 	_, c = startControl(t, 200, `not json`)
 	if _, _, err := c.Desired(t.Context(), "m1", 0); err == nil {
 		t.Error("Desired with a bad body = nil error, want one")
+	}
+}
+
+// TestHTTPControlBoundedLongPolls: the device side of a 50-machine fleet
+// with ControlConfig.Machines 3 holds exactly two long-polls per machine —
+// desired and commands — of the first three machines, after each reported
+// its boot state.
+func TestHTTPControlBoundedLongPolls(t *testing.T) {
+	type arrival struct{ machine, route string }
+	arrivals := make(chan arrival, 100)
+	mux := http.NewServeMux()
+	mux.HandleFunc("PATCH /api/v1/machines/{id}/twin/reported", func(w http.ResponseWriter, r *http.Request) {
+		arrivals <- arrival{r.PathValue("id"), "reported"}
+		w.WriteHeader(http.StatusNoContent)
+	})
+	longPoll := func(route string) http.HandlerFunc {
+		return func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Query().Get("wait") != "30s" {
+				t.Errorf("%s wait = %q, want 30s", route, r.URL.Query().Get("wait"))
+			}
+			arrivals <- arrival{r.PathValue("id"), route}
+			<-r.Context().Done() // nothing changes: hold until the client goes
+		}
+	}
+	mux.HandleFunc("GET /api/v1/machines/{id}/twin/desired", longPoll("desired"))
+	mux.HandleFunc("GET /api/v1/machines/{id}/commands", longPoll("commands"))
+	ts := httptest.NewServer(mux)
+	defer ts.Close()
+
+	s := New(Config{Machines: 50, Seed: 1}, nil, nil)
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() {
+		done <- s.RunControl(ctx, NewHTTPControl(ts.URL, ts.Client(), 30*time.Second), ControlConfig{Machines: 3}, nil)
+	}()
+	got := map[arrival]int{}
+	for range 9 { // 3 × (reported, desired, commands)
+		got[<-arrivals]++
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("RunControl = %v", err)
+	}
+	want := map[arrival]int{}
+	for _, m := range s.Machines()[:3] {
+		for _, route := range []string{"reported", "desired", "commands"} {
+			want[arrival{m.ID, route}] = 1
+		}
+	}
+	if diff := cmp.Diff(got, want, cmp.AllowUnexported(arrival{})); diff != "" {
+		t.Errorf("requests (-got +want):\n%s", diff)
+	}
+	select {
+	case a := <-arrivals:
+		t.Errorf("an extra request: %+v", a)
+	default:
 	}
 }
