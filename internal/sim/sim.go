@@ -10,6 +10,14 @@
 // events are delivered late (out of order) or twice (duplicates). Emission is
 // paced open-loop at a fixed total rate, and the same seed gives the same
 // signals.
+//
+// The machines also close the loop with their twin (state.go, control.go):
+// each runs jobs, idles between them, breaks down and is repaired, counts
+// parts, and sends its operating state as the string state "state" on
+// every event. Through a Control — the server's twin and command routes
+// over HTTP (NewHTTPControl), or the server's own twins in-process
+// (ControlFuncs) — a subset of them follows its desired setpoint and mode,
+// reports what it applied and carries out commands (RunControl).
 package sim
 
 import (
@@ -54,7 +62,8 @@ type Config struct {
 	// unlimited.
 	Count int64
 	// FaultEvery is the mean time between faults of one machine (default
-	// 30m); a negative value disables faults.
+	// 30m); breakdowns (state DOWN) come every 4 FaultEvery of running
+	// time. A negative value disables both.
 	FaultEvery time.Duration
 }
 
