@@ -179,6 +179,11 @@ func (o *operation) apply(in *inbox, t int64) {
 	ops := in.ops
 	in.ops = nil
 	in.mu.Unlock()
+	if o.init && !o.manual && o.state == idle && o.until == 0 {
+		// Back in auto mode: a machine waiting for a start pauses as
+		// usual, then starts its next job.
+		o.until = t + o.span(idleMinMS, idleMaxMS)
+	}
 	for _, p := range ops {
 		p.done <- o.execute(p.name, t)
 	}

@@ -117,6 +117,16 @@ func TestOperationManualMode(t *testing.T) {
 	if got := o.execute(cmdStart, now); got != (opResult{State: StateRunning}) {
 		t.Errorf("start = %+v, want RUNNING", got)
 	}
+
+	// Back to auto while waiting: the next job starts after a pause.
+	o.execute(cmdStop, now)
+	o.state, o.until = idle, 0
+	in.setDesired(false, 0, ModeAuto)
+	o.apply(&in, now)
+	stints, _ = drive(o, now, time.Duration(idleMaxMS)*time.Millisecond+time.Second)
+	if got := stints[len(stints)-1].state; got != running {
+		t.Errorf("state a pause after switching to auto = %s, want RUNNING (stints %v)", got, stints)
+	}
 }
 
 // TestOperationExecute: the commands from every state.
