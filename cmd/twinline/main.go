@@ -17,6 +17,7 @@ import (
 	"runtime/debug"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -245,6 +246,7 @@ func migrate(ctx context.Context, args []string, stdout, stderr io.Writer) error
 func simulate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	cfg := sim.Config{Machines: 20, Rate: 200, Interval: 100 * time.Millisecond, Seed: time.Now().UnixNano()}
 	target, token := "http://127.0.0.1:8080", ""
+	ctl := sim.ControlConfig{Machines: 10, Wait: sim.DefaultControlWait}
 	fs := flag.NewFlagSet("twinline simulate", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.StringVar(&target, "target", target, "`URL` of the twinline server")
@@ -258,23 +260,42 @@ func simulate(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	durationVar(fs, &cfg.Interval, "interval", "how often a batch is sent")
 	durationVar(fs, &cfg.Duration, "duration", "stop after this long (0: until interrupted)")
 	fs.Int64Var(&cfg.Count, "count", cfg.Count, "stop after this many events (0: unlimited)")
+	fs.IntVar(&ctl.Machines, "control-machines", ctl.Machines, fmt.Sprintf("how many machines (the first ones) follow their desired twin and take commands, two long-polls each (0: none, at most %d)", sim.MaxControlMachines))
+	durationVar(fs, &ctl.Wait, "control-wait", "how long a desired-twin or command long-poll waits on the server")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	if err := cfg.Validate(); err != nil {
+	if err := errors.Join(cfg.Validate(), ctl.Validate()); err != nil {
 		return fmt.Errorf("invalid configuration:\n%w", err)
 	}
 	s := sim.New(cfg, sim.NewHTTPEmitter(strings.TrimRight(target, "/"), &http.Client{Timeout: 30 * time.Second, Transport: auth.BearerTransport(token, nil)}), time.Now)
 	fmt.Fprintf(stdout, "simulating %d machines at %g events/s → %s (Ctrl-C to stop)\n", cfg.Machines, cfg.Rate, target)
 
+	runCtx, stop := context.WithCancel(ctx)
+	var devices sync.WaitGroup
+	defer func() {
+		stop()
+		devices.Wait()
+	}()
+	if ctl.Machines > 0 {
+		ctl.Machines = min(ctl.Machines, len(s.Machines()))
+		// The long-polls need connections of their own: two per machine.
+		tr := http.DefaultTransport.(*http.Transport).Clone()
+		tr.MaxIdleConnsPerHost = 2*ctl.Machines + 4
+		control := sim.NewHTTPControl(target, &http.Client{Transport: auth.BearerTransport(token, tr)}, ctl.Wait)
+		fmt.Fprintf(stdout, "%d machines follow their desired twin and take commands\n", ctl.Machines)
+		devices.Go(func() { _ = s.RunControl(runCtx, control, ctl, newLogger(stderr, "info")) })
+	}
+
 	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx) }()
+	go func() { done <- s.Run(runCtx) }()
 	tick := time.NewTicker(5 * time.Second)
 	defer tick.Stop()
 	start := time.Now()
 	for {
 		select {
 		case err := <-done:
+			stop()
 			st := s.Stats()
 			fmt.Fprintf(stdout, "sent %d events (%d duplicates, %d out of order) in %s\n", st.Events, st.Duplicates, st.OutOfOrder, time.Since(start).Round(time.Millisecond))
 			return err

@@ -503,3 +503,42 @@ func BenchmarkEncode(b *testing.B) {
 	b.ReportMetric(float64(raw)/float64(n), "json_B/event")
 	b.ReportMetric(float64(zipped)/float64(n), "gzip_B/event")
 }
+
+// TestEncodeStates: an event's states ride as a "states" object, the JSON
+// form ingest decodes states from, in both layouts of the metrics.
+func TestEncodeStates(t *testing.T) {
+	events := []telemetry.Event{
+		{
+			Machine: "press-01", Time: 1740830400005, Metrics: []telemetry.Metric{{Name: "temp", Value: 48.2}},
+			States: []telemetry.State{{Name: "state", Value: "RUNNING"}},
+		},
+		{
+			// A metric named like a reserved key puts the metrics in a
+			// "metrics" object.
+			Machine: "m\"2", Time: 1740830400010, Metrics: []telemetry.Metric{{Name: "id", Value: 1}},
+			States: []telemetry.State{{Name: "state", Value: "DOWN"}, {Name: "part", Value: "A-1\"x"}},
+		},
+	}
+	var got []string
+	for i := range events {
+		b, err := appendEvent(nil, &events[i])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !json.Valid(b) {
+			t.Errorf("event %d: %s is not JSON", i, b)
+		}
+		got = append(got, string(b))
+	}
+	want := []string{
+		`{"machineId":"press-01","timestamp":1740830400005,"temp":48.2,"states":{"state":"RUNNING"}}`,
+		`{"machineId":"m\"2","timestamp":1740830400010,"metrics":{"id":1},"states":{"state":"DOWN","part":"A-1\"x"}}`,
+	}
+	if diff := cmp.Diff(got, want); diff != "" {
+		t.Errorf("encoded (-got +want):\n%s", diff)
+	}
+	// The events themselves are left as they were.
+	if events[1].States[1].Value != "A-1\"x" {
+		t.Errorf("states changed: %v", events[1].States)
+	}
+}

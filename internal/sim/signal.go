@@ -17,7 +17,8 @@ import (
 // the drift is a slow sinusoid (20–60 min period), the walk is a
 // mean-reverting random walk (Ornstein–Uhlenbeck, 5 min time constant), the
 // noise is Gaussian, and spikes are rare single-sample outliers. Counters
-// (cycles, volume) only ever grow. Values are clamped to physical limits and
+// (cycles, volume) only ever grow, and only while the machine is RUNNING
+// (see state.go). Values are clamped to physical limits and
 // rounded to a sensor-like resolution.
 
 const (
@@ -65,13 +66,16 @@ type metricSpec struct {
 type kindSpec struct {
 	name    string
 	metrics []metricSpec
+	// idealCycle is the fastest a part can be made, in s (OEE's ideal
+	// cycle time); a running machine makes parts 80–97 % as fast.
+	idealCycle float64
 }
 
 // temp is every kind's equipment temperature (oil, spindle, bearing, motor or
 // shell, °C): 35–65 °C normally, so that a fleet-wide alarm threshold of
 // ~90 °C fires only on overheat faults.
 func temp(nominal float64) metricSpec {
-	return metricSpec{name: "temp", nominal: nominal, spread: 4, noise: 0.3, drift: 2.5, walk: 1, spike: 6, lo: -20, hi: 200, decimals: 1, heatAdd: 1}
+	return metricSpec{name: "temp", nominal: nominal, spread: 4, noise: 0.3, drift: 2.5, walk: 1, spike: 6, lo: -20, hi: 300, decimals: 1, heatAdd: 1}
 }
 
 // vibration is RMS vibration velocity, mm/s (ISO 10816 style).
@@ -97,28 +101,28 @@ func cycles(perSecond float64) metricSpec {
 // kinds returns the machine kinds in the order machines rotate through them.
 func kinds() []kindSpec {
 	return []kindSpec{
-		{name: "press", metrics: []metricSpec{ // hydraulic press
+		{name: "press", idealCycle: 2.5, metrics: []metricSpec{ // hydraulic press
 			temp(48),
 			{name: "pressure", nominal: 180, spread: 15, noise: 3, drift: 6, walk: 3, spike: 35, lo: 0, hi: 400, decimals: 1},
 			vibration(3.2),
 			power(35, 6),
 			cycles(0.35),
 		}},
-		{name: "oven", metrics: []metricSpec{ // curing oven
+		{name: "oven", idealCycle: 600, metrics: []metricSpec{ // curing oven: a batch
 			temp(52),
 			{name: "chamber_temp", nominal: 200, spread: 10, noise: 0.8, drift: 3, walk: 1.5, spike: 12, lo: -20, hi: 450, decimals: 1},
 			power(85, 12),
 			{name: "fan_rpm", nominal: 1450, spread: 30, noise: 6, drift: 10, walk: 5, spike: -300, lo: 0, hi: 3600},
 			cycles(1.0 / 900),
 		}},
-		{name: "cnc", metrics: []metricSpec{ // CNC milling machine
+		{name: "cnc", idealCycle: 75, metrics: []metricSpec{ // CNC milling machine
 			temp(38),
 			{name: "rpm", nominal: 8000, spread: 1500, noise: 30, drift: 500, walk: 200, spike: -2500, lo: 0, hi: 24000},
 			vibration(1.8),
 			power(11, 3),
 			cycles(1.0 / 90),
 		}},
-		{name: "pump", metrics: []metricSpec{ // centrifugal pump
+		{name: "pump", idealCycle: 30, metrics: []metricSpec{ // centrifugal pump: a filled container
 			temp(45),
 			{name: "pressure", nominal: 6, spread: 1, noise: 0.08, drift: 0.4, walk: 0.2, spike: 2, lo: 0, hi: 40, decimals: 2},
 			{name: "flow", nominal: 60, spread: 15, noise: 1.2, drift: 5, walk: 2, spike: -25, lo: 0, hi: 600, decimals: 1},
@@ -127,7 +131,7 @@ func kinds() []kindSpec {
 			power(15, 4),
 			{name: "volume", nominal: 60.0 / 3600, spread: 15.0 / 3600, counter: true, decimals: 2},
 		}},
-		{name: "compressor", metrics: []metricSpec{ // screw air compressor
+		{name: "compressor", idealCycle: 50, metrics: []metricSpec{ // screw air compressor: a load cycle
 			temp(55),
 			{name: "pressure", nominal: 7.5, spread: 0.4, noise: 0.06, drift: 0.3, walk: 0.15, spike: 1.5, lo: 0, hi: 16, decimals: 2},
 			motorRPM(),
@@ -166,6 +170,8 @@ type machine struct {
 	line    string
 	rng     *rand.Rand
 	metrics []metricState
+	// idealCycle is its kind's ideal cycle time, s.
+	idealCycle float64
 
 	seq     uint64
 	started bool
@@ -176,6 +182,10 @@ type machine struct {
 	checked    int64 // last time the fault hazard was rolled, Unix ms
 	heat       float64
 	heatTarget float64
+
+	// op is the operating state; in is what the device side hands it.
+	op operation
+	in inbox
 }
 
 // machineID builds the id of the i-th machine (0-based).
@@ -197,7 +207,7 @@ func machineID(prefix, kind string, i, width int) string {
 	return b.String()
 }
 
-func newMachine(seed int64, i int, id string, k *kindSpec) *machine {
+func newMachine(seed int64, i int, id string, k *kindSpec, faultEvery float64) *machine {
 	const machinesPerLine = 5
 	m := &machine{
 		id:   id,
@@ -205,6 +215,8 @@ func newMachine(seed int64, i int, id string, k *kindSpec) *machine {
 		site: "plant-1",
 		line: "line-" + strconv.Itoa(i/machinesPerLine+1),
 		rng:  rand.New(rand.NewPCG(uint64(seed), 0x7477696e6c696e65^uint64(i))),
+
+		idealCycle: k.idealCycle,
 	}
 	m.metrics = make([]metricState, len(k.metrics))
 	for j := range k.metrics {
@@ -221,6 +233,13 @@ func newMachine(seed int64, i int, id string, k *kindSpec) *machine {
 			// thirty days of work.
 			st.total = math.Floor(st.base * 86400 * (1 + 29*m.rng.Float64()))
 		}
+	}
+	srng := rand.New(rand.NewPCG(uint64(seed), 0x6f7065726174696f^uint64(i)))
+	m.op = operation{
+		srng:           srng,
+		breakdownEvery: breakdownFactor * faultEvery,
+		partRate:       (0.8 + 0.17*srng.Float64()) / k.idealCycle,
+		tempBase:       m.metrics[0].base,
 	}
 	return m
 }
@@ -255,7 +274,8 @@ func (m *machine) endFault() {
 }
 
 // sample produces the machine's next event values at event time t (Unix ms)
-// into dst, which has one element per metric, and advances its sequence.
+// into dst, which has metricCount elements, and advances its sequence and
+// its operating state.
 func (m *machine) sample(t int64, dst []telemetry.Metric) {
 	dt := 0.0
 	if m.started && t > m.last {
@@ -264,6 +284,9 @@ func (m *machine) sample(t int64, dst []telemetry.Metric) {
 	m.started = true
 	m.last = t
 	m.seq++
+	m.op.apply(&m.in, t)
+	m.op.step(t, dt)
+	isRunning := m.op.state == running
 
 	if m.fault == faultOverheat && t >= m.faultUntil {
 		m.endFault()
@@ -292,7 +315,10 @@ func (m *machine) sample(t int64, dst []telemetry.Metric) {
 		var v float64
 		if spec.counter {
 			if dt > 0 {
-				st.total += max(0, st.base*dt*(1+0.1*m.rng.NormFloat64()))
+				inc := max(0, st.base*dt*(1+0.1*m.rng.NormFloat64()))
+				if isRunning {
+					st.total += inc
+				}
 			}
 			v = st.total
 			if spec.decimals == 0 {
@@ -309,6 +335,9 @@ func (m *machine) sample(t int64, dst []telemetry.Metric) {
 			if spec.spike != 0 && m.rng.Float64() < spikeProb {
 				v += spec.spike * (0.5 + m.rng.Float64())
 			}
+			if j == 0 {
+				v += m.op.spOffset // temp follows its setpoint
+			}
 			if m.heat != 0 {
 				v = (v + spec.heatAdd*m.heat) * (1 + spec.heatGain*m.heat)
 			}
@@ -316,7 +345,13 @@ func (m *machine) sample(t int64, dst []telemetry.Metric) {
 		}
 		dst[j] = telemetry.Metric{Name: spec.name, Value: round(v, spec.decimals)}
 	}
+	n := len(m.metrics)
+	dst[n] = telemetry.Metric{Name: PartsTotal, Value: m.op.parts}
+	dst[n+1] = telemetry.Metric{Name: PartsGood, Value: m.op.good}
 }
+
+// metricCount is the number of metrics of the machine's events.
+func (m *machine) metricCount() int { return len(m.metrics) + 2 }
 
 // round rounds v to the given number of decimals.
 func round(v float64, decimals int) float64 {

@@ -10,6 +10,14 @@
 // events are delivered late (out of order) or twice (duplicates). Emission is
 // paced open-loop at a fixed total rate, and the same seed gives the same
 // signals.
+//
+// The machines also close the loop with their twin (state.go, control.go):
+// each runs jobs, idles between them, breaks down and is repaired, counts
+// parts, and sends its operating state as the string state "state" on
+// every event. Through a Control — the server's twin and command routes
+// over HTTP (NewHTTPControl), or the server's own twins in-process
+// (ControlFuncs) — a subset of them follows its desired setpoint and mode,
+// reports what it applied and carries out commands (RunControl).
 package sim
 
 import (
@@ -54,7 +62,8 @@ type Config struct {
 	// unlimited.
 	Count int64
 	// FaultEvery is the mean time between faults of one machine (default
-	// 30m); a negative value disables faults.
+	// 30m); breakdowns (state DOWN) come every 4 FaultEvery of running
+	// time. A negative value disables both.
 	FaultEvery time.Duration
 }
 
@@ -156,6 +165,9 @@ type Machine struct {
 	Line string
 	// Metrics names the metrics its events carry, in order.
 	Metrics []string
+	// IdealCycleSeconds is the fastest it makes a part (OEE's ideal cycle
+	// time).
+	IdealCycleSeconds float64
 }
 
 // Stats counts what a Simulator delivered.
@@ -188,6 +200,7 @@ type Simulator struct {
 	emit    Emit
 	now     func() time.Time
 	fleet   fleet
+	byID    map[string]*machine
 	maxMets int
 	idLen   int
 	rng     *rand.Rand // delivery decisions: late and duplicate
@@ -232,15 +245,17 @@ func New(cfg Config, emit Emit, now func() time.Time) *Simulator {
 	if c.FaultEvery > 0 {
 		s.fleet.faultEvery = c.FaultEvery.Seconds()
 	}
+	s.byID = make(map[string]*machine, max(c.Machines, 1))
 	n := max(c.Machines, 1)
 	width := max(2, len(strconv.Itoa(n)))
 	ks := kinds()
 	s.fleet.machines = make([]*machine, n)
 	for i := range n {
 		k := &ks[i%len(ks)]
-		m := newMachine(c.Seed, i, machineID(c.Prefix, k.name, i, width), k)
+		m := newMachine(c.Seed, i, machineID(c.Prefix, k.name, i, width), k, s.fleet.faultEvery)
 		s.fleet.machines[i] = m
-		s.maxMets = max(s.maxMets, len(m.metrics))
+		s.byID[m.id] = m
+		s.maxMets = max(s.maxMets, m.metricCount())
 		s.idLen = max(s.idLen, len(m.id))
 	}
 	return s
@@ -250,11 +265,12 @@ func New(cfg Config, emit Emit, now func() time.Time) *Simulator {
 func (s *Simulator) Machines() []Machine {
 	out := make([]Machine, len(s.fleet.machines))
 	for i, m := range s.fleet.machines {
-		names := make([]string, len(m.metrics))
+		names := make([]string, 0, m.metricCount())
 		for j := range m.metrics {
-			names[j] = m.metrics[j].spec.name
+			names = append(names, m.metrics[j].spec.name)
 		}
-		out[i] = Machine{ID: m.id, Kind: m.kind, Site: m.site, Line: m.line, Metrics: names}
+		names = append(names, PartsTotal, PartsGood)
+		out[i] = Machine{ID: m.id, Kind: m.kind, Site: m.site, Line: m.line, Metrics: names, IdealCycleSeconds: m.idealCycle}
 	}
 	return out
 }
@@ -375,6 +391,7 @@ func (s *Simulator) deliver(ctx context.Context, n int, nowNs int64, final bool)
 			}
 			cp := out[i]
 			cp.Metrics = append([]telemetry.Metric(nil), cp.Metrics...)
+			cp.States = append([]telemetry.State(nil), cp.States...)
 			if final || s.rng.IntN(3) == 0 {
 				out = append(out, cp)
 				dups++
@@ -430,6 +447,7 @@ func (s *Simulator) generate(dst []telemetry.Event, n int) []telemetry.Event {
 	}
 	// One allocation each for the metrics and the ids of the whole batch.
 	slab := make([]telemetry.Metric, n*s.maxMets)
+	states := make([]telemetry.State, n)
 	idbuf := make([]byte, 0, n*(s.idLen+8))
 	first := len(dst)
 	nsPerEvent := 1e9 / s.cfg.Rate
@@ -437,17 +455,20 @@ func (s *Simulator) generate(dst []telemetry.Event, n int) []telemetry.Event {
 		s.generated++
 		t := (s.startNs + int64(float64(s.generated)*nsPerEvent)) / int64(time.Millisecond)
 		m := s.fleet.pick(t)
-		k := len(m.metrics)
+		k := m.metricCount()
 		mets := slab[:k:k]
 		slab = slab[k:]
 		m.sample(t, mets)
+		st := states[:1:1]
+		states = states[1:]
+		st[0] = telemetry.State{Name: StateMetric, Value: m.op.state.String()}
 
 		idbuf = append(idbuf, m.id...)
 		idbuf = append(idbuf, '-')
 		idbuf = strconv.AppendUint(idbuf, m.seq, 10)
 		s.idEnds = append(s.idEnds, len(idbuf))
 
-		ev := telemetry.Event{Machine: m.id, Seq: m.seq, HasSeq: true, Time: t, Metrics: mets}
+		ev := telemetry.Event{Machine: m.id, Seq: m.seq, HasSeq: true, Time: t, Metrics: mets, States: st}
 		if m.seq%tagEvery == 1 {
 			ev.Tags = map[string]string{"kind": m.kind, "site": m.site, "line": m.line}
 		}
