@@ -103,7 +103,9 @@ func classOf(spec *twin.OEESpec, value string) class {
 // Compute returns the OEE of one machine over the grid.
 //
 // changes are the changes of its state series (spec.StateMetric) in time
-// order: the one in force at g.From (if any) and those after it. The
+// order: the one in force at g.From (if any) and those after it (a change
+// earlier than the one before it is ignored; of changes at the same time
+// the last wins). The
 // state before the first change is unknown, and unknown time is neither
 // planned nor run; the last state holds until min(g.To, until) (until is
 // the present: the future is not counted). total and good are the
@@ -116,30 +118,18 @@ func Compute(g Grid, spec twin.OEESpec, changes []store.StateChange, total, good
 		s.Buckets[i].From, s.Buckets[i].To = g.Bounds(i)
 	}
 	end := min(g.To, until)
+	cur, last := -1, int64(0) // the change in force, and the time of the latest in order
 	for i, c := range changes {
-		from := max(c.Time, g.From)
-		to := end
-		if i+1 < len(changes) {
-			to = min(to, changes[i+1].Time)
+		if cur >= 0 && c.Time < last {
+			continue // out of time order: ignored, as store.StateIntervals does
 		}
-		if from >= to {
-			continue
+		if cur >= 0 {
+			s.addState(g, &spec, changes[cur].Value, changes[cur].Time, min(c.Time, end))
 		}
-		cl := classOf(&spec, c.Value)
-		if cl == plannedStop {
-			continue
-		}
-		for b := g.index(from); from < to; b++ {
-			bk := &s.Buckets[b]
-			d := min(to, bk.To) - from
-			bk.PlannedMs += d
-			if cl == running {
-				bk.RunMs += d
-			} else {
-				bk.sums.down = addDown(bk.sums.down, c.Value, d)
-			}
-			from += d
-		}
+		cur, last = i, c.Time
+	}
+	if cur >= 0 {
+		s.addState(g, &spec, changes[cur].Value, changes[cur].Time, end)
 	}
 	perf := total != nil && spec.IdealCycleSeconds > 0
 	for i := range s.Buckets {
@@ -160,6 +150,29 @@ func Compute(g Grid, spec twin.OEESpec, changes []store.StateChange, total, good
 	}
 	s.finish(g)
 	return s
+}
+
+// addState counts the time [from, to) ∩ the grid in state value.
+func (s *Series) addState(g Grid, spec *twin.OEESpec, value string, from, to int64) {
+	from = max(from, g.From)
+	if from >= to {
+		return
+	}
+	cl := classOf(spec, value)
+	if cl == plannedStop {
+		return
+	}
+	for b := g.index(from); from < to; b++ {
+		bk := &s.Buckets[b]
+		d := min(to, bk.To) - from
+		bk.PlannedMs += d
+		if cl == running {
+			bk.RunMs += d
+		} else {
+			bk.sums.down = addDown(bk.sums.down, value, d)
+		}
+		from += d
+	}
 }
 
 // Rollup returns the time-weighted combination of parts computed over the

@@ -106,6 +106,13 @@ func TestCompute(t *testing.T) {
 			want: []Bucket{{From: 0, To: min, Downtime: []Downtime{}}},
 		},
 		{
+			name: "a change out of time order is ignored, the last of the same instant wins",
+			grid: [3]int64{0, 100, 0}, spec: pressSpec,
+			changes: changes(0, "RUNNING", 50, "DOWN", 20, "IDLE", 80, "JAM", 80, "RUNNING"), until: math.MaxInt64,
+			want: []Bucket{{From: 0, To: 100, PlannedMs: 100, RunMs: 70, Availability: f(0.7),
+				Downtime: []Downtime{{"DOWN", 30}}}},
+		},
+		{
 			name: "top five reasons, longest first, ties by name",
 			grid: [3]int64{0, 100, 0}, spec: pressSpec,
 			changes: changes(0, "A", 10, "B", 30, "C", 40, "D", 60, "E", 70, "F", 75, "G", 100, "RUNNING"), until: math.MaxInt64,
@@ -253,10 +260,15 @@ func drawMachine(t *rapid.T, label string, from, to int64) machineData {
 	m.spec.IdealCycleSeconds = []float64{0, 0.001, 0.05, 1.5}[rapid.IntRange(0, 3).Draw(t, label+"ideal")]
 
 	tm := from - int64(rapid.IntRange(-500, 500).Draw(t, label+"first"))
+	disorder := rapid.IntRange(0, 4).Draw(t, label+"disorder") == 0 // a store bug: changes out of order
 	for range rapid.IntRange(0, 30).Draw(t, label+"changes") {
 		m.changes = append(m.changes, store.StateChange{Machine: label, Name: "state", Time: tm,
 			Value: stateNames[rapid.IntRange(0, len(stateNames)-1).Draw(t, label+"value")]})
-		tm += int64(rapid.IntRange(0, int(to-from)/4+1).Draw(t, label+"gap"))
+		lo := 0
+		if disorder {
+			lo = -int(to-from) / 8
+		}
+		tm += int64(rapid.IntRange(lo, int(to-from)/4+1).Draw(t, label+"gap"))
 	}
 	drawCounter := func(name string) []store.Point {
 		var pts []store.Point
@@ -346,9 +358,16 @@ func oracle(from, to, step int64, m machineData, until int64) []oracleBucket {
 	for _, s := range m.spec.PlannedStopStates {
 		stop[s] = true
 	}
+	// Changes out of time order are dropped (store.StateIntervals' rule).
+	var inOrder []store.StateChange
+	for _, c := range m.changes {
+		if len(inOrder) == 0 || c.Time >= inOrder[len(inOrder)-1].Time {
+			inOrder = append(inOrder, c)
+		}
+	}
 	for t := from; t < min(to, until); t++ {
 		state, known := "", false
-		for _, c := range m.changes {
+		for _, c := range inOrder {
 			if c.Time <= t {
 				state, known = c.Value, true
 			}
