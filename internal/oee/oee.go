@@ -105,12 +105,11 @@ func classOf(spec *twin.OEESpec, value string) class {
 // changes are the changes of its state series (spec.StateMetric) in time
 // order: the one in force at g.From (if any) and those after it (a change
 // earlier than the one before it is ignored; of changes at the same time
-// the last wins). The
-// state before the first change is unknown, and unknown time is neither
-// planned nor run; the last state holds until min(g.To, until) (until is
-// the present: the future is not counted). total and good are the
-// increases of the counters per bucket (see Counter), nil for a counter
-// the spec does not name.
+// the last wins). The state before the first change is unknown, and
+// unknown time is neither planned nor run; the last state holds until
+// min(g.To, until) (until is the present: the future is not counted).
+// total and good are the increases of the counters per bucket of g (see
+// Counter; g.Len() long), nil for a counter the spec does not name.
 func Compute(g Grid, spec twin.OEESpec, changes []store.StateChange, total, good []float64, until int64) Series {
 	n := g.Len()
 	s := Series{Buckets: make([]Bucket, n)}
