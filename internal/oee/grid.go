@@ -81,13 +81,12 @@ func floorDiv(a, b int64) int64 {
 // whole number of days or weeks ("1d", "7d", "2w"), at least 1ms.
 func ParseStep(s string) (time.Duration, error) {
 	if n, unit := strings.TrimRight(s, "dw"), strings.TrimLeft(s, "0123456789"); (unit == "d" || unit == "w") && n != "" {
-		k, err := strconv.Atoi(n)
-		if err == nil && k > 0 && k <= 100_000 {
-			d := time.Duration(k) * 24 * time.Hour
-			if unit == "w" {
-				d *= 7
-			}
-			return d, nil
+		days, err := strconv.Atoi(n)
+		if unit == "w" && days <= 100_000 {
+			days *= 7
+		}
+		if err == nil && days > 0 && days <= 100_000 { // about 270 years: no overflow
+			return time.Duration(days) * 24 * time.Hour, nil
 		}
 	}
 	d, err := time.ParseDuration(s)

@@ -198,7 +198,7 @@ func TestParseStep(t *testing.T) {
 			t.Errorf("FormatStep(%v) = %q, want %q", got, s, tt.fmt)
 		}
 	}
-	for _, bad := range []string{"", "d", "0d", "-1d", "1x", "0s", "1us", "1.5d", "d1"} {
+	for _, bad := range []string{"", "d", "0d", "-1d", "1x", "0s", "1us", "1.5d", "d1", "100001d", "100000w", "99999999999999999999d"} {
 		if _, err := ParseStep(bad); err == nil {
 			t.Errorf("ParseStep(%q): no error", bad)
 		}
