@@ -369,6 +369,7 @@ func (a *API) routes() []route {
 		{method: "GET", path: "/api/v1/machines/{id}/notes", scope: read, handler: a.handleNotesGet},
 		{method: "POST", path: "/api/v1/machines/{id}/notes", scope: operate, handler: a.handleNotesPost, audit: "note.add"},
 		{method: "GET", path: "/api/v1/alarms", scope: read, handler: a.handleAlarms},
+		{method: "GET", path: "/api/v1/oee", scope: read, handler: a.handleOEE},
 		{method: "POST", path: "/api/v1/alarms/{id}/ack", scope: operate, handler: a.handleAlarmAck, audit: "alarm.ack"},
 		{method: "GET", path: "/api/v1/stream", scope: read, handler: a.handleStream, stream: true},
 		{method: "POST", path: "/api/v1/stream/tickets", scope: read, handler: a.handleTicket},

@@ -54,6 +54,7 @@ var matrixRequests = map[string]matrixRequest{
 	"GET /api/v1/machines/{id}/notes":  {"/api/v1/machines/m1/notes", "", "", "hidden"},
 	"POST /api/v1/machines/{id}/notes": {"/api/v1/machines/m1/notes", "application/json", `{"text":"check the bearing"}`, "hidden"},
 	"GET /api/v1/alarms":               {"/api/v1/alarms?state=all", "", "", "filtered"},
+	"GET /api/v1/oee":                  {"/api/v1/oee", "", "", "filtered"},
 	"POST /api/v1/alarms/{id}/ack":     {"/api/v1/alarms/ALARM/ack", "application/json", `{"note":"checked"}`, "hidden"},
 	"GET /api/v1/stream":               {"/api/v1/stream?machine=m1", "", "", "hidden"},
 	"POST /api/v1/stream/tickets":      {"/api/v1/stream/tickets", "application/json", `{}`, "neutral"},

@@ -192,6 +192,55 @@ export interface NoteMessage {
   type: 'note';
 }
 
+export interface OEEBucket {
+  /** runMs / plannedMs. */
+  availability: number | null;
+  /** Top 5 non-running states within planned time, longest first. */
+  downtime: {
+    ms: number;
+    state: string;
+  }[];
+  from: number;
+  goodCount: number;
+  /** availability × performance × quality. */
+  oee: number | null;
+  /** idealCycleSeconds × totalCount / run time; not capped. */
+  performance: number | null;
+  /** Time in a known state other than a planned stop. */
+  plannedMs: number;
+  /** goodCount / totalCount. */
+  quality: number | null;
+  /** Time in a running state. */
+  runMs: number;
+  to: number;
+  /** Increase of the total part counter (resets counted from the new value). */
+  totalCount: number;
+}
+
+export interface OEEReport {
+  from: number;
+  lines: {
+    buckets: OEEBucket[];
+    line: string;
+    site: string;
+    total: OEEBucket;
+  }[];
+  machines: {
+    buckets: OEEBucket[];
+    line: string;
+    machine: string;
+    site: string;
+    total: OEEBucket;
+  }[];
+  sites: {
+    buckets: OEEBucket[];
+    site: string;
+    total: OEEBucket;
+  }[];
+  step: string;
+  to: number;
+}
+
 export interface Problem {
   accepted?: number;
   detail?: string;
