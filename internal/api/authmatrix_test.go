@@ -205,7 +205,10 @@ func newMatrixEnvFor(t *testing.T, scope, wrong auth.Scope, withStore bool) *mat
 	if err != nil {
 		t.Fatal(err)
 	}
-	docs := control.NewTwins(docStore, nil, time.Now, logger)
+	docs := control.NewTwins(docStore, func(m string) *twin.Schema {
+		in, _ := tw.Get(m)
+		return in.DesiredSchema
+	}, time.Now, logger)
 	env := &matrixEnv{twins: tw, alarms: alarms, notes: notes, docs: docs, log: &fakeLog{real: eventlog.New(1<<16, nil)},
 		tokens: &fakeTokens{toks: []auth.Token{{Name: "lyon-reader", Scopes: auth.ScopeRead, Sites: []string{"lyon"}}}},
 		audit:  &memAudit{}, alarmID: raised[0].ID}
