@@ -1,6 +1,7 @@
 package api
 
 import (
+	"bytes"
 	"encoding/json"
 	"net/http"
 	"strings"
@@ -10,6 +11,8 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/twinline/twinline/internal/auth"
+	"github.com/twinline/twinline/internal/control"
+	"github.com/twinline/twinline/internal/hub"
 	"github.com/twinline/twinline/internal/twin"
 )
 
@@ -135,4 +138,30 @@ func TestTwinLongPoll(t *testing.T) {
 			t.Errorf("long-poll answer = %s, want %s", got, want)
 		}
 	})
+}
+
+// TestTwinStreamData: the twin the app publishes on the stream
+// (control.Twin) is the hub's TwinData, member for member.
+func TestTwinStreamData(t *testing.T) {
+	tw := control.Twin{Machine: "m", Desired: map[string]any{"a": 1.0}, Reported: map[string]any{}, Delta: map[string]any{"a": 1.0},
+		Version: 1, Metadata: control.Metadata{Desired: control.FieldTimes{"a": {UpdatedAt: 5}}, Reported: control.FieldTimes{}}}
+	for name, v := range map[string]any{"change": tw, "deleted": hub.TwinData{Machine: "m", Deleted: true}} {
+		b, err := json.Marshal(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dec := json.NewDecoder(bytes.NewReader(b))
+		dec.DisallowUnknownFields()
+		var got hub.TwinData
+		if err := dec.Decode(&got); err != nil {
+			t.Fatalf("%s: %s does not decode strictly into hub.TwinData: %v", name, b, err)
+		}
+		again, err := json.Marshal(got)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if diff := cmp.Diff(string(again), string(b)); diff != "" {
+			t.Errorf("%s: hub.TwinData re-encodes differently (-got +want):\n%s", name, diff)
+		}
+	}
 }

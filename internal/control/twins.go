@@ -249,7 +249,7 @@ func (t *Twins) follow(ctx context.Context, n Notice) {
 	lock := t.lock(n.Machine)
 	lock.Lock()
 	defer lock.Unlock()
-	c := Change{Machine: n.Machine, Kind: n.Kind, By: n.By, Twin: Twin{Machine: n.Machine}}
+	c := Change{Machine: n.Machine, Kind: n.Kind, By: n.By, Twin: Twin{Machine: n.Machine}, Remote: true}
 	if n.Kind != ChangeDeleted {
 		tw, err := t.Get(ctx, n.Machine)
 		if err != nil {

@@ -157,10 +157,13 @@ func (t Twin) clone() Twin {
 
 // Change is a twin change, told to Subscribe's functions: a document
 // written (Twin is the new twin), or the twin deleted (Twin has only its
-// Machine). By is who wrote it.
+// Machine). By is who wrote it. Remote marks a change another replica
+// made (followed through a shared store): a fan-out that already crosses
+// replicas (the hub over Redis) publishes only the others.
 type Change struct {
 	Machine string
 	Kind    ChangeKind
 	Twin    Twin
 	By      string
+	Remote  bool
 }

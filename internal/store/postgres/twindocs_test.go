@@ -46,7 +46,7 @@ func TestTwinDocsReplicas(t *testing.T) {
 		}
 		select {
 		case c := <-seen:
-			if c.Kind != ctl.ChangeDesired || c.By != "alice" || c.Twin.Version == 0 || c.Twin.Desired["v"] == nil {
+			if c.Kind != ctl.ChangeDesired || !c.Remote || c.By != "alice" || c.Twin.Version == 0 || c.Twin.Desired["v"] == nil {
 				t.Errorf("change seen by the other replica = %+v", c)
 			}
 			goto heard
