@@ -65,6 +65,11 @@ type Twins struct {
 	mu      sync.Mutex
 	subs    []func(Change)
 	waiters map[string]chan struct{} // closed on the machine's next change
+
+	// stopped is closed when Run returns: the long-polls answer at once
+	// (the server is shutting down).
+	stopped  chan struct{}
+	stopOnce sync.Once
 }
 
 // NewTwins returns Twins over s; schemas gives a machine's desired schema
@@ -76,7 +81,8 @@ func NewTwins(s TwinStore, schemas func(machine string) *twin.Schema, now func()
 		schemas = func(string) *twin.Schema { return nil }
 	}
 	return &Twins{store: s, schemas: schemas, now: now, logger: logger.With("component", "twins"),
-		origin: hex.EncodeToString(b[:]), seed: maphash.MakeSeed(), waiters: map[string]chan struct{}{}}
+		origin: hex.EncodeToString(b[:]), seed: maphash.MakeSeed(), waiters: map[string]chan struct{}{},
+		stopped: make(chan struct{})}
 }
 
 // Subscribe adds fn, called with every change once it is durable — this
@@ -194,8 +200,8 @@ func checkDoc(doc map[string]any, kind ChangeKind, schema *twin.Schema) error {
 }
 
 // Wait returns machine's twin once its desired version is above after: at
-// once if it already is; when ctx ends, the current twin and no error
-// (the caller compares versions).
+// once if it already is; when ctx ends or Run has returned (shutting
+// down), the current twin and no error (the caller compares versions).
 func (t *Twins) Wait(ctx context.Context, machine string, after uint64) (Twin, error) {
 	for {
 		ch := t.waiter(machine)
@@ -207,6 +213,8 @@ func (t *Twins) Wait(ctx context.Context, machine string, after uint64) (Twin, e
 		case <-ch:
 		case <-ctx.Done():
 			return t.Get(context.WithoutCancel(ctx), machine)
+		case <-t.stopped:
+			return tw, nil
 		}
 	}
 }
@@ -225,8 +233,10 @@ func (t *Twins) Delete(ctx context.Context, machine string) error {
 }
 
 // Run follows the changes other replicas make (a TwinWatcher store), until
-// ctx ends; with a store of its own it just waits.
+// ctx ends; with a store of its own it just waits. When it returns, the
+// long-polls (Wait) answer at once, so that they do not hold a shutdown.
 func (t *Twins) Run(ctx context.Context) error {
+	defer t.stopOnce.Do(func() { close(t.stopped) })
 	w, ok := t.store.(TwinWatcher)
 	if !ok {
 		<-ctx.Done()

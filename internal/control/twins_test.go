@@ -329,6 +329,39 @@ func TestWait(t *testing.T) {
 	})
 }
 
+// TestWaitEndsWithRun: once Run returns (shutdown), waiting long-polls
+// are answered at once with the current twin.
+func TestWaitEndsWithRun(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		tw, _, _ := newTestTwins(t, nil)
+		ctx, cancel := context.WithCancel(context.Background())
+		ran := make(chan error)
+		go func() { ran <- tw.Run(ctx) }()
+		waited := make(chan time.Duration)
+		start := time.Now()
+		go func() {
+			got, err := tw.Wait(context.Background(), "m", 0)
+			if err != nil || got.Version != 0 {
+				t.Errorf("Wait = version %d, %v; want 0, nil", got.Version, err)
+			}
+			waited <- time.Since(start)
+		}()
+		synctest.Wait()
+		time.Sleep(5 * time.Second) // fake time: the Wait is still waiting
+		cancel()
+		if err := <-ran; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+		if d := <-waited; d != 5*time.Second {
+			t.Errorf("Wait answered after %v, want 5s (when Run returned)", d)
+		}
+		// After Run, a Wait answers at once.
+		if _, err := tw.Wait(context.Background(), "m", 0); err != nil {
+			t.Error(err)
+		}
+	})
+}
+
 func TestTwinFilesSurviveAsWritten(t *testing.T) {
 	dir := t.TempDir()
 	s, err := OpenTwinFiles(dir)
