@@ -86,7 +86,7 @@ func (a *API) handleTwinGet(w http.ResponseWriter, r *http.Request) {
 	}
 	tw, err := a.twins.Get(r.Context(), id)
 	if err != nil {
-		a.controlError(w, err)
+		a.twinDocError(w, err)
 		return
 	}
 	w.Header().Set("ETag", twinETag(tw))
@@ -112,7 +112,7 @@ func (a *API) handleTwinDesiredPatch(w http.ResponseWriter, r *http.Request) {
 	}
 	before, err := a.twins.Get(r.Context(), id)
 	if err != nil {
-		a.controlError(w, err)
+		a.twinDocError(w, err)
 		return
 	}
 	tw, err := a.twins.PatchDesired(r.Context(), id, body, ifMatch, identity(r).Name)
@@ -120,7 +120,7 @@ func (a *API) handleTwinDesiredPatch(w http.ResponseWriter, r *http.Request) {
 		if errors.Is(err, control.ErrVersionMismatch) {
 			w.Header().Set("ETag", twinETag(tw))
 		}
-		a.controlError(w, err)
+		a.twinDocError(w, err)
 		return
 	}
 	note(r, id, "", map[string]any{"before": before.Desired, "after": tw.Desired, "version": tw.Version})
@@ -141,7 +141,7 @@ func (a *API) handleTwinReportedPatch(w http.ResponseWriter, r *http.Request) {
 	}
 	tw, err := a.twins.PatchReported(r.Context(), id, body, identity(r).Name)
 	if err != nil {
-		a.controlError(w, err)
+		a.twinDocError(w, err)
 		return
 	}
 	w.Header().Set("ETag", twinETag(tw))
@@ -187,15 +187,15 @@ func (a *API) handleTwinDesiredGet(w http.ResponseWriter, r *http.Request) {
 	defer cancel()
 	tw, err := a.twins.Wait(ctx, id, after)
 	if err != nil {
-		a.controlError(w, err)
+		a.twinDocError(w, err)
 		return
 	}
 	w.Header().Set("ETag", twinETag(tw))
 	writeJSON(w, http.StatusOK, desiredDoc{Machine: id, Version: tw.Version, Desired: tw.Desired})
 }
 
-// controlError answers an error of control.Twins.
-func (a *API) controlError(w http.ResponseWriter, err error) {
+// twinDocError answers an error of control.Twins.
+func (a *API) twinDocError(w http.ResponseWriter, err error) {
 	var ve control.ValidationError
 	switch {
 	case errors.As(err, &ve):
