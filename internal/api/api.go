@@ -86,6 +86,9 @@ type Deps struct {
 	Live     liveState
 	Notes    *twin.Notes
 	Alarms   *twin.Alarms
+	// Twins are the machines' desired and reported documents
+	// (control.Twins); nil: the twin routes answer 404.
+	Twins twinDocs
 	// Publish pushes a new note to its machine's stream subscribers.
 	Publish func(twin.Note)
 	Stream  http.Handler
@@ -168,6 +171,7 @@ type API struct {
 	live       liveState
 	notes      *twin.Notes
 	alarms     *twin.Alarms
+	twins      twinDocs
 	publish    func(twin.Note)
 	stream     http.Handler
 	streamCtx  func(ctx context.Context, visible func(machine string) bool, client string) context.Context
@@ -255,6 +259,7 @@ func New(opts Options, deps Deps) *API {
 		live:      deps.Live,
 		notes:     deps.Notes,
 		alarms:    deps.Alarms,
+		twins:     deps.Twins,
 		publish:   deps.Publish,
 		stream:    deps.Stream,
 		streamCtx: deps.StreamContext,
@@ -368,6 +373,10 @@ func (a *API) routes() []route {
 		{method: "GET", path: "/api/v1/machines/{id}/series", scope: read, handler: a.handleSeries},
 		{method: "GET", path: "/api/v1/machines/{id}/notes", scope: read, handler: a.handleNotesGet},
 		{method: "POST", path: "/api/v1/machines/{id}/notes", scope: operate, handler: a.handleNotesPost, audit: "note.add"},
+		{method: "GET", path: "/api/v1/machines/{id}/twin", scope: read, handler: a.handleTwinGet},
+		{method: "PATCH", path: "/api/v1/machines/{id}/twin/desired", scope: operate, handler: a.handleTwinDesiredPatch, audit: "twin.desired"},
+		{method: "PATCH", path: "/api/v1/machines/{id}/twin/reported", scope: ingest, handler: a.handleTwinReportedPatch},
+		{method: "GET", path: "/api/v1/machines/{id}/twin/desired", scope: ingest | read, handler: a.handleTwinDesiredGet},
 		{method: "GET", path: "/api/v1/alarms", scope: read, handler: a.handleAlarms},
 		{method: "GET", path: "/api/v1/oee", scope: read, handler: a.handleOEE},
 		{method: "POST", path: "/api/v1/alarms/{id}/ack", scope: operate, handler: a.handleAlarmAck, audit: "alarm.ack"},

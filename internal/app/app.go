@@ -27,6 +27,7 @@ import (
 
 	"github.com/twinline/twinline/internal/api"
 	"github.com/twinline/twinline/internal/config"
+	"github.com/twinline/twinline/internal/control"
 	"github.com/twinline/twinline/internal/eventlog"
 	"github.com/twinline/twinline/internal/eventlog/kafka"
 	"github.com/twinline/twinline/internal/hot"
@@ -73,6 +74,7 @@ type App struct {
 	live     *twin.Live
 	notes    *twin.Notes
 	alarms   *twin.Alarms
+	twins    *control.Twins // desired and reported documents
 	hub      *hub.Hub
 	// The event log: in-process (events), or Kafka (producer on the roles
 	// that take ingest); proc processes it on the roles that process, with
@@ -193,6 +195,20 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 		}
 	}
 	a.registry, a.live = registry, live
+	// The twins' desired and reported documents: checked against the
+	// registry entry's desired schema; a machine deleted from the
+	// registry loses them.
+	twins := control.NewTwins(ts.docs, func(m string) *twin.Schema {
+		in, _ := registry.Get(m)
+		return in.DesiredSchema
+	}, time.Now, logger)
+	a.twins = twins
+	registry.OnDelete(func(id string) {
+		if err := twins.Delete(context.Background(), id); err != nil {
+			logger.Error("deleting the twin documents of a deleted machine", "machine", id, "err", err)
+		}
+	})
+	a.background = append(a.background, part{name: "stopping the twin documents' follower", run: twins.Run})
 	for _, w := range []struct {
 		label string
 		d     time.Duration
@@ -263,6 +279,19 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 		a.degraded = append(a.degraded, a.hot.Ready)
 	}
 	a.hub = hub.New(hubOpts, logger, reg)
+	// Every twin change goes out on the stream; with Redis the hub fans
+	// out across replicas itself, so a change another replica made
+	// (followed through PostgreSQL) is its to publish.
+	twins.Subscribe(func(c control.Change) {
+		if c.Remote && rdb != nil {
+			return
+		}
+		if c.Kind == control.ChangeDeleted {
+			a.hub.PublishTwin(c.Machine, hub.TwinData{Machine: c.Machine, Deleted: true})
+			return
+		}
+		a.hub.PublishTwin(c.Machine, c.Twin)
+	})
 	if rdb != nil {
 		a.degraded = append(a.degraded, a.hub.Ready)
 	}
@@ -374,6 +403,7 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 		Live:     live,
 		Notes:    notes,
 		Alarms:   alarms,
+		Twins:    twins,
 		Publish:  func(n twin.Note) { a.hub.PublishNote(hub.Note(n)) },
 		Stream:   a.hub,
 		StreamContext: func(ctx context.Context, visible func(string) bool, client string) context.Context {

@@ -13,6 +13,7 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 
+	"github.com/twinline/twinline/internal/control"
 	"github.com/twinline/twinline/internal/eventlog"
 	"github.com/twinline/twinline/internal/eventlog/kafka"
 	"github.com/twinline/twinline/internal/keylog"
@@ -143,6 +144,8 @@ type twinStores struct {
 	registry twin.RegistryStore
 	notes    twin.NoteStore
 	alarms   twin.AlarmStore
+	// docs keeps the twins' desired and reported documents.
+	docs control.TwinStore
 	// shared is the registry when other replicas write it too
 	// (PostgreSQL); nil for the files of the data directory.
 	shared twin.SharedStore
@@ -159,13 +162,19 @@ func (a *App) openTwinStores() (twinStores, error) {
 			return twinStores{}, fmt.Errorf("opening the registry in postgres: %w", err)
 		}
 		a.background = append(a.background, part{name: "stopping the registry listener", run: reg.Run})
-		return twinStores{registry: reg, notes: postgres.NewNoteStore(a.pg), alarms: postgres.NewAlarmLog(a.pg), shared: reg}, nil
+		return twinStores{registry: reg, notes: postgres.NewNoteStore(a.pg), alarms: postgres.NewAlarmLog(a.pg), shared: reg,
+			docs: postgres.NewTwinDocs(a.pg)}, nil
 	}
 	notes, err := twin.OpenNoteFile(filepath.Join(a.cfg.DataDir, "notes.jsonl"))
 	if err != nil {
 		return twinStores{}, err
 	}
+	docs, err := control.OpenTwinFiles(filepath.Join(a.cfg.DataDir, "twins"))
+	if err != nil {
+		return twinStores{}, err
+	}
 	return twinStores{
+		docs:     docs,
 		registry: twin.NewRegistryFile(filepath.Join(a.cfg.DataDir, "registry.json")),
 		notes:    notes,
 		alarms:   twin.NewAlarmFile(filepath.Join(a.cfg.DataDir, "alarms.jsonl")),

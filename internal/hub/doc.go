@@ -53,8 +53,9 @@
 //
 //	{"seq":43,"type":"alarm","machine":"press-07","data":{…}}
 //
-// Alarms ([Hub.PublishAlarm]) and notes ([Hub.PublishNote]) carry the alarm
-// or note as data; status ([Hub.PublishStatus]), windows
+// Alarms ([Hub.PublishAlarm]), notes ([Hub.PublishNote]) and twin
+// document changes ([Hub.PublishTwin]) carry the alarm, note or twin as
+// data; status ([Hub.PublishStatus]), windows
 // ([Hub.PublishWindows], one message per machine: "windows":[{…},…]) and
 // median ([Hub.PublishMedians]) are encoded by hand. Every message type is
 // a [MessageType] constant with a Go struct (wire.go) that describes its

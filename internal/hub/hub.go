@@ -513,6 +513,12 @@ func (h *Hub) PublishAlarm(a Alarm) { h.publishEvent(a.Machine, TypeAlarm, a) }
 // blocks on a client.
 func (h *Hub) PublishNote(n Note) { h.publishEvent(n.Machine, TypeNote, n) }
 
+// PublishTwin sends a change of machine's twin documents to the clients
+// subscribed to it, as a TwinMessage; data must encode as TwinData (the
+// app passes control.Twin, or {"machine":…,"deleted":true}). Conflated
+// streams get it as it is. It never blocks on a client.
+func (h *Hub) PublishTwin(machine string, data any) { h.publishEvent(machine, TypeTwin, data) }
+
 // publishEvent sends a live update of type typ to the clients subscribed
 // to machine, as {"seq":N,"type":typ,"machine":machine,"data":data}; data
 // is encoded with encoding/json, only if a client wants it: it is for rare

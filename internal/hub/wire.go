@@ -47,6 +47,9 @@ const (
 	TypeAlarm MessageType = "alarm"
 	// TypeNote is an operator's note (NoteMessage).
 	TypeNote MessageType = "note"
+	// TypeTwin is a machine's twin documents changed or deleted
+	// (TwinMessage).
+	TypeTwin MessageType = "twin"
 	// TypeFleet is a conflated fleet stream's periodic summary
 	// (FleetMessage).
 	TypeFleet MessageType = "fleet"
@@ -231,6 +234,37 @@ type Note struct {
 	Time    time.Time `json:"time"`
 }
 
+// TwinMessage is a machine's desired or reported document changed (data:
+// the whole twin, as GET /api/v1/machines/{id}/twin answers), or its twin
+// deleted (data: {"machine":…,"deleted":true}).
+type TwinMessage struct {
+	Seq     uint64      `json:"seq"`
+	Type    MessageType `json:"type"`
+	Machine string      `json:"machine"`
+	Data    TwinData    `json:"data"`
+}
+
+// TwinData is a twin as the stream carries it: every member but machine
+// is absent in a deletion. The app publishes control.Twin, whose JSON is
+// this (a test in internal/api checks it).
+type TwinData struct {
+	Machine         string         `json:"machine"`
+	Desired         map[string]any `json:"desired,omitzero"`
+	Reported        map[string]any `json:"reported,omitzero"`
+	Delta           map[string]any `json:"delta,omitzero"`
+	Version         *uint64        `json:"version,omitzero"`
+	ReportedVersion *uint64        `json:"reportedVersion,omitzero"`
+	Metadata        *TwinMetadata  `json:"metadata,omitzero"`
+	Deleted         bool           `json:"deleted,omitzero"`
+}
+
+// TwinMetadata is when each field of the documents last changed: a leaf
+// is {"updatedAt": Unix ms}, a nested object nests.
+type TwinMetadata struct {
+	Desired  map[string]any `json:"desired"`
+	Reported map[string]any `json:"reported"`
+}
+
 // FleetMessage is a conflated fleet stream's summary: each machine that
 // changed since the last one.
 type FleetMessage struct {
@@ -263,6 +297,6 @@ func Messages() map[MessageType]any {
 		TypeHello: HelloMessage{}, TypeHeartbeat: HeartbeatMessage{}, TypeReset: ResetMessage{},
 		TypeReconnect: ReconnectMessage{}, TypeSamples: SamplesMessage{}, TypeWindows: WindowsMessage{},
 		TypeMedian: MedianMessage{}, TypeStatus: StatusMessage{}, TypeAlarm: AlarmMessage{}, TypeNote: NoteMessage{},
-		TypeFleet: FleetMessage{},
+		TypeTwin: TwinMessage{}, TypeFleet: FleetMessage{},
 	}
 }

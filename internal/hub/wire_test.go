@@ -32,6 +32,12 @@ func TestAppendersMatchTypes(t *testing.T) {
 	alarm := Alarm{ID: "a1", Machine: "press-07", Metric: "temp", Kind: "high", Limit: &limit, Value: &value,
 		State: "cleared", RaisedAt: raised, ClearedAt: &cleared, Acked: true, AckedAt: &cleared, AckedBy: "token:ops", AckNote: "ok"}
 	note := Note{ID: "n1", Machine: "press-07", Text: "check the \"bearing\"\n", Author: "ana", Time: raised}
+	v, rv := uint64(7), uint64(0)
+	twinData := TwinData{Machine: "press-07", Desired: map[string]any{"tempSetpoint": 180.0, "pid": map[string]any{"p": 1.5}},
+		Reported: map[string]any{}, Delta: map[string]any{"tempSetpoint": 180.0, "pid": map[string]any{"p": 1.5}},
+		Version: &v, ReportedVersion: &rv, Metadata: &TwinMetadata{
+			Desired:  map[string]any{"tempSetpoint": map[string]any{"updatedAt": 1765000000000.0}, "pid": map[string]any{"p": map[string]any{"updatedAt": 1.0}}},
+			Reported: map[string]any{}}}
 	opts := Options{}.withDefaults()
 
 	fleet := func() *message {
@@ -88,6 +94,10 @@ func TestAppendersMatchTypes(t *testing.T) {
 			AlarmMessage{Seq: 48, Type: TypeAlarm, Machine: "press-07", Data: Alarm{ID: "a2", Machine: "press-07", Kind: "offline", State: "active", RaisedAt: raised}}},
 		{"note", bodyDraft("press-07", &eventBody{machine: "press-07", typ: TypeNote, data: note}).finish(49, new(message)),
 			NoteMessage{Seq: 49, Type: TypeNote, Machine: "press-07", Data: note}},
+		{"twin", bodyDraft("press-07", &eventBody{machine: "press-07", typ: TypeTwin, data: twinData}).finish(50, new(message)),
+			TwinMessage{Seq: 50, Type: TypeTwin, Machine: "press-07", Data: twinData}},
+		{"twin deleted", bodyDraft("press-07", &eventBody{machine: "press-07", typ: TypeTwin, data: TwinData{Machine: "press-07", Deleted: true}}).finish(51, new(message)),
+			TwinMessage{Seq: 51, Type: TypeTwin, Machine: "press-07", Data: TwinData{Machine: "press-07", Deleted: true}}},
 		{"fleet", fleet(), FleetMessage{Type: TypeFleet, Seq: 70, Machines: []FleetMachine{
 			{Machine: "m1", Status: "online", Alarm: &no, LastSeen: 10, Metrics: map[string]FleetValue{"temp": {Value: 71.2, TS: 5}, "vib": {Value: Float(math.NaN()), TS: 6}}},
 			{Machine: "m2", Status: "offline", Alarm: &yes, Metrics: map[string]FleetValue{}},

@@ -29,6 +29,12 @@ const (
 	TypeHostNotAllowed   = "urn:twinline:problem:host-not-allowed"
 	TypeCrossOrigin      = "urn:twinline:problem:cross-origin"
 	TypeUpstream         = "urn:twinline:problem:upstream-unavailable"
+	// TypeInvalidDocument: a document (twin desired) violates its schema
+	// or a limit (422); InvalidParams names the fields.
+	TypeInvalidDocument = "urn:twinline:problem:invalid-document"
+	// TypePreconditionFailed: If-Match names a version that is not the
+	// current one (412).
+	TypePreconditionFailed = "urn:twinline:problem:precondition-failed"
 )
 
 // Problem is an RFC 9457 problem detail. The extension members say exactly

@@ -371,6 +371,62 @@ export interface Token {
   token?: string;
 }
 
+export interface Twin {
+  /** The part of desired that reported does not match: nested objects field by field, arrays as a whole. */
+  delta: Record<string, unknown>;
+  /** What the plant wants the machine to do. */
+  desired: Record<string, unknown>;
+  machine: string;
+  metadata: {
+    /** Field → {"updatedAt": Unix ms} (when its value last changed), nested objects nest. */
+    desired: Record<string, unknown>;
+    /** Field → {"updatedAt": Unix ms} (when its value last changed), nested objects nest. */
+    reported: Record<string, unknown>;
+  };
+  /** What the machine says it has. */
+  reported: Record<string, unknown>;
+  /** Reported version: +1 on every change. */
+  reportedVersion: number;
+  /** Desired version: +1 on every change; 0 = never set. */
+  version: number;
+}
+
+/** A twin: what GET /api/v1/machines/{id}/twin answers; in a deletion, only machine and deleted. */
+export interface TwinData {
+  /** The twin was deleted (its machine left the registry). */
+  deleted?: boolean;
+  /** The part of desired that reported does not match. */
+  delta?: Record<string, unknown>;
+  /** What the plant wants the machine to do. */
+  desired?: Record<string, unknown>;
+  machine: string;
+  metadata?: TwinMetadata;
+  /** What the machine says it has. */
+  reported?: Record<string, unknown>;
+  /** Reported version: +1 on every change. */
+  reportedVersion?: number;
+  /** Desired version: +1 on every change; 0 = never set. */
+  version?: number;
+}
+
+/** A machine's twin documents changed or deleted. Conflated streams get it as it is. */
+export interface TwinMessage {
+  data: TwinData;
+  /** The machine the message is about. */
+  machine: string;
+  /** The hub-wide sequence number of the message (a resume cursor). */
+  seq: number;
+  type: 'twin';
+}
+
+/** When each field of the documents last changed. */
+export interface TwinMetadata {
+  /** Field → {"updatedAt": Unix ms} (when its value last changed); nested objects nest. */
+  desired: Record<string, unknown>;
+  /** Field → {"updatedAt": Unix ms} (when its value last changed); nested objects nest. */
+  reported: Record<string, unknown>;
+}
+
 export interface Value {
   /** Median of the metric's last --median-window samples in event-time order. */
   median?: number;
@@ -419,4 +475,5 @@ export type StreamMessages =
   | ResetMessage
   | SamplesMessage
   | StatusMessage
+  | TwinMessage
   | WindowsMessage;
