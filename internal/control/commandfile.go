@@ -123,7 +123,7 @@ func (s *FileCommandStore) appendLocked(cmd Command) error {
 // the kept commands. The lines written are durable: a failed compaction
 // leaves the journal as it is, and a later write tries again.
 func (s *FileCommandStore) compactLocked() {
-	if s.lines > 2*len(s.cmds)+1024 {
+	if s.lines > 2*len(s.cmds)+256 {
 		_ = s.rewriteLocked()
 	}
 }
