@@ -19,6 +19,7 @@ import (
 
 	"github.com/twinline/twinline/internal/auth"
 	"github.com/twinline/twinline/internal/config"
+	"github.com/twinline/twinline/internal/control"
 	"github.com/twinline/twinline/internal/eventlog"
 	"github.com/twinline/twinline/internal/ingest"
 	"github.com/twinline/twinline/internal/problem"
@@ -86,6 +87,8 @@ type Deps struct {
 	Live     liveState
 	Notes    *twin.Notes
 	Alarms   *twin.Alarms
+	// Commands are the machines' commands; nil answers their routes 404.
+	Commands *control.Commands
 	// Publish pushes a new note to its machine's stream subscribers.
 	Publish func(twin.Note)
 	Stream  http.Handler
@@ -168,6 +171,7 @@ type API struct {
 	live       liveState
 	notes      *twin.Notes
 	alarms     *twin.Alarms
+	commands   *control.Commands
 	publish    func(twin.Note)
 	stream     http.Handler
 	streamCtx  func(ctx context.Context, visible func(machine string) bool, client string) context.Context
@@ -255,6 +259,7 @@ func New(opts Options, deps Deps) *API {
 		live:      deps.Live,
 		notes:     deps.Notes,
 		alarms:    deps.Alarms,
+		commands:  deps.Commands,
 		publish:   deps.Publish,
 		stream:    deps.Stream,
 		streamCtx: deps.StreamContext,
@@ -368,6 +373,10 @@ func (a *API) routes() []route {
 		{method: "GET", path: "/api/v1/machines/{id}/series", scope: read, handler: a.handleSeries},
 		{method: "GET", path: "/api/v1/machines/{id}/notes", scope: read, handler: a.handleNotesGet},
 		{method: "POST", path: "/api/v1/machines/{id}/notes", scope: operate, handler: a.handleNotesPost, audit: "note.add"},
+		{method: "GET", path: "/api/v1/machines/{id}/commands", scope: read | ingest, handler: a.handleCommandsGet},
+		{method: "POST", path: "/api/v1/machines/{id}/commands", scope: operate, handler: a.handleCommandCreate, audit: "command.create"},
+		{method: "GET", path: "/api/v1/machines/{id}/commands/{cmdId}", scope: read | ingest, handler: a.handleCommandGet},
+		{method: "POST", path: "/api/v1/machines/{id}/commands/{cmdId}/response", scope: ingest, handler: a.handleCommandResponse},
 		{method: "GET", path: "/api/v1/alarms", scope: read, handler: a.handleAlarms},
 		{method: "POST", path: "/api/v1/alarms/{id}/ack", scope: operate, handler: a.handleAlarmAck, audit: "alarm.ack"},
 		{method: "GET", path: "/api/v1/stream", scope: read, handler: a.handleStream, stream: true},

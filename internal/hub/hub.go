@@ -513,6 +513,14 @@ func (h *Hub) PublishAlarm(a Alarm) { h.publishEvent(a.Machine, TypeAlarm, a) }
 // blocks on a client.
 func (h *Hub) PublishNote(n Note) { h.publishEvent(n.Machine, TypeNote, n) }
 
+// PublishCommand sends a command's transition to the clients subscribed to
+// its machine, as a CommandMessage; cmd encodes as a Command (the
+// control package's Command does). Conflated streams get it as it is. It
+// never blocks on a client.
+func (h *Hub) PublishCommand(machine string, cmd json.Marshaler) {
+	h.publishEvent(machine, TypeCommand, cmd)
+}
+
 // publishEvent sends a live update of type typ to the clients subscribed
 // to machine, as {"seq":N,"type":typ,"machine":machine,"data":data}; data
 // is encoded with encoding/json, only if a client wants it: it is for rare

@@ -31,6 +31,10 @@ func TestAppendersMatchTypes(t *testing.T) {
 	yes, no := true, false
 	alarm := Alarm{ID: "a1", Machine: "press-07", Metric: "temp", Kind: "high", Limit: &limit, Value: &value,
 		State: "cleared", RaisedAt: raised, ClearedAt: &cleared, Acked: true, AckedAt: &cleared, AckedBy: "token:ops", AckNote: "ok"}
+	command := Command{ID: "c-1", Machine: "press-07", Name: "reset", Params: map[string]any{"counter": "parts"}, State: "succeeded",
+		TimeoutMs: 60000, CreatedAt: raised, UpdatedAt: cleared, ExpiresAt: raised.Add(time.Minute), CreatedBy: "alice",
+		Result: json.RawMessage(`{"parts":0}`), Reason: "done", IdempotencyKey: "k",
+		History: []CommandTransition{{State: "pending", At: raised, By: "alice"}, {State: "succeeded", At: cleared, Via: "mqtt"}}}
 	note := Note{ID: "n1", Machine: "press-07", Text: "check the \"bearing\"\n", Author: "ana", Time: raised}
 	opts := Options{}.withDefaults()
 
@@ -88,6 +92,8 @@ func TestAppendersMatchTypes(t *testing.T) {
 			AlarmMessage{Seq: 48, Type: TypeAlarm, Machine: "press-07", Data: Alarm{ID: "a2", Machine: "press-07", Kind: "offline", State: "active", RaisedAt: raised}}},
 		{"note", bodyDraft("press-07", &eventBody{machine: "press-07", typ: TypeNote, data: note}).finish(49, new(message)),
 			NoteMessage{Seq: 49, Type: TypeNote, Machine: "press-07", Data: note}},
+		{"command", bodyDraft("press-07", &eventBody{machine: "press-07", typ: TypeCommand, data: command}).finish(50, new(message)),
+			CommandMessage{Seq: 50, Type: TypeCommand, Machine: "press-07", Data: command}},
 		{"fleet", fleet(), FleetMessage{Type: TypeFleet, Seq: 70, Machines: []FleetMachine{
 			{Machine: "m1", Status: "online", Alarm: &no, LastSeen: 10, Metrics: map[string]FleetValue{"temp": {Value: 71.2, TS: 5}, "vib": {Value: Float(math.NaN()), TS: 6}}},
 			{Machine: "m2", Status: "offline", Alarm: &yes, Metrics: map[string]FleetValue{}},
