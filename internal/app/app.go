@@ -27,6 +27,7 @@ import (
 
 	"github.com/twinline/twinline/internal/api"
 	"github.com/twinline/twinline/internal/config"
+	"github.com/twinline/twinline/internal/control"
 	"github.com/twinline/twinline/internal/eventlog"
 	"github.com/twinline/twinline/internal/eventlog/kafka"
 	"github.com/twinline/twinline/internal/hot"
@@ -70,6 +71,10 @@ type App struct {
 	live     *twin.Live
 	notes    *twin.Notes
 	alarms   *twin.Alarms
+	// commands are the machines' commands (nil on roles without them);
+	// cmdStore is where they persist, closed by Run.
+	commands *control.Commands
+	cmdStore control.CommandStore
 	hub      *hub.Hub
 	// The event log: in-process (events), or Kafka (producer on the roles
 	// that take ingest); proc processes it on the roles that process, with
@@ -263,6 +268,9 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 	if rdb != nil {
 		a.degraded = append(a.degraded, a.hub.Ready)
 	}
+	if a.commands, err = a.openCommands(registry); err != nil {
+		return nil, err
+	}
 	sec, err := a.openSecurity(ctx, rdb, reg)
 	if err != nil {
 		return nil, err
@@ -371,6 +379,7 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 		Live:     live,
 		Notes:    notes,
 		Alarms:   alarms,
+		Commands: a.commands,
 		Publish:  func(n twin.Note) { a.hub.PublishNote(hub.Note(n)) },
 		Stream:   a.hub,
 		StreamContext: func(ctx context.Context, visible func(string) bool, client string) context.Context {
@@ -504,6 +513,9 @@ func (a *App) Run(ctx context.Context) error {
 	}
 	g.add(part{name: "persisting the registry", run: a.registry.Run})
 	g.add(closer("closing notes", a.notes.Close))
+	if a.cmdStore != nil {
+		g.add(closer("closing commands", a.cmdStore.Close))
+	}
 	g.add(closer("closing alarms", a.alarms.Close))
 	if a.store != nil {
 		g.add(closer("closing store", a.store.Close))
