@@ -31,6 +31,8 @@ type CommandStore struct {
 	// RetryInterval and PingInterval are Follow's reconnect delay and
 	// idle check (listener).
 	retry, ping time.Duration
+
+	testHookListening func() // Follow is listening
 }
 
 var _ ctl.CommandStore = (*CommandStore)(nil)
@@ -265,7 +267,12 @@ func (s *CommandStore) Follow(ctx context.Context, changed func(machine, id stri
 		ping:       s.ping,
 		logger:     s.logger,
 		what:       "command changes",
-		listening:  resync,
+		listening: func() {
+			resync()
+			if s.testHookListening != nil {
+				s.testHookListening()
+			}
+		},
 		notified: func(payload string) {
 			var n notice
 			if err := json.Unmarshal([]byte(payload), &n); err != nil {
