@@ -19,6 +19,7 @@ import (
 
 	"github.com/twinline/twinline/internal/auth"
 	"github.com/twinline/twinline/internal/config"
+	"github.com/twinline/twinline/internal/control"
 	"github.com/twinline/twinline/internal/eventlog"
 	"github.com/twinline/twinline/internal/ingest"
 	"github.com/twinline/twinline/internal/problem"
@@ -89,6 +90,8 @@ type Deps struct {
 	// Twins are the machines' desired and reported documents
 	// (control.Twins); nil: the twin routes answer 404.
 	Twins twinDocs
+	// Commands are the machines' commands; nil answers their routes 404.
+	Commands *control.Commands
 	// Publish pushes a new note to its machine's stream subscribers.
 	Publish func(twin.Note)
 	Stream  http.Handler
@@ -172,6 +175,7 @@ type API struct {
 	notes      *twin.Notes
 	alarms     *twin.Alarms
 	twins      twinDocs
+	commands   *control.Commands
 	publish    func(twin.Note)
 	stream     http.Handler
 	streamCtx  func(ctx context.Context, visible func(machine string) bool, client string) context.Context
@@ -260,6 +264,7 @@ func New(opts Options, deps Deps) *API {
 		notes:     deps.Notes,
 		alarms:    deps.Alarms,
 		twins:     deps.Twins,
+		commands:  deps.Commands,
 		publish:   deps.Publish,
 		stream:    deps.Stream,
 		streamCtx: deps.StreamContext,
@@ -377,6 +382,10 @@ func (a *API) routes() []route {
 		{method: "PATCH", path: "/api/v1/machines/{id}/twin/desired", scope: operate, handler: a.handleTwinDesiredPatch, audit: "twin.desired"},
 		{method: "PATCH", path: "/api/v1/machines/{id}/twin/reported", scope: ingest, handler: a.handleTwinReportedPatch},
 		{method: "GET", path: "/api/v1/machines/{id}/twin/desired", scope: ingest | read, handler: a.handleTwinDesiredGet},
+		{method: "GET", path: "/api/v1/machines/{id}/commands", scope: read | ingest, handler: a.handleCommandsGet},
+		{method: "POST", path: "/api/v1/machines/{id}/commands", scope: operate, handler: a.handleCommandCreate, audit: "command.create"},
+		{method: "GET", path: "/api/v1/machines/{id}/commands/{cmdId}", scope: read | ingest, handler: a.handleCommandGet},
+		{method: "POST", path: "/api/v1/machines/{id}/commands/{cmdId}/response", scope: ingest, handler: a.handleCommandResponse},
 		{method: "GET", path: "/api/v1/alarms", scope: read, handler: a.handleAlarms},
 		{method: "GET", path: "/api/v1/oee", scope: read, handler: a.handleOEE},
 		{method: "POST", path: "/api/v1/alarms/{id}/ack", scope: operate, handler: a.handleAlarmAck, audit: "alarm.ack"},

@@ -39,46 +39,50 @@ type matrixRequest struct {
 // matrixRequests has a valid request for every route of the table: a new
 // route without one fails TestAuthMatrix, so none can skip it.
 var matrixRequests = map[string]matrixRequest{
-	"POST /api/v1/events":                       {"/api/v1/events", "application/json", `{"machineId":"m1","temp":71.5}`, "rejected"},
-	"POST /write":                               {"/write?db=x", "text/plain", "cpu,machineId=m1 temp=1", "rejected"},
-	"POST /api/v2/write":                        {"/api/v2/write?bucket=x", "text/plain", "cpu,machineId=m1 temp=1", "rejected"},
-	"GET /ping":                                 {"/ping", "", "", "neutral"},
-	"GET /query":                                {"/query?q=SHOW+DATABASES", "", "", "neutral"},
-	"POST /query":                               {"/query", "application/x-www-form-urlencoded", "q=SHOW+DATABASES", "neutral"},
-	"GET /api/v1/machines":                      {"/api/v1/machines", "", "", "filtered"},
-	"GET /api/v1/machines/{id}":                 {"/api/v1/machines/m1", "", "", "hidden"},
-	"PUT /api/v1/machines/{id}":                 {"/api/v1/machines/m1", "application/json", `{"name":"Changed","site":"lyon"}`, "hidden"},
-	"PATCH /api/v1/machines/{id}":               {"/api/v1/machines/m1", "application/json", `{"name":"Changed"}`, "hidden"},
-	"DELETE /api/v1/machines/{id}":              {"/api/v1/machines/m1", "", "", "hidden"},
-	"GET /api/v1/machines/{id}/latest":          {"/api/v1/machines/m1/latest", "", "", "hidden"},
-	"GET /api/v1/machines/{id}/series":          {"/api/v1/machines/m1/series?metric=temp", "", "", "hidden"},
-	"GET /api/v1/machines/{id}/notes":           {"/api/v1/machines/m1/notes", "", "", "hidden"},
-	"POST /api/v1/machines/{id}/notes":          {"/api/v1/machines/m1/notes", "application/json", `{"text":"check the bearing"}`, "hidden"},
-	"GET /api/v1/machines/{id}/twin":            {"/api/v1/machines/m1/twin", "", "", "hidden"},
-	"PATCH /api/v1/machines/{id}/twin/desired":  {"/api/v1/machines/m1/twin/desired", "application/merge-patch+json", `{"mode":"auto"}`, "hidden"},
-	"PATCH /api/v1/machines/{id}/twin/reported": {"/api/v1/machines/m1/twin/reported", "application/json", `{"mode":"auto"}`, "hidden"},
-	"GET /api/v1/machines/{id}/twin/desired":    {"/api/v1/machines/m1/twin/desired?version=0", "", "", "hidden"},
-	"GET /api/v1/alarms":                        {"/api/v1/alarms?state=all", "", "", "filtered"},
-	"GET /api/v1/oee":                           {"/api/v1/oee", "", "", "filtered"},
-	"POST /api/v1/alarms/{id}/ack":              {"/api/v1/alarms/ALARM/ack", "application/json", `{"note":"checked"}`, "hidden"},
-	"GET /api/v1/stream":                        {"/api/v1/stream?machine=m1", "", "", "hidden"},
-	"POST /api/v1/stream/tickets":               {"/api/v1/stream/tickets", "application/json", `{}`, "neutral"},
-	"POST /api/v1/traces":                       {"/api/v1/traces", "application/json", matrixSpan, "neutral"},
-	"GET /api/v1/session":                       {"/api/v1/session", "", "", "neutral"},
-	"POST /api/v1/session":                      {"/api/v1/session", "application/json", `{"token":"right"}`, "neutral"},
-	"DELETE /api/v1/session":                    {"/api/v1/session", "", "", "neutral"},
-	"GET /api/v1/tokens":                        {"/api/v1/tokens", "", "", "filtered"},
-	"POST /api/v1/tokens":                       {"/api/v1/tokens", "application/json", `{"name":"new","scopes":["admin"],"sites":["lyon"]}`, "forbidden"},
-	"DELETE /api/v1/tokens/{name}":              {"/api/v1/tokens/lyon-reader", "", "", "hidden"},
-	"GET /api/v1/audit":                         {"/api/v1/audit", "", "", "filtered"},
-	"GET /healthz":                              {"/healthz", "", "", "neutral"},
-	"GET /readyz":                               {"/readyz", "", "", "neutral"},
-	"GET /metrics":                              {"/metrics", "", "", "neutral"},
-	"GET /api/openapi.json":                     {"/api/openapi.json", "", "", "neutral"},
-	"GET /api/asyncapi.json":                    {"/api/asyncapi.json", "", "", "neutral"},
-	"GET /docs":                                 {"/docs", "", "", "neutral"},
-	"GET /{$}":                                  {"/", "", "", "neutral"},
-	"GET /assets/{file}":                        {"/assets/otel-abc.js", "", "", "neutral"},
+	"POST /api/v1/events":                                  {"/api/v1/events", "application/json", `{"machineId":"m1","temp":71.5}`, "rejected"},
+	"POST /write":                                          {"/write?db=x", "text/plain", "cpu,machineId=m1 temp=1", "rejected"},
+	"POST /api/v2/write":                                   {"/api/v2/write?bucket=x", "text/plain", "cpu,machineId=m1 temp=1", "rejected"},
+	"GET /ping":                                            {"/ping", "", "", "neutral"},
+	"GET /query":                                           {"/query?q=SHOW+DATABASES", "", "", "neutral"},
+	"POST /query":                                          {"/query", "application/x-www-form-urlencoded", "q=SHOW+DATABASES", "neutral"},
+	"GET /api/v1/machines":                                 {"/api/v1/machines", "", "", "filtered"},
+	"GET /api/v1/machines/{id}":                            {"/api/v1/machines/m1", "", "", "hidden"},
+	"PUT /api/v1/machines/{id}":                            {"/api/v1/machines/m1", "application/json", `{"name":"Changed","site":"lyon"}`, "hidden"},
+	"PATCH /api/v1/machines/{id}":                          {"/api/v1/machines/m1", "application/json", `{"name":"Changed"}`, "hidden"},
+	"DELETE /api/v1/machines/{id}":                         {"/api/v1/machines/m1", "", "", "hidden"},
+	"GET /api/v1/machines/{id}/latest":                     {"/api/v1/machines/m1/latest", "", "", "hidden"},
+	"GET /api/v1/machines/{id}/series":                     {"/api/v1/machines/m1/series?metric=temp", "", "", "hidden"},
+	"GET /api/v1/machines/{id}/notes":                      {"/api/v1/machines/m1/notes", "", "", "hidden"},
+	"POST /api/v1/machines/{id}/notes":                     {"/api/v1/machines/m1/notes", "application/json", `{"text":"check the bearing"}`, "hidden"},
+	"GET /api/v1/machines/{id}/twin":                       {"/api/v1/machines/m1/twin", "", "", "hidden"},
+	"PATCH /api/v1/machines/{id}/twin/desired":             {"/api/v1/machines/m1/twin/desired", "application/merge-patch+json", `{"mode":"auto"}`, "hidden"},
+	"PATCH /api/v1/machines/{id}/twin/reported":            {"/api/v1/machines/m1/twin/reported", "application/json", `{"mode":"auto"}`, "hidden"},
+	"GET /api/v1/machines/{id}/twin/desired":               {"/api/v1/machines/m1/twin/desired?version=0", "", "", "hidden"},
+	"GET /api/v1/alarms":                                   {"/api/v1/alarms?state=all", "", "", "filtered"},
+	"GET /api/v1/oee":                                      {"/api/v1/oee", "", "", "filtered"},
+	"POST /api/v1/alarms/{id}/ack":                         {"/api/v1/alarms/ALARM/ack", "application/json", `{"note":"checked"}`, "hidden"},
+	"GET /api/v1/stream":                                   {"/api/v1/stream?machine=m1", "", "", "hidden"},
+	"POST /api/v1/stream/tickets":                          {"/api/v1/stream/tickets", "application/json", `{}`, "neutral"},
+	"POST /api/v1/traces":                                  {"/api/v1/traces", "application/json", matrixSpan, "neutral"},
+	"GET /api/v1/session":                                  {"/api/v1/session", "", "", "neutral"},
+	"POST /api/v1/session":                                 {"/api/v1/session", "application/json", `{"token":"right"}`, "neutral"},
+	"DELETE /api/v1/session":                               {"/api/v1/session", "", "", "neutral"},
+	"GET /api/v1/tokens":                                   {"/api/v1/tokens", "", "", "filtered"},
+	"POST /api/v1/tokens":                                  {"/api/v1/tokens", "application/json", `{"name":"new","scopes":["admin"],"sites":["lyon"]}`, "forbidden"},
+	"DELETE /api/v1/tokens/{name}":                         {"/api/v1/tokens/lyon-reader", "", "", "hidden"},
+	"GET /api/v1/audit":                                    {"/api/v1/audit", "", "", "filtered"},
+	"GET /healthz":                                         {"/healthz", "", "", "neutral"},
+	"GET /readyz":                                          {"/readyz", "", "", "neutral"},
+	"GET /metrics":                                         {"/metrics", "", "", "neutral"},
+	"GET /api/openapi.json":                                {"/api/openapi.json", "", "", "neutral"},
+	"GET /api/asyncapi.json":                               {"/api/asyncapi.json", "", "", "neutral"},
+	"GET /docs":                                            {"/docs", "", "", "neutral"},
+	"GET /{$}":                                             {"/", "", "", "neutral"},
+	"GET /assets/{file}":                                   {"/assets/otel-abc.js", "", "", "neutral"},
+	"GET /api/v1/machines/{id}/commands":                   {"/api/v1/machines/m1/commands", "", "", "hidden"},
+	"POST /api/v1/machines/{id}/commands":                  {"/api/v1/machines/m1/commands", "application/json", `{"name":"stop"}`, "hidden"},
+	"GET /api/v1/machines/{id}/commands/{cmdId}":           {"/api/v1/machines/m1/commands/CMD", "", "", "hidden"},
+	"POST /api/v1/machines/{id}/commands/{cmdId}/response": {"/api/v1/machines/m1/commands/CMD/response", "application/json", `{"state":"accepted"}`, "hidden"},
 }
 
 // matrixSpan is one dashboard span in OTLP/JSON.
@@ -93,6 +97,8 @@ type matrixEnv struct {
 	alarms  *twin.Alarms
 	notes   *twin.Notes
 	docs    *control.Twins
+	cmds    *control.Commands
+	cmdID   string
 	log     *fakeLog
 	tokens  *fakeTokens
 	audit   *memAudit
@@ -180,7 +186,17 @@ func newMatrixEnvFor(t *testing.T, scope, wrong auth.Scope, withStore bool) *mat
 	dir := t.TempDir()
 	logger := slog.New(slog.DiscardHandler)
 	tw, live := openTwins(t, time.Minute, time.Now)
-	if _, _, err := tw.Put("m1", twin.Info{Name: "Press 1", Site: "lyon"}); err != nil {
+	if _, _, err := tw.Put("m1", twin.Info{Name: "Press 1", Site: "lyon", Commands: map[string]twin.CommandSpec{"stop": {}}}); err != nil {
+		t.Fatal(err)
+	}
+	cmdStore, err := control.OpenFileCommandStore(filepath.Join(dir, "commands"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmdStore.Close() })
+	cmds := control.NewCommands(cmdStore, commandSpecs(tw), time.Now, logger)
+	cmd, _, err := cmds.Create(context.Background(), "m1", control.CreateRequest{Name: "stop", By: "ana"})
+	if err != nil {
 		t.Fatal(err)
 	}
 	alarms, err := twin.NewAlarms(context.Background(), twin.NewAlarmFile(filepath.Join(dir, "alarms.jsonl")), time.Hour, logger)
@@ -210,7 +226,7 @@ func newMatrixEnvFor(t *testing.T, scope, wrong auth.Scope, withStore bool) *mat
 		in, _ := tw.Get(m)
 		return in.DesiredSchema
 	}, time.Now, logger)
-	env := &matrixEnv{twins: tw, alarms: alarms, notes: notes, docs: docs, log: &fakeLog{real: eventlog.New(1<<16, nil)},
+	env := &matrixEnv{twins: tw, alarms: alarms, notes: notes, docs: docs, cmds: cmds, cmdID: cmd.ID, log: &fakeLog{real: eventlog.New(1<<16, nil)},
 		tokens: &fakeTokens{toks: []auth.Token{{Name: "lyon-reader", Scopes: auth.ScopeRead, Sites: []string{"lyon"}}}},
 		audit:  &memAudit{}, alarmID: raised[0].ID}
 	identities := map[string]auth.Identity{
@@ -245,7 +261,7 @@ func newMatrixEnvFor(t *testing.T, scope, wrong auth.Scope, withStore bool) *mat
 		OutOfOrderWindow: time.Hour, MaxFuture: time.Minute, MaxInflightIngest: 4, ReadTimeout: time.Minute,
 		Security: Security{AllowedHosts: []string{"example.com"}, MetricsAuth: true, SessionTTL: time.Hour},
 	}, Deps{
-		Submit: env.log.Submit, Registry: tw, Live: live, Alarms: alarms, Notes: notes, Store: st, Twins: docs,
+		Submit: env.log.Submit, Registry: tw, Live: live, Alarms: alarms, Notes: notes, Store: st, Twins: docs, Commands: cmds,
 		Publish: func(twin.Note) {},
 		Stream:  http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusOK) }),
 		Metrics: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "twinline_up 1\n") }),
@@ -279,6 +295,7 @@ func newMatrixEnvFor(t *testing.T, scope, wrong auth.Scope, withStore bool) *mat
 type effects struct {
 	submitted, notes, tokens, revoked, audited, spans int
 	machine, twinVersions                             string
+	commands                                          string // each command's state
 	acked                                             bool
 }
 
@@ -294,6 +311,10 @@ func (e *matrixEnv) effects() effects {
 	}
 	ef.audited = len(e.audit.entries)
 	ef.spans = e.spans
+	cmds, _ := e.cmds.List(context.Background(), "m1", control.Filter{})
+	for _, c := range cmds {
+		ef.commands += string(c.State) + " "
+	}
 	if m, err := e.twins.Get("m1"); err == nil {
 		ef.machine = m.Name + "@" + m.Site
 	}
@@ -308,6 +329,7 @@ func (e *matrixEnv) effects() effects {
 
 func (e *matrixEnv) do(method string, req matrixRequest, header ...string) *httptest.ResponseRecorder {
 	path := strings.ReplaceAll(req.path, "ALARM", e.alarmID)
+	path = strings.ReplaceAll(path, "CMD", e.cmdID)
 	var body io.Reader
 	if req.body != "" {
 		body = strings.NewReader(req.body)

@@ -196,7 +196,7 @@ func (a *API) handleTwinDesiredGet(w http.ResponseWriter, r *http.Request) {
 
 // twinDocError answers an error of control.Twins.
 func (a *API) twinDocError(w http.ResponseWriter, err error) {
-	var ve control.ValidationError
+	var ve *control.ValidationError
 	switch {
 	case errors.As(err, &ve):
 		params := make([]problem.InvalidParam, len(ve.Fields))

@@ -75,6 +75,10 @@ type App struct {
 	notes    *twin.Notes
 	alarms   *twin.Alarms
 	twins    *control.Twins // desired and reported documents
+	// commands are the machines' commands (nil on roles without them);
+	// cmdStore is where they persist, closed by Run.
+	commands *control.Commands
+	cmdStore control.CommandStore
 	hub      *hub.Hub
 	// The event log: in-process (events), or Kafka (producer on the roles
 	// that take ingest); proc processes it on the roles that process, with
@@ -295,6 +299,9 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 	if rdb != nil {
 		a.degraded = append(a.degraded, a.hub.Ready)
 	}
+	if a.commands, err = a.openCommands(registry); err != nil {
+		return nil, err
+	}
 	sec, err := a.openSecurity(ctx, rdb, reg)
 	if err != nil {
 		return nil, err
@@ -404,6 +411,7 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 		Notes:    notes,
 		Alarms:   alarms,
 		Twins:    twins,
+		Commands: a.commands,
 		Publish:  func(n twin.Note) { a.hub.PublishNote(hub.Note(n)) },
 		Stream:   a.hub,
 		StreamContext: func(ctx context.Context, visible func(string) bool, client string) context.Context {
@@ -537,6 +545,9 @@ func (a *App) Run(ctx context.Context) error {
 	}
 	g.add(part{name: "persisting the registry", run: a.registry.Run})
 	g.add(closer("closing notes", a.notes.Close))
+	if a.cmdStore != nil {
+		g.add(closer("closing commands", a.cmdStore.Close))
+	}
 	g.add(closer("closing alarms", a.alarms.Close))
 	if a.store != nil {
 		g.add(closer("closing store", a.store.Close))

@@ -179,21 +179,21 @@ func (t *Twins) patch(ctx context.Context, machine string, patch []byte, kind Ch
 // checkDoc checks a patched document against the limits and schema.
 func checkDoc(doc map[string]any, kind ChangeKind, schema *twin.Schema) error {
 	if depth(doc) > MaxDocDepth {
-		return ValidationError{Fields: []twin.FieldError{{Reason: fmt.Sprintf("the %s document nests deeper than %d levels", kind, MaxDocDepth)}}}
+		return &ValidationError{Fields: []twin.FieldError{{Reason: fmt.Sprintf("the %s document nests deeper than %d levels", kind, MaxDocDepth)}}}
 	}
 	n, err := docSize(doc)
 	if err != nil {
 		return err
 	}
 	if n > MaxDocBytes {
-		return ValidationError{Fields: []twin.FieldError{{Reason: fmt.Sprintf("the %s document would be %d bytes encoded, over the limit of %d", kind, n, MaxDocBytes)}}}
+		return &ValidationError{Fields: []twin.FieldError{{Reason: fmt.Sprintf("the %s document would be %d bytes encoded, over the limit of %d", kind, n, MaxDocBytes)}}}
 	}
 	if hasNUL(doc) {
-		return ValidationError{Fields: []twin.FieldError{{Reason: "a text of the document has a NUL character, which no store keeps"}}}
+		return &ValidationError{Fields: []twin.FieldError{{Reason: "a text of the document has a NUL character, which no store keeps"}}}
 	}
 	if kind == ChangeDesired {
 		if fe := schema.Validate(doc); len(fe) > 0 {
-			return ValidationError{Fields: fe}
+			return &ValidationError{Fields: fe}
 		}
 	}
 	return nil

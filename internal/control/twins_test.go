@@ -211,7 +211,7 @@ func TestPatchDesired(t *testing.T) {
 			if !errors.Is(err, s.wantErr) {
 				t.Fatalf("err = %v, want %v", err, s.wantErr)
 			}
-			var ve ValidationError
+			var ve *ValidationError
 			if s.wantFields != nil {
 				if !errors.As(err, &ve) {
 					t.Fatalf("err = %v, want a ValidationError", err)

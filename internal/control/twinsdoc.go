@@ -2,46 +2,9 @@ package control
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"maps"
-	"strings"
-
-	"github.com/twinline/twinline/internal/twin"
 )
-
-// Errors of Twins (and Commands); the API maps them to HTTP status codes.
-var (
-	// ErrInvalid: the result violates the machine's schema or a limit
-	// (422); the error is a ValidationError naming the fields.
-	ErrInvalid = errors.New("invalid document")
-	// ErrMalformed: the input is not JSON, not an object, or nests too
-	// deep (400).
-	ErrMalformed = errors.New("malformed input")
-	// ErrVersionMismatch: the If-Match version is not the current one
-	// (412).
-	ErrVersionMismatch = errors.New("version mismatch")
-	// ErrConcurrentUpdate is a TwinStore's answer to a Put whose previous
-	// versions are not the stored ones: another writer came first. Twins
-	// reads again and retries.
-	ErrConcurrentUpdate = errors.New("concurrent update")
-)
-
-// ValidationError is ErrInvalid with the fields at fault.
-type ValidationError struct {
-	Fields []twin.FieldError
-}
-
-func (e ValidationError) Error() string {
-	parts := make([]string, len(e.Fields))
-	for i, f := range e.Fields {
-		parts[i] = f.Error()
-	}
-	return "invalid document: " + strings.Join(parts, "; ")
-}
-
-// Unwrap makes errors.Is(err, ErrInvalid) true.
-func (e ValidationError) Unwrap() error { return ErrInvalid }
 
 // ChangeKind says what changed in a Change.
 type ChangeKind string

@@ -519,6 +519,14 @@ func (h *Hub) PublishNote(n Note) { h.publishEvent(n.Machine, TypeNote, n) }
 // streams get it as it is. It never blocks on a client.
 func (h *Hub) PublishTwin(machine string, data any) { h.publishEvent(machine, TypeTwin, data) }
 
+// PublishCommand sends a command's transition to the clients subscribed to
+// its machine, as a CommandMessage; cmd encodes as a Command (the
+// control package's Command does). Conflated streams get it as it is. It
+// never blocks on a client.
+func (h *Hub) PublishCommand(machine string, cmd json.Marshaler) {
+	h.publishEvent(machine, TypeCommand, cmd)
+}
+
 // publishEvent sends a live update of type typ to the clients subscribed
 // to machine, as {"seq":N,"type":typ,"machine":machine,"data":data}; data
 // is encoded with encoding/json, only if a client wants it: it is for rare

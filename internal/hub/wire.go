@@ -50,6 +50,9 @@ const (
 	// TypeTwin is a machine's twin documents changed or deleted
 	// (TwinMessage).
 	TypeTwin MessageType = "twin"
+	// TypeCommand is a command created or moved along its lifecycle
+	// (CommandMessage).
+	TypeCommand MessageType = "command"
 	// TypeFleet is a conflated fleet stream's periodic summary
 	// (FleetMessage).
 	TypeFleet MessageType = "fleet"
@@ -265,6 +268,43 @@ type TwinMetadata struct {
 	Reported map[string]any `json:"reported"`
 }
 
+// CommandMessage is a command sent to a machine, at each transition of
+// its lifecycle (creation included).
+type CommandMessage struct {
+	Seq     uint64      `json:"seq"`
+	Type    MessageType `json:"type"`
+	Machine string      `json:"machine"`
+	Data    Command     `json:"data"`
+}
+
+// Command is a command as the stream carries it: the JSON of
+// internal/control's Command, as GET /api/v1/machines/{id}/commands/{cmdId}
+// answers it (times RFC 3339 with milliseconds).
+type Command struct {
+	ID             string              `json:"id"`
+	Machine        string              `json:"machine"`
+	Name           string              `json:"name"`
+	Params         map[string]any      `json:"params"`
+	State          string              `json:"state"`
+	TimeoutMs      int64               `json:"timeoutMs"`
+	CreatedAt      time.Time           `json:"createdAt"`
+	UpdatedAt      time.Time           `json:"updatedAt"`
+	ExpiresAt      time.Time           `json:"expiresAt"`
+	CreatedBy      string              `json:"createdBy,omitempty"`
+	Result         json.RawMessage     `json:"result,omitempty"`
+	Reason         string              `json:"reason,omitempty"`
+	IdempotencyKey string              `json:"idempotencyKey,omitempty"`
+	History        []CommandTransition `json:"history"`
+}
+
+// CommandTransition is one step of a Command's history.
+type CommandTransition struct {
+	State string    `json:"state"`
+	At    time.Time `json:"at"`
+	By    string    `json:"by,omitempty"`
+	Via   string    `json:"via,omitempty"`
+}
+
 // FleetMessage is a conflated fleet stream's summary: each machine that
 // changed since the last one.
 type FleetMessage struct {
@@ -297,6 +337,6 @@ func Messages() map[MessageType]any {
 		TypeHello: HelloMessage{}, TypeHeartbeat: HeartbeatMessage{}, TypeReset: ResetMessage{},
 		TypeReconnect: ReconnectMessage{}, TypeSamples: SamplesMessage{}, TypeWindows: WindowsMessage{},
 		TypeMedian: MedianMessage{}, TypeStatus: StatusMessage{}, TypeAlarm: AlarmMessage{}, TypeNote: NoteMessage{},
-		TypeTwin: TwinMessage{}, TypeFleet: FleetMessage{},
+		TypeTwin: TwinMessage{}, TypeCommand: CommandMessage{}, TypeFleet: FleetMessage{},
 	}
 }

@@ -31,6 +31,10 @@ func TestAppendersMatchTypes(t *testing.T) {
 	yes, no := true, false
 	alarm := Alarm{ID: "a1", Machine: "press-07", Metric: "temp", Kind: "high", Limit: &limit, Value: &value,
 		State: "cleared", RaisedAt: raised, ClearedAt: &cleared, Acked: true, AckedAt: &cleared, AckedBy: "token:ops", AckNote: "ok"}
+	command := Command{ID: "c-1", Machine: "press-07", Name: "reset", Params: map[string]any{"counter": "parts"}, State: "succeeded",
+		TimeoutMs: 60000, CreatedAt: raised, UpdatedAt: cleared, ExpiresAt: raised.Add(time.Minute), CreatedBy: "alice",
+		Result: json.RawMessage(`{"parts":0}`), Reason: "done", IdempotencyKey: "k",
+		History: []CommandTransition{{State: "pending", At: raised, By: "alice"}, {State: "succeeded", At: cleared, Via: "mqtt"}}}
 	note := Note{ID: "n1", Machine: "press-07", Text: "check the \"bearing\"\n", Author: "ana", Time: raised}
 	v, rv := uint64(7), uint64(0)
 	twinData := TwinData{Machine: "press-07", Desired: map[string]any{"tempSetpoint": 180.0, "pid": map[string]any{"p": 1.5}},
@@ -98,6 +102,8 @@ func TestAppendersMatchTypes(t *testing.T) {
 			TwinMessage{Seq: 50, Type: TypeTwin, Machine: "press-07", Data: twinData}},
 		{"twin deleted", bodyDraft("press-07", &eventBody{machine: "press-07", typ: TypeTwin, data: TwinData{Machine: "press-07", Deleted: true}}).finish(51, new(message)),
 			TwinMessage{Seq: 51, Type: TypeTwin, Machine: "press-07", Data: TwinData{Machine: "press-07", Deleted: true}}},
+		{"command", bodyDraft("press-07", &eventBody{machine: "press-07", typ: TypeCommand, data: command}).finish(50, new(message)),
+			CommandMessage{Seq: 50, Type: TypeCommand, Machine: "press-07", Data: command}},
 		{"fleet", fleet(), FleetMessage{Type: TypeFleet, Seq: 70, Machines: []FleetMachine{
 			{Machine: "m1", Status: "online", Alarm: &no, LastSeen: 10, Metrics: map[string]FleetValue{"temp": {Value: 71.2, TS: 5}, "vib": {Value: Float(math.NaN()), TS: 6}}},
 			{Machine: "m2", Status: "offline", Alarm: &yes, Metrics: map[string]FleetValue{}},

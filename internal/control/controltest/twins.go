@@ -20,7 +20,7 @@ import (
 // the same storage again (as a restart, or another replica, would).
 type Opener func(t *testing.T) (s control.TwinStore, reopen func() control.TwinStore)
 
-var base = time.UnixMilli(1_765_000_000_000).UTC()
+var twinBase = time.UnixMilli(1_765_000_000_000).UTC()
 
 // RunTwinStore runs the conformance suite of control.TwinStore.
 func RunTwinStore(t *testing.T, open Opener) {
@@ -158,7 +158,7 @@ func RunTwinStore(t *testing.T, open Opener) {
 	t.Run("Twins", func(t *testing.T) {
 		s, reopen := open(t)
 		schema := &twin.Schema{Type: "object", Properties: map[string]*twin.Schema{"tempSetpoint": {Type: "number", Maximum: ptr(250.0)}}}
-		now := base
+		now := twinBase
 		tw := control.NewTwins(s, func(string) *twin.Schema { return schema }, func() time.Time { return now }, slog.New(slog.DiscardHandler))
 		if _, err := tw.PatchDesired(ctx, "m", []byte(`{"tempSetpoint":180,"pid":{"p":1}}`), nil, "alice"); err != nil {
 			t.Fatal(err)
@@ -181,10 +181,10 @@ func RunTwinStore(t *testing.T, open Opener) {
 			Delta:    map[string]any{"tempSetpoint": 180.0},
 			Version:  1, ReportedVersion: 1,
 			Metadata: control.Metadata{
-				Desired: control.FieldTimes{"tempSetpoint": {UpdatedAt: base.UnixMilli()},
-					"pid": {Fields: control.FieldTimes{"p": {UpdatedAt: base.UnixMilli()}}}},
-				Reported: control.FieldTimes{"tempSetpoint": {UpdatedAt: base.UnixMilli() + 1000},
-					"pid": {Fields: control.FieldTimes{"p": {UpdatedAt: base.UnixMilli() + 1000}}}},
+				Desired: control.FieldTimes{"tempSetpoint": {UpdatedAt: twinBase.UnixMilli()},
+					"pid": {Fields: control.FieldTimes{"p": {UpdatedAt: twinBase.UnixMilli()}}}},
+				Reported: control.FieldTimes{"tempSetpoint": {UpdatedAt: twinBase.UnixMilli() + 1000},
+					"pid": {Fields: control.FieldTimes{"p": {UpdatedAt: twinBase.UnixMilli() + 1000}}}},
 			},
 		}
 		if diff := cmp.Diff(got, want); diff != "" {

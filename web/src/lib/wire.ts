@@ -45,6 +45,43 @@ export interface AuditEntry {
   target?: string;
 }
 
+/** A command, as GET /api/v1/machines/{id}/commands/{cmdId} answers it (times RFC 3339 with milliseconds). */
+export interface Command {
+  createdAt: string;
+  createdBy?: string;
+  expiresAt: string;
+  history: CommandTransition[];
+  id: string;
+  idempotencyKey?: string;
+  machine: string;
+  name: string;
+  params: Record<string, unknown>;
+  reason?: string;
+  /** What the device answered, as it sent it. */
+  result?: unknown;
+  state: 'pending' | 'delivered' | 'accepted' | 'rejected' | 'succeeded' | 'failed' | 'expired';
+  timeoutMs: number;
+  updatedAt: string;
+}
+
+/** A command sent to a machine, at every transition of its lifecycle (creation included). Conflated streams get it as it is. */
+export interface CommandMessage {
+  data: Command;
+  /** The machine the message is about. */
+  machine: string;
+  /** The hub-wide sequence number of the message (a resume cursor). */
+  seq: number;
+  type: 'command';
+}
+
+/** One step of a command's history: the state entered, when, by whom and how it travelled (mqtt, http). */
+export interface CommandTransition {
+  at: string;
+  by?: string;
+  state: 'pending' | 'delivered' | 'accepted' | 'rejected' | 'succeeded' | 'failed' | 'expired';
+  via?: string;
+}
+
 export interface Event {
   /** Idempotency key. */
   id?: string;
@@ -466,6 +503,7 @@ export type KafkaTelemetryMessages =
 /** Every message of the stream channel. */
 export type StreamMessages =
   | AlarmMessage
+  | CommandMessage
   | FleetMessage
   | HeartbeatMessage
   | HelloMessage

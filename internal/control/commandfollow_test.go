@@ -1,0 +1,81 @@
+package control
+
+import (
+	"context"
+	"testing"
+	"testing/synctest"
+	"time"
+)
+
+// sharedStore is a FileCommandStore another "replica" writes behind our
+// back: the test tells Follow's changed callback of each such write, as
+// PostgreSQL's NOTIFY would.
+type sharedStore struct {
+	*FileCommandStore
+	notify chan [2]string
+}
+
+func (s *sharedStore) Follow(ctx context.Context, changed func(machine, id string), resync func()) error {
+	resync()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case n := <-s.notify:
+			changed(n[0], n[1])
+		}
+	}
+}
+
+// TestRunFollowsOtherReplicas: a command another replica created reaches
+// our subscribers and wakes a device's fetch waiting here.
+func TestRunFollowsOtherReplicas(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ctx, cancel := context.WithCancel(context.Background())
+		fs, err := OpenFileCommandStore(t.TempDir())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer fs.Close()
+		shared := &sharedStore{FileCommandStore: fs, notify: make(chan [2]string)}
+		ours := NewCommands(shared, testSpecs, time.Now, nil)
+		heard := make(chan Command, 4)
+		ours.Subscribe(func(c Command) { heard <- c })
+		done := make(chan error)
+		go func() { done <- ours.Run(ctx) }()
+
+		type fetched struct {
+			cmds []Command
+			took time.Duration
+		}
+		got := make(chan fetched)
+		start := time.Now()
+		go func() {
+			cmds, _ := ours.Fetch(ctx, "press-07", 20*time.Second)
+			got <- fetched{cmds, time.Since(start)}
+		}()
+		time.Sleep(5 * time.Second)
+
+		// The other replica: its own Commands on the same storage.
+		theirs := NewCommands(fs, testSpecs, time.Now, nil)
+		cmd, _, err := theirs.Create(ctx, "press-07", CreateRequest{Name: "stop"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		shared.notify <- [2]string{cmd.Machine, cmd.ID}
+		if c := <-heard; c.ID != cmd.ID || c.State != StatePending {
+			t.Errorf("heard %s %s, want %s pending", c.ID, c.State, cmd.ID)
+		}
+		f := <-got
+		if len(f.cmds) != 1 || f.cmds[0].ID != cmd.ID || f.took != 5*time.Second {
+			t.Errorf("the waiting fetch got %d commands after %v, want %s after 5s", len(f.cmds), f.took, cmd.ID)
+		}
+		if c := <-heard; c.State != StateDelivered {
+			t.Errorf("then heard %s, want our own delivery", c.State)
+		}
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+}
