@@ -175,6 +175,7 @@ func serveFlags(fs *flag.FlagSet, cfg *config.Config) {
 	fs.StringVar(&cfg.MQTTBroker, "mqtt-broker", cfg.MQTTBroker, "subscribe to an external MQTT broker at this `URL` (e.g. mqtt://127.0.0.1:1883); empty: off")
 	listVar(fs, &cfg.KafkaBrokers, "kafka-brokers", "Kafka seed brokers; replaces the in-process log")
 	fs.StringVar(&cfg.KafkaTopic, "kafka-topic", cfg.KafkaTopic, "Kafka topic of the event log")
+	fs.StringVar(&cfg.KafkaDesiredTopic, "kafka-desired-topic", cfg.KafkaDesiredTopic, "Kafka topic (compacted) that receives each machine's desired document, keyed by machine id; a tombstone when it is deleted")
 	fs.StringVar(&cfg.KafkaGroup, "kafka-group", cfg.KafkaGroup, "Kafka consumer group of the processors")
 	durationVar(fs, &cfg.KafkaSessionTimeout, "kafka-session-timeout", "how long the group waits for a silent (crashed) processor before moving its partitions")
 	durationVar(fs, &cfg.KafkaTuning.Linger, "kafka-linger", "how long the gateway's producer holds a partition's batch for more records (0: send at once; batches form while earlier requests are in flight)")

@@ -78,6 +78,8 @@ type App struct {
 	// commands are the machines' commands (nil on roles without them);
 	// cmdStore is where they persist, closed by Run.
 	commands *control.Commands
+	// delivery carries desired documents and commands to the machines.
+	delivery *delivery
 	cmdStore control.CommandStore
 	hub      *hub.Hub
 	// The event log: in-process (events), or Kafka (producer on the roles
@@ -443,6 +445,12 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 	deps.UploadTraces, deps.TracesLimit = uploadTraces, tracesLimit
 	handler := api.New(apiOpts, deps)
 
+	// The twins' desired documents and the commands go out to the
+	// machines over MQTT and the Kafka desired topic; the devices' answers
+	// come back.
+	if err := a.openDelivery(twins); err != nil {
+		return nil, err
+	}
 	if a.submitFn != nil {
 		if err := a.openMQTT(reg); err != nil {
 			return nil, err

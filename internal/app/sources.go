@@ -2,6 +2,7 @@ package app
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/twinline/twinline/internal/auth"
 	"github.com/twinline/twinline/internal/config"
+	"github.com/twinline/twinline/internal/control"
 	"github.com/twinline/twinline/internal/eventlog"
 	"github.com/twinline/twinline/internal/ingest"
 	"github.com/twinline/twinline/internal/sim"
@@ -46,6 +48,7 @@ func (a *App) openMQTT(reg prometheus.Registerer) error {
 		MaxFuture:        cfg.MaxFuture,
 	}
 	deps := mqtt.Deps{
+		Control:    a.delivery.handlers(),
 		Submit:     a.submit,
 		Register:   a.registry.Locate,
 		Logger:     a.logger.With("component", "mqtt"),
@@ -70,6 +73,7 @@ func (a *App) openMQTT(reg prometheus.Registerer) error {
 			return fmt.Errorf("starting the embedded MQTT broker: %w", err)
 		}
 		a.broker = br
+		a.delivery.add(br, false)
 		a.background = append(a.background, part{name: "stopping the MQTT broker", run: br.Run})
 		a.checks = append(a.checks, br.Ready)
 		a.cleanup = append(a.cleanup, func() {
@@ -85,6 +89,7 @@ func (a *App) openMQTT(reg prometheus.Registerer) error {
 			return fmt.Errorf("subscribing to the MQTT broker: %w", err)
 		}
 		a.background = append(a.background, part{name: "stopping the MQTT subscriber", run: sub.Run})
+		a.delivery.add(sub, true)
 		// Another broker being down does not stop HTTP ingest: degraded.
 		a.degraded = append(a.degraded, sub.Ready)
 	}
@@ -132,6 +137,49 @@ func (a *App) openDemo() {
 			return fmt.Errorf("running demo simulator: %w", err)
 		}
 		return nil
+	}})
+	if a.twins == nil || a.commands == nil {
+		return
+	}
+	// The demo machines are devices too: they follow their desired
+	// documents and carry out their commands, in process.
+	twins, commands := a.twins, a.commands
+	ctl := sim.ControlFuncs{
+		DesiredFunc: func(ctx context.Context, m string, after uint64) (uint64, map[string]any, error) {
+			wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			defer cancel()
+			tw, err := twins.Wait(wctx, m, after)
+			if err != nil {
+				return 0, nil, err
+			}
+			return tw.Version, tw.Desired, nil
+		},
+		ReportFunc: func(ctx context.Context, m string, patch map[string]any) error {
+			b, err := json.Marshal(patch)
+			if err != nil {
+				return err
+			}
+			_, err = twins.PatchReported(ctx, m, b, "demo")
+			return err
+		},
+		CommandsFunc: func(ctx context.Context, m string, wait time.Duration) ([]sim.Cmd, error) {
+			cs, err := commands.Fetch(ctx, m, wait)
+			if err != nil {
+				return nil, err
+			}
+			out := make([]sim.Cmd, len(cs))
+			for i, c := range cs {
+				out[i] = sim.Cmd{ID: c.ID, Name: c.Name, Params: c.Params}
+			}
+			return out, nil
+		},
+		RespondFunc: func(ctx context.Context, m, id, state string, result any, reason string) error {
+			_, err := commands.Respond(ctx, m, id, control.Response{State: control.State(state), Result: result, Reason: reason, By: "demo", Via: "demo"})
+			return err
+		},
+	}
+	a.background = append(a.background, part{name: "stopping the demo devices", run: func(ctx context.Context) error {
+		return simulator.RunControl(ctx, ctl, sim.ControlConfig{}, a.logger.With("component", "demo_devices"))
 	}})
 }
 

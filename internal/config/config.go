@@ -137,6 +137,10 @@ type Config struct {
 	// KafkaBrokers replaces the in-process log with Kafka ("": in-process).
 	KafkaBrokers []string
 	KafkaTopic   string
+	// KafkaDesiredTopic receives every machine's desired document, keyed
+	// by machine id, a tombstone when the machine is deleted (a
+	// compacted topic).
+	KafkaDesiredTopic string
 	// KafkaGroup is the consumer group of the processors.
 	KafkaGroup string
 	// KafkaSessionTimeout is how long the group waits for a processor that
@@ -281,6 +285,7 @@ func Default() Config {
 		StreamRate:                 5,
 		StreamBurst:                50,
 		KafkaTopic:                 "twinline.telemetry",
+		KafkaDesiredTopic:          "twinline.desired",
 		KafkaGroup:                 "twinline-processor",
 		KafkaSessionTimeout:        45 * time.Second,
 		KafkaInstanceID:            hostname(),
@@ -470,6 +475,9 @@ func (c Config) Validate() error {
 		}
 	}
 	kafka := len(c.KafkaBrokers) > 0
+	if kafka && strings.TrimSpace(c.KafkaDesiredTopic) == "" {
+		bad("kafka-desired-topic", "must not be empty")
+	}
 	if kafka && (strings.TrimSpace(c.KafkaTopic) == "" || strings.TrimSpace(c.KafkaGroup) == "") {
 		bad("kafka-topic", "--kafka-topic and --kafka-group must not be empty with --kafka-brokers")
 	}
