@@ -153,7 +153,10 @@ func (sf *stateFile) states(machine, name string, from, to int64) []store.StateC
 	defer sf.mu.RUnlock()
 	cs := sf.series[stateSeries{machine, name}]
 	// The first change after from, and the one before it (in force at from).
-	i, _ := slices.BinarySearchFunc(cs, from+1, func(x store.StateChange, t int64) int { return cmpInt(x.Time, t) })
+	i, found := slices.BinarySearchFunc(cs, from, func(x store.StateChange, t int64) int { return cmpInt(x.Time, t) })
+	if found {
+		i++ // times are unique in a series
+	}
 	start := max(i-1, 0)
 	var out []store.StateChange
 	for _, c := range cs[start:] {

@@ -28,7 +28,8 @@ SELECT ts, value FROM (
 
 // AppendStates implements store.StateStore: one statement, durable on
 // return; a change at the time of a stored one of its series is dropped
-// (first write wins). Texts with a NUL byte, which PostgreSQL cannot
+// (first write wins). A time beyond the range the store keeps is clamped
+// to it. Texts with a NUL byte, which PostgreSQL cannot
 // store (ingest refuses them), are an error.
 func (s *Store) AppendStates(ctx context.Context, changes []store.StateChange) error {
 	if err := ctx.Err(); err != nil {
@@ -49,10 +50,8 @@ func (s *Store) AppendStates(ctx context.Context, changes []store.StateChange) e
 		if !validName(c.Machine) || !validName(c.Name) || !validName(c.Value) {
 			return fmt.Errorf("appending states: %s/%s: texts must be UTF-8 without NUL", c.Machine, c.Name)
 		}
-		if c.Time < minTime || c.Time > maxTime {
-			return fmt.Errorf("appending states: %s/%s at %d: %w", c.Machine, c.Name, c.Time, store.ErrOutOfBounds)
-		}
-		machines[i], names[i], times[i], values[i] = c.Machine, c.Name, ts(c.Time), c.Value
+		// Beyond what timestamptz holds: clamped, as queries clamp.
+		machines[i], names[i], times[i], values[i] = c.Machine, c.Name, ts(min(max(c.Time, minTime), maxTime)), c.Value
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.opts.WriteTimeout)
 	defer cancel()

@@ -153,8 +153,14 @@ func testStatesCanceled(t *testing.T, s store.StateStore) {
 type MemoryStates struct {
 	mu      sync.Mutex
 	changes []store.StateChange
-	// Err, if set, fails every AppendStates.
-	Err error
+	err     error // fails every AppendStates
+}
+
+// Fail makes every later AppendStates fail with err (nil: succeed again).
+func (m *MemoryStates) Fail(err error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.err = err
 }
 
 // AppendStates implements store.StateStore.
@@ -164,8 +170,8 @@ func (m *MemoryStates) AppendStates(ctx context.Context, changes []store.StateCh
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.Err != nil {
-		return m.Err
+	if m.err != nil {
+		return m.err
 	}
 	for _, c := range changes {
 		if !slices.ContainsFunc(m.changes, func(x store.StateChange) bool {
