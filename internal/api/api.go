@@ -366,6 +366,7 @@ func (a *API) routes() []route {
 		{method: "DELETE", path: "/api/v1/machines/{id}", scope: admin, handler: a.handleMachineDelete, audit: "machine.delete"},
 		{method: "GET", path: "/api/v1/machines/{id}/latest", scope: read, handler: a.handleLatest},
 		{method: "GET", path: "/api/v1/machines/{id}/series", scope: read, handler: a.handleSeries},
+		{method: "GET", path: "/api/v1/machines/{id}/states", scope: read, handler: a.handleStates},
 		{method: "GET", path: "/api/v1/machines/{id}/notes", scope: read, handler: a.handleNotesGet},
 		{method: "POST", path: "/api/v1/machines/{id}/notes", scope: operate, handler: a.handleNotesPost, audit: "note.add"},
 		{method: "GET", path: "/api/v1/alarms", scope: read, handler: a.handleAlarms},

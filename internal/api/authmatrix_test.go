@@ -51,6 +51,7 @@ var matrixRequests = map[string]matrixRequest{
 	"DELETE /api/v1/machines/{id}":     {"/api/v1/machines/m1", "", "", "hidden"},
 	"GET /api/v1/machines/{id}/latest": {"/api/v1/machines/m1/latest", "", "", "hidden"},
 	"GET /api/v1/machines/{id}/series": {"/api/v1/machines/m1/series?metric=temp", "", "", "hidden"},
+	"GET /api/v1/machines/{id}/states": {"/api/v1/machines/m1/states?name=state", "", "", "hidden"},
 	"GET /api/v1/machines/{id}/notes":  {"/api/v1/machines/m1/notes", "", "", "hidden"},
 	"POST /api/v1/machines/{id}/notes": {"/api/v1/machines/m1/notes", "application/json", `{"text":"check the bearing"}`, "hidden"},
 	"GET /api/v1/alarms":               {"/api/v1/alarms?state=all", "", "", "filtered"},
@@ -167,7 +168,7 @@ func newMatrixEnv(t *testing.T, scope auth.Scope) *matrixEnv {
 
 // newMatrixEnvFor is newMatrixEnv with the right and other-site
 // identities holding scope, the wrong one wrong; withStore opens an
-// embedded store (for series reads).
+// embedded store (for series and states reads).
 func newMatrixEnvFor(t *testing.T, scope, wrong auth.Scope, withStore bool) *matrixEnv {
 	t.Helper()
 	dir := t.TempDir()
@@ -329,7 +330,7 @@ func TestAuthMatrix(t *testing.T) {
 			// The right identity has exactly the route's scope (the first
 			// of them when several serve), the wrong one none of them.
 			newEnv := func() *matrixEnv {
-				return newMatrixEnvFor(t, rt.scope&-rt.scope, auth.AllScopes&^rt.scope, strings.Contains(rt.path, "series"))
+				return newMatrixEnvFor(t, rt.scope&-rt.scope, auth.AllScopes&^rt.scope, strings.Contains(rt.path, "series") || strings.Contains(rt.path, "states"))
 			}
 			refusals := []struct {
 				name   string

@@ -513,6 +513,11 @@ func (h *Hub) PublishAlarm(a Alarm) { h.publishEvent(a.Machine, TypeAlarm, a) }
 // blocks on a client.
 func (h *Hub) PublishNote(n Note) { h.publishEvent(n.Machine, TypeNote, n) }
 
+// PublishState sends a change of one of a machine's state series to the
+// clients subscribed to it, as a StateMessage. Conflated streams get it as
+// it is. It never blocks on a client.
+func (h *Hub) PublishState(machine string, d StateData) { h.publishEvent(machine, TypeState, d) }
+
 // publishEvent sends a live update of type typ to the clients subscribed
 // to machine, as {"seq":N,"type":typ,"machine":machine,"data":data}; data
 // is encoded with encoding/json, only if a client wants it: it is for rare

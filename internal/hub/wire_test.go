@@ -88,6 +88,8 @@ func TestAppendersMatchTypes(t *testing.T) {
 			AlarmMessage{Seq: 48, Type: TypeAlarm, Machine: "press-07", Data: Alarm{ID: "a2", Machine: "press-07", Kind: "offline", State: "active", RaisedAt: raised}}},
 		{"note", bodyDraft("press-07", &eventBody{machine: "press-07", typ: TypeNote, data: note}).finish(49, new(message)),
 			NoteMessage{Seq: 49, Type: TypeNote, Machine: "press-07", Data: note}},
+		{"state", bodyDraft("press-07", &eventBody{machine: "press-07", typ: TypeState, data: StateData{Name: "state", Value: "RUNNING", TS: 1764482400123}}).finish(50, new(message)),
+			StateMessage{Seq: 50, Type: TypeState, Machine: "press-07", Data: StateData{Name: "state", Value: "RUNNING", TS: 1764482400123}}},
 		{"fleet", fleet(), FleetMessage{Type: TypeFleet, Seq: 70, Machines: []FleetMachine{
 			{Machine: "m1", Status: "online", Alarm: &no, LastSeen: 10, Metrics: map[string]FleetValue{"temp": {Value: 71.2, TS: 5}, "vib": {Value: Float(math.NaN()), TS: 6}}},
 			{Machine: "m2", Status: "offline", Alarm: &yes, Metrics: map[string]FleetValue{}},

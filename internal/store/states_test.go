@@ -8,7 +8,9 @@ import (
 )
 
 func TestStateIntervals(t *testing.T) {
-	ch := func(ts int64, v string) StateChange { return StateChange{Machine: "m", Name: "state", Time: ts, Value: v} }
+	ch := func(ts int64, v string) StateChange {
+		return StateChange{Machine: "m", Name: "state", Time: ts, Value: v}
+	}
 	tests := []struct {
 		name     string
 		changes  []StateChange

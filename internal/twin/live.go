@@ -48,7 +48,7 @@ type state struct {
 	lastSeen int64
 	latest   map[string]latest
 	states   map[string]StateValue // nil until the first state
-	rate     *stats.Rate // nil until the first event, and once trimmed
+	rate     *stats.Rate           // nil until the first event, and once trimmed
 	medians  map[string]*stats.Median
 }
 
