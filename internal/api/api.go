@@ -288,7 +288,7 @@ func New(opts Options, deps Deps) *API {
 	}, []string{"outcome"})
 	a.ignoredStrings = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "twinline_ingest_ignored_string_fields_total",
-		Help: "Line-protocol string fields skipped: twinline stores numeric values only.",
+		Help: "Line-protocol string fields skipped because they cannot be states (empty, over 256 bytes, control characters, invalid name).",
 	})
 	if a.clock == nil {
 		a.clock = time.Now
