@@ -106,8 +106,10 @@ type lane struct {
 	mu     sync.Mutex
 	engine *stream.Engine
 	fresh  []bool // the commit stage's
-	// states is the commit stage's memory of the lane's state series.
-	states stateMemory
+	// states is the commit stage's memory of the lane's state series,
+	// under statesMu (the commit stage, and forgetMachines).
+	statesMu sync.Mutex
+	states   stateMemory
 }
 
 // New returns a processor of src, feeding sinks (whose functions may be
@@ -224,8 +226,12 @@ func (p *Processor) forgetMachines() {
 		ln.mu.Lock()
 		for _, id := range ids {
 			ln.engine.ForgetMachine(id)
+		}
+		ln.statesMu.Lock()
+		for _, id := range ids {
 			ln.states.forget(id)
 		}
+		ln.statesMu.Unlock()
 		ln.mu.Unlock()
 	}
 }
@@ -246,7 +252,9 @@ func (p *Processor) lane(id int32) *lane {
 func (p *Processor) reset(ln *lane) {
 	ln.engine = stream.NewEngine(p.engineCfg)
 	ln.engine.Remember(p.remembered)
+	ln.statesMu.Lock()
 	ln.states = nil
+	ln.statesMu.Unlock()
 }
 
 // Run processes the source until its log is closed and drained (then it

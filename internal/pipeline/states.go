@@ -88,11 +88,27 @@ type tracker struct {
 // hold changes that were not stored.
 func (p *Processor) groupStates(ctx context.Context, j *job) ([]store.StateChange, error) {
 	ln := j.lane
+	ln.statesMu.Lock()
+	defer ln.statesMu.Unlock()
 	if ln.states == nil {
 		ln.states = stateMemory{}
 	}
 	tr := &tracker{ctx: ctx, st: p.stateStore, mem: ln.states}
-	var err error
+	err := tr.group(j)
+	if err == nil && len(tr.changes) > 0 {
+		err = p.stateStore.AppendStates(ctx, tr.changes)
+	}
+	if err != nil {
+		ln.states = nil
+		return nil, fmt.Errorf("storing state changes: %w", err)
+	}
+	p.stateChanges.Add(float64(len(tr.changes)))
+	p.stateDropped.Add(float64(tr.dropped))
+	return tr.changes, nil
+}
+
+// group observes the states of the job's new events.
+func (tr *tracker) group(j *job) error {
 	for i, e := range j.batch.Entries {
 		keys := j.out.Keys[j.keyBounds[i]:j.keyBounds[i+1]]
 		for k := range e.Events {
@@ -104,22 +120,13 @@ func (p *Processor) groupStates(ctx context.Context, j *job) ([]store.StateChang
 				keys = keys[1:]
 			}
 			for _, s := range ev.States {
-				if err = tr.observe(ev, s); err != nil {
-					break
+				if err := tr.observe(ev, s); err != nil {
+					return err
 				}
 			}
 		}
 	}
-	if err == nil && len(tr.changes) > 0 {
-		err = p.stateStore.AppendStates(ctx, tr.changes)
-	}
-	if err != nil {
-		ln.states = nil
-		return nil, fmt.Errorf("storing state changes: %w", err)
-	}
-	p.stateChanges.Add(float64(len(tr.changes)))
-	p.stateDropped.Add(float64(tr.dropped))
-	return tr.changes, nil
+	return nil
 }
 
 // observe takes the state s of ev. In event-time order a change is a value
