@@ -2,6 +2,7 @@ package pipeline
 
 import (
 	"errors"
+	"fmt"
 	"slices"
 	"sync"
 	"testing"
@@ -105,4 +106,83 @@ func cmpString(a, b string) int {
 		return 1
 	}
 	return 0
+}
+
+// TestTrackerRules: the change rules one by one, on a store that has a
+// series already.
+func TestTrackerRules(t *testing.T) {
+	ch := func(ts int64, v string) store.StateChange {
+		return store.StateChange{Machine: "m", Name: "state", Time: ts, Value: v}
+	}
+	tests := []struct {
+		name   string
+		stored []store.StateChange
+		obs    []store.StateChange // observations, in arrival order
+		want   []store.StateChange
+	}{
+		{name: "in order: changes only",
+			obs:  []store.StateChange{ch(10, "A"), ch(20, "A"), ch(30, "B"), ch(40, "B"), ch(50, "A")},
+			want: []store.StateChange{ch(10, "A"), ch(30, "B"), ch(50, "A")}},
+		{name: "loaded from the store: same value is no change",
+			stored: []store.StateChange{ch(5, "A")},
+			obs:    []store.StateChange{ch(10, "A"), ch(20, "B")},
+			want:   []store.StateChange{ch(20, "B")}},
+		{name: "same instant, other value: first write wins",
+			obs:  []store.StateChange{ch(10, "A"), ch(10, "B")},
+			want: []store.StateChange{ch(10, "A")}},
+		{name: "late inside the newest run: change, and back at the newest observation",
+			obs:  []store.StateChange{ch(10, "A"), ch(30, "A"), ch(20, "B")},
+			want: []store.StateChange{ch(10, "A"), ch(20, "B"), ch(30, "A")}},
+		{name: "late before the newest change, in the group",
+			obs:  []store.StateChange{ch(10, "A"), ch(30, "B"), ch(20, "A"), ch(25, "C")},
+			want: []store.StateChange{ch(10, "A"), ch(30, "B"), ch(25, "C")}},
+		{name: "late before the newest change, in the store",
+			stored: []store.StateChange{ch(10, "A"), ch(30, "B")},
+			obs:    []store.StateChange{ch(20, "A"), ch(5, "C"), ch(15, "B")},
+			want:   []store.StateChange{ch(5, "C"), ch(15, "B")}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			st := &storetest.MemoryStates{}
+			if err := st.AppendStates(t.Context(), tt.stored); err != nil {
+				t.Fatal(err)
+			}
+			tr := &tracker{ctx: t.Context(), st: st, mem: stateMemory{}}
+			for _, o := range tt.obs {
+				ev := telemetry.Event{Machine: o.Machine, Time: o.Time}
+				if err := tr.observe(&ev, telemetry.State{Name: o.Name, Value: o.Value}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if diff := cmp.Diff(tr.changes, tt.want); diff != "" {
+				t.Errorf("changes (-got +want):\n%s", diff)
+			}
+		})
+	}
+}
+
+// TestTrackerMaxValues: a series takes MaxStateValues distinct values; a
+// change to another is dropped and counted, one to a known value is kept.
+func TestTrackerMaxValues(t *testing.T) {
+	tr := &tracker{ctx: t.Context(), st: &storetest.MemoryStates{}, mem: stateMemory{}}
+	obs := func(ts int64, v string) {
+		ev := telemetry.Event{Machine: "m", Time: ts}
+		if err := tr.observe(&ev, telemetry.State{Name: "part", Value: v}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range MaxStateValues {
+		obs(int64(i), fmt.Sprintf("v%d", i))
+	}
+	obs(5000, "one too many")
+	obs(5001, "v0")
+	if got := len(tr.changes); got != MaxStateValues+1 {
+		t.Errorf("%d changes, want %d", got, MaxStateValues+1)
+	}
+	if tr.dropped != 1 {
+		t.Errorf("dropped %d, want 1", tr.dropped)
+	}
+	if last := tr.changes[len(tr.changes)-1]; last.Value != "v0" || last.Time != 5001 {
+		t.Errorf("last change %+v, want v0 at 5001", last)
+	}
 }
