@@ -109,6 +109,11 @@ func decodeLineProtocol(body []byte, precision lineprotocol.Precision, opts Opti
 		// Start again; what the fast path flushed is decoded again, and
 		// dropped.
 		d.events, d.rejects, d.rejected, d.stats = d.events[:base], d.rejects[:0], 0, Stats{}
+		if d.local != nil {
+			// The call's own stamps start again too (a shared Stamper
+			// cannot take back those it gave: they only move ahead).
+			d.local.reset()
+		}
 		if s := d.stream.sink; s != nil {
 			d.stream.skip = s.Flushed
 		}
