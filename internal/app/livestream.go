@@ -51,6 +51,9 @@ func (a *App) observeRemote(opts *hub.Options) {
 		}
 		a.live.ApplyMedians(us)
 	}
+	opts.OnRemoteState = func(machine string, d hub.StateData) {
+		a.live.ApplyState(machine, d.Name, d.Value, d.TS)
+	}
 	if a.pg != nil {
 		opts.OnRemoteAlarm = func(al hub.Alarm) { a.alarms.Apply(twin.Alarm(al)) }
 	}

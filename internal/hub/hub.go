@@ -76,6 +76,9 @@ type Options struct {
 	// replica computed for a machine it processes (a null median is
 	// skipped), like OnRemoteSamples.
 	OnRemoteMedians func([]Median)
+	// OnRemoteState, with Redis, hears the state changes another replica
+	// stored, like OnRemoteSamples.
+	OnRemoteState func(machine string, d StateData)
 	// PublishWrite, when not nil, observes for each live message written
 	// to a client the seconds from the hub taking it (its publish, or its
 	// arrival from Redis) to the end of its write: the publish_write leg

@@ -161,6 +161,25 @@ func (l *Live) observeStatesLocked(ev *telemetry.Event, received int64, fresh *[
 	}
 }
 
+// ApplyState sets a machine's state name to value from event time ts on,
+// unless it has a newer one: a change another replica stored (hub
+// OnRemoteState). It does not touch lastSeen, and a machine without live
+// state is left alone (its samples register it).
+func (l *Live) ApplyState(machine, name, value string, ts int64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	e := l.machines[machine]
+	if e == nil {
+		return
+	}
+	if e.states == nil {
+		e.states = map[string]StateValue{}
+	}
+	if v, ok := e.states[name]; !ok || ts >= v.TS {
+		e.states[name] = StateValue{Value: value, TS: ts}
+	}
+}
+
 // Restore seeds latest values from stored samples (at start-up), without
 // touching lastSeen: a restarted server does not claim machines are online.
 func (l *Live) Restore(samples []telemetry.Sample) {

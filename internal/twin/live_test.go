@@ -179,4 +179,17 @@ func TestLiveStates(t *testing.T) {
 	if m := l.Machine(Info{ID: "other"}); m.States != nil {
 		t.Errorf("states of a machine never seen = %v, want none", m.States)
 	}
+
+	// Another replica's changes: newer ones win, older ones do not, and a
+	// machine this one never saw is left alone.
+	l.ApplyState("m", "state", "RUNNING", 300)
+	l.ApplyState("m", "mode", "manual", 50)
+	l.ApplyState("other", "state", "DOWN", 300)
+	want = map[string]StateValue{"state": {Value: "RUNNING", TS: 300}, "mode": {Value: "auto", TS: 100}}
+	if diff := cmp.Diff(l.Machine(Info{ID: "m"}).States, want); diff != "" {
+		t.Errorf("states after ApplyState (-got +want):\n%s", diff)
+	}
+	if m := l.Machine(Info{ID: "other"}); m.States != nil {
+		t.Errorf("ApplyState made a twin of a machine never seen: %v", m.States)
+	}
 }
