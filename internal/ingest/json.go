@@ -282,7 +282,7 @@ func (d *decoder) decodeItem(v *fastjson.Value, index int, raw []byte) {
 		switch {
 		case it.seen&hasMachine == 0:
 			it.fail("machineId", "missing")
-		case len(d.slab.current()) == 0 && len(d.states.current()) == 0:
+		case len(d.slab.current()) == 0 && d.states.n == 0:
 			it.fail("", `no metrics: send numeric fields ("temp": 71.3), a "metrics" object or states ("state": "RUNNING")`)
 		default:
 			if it.seen&hasTime == 0 {
@@ -417,7 +417,7 @@ func (d *decoder) state(k []byte, v *fastjson.Value, field string) {
 		it.fail(field, p)
 		return
 	}
-	if len(d.slab.current())+len(d.states.current()) >= d.opts.Limits.MaxMetricsPerEvent {
+	if len(d.slab.current())+d.states.n >= d.opts.Limits.MaxMetricsPerEvent {
 		it.fail("", fmt.Sprintf("has more than %d metrics and states", d.opts.Limits.MaxMetricsPerEvent))
 		return
 	}
@@ -452,7 +452,7 @@ func (d *decoder) metric(k []byte, v *fastjson.Value, nested bool) {
 		it.fail(metricField(k, nested), p)
 		return
 	}
-	if ns := len(d.states.current()); pos+ns >= d.opts.Limits.MaxMetricsPerEvent {
+	if ns := d.states.n; pos+ns >= d.opts.Limits.MaxMetricsPerEvent {
 		if ns > 0 {
 			it.fail("", fmt.Sprintf("has more than %d metrics and states", d.opts.Limits.MaxMetricsPerEvent))
 		} else {
@@ -460,7 +460,7 @@ func (d *decoder) metric(k []byte, v *fastjson.Value, nested bool) {
 		}
 		return
 	}
-	if d.duplicate(name) || (len(d.states.current()) > 0 && d.states.has(name)) {
+	if d.duplicate(name) || (d.states.n > 0 && d.states.has(name)) {
 		it.fail(metricField(k, it.seen&seenMetrics != 0), "given twice")
 		return
 	}

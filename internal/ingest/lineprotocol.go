@@ -337,9 +337,9 @@ func (d *decoder) decodeEntry(dec *lineprotocol.Decoder, m []byte, line int, pre
 		switch {
 		case p != "":
 			fieldRej = Reject{Field: string(k), Reason: fmt.Sprintf("%s: %s", p, quoteTrunc(d.nameBuf))}
-		case pos+len(d.states.current()) >= d.opts.Limits.MaxMetricsPerEvent:
+		case pos+d.states.n >= d.opts.Limits.MaxMetricsPerEvent:
 			fieldRej = Reject{Reason: d.tooManyFields()}
-		case d.duplicate(name) || (len(d.states.current()) > 0 && d.states.has(name)):
+		case d.duplicate(name) || (d.states.n > 0 && d.states.has(name)):
 			fieldRej = Reject{Field: string(k), Reason: "given twice"}
 		default:
 			d.slab.add(telemetry.Metric{Name: name, Value: f})
@@ -364,7 +364,7 @@ func (d *decoder) decodeEntry(dec *lineprotocol.Decoder, m []byte, line int, pre
 		field, reason = "tags", d.noTagReason
 	case fieldRej.Reason != "":
 		field, reason = fieldRej.Field, fieldRej.Reason
-	case len(d.slab.current()) == 0 && len(d.states.current()) == 0:
+	case len(d.slab.current()) == 0 && d.states.n == 0:
 		reason = "no numeric or string field"
 	default:
 		var p string
@@ -415,7 +415,7 @@ func (d *decoder) lineState(k, v []byte, prefix int) Reject {
 	switch {
 	case p != "":
 		d.stats.IgnoredStringFields++
-	case len(d.slab.current())+len(d.states.current()) >= d.opts.Limits.MaxMetricsPerEvent:
+	case len(d.slab.current())+d.states.n >= d.opts.Limits.MaxMetricsPerEvent:
 		return Reject{Reason: d.tooManyFields()}
 	case d.states.has(name) || d.hasMetric(name):
 		return Reject{Field: string(k), Reason: "given twice"}
@@ -428,7 +428,7 @@ func (d *decoder) lineState(k, v []byte, prefix int) Reject {
 // tooManyFields is the reason of a line with more fields than
 // MaxMetricsPerEvent.
 func (d *decoder) tooManyFields() string {
-	if len(d.states.current()) == 0 {
+	if d.states.n == 0 {
 		return fmt.Sprintf("has more than %d numeric fields", d.opts.Limits.MaxMetricsPerEvent)
 	}
 	return fmt.Sprintf("has more than %d numeric and string fields", d.opts.Limits.MaxMetricsPerEvent)

@@ -343,9 +343,12 @@ func (s *metricSlab) abort() {
 type stateSlab struct {
 	buf   []telemetry.State
 	start int
+	// n is the number of states of the event being built: what the hot
+	// paths of numeric fields ask, without slicing.
+	n int
 }
 
-func (s *stateSlab) begin() { s.start = len(s.buf) }
+func (s *stateSlab) begin() { s.start, s.n = len(s.buf), 0 }
 
 func (s *stateSlab) add(st telemetry.State) {
 	if len(s.buf) == cap(s.buf) {
@@ -355,6 +358,7 @@ func (s *stateSlab) add(st telemetry.State) {
 		s.buf, s.start = buf, 0
 	}
 	s.buf = append(s.buf, st)
+	s.n++
 }
 
 func (s *stateSlab) current() []telemetry.State { return s.buf[s.start:] }
@@ -371,17 +375,21 @@ func (s *stateSlab) has(name string) bool {
 
 // commit ends the event being built and returns its states, nil for none.
 func (s *stateSlab) commit() []telemetry.State {
-	if len(s.buf) == s.start {
+	if s.n == 0 {
 		return nil
 	}
 	st := s.buf[s.start:len(s.buf):len(s.buf)]
-	s.start = len(s.buf)
+	s.start, s.n = len(s.buf), 0
 	return st
 }
 
 func (s *stateSlab) abort() {
+	if s.n == 0 {
+		return
+	}
 	clear(s.buf[s.start:])
 	s.buf = s.buf[:s.start]
+	s.n = 0
 }
 
 // stateName returns the interned state name b, or why it is not valid:
