@@ -163,7 +163,7 @@ func TestPartialBatch(t *testing.T) {
 	body := fmt.Sprintf(`[
 		{"machineId":"m1","timestamp":%d,"temp":1},
 		{"timestamp":%d,"temp":2},
-		{"machineId":"m1","timestamp":%d,"temp":"hot"},
+		{"machineId":"m1","timestamp":%d,"temp":["hot"]},
 		{"machineId":"m1","timestamp":%d,"temp":4}]`, now-3000, now-2000, now-1000, now)
 	r := s.do("POST", "/api/v1/events", "application/json", []byte(body))
 	if r.status != 400 || r.header.Get("Content-Type") != "application/problem+json" {

@@ -298,7 +298,7 @@ func New(opts Options, deps Deps) *API {
 	}, []string{"outcome"})
 	a.ignoredStrings = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "twinline_ingest_ignored_string_fields_total",
-		Help: "Line-protocol string fields skipped: twinline stores numeric values only.",
+		Help: "Line-protocol string fields skipped because they cannot be states (empty, over 256 bytes, control characters, invalid name).",
 	})
 	if a.clock == nil {
 		a.clock = time.Now
@@ -376,6 +376,7 @@ func (a *API) routes() []route {
 		{method: "DELETE", path: "/api/v1/machines/{id}", scope: admin, handler: a.handleMachineDelete, audit: "machine.delete"},
 		{method: "GET", path: "/api/v1/machines/{id}/latest", scope: read, handler: a.handleLatest},
 		{method: "GET", path: "/api/v1/machines/{id}/series", scope: read, handler: a.handleSeries},
+		{method: "GET", path: "/api/v1/machines/{id}/states", scope: read, handler: a.handleStates},
 		{method: "GET", path: "/api/v1/machines/{id}/notes", scope: read, handler: a.handleNotesGet},
 		{method: "POST", path: "/api/v1/machines/{id}/notes", scope: operate, handler: a.handleNotesPost, audit: "note.add"},
 		{method: "GET", path: "/api/v1/machines/{id}/twin", scope: read, handler: a.handleTwinGet},

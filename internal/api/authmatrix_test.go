@@ -83,6 +83,7 @@ var matrixRequests = map[string]matrixRequest{
 	"POST /api/v1/machines/{id}/commands":                  {"/api/v1/machines/m1/commands", "application/json", `{"name":"stop"}`, "hidden"},
 	"GET /api/v1/machines/{id}/commands/{cmdId}":           {"/api/v1/machines/m1/commands/CMD", "", "", "hidden"},
 	"POST /api/v1/machines/{id}/commands/{cmdId}/response": {"/api/v1/machines/m1/commands/CMD/response", "application/json", `{"state":"accepted"}`, "hidden"},
+	"GET /api/v1/machines/{id}/states":                     {"/api/v1/machines/m1/states?name=state", "", "", "hidden"},
 }
 
 // matrixSpan is one dashboard span in OTLP/JSON.
@@ -180,7 +181,7 @@ func newMatrixEnv(t *testing.T, scope auth.Scope) *matrixEnv {
 
 // newMatrixEnvFor is newMatrixEnv with the right and other-site
 // identities holding scope, the wrong one wrong; withStore opens an
-// embedded store (for series reads).
+// embedded store (for series and states reads).
 func newMatrixEnvFor(t *testing.T, scope, wrong auth.Scope, withStore bool) *matrixEnv {
 	t.Helper()
 	dir := t.TempDir()
@@ -369,7 +370,7 @@ func TestAuthMatrix(t *testing.T) {
 			// The right identity has exactly the route's scope (the first
 			// of them when several serve), the wrong one none of them.
 			newEnv := func() *matrixEnv {
-				return newMatrixEnvFor(t, rt.scope&-rt.scope, auth.AllScopes&^rt.scope, strings.Contains(rt.path, "series"))
+				return newMatrixEnvFor(t, rt.scope&-rt.scope, auth.AllScopes&^rt.scope, strings.Contains(rt.path, "series") || strings.Contains(rt.path, "states"))
 			}
 			refusals := []struct {
 				name   string

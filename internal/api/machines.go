@@ -168,14 +168,15 @@ func (a *API) handleLatest(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	writeJSON(w, http.StatusOK, struct {
-		Machine  string                `json:"machine"`
-		Status   string                `json:"status"`
-		Alarm    bool                  `json:"alarm"`
-		LastSeen int64                 `json:"lastSeen,omitempty"`
-		Metrics  map[string]twin.Value `json:"metrics"`
-		Rate1m   float64               `json:"rate1m"`
-		Rate5m   float64               `json:"rate5m"`
-	}{m.ID, m.Status, m.Alarm, m.LastSeen, m.Metrics, m.Rate1m, m.Rate5m})
+		Machine  string                     `json:"machine"`
+		Status   string                     `json:"status"`
+		Alarm    bool                       `json:"alarm"`
+		LastSeen int64                      `json:"lastSeen,omitempty"`
+		Metrics  map[string]twin.Value      `json:"metrics"`
+		States   map[string]twin.StateValue `json:"states,omitempty"`
+		Rate1m   float64                    `json:"rate1m"`
+		Rate5m   float64                    `json:"rate5m"`
+	}{m.ID, m.Status, m.Alarm, m.LastSeen, m.Metrics, m.States, m.Rate1m, m.Rate5m})
 }
 
 // seriesResponse is columnar: t[i] and v[i] form one point.

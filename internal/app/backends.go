@@ -65,6 +65,13 @@ func (a *App) openProcessor(src pipeline.Source, log string, sinks pipeline.Sink
 	a.cleanup = append(a.cleanup, func() { kl.Close() })
 	proc.Remember(journaled)
 	proc.JournalKeys(kl.Append)
+	// Both stores keep state series: their changes are stored with each
+	// group and go to the live stream once committed.
+	if ss, ok := a.store.(store.StateStore); ok {
+		if err := proc.States(ss, func(cs []store.StateChange) { publishStates(a.hub, cs) }, reg); err != nil {
+			return fmt.Errorf("starting the processor: %w", err)
+		}
+	}
 	return nil
 }
 

@@ -7,6 +7,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/twinline/twinline/internal/hub"
+	"github.com/twinline/twinline/internal/store"
 	"github.com/twinline/twinline/internal/stream"
 	"github.com/twinline/twinline/internal/telemetry"
 	"github.com/twinline/twinline/internal/tracing"
@@ -50,6 +51,9 @@ func (a *App) observeRemote(opts *hub.Options) {
 		}
 		a.live.ApplyMedians(us)
 	}
+	opts.OnRemoteState = func(machine string, d hub.StateData) {
+		a.live.ApplyState(machine, d.Name, d.Value, d.TS)
+	}
 	if a.pg != nil {
 		opts.OnRemoteAlarm = func(al hub.Alarm) { a.alarms.Apply(twin.Alarm(al)) }
 	}
@@ -82,4 +86,11 @@ func publishMedians(h *hub.Hub, us []twin.MedianUpdate) {
 		out[i] = hub.Median{Machine: u.Machine, Metric: u.Metric, Median: u.Median, Time: u.Time}
 	}
 	h.PublishMedians(out)
+}
+
+// publishStates sends stored state changes to the live stream.
+func publishStates(h *hub.Hub, cs []store.StateChange) {
+	for _, c := range cs {
+		h.PublishState(c.Machine, hub.StateData{Name: c.Name, Value: c.Value, TS: c.Time})
+	}
 }

@@ -93,7 +93,8 @@ type Log struct {
 }
 
 // New returns a log that holds at most capacity samples that are appended
-// and not yet acknowledged. reg may be nil.
+// and not yet acknowledged (an event's states count as samples). reg may
+// be nil.
 func New(capacity int, reg prometheus.Registerer) *Log {
 	l := &Log{capacity: capacity}
 	l.nonEmpty = sync.NewCond(&l.mu)
@@ -129,6 +130,10 @@ func (l *Log) Submit(ctx context.Context, b *telemetry.Batch) (Result, error) {
 // ErrFull, and the caller should ask its client to retry later.
 func (l *Log) Append(b *telemetry.Batch) (*Entry, error) {
 	n := b.NumSamples()
+	for i := range b.Events {
+		// States take room too: a batch of states only is not free.
+		n += len(b.Events[i].States)
+	}
 	e := &Entry{Batch: b, samples: n, log: l, done: make(chan struct{})}
 	l.mu.Lock()
 	defer l.mu.Unlock()

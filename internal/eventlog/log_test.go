@@ -49,6 +49,22 @@ func TestAppendFullAndRelease(t *testing.T) {
 	}
 }
 
+// TestStatesTakeRoom: an event's states count against the capacity, so
+// batches of states only are bounded too.
+func TestStatesTakeRoom(t *testing.T) {
+	l := New(10, nil)
+	states := &telemetry.Batch{Events: []telemetry.Event{{Machine: "m", States: make([]telemetry.State, 6)}}}
+	if _, err := l.Append(states); err != nil {
+		t.Fatal(err)
+	}
+	if got := l.Depth(); got != 6 {
+		t.Errorf("Depth = %d, want 6", got)
+	}
+	if _, err := l.Append(batch(5)); !errors.Is(err, ErrFull) {
+		t.Errorf("Append over capacity: got %v, want ErrFull", err)
+	}
+}
+
 func TestAppendTooLarge(t *testing.T) {
 	l := New(10, nil)
 	if _, err := l.Append(batch(11)); !errors.Is(err, ErrTooLarge) {

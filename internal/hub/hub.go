@@ -76,6 +76,9 @@ type Options struct {
 	// replica computed for a machine it processes (a null median is
 	// skipped), like OnRemoteSamples.
 	OnRemoteMedians func([]Median)
+	// OnRemoteState, with Redis, hears the state changes another replica
+	// stored, like OnRemoteSamples.
+	OnRemoteState func(machine string, d StateData)
 	// PublishWrite, when not nil, observes for each live message written
 	// to a client the seconds from the hub taking it (its publish, or its
 	// arrival from Redis) to the end of its write: the publish_write leg
@@ -526,6 +529,11 @@ func (h *Hub) PublishTwin(machine string, data any) { h.publishEvent(machine, Ty
 func (h *Hub) PublishCommand(machine string, cmd json.Marshaler) {
 	h.publishEvent(machine, TypeCommand, cmd)
 }
+
+// PublishState sends a change of one of a machine's state series to the
+// clients subscribed to it, as a StateMessage. Conflated streams get it as
+// it is. It never blocks on a client.
+func (h *Hub) PublishState(machine string, d StateData) { h.publishEvent(machine, TypeState, d) }
 
 // publishEvent sends a live update of type typ to the clients subscribed
 // to machine, as {"seq":N,"type":typ,"machine":machine,"data":data}; data

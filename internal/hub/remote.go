@@ -79,6 +79,18 @@ func (h *Hub) decodeRemote(d *draft, remote bool, us []fleetUpdate) []fleetUpdat
 		if len(ms) > 0 {
 			h.opts.OnRemoteMedians(ms)
 		}
+	case TypeState:
+		if h.opts.OnRemoteState == nil {
+			return us
+		}
+		data := v.Get("data")
+		name, value := data.GetStringBytes("name"), data.GetStringBytes("value")
+		if len(name) == 0 || len(value) == 0 {
+			h.metrics.busErrors.Inc()
+			h.logger.Warn("fan-out state message does not decode", "machine", d.machine)
+			return us
+		}
+		h.opts.OnRemoteState(d.machine, StateData{Name: string(name), Value: string(value), TS: data.GetInt64("ts")})
 	case TypeAlarm:
 		if h.opts.OnRemoteAlarm == nil {
 			return us

@@ -56,6 +56,9 @@ const (
 	// TypeFleet is a conflated fleet stream's periodic summary
 	// (FleetMessage).
 	TypeFleet MessageType = "fleet"
+	// TypeState is a change of one of a machine's state series
+	// (StateMessage).
+	TypeState MessageType = "state"
 )
 
 // absorbed reports whether a conflated stream takes messages of type t
@@ -305,6 +308,23 @@ type CommandTransition struct {
 	Via   string    `json:"via,omitempty"`
 }
 
+// StateMessage is a change of one of a machine's state series (a string
+// field of its events: "state", "mode"), once it is stored.
+type StateMessage struct {
+	Seq     uint64      `json:"seq"`
+	Type    MessageType `json:"type"`
+	Machine string      `json:"machine"`
+	Data    StateData   `json:"data"`
+}
+
+// StateData is the data of a StateMessage: from event time TS (Unix ms)
+// on, the state Name is Value.
+type StateData struct {
+	Name  string `json:"name"`
+	Value string `json:"value"`
+	TS    int64  `json:"ts"`
+}
+
 // FleetMessage is a conflated fleet stream's summary: each machine that
 // changed since the last one.
 type FleetMessage struct {
@@ -337,6 +357,6 @@ func Messages() map[MessageType]any {
 		TypeHello: HelloMessage{}, TypeHeartbeat: HeartbeatMessage{}, TypeReset: ResetMessage{},
 		TypeReconnect: ReconnectMessage{}, TypeSamples: SamplesMessage{}, TypeWindows: WindowsMessage{},
 		TypeMedian: MedianMessage{}, TypeStatus: StatusMessage{}, TypeAlarm: AlarmMessage{}, TypeNote: NoteMessage{},
-		TypeTwin: TwinMessage{}, TypeCommand: CommandMessage{}, TypeFleet: FleetMessage{},
+		TypeTwin: TwinMessage{}, TypeCommand: CommandMessage{}, TypeFleet: FleetMessage{}, TypeState: StateMessage{},
 	}
 }

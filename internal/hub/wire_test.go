@@ -104,6 +104,8 @@ func TestAppendersMatchTypes(t *testing.T) {
 			TwinMessage{Seq: 51, Type: TypeTwin, Machine: "press-07", Data: TwinData{Machine: "press-07", Deleted: true}}},
 		{"command", bodyDraft("press-07", &eventBody{machine: "press-07", typ: TypeCommand, data: command}).finish(50, new(message)),
 			CommandMessage{Seq: 50, Type: TypeCommand, Machine: "press-07", Data: command}},
+		{"state", bodyDraft("press-07", &eventBody{machine: "press-07", typ: TypeState, data: StateData{Name: "state", Value: "RUNNING", TS: 1764482400123}}).finish(50, new(message)),
+			StateMessage{Seq: 50, Type: TypeState, Machine: "press-07", Data: StateData{Name: "state", Value: "RUNNING", TS: 1764482400123}}},
 		{"fleet", fleet(), FleetMessage{Type: TypeFleet, Seq: 70, Machines: []FleetMachine{
 			{Machine: "m1", Status: "online", Alarm: &no, LastSeen: 10, Metrics: map[string]FleetValue{"temp": {Value: 71.2, TS: 5}, "vib": {Value: Float(math.NaN()), TS: 6}}},
 			{Machine: "m2", Status: "offline", Alarm: &yes, Metrics: map[string]FleetValue{}},
@@ -178,14 +180,20 @@ func TestRemoteCallbacks(t *testing.T) {
 	}
 	samplesA, alarmsA := make(chan gotSamples, 8), make(chan Alarm, 8)
 	samplesB, alarmsB := make(chan gotSamples, 8), make(chan Alarm, 8)
-	opts := func(s chan gotSamples, a chan Alarm) Options {
+	statesB := make(chan StateMessage, 8)
+	opts := func(s chan gotSamples, a chan Alarm, st chan StateMessage) Options {
 		return Options{
 			OnRemoteSamples: func(m string, ts int64, ss []telemetry.Sample) { s <- gotSamples{m, ts, ss} },
 			OnRemoteAlarm:   func(al Alarm) { a <- al },
+			OnRemoteState: func(m string, d StateData) {
+				if st != nil {
+					st <- StateMessage{Machine: m, Data: d}
+				}
+			},
 		}
 	}
-	a := newReplica(t, redisAddr(), prefix, opts(samplesA, alarmsA))
-	newReplica(t, redisAddr(), prefix, opts(samplesB, alarmsB))
+	a := newReplica(t, redisAddr(), prefix, opts(samplesA, alarmsA, nil))
+	newReplica(t, redisAddr(), prefix, opts(samplesB, alarmsB, statesB))
 	onA := dial(t, ctx, a.srv, transportWS, "all=1", nil)
 	onA.hello(t, ctx)
 
@@ -200,6 +208,7 @@ func TestRemoteCallbacks(t *testing.T) {
 	al := Alarm{ID: "a1", Machine: "press-07", Metric: "temp", Kind: "high", Limit: &limit, State: "active", RaisedAt: raised}
 	a.hub.PublishAlarm(al)
 	a.hub.PublishStatus("press-07", "online", true, 5000)
+	a.hub.PublishState("press-07", StateData{Name: "state", Value: "DOWN", TS: 1003})
 	a.hub.PublishNote(Note{ID: "n1", Machine: "press-07", Text: "x", Time: raised})
 
 	var got []gotSamples
@@ -225,6 +234,14 @@ func TestRemoteCallbacks(t *testing.T) {
 		}
 	case <-ctx.Done():
 		t.Fatal("B did not hear A's alarm")
+	}
+	select {
+	case st := <-statesB:
+		if diff := cmp.Diff(st, StateMessage{Machine: "press-07", Data: StateData{Name: "state", Value: "DOWN", TS: 1003}}); diff != "" {
+			t.Errorf("remote state (-got +want):\n%s", diff)
+		}
+	case <-ctx.Done():
+		t.Fatal("B did not hear A's state change")
 	}
 	// Once A's client has the note, everything A published has come back
 	// to A (callbacks are called before the clients get a message): A

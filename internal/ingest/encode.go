@@ -39,15 +39,16 @@ func (e *EventError) Error() string {
 // The timestamp is epoch milliseconds; id appears when not empty, seq when
 // HasSeq, tags when there are any, in key order. Metrics follow as
 // top-level fields, in ev's order; when one of them is named like a
-// reserved field (machineId, timestamp, id, seq, tags, metrics), all of
-// them go in a "metrics" object instead. Strings are written by
+// reserved field (machineId, timestamp, id, seq, tags, metrics, states),
+// all of them go in a "metrics" object instead. States, if any, go last in
+// a "states" object, in ev's order. Strings are written by
 // jsonenc.AppendString and numbers by jsonenc.AppendFloat, as encoding/json
 // writes them.
 //
 // It refuses, with an *EventError and dst as it was, an event that every
 // decoder configuration refuses: a machine id that is empty or breaks the
-// machine-id rules, no metrics, an invalid or repeated metric name, a
-// non-finite value, an id longer than MaxEventIDLen, a tag with an empty
+// machine-id rules, no metrics and no states, an invalid or repeated metric
+// or state name, a non-finite value, an invalid state value, an id longer than MaxEventIDLen, a tag with an empty
 // key or a value longer than MaxTagValueLen, text that is not valid UTF-8
 // or holds control characters, and a timestamp no JSON number carries
 // exactly (beyond ±2^53 ms, unless a float64 holds it). It does not apply
@@ -78,22 +79,37 @@ func AppendEvent(dst []byte, ev *telemetry.Event) ([]byte, error) {
 			return dst, &EventError{Machine: ev.Machine, Field: field, Reason: reason}
 		}
 	}
-	if nested {
-		b = append(b, `,"metrics":{`...)
-	} else {
-		b = append(b, ',')
-	}
-	for i, m := range ev.Metrics {
-		if i > 0 {
+	if len(ev.Metrics) > 0 {
+		if nested {
+			b = append(b, `,"metrics":{`...)
+		} else {
 			b = append(b, ',')
 		}
-		// A valid metric name needs no escaping.
-		b = append(b, '"')
-		b = append(b, m.Name...)
-		b = append(b, '"', ':')
-		b = jsonenc.AppendFloat(b, m.Value)
+		for i, m := range ev.Metrics {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			// A valid metric name needs no escaping.
+			b = append(b, '"')
+			b = append(b, m.Name...)
+			b = append(b, '"', ':')
+			b = jsonenc.AppendFloat(b, m.Value)
+		}
+		if nested {
+			b = append(b, '}')
+		}
 	}
-	if nested {
+	if len(ev.States) > 0 {
+		b = append(b, `,"states":{`...)
+		for i, st := range ev.States {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = append(b, '"')
+			b = append(b, st.Name...)
+			b = append(b, '"', ':')
+			b = jsonenc.AppendString(b, st.Value)
+		}
 		b = append(b, '}')
 	}
 	return append(b, '}'), nil
@@ -151,8 +167,13 @@ func eventProblem(ev *telemetry.Event) (nested bool, field, reason string) {
 			return false, "id", p
 		}
 	}
-	if len(ev.Metrics) == 0 {
+	if len(ev.Metrics) == 0 && len(ev.States) == 0 {
 		return false, "", "no metrics"
+	}
+	if len(ev.States) > 0 {
+		if field, reason := statesProblem(ev); reason != "" {
+			return false, field, reason
+		}
 	}
 	var seen map[string]struct{}
 	if len(ev.Metrics) > maxLinearDup {
@@ -184,11 +205,36 @@ func eventProblem(ev *telemetry.Event) (nested bool, field, reason string) {
 	return nested, "", ""
 }
 
+// statesProblem says why the states of ev cannot be encoded (field,
+// reason), or "".
+func statesProblem(ev *telemetry.Event) (field, reason string) {
+	for i, st := range ev.States {
+		field := "states." + st.Name
+		if p := metricNameProblem(bytesOf(st.Name), math.MaxInt); p != "" {
+			return field, "state " + strings.TrimPrefix(p, "metric ")
+		}
+		if p := stateValueProblem(bytesOf(st.Value)); p != "" {
+			return field, p
+		}
+		for _, prev := range ev.States[:i] {
+			if prev.Name == st.Name {
+				return field, "given twice"
+			}
+		}
+		for _, m := range ev.Metrics {
+			if m.Name == st.Name {
+				return field, "given twice"
+			}
+		}
+	}
+	return "", ""
+}
+
 // reservedField reports whether name is a top-level field of an event
 // object that is not a metric.
 func reservedField(name string) bool {
 	switch name {
-	case "machineId", "timestamp", "id", "seq", "tags", "metrics":
+	case "machineId", "timestamp", "id", "seq", "tags", "metrics", "states":
 		return true
 	}
 	return false

@@ -226,6 +226,13 @@ func FuzzEventRoundTrip(f *testing.F) {
 		if tagK != "" || tagV != "" {
 			e.Tags = map[string]string{tagK: tagV}
 		}
+		if seq&1 == 1 {
+			// The tag read as a state too, or instead of the metrics.
+			e.States = []telemetry.State{{Name: tagK, Value: tagV}}
+			if seq&2 == 2 {
+				e.Metrics = nil
+			}
+		}
 		if b, err := AppendEvent([]byte("x"), &e); err == nil {
 			roundTrip(t, &e)
 			if b[0] != 'x' {
@@ -238,7 +245,7 @@ func FuzzEventRoundTrip(f *testing.F) {
 			if !errors.As(err, &ee) || ee.Reason == "" {
 				t.Fatalf("AppendEvent error = %v, want an *EventError with a reason", err)
 			}
-			tagTooLong := len(tagV) > MaxTagValueLen
+			tagTooLong := len(tagV) > MaxTagValueLen || len(e.States) > 0 && len(tagV) > MaxStateValueLen
 			if checkEvent(e, unlimited()) == "" && timeProblem(ts) == "" && !tagTooLong {
 				t.Fatalf("AppendEvent refused %+v (%v), which a decoder may produce", e, err)
 			}

@@ -29,6 +29,7 @@ var jsonSeeds = []string{
 	"\xEF\xBB\xBF[{\"machineId\":\"Presse-\xc3\x9c1\",\"timestamp\":\"2026-11-30T07:00:00+01:00\",\"x\":true}]",
 	`[{"machineId":"a\ud800","x":1},{"machineId":"b","tags":{"k\udc00":"\x"},"x":1},{"machineId":"\ud83d\ude00\u200b","x":1}]`,
 	`{"machineId":"m","id":"\ud800\u0041\u12","metrics":{"t\\":1}}`,
+	`[{"machineId":"m","state":"RUNNING","x":1},{"machineId":"m","states":{"mode":"auto","state":"DOWN"}},{"machineId":"m","s":"","t":"a\u0001"},{"machineId":"m","s":"x","states":{"s":"y"}},{"machineId":"m","states":{"a":1}},{"machineId":"m","states":null,"p":"Ü"}]`,
 	`{"a":1,}`,
 	`[]`,
 	`42`,
@@ -40,6 +41,7 @@ var lpSeeds = []string{
 	"m,host=h\nm,host=h x=abc\nm x=1\nm,host=h s=\"two\nlines\",x=2\nm,host=h x=1,x=2 1\nm,host=a/b x=1 -5\n",
 	"m,host=h s=\"open\nm,host=h x=2\n",
 	"plant\\ a,host=h x=1 9223372036854775807\n\tm,host=h x=1\n",
+	"m,host=h state=\"RUNNING\",x=1\nm,host=h state=\"\"\nm,host=h a=\"1\",b=\"2\",c=\"3\",d=\"4\",e=\"5\"\nm,host=h x=\"s\",x=1\nm,host=h b\\ c=\"v\"\n",
 }
 
 func FuzzDecodeJSON(f *testing.F) {

@@ -65,6 +65,9 @@ func render(events []telemetry.Event, rejects []Reject, stats Stats) []byte {
 		for _, m := range e.Metrics {
 			fmt.Fprintf(&b, " %s=%v", m.Name, m.Value)
 		}
+		for _, st := range e.States {
+			fmt.Fprintf(&b, " state:%s=%q", st.Name, st.Value)
+		}
 		for _, k := range slices.Sorted(func(yield func(string) bool) {
 			for k := range e.Tags {
 				if !yield(k) {

@@ -48,6 +48,14 @@ func ev(machine string, time int64, metrics ...any) telemetry.Event {
 	return e
 }
 
+// withStates adds states (name, value pairs) to e.
+func withStates(e telemetry.Event, states ...string) telemetry.Event {
+	for i := 0; i < len(states); i += 2 {
+		e.States = append(e.States, telemetry.State{Name: states[i], Value: states[i+1]})
+	}
+	return e
+}
+
 func toFloat(v any) float64 {
 	switch v := v.(type) {
 	case int:
@@ -65,8 +73,8 @@ func checkEvent(e telemetry.Event, opts Options) string {
 	if p := machineIDProblem([]byte(e.Machine), opts.Limits.MaxMachineIDLen); p != "" {
 		return fmt.Sprintf("machine %q: %s", e.Machine, p)
 	}
-	if len(e.Metrics) == 0 || len(e.Metrics) > opts.Limits.MaxMetricsPerEvent {
-		return fmt.Sprintf("%d metrics", len(e.Metrics))
+	if n := len(e.Metrics) + len(e.States); n == 0 || n > opts.Limits.MaxMetricsPerEvent {
+		return fmt.Sprintf("%d metrics and %d states", len(e.Metrics), len(e.States))
 	}
 	seen := map[string]bool{}
 	for _, m := range e.Metrics {
@@ -83,6 +91,21 @@ func checkEvent(e telemetry.Event, opts Options) string {
 	}
 	if cap(e.Metrics) != len(e.Metrics) {
 		return "metrics slice has spare capacity another event may share"
+	}
+	for _, st := range e.States {
+		if p := metricNameProblem([]byte(st.Name), opts.Limits.MaxMetricNameLen); p != "" {
+			return fmt.Sprintf("state %q: %s", st.Name, p)
+		}
+		if seen[st.Name] {
+			return fmt.Sprintf("state %q twice (or also a metric)", st.Name)
+		}
+		seen[st.Name] = true
+		if p := stateValueProblem([]byte(st.Value)); p != "" {
+			return fmt.Sprintf("state %q = %q: %s", st.Name, st.Value, p)
+		}
+	}
+	if cap(e.States) != len(e.States) {
+		return "states slice has spare capacity another event may share"
 	}
 	if opts.MinTime != 0 && e.Time < opts.MinTime || opts.MaxTime != 0 && e.Time > opts.MaxTime {
 		return fmt.Sprintf("time %d outside [%d, %d]", e.Time, opts.MinTime, opts.MaxTime)
@@ -108,6 +131,10 @@ func cloneEvents(events []telemetry.Event) []telemetry.Event {
 		c.Metrics = nil
 		for _, m := range e.Metrics {
 			c.Metrics = append(c.Metrics, telemetry.Metric{Name: string([]byte(m.Name)), Value: m.Value})
+		}
+		c.States = nil
+		for _, st := range e.States {
+			c.States = append(c.States, telemetry.State{Name: string([]byte(st.Name)), Value: string([]byte(st.Value))})
 		}
 		if e.Tags != nil {
 			c.Tags = map[string]string{}

@@ -11,9 +11,12 @@
 // Limits.MaxMachineIDLen bytes of UTF-8 without white space, control
 // characters or any of / + # ? (it becomes a URL path segment and an MQTT
 // topic level). A metric name is 1 to Limits.MaxMetricNameLen bytes of
-// A-Z a-z 0-9 _ . : - and appears once per event. Values are finite. An
-// event carries 1 to Limits.MaxMetricsPerEvent metrics, and its time must lie
-// within [Options.MinTime, Options.MaxTime].
+// A-Z a-z 0-9 _ . : - and appears once per event. Values are finite. String
+// fields are states (telemetry.State): named as metrics, sharing an event's
+// names with them, with values of 1 to MaxStateValueLen bytes of UTF-8
+// without control characters. An event carries 1 to
+// Limits.MaxMetricsPerEvent metrics and states, and its time must lie within
+// [Options.MinTime, Options.MaxTime].
 //
 // Strings in the returned events never alias the body: the caller may reuse
 // the body buffer as soon as a decoder returns. Repeated strings (machine ids,

@@ -20,9 +20,13 @@ import (
 // milliseconds (integer or fraction, floored); without it the event gets a
 // server stamp (see Stamper). id (a string) and seq (a non-negative integer) are optional, and
 // so is tags, an object of strings. Every other top-level field is a metric
-// and must be a number (booleans count as 1 and 0); a "metrics" object of
-// numbers may carry more of them. null in id, seq, tags, metrics or
-// timestamp means absent.
+// when it is a number (booleans count as 1 and 0) and a state when it is a
+// string ("state":"RUNNING"); a "metrics" object of numbers may carry more
+// metrics, and a "states" object of strings more states. A state value is
+// 1 to MaxStateValueLen bytes of UTF-8 without control characters; its
+// name follows the metric-name rules, and metrics and states of one event
+// share the names and the Limits.MaxMetricsPerEvent budget. null in id,
+// seq, tags, metrics, states or timestamp means absent.
 //
 // Strings are decoded as JSON says; an escape that stands for no text
 // (a lone UTF-16 surrogate such as \ud800, or an unknown one such as \x)
@@ -163,7 +167,7 @@ func isBlank(b []byte) bool {
 // estimateMetrics guesses the number of metrics of an event object.
 func estimateMetrics(o *fastjson.Object) int {
 	n := o.Len()
-	for _, k := range [...]string{"machineId", "timestamp", "id", "seq", "tags"} {
+	for _, k := range [...]string{"machineId", "timestamp", "id", "seq", "tags", "states"} {
 		if o.Get(k) != nil {
 			n--
 		}
@@ -217,7 +221,7 @@ func (e *SyntaxError) lineReason() string {
 // jsonItem is the event being decoded from one JSON object.
 type jsonItem struct {
 	ev     telemetry.Event
-	seen   uint8 // fields met, to find one given twice
+	seen   uint16 // fields met, to find one given twice
 	failed bool
 	// numericTime says the timestamp was a number, for a hint when it is out
 	// of range.
@@ -226,12 +230,13 @@ type jsonItem struct {
 }
 
 const (
-	seenMachine uint8 = 1 << iota
+	seenMachine uint16 = 1 << iota
 	seenTime
 	seenID
 	seenSeq
 	seenTags
 	seenMetrics
+	seenStates
 	hasTime
 	hasMachine
 )
@@ -242,7 +247,7 @@ func (it *jsonItem) fail(field, reason string) {
 }
 
 // once marks a reserved field seen, and fails the item if it was already.
-func (it *jsonItem) once(flag uint8, field string) bool {
+func (it *jsonItem) once(flag uint16, field string) bool {
 	if it.seen&flag != 0 {
 		it.fail(field, "given twice")
 		return false
@@ -270,14 +275,15 @@ func (d *decoder) decodeItem(v *fastjson.Value, index int, raw []byte) {
 	d.item = jsonItem{rej: Reject{Index: index}}
 	it := &d.item
 	d.slab.begin()
+	d.states.begin()
 	o.Visit(d.visitTop)
 	d.endEvent()
 	if !it.failed {
 		switch {
 		case it.seen&hasMachine == 0:
 			it.fail("machineId", "missing")
-		case len(d.slab.current()) == 0:
-			it.fail("", `no metrics: send numeric fields ("temp": 71.3) or a "metrics" object`)
+		case len(d.slab.current()) == 0 && d.states.n == 0:
+			it.fail("", `no metrics: send numeric fields ("temp": 71.3), a "metrics" object or states ("state": "RUNNING")`)
 		default:
 			if it.seen&hasTime == 0 {
 				var p string
@@ -293,10 +299,12 @@ func (d *decoder) decodeItem(v *fastjson.Value, index int, raw []byte) {
 	}
 	if it.failed {
 		d.slab.abort()
+		d.states.abort()
 		d.addReject(it.rej)
 		return
 	}
 	it.ev.Metrics = d.slab.commit()
+	it.ev.States = d.states.commit()
 	d.events = append(d.events, it.ev)
 	d.emitted()
 }
@@ -366,9 +374,58 @@ func (d *decoder) topField(k []byte, v *fastjson.Value) {
 		default:
 			it.fail("metrics", "must be an object of numbers, got "+typeName(v))
 		}
+	case "states":
+		if !it.once(seenStates, "states") {
+			return
+		}
+		switch v.Type() {
+		case fastjson.TypeNull:
+		case fastjson.TypeObject:
+			o, _ := v.Object()
+			o.Visit(d.visitStates)
+		default:
+			it.fail("states", "must be an object of strings, got "+typeName(v))
+		}
 	default:
 		d.metric(k, v, false)
 	}
+}
+
+// nestedState handles one field of the current item's states object.
+func (d *decoder) nestedState(k []byte, v *fastjson.Value) {
+	if d.item.failed {
+		return
+	}
+	if v.Type() != fastjson.TypeString {
+		d.item.fail("states."+string(k), "must be a string, got "+typeName(v))
+		return
+	}
+	d.state(k, v, "states."+string(k))
+}
+
+// state adds the string v as the state k of the current item; field names
+// it in a reject.
+func (d *decoder) state(k []byte, v *fastjson.Value, field string) {
+	it := &d.item
+	b, _ := v.StringBytes()
+	if p := stateValueProblem(b); p != "" {
+		it.fail(field, p)
+		return
+	}
+	name, p := d.stateName(k)
+	if p != "" {
+		it.fail(field, p)
+		return
+	}
+	if len(d.slab.current())+d.states.n >= d.opts.Limits.MaxMetricsPerEvent {
+		it.fail("", fmt.Sprintf("has more than %d metrics and states", d.opts.Limits.MaxMetricsPerEvent))
+		return
+	}
+	if d.states.has(name) || d.hasMetric(name) {
+		it.fail(field, "given twice")
+		return
+	}
+	d.states.add(telemetry.State{Name: name, Value: d.stateValue(b)})
 }
 
 // nestedMetric handles one field of the current item's metrics object.
@@ -382,6 +439,10 @@ func (d *decoder) metric(k []byte, v *fastjson.Value, nested bool) {
 	it := &d.item
 	f, p := d.metricValue(v)
 	if p != "" {
+		if !nested && v.Type() == fastjson.TypeString {
+			d.state(k, v, string(k))
+			return
+		}
 		it.fail(metricField(k, nested), p)
 		return
 	}
@@ -391,11 +452,15 @@ func (d *decoder) metric(k []byte, v *fastjson.Value, nested bool) {
 		it.fail(metricField(k, nested), p)
 		return
 	}
-	if pos >= d.opts.Limits.MaxMetricsPerEvent {
-		it.fail("", fmt.Sprintf("has more than %d metrics", d.opts.Limits.MaxMetricsPerEvent))
+	if ns := d.states.n; pos+ns >= d.opts.Limits.MaxMetricsPerEvent {
+		if ns > 0 {
+			it.fail("", fmt.Sprintf("has more than %d metrics and states", d.opts.Limits.MaxMetricsPerEvent))
+		} else {
+			it.fail("", fmt.Sprintf("has more than %d metrics", d.opts.Limits.MaxMetricsPerEvent))
+		}
 		return
 	}
-	if d.duplicate(name) {
+	if d.duplicate(name) || (d.states.n > 0 && d.states.has(name)) {
 		it.fail(metricField(k, it.seen&seenMetrics != 0), "given twice")
 		return
 	}
@@ -426,7 +491,7 @@ func (d *decoder) metricValue(v *fastjson.Value) (float64, string) {
 	case fastjson.TypeFalse:
 		return 0, ""
 	case fastjson.TypeString:
-		return 0, "must be a number, got string; put string labels in tags"
+		return 0, "must be a number, got string; put states in a \"states\" object, string labels in tags"
 	default:
 		return 0, "must be a number, got " + typeName(v)
 	}

@@ -181,10 +181,19 @@ func TestDecodeJSONRejects(t *testing.T) {
 			func(o *Options) { o.Limits.MaxMetricsPerEvent = 2 }, "tags", "has more than 2 tags"},
 
 		{"metrics not an object", `{"machineId":"m1","metrics":[1,2]}`, nil, "metrics", "must be an object of numbers, got array"},
-		{"metrics value string", `{"machineId":"m1","metrics":{"x":"1"}}`, nil, "metrics.x", "must be a number, got string; put string labels in tags"},
+		{"metrics value string", `{"machineId":"m1","metrics":{"x":"1"}}`, nil, "metrics.x", `must be a number, got string; put states in a "states" object, string labels in tags`},
 		{"metrics value null", `{"machineId":"m1","metrics":{"x":null}}`, nil, "metrics.x", "must be a number, got null"},
 		{"metrics given twice", `{"machineId":"m1","metrics":{"x":1},"metrics":{"y":1}}`, nil, "metrics", "given twice"},
-		{"top-level string", `{"machineId":"m1","status":"running","temp":1}`, nil, "status", "must be a number, got string; put string labels in tags"},
+		{"empty state", `{"machineId":"m1","status":"","temp":1}`, nil, "status", "state value must not be empty"},
+		{"state too long", `{"machineId":"m1","status":"` + strings.Repeat("x", 257) + `"}`, nil, "status", "state value is longer than 256 bytes"},
+		{"state control char", `{"machineId":"m1","states":{"s":"a\u0007"}}`, nil, "states.s", "state value must not contain control characters"},
+		{"state bad name", `{"machineId":"m1","states":{"a b":"x"}}`, nil, "states.a b", "state name may contain only A-Z a-z 0-9 _ . : - (found ' ')"},
+		{"states not object", `{"machineId":"m1","states":["x"]}`, nil, "states", "must be an object of strings, got array"},
+		{"states entry not string", `{"machineId":"m1","states":{"s":1}}`, nil, "states.s", "must be a string, got number"},
+		{"state and metric same name", `{"machineId":"m1","s":1,"states":{"s":"x"}}`, nil, "states.s", "given twice"},
+		{"metric after state same name", `{"machineId":"m1","states":{"s":"x"},"metrics":{"s":1}}`, nil, "metrics.s", "given twice"},
+		{"state twice", `{"machineId":"m1","s":"y","states":{"s":"x"}}`, nil, "states.s", "given twice"},
+		{"states twice", `{"machineId":"m1","states":{},"states":{"s":"x"}}`, nil, "states", "given twice"},
 		{"top-level null", `{"machineId":"m1","temp":null}`, nil, "temp", "must be a number, got null"},
 		{"top-level array", `{"machineId":"m1","temp":[1]}`, nil, "temp", "must be a number, got array"},
 		{"top-level object", `{"machineId":"m1","extra":{"a":1}}`, nil, "extra", "must be a number, got object"},
@@ -201,11 +210,11 @@ func TestDecodeJSONRejects(t *testing.T) {
 		{"metric name too long", `{"machineId":"m1","` + long + `":1}`, nil, long, "metric name is longer than 128 bytes"},
 		{"too many metrics", `{"machineId":"m1","a":1,"b":2,"c":3}`,
 			func(o *Options) { o.Limits.MaxMetricsPerEvent = 2 }, "", "has more than 2 metrics"},
-		{"no metrics", `{"machineId":"m1","timestamp":1}`, nil, "", `no metrics: send numeric fields ("temp": 71.3) or a "metrics" object`},
+		{"no metrics", `{"machineId":"m1","timestamp":1}`, nil, "", `no metrics: send numeric fields ("temp": 71.3), a "metrics" object or states ("state": "RUNNING")`},
 		{"empty metrics object", `{"machineId":"m1","metrics":{}}`, nil, "", "no metrics: …"},
 		{"not an object", `42`, nil, "", "must be a JSON object, got number"},
 		{"string body", `"hello"`, nil, "", "must be a JSON object, got string"},
-		{"first problem wins", `{"status":"ok","machineId":""}`, nil, "status", "must be a number, got string; put string labels in tags"},
+		{"first problem wins", `{"status":"","machineId":""}`, nil, "status", "state value must not be empty"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -249,7 +258,7 @@ func checkReject(t *testing.T, got Reject, index int, field, reason string) {
 func TestDecodeJSONMixedBatchKeepsValidRest(t *testing.T) {
 	body := `[
 		{"machineId":"m1","temp":1},
-		{"machineId":"m1","temp":"hot"},
+		{"machineId":"m1","temp":[1]},
 		"not an object",
 		{"machineId":"m2","temp":2},
 		{"temp":3},
@@ -268,7 +277,7 @@ func TestDecodeJSONMixedBatchKeepsValidRest(t *testing.T) {
 		t.Errorf("events mismatch (-got +want):\n%s", diff)
 	}
 	wantRejects := []Reject{
-		{Index: 1, Field: "temp", Reason: "must be a number, got string; put string labels in tags"},
+		{Index: 1, Field: "temp", Reason: "must be a number, got array"},
 		{Index: 2, Field: "", Reason: "must be a JSON object, got string"},
 		{Index: 4, Field: "machineId", Reason: "missing"},
 		{Index: 5, Field: "metrics.temp", Reason: "given twice"},
@@ -368,7 +377,7 @@ func TestDecodeJSONInternsStrings(t *testing.T) {
 // pool of working state, so every call must get exactly its own output.
 func TestConcurrentDecoding(t *testing.T) {
 	body := func(i int) []byte {
-		return fmt.Appendf(nil, `[{"machineId":"m%d","id":"e%d","tags":{"k":"v%d"},"x%d":%d},{"machineId":"m%d","bad":"x"}]`, i, i, i, i, i, i)
+		return fmt.Appendf(nil, `[{"machineId":"m%d","id":"e%d","tags":{"k":"v%d"},"x%d":%d},{"machineId":"m%d","bad":{}}]`, i, i, i, i, i, i)
 	}
 	done := make(chan error)
 	for g := range 4 {

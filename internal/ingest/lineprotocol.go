@@ -49,8 +49,10 @@ func ParsePrecision(s string) (lineprotocol.Precision, error) {
 
 // Stats counts what a line-protocol decode skipped without rejecting.
 type Stats struct {
-	// IgnoredStringFields counts string fields: they carry no number, so
-	// they are skipped, and a line keeps its numeric fields.
+	// IgnoredStringFields counts the string fields that cannot be states
+	// (an empty value, one longer than MaxStateValueLen or holding control
+	// characters, an invalid name): they are skipped, and a line keeps its
+	// other fields.
 	IgnoredStringFields int
 }
 
@@ -68,8 +70,11 @@ func DecodeLineProtocol(body []byte, precision lineprotocol.Precision, opts Opti
 // carries (in the order of opts.MachineTags, not of the line); other tags
 // are dropped, as they are not part of a series' identity. Each numeric
 // field becomes the metric <measurement>_<field>: floats, integers and
-// unsigned integers as their value, booleans as 1 and 0. String fields are
-// skipped and counted in Stats. The timestamp is read in the given
+// unsigned integers as their value, booleans as 1 and 0. Each string field
+// becomes the state <measurement>_<field> (see DecodeJSON for the rules of
+// a state); one that cannot be a state is skipped and counted in Stats
+// rather than rejecting its line, which keeps the lines that send free
+// text next to their numbers. The timestamp is read in the given
 // precision and floored to milliseconds; without one the event gets a
 // server stamp (see Stamper).
 //
@@ -104,6 +109,11 @@ func decodeLineProtocol(body []byte, precision lineprotocol.Precision, opts Opti
 		// Start again; what the fast path flushed is decoded again, and
 		// dropped.
 		d.events, d.rejects, d.rejected, d.stats = d.events[:base], d.rejects[:0], 0, Stats{}
+		if d.local != nil {
+			// The call's own stamps start again too (a shared Stamper
+			// cannot take back those it gave: they only move ahead).
+			d.local.reset()
+		}
 		if s := d.stream.sink; s != nil {
 			d.stream.skip = s.Flushed
 		}
@@ -284,6 +294,7 @@ func (d *decoder) decodeEntry(dec *lineprotocol.Decoder, m []byte, line int, pre
 	}
 
 	d.slab.begin()
+	d.states.begin()
 	d.nameBuf = append(append(d.nameBuf[:0], d.measurement...), '_')
 	prefix := len(d.nameBuf)
 	var fieldRej Reject // the first problem with a numeric field
@@ -291,6 +302,7 @@ func (d *decoder) decodeEntry(dec *lineprotocol.Decoder, m []byte, line int, pre
 		k, v, err := dec.NextField()
 		if err != nil {
 			d.slab.abort()
+			d.states.abort()
 			d.endEvent()
 			d.syntaxReject(line, err)
 			return
@@ -311,7 +323,9 @@ func (d *decoder) decodeEntry(dec *lineprotocol.Decoder, m []byte, line int, pre
 				f = 1
 			}
 		default:
-			d.stats.IgnoredStringFields++
+			if fieldRej.Reason == "" {
+				fieldRej = d.lineState(k, v.BytesV(), prefix)
+			}
 			continue
 		}
 		if fieldRej.Reason != "" {
@@ -323,9 +337,9 @@ func (d *decoder) decodeEntry(dec *lineprotocol.Decoder, m []byte, line int, pre
 		switch {
 		case p != "":
 			fieldRej = Reject{Field: string(k), Reason: fmt.Sprintf("%s: %s", p, quoteTrunc(d.nameBuf))}
-		case pos >= d.opts.Limits.MaxMetricsPerEvent:
-			fieldRej = Reject{Reason: fmt.Sprintf("has more than %d numeric fields", d.opts.Limits.MaxMetricsPerEvent)}
-		case d.duplicate(name):
+		case pos+d.states.n >= d.opts.Limits.MaxMetricsPerEvent:
+			fieldRej = Reject{Reason: d.tooManyFields()}
+		case d.duplicate(name) || (d.states.n > 0 && d.states.has(name)):
 			fieldRej = Reject{Field: string(k), Reason: "given twice"}
 		default:
 			d.slab.add(telemetry.Metric{Name: name, Value: f})
@@ -335,6 +349,7 @@ func (d *decoder) decodeEntry(dec *lineprotocol.Decoder, m []byte, line int, pre
 	tb, err := dec.TimeBytes()
 	if err != nil {
 		d.slab.abort()
+		d.states.abort()
 		d.syntaxReject(line, err)
 		return
 	}
@@ -349,8 +364,8 @@ func (d *decoder) decodeEntry(dec *lineprotocol.Decoder, m []byte, line int, pre
 		field, reason = "tags", d.noTagReason
 	case fieldRej.Reason != "":
 		field, reason = fieldRej.Field, fieldRej.Reason
-	case len(d.slab.current()) == 0:
-		reason = "no numeric field"
+	case len(d.slab.current()) == 0 && d.states.n == 0:
+		reason = "no numeric or string field"
 	default:
 		var p string
 		if ev.Machine, p = d.machine(d.machineBuf); p != "" {
@@ -377,12 +392,46 @@ func (d *decoder) decodeEntry(dec *lineprotocol.Decoder, m []byte, line int, pre
 	}
 	if reason != "" {
 		d.slab.abort()
+		d.states.abort()
 		d.reject(line, field, reason)
 		return
 	}
 	ev.Metrics = d.slab.commit()
+	ev.States = d.states.commit()
 	d.events = append(d.events, ev)
 	d.emitted()
+}
+
+// lineState adds the string field k=v of the entry being decoded as a
+// state, skips it (counted) when it cannot be one, or returns the reject of
+// its line: too many fields, a name given twice.
+func (d *decoder) lineState(k, v []byte, prefix int) Reject {
+	d.nameBuf = append(d.nameBuf[:prefix], k...)
+	if stateValueProblem(v) != "" {
+		d.stats.IgnoredStringFields++
+		return Reject{}
+	}
+	name, p := d.stateName(d.nameBuf)
+	switch {
+	case p != "":
+		d.stats.IgnoredStringFields++
+	case len(d.slab.current())+d.states.n >= d.opts.Limits.MaxMetricsPerEvent:
+		return Reject{Reason: d.tooManyFields()}
+	case d.states.has(name) || d.hasMetric(name):
+		return Reject{Field: string(k), Reason: "given twice"}
+	default:
+		d.states.add(telemetry.State{Name: name, Value: d.stateValue(v)})
+	}
+	return Reject{}
+}
+
+// tooManyFields is the reason of a line with more fields than
+// MaxMetricsPerEvent.
+func (d *decoder) tooManyFields() string {
+	if d.states.n == 0 {
+		return fmt.Sprintf("has more than %d numeric fields", d.opts.Limits.MaxMetricsPerEvent)
+	}
+	return fmt.Sprintf("has more than %d numeric and string fields", d.opts.Limits.MaxMetricsPerEvent)
 }
 
 // precisionHint suggests the precision under which an out-of-range

@@ -47,11 +47,10 @@ func TestDecodeNDJSON(t *testing.T) {
 				`{"machineId":"m1","x":1} trailing`,
 				`{"x":3}`,
 			}, "\n"),
-			wantEvents: []telemetry.Event{ev("m1", testNow, "x", 1), ev("m2", testNow, "x", 2)},
+			wantEvents: []telemetry.Event{ev("m1", testNow, "x", 1), withStates(ev("m1", testNow+1), "x", "one"), ev("m2", testNow, "x", 2)},
 			wantRejects: []Reject{
 				{Index: 2, Reason: "invalid JSON at column 23: invalid character '}' looking for beginning of value"},
 				{Index: 4, Reason: "must be a JSON object, got array"},
-				{Index: 5, Field: "x", Reason: "must be a number, got string; put string labels in tags"},
 				{Index: 7, Reason: "invalid JSON at column 26: invalid character 't' after top-level value"},
 				{Index: 8, Field: "machineId", Reason: "missing"},
 			},

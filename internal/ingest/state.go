@@ -1,6 +1,7 @@
 package ingest
 
 import (
+	"strings"
 	"sync"
 	"unsafe"
 
@@ -25,8 +26,10 @@ type decoder struct {
 	// it is reset per call.
 	local *Stamper
 
-	slab  metricSlab
-	arena []byte // backing bytes of event ids, append-only
+	slab metricSlab
+	// states holds the states of the call's events, as slab the metrics.
+	states stateSlab
+	arena  []byte // backing bytes of event ids, append-only
 
 	// Intern maps hold validated machine ids and metric names, and tag keys
 	// and values, so repeated strings share one allocation. Their entries
@@ -50,12 +53,14 @@ type decoder struct {
 	seen map[string]struct{}
 
 	// JSON state.
-	parser     fastjson.Parser
-	item       jsonItem
-	visitTop   func(key []byte, v *fastjson.Value)
-	visitNest  func(key []byte, v *fastjson.Value)
-	visitTags  func(key []byte, v *fastjson.Value)
-	numScratch []byte
+	parser    fastjson.Parser
+	item      jsonItem
+	visitTop  func(key []byte, v *fastjson.Value)
+	visitNest func(key []byte, v *fastjson.Value)
+	visitTags func(key []byte, v *fastjson.Value)
+	// visitStates handles an entry of a "states" object.
+	visitStates func(key []byte, v *fastjson.Value)
+	numScratch  []byte
 	// rawItem holds an array item's JSON text while its escapes are checked.
 	rawItem []byte
 
@@ -93,6 +98,7 @@ var decoderPool = sync.Pool{New: func() any {
 	d.visitTop = d.topField
 	d.visitNest = d.nestedMetric
 	d.visitTags = d.tag
+	d.visitStates = d.nestedState
 	return d
 }}
 
@@ -122,6 +128,7 @@ func (d *decoder) release(bodyLen int) {
 	d.stream = streamState{}
 	d.opts.Sink = nil
 	d.slab = metricSlab{}
+	d.states = stateSlab{}
 	d.arena = nil
 	d.item = jsonItem{}
 	d.opts.MachineTags = nil
@@ -317,6 +324,9 @@ func (s *metricSlab) current() []telemetry.Metric { return s.buf[s.start:] }
 
 // commit ends the event being built and returns its metrics.
 func (s *metricSlab) commit() []telemetry.Metric {
+	if len(s.buf) == s.start {
+		return nil // an event of states only
+	}
 	m := s.buf[s.start:len(s.buf):len(s.buf)]
 	s.start = len(s.buf)
 	return m
@@ -326,4 +336,86 @@ func (s *metricSlab) commit() []telemetry.Metric {
 func (s *metricSlab) abort() {
 	clear(s.buf[s.start:])
 	s.buf = s.buf[:s.start]
+}
+
+// stateSlab is metricSlab for the states of one call's events. It
+// allocates only once an event carries a state.
+type stateSlab struct {
+	buf   []telemetry.State
+	start int
+	// n is the number of states of the event being built: what the hot
+	// paths of numeric fields ask, without slicing.
+	n int
+}
+
+func (s *stateSlab) begin() { s.start, s.n = len(s.buf), 0 }
+
+func (s *stateSlab) add(st telemetry.State) {
+	if len(s.buf) == cap(s.buf) {
+		partial := s.buf[s.start:]
+		buf := make([]telemetry.State, len(partial), max(2*cap(s.buf), 2*len(partial), 8))
+		copy(buf, partial)
+		s.buf, s.start = buf, 0
+	}
+	s.buf = append(s.buf, st)
+	s.n++
+}
+
+func (s *stateSlab) current() []telemetry.State { return s.buf[s.start:] }
+
+// has reports whether the event being built has a state named name.
+func (s *stateSlab) has(name string) bool {
+	for _, st := range s.buf[s.start:] {
+		if st.Name == name {
+			return true
+		}
+	}
+	return false
+}
+
+// commit ends the event being built and returns its states, nil for none.
+func (s *stateSlab) commit() []telemetry.State {
+	if s.n == 0 {
+		return nil
+	}
+	st := s.buf[s.start:len(s.buf):len(s.buf)]
+	s.start, s.n = len(s.buf), 0
+	return st
+}
+
+func (s *stateSlab) abort() {
+	if s.n == 0 {
+		return
+	}
+	clear(s.buf[s.start:])
+	s.buf = s.buf[:s.start]
+	s.n = 0
+}
+
+// stateName returns the interned state name b, or why it is not valid:
+// state names follow the metric-name rules.
+func (d *decoder) stateName(b []byte) (string, string) {
+	if s, ok := d.metricNames[string(b)]; ok {
+		return s, ""
+	}
+	if p := metricNameProblem(b, d.opts.Limits.MaxMetricNameLen); p != "" {
+		return "", "state " + strings.TrimPrefix(p, "metric ")
+	}
+	s := string(b)
+	intern(d.metricNames, s)
+	return s, ""
+}
+
+// stateValue returns the state value b as a string, interned if short (a
+// machine's states repeat a few values); the caller validated it.
+func (d *decoder) stateValue(b []byte) string { return d.tagString(b) }
+
+// hasMetric reports whether the event being built has a metric named name.
+func (d *decoder) hasMetric(name string) bool {
+	for _, m := range d.slab.current() {
+		if m.Name == name {
+			return true
+		}
+	}
+	return false
 }

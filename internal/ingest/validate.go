@@ -105,6 +105,23 @@ func textProblem(b []byte) string {
 	return ""
 }
 
+// MaxStateValueLen bounds the length of a state value, in bytes.
+const MaxStateValueLen = 256
+
+// stateValueProblem says why b cannot be a state value, or "" when it can.
+func stateValueProblem(b []byte) string {
+	switch {
+	case len(b) == 0:
+		return "state value must not be empty"
+	case len(b) > MaxStateValueLen:
+		return fmt.Sprintf("state value is longer than %d bytes", MaxStateValueLen)
+	}
+	if p := textProblem(b); p != "" {
+		return "state value " + p
+	}
+	return ""
+}
+
 // quoteTrunc quotes b for a reject reason, cut to a readable length.
 func quoteTrunc(b []byte) string {
 	const maxShown = 64

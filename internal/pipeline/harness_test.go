@@ -16,6 +16,7 @@ import (
 
 	"github.com/twinline/twinline/internal/eventlog"
 	"github.com/twinline/twinline/internal/eventlog/kafka"
+	"github.com/twinline/twinline/internal/store"
 	"github.com/twinline/twinline/internal/store/offsettest"
 	"github.com/twinline/twinline/internal/stream"
 	"github.com/twinline/twinline/internal/telemetry"
@@ -111,6 +112,10 @@ type procOpts struct {
 	remember []stream.Key
 	// journal replaces the env's journal.
 	journal func([]stream.Key) error
+	// states, if set, keeps the state series (Processor.States), handing
+	// the changes to stateSink.
+	states    store.StateStore
+	stateSink func([]store.StateChange)
 }
 
 // running is a Processor running in the background.
@@ -244,6 +249,11 @@ func (e *env) start(o procOpts) *running {
 		}
 	}
 	p.JournalKeys(journal)
+	if o.states != nil {
+		if err := p.States(o.states, o.stateSink, nil); err != nil {
+			e.t.Fatal(err)
+		}
+	}
 	e.cur = run(p)
 	e.cur.consumer, e.cur.log = c, e.log
 	return e.cur

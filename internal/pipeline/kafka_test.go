@@ -187,8 +187,8 @@ func TestKafkaBadRecordsSkipped(t *testing.T) {
 	values := []string{
 		`{"machineId":"m","timestamp":1764482400000,"v":1}`,
 		`not json at all`,
-		`{"machineId":"m","timestamp":1764482400100}`,            // no metrics
-		`{"machineId":"m","timestamp":1764482400200,"v":"high"}`, // string value
+		`{"machineId":"m","timestamp":1764482400100}`,              // no metrics
+		`{"machineId":"m","timestamp":1764482400200,"v":["high"]}`, // not a number
 		``,
 		`[{"machineId":"m","timestamp":1764482400300,"v":4},{"machineId":"m/x","v":5}]`, // one good, one bad
 		`{"machineId":"m","timestamp":1764482400400,"v":6}`,

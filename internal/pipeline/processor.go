@@ -76,6 +76,13 @@ type Processor struct {
 	samples      *prometheus.CounterVec
 	duplicates   prometheus.Counter
 	windows      *prometheus.CounterVec
+
+	// logName labels the metrics; the state series (states.go) are kept
+	// when stateStore is set.
+	logName                    string
+	stateStore                 store.StateStore
+	stateSink                  func([]store.StateChange)
+	stateChanges, stateDropped prometheus.Counter
 }
 
 // Legs are the processor's legs of the sensor → screen latency, histograms
@@ -99,6 +106,10 @@ type lane struct {
 	mu     sync.Mutex
 	engine *stream.Engine
 	fresh  []bool // the commit stage's
+	// states is the commit stage's memory of the lane's state series,
+	// under statesMu (the commit stage, and forgetMachines).
+	statesMu sync.Mutex
+	states   stateMemory
 }
 
 // New returns a processor of src, feeding sinks (whose functions may be
@@ -116,6 +127,7 @@ func New(src Source, log string, engineCfg stream.EngineConfig, sinks Sinks, log
 		sinks:     sinks,
 		logger:    logger,
 		early:     src.DurableLog(),
+		logName:   log,
 		lanes:     map[int32]*lane{},
 		writeSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:        "twinline_store_write_seconds",
@@ -215,6 +227,11 @@ func (p *Processor) forgetMachines() {
 		for _, id := range ids {
 			ln.engine.ForgetMachine(id)
 		}
+		ln.statesMu.Lock()
+		for _, id := range ids {
+			ln.states.forget(id)
+		}
+		ln.statesMu.Unlock()
 		ln.mu.Unlock()
 	}
 }
@@ -235,6 +252,9 @@ func (p *Processor) lane(id int32) *lane {
 func (p *Processor) reset(ln *lane) {
 	ln.engine = stream.NewEngine(p.engineCfg)
 	ln.engine.Remember(p.remembered)
+	ln.statesMu.Lock()
+	ln.states = nil
+	ln.statesMu.Unlock()
 }
 
 // Run processes the source until its log is closed and drained (then it
@@ -383,6 +403,8 @@ type job struct {
 	results []eventlog.Result
 	// sink: the batch is durable and goes to the sinks.
 	sink bool
+	// changes are the state changes the commit stored, for the sinks.
+	changes []store.StateChange
 	// span is the group's process span, nil when no entry is sampled;
 	// feed ends it once the sinks took the group, processLane if they
 	// do not.
@@ -539,6 +561,9 @@ func (p *Processor) feed(r *round) {
 				j.batch.Ack(k, j.results[k], nil)
 			}
 		}
+		if p.stateSink != nil && len(j.changes) > 0 {
+			p.stateSink(j.changes)
+		}
 		p.group(j.out)
 		if j.span != nil {
 			sinks.End()
@@ -640,7 +665,15 @@ func (p *Processor) commitLane(ctx context.Context, j *job) {
 		commit.SetAttributes(p.commitAttrs...)
 		commit.SetAttributes(attribute.Int("db.operation.batch.size", len(samples)))
 	}
-	err := b.Commit(cctx, samples, fresh)
+	var err error
+	if p.stateStore != nil {
+		// Before the samples: a failure fails the commit, and the retry
+		// appends again (idempotent).
+		j.changes, err = p.groupStates(cctx, j)
+	}
+	if err == nil {
+		err = b.Commit(cctx, samples, fresh)
+	}
 	took := time.Since(start).Seconds()
 	if j.span != nil {
 		// A traced group: its trace is the commit histograms' exemplar.

@@ -47,7 +47,8 @@ type LiveOptions struct {
 type state struct {
 	lastSeen int64
 	latest   map[string]latest
-	rate     *stats.Rate // nil until the first event, and once trimmed
+	states   map[string]StateValue // nil until the first state
+	rate     *stats.Rate           // nil until the first event, and once trimmed
 	medians  map[string]*stats.Median
 }
 
@@ -124,10 +125,58 @@ func (l *Live) Observe(b *telemetry.Batch, samples []telemetry.Sample) {
 			e.latest[s.Metric] = v
 		}
 	}
+	for i := range b.Events {
+		if ev := &b.Events[i]; len(ev.States) > 0 {
+			l.observeStatesLocked(ev, b.Received, &fresh)
+		}
+	}
 	l.mu.Unlock()
 	if len(fresh) > 0 {
 		at := time.UnixMilli(b.Received)
 		l.register(fresh, func(int) time.Time { return at })
+	}
+}
+
+// observeStatesLocked keeps the states of ev that are newer (event time)
+// than those the machine has; l.mu must be held for writing. An event of
+// states only counts as one seen (lastSeen, rate) here, as an event with
+// samples does in Observe.
+func (l *Live) observeStatesLocked(ev *telemetry.Event, received int64, fresh *[]string) {
+	e := l.stateLocked(ev.Machine, fresh)
+	if len(ev.Metrics) == 0 {
+		e.lastSeen = max(e.lastSeen, received)
+		if e.rate == nil {
+			e.rate = new(stats.Rate)
+		}
+		e.rate.Hit(received, 1)
+		l.fleet.Hit(received, 1)
+	}
+	if e.states == nil {
+		e.states = make(map[string]StateValue, len(ev.States))
+	}
+	for _, st := range ev.States {
+		if v, ok := e.states[st.Name]; !ok || ev.Time >= v.TS {
+			e.states[st.Name] = StateValue{Value: st.Value, TS: ev.Time}
+		}
+	}
+}
+
+// ApplyState sets a machine's state name to value from event time ts on,
+// unless it has a newer one: a change another replica stored (hub
+// OnRemoteState). It does not touch lastSeen, and a machine without live
+// state is left alone (its samples register it).
+func (l *Live) ApplyState(machine, name, value string, ts int64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	e := l.machines[machine]
+	if e == nil {
+		return
+	}
+	if e.states == nil {
+		e.states = map[string]StateValue{}
+	}
+	if v, ok := e.states[name]; !ok || ts >= v.TS {
+		e.states[name] = StateValue{Value: value, TS: ts}
 	}
 }
 
@@ -282,6 +331,12 @@ func (l *Live) viewLocked(in Info, now int64) Machine {
 			mv.Median = &med
 		}
 		m.Metrics[name] = mv
+	}
+	if len(e.states) > 0 {
+		m.States = make(map[string]StateValue, len(e.states))
+		for name, v := range e.states {
+			m.States[name] = v
+		}
 	}
 	if e.rate != nil {
 		m.Rate1m, m.Rate5m = e.rate.PerSecond(now, time.Minute), e.rate.PerSecond(now, 5*time.Minute)

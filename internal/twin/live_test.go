@@ -152,3 +152,44 @@ func TestAlarmsRunRaisesOffline(t *testing.T) {
 		}
 	})
 }
+
+// TestLiveStates: the twin keeps each state series' value of the newest
+// event (event time), a late event does not overwrite it, and an event of
+// states only counts the machine as seen.
+func TestLiveStates(t *testing.T) {
+	now := time.UnixMilli(10_000)
+	l := NewLive(LiveOptions{OfflineAfter: time.Minute, Now: func() time.Time { return now }})
+	st := func(ts int64, kv ...string) telemetry.Event {
+		ev := telemetry.Event{Machine: "m", Time: ts}
+		for i := 0; i < len(kv); i += 2 {
+			ev.States = append(ev.States, telemetry.State{Name: kv[i], Value: kv[i+1]})
+		}
+		return ev
+	}
+	l.Observe(&telemetry.Batch{Received: 9_000, Events: []telemetry.Event{st(100, "state", "RUNNING", "mode", "auto"), st(200, "state", "DOWN")}}, nil)
+	l.Observe(&telemetry.Batch{Received: 9_500, Events: []telemetry.Event{st(150, "state", "IDLE")}}, nil)
+	got := l.Machine(Info{ID: "m"})
+	want := map[string]StateValue{"state": {Value: "DOWN", TS: 200}, "mode": {Value: "auto", TS: 100}}
+	if diff := cmp.Diff(got.States, want); diff != "" {
+		t.Errorf("states (-got +want):\n%s", diff)
+	}
+	if got.Status != StatusOnline || got.LastSeen != 9_500 {
+		t.Errorf("status %q, lastSeen %d; want online, 9500", got.Status, got.LastSeen)
+	}
+	if m := l.Machine(Info{ID: "other"}); m.States != nil {
+		t.Errorf("states of a machine never seen = %v, want none", m.States)
+	}
+
+	// Another replica's changes: newer ones win, older ones do not, and a
+	// machine this one never saw is left alone.
+	l.ApplyState("m", "state", "RUNNING", 300)
+	l.ApplyState("m", "mode", "manual", 50)
+	l.ApplyState("other", "state", "DOWN", 300)
+	want = map[string]StateValue{"state": {Value: "RUNNING", TS: 300}, "mode": {Value: "auto", TS: 100}}
+	if diff := cmp.Diff(l.Machine(Info{ID: "m"}).States, want); diff != "" {
+		t.Errorf("states after ApplyState (-got +want):\n%s", diff)
+	}
+	if m := l.Machine(Info{ID: "other"}); m.States != nil {
+		t.Errorf("ApplyState made a twin of a machine never seen: %v", m.States)
+	}
+}

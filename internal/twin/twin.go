@@ -87,6 +87,13 @@ type Value struct {
 	Median *float64 `json:"median,omitempty"`
 }
 
+// StateValue is the latest value of a state series and the event time
+// (Unix ms) of the event that carried it.
+type StateValue struct {
+	Value string `json:"value"`
+	TS    int64  `json:"ts"`
+}
+
 // Machine is a twin as the API shows it: registry entry and live state
 // (Live.Machine).
 type Machine struct {
@@ -101,6 +108,10 @@ type Machine struct {
 	// or 0 if none was seen since the server started.
 	LastSeen int64            `json:"lastSeen,omitempty"`
 	Metrics  map[string]Value `json:"metrics"`
+	// States are the latest values of the machine's state series (string
+	// fields of its events: "state", "mode"), by name; omitted when it
+	// sent none since the server started.
+	States map[string]StateValue `json:"states,omitempty"`
 	// Rate1m and Rate5m are events per second over the last 1 and 5
 	// minutes of server time.
 	Rate1m float64 `json:"rate1m"`

@@ -16,7 +16,8 @@ import (
 
 func TestAppendEventIsTheWireForm(t *testing.T) {
 	ev := telemetry.Event{Machine: "press-07", ID: "a1", Seq: 7, HasSeq: true, Time: base,
-		Tags: map[string]string{"line": "l1"}, Metrics: []telemetry.Metric{{Name: "temp", Value: 71.3}}}
+		Tags: map[string]string{"line": "l1"}, Metrics: []telemetry.Metric{{Name: "temp", Value: 71.3}},
+		States: []telemetry.State{{Name: "state", Value: "RUNNING"}, {Name: "mode", Value: `a "b"`}}}
 	got, err := AppendEvent([]byte("prev"), &ev)
 	if err != nil {
 		t.Fatalf("AppendEvent: %v", err)

@@ -108,7 +108,7 @@ func TestBrokerRejectsV5(t *testing.T) {
 	}{
 		{"good json", "twinline/s/l/m1/telemetry", `{"temp":1}`, nil, 0, ""},
 		{"not json", "twinline/s/l/m1/telemetry", `{"temp":`, nil, 0x99, "invalid JSON"},
-		{"no metric", "twinline/s/l/m1/telemetry", `{"temp":"hot"}`, nil, 0x99, "temp"},
+		{"no metric", "twinline/s/l/m1/telemetry", `{"temp":["hot"]}`, nil, 0x99, "temp"},
 		{"good line protocol", "twinline/s/l/m1/telemetry", "env temp=2", nil, 0, ""},
 		{"bad line protocol", "twinline/s/l/m1/telemetry", "env temp=", nil, 0x99, "item 1"},
 		{"bad topic", "twinline/s/m1/telemetry", `{"temp":3}`, nil, 0x90, "levels"},

@@ -72,7 +72,7 @@ func TestDecode(t *testing.T) {
 		{"json topic wins", `{"machineId":"other","timestamp":1795996800000,"temp":71.5}`, 0, []telemetry.Event{ev(71.5)}, 0, false},
 		{"json invalid machine in payload is replaced", `{"machineId":42,"timestamp":1795996800000,"temp":71.5}`, 0, []telemetry.Event{ev(71.5)}, 0, false},
 		{"json leading space and BOM", "\xef\xbb\xbf \n {\"timestamp\":1795996800000,\"temp\":1}", 0, []telemetry.Event{ev(1)}, 0, false},
-		{"json array keeps good items", `[{"timestamp":1795996800000,"temp":1},{"temp":"hot"},7,{"timestamp":1795996800000,"temp":2}]`, 0,
+		{"json array keeps good items", `[{"timestamp":1795996800000,"temp":1},{"temp":["hot"]},7,{"timestamp":1795996800000,"temp":2}]`, 0,
 			[]telemetry.Event{ev(1), ev(2)}, 2, false},
 		{"json syntax error", `{"temp":`, 0, nil, 0, true},
 		{"lp fills in the machine", "m temp=3 1795996800000\n", lineprotocol.Millisecond, []telemetry.Event{lpEv("m_temp", 3)}, 0, false},
@@ -133,7 +133,7 @@ func TestPrepare(t *testing.T) {
 		{"bad topic", "twinline/s/m/telemetry", `{"temp":1}`, reasonTopic, codeTopicInvalid},
 		{"refused machine", "twinline/s/l/refused/telemetry", `{"temp":1}`, reasonMachine, codeQuotaExceeded},
 		{"not json", "twinline/s/l/m/telemetry", `{temp`, reasonPayload, codePayloadFormat},
-		{"no metric", "twinline/s/l/m/telemetry", `{"x":"y"}`, reasonPayload, codePayloadFormat},
+		{"no metric", "twinline/s/l/m/telemetry", `{"x":["y"]}`, reasonPayload, codePayloadFormat},
 		{"too old", "twinline/s/l/m/telemetry", `{"timestamp":1,"temp":1}`, reasonPayload, codePayloadFormat},
 		{"in the future", "twinline/s/l/m/telemetry", `{"timestamp":1795996900000,"temp":1}`, reasonPayload, codePayloadFormat},
 	}

@@ -213,6 +213,9 @@ type Store struct {
 	closeMu sync.RWMutex
 	closed  bool
 
+	// states holds the state series (states.go).
+	states *stateFile
+
 	mu     sync.RWMutex
 	series map[store.SeriesKey]*series
 	nextID uint64
@@ -281,6 +284,11 @@ func Open(dir string, opts Options, logger *slog.Logger, reg prometheus.Register
 		return nil, fmt.Errorf("opening tsdb in %s: %w", dir, err)
 	}
 	s.db = db
+	if s.states, err = openStateFile(dir, opts.Retention); err != nil {
+		db.Close()
+		s.reg.unregisterAll()
+		return nil, fmt.Errorf("opening store: %w", err)
+	}
 	if err := restrictTree(dir); err != nil {
 		s.Close()
 		return nil, fmt.Errorf("restricting permissions in %s: %w", dir, err)
@@ -818,10 +826,11 @@ func (s *Store) Close() error {
 	s.closed = true
 	err := s.db.Close()
 	s.reg.unregisterAll()
+	serr := s.states.close()
 	if err != nil {
 		return fmt.Errorf("closing tsdb: %w", err)
 	}
-	return nil
+	return serr
 }
 
 // registerer passes registrations on to a prometheus.Registerer, logs

@@ -15,12 +15,18 @@ import (
 // is the reference the conformance suite is checked against: no bounds, no
 // durability, first write wins at equal timestamps.
 type Memory struct {
+	// MemoryStates makes Memory a store.StateStore too.
+	MemoryStates
+
 	mu     sync.RWMutex
 	closed bool
 	series map[store.SeriesKey][]store.Point // sorted by Time, unique times
 }
 
-var _ store.Store = (*Memory)(nil)
+var (
+	_ store.Store      = (*Memory)(nil)
+	_ store.StateStore = (*Memory)(nil)
+)
 
 // NewMemory returns an empty Memory store.
 func NewMemory() *Memory {

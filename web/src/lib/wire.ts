@@ -160,6 +160,8 @@ export interface Latest {
   metrics: Record<string, Value>;
   rate1m: number;
   rate5m: number;
+  /** As in Machine. */
+  states?: Record<string, StateValue>;
   /** Liveness: online or offline (see Machine). */
   status: 'online' | 'offline';
 }
@@ -175,6 +177,8 @@ export type Machine = MachineInfo & {
   rate1m: number;
   /** Events per second over the last 5 minutes. */
   rate5m: number;
+  /** The latest value of each state series (string fields of the machine's events), with the event time of the event that carried it; absent when none since the server started. */
+  states?: Record<string, StateValue>;
   /** Liveness: online when an event arrived within --offline-after, else offline. Whether the machine is in alarm is the alarm field: a machine may be offline and in alarm. */
   status: 'online' | 'offline';
   updatedAt: string;
@@ -370,6 +374,53 @@ export interface Session {
   };
 }
 
+/** From event time ts on, the state name of the machine is value. */
+export interface StateData {
+  /** The state series, e.g. state or mode. */
+  name: string;
+  /** The event time of the change, Unix ms. */
+  ts: number;
+  /** Its new value (1 to 256 bytes). */
+  value: string;
+}
+
+export interface StateInterval {
+  durationMs: number;
+  /** Unix ms, inclusive. */
+  from: number;
+  /** Unix ms, exclusive. */
+  to: number;
+  value: string;
+}
+
+/** A change of one of a machine's state series (a string field of its events), once stored. Conflated streams get it as it is. */
+export interface StateMessage {
+  data: StateData;
+  /** The machine the message is about. */
+  machine: string;
+  /** The hub-wide sequence number of the message (a resume cursor). */
+  seq: number;
+  type: 'state';
+}
+
+export interface StateValue {
+  /** Event time of the event that carried it, Unix ms. */
+  ts: number;
+  value: string;
+}
+
+export interface States {
+  /** Unix ms. */
+  from: number;
+  intervals: StateInterval[];
+  machine: string;
+  name: string;
+  /** Unix ms, as asked. */
+  to: number;
+  /** Milliseconds per value. */
+  totals: Record<string, number>;
+}
+
 export interface StatusData {
   /** The machine has an active alarm (other than the offline kind). */
   alarm: boolean;
@@ -512,6 +563,7 @@ export type StreamMessages =
   | ReconnectMessage
   | ResetMessage
   | SamplesMessage
+  | StateMessage
   | StatusMessage
   | TwinMessage
   | WindowsMessage;

@@ -1,0 +1,107 @@
+package api
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/twinline/twinline/internal/problem"
+	"github.com/twinline/twinline/internal/store"
+)
+
+// maxStateChanges bounds the changes one states query reads.
+const maxStateChanges = 100_000
+
+// stateInterval is one interval of GET …/states.
+type stateInterval struct {
+	Value      string `json:"value"`
+	From       int64  `json:"from"`
+	To         int64  `json:"to"`
+	DurationMs int64  `json:"durationMs"`
+}
+
+// statesResponse is the body of GET /api/v1/machines/{id}/states.
+type statesResponse struct {
+	Machine   string           `json:"machine"`
+	Name      string           `json:"name"`
+	From      int64            `json:"from"`
+	To        int64            `json:"to"`
+	Intervals []stateInterval  `json:"intervals"`
+	Totals    map[string]int64 `json:"totals"`
+}
+
+// handleStates answers a machine's state series over a range as the
+// intervals of its values, clipped to [from, to] (the last one ending at
+// to, or now when to is later: the future is not known), and the time in
+// each value. The time before the series' first change is in no interval.
+func (a *API) handleStates(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	if _, err := a.getMachine(r, id); err != nil {
+		a.twinError(w, err)
+		return
+	}
+	ss, ok := a.store.(store.StateStore)
+	if !ok {
+		problem.Write(w, &problem.Problem{Type: problem.TypeStorage, Status: http.StatusServiceUnavailable,
+			Detail: "the store keeps no state series"})
+		return
+	}
+	q := r.URL.Query()
+	var problems []problem.InvalidParam
+	bad := func(name, reason string) {
+		problems = append(problems, problem.InvalidParam{Name: name, Reason: reason})
+	}
+	name := q.Get("name")
+	if name == "" {
+		bad("name", "required")
+	}
+	now := a.now()
+	to, toErr := parseTime(q.Get("to"), now)
+	if toErr != nil {
+		bad("to", toErr.Error())
+	}
+	from, fromErr := parseTime(q.Get("from"), now.Add(-24*time.Hour))
+	if fromErr != nil {
+		bad("from", fromErr.Error())
+	}
+	if toErr == nil && fromErr == nil && from.After(to) {
+		bad("from", "must not be after to")
+	}
+	if len(problems) > 0 {
+		problem.Write(w, &problem.Problem{Type: problem.TypeInvalidParams, Status: http.StatusBadRequest,
+			Detail: fmt.Sprintf("invalid parameter %s: %s", problems[0].Name, problems[0].Reason), InvalidParams: problems})
+		return
+	}
+	select {
+	case a.queries <- struct{}{}:
+		defer func() { <-a.queries }()
+	default:
+		problem.Write(w, &problem.Problem{Type: problem.TypeOverloaded, Status: http.StatusServiceUnavailable, RetryAfter: 1,
+			Detail: "too many history queries in flight; retry later"})
+		return
+	}
+	f, t := from.UnixMilli(), to.UnixMilli()
+	changes, err := ss.States(r.Context(), id, name, f, t)
+	if err != nil {
+		if errors.Is(err, r.Context().Err()) {
+			return // the client left
+		}
+		a.logger.Error("querying states", "machine", id, "name", name, "err", err)
+		problem.Write(w, &problem.Problem{Type: problem.TypeStorage, Status: http.StatusServiceUnavailable, RetryAfter: 1, Detail: "querying the store: " + err.Error()})
+		return
+	}
+	if len(changes) > maxStateChanges {
+		problem.Write(w, &problem.Problem{Type: problem.TypeInvalidParams, Status: http.StatusBadRequest,
+			Detail:        fmt.Sprintf("more than %d state changes in range; narrow it", maxStateChanges),
+			InvalidParams: []problem.InvalidParam{{Name: "from", Reason: "range holds too many state changes"}}})
+		return
+	}
+	resp := statesResponse{Machine: id, Name: name, From: f, To: t, Intervals: []stateInterval{}, Totals: map[string]int64{}}
+	ivs := store.StateIntervals(changes, f, min(t, now.UnixMilli()))
+	for _, iv := range ivs {
+		resp.Intervals = append(resp.Intervals, stateInterval{Value: iv.Value, From: iv.From, To: iv.To, DurationMs: iv.To - iv.From})
+	}
+	resp.Totals = store.StateTotals(ivs)
+	writeJSON(w, http.StatusOK, resp)
+}
