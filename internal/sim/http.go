@@ -17,7 +17,6 @@ import (
 	"unicode/utf8"
 
 	"github.com/twinline/twinline/internal/ingest"
-	"github.com/twinline/twinline/internal/jsonenc"
 	"github.com/twinline/twinline/internal/telemetry"
 )
 
@@ -209,32 +208,6 @@ func retryAfter(v string, now time.Time) time.Duration {
 	return -1
 }
 
-// appendEvent appends ev in the wire form of ingest.AppendEvent, with its
-// states as a "states" object ({"state":"RUNNING"}), the JSON form ingest
-// decodes them from. ingest.AppendEvent leaves the states out; they are
-// spliced in before its closing brace.
-func appendEvent(dst []byte, ev *telemetry.Event) ([]byte, error) {
-	if len(ev.States) == 0 {
-		return ingest.AppendEvent(dst, ev)
-	}
-	plain := *ev
-	plain.States = nil
-	b, err := ingest.AppendEvent(dst, &plain)
-	if err != nil {
-		return dst, err
-	}
-	b = append(b[:len(b)-1], `,"states":{`...)
-	for i, st := range ev.States {
-		if i > 0 {
-			b = append(b, ',')
-		}
-		b = jsonenc.AppendString(b, st.Name)
-		b = append(b, ':')
-		b = jsonenc.AppendString(b, st.Value)
-	}
-	return append(b, '}', '}'), nil
-}
-
 // sleepCtx waits d, or until ctx ends.
 func sleepCtx(ctx context.Context, d time.Duration) error {
 	if d <= 0 {
@@ -269,7 +242,7 @@ func (e *ndjsonEncoder) encode(events []telemetry.Event) ([]byte, error) {
 	e.raw = e.raw[:0]
 	for i := range events {
 		var err error
-		if e.raw, err = appendEvent(e.raw, &events[i]); err != nil {
+		if e.raw, err = ingest.AppendEvent(e.raw, &events[i]); err != nil {
 			return nil, fmt.Errorf("event %d: %w", i, err)
 		}
 		e.raw = append(e.raw, '\n')

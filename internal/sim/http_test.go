@@ -521,7 +521,7 @@ func TestEncodeStates(t *testing.T) {
 	}
 	var got []string
 	for i := range events {
-		b, err := appendEvent(nil, &events[i])
+		b, err := ingest.AppendEvent(nil, &events[i])
 		if err != nil {
 			t.Fatal(err)
 		}
