@@ -191,6 +191,7 @@ func (o Options) WithDefaults() Options {
 		def(&o.Batch, 1000)
 		def(&o.Machines, 1000)
 	case "twin":
+		def(&o.Batch, 1) // one PATCH, one setpoint
 		def(&o.Machines, 1000)
 		if o.Rate == 0 {
 			o.Rate = 200

@@ -308,8 +308,12 @@ func WriteTable(w io.Writer, r *Result) error {
 			f.MachinesPerMessage, f.ValuesPerMessage, FormatCount(f.SamplesPerMessage))
 	}
 	if tw := r.Twin; tw != nil {
-		row("twin", "%d devices: %d patches (%d refused), %d delivered, %d reported, %d without a round trip",
-			tw.Devices, tw.Patches, tw.PatchErrors, tw.Delivered, tw.Reported, tw.Lost)
+		refused := ""
+		if tw.PatchErrors > 0 {
+			refused = " (" + formatErrors(tw.Errors) + ")"
+		}
+		row("twin", "%d devices: %d patches, %d refused%s, %d delivered, %d reported, %d without a round trip",
+			tw.Devices, tw.Patches, tw.PatchErrors, refused, tw.Delivered, tw.Reported, tw.Lost)
 		row("PATCH desired", "%s", formatSummary(*tw.Patch))
 		row("desired→device", "%s", formatSummary(*tw.Desired))
 		row("round trip", "%s (desired → device → reported acknowledged)", formatSummary(*tw.RoundTrip))

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -39,14 +40,16 @@ type TwinResult struct {
 	Patches   int64 `json:"patches"`
 	Delivered int64 `json:"delivered"`
 	Reported  int64 `json:"reported"`
-	// PatchErrors counts PATCHes the server did not take; Lost the
-	// patches whose round trip did not complete before the end (the
-	// device may have coalesced two quick patches into one document).
-	PatchErrors int64    `json:"patchErrors,omitempty"`
-	Lost        int64    `json:"lost"`
-	Patch       *Summary `json:"patch"`
-	Desired     *Summary `json:"desired"`
-	RoundTrip   *Summary `json:"roundTrip"`
+	// PatchErrors counts PATCHes the server did not answer with a 2xx
+	// (by status or error in Errors); Lost the patches sent whose round
+	// trip did not complete before the end (two quick patches of one
+	// machine may reach its device as one document).
+	PatchErrors int64            `json:"patchErrors,omitempty"`
+	Errors      map[string]int64 `json:"errors,omitempty"`
+	Lost        int64            `json:"lost"`
+	Patch       *Summary         `json:"patch"`
+	Desired     *Summary         `json:"desired"`
+	RoundTrip   *Summary         `json:"roundTrip"`
 }
 
 // twinRun is the state of one twin scenario run.
@@ -62,13 +65,15 @@ type twinRun struct {
 	patch, desired, round *Shards
 	patches, delivered    atomic.Int64
 	reported, patchErrs   atomic.Int64
+	attempted             atomic.Int64
+	errs                  *errCounts
 }
 
 func runTwin(ctx context.Context, o Options, r *Result) error {
 	if o.MQTT == "" {
 		return errors.New("the twin scenario needs --mqtt HOST:PORT, the server's MQTT broker")
 	}
-	t := &twinRun{o: o, client: newHTTPClient(o.Workers, o.Token), sent: map[int64]time.Time{}, got: map[int64]bool{},
+	t := &twinRun{o: o, client: newHTTPClient(o.Workers, o.Token), sent: map[int64]time.Time{}, got: map[int64]bool{}, errs: &errCounts{},
 		patch: NewShards(o.Workers), desired: NewShards(16), round: NewShards(16)}
 	m := newMeter(time.Now())
 	rep := startReporter(ctx, o.Progress, o.Terminal, o.Scenario, m, time.Second)
@@ -125,7 +130,8 @@ func runTwin(ctx context.Context, o Options, r *Result) error {
 		go func() {
 			defer wg.Done()
 			for k := range work {
-				t.send(runCtx, w, names[int(k)%len(names)], k)
+				// A PATCH sent is waited for, also past the end of the run.
+				t.send(ctx, w, names[int(k)%len(names)], k)
 				m.events.Add(1)
 			}
 		}()
@@ -159,8 +165,8 @@ loop:
 	r.Seconds = time.Since(t.start).Seconds()
 	p, d, rt := t.patch.Merged().Summary(), t.desired.Merged().Summary(), t.round.Merged().Summary()
 	r.Twin = &TwinResult{Devices: len(names), Patches: t.patches.Load(), Delivered: t.delivered.Load(),
-		Reported: t.reported.Load(), PatchErrors: t.patchErrs.Load(),
-		Lost: t.patches.Load() - t.reported.Load(), Patch: &p, Desired: &d, RoundTrip: &rt}
+		Reported: t.reported.Load(), PatchErrors: t.patchErrs.Load(), Errors: t.errs.snapshot(),
+		Lost: t.attempted.Load() - t.reported.Load(), Patch: &p, Desired: &d, RoundTrip: &rt}
 	return nil
 }
 
@@ -274,6 +280,7 @@ func (t *twinRun) send(ctx context.Context, w int, name string, k int64) {
 	t.mu.Lock()
 	t.sent[k] = at
 	t.mu.Unlock()
+	t.attempted.Add(1)
 	body := []byte(`{"tempSetpoint":` + strconv.FormatInt(k, 10) + `}`)
 	req, err := http.NewRequestWithContext(ctx, http.MethodPatch, t.o.Target+"/api/v1/machines/"+name+"/twin/desired", bytes.NewReader(body))
 	if err != nil {
@@ -284,12 +291,18 @@ func (t *twinRun) send(ctx context.Context, w int, name string, k int64) {
 	resp, err := t.client.Do(req)
 	if err != nil {
 		t.patchErrs.Add(1)
+		var uerr *url.Error
+		if errors.As(err, &uerr) {
+			err = uerr.Err // without the URL: one count per kind
+		}
+		t.errs.add(err.Error())
 		return
 	}
 	_, _ = io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
 	if resp.StatusCode/100 != 2 {
 		t.patchErrs.Add(1)
+		t.errs.add(resp.Status)
 		return
 	}
 	t.patches.Add(1)
