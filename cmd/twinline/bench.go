@@ -209,7 +209,7 @@ func bench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		cfg.BootstrapTokenFile, cfg.Auth = f, "on"
 	}
-	if opts.Scenario == "query" && !set["out-of-order-window"] {
+	if (opts.Scenario == "query" || opts.Scenario == "oee") && !set["out-of-order-window"] {
 		// The history is sent now with past event times: let the server
 		// take all of it.
 		cfg.OutOfOrderWindow = max(cfg.OutOfOrderWindow, opts.History+time.Hour)

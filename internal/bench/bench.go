@@ -20,6 +20,8 @@
 //     (all=1&conflate=D), as a dashboard's fleet view subscribes: machine
 //     clients' latency, the fleet clients' update interval and message
 //     size, and every client the server dropped.
+//   - oee: Machines machines with History of states and part counters
+//     every 10 s, then the OEE of the fleet by the hour, and of one machine.
 //   - twin: Machines MQTT devices (clients of the server's broker) answer
 //     desired setpoints PATCHed at Rate per second with reported patches:
 //     PATCH → device and PATCH → reported acknowledged (round trip).
@@ -47,7 +49,7 @@ import (
 )
 
 // Scenarios are the scenario names, in the order of the help text.
-var Scenarios = []string{"ingest-json", "ingest-lp", "latency", "fanout", "query", "dashboard", "twin"}
+var Scenarios = []string{"ingest-json", "ingest-lp", "latency", "fanout", "query", "dashboard", "twin", "oee"}
 
 // Process names the process whose memory and CPU a scenario reports: the
 // server. PID 0 is this process (an embedded server).
@@ -188,6 +190,9 @@ func (o Options) WithDefaults() Options {
 			o.Warmup = min(time.Second, o.Duration/5)
 		}
 	case "query":
+		def(&o.Batch, 1000)
+		def(&o.Machines, 1000)
+	case "oee":
 		def(&o.Batch, 1000)
 		def(&o.Machines, 1000)
 	case "twin":
@@ -353,6 +358,8 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		err = runQuery(ctx, o, r)
 	case "twin":
 		err = runTwin(ctx, o, r)
+	case "oee":
+		err = runOEE(ctx, o, r)
 	}
 	if err != nil && r.Seconds == 0 && ctx.Err() == nil {
 		return nil, err // nothing was measured
