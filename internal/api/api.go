@@ -386,7 +386,7 @@ func (a *API) routes() []route {
 		{method: "GET", path: "/api/v1/machines/{id}/commands", scope: read | ingest, handler: a.handleCommandsGet},
 		{method: "POST", path: "/api/v1/machines/{id}/commands", scope: operate, handler: a.handleCommandCreate, audit: "command.create"},
 		{method: "GET", path: "/api/v1/machines/{id}/commands/{cmdId}", scope: read | ingest, handler: a.handleCommandGet},
-		{method: "POST", path: "/api/v1/machines/{id}/commands/{cmdId}/response", scope: ingest, handler: a.handleCommandResponse},
+		{method: "POST", path: "/api/v1/machines/{id}/commands/{cmdId}/response", scope: ingest, handler: a.handleCommandResponse, audit: "command.response"},
 		{method: "GET", path: "/api/v1/alarms", scope: read, handler: a.handleAlarms},
 		{method: "GET", path: "/api/v1/oee", scope: read, handler: a.handleOEE},
 		{method: "POST", path: "/api/v1/alarms/{id}/ack", scope: operate, handler: a.handleAlarmAck, audit: "alarm.ack"},

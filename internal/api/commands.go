@@ -226,6 +226,7 @@ func (a *API) handleCommandResponse(w http.ResponseWriter, r *http.Request) {
 	if len(in.Result) > 0 && string(in.Result) != "null" {
 		resp.Result = in.Result
 	}
+	note(r, id, r.PathValue("cmdId"), map[string]any{"state": string(in.State)})
 	cmd, err := a.commands.Respond(r.Context(), id, r.PathValue("cmdId"), resp)
 	if err != nil {
 		a.commandError(w, err)
