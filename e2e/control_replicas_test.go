@@ -196,7 +196,7 @@ func TestTwinTwoReplicas(t *testing.T) {
 		case <-time.After(20 * time.Millisecond):
 		}
 		cmd = command{}
-		b.get("/api/v1/machines/" + machine + "/commands/" + created.ID).json(t, &cmd)
+		b.get("/api/v1/machines/"+machine+"/commands/"+created.ID).json(t, &cmd)
 	}
 	if cmd.Result == nil {
 		t.Errorf("B's command has no result: %+v", cmd)
