@@ -169,8 +169,12 @@ func (a *App) openTwinStores() (twinStores, error) {
 			return twinStores{}, fmt.Errorf("opening the registry in postgres: %w", err)
 		}
 		a.background = append(a.background, part{name: "stopping the registry listener", run: reg.Run})
+		// Until the twins' follower listens, other replicas' changes
+		// miss this replica's stream and MQTT clients: degraded.
+		docs := postgres.NewTwinDocs(a.pg)
+		a.degraded = append(a.degraded, docs.Ready)
 		return twinStores{registry: reg, notes: postgres.NewNoteStore(a.pg), alarms: postgres.NewAlarmLog(a.pg), shared: reg,
-			docs: postgres.NewTwinDocs(a.pg)}, nil
+			docs: docs}, nil
 	}
 	notes, err := twin.OpenNoteFile(filepath.Join(a.cfg.DataDir, "notes.jsonl"))
 	if err != nil {

@@ -211,12 +211,14 @@ func (d *delivery) publishTwin(tw control.Twin, remote bool) {
 	}
 }
 
-// commandChanged publishes a new command to its machine.
+// commandChanged publishes a new command to its machine: one another
+// replica created goes out only on this replica's own sides (its embedded
+// broker), not on an external broker, which the creator publishes to.
 func (d *delivery) commandChanged(c control.Command) {
 	if c.State != control.StatePending || len(c.History) != 1 {
 		return
 	}
-	d.publishCommand(c, false)
+	d.publishCommand(c, c.Remote)
 }
 
 // publishCommand sends c to its machine on every MQTT side, off the

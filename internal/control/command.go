@@ -94,6 +94,11 @@ type Command struct {
 	// IdempotencyKey is the key the command was created with, if any.
 	IdempotencyKey string       `json:"idempotencyKey,omitempty"`
 	History        []Transition `json:"history"`
+	// Remote marks, for Subscribe's functions, a transition another
+	// replica made (followed through a shared store): a fan-out every
+	// replica reaches itself (an external MQTT broker) publishes only
+	// its own. Not stored, not in JSON.
+	Remote bool `json:"-"`
 }
 
 // Revision counts the command's transitions: a store updates a command

@@ -63,15 +63,15 @@ func TestRunFollowsOtherReplicas(t *testing.T) {
 			t.Fatal(err)
 		}
 		shared.notify <- [2]string{cmd.Machine, cmd.ID}
-		if c := <-heard; c.ID != cmd.ID || c.State != StatePending {
-			t.Errorf("heard %s %s, want %s pending", c.ID, c.State, cmd.ID)
+		if c := <-heard; c.ID != cmd.ID || c.State != StatePending || !c.Remote {
+			t.Errorf("heard %s %s (remote %v), want %s pending, remote", c.ID, c.State, c.Remote, cmd.ID)
 		}
 		f := <-got
 		if len(f.cmds) != 1 || f.cmds[0].ID != cmd.ID || f.took != 5*time.Second {
 			t.Errorf("the waiting fetch got %d commands after %v, want %s after 5s", len(f.cmds), f.took, cmd.ID)
 		}
-		if c := <-heard; c.State != StateDelivered {
-			t.Errorf("then heard %s, want our own delivery", c.State)
+		if c := <-heard; c.State != StateDelivered || c.Remote {
+			t.Errorf("then heard %s (remote %v), want our own delivery", c.State, c.Remote)
 		}
 		cancel()
 		if err := <-done; err != nil {

@@ -494,6 +494,7 @@ func (c *Commands) followed(machine, id string) {
 		}
 		return
 	}
+	cmd.Remote = true
 	c.changed(cmd)
 }
 

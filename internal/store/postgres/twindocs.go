@@ -3,8 +3,10 @@ package postgres
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -27,6 +29,9 @@ type TwinDocs struct {
 	logger  *slog.Logger
 	// RetryInterval and PingInterval of the LISTEN connection.
 	retry, ping time.Duration
+	// listening is whether Watch's LISTEN is in effect: until then other
+	// replicas' changes are not told.
+	listening atomic.Bool
 }
 
 var (
@@ -150,7 +155,8 @@ func (d *TwinDocs) Watch(ctx context.Context, fn func(ctl.Notice)) error {
 		ping:       d.ping,
 		logger:     d.logger,
 		what:       "twin changes",
-		listening:  func() {},
+		listening:  func() { d.listening.Store(true) },
+		stopped:    func() { d.listening.Store(false) },
 		notified: func(payload string) {
 			var n ctl.Notice
 			if err := json.Unmarshal([]byte(payload), &n); err != nil {
@@ -161,6 +167,16 @@ func (d *TwinDocs) Watch(ctx context.Context, fn func(ctl.Notice)) error {
 		},
 	}
 	return l.run(ctx)
+}
+
+// Ready reports whether Watch LISTENs: an error while it does not (not
+// started yet, or reconnecting), when changes other replicas make are not
+// told — this replica's stream and MQTT clients would miss them.
+func (d *TwinDocs) Ready() error {
+	if d.listening.Load() {
+		return nil
+	}
+	return errors.New("not listening for other replicas' twin changes")
 }
 
 func nonNil(m map[string]any) map[string]any {

@@ -91,3 +91,52 @@ heard:
 		}
 	}
 }
+
+// TestTwinDocsReady: Ready is an error until Watch LISTENs; from then on
+// the first change another replica makes is heard, and once Watch ends
+// Ready is an error again.
+func TestTwinDocsReady(t *testing.T) {
+	a := openTest(t, "", Options{})
+	b := NewTwinDocs(openTest(t, "", Options{Schema: a.schema}))
+	if b.Ready() == nil {
+		t.Fatal("Ready before Watch = nil, want an error")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	heard := make(chan ctl.Notice, 1)
+	done := make(chan error, 1)
+	go func() {
+		done <- b.Watch(ctx, func(n ctl.Notice) {
+			select {
+			case heard <- n:
+			default:
+			}
+		})
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for b.Ready() != nil {
+		if time.Now().After(deadline) {
+			t.Fatalf("Ready within 10 s of Watch: %v", b.Ready())
+		}
+		time.Sleep(5 * time.Millisecond) // polling a state, not ordering events
+	}
+	ta := ctl.NewTwins(NewTwinDocs(a), nil, time.Now, testLogger(t))
+	if _, err := ta.PatchDesired(ctx, "m", []byte(`{"v":1}`), nil, "alice"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case n := <-heard:
+		if n.Machine != "m" || n.Kind != ctl.ChangeDesired {
+			t.Errorf("notice = %+v, want a desired change of m", n)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the first change after Ready was not heard within 10 s")
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("Watch: %v", err)
+	}
+	if b.Ready() == nil {
+		t.Error("Ready after Watch ended = nil, want an error")
+	}
+}
