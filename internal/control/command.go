@@ -101,6 +101,18 @@ type Command struct {
 	Remote bool `json:"-"`
 }
 
+// at returns the command as it stood after its first rev transitions
+// (1 ≤ rev ≤ Revision()): its state, update time and history then; the
+// result and reason come with the final state only.
+func (c Command) at(rev int) Command {
+	step := c
+	step.History = c.History[:rev:rev]
+	last := step.History[rev-1]
+	step.State, step.UpdatedAt = last.State, last.At
+	step.Result, step.Reason = nil, ""
+	return step
+}
+
 // Revision counts the command's transitions: a store updates a command
 // only over the revision it was read at.
 func (c Command) Revision() int { return len(c.History) }

@@ -2,6 +2,7 @@ package control
 
 import (
 	"context"
+	"slices"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -72,6 +73,57 @@ func TestRunFollowsOtherReplicas(t *testing.T) {
 		}
 		if c := <-heard; c.State != StateDelivered || c.Remote {
 			t.Errorf("then heard %s (remote %v), want our own delivery", c.State, c.Remote)
+		}
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+}
+
+// TestFollowedLateHearsEachStep: a replica that hears of another's command
+// only after several transitions tells its subscribers each step once, in
+// order, and a repeated notification nothing more.
+func TestFollowedLateHearsEachStep(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		fs, err := OpenFileCommandStore(t.TempDir())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer fs.Close()
+		shared := &sharedStore{FileCommandStore: fs, notify: make(chan [2]string)}
+		ours := NewCommands(shared, testSpecs, time.Now, nil)
+		heard := make(chan Command, 8)
+		ours.Subscribe(func(c Command) { heard <- c })
+		done := make(chan error)
+		go func() { done <- ours.Run(ctx) }()
+
+		theirs := NewCommands(fs, testSpecs, time.Now, nil)
+		cmd, _, err := theirs.Create(ctx, "press-07", CreateRequest{Name: "stop"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := theirs.Delivered(ctx, "press-07", cmd.ID, "mqtt"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := theirs.Respond(ctx, "press-07", cmd.ID, Response{State: StateSucceeded, Result: map[string]any{"ok": true}}); err != nil {
+			t.Fatal(err)
+		}
+		shared.notify <- [2]string{cmd.Machine, cmd.ID}
+		shared.notify <- [2]string{cmd.Machine, cmd.ID} // a repeat
+		synctest.Wait()
+		var got []State
+		for len(heard) > 0 {
+			c := <-heard
+			got = append(got, c.State)
+			if c.Revision() != len(got) || (c.State != StateSucceeded && c.Result != nil) {
+				t.Errorf("step %d: revision %d, result %s", len(got), c.Revision(), c.Result)
+			}
+		}
+		if want := []State{StatePending, StateDelivered, StateSucceeded}; !slices.Equal(got, want) {
+			t.Errorf("heard %v, want %v", got, want)
 		}
 		cancel()
 		if err := <-done; err != nil {

@@ -74,6 +74,7 @@ type Commands struct {
 	subs    []func(Command)
 	waiters map[string]map[chan struct{}]struct{} // Fetch calls waiting, by machine
 	wake    chan struct{}                         // Run's expiry loop: a deadline may have changed
+	heard   map[string]heardRev                   // by command id
 }
 
 // NewCommands returns the commands kept in s. specs returns the commands a
@@ -87,7 +88,7 @@ func NewCommands(s CommandStore, specs func(machine string) map[string]twin.Comm
 	}
 	return &Commands{
 		store: s, specs: specs, now: now, logger: logger.With("component", "commands"),
-		waiters: map[string]map[chan struct{}]struct{}{}, wake: make(chan struct{}, 1),
+		waiters: map[string]map[chan struct{}]struct{}{}, wake: make(chan struct{}, 1), heard: map[string]heardRev{},
 	}
 }
 
@@ -331,13 +332,46 @@ func (c *Commands) changed(cmd Command) {
 			}
 		}
 	}
+	// Subscribers hear every transition once, in order: a command read
+	// after several transitions (another replica's, followed late) is
+	// told as each step it missed; one heard already is not told again.
+	rev := cmd.Revision()
+	last := c.heard[cmd.ID].rev
+	if rev > last {
+		c.heard[cmd.ID] = heardRev{rev: rev, at: c.now(), terminal: cmd.State.Terminal()}
+	}
 	c.mu.Unlock()
 	select {
 	case c.wake <- struct{}{}:
 	default:
 	}
-	for _, fn := range subs {
-		fn(cmd)
+	for i := last + 1; i <= rev; i++ {
+		step := cmd
+		if i < rev {
+			step = cmd.at(i)
+		}
+		for _, fn := range subs {
+			fn(step)
+		}
+	}
+}
+
+// heardRev is the last revision of a command Subscribe's functions heard.
+type heardRev struct {
+	rev      int
+	at       time.Time
+	terminal bool
+}
+
+// forgetHeard drops what subscribers heard of commands finished before
+// cutoff: no transition of theirs is left to hear.
+func (c *Commands) forgetHeard(cutoff time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for id, h := range c.heard {
+		if h.terminal && h.at.Before(cutoff) {
+			delete(c.heard, id)
+		}
 	}
 }
 
@@ -435,6 +469,7 @@ func (c *Commands) Run(ctx context.Context) error {
 		now := c.now()
 		if now.Sub(lastPrune) >= pruneInterval {
 			lastPrune = now
+			c.forgetHeard(now.Add(-pruneInterval))
 			if n, err := c.store.Prune(ctx, now.Add(-Retention)); err != nil {
 				c.logger.Warn("pruning finished commands", "err", err)
 			} else if n > 0 {
