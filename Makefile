@@ -109,9 +109,10 @@ web-e2e:
 	$(MAKE) --no-print-directory build && $(GO) build -o $(OTLPSINK) ./tools/otlpsink && \
 	cd web && TWINLINE_BIN=$(abspath $(BIN)) OTLPSINK_BIN=$(abspath $(OTLPSINK)) npm run e2e
 
-# Screenshots for docs/img and the dashboard benchmark (docs/dashboard-benchmarks.md).
+# Screenshots for docs/img: fleet, machine and alarms, then the twin control's
+# (twin, oee, fleet-states; about two minutes of demo run time for the OEE).
 web-screenshots: build
-	cd web && TWINLINE_BIN=$(abspath $(BIN)) npm run screenshots
+	cd web && TWINLINE_BIN=$(abspath $(BIN)) npm run screenshots && TWINLINE_BIN=$(abspath $(BIN)) npm run screenshots:control
 
 # docs/img/trace.png: one real trace, HTTP ingest to the dashboard's render
 # span, drawn from the spans the collector received (web/e2e/tracing.test.mjs).
@@ -120,6 +121,7 @@ trace-picture: build
 	cd web && TWINLINE_BIN=$(abspath $(BIN)) OTLPSINK_BIN=$(abspath $(OTLPSINK)) TRACE_PICTURE=$(abspath docs/img/trace.png) \
 	  node --test --test-name-pattern="follows the server's trace" e2e/tracing.test.mjs
 
+# The dashboard benchmark (docs/dashboard-benchmarks.md).
 web-bench: build
 	cd web && TWINLINE_BIN=$(abspath $(BIN)) npm run bench
 

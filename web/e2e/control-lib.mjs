@@ -70,10 +70,8 @@ export function device(url, id, token) {
           })),
         ),
       }),
-    pending: async () => {
-      const r = await api(url, `${base}/commands?state=pending`, { headers: headers(token) });
-      return Array.isArray(r) ? r : r.commands;
-    },
+    /** GET …/commands?state=pending answers {machine, commands}. */
+    pending: async () => (await api(url, `${base}/commands?state=pending`, { headers: headers(token) })).commands,
     respond: (cmdId, body) => api(url, `${base}/commands/${enc(cmdId)}/response`, { method: 'POST', headers: headers(token), body: JSON.stringify(body) }),
   };
 }

@@ -1,6 +1,5 @@
 /** Typed calls to the twinline HTTP API (docs/api.md). */
 import { errorFrom } from './http';
-import type { StateValue } from './control';
 import { session, type SessionStore } from './session';
 
 /** The API's answers, generated from the OpenAPI document (./wire). */
@@ -11,11 +10,7 @@ import type { Alarm, Latest, Machine as ApiMachine, Note, Series } from './wire'
  * A machine as the dashboard holds it: the API's Machine, of which one
  * first seen on the stream has only its id, status and latest values.
  */
-export type Machine = Pick<ApiMachine, 'id' | 'status'> &
-  Partial<ApiMachine> & {
-    /** Latest value of each state series (issue 15); local until ./wire is regenerated with it. */
-    states?: Record<string, StateValue>;
-  };
+export type Machine = Pick<ApiMachine, 'id' | 'status'> & Partial<ApiMachine>;
 
 export { ApiError } from './http';
 

@@ -25,6 +25,7 @@ import {
   type CommandState,
   type OEEAnswer,
   type OEEFigures,
+  twinOfMessage,
 } from './control';
 
 describe('twin rows and the delta', () => {
@@ -73,7 +74,7 @@ describe('twin rows and the delta', () => {
   });
 
   it('keeps the newer twin when an answer and a stream message cross', () => {
-    const t = (version: number, reportedVersion: number): Twin => ({ machine: 'm', desired: {}, reported: {}, delta: {}, version, reportedVersion, metadata: {} });
+    const t = (version: number, reportedVersion: number): Twin => ({ machine: 'm', desired: {}, reported: {}, delta: {}, version, reportedVersion, metadata: { desired: {}, reported: {} } });
     const cases: [Twin | undefined, Twin, string][] = [
       [undefined, t(1, 1), 'new'],
       [t(2, 5), t(3, 5), 'new'],
@@ -160,6 +161,7 @@ function cmd(id: string, state: CommandState, steps: CommandState[], createdAt: 
     id,
     machine: 'm',
     name: 'reset',
+    params: {},
     state,
     timeoutMs: 60_000,
     createdAt,
@@ -211,6 +213,13 @@ describe('command lifecycle', () => {
     );
     expect(asControlMessage({ type: 'samples' })).toBeUndefined();
     expect(asControlMessage({ type: 'twin', machine: 'm' } as { type: string })).toBeUndefined();
+  });
+
+  it('reads the twin of a stream twin message, none of a deletion', () => {
+    const data = { machine: 'm', desired: { t: 180 }, reported: { t: 175 }, version: 3, reportedVersion: 7 };
+    expect(twinOfMessage(data)).toEqual({ ...data, delta: { t: 180 }, metadata: { desired: {}, reported: {} } });
+    expect(twinOfMessage({ machine: 'm', deleted: true })).toBeUndefined();
+    expect(twinOfMessage({ machine: 'm', desired: {}, reported: {} })).toBeUndefined();
   });
 });
 
@@ -302,7 +311,7 @@ describe('OEE', () => {
         { machine: 'm2', site: 'lyon', line: 'A', buckets: [], total: fig(0.9) },
         { machine: 'm1', site: 'lyon', line: 'A', buckets: [], total: fig(0.5) },
         { machine: 'm3', site: 'lyon', line: 'A', buckets: [], total: fig(null) },
-        { machine: 'p1', site: 'paris', buckets: [], total: fig(0.7) },
+        { machine: 'p1', site: 'paris', line: '', buckets: [], total: fig(0.7) },
         { machine: 'l10', site: 'lyon', line: 'B10', buckets: [], total: fig(0.7) },
         { machine: 'l2', site: 'lyon', line: 'B2', buckets: [], total: fig(0.7) },
       ],

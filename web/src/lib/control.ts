@@ -1,25 +1,36 @@
 /**
- * Twin control on the dashboard (issue 15): the JSON of twins (desired vs
- * reported), commands and their lifecycle, state series and OEE, and the
- * pure logic the views draw from. The types are the contract's JSON
- * (docs/control.md); they move to ./wire once the AsyncAPI and OpenAPI
- * documents carry them (make generate), and these become re-exports.
+ * Twin control on the dashboard (issue 15): the pure logic the views draw
+ * from — twins (desired vs reported), commands and their lifecycle, state
+ * series and OEE. The JSON types are the generated ones of ./wire (the
+ * OpenAPI and AsyncAPI documents, make generate); only the registry entry's
+ * control part (desiredSchema, commands, oee), which the OpenAPI document
+ * does not describe, is typed here.
  */
+import type {
+  Command,
+  CommandMessage,
+  OEEBucket,
+  OEEReport,
+  StateInterval,
+  StateMessage,
+  StateValue,
+  Twin,
+  TwinMessage,
+} from './wire';
+
+export type {
+  Command,
+  CommandTransition as CommandStep,
+  OEEBucket as OEEFigures,
+  OEEReport as OEEAnswer,
+  StateInterval,
+  States as StatesAnswer,
+  StateValue,
+  Twin,
+} from './wire';
 
 /** Metadata of a twin document: per leaf {updatedAt: Unix ms}, nested objects nest. */
 export type TwinMetaNode = { updatedAt: number } | { [key: string]: TwinMetaNode };
-
-export interface Twin {
-  machine: string;
-  desired: Record<string, unknown>;
-  reported: Record<string, unknown>;
-  /** The part of desired that reported does not match. */
-  delta: Record<string, unknown>;
-  /** Desired version: +1 on every change of desired (0: never set). */
-  version: number;
-  reportedVersion: number;
-  metadata: { desired?: Record<string, TwinMetaNode>; reported?: Record<string, TwinMetaNode> };
-}
 
 /** The JSON Schema subset of registry entries (internal/twin/schema.go). */
 export interface JsonSchema {
@@ -50,11 +61,6 @@ export interface OEESpec {
   idealCycleSeconds?: number;
 }
 
-export interface StateValue {
-  value: string;
-  ts: number;
-}
-
 /** The control part of a registry entry (GET /api/v1/machines/{id}) and its latest states. */
 export interface MachineControl {
   desiredSchema?: JsonSchema;
@@ -63,87 +69,18 @@ export interface MachineControl {
   states?: Record<string, StateValue>;
 }
 
-export type CommandState = 'pending' | 'delivered' | 'accepted' | 'rejected' | 'succeeded' | 'failed' | 'expired';
+export type CommandState = Command['state'];
 
 export const TERMINAL_STATES: readonly CommandState[] = ['rejected', 'succeeded', 'failed', 'expired'];
 
-export interface CommandStep {
-  state: CommandState;
-  at: string;
-  by?: string;
-  via?: string;
-}
+/** One machine's OEE in an answer of GET /api/v1/oee. */
+export type OEEMachine = OEEReport['machines'][number];
 
-export interface Command {
-  id: string;
-  machine: string;
-  name: string;
-  params?: Record<string, unknown>;
-  state: CommandState;
-  timeoutMs: number;
-  createdAt: string;
-  updatedAt: string;
-  expiresAt: string;
-  createdBy?: string;
-  result?: unknown;
-  reason?: string;
-  history: CommandStep[];
-}
-
-export interface StateInterval {
-  value: string;
-  from: number;
-  to: number;
-  durationMs?: number;
-}
-
-/** GET /api/v1/machines/{id}/states. */
-export interface StatesAnswer {
-  machine: string;
-  name: string;
-  from: number;
-  to: number;
-  intervals: StateInterval[];
-  totals: Record<string, number>;
-}
-
-export interface OEEFigures {
-  from: number;
-  to: number;
-  plannedMs: number;
-  runMs: number;
-  totalCount: number;
-  goodCount: number;
-  availability: number | null;
-  performance: number | null;
-  quality: number | null;
-  oee: number | null;
-  downtime?: { state: string; ms: number }[];
-}
-
-export interface OEEMachine {
-  machine: string;
-  site?: string;
-  line?: string;
-  buckets: OEEFigures[];
-  total: OEEFigures;
-}
-
-/** GET /api/v1/oee. */
-export interface OEEAnswer {
-  from: number;
-  to: number;
-  step: string;
-  machines: OEEMachine[];
-  lines: { site?: string; line?: string; buckets: OEEFigures[]; total: OEEFigures }[];
-  sites: { site?: string; buckets: OEEFigures[]; total: OEEFigures }[];
-}
+/** What the timeline draws of an interval (a live one has no durationMs yet). */
+export type StateSpan = Pick<StateInterval, 'value' | 'from' | 'to'>;
 
 /** Stream messages of issue 15 (types "twin", "command", "state"). */
-export type ControlMessage =
-  | { type: 'twin'; seq: number; machine: string; data: Twin | { machine: string; deleted: true } }
-  | { type: 'command'; seq: number; machine: string; data: Command }
-  | { type: 'state'; seq: number; machine: string; data: { name: string; value: string; ts: number } };
+export type ControlMessage = TwinMessage | CommandMessage | StateMessage;
 
 /** The message as a control message, if it is one (the stream hands on types it does not know). */
 export function asControlMessage(m: { type: string }): ControlMessage | undefined {
@@ -151,6 +88,23 @@ export function asControlMessage(m: { type: string }): ControlMessage | undefine
   const x = m as Partial<ControlMessage>;
   if (typeof x.machine !== 'string' || !x.data || typeof x.data !== 'object') return undefined;
   return x as ControlMessage;
+}
+
+/**
+ * The twin a stream "twin" message carries, or undefined for a deletion
+ * (or a message without the documents).
+ */
+export function twinOfMessage(d: TwinMessage['data']): Twin | undefined {
+  if (d.deleted || !d.desired || !d.reported || d.version === undefined || d.reportedVersion === undefined) return undefined;
+  return {
+    machine: d.machine,
+    desired: d.desired,
+    reported: d.reported,
+    delta: d.delta ?? computeDelta(d.desired, d.reported),
+    version: d.version,
+    reportedVersion: d.reportedVersion,
+    metadata: d.metadata ?? { desired: {}, reported: {} },
+  };
 }
 
 // ---- twin documents -------------------------------------------------------
@@ -200,7 +154,7 @@ export function leaves(doc: Record<string, unknown>, prefix = ''): Map<string, u
 }
 
 /** When the leaf at path was last set, from a metadata tree; undefined when unknown. */
-export function updatedAt(meta: Record<string, TwinMetaNode> | undefined, path: string): number | undefined {
+export function updatedAt(meta: Record<string, unknown> | undefined, path: string): number | undefined {
   let node: TwinMetaNode | undefined = meta as TwinMetaNode | undefined;
   for (const seg of path.split('.')) {
     if (!node || !isObject(node)) return undefined;
@@ -480,7 +434,7 @@ export interface Segment {
  * The state timeline strip: the intervals clipped to [from, to], adjacent
  * ones of the same value merged, each placed in percent of the range.
  */
-export function timelineLayout(intervals: readonly StateInterval[], from: number, to: number): Segment[] {
+export function timelineLayout(intervals: readonly StateSpan[], from: number, to: number): Segment[] {
   const span = to - from;
   if (!(span > 0)) return [];
   const out: Segment[] = [];
@@ -506,9 +460,9 @@ export function timelineLayout(intervals: readonly StateInterval[], from: number
  * running to now; a change older than the last one is ignored (the next
  * reload shows it).
  */
-export function extendIntervals(intervals: readonly StateInterval[], change: { value: string; ts: number }, now: number): StateInterval[] {
+export function extendIntervals(intervals: readonly StateSpan[], change: { value: string; ts: number }, now: number): StateSpan[] {
   const last = intervals.at(-1);
-  if (last && change.ts < last.from) return intervals as StateInterval[];
+  if (last && change.ts < last.from) return intervals as StateSpan[];
   const out = intervals.slice(0, last ? -1 : 0);
   if (last) {
     if (last.value === change.value) {
@@ -522,14 +476,14 @@ export function extendIntervals(intervals: readonly StateInterval[], change: { v
 }
 
 /** The last interval running to now (the live strip grows between messages). */
-export function growTo(intervals: readonly StateInterval[], now: number): StateInterval[] {
+export function growTo(intervals: readonly StateSpan[], now: number): StateSpan[] {
   const last = intervals.at(-1);
-  if (!last || last.to >= now) return intervals as StateInterval[];
+  if (!last || last.to >= now) return intervals as StateSpan[];
   return [...intervals.slice(0, -1), { ...last, to: now }];
 }
 
 /** Milliseconds per value over the intervals, the most first. */
-export function stateTotals(intervals: readonly StateInterval[]): { value: string; ms: number }[] {
+export function stateTotals(intervals: readonly StateSpan[]): { value: string; ms: number }[] {
   const m = new Map<string, number>();
   for (const iv of intervals) m.set(iv.value, (m.get(iv.value) ?? 0) + Math.max(0, iv.to - iv.from));
   return [...m.entries()].map(([value, ms]) => ({ value, ms })).sort((a, b) => b.ms - a.ms || (a.value < b.value ? -1 : 1));
@@ -560,14 +514,14 @@ export interface OEEGroup {
   key: string;
   site: string;
   line: string;
-  total: OEEFigures;
+  total: OEEBucket;
   machines: OEEMachine[];
 }
 
 /** The answer's lines with their machines, by site then line; machines by OEE, worst first. */
-export function oeeLines(a: OEEAnswer): OEEGroup[] {
+export function oeeLines(a: OEEReport): OEEGroup[] {
   const groups = new Map<string, OEEGroup>();
-  const key = (site?: string, line?: string) => `${site ?? ''}\u0000${line ?? ''}`;
+  const key = (site: string, line: string) => `${site}\u0000${line}`;
   for (const l of a.lines) groups.set(key(l.site, l.line), { key: key(l.site, l.line), site: l.site ?? '', line: l.line ?? '', total: l.total, machines: [] });
   for (const m of a.machines) {
     const k = key(m.site, m.line);
@@ -581,7 +535,7 @@ export function oeeLines(a: OEEAnswer): OEEGroup[] {
 }
 
 /** The top downtime reasons over some figures: ms per state summed, the most first, at most n. */
-export function topDowntime(figs: readonly OEEFigures[], n = 5): { state: string; ms: number }[] {
+export function topDowntime(figs: readonly OEEBucket[], n = 5): { state: string; ms: number }[] {
   const m = new Map<string, number>();
   for (const f of figs) for (const d of f.downtime ?? []) m.set(d.state, (m.get(d.state) ?? 0) + d.ms);
   return [...m.entries()]

@@ -1,13 +1,14 @@
 /** Calls to the twin control API (docs/control.md): twins, commands, states, OEE. */
 import { call } from './api';
-import type { Command, MachineControl, OEEAnswer, StatesAnswer, Twin } from './control';
+import type { MachineControl } from './control';
 import { ifMatch } from './control';
+import type { Command, Machine, OEEReport, States, Twin } from './wire';
 
 const enc = encodeURIComponent;
 
 export const controlApi = {
   /** The registry entry's control part (desiredSchema, commands, oee) and latest states. */
-  machine: (id: string) => call<MachineControl & { id: string; site?: string; line?: string }>(`/api/v1/machines/${enc(id)}`),
+  machine: (id: string) => call<Machine & MachineControl>(`/api/v1/machines/${enc(id)}`),
 
   twin: (id: string) => call<Twin>(`/api/v1/machines/${enc(id)}/twin`),
 
@@ -25,7 +26,7 @@ export const controlApi = {
       body: JSON.stringify(patch),
     }),
 
-  commands: (id: string, limit = 20) => call<{ commands: Command[] } | Command[]>(`/api/v1/machines/${enc(id)}/commands?limit=${limit}`),
+  commands: (id: string, limit = 20) => call<{ machine: string; commands: Command[] }>(`/api/v1/machines/${enc(id)}/commands?limit=${limit}`),
 
   /** Sends a command; the key makes a retried send answer the same command. */
   sendCommand: (id: string, body: { name: string; params?: Record<string, unknown>; timeout?: string }, idempotencyKey: string) =>
@@ -37,7 +38,7 @@ export const controlApi = {
 
   states: (id: string, name: string, from: number, to: number, signal?: AbortSignal) => {
     const p = new URLSearchParams({ name, from: String(Math.floor(from)), to: String(Math.ceil(to)) });
-    return call<StatesAnswer>(`/api/v1/machines/${enc(id)}/states?${p}`, { signal });
+    return call<States>(`/api/v1/machines/${enc(id)}/states?${p}`, { signal });
   },
 
   oee: (q: { from: number; to: number; step?: string; site?: string; line?: string }, signal?: AbortSignal) => {
@@ -45,11 +46,6 @@ export const controlApi = {
     if (q.step) p.set('step', q.step);
     if (q.site) p.set('site', q.site);
     if (q.line) p.set('line', q.line);
-    return call<OEEAnswer>(`/api/v1/oee?${p}`, { signal });
+    return call<OEEReport>(`/api/v1/oee?${p}`, { signal });
   },
 };
-
-/** The list of GET …/commands: the contract leaves the envelope open; both forms are read. */
-export function commandList(r: { commands: Command[] } | Command[]): Command[] {
-  return Array.isArray(r) ? r : (r.commands ?? []);
-}

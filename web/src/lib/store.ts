@@ -4,7 +4,8 @@
  * connection state. Views subscribe to what they draw.
  */
 import { api, type Machine } from './api';
-import { asControlMessage, type StateValue } from './control';
+import { asControlMessage } from './control';
+import type { StateValue } from './wire';
 import { SampleDedup } from './dedup';
 import { FrameLoop, frameLoop } from './frame';
 import { LatencyTracker } from './latency';

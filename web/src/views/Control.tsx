@@ -19,6 +19,7 @@ import {
   parseField,
   parseForm,
   schemaFields,
+  twinOfMessage,
   twinRows,
   type Command,
   type CommandSpec,
@@ -26,7 +27,7 @@ import {
   type MachineControl,
   type Twin,
 } from '../lib/control';
-import { commandList, controlApi } from '../lib/controlApi';
+import { controlApi } from '../lib/controlApi';
 import { can, type Session } from '../lib/session';
 import { dashboard } from '../lib/store';
 import { fmtAgo, fmtTime } from './common';
@@ -53,14 +54,15 @@ function useTwin(id: string): { twin?: Twin; missing: boolean; deleted: boolean;
     const offMsg = dashboard.onMessages((m) => {
       const c = asControlMessage(m);
       if (c?.type !== 'twin' || c.machine !== id) return;
-      if ('deleted' in c.data) {
+      if (c.data.deleted) {
         setTwin(undefined);
         setDeleted(true);
-      } else {
-        const t = c.data;
-        setDeleted(false);
-        setTwin((cur) => newer(cur, t));
+        return;
       }
+      const t = twinOfMessage(c.data);
+      if (!t) return;
+      setDeleted(false);
+      setTwin((cur) => newer(cur, t));
     });
     const offGap = dashboard.onGap(() => setN((x) => x + 1));
     return () => {
@@ -356,7 +358,7 @@ function useCommands(id: string): { commands: Command[]; missing: boolean; add(c
     let live = true;
     controlApi
       .commands(id)
-      .then((r) => live && setCommands((cur) => commandList(r).reduce((l, c) => applyCommand(l, c), cur)))
+      .then((r) => live && setCommands((cur) => r.commands.reduce((l, c) => applyCommand(l, c), cur)))
       .catch((e: Error) => live && e instanceof ApiError && e.status === 404 && setMissing(true));
     const offMsg = dashboard.onMessages((m) => {
       const c = asControlMessage(m);

@@ -15,7 +15,7 @@ import {
   stateTotals,
   timelineLayout,
   type MachineControl,
-  type StateInterval,
+  type StateSpan,
 } from '../lib/control';
 import { controlApi } from '../lib/controlApi';
 import type { Range } from '../lib/route';
@@ -25,7 +25,7 @@ export function StateTimeline({ id, control, range }: { id: string; control: Mac
   const name = control?.oee?.stateMetric || 'state';
   const live = range.kind === 'live';
   const rangeKey = live ? `live:${range.spanMs}` : `${range.from}~${range.to}`;
-  const [intervals, setIntervals] = useState<StateInterval[]>([]);
+  const [intervals, setIntervals] = useState<StateSpan[]>([]);
   const [missing, setMissing] = useState(false);
   const [n, setN] = useState(0);
 
