@@ -163,7 +163,7 @@ func (a *App) openDemo() {
 			return err
 		},
 		CommandsFunc: func(ctx context.Context, m string, wait time.Duration) ([]sim.Cmd, error) {
-			cs, err := commands.Fetch(ctx, m, wait)
+			cs, err := commands.FetchVia(ctx, m, wait, "demo")
 			if err != nil {
 				return nil, err
 			}

@@ -380,6 +380,12 @@ func (c *Commands) forgetHeard(cutoff time.Time) {
 // concurrent fetches never hand out the same command. With none pending it
 // waits up to wait for one; it returns an empty list then.
 func (c *Commands) Fetch(ctx context.Context, machine string, wait time.Duration) ([]Command, error) {
+	return c.FetchVia(ctx, machine, wait, "http")
+}
+
+// FetchVia is Fetch for a device that takes its commands another way
+// than HTTP, recorded in the delivery (the in-process demo devices: "demo").
+func (c *Commands) FetchVia(ctx context.Context, machine string, wait time.Duration, via string) ([]Command, error) {
 	ch := make(chan struct{}, 1)
 	c.mu.Lock()
 	if c.waiters[machine] == nil {
@@ -404,7 +410,7 @@ func (c *Commands) Fetch(ctx context.Context, machine string, wait time.Duration
 		}
 		out := []Command{}
 		for _, p := range slices.Backward(pending) {
-			cmd, moved, err := c.deliver(ctx, machine, p.ID, "http")
+			cmd, moved, err := c.deliver(ctx, machine, p.ID, via)
 			switch {
 			case errors.Is(err, ErrNotFound):
 				continue
