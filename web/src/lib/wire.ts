@@ -74,6 +74,11 @@ export interface CommandMessage {
   type: 'command';
 }
 
+export interface CommandSpec {
+  description?: string;
+  params?: JSONSchemaSubset;
+}
+
 /** One step of a command's history: the state entered, when, by whom and how it travelled (mqtt, http). */
 export interface CommandTransition {
   at: string;
@@ -152,6 +157,19 @@ export interface IngestResult {
   duplicates?: number;
 }
 
+/** The JSON Schema subset a registry entry may declare (type, properties, required, additionalProperties, minimum, maximum, enum, maxLength, items); other keywords are refused. */
+export interface JSONSchemaSubset {
+  additionalProperties?: boolean;
+  enum?: unknown[];
+  items?: JSONSchemaSubset;
+  maxLength?: number;
+  maximum?: number;
+  minimum?: number;
+  properties?: Record<string, JSONSchemaSubset>;
+  required?: string[];
+  type?: 'object' | 'number' | 'integer' | 'string' | 'boolean' | 'array';
+}
+
 export interface Latest {
   /** True while the machine has one or more active alarms other than the offline one. */
   alarm: boolean;
@@ -186,9 +204,13 @@ export type Machine = MachineInfo & {
 
 export interface MachineInfo {
   attributes?: Record<string, unknown>;
+  /** The commands the machine supports, by name; others are refused (422). */
+  commands?: Record<string, CommandSpec>;
+  desiredSchema?: JSONSchemaSubset;
   id?: string;
   line?: string;
   name?: string;
+  oee?: OEESpec;
   site?: string;
   thresholds?: Record<string, Threshold>;
 }
@@ -280,6 +302,16 @@ export interface OEEReport {
   }[];
   step: string;
   to: number;
+}
+
+/** How the machine's OEE is computed (docs/oee.md). */
+export interface OEESpec {
+  goodCount?: string;
+  idealCycleSeconds?: number;
+  plannedStopStates?: string[];
+  runningStates: string[];
+  stateMetric: string;
+  totalCount?: string;
 }
 
 export interface Problem {
