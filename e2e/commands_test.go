@@ -104,11 +104,11 @@ func TestCommandsLifecycle(t *testing.T) {
 	s2 := start(t, dir)
 	ws2 := subscribe(t, c, s2, "machine=press-07", false)
 	var got e2eCommand
-	s2.get("/api/v1/machines/press-07/commands/" + cmd.ID).json(t, &got)
+	s2.get("/api/v1/machines/press-07/commands/"+cmd.ID).json(t, &got)
 	if got.State != "succeeded" || len(got.History) != 3 {
 		t.Errorf("after kill -9: %+v, want succeeded after 3 transitions", got)
 	}
-	s2.get("/api/v1/machines/press-07/commands/" + open.ID).json(t, &got)
+	s2.get("/api/v1/machines/press-07/commands/"+open.ID).json(t, &got)
 	if got.State != "pending" && got.State != "expired" {
 		t.Errorf("the open command after kill -9: %s", got.State)
 	}

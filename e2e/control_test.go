@@ -341,7 +341,7 @@ func TestCommandsOverMQTT(t *testing.T) {
 		}
 		for {
 			var cmd command
-			s.get("/api/v1/machines/press-09/commands/" + pending.ID).json(t, &cmd)
+			s.get("/api/v1/machines/press-09/commands/"+pending.ID).json(t, &cmd)
 			if cmd.State == "expired" {
 				break
 			}
@@ -397,7 +397,7 @@ func TestCommandsHTTPLongPoll(t *testing.T) {
 		t.Fatalf("fetched %+v, want command %s", got, created.ID)
 	}
 	var cmd command
-	s.get("/api/v1/machines/oven-01/commands/" + created.ID).json(t, &cmd)
+	s.get("/api/v1/machines/oven-01/commands/"+created.ID).json(t, &cmd)
 	if cmd.State != "delivered" {
 		t.Errorf("after the fetch: %s, want delivered", cmd.State)
 	}
@@ -406,7 +406,7 @@ func TestCommandsHTTPLongPoll(t *testing.T) {
 			t.Fatalf("response %s: %d %s", a, r.status, r.body)
 		}
 	}
-	s.get("/api/v1/machines/oven-01/commands/" + created.ID).json(t, &cmd)
+	s.get("/api/v1/machines/oven-01/commands/"+created.ID).json(t, &cmd)
 	if cmd.State != "succeeded" {
 		t.Errorf("final state %s, want succeeded", cmd.State)
 	}
@@ -438,7 +438,7 @@ func TestCommandSurvivesKill(t *testing.T) {
 	dev.publish(t, c, base+"/commands/"+created.ID+"/response", `{"state":"succeeded"}`)
 	var cmd command
 	for cmd.State != "succeeded" {
-		s.get("/api/v1/machines/mill-03/commands/" + created.ID).json(t, &cmd)
+		s.get("/api/v1/machines/mill-03/commands/"+created.ID).json(t, &cmd)
 		select {
 		case <-c.Done():
 			t.Fatalf("command %+v never succeeded", cmd)

@@ -41,7 +41,9 @@ func twinEnv(t *testing.T) *matrixEnv {
 
 func TestTwinRoutes(t *testing.T) {
 	env := twinEnv(t)
-	as := func(secret string, h ...string) []string { return append([]string{"Authorization", "Bearer " + secret}, h...) }
+	as := func(secret string, h ...string) []string {
+		return append([]string{"Authorization", "Bearer " + secret}, h...)
+	}
 	steps := []struct {
 		name       string
 		method     string
