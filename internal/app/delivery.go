@@ -337,7 +337,50 @@ func (a *App) openDelivery(twins *control.Twins) error {
 	twins.Subscribe(d.twinChanged)
 	if a.commands != nil {
 		a.commands.Subscribe(d.commandChanged)
+		if a.sec != nil && a.sec.audit != nil {
+			audit, logger := a.sec.audit, d.logger
+			a.commands.Subscribe(func(c control.Command) { auditCommand(audit, logger, c) })
+		}
 	}
 	a.background = append(a.background, part{name: "stopping the control delivery", run: d.run})
 	return nil
+}
+
+// auditCommand records in the audit log the transitions of a command this
+// replica made outside an audited API request: deliveries, the devices'
+// answers over MQTT (or in process), expiry. Its creation and the answers
+// posted over HTTP are audited by their routes (command.create,
+// command.response).
+func auditCommand(audit auth.AuditStore, logger *slog.Logger, c control.Command) {
+	e, ok := commandAuditEntry(c)
+	if !ok {
+		return
+	}
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if _, err := audit.Append(ctx, e); err != nil {
+			logger.Warn("recording a command transition in the audit log", "machine", c.Machine, "command", c.ID, "err", err)
+		}
+	}()
+}
+
+// commandAuditEntry is the audit entry of c's last transition, if it is
+// one auditCommand records.
+func commandAuditEntry(c control.Command) (auth.AuditEntry, bool) {
+	if c.Remote || len(c.History) < 2 {
+		return auth.AuditEntry{}, false
+	}
+	last := c.History[len(c.History)-1]
+	if last.Via == "http" && last.State != control.StateDelivered {
+		return auth.AuditEntry{}, false
+	}
+	// The transition keeps who made it, not the kind of identity: none
+	// is claimed. One without anybody (expiry) is twinline's own.
+	actor := last.By
+	if actor == "" {
+		actor = "twinline"
+	}
+	return auth.AuditEntry{At: last.At, Actor: actor, Action: "command." + string(last.State),
+		Machine: c.Machine, Target: c.ID, Outcome: "ok", Detail: map[string]any{"name": c.Name, "via": last.Via}}, true
 }

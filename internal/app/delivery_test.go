@@ -78,3 +78,39 @@ func TestDeliveryPublishesOthersCommandsOnOwnSidesOnly(t *testing.T) {
 		})
 	}
 }
+
+// TestCommandAuditEntry: the transitions no audited request made —
+// deliveries, answers over MQTT or in process, expiry — are recorded;
+// creation and HTTP answers (audited by their routes) and other
+// replicas' transitions are not.
+func TestCommandAuditEntry(t *testing.T) {
+	at := time.Date(2026, 12, 7, 15, 0, 0, 0, time.UTC)
+	cmd := func(remote bool, steps ...control.Transition) control.Command {
+		return control.Command{ID: "c-1", Machine: "press-07", Name: "stop", Remote: remote, History: steps}
+	}
+	created := control.Transition{State: control.StatePending, At: at, By: "alice"}
+	for _, tc := range []struct {
+		name       string
+		c          control.Command
+		ok         bool
+		action, by string
+	}{
+		{"created", cmd(false, created), false, "", ""},
+		{"delivered over mqtt", cmd(false, created, control.Transition{State: control.StateDelivered, At: at, Via: "mqtt"}), true, "command.delivered", "twinline"},
+		{"fetched over http", cmd(false, created, control.Transition{State: control.StateDelivered, At: at, Via: "http"}), true, "command.delivered", "twinline"},
+		{"answered over mqtt", cmd(false, created, control.Transition{State: control.StateSucceeded, At: at, By: "press-07", Via: "mqtt"}), true, "command.succeeded", "press-07"},
+		{"answered over http", cmd(false, created, control.Transition{State: control.StateSucceeded, At: at, By: "press-07", Via: "http"}), false, "", ""},
+		{"expired", cmd(false, created, control.Transition{State: control.StateExpired, At: at}), true, "command.expired", "twinline"},
+		{"another replica's", cmd(true, created, control.Transition{State: control.StateExpired, At: at}), false, "", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e, ok := commandAuditEntry(tc.c)
+			if ok != tc.ok || e.Action != tc.action || e.Actor != tc.by {
+				t.Errorf("got %v %q by %q, want %v %q by %q", ok, e.Action, e.Actor, tc.ok, tc.action, tc.by)
+			}
+			if ok && (e.Machine != "press-07" || e.Target != "c-1" || e.Outcome != "ok") {
+				t.Errorf("entry %+v", e)
+			}
+		})
+	}
+}
