@@ -361,8 +361,6 @@ func (s *stateSlab) add(st telemetry.State) {
 	s.n++
 }
 
-func (s *stateSlab) current() []telemetry.State { return s.buf[s.start:] }
-
 // has reports whether the event being built has a state named name.
 func (s *stateSlab) has(name string) bool {
 	for _, st := range s.buf[s.start:] {
