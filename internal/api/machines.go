@@ -273,19 +273,15 @@ func (a *API) handleSeries(w http.ResponseWriter, r *http.Request) {
 		bad("step", fmt.Sprintf("too small for the range: more than %d buckets", maxPoints))
 	}
 	if len(problems) > 0 {
-		problem.Write(w, &problem.Problem{Type: problem.TypeInvalidParams, Status: http.StatusBadRequest,
-			Detail: fmt.Sprintf("invalid parameter %s: %s", problems[0].Name, problems[0].Reason), InvalidParams: problems})
+		writeInvalidParams(w, problems)
 		return
 	}
 
-	select {
-	case a.queries <- struct{}{}:
-		defer func() { <-a.queries }()
-	default:
-		problem.Write(w, &problem.Problem{Type: problem.TypeOverloaded, Status: http.StatusServiceUnavailable, RetryAfter: 1,
-			Detail: "too many history queries in flight; retry later"})
+	release, ok := a.querySlot(w)
+	if !ok {
 		return
 	}
+	defer release()
 	key := store.SeriesKey{Machine: id, Metric: metric}
 	f, t := from.UnixMilli(), to.UnixMilli()
 	resp := seriesResponse{Machine: id, Metric: metric, From: f, To: t, T: []int64{}, V: []float64{}}
@@ -466,4 +462,18 @@ func partialFrom(pts []store.Point, step time.Duration, m twin.Machine, lateness
 		}
 	}
 	return nil
+}
+
+// querySlot takes one of the history queries' slots (bounded: they read
+// much); it answers 503 and returns false when none is free. release
+// gives the slot back.
+func (a *API) querySlot(w http.ResponseWriter) (release func(), ok bool) {
+	select {
+	case a.queries <- struct{}{}:
+		return func() { <-a.queries }, true
+	default:
+		problem.Write(w, &problem.Problem{Type: problem.TypeOverloaded, Status: http.StatusServiceUnavailable, RetryAfter: 1,
+			Detail: "too many history queries in flight; retry later"})
+		return nil, false
+	}
 }

@@ -152,14 +152,11 @@ func (a *API) handleOEE(w http.ResponseWriter, r *http.Request) {
 			Detail: "this server's store keeps no state series, which OEE is computed from"})
 		return
 	}
-	select {
-	case a.queries <- struct{}{}:
-		defer func() { <-a.queries }()
-	default:
-		problem.Write(w, &problem.Problem{Type: problem.TypeOverloaded, Status: http.StatusServiceUnavailable, RetryAfter: 1,
-			Detail: "too many history queries in flight; retry later"})
+	release, ok := a.querySlot(w)
+	if !ok {
 		return
 	}
+	defer release()
 
 	series, err := a.computeOEE(r.Context(), g, infos, states, now.UnixMilli())
 	if err != nil {

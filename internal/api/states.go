@@ -69,18 +69,14 @@ func (a *API) handleStates(w http.ResponseWriter, r *http.Request) {
 		bad("from", "must not be after to")
 	}
 	if len(problems) > 0 {
-		problem.Write(w, &problem.Problem{Type: problem.TypeInvalidParams, Status: http.StatusBadRequest,
-			Detail: fmt.Sprintf("invalid parameter %s: %s", problems[0].Name, problems[0].Reason), InvalidParams: problems})
+		writeInvalidParams(w, problems)
 		return
 	}
-	select {
-	case a.queries <- struct{}{}:
-		defer func() { <-a.queries }()
-	default:
-		problem.Write(w, &problem.Problem{Type: problem.TypeOverloaded, Status: http.StatusServiceUnavailable, RetryAfter: 1,
-			Detail: "too many history queries in flight; retry later"})
+	release, ok := a.querySlot(w)
+	if !ok {
 		return
 	}
+	defer release()
 	f, t := from.UnixMilli(), to.UnixMilli()
 	changes, err := ss.States(r.Context(), id, name, f, t)
 	if err != nil {
