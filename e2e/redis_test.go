@@ -172,7 +172,7 @@ func TestRedisOutage(t *testing.T) {
 			t.Fatalf("post %d: %d %s", v, r.status, r.body)
 		}
 	}
-	await("ready")
+	awaitReady(t, c, s) // /readyz answers 503 until every part has started
 	post(1)
 	if m := nextData(t, c, live, "samples"); m.Samples[0].Value != 1 {
 		t.Fatalf("before the outage: %+v", m)

@@ -52,6 +52,10 @@ type delivery struct {
 	// published (site, line): cleared there when the machine is deleted
 	// or moves.
 	topics map[string][2]string
+	// published is when each pending command was last published, so
+	// that the publications at start and on a device's subscription do
+	// not send it twice to a device that already got it.
+	published map[string]time.Time
 }
 
 type desiredWrite struct {
@@ -97,8 +101,12 @@ func (d *delivery) handlers() mqtt.ControlHandlers {
 		if err != nil {
 			return err
 		}
+		subscribed := time.Now()
 		for _, c := range pending {
-			d.publishCommand(c, false)
+			// One published after the subscription reached the device.
+			if at, ok := d.lastPublished(c.ID); !ok || at.Before(subscribed) {
+				d.publishCommand(c, false)
+			}
 		}
 		return nil
 	}
@@ -130,6 +138,21 @@ func (d *delivery) add(p controlPublisher, shared bool) {
 	d.mu.Lock()
 	d.pubs = append(d.pubs, publisher{p: p, shared: shared})
 	d.mu.Unlock()
+}
+
+// hasShared reports whether an external broker is among the MQTT sides.
+func (d *delivery) hasShared() bool { return len(d.sharedPublishers()) > 0 }
+
+func (d *delivery) sharedPublishers() []controlPublisher {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var out []controlPublisher
+	for _, p := range d.pubs {
+		if p.shared {
+			out = append(out, p.p)
+		}
+	}
+	return out
 }
 
 func (d *delivery) publishers(remote bool) []controlPublisher {
@@ -215,16 +238,34 @@ func (d *delivery) publishTwin(tw control.Twin, remote bool) {
 // replica created goes out only on this replica's own sides (its embedded
 // broker), not on an external broker, which the creator publishes to.
 func (d *delivery) commandChanged(c control.Command) {
-	if c.State != control.StatePending || len(c.History) != 1 {
+	if c.State != control.StatePending {
+		d.mu.Lock()
+		delete(d.published, c.ID)
+		d.mu.Unlock()
 		return
 	}
-	d.publishCommand(c, c.Remote)
+	if len(c.History) == 1 {
+		d.publishCommand(c, c.Remote)
+	}
+}
+
+// lastPublished is when the pending command id was last published.
+func (d *delivery) lastPublished(id string) (time.Time, bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	at, ok := d.published[id]
+	return at, ok
 }
 
 // publishCommand sends c to its machine on every MQTT side, off the
 // caller's path (on an external broker a publication waits for the
 // broker's PUBACK).
 func (d *delivery) publishCommand(c control.Command, remote bool) {
+	d.publishCommandOn(c, d.publishers(remote))
+}
+
+// publishCommandOn sends c to its machine on the MQTT sides pubs.
+func (d *delivery) publishCommandOn(c control.Command, pubs []controlPublisher) {
 	in, err := d.registry.Get(c.Machine)
 	if err != nil {
 		return
@@ -234,7 +275,13 @@ func (d *delivery) publishCommand(c control.Command, remote bool) {
 		d.logger.Warn("encoding a command for MQTT", "machine", c.Machine, "command", c.ID, "err", err)
 		return
 	}
-	for _, p := range d.publishers(remote) {
+	d.mu.Lock()
+	if d.published == nil {
+		d.published = map[string]time.Time{}
+	}
+	d.published[c.ID] = time.Now()
+	d.mu.Unlock()
+	for _, p := range pubs {
 		go func() {
 			if err := p.PublishCommand(in.Site, in.Line, c.Machine, c.ID, payload); err != nil && !errors.Is(err, mqtt.ErrNoSubscribers) {
 				d.logger.Warn("publishing a command on MQTT", "machine", c.Machine, "command", c.ID, "err", err)
@@ -271,7 +318,11 @@ func (d *delivery) runWrites(ctx context.Context) error {
 
 // run publishes, once at start, every twin's desired document (the
 // embedded broker keeps retained messages in memory only; an external
-// one may hold stale ones) and every pending command, then waits for ctx.
+// one may hold stale ones) and, on an external broker, every pending
+// command (a device's persistent session there may be waiting for it),
+// then waits for ctx. The embedded broker lost every session with the
+// restart: its devices subscribe again, and get their pending commands
+// then (Subscribed).
 func (d *delivery) run(ctx context.Context) error {
 	if len(d.publishers(false)) > 0 {
 		n := 0
@@ -290,14 +341,15 @@ func (d *delivery) run(ctx context.Context) error {
 			d.publishTwin(tw, false)
 			n++
 		}
-		if d.commands != nil {
+		if d.commands != nil && d.hasShared() {
 			pending, err := d.commands.Pending(ctx)
 			if err != nil && ctx.Err() == nil {
 				d.logger.Warn("reading the pending commands to publish them", "err", err)
 			}
 			for _, c := range pending {
-				if c.State == control.StatePending {
-					d.publishCommand(c, false)
+				// Not one a device's subscription had published already.
+				if _, done := d.lastPublished(c.ID); c.State == control.StatePending && !done {
+					d.publishCommandOn(c, d.sharedPublishers())
 				}
 			}
 			d.logger.Info("published the twins' desired documents and pending commands", "twins", n, "commands", len(pending))

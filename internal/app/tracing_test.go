@@ -127,30 +127,45 @@ func TestTraceHTTPToStream(t *testing.T) {
 	}
 
 	// Exemplars: the traced batch's observations of the latency
-	// histograms carry its trace id, in OpenMetrics.
-	req, _ := http.NewRequestWithContext(ctx, "GET", url+"/metrics", nil)
-	req.Header.Set("Accept", "application/openmetrics-text; version=1.0.0")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, err := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
+	// histograms carry its trace id, in OpenMetrics. The delivery is
+	// observed once the server's write returned, which may be after this
+	// client read the message: read /metrics until it is there.
 	exemplar := `# {trace_id="` + testTraceID + `"}`
-	for _, series := range []string{"twinline_ingest_durable_seconds_bucket", `twinline_leg_seconds_bucket{leg="ingest_ack"`,
-		`twinline_leg_seconds_bucket{leg="store_commit"`, "twinline_store_write_seconds_bucket", "twinline_stream_delivery_seconds_bucket"} {
-		found := false
-		for line := range strings.Lines(string(body)) {
-			if strings.HasPrefix(line, series) && strings.Contains(line, exemplar) {
-				found = true
-				break
+	series := []string{"twinline_ingest_durable_seconds_bucket", `twinline_leg_seconds_bucket{leg="ingest_ack"`,
+		`twinline_leg_seconds_bucket{leg="store_commit"`, "twinline_store_write_seconds_bucket", "twinline_stream_delivery_seconds_bucket"}
+	var missing []string
+	for {
+		req, _ := http.NewRequestWithContext(ctx, "GET", url+"/metrics", nil)
+		req.Header.Set("Accept", "application/openmetrics-text; version=1.0.0")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		missing = missing[:0]
+		for _, name := range series {
+			found := false
+			for line := range strings.Lines(string(body)) {
+				if strings.HasPrefix(line, name) && strings.Contains(line, exemplar) {
+					found = true
+					break
+				}
+			}
+			if !found {
+				missing = append(missing, name)
 			}
 		}
-		if !found {
-			t.Errorf("no %s line with the exemplar %s", series, exemplar)
+		if len(missing) == 0 {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("no line with the exemplar %s for %v", exemplar, missing)
+		case <-time.After(20 * time.Millisecond):
 		}
 	}
 }

@@ -131,3 +131,32 @@ func TestFollowedLateHearsEachStep(t *testing.T) {
 		}
 	})
 }
+
+// TestRestartTellsNoOldSteps: after a restart, the first transition of a
+// command created before it is told alone: its creation was told by the
+// process before (and a command told as created is published again).
+func TestRestartTellsNoOldSteps(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ctx := context.Background()
+		fs, err := OpenFileCommandStore(t.TempDir())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer fs.Close()
+		before := NewCommands(fs, testSpecs, time.Now, nil)
+		cmd, _, err := before.Create(ctx, "press-07", CreateRequest{Name: "stop", Timeout: time.Hour})
+		if err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Second) // the restart
+		after := NewCommands(fs, testSpecs, time.Now, nil)
+		var heard []State
+		after.Subscribe(func(c Command) { heard = append(heard, c.State) })
+		if _, err := after.Delivered(ctx, "press-07", cmd.ID, "mqtt"); err != nil {
+			t.Fatal(err)
+		}
+		if want := []State{StateDelivered}; !slices.Equal(heard, want) {
+			t.Errorf("heard %v, want %v", heard, want)
+		}
+	})
+}

@@ -75,6 +75,7 @@ type Commands struct {
 	waiters map[string]map[chan struct{}]struct{} // Fetch calls waiting, by machine
 	wake    chan struct{}                         // Run's expiry loop: a deadline may have changed
 	heard   map[string]heardRev                   // by command id
+	started time.Time                             // when this process began to tell subscribers
 }
 
 // NewCommands returns the commands kept in s. specs returns the commands a
@@ -89,6 +90,7 @@ func NewCommands(s CommandStore, specs func(machine string) map[string]twin.Comm
 	return &Commands{
 		store: s, specs: specs, now: now, logger: logger.With("component", "commands"),
 		waiters: map[string]map[chan struct{}]struct{}{}, wake: make(chan struct{}, 1), heard: map[string]heardRev{},
+		started: now().UTC().Truncate(time.Millisecond),
 	}
 }
 
@@ -334,7 +336,8 @@ func (c *Commands) changed(cmd Command) {
 	}
 	// Subscribers hear every transition once, in order: a command read
 	// after several transitions (another replica's, followed late) is
-	// told as each step it missed; one heard already is not told again.
+	// told as each step it missed since this process started; one heard
+	// already is not told again.
 	rev := cmd.Revision()
 	last := c.heard[cmd.ID].rev
 	if rev > last {
@@ -348,6 +351,9 @@ func (c *Commands) changed(cmd Command) {
 	for i := last + 1; i <= rev; i++ {
 		step := cmd
 		if i < rev {
+			if cmd.History[i-1].At.Before(c.started) {
+				continue // told, if at all, before this process started
+			}
 			step = cmd.at(i)
 		}
 		for _, fn := range subs {
