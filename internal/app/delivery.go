@@ -97,15 +97,17 @@ func (d *delivery) handlers() mqtt.ControlHandlers {
 		return busy(err)
 	}
 	h.Subscribed = func(ctx context.Context, machine string) error {
+		subscribed := time.Now()
 		pending, err := d.commands.List(ctx, machine, control.Filter{State: control.StatePending})
 		if err != nil {
 			return err
 		}
-		subscribed := time.Now()
 		for _, c := range pending {
 			// One published after the subscription reached the device.
+			// Only the embedded brokers (not shared): the subscription
+			// was to one of them.
 			if at, ok := d.lastPublished(c.ID); !ok || at.Before(subscribed) {
-				d.publishCommand(c, false)
+				d.publishCommandOn(c, d.publishers(true))
 			}
 		}
 		return nil
@@ -141,29 +143,25 @@ func (d *delivery) add(p controlPublisher, shared bool) {
 }
 
 // hasShared reports whether an external broker is among the MQTT sides.
-func (d *delivery) hasShared() bool { return len(d.sharedPublishers()) > 0 }
+func (d *delivery) hasShared() bool { return len(d.sides(false, true)) > 0 }
 
-func (d *delivery) sharedPublishers() []controlPublisher {
+// sharedPublishers are the external brokers.
+func (d *delivery) sharedPublishers() []controlPublisher { return d.sides(false, true) }
+
+// publishers are the MQTT sides a change goes to: all of them for this
+// replica's own changes; only its embedded brokers for another replica's
+// (remote), which that replica publishes to the shared broker itself.
+func (d *delivery) publishers(remote bool) []controlPublisher { return d.sides(true, !remote) }
+
+// sides returns the embedded brokers (own) and the external ones (shared).
+func (d *delivery) sides(own, shared bool) []controlPublisher {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	var out []controlPublisher
 	for _, p := range d.pubs {
-		if p.shared {
+		if p.shared && shared || !p.shared && own {
 			out = append(out, p.p)
 		}
-	}
-	return out
-}
-
-func (d *delivery) publishers(remote bool) []controlPublisher {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	var out []controlPublisher
-	for _, p := range d.pubs {
-		if remote && p.shared {
-			continue
-		}
-		out = append(out, p.p)
 	}
 	return out
 }
