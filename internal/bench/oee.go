@@ -121,52 +121,10 @@ func runOEE(ctx context.Context, o Options, r *Result) error {
 		FormatCount(float64(r.Ingest.Events)), preload.Seconds()))
 
 	from, to := strconv.FormatInt(first.UnixMilli(), 10), strconv.FormatInt(end.UnixMilli()+1, 10)
-	kinds := []struct{ name, path string }{
-		{"oee-fleet", "/api/v1/oee?site=bench&from=" + from + "&to=" + to + "&step=1h"},
-		{"oee-machine", "/api/v1/oee?machine=" + names[0] + "&from=" + from + "&to=" + to + "&step=1h"},
-	}
-	hists := []*Histogram{NewHistogram(), NewHistogram()}
-	counts := make([]int64, len(kinds))
-	bytesOut := make([]int64, len(kinds))
-	errs := make([]errCounts, len(kinds))
-	one := newHTTPClient(1, o.Token)
-	defer one.CloseIdleConnections()
-	m.setPhase("queries")
-	cpu0, cpuErr := serverCPU(o.Server)
-	start := time.Now()
-	deadline := start.Add(o.Duration)
-	for i := 0; time.Now().Before(deadline) && ctx.Err() == nil; i++ {
-		k := i % len(kinds)
-		d, body, status, err := get(ctx, one, o.Target+kinds[k].path)
-		m.queries.Add(1)
-		switch {
-		case err != nil:
-			if ctx.Err() == nil {
-				errs[k].add("transport")
-				m.errors.Add(1)
-			}
-		case status != http.StatusOK:
-			errs[k].add(strconv.Itoa(status))
-			m.errors.Add(1)
-			if i < len(kinds) {
-				return fmt.Errorf("query %s: %d: %.300s", kinds[k].name, status, body)
-			}
-		default:
-			hists[k].Record(d)
-			counts[k]++
-			bytesOut[k] += int64(len(body))
-		}
-	}
-	elapsed := time.Since(start)
-	r.Seconds = elapsed.Seconds()
-	for k, kind := range kinds {
-		q := QueryResult{Name: kind.name, Path: kind.path, Summary: hists[k].Summary(), Errors: errs[k].snapshot(),
-			PerS: float64(counts[k]) / elapsed.Seconds()}
-		r.Queries = append(r.Queries, q)
-		if counts[k] > 0 {
-			r.Notes = append(r.Notes, fmt.Sprintf("%s answers %s", kind.name, FormatBytes(float64(bytesOut[k])/float64(counts[k]))))
-		}
-	}
-	r.Server = serverResult(o.Server, cpu0, cpuErr, 0)
-	return ctx.Err()
+	fleet := "/api/v1/oee?site=bench&from=" + from + "&to=" + to + "&step=1h"
+	machine := "/api/v1/oee?machine=" + names[0] + "&from=" + from + "&to=" + to + "&step=1h"
+	return runQueries(ctx, o, r, m, []queryKind{
+		{"oee-fleet", func(int) string { return fleet }, false},
+		{"oee-machine", func(int) string { return machine }, false},
+	})
 }

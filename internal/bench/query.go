@@ -93,21 +93,36 @@ func runQuery(ctx context.Context, o Options, r *Result) error {
 
 	// Queries, in turn.
 	from, to := strconv.FormatInt(first.UnixMilli(), 10), strconv.FormatInt(end.UnixMilli()+1, 10)
-	kinds := []struct {
-		name string
-		path func(i int) string
-	}{
+	kinds := []queryKind{
 		{"history-points", func(i int) string {
 			return "/api/v1/machines/" + names[i%o.HistoryMachines] + "/series?metric=" + metrics[0] + "&from=" + from + "&to=" + to + "&points=1000"
-		}},
+		}, true},
 		{"history-step", func(i int) string {
 			return "/api/v1/machines/" + names[i%o.HistoryMachines] + "/series?metric=" + metrics[0] + "&from=" + from + "&to=" + to + "&step=10s&agg=avg"
-		}},
-		{"fleet", func(int) string { return "/api/v1/machines" }},
+		}, true},
+		{"fleet", func(int) string { return "/api/v1/machines" }, false},
 	}
+	return runQueries(ctx, o, r, m, kinds)
+}
+
+// queryKind is one query of the query phase: its name, its path for the
+// i-th time it runs, and whether its answer is a series whose points are
+// counted.
+type queryKind struct {
+	name   string
+	path   func(i int) string
+	series bool
+}
+
+// runQueries runs kinds one at a time and in turn for o.Duration and
+// records each one's latency, rate, errors, answer size and (series)
+// points in r. An error answer to a kind's first run ends it: the
+// scenario is wrong, not the server slow.
+func runQueries(ctx context.Context, o Options, r *Result, m *meter, kinds []queryKind) error {
 	hists := make([]*Histogram, len(kinds))
 	points := make([]int64, len(kinds))
 	counts := make([]int64, len(kinds))
+	sizes := make([]int64, len(kinds))
 	errs := make([]errCounts, len(kinds))
 	for k := range hists {
 		hists[k] = NewHistogram()
@@ -138,7 +153,10 @@ func runQuery(ctx context.Context, o Options, r *Result) error {
 		default:
 			hists[k].Record(d)
 			counts[k]++
-			points[k] += countPoints(body)
+			sizes[k] += int64(len(body))
+			if kinds[k].series {
+				points[k] += countPoints(body)
+			}
 		}
 	}
 	elapsed := time.Since(start)
@@ -146,8 +164,11 @@ func runQuery(ctx context.Context, o Options, r *Result) error {
 	for k, kind := range kinds {
 		u, _ := url.Parse(kind.path(0))
 		q := QueryResult{Name: kind.name, Path: u.Path + "?" + u.RawQuery, Summary: hists[k].Summary(), Errors: errs[k].snapshot()}
-		if counts[k] > 0 && kind.name != "fleet" {
-			q.Points = float64(points[k]) / float64(counts[k])
+		if counts[k] > 0 {
+			q.Bytes = float64(sizes[k]) / float64(counts[k])
+			if kind.series {
+				q.Points = float64(points[k]) / float64(counts[k])
+			}
 		}
 		q.PerS = float64(counts[k]) / elapsed.Seconds()
 		r.Queries = append(r.Queries, q)

@@ -168,9 +168,11 @@ type SizeSummary struct {
 
 // QueryResult is one kind of query's latency.
 type QueryResult struct {
-	Name   string           `json:"name"`
-	Path   string           `json:"path"`
-	Points float64          `json:"pointsAvg,omitempty"`
+	Name   string  `json:"name"`
+	Path   string  `json:"path"`
+	Points float64 `json:"pointsAvg,omitempty"`
+	// Bytes is the mean size of an answer.
+	Bytes  float64          `json:"bytesAvg,omitempty"`
 	Errors map[string]int64 `json:"errors,omitempty"`
 	Summary
 	PerS float64 `json:"perS"`
@@ -322,6 +324,9 @@ func WriteTable(w io.Writer, r *Result) error {
 		extra := ""
 		if q.Points > 0 {
 			extra = fmt.Sprintf(", %.0f points", q.Points)
+		}
+		if q.Bytes > 0 {
+			extra += ", " + FormatBytes(q.Bytes)
 		}
 		if len(q.Errors) > 0 {
 			extra += ", errors " + formatErrors(q.Errors)
