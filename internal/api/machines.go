@@ -7,6 +7,7 @@ import (
 	"io"
 	"math"
 	"net/http"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -224,17 +225,7 @@ func (a *API) handleSeries(w http.ResponseWriter, r *http.Request) {
 		bad("metric", "required")
 	}
 	now := a.now()
-	to, toErr := parseTime(q.Get("to"), now)
-	if toErr != nil {
-		bad("to", toErr.Error())
-	}
-	from, fromErr := parseTime(q.Get("from"), now.Add(-time.Hour))
-	if fromErr != nil {
-		bad("from", fromErr.Error())
-	}
-	if toErr == nil && fromErr == nil && from.After(to) {
-		bad("from", "must not be after to")
-	}
+	from, to := parseRange(q, now, time.Hour, bad)
 	var step time.Duration
 	if s := q.Get("step"); s != "" {
 		if step, err = time.ParseDuration(s); err != nil || step < time.Millisecond {
@@ -476,4 +467,21 @@ func (a *API) querySlot(w http.ResponseWriter) (release func(), ok bool) {
 			Detail: "too many history queries in flight; retry later"})
 		return nil, false
 	}
+}
+
+// parseRange reads the from and to parameters of a history query: to
+// defaults to now, from to back before now; bad is told of every problem.
+func parseRange(q url.Values, now time.Time, back time.Duration, bad func(name, reason string)) (from, to time.Time) {
+	to, toErr := parseTime(q.Get("to"), now)
+	if toErr != nil {
+		bad("to", toErr.Error())
+	}
+	from, fromErr := parseTime(q.Get("from"), now.Add(-back))
+	if fromErr != nil {
+		bad("from", fromErr.Error())
+	}
+	if toErr == nil && fromErr == nil && from.After(to) {
+		bad("from", "must not be after to")
+	}
+	return from, to
 }

@@ -57,17 +57,7 @@ func (a *API) handleStates(w http.ResponseWriter, r *http.Request) {
 		bad("name", "required")
 	}
 	now := a.now()
-	to, toErr := parseTime(q.Get("to"), now)
-	if toErr != nil {
-		bad("to", toErr.Error())
-	}
-	from, fromErr := parseTime(q.Get("from"), now.Add(-24*time.Hour))
-	if fromErr != nil {
-		bad("from", fromErr.Error())
-	}
-	if toErr == nil && fromErr == nil && from.After(to) {
-		bad("from", "must not be after to")
-	}
+	from, to := parseRange(q, now, 24*time.Hour, bad)
 	if len(problems) > 0 {
 		writeInvalidParams(w, problems)
 		return
