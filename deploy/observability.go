@@ -26,6 +26,11 @@ import (
 //go:embed prometheus/rules/*.yml grafana/dashboards/*.json grafana/provisioning/datasources/*.yaml
 var files embed.FS
 
+// TwinlineDatasource is the uid of the Grafana datasource that reads
+// twinline's own Prometheus query API (/prometheus), not the Prometheus
+// that scrapes its /metrics: the plant dashboard's telemetry.
+const TwinlineDatasource = "twinline"
+
 // Query is one PromQL expression of the deployment files.
 type Query struct {
 	// Where names the file and the rule, panel or setting.
@@ -33,6 +38,16 @@ type Query struct {
 	// Expr is the expression as Prometheus receives it: Grafana's
 	// variables replaced by values of the right kind.
 	Expr string
+	// Datasource is the uid of the Grafana datasource that runs it (a
+	// dashboard's datasource variable resolved to its current value);
+	// "" for the rules, which Prometheus evaluates.
+	Datasource string
+	// Instant is a panel target Grafana runs as an instant query
+	// (/api/v1/query), not a range query.
+	Instant bool
+	// Label is the label of a label_values(Expr, Label) variable, which
+	// Grafana asks /api/v1/label/<Label>/values?match[]=Expr for.
+	Label string
 }
 
 // Selector is one series selector of a Query.
@@ -69,17 +84,25 @@ func Rules() (map[string]*rulefmt.RuleGroups, error) {
 func NewParser() parser.Parser { return parser.NewParser(parser.Options{}) }
 
 // grafanaVars are Grafana's variables in a query: $__rate_interval and
-// friends stand for a duration, the dashboard's own ($role, ${role}) sit
-// in label matchers, where "All" is ".*".
+// friends stand for a duration, a dashboard's textbox, constant and custom
+// variables for their current value (a number such as $threshold), its
+// query variables ($role, ${role}) sit in label matchers, where "All" is
+// ".*".
 var (
 	grafanaDuration = regexp.MustCompile(`\$__(?:rate_interval|interval|range)\b|\$\{__(?:rate_interval|interval|range)\}`)
-	grafanaVar      = regexp.MustCompile(`\$\{?[A-Za-z_][A-Za-z0-9_]*\}?`)
+	grafanaVar      = regexp.MustCompile(`\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?`)
 )
 
-// expandGrafana replaces Grafana's variables as described at grafanaVars.
-func expandGrafana(expr string) string {
+// expandGrafana replaces Grafana's variables as described at grafanaVars,
+// values holding the current values of the dashboard's fixed variables.
+func expandGrafana(expr string, values map[string]string) string {
 	expr = grafanaDuration.ReplaceAllString(expr, "5m")
-	return grafanaVar.ReplaceAllString(expr, ".*")
+	return grafanaVar.ReplaceAllStringFunc(expr, func(m string) string {
+		if v, ok := values[grafanaVar.FindStringSubmatch(m)[1]]; ok {
+			return v
+		}
+		return ".*"
+	})
 }
 
 // Queries returns every PromQL expression of the rule files, the
@@ -128,24 +151,54 @@ func Queries() ([]Query, error) {
 		}
 		for _, d := range ds.Datasources {
 			for _, q := range d.JSONData.TracesToMetrics.Queries {
-				out = append(out, Query{Where: fmt.Sprintf("deploy/%s: %s: tracesToMetrics %q", name, d.Name, q.Name), Expr: expandGrafana(q.Query)})
+				out = append(out, Query{Where: fmt.Sprintf("deploy/%s: %s: tracesToMetrics %q", name, d.Name, q.Name), Expr: expandGrafana(q.Query, nil), Datasource: d.JSONData.TracesToMetrics.DatasourceUID})
 			}
 		}
 	}
 	return out, nil
 }
 
-// labelValuesQuery is the metric of a label_values(metric, label) variable.
-var labelValuesQuery = regexp.MustCompile(`^label_values\((.+),\s*[A-Za-z_][A-Za-z0-9_]*\)$`)
+// labelValuesQuery is the metric and the label of a label_values(metric,
+// label) variable.
+var labelValuesQuery = regexp.MustCompile(`^label_values\((.+),\s*([A-Za-z_][A-Za-z0-9_]*)\)$`)
 
 func (d Dashboard) queries(where string) []Query {
+	// The current values of the variables that are not label matchers,
+	// and of the datasource variables (a panel's "${datasource}").
+	values := map[string]string{}
+	sources := map[string]string{}
+	for _, v := range d.Templating.List {
+		switch v.Type {
+		case "textbox", "constant", "custom":
+			values[v.Name] = fmt.Sprint(v.Current.Value)
+		case "datasource":
+			sources["${"+v.Name+"}"] = fmt.Sprint(v.Current.Value)
+			sources["$"+v.Name] = fmt.Sprint(v.Current.Value)
+		}
+	}
+	uid := func(ds ...*Datasource) string {
+		for _, d := range ds {
+			if d != nil && d.UID != "" {
+				if u, ok := sources[d.UID]; ok {
+					return u
+				}
+				return d.UID
+			}
+		}
+		return ""
+	}
 	var out []Query
 	var walk func(ps []Panel)
 	walk = func(ps []Panel) {
 		for _, p := range ps {
 			for _, t := range p.Targets {
 				if t.Expr != "" {
-					out = append(out, Query{Where: fmt.Sprintf("%s: panel %d %q: target %s", where, p.ID, p.Title, t.RefID), Expr: expandGrafana(t.Expr)})
+					out = append(out, Query{
+						Where:      fmt.Sprintf("%s: panel %d %q: target %s", where, p.ID, p.Title, t.RefID),
+						Expr:       expandGrafana(t.Expr, values),
+						Datasource: uid(t.Datasource, p.Datasource),
+						Instant:    t.Instant && !t.Range,
+					})
 				}
 			}
 			walk(p.Panels)
@@ -157,15 +210,25 @@ func (d Dashboard) queries(where string) []Query {
 			continue
 		}
 		if m := labelValuesQuery.FindStringSubmatch(strings.TrimSpace(v.Definition)); m != nil {
-			out = append(out, Query{Where: fmt.Sprintf("%s: variable %s", where, v.Name), Expr: expandGrafana(m[1])})
+			out = append(out, Query{Where: fmt.Sprintf("%s: variable %s", where, v.Name), Expr: expandGrafana(m[1], values), Datasource: uid(v.Datasource), Label: m[2]})
 		}
 	}
 	for _, a := range d.Annotations.List {
 		if a.Expr != "" {
-			out = append(out, Query{Where: fmt.Sprintf("%s: annotation %s", where, a.Name), Expr: expandGrafana(a.Expr)})
+			out = append(out, Query{Where: fmt.Sprintf("%s: annotation %s", where, a.Name), Expr: expandGrafana(a.Expr, values), Datasource: uid(a.Datasource)})
 		}
 	}
 	return out
+}
+
+// TwinlineQueries returns the queries of the dashboards that twinline's
+// own query API answers (datasource TwinlineDatasource).
+func TwinlineQueries() ([]Query, error) {
+	qs, err := Queries()
+	if err != nil {
+		return nil, err
+	}
+	return slices.DeleteFunc(qs, func(q Query) bool { return q.Datasource != TwinlineDatasource }), nil
 }
 
 // Selectors parses every query and returns its series selectors.
@@ -174,6 +237,10 @@ func Selectors() ([]Selector, error) {
 	if err != nil {
 		return nil, err
 	}
+	return selectors(qs)
+}
+
+func selectors(qs []Query) ([]Selector, error) {
 	p := NewParser()
 	var out []Selector
 	for _, q := range qs {
@@ -214,11 +281,16 @@ func Recorded() (map[string]bool, error) {
 var prometheusOwn = map[string]bool{"up": true, "ALERTS": true, "ALERTS_FOR_STATE": true}
 
 // ServerSelectors returns the selectors that read series twinline serves
-// on /metrics: every selector but those of recorded names and of
-// Prometheus' own series (up, ALERTS). The Go and process collectors'
-// series (go_*, process_*) are twinline's.
+// on /metrics: every selector but those of recorded names, of
+// Prometheus' own series (up, ALERTS) and of the queries of twinline's
+// query API (the telemetry, not /metrics). The Go and process
+// collectors' series (go_*, process_*) are twinline's.
 func ServerSelectors() ([]Selector, error) {
-	all, err := Selectors()
+	qs, err := Queries()
+	if err != nil {
+		return nil, err
+	}
+	all, err := selectors(slices.DeleteFunc(qs, func(q Query) bool { return q.Datasource == TwinlineDatasource }))
 	if err != nil {
 		return nil, err
 	}
@@ -250,6 +322,9 @@ type Dashboard struct {
 			Query      any         `json:"query"`
 			Definition string      `json:"definition"`
 			Datasource *Datasource `json:"datasource"`
+			Current    struct {
+				Value any `json:"value"`
+			} `json:"current"`
 		} `json:"list"`
 	} `json:"templating"`
 	Annotations struct {
@@ -274,6 +349,8 @@ type Panel struct {
 	Targets []struct {
 		RefID      string      `json:"refId"`
 		Expr       string      `json:"expr"`
+		Instant    bool        `json:"instant"`
+		Range      bool        `json:"range"`
 		Exemplar   bool        `json:"exemplar"`
 		Datasource *Datasource `json:"datasource"`
 	} `json:"targets"`
@@ -288,32 +365,41 @@ type Datasource struct {
 
 // Datasources is Grafana's datasource provisioning file.
 type Datasources struct {
-	APIVersion  int `yaml:"apiVersion"`
-	Datasources []struct {
-		Name     string `yaml:"name"`
-		UID      string `yaml:"uid"`
-		Type     string `yaml:"type"`
-		URL      string `yaml:"url"`
-		JSONData struct {
-			ExemplarTraceIDDestinations []struct {
-				Name          string `yaml:"name"`
-				DatasourceUID string `yaml:"datasourceUid"`
-			} `yaml:"exemplarTraceIdDestinations"`
-			TracesToMetrics struct {
-				DatasourceUID string `yaml:"datasourceUid"`
-				Queries       []struct {
-					Name  string `yaml:"name"`
-					Query string `yaml:"query"`
-				} `yaml:"queries"`
-			} `yaml:"tracesToMetrics"`
-			TracesToLogsV2 struct {
-				DatasourceUID string `yaml:"datasourceUid"`
-			} `yaml:"tracesToLogsV2"`
-			DerivedFields []struct {
-				DatasourceUID string `yaml:"datasourceUid"`
-			} `yaml:"derivedFields"`
-		} `yaml:"jsonData"`
-	} `yaml:"datasources"`
+	APIVersion  int                     `yaml:"apiVersion"`
+	Datasources []ProvisionedDatasource `yaml:"datasources"`
+}
+
+// ProvisionedDatasource is one datasource of a provisioning file.
+type ProvisionedDatasource struct {
+	Name     string `yaml:"name"`
+	UID      string `yaml:"uid"`
+	Type     string `yaml:"type"`
+	Access   string `yaml:"access"`
+	URL      string `yaml:"url"`
+	JSONData struct {
+		HTTPMethod                  string `yaml:"httpMethod"`
+		TLSAuthWithCACert           bool   `yaml:"tlsAuthWithCACert"`
+		HTTPHeaderName1             string `yaml:"httpHeaderName1"`
+		ManageAlerts                *bool  `yaml:"manageAlerts"`
+		ExemplarTraceIDDestinations []struct {
+			Name          string `yaml:"name"`
+			DatasourceUID string `yaml:"datasourceUid"`
+		} `yaml:"exemplarTraceIdDestinations"`
+		TracesToMetrics struct {
+			DatasourceUID string `yaml:"datasourceUid"`
+			Queries       []struct {
+				Name  string `yaml:"name"`
+				Query string `yaml:"query"`
+			} `yaml:"queries"`
+		} `yaml:"tracesToMetrics"`
+		TracesToLogsV2 struct {
+			DatasourceUID string `yaml:"datasourceUid"`
+		} `yaml:"tracesToLogsV2"`
+		DerivedFields []struct {
+			DatasourceUID string `yaml:"datasourceUid"`
+		} `yaml:"derivedFields"`
+	} `yaml:"jsonData"`
+	SecureJSONData map[string]string `yaml:"secureJsonData"`
 }
 
 // ReadDashboards returns the dashboards of grafana/dashboards by file.

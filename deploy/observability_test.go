@@ -200,10 +200,14 @@ func TestPromtoolRules(t *testing.T) {
 	run(t, promtool, "check", "config", "--syntax-only", "prometheus/prometheus.yml")
 }
 
-// TestAlertmanagerConfig checks alertmanager.yml with amtool, and that its
-// routes cover both severities the alerts carry.
+// TestAlertmanagerConfig checks alertmanager.yml with amtool, that its
+// routes cover both severities the SLO alerts carry, and where amtool's
+// routing tree sends an SLO page, an SLO ticket and a machine's alarm as
+// twinline posts it (--alertmanager-url: alertname, machine, site, line,
+// metric, severity), whatever the alarm's severity.
 func TestAlertmanagerConfig(t *testing.T) {
-	b, err := os.ReadFile("alertmanager/alertmanager.yml")
+	const file = "alertmanager/alertmanager.yml"
+	b, err := os.ReadFile(file)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -213,7 +217,28 @@ func TestAlertmanagerConfig(t *testing.T) {
 		}
 	}
 	amtool := tool(t, "amtool", "prometheus-alertmanager")
-	run(t, amtool, "check-config", "alertmanager/alertmanager.yml")
+	run(t, amtool, "check-config", file)
+	alarm := []string{"alertname=temp", "machine=press-01", "site=lyon", "line=l1", "metric=temp"}
+	for _, tc := range []struct {
+		labels []string
+		want   string
+	}{
+		{[]string{"alertname=TwinlineIngestAvailability", "slo=ingest", "severity=page"}, "page"},
+		{[]string{"alertname=TwinlineIngestAvailability", "slo=ingest", "severity=ticket"}, "ticket"},
+		{append(alarm, "severity=warning"), "plant"},
+		{append(alarm, "severity=critical"), "plant"},
+		{append(alarm, "severity=page"), "plant"},
+		{alarm, "plant"},
+	} {
+		out, err := exec.Command(amtool, append([]string{"config", "routes", "test", "--config.file=" + file}, tc.labels...)...).Output()
+		if err != nil {
+			t.Errorf("amtool config routes test %v: %v", tc.labels, err)
+			continue
+		}
+		if got := strings.TrimSpace(string(out)); got != tc.want {
+			t.Errorf("%s routes %v to %q, want %q", file, tc.labels, got, tc.want)
+		}
+	}
 }
 
 // ruleTests is the part of a promtool test file this test reads.

@@ -8,6 +8,10 @@
 #   prometheus-token  with METRICS_TOKEN_OWNER set (the scale file): a copy
 #                     of the bootstrap token that user (Prometheus) may
 #                     read, to scrape /metrics with
+#   grafana-token     with QUERY_TOKEN_OWNER set (the scale file): a copy
+#                     of the bootstrap token that user (Grafana) may read,
+#                     for its twinline datasource (the /prometheus query
+#                     API)
 #
 # Files that exist are kept: delete one and run this again to replace it
 # (docs/security.md, "Rotation"). Secrets are never printed.
@@ -41,17 +45,25 @@ if [ ! -s "$dir/tls.crt" ] || [ ! -s "$dir/tls.key" ]; then
 	echo "init-secrets: created a self-signed certificate for ${san#,}"
 fi
 
-# Like every file here, made once: after replacing the bootstrap token,
-# delete this one too; once the bootstrap token is revoked, write a read
-# token here instead (docs/observability.md#dashboards-and-the-stack).
-if [ -n "${METRICS_TOKEN_OWNER:-}" ]; then
-	if [ ! -s "$dir/prometheus-token" ]; then
-		cp "$dir/bootstrap-token" "$dir/prometheus-token.new"
-		mv "$dir/prometheus-token.new" "$dir/prometheus-token"
-		echo "init-secrets: copied the bootstrap token for Prometheus"
+# copy_token FILE OWNER WHO: a copy of the bootstrap token only OWNER (a
+# uid) may read. Like every file here, made once: after replacing the
+# bootstrap token, delete the copies too; once the bootstrap token is
+# revoked, write a read token there instead
+# (docs/observability.md#dashboards-and-the-stack, docs/grafana.md).
+copy_token() {
+	if [ ! -s "$dir/$1" ]; then
+		cp "$dir/bootstrap-token" "$dir/$1.new"
+		mv "$dir/$1.new" "$dir/$1"
+		echo "init-secrets: copied the bootstrap token for $3"
 	fi
-	chown "$METRICS_TOKEN_OWNER:$METRICS_TOKEN_OWNER" "$dir/prometheus-token"
-	chmod 0400 "$dir/prometheus-token"
+	chown "$2:$2" "$dir/$1"
+	chmod 0400 "$dir/$1"
+}
+if [ -n "${METRICS_TOKEN_OWNER:-}" ]; then
+	copy_token prometheus-token "$METRICS_TOKEN_OWNER" Prometheus
+fi
+if [ -n "${QUERY_TOKEN_OWNER:-}" ]; then
+	copy_token grafana-token "$QUERY_TOKEN_OWNER" Grafana
 fi
 
 chown "$owner:$owner" "$dir/bootstrap-token" "$dir/tls.crt"
