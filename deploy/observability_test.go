@@ -218,17 +218,19 @@ func TestAlertmanagerConfig(t *testing.T) {
 	}
 	amtool := tool(t, "amtool", "prometheus-alertmanager")
 	run(t, amtool, "check-config", file)
-	alarm := []string{"alertname=temp", "machine=press-01", "site=lyon", "line=l1", "metric=temp"}
+	where := []string{"machine=press-01", "site=lyon", "line=l1"}
 	for _, tc := range []struct {
 		labels []string
 		want   string
 	}{
 		{[]string{"alertname=TwinlineIngestAvailability", "slo=ingest", "severity=page"}, "page"},
 		{[]string{"alertname=TwinlineIngestAvailability", "slo=ingest", "severity=ticket"}, "ticket"},
-		{append(alarm, "severity=warning"), "plant"},
-		{append(alarm, "severity=critical"), "plant"},
-		{append(alarm, "severity=page"), "plant"},
-		{alarm, "plant"},
+		{append(where, "alertname=TwinlineThresholdHigh", "metric=temp", "severity=critical"), "plant"},
+		{append(where, "alertname=TwinlineMachineOffline", "severity=warning"), "plant"},
+		// Whatever the severity, and without site and line (a machine
+		// not in the registry).
+		{append(where, "alertname=TwinlineThresholdLow", "metric=temp", "severity=page"), "plant"},
+		{[]string{"alertname=TwinlineThresholdHigh", "machine=press-01", "metric=temp", "severity=ticket"}, "plant"},
 	} {
 		out, err := exec.Command(amtool, append([]string{"config", "routes", "test", "--config.file=" + file}, tc.labels...)...).Output()
 		if err != nil {
