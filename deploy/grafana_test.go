@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/prometheus/model/labels"
+	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/promql"
 	"github.com/prometheus/prometheus/promql/parser"
 	"github.com/prometheus/prometheus/promql/promqltest"
@@ -24,7 +24,7 @@ import (
 // queryAPILabels are the labels twinline's Prometheus query API gives
 // every series (docs/prometheus-api.md); registry attributes may come on
 // top, but the plant dashboard keeps to these.
-var queryAPILabels = []string{labels.MetricName, "machine", "site", "line"}
+var queryAPILabels = []string{model.MetricNameLabel, "machine", "site", "line"}
 
 // fileRef is Grafana's $__file{path} in a provisioning value.
 var fileRef = regexp.MustCompile(`\$__file\{([^}]+)\}`)
