@@ -13,5 +13,7 @@
 //
 // Its only code, observability.go, reads the PromQL of those files for
 // the tests here and for internal/app's, which check that every metric
-// the rules and dashboards read exists on a running server's /metrics.
+// the rules and dashboards read exists on a running server's /metrics,
+// and for e2e's, which run the queries of the twinline datasource (the
+// plant dashboard, docs/grafana.md) on twinline's own query API.
 package deploy
