@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"net/http"
 	"path"
+	"sync"
 	"time"
 
 	"github.com/twinline/twinline/internal/problem"
@@ -44,13 +45,24 @@ const DocsCSP = "default-src 'none'; script-src 'self'; style-src 'self'; img-sr
 // Docs serves the API reference viewer: its page and its files.
 type Docs struct {
 	page  *asset
-	files map[string]docFile
+	files map[string]*docFile
 	built bool
 }
 
+// docFile is one file of the viewer, compressed on its first request:
+// compressing Swagger UI's 1.7 MB bundle takes most of a second, which no
+// server start should wait for (BenchmarkNewDocs).
 type docFile struct {
-	*asset
-	contentType string
+	name, contentType string
+	body              []byte
+	once              sync.Once
+	prepared          *asset
+	err               error
+}
+
+func (f *docFile) asset() (*asset, error) {
+	f.once.Do(func() { f.prepared, f.err = prepare(f.name, f.body) })
+	return f.prepared, f.err
 }
 
 // NewDocs returns the viewer embedded in this binary.
@@ -66,7 +78,7 @@ func NewDocs() *Docs {
 // files from built (under dist/app/docs/, absent without the dashboard
 // build).
 func loadDocs(own, built fs.FS) (*Docs, error) {
-	d := &Docs{files: map[string]docFile{}}
+	d := &Docs{files: map[string]*docFile{}}
 	if err := d.add(own, docsDir); err != nil {
 		return nil, err
 	}
@@ -74,7 +86,11 @@ func loadDocs(own, built fs.FS) (*Docs, error) {
 	if !ok {
 		return nil, fmt.Errorf("the viewer page %s/index.html is missing", docsDir)
 	}
-	d.page = idx.asset
+	page, err := idx.asset()
+	if err != nil {
+		return nil, err
+	}
+	d.page = page
 	delete(d.files, "index.html")
 	if err := d.add(built, viewerDir); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return nil, err
@@ -99,11 +115,7 @@ func (d *Docs) add(fsys fs.FS, dir string) error {
 		if err != nil {
 			return fmt.Errorf("reading %s: %w", name, err)
 		}
-		a, err := prepare(name, body)
-		if err != nil {
-			return err
-		}
-		d.files[e.Name()] = docFile{asset: a, contentType: ct}
+		d.files[e.Name()] = &docFile{name: name, contentType: ct, body: body}
 	}
 	return nil
 }
@@ -148,7 +160,14 @@ func (d *Docs) ServeFile(w http.ResponseWriter, r *http.Request, name string) {
 		problem.Write(w, &problem.Problem{Type: problem.TypeNotFound, Status: http.StatusNotFound, Detail: detail})
 		return
 	}
-	serveEncoded(w, r, f.asset, f.contentType)
+	a, err := f.asset()
+	if err != nil {
+		// gzip into memory does not fail; should it, say so
+		problem.Write(w, &problem.Problem{Type: "about:blank", Status: http.StatusInternalServerError,
+			Detail: "preparing " + name + ": " + err.Error()})
+		return
+	}
+	serveEncoded(w, r, a, f.contentType)
 }
 
 // serveEncoded serves a, gzipped when the client accepts it, revalidated
