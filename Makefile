@@ -40,7 +40,7 @@ all: build
 NPM       ?= $(shell command -v npm 2>/dev/null)
 WEB_OUT   := internal/web/dist/app/index.html
 WEB_DEPS  := web/node_modules/.package-lock.json
-WEB_SRC   := $(shell find web/src web/index.html web/vite.config.ts web/tsconfig.json web/package.json -type f 2>/dev/null)
+WEB_SRC   := $(shell find web/src web/index.html web/vite.config.ts web/docs-viewer.mjs web/tsconfig.json web/package.json -type f 2>/dev/null)
 ifeq ($(SKIP_WEB),1)
 BUILD_WEB :=
 else

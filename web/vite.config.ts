@@ -1,5 +1,6 @@
 /// <reference types="vitest/config" />
 import { defineConfig, type Plugin } from 'vite';
+import { apiDocsViewer } from './docs-viewer.mjs';
 
 /**
  * The Go server routes "/" to the dashboard (internal/api: GET /{$}), so
@@ -45,7 +46,7 @@ function escapeRe(s: string): string {
 
 export default defineConfig({
   esbuild: { jsx: 'automatic' },
-  plugins: [singleFile()],
+  plugins: [singleFile(), apiDocsViewer()],
   build: {
     outDir: '../internal/web/dist/app',
     emptyOutDir: true,

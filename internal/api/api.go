@@ -27,6 +27,7 @@ import (
 	"github.com/twinline/twinline/internal/telemetry"
 	"github.com/twinline/twinline/internal/tracing"
 	"github.com/twinline/twinline/internal/twin"
+	"github.com/twinline/twinline/internal/web"
 )
 
 // Options are the HTTP-level limits and ingest settings.
@@ -102,6 +103,9 @@ type Deps struct {
 	Metrics       http.Handler
 	// UI serves the dashboard at /.
 	UI http.Handler
+	// Docs is the API reference viewer at /docs; nil (or not built into
+	// the binary) serves the plain reference page instead.
+	Docs *web.Docs
 	// Ready reports nil when the server can take traffic.
 	Ready func() error
 	// Degraded reports what works in a reduced mode (e.g. Redis down:
@@ -181,6 +185,7 @@ type API struct {
 	streamCtx  func(ctx context.Context, visible func(machine string) bool, client string) context.Context
 	metrics    http.Handler
 	ui         http.Handler
+	docs       *web.Docs
 	ready      func() error
 	degraded   func() error
 	hot        hotWindow
@@ -235,7 +240,7 @@ type route struct {
 func serves(role config.Role, rt route) bool {
 	ingest := rt.path == "/api/v1/events" || rt.path == "/write" || rt.path == "/api/v2/write" || rt.path == "/ping" || rt.path == "/query"
 	ops := rt.path == "/healthz" || rt.path == "/readyz" || rt.path == "/metrics" || rt.path == "/api/openapi.json" || rt.path == "/api/asyncapi.json" ||
-		rt.path == "/docs"
+		rt.path == "/docs" || rt.path == "/docs/{file}"
 	switch {
 	case role == "" || ops:
 		return true
@@ -270,6 +275,7 @@ func New(opts Options, deps Deps) *API {
 		streamCtx: deps.StreamContext,
 		metrics:   deps.Metrics,
 		ui:        deps.UI,
+		docs:      deps.Docs,
 		ready:     deps.Ready,
 		degraded:  deps.Degraded,
 		hot:       deps.Hot,
@@ -406,6 +412,7 @@ func (a *API) routes() []route {
 		{method: "GET", path: "/api/openapi.json", handler: a.handleOpenAPI},
 		{method: "GET", path: "/api/asyncapi.json", handler: a.handleAsyncAPI},
 		{method: "GET", path: "/docs", handler: a.handleDocs},
+		{method: "GET", path: "/docs/{file}", handler: a.handleDocsFile},
 		{method: "GET", path: "/{$}", handler: a.handleIndex},
 		{method: "GET", path: "/assets/{file}", handler: a.handleIndex},
 	}

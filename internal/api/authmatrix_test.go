@@ -77,6 +77,7 @@ var matrixRequests = map[string]matrixRequest{
 	"GET /api/openapi.json":                                {"/api/openapi.json", "", "", "neutral"},
 	"GET /api/asyncapi.json":                               {"/api/asyncapi.json", "", "", "neutral"},
 	"GET /docs":                                            {"/docs", "", "", "neutral"},
+	"GET /docs/{file}":                                     {"/docs/docs.js", "", "", "neutral"},
 	"GET /{$}":                                             {"/", "", "", "neutral"},
 	"GET /assets/{file}":                                   {"/assets/otel-abc.js", "", "", "neutral"},
 	"GET /api/v1/machines/{id}/commands":                   {"/api/v1/machines/m1/commands", "", "", "hidden"},

@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"strings"
 
+	"github.com/twinline/twinline/internal/problem"
 	"github.com/twinline/twinline/internal/web"
 )
 
@@ -36,15 +37,32 @@ func writeDoc(w http.ResponseWriter, doc []byte) {
 	_, _ = w.Write(doc)
 }
 
-// handleDocs renders the OpenAPI document with a small self-contained page:
-// no CDN, so it works on an air-gapped plant network.
-func (a *API) handleDocs(w http.ResponseWriter, _ *http.Request) {
+// handleDocs is GET /docs: the API reference where every call can be tried
+// (Swagger UI, internal/web), all from this binary (no CDN: it works on an
+// air-gapped plant network). A binary built without the dashboard (no
+// npm) serves the plain reference page docs.html instead.
+func (a *API) handleDocs(w http.ResponseWriter, r *http.Request) {
+	if a.docs != nil && a.docs.Built() {
+		a.docs.ServePage(w, r)
+		return
+	}
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	w.Header().Set("Content-Security-Policy", docsCSP)
 	_, _ = w.Write(docsPage)
 }
 
-// docsCSP allows the docs page's own inline script and style by their
+// handleDocsFile is GET /docs/{file}: the viewer's scripts, styles and
+// licence files.
+func (a *API) handleDocsFile(w http.ResponseWriter, r *http.Request) {
+	if a.docs == nil {
+		problem.Write(w, &problem.Problem{Type: problem.TypeNotFound, Status: http.StatusNotFound,
+			Detail: "the API docs viewer is not served here"})
+		return
+	}
+	a.docs.ServeFile(w, r, r.PathValue("file"))
+}
+
+// docsCSP allows the plain page's own inline script and style by their
 // hashes, same-origin fetches of the OpenAPI document, and no framing.
 var docsCSP = "default-src 'self'" +
 	"; script-src " + strings.Join(append([]string{"'self'"}, web.InlineHashes(docsPage, "script")...), " ") +

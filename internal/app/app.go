@@ -424,6 +424,7 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 		},
 		Metrics: promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg, EnableOpenMetrics: true}),
 		UI:      web.Handler(),
+		Docs:    web.NewDocs(),
 		Ready: func() error {
 			if !a.ready.Load() {
 				return errors.New("starting or shutting down")

@@ -12,6 +12,10 @@
 // on): dist/app/assets/NAME-HASH.js, served at /assets/ — allowed by the
 // page's script-src 'self' — and cached for good, their names changing
 // with their content.
+//
+// The API reference viewer at /docs (Swagger UI) is in docs.go: its page is
+// committed in docs/, Swagger UI's files come with the dashboard build in
+// dist/app/docs.
 package web
 
 import (
