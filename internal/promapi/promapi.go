@@ -212,7 +212,7 @@ func (h *Handler) query(w http.ResponseWriter, r *http.Request) {
 	expr := r.FormValue("query")
 	qry, err := h.engine.NewInstantQuery(ctx, h.q, nil, expr, ts)
 	if err != nil {
-		writeError(w, errBadData, "invalid parameter \"query\": "+err.Error())
+		prepareError(w, err)
 		return
 	}
 	h.exec(ctx, w, qry, expr)
@@ -261,10 +261,21 @@ func (h *Handler) queryRange(w http.ResponseWriter, r *http.Request) {
 	expr := r.FormValue("query")
 	qry, err := h.engine.NewRangeQuery(ctx, h.q, nil, expr, start, end, step)
 	if err != nil {
-		writeError(w, errBadData, "invalid parameter \"query\": "+err.Error())
+		prepareError(w, err)
 		return
 	}
 	h.exec(ctx, w, qry, expr)
+}
+
+// prepareError answers an error of preparing a query: a parse error (or any
+// other) is bad data, as in Prometheus, but a timeout or limit says so.
+func prepareError(w http.ResponseWriter, err error) {
+	switch typ := execErrorType(err); typ {
+	case errTimeout, errCanceled, errCostLimit:
+		writeError(w, typ, err.Error())
+	default:
+		writeError(w, errBadData, "invalid parameter \"query\": "+err.Error())
+	}
 }
 
 func (h *Handler) exec(ctx context.Context, w http.ResponseWriter, qry promql.Query, expr string) {
