@@ -83,8 +83,12 @@ type Handler struct {
 	q         *enriched
 	maxSeries int
 	version   string
-	now       func() time.Time
-	logger    *slog.Logger
+	// slots bounds the queries evaluated at once; more wait for a slot
+	// (as Prometheus' --query.max-concurrency), within their timeout.
+	slots   chan struct{}
+	timeout time.Duration
+	now     func() time.Time
+	logger  *slog.Logger
 }
 
 // New returns the API over a store's PromQueryable, with list the
@@ -124,6 +128,8 @@ func New(inner storage.Queryable, list func() []twin.Info, opts Options) *Handle
 		parser:  p,
 		q:       &enriched{inner: inner, list: list, attrs: slices.Clone(opts.Attributes)},
 		version: opts.Version,
+		slots:   make(chan struct{}, 4*runtime.GOMAXPROCS(0)),
+		timeout: opts.Timeout,
 		now:     opts.Now,
 		logger:  opts.Logger,
 	}
@@ -280,6 +286,18 @@ func prepareError(w http.ResponseWriter, err error) {
 
 func (h *Handler) exec(ctx context.Context, w http.ResponseWriter, qry promql.Query, expr string) {
 	defer qry.Close()
+	wait := time.NewTimer(h.timeout)
+	defer wait.Stop()
+	select {
+	case h.slots <- struct{}{}:
+		defer func() { <-h.slots }()
+	case <-wait.C:
+		writeError(w, errTimeout, "query timed out waiting for one of the queries running at once to end")
+		return
+	case <-ctx.Done():
+		writeError(w, execErrorType(ctx.Err()), "query "+ctx.Err().Error()+" waiting for one of the queries running at once to end")
+		return
+	}
 	res := qry.Exec(ctx)
 	if res.Err != nil {
 		typ := execErrorType(res.Err)
