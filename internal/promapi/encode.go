@@ -55,8 +55,13 @@ func writeError(w http.ResponseWriter, typ errorType, msg string) {
 
 // writeSuccess writes {"status":"success","data":…} with the warnings and
 // infos, data written by data.
+//
+// The answer streams to w (a large matrix is not held whole): data may
+// call flush between items.
 func writeSuccess(w http.ResponseWriter, data func(*jsoniter.Stream), warnings, infos []string) {
-	st := jsonAPI.BorrowStream(nil)
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusOK)
+	st := jsonAPI.BorrowStream(w)
 	defer jsonAPI.ReturnStream(st)
 	st.WriteObjectStart()
 	st.WriteObjectField("status")
@@ -75,9 +80,19 @@ func writeSuccess(w http.ResponseWriter, data func(*jsoniter.Stream), warnings, 
 		}
 	}
 	st.WriteObjectEnd()
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(http.StatusOK)
-	w.Write(st.Buffer())
+	st.Flush()
+}
+
+// flushAt is the buffered size at which a streamed answer is written out.
+const flushAt = 64 << 10
+
+// flush writes the stream's buffer to its writer once it holds flushAt
+// bytes; a write error stays in the stream (st.Error) and ends the
+// writing there.
+func flush(st *jsoniter.Stream) {
+	if st.Buffered() >= flushAt {
+		st.Flush()
+	}
 }
 
 // value returns a writer of any JSON value.
@@ -101,6 +116,7 @@ func queryData(v parser.Value) func(*jsoniter.Stream) {
 					st.WriteMore()
 				}
 				writeSeries(st, s)
+				flush(st)
 			}
 			st.WriteArrayEnd()
 		case promql.Vector:
@@ -110,6 +126,7 @@ func queryData(v parser.Value) func(*jsoniter.Stream) {
 					st.WriteMore()
 				}
 				writeSample(st, s)
+				flush(st)
 			}
 			st.WriteArrayEnd()
 		case promql.Scalar:
@@ -186,6 +203,7 @@ func writeLabelSets(sets []labels.Labels) func(*jsoniter.Stream) {
 				st.WriteMore()
 			}
 			writeLabels(st, ls)
+			flush(st)
 		}
 		st.WriteArrayEnd()
 	}
