@@ -1,7 +1,9 @@
 // Package api is twinline's HTTP interface: ingest (JSON, NDJSON, InfluxDB
 // line protocol), queries, the machine registry, the live stream endpoint,
 // health, metrics and the OpenAPI document. It is the only package that maps
-// errors to HTTP status codes; every error answer is RFC 9457 problem+json.
+// errors to HTTP status codes; every error answer is RFC 9457 problem+json,
+// except the Prometheus query API's (/prometheus/api/v1/…, internal/promapi),
+// which answers Prometheus' own error format to Prometheus clients.
 package api
 
 import (
