@@ -414,6 +414,7 @@ func (a *API) routes() []route {
 		{method: "GET", path: "/prometheus/api/v1/series", scope: read, handler: a.handlePrometheus},
 		{method: "POST", path: "/prometheus/api/v1/series", scope: read, handler: a.handlePrometheus, ownContentType: true},
 		{method: "GET", path: "/prometheus/api/v1/labels", scope: read, handler: a.handlePrometheus},
+		{method: "POST", path: "/prometheus/api/v1/labels", scope: read, handler: a.handlePrometheus, ownContentType: true},
 		{method: "GET", path: "/prometheus/api/v1/label/{name}/values", scope: read, handler: a.handlePrometheus},
 		{method: "GET", path: "/prometheus/api/v1/metadata", scope: read, handler: a.handlePrometheus},
 		{method: "GET", path: "/prometheus/api/v1/status/buildinfo", scope: read, handler: a.handlePrometheus},

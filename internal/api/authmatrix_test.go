@@ -92,6 +92,7 @@ var matrixRequests = map[string]matrixRequest{
 	"GET /prometheus/api/v1/series":                        {"/prometheus/api/v1/series?match[]=temp", "", "", "filtered"},
 	"POST /prometheus/api/v1/series":                       {"/prometheus/api/v1/series", "application/x-www-form-urlencoded", "match[]=temp", "filtered"},
 	"GET /prometheus/api/v1/labels":                        {"/prometheus/api/v1/labels", "", "", "filtered"},
+	"POST /prometheus/api/v1/labels":                       {"/prometheus/api/v1/labels", "application/x-www-form-urlencoded", "match[]=temp", "filtered"},
 	"GET /prometheus/api/v1/label/{name}/values":           {"/prometheus/api/v1/label/machine/values", "", "", "filtered"},
 	"GET /prometheus/api/v1/metadata":                      {"/prometheus/api/v1/metadata", "", "", "filtered"},
 	"GET /prometheus/api/v1/status/buildinfo":              {"/prometheus/api/v1/status/buildinfo", "", "", "neutral"},
