@@ -192,6 +192,15 @@ func serveFlags(fs *flag.FlagSet, cfg *config.Config) {
 	fs.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "debug, info, warn or error")
 	securityFlags(fs, cfg)
 	tracingFlags(fs, cfg)
+	prometheusFlags(fs, cfg)
+}
+
+// prometheusFlags defines the flags of docs/prometheus-api.md.
+func prometheusFlags(fs *flag.FlagSet, cfg *config.Config) {
+	listVar(fs, &cfg.Prometheus.Attributes, "prometheus-attributes", "registry attributes exposed as labels of the Prometheus query API's series, next to machine, site and line")
+	fs.IntVar(&cfg.Prometheus.MaxSeries, "prometheus-max-series", cfg.Prometheus.MaxSeries, "most series one PromQL query or series call reads (0: no bound); more is a cost_limit error")
+	fs.IntVar(&cfg.Prometheus.MaxSamples, "prometheus-max-samples", cfg.Prometheus.MaxSamples, "most samples one PromQL query holds in memory at once (Prometheus' --query.max-samples)")
+	durationVar(fs, &cfg.Prometheus.Timeout, "prometheus-timeout", "most time one PromQL query may take (Prometheus' --query.timeout)")
 }
 
 // tracingFlags defines the flags of docs/observability.md; the standard

@@ -1,7 +1,9 @@
 // Package api is twinline's HTTP interface: ingest (JSON, NDJSON, InfluxDB
 // line protocol), queries, the machine registry, the live stream endpoint,
 // health, metrics and the OpenAPI document. It is the only package that maps
-// errors to HTTP status codes; every error answer is RFC 9457 problem+json.
+// errors to HTTP status codes; every error answer is RFC 9457 problem+json,
+// except the Prometheus query API's (/prometheus/api/v1/…, internal/promapi),
+// which answers Prometheus' own error format to Prometheus clients.
 package api
 
 import (
@@ -23,6 +25,7 @@ import (
 	"github.com/twinline/twinline/internal/eventlog"
 	"github.com/twinline/twinline/internal/ingest"
 	"github.com/twinline/twinline/internal/problem"
+	"github.com/twinline/twinline/internal/promapi"
 	"github.com/twinline/twinline/internal/store"
 	"github.com/twinline/twinline/internal/telemetry"
 	"github.com/twinline/twinline/internal/tracing"
@@ -137,6 +140,11 @@ type Deps struct {
 	// Tracer traces ingest requests (their traceparent continued, the
 	// batch carrying the span on); nil: tracing off.
 	Tracer *tracing.Tracer
+	// Prometheus serves the Prometheus query API (/prometheus/api/v1/…,
+	// promapi.Handler), which learns the identity's sites from the request
+	// context (promapi.WithVisibleSites); nil answers its routes with a
+	// Prometheus-style "unavailable" error.
+	Prometheus http.Handler
 }
 
 // registry is the machine registry: entries, and who may send.
@@ -214,6 +222,8 @@ type API struct {
 	// uploadTraces relays the dashboard's spans (nil: tracing off).
 	uploadTraces  UploadTracesFunc
 	relayRequests *prometheus.CounterVec
+
+	prometheus http.Handler
 }
 
 // route is one entry of the route table, which registers the handlers, is
@@ -298,6 +308,10 @@ func New(opts Options, deps Deps) *API {
 		}, []string{"protocol", "outcome"}),
 	}
 	a.uploadTraces = deps.UploadTraces
+	a.prometheus = deps.Prometheus
+	if a.prometheus == nil {
+		a.prometheus = promapi.Unavailable("this server has no store that serves PromQL")
+	}
 	a.relayRequests = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "twinline_trace_relay_requests_total",
 		Help: "Dashboard span exports posted to /api/v1/traces, by outcome: relayed, refused (limits, bad input, tracing off), failed (the collector did not take them).",
@@ -399,6 +413,17 @@ func (a *API) routes() []route {
 		{method: "GET", path: "/api/v1/stream", scope: read, handler: a.handleStream, stream: true},
 		{method: "POST", path: "/api/v1/stream/tickets", scope: read, handler: a.handleTicket},
 		{method: "POST", path: "/api/v1/traces", scope: read, handler: a.handleTraces, ownContentType: true},
+		{method: "GET", path: "/prometheus/api/v1/query", scope: read, handler: a.handlePrometheus},
+		{method: "POST", path: "/prometheus/api/v1/query", scope: read, handler: a.handlePrometheus, ownContentType: true},
+		{method: "GET", path: "/prometheus/api/v1/query_range", scope: read, handler: a.handlePrometheus},
+		{method: "POST", path: "/prometheus/api/v1/query_range", scope: read, handler: a.handlePrometheus, ownContentType: true},
+		{method: "GET", path: "/prometheus/api/v1/series", scope: read, handler: a.handlePrometheus},
+		{method: "POST", path: "/prometheus/api/v1/series", scope: read, handler: a.handlePrometheus, ownContentType: true},
+		{method: "GET", path: "/prometheus/api/v1/labels", scope: read, handler: a.handlePrometheus},
+		{method: "POST", path: "/prometheus/api/v1/labels", scope: read, handler: a.handlePrometheus, ownContentType: true},
+		{method: "GET", path: "/prometheus/api/v1/label/{name}/values", scope: read, handler: a.handlePrometheus},
+		{method: "GET", path: "/prometheus/api/v1/metadata", scope: read, handler: a.handlePrometheus},
+		{method: "GET", path: "/prometheus/api/v1/status/buildinfo", scope: read, handler: a.handlePrometheus},
 		{method: "GET", path: "/api/v1/session", scope: auth.AllScopes, handler: a.handleSessionGet},
 		{method: "POST", path: "/api/v1/session", handler: a.handleSessionPost},
 		{method: "DELETE", path: "/api/v1/session", handler: a.handleSessionDelete},
@@ -461,6 +486,15 @@ func (a *API) handleStream(w http.ResponseWriter, r *http.Request) {
 		r = r.WithContext(a.streamCtx(r.Context(), filter, ClientKey(r)))
 	}
 	a.stream.ServeHTTP(w, r)
+}
+
+// handlePrometheus serves the Prometheus query API; a site-restricted
+// identity sees only its sites' machines.
+func (a *API) handlePrometheus(w http.ResponseWriter, r *http.Request) {
+	if id := identity(r); id.Restricted() {
+		r = r.WithContext(promapi.WithVisibleSites(r.Context(), id.SeesSite))
+	}
+	a.prometheus.ServeHTTP(w, r)
 }
 
 func (a *API) handleMetrics(w http.ResponseWriter, r *http.Request) { a.metrics.ServeHTTP(w, r) }

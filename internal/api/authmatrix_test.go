@@ -19,6 +19,7 @@ import (
 	"github.com/twinline/twinline/internal/auth"
 	"github.com/twinline/twinline/internal/control"
 	"github.com/twinline/twinline/internal/eventlog"
+	"github.com/twinline/twinline/internal/promapi"
 	"github.com/twinline/twinline/internal/store"
 	"github.com/twinline/twinline/internal/store/embedded"
 	"github.com/twinline/twinline/internal/telemetry"
@@ -85,6 +86,17 @@ var matrixRequests = map[string]matrixRequest{
 	"GET /api/v1/machines/{id}/commands/{cmdId}":           {"/api/v1/machines/m1/commands/CMD", "", "", "hidden"},
 	"POST /api/v1/machines/{id}/commands/{cmdId}/response": {"/api/v1/machines/m1/commands/CMD/response", "application/json", `{"state":"accepted"}`, "hidden"},
 	"GET /api/v1/machines/{id}/states":                     {"/api/v1/machines/m1/states?name=state", "", "", "hidden"},
+	"GET /prometheus/api/v1/query":                         {"/prometheus/api/v1/query?query=temp", "", "", "filtered"},
+	"POST /prometheus/api/v1/query":                        {"/prometheus/api/v1/query", "application/x-www-form-urlencoded", "query=temp", "filtered"},
+	"GET /prometheus/api/v1/query_range":                   {"/prometheus/api/v1/query_range?query=temp&start=0&end=60&step=15", "", "", "filtered"},
+	"POST /prometheus/api/v1/query_range":                  {"/prometheus/api/v1/query_range", "application/x-www-form-urlencoded", "query=temp&start=0&end=60&step=15", "filtered"},
+	"GET /prometheus/api/v1/series":                        {"/prometheus/api/v1/series?match[]=temp", "", "", "filtered"},
+	"POST /prometheus/api/v1/series":                       {"/prometheus/api/v1/series", "application/x-www-form-urlencoded", "match[]=temp", "filtered"},
+	"GET /prometheus/api/v1/labels":                        {"/prometheus/api/v1/labels", "", "", "filtered"},
+	"POST /prometheus/api/v1/labels":                       {"/prometheus/api/v1/labels", "application/x-www-form-urlencoded", "match[]=temp", "filtered"},
+	"GET /prometheus/api/v1/label/{name}/values":           {"/prometheus/api/v1/label/machine/values", "", "", "filtered"},
+	"GET /prometheus/api/v1/metadata":                      {"/prometheus/api/v1/metadata", "", "", "filtered"},
+	"GET /prometheus/api/v1/status/buildinfo":              {"/prometheus/api/v1/status/buildinfo", "", "", "neutral"},
 }
 
 // matrixSpan is one dashboard span in OTLP/JSON.
@@ -249,6 +261,7 @@ func newMatrixEnvFor(t *testing.T, scope, wrong auth.Scope, withStore bool) *mat
 		return auth.Identity{}, auth.ErrInvalidToken
 	}
 	var st store.Store
+	var prom http.Handler
 	if withStore {
 		es, err := embedded.Open(filepath.Join(dir, "tsdb"), embedded.Options{}, nil, nil)
 		if err != nil {
@@ -256,6 +269,11 @@ func newMatrixEnvFor(t *testing.T, scope, wrong auth.Scope, withStore bool) *mat
 		}
 		t.Cleanup(func() { es.Close() })
 		st = es
+		// m1's samples, so that the filtered answers have data to hide.
+		if err := es.Append(context.Background(), []telemetry.Sample{{Machine: "m1", Metric: "temp", Time: 30_000, Value: 1}}); err != nil {
+			t.Fatal(err)
+		}
+		prom = promapi.New(es.PromQueryable(), tw.List, promapi.Options{})
 	}
 	env.api = New(Options{
 		MaxBodyBytes: 1 << 20, MaxDecompressedBytes: 4 << 20, MaxLineBytes: 1024,
@@ -264,7 +282,7 @@ func newMatrixEnvFor(t *testing.T, scope, wrong auth.Scope, withStore bool) *mat
 		Security: Security{AllowedHosts: []string{"example.com"}, MetricsAuth: true, SessionTTL: time.Hour},
 	}, Deps{
 		Submit: env.log.Submit, Registry: tw, Live: live, Alarms: alarms, Notes: notes, Store: st, Twins: docs, Commands: cmds,
-		Publish: func(twin.Note) {},
+		Publish: func(twin.Note) {}, Prometheus: prom,
 		Stream:  http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusOK) }),
 		Metrics: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "twinline_up 1\n") }),
 		UI:      http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "<html></html>") }),
@@ -371,7 +389,8 @@ func TestAuthMatrix(t *testing.T) {
 			// The right identity has exactly the route's scope (the first
 			// of them when several serve), the wrong one none of them.
 			newEnv := func() *matrixEnv {
-				return newMatrixEnvFor(t, rt.scope&-rt.scope, auth.AllScopes&^rt.scope, strings.Contains(rt.path, "series") || strings.Contains(rt.path, "states"))
+				return newMatrixEnvFor(t, rt.scope&-rt.scope, auth.AllScopes&^rt.scope, strings.Contains(rt.path, "series") || strings.Contains(rt.path, "states") ||
+					strings.HasPrefix(rt.path, "/prometheus/"))
 			}
 			refusals := []struct {
 				name   string
@@ -439,7 +458,8 @@ func TestAuthMatrix(t *testing.T) {
 				t.Fatalf("right token: got %d %s", w.Code, w.Body)
 			}
 			after = env.effects()
-			if rt.method != http.MethodGet && rt.path != "/query" && rt.path != "/api/v1/session" && rt.path != "/api/v1/stream/tickets" && after == before {
+			if rt.method != http.MethodGet && rt.path != "/query" && rt.path != "/api/v1/session" && rt.path != "/api/v1/stream/tickets" &&
+				!strings.HasPrefix(rt.path, "/prometheus/") && after == before {
 				t.Errorf("right token: %s had no effect (%+v)", key, after)
 			}
 			if rt.audit != "" && env.audit.count(rt.audit) != 1 {

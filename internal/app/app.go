@@ -6,6 +6,7 @@
 package app
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -36,6 +37,7 @@ import (
 	"github.com/twinline/twinline/internal/keylog"
 	"github.com/twinline/twinline/internal/memlimit"
 	"github.com/twinline/twinline/internal/pipeline"
+	"github.com/twinline/twinline/internal/promapi"
 	"github.com/twinline/twinline/internal/source/mqtt"
 	"github.com/twinline/twinline/internal/store"
 	"github.com/twinline/twinline/internal/store/embedded"
@@ -444,6 +446,9 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 		deps.Hot = a.hot
 	}
 	deps.UploadTraces, deps.TracesLimit = uploadTraces, tracesLimit
+	if cfg.Role.Queries() {
+		deps.Prometheus = prometheusAPI(cfg, st, registry.List, version, logger, reg)
+	}
 	handler := api.New(apiOpts, deps)
 
 	// The twins' desired documents and the commands go out to the
@@ -658,4 +663,22 @@ func (a *App) drainLog() part {
 		return nil
 	}
 	return p
+}
+
+// prometheusAPI is the Prometheus query API over the store's
+// PromQueryable, or an answer saying the store does not serve PromQL.
+func prometheusAPI(cfg config.Config, st store.Store, list func() []twin.Info, version string, logger *slog.Logger, reg prometheus.Registerer) http.Handler {
+	pq, ok := st.(store.PromQueryable)
+	if !ok {
+		return promapi.Unavailable(fmt.Sprintf("the %s store does not serve PromQL in this version", cfg.Store))
+	}
+	return promapi.New(pq.PromQueryable(), list, promapi.Options{
+		Attributes: cfg.Prometheus.Attributes,
+		MaxSeries:  cmp.Or(cfg.Prometheus.MaxSeries, -1),
+		MaxSamples: cfg.Prometheus.MaxSamples,
+		Timeout:    cfg.Prometheus.Timeout,
+		Version:    version,
+		Logger:     logger.With("component", "promapi"),
+		Registerer: reg,
+	})
 }

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"regexp"
 	"slices"
 	"strings"
 	"time"
@@ -210,6 +211,10 @@ type Config struct {
 	// Tracing configures OpenTelemetry tracing (docs/observability.md).
 	Tracing Tracing
 
+	// Prometheus configures the Prometheus query API
+	// (docs/prometheus-api.md).
+	Prometheus Prometheus
+
 	ShutdownTimeout time.Duration
 	LogLevel        string
 }
@@ -232,6 +237,50 @@ type Tracing struct {
 	// http://jaeger:16686/trace/{traceId}): the dashboard's latency badge
 	// links there ("": no link).
 	UIURL string
+}
+
+// Prometheus configures the Prometheus query API (/prometheus/api/v1/…).
+type Prometheus struct {
+	// Attributes are the registry attributes exposed as series labels,
+	// next to site and line.
+	Attributes []string
+	// MaxSeries bounds the series one query or series call reads (0: no
+	// bound).
+	MaxSeries int
+	// MaxSamples bounds the samples one query holds in memory at once.
+	MaxSamples int
+	// Timeout bounds one query's evaluation.
+	Timeout time.Duration
+}
+
+// promLabelName is a Prometheus label name (the legacy character set,
+// which Grafana's query builder expects).
+var promLabelName = regexp.MustCompile(`^[a-zA-Z_][a-zA-Z0-9_]*$`)
+
+// validatePrometheus checks the Prometheus query API's flags.
+func (c Config) validatePrometheus(bad func(flag, format string, a ...any)) {
+	p := c.Prometheus
+	seen := map[string]bool{}
+	for _, a := range p.Attributes {
+		switch {
+		case !promLabelName.MatchString(a) || strings.HasPrefix(a, "__"):
+			bad("prometheus-attributes", "%q is not a label name ([a-zA-Z_][a-zA-Z0-9_]*, not starting with __)", a)
+		case a == "machine" || a == "site" || a == "line":
+			bad("prometheus-attributes", "%q is a label twinline sets itself", a)
+		case seen[a]:
+			bad("prometheus-attributes", "%q is listed twice", a)
+		}
+		seen[a] = true
+	}
+	if p.MaxSeries < 0 {
+		bad("prometheus-max-series", "must be 0 (no bound) or positive, got %d", p.MaxSeries)
+	}
+	if p.MaxSamples < 1 {
+		bad("prometheus-max-samples", "must be positive, got %d", p.MaxSamples)
+	}
+	if p.Timeout <= 0 {
+		bad("prometheus-timeout", "must be positive, got %s", p.Timeout)
+	}
 }
 
 // Default returns the embedded-defaults configuration. The defaults of
@@ -300,6 +349,7 @@ func Default() Config {
 		MQTTMaxRetainedBytes:       1 << 20,
 		PostgresStartWait:          2 * time.Minute,
 		Tracing:                    Tracing{Sample: -1},
+		Prometheus:                 Prometheus{MaxSeries: 10000, MaxSamples: 50_000_000, Timeout: 2 * time.Minute},
 		ShutdownTimeout:            15 * time.Second,
 		LogLevel:                   "info",
 	}
@@ -488,6 +538,7 @@ func (c Config) Validate() error {
 		bad("kafka-session-timeout", "must be between 6s and 30m (the brokers' group session bounds), got %s", c.KafkaSessionTimeout)
 	}
 	c.validateKafkaTuning(bad)
+	c.validatePrometheus(bad)
 	switch c.Role {
 	case RoleAll:
 		if kafka && c.Store != "postgres" {

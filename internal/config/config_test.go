@@ -40,6 +40,15 @@ func TestValidateCases(t *testing.T) {
 		flag   string // "" means valid
 	}{
 		{"demo needs machines", func(c *Config) { c.Demo, c.DemoMachines = true, 0 }, "--demo-machines"},
+		{"prometheus attributes", func(c *Config) { c.Prometheus.Attributes = []string{"model", "vendor_2"} }, ""},
+		{"prometheus attribute not a label name", func(c *Config) { c.Prometheus.Attributes = []string{"serial-no"} }, "--prometheus-attributes"},
+		{"prometheus attribute reserved", func(c *Config) { c.Prometheus.Attributes = []string{"__name"} }, "--prometheus-attributes"},
+		{"prometheus attribute twinline's own", func(c *Config) { c.Prometheus.Attributes = []string{"line"} }, "--prometheus-attributes"},
+		{"prometheus attribute twice", func(c *Config) { c.Prometheus.Attributes = []string{"model", "model"} }, "--prometheus-attributes"},
+		{"prometheus series unbounded", func(c *Config) { c.Prometheus.MaxSeries = 0 }, ""},
+		{"prometheus series negative", func(c *Config) { c.Prometheus.MaxSeries = -1 }, "--prometheus-max-series"},
+		{"prometheus no samples", func(c *Config) { c.Prometheus.MaxSamples = 0 }, "--prometheus-max-samples"},
+		{"prometheus no timeout", func(c *Config) { c.Prometheus.Timeout = 0 }, "--prometheus-timeout"},
 		{"demo off ignores machines", func(c *Config) { c.DemoMachines = 0 }, ""},
 		{"decompressed below compressed", func(c *Config) { c.MaxDecompressedBytes = c.MaxBodyBytes - 1 }, "--max-decompressed-bytes"},
 		{"ooo window beyond retention", func(c *Config) { c.OutOfOrderWindow = c.Retention + time.Hour }, "--out-of-order-window"},

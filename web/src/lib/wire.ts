@@ -335,6 +335,25 @@ export interface Problem {
   type?: string;
 }
 
+export interface PrometheusError {
+  error: string;
+  errorType: 'bad_data' | 'execution' | 'cost_limit' | 'timeout' | 'canceled' | 'internal' | 'not_found' | 'unavailable';
+  status: 'error';
+}
+
+export interface PrometheusQueryData {
+  /** matrix: [{metric, values: [[unix seconds, "value"], …]}]; vector: [{metric, value: [unix seconds, "value"]}]; scalar and string: [unix seconds, "value"]. */
+  result: unknown;
+  resultType: 'matrix' | 'vector' | 'scalar' | 'string';
+}
+
+export interface PrometheusSuccess {
+  data: unknown;
+  infos?: string[];
+  status: 'success';
+  warnings?: string[];
+}
+
 /** The last message before the hub closes the stream. No SSE id. */
 export interface ReconnectMessage {
   /** The seq to resume from (?cursor=). */
