@@ -84,6 +84,7 @@ var matrixRequests = map[string]matrixRequest{
 	"GET /api/v1/machines/{id}/commands/{cmdId}":           {"/api/v1/machines/m1/commands/CMD", "", "", "hidden"},
 	"POST /api/v1/machines/{id}/commands/{cmdId}/response": {"/api/v1/machines/m1/commands/CMD/response", "application/json", `{"state":"accepted"}`, "hidden"},
 	"GET /api/v1/machines/{id}/states":                     {"/api/v1/machines/m1/states?name=state", "", "", "hidden"},
+	"GET /api/v1/export":                                   {"/api/v1/export?machine=m1&metric=temp", "", "", "hidden"},
 }
 
 // matrixSpan is one dashboard span in OTLP/JSON.
@@ -370,7 +371,7 @@ func TestAuthMatrix(t *testing.T) {
 			// The right identity has exactly the route's scope (the first
 			// of them when several serve), the wrong one none of them.
 			newEnv := func() *matrixEnv {
-				return newMatrixEnvFor(t, rt.scope&-rt.scope, auth.AllScopes&^rt.scope, strings.Contains(rt.path, "series") || strings.Contains(rt.path, "states"))
+				return newMatrixEnvFor(t, rt.scope&-rt.scope, auth.AllScopes&^rt.scope, strings.Contains(rt.path, "series") || strings.Contains(rt.path, "states") || strings.Contains(rt.path, "export"))
 			}
 			refusals := []struct {
 				name   string
