@@ -144,10 +144,12 @@ e2e-load:
 # The export's memory at scale (docs/export.md): 10 M samples in an embedded
 # store, exported as CSV then Parquet by a server process whose RSS growth
 # must stay under 100 MB; prints each export's rate. make test runs the
-# same test with 1 M samples.
+# same test with 1 M samples. EXPORT_STORE=postgres measures the PostgreSQL
+# store (a schema of its own on TWINLINE_TEST_POSTGRES_URL).
 EXPORT_SAMPLES ?= 10000000
+EXPORT_STORE   ?= embedded
 export-soak:
-	TWINLINE_EXPORT_SAMPLES=$(EXPORT_SAMPLES) $(GO) test -count=1 -timeout 30m -run '^TestExportMemory$$' -v ./internal/api/
+	TWINLINE_EXPORT_SAMPLES=$(EXPORT_SAMPLES) TWINLINE_EXPORT_STORE=$(EXPORT_STORE) $(GO) test -count=1 -timeout 30m -run '^TestExportMemory$$' -v ./internal/api/
 
 soak: build
 	$(GO) run ./tools/soak soak --bin $(BIN) --duration $(SOAK_DURATION) --rate $(SOAK_RATE) $(SOAK_FLAGS)

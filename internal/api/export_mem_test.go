@@ -19,7 +19,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/twinline/twinline/internal/store"
 	"github.com/twinline/twinline/internal/store/embedded"
+	"github.com/twinline/twinline/internal/store/postgres"
 	"github.com/twinline/twinline/internal/telemetry"
 )
 
@@ -38,15 +40,27 @@ const (
 	exportMemMetrics  = 2
 )
 
+// openExportMemStore opens the store of TestExportMemory: the embedded
+// store in dir, or, when schema is set, the PostgreSQL store in that
+// schema.
+func openExportMemStore(dir, schema string) (store.Store, error) {
+	if schema != "" {
+		return postgres.Open(context.Background(), oeePGURL(), postgres.Options{Schema: schema, Retention: -1, MaxFuture: -1},
+			slog.New(slog.DiscardHandler), nil)
+	}
+	return embedded.Open(dir, embedded.Options{}, nil, nil)
+}
+
 // TestExportServerProcess is the server of TestExportMemory: it opens the
-// store in TWINLINE_EXPORT_DIR and serves the API on a loopback port, which
-// it prints, until its stdin closes.
+// store in TWINLINE_EXPORT_DIR (or the PostgreSQL schema
+// TWINLINE_EXPORT_SCHEMA) and serves the API on a loopback port, which it
+// prints, until its stdin closes.
 func TestExportServerProcess(t *testing.T) {
-	dir := os.Getenv("TWINLINE_EXPORT_DIR")
+	dir, schema := os.Getenv("TWINLINE_EXPORT_DIR"), os.Getenv("TWINLINE_EXPORT_SCHEMA")
 	if dir == "" {
 		t.Skip("the server process of TestExportMemory")
 	}
-	st, err := embedded.Open(dir, embedded.Options{}, nil, nil)
+	st, err := openExportMemStore(dir, schema)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -120,9 +134,14 @@ func TestExportMemory(t *testing.T) {
 	perSeries := samples / (exportMemMachines * exportMemMetrics)
 	samples = perSeries * exportMemMachines * exportMemMetrics
 
-	dir := t.TempDir()
+	// TWINLINE_EXPORT_STORE=postgres measures the PostgreSQL store (in a
+	// schema of its own) instead of the embedded one.
+	dir, schema := t.TempDir(), ""
+	if os.Getenv("TWINLINE_EXPORT_STORE") == "postgres" {
+		schema = openOEEPostgresSchema(t)
+	}
 	start := time.Now()
-	st, err := embedded.Open(dir, embedded.Options{}, nil, nil)
+	st, err := openExportMemStore(dir, schema)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -149,7 +168,7 @@ func TestExportMemory(t *testing.T) {
 	t.Logf("stored %d samples in %v", samples, time.Since(start).Round(time.Millisecond))
 
 	cmd := exec.Command(os.Args[0], "-test.run=^TestExportServerProcess$", "-test.count=1")
-	cmd.Env = append(os.Environ(), "TWINLINE_EXPORT_DIR="+dir)
+	cmd.Env = append(os.Environ(), "TWINLINE_EXPORT_DIR="+dir, "TWINLINE_EXPORT_SCHEMA="+schema)
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		t.Fatal(err)
