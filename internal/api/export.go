@@ -145,6 +145,9 @@ func (a *API) handleExport(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	h.Set("Cache-Control", "no-store")
+	if r.Method == http.MethodHead {
+		return // the headers of the download, without reading the store
+	}
 	h.Set("Trailer", exportRowsTrailer)
 	rc := http.NewResponseController(w)
 	flush := func() error {

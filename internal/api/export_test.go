@@ -375,6 +375,15 @@ func TestExport(t *testing.T) {
 			}
 		})
 	}
+	t.Run("HEAD", func(t *testing.T) {
+		r := httptest.NewRequest("HEAD", "/api/v1/export?"+rng, nil)
+		r.Header.Set("Authorization", "Bearer all")
+		w := httptest.NewRecorder()
+		e.api.ServeHTTP(w, r)
+		if w.Code != http.StatusOK || w.Header().Get("Content-Type") != "text/csv; charset=utf-8" || w.Body.Len() != 0 {
+			t.Errorf("HEAD: %d %s, %d bytes", w.Code, w.Header().Get("Content-Type"), w.Body.Len())
+		}
+	})
 	t.Run("Accept chooses parquet", func(t *testing.T) {
 		w := e.get("all", "/api/v1/export?"+rng, "Accept", "application/vnd.apache.parquet")
 		if w.Header().Get("Content-Type") != "application/vnd.apache.parquet" || !bytes.HasPrefix(w.Body.Bytes(), []byte("PAR1")) {
