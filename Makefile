@@ -6,6 +6,8 @@
 #   make soak   30 minutes under load: RSS, heap, goroutines, open files and stream lag every
 #               10 s (docs/img/soak.csv, docs/img/soak.png), then every acknowledged event
 #               counted back (SOAK_DURATION=2m for a quick check; not part of make test)
+#   make export-soak  a 10 M-sample export (CSV, then Parquet) whose server RSS growth must
+#               stay under 100 MB, with each export's rate (docs/export.md; not part of make test)
 #   make chaos  5 minutes under load with kill -9, PostgreSQL/Redis cuts, a Kafka restart,
 #               stalled sockets and slow readers, then every acknowledged event counted back
 #   make bench-scale  the roles as separate processes (a kfake broker, a gateway, two
@@ -30,7 +32,7 @@ DATA_DIR  ?= ./data
 FUZZTIME  ?= 20000x
 STATICCHECK_VERSION := v0.8.2
 
-.PHONY: generate e2e-load soak chaos bench-scale trace-picture all build run test lint vet staticcheck fmt-check unit fuzz bench clean web web-test web-unit web-e2e web-screenshots web-bench
+.PHONY: generate e2e-load export-soak soak chaos bench-scale trace-picture all build run test lint vet staticcheck fmt-check unit fuzz bench clean web web-test web-unit web-e2e web-screenshots web-bench
 
 all: build
 
@@ -138,6 +140,16 @@ CHAOS_FLAGS    ?=
 # machine to themselves): the stream fairness test (issue 13).
 e2e-load:
 	TWINLINE_E2E_LOAD=1 $(GO) test -count=1 -run 'TestStreamFair' -v ./e2e/
+
+# The export's memory at scale (docs/export.md): 10 M samples in an embedded
+# store, exported as CSV then Parquet by a server process whose RSS growth
+# must stay under 100 MB; prints each export's rate. make test runs the
+# same test with 1 M samples. EXPORT_STORE=postgres measures the PostgreSQL
+# store (a schema of its own on TWINLINE_TEST_POSTGRES_URL).
+EXPORT_SAMPLES ?= 10000000
+EXPORT_STORE   ?= embedded
+export-soak:
+	TWINLINE_EXPORT_SAMPLES=$(EXPORT_SAMPLES) TWINLINE_EXPORT_STORE=$(EXPORT_STORE) $(GO) test -count=1 -timeout 30m -run '^TestExportMemory$$' -v ./internal/api/
 
 soak: build
 	$(GO) run ./tools/soak soak --bin $(BIN) --duration $(SOAK_DURATION) --rate $(SOAK_RATE) $(SOAK_FLAGS)

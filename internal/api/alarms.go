@@ -15,6 +15,9 @@ import (
 // handleAlarms is GET /api/v1/alarms?state=active|all&machine=ID, newest
 // first.
 func (a *API) handleAlarms(w http.ResponseWriter, r *http.Request) {
+	if !csvFormat(w, r) {
+		return
+	}
 	q := r.URL.Query()
 	all := false
 	switch q.Get("state") {
@@ -28,6 +31,10 @@ func (a *API) handleAlarms(w http.ResponseWriter, r *http.Request) {
 	list := a.alarms.List(all, q.Get("machine"))
 	if id := identity(r); id.Restricted() {
 		list = slices.DeleteFunc(list, func(al twin.Alarm) bool { return !a.machineVisible(id, al.Machine) })
+	}
+	if wantsCSV(r) {
+		writeAlarmsCSV(w, list)
+		return
 	}
 	writeJSON(w, http.StatusOK, struct {
 		Count  int          `json:"count"`

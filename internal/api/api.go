@@ -206,6 +206,7 @@ type API struct {
 	mem         *memBudget
 	clientSlots *clientSlots
 	queries     chan struct{} // history queries in flight
+	exports     chan struct{} // exports in flight (maxExports)
 	mux         *http.ServeMux
 	// paths matches a request's path whatever its method, and allow
 	// lists the methods of each path pattern, for 405 answers.
@@ -297,6 +298,7 @@ func New(opts Options, deps Deps) *API {
 		clientSlots: &clientSlots{max: max(cmp.Or(opts.MaxInflightIngestPerClient, opts.MaxInflightIngest), 1),
 			n: map[string]int{}},
 		queries:   make(chan struct{}, 4*runtime.GOMAXPROCS(0)),
+		exports:   make(chan struct{}, maxExports),
 		databases: []string{"twinline"},
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "twinline_ingest_requests_total",
@@ -409,6 +411,7 @@ func (a *API) routes() []route {
 		{method: "POST", path: "/api/v1/machines/{id}/commands/{cmdId}/response", scope: ingest, handler: a.handleCommandResponse, audit: "command.response"},
 		{method: "GET", path: "/api/v1/alarms", scope: read, handler: a.handleAlarms},
 		{method: "GET", path: "/api/v1/oee", scope: read, handler: a.handleOEE},
+		{method: "GET", path: "/api/v1/export", scope: read, handler: a.handleExport},
 		{method: "POST", path: "/api/v1/alarms/{id}/ack", scope: operate, handler: a.handleAlarmAck, audit: "alarm.ack"},
 		{method: "GET", path: "/api/v1/stream", scope: read, handler: a.handleStream, stream: true},
 		{method: "POST", path: "/api/v1/stream/tickets", scope: read, handler: a.handleTicket},

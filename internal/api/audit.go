@@ -94,7 +94,14 @@ func (a *API) appendAudit(ctx context.Context, e auth.AuditEntry) {
 // newest first. A site-restricted admin sees only the entries about
 // machines of its sites.
 func (a *API) handleAudit(w http.ResponseWriter, r *http.Request) {
+	if !csvFormat(w, r) {
+		return
+	}
 	if a.auth == nil || a.auth.Audit == nil {
+		if wantsCSV(r) {
+			writeAuditCSV(w, nil)
+			return
+		}
 		writeJSON(w, http.StatusOK, map[string]any{"count": 0, "entries": []auth.AuditEntry{}})
 		return
 	}
@@ -144,6 +151,10 @@ func (a *API) handleAudit(w http.ResponseWriter, r *http.Request) {
 	}
 	if entries == nil {
 		entries = []auth.AuditEntry{}
+	}
+	if wantsCSV(r) {
+		writeAuditCSV(w, entries)
+		return
 	}
 	writeJSON(w, http.StatusOK, struct {
 		Count   int               `json:"count"`

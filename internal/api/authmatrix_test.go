@@ -97,6 +97,7 @@ var matrixRequests = map[string]matrixRequest{
 	"GET /prometheus/api/v1/label/{name}/values":           {"/prometheus/api/v1/label/machine/values", "", "", "filtered"},
 	"GET /prometheus/api/v1/metadata":                      {"/prometheus/api/v1/metadata", "", "", "filtered"},
 	"GET /prometheus/api/v1/status/buildinfo":              {"/prometheus/api/v1/status/buildinfo", "", "", "neutral"},
+	"GET /api/v1/export":                                   {"/api/v1/export?machine=m1&metric=temp", "", "", "hidden"},
 }
 
 // matrixSpan is one dashboard span in OTLP/JSON.
@@ -390,7 +391,7 @@ func TestAuthMatrix(t *testing.T) {
 			// of them when several serve), the wrong one none of them.
 			newEnv := func() *matrixEnv {
 				return newMatrixEnvFor(t, rt.scope&-rt.scope, auth.AllScopes&^rt.scope, strings.Contains(rt.path, "series") || strings.Contains(rt.path, "states") ||
-					strings.HasPrefix(rt.path, "/prometheus/"))
+					strings.HasPrefix(rt.path, "/prometheus/") || strings.Contains(rt.path, "export"))
 			}
 			refusals := []struct {
 				name   string

@@ -27,12 +27,19 @@ const (
 
 // handleMachines is GET /api/v1/machines: the fleet.
 func (a *API) handleMachines(w http.ResponseWriter, r *http.Request) {
+	if !csvFormat(w, r) {
+		return
+	}
 	ms := a.live.Machines(a.registry.List())
 	if id := identity(r); id.Restricted() {
 		ms = slices.DeleteFunc(ms, func(m twin.Machine) bool { return !id.SeesSite(m.Site) })
 	}
 	for i := range ms {
 		a.withAlarmStatus(&ms[i])
+	}
+	if wantsCSV(r) {
+		writeMachinesCSV(w, ms)
+		return
 	}
 	writeJSON(w, http.StatusOK, struct {
 		Count    int            `json:"count"`
@@ -260,6 +267,9 @@ func (a *API) handleSeries(w http.ResponseWriter, r *http.Request) {
 			bad("fn", "applies to raw samples: cannot be combined with step or points")
 		}
 	}
+	if f := q.Get("format"); f != "" && f != "json" && f != "csv" {
+		bad("format", "must be json or csv")
+	}
 	if step > 0 && to.Sub(from)/step > maxPoints {
 		bad("step", fmt.Sprintf("too small for the range: more than %d buckets", maxPoints))
 	}
@@ -342,6 +352,10 @@ func (a *API) handleSeries(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		a.logger.Error("querying series", "machine", id, "metric", metric, "err", err)
 		problem.Write(w, &problem.Problem{Type: problem.TypeStorage, Status: http.StatusServiceUnavailable, RetryAfter: 1, Detail: "querying the store: " + err.Error()})
+		return
+	}
+	if wantsCSV(r) {
+		writeSeriesCSV(w, key, f, t, pts) // NaN and ±Inf included
 		return
 	}
 	for _, p := range pts {

@@ -66,6 +66,23 @@ func openOEEPostgres(t *testing.T) oeeStateStore {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
+	schema := openOEEPostgresSchema(t)
+	ps, err := postgres.Open(ctx, oeePGURL(), postgres.Options{Schema: schema, Retention: -1, MaxFuture: -1, MaxConns: 4},
+		slog.New(slog.DiscardHandler), nil)
+	if err != nil {
+		t.Fatalf("opening the PostgreSQL store: %v", err)
+	}
+	t.Cleanup(func() { _ = ps.Close() })
+	return ps
+}
+
+// openOEEPostgresSchema names a schema of t's own, dropped at the end of
+// t (the store creates it). It fails t under CI=true when PostgreSQL is
+// unreachable, and skips it otherwise.
+func openOEEPostgresSchema(t *testing.T) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
 	admin, err := pgx.Connect(ctx, oeePGURL())
 	if err != nil {
 		if os.Getenv("CI") == "true" {
@@ -84,13 +101,7 @@ func openOEEPostgres(t *testing.T) oeeStateStore {
 		}
 		admin.Close(ctx)
 	})
-	ps, err := postgres.Open(ctx, oeePGURL(), postgres.Options{Schema: schema, Retention: -1, MaxFuture: -1, MaxConns: 4},
-		slog.New(slog.DiscardHandler), nil)
-	if err != nil {
-		t.Fatalf("opening the PostgreSQL store: %v", err)
-	}
-	t.Cleanup(func() { _ = ps.Close() })
-	return ps
+	return schema
 }
 
 // oeeFleetMachine is one random machine of the property test and what was

@@ -4,6 +4,8 @@ import { can, type Session } from '../lib/session';
 import { formatRoute } from '../lib/route';
 import { FLEET_FILTER, dashboard } from '../lib/store';
 import { fmtNum, fmtTime } from './common';
+import { DownloadLink } from './Download';
+import { alarmsCsvUrl } from '../lib/download';
 
 /** Severity as shown: threshold breaches are critical, silence a warning. */
 export function severity(a: Alarm): 'critical' | 'warning' {
@@ -48,7 +50,8 @@ export function AlarmsView({ session }: { session: Session }) {
   return (
     <div className="alarms">
       <h1>
-        Active alarms <span className="muted">({active.length})</span>
+        Active alarms <span className="muted">({active.length})</span>{' '}
+        <DownloadLink href={() => alarmsCsvUrl('active')} />
       </h1>
       {error && (
         <p className="error" role="alert">
@@ -85,7 +88,9 @@ export function AlarmsView({ session }: { session: Session }) {
           )}
         </tbody>
       </table>
-      <h2>Journal</h2>
+      <h2>
+        Journal <DownloadLink href={() => alarmsCsvUrl('all')} />
+      </h2>
       <table data-testid="journal">
         <thead>
           <tr>

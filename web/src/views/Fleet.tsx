@@ -5,6 +5,8 @@ import { formatRoute } from '../lib/route';
 import { FLEET_FILTER, dashboard, matchesStatus, type FleetEntry } from '../lib/store';
 import { layoutGrid, visibleRows } from '../lib/grid';
 import { AlarmBadge, StatusBadge, fmtAgo, fmtNum, useTick } from './common';
+import { DownloadLink } from './Download';
+import { fleetCsvUrl } from '../lib/download';
 
 const TILE_W = 232;
 const ROW_H = 132;
@@ -81,6 +83,7 @@ export function Fleet({ q, status, group, navigate }: Props) {
         <span className="muted" aria-live="polite">
           {filtered.length} shown
         </span>
+        <DownloadLink href={fleetCsvUrl} title="Every machine you may see: a row each, a column per metric's latest value" />
       </div>
       <VirtualGrid groups={groups} showHeaders={group !== 'none'} />
     </div>

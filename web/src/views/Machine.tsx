@@ -6,6 +6,8 @@ import { can, type Session } from '../lib/session';
 import { dashboard } from '../lib/store';
 import type { MachineControl } from '../lib/control';
 import { Chart } from './Chart';
+import { DownloadLink } from './Download';
+import { exportUrl } from '../lib/download';
 import { CommandsPanel, TwinPanel } from './Control';
 import { StateTimeline } from './Timeline';
 import { AlarmBadge, StatusBadge, fmtAgo, fmtNum, fmtTime, useTick } from './common';
@@ -155,6 +157,15 @@ export function MachineView({ id, range, metrics: chosen, navigate, session }: P
           <button className="primary" onClick={() => go({ range: { kind: 'live', spanMs: LIVE_SPANS.live, label: 'live' } })}>
             Back to live
           </button>
+        )}
+        {metrics.length > 0 && (
+          <DownloadLink
+            title="The shown metrics' samples over the shown range, one row per sample"
+            href={() => {
+              const now = Date.now();
+              return exportUrl(id, metrics, live ? { from: now - range.spanMs, to: now } : { from: range.from, to: range.to });
+            }}
+          />
         )}
         <div role="group" aria-label="Metrics" className="metric-picks">
           {allMetrics.map((x) => (
