@@ -2,6 +2,7 @@ package twin
 
 import (
 	"context"
+	"slices"
 	"sync"
 	"time"
 
@@ -47,9 +48,16 @@ type LiveOptions struct {
 type state struct {
 	lastSeen int64
 	latest   map[string]latest
+	names    []string // the keys of latest, sorted: the fleet list's order
 	states   map[string]StateValue // nil until the first state
 	rate     *stats.Rate           // nil until the first event, and once trimmed
 	medians  map[string]*stats.Median
+}
+
+// addName adds a new key of latest to names.
+func (e *state) addName(name string) {
+	i, _ := slices.BinarySearch(e.names, name)
+	e.names = slices.Insert(e.names, i, name)
 }
 
 // latest is the internal form of Value, without a pointer to allocate.
@@ -123,6 +131,9 @@ func (l *Live) Observe(b *telemetry.Batch, samples []telemetry.Sample) {
 		if v, ok := e.latest[s.Metric]; !ok || s.Time >= v.ts {
 			v.value, v.ts = s.Value, s.Time
 			e.latest[s.Metric] = v
+			if !ok {
+				e.addName(s.Metric)
+			}
 		}
 	}
 	for i := range b.Events {
@@ -195,6 +206,9 @@ func (l *Live) Restore(samples []telemetry.Sample) {
 		if v, ok := e.latest[s.Metric]; !ok || s.Time >= v.ts {
 			v.value, v.ts = s.Value, s.Time
 			e.latest[s.Metric] = v
+			if !ok {
+				e.addName(s.Metric)
+			}
 		}
 	}
 	l.mu.Unlock()
