@@ -48,7 +48,7 @@ type LiveOptions struct {
 type state struct {
 	lastSeen int64
 	latest   map[string]latest
-	names    []string // the keys of latest, sorted: the fleet list's order
+	names    []string              // the keys of latest, sorted: the fleet list's order
 	states   map[string]StateValue // nil until the first state
 	rate     *stats.Rate           // nil until the first event, and once trimmed
 	medians  map[string]*stats.Median
