@@ -346,6 +346,11 @@ func New(opts Options, deps Deps) *API {
 			h = limit(h)
 		}
 		h = a.guard(rt, h)
+		if !rt.stream {
+			// JSON answers gzip-compressed for clients that accept it;
+			// never the live stream (WebSocket, SSE).
+			h = compressJSON(h)
+		}
 		a.mux.Handle(rt.method+" "+rt.path, h)
 		if _, ok := a.allow[rt.path]; !ok {
 			a.paths.HandleFunc(rt.path, func(http.ResponseWriter, *http.Request) {})
