@@ -84,8 +84,8 @@ type gzipResponseWriter struct {
 	http.ResponseWriter
 	accepts bool
 
-	code    int    // the status the handler wrote; 0: none yet
-	decided bool   // headers sent, plain or compressed
+	code    int  // the status the handler wrote; 0: none yet
+	decided bool // headers sent, plain or compressed
 	zw      *gzip.Writer
 	buf     []byte // the body before the decision
 }
