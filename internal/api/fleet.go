@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -272,6 +273,10 @@ func (a *API) selectFleet(ctx context.Context, ident auth.Identity, f fleetQuery
 	if f.limit > 0 {
 		p.entries = make([]*twin.Entry, 0, min(f.limit, len(all)-start))
 	}
+	var alarmed map[string]struct{}
+	if a.alarms != nil {
+		alarmed = a.alarms.AlarmedSet()
+	}
 	restricted := ident.Restricted()
 	for i := start; i < len(all); i++ {
 		e := &all[i]
@@ -288,7 +293,7 @@ func (a *API) selectFleet(ctx context.Context, ident auth.Identity, f fleetQuery
 		} else if !attrsMatch(e.Attributes, f.attrs) {
 			continue
 		}
-		alarm := a.alarms != nil && a.alarms.Alarmed(e.ID)
+		_, alarm := alarmed[e.ID]
 		if !f.anyStatus && !(f.alarm && alarm) {
 			st := p.view.Status(e.ID)
 			if !(f.online && st == twin.StatusOnline || f.offline && st == twin.StatusOffline) {
@@ -366,38 +371,74 @@ func (a *API) machines(p fleetPage) []twin.Machine {
 	return ms
 }
 
-// fleetBufs recycles the fleet list's answer buffers (megabytes for a
+// fleetBufs recycles the fleet list's encoding buffers (megabytes for a
 // large fleet).
 var fleetBufs = sync.Pool{New: func() any { return new([]byte) }}
 
+// fleetChunk is the fewest machines one goroutine encodes: a large fleet
+// is encoded by up to GOMAXPROCS goroutines, each its share.
+const fleetChunk = 1024
+
 // writeFleet writes a fleet page as {"count":N,"machines":[...],"next":
 // "cursor"}: count is the number of machines in this answer, next is there
-// when more follow. Each twin is encoded by twin.View.AppendMachine: the
-// entry's cached JSON and its live state, without building a Machine.
+// when more follow. Each twin is encoded by twin.View.AppendMachine (the
+// entry's cached JSON and its live state, without building a Machine),
+// a large page in parallel parts written in order.
 func writeFleet(w http.ResponseWriter, p fleetPage) {
-	bp := fleetBufs.Get().(*[]byte)
-	b := append((*bp)[:0], `{"count":`...)
-	b = strconv.AppendInt(b, int64(len(p.entries)), 10)
-	b = append(b, `,"machines":[`...)
-	for i, e := range p.entries {
-		if i > 0 {
-			b = append(b, ',')
+	n := len(p.entries)
+	parts := 1
+	if n >= 2*fleetChunk {
+		parts = max(1, min(runtime.GOMAXPROCS(0), n/fleetChunk))
+	}
+	bufs := make([]*[]byte, parts)
+	encode := func(k int) {
+		bp := fleetBufs.Get().(*[]byte)
+		b := (*bp)[:0]
+		lo, hi := k*n/parts, (k+1)*n/parts
+		for i := lo; i < hi; i++ {
+			if i > lo {
+				b = append(b, ',')
+			}
+			b = p.view.AppendMachine(b, p.entries[i], p.alarms[i])
 		}
-		b = p.view.AppendMachine(b, e, p.alarms[i])
-	}
-	b = append(b, ']')
-	if p.next != "" {
-		b = append(b, `,"next":"`...)
-		b = append(b, p.next...) // base64url: nothing to escape
-		b = append(b, '"')
-	}
-	b = append(b, "}\n"...)
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Content-Length", strconv.Itoa(len(b)))
-	w.WriteHeader(http.StatusOK)
-	_, _ = w.Write(b)
-	if cap(b) <= 64<<20 {
 		*bp = b
-		fleetBufs.Put(bp)
+		bufs[k] = bp
 	}
+	var wg sync.WaitGroup
+	for k := 1; k < parts; k++ {
+		wg.Go(func() { encode(k) })
+	}
+	encode(0)
+	wg.Wait()
+
+	head := strconv.AppendInt([]byte(`{"count":`), int64(n), 10)
+	head = append(head, `,"machines":[`...)
+	tail := []byte("]")
+	if p.next != "" {
+		tail = append(tail, `,"next":"`...)
+		tail = append(tail, p.next...) // base64url: nothing to escape
+		tail = append(tail, '"')
+	}
+	tail = append(tail, "}\n"...)
+	size := len(head) + len(tail)
+	for k, bp := range bufs {
+		if k > 0 && len(*bp) > 0 {
+			size++
+		}
+		size += len(*bp)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Length", strconv.Itoa(size))
+	w.WriteHeader(http.StatusOK)
+	_, _ = w.Write(head)
+	for k, bp := range bufs {
+		if k > 0 && len(*bp) > 0 {
+			_, _ = w.Write([]byte{','})
+		}
+		_, _ = w.Write(*bp)
+		if cap(*bp) <= 64<<20 {
+			fleetBufs.Put(bp)
+		}
+	}
+	_, _ = w.Write(tail)
 }

@@ -408,3 +408,52 @@ func TestFleetGzip(t *testing.T) {
 		t.Errorf("compressed %d bytes, plain %d: less than 3×", rec.Body.Len(), plain.Body.Len())
 	}
 }
+
+// TestFleetListLarge checks the fleet list of 5 000 machines (encoded in
+// parallel parts) against encoding/json of the twins Live.Machines makes,
+// and a page of it against the same slice.
+func TestFleetListLarge(t *testing.T) {
+	a, reg, live := fleetAPI(t, 5000)
+	ms := live.Machines(reg.List())
+	for i := range ms {
+		a.withAlarmStatus(&ms[i])
+	}
+	wantJSON, err := json.Marshal(ms)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want []any
+	if err := json.Unmarshal(wantJSON, &want); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		query  string
+		lo, hi int
+	}{{"", 0, 5000}, {"limit=2500&cursor=" + encodeCursor(ms[1199].ID), 1200, 3700}} {
+		rec := httptest.NewRecorder()
+		a.ServeHTTP(rec, httptest.NewRequest("GET", "/api/v1/machines?"+tc.query, nil))
+		if rec.Code != http.StatusOK {
+			t.Fatalf("%s: status %d", tc.query, rec.Code)
+		}
+		if cl := rec.Header().Get("Content-Length"); cl != fmt.Sprint(rec.Body.Len()) {
+			t.Errorf("%s: Content-Length %s, body %d bytes", tc.query, cl, rec.Body.Len())
+		}
+		var got struct {
+			Count    int    `json:"count"`
+			Machines []any  `json:"machines"`
+			Next     string `json:"next"`
+		}
+		if err := json.Unmarshal(rec.Body.Bytes(), &got); err != nil {
+			t.Fatalf("%s: %v", tc.query, err)
+		}
+		if got.Count != tc.hi-tc.lo {
+			t.Errorf("%s: count %d, want %d", tc.query, got.Count, tc.hi-tc.lo)
+		}
+		if diff := gocmp.Diff(got.Machines, want[tc.lo:tc.hi]); diff != "" {
+			t.Errorf("%s: machines differ from encoding/json (-got +want):\n%.2000s", tc.query, diff)
+		}
+		if wantNext := tc.hi < 5000; (got.Next != "") != wantNext {
+			t.Errorf("%s: next %q, want one: %v", tc.query, got.Next, wantNext)
+		}
+	}
+}

@@ -112,3 +112,17 @@ func (v View) AppendMachine(dst []byte, e *Entry, alarm bool) []byte {
 	dst = jsonenc.AppendFloat(dst, r5)
 	return append(dst, '}')
 }
+
+// AlarmedSet returns the machines Alarmed reports, at once: the fleet
+// list asks about every machine, one lock instead of one per machine.
+func (a *Alarms) AlarmedSet() map[string]struct{} {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	out := make(map[string]struct{}, len(a.alarmedBy))
+	for m, n := range a.alarmedBy {
+		if n > 0 {
+			out[m] = struct{}{}
+		}
+	}
+	return out
+}
