@@ -426,6 +426,14 @@ func TestFleetListLarge(t *testing.T) {
 	if err := json.Unmarshal(wantJSON, &want); err != nil {
 		t.Fatal(err)
 	}
+	// The twins of a page, for answers other than JSON (CSV).
+	page, err := a.selectFleet(context.Background(), auth.Anonymous, fleetQuery{anyStatus: true, limit: 10, after: ms[99].ID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := gocmp.Diff(a.machines(page), ms[100:110]); diff != "" || page.next == "" {
+		t.Errorf("machines of a page (next %q) (-got +want):\n%s", page.next, diff)
+	}
 	for _, tc := range []struct {
 		query  string
 		lo, hi int
