@@ -121,7 +121,8 @@ func (g *gzipResponseWriter) eligible() bool {
 
 func (g *gzipResponseWriter) Write(p []byte) (int, error) {
 	if g.code == 0 {
-		if g.Header().Get("Content-Type") == "" {
+		if _, set := g.Header()["Content-Type"]; !set {
+			// What net/http would sniff, needed here to decide.
 			g.Header().Set("Content-Type", http.DetectContentType(p))
 		}
 		g.WriteHeader(http.StatusOK)
