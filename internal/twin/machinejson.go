@@ -64,7 +64,7 @@ func (v View) AppendMachine(dst []byte, e *Entry, alarm bool) []byte {
 	}
 	dst = append(dst, `,"metrics":{`...)
 	for i, name := range s.names {
-		x := s.latest[name]
+		x := s.vals[i]
 		if i > 0 {
 			dst = append(dst, ',')
 		}
