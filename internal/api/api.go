@@ -89,8 +89,12 @@ type Deps struct {
 	// Together they make the twins the API shows.
 	Registry registry
 	Live     liveState
-	Notes    *twin.Notes
-	Alarms   *twin.Alarms
+	// AttributeIndex finds machines by registry attributes in the
+	// registry store (PostgreSQL's JSONB index); nil: the fleet list
+	// filters attributes in memory.
+	AttributeIndex AttributeIndexFunc
+	Notes          *twin.Notes
+	Alarms         *twin.Alarms
 	// Twins are the machines' desired and reported documents
 	// (control.Twins); nil: the twin routes answer 404.
 	Twins twinDocs
@@ -150,6 +154,8 @@ type Deps struct {
 // registry is the machine registry: entries, and who may send.
 type registry interface {
 	List() []twin.Info
+	// Listing is every entry in id order with its JSON encoding, shared.
+	Listing() []twin.Entry
 	Get(id string) (twin.Info, error)
 	Put(id string, in twin.Info) (twin.Info, bool, error)
 	Patch(id string, patch []byte) (twin.Info, error)
@@ -163,6 +169,8 @@ type registry interface {
 type liveState interface {
 	Machine(in twin.Info) twin.Machine
 	Machines(infos []twin.Info) []twin.Machine
+	// View reads machines' live state one by one at one instant.
+	View() twin.View
 }
 
 type hotWindow interface {
@@ -184,6 +192,7 @@ type API struct {
 	store      store.Store
 	registry   registry
 	live       liveState
+	attrIndex  AttributeIndexFunc
 	notes      *twin.Notes
 	alarms     *twin.Alarms
 	twins      twinDocs
@@ -277,6 +286,7 @@ func New(opts Options, deps Deps) *API {
 		store:     deps.Store,
 		registry:  deps.Registry,
 		live:      deps.Live,
+		attrIndex: deps.AttributeIndex,
 		notes:     deps.Notes,
 		alarms:    deps.Alarms,
 		twins:     deps.Twins,
@@ -358,6 +368,11 @@ func New(opts Options, deps Deps) *API {
 			h = limit(h)
 		}
 		h = a.guard(rt, h)
+		if !rt.stream {
+			// JSON answers gzip-compressed for clients that accept it;
+			// never the live stream (WebSocket, SSE).
+			h = compressJSON(h)
+		}
 		a.mux.Handle(rt.method+" "+rt.path, h)
 		if _, ok := a.allow[rt.path]; !ok {
 			a.paths.HandleFunc(rt.path, func(http.ResponseWriter, *http.Request) {})

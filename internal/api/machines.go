@@ -8,7 +8,6 @@ import (
 	"math"
 	"net/http"
 	"net/url"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -25,26 +24,30 @@ const (
 	maxRawPoints    = 500_000
 )
 
-// handleMachines is GET /api/v1/machines: the fleet.
+// handleMachines is GET /api/v1/machines: the fleet, filtered by site,
+// line, status, text (q) and registry attributes (attr.KEY=VALUE), in id
+// order, a page at a time with limit and cursor (fleet.go).
 func (a *API) handleMachines(w http.ResponseWriter, r *http.Request) {
 	if !csvFormat(w, r) {
 		return
 	}
-	ms := a.live.Machines(a.registry.List())
-	if id := identity(r); id.Restricted() {
-		ms = slices.DeleteFunc(ms, func(m twin.Machine) bool { return !id.SeesSite(m.Site) })
-	}
-	for i := range ms {
-		a.withAlarmStatus(&ms[i])
-	}
-	if wantsCSV(r) {
-		writeMachinesCSV(w, ms)
+	f, problems := parseFleetQuery(r.URL.Query())
+	if len(problems) > 0 {
+		writeInvalidParams(w, problems)
 		return
 	}
-	writeJSON(w, http.StatusOK, struct {
-		Count    int            `json:"count"`
-		Machines []twin.Machine `json:"machines"`
-	}{len(ms), ms})
+	page, err := a.selectFleet(r.Context(), identity(r), f)
+	if err != nil {
+		a.logger.Error("finding machines by attributes", "err", err)
+		problem.Write(w, &problem.Problem{Type: problem.TypeStorage, Status: http.StatusServiceUnavailable, RetryAfter: 1,
+			Detail: "finding machines by attributes in the registry store did not complete; retry"})
+		return
+	}
+	if wantsCSV(r) {
+		writeMachinesCSV(w, a.machines(page))
+		return
+	}
+	writeFleet(w, page)
 }
 
 func (a *API) handleMachineGet(w http.ResponseWriter, r *http.Request) {

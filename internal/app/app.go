@@ -445,6 +445,11 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 	if a.hot != nil {
 		deps.Hot = a.hot
 	}
+	if pr, ok := ts.registry.(*postgres.Registry); ok {
+		// Fleet attribute filters through the JSONB index of the
+		// registry table.
+		deps.AttributeIndex = pr.WithAttributes
+	}
 	deps.UploadTraces, deps.TracesLimit = uploadTraces, tracesLimit
 	if cfg.Role.Queries() {
 		deps.Prometheus = prometheusAPI(cfg, st, registry.List, version, logger, reg)

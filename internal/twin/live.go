@@ -2,6 +2,7 @@ package twin
 
 import (
 	"context"
+	"slices"
 	"sync"
 	"time"
 
@@ -46,10 +47,25 @@ type LiveOptions struct {
 // state is one machine's live state.
 type state struct {
 	lastSeen int64
-	latest   map[string]latest
-	states   map[string]StateValue // nil until the first state
-	rate     *stats.Rate           // nil until the first event, and once trimmed
-	medians  map[string]*stats.Median
+	latest   map[string]*latest
+	// names are the keys of latest, sorted, and vals their values in
+	// that order: the fleet list reads them without a look-up.
+	names   []string
+	vals    []*latest
+	states  map[string]StateValue // nil until the first state
+	rate    *stats.Rate           // nil until the first event, and once trimmed
+	medians map[string]*stats.Median
+}
+
+// addLatest adds metric name to latest (and names, vals) and returns its
+// zero value.
+func (e *state) addLatest(name string) *latest {
+	v := new(latest)
+	e.latest[name] = v
+	i, _ := slices.BinarySearch(e.names, name)
+	e.names = slices.Insert(e.names, i, name)
+	e.vals = slices.Insert(e.vals, i, v)
+	return v
 }
 
 // latest is the internal form of Value, without a pointer to allocate.
@@ -83,7 +99,7 @@ func NewLive(opts LiveOptions) *Live {
 func (l *Live) stateLocked(id string, fresh *[]string) *state {
 	e := l.machines[id]
 	if e == nil {
-		e = &state{latest: map[string]latest{}}
+		e = &state{latest: map[string]*latest{}}
 		l.machines[id] = e
 		*fresh = append(*fresh, id)
 	}
@@ -120,9 +136,12 @@ func (l *Live) Observe(b *telemetry.Batch, samples []telemetry.Sample) {
 			e.rate.Hit(b.Received, 1)
 			l.fleet.Hit(b.Received, 1)
 		}
-		if v, ok := e.latest[s.Metric]; !ok || s.Time >= v.ts {
+		v, ok := e.latest[s.Metric]
+		if !ok {
+			v = e.addLatest(s.Metric)
+		}
+		if !ok || s.Time >= v.ts {
 			v.value, v.ts = s.Value, s.Time
-			e.latest[s.Metric] = v
 		}
 	}
 	for i := range b.Events {
@@ -192,9 +211,12 @@ func (l *Live) Restore(samples []telemetry.Sample) {
 		if len(fresh) > n {
 			firstAt = append(firstAt, time.UnixMilli(s.Time))
 		}
-		if v, ok := e.latest[s.Metric]; !ok || s.Time >= v.ts {
+		v, ok := e.latest[s.Metric]
+		if !ok {
+			v = e.addLatest(s.Metric)
+		}
+		if !ok || s.Time >= v.ts {
 			v.value, v.ts = s.Value, s.Time
-			e.latest[s.Metric] = v
 		}
 	}
 	l.mu.Unlock()
@@ -244,7 +266,6 @@ func (l *Live) ObserveReleased(samples []telemetry.Sample, dst []MedianUpdate) [
 		if v, ok := e.latest[s.Metric]; ok {
 			v.median = med
 			v.hasMedian = true
-			e.latest[s.Metric] = v
 		}
 		k := seriesKey{s.Machine, s.Metric}
 		if j, ok := at[k]; ok {
@@ -276,7 +297,6 @@ func (l *Live) ApplyMedians(us []MedianUpdate) {
 			continue
 		}
 		v.median, v.hasMedian = u.Median, true
-		e.latest[u.Metric] = v
 	}
 }
 

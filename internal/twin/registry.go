@@ -3,6 +3,7 @@ package twin
 import (
 	"cmp"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -40,6 +41,11 @@ type Registry struct {
 
 	// onDelete are told of each machine removed from the registry.
 	onDelete []func(id string)
+
+	// listing is Listing's answer, nil after a change; encoded keeps
+	// each entry's JSON until the entry changes. Both are guarded by mu.
+	listing []Entry
+	encoded map[string][]byte
 }
 
 // OpenRegistry loads the registry from s, which then persists every
@@ -49,9 +55,9 @@ func OpenRegistry(ctx context.Context, s RegistryStore, now func() time.Time, lo
 	if err != nil {
 		return nil, fmt.Errorf("loading registry: %w", err)
 	}
-	r := &Registry{store: s, now: now, logger: logger, infos: make(map[string]Info, len(infos))}
+	r := &Registry{store: s, now: now, logger: logger, infos: make(map[string]Info, len(infos)), encoded: map[string][]byte{}}
 	for _, in := range infos {
-		r.infos[in.ID] = in
+		r.setLocked(in.ID, in)
 	}
 	return r, nil
 }
@@ -73,6 +79,62 @@ func (r *Registry) deleted(id string) {
 	for _, fn := range r.onDelete {
 		fn(id)
 	}
+}
+
+// setLocked sets id's entry; r.mu must be held for writing.
+func (r *Registry) setLocked(id string, in Info) {
+	r.infos[id] = in
+	delete(r.encoded, id)
+	r.listing = nil
+}
+
+// dropLocked removes id's entry; r.mu must be held for writing.
+func (r *Registry) dropLocked(id string) {
+	delete(r.infos, id)
+	delete(r.encoded, id)
+	r.listing = nil
+}
+
+// Entry is a registry entry with its JSON encoding (what json.Marshal
+// writes for the Info).
+type Entry struct {
+	Info
+	JSON []byte
+}
+
+// Listing returns every registry entry, sorted by id, with its JSON
+// encoding. The slice and the encodings are shared: read them only. It is
+// rebuilt after a change, and an entry is encoded again only when it
+// changed, so listing an unchanged fleet copies, sorts and encodes
+// nothing.
+func (r *Registry) Listing() []Entry {
+	r.mu.RLock()
+	l := r.listing
+	r.mu.RUnlock()
+	if l != nil {
+		return l
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.listing != nil {
+		return r.listing
+	}
+	l = make([]Entry, 0, len(r.infos))
+	for id, in := range r.infos {
+		b, ok := r.encoded[id]
+		if !ok {
+			var err error
+			if b, err = json.Marshal(in); err != nil {
+				// Validated entries always encode; keep the id at least.
+				b, _ = json.Marshal(Info{ID: in.ID, CreatedAt: in.CreatedAt, UpdatedAt: in.UpdatedAt})
+			}
+			r.encoded[id] = b
+		}
+		l = append(l, Entry{Info: in, JSON: b})
+	}
+	slices.SortFunc(l, func(a, b Entry) int { return cmp.Compare(a.ID, b.ID) })
+	r.listing = l
+	return l
 }
 
 // Get returns a machine's registry entry, or an error wrapping ErrNotFound.
@@ -189,7 +251,7 @@ func (r *Registry) AutoRegister(id string, at time.Time) {
 func (r *Registry) registerLocked(id string, at time.Time) Info {
 	at = at.UTC()
 	in := Info{ID: id, CreatedAt: at, UpdatedAt: at}
-	r.infos[id] = in
+	r.setLocked(id, in)
 	r.dirty = true
 	return in
 }
@@ -218,7 +280,7 @@ func (r *Registry) Locate(id, site, line string) {
 	if in.Line == "" && line != "" {
 		in.Line, r.dirty = line, true
 	}
-	r.infos[id] = in
+	r.setLocked(id, in)
 }
 
 // Put creates or replaces a machine's registry entry and persists it. It
@@ -262,13 +324,13 @@ func (r *Registry) update(id string, create bool, change func(*Info) (Info, erro
 	if in.CreatedAt.IsZero() {
 		in.CreatedAt = now
 	}
-	r.infos[id] = in
+	r.setLocked(id, in)
 	if err := r.persistLocked(); err != nil {
 		// Keep memory and store in step: undo.
 		if ok {
-			r.infos[id] = prev
+			r.setLocked(id, prev)
 		} else {
-			delete(r.infos, id)
+			r.dropLocked(id)
 		}
 		return Info{}, false, err
 	}
@@ -293,7 +355,7 @@ func (r *Registry) RegisterMissing(infos []Info) (int, error) {
 			continue
 		}
 		in.CreatedAt, in.UpdatedAt = now, now
-		r.infos[in.ID] = in
+		r.setLocked(in.ID, in)
 		added = append(added, in.ID)
 	}
 	if len(added) == 0 {
@@ -301,7 +363,7 @@ func (r *Registry) RegisterMissing(infos []Info) (int, error) {
 	}
 	if err := r.persistLocked(); err != nil {
 		for _, id := range added {
-			delete(r.infos, id)
+			r.dropLocked(id)
 		}
 		return 0, err
 	}
@@ -327,9 +389,9 @@ func (r *Registry) delete(id string) error {
 	if !ok {
 		return fmt.Errorf("%w: machine %q", ErrNotFound, id)
 	}
-	delete(r.infos, id)
+	r.dropLocked(id)
 	if err := r.persistLocked(); err != nil {
-		r.infos[id] = in
+		r.setLocked(id, in)
 		return err
 	}
 	return nil
@@ -377,7 +439,7 @@ func (r *Registry) Refresh(ctx context.Context, ids []string, get func(context.C
 		r.mu.Lock()
 		defer r.mu.Unlock()
 		for _, in := range all {
-			r.infos[in.ID] = in
+			r.setLocked(in.ID, in)
 		}
 		return nil
 	}
@@ -387,7 +449,7 @@ func (r *Registry) Refresh(ctx context.Context, ids []string, get func(context.C
 		case errors.Is(err, ErrNotFound):
 			r.mu.Lock()
 			_, had := r.infos[id]
-			delete(r.infos, id)
+			r.dropLocked(id)
 			r.mu.Unlock()
 			if had {
 				r.deleted(id)
@@ -396,7 +458,7 @@ func (r *Registry) Refresh(ctx context.Context, ids []string, get func(context.C
 			return err
 		default:
 			r.mu.Lock()
-			r.infos[in.ID] = in
+			r.setLocked(in.ID, in)
 			r.mu.Unlock()
 		}
 	}

@@ -92,8 +92,12 @@ func TestQueryPlans(t *testing.T) {
 		{"delta over an hour", transformDelta, []any{key, "x", hourFrom, hourTo, 100_000}, []string{raw}, "machine_metric_time_idx"},
 		{"rolling average over an hour", transformRollingAvg, []any{key, "x", hourFrom, hourTo, 100_000, 30}, []string{raw}, "machine_metric_time_idx"},
 		{"series of an hour", listSeries, []any{hourFrom, hourTo, 10 * time.Second}, []string{agg, agg, raw}, ""},
-		{"active machines with an attribute", `SELECT id FROM machines WHERE retired_at IS NULL AND attributes @> $1`,
+		{"active machines with an attribute (Registry.WithAttributes, the fleet's attr filters)", fmt.Sprintf(selectWithAttributes, "machines"),
 			[]any{`{"vendor": "acme"}`}, []string{"machines"}, "machines_active_attributes_idx"},
+		{"active machines with two attributes", fmt.Sprintf(selectWithAttributes, "machines"),
+			[]any{`{"vendor": "acme", "line": "l1"}`}, []string{"machines"}, "machines_active_attributes_idx"},
+		{"active machines with a number attribute", fmt.Sprintf(selectWithAttributes, "machines"),
+			[]any{`{"floor": 3}`}, []string{"machines"}, "machines_active_attributes_idx"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
