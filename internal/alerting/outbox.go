@@ -78,6 +78,9 @@ const maxOutboxStates = 10_000
 // safe for concurrent use by one process.
 type FileOutbox struct {
 	path string
+	// slack is the lines past four times the live ones that trigger a
+	// compaction.
+	slack int
 
 	mu      sync.Mutex
 	f       *os.File
@@ -122,7 +125,7 @@ type stateRecord struct {
 // OpenFileOutbox opens (creating it if needed) the outbox at path and
 // restores what it holds.
 func OpenFileOutbox(path string) (*FileOutbox, error) {
-	o := &FileOutbox{path: path, byID: map[string]*fileMsg{}, states: map[string]fileState{}}
+	o := &FileOutbox{path: path, slack: 1024, byID: map[string]*fileMsg{}, states: map[string]fileState{}}
 	data, err := os.ReadFile(path)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("reading alarm outbox: %w", err)
@@ -259,7 +262,7 @@ func (o *FileOutbox) write(recs ...outboxRecord) error {
 // lines) what a snapshot needs; o.mu must be held.
 func (o *FileOutbox) compact() error {
 	live := len(o.pending) + len(o.states)
-	if o.lines <= 4*live+1024 {
+	if o.lines <= 4*live+o.slack {
 		return nil
 	}
 	var buf bytes.Buffer
@@ -379,6 +382,15 @@ func (o *FileOutbox) States(_ context.Context, ids []string) (map[string]State, 
 	for _, id := range ids {
 		if st, ok := o.states[id]; ok {
 			out[id] = st.State
+		}
+	}
+	// An alarm with undelivered changes shows its oldest one's state:
+	// the one being tried.
+	seen := make(map[string]bool, len(out))
+	for _, m := range o.pending {
+		if _, ok := out[m.Alarm]; ok && !seen[m.Alarm] {
+			seen[m.Alarm] = true
+			out[m.Alarm] = pendingState(m.Message)
 		}
 	}
 	return out, nil
