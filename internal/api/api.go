@@ -17,6 +17,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/twinline/twinline/internal/alerting"
 	"github.com/twinline/twinline/internal/auth"
 	"github.com/twinline/twinline/internal/config"
 	"github.com/twinline/twinline/internal/control"
@@ -87,6 +88,9 @@ type Deps struct {
 	Live     liveState
 	Notes    *twin.Notes
 	Alarms   *twin.Alarms
+	// AlarmDelivery returns the delivery state of alarms (their ids) at
+	// Alertmanager and the webhook; nil when neither is configured.
+	AlarmDelivery func(ctx context.Context, ids []string) map[string]alerting.Delivery
 	// Twins are the machines' desired and reported documents
 	// (control.Twins); nil: the twin routes answer 404.
 	Twins twinDocs
@@ -174,6 +178,7 @@ type API struct {
 	live       liveState
 	notes      *twin.Notes
 	alarms     *twin.Alarms
+	delivery   func(ctx context.Context, ids []string) map[string]alerting.Delivery
 	twins      twinDocs
 	commands   *control.Commands
 	publish    func(twin.Note)
@@ -263,6 +268,7 @@ func New(opts Options, deps Deps) *API {
 		live:      deps.Live,
 		notes:     deps.Notes,
 		alarms:    deps.Alarms,
+		delivery:  deps.AlarmDelivery,
 		twins:     deps.Twins,
 		commands:  deps.Commands,
 		publish:   deps.Publish,
