@@ -24,11 +24,13 @@ const pruneEvery = 256
 // AlarmOutbox is the alarm webhook's outbox in the table alarm_outbox, an
 // alerting.Outbox shared by the replicas: a row is claimed with FOR UPDATE
 // SKIP LOCKED and leased, so no two replicas post it at once, and only
-// the oldest undelivered row of an alarm is claimable, so an alarm's
-// changes go out in order whichever replica posts them.
+// the oldest undelivered row of an alarm is due (the rows behind it wait
+// at next_at = infinity until it is settled), so an alarm's changes go out
+// in order whichever replica posts them, and a claim reads due rows only.
 type AlarmOutbox struct {
 	pool    *pgxpool.Pool
 	table   string
+	lockKey string // the advisory lock namespace of the table's alarms
 	timeout time.Duration
 	settled atomic.Int64
 }
@@ -37,31 +39,84 @@ var _ alerting.Outbox = (*AlarmOutbox)(nil)
 
 // NewAlarmOutbox returns the outbox in the tables of s.
 func NewAlarmOutbox(s *Store) *AlarmOutbox {
-	return &AlarmOutbox{pool: s.pool, table: pgx.Identifier{s.schema, "alarm_outbox"}.Sanitize(), timeout: s.opts.WriteTimeout}
+	t := pgx.Identifier{s.schema, "alarm_outbox"}.Sanitize()
+	return &AlarmOutbox{pool: s.pool, table: t, lockKey: t, timeout: s.opts.WriteTimeout}
 }
 
 // undelivered is the SQL condition of a row still to deliver.
 const undelivered = `state IN ('pending', 'retrying')`
 
 // Enqueue implements alerting.Outbox: one transaction; a delivery id
-// already there is skipped.
+// already there is skipped. A change behind another undelivered one of
+// its alarm waits (next_at infinity) until that one is settled.
 func (o *AlarmOutbox) Enqueue(ctx context.Context, msgs []alerting.Message) error {
 	if len(msgs) == 0 {
 		return nil
 	}
-	doc, err := json.Marshal(msgs)
+	type row struct {
+		alerting.Message
+		Behind bool `json:"behind"` // an earlier change of the batch is of its alarm
+	}
+	rows := make([]row, len(msgs))
+	seen := map[string]bool{}
+	var alarms []string
+	for i, m := range msgs {
+		rows[i] = row{Message: m, Behind: seen[m.Alarm]}
+		if !seen[m.Alarm] {
+			alarms = append(alarms, m.Alarm)
+		}
+		seen[m.Alarm] = true
+	}
+	doc, err := json.Marshal(rows)
 	if err != nil {
 		return fmt.Errorf("enqueuing alarm deliveries: encoding: %w", err)
 	}
 	ctx, cancel := context.WithTimeout(ctx, o.timeout)
 	defer cancel()
-	if _, err := o.pool.Exec(ctx, `
-		INSERT INTO `+o.table+` (delivery_id, alarm_id, body, created_at, next_at)
-		SELECT m->>'id', m->>'alarm', m->>'body', (m->>'created')::timestamptz, (m->>'nextAt')::timestamptz
-		FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS j(m, n)
-		ORDER BY n
-		ON CONFLICT (delivery_id) DO NOTHING`, string(doc)); err != nil {
+	err = pgx.BeginFunc(ctx, o.pool, func(tx pgx.Tx) error {
+		if err := o.lockAlarms(ctx, tx, alarms); err != nil {
+			return err
+		}
+		_, err := tx.Exec(ctx, `
+			INSERT INTO `+o.table+` (delivery_id, alarm_id, body, created_at, next_at)
+			SELECT m->>'id', m->>'alarm', m->>'body', (m->>'created')::timestamptz,
+				CASE WHEN (m->>'behind')::boolean OR EXISTS (SELECT 1 FROM `+o.table+` e
+					WHERE e.alarm_id = m->>'alarm' AND e.`+undelivered+`)
+				THEN 'infinity' ELSE (m->>'nextAt')::timestamptz END
+			FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS j(m, n)
+			ORDER BY n
+			ON CONFLICT (delivery_id) DO NOTHING`, string(doc))
+		return err
+	})
+	if err != nil {
 		return fmt.Errorf("enqueuing %d alarm deliveries: %w", len(msgs), err)
+	}
+	return nil
+}
+
+// maxAlarmLocks is the most alarms a transaction locks one by one; a
+// larger batch (an outage taking a fleet offline) locks every alarm at
+// once, within the server's lock table.
+const maxAlarmLocks = 64
+
+// lockAlarms serialises the transaction with the others touching alarms:
+// each holds the table's advisory lock shared and one per alarm, taken in
+// order (no deadlock); one touching over maxAlarmLocks alarms holds the
+// table's lock alone, exclusive.
+func (o *AlarmOutbox) lockAlarms(ctx context.Context, tx pgx.Tx, alarms []string) error {
+	var err error
+	if len(alarms) > maxAlarmLocks {
+		_, err = tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtext($1), 0)`, o.lockKey+"#all")
+	} else {
+		alarms = slices.Sorted(slices.Values(alarms))
+		_, err = tx.Exec(ctx, `SELECT pg_advisory_xact_lock_shared(hashtext($1), 0)`, o.lockKey+"#all")
+		if err == nil {
+			_, err = tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtext($1), hashtext(a)) FROM unnest($2::text[]) WITH ORDINALITY AS u(a, n) ORDER BY n`,
+				o.lockKey, alarms)
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("locking alarms: %w", err)
 	}
 	return nil
 }
@@ -72,15 +127,13 @@ func (o *AlarmOutbox) Claim(ctx context.Context, now time.Time, lease time.Durat
 	defer cancel()
 	rows, err := o.pool.Query(ctx, `
 		WITH c AS (
-			SELECT o.seq FROM `+o.table+` o
-			WHERE o.`+undelivered+` AND o.next_at <= $1 AND (o.leased_until IS NULL OR o.leased_until <= $1)
-				AND NOT EXISTS (SELECT 1 FROM `+o.table+` e
-					WHERE e.alarm_id = o.alarm_id AND e.seq < o.seq AND e.`+undelivered+`)
-			ORDER BY o.seq
+			SELECT seq FROM `+o.table+`
+			WHERE `+undelivered+` AND next_at <= $1
+			ORDER BY next_at, seq
 			LIMIT $3
 			FOR UPDATE SKIP LOCKED
 		)
-		UPDATE `+o.table+` u SET leased_until = $2 FROM c WHERE u.seq = c.seq
+		UPDATE `+o.table+` u SET leased_until = $2, next_at = $2 FROM c WHERE u.seq = c.seq
 		RETURNING u.seq, u.delivery_id, u.alarm_id, u.body, u.created_at, u.attempts, u.next_at, u.last_error`,
 		now, now.Add(lease), n)
 	if err != nil {
@@ -112,7 +165,8 @@ func (o *AlarmOutbox) Claim(ctx context.Context, now time.Time, lease time.Durat
 }
 
 // Settle implements alerting.Outbox. A row settled already (its lease ran
-// out and another replica delivered it) stays as it is.
+// out and another replica delivered it) stays as it is. Settling a row
+// makes the next change of its alarm due.
 func (o *AlarmOutbox) Settle(ctx context.Context, m alerting.Message, oc alerting.Outcome) error {
 	ctx, cancel := context.WithTimeout(ctx, o.timeout)
 	defer cancel()
@@ -123,9 +177,20 @@ func (o *AlarmOutbox) Settle(ctx context.Context, m alerting.Message, oc alertin
 			last_error = $2, next_at = $3, leased_until = NULL WHERE delivery_id = $1 AND `+undelivered,
 			m.ID, oc.Err, oc.NextAt)
 	default:
-		_, err = o.pool.Exec(ctx, `UPDATE `+o.table+` SET state = $2, attempts = attempts + 1,
-			last_error = $3, settled_at = $4, leased_until = NULL WHERE delivery_id = $1 AND `+undelivered,
-			m.ID, oc.State, oc.Err, oc.At)
+		err = pgx.BeginFunc(ctx, o.pool, func(tx pgx.Tx) error {
+			if err := o.lockAlarms(ctx, tx, []string{m.Alarm}); err != nil {
+				return err
+			}
+			tag, err := tx.Exec(ctx, `UPDATE `+o.table+` SET state = $2, attempts = attempts + 1,
+				last_error = $3, settled_at = $4, leased_until = NULL WHERE delivery_id = $1 AND `+undelivered,
+				m.ID, oc.State, oc.Err, oc.At)
+			if err != nil || tag.RowsAffected() == 0 {
+				return err
+			}
+			_, err = tx.Exec(ctx, `UPDATE `+o.table+` SET next_at = $2
+				WHERE seq = (SELECT min(seq) FROM `+o.table+` WHERE alarm_id = $1 AND `+undelivered+`)`, m.Alarm, oc.At)
+			return err
+		})
 		if err == nil && o.settled.Add(1)%pruneEvery == 0 {
 			_, err = o.pool.Exec(ctx, `DELETE FROM `+o.table+` WHERE settled_at < $1`, oc.At.Add(-alarmOutboxRetention))
 		}
@@ -145,10 +210,8 @@ func (o *AlarmOutbox) Stats(ctx context.Context) (alerting.OutboxStats, error) {
 		oldest, nextDue *time.Time
 	)
 	err := o.pool.QueryRow(ctx, `
-		SELECT count(*), min(created_at),
-			min(greatest(next_at, leased_until)) FILTER (WHERE NOT EXISTS (SELECT 1 FROM `+o.table+` e
-				WHERE e.alarm_id = o.alarm_id AND e.seq < o.seq AND e.`+undelivered+`))
-		FROM `+o.table+` o WHERE o.`+undelivered).Scan(&s.Depth, &oldest, &nextDue)
+		SELECT count(*), min(created_at), min(next_at) FILTER (WHERE next_at < 'infinity')
+		FROM `+o.table+` WHERE `+undelivered).Scan(&s.Depth, &oldest, &nextDue)
 	if err != nil {
 		return s, fmt.Errorf("reading the alarm outbox's depth: %w", err)
 	}

@@ -1,10 +1,13 @@
 -- 0009: the alarm webhook's outbox (internal/alerting): one row per alarm
 -- change to deliver, enqueued when the change is journaled, shared by the
--- replicas. A replica claims the oldest undelivered row of each alarm with
--- FOR UPDATE SKIP LOCKED and leases it (leased_until) while it posts, so
--- two replicas never send one row at once and one alarm's changes go out
--- in order. Settled rows (delivered, failed) stay a week for the delivery
--- state the alarms API shows.
+-- replicas. Only the oldest undelivered row of an alarm is due (next_at);
+-- the ones behind it wait at next_at = 'infinity' until it is settled
+-- (enqueue and settle of one alarm are serialised by an advisory lock), so
+-- one alarm's changes go out in order and a claim reads only due rows. A
+-- replica claims due rows with FOR UPDATE SKIP LOCKED and leases them
+-- (next_at = leased_until = the lease's end) while it posts: two replicas
+-- never send one row at once. Settled rows (delivered, failed) stay a
+-- week for the delivery state the alarms API shows.
 
 CREATE TABLE IF NOT EXISTS alarm_outbox (
 	seq          bigserial   PRIMARY KEY,
@@ -21,7 +24,10 @@ CREATE TABLE IF NOT EXISTS alarm_outbox (
 	settled_at   timestamptz
 );
 
--- Claims and the queue's depth: the undelivered rows, per alarm in order.
+-- Claims: the due rows.
+CREATE INDEX IF NOT EXISTS alarm_outbox_due_idx ON alarm_outbox (next_at, seq)
+	WHERE state IN ('pending', 'retrying');
+-- The next row of an alarm, and the queue's depth.
 CREATE INDEX IF NOT EXISTS alarm_outbox_undelivered_idx ON alarm_outbox (alarm_id, seq)
 	WHERE state IN ('pending', 'retrying');
 -- The delivery state of listed alarms.
