@@ -51,8 +51,14 @@ func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
 // Alertmanager (API v2, validated by its own models) firing then
 // resolved, and the webhook receiver — down (connections refused) while
 // the changes happen and across a kill -9 of twinline — gets every change
-// once it is up, once each, in order, signed.
+// once it is up, once each, in order, signed; on both stores (the outbox
+// is a file, or a PostgreSQL table).
 func TestAlarmDelivery(t *testing.T) {
+	t.Run("embedded", func(t *testing.T) { alarmDelivery(t) })
+	t.Run("postgres", func(t *testing.T) { alarmDelivery(t, "--store", "postgres", "--postgres-url", pgDatabase(t)) })
+}
+
+func alarmDelivery(t *testing.T, storeArgs ...string) {
 	rec := &recorder{}
 	am := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
@@ -89,6 +95,7 @@ func TestAlarmDelivery(t *testing.T) {
 	args := []string{"--lateness", "0s", "--offline-after", "1h", "--alertmanager-url", am.URL, "--alertmanager-resend", "1s",
 		"--alarm-webhook", "http://" + proxy.Addr() + "/hook", "--alarm-webhook-secret-file", secretFile,
 		"--external-url", "https://twinline.example.com"}
+	args = append(args, storeArgs...)
 	s := start(t, dir, args...)
 	if r := s.do("PUT", "/api/v1/machines/press-7", "application/json", []byte(`{"site":"lyon","line":"l2","thresholds":{"temp":{"high":90}}}`)); r.status != 201 {
 		t.Fatalf("PUT: %d %s", r.status, r.body)
