@@ -130,7 +130,7 @@ func TestAlertmanagerFiringThenResolved(t *testing.T) {
 	rcv := &amReceiver{t: t}
 	srv := httptest.NewServer(rcv)
 	defer srv.Close()
-	down := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { http.Error(w, "no", 503) }))
+	down := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { http.Error(w, "no", http.StatusServiceUnavailable) }))
 	defer down.Close()
 	n := NewAlertmanager(AlertmanagerOptions{
 		URLs: []string{down.URL, srv.URL + "/"}, ExternalURL: "http://twinline:8080", Locate: locate,
