@@ -47,29 +47,25 @@ func NewAlarmOutbox(s *Store) *AlarmOutbox {
 const undelivered = `state IN ('pending', 'retrying')`
 
 // Enqueue implements alerting.Outbox: one transaction; a delivery id
-// already there is skipped. A change behind another undelivered one of
-// its alarm waits (next_at infinity) until that one is settled.
+// already there is skipped. The rows come in waiting (next_at infinity),
+// then the oldest undelivered row of each of their alarms is made due
+// if it waits: a change behind another of its alarm waits until that one
+// is settled.
 func (o *AlarmOutbox) Enqueue(ctx context.Context, msgs []alerting.Message) error {
 	if len(msgs) == 0 {
 		return nil
 	}
-	type row struct {
-		alerting.Message
-		Behind bool `json:"behind"` // an earlier change of the batch is of its alarm
+	doc, err := json.Marshal(msgs)
+	if err != nil {
+		return fmt.Errorf("enqueuing alarm deliveries: encoding: %w", err)
 	}
-	rows := make([]row, len(msgs))
-	seen := map[string]bool{}
 	var alarms []string
-	for i, m := range msgs {
-		rows[i] = row{Message: m, Behind: seen[m.Alarm]}
+	seen := map[string]bool{}
+	for _, m := range msgs {
 		if !seen[m.Alarm] {
 			alarms = append(alarms, m.Alarm)
 		}
 		seen[m.Alarm] = true
-	}
-	doc, err := json.Marshal(rows)
-	if err != nil {
-		return fmt.Errorf("enqueuing alarm deliveries: encoding: %w", err)
 	}
 	ctx, cancel := context.WithTimeout(ctx, o.timeout)
 	defer cancel()
@@ -77,15 +73,18 @@ func (o *AlarmOutbox) Enqueue(ctx context.Context, msgs []alerting.Message) erro
 		if err := o.lockAlarms(ctx, tx, alarms); err != nil {
 			return err
 		}
-		_, err := tx.Exec(ctx, `
+		if _, err := tx.Exec(ctx, `
 			INSERT INTO `+o.table+` (delivery_id, alarm_id, body, created_at, next_at)
-			SELECT m->>'id', m->>'alarm', m->>'body', (m->>'created')::timestamptz,
-				CASE WHEN (m->>'behind')::boolean OR EXISTS (SELECT 1 FROM `+o.table+` e
-					WHERE e.alarm_id = m->>'alarm' AND e.`+undelivered+`)
-				THEN 'infinity' ELSE (m->>'nextAt')::timestamptz END
+			SELECT m->>'id', m->>'alarm', m->>'body', (m->>'created')::timestamptz, 'infinity'
 			FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS j(m, n)
 			ORDER BY n
-			ON CONFLICT (delivery_id) DO NOTHING`, string(doc))
+			ON CONFLICT (delivery_id) DO NOTHING`, string(doc)); err != nil {
+			return err
+		}
+		_, err := tx.Exec(ctx, `
+			UPDATE `+o.table+` SET next_at = created_at
+			WHERE next_at = 'infinity' AND seq IN (SELECT min(seq) FROM `+o.table+`
+				WHERE alarm_id = ANY($1) AND `+undelivered+` GROUP BY alarm_id)`, alarms)
 		return err
 	})
 	if err != nil {

@@ -83,6 +83,42 @@ func TestAlarmOutboxClaims(t *testing.T) {
 	}
 }
 
+// Enqueuing again what was partly delivered (a retried Sync whose first
+// transaction committed after all) neither sends the delivered change
+// again nor leaves the next one waiting.
+func TestAlarmOutboxEnqueueAgain(t *testing.T) {
+	t.Parallel()
+	s := openTest(t, "", Options{})
+	ctx := context.Background()
+	ob := NewAlarmOutbox(s)
+	msgs := outboxMsgs(1, 3, testNow)
+	if err := ob.Enqueue(ctx, msgs[:1]); err != nil {
+		t.Fatal(err)
+	}
+	got, err := ob.Claim(ctx, testNow, time.Minute, 10)
+	if err != nil || len(got) != 1 || got[0].ID != "alarm-1-0" {
+		t.Fatalf("claimed %v, %v", got, err)
+	}
+	if err := ob.Settle(ctx, got[0], alerting.Outcome{State: alerting.StateDelivered, At: testNow}); err != nil {
+		t.Fatal(err)
+	}
+	if err := ob.Enqueue(ctx, msgs); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"alarm-1-1", "alarm-1-2"} {
+		got, err := ob.Claim(ctx, testNow, time.Minute, 10)
+		if err != nil || len(got) != 1 || got[0].ID != want {
+			t.Fatalf("claimed %v (%v), want %s alone", got, err, want)
+		}
+		if err := ob.Settle(ctx, got[0], alerting.Outcome{State: alerting.StateDelivered, At: testNow}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if st, _ := ob.Stats(ctx); st.Depth != 0 {
+		t.Errorf("depth %d", st.Depth)
+	}
+}
+
 // Two replicas deliver from the shared outbox through a receiver down
 // then up: every change arrives once, in order per alarm; a reopened
 // store finds what is pending; the states follow.
