@@ -158,7 +158,7 @@ func serveFlags(fs *flag.FlagSet, cfg *config.Config) {
 	durationVar(fs, &cfg.DedupHorizon, "dedup-horizon", "how far back in event time duplicate keys are remembered")
 	fs.IntVar(&cfg.DedupMaxKeys, "dedup-max-keys", cfg.DedupMaxKeys, "most duplicate keys remembered (about 50 bytes each)")
 	durationVar(fs, &cfg.OfflineAfter, "offline-after", "silence after which a machine shows offline")
-	fs.Var(appendListValue{&cfg.AlertmanagerURLs}, "alertmanager-url", "Alertmanager base `URL` (http://alertmanager:9093) the alarms are posted to, as Prometheus does; repeatable or comma-separated")
+	fs.Var(newAppendListValue(&cfg.AlertmanagerURLs), "alertmanager-url", "Alertmanager base `URL` (http://alertmanager:9093) the alarms are posted to, as Prometheus does; repeatable or comma-separated")
 	durationVar(fs, &cfg.AlertmanagerResend, "alertmanager-resend", "how often active alarms are posted to Alertmanager again (an alert holds for 4 times that)")
 	fs.StringVar(&cfg.AlarmWebhook, "alarm-webhook", cfg.AlarmWebhook, "`URL` every alarm change (raised, cleared, acknowledged) is posted to as signed JSON, from a durable outbox, retried until accepted")
 	fs.StringVar(&cfg.AlarmWebhookSecretFile, "alarm-webhook-secret-file", cfg.AlarmWebhookSecretFile, "`file` holding the HMAC-SHA256 key of the webhook's X-Twinline-Signature (empty: unsigned)")
@@ -325,6 +325,12 @@ func parse(fs *flag.FlagSet, args []string) error {
 			}
 		}
 	})
+	// The command line replaces what the environment gave a repeatable flag.
+	fs.VisitAll(func(f *flag.Flag) {
+		if o, ok := f.Value.(interface{ overridable() }); ok {
+			o.overridable()
+		}
+	})
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -401,19 +407,39 @@ func (v listValue) Set(s string) error {
 }
 
 // appendListValue is a list flag that may be repeated: each use adds its
-// comma-separated items.
-type appendListValue struct{ l *[]string }
+// comma-separated items. The command line replaces the environment's
+// items (parse marks the value overridable in between).
+type appendListValue struct {
+	l *[]string
+	// replace makes the next Set start the list afresh.
+	replace *bool
+}
 
-func (v appendListValue) String() string { return listValue(v).String() }
+func newAppendListValue(l *[]string) appendListValue {
+	return appendListValue{l: l, replace: new(bool)}
+}
+
+func (v appendListValue) String() string {
+	if v.l == nil {
+		return ""
+	}
+	return strings.Join(*v.l, ",")
+}
 
 func (v appendListValue) Set(s string) error {
 	var add []string
 	if err := (listValue{&add}).Set(s); err != nil {
 		return err
 	}
+	if *v.replace {
+		*v.l, *v.replace = nil, false
+	}
 	*v.l = append(*v.l, add...)
 	return nil
 }
+
+// overridable makes the next Set replace the items set so far.
+func (v appendListValue) overridable() { *v.replace = true }
 
 func listVar(fs *flag.FlagSet, l *[]string, name, usage string) {
 	fs.Var(listValue{l}, name, usage+" (comma-separated)")

@@ -40,6 +40,14 @@ func TestValidateCases(t *testing.T) {
 		flag   string // "" means valid
 	}{
 		{"demo needs machines", func(c *Config) { c.Demo, c.DemoMachines = true, 0 }, "--demo-machines"},
+		{"alertmanager URLs", func(c *Config) { c.AlertmanagerURLs = []string{"http://am:9093", "https://am2"} }, ""},
+		{"alertmanager not a URL", func(c *Config) { c.AlertmanagerURLs = []string{"am:9093"} }, "--alertmanager-url"},
+		{"tiny resend", func(c *Config) { c.AlertmanagerResend = time.Millisecond }, "--alertmanager-resend"},
+		{"webhook", func(c *Config) { c.AlarmWebhook, c.AlarmWebhookSecretFile = "https://hooks.example.com/x", "/run/secret" }, ""},
+		{"webhook not http", func(c *Config) { c.AlarmWebhook = "ftp://x" }, "--alarm-webhook"},
+		{"secret without webhook", func(c *Config) { c.AlarmWebhookSecretFile = "/run/secret" }, "--alarm-webhook-secret-file"},
+		{"no pending webhook changes", func(c *Config) { c.AlarmWebhookMaxPending = 0 }, "--alarm-webhook-max-pending"},
+		{"external URL", func(c *Config) { c.ExternalURL = "twinline.example.com" }, "--external-url"},
 		{"demo off ignores machines", func(c *Config) { c.DemoMachines = 0 }, ""},
 		{"decompressed below compressed", func(c *Config) { c.MaxDecompressedBytes = c.MaxBodyBytes - 1 }, "--max-decompressed-bytes"},
 		{"ooo window beyond retention", func(c *Config) { c.OutOfOrderWindow = c.Retention + time.Hour }, "--out-of-order-window"},
