@@ -43,7 +43,9 @@ func TestValidateCases(t *testing.T) {
 		{"alertmanager URLs", func(c *Config) { c.AlertmanagerURLs = []string{"http://am:9093", "https://am2"} }, ""},
 		{"alertmanager not a URL", func(c *Config) { c.AlertmanagerURLs = []string{"am:9093"} }, "--alertmanager-url"},
 		{"tiny resend", func(c *Config) { c.AlertmanagerResend = time.Millisecond }, "--alertmanager-resend"},
-		{"webhook", func(c *Config) { c.AlarmWebhook, c.AlarmWebhookSecretFile = "https://hooks.example.com/x", "/run/secret" }, ""},
+		{"webhook", func(c *Config) {
+			c.AlarmWebhook, c.AlarmWebhookSecretFile = "https://hooks.example.com/x", "/run/secret"
+		}, ""},
 		{"webhook not http", func(c *Config) { c.AlarmWebhook = "ftp://x" }, "--alarm-webhook"},
 		{"secret without webhook", func(c *Config) { c.AlarmWebhookSecretFile = "/run/secret" }, "--alarm-webhook-secret-file"},
 		{"no pending webhook changes", func(c *Config) { c.AlarmWebhookMaxPending = 0 }, "--alarm-webhook-max-pending"},
