@@ -265,6 +265,12 @@ func (o *FileOutbox) compact() error {
 	if o.lines <= 4*live+o.slack {
 		return nil
 	}
+	return o.rewrite()
+}
+
+// rewrite replaces the file by what is undelivered and the latest
+// states; o.mu must be held.
+func (o *FileOutbox) rewrite() error {
 	var buf bytes.Buffer
 	enc := json.NewEncoder(&buf)
 	n := 0
@@ -394,6 +400,37 @@ func (o *FileOutbox) States(_ context.Context, ids []string) (map[string]State, 
 		}
 	}
 	return out, nil
+}
+
+// EraseBy replaces the name of whoever acknowledged an alarm with a
+// pseudonym in the changes still to deliver, and compacts the file, so
+// the name is in none of its lines. It returns the changes rewritten.
+func (o *FileOutbox) EraseBy(_ context.Context, name, pseudonym string) (int, error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	n := 0
+	for _, m := range o.pending {
+		body, ok := eraseBody(m.Body, name, pseudonym)
+		if ok {
+			m.Body = body
+			n++
+		}
+	}
+	return n, o.rewrite()
+}
+
+// eraseBody rewrites a webhook body acknowledged by name with pseudonym.
+func eraseBody(body, name, pseudonym string) (string, bool) {
+	var ev Event
+	if json.Unmarshal([]byte(body), &ev) != nil || ev.Alarm.AckedBy != name {
+		return body, false
+	}
+	ev.Alarm.AckedBy = pseudonym
+	b, err := json.Marshal(ev)
+	if err != nil {
+		return body, false
+	}
+	return string(b), true
 }
 
 // Close implements Outbox.

@@ -457,3 +457,35 @@ func TestNewWebhookRejectsBadURL(t *testing.T) {
 		}
 	}
 }
+
+// Erasing a person's name rewrites the changes still to deliver and
+// leaves it in no line of the file.
+func TestFileOutboxEraseBy(t *testing.T) {
+	s := newHookSetup(t)
+	w := s.open(t)
+	s.proxy.Cut()
+	s.changes(t) // alarm 1 acknowledged by ana (then cleared), 2 by bo
+	n, err := w.outbox.(*FileOutbox).EraseBy(context.Background(), "ana", "erased-1")
+	if err != nil || n != 2 {
+		t.Fatalf("EraseBy: %d, %v", n, err)
+	}
+	w.Close()
+	data, _ := os.ReadFile(s.path)
+	if bytes.Contains(data, []byte(`"ana"`)) || !bytes.Contains(data, []byte("erased-1")) || !bytes.Contains(data, []byte(`\"bo\"`)) {
+		t.Errorf("outbox file after erasing ana:\n%s", data)
+	}
+	w = s.open(t)
+	defer w.Close()
+	s.proxy.Restore()
+	s.clock.Add(time.Hour)
+	drain(t, w, s.clock, 10)
+	got, _, _ := s.rcv.deliveries()
+	if len(got) != 6 {
+		t.Fatalf("%d deliveries after erasing", len(got))
+	}
+	for _, ev := range got {
+		if ev.Alarm.AckedBy == "ana" {
+			t.Errorf("delivery %s names ana", ev.ID)
+		}
+	}
+}

@@ -261,5 +261,20 @@ func (o *AlarmOutbox) States(ctx context.Context, ids []string) (map[string]aler
 	return out, nil
 }
 
+// EraseBy replaces the name of whoever acknowledged an alarm with a
+// pseudonym in the outbox's changes, delivered or not; it returns the
+// rows rewritten.
+func (o *AlarmOutbox) EraseBy(ctx context.Context, name, pseudonym string) (int, error) {
+	ctx, cancel := context.WithTimeout(ctx, o.timeout)
+	defer cancel()
+	tag, err := o.pool.Exec(ctx, `UPDATE `+o.table+`
+		SET body = jsonb_set(body::jsonb, '{alarm,acknowledgedBy}', to_jsonb($2::text))::text
+		WHERE body::jsonb->'alarm'->>'acknowledgedBy' = $1`, name, pseudonym)
+	if err != nil {
+		return 0, fmt.Errorf("erasing %q from the alarm outbox: %w", name, err)
+	}
+	return int(tag.RowsAffected()), nil
+}
+
 // Close implements alerting.Outbox; the pool belongs to the Store.
 func (o *AlarmOutbox) Close() error { return nil }

@@ -119,6 +119,41 @@ func TestAlarmOutboxEnqueueAgain(t *testing.T) {
 	}
 }
 
+func TestAlarmOutboxEraseBy(t *testing.T) {
+	t.Parallel()
+	s := openTest(t, "", Options{})
+	ctx := context.Background()
+	ob := NewAlarmOutbox(s)
+	body := func(by string) string {
+		return `{"id":"x","alarm":{"id":"1","acknowledged":true,"acknowledgedBy":"` + by + `"}}`
+	}
+	msgs := []alerting.Message{
+		{ID: "a", Alarm: "1", Body: body("ana"), Created: testNow, NextAt: testNow},
+		{ID: "b", Alarm: "2", Body: body("bo"), Created: testNow, NextAt: testNow},
+	}
+	if err := ob.Enqueue(ctx, msgs); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := ob.EraseBy(ctx, "ana", "erased-1"); err != nil || n != 1 {
+		t.Fatalf("EraseBy: %d, %v", n, err)
+	}
+	got, err := ob.Claim(ctx, testNow, time.Minute, 10)
+	if err != nil || len(got) != 2 {
+		t.Fatal(got, err)
+	}
+	for _, m := range got {
+		var ev struct {
+			Alarm struct{ AcknowledgedBy string }
+		}
+		if err := json.Unmarshal([]byte(m.Body), &ev); err != nil {
+			t.Fatal(err)
+		}
+		if want := map[string]string{"a": "erased-1", "b": "bo"}[m.ID]; ev.Alarm.AcknowledgedBy != want {
+			t.Errorf("%s acknowledged by %q, want %q", m.ID, ev.Alarm.AcknowledgedBy, want)
+		}
+	}
+}
+
 // Two replicas deliver from the shared outbox through a receiver down
 // then up: every change arrives once, in order per alarm; a reopened
 // store finds what is pending; the states follow.
