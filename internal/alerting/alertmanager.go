@@ -220,7 +220,7 @@ func (n *Alertmanager) Run(ctx context.Context) error {
 		if all {
 			nextResend = n.opts.Now().Add(n.opts.Resend)
 		}
-		wait := time.Until(nextResend)
+		wait := nextResend.Sub(n.opts.Now())
 		if !n.Send(ctx, all) {
 			failures++
 			wait = min(wait, Backoff(failures, time.Second, n.opts.Resend))
