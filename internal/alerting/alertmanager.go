@@ -203,12 +203,13 @@ func (n *Alertmanager) State(id string) *State {
 }
 
 // Run sends until ctx ends: at once, on every change, every Resend, and
-// after a failure with backoff.
+// after a failure with backoff (a failed resend is retried whole).
 func (n *Alertmanager) Run(ctx context.Context) error {
 	t := time.NewTimer(0)
 	defer t.Stop()
 	failures := 0
 	nextResend := time.Time{}
+	retryAll := false
 	for {
 		select {
 		case <-ctx.Done():
@@ -216,16 +217,17 @@ func (n *Alertmanager) Run(ctx context.Context) error {
 		case <-n.wake:
 		case <-t.C:
 		}
-		all := !n.opts.Now().Before(nextResend)
-		if all {
+		all := retryAll || !n.opts.Now().Before(nextResend)
+		if !n.opts.Now().Before(nextResend) {
 			nextResend = n.opts.Now().Add(n.opts.Resend)
 		}
 		wait := nextResend.Sub(n.opts.Now())
 		if !n.Send(ctx, all) {
 			failures++
+			retryAll = all
 			wait = min(wait, Backoff(failures, time.Second, n.opts.Resend))
 		} else {
-			failures = 0
+			failures, retryAll = 0, false
 		}
 		if !t.Stop() {
 			select {
