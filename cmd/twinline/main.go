@@ -158,6 +158,12 @@ func serveFlags(fs *flag.FlagSet, cfg *config.Config) {
 	durationVar(fs, &cfg.DedupHorizon, "dedup-horizon", "how far back in event time duplicate keys are remembered")
 	fs.IntVar(&cfg.DedupMaxKeys, "dedup-max-keys", cfg.DedupMaxKeys, "most duplicate keys remembered (about 50 bytes each)")
 	durationVar(fs, &cfg.OfflineAfter, "offline-after", "silence after which a machine shows offline")
+	fs.Var(newAppendListValue(&cfg.AlertmanagerURLs), "alertmanager-url", "Alertmanager base `URL` (http://alertmanager:9093) the alarms are posted to, as Prometheus does; repeatable or comma-separated")
+	durationVar(fs, &cfg.AlertmanagerResend, "alertmanager-resend", "how often active alarms are posted to Alertmanager again (an alert holds for 4 times that)")
+	fs.StringVar(&cfg.AlarmWebhook, "alarm-webhook", cfg.AlarmWebhook, "`URL` every alarm change (raised, cleared, acknowledged) is posted to as signed JSON, from a durable outbox, retried until accepted")
+	fs.StringVar(&cfg.AlarmWebhookSecretFile, "alarm-webhook-secret-file", cfg.AlarmWebhookSecretFile, "`file` holding the HMAC-SHA256 key of the webhook's X-Twinline-Signature (empty: unsigned)")
+	fs.IntVar(&cfg.AlarmWebhookMaxPending, "alarm-webhook-max-pending", cfg.AlarmWebhookMaxPending, "most undelivered webhook changes kept; further ones are dropped, counted and logged")
+	fs.StringVar(&cfg.ExternalURL, "external-url", cfg.ExternalURL, "`URL` users reach twinline at (e.g. https://twinline.example.com), for the dashboard links of alerts and webhooks")
 	durationVar(fs, &cfg.ShutdownTimeout, "shutdown-timeout", "time allowed to drain clients and the event log on shutdown")
 	fs.StringVar(&cfg.Store, "store", cfg.Store, "storage backend: embedded or postgres")
 	fs.StringVar(&cfg.PostgresURL, "postgres-url", cfg.PostgresURL, "PostgreSQL connection `URL` of --store postgres (e.g. postgres://user@host:5432/twinline)")
@@ -328,6 +334,12 @@ func parse(fs *flag.FlagSet, args []string) error {
 			}
 		}
 	})
+	// The command line replaces what the environment gave a repeatable flag.
+	fs.VisitAll(func(f *flag.Flag) {
+		if o, ok := f.Value.(interface{ overridable() }); ok {
+			o.overridable()
+		}
+	})
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -402,6 +414,41 @@ func (v listValue) Set(s string) error {
 	*v.l = out
 	return nil
 }
+
+// appendListValue is a list flag that may be repeated: each use adds its
+// comma-separated items. The command line replaces the environment's
+// items (parse marks the value overridable in between).
+type appendListValue struct {
+	l *[]string
+	// replace makes the next Set start the list afresh.
+	replace *bool
+}
+
+func newAppendListValue(l *[]string) appendListValue {
+	return appendListValue{l: l, replace: new(bool)}
+}
+
+func (v appendListValue) String() string {
+	if v.l == nil {
+		return ""
+	}
+	return strings.Join(*v.l, ",")
+}
+
+func (v appendListValue) Set(s string) error {
+	var add []string
+	if err := (listValue{&add}).Set(s); err != nil {
+		return err
+	}
+	if *v.replace {
+		*v.l, *v.replace = nil, false
+	}
+	*v.l = append(*v.l, add...)
+	return nil
+}
+
+// overridable makes the next Set replace the items set so far.
+func (v appendListValue) overridable() { *v.replace = true }
 
 func listVar(fs *flag.FlagSet, l *[]string, name, usage string) {
 	fs.Var(listValue{l}, name, usage+" (comma-separated)")

@@ -39,6 +39,33 @@ func TestParseEnvThenFlags(t *testing.T) {
 	}
 }
 
+// A repeatable list flag: each use adds, commas split, and the command
+// line replaces the environment's items.
+func TestParseRepeatableList(t *testing.T) {
+	for _, tc := range []struct {
+		env  string
+		args []string
+		want []string
+	}{
+		{"", []string{"--url", "http://a", "--url", "http://b,http://c"}, []string{"http://a", "http://b", "http://c"}},
+		{"http://e1,http://e2", nil, []string{"http://e1", "http://e2"}},
+		{"http://e1", []string{"--url", "http://a", "--url", "http://b"}, []string{"http://a", "http://b"}},
+	} {
+		var urls []string
+		fs := flag.NewFlagSet("t", flag.ContinueOnError)
+		fs.Var(newAppendListValue(&urls), "url", "")
+		if tc.env != "" {
+			t.Setenv("TWINLINE_URL", tc.env)
+		}
+		if err := parse(fs, tc.args); err != nil {
+			t.Fatal(err)
+		}
+		if diff := cmp.Diff(urls, tc.want); diff != "" {
+			t.Errorf("env %q args %q (-got +want):\n%s", tc.env, tc.args, diff)
+		}
+	}
+}
+
 func TestParseReportsEveryBadEnv(t *testing.T) {
 	var n int
 	var d time.Duration

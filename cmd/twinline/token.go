@@ -220,8 +220,8 @@ func privacy(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "replaced the name with %s in %d notes, %d alarm journal entries and %d audit entries; the erasure is in the audit log\n",
-		out.Pseudonym, out.Notes, out.AlarmEntries, out.Audit)
+	fmt.Fprintf(stdout, "replaced the name with %s in %d notes, %d alarm journal entries, %d alarm webhook deliveries and %d audit entries; the erasure is in the audit log\n",
+		out.Pseudonym, out.Notes, out.AlarmEntries, out.AlarmDeliveries, out.Audit)
 	if pg != nil {
 		fmt.Fprintln(stdout, "restart the replicas: they keep recent notes and alarms in memory")
 	}

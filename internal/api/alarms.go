@@ -1,12 +1,14 @@
 package api
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
 	"slices"
 
+	"github.com/twinline/twinline/internal/alerting"
 	"github.com/twinline/twinline/internal/auth"
 	"github.com/twinline/twinline/internal/problem"
 	"github.com/twinline/twinline/internal/twin"
@@ -37,9 +39,35 @@ func (a *API) handleAlarms(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, struct {
-		Count  int          `json:"count"`
-		Alarms []twin.Alarm `json:"alarms"`
-	}{len(list), list})
+		Count  int         `json:"count"`
+		Alarms []alarmItem `json:"alarms"`
+	}{len(list), a.withDelivery(r.Context(), list)})
+}
+
+// alarmItem is an alarm as GET /api/v1/alarms lists it: with its delivery
+// state at Alertmanager and the webhook, when either is configured.
+type alarmItem struct {
+	twin.Alarm
+	Delivery *alerting.Delivery `json:"delivery,omitempty"`
+}
+
+func (a *API) withDelivery(ctx context.Context, list []twin.Alarm) []alarmItem {
+	items := make([]alarmItem, len(list))
+	var states map[string]alerting.Delivery
+	if a.delivery != nil && len(list) > 0 {
+		ids := make([]string, len(list))
+		for i := range list {
+			ids[i] = list[i].ID
+		}
+		states = a.delivery(ctx, ids)
+	}
+	for i := range list {
+		items[i].Alarm = list[i]
+		if d, ok := states[list[i].ID]; ok {
+			items[i].Delivery = &d
+		}
+	}
+	return items
 }
 
 // handleAlarmAck is POST /api/v1/alarms/{id}/ack with {"note":"…"}. The

@@ -19,6 +19,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/twinline/twinline/internal/alerting"
 	"github.com/twinline/twinline/internal/auth"
 	"github.com/twinline/twinline/internal/config"
 	"github.com/twinline/twinline/internal/control"
@@ -95,6 +96,9 @@ type Deps struct {
 	AttributeIndex AttributeIndexFunc
 	Notes          *twin.Notes
 	Alarms         *twin.Alarms
+	// AlarmDelivery returns the delivery state of alarms (their ids) at
+	// Alertmanager and the webhook; nil when neither is configured.
+	AlarmDelivery func(ctx context.Context, ids []string) map[string]alerting.Delivery
 	// Twins are the machines' desired and reported documents
 	// (control.Twins); nil: the twin routes answer 404.
 	Twins twinDocs
@@ -195,6 +199,7 @@ type API struct {
 	attrIndex  AttributeIndexFunc
 	notes      *twin.Notes
 	alarms     *twin.Alarms
+	delivery   func(ctx context.Context, ids []string) map[string]alerting.Delivery
 	twins      twinDocs
 	commands   *control.Commands
 	publish    func(twin.Note)
@@ -289,6 +294,7 @@ func New(opts Options, deps Deps) *API {
 		attrIndex: deps.AttributeIndex,
 		notes:     deps.Notes,
 		alarms:    deps.Alarms,
+		delivery:  deps.AlarmDelivery,
 		twins:     deps.Twins,
 		commands:  deps.Commands,
 		publish:   deps.Publish,

@@ -76,7 +76,9 @@ type App struct {
 	live     *twin.Live
 	notes    *twin.Notes
 	alarms   *twin.Alarms
-	twins    *control.Twins // desired and reported documents
+	// alarmDelivery posts alarms to Alertmanager and the webhook.
+	alarmDelivery *alarmDelivery
+	twins         *control.Twins // desired and reported documents
 	// commands are the machines' commands (nil on roles without them);
 	// cmdStore is where they persist, closed by Run.
 	commands *control.Commands
@@ -239,7 +241,13 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 	a.cleanup = append(a.cleanup, func() { alarms.Close() })
 	// Alarm changes go out in the order they happen, each followed by the
 	// machine's status: its liveness, and whether it is in alarm.
+	delivery, err := a.startAlarmDelivery(alarms, registry, reg)
+	if err != nil {
+		return nil, err
+	}
+	a.alarmDelivery = delivery
 	alarms.OnChange(func(al twin.Alarm, alarmed bool) {
+		delivery.notify(al)
 		a.hub.PublishAlarm(hub.Alarm(al))
 		in, err := registry.Get(al.Machine)
 		if err != nil {
@@ -407,17 +415,18 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 		},
 	}
 	deps := api.Deps{
-		Submit:   a.submitFn,
-		Stamper:  a.stamper,
-		Store:    st,
-		Registry: registry,
-		Live:     live,
-		Notes:    notes,
-		Alarms:   alarms,
-		Twins:    twins,
-		Commands: a.commands,
-		Publish:  func(n twin.Note) { a.hub.PublishNote(hub.Note(n)) },
-		Stream:   a.hub,
+		Submit:        a.submitFn,
+		Stamper:       a.stamper,
+		Store:         st,
+		Registry:      registry,
+		Live:          live,
+		Notes:         notes,
+		Alarms:        alarms,
+		AlarmDelivery: a.alarmDelivery.states,
+		Twins:         twins,
+		Commands:      a.commands,
+		Publish:       func(n twin.Note) { a.hub.PublishNote(hub.Note(n)) },
+		Stream:        a.hub,
 		StreamContext: func(ctx context.Context, visible func(string) bool, client string) context.Context {
 			if visible != nil {
 				ctx = hub.WithFilter(ctx, visible)
@@ -568,6 +577,9 @@ func (a *App) Run(ctx context.Context) error {
 		g.add(closer("closing commands", a.cmdStore.Close))
 	}
 	g.add(closer("closing alarms", a.alarms.Close))
+	if a.alarmDelivery.hook != nil {
+		g.add(closer("closing the alarm outbox", a.alarmDelivery.hook.Close))
+	}
 	if a.store != nil {
 		g.add(closer("closing store", a.store.Close))
 	}

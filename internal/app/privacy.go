@@ -11,6 +11,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/twinline/twinline/internal/alerting"
 	"github.com/twinline/twinline/internal/auth"
 	"github.com/twinline/twinline/internal/store/postgres"
 	"github.com/twinline/twinline/internal/twin"
@@ -20,10 +21,13 @@ import (
 type Erased struct {
 	Pseudonym                  string
 	Notes, AlarmEntries, Audit int
+	// AlarmDeliveries are the webhook outbox's changes rewritten.
+	AlarmDeliveries int
 }
 
 // EraseAuthor replaces a person's name with a random pseudonym in the
-// notes, the alarm journal (acknowledgements) and the audit log, where
+// notes, the alarm journal (acknowledgements), the alarm webhook's outbox
+// and the audit log, where
 // `serve` keeps them (PostgreSQL when pg is not nil, else the data
 // directory), and records the erasure in the audit log under the
 // pseudonym, never the name. actor is who runs it. With the files of the
@@ -40,9 +44,12 @@ func EraseAuthor(ctx context.Context, pg *postgres.Store, dataDir, name, actor s
 	var (
 		notes  twin.NoteEraser
 		alarms twin.AlarmEraser
+		outbox interface {
+			EraseBy(ctx context.Context, name, pseudonym string) (int, error)
+		}
 	)
 	if pg != nil {
-		notes, alarms = postgres.NewNoteStore(pg), postgres.NewAlarmLog(pg)
+		notes, alarms, outbox = postgres.NewNoteStore(pg), postgres.NewAlarmLog(pg), postgres.NewAlarmOutbox(pg)
 	} else {
 		unlock, err := lockDataDir(dataDir)
 		if err != nil {
@@ -57,6 +64,14 @@ func EraseAuthor(ctx context.Context, pg *postgres.Store, dataDir, name, actor s
 		af := twin.NewAlarmFile(filepath.Join(dataDir, "alarms.jsonl"))
 		defer af.Close()
 		notes, alarms = nf, af
+		if path := filepath.Join(dataDir, "alarm-outbox.jsonl"); fileExists(path) {
+			ob, err := alerting.OpenFileOutbox(path)
+			if err != nil {
+				return Erased{}, err
+			}
+			defer ob.Close()
+			outbox = ob
+		}
 	}
 	_, audit, err := OpenTokens(ctx, pg, dataDir)
 	if err != nil {
@@ -69,16 +84,26 @@ func EraseAuthor(ctx context.Context, pg *postgres.Store, dataDir, name, actor s
 	if out.AlarmEntries, err = alarms.EraseBy(ctx, name, out.Pseudonym); err != nil {
 		return out, fmt.Errorf("erasing alarm acknowledgements: %w", err)
 	}
+	if outbox != nil {
+		if out.AlarmDeliveries, err = outbox.EraseBy(ctx, name, out.Pseudonym); err != nil {
+			return out, fmt.Errorf("erasing the alarm outbox: %w", err)
+		}
+	}
 	if out.Audit, err = audit.EraseActor(ctx, name, out.Pseudonym); err != nil {
 		return out, fmt.Errorf("erasing the audit log: %w", err)
 	}
 	_, err = audit.Append(ctx, auth.AuditEntry{At: time.Now().UTC(), Actor: actor, ActorKind: "cli", Action: "privacy.erase",
 		Target: out.Pseudonym, Outcome: "ok",
-		Detail: map[string]any{"notes": out.Notes, "alarmEntries": out.AlarmEntries, "auditEntries": out.Audit}})
+		Detail: map[string]any{"notes": out.Notes, "alarmEntries": out.AlarmEntries, "alarmDeliveries": out.AlarmDeliveries, "auditEntries": out.Audit}})
 	if err != nil {
 		return out, fmt.Errorf("recording the erasure in the audit log: %w", err)
 	}
 	return out, nil
+}
+
+func fileExists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
 }
 
 // lockDataDir fails if a server has the data directory's store open: the

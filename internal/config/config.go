@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/url"
 	"os"
 	"regexp"
 	"slices"
@@ -101,6 +102,24 @@ type Config struct {
 
 	// OfflineAfter is how long a machine may be silent and still be online.
 	OfflineAfter time.Duration
+
+	// Alarm delivery (internal/alerting).
+	// AlertmanagerURLs are the Alertmanagers (base URLs) the alarms are
+	// posted to, as Prometheus posts its alerts (none: off).
+	AlertmanagerURLs []string
+	// AlertmanagerResend is how often active alarms are posted again; an
+	// alert holds for four times that.
+	AlertmanagerResend time.Duration
+	// AlarmWebhook is the URL every alarm change is posted to, from a
+	// durable outbox ("": off); AlarmWebhookSecretFile holds the key of
+	// its HMAC-SHA256 signature ("": unsigned); AlarmWebhookMaxPending
+	// bounds the undelivered changes.
+	AlarmWebhook           string
+	AlarmWebhookSecretFile string
+	AlarmWebhookMaxPending int
+	// ExternalURL is where users reach twinline (e.g.
+	// https://twinline.example.com): the alarms' dashboard links.
+	ExternalURL string
 
 	// Store selects the storage backend: "embedded" (default) or "postgres".
 	Store string
@@ -324,6 +343,8 @@ func Default() Config {
 		DedupHorizon:               engine.DedupHorizon,
 		DedupMaxKeys:               engine.DedupMaxKeys,
 		OfflineAfter:               30 * time.Second,
+		AlertmanagerResend:         time.Minute,
+		AlarmWebhookMaxPending:     100_000,
 		Store:                      "embedded",
 		SpoolBytes:                 1 << 30,
 		RedisPrefix:                "twinline:",
@@ -486,6 +507,26 @@ func (c Config) Validate() error {
 	}
 	if c.MaxMachines < 0 {
 		bad("max-machines", "must not be negative, got %d", c.MaxMachines)
+	}
+	for _, u := range c.AlertmanagerURLs {
+		if !httpURL(u) {
+			bad("alertmanager-url", "%q is not an http or https URL", redactURL(u))
+		}
+	}
+	if c.AlertmanagerResend < time.Second {
+		bad("alertmanager-resend", "must be at least 1s, got %s", c.AlertmanagerResend)
+	}
+	if c.AlarmWebhook != "" && !httpURL(c.AlarmWebhook) {
+		bad("alarm-webhook", "%q is not an http or https URL", redactURL(c.AlarmWebhook))
+	}
+	if c.AlarmWebhookSecretFile != "" && c.AlarmWebhook == "" {
+		bad("alarm-webhook-secret-file", "needs --alarm-webhook")
+	}
+	if c.AlarmWebhookMaxPending < 1 {
+		bad("alarm-webhook-max-pending", "must be at least 1, got %d", c.AlarmWebhookMaxPending)
+	}
+	if c.ExternalURL != "" && !httpURL(c.ExternalURL) {
+		bad("external-url", "%q is not an http or https URL", c.ExternalURL)
 	}
 	if c.OfflineAfter <= 0 {
 		bad("offline-after", "must be positive, got %s", c.OfflineAfter)
@@ -722,4 +763,19 @@ func validInstanceID(id string) bool {
 		}
 	}
 	return true
+}
+
+// httpURL reports whether s is an absolute http or https URL.
+func httpURL(s string) bool {
+	u, err := url.Parse(s)
+	return err == nil && (u.Scheme == "http" || u.Scheme == "https") && u.Host != ""
+}
+
+// redactURL hides a URL's password, for messages.
+func redactURL(s string) string {
+	u, err := url.Parse(s)
+	if err != nil {
+		return "(unparsable URL)"
+	}
+	return u.Redacted()
 }

@@ -49,6 +49,16 @@ func TestValidateCases(t *testing.T) {
 		{"prometheus series negative", func(c *Config) { c.Prometheus.MaxSeries = -1 }, "--prometheus-max-series"},
 		{"prometheus no samples", func(c *Config) { c.Prometheus.MaxSamples = 0 }, "--prometheus-max-samples"},
 		{"prometheus no timeout", func(c *Config) { c.Prometheus.Timeout = 0 }, "--prometheus-timeout"},
+		{"alertmanager URLs", func(c *Config) { c.AlertmanagerURLs = []string{"http://am:9093", "https://am2"} }, ""},
+		{"alertmanager not a URL", func(c *Config) { c.AlertmanagerURLs = []string{"am:9093"} }, "--alertmanager-url"},
+		{"tiny resend", func(c *Config) { c.AlertmanagerResend = time.Millisecond }, "--alertmanager-resend"},
+		{"webhook", func(c *Config) {
+			c.AlarmWebhook, c.AlarmWebhookSecretFile = "https://hooks.example.com/x", "/run/secret"
+		}, ""},
+		{"webhook not http", func(c *Config) { c.AlarmWebhook = "ftp://x" }, "--alarm-webhook"},
+		{"secret without webhook", func(c *Config) { c.AlarmWebhookSecretFile = "/run/secret" }, "--alarm-webhook-secret-file"},
+		{"no pending webhook changes", func(c *Config) { c.AlarmWebhookMaxPending = 0 }, "--alarm-webhook-max-pending"},
+		{"external URL", func(c *Config) { c.ExternalURL = "twinline.example.com" }, "--external-url"},
 		{"demo off ignores machines", func(c *Config) { c.DemoMachines = 0 }, ""},
 		{"decompressed below compressed", func(c *Config) { c.MaxDecompressedBytes = c.MaxBodyBytes - 1 }, "--max-decompressed-bytes"},
 		{"ooo window beyond retention", func(c *Config) { c.OutOfOrderWindow = c.Retention + time.Hour }, "--out-of-order-window"},

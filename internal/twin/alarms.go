@@ -66,6 +66,7 @@ type Alarms struct {
 
 	mu       sync.Mutex
 	store    AlarmStore
+	outbox   AlarmOutbox
 	onChange func(Alarm, bool)
 	seq      uint64
 	alarms   map[string]*Alarm // active ones, and the latest cleared ones
@@ -186,7 +187,32 @@ func (a *Alarms) offlineOf(machine string) *offlineState {
 // per public call (a.sync), not per change: an outage taking many machines
 // offline costs one fsync (or one transaction).
 func (a *Alarms) journal(op, by string, at time.Time, al *Alarm) error {
-	return a.store.Append(context.Background(), AlarmEntry{Op: op, At: at, By: by, Alarm: *al})
+	e := AlarmEntry{Op: op, At: at, By: by, Alarm: *al}
+	if err := a.store.Append(context.Background(), e); err != nil {
+		return err
+	}
+	if a.outbox != nil {
+		a.outbox.Add(e)
+	}
+	return nil
+}
+
+// AlarmOutbox receives every alarm change this process journals (not the
+// ones Apply records: their replica journaled them), in order, to deliver
+// them elsewhere. Add is called with the Alarms' lock held, after the
+// journal took the change; Sync after the journal's own sync, before the
+// call that made the changes returns, so a change is in the outbox before
+// it is reported done.
+type AlarmOutbox interface {
+	Add(AlarmEntry)
+	Sync(ctx context.Context) error
+}
+
+// SetOutbox sets the outbox of the alarm changes (nil: none).
+func (a *Alarms) SetOutbox(o AlarmOutbox) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.outbox = o
 }
 
 // sync makes the journaled changes durable, then compacts the journal if
@@ -195,6 +221,11 @@ func (a *Alarms) sync() error {
 	ctx := context.Background()
 	if err := a.store.Sync(ctx); err != nil {
 		return err
+	}
+	if a.outbox != nil {
+		if err := a.outbox.Sync(ctx); err != nil {
+			return err
+		}
 	}
 	return a.compact(ctx)
 }

@@ -2,6 +2,7 @@
 // twinline binary started with --demo. Synchronisation waits on conditions
 // (Playwright's waitFor*, or polling), never on fixed sleeps.
 import assert from 'node:assert/strict';
+import { createServer } from 'node:http';
 import { after, before, describe, it } from 'node:test';
 import { api, chromiumMissing, launchBrowser, removeDir, startServer, waitFor } from './lib.mjs';
 
@@ -21,9 +22,16 @@ describe('dashboard', { skip }, () => {
   let srv;
   let browser;
   let machines;
+  // An alarm webhook receiver: the alarms page shows the delivery state.
+  let hook;
 
   before(async () => {
-    srv = await startServer({ machines: 20, rate: 200 });
+    hook = createServer((req, res) => {
+      req.resume();
+      req.on('end', () => res.writeHead(204).end());
+    });
+    await new Promise((res) => hook.listen(0, '127.0.0.1', res));
+    srv = await startServer({ machines: 20, rate: 200, extra: ['--alarm-webhook', `http://127.0.0.1:${hook.address().port}/hook`] });
     browser = await launchBrowser();
     machines = await waitFor(async () => {
       const r = await api(srv.url, '/api/v1/machines');
@@ -34,6 +42,7 @@ describe('dashboard', { skip }, () => {
   after(async () => {
     await browser?.close();
     await srv?.stop();
+    hook?.close();
     if (srv) removeDir(srv.dataDir);
   });
 
@@ -201,6 +210,8 @@ describe('dashboard', { skip }, () => {
     assert.equal(acked?.acknowledgeNote, note);
     // the journal shows it
     await page.locator('[data-testid=journal]', { hasText: note }).waitFor();
+    // and the webhook took the alarm's changes
+    await row.locator('[data-testid=delivery] [data-target=webhook][data-state=delivered]').waitFor({ timeout: 30_000 });
     await page.close();
   });
 

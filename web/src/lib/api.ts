@@ -3,8 +3,8 @@ import { errorFrom } from './http';
 import { session, type SessionStore } from './session';
 
 /** The API's answers, generated from the OpenAPI document (./wire). */
-export type { Alarm, Latest, Note, Series, Threshold, Value as MetricValue } from './wire';
-import type { Alarm, Latest, Machine as ApiMachine, Note, Series } from './wire';
+export type { Alarm, AlarmDelivery, DeliveryState, ListedAlarm, Latest, Note, Series, Threshold, Value as MetricValue } from './wire';
+import type { Alarm, ListedAlarm, Latest, Machine as ApiMachine, Note, Series } from './wire';
 
 /**
  * A machine as the dashboard holds it: the API's Machine, of which one
@@ -53,7 +53,7 @@ export const api = {
   alarms: (state: 'active' | 'all', machine?: string) => {
     const p = new URLSearchParams({ state });
     if (machine) p.set('machine', machine);
-    return call<{ count: number; alarms: Alarm[] }>(`/api/v1/alarms?${p}`);
+    return call<{ count: number; alarms: ListedAlarm[] }>(`/api/v1/alarms?${p}`);
   },
   /** Acknowledges an alarm; the server records who (the signed-in identity). */
   ack: (id: string, note: string) =>

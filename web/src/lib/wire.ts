@@ -22,6 +22,12 @@ export interface Alarm {
   value?: number;
 }
 
+/** Where the alarm went beyond twinline: its state at each configured target (--alertmanager-url, --alarm-webhook); a target not configured, or without a state for this alarm yet, is omitted. See docs/alerting.md. */
+export interface AlarmDelivery {
+  alertmanager?: DeliveryState;
+  webhook?: DeliveryState;
+}
+
 /** An alarm raised, cleared or acknowledged. Conflated streams get it as it is. */
 export interface AlarmMessage {
   data: Alarm;
@@ -85,6 +91,16 @@ export interface CommandTransition {
   by?: string;
   state: 'pending' | 'delivered' | 'accepted' | 'rejected' | 'succeeded' | 'failed' | 'expired';
   via?: string;
+}
+
+/** The delivery state of the alarm's latest change at one target (the webhook: its oldest undelivered change while one waits). */
+export interface DeliveryState {
+  /** Attempts made at that change. */
+  attempts: number;
+  deliveredAt?: string;
+  /** Why the last attempt failed. */
+  lastError?: string;
+  state: 'pending' | 'delivered' | 'retrying' | 'failed';
 }
 
 export interface Event {
@@ -183,6 +199,11 @@ export interface Latest {
   /** Liveness: online or offline (see Machine). */
   status: 'online' | 'offline';
 }
+
+/** An alarm as GET /api/v1/alarms lists it: with its delivery state when --alertmanager-url or --alarm-webhook is set. */
+export type ListedAlarm = Alarm & {
+  delivery?: AlarmDelivery;
+};
 
 export type Machine = MachineInfo & {
   /** True while the machine has one or more active alarms other than the offline one. */

@@ -1,5 +1,5 @@
 import { useEffect, useState, type FormEvent } from 'react';
-import { api, type Alarm } from '../lib/api';
+import { api, type Alarm, type DeliveryState, type ListedAlarm } from '../lib/api';
 import { can, type Session } from '../lib/session';
 import { formatRoute } from '../lib/route';
 import { FLEET_FILTER, dashboard } from '../lib/store';
@@ -14,8 +14,8 @@ export function severity(a: Alarm): 'critical' | 'warning' {
 
 export function AlarmsView({ session }: { session: Session }) {
   const mayAck = can(session, 'operate');
-  const [active, setActive] = useState<Alarm[]>([]);
-  const [journal, setJournal] = useState<Alarm[]>([]);
+  const [active, setActive] = useState<ListedAlarm[]>([]);
+  const [journal, setJournal] = useState<ListedAlarm[]>([]);
   const [error, setError] = useState<string>();
 
   useEffect(() => {
@@ -67,6 +67,7 @@ export function AlarmsView({ session }: { session: Session }) {
             <th>value</th>
             <th>raised</th>
             <th>state</th>
+            <th>delivery</th>
             <th>acknowledge</th>
           </tr>
         </thead>
@@ -76,12 +77,12 @@ export function AlarmsView({ session }: { session: Session }) {
               key={a.id}
               a={a}
               mayAck={mayAck}
-              onAcked={(x) => setActive((xs) => xs.map((y) => (y.id === x.id ? x : y)))}
+              onAcked={(x) => setActive((xs) => xs.map((y) => (y.id === x.id ? { ...x, delivery: y.delivery } : y)))}
             />
           ))}
           {active.length === 0 && (
             <tr>
-              <td colSpan={7} className="muted">
+              <td colSpan={8} className="muted">
                 No active alarms.
               </td>
             </tr>
@@ -100,6 +101,7 @@ export function AlarmsView({ session }: { session: Session }) {
             <th>state</th>
             <th>cleared</th>
             <th>acknowledged</th>
+            <th>delivery</th>
           </tr>
         </thead>
         <tbody>
@@ -113,6 +115,9 @@ export function AlarmsView({ session }: { session: Session }) {
               <td>{a.state}</td>
               <td>{a.clearedAt ? fmtTime(a.clearedAt) : '—'}</td>
               <td>{a.acknowledged ? `${a.acknowledgedBy ?? ''} ${fmtTime(a.acknowledgedAt)}: ${a.acknowledgeNote ?? ''}`.trim() : '—'}</td>
+              <td>
+                <Delivery a={a} />
+              </td>
             </tr>
           ))}
         </tbody>
@@ -126,7 +131,40 @@ function describe(a: Alarm): string {
   return `${a.metric ?? ''} ${a.kind === 'high' ? '>' : a.kind === 'low' ? '<' : a.kind} ${a.limit ?? ''}`;
 }
 
-function AlarmRow({ a, mayAck, onAcked }: { a: Alarm; mayAck: boolean; onAcked(a: Alarm): void }) {
+/** Where the alarm went beyond twinline: Alertmanager and the webhook,
+ * when configured (docs/alerting.md). */
+function Delivery({ a }: { a: ListedAlarm }) {
+  const targets: [string, DeliveryState | undefined][] = [
+    ['Alertmanager', a.delivery?.alertmanager],
+    ['webhook', a.delivery?.webhook],
+  ];
+  const shown = targets.filter((t): t is [string, DeliveryState] => t[1] !== undefined);
+  if (shown.length === 0) return <span className="muted">—</span>;
+  return (
+    <span className="delivery" data-testid="delivery">
+      {shown.map(([name, st]) => (
+        <span
+          key={name}
+          className={`badge delivery-${st.state}`}
+          data-target={name}
+          data-state={st.state}
+          title={[
+            `${st.attempts} attempt${st.attempts === 1 ? '' : 's'}`,
+            st.deliveredAt ? `delivered ${fmtTime(st.deliveredAt)}` : '',
+            st.lastError ? `last error: ${st.lastError}` : '',
+          ]
+            .filter(Boolean)
+            .join('\n')}
+        >
+          {name} {st.state === 'delivered' ? '✓' : st.state === 'failed' ? '✗' : st.state}
+          {st.state === 'retrying' ? ` (${st.attempts})` : ''}
+        </span>
+      ))}
+    </span>
+  );
+}
+
+function AlarmRow({ a, mayAck, onAcked }: { a: ListedAlarm; mayAck: boolean; onAcked(a: Alarm): void }) {
   const [open, setOpen] = useState(false);
   const [note, setNote] = useState('');
   const [err, setErr] = useState<string>();
@@ -153,6 +191,9 @@ function AlarmRow({ a, mayAck, onAcked }: { a: Alarm; mayAck: boolean; onAcked(a
       <td>{describe(a)}</td>
       <td>{fmtNum(a.value)}</td>
       <td>{fmtTime(a.raisedAt)}</td>
+      <td>
+        <Delivery a={a} />
+      </td>
       <td data-testid="ack-state" data-acked={a.acknowledged}>
         {a.acknowledged ? `acknowledged${a.acknowledgedBy ? ` by ${a.acknowledgedBy}` : ''}` : 'unacknowledged'}
       </td>
