@@ -362,6 +362,7 @@ SELECT a.machine, a.metric, r.time, r.value FROM sample_aggs a CROSS JOIN LATERA
 	WHERE s.machine = a.machine AND s.metric = a.metric
 		AND s.time >= a.bucket AND s.time < a.bucket + ` + wIvA + `::interval
 		AND s.time >= ` + fromA + ` AND s.time <= ` + toA + ` -- prunes partitions at plan time
+	OFFSET 0 -- keeps it a probe of the index per window (not a join over the whole range)
 ) r
 WHERE ` + seriesCond("a.", f, &a) + ` AND ` + aggRange + ` AND ` + cut + `
 UNION ALL

@@ -2,9 +2,11 @@ package postgres
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -545,5 +547,104 @@ func TestPromSelectCancel(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatal("the cancelled statement still waits on the server")
 		}
+	}
+}
+
+// TestPromQueryPlans runs EXPLAIN on the statements of a Select over three
+// days of data: each reads only the partitions of its range, through the
+// (machine, metric, time) index of samples and the primary key of
+// sample_aggs.
+func TestPromQueryPlans(t *testing.T) {
+	t.Parallel()
+	s := openTest(t, "", Options{})
+	ctx := context.Background()
+	day0 := time.UnixMilli(storetest.Base).UTC()
+	var batch []telemetry.Sample
+	for tm := day0.Add(-48 * time.Hour).UnixMilli(); tm <= testNow.UnixMilli(); tm += 60 * sec {
+		for m := range 20 {
+			for _, metric := range []string{"x", "y"} {
+				batch = append(batch, telemetry.Sample{Machine: fmt.Sprintf("m%02d", m), Metric: metric, Time: tm, Value: float64(tm%1000 + int64(m))})
+			}
+		}
+		if len(batch) >= 20_000 {
+			mustAppend(t, s, batch)
+			batch = batch[:0]
+		}
+	}
+	mustAppend(t, s, batch)
+	if _, err := s.pool.Exec(ctx, "ANALYZE samples; ANALYZE sample_aggs"); err != nil {
+		t.Fatal(err)
+	}
+	dayM1 := day0.Add(-24 * time.Hour)
+	raw := partitionName(samplesTable, dayNum(dayM1))
+	agg := partitionName(aggsTable, dayNum(dayM1))
+	hourFrom := dayM1.Add(10 * time.Hour).UnixMilli()
+	hourTo := hourFrom + 3600*sec
+	one := &seriesFilter{machines: []string{"m07"}, metrics: []string{"x"}}
+	five := &seriesFilter{machines: []string{"m01", "m03", "m05", "m07", "m09"}, metrics: []string{"x"}}
+	allX := &seriesFilter{metrics: []string{"x"}}
+	plan := aggPlan{col: "max", anchor: hourFrom, rng: 60 * sec, step: 60 * sec}
+	aggFrom := hourFrom - 60*sec + 1
+	rawSQL := func(f *seriesFilter, from, to int64) (string, sqlArgs) { return promRawSQL(f, from, to) }
+	aggSQL := func(f *seriesFilter) (string, sqlArgs) {
+		return promAggSQL(f, aggFrom, hourTo, floorDiv(aggFrom+s.window-1, s.window)*s.window, floorDiv(hourTo+1, s.window)*s.window, s.window, plan)
+	}
+	tests := []struct {
+		name  string
+		sql   func() (string, sqlArgs)
+		want  []string
+		index string // the index every index scan uses (a suffix), "": any of ours
+		seqOK bool   // a sequential scan is fine (no machine given)
+	}{
+		{"one series an hour", func() (string, sqlArgs) { return rawSQL(one, hourFrom, hourTo) }, []string{raw}, "machine_metric_time_idx", false},
+		{"five machines an hour", func() (string, sqlArgs) { return rawSQL(five, hourFrom, hourTo) }, []string{raw}, "machine_metric_time_idx", false},
+		{"one series a day", func() (string, sqlArgs) {
+			return rawSQL(one, dayM1.UnixMilli(), dayM1.UnixMilli()+dayMs-1)
+		}, []string{raw}, "machine_metric_time_idx", false},
+		{"one metric of every machine an hour", func() (string, sqlArgs) { return rawSQL(allX, hourFrom, hourTo) }, []string{raw}, "", true},
+		{"max_over_time of one series from aggregates", func() (string, sqlArgs) { return aggSQL(one) }, []string{agg, agg, raw, raw, raw}, "", false},
+		{"max_over_time of five machines from aggregates", func() (string, sqlArgs) { return aggSQL(five) }, []string{agg, agg, raw, raw, raw}, "", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			sql, args := tt.sql()
+			var out string
+			if err := s.pool.QueryRow(ctx, "EXPLAIN (FORMAT JSON) "+sql, append([]any{customPlan}, args...)...).Scan(&out); err != nil {
+				t.Fatalf("EXPLAIN: %v\n%s", err, sql)
+			}
+			var plans []struct {
+				Plan planNode `json:"Plan"`
+			}
+			if err := json.Unmarshal([]byte(out), &plans); err != nil || len(plans) != 1 {
+				t.Fatalf("decoding plan: %v\n%s", err, out)
+			}
+			var rels []string
+			for _, sc := range plans[0].Plan.scans() {
+				if sc.RelationName != "" {
+					rels = append(rels, sc.RelationName)
+				}
+				switch sc.NodeType {
+				case "Index Scan", "Index Only Scan", "Bitmap Index Scan":
+					if !strings.HasSuffix(sc.IndexName, tt.index) || !ourIndex(sc.IndexName) {
+						t.Errorf("%s uses index %s, want *%s", sc.NodeType, sc.IndexName, tt.index)
+					}
+				case "Bitmap Heap Scan":
+				case "Seq Scan":
+					if !tt.seqOK {
+						t.Errorf("Seq Scan on %s", sc.RelationName)
+					}
+				default:
+					t.Errorf("%s on %s: not a scan the test knows", sc.NodeType, sc.RelationName)
+				}
+			}
+			slices.Sort(rels)
+			want := slices.Sorted(slices.Values(tt.want))
+			if !slices.Equal(rels, want) {
+				t.Errorf("relations scanned = %v, want %v (partition pruning lost?)", rels, want)
+			}
+			if t.Failed() {
+				t.Logf("plan:\n%s", out)
+			}
+		})
 	}
 }
