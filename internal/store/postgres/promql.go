@@ -451,20 +451,17 @@ func gatherSeries(ctx context.Context, rows pgx.Rows, sorted bool) ([]*promSerie
 				}
 			}
 		}
-		var t int64
-		var v float64
+		var p promPoint
 		if binTime && binValue && len(raw[2]) == 8 && len(raw[3]) == 8 {
-			t = floorDiv(int64(binary.BigEndian.Uint64(raw[2]))+pgEpochMicros, 1000)
-			v = math.Float64frombits(binary.BigEndian.Uint64(raw[3]))
+			p.t = floorDiv(int64(binary.BigEndian.Uint64(raw[2]))+pgEpochMicros, 1000)
+			p.f = math.Float64frombits(binary.BigEndian.Uint64(raw[3]))
 		} else {
-			var tt time.Time
-			var m, k string
-			if err := rows.Scan(&m, &k, &tt, &v); err != nil {
+			var err error
+			if p, err = scanPromPoint(rows); err != nil {
 				return nil, err
 			}
-			t = tt.UnixMilli()
 		}
-		cur.pts = append(cur.pts, promPoint{t: t, f: v})
+		cur.pts = append(cur.pts, p)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, err
@@ -477,6 +474,18 @@ func gatherSeries(ctx context.Context, rows pgx.Rows, sorted bool) ([]*promSerie
 		}
 	}
 	return out, nil
+}
+
+// scanPromPoint scans a row in text format (never seen: pgx asks for
+// binary), out of line so that its variables do not escape in the loop.
+func scanPromPoint(rows pgx.Rows) (promPoint, error) {
+	var (
+		m, k string
+		t    time.Time
+		v    float64
+	)
+	err := rows.Scan(&m, &k, &t, &v)
+	return promPoint{t: t.UnixMilli(), f: v}, err
 }
 
 func comparePoints(a, b promPoint) int {
