@@ -330,20 +330,24 @@ func seriesCond(alias string, f *seriesFilter, args *sqlArgs) string {
 	return strings.Join(conds, " AND ")
 }
 
-// promRawSQL is the raw read of a Select: index order, so the rows of a
-// series come together and in time order.
+// promRawSQL is the raw read of a Select. It has no ORDER BY: an index
+// scan returns a series' rows together and in time order anyway, and a
+// sequential scan (a metric of every machine) returns them in the order
+// they were written, mostly time order; gatherSeries groups and sorts
+// them for less than PostgreSQL's sort of the whole result would cost
+// (which spills to disk past work_mem).
 func promRawSQL(f *seriesFilter, from, to int64) (string, sqlArgs) {
 	var a sqlArgs
 	sql := `SELECT machine, metric, time, value FROM samples WHERE ` + seriesCond("", f, &a) +
-		` AND time >= ` + a.add(ts(from)) + ` AND time <= ` + a.add(ts(to)) +
-		` ORDER BY machine, metric, time`
+		` AND time >= ` + a.add(ts(from)) + ` AND time <= ` + a.add(ts(to))
 	return sql, a
 }
 
 // promAggSQL reads, for p, the uncut whole windows of [from, to] from
 // sample_aggs (one point each), the raw rows of the cut ones (a probe of
 // the index per window) and the raw rows of the partial windows at both
-// ends. The rows of a series come in no particular order (Go sorts them).
+// ends. The rows of a series come in no particular order (gatherSeries
+// sorts them).
 func promAggSQL(f *seriesFilter, from, to, midFrom, midTo, w int64, p aggPlan) (string, sqlArgs) {
 	var a sqlArgs
 	fromA, toA, midFromA, midToA := a.add(ts(from)), a.add(ts(to)), a.add(ts(midFrom)), a.add(ts(midTo))
@@ -388,13 +392,11 @@ func (s *Store) selectProm(ctx context.Context, f *seriesFilter, from, to int64,
 		return nil, nil
 	}
 	sql, args := promRawSQL(f, from, to)
-	sorted := true
 	if p.col != "" {
 		midFrom := floorDiv(from+s.window-1, s.window) * s.window
 		midTo := floorDiv(to+1, s.window) * s.window
 		if midFrom < midTo {
 			sql, args = promAggSQL(f, from, to, midFrom, midTo, s.window, p)
-			sorted = false
 		}
 	}
 	rows, err := s.pool.Query(ctx, sql, append([]any{customPlan}, args...)...)
@@ -402,7 +404,7 @@ func (s *Store) selectProm(ctx context.Context, f *seriesFilter, from, to int64,
 		return nil, fmt.Errorf("selecting series: %w", err)
 	}
 	defer rows.Close()
-	out, err := gatherSeries(ctx, rows, sorted)
+	out, err := gatherSeries(ctx, rows)
 	if err != nil {
 		return nil, fmt.Errorf("selecting series: %w", err)
 	}
@@ -411,10 +413,10 @@ func (s *Store) selectProm(ctx context.Context, f *seriesFilter, from, to int64,
 
 // gatherSeries groups the rows (machine, metric, time, value) by series,
 // decoding the binary time and value in place: a row costs no allocation
-// (the names are compared as bytes, and only a new series copies them).
-// With sorted, the rows of a series are contiguous and in time order;
-// otherwise each series is sorted at the end.
-func gatherSeries(ctx context.Context, rows pgx.Rows, sorted bool) ([]*promSeries, error) {
+// (the names are compared as bytes with the previous row's series, else
+// looked up without a copy; only a new series copies them). The points of
+// a series that did not come in time order are sorted at the end.
+func gatherSeries(ctx context.Context, rows pgx.Rows) ([]*promSeries, error) {
 	fds := rows.FieldDescriptions()
 	if len(fds) != 4 {
 		return nil, fmt.Errorf("want 4 columns, got %d", len(fds))
@@ -423,13 +425,10 @@ func gatherSeries(ctx context.Context, rows pgx.Rows, sorted bool) ([]*promSerie
 	var (
 		out    []*promSeries
 		cur    *promSeries
-		byName map[string]*promSeries // unsorted rows only
-		n      int
-	)
-	if !sorted {
 		byName = map[string]*promSeries{}
-	}
-	var key []byte
+		n      int
+		key    []byte
+	)
 	for rows.Next() {
 		if n++; n%65536 == 0 {
 			if err := ctx.Err(); err != nil {
@@ -439,16 +438,11 @@ func gatherSeries(ctx context.Context, rows pgx.Rows, sorted bool) ([]*promSerie
 		raw := rows.RawValues()
 		machine, metric := raw[0], raw[1]
 		if cur == nil || !bytes.Equal(machine, cur.machine) || !bytes.Equal(metric, cur.metric) {
-			if sorted {
+			key = append(append(append(key[:0], machine...), 0), metric...)
+			if cur = byName[string(key)]; cur == nil {
 				cur = newPromSeries(string(machine), string(metric))
+				byName[string(key)] = cur
 				out = append(out, cur)
-			} else {
-				key = append(append(append(key[:0], machine...), 0), metric...)
-				if cur = byName[string(key)]; cur == nil {
-					cur = newPromSeries(string(machine), string(metric))
-					byName[string(key)] = cur
-					out = append(out, cur)
-				}
 			}
 		}
 		var p promPoint
@@ -466,11 +460,9 @@ func gatherSeries(ctx context.Context, rows pgx.Rows, sorted bool) ([]*promSerie
 	if err := rows.Err(); err != nil {
 		return nil, err
 	}
-	if !sorted {
-		for _, s := range out {
-			if !slices.IsSortedFunc(s.pts, comparePoints) {
-				slices.SortFunc(s.pts, comparePoints)
-			}
+	for _, s := range out {
+		if !slices.IsSortedFunc(s.pts, comparePoints) {
+			slices.SortFunc(s.pts, comparePoints)
 		}
 	}
 	return out, nil
