@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"math"
+	"regexp/syntax"
 	"slices"
 	"sort"
 	"strconv"
@@ -97,6 +98,12 @@ func newSeriesFilter(ms []*labels.Matcher) seriesFilter {
 			vals = []string{m.Value}
 		case m.Type == labels.MatchRegexp && m.SetMatches() != nil:
 			vals = m.SetMatches()
+		case m.Type == labels.MatchRegexp:
+			var ok bool
+			if vals, ok = literalAlternation(m.Value); !ok {
+				f.residual = append(f.residual, m)
+				continue
+			}
 		default:
 			f.residual = append(f.residual, m)
 			continue
@@ -116,6 +123,27 @@ func newSeriesFilter(ms []*labels.Matcher) seriesFilter {
 		}
 	}
 	return f
+}
+
+// literalAlternation returns the strings of a regex that is an
+// alternation of literals, "a|b\\.c|…", as the query API writes a machine
+// set: labels.Matcher.SetMatches gives up past 256 of them (a site can
+// have more machines). Anything else (a group, a class, a flag, an
+// escaped |) is not one: ok is false.
+func literalAlternation(re string) ([]string, bool) {
+	var out []string
+	for part := range strings.SplitSeq(re, "|") {
+		if part == "" {
+			out = append(out, "")
+			continue
+		}
+		p, err := syntax.Parse(part, syntax.Perl)
+		if err != nil || p.Op != syntax.OpLiteral || p.Flags&syntax.FoldCase != 0 {
+			return nil, false
+		}
+		out = append(out, string(p.Rune))
+	}
+	return out, true
 }
 
 // matches applies every matcher to the series machine/metric.

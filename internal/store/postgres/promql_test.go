@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -646,5 +647,65 @@ func TestPromQueryPlans(t *testing.T) {
 				t.Logf("plan:\n%s", out)
 			}
 		})
+	}
+}
+
+// TestSeriesFilter checks which matchers become SQL sets: equality, a set
+// of literals however long (the query API's machine sets), and nothing
+// else.
+func TestSeriesFilter(t *testing.T) {
+	ids := make([]string, 300)
+	quoted := make([]string, len(ids))
+	for i := range ids {
+		ids[i] = fmt.Sprintf("press.%03d", i)
+		quoted[i] = regexp.QuoteMeta(ids[i])
+	}
+	big := labels.MustNewMatcher(labels.MatchRegexp, "machine", strings.Join(quoted, "|"))
+	if big.SetMatches() != nil {
+		t.Log("SetMatches handles 300 ids now; literalAlternation is still needed for older versions")
+	}
+	f := newSeriesFilter([]*labels.Matcher{big, labels.MustNewMatcher(labels.MatchEqual, "__name__", "temp")})
+	if len(f.residual) != 0 || f.none || !slices.Equal(f.machines, ids) || !slices.Equal(f.metrics, []string{"temp"}) {
+		t.Errorf("300 ids: machines %d, metrics %v, residual %v", len(f.machines), f.metrics, f.residual)
+	}
+	for _, tt := range []struct {
+		re   string
+		want []string
+		ok   bool
+	}{
+		{"a", []string{"a"}, true},
+		{`a\.b|c`, []string{"a.b", "c"}, true},
+		{"a||b", []string{"a", "", "b"}, true},
+		{"a.*", nil, false},
+		{"(a|b)", nil, false},
+		{`a\|b`, nil, false},
+		{"(?i)a|b", nil, false},
+		{"[ab]|c", nil, false},
+		{"a+|b", nil, false},
+	} {
+		got, ok := literalAlternation(tt.re)
+		if ok != tt.ok || !slices.Equal(got, tt.want) {
+			t.Errorf("literalAlternation(%q) = %q, %v; want %q, %v", tt.re, got, ok, tt.want, tt.ok)
+		}
+	}
+	for _, tt := range []struct {
+		ms                []*labels.Matcher
+		machines, metrics []string
+		residual          int
+		none              bool
+	}{
+		{ms: []*labels.Matcher{labels.MustNewMatcher(labels.MatchEqual, "machine", "a"), labels.MustNewMatcher(labels.MatchRegexp, "machine", "a|b")}, machines: []string{"a"}},
+		{ms: []*labels.Matcher{labels.MustNewMatcher(labels.MatchEqual, "machine", "a"), labels.MustNewMatcher(labels.MatchEqual, "machine", "b")}, none: true},
+		{ms: []*labels.Matcher{labels.MustNewMatcher(labels.MatchEqual, "machine", "")}, none: true},
+		{ms: []*labels.Matcher{labels.MustNewMatcher(labels.MatchNotEqual, "machine", "a")}, residual: 1},
+		{ms: []*labels.Matcher{labels.MustNewMatcher(labels.MatchNotRegexp, "__name__", "a|b")}, residual: 1},
+		{ms: []*labels.Matcher{labels.MustNewMatcher(labels.MatchRegexp, "__name__", "temp.*")}, residual: 1},
+		{ms: []*labels.Matcher{labels.MustNewMatcher(labels.MatchEqual, "site", "lyon")}, none: true},
+		{ms: []*labels.Matcher{labels.MustNewMatcher(labels.MatchEqual, "site", "")}},
+	} {
+		f := newSeriesFilter(tt.ms)
+		if !slices.Equal(f.machines, tt.machines) || !slices.Equal(f.metrics, tt.metrics) || len(f.residual) != tt.residual || f.none != tt.none {
+			t.Errorf("%v: machines %v metrics %v residual %d none %v", tt.ms, f.machines, f.metrics, len(f.residual), f.none)
+		}
 	}
 }
