@@ -371,11 +371,14 @@ func promRawSQL(f *seriesFilter, from, to int64) (string, sqlArgs) {
 	return sql, a
 }
 
-// promAggSQL reads, for p, the uncut whole windows of [from, to] from
-// sample_aggs (one point each), the raw rows of the cut ones (a probe of
-// the index per window) and the raw rows of the partial windows at both
-// ends. The rows of a series come in no particular order (gatherSeries
-// sorts them).
+// promAggSQL reads, for p, the whole windows of [from, to] from
+// sample_aggs and the partial windows at both ends from samples. A window
+// no evaluation interval cuts gives one point, its extreme at its time. A
+// cut window gives its raw samples: read from the window itself when it
+// has one sample (its max at max_time) or two at different times (its min
+// and its max), else with a probe of the index — so sparse series (a
+// sample or two per window) cost no probe. The rows of a series come in
+// no particular order (gatherSeries sorts them).
 func promAggSQL(f *seriesFilter, from, to, midFrom, midTo, w int64, p aggPlan) (string, sqlArgs) {
 	var a sqlArgs
 	fromA, toA, midFromA, midToA := a.add(ts(from)), a.add(ts(to)), a.add(ts(midFrom)), a.add(ts(midTo))
@@ -384,19 +387,29 @@ func promAggSQL(f *seriesFilter, from, to, midFrom, midTo, w int64, p aggPlan) (
 	bucketMs := `(date_part('epoch', a.bucket) * 1000)::bigint`
 	cut := `(mod(mod(` + anchorA + `::bigint - ` + bucketMs + `, ` + stepA + `::bigint) + ` + stepA + `::bigint, ` + stepA + `::bigint) <= ` + wA + `::bigint - 2` +
 		` OR mod(mod(` + anchorRA + `::bigint - ` + bucketMs + `, ` + stepA + `::bigint) + ` + stepA + `::bigint, ` + stepA + `::bigint) <= ` + wA + `::bigint - 2)`
-	aggRange := `a.bucket >= ` + midFromA + ` AND a.bucket < ` + midToA
+	other := "min"
+	if p.col == "min" {
+		other = "max"
+	}
 	sql := `
-SELECT a.machine, a.metric, a.` + p.col + `_time, a.` + p.col + ` FROM sample_aggs a
-WHERE ` + seriesCond("a.", f, &a) + ` AND ` + aggRange + ` AND NOT ` + cut + `
-UNION ALL
-SELECT a.machine, a.metric, r.time, r.value FROM sample_aggs a CROSS JOIN LATERAL (
-	SELECT s.time, s.value FROM samples s
-	WHERE s.machine = a.machine AND s.metric = a.metric
+SELECT a.machine, a.metric, x.t, x.v FROM (
+	SELECT a.machine, a.metric, a.bucket, a.count, a.min, a.max, a.min_time, a.max_time, ` + cut + ` AS cut
+	FROM sample_aggs a
+	WHERE ` + seriesCond("a.", f, &a) + ` AND a.bucket >= ` + midFromA + ` AND a.bucket < ` + midToA + `
+) a CROSS JOIN LATERAL (
+	SELECT a.` + p.col + `_time AS t, a.` + p.col + ` AS v
+	WHERE NOT a.cut OR a.count = 1 OR (a.count = 2 AND a.min_time <> a.max_time)
+	UNION ALL
+	SELECT a.` + other + `_time, a.` + other + `
+	WHERE a.cut AND a.count = 2 AND a.min_time <> a.max_time
+	UNION ALL
+	(SELECT s.time, s.value FROM samples s
+	WHERE a.cut AND (a.count > 2 OR (a.count = 2 AND a.min_time = a.max_time))
+		AND s.machine = a.machine AND s.metric = a.metric
 		AND s.time >= a.bucket AND s.time < a.bucket + ` + wIvA + `::interval
 		AND s.time >= ` + fromA + ` AND s.time <= ` + toA + ` -- prunes partitions at plan time
-	OFFSET 0 -- keeps it a probe of the index per window (not a join over the whole range)
-) r
-WHERE ` + seriesCond("a.", f, &a) + ` AND ` + aggRange + ` AND ` + cut + `
+	OFFSET 0) -- a probe of the index per window, not a join over the whole range
+) x
 UNION ALL
 SELECT machine, metric, time, value FROM samples
 WHERE ` + seriesCond("", f, &a) + ` AND time >= ` + fromA + ` AND time < ` + midFromA + `

@@ -6,9 +6,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/prometheus/model/labels"
 	"github.com/prometheus/prometheus/promql"
 	"github.com/prometheus/prometheus/storage"
+	"github.com/prometheus/prometheus/tsdb/chunkenc"
 
+	"github.com/twinline/twinline/internal/store"
 	"github.com/twinline/twinline/internal/store/storetest"
 	"github.com/twinline/twinline/internal/telemetry"
 )
@@ -103,6 +106,45 @@ func BenchmarkPromQL(b *testing.B) {
 					b.ReportMetric(float64(points), "points/op")
 				})
 			}
+			// The reads alone, without the engine: the Queryable's one
+			// statement, and the store's Select once per series (what a
+			// Queryable over store.Store would do).
+			hints := &storage.SelectHints{Start: start.UnixMilli() - 5*60*sec + 1, End: end.UnixMilli(), Step: 60 * sec}
+			metric := labels.MustNewMatcher(labels.MatchEqual, "__name__", "temperature")
+			b.Run("read_one_statement", func(b *testing.B) {
+				b.ReportAllocs()
+				for b.Loop() {
+					q, _ := s.PromQueryable().Querier(hints.Start, hints.End)
+					ss := q.Select(context.Background(), false, hints, metric)
+					n := 0
+					var it chunkenc.Iterator
+					for ss.Next() {
+						it = ss.At().Iterator(it)
+						for it.Next() == chunkenc.ValFloat {
+							n++
+						}
+					}
+					if ss.Err() != nil || n != rows {
+						b.Fatalf("%d samples, %v", n, ss.Err())
+					}
+				}
+			})
+			b.Run("read_select_per_series", func(b *testing.B) {
+				b.ReportAllocs()
+				for b.Loop() {
+					n := 0
+					for m := range ds.machines {
+						key := store.SeriesKey{Machine: fmt.Sprintf("m%04d", m), Metric: "temperature"}
+						err := s.Select(context.Background(), key, hints.Start, hints.End, func(store.Point) bool { n++; return true })
+						if err != nil {
+							b.Fatal(err)
+						}
+					}
+					if n != rows {
+						b.Fatalf("%d samples, want %d", n, rows)
+					}
+				}
+			})
 		})
 	}
 }
