@@ -377,8 +377,10 @@ func promRawSQL(f *seriesFilter, from, to int64) (string, sqlArgs) {
 // cut window gives its raw samples: read from the window itself when it
 // has one sample (its max at max_time) or two at different times (its min
 // and its max), else with a probe of the index — so sparse series (a
-// sample or two per window) cost no probe. The rows of a series come in
-// no particular order (gatherSeries sorts them).
+// sample or two per window) cost no probe. Three plain scans of
+// sample_aggs: a lateral subquery per window row, choosing among the
+// three, cost five times the raw read. The rows of a series come in no
+// particular order (gatherSeries sorts them).
 func promAggSQL(f *seriesFilter, from, to, midFrom, midTo, w int64, p aggPlan) (string, sqlArgs) {
 	var a sqlArgs
 	fromA, toA, midFromA, midToA := a.add(ts(from)), a.add(ts(to)), a.add(ts(midFrom)), a.add(ts(midTo))
@@ -391,25 +393,24 @@ func promAggSQL(f *seriesFilter, from, to, midFrom, midTo, w int64, p aggPlan) (
 	if p.col == "min" {
 		other = "max"
 	}
+	aggs := func(cond string) string {
+		return `FROM sample_aggs a WHERE ` + seriesCond("a.", f, &a) + ` AND a.bucket >= ` + midFromA + ` AND a.bucket < ` + midToA + ` AND ` + cond
+	}
+	// The window's own samples: one, or two at different times.
+	known := `(a.count = 1 OR (a.count = 2 AND a.min_time <> a.max_time))`
 	sql := `
-SELECT a.machine, a.metric, x.t, x.v FROM (
-	SELECT a.machine, a.metric, a.bucket, a.count, a.min, a.max, a.min_time, a.max_time, ` + cut + ` AS cut
-	FROM sample_aggs a
-	WHERE ` + seriesCond("a.", f, &a) + ` AND a.bucket >= ` + midFromA + ` AND a.bucket < ` + midToA + `
-) a CROSS JOIN LATERAL (
-	SELECT a.` + p.col + `_time AS t, a.` + p.col + ` AS v
-	WHERE NOT a.cut OR a.count = 1 OR (a.count = 2 AND a.min_time <> a.max_time)
-	UNION ALL
-	SELECT a.` + other + `_time, a.` + other + `
-	WHERE a.cut AND a.count = 2 AND a.min_time <> a.max_time
-	UNION ALL
-	(SELECT s.time, s.value FROM samples s
-	WHERE a.cut AND (a.count > 2 OR (a.count = 2 AND a.min_time = a.max_time))
-		AND s.machine = a.machine AND s.metric = a.metric
+SELECT a.machine, a.metric, a.` + p.col + `_time, a.` + p.col + ` ` + aggs(`(NOT `+cut+` OR `+known+`)`) + `
+UNION ALL
+SELECT a.machine, a.metric, a.` + other + `_time, a.` + other + ` ` + aggs(cut+` AND a.count = 2 AND a.min_time <> a.max_time`) + `
+UNION ALL
+SELECT a.machine, a.metric, r.time, r.value FROM sample_aggs a CROSS JOIN LATERAL (
+	SELECT s.time, s.value FROM samples s
+	WHERE s.machine = a.machine AND s.metric = a.metric
 		AND s.time >= a.bucket AND s.time < a.bucket + ` + wIvA + `::interval
 		AND s.time >= ` + fromA + ` AND s.time <= ` + toA + ` -- prunes partitions at plan time
-	OFFSET 0) -- a probe of the index per window, not a join over the whole range
-) x
+	OFFSET 0 -- a probe of the index per window, not a join over the whole range
+) r
+WHERE ` + strings.TrimPrefix(aggs(cut+` AND NOT `+known), "FROM sample_aggs a WHERE ") + `
 UNION ALL
 SELECT machine, metric, time, value FROM samples
 WHERE ` + seriesCond("", f, &a) + ` AND time >= ` + fromA + ` AND time < ` + midFromA + `

@@ -613,8 +613,8 @@ func TestPromQueryPlans(t *testing.T) {
 			return rawSQL(one, dayM1.UnixMilli(), dayM1.UnixMilli()+dayMs-1)
 		}, []string{raw}, "machine_metric_time_idx", false},
 		{"one metric of every machine an hour", func() (string, sqlArgs) { return rawSQL(allX, hourFrom, hourTo) }, []string{raw}, "", true},
-		{"max_over_time of one series from aggregates", func() (string, sqlArgs) { return aggSQL(one) }, []string{agg, raw, raw, raw}, "", false},
-		{"max_over_time of five machines from aggregates", func() (string, sqlArgs) { return aggSQL(five) }, []string{agg, raw, raw, raw}, "", false},
+		{"max_over_time of one series from aggregates", func() (string, sqlArgs) { return aggSQL(one) }, []string{agg, agg, agg, raw, raw, raw}, "", false},
+		{"max_over_time of five machines from aggregates", func() (string, sqlArgs) { return aggSQL(five) }, []string{agg, agg, agg, raw, raw, raw}, "", false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
