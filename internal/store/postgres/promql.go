@@ -46,23 +46,36 @@ import (
 var _ store.PromQueryable = (*Store)(nil)
 
 // PromQueryable returns the store's series for the PromQL engine.
-func (s *Store) PromQueryable() storage.Queryable { return promQueryable{s: s, aggregates: true} }
+func (s *Store) PromQueryable() storage.Queryable {
+	return promQueryable{s: s, aggregates: true, minDensity: aggMinDensity}
+}
+
+// aggMinDensity is the mean number of samples per aggregate window below
+// which a Select that may read aggregates reads raw rows all the same: the
+// aggregates read scans sample_aggs three times and probes the cut
+// windows, which costs more than it saves on sparse series (measured: 2.4
+// times the raw read at one sample per window, 0.75 times at ten; see
+// docs/benchmarks.md, Issue 17).
+const aggMinDensity = 5
 
 // promQueryable is the Queryable; without aggregates every Select reads
-// raw rows (the tests compare both).
+// raw rows (the tests compare both); minDensity 0 reads aggregates
+// whenever the plan allows (the tests, to cover sparse windows).
 type promQueryable struct {
 	s          *Store
 	aggregates bool
+	minDensity float64
 }
 
 func (q promQueryable) Querier(mint, maxt int64) (storage.Querier, error) {
-	return &promQuerier{s: q.s, mint: mint, maxt: maxt, aggregates: q.aggregates}, nil
+	return &promQuerier{s: q.s, mint: mint, maxt: maxt, aggregates: q.aggregates, minDensity: q.minDensity}, nil
 }
 
 type promQuerier struct {
 	s          *Store
 	mint, maxt int64
 	aggregates bool
+	minDensity float64
 }
 
 func (q *promQuerier) Close() error { return nil }
@@ -223,7 +236,7 @@ func (q *promQuerier) Select(ctx context.Context, _ bool, hints *storage.SelectH
 		slices.Sort(f.metrics)
 		f.machines, f.metrics = slices.Compact(f.machines), slices.Compact(f.metrics)
 	}
-	series, err := q.s.selectProm(ctx, &f, from, to, q.plan(hints))
+	series, err := q.s.selectProm(ctx, &f, from, to, q.plan(hints), q.minDensity)
 	if err != nil {
 		return storage.ErrSeriesSet(err)
 	}
@@ -420,8 +433,20 @@ WHERE ` + seriesCond("", f, &a) + ` AND time >= ` + midToA + ` AND time <= ` + t
 	return sql, a
 }
 
+// windowDensity is the mean number of samples in the first 1 000 windows
+// of the selected series in [midFrom, midTo): an index read of a
+// millisecond that tells whether aggregates would pay.
+func (s *Store) windowDensity(ctx context.Context, f *seriesFilter, midFrom, midTo int64) (float64, error) {
+	var a sqlArgs
+	sql := `SELECT coalesce(sum(n)::float8 / count(*), 0) FROM (SELECT a.count AS n FROM sample_aggs a WHERE ` +
+		seriesCond("a.", f, &a) + ` AND a.bucket >= ` + a.add(ts(midFrom)) + ` AND a.bucket < ` + a.add(ts(midTo)) + ` LIMIT 1000) x`
+	var d float64
+	err := s.pool.QueryRow(ctx, sql, append([]any{customPlan}, a...)...).Scan(&d)
+	return d, err
+}
+
 // selectProm runs a Select's one statement and gathers its rows by series.
-func (s *Store) selectProm(ctx context.Context, f *seriesFilter, from, to int64, p aggPlan) ([]*promSeries, error) {
+func (s *Store) selectProm(ctx context.Context, f *seriesFilter, from, to int64, p aggPlan, minDensity float64) ([]*promSeries, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("selecting series: %w", err)
 	}
@@ -437,7 +462,15 @@ func (s *Store) selectProm(ctx context.Context, f *seriesFilter, from, to int64,
 	if p.col != "" {
 		midFrom := floorDiv(from+s.window-1, s.window) * s.window
 		midTo := floorDiv(to+1, s.window) * s.window
-		if midFrom < midTo {
+		dense := true
+		if midFrom < midTo && minDensity > 0 {
+			d, err := s.windowDensity(ctx, f, midFrom, midTo)
+			if err != nil {
+				return nil, fmt.Errorf("selecting series: %w", err)
+			}
+			dense = d >= minDensity
+		}
+		if midFrom < midTo && dense {
 			sql, args = promAggSQL(f, from, to, midFrom, midTo, s.window, p)
 		}
 	}

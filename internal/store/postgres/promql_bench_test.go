@@ -53,7 +53,8 @@ func loadTemperature(b *testing.B, s *Store, day int64, machines int, every time
 // BenchmarkPromQL runs 24-hour range queries at a 1-minute step through the
 // PromQL engine over the store: one machine with a sample every second
 // (86 400 rows) and 1 000 machines with a sample every 30 s (2.88 M rows);
-// raw rows, and aggregates where they apply (max_over_time).
+// raw rows, aggregates where they apply (max_over_time: forced, and as
+// PromQueryable chooses after its density probe), and the reads alone.
 func BenchmarkPromQL(b *testing.B) {
 	day := storetest.Base - dayMs // yesterday of testNow: a whole day
 	start, end := time.UnixMilli(day).UTC(), time.UnixMilli(day+dayMs).UTC()
@@ -79,8 +80,14 @@ func BenchmarkPromQL(b *testing.B) {
 				{"selector", "temperature", false},
 				{"max_over_time_raw", "max_over_time(temperature[1m])", false},
 				{"max_over_time_aggregates", "max_over_time(temperature[1m])", true},
+				{"max_over_time_default", "max_over_time(temperature[1m])", true},
 			} {
+				// aggregates forced (minDensity 0), or as PromQueryable
+				// decides (the density probe).
 				var qa storage.Queryable = promQueryable{s: s, aggregates: q.agg}
+				if q.name == "max_over_time_default" {
+					qa = s.PromQueryable()
+				}
 				b.Run(q.name, func(b *testing.B) {
 					b.ReportAllocs()
 					points := 0

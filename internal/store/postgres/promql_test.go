@@ -266,7 +266,7 @@ func TestPromQLConformance(t *testing.T) {
 	}
 	ref := newRefQueryable(samples)
 	raw := promQueryable{s: s}
-	agg := &planSpy{Queryable: s.PromQueryable(), window: s.window}
+	agg := &planSpy{Queryable: promQueryable{s: s, aggregates: true}, window: s.window}
 	eng := testEngine()
 
 	base := time.UnixMilli(storetest.Base).UTC()
@@ -430,6 +430,19 @@ func TestPromSelect(t *testing.T) {
 	vals, _, err = q.LabelValues(ctx, "site", nil)
 	if err != nil || len(vals) != 0 {
 		t.Errorf("sites = %v, %v", vals, err)
+	}
+	// The density probe that keeps sparse series on raw rows.
+	for _, tt := range []struct {
+		f    seriesFilter
+		want float64
+	}{
+		{seriesFilter{machines: []string{"b"}, metrics: []string{"x"}}, 10},
+		{seriesFilter{machines: []string{"a"}, metrics: []string{"y"}}, 1},
+		{seriesFilter{machines: []string{"nope"}}, 0},
+	} {
+		if d, err := s.windowDensity(ctx, &tt.f, base, base+3600*sec); err != nil || d != tt.want {
+			t.Errorf("density of %v = %v, %v; want %v", tt.f.machines, d, err, tt.want)
+		}
 	}
 	// A range with no data: no names.
 	q2, _ := s.PromQueryable().Querier(base+7200*sec, base+7300*sec)
