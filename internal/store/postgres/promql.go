@@ -38,10 +38,10 @@ import (
 // PostgreSQL's regexes are not RE2.
 //
 // For max_over_time and min_over_time in a range query at a step of a
-// minute or more, Select reads sample_aggs (one row per 10 s window) in
-// place of the raw rows of every window no evaluation window cuts, and the
-// raw rows of the others: see planAggregates for why the answer is exactly
-// the raw one.
+// minute or more, over series dense enough (windowDensity), Select reads
+// sample_aggs (one row per 10 s window) in place of the raw rows of every
+// window no evaluation window cuts, and the raw samples of the others: see
+// planAggregates for why the answer is exactly the raw one.
 
 var _ store.PromQueryable = (*Store)(nil)
 
