@@ -69,8 +69,9 @@ type Options struct {
 	// Version is reported by status/buildinfo.
 	Version string
 	Logger  *slog.Logger
-	// Registerer receives the engine's metrics (prometheus_engine_*); nil
-	// for none.
+	// Registerer receives the API's metrics (twinline_promql_*); nil for
+	// none. The engine's own (prometheus_engine_*) are not registered:
+	// one of them breaks the naming rules /metrics is linted with.
 	Registerer prometheus.Registerer
 	// Now is the default evaluation time; nil: time.Now.
 	Now func() time.Time
@@ -89,6 +90,9 @@ type Handler struct {
 	timeout time.Duration
 	now     func() time.Time
 	logger  *slog.Logger
+
+	queries  *prometheus.CounterVec
+	duration prometheus.Histogram
 }
 
 // New returns the API over a store's PromQueryable, with list the
@@ -112,7 +116,6 @@ func New(inner storage.Queryable, list func() []twin.Info, opts Options) *Handle
 	p := parser.NewParser(parser.Options{})
 	engine := promql.NewEngine(promql.EngineOpts{
 		Logger:               opts.Logger,
-		Reg:                  opts.Registerer,
 		MaxSamples:           opts.MaxSamples,
 		Timeout:              opts.Timeout,
 		LookbackDelta:        5 * time.Minute,
@@ -132,6 +135,18 @@ func New(inner storage.Queryable, list func() []twin.Info, opts Options) *Handle
 		timeout: opts.Timeout,
 		now:     opts.Now,
 		logger:  opts.Logger,
+	}
+	h.queries = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "twinline_promql_queries_total",
+		Help: "PromQL queries (query, query_range) by outcome: success, or the Prometheus error type (bad_data, execution, cost_limit, timeout, canceled, internal).",
+	}, []string{"outcome"})
+	h.duration = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "twinline_promql_query_duration_seconds",
+		Help:    "Time PromQL queries took to evaluate, once they had a slot.",
+		Buckets: []float64{.005, .025, .1, .25, 1, 2.5, 10, 30, 120},
+	})
+	if opts.Registerer != nil {
+		opts.Registerer.MustRegister(h.queries, h.duration)
 	}
 	if opts.MaxSeries > 0 {
 		h.maxSeries = opts.MaxSeries
@@ -298,15 +313,19 @@ func (h *Handler) exec(ctx context.Context, w http.ResponseWriter, qry promql.Qu
 		writeError(w, execErrorType(ctx.Err()), "query "+ctx.Err().Error()+" waiting for one of the queries running at once to end")
 		return
 	}
+	start := time.Now()
 	res := qry.Exec(ctx)
+	h.duration.Observe(time.Since(start).Seconds())
 	if res.Err != nil {
 		typ := execErrorType(res.Err)
+		h.queries.WithLabelValues(typ.name).Inc()
 		if typ == errInternal {
 			h.logger.Warn("PromQL query failed", "query", expr, "err", res.Err)
 		}
 		writeError(w, typ, res.Err.Error())
 		return
 	}
+	h.queries.WithLabelValues("success").Inc()
 	warnings, infos := res.Warnings.AsStrings(expr, 10, 10)
 	writeSuccess(w, queryData(res.Value), warnings, infos)
 }
