@@ -187,99 +187,103 @@ func (e *promEnv) get(t *testing.T, token, path string, params url.Values) (int,
 
 // TestPrometheusClient drives the API with Prometheus' unmodified Go
 // client: instant and range queries, series, label names and values,
-// metadata and build information.
+// metadata and build information, on each store.
 func TestPrometheusClient(t *testing.T) {
-	e := newPromEnv(t, openOEEEmbedded(t), promEnvOptions{})
-	c := e.client(t, "all")
-	ctx := context.Background()
-	at := promT0.Add(time.Hour)
+	for _, b := range promBackends {
+		t.Run(b.name, func(t *testing.T) {
+			e := newPromEnv(t, b.open(t), promEnvOptions{})
+			c := e.client(t, "all")
+			ctx := context.Background()
+			at := promT0.Add(time.Hour)
 
-	v, _, _, err := c.Query(ctx, `temp{machine="m1"}`, at)
-	if err != nil {
-		t.Fatal(err)
-	}
-	vec, ok := v.(model.Vector)
-	if !ok || len(vec) != 1 {
-		t.Fatalf("instant query: got %v; want one sample", v)
-	}
-	raw := e.raw(t, "m1", "temp", at.Add(-time.Minute), at)
-	wantMetric := model.Metric{"__name__": "temp", "machine": "m1", "site": "lyon", "line": "A", "model": "X1"}
-	if !vec[0].Metric.Equal(wantMetric) || float64(vec[0].Value) != raw[len(raw)-1].Value || !vec[0].Timestamp.Time().Equal(at) {
-		t.Errorf("instant query: got %v; want %v => %v @ %v", vec[0], wantMetric, raw[len(raw)-1].Value, at)
-	}
-
-	r := promv1.Range{Start: promT0, End: promT0.Add(10 * time.Minute), Step: time.Minute}
-	v, _, _, err = c.QueryRange(ctx, `parts{line="A"}`, r)
-	if err != nil {
-		t.Fatal(err)
-	}
-	mat, ok := v.(model.Matrix)
-	if !ok || len(mat) != 2 {
-		t.Fatalf("range query: got %v; want two series (m1 and m3 of line A)", v)
-	}
-	for _, s := range mat {
-		m := string(s.Metric["machine"])
-		pts := e.raw(t, m, "parts", r.Start, r.End)
-		if len(s.Values) != 11 {
-			t.Fatalf("range query %s: %d points; want 11", m, len(s.Values))
-		}
-		for i, p := range s.Values {
-			// Every minute is a sample time: the value is that sample's.
-			want := pts[i*4]
-			if p.Timestamp.Time().UnixMilli() != want.Time || float64(p.Value) != want.Value {
-				t.Errorf("range query %s step %d: got %v; want %v", m, i, p, want)
+			v, _, _, err := c.Query(ctx, `temp{machine="m1"}`, at)
+			if err != nil {
+				t.Fatal(err)
 			}
-		}
-	}
+			vec, ok := v.(model.Vector)
+			if !ok || len(vec) != 1 {
+				t.Fatalf("instant query: got %v; want one sample", v)
+			}
+			raw := e.raw(t, "m1", "temp", at.Add(-time.Minute), at)
+			wantMetric := model.Metric{"__name__": "temp", "machine": "m1", "site": "lyon", "line": "A", "model": "X1"}
+			if !vec[0].Metric.Equal(wantMetric) || float64(vec[0].Value) != raw[len(raw)-1].Value || !vec[0].Timestamp.Time().Equal(at) {
+				t.Errorf("instant query: got %v; want %v => %v @ %v", vec[0], wantMetric, raw[len(raw)-1].Value, at)
+			}
 
-	sets, _, _, err := c.Series(ctx, []string{`temp`, `{__name__="parts",machine="m2"}`}, promT0, promT0.Add(promSpan))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var got []string
-	for _, s := range sets {
-		got = append(got, model.Metric(s).String())
-	}
-	want := []string{
-		`parts{line="B", machine="m2", model="X2", site="lyon"}`,
-		`temp{line="A", machine="m1", model="X1", site="lyon"}`,
-		`temp{line="A", machine="m3", model="X1", site="paris"}`,
-		`temp{line="B", machine="m2", model="X2", site="lyon"}`,
-	}
-	if diff := gocmp.Diff(got, want); diff != "" {
-		t.Errorf("series (-got +want):\n%s", diff)
-	}
+			r := promv1.Range{Start: promT0, End: promT0.Add(10 * time.Minute), Step: time.Minute}
+			v, _, _, err = c.QueryRange(ctx, `parts{line="A"}`, r)
+			if err != nil {
+				t.Fatal(err)
+			}
+			mat, ok := v.(model.Matrix)
+			if !ok || len(mat) != 2 {
+				t.Fatalf("range query: got %v; want two series (m1 and m3 of line A)", v)
+			}
+			for _, s := range mat {
+				m := string(s.Metric["machine"])
+				pts := e.raw(t, m, "parts", r.Start, r.End)
+				if len(s.Values) != 11 {
+					t.Fatalf("range query %s: %d points; want 11", m, len(s.Values))
+				}
+				for i, p := range s.Values {
+					// Every minute is a sample time: the value is that sample's.
+					want := pts[i*4]
+					if p.Timestamp.Time().UnixMilli() != want.Time || float64(p.Value) != want.Value {
+						t.Errorf("range query %s step %d: got %v; want %v", m, i, p, want)
+					}
+				}
+			}
 
-	names, _, _, err := c.LabelNames(ctx, nil, time.Time{}, time.Time{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	// nested is an object: no label.
-	if diff := gocmp.Diff(names.String(), "__name__, line, machine, model, site"); diff != "" {
-		t.Errorf("label names (-got +want):\n%s", diff)
-	}
-	for label, want := range map[string]string{
-		"__name__": "[parts temp]", "machine": "[m1 m2 m3]", "site": "[lyon paris]", "line": "[A B]", "model": "[X1 X2]", "nope": "[]",
-	} {
-		vals, _, _, err := c.LabelValues(ctx, label, nil, time.Time{}, time.Time{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if fmt.Sprint(vals) != want {
-			t.Errorf("label values of %s: got %v; want %s", label, vals, want)
-		}
-	}
-	vals, _, _, err := c.LabelValues(ctx, "machine", []string{`temp{line="A"}`}, time.Time{}, time.Time{})
-	if err != nil || fmt.Sprint(vals) != "[m1 m3]" {
-		t.Errorf("machines of line A: got %v, %v; want [m1 m3]", vals, err)
-	}
-	md, err := c.Metadata(ctx, "", "")
-	if err != nil || len(md) != 2 || md["temp"][0].Type != promv1.MetricTypeUnknown {
-		t.Errorf("metadata: got %v, %v; want parts and temp of type unknown", md, err)
-	}
-	bi, err := c.Buildinfo(ctx)
-	if err != nil || bi.Version != "test" {
-		t.Errorf("buildinfo: got %+v, %v", bi, err)
+			sets, _, _, err := c.Series(ctx, []string{`temp`, `{__name__="parts",machine="m2"}`}, promT0, promT0.Add(promSpan))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, s := range sets {
+				got = append(got, model.Metric(s).String())
+			}
+			want := []string{
+				`parts{line="B", machine="m2", model="X2", site="lyon"}`,
+				`temp{line="A", machine="m1", model="X1", site="lyon"}`,
+				`temp{line="A", machine="m3", model="X1", site="paris"}`,
+				`temp{line="B", machine="m2", model="X2", site="lyon"}`,
+			}
+			if diff := gocmp.Diff(got, want); diff != "" {
+				t.Errorf("series (-got +want):\n%s", diff)
+			}
+
+			names, _, _, err := c.LabelNames(ctx, nil, time.Time{}, time.Time{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			// nested is an object: no label.
+			if diff := gocmp.Diff(names.String(), "__name__, line, machine, model, site"); diff != "" {
+				t.Errorf("label names (-got +want):\n%s", diff)
+			}
+			for label, want := range map[string]string{
+				"__name__": "[parts temp]", "machine": "[m1 m2 m3]", "site": "[lyon paris]", "line": "[A B]", "model": "[X1 X2]", "nope": "[]",
+			} {
+				vals, _, _, err := c.LabelValues(ctx, label, nil, time.Time{}, time.Time{})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if fmt.Sprint(vals) != want {
+					t.Errorf("label values of %s: got %v; want %s", label, vals, want)
+				}
+			}
+			vals, _, _, err := c.LabelValues(ctx, "machine", []string{`temp{line="A"}`}, time.Time{}, time.Time{})
+			if err != nil || fmt.Sprint(vals) != "[m1 m3]" {
+				t.Errorf("machines of line A: got %v, %v; want [m1 m3]", vals, err)
+			}
+			md, err := c.Metadata(ctx, "", "")
+			if err != nil || len(md) != 2 || md["temp"][0].Type != promv1.MetricTypeUnknown {
+				t.Errorf("metadata: got %v, %v; want parts and temp of type unknown", md, err)
+			}
+			bi, err := c.Buildinfo(ctx)
+			if err != nil || bi.Version != "test" {
+				t.Errorf("buildinfo: got %+v, %v", bi, err)
+			}
+		})
 	}
 }
 
