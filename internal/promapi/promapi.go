@@ -410,20 +410,29 @@ func (h *Handler) tooManySeries() string {
 	return fmt.Sprintf("the answer would hold more than %d series (--prometheus-max-series); narrow the match[] selectors or the time range", h.maxSeries)
 }
 
-func (h *Handler) series(w http.ResponseWriter, r *http.Request) {
-	sets, err := h.matcherSets(r, true)
+// openMetadataQuery reads the match[] sets (required or not) and the
+// range of a series or label call, and opens a querier over the range;
+// ok is false when it answered an error.
+func (h *Handler) openMetadataQuery(w http.ResponseWriter, r *http.Request, required bool) (sets [][]*labels.Matcher, p rangeParams, q storage.Querier, ok bool) {
+	sets, err := h.matcherSets(r, required)
 	if err != nil {
 		writeError(w, errBadData, err.Error())
-		return
+		return nil, p, nil, false
 	}
-	p, err := parseRange(r)
-	if err != nil {
+	if p, err = parseRange(r); err != nil {
 		writeError(w, errBadData, err.Error())
-		return
+		return nil, p, nil, false
 	}
-	q, err := h.q.Querier(p.mint, p.maxt)
-	if err != nil {
+	if q, err = h.q.Querier(p.mint, p.maxt); err != nil {
 		writeError(w, errInternal, err.Error())
+		return nil, p, nil, false
+	}
+	return sets, p, q, true
+}
+
+func (h *Handler) series(w http.ResponseWriter, r *http.Request) {
+	sets, p, q, ok := h.openMetadataQuery(w, r, true)
+	if !ok {
 		return
 	}
 	defer q.Close()
@@ -469,19 +478,8 @@ func (h *Handler) series(w http.ResponseWriter, r *http.Request) {
 // labelQuery answers the union over the match[] sets (or all series) of
 // one label call.
 func (h *Handler) labelQuery(w http.ResponseWriter, r *http.Request, call func(context.Context, storage.Querier, *storage.LabelHints, []*labels.Matcher) ([]string, error)) {
-	sets, err := h.matcherSets(r, false)
-	if err != nil {
-		writeError(w, errBadData, err.Error())
-		return
-	}
-	p, err := parseRange(r)
-	if err != nil {
-		writeError(w, errBadData, err.Error())
-		return
-	}
-	q, err := h.q.Querier(p.mint, p.maxt)
-	if err != nil {
-		writeError(w, errInternal, err.Error())
+	sets, p, q, ok := h.openMetadataQuery(w, r, false)
+	if !ok {
 		return
 	}
 	defer q.Close()
