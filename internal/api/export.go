@@ -7,7 +7,6 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
-	"time"
 
 	"github.com/twinline/twinline/internal/export"
 	"github.com/twinline/twinline/internal/problem"
@@ -62,15 +61,8 @@ func (a *API) handleExport(w http.ResponseWriter, r *http.Request) {
 		bad("format", "must be csv or parquet")
 	}
 	now := a.now()
-	to, toErr := parseTime(q.Get("to"), now)
-	if toErr != nil {
-		bad("to", toErr.Error())
-	}
-	from, fromErr := parseTime(q.Get("from"), to.Add(-24*time.Hour))
-	if fromErr != nil {
-		bad("from", fromErr.Error())
-	}
-	if toErr == nil && fromErr == nil && from.After(to) {
+	from, to, timesOK := dayWindow(q, now, bad)
+	if timesOK && from.After(to) {
 		bad("from", "must not be after to")
 	}
 	for _, name := range []string{"site", "line", "machine", "metric"} {

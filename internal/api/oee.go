@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
 	"slices"
 	"strconv"
 	"time"
@@ -62,13 +63,10 @@ type oeeResponse struct {
 // handleOEE is GET /api/v1/oee: the OEE of the machines with an OEE spec
 // (those of the identity's sites), by bucket, rolled up into lines and
 // sites.
-func (a *API) handleOEE(w http.ResponseWriter, r *http.Request) {
-	q := r.URL.Query()
-	var problems []problem.InvalidParam
-	bad := func(name, reason string) {
-		problems = append(problems, problem.InvalidParam{Name: name, Reason: reason})
-	}
-	now := a.now()
+// dayWindow reads the from and to parameters of a report (OEE, export):
+// to defaults to now, from to a day before to; bad is told of each one
+// that does not parse, and ok is false then.
+func dayWindow(q url.Values, now time.Time, bad func(name, reason string)) (from, to time.Time, ok bool) {
 	to, toErr := parseTime(q.Get("to"), now)
 	if toErr != nil {
 		bad("to", toErr.Error())
@@ -77,6 +75,17 @@ func (a *API) handleOEE(w http.ResponseWriter, r *http.Request) {
 	if fromErr != nil {
 		bad("from", fromErr.Error())
 	}
+	return from, to, toErr == nil && fromErr == nil
+}
+
+func (a *API) handleOEE(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	var problems []problem.InvalidParam
+	bad := func(name, reason string) {
+		problems = append(problems, problem.InvalidParam{Name: name, Reason: reason})
+	}
+	now := a.now()
+	from, to, timesOK := dayWindow(q, now, bad)
 	var step time.Duration
 	if s := q.Get("step"); s != "" {
 		var err error
@@ -85,7 +94,7 @@ func (a *API) handleOEE(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	var g oee.Grid
-	if toErr == nil && fromErr == nil {
+	if timesOK {
 		switch {
 		case !from.Before(to):
 			bad("from", "must be before to")
