@@ -583,6 +583,19 @@ func TestPrometheusLimits(t *testing.T) {
 	if _, _, _, err := c.Query(ctx, `temp`, at); err != nil {
 		t.Errorf("3 samples under a bound of 100: %v", err)
 	}
+	// Two steps an hour apart: the engine holds 6 samples at most, but
+	// PostgreSQL reads the selection whole (every sample of the hour)
+	// before the engine iterates it, so there the bound stops the read.
+	hourly := promv1.Range{Start: promT0, End: at, Step: time.Hour}
+	if _, _, _, err := c.QueryRange(ctx, `temp`, hourly); err != nil {
+		t.Errorf("embedded, 6 samples held under a bound of 100: %v", err)
+	}
+	e = newPromEnv(t, openOEEPostgres(t), promEnvOptions{maxSamples: 100})
+	c = e.client(t, "all")
+	_, _, _, err = c.QueryRange(ctx, `temp`, hourly)
+	if e := apiErr(err); e.Type != promv1.ErrExec || !strings.Contains(e.Msg, "too many samples") || !strings.Contains(e.Msg, "selected series hold more than 100") {
+		t.Errorf("PostgreSQL reading over the samples bound: got %+v; want the store's execution error", e)
+	}
 
 	e = newPromEnv(t, openOEEEmbedded(t), promEnvOptions{timeout: time.Nanosecond})
 	status, body = e.get(t, "all", "/prometheus/api/v1/query", url.Values{"query": {"temp"}, "time": {fmt.Sprint(at.Unix())}})

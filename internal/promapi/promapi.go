@@ -83,7 +83,10 @@ type Handler struct {
 	parser    parser.Parser
 	q         *enriched
 	maxSeries int
-	version   string
+	// maxSamples also bounds what a store reads whole for one Select
+	// (store.WithSampleLimit).
+	maxSamples int
+	version    string
 	// slots bounds the queries evaluated at once; more wait for a slot
 	// (as Prometheus' --query.max-concurrency), within their timeout.
 	slots   chan struct{}
@@ -148,6 +151,7 @@ func New(inner storage.Queryable, list func() []twin.Info, opts Options) *Handle
 	if opts.Registerer != nil {
 		opts.Registerer.MustRegister(h.queries, h.duration)
 	}
+	h.maxSamples = opts.MaxSamples
 	if opts.MaxSeries > 0 {
 		h.maxSeries = opts.MaxSeries
 		engine.SetQueryLimits(uint64(opts.MaxSeries), 0, 0)
@@ -314,7 +318,7 @@ func (h *Handler) exec(ctx context.Context, w http.ResponseWriter, qry promql.Qu
 		return
 	}
 	start := time.Now()
-	res := qry.Exec(ctx)
+	res := qry.Exec(store.WithSampleLimit(ctx, h.maxSamples))
 	h.duration.Observe(time.Since(start).Seconds())
 	if res.Err != nil {
 		typ := execErrorType(res.Err)
@@ -347,6 +351,8 @@ func execErrorType(err error) errorType {
 		return errTimeout
 	case errors.As(err, &etms), errors.As(err, &etmsr):
 		return errCostLimit
+	case errors.Is(err, store.ErrTooManySamples):
+		return errExec
 	case errors.As(err, &es):
 		return errInternal
 	case errors.Is(err, context.DeadlineExceeded):

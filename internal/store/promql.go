@@ -1,6 +1,11 @@
 package store
 
-import "github.com/prometheus/prometheus/storage"
+import (
+	"context"
+	"errors"
+
+	"github.com/prometheus/prometheus/storage"
+)
 
 // Labels of the series a PromQueryable serves.
 const (
@@ -23,4 +28,25 @@ const (
 // data where the answer is the same (documented by the store).
 type PromQueryable interface {
 	PromQueryable() storage.Queryable
+}
+
+// ErrTooManySamples is returned (wrapped) by a PromQueryable's Select that
+// would read more samples than the limit its context carries
+// (WithSampleLimit): a store that reads a selection whole before the
+// engine iterates it (PostgreSQL) is bounded by it, not by the engine's
+// own limit, which counts only what the engine holds at once.
+var ErrTooManySamples = errors.New("too many samples")
+
+type sampleLimitKey struct{}
+
+// WithSampleLimit returns ctx carrying the most samples one Select of a
+// PromQueryable may read (n <= 0: no limit).
+func WithSampleLimit(ctx context.Context, n int) context.Context {
+	return context.WithValue(ctx, sampleLimitKey{}, n)
+}
+
+// SampleLimit returns the limit WithSampleLimit put in ctx, or 0 (none).
+func SampleLimit(ctx context.Context) int {
+	n, _ := ctx.Value(sampleLimitKey{}).(int)
+	return max(n, 0)
 }

@@ -503,12 +503,18 @@ func gatherSeries(ctx context.Context, rows pgx.Rows) ([]*promSeries, error) {
 		byName = map[string]*promSeries{}
 		n      int
 		key    []byte
+		limit  = store.SampleLimit(ctx)
 	)
 	for rows.Next() {
 		if n++; n%65536 == 0 {
 			if err := ctx.Err(); err != nil {
 				return nil, err
 			}
+		}
+		if limit > 0 && n > limit {
+			// The selection is read whole before the engine sees it: its
+			// own sample limit would come too late.
+			return nil, fmt.Errorf("%w: the selected series hold more than %d samples in the range; narrow the selectors or the range", store.ErrTooManySamples, limit)
 		}
 		raw := rows.RawValues()
 		machine, metric := raw[0], raw[1]

@@ -732,3 +732,39 @@ func TestSeriesFilter(t *testing.T) {
 		}
 	}
 }
+
+// TestPromSelectSampleLimit: a Select reads its rows whole before the
+// engine iterates them, so the limit its context carries stops it while
+// reading, not after.
+func TestPromSelectSampleLimit(t *testing.T) {
+	t.Parallel()
+	s := openTest(t, "", Options{})
+	base := storetest.Base + 3600*sec
+	mustAppend(t, s, storetest.Samples("a", "x", base, time.Second, 100, func(i int) float64 { return float64(i) }))
+	q, err := s.PromQueryable().Querier(base, base+3600*sec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	count := func(limit int) (int, error) {
+		ss := q.Select(store.WithSampleLimit(context.Background(), limit), true, &storage.SelectHints{Start: base, End: base + 3600*sec},
+			labels.MustNewMatcher(labels.MatchEqual, "machine", "a"))
+		n := 0
+		for ss.Next() {
+			it := ss.At().Iterator(nil)
+			for it.Next() != chunkenc.ValNone {
+				n++
+			}
+		}
+		return n, ss.Err()
+	}
+	if n, err := count(100); err != nil || n != 100 {
+		t.Fatalf("limit 100 over 100 samples: %d samples, %v; want 100, nil", n, err)
+	}
+	if n, err := count(0); err != nil || n != 100 {
+		t.Fatalf("no limit: %d samples, %v; want 100, nil", n, err)
+	}
+	if _, err := count(99); !errors.Is(err, store.ErrTooManySamples) {
+		t.Fatalf("limit 99 over 100 samples: %v; want ErrTooManySamples", err)
+	}
+}
