@@ -309,7 +309,6 @@ func (h *Handler) exec(ctx context.Context, w http.ResponseWriter, qry promql.Qu
 	defer wait.Stop()
 	select {
 	case h.slots <- struct{}{}:
-		defer func() { <-h.slots }()
 	case <-wait.C:
 		writeError(w, errTimeout, "query timed out waiting for one of the queries running at once to end")
 		return
@@ -319,7 +318,12 @@ func (h *Handler) exec(ctx context.Context, w http.ResponseWriter, qry promql.Qu
 	}
 	start := time.Now()
 	res := qry.Exec(store.WithSampleLimit(ctx, h.maxSamples))
+	// The slot bounds evaluations, not answers: a client reading its
+	// answer slowly must not hold off every other query. Writing the
+	// answer gets the query's timeout as its deadline instead.
+	<-h.slots
 	h.duration.Observe(time.Since(start).Seconds())
+	_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(h.timeout))
 	if res.Err != nil {
 		typ := execErrorType(res.Err)
 		h.queries.WithLabelValues(typ.name).Inc()
