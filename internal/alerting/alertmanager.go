@@ -325,17 +325,23 @@ func (n *Alertmanager) post(ctx context.Context, alerts []Alert) error {
 	if err != nil {
 		return permanentIf(fmt.Errorf("encoding alerts: %w", err), true)
 	}
+	// Every Alertmanager gets them, as Prometheus sends them: peers share
+	// silences and the notification log, not alerts. One acceptance is
+	// enough; the next resend reaches the others again.
 	var errs []error
-	permanent := true
+	permanent, accepted := true, false
 	for _, base := range n.opts.URLs {
 		err := n.postOne(ctx, base, body)
-		perm := isPermanent(err)
 		if err == nil {
-			return nil
+			accepted = true
+			continue
 		}
 		n.opts.Logger.Warn("sending alerts to alertmanager", "url", redactURL(base), "alerts", len(alerts), "err", err)
 		errs = append(errs, err)
-		permanent = permanent && perm
+		permanent = permanent && isPermanent(err)
+	}
+	if accepted {
+		return nil
 	}
 	return permanentIf(errors.Join(errs...), permanent)
 }
@@ -344,20 +350,23 @@ func (n *Alertmanager) postOne(ctx context.Context, base string, body []byte) er
 	ctx, cancel := context.WithTimeout(ctx, n.opts.Timeout)
 	defer cancel()
 	u := strings.TrimRight(base, "/") + "/api/v2/alerts"
+	// Errors name only scheme://host: they reach every reader of GET
+	// /api/v1/alarms (lastError); the log has the redacted URL.
+	where := hostOnly(base)
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, bytes.NewReader(body))
 	if err != nil {
-		return permanentIf(fmt.Errorf("posting to %s: %w", redactURL(base), err), true)
+		return permanentIf(fmt.Errorf("posting to %s: %w", where, err), true)
 	}
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("User-Agent", "twinline")
 	resp, err := n.opts.Client.Do(req)
 	if err != nil {
-		return fmt.Errorf("posting to %s: %w", redactURL(base), errors.Unwrap(err))
+		return fmt.Errorf("posting to %s: %w", where, errors.Unwrap(err))
 	}
 	defer resp.Body.Close()
 	msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
 	if resp.StatusCode/100 == 2 {
 		return nil
 	}
-	return permanentIf(fmt.Errorf("posting to %s: %s: %s", redactURL(base), resp.Status, strings.TrimSpace(string(msg))), !retryable(resp.StatusCode))
+	return permanentIf(fmt.Errorf("posting to %s: %s: %s", where, resp.Status, strings.TrimSpace(string(msg))), !retryable(resp.StatusCode))
 }

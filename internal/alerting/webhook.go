@@ -356,6 +356,15 @@ func (w *Webhook) Run(ctx context.Context) error {
 func (w *Webhook) Close() error { return w.outbox.Close() }
 
 // redactURL drops the password and query of u, for logs and errors.
+// hostOnly is u's scheme and host, without credentials, path or query.
+func hostOnly(u string) string {
+	p, err := url.Parse(u)
+	if err != nil {
+		return "(unparsable URL)"
+	}
+	return p.Scheme + "://" + p.Host
+}
+
 func redactURL(u string) string {
 	p, err := url.Parse(u)
 	if err != nil {
