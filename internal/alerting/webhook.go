@@ -227,8 +227,10 @@ const claimBatch = 32
 // due (zero: none pending).
 func (w *Webhook) Step(ctx context.Context) (time.Time, error) {
 	lease := 2*w.opts.Timeout + 5*time.Second
+claiming:
 	for ctx.Err() == nil {
-		msgs, err := w.outbox.Claim(ctx, w.opts.Now(), lease, claimBatch)
+		claimed := w.opts.Now()
+		msgs, err := w.outbox.Claim(ctx, claimed, lease, claimBatch)
 		if err != nil {
 			return time.Time{}, err
 		}
@@ -236,6 +238,14 @@ func (w *Webhook) Step(ctx context.Context) (time.Time, error) {
 			break
 		}
 		for _, m := range msgs {
+			// A post starts only if it ends (Timeout) and is settled
+			// within the claim's lease: past it another replica may have
+			// claimed the rest of the batch and delivered an alarm's later
+			// changes, which this post would then overtake. The messages
+			// left are claimed again once the lease ends.
+			if w.opts.Now().Add(w.opts.Timeout + time.Second).After(claimed.Add(lease)) {
+				break claiming
+			}
 			if err := w.deliver(ctx, m); err != nil {
 				return time.Time{}, err
 			}
