@@ -593,7 +593,7 @@ func TestPrometheusLimits(t *testing.T) {
 	e = newPromEnv(t, openOEEPostgres(t), promEnvOptions{maxSamples: 100})
 	c = e.client(t, "all")
 	_, _, _, err = c.QueryRange(ctx, `temp`, hourly)
-	if e := apiErr(err); e.Type != promv1.ErrExec || !strings.Contains(e.Msg, "too many samples") || !strings.Contains(e.Msg, "selected series hold more than 100") {
+	if e := apiErr(err); e.Type != promv1.ErrExec || !strings.Contains(e.Msg, "too many samples") || !strings.Contains(e.Msg, "read more than 100 samples") {
 		t.Errorf("PostgreSQL reading over the samples bound: got %+v; want the store's execution error", e)
 	}
 

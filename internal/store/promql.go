@@ -3,6 +3,8 @@ package store
 import (
 	"context"
 	"errors"
+	"fmt"
+	"sync/atomic"
 
 	"github.com/prometheus/prometheus/storage"
 )
@@ -31,22 +33,39 @@ type PromQueryable interface {
 }
 
 // ErrTooManySamples is returned (wrapped) by a PromQueryable's Select that
-// would read more samples than the limit its context carries
+// would read more samples than the budget its context carries
 // (WithSampleLimit): a store that reads a selection whole before the
 // engine iterates it (PostgreSQL) is bounded by it, not by the engine's
 // own limit, which counts only what the engine holds at once.
 var ErrTooManySamples = errors.New("too many samples")
 
-type sampleLimitKey struct{}
+type sampleBudgetKey struct{}
 
-// WithSampleLimit returns ctx carrying the most samples one Select of a
-// PromQueryable may read (n <= 0: no limit).
-func WithSampleLimit(ctx context.Context, n int) context.Context {
-	return context.WithValue(ctx, sampleLimitKey{}, n)
+// sampleBudget is what is left of one query's samples, shared by all its
+// Selects (a query has one per selector).
+type sampleBudget struct {
+	limit int64
+	left  atomic.Int64
 }
 
-// SampleLimit returns the limit WithSampleLimit put in ctx, or 0 (none).
-func SampleLimit(ctx context.Context) int {
-	n, _ := ctx.Value(sampleLimitKey{}).(int)
-	return max(n, 0)
+// WithSampleLimit returns ctx carrying a budget of n samples that every
+// Select of a PromQueryable under it draws from (n <= 0: no limit).
+func WithSampleLimit(ctx context.Context, n int) context.Context {
+	if n <= 0 {
+		return ctx
+	}
+	b := &sampleBudget{limit: int64(n)}
+	b.left.Store(int64(n))
+	return context.WithValue(ctx, sampleBudgetKey{}, b)
+}
+
+// TakeSamples draws n samples from ctx's budget. It returns nil while the
+// budget lasts (or there is none), else an error wrapping
+// ErrTooManySamples that names the limit.
+func TakeSamples(ctx context.Context, n int) error {
+	b, _ := ctx.Value(sampleBudgetKey{}).(*sampleBudget)
+	if b == nil || n <= 0 || b.left.Add(-int64(n)) >= 0 {
+		return nil
+	}
+	return fmt.Errorf("%w: the query's selectors read more than %d samples in the range; narrow the selectors or the range", ErrTooManySamples, b.limit)
 }

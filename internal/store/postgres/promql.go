@@ -503,18 +503,21 @@ func gatherSeries(ctx context.Context, rows pgx.Rows) ([]*promSeries, error) {
 		byName = map[string]*promSeries{}
 		n      int
 		key    []byte
-		limit  = store.SampleLimit(ctx)
 	)
+	// The selection is read whole before the engine sees it, so its own
+	// sample limit would come too late: the rows are drawn from the
+	// query's budget as they come, a block at a time.
+	const block = 4096
 	for rows.Next() {
-		if n++; n%65536 == 0 {
-			if err := ctx.Err(); err != nil {
+		if n++; n%block == 0 {
+			if err := store.TakeSamples(ctx, block); err != nil {
 				return nil, err
 			}
-		}
-		if limit > 0 && n > limit {
-			// The selection is read whole before the engine sees it: its
-			// own sample limit would come too late.
-			return nil, fmt.Errorf("%w: the selected series hold more than %d samples in the range; narrow the selectors or the range", store.ErrTooManySamples, limit)
+			if n%65536 == 0 {
+				if err := ctx.Err(); err != nil {
+					return nil, err
+				}
+			}
 		}
 		raw := rows.RawValues()
 		machine, metric := raw[0], raw[1]
@@ -539,6 +542,9 @@ func gatherSeries(ctx context.Context, rows pgx.Rows) ([]*promSeries, error) {
 		cur.pts = append(cur.pts, p)
 	}
 	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	if err := store.TakeSamples(ctx, n%block); err != nil {
 		return nil, err
 	}
 	for _, s := range out {

@@ -746,8 +746,10 @@ func TestPromSelectSampleLimit(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer q.Close()
-	count := func(limit int) (int, error) {
-		ss := q.Select(store.WithSampleLimit(context.Background(), limit), true, &storage.SelectHints{Start: base, End: base + 3600*sec},
+	var countIn func(ctx context.Context) (int, error)
+	count := func(limit int) (int, error) { return countIn(store.WithSampleLimit(context.Background(), limit)) }
+	countIn = func(ctx context.Context) (int, error) {
+		ss := q.Select(ctx, true, &storage.SelectHints{Start: base, End: base + 3600*sec},
 			labels.MustNewMatcher(labels.MatchEqual, "machine", "a"))
 		n := 0
 		for ss.Next() {
@@ -766,5 +768,13 @@ func TestPromSelectSampleLimit(t *testing.T) {
 	}
 	if _, err := count(99); !errors.Is(err, store.ErrTooManySamples) {
 		t.Fatalf("limit 99 over 100 samples: %v; want ErrTooManySamples", err)
+	}
+	// One budget per query, shared by its selectors.
+	ctx := store.WithSampleLimit(context.Background(), 150)
+	if n, err := countIn(ctx); err != nil || n != 100 {
+		t.Fatalf("first selector, 100 of a budget of 150: %d samples, %v", n, err)
+	}
+	if _, err := countIn(ctx); !errors.Is(err, store.ErrTooManySamples) {
+		t.Fatalf("second selector, 100 more of a budget of 150: %v; want ErrTooManySamples", err)
 	}
 }
