@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
+	"time"
 
 	"github.com/twinline/twinline/internal/export"
 	"github.com/twinline/twinline/internal/problem"
@@ -18,6 +19,9 @@ const (
 	// maxExportSeries bounds the series of one export (the list of them
 	// is the only part of an export held whole in memory).
 	maxExportSeries = 100_000
+	// exportWriteIdle is how long an export waits for its client to take
+	// the next block before it cuts the download.
+	exportWriteIdle = time.Minute
 	// maxExports bounds the exports running at once: each reads the
 	// store for as long as its client downloads.
 	maxExports = 2
@@ -142,11 +146,15 @@ func (a *API) handleExport(w http.ResponseWriter, r *http.Request) {
 	}
 	h.Set("Trailer", exportRowsTrailer)
 	rc := http.NewResponseController(w)
+	// A client that takes nothing for exportWriteIdle is cut: it would
+	// hold one of the few export slots for ever.
+	_ = rc.SetWriteDeadline(time.Now().Add(exportWriteIdle))
 	flush := func() error {
 		sent.started = true
 		if err := rc.Flush(); err != nil && !errors.Is(err, http.ErrNotSupported) {
 			return err
 		}
+		_ = rc.SetWriteDeadline(time.Now().Add(exportWriteIdle))
 		return nil
 	}
 	n, err := export.Run(r.Context(), a.store.Select, list, f, t, out, flush)
