@@ -5,6 +5,7 @@ import (
 	"encoding/csv"
 	"io"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -30,15 +31,48 @@ func FormatValue(v float64) string {
 // show as text and do not evaluate. Only text that comes from users
 // (machine ids and names, metrics, sites, notes, actors) goes through Cell;
 // numbers and times are written as they are, so -3.5 stays a number.
+//
+// A spreadsheet whose list separator is ';' (Excel in many European
+// locales) or that splits on tabs starts a new cell after each one, which
+// encoding/csv does not quote: a formula character after such a separator
+// (spaces between allowed) gets the apostrophe too.
 func Cell(s string) string {
 	if s == "" {
 		return s
 	}
-	switch s[0] {
-	case '=', '+', '-', '@', '\t', '\r':
-		return "'" + s
+	if formulaStart(s[0]) {
+		s = "'" + s
 	}
-	return s
+	if !strings.ContainsAny(s, ";\t") {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		b.WriteByte(s[i])
+		if s[i] != ';' && s[i] != '\t' {
+			continue
+		}
+		j := i + 1
+		for j < len(s) && s[j] == ' ' {
+			j++
+		}
+		if j < len(s) && formulaStart(s[j]) {
+			b.WriteString(s[i+1 : j])
+			b.WriteByte('\'')
+			i = j - 1
+		}
+	}
+	return b.String()
+}
+
+// formulaStart reports whether a cell starting with c is taken for a
+// formula.
+func formulaStart(c byte) bool {
+	switch c {
+	case '=', '+', '-', '@', '\t', '\r':
+		return true
+	}
+	return false
 }
 
 // Table writes CSV records: RFC 4180 quoting (encoding/csv), CRLF line

