@@ -217,13 +217,17 @@ func (o *FileOutbox) setState(alarm string, st fileState) {
 		o.order = append(o.order, alarm)
 	}
 	o.states[alarm] = st
-	for len(o.order) > maxOutboxStates {
-		old := o.order[0]
+	// Forget the oldest settled states; one still pending keeps its place
+	// without stopping the others' eviction (a message retried for a long
+	// time must not make the states grow without bound).
+	for i := 0; len(o.order) > maxOutboxStates && i < len(o.order); {
+		old := o.order[i]
 		if s, ok := o.states[old]; ok && o.byID[s.ID] != nil {
-			break
+			i++
+			continue
 		}
 		delete(o.states, old)
-		o.order = o.order[1:]
+		o.order = slices.Delete(o.order, i, i+1)
 	}
 }
 
@@ -238,6 +242,9 @@ func (o *FileOutbox) write(recs ...outboxRecord) error {
 		}
 		buf.Write(b)
 		buf.WriteByte('\n')
+	}
+	if o.f == nil {
+		return errOutboxLost
 	}
 	off, err := o.f.Seek(0, 1)
 	if err != nil {
@@ -289,12 +296,18 @@ func (o *FileOutbox) rewrite() error {
 	if _, err := atomicfile.WriteFile(o.path, buf.Bytes(), 0o600); err != nil {
 		return fmt.Errorf("compacting alarm outbox: %w", err)
 	}
+	// The old file is unlinked now: writes to it would be lost at the
+	// next start, so the outbox refuses them until it is reopened.
 	f, err := os.OpenFile(o.path, os.O_RDWR, 0o600)
 	if err != nil {
+		o.f.Close()
+		o.f = nil
 		return fmt.Errorf("compacting alarm outbox: %w", err)
 	}
 	if _, err := f.Seek(0, 2); err != nil {
 		f.Close()
+		o.f.Close()
+		o.f = nil
 		return fmt.Errorf("compacting alarm outbox: %w", err)
 	}
 	o.f.Close()
@@ -437,5 +450,12 @@ func eraseBody(body, name, pseudonym string) (string, bool) {
 func (o *FileOutbox) Close() error {
 	o.mu.Lock()
 	defer o.mu.Unlock()
+	if o.f == nil {
+		return nil
+	}
 	return o.f.Close()
 }
+
+// errOutboxLost: the outbox file could not be reopened after a
+// compaction replaced it; nothing more can be written until a restart.
+var errOutboxLost = errors.New("alarm outbox: its file could not be reopened after compaction; restart twinline")
