@@ -322,13 +322,19 @@ func (s *listSet) Err() error                        { return nil }
 func (s *listSet) Warnings() annotations.Annotations { return s.warnings }
 
 // seriesOnly are the hints of a Select that reads no samples (Prometheus'
-// own convention for the series and label APIs).
-func seriesOnly(h *storage.LabelHints, mint, maxt int64) *storage.SelectHints {
-	sh := &storage.SelectHints{Start: mint, End: maxt, Func: "series"}
-	if h != nil {
-		sh.Limit = h.Limit
+// own convention for the series and label APIs). A label call's limit is
+// on its values, not on the series they come from: it is applied to the
+// answer (limitValues).
+func seriesOnly(mint, maxt int64) *storage.SelectHints {
+	return &storage.SelectHints{Start: mint, End: maxt, Func: "series"}
+}
+
+// limitValues cuts sorted values to the label hints' limit.
+func limitValues(vs []string, h *storage.LabelHints) []string {
+	if h != nil && h.Limit > 0 && len(vs) > h.Limit {
+		return vs[:h.Limit]
 	}
-	return sh
+	return vs
 }
 
 // LabelValues answers from the store when it can (the metric names or
@@ -340,7 +346,7 @@ func (q *enrichedQuerier) LabelValues(ctx context.Context, name string, hints *s
 		return q.q.LabelValues(ctx, name, hints, ms...)
 	}
 	set := map[string]struct{}{}
-	ws, err := q.each(ctx, hints, ms, func(ls labels.Labels) {
+	ws, err := q.each(ctx, ms, func(ls labels.Labels) {
 		if v := ls.Get(name); v != "" {
 			set[v] = struct{}{}
 		}
@@ -348,25 +354,25 @@ func (q *enrichedQuerier) LabelValues(ctx context.Context, name string, hints *s
 	if err != nil {
 		return nil, ws, err
 	}
-	return sortedKeys(set), ws, nil
+	return limitValues(sortedKeys(set), hints), ws, nil
 }
 
 // LabelNames answers from the enriched series.
 func (q *enrichedQuerier) LabelNames(ctx context.Context, hints *storage.LabelHints, ms ...*labels.Matcher) ([]string, annotations.Annotations, error) {
 	set := map[string]struct{}{}
-	ws, err := q.each(ctx, hints, ms, func(ls labels.Labels) {
+	ws, err := q.each(ctx, ms, func(ls labels.Labels) {
 		ls.Range(func(l labels.Label) { set[l.Name] = struct{}{} })
 	})
 	if err != nil {
 		return nil, ws, err
 	}
-	return sortedKeys(set), ws, nil
+	return limitValues(sortedKeys(set), hints), ws, nil
 }
 
 // each calls fn with the labels of every series matching ms (all series
 // when ms is empty).
-func (q *enrichedQuerier) each(ctx context.Context, hints *storage.LabelHints, ms []*labels.Matcher, fn func(labels.Labels)) (annotations.Annotations, error) {
-	ss := q.Select(ctx, false, seriesOnly(hints, q.mint, q.maxt), ms...)
+func (q *enrichedQuerier) each(ctx context.Context, ms []*labels.Matcher, fn func(labels.Labels)) (annotations.Annotations, error) {
+	ss := q.Select(ctx, false, seriesOnly(q.mint, q.maxt), ms...)
 	n := 0
 	for ss.Next() {
 		fn(ss.At().Labels())

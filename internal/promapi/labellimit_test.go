@@ -1,0 +1,61 @@
+package promapi
+
+import (
+	"context"
+	"testing"
+
+	"github.com/prometheus/prometheus/model/labels"
+	"github.com/prometheus/prometheus/storage"
+	"github.com/prometheus/prometheus/util/annotations"
+
+	"github.com/twinline/twinline/internal/twin"
+)
+
+// fakeQ is a store of three series that honours a Select's limit.
+type fakeQ struct{}
+
+func (fakeQ) Querier(int64, int64) (storage.Querier, error) { return fakeQuerier{}, nil }
+
+type fakeQuerier struct{}
+
+// Select honours hints.Limit the way the PostgreSQL store does (series).
+func (fakeQuerier) Select(_ context.Context, _ bool, h *storage.SelectHints, ms ...*labels.Matcher) storage.SeriesSet {
+	var out []storage.Series
+	for _, m := range []string{"m1", "m2", "m3"} {
+		ls := labels.FromStrings("__name__", "t", "machine", m)
+		ok := true
+		for _, x := range ms {
+			ok = ok && x.Matches(ls.Get(x.Name))
+		}
+		if ok {
+			out = append(out, storage.NewListSeries(ls, nil))
+		}
+	}
+	if h != nil && h.Limit > 0 && len(out) > h.Limit {
+		out = out[:h.Limit]
+	}
+	return &listSet{series: out}
+}
+func (fakeQuerier) LabelValues(context.Context, string, *storage.LabelHints, ...*labels.Matcher) ([]string, annotations.Annotations, error) {
+	return nil, nil, nil
+}
+func (fakeQuerier) LabelNames(context.Context, *storage.LabelHints, ...*labels.Matcher) ([]string, annotations.Annotations, error) {
+	return nil, nil, nil
+}
+func (fakeQuerier) Close() error { return nil }
+
+// TestLabelValuesLimitIsOnValues: a label call's limit counts values, not
+// the series they are read from.
+func TestLabelValuesLimitIsOnValues(t *testing.T) {
+	e := &enriched{inner: fakeQ{}, list: func() []twin.Info {
+		return []twin.Info{{ID: "m1", Site: "a"}, {ID: "m2", Site: "a"}, {ID: "m3", Site: "b"}}
+	}}
+	q, _ := e.Querier(0, 1)
+	vs, _, err := q.LabelValues(context.Background(), "site", &storage.LabelHints{Limit: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(vs) != 2 {
+		t.Fatalf("label_values(site) limit=2 of sites {a,b}: got %v", vs)
+	}
+}
