@@ -2,6 +2,9 @@ package promapi
 
 import (
 	"context"
+	"net/http"
+	"net/http/httptest"
+	"strings"
 	"testing"
 
 	"github.com/prometheus/prometheus/model/labels"
@@ -57,5 +60,30 @@ func TestLabelValuesLimitIsOnValues(t *testing.T) {
 	}
 	if len(vs) != 2 {
 		t.Fatalf("label_values(site) limit=2 of sites {a,b}: got %v", vs)
+	}
+}
+
+// TestMetadataCallsTakeASlot: series, label and metadata calls wait for
+// an evaluation slot like queries, within their timeout: with every slot
+// taken they answer 503 timeout instead of running unbounded.
+func TestMetadataCallsTakeASlot(t *testing.T) {
+	h := New(fakeQ{}, func() []twin.Info { return nil }, Options{})
+	for range cap(h.slots) {
+		h.slots <- struct{}{}
+	}
+	for _, path := range []string{"series?match[]=t&timeout=5ms", "labels?timeout=5ms", "label/site/values?timeout=5ms", "metadata?timeout=5ms"} {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, Prefix+path, nil))
+		if rec.Code != http.StatusServiceUnavailable || !strings.Contains(rec.Body.String(), `"errorType":"timeout"`) {
+			t.Errorf("%s with every slot taken: %d %s; want 503 timeout", path, rec.Code, rec.Body)
+		}
+	}
+	for range cap(h.slots) {
+		<-h.slots
+	}
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, Prefix+"labels", nil))
+	if rec.Code != http.StatusOK {
+		t.Errorf("labels with slots free: %d %s", rec.Code, rec.Body)
 	}
 }

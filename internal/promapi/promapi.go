@@ -421,32 +421,60 @@ func (h *Handler) tooManySeries() string {
 }
 
 // openMetadataQuery reads the match[] sets (required or not) and the
-// range of a series or label call, and opens a querier over the range;
-// ok is false when it answered an error.
-func (h *Handler) openMetadataQuery(w http.ResponseWriter, r *http.Request, required bool) (sets [][]*labels.Matcher, p rangeParams, q storage.Querier, ok bool) {
+// range of a series or label call, takes an evaluation slot (metaSlot)
+// and opens a querier over the range; ok is false when it answered an
+// error. done releases the slot and the querier.
+func (h *Handler) openMetadataQuery(w http.ResponseWriter, r *http.Request, required bool) (ctx context.Context, sets [][]*labels.Matcher, p rangeParams, q storage.Querier, done func(), ok bool) {
 	sets, err := h.matcherSets(r, required)
 	if err != nil {
 		writeError(w, errBadData, err.Error())
-		return nil, p, nil, false
+		return nil, nil, p, nil, nil, false
 	}
 	if p, err = parseRange(r); err != nil {
 		writeError(w, errBadData, err.Error())
-		return nil, p, nil, false
+		return nil, nil, p, nil, nil, false
+	}
+	ctx, release, ok := h.metaSlot(w, r)
+	if !ok {
+		return nil, nil, p, nil, nil, false
 	}
 	if q, err = h.q.Querier(p.mint, p.maxt); err != nil {
+		release()
 		writeError(w, errInternal, err.Error())
-		return nil, p, nil, false
+		return nil, nil, p, nil, nil, false
 	}
-	return sets, p, q, true
+	return ctx, sets, p, q, func() { q.Close(); release() }, true
+}
+
+// metaSlot bounds a series, label or metadata call as a query is
+// bounded: it takes one of the evaluation slots (waiting within the
+// timeout) and runs under --prometheus-timeout, or the request's shorter
+// timeout parameter; release gives both back.
+func (h *Handler) metaSlot(w http.ResponseWriter, r *http.Request) (ctx context.Context, release func(), ok bool) {
+	ctx, cancelReq, err := queryContext(r)
+	if err != nil {
+		writeError(w, errBadData, err.Error())
+		return nil, nil, false
+	}
+	ctx, cancel := context.WithTimeout(ctx, h.timeout)
+	select {
+	case h.slots <- struct{}{}:
+		return ctx, func() { <-h.slots; cancel(); cancelReq() }, true
+	case <-ctx.Done():
+		err := ctx.Err()
+		cancel()
+		cancelReq()
+		writeError(w, execErrorType(err), "call "+err.Error()+" waiting for one of the queries running at once to end")
+		return nil, nil, false
+	}
 }
 
 func (h *Handler) series(w http.ResponseWriter, r *http.Request) {
-	sets, p, q, ok := h.openMetadataQuery(w, r, true)
+	ctx, sets, p, q, done, ok := h.openMetadataQuery(w, r, true)
 	if !ok {
 		return
 	}
-	defer q.Close()
-	ctx := r.Context()
+	defer done()
 	seen := map[string]bool{}
 	var out []labels.Labels
 	var warnings []string
@@ -488,17 +516,17 @@ func (h *Handler) series(w http.ResponseWriter, r *http.Request) {
 // labelQuery answers the union over the match[] sets (or all series) of
 // one label call.
 func (h *Handler) labelQuery(w http.ResponseWriter, r *http.Request, call func(context.Context, storage.Querier, *storage.LabelHints, []*labels.Matcher) ([]string, error)) {
-	sets, p, q, ok := h.openMetadataQuery(w, r, false)
+	ctx, sets, p, q, done, ok := h.openMetadataQuery(w, r, false)
 	if !ok {
 		return
 	}
-	defer q.Close()
+	defer done()
 	if sets == nil {
 		sets = [][]*labels.Matcher{nil}
 	}
 	set := map[string]struct{}{}
 	for _, ms := range sets {
-		vs, err := call(r.Context(), q, &storage.LabelHints{}, ms)
+		vs, err := call(ctx, q, &storage.LabelHints{}, ms)
 		if err != nil {
 			writeError(w, execErrorType(err), err.Error())
 			return
@@ -554,6 +582,11 @@ func (h *Handler) metadata(w http.ResponseWriter, r *http.Request) {
 		}
 		limit = n
 	}
+	ctx, release, ok := h.metaSlot(w, r)
+	if !ok {
+		return
+	}
+	defer release()
 	q, err := h.q.Querier(minTime.UnixMilli(), maxTime.UnixMilli())
 	if err != nil {
 		writeError(w, errInternal, err.Error())
@@ -564,7 +597,7 @@ func (h *Handler) metadata(w http.ResponseWriter, r *http.Request) {
 	if m := r.FormValue("metric"); m != "" {
 		ms = append(ms, labels.MustNewMatcher(labels.MatchEqual, store.PromLabelName, m))
 	}
-	names, _, err := q.LabelValues(r.Context(), store.PromLabelName, &storage.LabelHints{}, ms...)
+	names, _, err := q.LabelValues(ctx, store.PromLabelName, &storage.LabelHints{}, ms...)
 	if err != nil {
 		writeError(w, execErrorType(err), err.Error())
 		return
