@@ -144,7 +144,7 @@ func (d *Docs) Built() bool { return d.built }
 func (d *Docs) ServePage(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Security-Policy", DocsCSP)
 	w.Header().Set("Referrer-Policy", "same-origin")
-	serveEncoded(w, r, d.page, "text/html; charset=utf-8")
+	serveEncoded(w, r, d.page, "text/html; charset=utf-8", "no-cache")
 }
 
 // ServeFile serves the viewer's file name (swagger-ui-bundle.js, docs.js,
@@ -167,15 +167,15 @@ func (d *Docs) ServeFile(w http.ResponseWriter, r *http.Request, name string) {
 			Detail: "preparing " + name + ": " + err.Error()})
 		return
 	}
-	serveEncoded(w, r, a, f.contentType)
+	serveEncoded(w, r, a, f.contentType, "no-cache")
 }
 
-// serveEncoded serves a, gzipped when the client accepts it, revalidated
-// by its ETag.
-func serveEncoded(w http.ResponseWriter, r *http.Request, a *asset, contentType string) {
+// serveEncoded serves a, gzipped when the client accepts it, with its
+// ETag and the given Cache-Control.
+func serveEncoded(w http.ResponseWriter, r *http.Request, a *asset, contentType, cacheControl string) {
 	h := w.Header()
 	h.Set("Content-Type", contentType)
-	h.Set("Cache-Control", "no-cache")
+	h.Set("Cache-Control", cacheControl)
 	h.Set("Vary", "Accept-Encoding")
 	body, etag := a.plain, a.etagPlain
 	if acceptsGzip(r.Header.Get("Accept-Encoding")) {

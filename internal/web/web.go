@@ -190,15 +190,5 @@ func (p *page) serveAsset(w http.ResponseWriter, r *http.Request, name string) {
 			Detail: "no dashboard asset " + name + " in this build"})
 		return
 	}
-	h := w.Header()
-	h.Set("Content-Type", "text/javascript; charset=utf-8")
-	h.Set("Cache-Control", "public, max-age=31536000, immutable")
-	h.Set("Vary", "Accept-Encoding")
-	body, etag := a.plain, a.etagPlain
-	if acceptsGzip(r.Header.Get("Accept-Encoding")) {
-		body, etag = a.gzipped, a.etagGzip
-		h.Set("Content-Encoding", "gzip")
-	}
-	h.Set("ETag", etag)
-	http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(body))
+	serveEncoded(w, r, a, "text/javascript; charset=utf-8", "public, max-age=31536000, immutable")
 }
