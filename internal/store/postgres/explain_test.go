@@ -13,6 +13,23 @@ import (
 	"github.com/twinline/twinline/internal/telemetry"
 )
 
+// explainPlan returns the plan PostgreSQL makes for sql with args, and
+// its JSON to log.
+func explainPlan(t *testing.T, ctx context.Context, s *Store, sql string, args ...any) (planNode, string) {
+	t.Helper()
+	var out string
+	if err := s.pool.QueryRow(ctx, "EXPLAIN (FORMAT JSON) "+sql, args...).Scan(&out); err != nil {
+		t.Fatalf("EXPLAIN: %v\n%s", err, sql)
+	}
+	var plans []struct {
+		Plan planNode `json:"Plan"`
+	}
+	if err := json.Unmarshal([]byte(out), &plans); err != nil || len(plans) != 1 {
+		t.Fatalf("decoding plan: %v\n%s", err, out)
+	}
+	return plans[0].Plan, out
+}
+
 // planNode is the part of an EXPLAIN (FORMAT JSON) node the test reads.
 type planNode struct {
 	NodeType     string     `json:"Node Type"`
@@ -101,18 +118,9 @@ func TestQueryPlans(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			var out string
-			if err := s.pool.QueryRow(ctx, "EXPLAIN (FORMAT JSON) "+tt.sql, tt.args...).Scan(&out); err != nil {
-				t.Fatalf("EXPLAIN: %v", err)
-			}
-			var plans []struct {
-				Plan planNode `json:"Plan"`
-			}
-			if err := json.Unmarshal([]byte(out), &plans); err != nil || len(plans) != 1 {
-				t.Fatalf("decoding plan: %v\n%s", err, out)
-			}
+			plan, out := explainPlan(t, ctx, s, tt.sql, tt.args...)
 			var rels []string
-			for _, sc := range plans[0].Plan.scans() {
+			for _, sc := range plan.scans() {
 				if sc.RelationName != "" {
 					rels = append(rels, sc.RelationName)
 				}

@@ -2,7 +2,6 @@ package postgres
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"regexp"
@@ -632,18 +631,9 @@ func TestPromQueryPlans(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			sql, args := tt.sql()
-			var out string
-			if err := s.pool.QueryRow(ctx, "EXPLAIN (FORMAT JSON) "+sql, append([]any{customPlan}, args...)...).Scan(&out); err != nil {
-				t.Fatalf("EXPLAIN: %v\n%s", err, sql)
-			}
-			var plans []struct {
-				Plan planNode `json:"Plan"`
-			}
-			if err := json.Unmarshal([]byte(out), &plans); err != nil || len(plans) != 1 {
-				t.Fatalf("decoding plan: %v\n%s", err, out)
-			}
+			plan, out := explainPlan(t, ctx, s, sql, append([]any{customPlan}, args...)...)
 			var rels []string
-			for _, sc := range plans[0].Plan.scans() {
+			for _, sc := range plan.scans() {
 				if sc.RelationName != "" {
 					rels = append(rels, sc.RelationName)
 				}
