@@ -193,9 +193,15 @@ describe('dashboard', { skip }, () => {
       headers: { 'Content-Type': 'application/merge-patch+json' },
       body: JSON.stringify({ thresholds: { temp: { high: 0, for: '0s' } } }),
     });
+    // the machine may hold other alarms (the demo raises its own): wait for
+    // the temp alarm the threshold raises and act on its row alone
+    const raised = await waitFor(async () => {
+      const r = await api(srv.url, `/api/v1/alarms?state=active&machine=${encodeURIComponent(id)}`);
+      return r.alarms.find((a) => a.metric === 'temp');
+    }, { what: `a temp alarm on ${id}` });
     const page = await browser.newPage({ viewport: { width: 1400, height: 1000 } });
     await page.goto(`${srv.url}/#/alarms`);
-    const row = page.locator(`[data-testid=active-alarms] tr[data-machine="${id}"]`);
+    const row = page.locator(`[data-testid=active-alarms] tr[data-alarm="${raised.id}"]`);
     await row.waitFor();
     await row.getByRole('button', { name: 'Acknowledge…' }).click();
     const note = `checked by e2e ${Date.now()}`;
@@ -205,7 +211,7 @@ describe('dashboard', { skip }, () => {
     await row.getByRole('button', { name: 'Acknowledge', exact: true }).click();
     await row.locator('[data-testid=ack-state][data-acked=true]').waitFor();
     const alarms = await api(srv.url, `/api/v1/alarms?state=active&machine=${encodeURIComponent(id)}`);
-    const acked = alarms.alarms.find((a) => a.metric === 'temp');
+    const acked = alarms.alarms.find((a) => a.id === raised.id);
     assert.equal(acked?.acknowledged, true);
     assert.equal(acked?.acknowledgeNote, note);
     // the journal shows it
