@@ -381,7 +381,7 @@ const fleetChunk = 1024
 
 // writeFleet writes a fleet page as {"count":N,"machines":[...],"next":
 // "cursor"}: count is the number of machines in this answer, next is there
-// when more follow. Each twin is encoded by twin.View.AppendMachine (the
+// when more follow. Each twin is encoded by twin.View.AppendMachines (the
 // entry's cached JSON and its live state, without building a Machine),
 // a large page in parallel parts written in order.
 func writeFleet(w http.ResponseWriter, p fleetPage) {
@@ -395,12 +395,7 @@ func writeFleet(w http.ResponseWriter, p fleetPage) {
 		bp := fleetBufs.Get().(*[]byte)
 		b := (*bp)[:0]
 		lo, hi := k*n/parts, (k+1)*n/parts
-		for i := lo; i < hi; i++ {
-			if i > lo {
-				b = append(b, ',')
-			}
-			b = p.view.AppendMachine(b, p.entries[i], p.alarms[i])
-		}
+		b = p.view.AppendMachines(b, p.entries[lo:hi], p.alarms[lo:hi])
 		*bp = b
 		bufs[k] = bp
 	}

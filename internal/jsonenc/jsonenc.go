@@ -20,6 +20,7 @@ package jsonenc
 
 import (
 	"math"
+	"slices"
 	"strconv"
 	"unicode/utf8"
 )
@@ -100,6 +101,9 @@ func AppendFloat(b []byte, v float64) []byte {
 	if math.IsNaN(v) || math.IsInf(v, 0) {
 		return append(b, "null"...)
 	}
+	if b, ok := appendShortDecimal(b, v); ok {
+		return b
+	}
 	abs := math.Abs(v)
 	format := byte('f')
 	if abs != 0 && (abs < 1e-6 || abs >= 1e21) {
@@ -113,6 +117,99 @@ func AppendFloat(b []byte, v float64) []byte {
 			b[n-2] = b[n-1]
 			b = b[:n-1]
 		}
+	}
+	return b
+}
+
+// pow10 are the scales appendShortDecimal tries: 10^k for k decimals.
+var pow10 = [...]float64{1, 10, 100, 1e3, 1e4}
+
+// appendShortDecimal appends v when it has a decimal form of at most four
+// decimals, the usual reading of a sensor (72.25, 1500, -0.5): the text
+// strconv's shortest formatting writes, without running it. It reports
+// false for every other value (and for 0, whose sign matters), which the
+// caller formats in full.
+//
+// For the smallest k with d = round(v·10^k) and d/10^k == v (an IEEE
+// division of two exact numbers, so correctly rounded, as parsing the text
+// "d with k decimals" is), that text reads back as v; a shorter one would
+// have fewer decimals and been found at a smaller k. Below 10^9 the
+// spacing of floats is under 10^-4, so at each k at most one d reads back
+// as v and it is the nearest: the text is the shortest and the closest,
+// the one strconv picks.
+func appendShortDecimal(b []byte, v float64) ([]byte, bool) {
+	if !(v > -1e9 && v < 1e9) || v == 0 {
+		return b, false
+	}
+	for k, p := range pow10 {
+		d := math.Round(v * p)
+		if d/p != v {
+			continue
+		}
+		n := int64(d)
+		if n < 0 {
+			b = append(b, '-')
+			n = -n
+		}
+		if k == 0 {
+			return AppendInt(b, n), true
+		}
+		var digits [24]byte
+		t := AppendInt(digits[:0], n)
+		if len(t) <= k { // 0.0k: pad to one integer digit and k decimals
+			b = append(b, '0', '.')
+			for range k - len(t) {
+				b = append(b, '0')
+			}
+			return append(b, t...), true
+		}
+		b = append(b, t[:len(t)-k]...)
+		b = append(b, '.')
+		return append(b, t[len(t)-k:]...), true
+	}
+	return b, false
+}
+
+// digitPairs is "00010203…99": two decimal digits per index.
+const digitPairs = "00010203040506070809" +
+	"10111213141516171819" +
+	"20212223242526272829" +
+	"30313233343536373839" +
+	"40414243444546474849" +
+	"50515253545556575859" +
+	"60616263646566676869" +
+	"70717273747576777879" +
+	"80818283848586878889" +
+	"90919293949596979899"
+
+// AppendInt appends the decimal text of n, as strconv.AppendInt(b, n, 10)
+// does, writing the digits in place: no copy from a scratch buffer, which
+// is most of strconv's time for the 13-digit millisecond times the live
+// documents are full of.
+func AppendInt(b []byte, n int64) []byte {
+	u := uint64(n)
+	if n < 0 {
+		b = append(b, '-')
+		u = -u
+	}
+	w := 1
+	for x := u; x >= 10; x /= 10 {
+		w++
+	}
+	b = slices.Grow(b, w)
+	end := len(b) + w
+	b = b[:end]
+	i := end
+	for u >= 100 {
+		r := u % 100
+		u /= 100
+		i -= 2
+		b[i], b[i+1] = digitPairs[2*r], digitPairs[2*r+1]
+	}
+	if u >= 10 {
+		b[i-2], b[i-1] = digitPairs[2*u], digitPairs[2*u+1]
+	} else {
+		b[i-1] = byte('0' + u)
 	}
 	return b
 }

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"encoding/json"
 	"math"
+	"math/rand/v2"
+	"strconv"
 	"strings"
 	"testing"
 	"unicode/utf8"
@@ -114,7 +116,7 @@ func TestAppendFloat(t *testing.T) {
 
 // FuzzAppendFloat checks that AppendFloat writes what encoding/json does.
 func FuzzAppendFloat(f *testing.F) {
-	for _, v := range []float64{0, 1, -1, 71.3, 1e-7, 1e21, 123456789.125, math.SmallestNonzeroFloat64} {
+	for _, v := range []float64{0, 1, -1, 71.3, 1e-7, 1e21, 123456789.125, math.SmallestNonzeroFloat64, 0.1 + 0.2, 999999999.9999, -0.0005} {
 		f.Add(v)
 	}
 	f.Fuzz(func(t *testing.T, v float64) {
@@ -131,6 +133,53 @@ func FuzzAppendFloat(f *testing.F) {
 		}
 		if got != string(want) {
 			t.Errorf("AppendFloat(%v) = %s, want %s", v, got, want)
+		}
+	})
+}
+
+// TestAppendFloatShortDecimals compares the short-decimal path with
+// encoding/json on sensor-like readings (up to four decimals, every
+// magnitude below 10^9, both signs), their neighbours one ulp away (which
+// must take the full path) and random bit patterns.
+func TestAppendFloatShortDecimals(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	check := func(v float64) {
+		t.Helper()
+		want, err := json.Marshal(v)
+		if err != nil {
+			return // NaN, ±Inf: TestAppendFloat
+		}
+		if got := string(AppendFloat(nil, v)); got != string(want) {
+			t.Fatalf("AppendFloat(%v) = %s, want %s", v, got, want)
+		}
+	}
+	for _, v := range []float64{0.0001, 0.001, 0.01, 0.1, 0.3, 0.1 + 0.2, 1.005, 999999999.9999, 999999999.99999, 1e9, 1e9 - 0.5, 123456789.125, 5e-5, 9007199254740993} {
+		check(v)
+		check(-v)
+	}
+	for range 200_000 {
+		k := rng.IntN(5)
+		d := rng.Int64N(int64(1e9) * int64(pow10[k]))
+		v := float64(d) / pow10[k]
+		if rng.IntN(2) == 0 {
+			v = -v
+		}
+		check(v)
+		check(math.Nextafter(v, math.Inf(1)))
+		check(math.Nextafter(v, math.Inf(-1)))
+		check(math.Float64frombits(rng.Uint64()))
+		check(rng.Float64() * math.Pow(10, float64(rng.IntN(12)-3)))
+	}
+}
+
+// FuzzAppendInt checks AppendInt against strconv.
+func FuzzAppendInt(f *testing.F) {
+	for _, n := range []int64{0, 9, 10, 99, 100, -1, -10, 1_765_000_000_000, math.MaxInt64, math.MinInt64} {
+		f.Add(n)
+	}
+	f.Fuzz(func(t *testing.T, n int64) {
+		if got, want := string(AppendInt([]byte("x"), n)), "x"+strconv.FormatInt(n, 10); got != want {
+			t.Errorf("AppendInt(%d) = %s, want %s", n, got, want)
 		}
 	})
 }
@@ -159,6 +208,23 @@ func BenchmarkAppendString(b *testing.B) {
 				buf = AppendString(buf[:0], bc.s)
 			}
 			b.SetBytes(int64(len(bc.s)))
+		})
+	}
+}
+
+// BenchmarkAppendFloat is the cost of one number: a sensor reading with
+// few decimals (the short path) and a rate with 17 digits (strconv).
+func BenchmarkAppendFloat(b *testing.B) {
+	for _, bc := range []struct {
+		name string
+		v    float64
+	}{{"reading", 72.25}, {"integer", 1500}, {"rate", 10.0 / 3}} {
+		b.Run(bc.name, func(b *testing.B) {
+			b.ReportAllocs()
+			buf := make([]byte, 0, 32)
+			for b.Loop() {
+				buf = AppendFloat(buf[:0], bc.v)
+			}
 		})
 	}
 }

@@ -18,9 +18,12 @@ const MaxRateWindow = rateBuckets * time.Second
 // clock, passed in by the caller.
 //
 // It is a ring of 300 one-second buckets of uint32 counts plus the latest
-// second hit: 1216 bytes per Rate, whatever the hit rate. Hit runs in
-// amortised O(1) and does not allocate; PerSecond and Total sum the window's
-// buckets, at most 300.
+// second hit and running totals of the ring and of its last minute: 1232
+// bytes per Rate, whatever the hit rate. Hit runs in amortised O(1) and does
+// not allocate; PerSecond and Total sum at most 150 buckets, and none for
+// the 1- and 5-minute windows asked within a second of the last hit (a
+// window over half the ring, or of one minute, is a running total less the
+// seconds before it).
 //
 // # Granularity and error bound
 //
@@ -53,6 +56,8 @@ const MaxRateWindow = rateBuckets * time.Second
 // ready to use. A Rate is not safe for concurrent use.
 type Rate struct {
 	counts  [rateBuckets]uint32 // counts[s mod 300] = hits in second s, for s in (last−300, last]
+	total   uint64              // the sum of counts: the 5-minute window without summing it
+	total1m uint64              // the hits of seconds (last−60, last]: the 1-minute window
 	last    int64               // the latest second hit
 	started bool                // whether last is set
 }
@@ -67,21 +72,30 @@ func (r *Rate) Hit(nowMs int64, n int) {
 	case !r.started || s-r.last >= rateBuckets || r.last-s >= rateBuckets:
 		// First hit, a gap longer than the ring, or the clock set back.
 		clear(r.counts[:])
+		r.total, r.total1m = 0, 0
 		r.last, r.started = s, true
 	case s > r.last:
 		for t := r.last + 1; t <= s; t++ {
-			r.counts[rateIndex(t)] = 0
+			// Second t−60 leaves the minute (a second after the old
+			// last is still 0), second t−300 the ring.
+			r.total1m -= uint64(r.counts[rateIndex(t-60)])
+			i := rateIndex(t)
+			r.total -= uint64(r.counts[i])
+			r.counts[i] = 0
 		}
 		r.last = s
 	default:
 		// s ≤ r.last: counted in the latest second.
 	}
 	c := &r.counts[rateIndex(r.last)]
+	old := *c
 	if uint64(n) >= uint64(math.MaxUint32-*c) {
 		*c = math.MaxUint32
 	} else {
 		*c += uint32(n)
 	}
+	r.total += uint64(*c - old)
+	r.total1m += uint64(*c - old)
 }
 
 // Total returns the number of hits counted in the last window/1s seconds up
@@ -99,8 +113,26 @@ func (r *Rate) Total(nowMs int64, window time.Duration) uint64 {
 	if from > r.last {
 		return 0
 	}
-	// The seconds from…last are one run of the ring, or two when it wraps.
-	i, j := rateIndex(from), rateIndex(r.last)
+	// The 1-minute window and any holding most of the ring are a running
+	// total less the seconds before the window: asked in the second last
+	// hit (or a few seconds later) they sum nothing.
+	if w == 60 {
+		return r.total1m - r.sumSeconds(r.last-59, from-1)
+	}
+	if n := r.last - from + 1; n > rateBuckets/2 {
+		return r.total - r.sumSeconds(r.last-rateBuckets+1, from-1)
+	}
+	return r.sumSeconds(from, r.last)
+}
+
+// sumSeconds returns the hits of seconds from…to, which the ring holds
+// (last−300 < from, to ≤ last); 0 when from > to.
+func (r *Rate) sumSeconds(from, to int64) uint64 {
+	if from > to {
+		return 0
+	}
+	// The seconds from…to are one run of the ring, or two when it wraps.
+	i, j := rateIndex(from), rateIndex(to)
 	if i <= j {
 		return rateSum(r.counts[i : j+1])
 	}
@@ -110,7 +142,7 @@ func (r *Rate) Total(nowMs int64, window time.Duration) uint64 {
 // rateSum returns the sum of counts.
 func rateSum(counts []uint32) uint64 {
 	// Four sums at once: the fleet list reads two windows of every
-	// machine's rate, up to 360 counts.
+	// machine's rate.
 	var s0, s1, s2, s3 uint64
 	for len(counts) >= 4 {
 		s0 += uint64(counts[0])

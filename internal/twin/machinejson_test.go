@@ -87,6 +87,23 @@ func TestAppendMachineMatchesEncodingJSON(t *testing.T) {
 			t.Errorf("%s: Status = %q, want %q", e.ID, got, want)
 		}
 	}
+
+	// AppendMachines over more than one lock run: the documents of
+	// AppendMachine, comma-separated, in order.
+	var list []*Entry
+	var alarms []bool
+	var want []byte
+	for i := range 3*lockRun + 5 {
+		e := &entries[i%len(entries)]
+		list, alarms = append(list, e), append(alarms, i%3 == 0)
+		if i > 0 {
+			want = append(want, ',')
+		}
+		want = view.AppendMachine(want, e, i%3 == 0)
+	}
+	if got := view.AppendMachines([]byte("x"), list, alarms); string(got) != "x"+string(want) {
+		t.Errorf("AppendMachines differs from AppendMachine of each:\ngot  %.300s\nwant x%.300s", got, want)
+	}
 }
 
 // TestListingFollowsChanges checks that the shared listing is rebuilt
