@@ -394,7 +394,7 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 		MaxLineBytes:               cfg.MaxLineBytes,
 		Limits:                     ingestLimits(cfg),
 		MachineTags:                cfg.LPMachineTags,
-		OutOfOrderWindow:           cfg.OutOfOrderWindow,
+		Retention:                  cfg.Retention,
 		MaxFuture:                  cfg.MaxFuture,
 		MaxInflightIngest:          cfg.MaxInflightIngest,
 		ReadTimeout:                cfg.ReadTimeout,

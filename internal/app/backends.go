@@ -54,6 +54,7 @@ func (a *App) openProcessor(src pipeline.Source, log string, sinks pipeline.Sink
 		return fmt.Errorf("starting the processor: %w", err)
 	}
 	proc.ObserveLegs(a.legs.processor())
+	proc.Backfill(a.cfg.OutOfOrderWindow) // older samples are stored, not replayed live (ADR 0033)
 	a.proc = proc
 	a.traceProcessor(proc, log)
 	a.registry.OnDelete(proc.ForgetMachine) // a deleted machine leaves the engines

@@ -70,6 +70,13 @@
 //     entry needs no second look. The keys of the keyed events that were
 //     stored are journaled and remembered (a retry of one is a duplicate),
 //     the others' forgotten.
+//   - Backfill (Processor.Backfill, ADR 0033). A sample whose event time
+//     is more than the backfill horizon (--out-of-order-window) behind the
+//     server clock when it is read is committed like any other, then goes
+//     no further: not to the live stream, the twin, the hot window, the
+//     engine's reorder and windows, the medians nor the alarms. Loading
+//     last month's history stores it (the stores keep its aggregates and
+//     rollups) without replaying it as if it were happening now.
 //
 // The engine package (internal/stream) knows nothing of logs or stores:
 // this package is where they meet.
