@@ -1,0 +1,190 @@
+package e2e
+
+import (
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	influxdb2 "github.com/influxdata/influxdb-client-go/v2"
+)
+
+// TestBackfillInfluxClientEmbedded: see backfillInfluxClient.
+func TestBackfillInfluxClientEmbedded(t *testing.T) {
+	backfillInfluxClient(t, start(t, "", "--lateness", "0s"))
+}
+
+// TestBackfillInfluxClientPostgres: see backfillInfluxClient.
+func TestBackfillInfluxClientPostgres(t *testing.T) {
+	backfillInfluxClient(t, start(t, "", "--lateness", "0s", "--store", "postgres", "--postgres-url", pgDatabase(t)))
+}
+
+// tsbsFile is a TSBS-iot-shaped line-protocol file: trucks with eight
+// tags, a readings line (7 fields) and a diagnostics line (3, one an
+// integer) every 10 s for an hour from start, as tsbs_generate_data
+// writes it (nanosecond timestamps). want holds every point it carries,
+// by machine and metric.
+type tsbsFile struct {
+	lines []string
+	want  map[string]map[string]series
+}
+
+func newTSBSFile(trucks int, start time.Time) tsbsFile {
+	f := tsbsFile{want: map[string]map[string]series{}}
+	r := rand.New(rand.NewPCG(18, 33))
+	fleets, models := []string{"East", "West", "North", "South"}, []string{"F-150", "G-2000", "H-2"}
+	num := func(lo, hi float64) float64 { return math.Round((lo+r.Float64()*(hi-lo))*100) / 100 }
+	for i := range trucks {
+		name := fmt.Sprintf("truck_%d", i)
+		tags := fmt.Sprintf("name=%s,fleet=%s,driver=Driver\\ %d,model=%s,device_version=v1.%d,load_capacity=1500,fuel_capacity=150,nominal_fuel_consumption=12",
+			name, fleets[i%len(fleets)], i, models[i%len(models)], i%5)
+		f.want[name] = map[string]series{}
+		add := func(metric string, ts int64, v float64) {
+			s := f.want[name][metric]
+			s.T, s.V = append(s.T, ts), append(s.V, v)
+			f.want[name][metric] = s
+		}
+		for k := range 360 {
+			at := start.Add(time.Duration(k) * 10 * time.Second)
+			var fields []string
+			for _, m := range []struct {
+				name   string
+				lo, hi float64
+			}{{"latitude", -90, 90}, {"longitude", -180, 180}, {"elevation", 0, 5000}, {"velocity", 0, 100}, {"heading", 0, 360}, {"grade", 0, 100}, {"fuel_consumption", 0, 50}} {
+				v := num(m.lo, m.hi)
+				fields = append(fields, m.name+"="+strconv.FormatFloat(v, 'f', -1, 64))
+				add("readings_"+m.name, at.UnixMilli(), v)
+			}
+			f.lines = append(f.lines, fmt.Sprintf("readings,%s %s %d", tags, strings.Join(fields, ","), at.UnixNano()))
+			fuel, load, status := num(0, 1), num(0, 5000), r.IntN(5)
+			add("diagnostics_fuel_state", at.UnixMilli(), fuel)
+			add("diagnostics_current_load", at.UnixMilli(), load)
+			add("diagnostics_status", at.UnixMilli(), float64(status))
+			f.lines = append(f.lines, fmt.Sprintf("diagnostics,%s fuel_state=%s,current_load=%s,status=%di %d", tags,
+				strconv.FormatFloat(fuel, 'f', -1, 64), strconv.FormatFloat(load, 'f', -1, 64), status, at.UnixNano()))
+		}
+	}
+	return f
+}
+
+// backfillInfluxClient: a TSBS-style file dated 20 days ago, loaded
+// through the unmodified InfluxDB client library into a server that is
+// taking live data, is stored whole — every point queryable, exactly —
+// and is backfill: nothing of it on the live stream, no alarm for the
+// past although its values cross a threshold, no latest value in the
+// twin (ADR 0033).
+func backfillInfluxClient(t *testing.T, s *server) {
+	c := ctx(t, 5*time.Minute)
+	// Thresholds the backfill crosses on half its readings, and one for
+	// the live sentinel below. (A threshold judges samples from its own
+	// creation on, so the alarm list stays empty here either way; that the
+	// backfill reaches no alarm evaluation at all is TestBackfill's, in
+	// internal/pipeline.)
+	for _, m := range []string{"truck_0", "truck_1"} {
+		if r := s.do("PUT", "/api/v1/machines/"+m, "application/json", []byte(`{"thresholds":{"readings_velocity":{"high":50}}}`)); r.status != 201 {
+			t.Fatalf("PUT %s: %d %s", m, r.status, r.body)
+		}
+	}
+	if r := s.do("PUT", "/api/v1/machines/sentinel", "application/json", []byte(`{"thresholds":{"temp":{"high":90}}}`)); r.status != 201 {
+		t.Fatalf("PUT sentinel: %d %s", r.status, r.body)
+	}
+	stream := subscribe(t, c, s, "all=1", false)
+	// The server is live: its store's head is at the present.
+	if r := s.do("POST", "/api/v1/events", "application/json", []byte(`{"machineId":"warmup","temp":20}`)); r.status != 202 {
+		t.Fatalf("live event: %d %s", r.status, r.body)
+	}
+
+	start := time.Now().Add(-20 * 24 * time.Hour).Truncate(10 * time.Second)
+	file := newTSBSFile(8, start)
+	client := influxdb2.NewClient(s.url, "any-token")
+	defer client.Close()
+	w := client.WriteAPIBlocking("acme", "tsbs")
+	const batch = 1000 // lines per request, as tsbs_load_influx sends them
+	for i := 0; i < len(file.lines); i += batch {
+		if err := w.WriteRecord(c, file.lines[i:min(i+batch, len(file.lines))]...); err != nil {
+			t.Fatalf("WriteRecord (lines %d…): %v", i, err)
+		}
+	}
+
+	// A live reading over its threshold: its alarm comes after anything
+	// the backfill could have pushed (the backfill was acknowledged, so
+	// processed, first).
+	if r := s.do("POST", "/api/v1/events", "application/json", []byte(`{"machineId":"sentinel","temp":95}`)); r.status != 202 {
+		t.Fatalf("sentinel: %d %s", r.status, r.body)
+	}
+	var pushed []string
+	for done := false; !done; {
+		select {
+		case m, ok := <-stream:
+			if !ok {
+				t.Fatal("stream ended before the sentinel's alarm")
+			}
+			if strings.HasPrefix(m.Machine, "truck_") {
+				switch m.Type {
+				case "samples", "windows", "median", "alarm", "status":
+					pushed = append(pushed, m.Type+" "+m.Machine)
+				}
+			}
+			done = m.Type == "alarm" && m.Machine == "sentinel"
+		case <-c.Done():
+			t.Fatal("no alarm for the sentinel on the stream")
+		}
+	}
+	if len(pushed) > 0 {
+		t.Errorf("the backfill was pushed live: %d messages: %q", len(pushed), pushed[:min(len(pushed), 10)])
+	}
+	for _, m := range []string{"truck_0", "truck_1"} {
+		var list struct {
+			Alarms []alarm `json:"alarms"`
+		}
+		s.get("/api/v1/alarms?state=all&machine="+m).json(t, &list)
+		if len(list.Alarms) > 0 {
+			t.Errorf("alarms of %s for the past: %+v", m, list.Alarms)
+		}
+	}
+	var latest struct {
+		Metrics map[string]struct{ Value float64 }
+	}
+	if r := s.get("/api/v1/machines/truck_0/latest"); r.status == 200 {
+		r.json(t, &latest)
+		if len(latest.Metrics) > 0 {
+			t.Errorf("the twin's latest values of truck_0 come from the backfill: %+v", latest.Metrics)
+		}
+	}
+
+	// Every point, exactly.
+	from, to := start.Add(-time.Minute).UnixMilli(), start.Add(2*time.Hour).UnixMilli()
+	points := 0
+	for machine, metrics := range file.want {
+		for metric, want := range metrics {
+			r := s.get(fmt.Sprintf("/api/v1/machines/%s/series?metric=%s&from=%d&to=%d", machine, metric, from, to))
+			if r.status != 200 {
+				t.Fatalf("series %s %s: %d %s", machine, metric, r.status, r.body)
+			}
+			var got series
+			r.json(t, &got)
+			if diff := cmp.Diff(got, want); diff != "" {
+				t.Errorf("%s %s (-got +want):\n%s", machine, metric, diff)
+			}
+			points += len(got.T)
+		}
+	}
+	if want := 8 * 360 * 10; points != want {
+		t.Errorf("%d points queried back, want %d", points, want)
+	}
+	// The backfill is counted as such.
+	backfilled := -1.0
+	for _, line := range strings.Split(string(s.get("/metrics").body), "\n") {
+		if rest, ok := strings.CutPrefix(line, "twinline_backfill_samples_total{"); ok {
+			_, v, _ := strings.Cut(rest, "} ")
+			backfilled, _ = strconv.ParseFloat(v, 64)
+		}
+	}
+	if want := float64(8 * 360 * 10); backfilled != want {
+		t.Errorf("twinline_backfill_samples_total = %g, want %g", backfilled, want)
+	}
+}
