@@ -176,6 +176,29 @@ func backfillInfluxClient(t *testing.T, s *server) {
 	if want := 8 * 360 * 10; points != want {
 		t.Errorf("%d points queried back, want %d", points, want)
 	}
+	// Its aggregates are stored too (the windows are stored, not pushed):
+	// per-minute maxima and counts equal those of the points sent.
+	for _, agg := range []string{"max", "count"} {
+		want := series{}
+		raw := file.want["truck_0"]["readings_velocity"]
+		for i, ts := range raw.T {
+			bucket := ts - ts%60_000
+			if n := len(want.T); n == 0 || want.T[n-1] != bucket {
+				want.T, want.V = append(want.T, bucket), append(want.V, 0)
+			}
+			if n := len(want.V) - 1; agg == "count" {
+				want.V[n]++
+			} else if raw.V[i] > want.V[n] || want.V[n] == 0 {
+				want.V[n] = raw.V[i]
+			}
+		}
+		var got series
+		s.get(fmt.Sprintf("/api/v1/machines/truck_0/series?metric=readings_velocity&from=%d&to=%d&step=60s&agg=%s", from, to, agg)).json(t, &got)
+		if diff := cmp.Diff(got, want); diff != "" {
+			t.Errorf("truck_0 readings_velocity per-minute %s (-got +want):\n%s", agg, diff)
+		}
+	}
+
 	// The backfill is counted as such.
 	backfilled := -1.0
 	for _, line := range strings.Split(string(s.get("/metrics").body), "\n") {

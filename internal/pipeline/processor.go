@@ -440,7 +440,8 @@ type job struct {
 	// changes are the state changes the commit stored, for the sinks.
 	changes []store.StateChange
 	// cut is the event time (Unix ms) before which the batch's samples
-	// are backfill (Processor.Backfill), fixed when the batch is read.
+	// are backfill, fixed when the batch is read (take); only with
+	// Processor.Backfill.
 	cut int64
 	// span is the group's process span, nil when no entry is sampled;
 	// feed ends it once the sinks took the group, processLane if they
@@ -496,9 +497,11 @@ func (p *Processor) take(batches []eventlog.Batch, r *round) {
 			for k := j.batch.Shown; k < len(j.batch.Entries); k++ {
 				lo, hi := j.bounds[k], j.bounds[k+1]
 				e := j.batch.Entries[k]
-				samples := p.withoutBackfill(j.out.Samples[lo:hi:hi], j.cut)
-				if len(samples) == 0 && hi > lo {
-					continue // backfill alone: nothing to show
+				samples := j.out.Samples[lo:hi:hi]
+				if p.backfill > 0 {
+					if samples = p.withoutBackfill(samples, j.cut); len(samples) == 0 && hi > lo {
+						continue // backfill alone: nothing to show
+					}
 				}
 				p.sinks.Live(entryContext(ctx, live, e), e, samples)
 			}
@@ -755,9 +758,11 @@ func (p *Processor) commitLane(ctx context.Context, j *job) {
 		if p.engineCfg.StoreDedups {
 			keepFresh(out, j.bounds, fresh, j.dups)
 		}
-		// Stored: the backfill goes no further.
-		if n := dropBackfill(out, j.bounds, j.cut); n > 0 {
-			p.backfilled.Add(float64(n))
+		if p.backfill > 0 {
+			// Stored: the backfill goes no further.
+			if n := dropBackfill(out, j.bounds, j.cut); n > 0 {
+				p.backfilled.Add(float64(n))
+			}
 		}
 		if b.Ack != nil {
 			j.results = make([]eventlog.Result, len(b.Entries))
