@@ -4,8 +4,10 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -209,5 +211,57 @@ func backfillInfluxClient(t *testing.T, s *server) {
 	}
 	if want := float64(8 * 360 * 10); backfilled != want {
 		t.Errorf("twinline_backfill_samples_total = %g, want %g", backfilled, want)
+	}
+}
+
+// TestBackfillRate measures a TSBS-style load (100 trucks, an hour at
+// 10 s: 72 000 lines, 360 000 points) through the InfluxDB client, dated
+// 2 h ago (the live path: stream, twin, engine) and 20 days ago
+// (backfill), alternating, each on a fresh server. It asserts nothing: its
+// figures are in docs/benchmarks.md ("Issue 18 — Backfill").
+//
+//	TWINLINE_E2E_LOAD=1 TWINLINE_BACKFILL_STORE=postgres go test -run TestBackfillRate -v ./e2e
+func TestBackfillRate(t *testing.T) {
+	if os.Getenv("TWINLINE_E2E_LOAD") == "" {
+		t.Skip("a measurement: run with TWINLINE_E2E_LOAD=1")
+	}
+	const trucks, rounds = 100, 3
+	for round := range rounds {
+		for _, c := range []struct {
+			name string
+			age  time.Duration
+		}{{"live", 2 * time.Hour}, {"backfill", 20 * 24 * time.Hour}} {
+			args := []string{}
+			if os.Getenv("TWINLINE_BACKFILL_STORE") == "postgres" {
+				args = append(args, "--store", "postgres", "--postgres-url", pgDatabase(t))
+			}
+			s := start(t, "", args...)
+			file := newTSBSFile(trucks, time.Now().Add(-c.age).Truncate(10*time.Second))
+			client := influxdb2.NewClient(s.url, "any-token")
+			w := client.WriteAPIBlocking("acme", "tsbs")
+			const batch, workers = 5000, 4
+			began := time.Now()
+			var wg sync.WaitGroup
+			errs := make(chan error, workers)
+			for k := range workers {
+				wg.Go(func() {
+					for i := k * batch; i < len(file.lines); i += workers * batch {
+						if err := w.WriteRecord(ctx(t, time.Minute), file.lines[i:min(i+batch, len(file.lines))]...); err != nil {
+							errs <- err
+							return
+						}
+					}
+				})
+			}
+			wg.Wait()
+			took := time.Since(began)
+			client.Close()
+			close(errs)
+			if err := <-errs; err != nil {
+				t.Fatalf("%s: %v", c.name, err)
+			}
+			t.Logf("round %d %-8s %d points in %v: %.0f points/s", round, c.name, trucks*360*10, took.Round(time.Millisecond), float64(trucks*360*10)/took.Seconds())
+			s.stop()
+		}
 	}
 }
