@@ -219,8 +219,11 @@ func (a *App) openStore(ctx context.Context, reg prometheus.Registerer) (store.S
 		return pg, nil
 	default:
 		st, err := embedded.Open(filepath.Join(cfg.DataDir, "tsdb"), embedded.Options{
-			Retention:        cfg.Retention,
-			OutOfOrderWindow: cfg.OutOfOrderWindow,
+			Retention: cfg.Retention,
+			// Any age within the retention: --out-of-order-window is the
+			// processor's backfill horizon, not a bound of the store's
+			// (ADR 0033).
+			OutOfOrderWindow: cfg.Retention,
 			MaxFuture:        cfg.MaxFuture,
 		}, a.logger.With("component", "store"), reg)
 		if err != nil {
