@@ -13,16 +13,30 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	influxdb2 "github.com/influxdata/influxdb-client-go/v2"
+	"github.com/twmb/franz-go/pkg/kfake"
 )
 
 // TestBackfillInfluxClientEmbedded: see backfillInfluxClient.
 func TestBackfillInfluxClientEmbedded(t *testing.T) {
-	backfillInfluxClient(t, start(t, "", "--lateness", "0s"))
+	backfillInfluxClient(t, start(t, "", "--lateness", "0s"), 8)
 }
 
 // TestBackfillInfluxClientPostgres: see backfillInfluxClient.
 func TestBackfillInfluxClientPostgres(t *testing.T) {
-	backfillInfluxClient(t, start(t, "", "--lateness", "0s", "--store", "postgres", "--postgres-url", pgDatabase(t)))
+	backfillInfluxClient(t, start(t, "", "--lateness", "0s", "--store", "postgres", "--postgres-url", pgDatabase(t)), 8)
+}
+
+// TestBackfillInfluxClientKafka: see backfillInfluxClient; Kafka (kfake)
+// as the event log, PostgreSQL as the store, one process.
+func TestBackfillInfluxClientKafka(t *testing.T) {
+	dbURL := pgDatabase(t)
+	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(4, "twinline.telemetry"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cluster.Close) // after the server stopped
+	backfillInfluxClient(t, start(t, "", "--lateness", "0s", "--store", "postgres", "--postgres-url", dbURL,
+		"--kafka-brokers", cluster.ListenAddrs()[0], "--kafka-session-timeout", "6s"), 4)
 }
 
 // tsbsFile is a TSBS-iot-shaped line-protocol file: trucks with eight
@@ -79,7 +93,7 @@ func newTSBSFile(trucks int, start time.Time) tsbsFile {
 // and is backfill: nothing of it on the live stream, no alarm for the
 // past although its values cross a threshold, no latest value in the
 // twin (ADR 0033).
-func backfillInfluxClient(t *testing.T, s *server) {
+func backfillInfluxClient(t *testing.T, s *server, trucks int) {
 	c := ctx(t, 5*time.Minute)
 	// Thresholds the backfill crosses on half its readings, and one for
 	// the live sentinel below. (A threshold judges samples from its own
@@ -101,7 +115,7 @@ func backfillInfluxClient(t *testing.T, s *server) {
 	}
 
 	start := time.Now().Add(-20 * 24 * time.Hour).Truncate(10 * time.Second)
-	file := newTSBSFile(8, start)
+	file := newTSBSFile(trucks, start)
 	client := influxdb2.NewClient(s.url, "any-token")
 	defer client.Close()
 	w := client.WriteAPIBlocking("acme", "tsbs")
@@ -112,8 +126,47 @@ func backfillInfluxClient(t *testing.T, s *server) {
 		}
 	}
 
+	// Every point, exactly (under Kafka the 204 means durable in Kafka:
+	// stored within the consumer's lag).
+	from, to := start.Add(-time.Minute).UnixMilli(), start.Add(2*time.Hour).UnixMilli()
+	query := func(machine, metric string) series {
+		r := s.get(fmt.Sprintf("/api/v1/machines/%s/series?metric=%s&from=%d&to=%d", machine, metric, from, to))
+		if r.status == 404 {
+			return series{} // under Kafka: not stored yet
+		}
+		if r.status != 200 {
+			t.Fatalf("series %s %s: %d %s", machine, metric, r.status, r.body)
+		}
+		var got series
+		r.json(t, &got)
+		return got
+	}
+	waitFor(t, "the whole backfill stored", time.Minute, func() bool {
+		for machine, metrics := range file.want {
+			for metric, want := range metrics {
+				if len(query(machine, metric).T) < len(want.T) {
+					return false
+				}
+			}
+		}
+		return true
+	})
+	points := 0
+	for machine, metrics := range file.want {
+		for metric, want := range metrics {
+			got := query(machine, metric)
+			if diff := cmp.Diff(got, want); diff != "" {
+				t.Errorf("%s %s (-got +want):\n%s", machine, metric, diff)
+			}
+			points += len(got.T)
+		}
+	}
+	if want := trucks * 360 * 10; points != want {
+		t.Errorf("%d points queried back, want %d", points, want)
+	}
+
 	// A live reading over its threshold: its alarm comes after anything
-	// the backfill could have pushed (the backfill was acknowledged, so
+	// the backfill could have pushed (the backfill was stored, so
 	// processed, first).
 	if r := s.do("POST", "/api/v1/events", "application/json", []byte(`{"machineId":"sentinel","temp":95}`)); r.status != 202 {
 		t.Fatalf("sentinel: %d %s", r.status, r.body)
@@ -148,36 +201,24 @@ func backfillInfluxClient(t *testing.T, s *server) {
 			t.Errorf("alarms of %s for the past: %+v", m, list.Alarms)
 		}
 	}
-	var latest struct {
-		Metrics map[string]struct{ Value float64 }
-	}
-	if r := s.get("/api/v1/machines/truck_0/latest"); r.status == 200 {
+	// The machines are registered (listed in the fleet), with nothing
+	// live: no latest values.
+	for i := range trucks {
+		machine := fmt.Sprintf("truck_%d", i)
+		r := s.get("/api/v1/machines/" + machine + "/latest")
+		if r.status != 200 {
+			t.Errorf("%s/latest: %d %s, want the machine registered", machine, r.status, r.body)
+			continue
+		}
+		var latest struct {
+			Metrics map[string]struct{ Value float64 }
+		}
 		r.json(t, &latest)
 		if len(latest.Metrics) > 0 {
-			t.Errorf("the twin's latest values of truck_0 come from the backfill: %+v", latest.Metrics)
+			t.Errorf("the twin's latest values of %s come from the backfill: %+v", machine, latest.Metrics)
 		}
 	}
 
-	// Every point, exactly.
-	from, to := start.Add(-time.Minute).UnixMilli(), start.Add(2*time.Hour).UnixMilli()
-	points := 0
-	for machine, metrics := range file.want {
-		for metric, want := range metrics {
-			r := s.get(fmt.Sprintf("/api/v1/machines/%s/series?metric=%s&from=%d&to=%d", machine, metric, from, to))
-			if r.status != 200 {
-				t.Fatalf("series %s %s: %d %s", machine, metric, r.status, r.body)
-			}
-			var got series
-			r.json(t, &got)
-			if diff := cmp.Diff(got, want); diff != "" {
-				t.Errorf("%s %s (-got +want):\n%s", machine, metric, diff)
-			}
-			points += len(got.T)
-		}
-	}
-	if want := 8 * 360 * 10; points != want {
-		t.Errorf("%d points queried back, want %d", points, want)
-	}
 	// Its aggregates are stored too (the windows are stored, not pushed):
 	// per-minute maxima and counts equal those of the points sent.
 	for _, agg := range []string{"max", "count"} {
@@ -209,7 +250,7 @@ func backfillInfluxClient(t *testing.T, s *server) {
 			backfilled, _ = strconv.ParseFloat(v, 64)
 		}
 	}
-	if want := float64(8 * 360 * 10); backfilled != want {
+	if want := float64(trucks * 360 * 10); backfilled != want {
 		t.Errorf("twinline_backfill_samples_total = %g, want %g", backfilled, want)
 	}
 }

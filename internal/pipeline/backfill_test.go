@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/twinline/twinline/internal/stream"
@@ -20,6 +21,8 @@ type backfillSinks struct {
 	mu                    sync.Mutex
 	live, batch, released []telemetry.Sample
 	windows               []stream.Window
+	// backfill are the events of the entries the Backfill sink got.
+	backfill [][]telemetry.Event
 }
 
 func (s *backfillSinks) sinks() Sinks {
@@ -39,6 +42,11 @@ func (s *backfillSinks) sinks() Sinks {
 			defer s.mu.Unlock()
 			s.released = append(s.released, released...)
 			s.windows = append(s.windows, windows...)
+		},
+		Backfill: func(b *telemetry.Batch) {
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			s.backfill = append(s.backfill, slices.Clone(b.Events))
 		},
 	}
 }
@@ -111,6 +119,18 @@ func TestBackfill(t *testing.T) {
 				t.Errorf("window %+v of backfill pushed", w)
 			}
 		}
+		// The Backfill sink got each entry that held backfill, once.
+		sk.mu.Lock()
+		gotEntries := slices.Clone(sk.backfill)
+		sk.mu.Unlock()
+		// (Under Kafka the machines' partitions may be committed in
+		// another order.)
+		byFirst := cmpopts.SortSlices(func(a, b []telemetry.Event) bool {
+			return a[0].Machine < b[0].Machine || a[0].Machine == b[0].Machine && a[0].Time < b[0].Time
+		})
+		if diff := cmp.Diff(gotEntries, [][]telemetry.Event{history[:25], mixed, history[25:]}, byFirst); diff != "" {
+			t.Errorf("Backfill sink entries (-got +want):\n%s", diff)
+		}
 		if got, want := testutil.ToFloat64(r.p.backfilled), float64(2*(len(history)+2)); got != want {
 			t.Errorf("twinline_backfill_samples_total = %g, want %g", got, want)
 		}
@@ -135,8 +155,12 @@ func TestDropBackfill(t *testing.T) {
 		Origin:  []int32{0, 1, 0, 0, 1, 2},
 	}
 	bounds := []int{0, 2, 2, 5, 6}
-	if n := dropBackfill(out, bounds, 10); n != 3 {
+	var entries []int
+	if n := dropBackfill(out, bounds, 10, &entries); n != 3 {
 		t.Errorf("dropped %d, want 3", n)
+	}
+	if diff := cmp.Diff(entries, []int{0, 2, 3}); diff != "" {
+		t.Errorf("entries with backfill (-got +want):\n%s", diff)
 	}
 	if diff := cmp.Diff(out.Samples, []telemetry.Sample{s(50), s(60), s(70)}); diff != "" {
 		t.Errorf("samples (-got +want):\n%s", diff)
@@ -148,7 +172,7 @@ func TestDropBackfill(t *testing.T) {
 		t.Errorf("bounds (-got +want):\n%s", diff)
 	}
 	// Nothing to drop: nothing moves.
-	if n := dropBackfill(out, bounds, 10); n != 0 || len(out.Samples) != 3 {
+	if n := dropBackfill(out, bounds, 10, &entries); n != 0 || len(out.Samples) != 3 {
 		t.Errorf("second pass dropped %d, left %d samples", n, len(out.Samples))
 	}
 }

@@ -439,6 +439,9 @@ type job struct {
 	sink bool
 	// changes are the state changes the commit stored, for the sinks.
 	changes []store.StateChange
+	// backfilled are the indexes of the entries that held backfill
+	// samples, for the Backfill sink.
+	backfilled []int
 	// cut is the event time (Unix ms) before which the batch's samples
 	// are backfill, fixed when the batch is read (take); only with
 	// Processor.Backfill.
@@ -602,6 +605,12 @@ func (p *Processor) feed(r *round) {
 			if p.sinks.Batch != nil {
 				p.sinks.Batch(e, j.out.Samples[lo:hi:hi])
 			}
+			if len(j.backfilled) > 0 && j.backfilled[0] == k {
+				j.backfilled = j.backfilled[1:]
+				if p.sinks.Backfill != nil {
+					p.sinks.Backfill(e)
+				}
+			}
 			if j.results != nil {
 				j.batch.Ack(k, j.results[k], nil)
 			}
@@ -760,7 +769,7 @@ func (p *Processor) commitLane(ctx context.Context, j *job) {
 		}
 		if p.backfill > 0 {
 			// Stored: the backfill goes no further.
-			if n := dropBackfill(out, j.bounds, j.cut); n > 0 {
+			if n := dropBackfill(out, j.bounds, j.cut, &j.backfilled); n > 0 {
 				p.backfilled.Add(float64(n))
 			}
 		}
@@ -974,9 +983,10 @@ func (p *Processor) withoutBackfill(samples []telemetry.Sample, cut int64) []tel
 }
 
 // dropBackfill drops from the group the samples before cut (backfill: they
-// are stored and go no further), updating each entry's bounds, and returns
-// how many it dropped.
-func dropBackfill(out *stream.Output, bounds []int, cut int64) int {
+// are stored and go no further), updating each entry's bounds, appends to
+// entries the index of each entry that lost some, and returns how many it
+// dropped.
+func dropBackfill(out *stream.Output, bounds []int, cut int64, entries *[]int) int {
 	if !slices.ContainsFunc(out.Samples, func(s telemetry.Sample) bool { return s.Time < cut }) {
 		return 0 // the common case: nothing moves
 	}
@@ -985,8 +995,13 @@ func dropBackfill(out *stream.Output, bounds []int, cut int64) int {
 	for i := 0; i+1 < len(bounds); i++ {
 		hi := bounds[i+1] // rewritten by the next round: read it first
 		bounds[i] = w
+		had := false
 		for k := lo; k < hi; k++ {
 			if out.Samples[k].Time < cut {
+				if !had {
+					had = true
+					*entries = append(*entries, i)
+				}
 				continue
 			}
 			out.Samples[w] = out.Samples[k]
