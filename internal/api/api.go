@@ -41,9 +41,11 @@ type Options struct {
 	MaxLineBytes         int
 	Limits               telemetry.Limits
 	MachineTags          []string
-	// OutOfOrderWindow and MaxFuture bound the accepted event times.
-	OutOfOrderWindow time.Duration
-	MaxFuture        time.Duration
+	// Retention and MaxFuture bound the accepted event times
+	// (ingest.TimeBounds): any age within the retention is accepted, an
+	// old event as backfill (ADR 0033).
+	Retention time.Duration
+	MaxFuture time.Duration
 	// MaxInflightIngest bounds the ingest requests being read and decoded
 	// at once; more are answered 503.
 	MaxInflightIngest int

@@ -83,7 +83,7 @@ func newTestAPI(t testing.TB, l submitter) *API {
 		MaxBodyBytes: 1 << 20, MaxDecompressedBytes: 4 << 20, MaxLineBytes: 1024,
 		Limits:            telemetry.DefaultLimits(),
 		MachineTags:       []string{"machineId", "host"},
-		OutOfOrderWindow:  time.Hour,
+		Retention:         time.Hour,
 		MaxFuture:         time.Minute,
 		MaxInflightIngest: 4,
 		ReadTimeout:       time.Minute,

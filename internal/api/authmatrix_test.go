@@ -279,7 +279,7 @@ func newMatrixEnvFor(t *testing.T, scope, wrong auth.Scope, withStore bool) *mat
 	env.api = New(Options{
 		MaxBodyBytes: 1 << 20, MaxDecompressedBytes: 4 << 20, MaxLineBytes: 1024,
 		Limits: telemetry.DefaultLimits(), MachineTags: []string{"machineId"},
-		OutOfOrderWindow: time.Hour, MaxFuture: time.Minute, MaxInflightIngest: 4, ReadTimeout: time.Minute,
+		Retention: time.Hour, MaxFuture: time.Minute, MaxInflightIngest: 4, ReadTimeout: time.Minute,
 		Security: Security{AllowedHosts: []string{"example.com"}, MetricsAuth: true, SessionTTL: time.Hour},
 	}, Deps{
 		Submit: env.log.Submit, Registry: tw, Live: live, Alarms: alarms, Notes: notes, Store: st, Twins: docs, Commands: cmds,

@@ -183,8 +183,7 @@ func (a *API) ingest(w http.ResponseWriter, r *http.Request, protocol string, st
 	now := a.now()
 	opts := a.decodeOpts
 	opts.Now = now.UnixMilli()
-	opts.MaxTime = now.Add(a.opts.MaxFuture).UnixMilli()
-	opts.MinTime = now.Add(-a.opts.OutOfOrderWindow + a.opts.MaxFuture).UnixMilli()
+	opts.MinTime, opts.MaxTime = ingest.TimeBounds(now, a.opts.Retention, a.opts.MaxFuture)
 	if id := identity(r); id.Restricted() || id.Machine != "" {
 		base := opts.AdmitMachine
 		opts.AdmitMachine = func(m string) string {
@@ -334,7 +333,7 @@ func (a *API) submitFailed(fail func(string, *problem.Problem), shed func(string
 		// Rare: the store's window moved between validation and
 		// storage (a clock jump). Retrying would not help.
 		fail("invalid", &problem.Problem{Type: problem.TypeInvalidItems, Status: http.StatusBadRequest,
-			Detail: "some samples fall outside the store's accepted time window (--out-of-order-window, --max-future) and were not stored; the others were"})
+			Detail: "some samples fall outside the store's accepted time window (--retention, --max-future) and were not stored; the others were"})
 	default:
 		// The processor logged the cause; clients get no internals.
 		detail := "storing the events did not complete; nothing is acknowledged; retry"

@@ -25,7 +25,7 @@ func TestIngestStampsPerMachine(t *testing.T) {
 	a := New(Options{
 		MaxBodyBytes: 1 << 20, MaxDecompressedBytes: 4 << 20, MaxLineBytes: 1024,
 		Limits: telemetry.DefaultLimits(), MachineTags: []string{"host"},
-		OutOfOrderWindow: time.Hour, MaxFuture: time.Minute, MaxInflightIngest: 4, ReadTimeout: time.Minute,
+		Retention: time.Hour, MaxFuture: time.Minute, MaxInflightIngest: 4, ReadTimeout: time.Minute,
 	}, Deps{
 		Submit: log.Submit, Registry: reg, Live: live, Stamper: stamper,
 		Stream: http.NotFoundHandler(), Metrics: http.NotFoundHandler(), UI: http.NotFoundHandler(),

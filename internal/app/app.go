@@ -368,6 +368,11 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 			}
 			publishWindows(a.hub, windows)
 		},
+		// Backfill (ADR 0033) goes to none of the above: its machines are
+		// registered, with no live state (no latest values, not online).
+		Backfill: func(b *telemetry.Batch) {
+			registerMachines(registry, b)
+		},
 	}
 	engineCfg := stream.DefaultEngineConfig()
 	engineCfg.Lateness, engineCfg.Window, engineCfg.WindowGrace = cfg.Lateness, cfg.Window, cfg.WindowGrace
@@ -394,7 +399,7 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 		MaxLineBytes:               cfg.MaxLineBytes,
 		Limits:                     ingestLimits(cfg),
 		MachineTags:                cfg.LPMachineTags,
-		OutOfOrderWindow:           cfg.OutOfOrderWindow,
+		Retention:                  cfg.Retention,
 		MaxFuture:                  cfg.MaxFuture,
 		MaxInflightIngest:          cfg.MaxInflightIngest,
 		ReadTimeout:                cfg.ReadTimeout,
@@ -698,4 +703,16 @@ func prometheusAPI(cfg config.Config, st store.Store, list func() []twin.Info, v
 		Logger:     logger.With("component", "promapi"),
 		Registerer: reg,
 	})
+}
+
+// registerMachines registers the machines of b's events the registry does
+// not know, at b's arrival time: a backfilled machine is listed in the
+// fleet, though nothing of it is live.
+func registerMachines(registry *twin.Registry, b *telemetry.Batch) {
+	at := time.UnixMilli(b.Received)
+	for i := range b.Events {
+		if m := b.Events[i].Machine; i == 0 || m != b.Events[i-1].Machine {
+			registry.AutoRegister(m, at)
+		}
+	}
 }

@@ -54,6 +54,7 @@ func (a *App) openProcessor(src pipeline.Source, log string, sinks pipeline.Sink
 		return fmt.Errorf("starting the processor: %w", err)
 	}
 	proc.ObserveLegs(a.legs.processor())
+	proc.Backfill(a.cfg.OutOfOrderWindow) // older samples are stored, not replayed live (ADR 0033)
 	a.proc = proc
 	a.traceProcessor(proc, log)
 	a.registry.OnDelete(proc.ForgetMachine) // a deleted machine leaves the engines
@@ -218,8 +219,11 @@ func (a *App) openStore(ctx context.Context, reg prometheus.Registerer) (store.S
 		return pg, nil
 	default:
 		st, err := embedded.Open(filepath.Join(cfg.DataDir, "tsdb"), embedded.Options{
-			Retention:        cfg.Retention,
-			OutOfOrderWindow: cfg.OutOfOrderWindow,
+			Retention: cfg.Retention,
+			// Any age within the retention: --out-of-order-window is the
+			// processor's backfill horizon, not a bound of the store's
+			// (ADR 0033).
+			OutOfOrderWindow: cfg.Retention,
 			MaxFuture:        cfg.MaxFuture,
 		}, a.logger.With("component", "store"), reg)
 		if err != nil {

@@ -44,8 +44,8 @@ func (a *App) openMQTT(reg prometheus.Registerer) error {
 			AdmitMachine: func(id string) string { return a.registry.Admit(id, cfg.MaxMachines) },
 			Stamper:      a.stamper,
 		},
-		OutOfOrderWindow: cfg.OutOfOrderWindow,
-		MaxFuture:        cfg.MaxFuture,
+		Retention: cfg.Retention,
+		MaxFuture: cfg.MaxFuture,
 	}
 	deps := mqtt.Deps{
 		Control:    a.delivery.handlers(),

@@ -195,7 +195,7 @@ func postAll(ctx context.Context, p *poster, w int, body []byte, n int) error {
 		}
 		hint := ""
 		if p.errs.snapshot()["400"] > 0 {
-			hint = " (history older than the server's --out-of-order-window is rejected: raise it on the server, or shorten --history)"
+			hint = " (history older than the server's --retention is rejected: raise it on the server, or shorten --history)"
 		}
 		p.mu.Lock()
 		defer p.mu.Unlock()

@@ -32,10 +32,13 @@ type Config struct {
 	DemoMachines int
 	DemoRate     float64
 
-	// Retention is how long samples are kept.
+	// Retention is how long samples are kept; ingest accepts events of
+	// any age within it.
 	Retention time.Duration
-	// OutOfOrderWindow is how far behind the newest stored sample an event
-	// may be and still be stored.
+	// OutOfOrderWindow is the backfill horizon: an event at most this far
+	// behind the server clock takes the live path (live stream, twin,
+	// windows, medians, alarms; a late one as a correction); an older one,
+	// within Retention, is backfill: stored, and pushed nowhere (ADR 0033).
 	OutOfOrderWindow time.Duration
 	// MaxFuture is how far ahead of the server clock an event may be.
 	MaxFuture time.Duration
@@ -410,8 +413,9 @@ func (c Config) Validate() error {
 	if c.MaxFuture < 0 {
 		bad("max-future", "must not be negative, got %s", c.MaxFuture)
 	}
-	// Ingest accepts event times in [now − window + max-future,
-	// now + max-future]: the window must leave room for the present.
+	// Ingest accepts event times in [now − retention + max-future,
+	// now + max-future]; those older than now − window are backfill: the
+	// window must leave room for the present.
 	if c.OutOfOrderWindow <= c.MaxFuture || c.OutOfOrderWindow > c.Retention {
 		bad("out-of-order-window", "must exceed --max-future (%s) and not exceed --retention, got %s", c.MaxFuture, c.OutOfOrderWindow)
 	}

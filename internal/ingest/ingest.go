@@ -75,7 +75,8 @@ type Options struct {
 	// strictly increasing per machine within the call.
 	Stamper *Stamper
 	// MinTime and MaxTime bound the accepted event time (Unix ms,
-	// inclusive); 0 means unbounded on that side.
+	// inclusive); 0 means unbounded on that side. Servers set them per
+	// request with TimeBounds.
 	MinTime, MaxTime int64
 	// AdmitMachine, if set, is asked once about each valid machine id the
 	// decoder has not met recently; a non-empty answer rejects the events
@@ -162,6 +163,27 @@ func newSyntaxError(body []byte, offset int64, msg string) *SyntaxError {
 		}
 	}
 	return &SyntaxError{Offset: offset, Line: line, Column: col, Msg: msg}
+}
+
+// TimeBounds returns the event times (Unix ms, inclusive, for
+// Options.MinTime and MaxTime) accepted at server time now: any age within
+// retention, up to maxFuture ahead of now. The earliest is now − retention
+// + maxFuture, so that a store counting its retention back from its newest
+// sample (which may be maxFuture ahead) still keeps what was accepted. A
+// zero retention leaves the past unbounded, a zero maxFuture the future
+// (0 is the unbounded value of both Options fields).
+//
+// Age alone never refuses an event inside the retention: an old one is
+// backfill, which the processor stores without replaying it live (ADR
+// 0033).
+func TimeBounds(now time.Time, retention, maxFuture time.Duration) (minTime, maxTime int64) {
+	if maxFuture > 0 {
+		maxTime = now.Add(maxFuture).UnixMilli()
+	}
+	if retention > 0 {
+		minTime = now.Add(-retention + max(maxFuture, 0)).UnixMilli()
+	}
+	return minTime, maxTime
 }
 
 // checkTime rejects event times outside [opts.MinTime, opts.MaxTime].

@@ -116,6 +116,8 @@ type procOpts struct {
 	// the changes to stateSink.
 	states    store.StateStore
 	stateSink func([]store.StateChange)
+	// backfill, if set, is the processor's backfill horizon (Backfill).
+	backfill time.Duration
 }
 
 // running is a Processor running in the background.
@@ -249,6 +251,7 @@ func (e *env) start(o procOpts) *running {
 		}
 	}
 	p.JournalKeys(journal)
+	p.Backfill(o.backfill)
 	if o.states != nil {
 		if err := p.States(o.states, o.stateSink, nil); err != nil {
 			e.t.Fatal(err)

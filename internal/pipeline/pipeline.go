@@ -70,6 +70,14 @@
 //     entry needs no second look. The keys of the keyed events that were
 //     stored are journaled and remembered (a retry of one is a duplicate),
 //     the others' forgotten.
+//   - Backfill (Processor.Backfill, ADR 0033). A sample whose event time
+//     is more than the backfill horizon (--out-of-order-window) behind the
+//     server clock when it is read is committed like any other, then goes
+//     no further: not to the live stream, the twin, the hot window, the
+//     engine's reorder and windows, the medians nor the alarms (the
+//     Backfill sink hears of each entry that held some). Loading
+//     last month's history stores it (the stores keep its aggregates and
+//     rollups) without replaying it as if it were happening now.
 //
 // The engine package (internal/stream) knows nothing of logs or stores:
 // this package is where they meet.
@@ -126,4 +134,8 @@ type Sinks struct {
 	// Group receives, once per lane and commit (and per tick), the samples
 	// released in event-time order and the windows that closed or changed.
 	Group func(released []telemetry.Sample, windows []stream.Window)
+	// Backfill receives, after the Batch sink, each committed entry that
+	// held backfill samples (Processor.Backfill), which no other sink got:
+	// to register the machines it names, say, without live state.
+	Backfill func(b *telemetry.Batch)
 }

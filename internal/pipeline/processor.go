@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"slices"
 	"strconv"
 	"sync"
@@ -76,6 +77,14 @@ type Processor struct {
 	samples      *prometheus.CounterVec
 	duplicates   prometheus.Counter
 	windows      *prometheus.CounterVec
+
+	// backfill is how far behind the server clock a sample's event time
+	// makes it backfill (see Backfill); 0: no sample is.
+	backfill   time.Duration
+	backfilled prometheus.Counter
+	// liveScratch is take's: an entry's samples without its backfill,
+	// for the Live sink (which keeps no slice).
+	liveScratch []telemetry.Sample
 
 	// logName labels the metrics; the state series (states.go) are kept
 	// when stateStore is set.
@@ -156,10 +165,15 @@ func New(src Source, log string, engineCfg stream.EngineConfig, sinks Sinks, log
 			Help:        "Window aggregates emitted, by kind (final, correction, late).",
 			ConstLabels: labels,
 		}, []string{"kind"}),
+		backfilled: prometheus.NewCounter(prometheus.CounterOpts{
+			Name:        "twinline_backfill_samples_total",
+			Help:        "Samples stored as backfill: older than --out-of-order-window behind the server clock, stored without going to the live stream, the twin, the windows or the alarms.",
+			ConstLabels: labels,
+		}),
 	}
 	p.ObserveLegs(Legs{})
 	if reg != nil {
-		for _, c := range []prometheus.Collector{p.writeSeconds, p.durable, p.samples, p.duplicates, p.windows} {
+		for _, c := range []prometheus.Collector{p.writeSeconds, p.durable, p.samples, p.duplicates, p.windows, p.backfilled} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("registering processor metrics: %w", err)
 			}
@@ -178,6 +192,26 @@ func (p *Processor) ObserveLegs(l Legs) {
 		}
 	}
 	p.legs = l
+}
+
+// Backfill makes backfill of the samples whose event time is more than
+// horizon behind the server clock when the processor reads them: they are
+// committed like the others (durable before their acknowledgement, the
+// store's first write wins, the store keeps their aggregates) and go
+// nowhere else: not to the Live sink (the live stream), the Batch sink
+// (the twin's latest values, the hot window, the alarms' last seen) nor
+// the engine's event-time stages (reorder, windows, medians, alarms: the
+// Group sink). The keys of their keyed events are still journaled. 0 (the
+// default) makes no sample backfill. Call it before Run. See ADR 0033.
+func (p *Processor) Backfill(horizon time.Duration) { p.backfill = max(horizon, 0) }
+
+// backfillCut returns the event time (Unix ms) before which a sample read
+// at now (Unix ms) is backfill; math.MinInt64 when none is.
+func (p *Processor) backfillCut(now int64) int64 {
+	if p.backfill <= 0 {
+		return math.MinInt64
+	}
+	return now - p.backfill.Milliseconds()
 }
 
 // JournalKeys makes each commit also hand the keys of its new keyed events
@@ -405,6 +439,13 @@ type job struct {
 	sink bool
 	// changes are the state changes the commit stored, for the sinks.
 	changes []store.StateChange
+	// backfilled are the indexes of the entries that held backfill
+	// samples, for the Backfill sink.
+	backfilled []int
+	// cut is the event time (Unix ms) before which the batch's samples
+	// are backfill, fixed when the batch is read (take); only with
+	// Processor.Backfill.
+	cut int64
 	// span is the group's process span, nil when no entry is sampled;
 	// feed ends it once the sinks took the group, processLane if they
 	// do not.
@@ -435,8 +476,9 @@ func (r *round) reset() {
 // parallel, and shows their samples live, before any commit.
 func (p *Processor) take(batches []eventlog.Batch, r *round) {
 	now := time.Now().UnixMilli()
+	cut := p.backfillCut(now)
 	for i, b := range batches {
-		r.jobs = append(r.jobs, job{batch: b, lane: p.lane(b.Lane), out: r.output(i)})
+		r.jobs = append(r.jobs, job{batch: b, lane: p.lane(b.Lane), out: r.output(i), cut: cut})
 		for _, e := range b.Entries {
 			p.legs.LogWait.Observe(sinceMilli(now, e.Received))
 		}
@@ -458,7 +500,13 @@ func (p *Processor) take(batches []eventlog.Batch, r *round) {
 			for k := j.batch.Shown; k < len(j.batch.Entries); k++ {
 				lo, hi := j.bounds[k], j.bounds[k+1]
 				e := j.batch.Entries[k]
-				p.sinks.Live(entryContext(ctx, live, e), e, j.out.Samples[lo:hi:hi])
+				samples := j.out.Samples[lo:hi:hi]
+				if p.backfill > 0 {
+					if samples = p.withoutBackfill(samples, j.cut); len(samples) == 0 && hi > lo {
+						continue // backfill alone: nothing to show
+					}
+				}
+				p.sinks.Live(entryContext(ctx, live, e), e, samples)
 			}
 			if live != nil {
 				live.End()
@@ -556,6 +604,12 @@ func (p *Processor) feed(r *round) {
 			}
 			if p.sinks.Batch != nil {
 				p.sinks.Batch(e, j.out.Samples[lo:hi:hi])
+			}
+			if len(j.backfilled) > 0 && j.backfilled[0] == k {
+				j.backfilled = j.backfilled[1:]
+				if p.sinks.Backfill != nil {
+					p.sinks.Backfill(e)
+				}
 			}
 			if j.results != nil {
 				j.batch.Ack(k, j.results[k], nil)
@@ -712,6 +766,12 @@ func (p *Processor) commitLane(ctx context.Context, j *job) {
 		p.samples.WithLabelValues("stored").Add(float64(len(samples)))
 		if p.engineCfg.StoreDedups {
 			keepFresh(out, j.bounds, fresh, j.dups)
+		}
+		if p.backfill > 0 {
+			// Stored: the backfill goes no further.
+			if n := dropBackfill(out, j.bounds, j.cut, &j.backfilled); n > 0 {
+				p.backfilled.Add(float64(n))
+			}
 		}
 		if b.Ack != nil {
 			j.results = make([]eventlog.Result, len(b.Entries))
@@ -902,6 +962,63 @@ func keepFresh(out *stream.Output, bounds []int, fresh []bool, dups []int) {
 		w, lo = w+n, hi
 	}
 	out.Samples, out.Origin = out.Samples[:w], out.Origin[:w]
+}
+
+// withoutBackfill returns samples without those before cut (backfill),
+// copied into the processor's scratch when there are some: the Live sink
+// keeps no slice. Run's goroutine calls it.
+func (p *Processor) withoutBackfill(samples []telemetry.Sample, cut int64) []telemetry.Sample {
+	first := slices.IndexFunc(samples, func(s telemetry.Sample) bool { return s.Time < cut })
+	if first < 0 {
+		return samples
+	}
+	live := append(p.liveScratch[:0], samples[:first]...)
+	for _, s := range samples[first+1:] {
+		if s.Time >= cut {
+			live = append(live, s)
+		}
+	}
+	p.liveScratch = live
+	return live
+}
+
+// dropBackfill drops from the group the samples before cut (backfill: they
+// are stored and go no further), updating each entry's bounds, appends to
+// entries the index of each entry that lost some, and returns how many it
+// dropped.
+func dropBackfill(out *stream.Output, bounds []int, cut int64, entries *[]int) int {
+	if !slices.ContainsFunc(out.Samples, func(s telemetry.Sample) bool { return s.Time < cut }) {
+		return 0 // the common case: nothing moves
+	}
+	origin := len(out.Origin) == len(out.Samples)
+	w, lo := 0, bounds[0]
+	for i := 0; i+1 < len(bounds); i++ {
+		hi := bounds[i+1] // rewritten by the next round: read it first
+		bounds[i] = w
+		had := false
+		for k := lo; k < hi; k++ {
+			if out.Samples[k].Time < cut {
+				if !had {
+					had = true
+					*entries = append(*entries, i)
+				}
+				continue
+			}
+			out.Samples[w] = out.Samples[k]
+			if origin {
+				out.Origin[w] = out.Origin[k]
+			}
+			w++
+		}
+		lo = hi
+	}
+	n := len(out.Samples) - w
+	bounds[len(bounds)-1] = w
+	out.Samples = out.Samples[:w]
+	if origin {
+		out.Origin = out.Origin[:w]
+	}
+	return n
 }
 
 // observeDurable observes an entry's ingest → durable time at now (Unix

@@ -108,9 +108,10 @@ type IngestOptions struct {
 	Decode ingest.Options
 	// Precision of line-protocol timestamps; the zero value is nanoseconds.
 	Precision lineprotocol.Precision
-	// OutOfOrderWindow and MaxFuture bound the accepted event time as the
-	// HTTP API does; 0 leaves that side unbounded.
-	OutOfOrderWindow, MaxFuture time.Duration
+	// Retention and MaxFuture bound the accepted event time as the HTTP
+	// API does (ingest.TimeBounds): any age within the retention, an old
+	// event as backfill (ADR 0033); 0 leaves that side unbounded.
+	Retention, MaxFuture time.Duration
 	// SubmitTimeout bounds one Submit call; 0 means 10 s.
 	SubmitTimeout time.Duration
 	// RegistryCache is how many machines' site and line are remembered so
@@ -281,12 +282,7 @@ func (h *handler) prepare(topicName string, payload []byte, authorize func(Topic
 	opts := h.opts.Decode
 	opts.AdmitMachine = nil // asked above, about the topic's machine
 	opts.Now = now.UnixMilli()
-	if h.opts.MaxFuture > 0 {
-		opts.MaxTime = now.Add(h.opts.MaxFuture).UnixMilli()
-	}
-	if h.opts.OutOfOrderWindow > 0 {
-		opts.MinTime = now.Add(-h.opts.OutOfOrderWindow + h.opts.MaxFuture).UnixMilli()
-	}
+	opts.MinTime, opts.MaxTime = ingest.TimeBounds(now, h.opts.Retention, h.opts.MaxFuture)
 	events, rejects, err := decode(payload, t.Machine, h.opts.Precision, opts)
 	if err != nil {
 		return nil, outcome{reason: reasonPayload, code: codePayloadFormat, detail: err.Error(), rejectedItems: 1}

@@ -118,8 +118,8 @@ func TestPrepare(t *testing.T) {
 			}
 			return ""
 		}},
-		OutOfOrderWindow: time.Hour,
-		MaxFuture:        time.Minute,
+		Retention: time.Hour,
+		MaxFuture: time.Minute,
 	}, Deps{Submit: func(context.Context, *telemetry.Batch) (int, int, error) { return 0, 0, nil }, Clock: func() time.Time { return now }}, "test")
 	if err != nil {
 		t.Fatal(err)
