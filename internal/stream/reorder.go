@@ -86,15 +86,15 @@ type reorderMachine struct {
 	machine   string
 	maxTime   int64
 	watermark int64
-	arrived   int64         // server time of the latest Add (see SetNow)
+	arrived   int64 // server time of the latest Add (see SetNow)
 	// run[rh:] are the samples buffered in arrival order that are also in
 	// (time, arrival) order; heap the others, a min-heap by (time,
 	// arrival). n counts both.
-	run  []reorderItem
-	rh   int
-	heap []reorderItem
-	n    int
-	inReady   bool          // in Reorder.ready
+	run     []reorderItem
+	rh      int
+	heap    []reorderItem
+	n       int
+	inReady bool // in Reorder.ready
 	// active: in Reorder.active, as it has buffered samples or a watermark
 	// below maxTime; queued: in Reorder.quiet; gone: evicted or forgotten.
 	active, queued, gone bool
