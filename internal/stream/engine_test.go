@@ -407,3 +407,69 @@ func TestEnginePipelinedGroups(t *testing.T) {
 		t.Errorf("new keys %+v, want b's", d.Keys)
 	}
 }
+
+// TestEngineMachineStateAfterForget: the engine keeps each machine's place
+// in every stage (one look-up per event); after Forget, ForgetMachine and
+// eviction those places are made afresh, so duplicates are still told
+// apart per machine and no machine takes another's state.
+func TestEngineMachineStateAfterForget(t *testing.T) {
+	for _, storeDedups := range []bool{false, true} {
+		t.Run(fmt.Sprintf("store_dedups=%v", storeDedups), func(t *testing.T) {
+			cfg := DefaultEngineConfig()
+			cfg.StoreDedups = storeDedups
+			e := NewEngine(cfg)
+			var out Output
+			// process processes one event of machine with seq at time ts
+			// and releases it, reporting whether it was a duplicate.
+			process := func(machine string, seq uint64, ts int64) bool {
+				out.Reset()
+				dups := e.Process([]telemetry.Event{{Machine: machine, Seq: seq, HasSeq: true, Time: ts,
+					Metrics: []telemetry.Metric{{Name: "x", Value: 1}}}}, &out)
+				e.Release(&out, ts)
+				return dups == 1
+			}
+			if process("a", 1, 1000) || process("b", 1, 1000) {
+				t.Fatal("first copies reported duplicates")
+			}
+			if !process("a", 1, 1000) || !process("b", 1, 1000) {
+				t.Fatal("second copies not reported duplicates")
+			}
+			e.ForgetMachine("a")
+			// A new machine may take a's freed places: b's keys stay b's.
+			if process("c", 1, 1000) {
+				t.Fatal("c's first event reported a duplicate")
+			}
+			if !process("b", 1, 1000) {
+				t.Fatal("b's key lost after a was forgotten")
+			}
+			if process("a", 1, 1000) {
+				t.Fatal("a's key kept after ForgetMachine")
+			}
+			if !process("a", 1, 1000) {
+				t.Fatal("a's key not remembered again")
+			}
+			e.Forget()
+			if !storeDedups {
+				// Every remembered key goes: a retry is new, then
+				// remembered again.
+				if process("b", 1, 1000) || !process("b", 1, 1000) {
+					t.Fatal("b's key after Forget: want new, then duplicate")
+				}
+			}
+			// Eviction: a quiet machine is dropped and comes back later.
+			out.Reset()
+			e.Tick(10*time.Hour.Milliseconds(), &out)
+			out.Reset()
+			e.Tick(20*time.Hour.Milliseconds(), &out)
+			if st := e.Stats(); st.Machines != 0 {
+				t.Fatalf("machines held after eviction: %d, want 0", st.Machines)
+			}
+			if process("b", 2, 21*time.Hour.Milliseconds()) || !process("b", 2, 21*time.Hour.Milliseconds()) {
+				t.Fatal("b after eviction: want new, then duplicate")
+			}
+			if len(out.Released) != 0 {
+				t.Fatalf("released %v before the watermark passed", out.Released)
+			}
+		})
+	}
+}

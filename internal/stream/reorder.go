@@ -73,6 +73,8 @@ type Reorder struct {
 	qhead int
 	// evicted holds the watermarks of evicted machines.
 	evicted map[string]int64
+	// releasing is the machine whose samples release is emitting.
+	releasing *reorderMachine
 }
 
 // quietMachine is an entry of Reorder.quiet.
@@ -98,6 +100,9 @@ type reorderMachine struct {
 	// active: in Reorder.active, as it has buffered samples or a watermark
 	// below maxTime; queued: in Reorder.quiet; gone: evicted or forgotten.
 	active, queued, gone bool
+	// owner is the engine's state of the machine, when an Engine runs the
+	// Reorder: its emitRel finds it without a look-up (see releasing).
+	owner *engMachine
 }
 
 // reorderItem is one buffered sample: 40 bytes.
@@ -130,28 +135,37 @@ func NewReorder(lateness time.Duration, maxBuffered int) *Reorder {
 func (r *Reorder) Add(s telemetry.Sample) (late bool) {
 	m := r.last
 	if m == nil || m.machine != s.Machine {
-		m = r.index[s.Machine]
+		m = r.machine(s.Machine)
 	}
-	if m == nil {
-		m = &reorderMachine{machine: s.Machine, maxTime: s.Time, watermark: math.MinInt64}
-		if wm, ok := r.evicted[s.Machine]; ok {
-			// Back after eviction: resume from the watermark it left with.
-			delete(r.evicted, s.Machine)
-			m.maxTime, m.watermark = wm, wm
+	r.last = m
+	return r.add(m, s)
+}
+
+// machine returns the state of machine, creating it if needed: a machine
+// back after eviction resumes from the watermark it left with.
+func (r *Reorder) machine(machine string) *reorderMachine {
+	if m := r.index[machine]; m != nil {
+		return m
+	}
+	m := &reorderMachine{machine: machine, maxTime: math.MinInt64, watermark: math.MinInt64}
+	if wm, ok := r.evicted[machine]; ok {
+		delete(r.evicted, machine)
+		m.maxTime, m.watermark = wm, wm
+	}
+	r.index[machine] = m
+	r.machines = append(r.machines, m)
+	return m
+}
+
+// add is Add of s to its machine's state m, which must not be gone.
+func (r *Reorder) add(m *reorderMachine, s telemetry.Sample) (late bool) {
+	m.arrived = r.now
+	if s.Time <= m.watermark {
+		if !m.active {
+			r.queue(m) // a machine back after eviction, late at once
 		}
-		r.index[s.Machine] = m
-		r.machines = append(r.machines, m)
-		r.last = m
-		if s.Time <= m.watermark {
-			m.arrived = r.now
-			r.queue(m)
-			return true
-		}
-	} else if r.last = m; s.Time <= m.watermark {
-		m.arrived = r.now
 		return true
 	}
-	m.arrived = r.now
 	r.arrivals++
 	m.add(reorderItem{metric: s.Metric, time: s.Time, value: s.Value, arrival: r.arrivals})
 	r.buffered++
@@ -227,6 +241,7 @@ func (r *Reorder) Flush(emit func(telemetry.Sample)) {
 // maxBuffered remain, it raises the watermark to the oldest one's time and
 // emits again, until at most maxBuffered remain.
 func (r *Reorder) release(m *reorderMachine, emit func(telemetry.Sample)) {
+	r.releasing = m
 	for {
 		for m.n > 0 {
 			var it reorderItem

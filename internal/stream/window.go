@@ -290,6 +290,21 @@ func (w *Windows) Add(s telemetry.Sample, watermark int64, emit func(Window)) {
 	if sr == nil || s.Metric != w.lastMetric || s.Machine != w.lastMachine {
 		sr = w.series(s.Machine, s.Metric)
 	}
+	w.add(sr, s, watermark, emit)
+}
+
+// addTo is Add for a machine whose state m the caller holds (from
+// machine, not gone since): no look-up of the machine.
+func (w *Windows) addTo(m *winMachine, s telemetry.Sample, watermark int64, emit func(Window)) {
+	sr := w.last
+	if sr == nil || sr.m != m || s.Metric != w.lastMetric {
+		sr = w.seriesOf(m, s.Metric)
+	}
+	w.add(sr, s, watermark, emit)
+}
+
+// add is Add of s to its series sr.
+func (w *Windows) add(sr *winSeries, s telemetry.Sample, watermark int64, emit func(Window)) {
 	m := sr.m
 	w.catchUp(m)
 	if watermark > m.wm {
@@ -521,7 +536,17 @@ func (w *Windows) series(machine, metric string) *winSeries {
 	var m *winMachine
 	if w.last != nil && machine == w.lastMachine {
 		m = w.last.m
-	} else if m = w.machines[machine]; m == nil {
+	} else {
+		m = w.machine(machine)
+	}
+	return w.seriesOf(m, metric)
+}
+
+// machine returns the state of machine, creating it if needed: a machine
+// back after eviction resumes from the watermark it left with.
+func (w *Windows) machine(machine string) *winMachine {
+	m := w.machines[machine]
+	if m == nil {
 		m = &winMachine{name: strings.Clone(machine), wm: math.MinInt64, epoch: w.epoch}
 		if wm, ok := w.evicted[machine]; ok {
 			delete(w.evicted, machine)
@@ -530,6 +555,12 @@ func (w *Windows) series(machine, metric string) *winSeries {
 		w.machines[m.name] = m
 		w.order = append(w.order, m)
 	}
+	return m
+}
+
+// seriesOf returns the series of m's metric, creating it if needed, and
+// caches it as the last one.
+func (w *Windows) seriesOf(m *winMachine, metric string) *winSeries {
 	i := m.lookup(metric)
 	if i < 0 {
 		name, ok := w.names[metric]
