@@ -252,7 +252,10 @@ func NewEngine(cfg EngineConfig) *Engine {
 func (e *Engine) Process(events []telemetry.Event, out *Output) (duplicates int) {
 	for i := range events {
 		ev := &events[i]
-		em := e.machine(ev.Machine)
+		var em *engMachine // with StoreDedups, Process needs no machine state
+		if !e.cfg.StoreDedups {
+			em = e.machine(ev.Machine)
+		}
 		if ev.ID != "" || ev.HasSeq {
 			k := Key{Machine: ev.Machine, ID: ev.ID, Seq: ev.Seq, HasSeq: ev.HasSeq}
 			h, _ := e.dedup.idKey(ev.Machine, ev.ID, ev.Seq, ev.HasSeq)
