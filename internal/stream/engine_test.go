@@ -194,12 +194,19 @@ func BenchmarkEngine(b *testing.B) {
 		if storeDedups {
 			name = "store_dedups"
 		}
-		b.Run(name, func(b *testing.B) { benchmarkEngine(b, storeDedups) })
+		b.Run(name, func(b *testing.B) { benchmarkEngine(b, storeDedups, 10_000, 5, 1000) })
 	}
 }
 
-func benchmarkEngine(b *testing.B, storeDedups bool) {
-	const machines, metrics, batch = 10_000, 5, 1000
+// BenchmarkEngineTSBS is BenchmarkEngine in the shape of a TSBS iot load
+// (issue 18): 1 000 machines × 10 metrics, one event per machine every
+// 10 s (event time), events without an id or seq, the store deciding on
+// duplicates.
+func BenchmarkEngineTSBS(b *testing.B) {
+	benchmarkEngine(b, true, 1000, 10, 1000)
+}
+
+func benchmarkEngine(b *testing.B, storeDedups bool, machines, metrics, batch int) {
 	cfg := DefaultEngineConfig()
 	cfg.StoreDedups = storeDedups
 	e := NewEngine(cfg)
@@ -207,7 +214,11 @@ func benchmarkEngine(b *testing.B, storeDedups bool) {
 	for i := range names {
 		names[i] = fmt.Sprintf("machine-%05d", i)
 	}
-	metricNames := []string{"temp", "rpm", "vibration", "power", "pressure"}
+	metricNames := []string{"temp", "rpm", "vibration", "power", "pressure", "latitude", "longitude", "elevation", "velocity", "heading"}[:metrics]
+	step, keyed := int64(1000), true
+	if metrics == 10 { // the TSBS shape: 10 s apart, no id or seq
+		step, keyed = 10_000, false
+	}
 	events := make([]telemetry.Event, batch)
 	ms := make([]telemetry.Metric, batch*metrics)
 	var out Output
@@ -217,8 +228,8 @@ func benchmarkEngine(b *testing.B, storeDedups bool) {
 			k := next + i
 			ev := &events[i]
 			ev.Machine = names[k%machines]
-			ev.Time = int64(k/machines) * 1000
-			ev.Seq, ev.HasSeq = uint64(k/machines), true
+			ev.Time = int64(k/machines) * step
+			ev.Seq, ev.HasSeq = uint64(k/machines), keyed
 			ev.Metrics = ms[i*metrics : (i+1)*metrics : (i+1)*metrics]
 			for j := range ev.Metrics {
 				ev.Metrics[j] = telemetry.Metric{Name: metricNames[j], Value: float64(k % 97)}
