@@ -180,6 +180,7 @@ type Windows struct {
 	// share the machine, and a cache hit compares two hot strings.
 	last                    *winSeries
 	lastMachine, lastMetric string
+	lastIdx                 int // of last in its machine's series
 }
 
 // winMachine is the state of one machine.
@@ -561,7 +562,21 @@ func (w *Windows) machine(machine string) *winMachine {
 // seriesOf returns the series of m's metric, creating it if needed, and
 // caches it as the last one.
 func (w *Windows) seriesOf(m *winMachine, metric string) *winSeries {
-	i := m.lookup(metric)
+	i := -1
+	if w.last != nil && w.last.m == m {
+		// A machine's events name their metrics in the same order each
+		// time: try the series after the last one before a look-up.
+		j := w.lastIdx + 1
+		if j == len(m.metrics) {
+			j = 0
+		}
+		if m.metrics[j] == metric {
+			i = j
+		}
+	}
+	if i < 0 {
+		i = m.lookup(metric)
+	}
 	if i < 0 {
 		name, ok := w.names[metric]
 		if !ok {
@@ -584,7 +599,7 @@ func (w *Windows) seriesOf(m *winMachine, metric string) *winSeries {
 			}
 		}
 	}
-	w.last, w.lastMachine, w.lastMetric = &m.series[i], m.name, m.metrics[i]
+	w.last, w.lastIdx, w.lastMachine, w.lastMetric = &m.series[i], i, m.name, m.metrics[i]
 	return w.last
 }
 
