@@ -60,9 +60,11 @@ func (a *App) observeRemote(opts *hub.Options) {
 }
 
 // publishWindows pushes closed and corrected windows to the machines'
-// stream subscribers: one message per machine.
+// stream subscribers: one message per machine. With no client to reach
+// (hub.Skip) it makes nothing; else a machine's message is encoded (by
+// hand, no reflection) only if a client wants it, now or on resume.
 func publishWindows(h *hub.Hub, ws []stream.Window) {
-	if len(ws) == 0 {
+	if len(ws) == 0 || h.Skip() {
 		return
 	}
 	out := make([]hub.Window, len(ws)) // the hub keeps it until encoded
@@ -78,7 +80,7 @@ func publishWindows(h *hub.Hub, ws []stream.Window) {
 // publishMedians pushes the medians updated by a released group, one
 // message per machine: {"metrics":{"temp":{"median":71.2,"t":…}}}.
 func publishMedians(h *hub.Hub, us []twin.MedianUpdate) {
-	if len(us) == 0 {
+	if len(us) == 0 || h.Skip() {
 		return
 	}
 	out := make([]hub.Median, len(us)) // us is reused; the hub keeps out

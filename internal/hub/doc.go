@@ -148,7 +148,9 @@
 // message for a machine nobody subscribed to is kept unencoded in the
 // replay ring (lazyBody) and encoded if a resuming client wants it. With no
 // client connected, none that left within resumeHorizon and no Redis, a
-// publish makes no message at all and expires older cursors.
+// publish makes no message at all and expires older cursors; [Hub.Skip]
+// tells a caller so beforehand, so that it need not even build what it
+// would publish.
 //
 // # Filters and limits
 //

@@ -481,6 +481,13 @@ func (h *Hub) skip() bool {
 	return h.skipLocked(1)
 }
 
+// Skip reports whether nothing published now could reach a client: none
+// is connected, none left within the resume horizon, and no other
+// replica shares the stream. It then takes a seq as a publish to nobody
+// does (the cursors before it expire), so the caller may skip making the
+// message at all: a publish of windows or medians costs one lock then.
+func (h *Hub) Skip() bool { return h.skip() }
+
 // wantedLocked reports whether a client on this replica, or with Redis
 // maybe on another, wants a message for machine now; passThrough says a
 // conflated client takes it too (an alarm, a note).

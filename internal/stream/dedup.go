@@ -146,35 +146,49 @@ func (d *Dedup) Event(ev *telemetry.Event) bool {
 // eventKey hashes the key of an event with an ID or a sequence number;
 // ok is false for an event with neither.
 func (d *Dedup) eventKey(ev *telemetry.Event) (key uint64, ok bool) {
+	return d.idKey(ev.Machine, ev.ID, ev.Seq, ev.HasSeq)
+}
+
+// idKey hashes the key of an event of machine with id, or else seq if
+// hasSeq; ok is false for an event with neither.
+func (d *Dedup) idKey(machine, id string, seq uint64, hasSeq bool) (key uint64, ok bool) {
 	switch {
-	case ev.ID != "":
-		d.start(dedupKindID, ev.Machine)
-		d.h.WriteString(ev.ID)
-	case ev.HasSeq:
-		d.start(dedupKindSeq, ev.Machine)
-		d.writeUint64(ev.Seq)
+	case id != "":
+		d.start(dedupKindID, machine)
+		d.h.WriteString(id)
+	case hasSeq:
+		d.start(dedupKindSeq, machine)
+		d.writeUint64(seq)
 	default:
 		return 0, false
 	}
-	return d.h.Sum64(), true
+	return max(d.h.Sum64(), 1), true // 0 marks a free place in the set
 }
+
+// hasKey reports whether the hashed key (from idKey) is remembered.
+func (d *Dedup) hasKey(key uint64) bool { return d.keys.has(key) }
 
 // Has reports whether the key of ev (an ID or a sequence number) is
 // remembered, without remembering it.
 func (d *Dedup) Has(ev *telemetry.Event) bool {
 	key, ok := d.eventKey(ev)
-	return ok && d.keys.has(max(key, 1))
+	return ok && d.keys.has(key)
 }
 
 // Sample reports whether the sample of metric of machine at event time t
 // (Unix ms) is the first copy of its key, and remembers the key. It is the
 // deduplication of events that have neither an ID nor a sequence number.
 func (d *Dedup) Sample(machine, metric string, t int64) bool {
+	return d.see(machine, d.sampleKey(machine, metric, t), t)
+}
+
+// sampleKey hashes the key of the sample of metric of machine at t.
+func (d *Dedup) sampleKey(machine, metric string, t int64) uint64 {
 	d.start(dedupKindSample, machine)
 	d.writeUint64(uint64(len(metric)))
 	d.h.WriteString(metric)
 	d.writeUint64(uint64(t))
-	return d.see(machine, d.h.Sum64(), t)
+	return d.h.Sum64()
 }
 
 // Len returns the number of keys remembered.
@@ -220,20 +234,32 @@ func (d *Dedup) writeUint64(v uint64) {
 func (d *Dedup) see(machine string, key uint64, t int64) bool {
 	mi := d.lastIdx
 	if d.lastIdx < 0 || machine != d.lastName {
-		var ok bool
-		if mi, ok = d.machines[machine]; !ok {
-			m := dedupMachine{maxTime: t, head: dedupNil, tail: dedupNil}
-			if n := len(d.freeMs); n > 0 {
-				mi, d.freeMs = d.freeMs[n-1], d.freeMs[:n-1]
-				d.ms[mi] = m
-			} else {
-				mi = int32(len(d.ms))
-				d.ms = append(d.ms, m)
-			}
-			d.machines[machine] = mi
-		}
+		mi = d.machine(machine)
 		d.lastName, d.lastIdx = machine, mi
 	}
+	return d.seeAt(mi, key, t)
+}
+
+// machine returns the index in ms of machine's state, creating it if
+// needed. The index stays valid until Forget of the machine.
+func (d *Dedup) machine(machine string) int32 {
+	mi, ok := d.machines[machine]
+	if !ok {
+		m := dedupMachine{maxTime: math.MinInt64, head: dedupNil, tail: dedupNil}
+		if n := len(d.freeMs); n > 0 {
+			mi, d.freeMs = d.freeMs[n-1], d.freeMs[:n-1]
+			d.ms[mi] = m
+		} else {
+			mi = int32(len(d.ms))
+			d.ms = append(d.ms, m)
+		}
+		d.machines[machine] = mi
+	}
+	return mi
+}
+
+// seeAt is see for the machine at index mi (from machine).
+func (d *Dedup) seeAt(mi int32, key uint64, t int64) bool {
 	m := &d.ms[mi]
 	m.maxTime = max(m.maxTime, t)
 	cutoff := satSubMilli(m.maxTime, d.horizon)

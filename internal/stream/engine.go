@@ -7,6 +7,7 @@
 package stream
 
 import (
+	"strings"
 	"time"
 
 	"github.com/twinline/twinline/internal/telemetry"
@@ -65,17 +66,100 @@ type Engine struct {
 	windows *Windows
 
 	// Scratch for Release, kept to avoid allocations.
-	out      *Output
-	emitRel  func(telemetry.Sample)
-	emitWin  func(Window)
-	advanced map[string]struct{}
-	late     map[lateKey]int // index in out.Windows of a window's late aggregate
+	out     *Output
+	emitRel func(telemetry.Sample)
+	emitWin func(Window)
+	late    map[lateKey]int // index in out.Windows of a window's late aggregate
 
-	// pending are the keyed events of the groups processed and not yet
-	// durable (with StoreDedups): each group's are remembered by its
-	// Release, or dropped by Forget or ForgetGroup. A processor may
-	// process group N+1 while group N commits: both are pending then.
-	pending map[Key]struct{}
+	// pending are the keys (hashed as the dedup hashes them) of the keyed
+	// events of the groups processed and not yet durable (with
+	// StoreDedups): each group's are remembered by its Release, or dropped
+	// by Forget or ForgetGroup. A processor may process group N+1 while
+	// group N commits: both are pending then.
+	pending dedupSet
+
+	// machines holds each machine's state in every stage, so that an
+	// event costs one look-up by name for all of them (last: the previous
+	// one's, as an event's samples come together); touched are the
+	// machines whose windows got samples in the current call.
+	machines map[string]*engMachine
+	last     *engMachine
+	touched  []*engMachine
+}
+
+// engMachine is one machine's state in the engine: its index in the dedup
+// and its state in the reorder and the windows, each made when first
+// needed (and made again if the stage dropped it: gone).
+type engMachine struct {
+	name    string
+	dedup   int32 // index in Dedup.ms, -1 none
+	r       *reorderMachine
+	w       *winMachine
+	touched bool // in Engine.touched
+}
+
+// machine returns the engine's state of machine, creating it if needed.
+func (e *Engine) machine(machine string) *engMachine {
+	if em := e.last; em != nil && em.name == machine {
+		return em
+	}
+	em := e.machines[machine]
+	if em == nil {
+		em = &engMachine{name: strings.Clone(machine), dedup: -1}
+		e.machines[em.name] = em
+	}
+	e.last = em
+	return em
+}
+
+// dedupIdx returns em's index in the dedup.
+func (e *Engine) dedupIdx(em *engMachine) int32 {
+	if em.dedup < 0 {
+		em.dedup = e.dedup.machine(em.name)
+	}
+	return em.dedup
+}
+
+// reorderOf returns em's reorder state.
+func (e *Engine) reorderOf(em *engMachine) *reorderMachine {
+	if em.r == nil || em.r.gone {
+		em.r = e.reorder.machine(em.name)
+		em.r.owner = em
+	}
+	return em.r
+}
+
+// addWindow adds s to em's windows at watermark wm, and lists em as
+// touched.
+func (e *Engine) addWindow(em *engMachine, s telemetry.Sample, wm int64) {
+	if em.w == nil || em.w.gone {
+		em.w = e.windows.machine(em.name)
+	}
+	e.windows.addTo(em.w, s, wm, e.emitWin)
+	if !em.touched {
+		em.touched = true
+		e.touched = append(e.touched, em)
+	}
+}
+
+// untouch empties the list of touched machines.
+func (e *Engine) untouch() {
+	for i, em := range e.touched {
+		em.touched = false
+		e.touched[i] = nil
+	}
+	e.touched = e.touched[:0]
+}
+
+// drop forgets em: a machine the stages evicted or forgot.
+func (e *Engine) drop(machine string) {
+	if em := e.machines[machine]; em != nil {
+		em.dedup, em.r, em.w = -1, nil, nil
+		delete(e.machines, machine)
+	}
+	if e.last != nil && e.last.name == machine {
+		e.last = nil
+	}
 }
 
 type lateKey struct {
@@ -124,9 +208,8 @@ func NewEngine(cfg EngineConfig) *Engine {
 		dedup:    NewDedup(cfg.DedupHorizon, cfg.DedupMaxKeys),
 		reorder:  NewReorder(cfg.Lateness, cfg.MaxBuffered),
 		windows:  NewWindows(cfg.Window, cfg.WindowGrace),
-		advanced: map[string]struct{}{},
 		late:     map[lateKey]int{},
-		pending:  map[Key]struct{}{},
+		machines: map[string]*engMachine{},
 	}
 	e.emitWin = func(w Window) {
 		// A replay of old data makes one late aggregate per sample:
@@ -143,12 +226,15 @@ func NewEngine(cfg EngineConfig) *Engine {
 	}
 	e.emitRel = func(s telemetry.Sample) {
 		e.out.Released = append(e.out.Released, s)
+		em := e.reorder.releasing.owner
+		if em == nil || em.r != e.reorder.releasing {
+			em = e.machine(s.Machine)
+		}
 		// Released samples come in event-time order: up to this one, the
 		// machine's windows have all they will get in order, so the
 		// sample's own time is the watermark to add it at (the machine's
 		// full watermark would close its window before it is added).
-		e.windows.Add(s, s.Time, e.emitWin)
-		e.advanced[s.Machine] = struct{}{}
+		e.addWindow(em, s, s.Time)
 	}
 	return e
 }
@@ -166,18 +252,22 @@ func NewEngine(cfg EngineConfig) *Engine {
 func (e *Engine) Process(events []telemetry.Event, out *Output) (duplicates int) {
 	for i := range events {
 		ev := &events[i]
-		keyed := ev.ID != "" || ev.HasSeq
-		if keyed {
+		var em *engMachine // with StoreDedups, Process needs no machine state
+		if !e.cfg.StoreDedups {
+			em = e.machine(ev.Machine)
+		}
+		if ev.ID != "" || ev.HasSeq {
 			k := Key{Machine: ev.Machine, ID: ev.ID, Seq: ev.Seq, HasSeq: ev.HasSeq}
+			h, _ := e.dedup.idKey(ev.Machine, ev.ID, ev.Seq, ev.HasSeq)
 			if e.cfg.StoreDedups {
 				// Remembered once durable (Release), so that a failed
 				// group's keys are dropped alone (Forget).
-				if _, dup := e.pending[k]; dup || e.dedup.Has(ev) {
+				if e.pending.has(h) || e.dedup.hasKey(h) {
 					duplicates++
 					continue
 				}
-				e.pending[k] = struct{}{}
-			} else if !e.dedup.Event(ev) {
+				e.pending.add(h)
+			} else if !e.dedup.seeAt(e.dedupIdx(em), h, ev.Time) {
 				duplicates++
 				continue
 			}
@@ -192,11 +282,12 @@ func (e *Engine) Process(events []telemetry.Event, out *Output) (duplicates int)
 			continue
 		}
 		added := 0
+		mi := e.dedupIdx(em)
 		for _, m := range ev.Metrics {
 			// The store keys samples by (machine, metric, time), first
 			// write wins: so does the engine, for keyed events too, so that
 			// its windows count exactly what the store keeps.
-			if !e.dedup.Sample(ev.Machine, m.Name, ev.Time) {
+			if !e.dedup.seeAt(mi, e.dedup.sampleKey(ev.Machine, m.Name, ev.Time), ev.Time) {
 				continue
 			}
 			out.Samples = append(out.Samples, telemetry.Sample{Machine: ev.Machine, Metric: m.Name, Time: ev.Time, Value: m.Value})
@@ -213,10 +304,10 @@ func (e *Engine) Process(events []telemetry.Event, out *Output) (duplicates int)
 // these keys (journaled by an earlier run) as duplicates, as if it had
 // processed them; keys already beyond the dedup horizon are not kept.
 func (e *Engine) Remember(keys []Key) {
-	var ev telemetry.Event
 	for _, k := range keys {
-		ev.Machine, ev.ID, ev.Seq, ev.HasSeq, ev.Time = k.Machine, k.ID, k.Seq, k.HasSeq, k.Time
-		e.dedup.Event(&ev)
+		if h, ok := e.dedup.idKey(k.Machine, k.ID, k.Seq, k.HasSeq); ok {
+			e.dedup.seeAt(e.dedupIdx(e.machine(k.Machine)), h, k.Time)
+		}
 	}
 }
 
@@ -255,10 +346,13 @@ func KeepFresh(samples []telemetry.Sample, origin []int32, fresh []bool) (n, dup
 // from being stored twice).
 func (e *Engine) Forget() {
 	if e.cfg.StoreDedups {
-		clear(e.pending)
+		e.pending = dedupSet{}
 		return
 	}
 	e.dedup = NewDedup(e.cfg.DedupHorizon, e.cfg.DedupMaxKeys)
+	for _, em := range e.machines {
+		em.dedup = -1
+	}
 }
 
 // ForgetGroup drops the pending keys of one group that will not be
@@ -275,8 +369,9 @@ func (e *Engine) ForgetGroup(keys []Key) {
 // dropPending deletes keys (with their event times) from pending.
 func (e *Engine) dropPending(keys []Key) {
 	for _, k := range keys {
-		k.Time = 0 // pending keys have none
-		delete(e.pending, k)
+		if h, ok := e.dedup.idKey(k.Machine, k.ID, k.Seq, k.HasSeq); ok {
+			e.pending.remove(h)
+		}
 	}
 }
 
@@ -288,28 +383,41 @@ func (e *Engine) dropPending(keys []Key) {
 // the windows that closed or changed.
 func (e *Engine) Release(out *Output, now int64) {
 	if e.cfg.StoreDedups {
-		e.Remember(out.Keys)
-		e.dropPending(out.Keys) // the groups processed since stay pending
+		// Remembered, and no longer pending (the groups processed since
+		// stay pending): one hash per key for both.
+		for _, k := range out.Keys {
+			if h, ok := e.dedup.idKey(k.Machine, k.ID, k.Seq, k.HasSeq); ok {
+				e.dedup.seeAt(e.dedupIdx(e.machine(k.Machine)), h, k.Time)
+				e.pending.remove(h)
+			}
+		}
 	}
 	e.use(out)
 	e.reorder.SetNow(now)
+	var em *engMachine
+	var rm *reorderMachine
 	for _, s := range out.Samples {
-		if !e.reorder.Add(s) {
+		if em == nil || s.Machine != em.name {
+			em = e.machine(s.Machine)
+			rm = e.reorderOf(em)
+		}
+		if !e.reorder.add(rm, s) {
 			continue
 		}
 		// Late for the reorder buffer: release what is due of its machine
 		// first, so its windows get those samples before this one.
-		e.reorder.Release(s.Machine, e.emitRel)
-		wm, _ := e.reorder.Watermark(s.Machine)
-		e.windows.Add(s, wm, e.emitWin)
-		e.advanced[s.Machine] = struct{}{}
+		e.reorder.release(rm, e.emitRel)
+		e.addWindow(em, s, rm.watermark)
 	}
 	e.reorder.ReleaseReady(e.emitRel)
-	for m := range e.advanced {
-		wm, _ := e.reorder.Watermark(m)
-		e.windows.Advance(m, wm, e.emitWin)
+	for i, em := range e.touched {
+		em.touched = false
+		e.touched[i] = nil
+		if em.w != nil && !em.w.gone && em.r != nil {
+			e.windows.advance(em.w, em.r.watermark, e.emitWin)
+		}
 	}
-	e.advanced = resetSet(e.advanced)
+	e.touched = e.touched[:0]
 }
 
 // Tick lets the watermarks of machines that sent nothing for the lateness
@@ -335,7 +443,7 @@ func (e *Engine) Tick(now int64, out *Output) {
 	e.reorder.SetNow(now)
 	e.reorder.AdvanceTo(wm, wm, e.emitRel)
 	e.windows.AdvanceAll(wm, e.emitWin)
-	e.advanced = resetSet(e.advanced)
+	e.untouch()
 	if e.cfg.EvictAfter > 0 {
 		e.reorder.Evict(satSubMilli(now, e.cfg.EvictAfter.Milliseconds()), e.windows.Holds, e.evicted)
 	}
@@ -346,6 +454,7 @@ func (e *Engine) Tick(now int64, out *Output) {
 func (e *Engine) evicted(machine string, _ int64) {
 	e.windows.Evict(machine)
 	e.dedup.Forget(machine)
+	e.drop(machine)
 }
 
 // ForgetMachine drops everything the engine keeps of machine (buffered
@@ -357,6 +466,7 @@ func (e *Engine) ForgetMachine(machine string) {
 	e.reorder.Forget(machine)
 	e.windows.Forget(machine)
 	e.dedup.Forget(machine)
+	e.drop(machine)
 }
 
 // EngineStats counts the machines an Engine keeps state for.
@@ -382,7 +492,7 @@ func (e *Engine) Flush(out *Output) {
 	e.use(out)
 	e.reorder.Flush(e.emitRel)
 	e.windows.Flush(e.emitWin)
-	e.advanced = resetSet(e.advanced)
+	e.untouch()
 }
 
 // use directs emissions to out; late aggregates merge within one call.

@@ -194,12 +194,19 @@ func BenchmarkEngine(b *testing.B) {
 		if storeDedups {
 			name = "store_dedups"
 		}
-		b.Run(name, func(b *testing.B) { benchmarkEngine(b, storeDedups) })
+		b.Run(name, func(b *testing.B) { benchmarkEngine(b, storeDedups, 10_000, 5, 1000) })
 	}
 }
 
-func benchmarkEngine(b *testing.B, storeDedups bool) {
-	const machines, metrics, batch = 10_000, 5, 1000
+// BenchmarkEngineTSBS is BenchmarkEngine in the shape of a TSBS iot load
+// (issue 18): 1 000 machines × 10 metrics, one event per machine every
+// 10 s (event time), events without an id or seq, the store deciding on
+// duplicates.
+func BenchmarkEngineTSBS(b *testing.B) {
+	benchmarkEngine(b, true, 1000, 10, 1000)
+}
+
+func benchmarkEngine(b *testing.B, storeDedups bool, machines, metrics, batch int) {
 	cfg := DefaultEngineConfig()
 	cfg.StoreDedups = storeDedups
 	e := NewEngine(cfg)
@@ -207,7 +214,11 @@ func benchmarkEngine(b *testing.B, storeDedups bool) {
 	for i := range names {
 		names[i] = fmt.Sprintf("machine-%05d", i)
 	}
-	metricNames := []string{"temp", "rpm", "vibration", "power", "pressure"}
+	metricNames := []string{"temp", "rpm", "vibration", "power", "pressure", "latitude", "longitude", "elevation", "velocity", "heading"}[:metrics]
+	step, keyed := int64(1000), true
+	if metrics == 10 { // the TSBS shape: 10 s apart, no id or seq
+		step, keyed = 10_000, false
+	}
 	events := make([]telemetry.Event, batch)
 	ms := make([]telemetry.Metric, batch*metrics)
 	var out Output
@@ -217,8 +228,8 @@ func benchmarkEngine(b *testing.B, storeDedups bool) {
 			k := next + i
 			ev := &events[i]
 			ev.Machine = names[k%machines]
-			ev.Time = int64(k/machines) * 1000
-			ev.Seq, ev.HasSeq = uint64(k/machines), true
+			ev.Time = int64(k/machines) * step
+			ev.Seq, ev.HasSeq = uint64(k/machines), keyed
 			ev.Metrics = ms[i*metrics : (i+1)*metrics : (i+1)*metrics]
 			for j := range ev.Metrics {
 				ev.Metrics[j] = telemetry.Metric{Name: metricNames[j], Value: float64(k % 97)}
@@ -235,13 +246,20 @@ func benchmarkEngine(b *testing.B, storeDedups bool) {
 	}
 	b.ReportAllocs()
 	b.ResetTimer()
+	cpu := processCPUTime()
 	for range b.N {
 		fill()
 		out.Reset()
 		e.Process(events, &out)
 		e.Release(&out, 0)
 	}
+	cpu = processCPUTime() - cpu
 	b.ReportMetric(float64(b.N*batch*metrics)/b.Elapsed().Seconds(), "samples/s")
+	// Per second of CPU (the process's, garbage collection included): on a
+	// shared machine, the figure that does not count other processes.
+	if cpu > 0 {
+		b.ReportMetric(float64(b.N*batch*metrics)/cpu.Seconds(), "samples/cpu-s")
+	}
 }
 
 // TestEngineTickReleasesQuietMachines: a machine that stops sending has
@@ -398,5 +416,71 @@ func TestEnginePipelinedGroups(t *testing.T) {
 	}
 	if diff := len(d.Keys); diff != 1 || d.Keys[0].ID != "b" {
 		t.Errorf("new keys %+v, want b's", d.Keys)
+	}
+}
+
+// TestEngineMachineStateAfterForget: the engine keeps each machine's place
+// in every stage (one look-up per event); after Forget, ForgetMachine and
+// eviction those places are made afresh, so duplicates are still told
+// apart per machine and no machine takes another's state.
+func TestEngineMachineStateAfterForget(t *testing.T) {
+	for _, storeDedups := range []bool{false, true} {
+		t.Run(fmt.Sprintf("store_dedups=%v", storeDedups), func(t *testing.T) {
+			cfg := DefaultEngineConfig()
+			cfg.StoreDedups = storeDedups
+			e := NewEngine(cfg)
+			var out Output
+			// process processes one event of machine with seq at time ts
+			// and releases it, reporting whether it was a duplicate.
+			process := func(machine string, seq uint64, ts int64) bool {
+				out.Reset()
+				dups := e.Process([]telemetry.Event{{Machine: machine, Seq: seq, HasSeq: true, Time: ts,
+					Metrics: []telemetry.Metric{{Name: "x", Value: 1}}}}, &out)
+				e.Release(&out, ts)
+				return dups == 1
+			}
+			if process("a", 1, 1000) || process("b", 1, 1000) {
+				t.Fatal("first copies reported duplicates")
+			}
+			if !process("a", 1, 1000) || !process("b", 1, 1000) {
+				t.Fatal("second copies not reported duplicates")
+			}
+			e.ForgetMachine("a")
+			// A new machine may take a's freed places: b's keys stay b's.
+			if process("c", 1, 1000) {
+				t.Fatal("c's first event reported a duplicate")
+			}
+			if !process("b", 1, 1000) {
+				t.Fatal("b's key lost after a was forgotten")
+			}
+			if process("a", 1, 1000) {
+				t.Fatal("a's key kept after ForgetMachine")
+			}
+			if !process("a", 1, 1000) {
+				t.Fatal("a's key not remembered again")
+			}
+			e.Forget()
+			if !storeDedups {
+				// Every remembered key goes: a retry is new, then
+				// remembered again.
+				if process("b", 1, 1000) || !process("b", 1, 1000) {
+					t.Fatal("b's key after Forget: want new, then duplicate")
+				}
+			}
+			// Eviction: a quiet machine is dropped and comes back later.
+			out.Reset()
+			e.Tick(10*time.Hour.Milliseconds(), &out)
+			out.Reset()
+			e.Tick(20*time.Hour.Milliseconds(), &out)
+			if st := e.Stats(); st.Machines != 0 {
+				t.Fatalf("machines held after eviction: %d, want 0", st.Machines)
+			}
+			if process("b", 2, 21*time.Hour.Milliseconds()) || !process("b", 2, 21*time.Hour.Milliseconds()) {
+				t.Fatal("b after eviction: want new, then duplicate")
+			}
+			if len(out.Released) != 0 {
+				t.Fatalf("released %v before the watermark passed", out.Released)
+			}
+		})
 	}
 }

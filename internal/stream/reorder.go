@@ -38,15 +38,21 @@ import (
 // their newest event time.
 //
 // A buffered sample costs 40 bytes (metric name, time, value and arrival
-// number; the machine id is kept once per machine) in a per-machine binary
-// min-heap whose backing array is reused: Add and Release are O(log k) for
-// k samples buffered for the machine, and do not allocate once each
-// machine's heap has reached its working size. A heap that drains below a
-// quarter of its capacity (above reorderMinCap) is copied into one of twice
-// its length, so a burst's memory goes back once it is released; the copy
-// is paid for by the pops that drained it (amortised O(1)), and a heap that
-// shrank must double before it grows again, so it does not thrash. Emit functions must not call
-// back into the Reorder. A Reorder is not safe for concurrent use.
+// number; the machine id is kept once per machine). A machine's samples
+// are held in two buffers: the run, a FIFO of the samples that arrived in
+// event-time order (each at or after the newest one buffered), and a
+// binary min-heap of the others. Add appends to the run in O(1), or pushes
+// to the heap in O(log k) for k samples out of order; Release takes the
+// smaller head of the two, in O(1) from the run. Data that arrives in
+// order, as live sensors send it, thus never touches the heap. Both
+// backing arrays are reused, so Add and Release do not allocate once each
+// machine's buffers have reached their working size. A buffer that drains
+// below a quarter of its capacity (above reorderMinCap) is copied into one
+// of twice its length, so a burst's memory goes back once it is released;
+// the copy is paid for by the pops that drained it (amortised O(1)), and a
+// buffer that shrank must double before it grows again, so it does not
+// thrash. Emit functions must not call back into the Reorder. A Reorder is
+// not safe for concurrent use.
 type Reorder struct {
 	lateness    int64 // ms
 	maxBuffered int
@@ -67,6 +73,8 @@ type Reorder struct {
 	qhead int
 	// evicted holds the watermarks of evicted machines.
 	evicted map[string]int64
+	// releasing is the machine whose samples release is emitting.
+	releasing *reorderMachine
 }
 
 // quietMachine is an entry of Reorder.quiet.
@@ -80,12 +88,21 @@ type reorderMachine struct {
 	machine   string
 	maxTime   int64
 	watermark int64
-	arrived   int64         // server time of the latest Add (see SetNow)
-	heap      []reorderItem // min-heap by (time, arrival)
-	inReady   bool          // in Reorder.ready
+	arrived   int64 // server time of the latest Add (see SetNow)
+	// run[rh:] are the samples buffered in arrival order that are also in
+	// (time, arrival) order; heap the others, a min-heap by (time,
+	// arrival). n counts both.
+	run     []reorderItem
+	rh      int
+	heap    []reorderItem
+	n       int
+	inReady bool // in Reorder.ready
 	// active: in Reorder.active, as it has buffered samples or a watermark
 	// below maxTime; queued: in Reorder.quiet; gone: evicted or forgotten.
 	active, queued, gone bool
+	// owner is the engine's state of the machine, when an Engine runs the
+	// Reorder: its emitRel finds it without a look-up (see releasing).
+	owner *engMachine
 }
 
 // reorderItem is one buffered sample: 40 bytes.
@@ -118,30 +135,39 @@ func NewReorder(lateness time.Duration, maxBuffered int) *Reorder {
 func (r *Reorder) Add(s telemetry.Sample) (late bool) {
 	m := r.last
 	if m == nil || m.machine != s.Machine {
-		m = r.index[s.Machine]
+		m = r.machine(s.Machine)
 	}
-	if m == nil {
-		m = &reorderMachine{machine: s.Machine, maxTime: s.Time, watermark: math.MinInt64}
-		if wm, ok := r.evicted[s.Machine]; ok {
-			// Back after eviction: resume from the watermark it left with.
-			delete(r.evicted, s.Machine)
-			m.maxTime, m.watermark = wm, wm
+	r.last = m
+	return r.add(m, s)
+}
+
+// machine returns the state of machine, creating it if needed: a machine
+// back after eviction resumes from the watermark it left with.
+func (r *Reorder) machine(machine string) *reorderMachine {
+	if m := r.index[machine]; m != nil {
+		return m
+	}
+	m := &reorderMachine{machine: machine, maxTime: math.MinInt64, watermark: math.MinInt64}
+	if wm, ok := r.evicted[machine]; ok {
+		delete(r.evicted, machine)
+		m.maxTime, m.watermark = wm, wm
+	}
+	r.index[machine] = m
+	r.machines = append(r.machines, m)
+	return m
+}
+
+// add is Add of s to its machine's state m, which must not be gone.
+func (r *Reorder) add(m *reorderMachine, s telemetry.Sample) (late bool) {
+	m.arrived = r.now
+	if s.Time <= m.watermark {
+		if !m.active {
+			r.queue(m) // a machine back after eviction, late at once
 		}
-		r.index[s.Machine] = m
-		r.machines = append(r.machines, m)
-		r.last = m
-		if s.Time <= m.watermark {
-			m.arrived = r.now
-			r.queue(m)
-			return true
-		}
-	} else if r.last = m; s.Time <= m.watermark {
-		m.arrived = r.now
 		return true
 	}
-	m.arrived = r.now
 	r.arrivals++
-	m.push(reorderItem{metric: s.Metric, time: s.Time, value: s.Value, arrival: r.arrivals})
+	m.add(reorderItem{metric: s.Metric, time: s.Time, value: s.Value, arrival: r.arrivals})
 	r.buffered++
 	m.maxTime = max(m.maxTime, s.Time)
 	m.watermark = max(m.watermark, satSubMilli(m.maxTime, r.lateness))
@@ -150,7 +176,7 @@ func (r *Reorder) Add(s telemetry.Sample) (late bool) {
 		r.active = append(r.active, m)
 		r.nactive++
 	}
-	if !m.inReady && (m.heap[0].time <= m.watermark || len(m.heap) > r.maxBuffered) {
+	if !m.inReady && (m.first().time <= m.watermark || m.n > r.maxBuffered) {
 		m.inReady = true
 		r.ready = append(r.ready, m)
 	}
@@ -215,17 +241,77 @@ func (r *Reorder) Flush(emit func(telemetry.Sample)) {
 // maxBuffered remain, it raises the watermark to the oldest one's time and
 // emits again, until at most maxBuffered remain.
 func (r *Reorder) release(m *reorderMachine, emit func(telemetry.Sample)) {
+	r.releasing = m
 	for {
-		for len(m.heap) > 0 && m.heap[0].time <= m.watermark {
-			it := m.pop()
+		for m.n > 0 {
+			var it reorderItem
+			if m.heapFirst() {
+				if m.heap[0].time > m.watermark {
+					break
+				}
+				it = m.pop()
+			} else {
+				if m.run[m.rh].time > m.watermark {
+					break
+				}
+				it = m.shift()
+			}
 			r.buffered--
 			emit(telemetry.Sample{Machine: m.machine, Metric: it.metric, Time: it.time, Value: it.value})
 		}
-		if len(m.heap) <= r.maxBuffered {
+		if m.n <= r.maxBuffered {
 			return
 		}
-		m.watermark = m.heap[0].time // over the cap: release the oldest early
+		m.watermark = m.first().time // over the cap: release the oldest early
 	}
+}
+
+// add buffers it: at the end of the run if it comes at or after the
+// run's newest sample (O(1)), else in the heap.
+func (m *reorderMachine) add(it reorderItem) {
+	m.n++
+	if l := len(m.run); l == m.rh || !it.before(&m.run[l-1]) {
+		if l == cap(m.run) && m.rh > 0 && m.rh >= l/2 {
+			// Full, and at least half consumed: move the rest to the
+			// front rather than grow (amortised O(1)).
+			k := copy(m.run, m.run[m.rh:])
+			clear(m.run[k:])
+			m.run, m.rh = m.run[:k], 0
+		}
+		m.run = append(m.run, it)
+		return
+	}
+	m.push(it)
+}
+
+// heapFirst reports whether the next sample in (time, arrival) order is
+// the heap's rather than the run's; m must buffer a sample.
+func (m *reorderMachine) heapFirst() bool {
+	return m.rh == len(m.run) || len(m.heap) > 0 && m.heap[0].before(&m.run[m.rh])
+}
+
+// first returns the next sample in (time, arrival) order; m must buffer
+// one.
+func (m *reorderMachine) first() *reorderItem {
+	if m.heapFirst() {
+		return &m.heap[0]
+	}
+	return &m.run[m.rh]
+}
+
+// shift removes and returns the run's first sample: O(1).
+func (m *reorderMachine) shift() reorderItem {
+	it := m.run[m.rh]
+	m.run[m.rh] = reorderItem{} // drop the metric name reference
+	m.rh++
+	m.n--
+	switch n := len(m.run) - m.rh; {
+	case n == 0:
+		m.run, m.rh = m.run[:0], 0
+	case cap(m.run) > reorderMinCap && n < cap(m.run)/4:
+		m.run, m.rh = append(make([]reorderItem, 0, max(2*n, reorderMinCap)), m.run[m.rh:]...), 0
+	}
+	return it
 }
 
 // push adds it to the heap: O(log k), no allocation once the backing array
@@ -248,6 +334,7 @@ func (m *reorderMachine) push(it reorderItem) {
 func (m *reorderMachine) pop() reorderItem {
 	h := m.heap
 	top := h[0]
+	m.n--
 	n := len(h) - 1
 	h[0] = h[n]
 	h[n] = reorderItem{} // drop the metric name reference
@@ -275,14 +362,15 @@ func (m *reorderMachine) pop() reorderItem {
 	return top
 }
 
-// reorderMinCap is the capacity below which a heap is not shrunk: 16
+// reorderMinCap is the capacity below which a buffer is not shrunk: 16
 // samples (640 bytes), a machine's usual working size.
 const reorderMinCap = 16
 
-// heapCap returns the capacity of machine's heap, for tests.
+// heapCap returns the capacity of machine's buffers (run and heap), for
+// tests.
 func (r *Reorder) heapCap(machine string) int {
 	if m := r.index[machine]; m != nil {
-		return cap(m.heap)
+		return cap(m.run) + cap(m.heap)
 	}
 	return 0
 }
@@ -308,10 +396,10 @@ func (r *Reorder) AdvanceTo(wm, idleBefore int64, emit func(telemetry.Sample)) {
 		if m.arrived < idleBefore && m.watermark < min(wm, m.maxTime) {
 			m.watermark = min(wm, m.maxTime)
 		}
-		if len(m.heap) > 0 && m.heap[0].time <= m.watermark {
+		if m.n > 0 && m.first().time <= m.watermark {
 			r.release(m, emit)
 		}
-		if len(m.heap) > 0 || m.watermark < m.maxTime {
+		if m.n > 0 || m.watermark < m.maxTime {
 			keep = append(keep, m)
 			continue
 		}
@@ -372,8 +460,8 @@ func (r *Reorder) Evict(idleBefore int64, keep func(machine string) bool, evicte
 func (r *Reorder) Forget(machine string) {
 	delete(r.evicted, machine)
 	if m := r.index[machine]; m != nil {
-		r.buffered -= len(m.heap)
-		m.heap = nil
+		r.buffered -= m.n
+		m.run, m.rh, m.heap, m.n = nil, 0, nil, 0
 		r.remove(m)
 	}
 }

@@ -180,6 +180,7 @@ type Windows struct {
 	// share the machine, and a cache hit compares two hot strings.
 	last                    *winSeries
 	lastMachine, lastMetric string
+	lastIdx                 int // of last in its machine's series
 }
 
 // winMachine is the state of one machine.
@@ -290,6 +291,21 @@ func (w *Windows) Add(s telemetry.Sample, watermark int64, emit func(Window)) {
 	if sr == nil || s.Metric != w.lastMetric || s.Machine != w.lastMachine {
 		sr = w.series(s.Machine, s.Metric)
 	}
+	w.add(sr, s, watermark, emit)
+}
+
+// addTo is Add for a machine whose state m the caller holds (from
+// machine, not gone since): no look-up of the machine.
+func (w *Windows) addTo(m *winMachine, s telemetry.Sample, watermark int64, emit func(Window)) {
+	sr := w.last
+	if sr == nil || sr.m != m || s.Metric != w.lastMetric {
+		sr = w.seriesOf(m, s.Metric)
+	}
+	w.add(sr, s, watermark, emit)
+}
+
+// add is Add of s to its series sr.
+func (w *Windows) add(sr *winSeries, s telemetry.Sample, watermark int64, emit func(Window)) {
 	m := sr.m
 	w.catchUp(m)
 	if watermark > m.wm {
@@ -521,7 +537,17 @@ func (w *Windows) series(machine, metric string) *winSeries {
 	var m *winMachine
 	if w.last != nil && machine == w.lastMachine {
 		m = w.last.m
-	} else if m = w.machines[machine]; m == nil {
+	} else {
+		m = w.machine(machine)
+	}
+	return w.seriesOf(m, metric)
+}
+
+// machine returns the state of machine, creating it if needed: a machine
+// back after eviction resumes from the watermark it left with.
+func (w *Windows) machine(machine string) *winMachine {
+	m := w.machines[machine]
+	if m == nil {
 		m = &winMachine{name: strings.Clone(machine), wm: math.MinInt64, epoch: w.epoch}
 		if wm, ok := w.evicted[machine]; ok {
 			delete(w.evicted, machine)
@@ -530,7 +556,27 @@ func (w *Windows) series(machine, metric string) *winSeries {
 		w.machines[m.name] = m
 		w.order = append(w.order, m)
 	}
-	i := m.lookup(metric)
+	return m
+}
+
+// seriesOf returns the series of m's metric, creating it if needed, and
+// caches it as the last one.
+func (w *Windows) seriesOf(m *winMachine, metric string) *winSeries {
+	i := -1
+	if w.last != nil && w.last.m == m {
+		// A machine's events name their metrics in the same order each
+		// time: try the series after the last one before a look-up.
+		j := w.lastIdx + 1
+		if j == len(m.metrics) {
+			j = 0
+		}
+		if m.metrics[j] == metric {
+			i = j
+		}
+	}
+	if i < 0 {
+		i = m.lookup(metric)
+	}
 	if i < 0 {
 		name, ok := w.names[metric]
 		if !ok {
@@ -553,7 +599,7 @@ func (w *Windows) series(machine, metric string) *winSeries {
 			}
 		}
 	}
-	w.last, w.lastMachine, w.lastMetric = &m.series[i], m.name, m.metrics[i]
+	w.last, w.lastIdx, w.lastMachine, w.lastMetric = &m.series[i], i, m.name, m.metrics[i]
 	return w.last
 }
 

@@ -23,8 +23,10 @@ type Live struct {
 	machines map[string]*state
 	fleet    stats.Rate // events of every machine
 	// touched is ObserveReleased's scratch: the index in dst of each
-	// series it touched; empty between calls.
+	// series without a latest value it touched; empty between calls. gen
+	// numbers its calls (see latest.gen).
 	touched map[seriesKey]int
+	gen     uint64
 }
 
 // LiveOptions configure a Live.
@@ -73,6 +75,12 @@ type latest struct {
 	value, median float64
 	ts            int64
 	hasMedian     bool
+	// med is the metric's sliding median (the one in state.medians), nil
+	// until the first released sample or once trimmed; gen and at say
+	// it is dst[at] of the ObserveReleased call numbered gen.
+	med *stats.Median
+	gen uint64
+	at  int
 }
 
 // idleFactor times --offline-after (at least idleMin) is how long a
@@ -242,6 +250,7 @@ type MedianUpdate struct {
 func (l *Live) ObserveReleased(samples []telemetry.Sample, dst []MedianUpdate) []MedianUpdate {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	l.gen++
 	at := l.touched
 	defer clear(at)
 	var e *state
@@ -253,25 +262,44 @@ func (l *Live) ObserveReleased(samples []telemetry.Sample, dst []MedianUpdate) [
 		if e == nil {
 			continue
 		}
-		m := e.medians[s.Metric]
+		// One look-up by metric: the latest value holds its median and
+		// its place in dst.
+		v, ok := e.latest[s.Metric]
+		var m *stats.Median
+		if ok {
+			m = v.med
+		}
 		if m == nil {
-			if e.medians == nil {
-				e.medians = map[string]*stats.Median{}
+			m = e.medians[s.Metric]
+			if m == nil {
+				if e.medians == nil {
+					e.medians = map[string]*stats.Median{}
+				}
+				m = stats.NewMedian(l.opts.MedianWindow)
+				e.medians[s.Metric] = m
 			}
-			m = stats.NewMedian(l.opts.MedianWindow)
-			e.medians[s.Metric] = m
+			if ok {
+				v.med = m
+			}
 		}
 		m.Add(s.Value)
 		med, _ := m.Median()
-		if v, ok := e.latest[s.Metric]; ok {
-			v.median = med
-			v.hasMedian = true
+		if !ok {
+			k := seriesKey{s.Machine, s.Metric}
+			if j, ok := at[k]; ok {
+				dst[j].Time, dst[j].Median = s.Time, med
+			} else {
+				at[k] = len(dst)
+				dst = append(dst, MedianUpdate{Machine: s.Machine, Metric: s.Metric, Time: s.Time, Median: med})
+			}
+			continue
 		}
-		k := seriesKey{s.Machine, s.Metric}
-		if j, ok := at[k]; ok {
-			dst[j].Time, dst[j].Median = s.Time, med
+		v.median = med
+		v.hasMedian = true
+		if v.gen == l.gen {
+			dst[v.at].Time, dst[v.at].Median = s.Time, med
 		} else {
-			at[k] = len(dst)
+			v.gen, v.at = l.gen, len(dst)
 			dst = append(dst, MedianUpdate{Machine: s.Machine, Metric: s.Metric, Time: s.Time, Median: med})
 		}
 	}
@@ -386,6 +414,11 @@ func (l *Live) Trim(now time.Time) (trimmed int) {
 	defer l.mu.Unlock()
 	for _, e := range l.machines {
 		if (e.medians != nil || e.rate != nil) && e.lastSeen < cutoff {
+			if e.medians != nil {
+				for _, v := range e.vals {
+					v.med = nil
+				}
+			}
 			e.medians, e.rate = nil, nil
 			trimmed++
 		}

@@ -391,6 +391,10 @@ func TestTrimAndDeleteHook(t *testing.T) {
 		t.Errorf("after Trim: rate %v, medians %v; want both dropped", e.rate != nil, e.medians)
 	}
 	tw.live.mu.RUnlock()
+	// Its median starts afresh: 9 alone, not the median of 3 and 9.
+	if us := tw.live.ObserveReleased([]telemetry.Sample{{Machine: "m", Metric: "x", Time: 1_000_001, Value: 9}}, nil); len(us) != 1 || us[0].Median != 9 {
+		t.Errorf("median updates after Trim = %+v, want one of 9", us)
+	}
 	// Back after the trim, m counts its events as a machine never seen.
 	clk.t = clk.t.Add(3 * time.Hour)
 	for i := range 5 {
