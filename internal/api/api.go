@@ -41,6 +41,9 @@ type Options struct {
 	MaxLineBytes         int
 	Limits               telemetry.Limits
 	MachineTags          []string
+	// LPMissingMachine says what becomes of a line-protocol line without
+	// a machine id tag (--lp-missing-machine).
+	LPMissingMachine ingest.MissingMachine
 	// OutOfOrderWindow and MaxFuture bound the accepted event times.
 	OutOfOrderWindow time.Duration
 	MaxFuture        time.Duration
@@ -230,6 +233,8 @@ type API struct {
 	requests       *prometheus.CounterVec
 	samples        *prometheus.CounterVec
 	ignoredStrings prometheus.Counter
+	// lp is the line-protocol state (influx.go).
+	lp lineProtocol
 
 	dbMu      sync.Mutex
 	databases []string // names seen by /write and CREATE DATABASE
@@ -341,6 +346,7 @@ func New(opts Options, deps Deps) *API {
 	if a.clock == nil {
 		a.clock = time.Now
 	}
+	lpCollectors := a.initLineProtocol(opts, deps.Registry)
 	if opts.MaxMachines > 0 {
 		a.decodeOpts.AdmitMachine = func(id string) string { return a.registry.Admit(id, opts.MaxMachines) }
 	}
@@ -356,6 +362,7 @@ func New(opts Options, deps Deps) *API {
 	}
 	if deps.Registerer != nil {
 		deps.Registerer.MustRegister(a.requests, a.samples, a.ignoredStrings, a.relayRequests)
+		deps.Registerer.MustRegister(lpCollectors...)
 		deps.Registerer.MustRegister(a.mem.collectors()...)
 	}
 	a.mux = http.NewServeMux()

@@ -394,6 +394,7 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 		MaxLineBytes:               cfg.MaxLineBytes,
 		Limits:                     ingestLimits(cfg),
 		MachineTags:                cfg.LPMachineTags,
+		LPMissingMachine:           lpMissingMachine(cfg.LPMissingMachine),
 		OutOfOrderWindow:           cfg.OutOfOrderWindow,
 		MaxFuture:                  cfg.MaxFuture,
 		MaxInflightIngest:          cfg.MaxInflightIngest,
@@ -698,4 +699,10 @@ func prometheusAPI(cfg config.Config, st store.Store, list func() []twin.Info, v
 		Logger:     logger.With("component", "promapi"),
 		Registerer: reg,
 	})
+}
+
+// lpMissingMachine is the validated --lp-missing-machine.
+func lpMissingMachine(s string) ingest.MissingMachine {
+	m, _ := ingest.ParseMissingMachine(s) // config.Validate checked it
+	return m
 }

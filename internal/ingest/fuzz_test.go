@@ -3,6 +3,7 @@ package ingest
 import (
 	"bytes"
 	"errors"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -145,7 +146,7 @@ func FuzzDecodeLineProtocol(f *testing.F) {
 		if diff := cmp.Diff(slowRejects, rejects, cmpEvents); diff != "" {
 			t.Fatalf("rejects of the slow path differ (-slow +fast):\n%s", diff)
 		}
-		if slowStats != stats {
+		if !reflect.DeepEqual(slowStats, stats) {
 			t.Fatalf("stats of the slow path %+v, fast %+v", slowStats, stats)
 		}
 		checkNoAliasing(t, body, events, func(b []byte) { DecodeLineProtocol(b, precision, opts, nil) })

@@ -70,6 +70,11 @@ type decoder struct {
 	machineBuf  []byte
 	stats       Stats
 	noTagReason string
+	// tagBuf and tagSpans hold the tags of the line being decoded, when
+	// Options.Tags is set; tagPending indexes Stats.Tags by machine.
+	tagBuf     []byte
+	tagSpans   []tagSpan
+	tagPending map[string]int
 }
 
 const (
@@ -111,6 +116,7 @@ func getDecoder(opts Options, dst []telemetry.Event) *decoder {
 	d.startStream(opts.Sink)
 	d.stats = Stats{}
 	d.noTagReason = ""
+	clear(d.tagPending)
 	if d.local != nil {
 		d.local.reset()
 	}
@@ -134,6 +140,7 @@ func (d *decoder) release(bodyLen int) {
 	d.opts.MachineTags = nil
 	d.opts.AdmitMachine = nil
 	d.opts.Stamper = nil
+	d.opts.Tags = nil
 	if bodyLen > maxPooledBody {
 		return
 	}
