@@ -88,7 +88,11 @@ type Options struct {
 	// Prefix starts every machine id (prefix-00042), so that several
 	// bench processes can share a server without mixing their machines.
 	Prefix  string
-	Metrics int     // metrics per event
+	Metrics int // metrics per event
+	// LPShape is the ingest-lp scenario's line shape: ShapeSimple (""),
+	// or ShapeTSBSIoT (TSBS iot: two measurements, 8 tags, 10 s interval;
+	// Metrics is not used).
+	LPShape string
 	Rate    float64 // events per second of the open-loop sender (latency, fanout)
 	// Linger is the longest an event waits in the open-loop sender for its
 	// batch to fill: batching adds at most this much latency.
@@ -249,6 +253,11 @@ func (o Options) Validate() error {
 	}
 	if o.Linger < 0 {
 		bad("linger", "must not be negative")
+	}
+	if o.LPShape != "" && !slices.Contains(LPShapes, o.LPShape) {
+		bad("lp-shape", "%q is not one of %s", o.LPShape, strings.Join(LPShapes, ", "))
+	} else if o.LPShape == ShapeTSBSIoT && o.Scenario != "ingest-lp" {
+		bad("lp-shape", "applies to the ingest-lp scenario only")
 	}
 	if o.Warmup < 0 || (o.Warmup > 0 && o.Warmup >= o.Duration) {
 		bad("warmup", "must be at least 0 and shorter than --duration")

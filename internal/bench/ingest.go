@@ -13,7 +13,11 @@ import (
 // machine's events arrive in order, as a live sensor's do.
 func runIngest(ctx context.Context, o Options, r *Result) error {
 	f := formatJSON
-	if o.Scenario == "ingest-lp" {
+	tsbs := o.Scenario == "ingest-lp" && o.LPShape == ShapeTSBSIoT
+	switch {
+	case tsbs:
+		f = formatTSBS
+	case o.Scenario == "ingest-lp":
 		f = formatLP
 	}
 	m := newMeter(time.Now())
@@ -25,6 +29,17 @@ func runIngest(ctx context.Context, o Options, r *Result) error {
 	metrics := metricList(o.Metrics)
 	names := machineList(o.Prefix, o.Machines)
 	base := time.Now().Add(-time.Hour).UnixMilli()
+	var tags []string
+	if tsbs {
+		// Trucks report every 10 s: start far enough back that a run of a
+		// few million lines stays in the past.
+		base = time.Now().Add(-tsbsBacklog).UnixMilli()
+		p.metrics = tsbsFieldsPerLine
+		tags = make([]string, len(names))
+		for i, n := range names {
+			tags[i] = tsbsTags(n, i)
+		}
+	}
 
 	cpu0, cpuErr := serverCPU(o.Server)
 	watch := startPhase(ctx, metricsSources(o), o.Token, time.Second)
@@ -49,6 +64,25 @@ func runIngest(ctx context.Context, o Options, r *Result) error {
 			var i int64
 			for time.Now().Before(deadline) && runCtx.Err() == nil {
 				var err error
+				if tsbs {
+					buf = tsbsBody(buf, o.Batch, tags, func(int) (int, int64, int64) {
+						k := pos % len(own)
+						pos++
+						ts := base + next[k]*tsbsInterval
+						next[k]++
+						i++
+						return own[k], ts, i
+					})
+					if _, err := p.post(runCtx, w, buf, (o.Batch+1)/2*2); err != nil {
+						return
+					}
+					if err := p.failedOut(m); err != nil {
+						errc <- err
+						cancel()
+						return
+					}
+					continue
+				}
 				buf, err = f.body(buf, o.Batch, metrics, func(int) (string, int64, int64) {
 					k := pos % len(own)
 					pos++
@@ -81,7 +115,9 @@ func runIngest(ctx context.Context, o Options, r *Result) error {
 	m.setPhase("done")
 	r.Seconds = elapsed.Seconds()
 	r.Ingest = p.result(m, r.Seconds)
-	if f.path == formatLP.path {
+	if tsbs {
+		r.Notes = append(r.Notes, "line protocol, TSBS iot shape: events are lines (readings and diagnostics in turn), samples are data points (5 fields per line on average)")
+	} else if f.path == formatLP.path {
 		// Lines are events; points are samples.
 		r.Notes = append(r.Notes, "line protocol: events are lines, samples are data points (fields)")
 	}
