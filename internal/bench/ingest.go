@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -30,6 +31,7 @@ func runIngest(ctx context.Context, o Options, r *Result) error {
 	names := machineList(o.Prefix, o.Machines)
 	base := time.Now().Add(-time.Hour).UnixMilli()
 	var tags []string
+	var pairs atomic.Int64 // TSBS: readings/diagnostics pairs handed out
 	if tsbs {
 		// Trucks report every 10 s: start far enough back that a run of a
 		// few million lines stays in the past.
@@ -65,13 +67,13 @@ func runIngest(ctx context.Context, o Options, r *Result) error {
 			for time.Now().Before(deadline) && runCtx.Err() == nil {
 				var err error
 				if tsbs {
-					buf = tsbsBody(buf, o.Batch, tags, func(int) (int, int64, int64) {
-						k := pos % len(own)
-						pos++
-						ts := base + next[k]*tsbsInterval
-						next[k]++
-						i++
-						return own[k], ts, i
+					// As tsbs_load_influx reads its file: the batches go
+					// out in time order, every truck at one interval
+					// before the next, whatever worker sends them.
+					first := pairs.Add(int64(o.Batch+1)/2) - int64(o.Batch+1)/2
+					buf = tsbsBody(buf, o.Batch, tags, func(j int) (int, int64, int64) {
+						p := first + int64(j)
+						return int(p % int64(len(tags))), base + p/int64(len(tags))*tsbsInterval, p
 					})
 					if _, err := p.post(runCtx, w, buf, (o.Batch+1)/2*2); err != nil {
 						return

@@ -27,7 +27,8 @@ var LPShapes = []string{ShapeSimple, ShapeTSBSIoT}
 const tsbsInterval = 10_000 // ms
 
 // tsbsBacklog is how far back the TSBS shape's event times start: at
-// 10 s per truck and interval, 1 000 trucks fill it with 14.4 M lines.
+// 10 s per truck and interval, 1 000 trucks fill it with 14.4 M lines (a
+// longer run goes into the future, where the server refuses lines).
 const tsbsBacklog = 20 * time.Hour
 
 // formatTSBS posts TSBS iot lines as tsbs_load_influx does.

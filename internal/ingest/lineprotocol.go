@@ -320,6 +320,9 @@ func (d *decoder) decodeEntry(dec *lineprotocol.Decoder, m []byte, line int, pre
 		d.machineBuf = append(d.machineBuf[:0], d.measurement...)
 	}
 
+	names := d.namesFor(m)
+	d.lastNames = names.names
+	defer func() { names.names = d.lastNames }()
 	d.slab.begin()
 	d.states.begin()
 	d.nameBuf = append(append(d.nameBuf[:0], d.measurement...), '_')
@@ -435,6 +438,27 @@ func (d *decoder) decodeEntry(dec *lineprotocol.Decoder, m []byte, line int, pre
 		d.noteTags(ev.Machine, chosen)
 	}
 	d.emitted()
+}
+
+// measurementNames are the metric names of a measurement's last line, by
+// position (decoder.lastNames).
+type measurementNames struct {
+	m     string
+	names []string
+}
+
+// namesFor returns the names slot of measurement m, taking the oldest for
+// a measurement not among the recent ones.
+func (d *decoder) namesFor(m []byte) *measurementNames {
+	for i := range d.lpNames {
+		if d.lpNames[i].m == string(m) {
+			return &d.lpNames[i]
+		}
+	}
+	s := &d.lpNames[d.lpNext]
+	d.lpNext = (d.lpNext + 1) % len(d.lpNames)
+	s.m, s.names = string(m), s.names[:0]
+	return s
 }
 
 // tagSpan locates one tag of the line being decoded in decoder.tagBuf:

@@ -75,6 +75,12 @@ type decoder struct {
 	tagBuf     []byte
 	tagSpans   []tagSpan
 	tagPending map[string]int
+	// lpNames are the lastNames of the recent measurements, so that lines
+	// of measurements in turn (TSBS iot: readings, diagnostics) find
+	// their metric names without a map lookup; lpNext is the slot the
+	// next new measurement takes.
+	lpNames [4]measurementNames
+	lpNext  int
 }
 
 const (
