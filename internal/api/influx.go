@@ -154,31 +154,35 @@ func (a *API) lineStats(r *http.Request, st ingest.Stats) {
 	if len(st.Tags) == 0 || lp.reg == nil {
 		return
 	}
-	applied := st.Tags[:0:0]
-	for _, set := range st.Tags {
+	var audits []auth.AuditEntry
+	// Merged and remembered under the cache's lock: two requests with
+	// different tags for one machine leave the registry and the cache
+	// agreeing on the last.
+	lp.tags.Apply(st.Tags, func(set ingest.TagSet) bool {
 		before, changed, err := lp.reg.MergeAttributes(set.Machine, set.Tags)
 		if err != nil {
 			lp.tagErrors.Inc()
 			a.logger.Warn("line-protocol tags not kept as attributes", "machine", set.Machine, "err", err)
-			continue
+			return false
 		}
-		applied = append(applied, set)
-		if !changed {
-			continue
+		if changed {
+			lp.tagChanges.Inc()
 		}
-		lp.tagChanges.Inc()
 		if len(before) > 0 && a.auth != nil && a.auth.Audit != nil {
 			after := make(map[string]string, len(before))
 			for k := range before {
 				after[k] = set.Tags[k]
 			}
 			id := identity(r)
-			a.appendAudit(r.Context(), auth.AuditEntry{
+			audits = append(audits, auth.AuditEntry{
 				At: a.now().UTC(), Actor: id.Name, ActorKind: id.Kind, Action: "machine.tags",
 				Machine: set.Machine, Remote: info(r).remote, Outcome: "ok",
 				Detail: map[string]any{"before": before, "after": after},
 			})
 		}
+		return true
+	})
+	for _, e := range audits { // not under the lock: the audit log syncs
+		a.appendAudit(r.Context(), e)
 	}
-	lp.tags.Remember(applied)
 }

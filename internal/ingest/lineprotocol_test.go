@@ -2,8 +2,10 @@ package ingest
 
 import (
 	"errors"
+	"fmt"
 	"reflect"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -422,5 +424,35 @@ func TestDecodeLineProtocolTags(t *testing.T) {
 	_, _, st, _ = DecodeLineProtocolStats([]byte("m,host=h,a=b x=1\n"), lineprotocol.Nanosecond, testOptions(), nil)
 	if st.Tags != nil {
 		t.Errorf("tags reported without a cache: %+v", st.Tags)
+	}
+}
+
+// TestTagCacheConcurrent: decoders read a TagCache while others apply
+// tag sets to it (go test -race); it ends with one entry per machine.
+func TestTagCacheConcurrent(t *testing.T) {
+	cache := NewTagCache()
+	opts := testOptions()
+	opts.Tags = cache
+	var wg sync.WaitGroup
+	for w := range 4 {
+		wg.Go(func() {
+			for i := range 50 {
+				body := fmt.Sprintf("m,host=h%d,fleet=f%d x=1\n", i%5, w)
+				_, _, st, err := DecodeLineProtocolStats([]byte(body), lineprotocol.Nanosecond, opts, nil)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				cache.Apply(st.Tags, func(TagSet) bool { return true })
+			}
+		})
+	}
+	wg.Wait()
+	if cache.Len() != 5 {
+		t.Errorf("cache holds %d machines, want 5", cache.Len())
+	}
+	cache.Forget("h0")
+	if cache.Len() != 4 {
+		t.Errorf("after Forget: %d machines, want 4", cache.Len())
 	}
 }

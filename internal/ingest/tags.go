@@ -89,16 +89,31 @@ func (c *TagCache) known(machine string, h uint64) bool {
 
 // Remember records that the tag sets were applied.
 func (c *TagCache) Remember(sets []TagSet) {
+	c.Apply(sets, func(TagSet) bool { return true })
+}
+
+// Apply calls apply for each set, then remembers those it applied (apply
+// reports true). Concurrent Apply calls run one after the other, so what
+// c remembers of a machine is what was applied last.
+func (c *TagCache) Apply(sets []TagSet, apply func(TagSet) bool) {
 	if len(sets) == 0 {
 		return
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	m := maps.Clone(*c.m.Load())
+	var m map[string]uint64
 	for _, s := range sets {
+		if !apply(s) {
+			continue
+		}
+		if m == nil {
+			m = maps.Clone(*c.m.Load())
+		}
 		m[s.Machine] = s.Hash
 	}
-	c.m.Store(&m)
+	if m != nil {
+		c.m.Store(&m)
+	}
 }
 
 // Forget drops what c remembers of a machine (deleted from the registry),
