@@ -94,6 +94,7 @@ func bench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&opts.Machines, "machines", 0, "simulated machines (default 1000)")
 	fs.StringVar(&opts.Prefix, "prefix", "bench", "machine id prefix (prefix-00042); distinct prefixes let several bench processes share a server")
 	fs.IntVar(&opts.Metrics, "metrics", 0, "metrics per event (default 3)")
+	fs.StringVar(&opts.LPShape, "lp-shape", "", "ingest-lp line shape: simple (one measurement, tag machineId, --metrics fields) or tsbs-iot (TSBS iot: readings and diagnostics lines of 7 and 3 fields, 8 tags, 10 s interval, --machines trucks)")
 	fs.Float64Var(&opts.Rate, "rate", 0, "events per second of the open-loop sender (default 50000 for latency, 1000 for fanout)")
 	durationVar(fs, &opts.Linger, "linger", "longest an event waits in the open-loop sender for its batch to fill (0: 10ms)")
 	fs.IntVar(&opts.Clients, "clients", 0, "stream clients (default 1000 for latency, 20000 for fanout)")

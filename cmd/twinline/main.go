@@ -142,6 +142,7 @@ func serveFlags(fs *flag.FlagSet, cfg *config.Config) {
 	fs.Int64Var(&cfg.IngestMemory, "ingest-memory", cfg.IngestMemory, "`bytes` ingest requests may hold at once (bodies and decoding); beyond, requests wait up to 1s, then 503 (0: a quarter of the memory limit, else 192 MiB)")
 	fs.IntVar(&cfg.MaxInflightIngestPerClient, "max-inflight-ingest-per-client", cfg.MaxInflightIngestPerClient, "most ingest requests one client (token, or address) has decoded at once (429 beyond)")
 	listVar(fs, &cfg.LPMachineTags, "lp-machine-tags", "line-protocol tags carrying the machine id, first present wins")
+	fs.StringVar(&cfg.LPMissingMachine, "lp-missing-machine", cfg.LPMissingMachine, "a line-protocol line without a machine id tag: reject (400 naming it), drop (204, counted in twinline_ingest_lines_dropped_total) or measurement (its measurement name is the machine id)")
 	fs.IntVar(&cfg.StreamQueue, "stream-queue", cfg.StreamQueue, "deprecated: most `messages` queued per stream client, a safety cap far above use (queues are bounded by --stream-max-queue-bytes and --stream-max-lag)")
 	durationVar(fs, &cfg.StreamHeartbeat, "stream-heartbeat", "interval of stream heartbeats")
 	fs.IntVar(&cfg.StreamReplay, "stream-replay", cfg.StreamReplay, "recent stream `messages` kept for clients resuming after a reconnect")

@@ -46,6 +46,9 @@ type Options struct {
 	// old event as backfill (ADR 0033).
 	Retention time.Duration
 	MaxFuture time.Duration
+	// LPMissingMachine says what becomes of a line-protocol line without
+	// a machine id tag (--lp-missing-machine).
+	LPMissingMachine ingest.MissingMachine
 	// MaxInflightIngest bounds the ingest requests being read and decoded
 	// at once; more are answered 503.
 	MaxInflightIngest int
@@ -232,6 +235,8 @@ type API struct {
 	requests       *prometheus.CounterVec
 	samples        *prometheus.CounterVec
 	ignoredStrings prometheus.Counter
+	// lp is the line-protocol state (influx.go).
+	lp lineProtocol
 
 	dbMu      sync.Mutex
 	databases []string // names seen by /write and CREATE DATABASE
@@ -343,6 +348,7 @@ func New(opts Options, deps Deps) *API {
 	if a.clock == nil {
 		a.clock = time.Now
 	}
+	lpCollectors := a.initLineProtocol(opts, deps.Registry)
 	if opts.MaxMachines > 0 {
 		a.decodeOpts.AdmitMachine = func(id string) string { return a.registry.Admit(id, opts.MaxMachines) }
 	}
@@ -358,6 +364,7 @@ func New(opts Options, deps Deps) *API {
 	}
 	if deps.Registerer != nil {
 		deps.Registerer.MustRegister(a.requests, a.samples, a.ignoredStrings, a.relayRequests)
+		deps.Registerer.MustRegister(lpCollectors...)
 		deps.Registerer.MustRegister(a.mem.collectors()...)
 	}
 	a.mux = http.NewServeMux()

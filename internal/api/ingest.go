@@ -96,7 +96,7 @@ func (a *API) handleWrite(w http.ResponseWriter, r *http.Request) {
 	}
 	a.ingest(w, r, "lineprotocol", styleInflux, func(body []byte, opts ingest.Options, dst []telemetry.Event) ([]telemetry.Event, []ingest.Reject, error) {
 		events, rejects, st, err := ingest.DecodeLineProtocolStats(body, prec, opts, dst)
-		a.ignoredStrings.Add(float64(st.IgnoredStringFields))
+		a.lineStats(r, st)
 		return events, rejects, err
 	})
 }

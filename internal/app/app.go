@@ -400,6 +400,7 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger, version st
 		Limits:                     ingestLimits(cfg),
 		MachineTags:                cfg.LPMachineTags,
 		Retention:                  cfg.Retention,
+		LPMissingMachine:           lpMissingMachine(cfg.LPMissingMachine),
 		MaxFuture:                  cfg.MaxFuture,
 		MaxInflightIngest:          cfg.MaxInflightIngest,
 		ReadTimeout:                cfg.ReadTimeout,
@@ -715,4 +716,10 @@ func registerMachines(registry *twin.Registry, b *telemetry.Batch) {
 			registry.AutoRegister(m, at)
 		}
 	}
+}
+
+// lpMissingMachine is the validated --lp-missing-machine.
+func lpMissingMachine(s string) ingest.MissingMachine {
+	m, _ := ingest.ParseMissingMachine(s) // config.Validate checked it
+	return m
 }

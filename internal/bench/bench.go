@@ -88,7 +88,11 @@ type Options struct {
 	// Prefix starts every machine id (prefix-00042), so that several
 	// bench processes can share a server without mixing their machines.
 	Prefix  string
-	Metrics int     // metrics per event
+	Metrics int // metrics per event
+	// LPShape is the ingest-lp scenario's line shape: ShapeSimple (""),
+	// or ShapeTSBSIoT (TSBS iot: two measurements, 8 tags, 10 s interval;
+	// Metrics is not used).
+	LPShape string
 	Rate    float64 // events per second of the open-loop sender (latency, fanout)
 	// Linger is the longest an event waits in the open-loop sender for its
 	// batch to fill: batching adds at most this much latency.
@@ -250,6 +254,11 @@ func (o Options) Validate() error {
 	if o.Linger < 0 {
 		bad("linger", "must not be negative")
 	}
+	if o.LPShape != "" && !slices.Contains(LPShapes, o.LPShape) {
+		bad("lp-shape", "%q is not one of %s", o.LPShape, strings.Join(LPShapes, ", "))
+	} else if o.LPShape == ShapeTSBSIoT && o.Scenario != "ingest-lp" {
+		bad("lp-shape", "applies to the ingest-lp scenario only")
+	}
 	if o.Warmup < 0 || (o.Warmup > 0 && o.Warmup >= o.Duration) {
 		bad("warmup", "must be at least 0 and shorter than --duration")
 	}
@@ -343,7 +352,12 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		o.MetricsTargets[i] = strings.TrimRight(u, "/")
 	}
 	for _, u := range metricsSources(o) {
-		if err := reach(ctx, u); err != nil {
+		if err := reach(ctx, u, "/healthz", http.StatusOK); err != nil {
+			// ingest-lp also loads any InfluxDB-compatible server (another
+			// time-series database, to compare): one answering /ping.
+			if o.Scenario == "ingest-lp" && reach(ctx, u, "/ping", http.StatusNoContent) == nil {
+				continue
+			}
 			return nil, err
 		}
 	}
@@ -373,11 +387,12 @@ func httpURL(s string) bool {
 	return err == nil && (u.Scheme == "http" || u.Scheme == "https") && u.Host != ""
 }
 
-// reach checks that a twinline server answers at target (GET /healthz).
-func reach(ctx context.Context, target string) error {
+// reach checks that a server answers GET path at target with status (a
+// twinline server: /healthz, 200).
+func reach(ctx context.Context, target, path string, status int) error {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, target+"/healthz", nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, target+path, nil)
 	if err != nil {
 		return fmt.Errorf("reaching the server: %w", err)
 	}
@@ -386,8 +401,8 @@ func reach(ctx context.Context, target string) error {
 		return fmt.Errorf("reaching the server at %s: %w", target, err)
 	}
 	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("reaching the server at %s: GET /healthz answered %s", target, resp.Status)
+	if resp.StatusCode != status {
+		return fmt.Errorf("reaching the server at %s: GET %s answered %s", target, path, resp.Status)
 	}
 	return nil
 }

@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -13,7 +14,11 @@ import (
 // machine's events arrive in order, as a live sensor's do.
 func runIngest(ctx context.Context, o Options, r *Result) error {
 	f := formatJSON
-	if o.Scenario == "ingest-lp" {
+	tsbs := o.Scenario == "ingest-lp" && o.LPShape == ShapeTSBSIoT
+	switch {
+	case tsbs:
+		f = formatTSBS
+	case o.Scenario == "ingest-lp":
 		f = formatLP
 	}
 	m := newMeter(time.Now())
@@ -25,6 +30,18 @@ func runIngest(ctx context.Context, o Options, r *Result) error {
 	metrics := metricList(o.Metrics)
 	names := machineList(o.Prefix, o.Machines)
 	base := time.Now().Add(-time.Hour).UnixMilli()
+	var tags []string
+	var pairs atomic.Int64 // TSBS: readings/diagnostics pairs handed out
+	if tsbs {
+		// Trucks report every 10 s: start far enough back that a run of a
+		// few million lines stays in the past.
+		base = time.Now().Add(-tsbsBacklog).UnixMilli()
+		p.metrics = tsbsFieldsPerLine
+		tags = make([]string, len(names))
+		for i, n := range names {
+			tags[i] = tsbsTags(n, i)
+		}
+	}
 
 	cpu0, cpuErr := serverCPU(o.Server)
 	watch := startPhase(ctx, metricsSources(o), o.Token, time.Second)
@@ -49,6 +66,25 @@ func runIngest(ctx context.Context, o Options, r *Result) error {
 			var i int64
 			for time.Now().Before(deadline) && runCtx.Err() == nil {
 				var err error
+				if tsbs {
+					// As tsbs_load_influx reads its file: the batches go
+					// out in time order, every truck at one interval
+					// before the next, whatever worker sends them.
+					first := pairs.Add(int64(o.Batch+1)/2) - int64(o.Batch+1)/2
+					buf = tsbsBody(buf, o.Batch, tags, func(j int) (int, int64, int64) {
+						p := first + int64(j)
+						return int(p % int64(len(tags))), base + p/int64(len(tags))*tsbsInterval, p
+					})
+					if _, err := p.post(runCtx, w, buf, (o.Batch+1)/2*2); err != nil {
+						return
+					}
+					if err := p.failedOut(m); err != nil {
+						errc <- err
+						cancel()
+						return
+					}
+					continue
+				}
 				buf, err = f.body(buf, o.Batch, metrics, func(int) (string, int64, int64) {
 					k := pos % len(own)
 					pos++
@@ -81,7 +117,9 @@ func runIngest(ctx context.Context, o Options, r *Result) error {
 	m.setPhase("done")
 	r.Seconds = elapsed.Seconds()
 	r.Ingest = p.result(m, r.Seconds)
-	if f.path == formatLP.path {
+	if tsbs {
+		r.Notes = append(r.Notes, "line protocol, TSBS iot shape: events are lines (readings and diagnostics in turn), samples are data points (5 fields per line on average)")
+	} else if f.path == formatLP.path {
 		// Lines are events; points are samples.
 		r.Notes = append(r.Notes, "line protocol: events are lines, samples are data points (fields)")
 	}

@@ -69,6 +69,10 @@ type Config struct {
 	// LPMachineTags are the line-protocol tags that carry the machine id, in
 	// order of preference.
 	LPMachineTags []string
+	// LPMissingMachine says what becomes of a line-protocol line without
+	// any of LPMachineTags: "reject" (400 naming it), "drop" (counted in
+	// /metrics) or "measurement" (its measurement is the machine id).
+	LPMissingMachine string
 
 	// Live stream.
 	// StreamQueue caps the messages queued for one stream client
@@ -331,6 +335,7 @@ func Default() Config {
 		// IngestMemory 0: a quarter of the memory limit, else 192 MiB.
 		MaxInflightIngestPerClient: 16,
 		LPMachineTags:              []string{"machineId", "machine_id", "machine", "host", "name"},
+		LPMissingMachine:           "reject",
 		StreamQueue:                65536,
 		StreamMaxQueueBytes:        8 << 20,
 		StreamMaxLag:               30 * time.Second,
@@ -466,6 +471,11 @@ func (c Config) Validate() error {
 			bad("lp-machine-tags", "contains an empty tag name")
 			break
 		}
+	}
+	switch c.LPMissingMachine {
+	case "reject", "drop", "measurement":
+	default:
+		bad("lp-missing-machine", "must be reject, drop or measurement, got %q", c.LPMissingMachine)
 	}
 	if c.StreamQueue < 8 {
 		bad("stream-queue", "must be at least 8 messages, got %d", c.StreamQueue)

@@ -63,6 +63,7 @@ func TestValidateCases(t *testing.T) {
 		{"decompressed below compressed", func(c *Config) { c.MaxDecompressedBytes = c.MaxBodyBytes - 1 }, "--max-decompressed-bytes"},
 		{"ooo window beyond retention", func(c *Config) { c.OutOfOrderWindow = c.Retention + time.Hour }, "--out-of-order-window"},
 		{"empty tag", func(c *Config) { c.LPMachineTags = []string{"host", " "} }, "--lp-machine-tags"},
+		{"lp missing machine", func(c *Config) { c.LPMissingMachine = "ignore" }, "--lp-missing-machine"},
 		{"tiny heartbeat", func(c *Config) { c.StreamHeartbeat = time.Millisecond }, "--stream-heartbeat"},
 		{"ooo window within max future", func(c *Config) { c.OutOfOrderWindow, c.MaxFuture = 5*time.Minute, 10*time.Minute }, "--out-of-order-window"},
 		{"wildcard listen", func(c *Config) { c.Listen = "0.0.0.0:9000" }, ""},

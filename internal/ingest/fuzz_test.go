@@ -3,6 +3,7 @@ package ingest
 import (
 	"bytes"
 	"errors"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -104,24 +105,45 @@ func FuzzDecodeLineProtocol(f *testing.F) {
 		f.Add([]byte(s), uint8(0), uint8(0))
 	}
 	f.Add([]byte(lpSeeds[1]), uint8(3), uint8(20))
+	// --lp-missing-machine drop and measurement (prec >> 4), with tags.
+	f.Add([]byte("readings,fleet=S x=1\nreadings,name=t1,fleet=S x=2\n"), uint8(16), uint8(0))
+	f.Add([]byte("readings,fleet=S x=1\nreadings,name=t1,fleet=S x=2\n"), uint8(32), uint8(0))
 	f.Fuzz(func(t *testing.T, body []byte, prec, maxLine uint8) {
 		precision := lineprotocol.Precision(prec % uint8(PrecisionHour+1))
 		opts := fuzzOptions()
 		opts.MaxLineBytes = int(maxLine)
+		opts.MissingMachine = MissingMachine(prec >> 4 % 3)
+		opts.Tags = NewTagCache()
 		dst := []telemetry.Event{ev("dst", 1, "x", 1)}
 		events, rejects, stats, err := DecodeLineProtocolStats(body, precision, opts, dst)
 		if err != nil {
 			t.Fatalf("DecodeLineProtocolStats: %v", err)
 		}
-		if stats.IgnoredStringFields < 0 {
+		if stats.IgnoredStringFields < 0 || (opts.MissingMachine != MissingDrop && stats.DroppedLines != 0) {
 			t.Fatalf("stats = %+v", stats)
+		}
+		for _, r := range rejects {
+			if opts.MissingMachine != MissingReject && r.Field == "tags" {
+				t.Fatalf("reject %v under --lp-missing-machine %s", r, opts.MissingMachine)
+			}
+		}
+		// Tags are reported once per machine, of a machine with events.
+		seen := map[string]bool{}
+		for _, e := range events[len(dst):] {
+			seen[e.Machine] = true
+		}
+		for _, ts := range stats.Tags {
+			if !seen[ts.Machine] || len(ts.Tags) == 0 {
+				t.Fatalf("tags %+v of a machine without events, or empty", ts)
+			}
+			seen[ts.Machine] = false
 		}
 		lines := bytes.Count(body, []byte{'\n'}) + 1
 		inRange := func(r Reject) bool { return r.Index >= 1 && r.Index <= lines }
 		if opts.MaxLineBytes == 0 {
 			// Every entry the decoder sees is an event or a reject.
 			entries, errLines := decodeAll(body)
-			checkDecoded(t, true, opts, dst, events, rejects, entries, inRange)
+			checkDecoded(t, true, opts, dst, events, rejects, entries-stats.DroppedLines, inRange)
 			// A syntax error within its entry's first line is reported at the
 			// line the lineprotocol decoder names.
 			for _, r := range rejects {
@@ -145,7 +167,7 @@ func FuzzDecodeLineProtocol(f *testing.F) {
 		if diff := cmp.Diff(slowRejects, rejects, cmpEvents); diff != "" {
 			t.Fatalf("rejects of the slow path differ (-slow +fast):\n%s", diff)
 		}
-		if slowStats != stats {
+		if !reflect.DeepEqual(slowStats, stats) {
 			t.Fatalf("stats of the slow path %+v, fast %+v", slowStats, stats)
 		}
 		checkNoAliasing(t, body, events, func(b []byte) { DecodeLineProtocol(b, precision, opts, nil) })

@@ -53,7 +53,7 @@ func TestGolden(t *testing.T) {
 // render writes decoder output one item a line, for golden files.
 func render(events []telemetry.Event, rejects []Reject, stats Stats) []byte {
 	var b strings.Builder
-	fmt.Fprintf(&b, "%d events, %d rejects, %+v\n", len(events), len(rejects), stats)
+	fmt.Fprintf(&b, "%d events, %d rejects, {IgnoredStringFields:%d}\n", len(events), len(rejects), stats.IgnoredStringFields)
 	for _, e := range events {
 		fmt.Fprintf(&b, "event %s %s", e.Machine, time.UnixMilli(e.Time).UTC().Format(time.RFC3339Nano))
 		if e.ID != "" {

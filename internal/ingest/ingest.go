@@ -85,6 +85,13 @@ type Options struct {
 	// Sink, if set, streams the events out in chunks instead of returning
 	// them (see Sink).
 	Sink *Sink
+	// MissingMachine says what becomes of a line-protocol line without
+	// any of MachineTags; the zero value rejects it.
+	MissingMachine MissingMachine
+	// Tags, if set, has the line-protocol decoder report the tags (other
+	// than the machine id) of the machines whose tags differ from what
+	// Tags remembers for them, in Stats.Tags; nil: tags are dropped.
+	Tags *TagCache
 }
 
 // DefaultMaxLineBytes is the line-length limit DefaultOptions sets.

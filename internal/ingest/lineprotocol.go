@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"io"
 	"math"
 	"slices"
@@ -54,6 +55,14 @@ type Stats struct {
 	// characters, an invalid name): they are skipped, and a line keeps its
 	// other fields.
 	IgnoredStringFields int
+	// DroppedLines counts the lines without a machine id tag dropped
+	// under MissingDrop.
+	DroppedLines int
+	// Tags are the tags of the machines whose tags differ from what
+	// Options.Tags remembers for them (nil without Options.Tags): one
+	// TagSet per machine, from its last accepted line in the body. The
+	// caller applies them, then tells Options.Tags (Remember).
+	Tags []TagSet
 }
 
 // DecodeLineProtocol decodes InfluxDB line protocol (v1 and v2 write APIs),
@@ -109,6 +118,7 @@ func decodeLineProtocol(body []byte, precision lineprotocol.Precision, opts Opti
 		// Start again; what the fast path flushed is decoded again, and
 		// dropped.
 		d.events, d.rejects, d.rejected, d.stats = d.events[:base], d.rejects[:0], 0, Stats{}
+		clear(d.tagPending)
 		if d.local != nil {
 			// The call's own stamps start again too (a shared Stamper
 			// cannot take back those it gave: they only move ahead).
@@ -275,7 +285,12 @@ func (d *decoder) decodeEntry(dec *lineprotocol.Decoder, m []byte, line int, pre
 
 	tags := d.opts.MachineTags
 	best := len(tags)
-	for {
+	track := d.opts.Tags != nil
+	if track {
+		d.tagBuf, d.tagSpans = d.tagBuf[:0], d.tagSpans[:0]
+	}
+	chosen := -1 // the index of the machine id tag among the line's tags
+	for n := 0; ; n++ {
 		k, v, err := dec.NextTag()
 		if err != nil {
 			d.syntaxReject(line, err)
@@ -284,15 +299,30 @@ func (d *decoder) decodeEntry(dec *lineprotocol.Decoder, m []byte, line int, pre
 		if k == nil {
 			break
 		}
+		if track {
+			// The decoder's slices do not outlive the entry: copy.
+			d.tagSpans = append(d.tagSpans, tagSpan{start: len(d.tagBuf), k: len(k), v: len(v)})
+			d.tagBuf = append(append(d.tagBuf, k...), v...)
+		}
 		for i := range best {
 			if tags[i] == string(k) {
-				best = i
+				best, chosen = i, n
 				d.machineBuf = append(d.machineBuf[:0], v...)
 				break
 			}
 		}
 	}
+	machineField := ""
+	if best < len(tags) {
+		machineField = tags[best]
+	} else if d.opts.MissingMachine == MissingMeasurement {
+		machineField = "measurement"
+		d.machineBuf = append(d.machineBuf[:0], d.measurement...)
+	}
 
+	names := d.namesFor(m)
+	d.lastNames = names.names
+	defer func() { names.names = d.lastNames }()
 	d.slab.begin()
 	d.states.begin()
 	d.nameBuf = append(append(d.nameBuf[:0], d.measurement...), '_')
@@ -357,7 +387,12 @@ func (d *decoder) decodeEntry(dec *lineprotocol.Decoder, m []byte, line int, pre
 	var ev telemetry.Event
 	field, reason := "", ""
 	switch {
-	case best == len(tags):
+	case machineField == "" && d.opts.MissingMachine == MissingDrop:
+		d.slab.abort()
+		d.states.abort()
+		d.stats.DroppedLines++
+		return
+	case machineField == "":
 		if d.noTagReason == "" {
 			d.noTagReason = "no machine id tag (one of " + joinTags(tags) + ")"
 		}
@@ -369,7 +404,7 @@ func (d *decoder) decodeEntry(dec *lineprotocol.Decoder, m []byte, line int, pre
 	default:
 		var p string
 		if ev.Machine, p = d.machine(d.machineBuf); p != "" {
-			field, reason = tags[best], "machine id "+p
+			field, reason = machineField, "machine id "+p
 			break
 		}
 		if tb != nil {
@@ -399,7 +434,75 @@ func (d *decoder) decodeEntry(dec *lineprotocol.Decoder, m []byte, line int, pre
 	ev.Metrics = d.slab.commit()
 	ev.States = d.states.commit()
 	d.events = append(d.events, ev)
+	if track && len(d.tagSpans) > 0 && (chosen < 0 || len(d.tagSpans) > 1) {
+		d.noteTags(ev.Machine, chosen)
+	}
 	d.emitted()
+}
+
+// measurementNames are the metric names of a measurement's last line, by
+// position (decoder.lastNames).
+type measurementNames struct {
+	m     string
+	names []string
+}
+
+// namesFor returns the names slot of measurement m, taking the oldest for
+// a measurement not among the recent ones.
+func (d *decoder) namesFor(m []byte) *measurementNames {
+	for i := range d.lpNames {
+		if d.lpNames[i].m == string(m) {
+			return &d.lpNames[i]
+		}
+	}
+	s := &d.lpNames[d.lpNext]
+	d.lpNext = (d.lpNext + 1) % len(d.lpNames)
+	s.m, s.names = string(m), s.names[:0]
+	return s
+}
+
+// tagSpan locates one tag of the line being decoded in decoder.tagBuf:
+// its key at start, k bytes long, then its value, v bytes long.
+type tagSpan struct{ start, k, v int }
+
+// noteTags reports the tags of machine's accepted line, but for the
+// chosen-th (its machine id; -1: none), in Stats.Tags unless Options.Tags
+// knows them. The hash covers every tag of the line, the machine's own
+// included, as sent: lines that repeat a machine's tags (the common case)
+// cost one hash and one lookup.
+func (d *decoder) noteTags(machine string, chosen int) {
+	c := d.opts.Tags
+	h := maphash.Bytes(c.seed, d.tagBuf)
+	if c.known(machine, h) {
+		return
+	}
+	i, pending := d.tagPending[machine]
+	if pending && d.stats.Tags[i].Hash == h {
+		return
+	}
+	set := TagSet{Machine: machine, Hash: h, Tags: make(map[string]string, len(d.tagSpans))}
+	for j, sp := range d.tagSpans {
+		k := d.tagBuf[sp.start : sp.start+sp.k]
+		v := d.tagBuf[sp.start+sp.k : sp.start+sp.k+sp.v]
+		if j == chosen || d.tagProblem(k, v) != "" {
+			// A tag that could not be an attribute is left out; the
+			// line itself is fine.
+			continue
+		}
+		set.Tags[d.tagString(k)] = d.tagString(v)
+	}
+	if len(set.Tags) == 0 {
+		return
+	}
+	if pending {
+		d.stats.Tags[i] = set // latest wins
+		return
+	}
+	if d.tagPending == nil {
+		d.tagPending = map[string]int{}
+	}
+	d.tagPending[machine] = len(d.stats.Tags)
+	d.stats.Tags = append(d.stats.Tags, set)
 }
 
 // lineState adds the string field k=v of the entry being decoded as a

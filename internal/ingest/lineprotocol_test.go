@@ -2,7 +2,10 @@ package ingest
 
 import (
 	"errors"
+	"fmt"
+	"reflect"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -125,6 +128,30 @@ func TestDecodeLineProtocol(t *testing.T) {
 			name:        "escaped space in measurement is not a metric name",
 			body:        `plant\ a,host=h x=1`,
 			wantRejects: []Reject{{Index: 1, Field: "x", Reason: `metric name may contain only A-Z a-z 0-9 _ . : - (found ' '): "plant a_x"`}},
+		},
+		{
+			name:        "missing machine: reject",
+			body:        "readings,fleet=South x=1\nreadings,name=truck_1 x=2\n",
+			wantEvents:  []telemetry.Event{ev("truck_1", testNow, "readings_x", 2)},
+			wantRejects: []Reject{{Index: 1, Field: "tags", Reason: "no machine id tag (one of machineId, machine_id, machine, host, name)"}},
+		},
+		{
+			name:       "missing machine: drop",
+			body:       "readings,fleet=South x=1\nreadings,name=truck_1 x=2\ndiag,fleet=North y=1,s=\"ok\"\nbad,name=t x=\n",
+			opts:       func(o *Options) { o.MissingMachine = MissingDrop },
+			wantEvents: []telemetry.Event{ev("truck_1", testNow, "readings_x", 2)},
+			// A syntax error stays a reject; only the missing tag drops.
+			wantRejects: []Reject{{Index: 4, Reason: "syntax error at column 14: field value has unrecognized type"}},
+			wantStats:   Stats{DroppedLines: 2},
+		},
+		{
+			name: "missing machine: measurement",
+			body: "readings,fleet=South x=1\nreadings,name=truck_1 x=2\n",
+			opts: func(o *Options) { o.MissingMachine = MissingMeasurement },
+			wantEvents: []telemetry.Event{
+				ev("readings", testNow, "readings_x", 1),
+				ev("truck_1", testNow, "readings_x", 2),
+			},
 		},
 		{
 			name: "machine tag preference",
@@ -287,7 +314,7 @@ func TestDecodeLineProtocol(t *testing.T) {
 				if diff := cmp.Diff(rejects, tt.wantRejects, cmpEvents); diff != "" {
 					t.Errorf("rejects mismatch (-got +want):\n%s", diff)
 				}
-				if stats != tt.wantStats {
+				if !reflect.DeepEqual(stats, tt.wantStats) {
 					t.Errorf("stats = %+v, want %+v", stats, tt.wantStats)
 				}
 			})
@@ -329,5 +356,103 @@ func TestLineProtocolDecoderRecovers(t *testing.T) {
 	}
 	if diff := cmp.Diff(got, []string{"1", "error", "3"}); diff != "" {
 		t.Errorf("entries mismatch (-got +want):\n%s", diff)
+	}
+}
+
+func TestDecodeLineProtocolTags(t *testing.T) {
+	for _, slow := range []bool{false, true} {
+		cache := NewTagCache()
+		opts := testOptions()
+		opts.Tags = cache
+		decode := func(body string) Stats {
+			t.Helper()
+			_, rejects, stats, err := decodeLineProtocol([]byte(body), lineprotocol.Nanosecond, opts, nil, slow)
+			if err != nil || len(rejects) > 0 {
+				t.Fatalf("slow=%v: decoding: %v %v", slow, err, rejects)
+			}
+			return stats
+		}
+		// truck_1's second line has its tags in another order: the tags
+		// of its last line are reported (the same). A tag that cannot be
+		// an attribute (too long) is left out, its line kept.
+		long := strings.Repeat("v", MaxTagValueLen+1)
+		stats := decode("readings,name=truck_1,fleet=South,driver=Trish x=1\n" +
+			"diagnostics,fleet=South,name=truck_1,driver=Trish y=1\n" +
+			"readings,name=truck_2,fleet=North,bad=" + long + " x=1\n" +
+			"readings,name=truck_3 x=1\n")
+		want := []TagSet{
+			{Machine: "truck_1", Tags: map[string]string{"fleet": "South", "driver": "Trish"}},
+			{Machine: "truck_2", Tags: map[string]string{"fleet": "North"}},
+		}
+		if diff := cmp.Diff(stats.Tags, want, cmp.FilterPath(func(p cmp.Path) bool { return p.Last().String() == ".Hash" }, cmp.Ignore())); diff != "" {
+			t.Fatalf("slow=%v: tags (-got +want):\n%s", slow, diff)
+		}
+		cache.Remember(stats.Tags)
+		if got := decode("readings,name=truck_2,fleet=North,bad=" + long + " x=2\n"); got.Tags != nil {
+			t.Errorf("slow=%v: unchanged tags reported: %+v", slow, got.Tags)
+		}
+		// A tag changes, on the machine's second line of the body: the
+		// last line wins.
+		got := decode("readings,name=truck_1,fleet=South,driver=Trish x=2\n" +
+			"readings,name=truck_1,fleet=South,driver=Albert x=3\n")
+		if len(got.Tags) != 1 || got.Tags[0].Machine != "truck_1" || got.Tags[0].Tags["driver"] != "Albert" {
+			t.Fatalf("slow=%v: changed tag: got %+v", slow, got.Tags)
+		}
+		cache.Remember(got.Tags)
+		if got := decode("readings,name=truck_1,fleet=South,driver=Albert x=4\n"); got.Tags != nil {
+			t.Errorf("slow=%v: remembered tags reported again: %+v", slow, got.Tags)
+		}
+		cache.Forget("truck_1")
+		if got := decode("readings,name=truck_1,fleet=South,driver=Albert x=5\n"); len(got.Tags) != 1 {
+			t.Errorf("slow=%v: tags of a forgotten machine not reported: %+v", slow, got.Tags)
+		}
+		// A rejected line's tags are not reported.
+		_, rejects, st, _ := decodeLineProtocol([]byte("readings,name=truck_9,fleet=East x=\"\"\n"), lineprotocol.Nanosecond, opts, nil, slow)
+		if len(rejects) != 1 || st.Tags != nil {
+			t.Errorf("slow=%v: rejected line: rejects %v, tags %+v", slow, rejects, st.Tags)
+		}
+	}
+	// Under MissingMeasurement every tag of a line without a machine tag
+	// is an attribute of the measurement's machine.
+	opts := testOptions()
+	opts.Tags, opts.MissingMachine = NewTagCache(), MissingMeasurement
+	_, _, st, err := DecodeLineProtocolStats([]byte("plant,site=north x=1\n"), lineprotocol.Nanosecond, opts, nil)
+	if err != nil || len(st.Tags) != 1 || st.Tags[0].Machine != "plant" || st.Tags[0].Tags["site"] != "north" {
+		t.Errorf("measurement mode: tags %+v, err %v", st.Tags, err)
+	}
+	// Without a TagCache, no tags are reported.
+	_, _, st, _ = DecodeLineProtocolStats([]byte("m,host=h,a=b x=1\n"), lineprotocol.Nanosecond, testOptions(), nil)
+	if st.Tags != nil {
+		t.Errorf("tags reported without a cache: %+v", st.Tags)
+	}
+}
+
+// TestTagCacheConcurrent: decoders read a TagCache while others apply
+// tag sets to it (go test -race); it ends with one entry per machine.
+func TestTagCacheConcurrent(t *testing.T) {
+	cache := NewTagCache()
+	opts := testOptions()
+	opts.Tags = cache
+	var wg sync.WaitGroup
+	for w := range 4 {
+		wg.Go(func() {
+			for i := range 50 {
+				body := fmt.Sprintf("m,host=h%d,fleet=f%d x=1\n", i%5, w)
+				_, _, st, err := DecodeLineProtocolStats([]byte(body), lineprotocol.Nanosecond, opts, nil)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				cache.Apply(st.Tags, func(TagSet) bool { return true })
+			}
+		})
+	}
+	wg.Wait()
+	if cache.Len() != 5 {
+		t.Errorf("cache holds %d machines, want 5", cache.Len())
+	}
+	cache.Forget("h0")
+	if cache.Len() != 4 {
+		t.Errorf("after Forget: %d machines, want 4", cache.Len())
 	}
 }

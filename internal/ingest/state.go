@@ -70,6 +70,17 @@ type decoder struct {
 	machineBuf  []byte
 	stats       Stats
 	noTagReason string
+	// tagBuf and tagSpans hold the tags of the line being decoded, when
+	// Options.Tags is set; tagPending indexes Stats.Tags by machine.
+	tagBuf     []byte
+	tagSpans   []tagSpan
+	tagPending map[string]int
+	// lpNames are the lastNames of the recent measurements, so that lines
+	// of measurements in turn (TSBS iot: readings, diagnostics) find
+	// their metric names without a map lookup; lpNext is the slot the
+	// next new measurement takes.
+	lpNames [4]measurementNames
+	lpNext  int
 }
 
 const (
@@ -111,6 +122,7 @@ func getDecoder(opts Options, dst []telemetry.Event) *decoder {
 	d.startStream(opts.Sink)
 	d.stats = Stats{}
 	d.noTagReason = ""
+	clear(d.tagPending)
 	if d.local != nil {
 		d.local.reset()
 	}
@@ -134,6 +146,7 @@ func (d *decoder) release(bodyLen int) {
 	d.opts.MachineTags = nil
 	d.opts.AdmitMachine = nil
 	d.opts.Stamper = nil
+	d.opts.Tags = nil
 	if bodyLen > maxPooledBody {
 		return
 	}

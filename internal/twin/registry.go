@@ -543,3 +543,67 @@ func (r *Registry) Run(ctx context.Context) error {
 		}
 	}
 }
+
+// MergeAttributes sets string attributes of a machine from its data
+// (line-protocol tags): each key of attrs takes its value, latest wins, and
+// the machine's other attributes are kept. An unknown machine is
+// registered. It returns the previous values of the attributes that had
+// one and changed (nil when none did), and whether anything changed; a
+// change is persisted by Flush (Run), as auto-registration is. Cheap when
+// nothing changes. It fails, changing nothing, when the attributes would
+// grow over the registry's size limit or a value is not valid text.
+func (r *Registry) MergeAttributes(id string, attrs map[string]string) (map[string]string, bool, error) {
+	r.mu.RLock()
+	in, ok := r.infos[id]
+	same := ok && sameAttributes(in.Attributes, attrs)
+	r.mu.RUnlock()
+	if same {
+		return nil, false, nil
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	in, ok = r.infos[id]
+	if !ok {
+		in = Info{ID: id}
+	} else if sameAttributes(in.Attributes, attrs) {
+		return nil, false, nil
+	}
+	var before map[string]string
+	merged := make(map[string]any, len(in.Attributes)+len(attrs))
+	for k, v := range in.Attributes {
+		merged[k] = v
+	}
+	for k, v := range attrs {
+		if old, had := merged[k]; had && old != v {
+			if before == nil {
+				before = map[string]string{}
+			}
+			before[k] = fmt.Sprint(old)
+		}
+		merged[k] = v
+	}
+	next := in
+	next.Attributes = merged
+	if err := next.validate(); err != nil {
+		return nil, false, err
+	}
+	if !ok {
+		next = r.registerLocked(id, r.now())
+		next.Attributes = merged
+	}
+	next.UpdatedAt = r.now().UTC()
+	r.setLocked(id, next)
+	r.dirty = true
+	return before, true, nil
+}
+
+// sameAttributes reports whether have holds every key of want with its
+// value, as a string.
+func sameAttributes(have map[string]any, want map[string]string) bool {
+	for k, v := range want {
+		if s, ok := have[k].(string); !ok || s != v {
+			return false
+		}
+	}
+	return true
+}
