@@ -9,7 +9,8 @@
 // - dropped frames while the grid scrolls non-stop at 40 px a frame,
 //   counted from requestAnimationFrame timestamps (frameStats in lib.mjs:
 //   a delta over 1.5 × the median or over 20 ms is late, and counts the
-//   vsyncs it missed) — under DROPPED_PCT, above what an empty page
+//   vsyncs it missed) — in the median of three windows, under DROPPED_PCT
+//   above what an empty page
 //   scrolled the same way drops on this machine at the same time (the
 //   machine's own noise: the browser shares its cores with the server and
 //   with whatever else runs);
@@ -17,13 +18,15 @@
 //   the last machine reachable at the bottom.
 //
 //   cd web && TWINLINE_BIN=../bin/twinline node --test e2e/fleet-scale.test.mjs
-//   FLEET_MACHINES=10000 FLEET_SCROLL_SECONDS=10 FLEET_LIVE_RATE=2000 (events/s while scrolling)
+//   FLEET_MACHINES=10000 FLEET_SCROLL_SECONDS=8 FLEET_SCROLL_WINDOWS=3
+//   FLEET_LIVE_RATE=2000 (events/s while scrolling)
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { api, chromiumMissing, frameStats, launchBrowser, removeDir, startServer, waitFor } from './lib.mjs';
 
 const MACHINES = Number(process.env.FLEET_MACHINES ?? 10_000);
-const SCROLL_SECONDS = Number(process.env.FLEET_SCROLL_SECONDS ?? 10);
+const SCROLL_SECONDS = Number(process.env.FLEET_SCROLL_SECONDS ?? 8);
+const WINDOWS = Number(process.env.FLEET_SCROLL_WINDOWS ?? 3);
 const LIVE_RATE = Number(process.env.FLEET_LIVE_RATE ?? 2000);
 const FIRST_PAINT_MS = 1000;
 const DROPPED_PCT = 5;
@@ -96,7 +99,7 @@ describe(`fleet view at ${MACHINES} machines`, { skip }, () => {
     if (srv) removeDir(srv.dataDir);
   });
 
-  it('paints the first tiles within a second and scrolls without dropping frames', async () => {
+  it('paints the first tiles within a second, scrolls without dropping frames, loads Plotly only to chart', async () => {
     const errors = [];
 
     // the machine's own noise: an empty page of the same height scrolled the same way
@@ -129,6 +132,19 @@ describe(`fleet view at ${MACHINES} machines`, { skip }, () => {
     });
     const paint = await page.waitForFunction(() => window.__fleetPaint.painted && window.__fleetPaint).then((h) => h.jsonValue());
     const fcp = await page.evaluate(() => performance.getEntriesByName('first-contentful-paint')[0]?.startTime ?? NaN);
+    // where the time went: the page, and the list of 10 000 machines (request start → last byte)
+    const timing = await page.evaluate(() => {
+      const nav = performance.getEntriesByType('navigation')[0];
+      const list = performance.getEntriesByType('resource').find((e) => new URL(e.name).pathname === '/api/v1/machines');
+      const r = Math.round;
+      return {
+        pageLoadedMs: r(nav.responseEnd),
+        machinesRequestMs: list ? r(list.startTime) : undefined,
+        machinesLoadedMs: list ? r(list.responseEnd) : undefined,
+        machinesBytes: list?.encodedBodySize,
+        machinesDecodedBytes: list?.decodedBodySize,
+      };
+    });
 
     // live values while scrolling: LIVE_RATE events/s over random machines, 5 posts a second
     let live = true;
@@ -143,10 +159,15 @@ describe(`fleet view at ${MACHINES} machines`, { skip }, () => {
         await new Promise((r) => setTimeout(r, Math.max(0, next - Date.now())));
       }
     })();
-    const run = await scrollFrames(page, '[data-testid=fleet-grid]', SCROLL_SECONDS);
+    // WINDOWS windows of SCROLL_SECONDS: the bound applies to the median one
+    // (the machine is shared; one window may catch another process's burst)
+    const runs = [];
+    for (let i = 0; i < WINDOWS; i++) runs.push(await scrollFrames(page, '[data-testid=fleet-grid]', SCROLL_SECONDS));
     live = false;
     await feeder;
-    const scroll = frameStats(run.ts);
+    const windows = runs.map((r) => ({ scrolledTo: r.scrolled, maxTilesInDom: r.maxTiles, ...frameStats(r.ts) }));
+    const scroll = [...windows].sort((a, b) => a.droppedPct - b.droppedPct)[WINDOWS >> 1];
+    const run = { maxTiles: Math.max(...runs.map((r) => r.maxTiles)) };
 
     const report = {
       machines: MACHINES,
@@ -154,7 +175,8 @@ describe(`fleet view at ${MACHINES} machines`, { skip }, () => {
       firstPaintMs: Math.round(paint.painted),
       tilesInDomAtMs: Math.round(paint.inDom),
       firstContentfulPaintMs: Math.round(fcp),
-      scroll: { seconds: SCROLL_SECONDS, pxPerFrame: 40, scrolledTo: run.scrolled, liveEvents: sent, maxTilesInDom: run.maxTiles, ...scroll },
+      ...timing,
+      scroll: { seconds: SCROLL_SECONDS, pxPerFrame: 40, liveEvents: sent, median: scroll, windows },
       emptyPageScroll: base,
       scriptsFetched: scripts,
     };
@@ -183,6 +205,10 @@ describe(`fleet view at ${MACHINES} machines`, { skip }, () => {
       const t = document.querySelectorAll('.tile');
       return t.length === 1 && t[0].dataset.machine === m;
     }, ids[4321]);
+    // the machine view charts: it fetches the Plotly chunk, once, and draws
+    await page.click(`.tile[data-machine="${ids[4321]}"]`);
+    await page.waitForSelector('[data-testid=chart] .main-svg');
+    assert.equal(scripts.filter((p) => /^\/assets\/plotly-[\w-]+\.js$/.test(p)).length, 1, `scripts fetched: ${scripts.join(', ')}`);
     assert.deepEqual(errors, []);
     await page.close();
   });
