@@ -6,7 +6,8 @@ import { apiDocsViewer } from './docs-viewer.mjs';
  * The Go server routes "/" to the dashboard (internal/api: GET /{$}), so
  * the build is one self-contained index.html: the entry script and the
  * styles are inlined here, and the server gzips it once. Chunks imported
- * dynamically (the OpenTelemetry SDK, only when tracing is on) stay files
+ * dynamically (the OpenTelemetry SDK, only when tracing is on; Plotly,
+ * only when a view charts) stay files
  * under assets/, which the server serves at /assets/ (internal/web); the
  * entry is named at the root so that its import paths ("./assets/…")
  * resolve from the page's URL.
@@ -58,7 +59,15 @@ export default defineConfig({
     // no modulepreload polyfill: the page is one file, its chunks need none
     modulePreload: false,
     rollupOptions: {
-      output: { entryFileNames: '[name].js', chunkFileNames: 'assets/[name]-[hash].js' },
+      output: {
+        entryFileNames: '[name].js',
+        chunkFileNames: 'assets/[name]-[hash].js',
+        // Plotly is imported dynamically by the chart (views/Chart.tsx): its
+        // own asset, plotly-HASH.js, fetched only by the views that chart
+        manualChunks(id) {
+          if (id.includes('/node_modules/plotly.js-basic-dist-min/')) return 'plotly';
+        },
+      },
     },
   },
   server: {

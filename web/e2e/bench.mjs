@@ -6,10 +6,10 @@
 //
 //   make web-bench    (or TWINLINE_BIN=bin/twinline node e2e/bench.mjs)
 //   BENCH_SECONDS=30 BENCH_MACHINES=1000 BENCH_RATE=2000 BENCH_FLEET_MACHINES=10000
-import { readFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
-import { api, chromiumMissing, launchBrowser, removeDir, repoRoot, startServer, waitFor } from './lib.mjs';
+import { api, chromiumMissing, frameStats, launchBrowser, removeDir, repoRoot, startServer, waitFor } from './lib.mjs';
 
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 30);
 const MACHINES = Number(process.env.BENCH_MACHINES ?? 1000);
@@ -53,22 +53,19 @@ async function measureFrames(page, seconds, during) {
     const w = window;
     w.__bench.stop = true;
     const f = w.__bench.frames;
-    const deltas = [];
-    for (let i = 1; i < f.length; i++) deltas.push(f[i] - f[i - 1]);
     const l = w.__twinline.latency();
-    return { deltas, draw: w.__twinline.drawTimes(), lat: l.all, serverP50: l.serverP50 };
+    return { ts: f, draw: w.__twinline.drawTimes(), lat: l.all, serverP50: l.serverP50 };
   });
-  const interval = pct(res.deltas, 50); // the display's frame interval
-  let dropped = 0;
-  for (const d of res.deltas) if (d > interval * 1.5) dropped += Math.round(d / interval) - 1;
+  // dropped frames as the fleet e2e counts them (frameStats, lib.mjs)
+  const f = frameStats(res.ts);
   return {
-    frames: res.deltas.length,
-    frameIntervalP50: r1(interval),
-    frameP95: r1(pct(res.deltas, 95)),
-    frameP99: r1(pct(res.deltas, 99)),
-    frameMax: r1(Math.max(...res.deltas)),
-    dropped,
-    droppedPct: r1((100 * dropped) / (res.deltas.length + dropped)),
+    frames: f.frames,
+    frameIntervalP50: f.frameP50,
+    frameP95: f.frameP95,
+    frameP99: f.frameP99,
+    frameMax: f.frameMax,
+    dropped: f.dropped,
+    droppedPct: f.droppedPct,
     // frames in which a view actually drew (a chart or the fleet grid)
     drawFrames: res.draw.filter((d) => d > 0.5).length,
     drawP50: r1(pct(res.draw.filter((d) => d > 0.5), 50)),
@@ -88,6 +85,12 @@ try {
   // page size: the single embedded page, gzipped as the server sends it
   const page = readFileSync(join(repoRoot, 'internal/web/dist/app/index.html'));
   results.bundle = { rawBytes: page.length, gzipBytes: gzipSync(page, { level: 9 }).length };
+  // the chunks fetched later (Plotly by the machine view, the tracing SDK when tracing is on)
+  const assets = join(repoRoot, 'internal/web/dist/app/assets');
+  for (const name of readdirSync(assets).filter((n) => n.endsWith('.js'))) {
+    const body = readFileSync(join(assets, name));
+    results.bundle[name.replace(/-[^-]+\.js$/, '')] = { rawBytes: body.length, gzipBytes: gzipSync(body, { level: 9 }).length };
+  }
 
   // baseline: an empty page under the same machine load (how many frames the machine drops anyway)
   if (PARTS.includes('baseline')) {

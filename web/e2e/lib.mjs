@@ -81,23 +81,20 @@ export async function waitFor(fn, { timeoutMs = 20_000, intervalMs = 100, what =
 }
 
 /**
- * Starts `twinline serve --demo` and waits until /readyz answers 200.
+ * Starts `twinline serve --demo` (or, with demo: false, a server without
+ * the simulator: an empty fleet) and waits until /readyz answers 200.
  * Returns { url, port, dataDir, stop(signal) }.
  */
-export async function startServer({ port, dataDir, machines = 20, rate = 200, extra = [] } = {}) {
+export async function startServer({ port, dataDir, machines = 20, rate = 200, demo = true, extra = [] } = {}) {
   port ??= await freePort();
   dataDir ??= tempDir();
   const args = [
     'serve',
-    '--demo',
+    ...(demo ? ['--demo', '--demo-machines', String(machines), '--demo-rate', String(rate)] : []),
     '--listen',
     `127.0.0.1:${port}`,
     '--data-dir',
     dataDir,
-    '--demo-machines',
-    String(machines),
-    '--demo-rate',
-    String(rate),
     '--log-level',
     'warn',
     ...extra,
@@ -165,4 +162,42 @@ export function createToken(dataDir, name, scopes, sites) {
 /** Headers authenticating a direct API call with a token (Bearer). */
 export function bearer(token, extra = {}) {
   return { Authorization: `Bearer ${token}`, ...extra };
+}
+
+/**
+ * Dropped frames from requestAnimationFrame timestamps (ms), as the fleet
+ * e2e and the benchmark count them (docs/dashboard-benchmarks.md): the
+ * median delta between frames is the display's frame interval; a delta
+ * longer than 1.5 × that median, or than 20 ms (when the median is under
+ * 20 ms: a display of 50 Hz or faster), is a late frame, and counts
+ * as max(1, round(delta / median) − 1) dropped frames (the vsyncs it
+ * missed). droppedPct = dropped / (frames drawn + dropped).
+ */
+export function frameStats(timestamps) {
+  const deltas = [];
+  for (let i = 1; i < timestamps.length; i++) deltas.push(timestamps[i] - timestamps[i - 1]);
+  const sorted = [...deltas].sort((a, b) => a - b);
+  const pct = (p) => (sorted.length ? sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))] : NaN);
+  const median = pct(50);
+  // the 20 ms rule is for displays of 50 Hz and faster (headless Chromium: 60 Hz)
+  const limit = median < 20 ? Math.min(1.5 * median, 20) : 1.5 * median;
+  let late = 0;
+  let dropped = 0;
+  for (const d of deltas) {
+    if (d > limit) {
+      late++;
+      dropped += Math.max(1, Math.round(d / median) - 1);
+    }
+  }
+  const r1 = (x) => Math.round(x * 10) / 10;
+  return {
+    frames: deltas.length,
+    frameP50: r1(median),
+    frameP95: r1(pct(95)),
+    frameP99: r1(pct(99)),
+    frameMax: r1(sorted.at(-1) ?? NaN),
+    late,
+    dropped,
+    droppedPct: deltas.length ? r1((100 * dropped) / (deltas.length + dropped)) : NaN,
+  };
 }

@@ -283,6 +283,23 @@ export class Dashboard {
   reset(): void {
     this.stream.stop();
     this.fleet.load([]);
+    this.prefetched = undefined;
+  }
+
+  /** The machine list asked for at start-up (prefetchFleet), and when. */
+  private prefetched: { at: number; list: Promise<{ machines: Machine[] } | undefined> } | undefined;
+
+  /**
+   * Takes the machine list that index.html asked for before the app's
+   * script was parsed, when the page opened on the fleet view: the first
+   * tiles need it, and asking after the session would delay them by the
+   * script's start and a round trip (ADR 0034). A plain fetch: a 401
+   * (signed out) or an error only drops the prefetch — the session decides
+   * what the page shows, and the fleet view asks again.
+   */
+  prefetchFleet(res: Promise<Response>, at = Date.now()): void {
+    const list = res.then((r) => (r.ok ? (r.json() as Promise<{ machines: Machine[] }>) : undefined)).catch(() => undefined);
+    this.prefetched = { at, list };
   }
 
   onMessages(l: (m: StreamMessage, arrival: number) => void): () => void {
@@ -339,7 +356,10 @@ export class Dashboard {
 
   async refreshFleet(): Promise<void> {
     try {
-      const r = await api.machines();
+      // the start-up prefetch, once, when still fresh
+      const early = this.prefetched && Date.now() - this.prefetched.at < 10_000 ? this.prefetched.list : undefined;
+      this.prefetched = undefined;
+      const r = (early && (await early)) || (await api.machines());
       this.fleet.load(r.machines);
       this.requestFleetDraw();
     } catch {

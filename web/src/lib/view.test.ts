@@ -1,9 +1,9 @@
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { layoutGrid, visibleRows } from './grid';
 import { percentile, LatencyTracker } from './latency';
 import { FrameLoop } from './frame';
 import { formatRoute, parseRoute } from './route';
-import { FleetStore, matchesStatus } from './store';
+import { Dashboard, FleetStore, matchesStatus } from './store';
 
 describe('routes', () => {
   it('round-trips machine, range and metrics through the hash', () => {
@@ -202,5 +202,52 @@ describe('FleetStore and machine states', () => {
     expect(f.entries.get('m')!.m.states?.state.value).toBe('STOPPED');
     // a state message for an unknown machine changes nothing
     expect(f.apply(msg('DOWN', 40, 'x'), 41)).toBe(false);
+  });
+});
+
+describe('Dashboard fleet prefetch', () => {
+  const machine = (id: string) => ({ id, status: 'online', alarm: false, metrics: { temp: { value: 1, ts: 1 } } });
+  const answer = (body: unknown, status = 200) =>
+    Promise.resolve(new Response(JSON.stringify(body), { status, headers: { 'Content-Type': 'application/json' } }));
+
+  it('uses the list asked for at start-up once, then asks again', async () => {
+    const d = new Dashboard();
+    d.prefetchFleet(answer({ count: 1, machines: [machine('early')] }));
+    const later: string[] = [];
+    vi.stubGlobal('fetch', (url: string) => (later.push(url), answer({ count: 1, machines: [machine('later')] })));
+    try {
+      await d.refreshFleet();
+      expect(later).toEqual([]);
+      expect([...d.fleet.entries.keys()]).toEqual(['early']);
+      await d.refreshFleet();
+      expect(later).toEqual(['/api/v1/machines']);
+      expect([...d.fleet.entries.keys()]).toEqual(['later']);
+    } finally {
+      vi.unstubAllGlobals();
+    }
+  });
+
+  it('drops a stale prefetch', async () => {
+    const d = new Dashboard();
+    d.prefetchFleet(answer({ count: 1, machines: [machine('old')] }), Date.now() - 60_000);
+    vi.stubGlobal('fetch', () => answer({ count: 1, machines: [machine('new')] }));
+    try {
+      await d.refreshFleet();
+      expect([...d.fleet.entries.keys()]).toEqual(['new']);
+    } finally {
+      vi.unstubAllGlobals();
+    }
+  });
+
+  it('drops a refused prefetch (signed out) and asks through the API', async () => {
+    const d = new Dashboard();
+    d.prefetchFleet(answer({ title: 'Unauthorized' }, 401));
+    vi.stubGlobal('fetch', () => answer({ count: 1, machines: [machine('m1')] }));
+    try {
+      await d.refreshFleet();
+      expect([...d.fleet.entries.keys()]).toEqual(['m1']);
+    } finally {
+      vi.unstubAllGlobals();
+    }
   });
 });

@@ -29,13 +29,25 @@ export function Fleet({ q, status, group, navigate }: Props) {
   const fleet = dashboard.fleet;
   const counts = fleet.counts();
   const needle = q.trim().toLowerCase();
-  const filtered = fleet.list().filter((e) => {
-    if (!matchesStatus(e, status)) return false;
-    if (!needle) return true;
-    const m = e.m;
-    return [m.id, m.name, m.site, m.line].some((s) => s?.toLowerCase().includes(needle));
-  });
-  const groups = groupEntries(filtered, group);
+  const list = fleet.list();
+  const unfiltered = status === 'all' && !needle;
+  // Unfiltered, the list (sorted once per change of membership) is the
+  // grid's content as it is: the layout below is reused across the
+  // renders the live values cause. Filtered, it is redone when an entry
+  // changed (statuses and names move).
+  const filtered = useMemo(
+    () =>
+      unfiltered
+        ? list
+        : list.filter((e) => {
+            if (!matchesStatus(e, status)) return false;
+            if (!needle) return true;
+            const m = e.m;
+            return [m.id, m.name, m.site, m.line].some((s) => s?.toLowerCase().includes(needle));
+          }),
+    [list, status, needle, unfiltered ? 0 : fleet.version],
+  );
+  const groups = useMemo(() => groupEntries(filtered, group), [filtered, group]);
 
   const setParam = (patch: Partial<{ q: string; status: string; group: string }>) =>
     navigate(formatRoute({ view: 'fleet', q, status, group, ...patch }), true);
@@ -132,14 +144,16 @@ function VirtualGrid({ groups, showHeaders }: { groups: { key: string; label: st
     // groups is rebuilt on every render; its content is what matters
     [groups, columns, showHeaders],
   );
+  // Two rows of overscan on each side, and the scroll position quantised
+  // to whole rows: the grid re-renders once per row scrolled (mounting
+  // one row, dropping another), not on every scroll event.
   const rows = visibleRows(layout, scrollTop, size.h, ROW_H * 2);
 
   return (
     <div
       className="grid-scroll"
       ref={ref}
-      // quantised: the overscan covers half a row, so most scroll events render nothing
-      onScroll={(e) => setScrollTop(Math.floor(e.currentTarget.scrollTop / (ROW_H / 2)) * (ROW_H / 2))}
+      onScroll={(e) => setScrollTop(Math.floor(e.currentTarget.scrollTop / ROW_H) * ROW_H)}
       data-testid="fleet-grid"
     >
       <div className="grid-inner" style={{ height: layout.height }} role="list" aria-label="Machines">
