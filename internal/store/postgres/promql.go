@@ -459,6 +459,10 @@ func (s *Store) selectProm(ctx context.Context, f *seriesFilter, from, to int64,
 		return nil, nil
 	}
 	sql, args := promRawSQL(f, from, to)
+	if s.packed {
+		sql, args = promRawPackedSQL(f, from, to)
+		p = aggPlan{} // TODO(issue 18): the rollup tiers for *_over_time
+	}
 	if p.col != "" {
 		midFrom := floorDiv(from+s.window-1, s.window) * s.window
 		midTo := floorDiv(to+1, s.window) * s.window

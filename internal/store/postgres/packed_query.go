@@ -1,0 +1,202 @@
+package postgres
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/twinline/twinline/internal/store"
+)
+
+// The reads of the packed layout. A series' samples in [from, to] are its
+// head rows in range and the unnested samples of its chunks that overlap
+// the range; the two never hold the same sample (first-write-wins checks
+// both), so no read deduplicates.
+
+// packedRaw is the raw read of one series ($1) in [$2, $3]; $4 is the start
+// of the chunk holding $2 (the first chunk to read).
+const packedRaw = `
+SELECT time, value FROM sample_head WHERE series_id = $1 AND time >= $2 AND time <= $3
+UNION ALL
+SELECT c.start + u.o * interval '1 millisecond', u.v
+FROM sample_chunks c CROSS JOIN LATERAL unnest(c.offsets, c.vals) AS u(o, v)
+WHERE c.series_id = $1 AND c.start >= $4 AND c.start <= $3
+	AND c.start + u.o * interval '1 millisecond' >= $2 AND c.start + u.o * interval '1 millisecond' <= $3`
+
+func chunkStart(ms int64) time.Time { return ts(floorDiv(ms, chunkMs) * chunkMs) }
+
+// selectPacked is Select in the packed layout.
+func (s *Store) selectPacked(ctx context.Context, key store.SeriesKey, from, to int64, fn func(store.Point) bool) error {
+	id, ok, err := s.lookupSeries(ctx, key.Machine, key.Metric)
+	if err != nil || !ok {
+		return err
+	}
+	rows, err := s.pool.Query(ctx, "SELECT time, value FROM ("+packedRaw+") r ORDER BY time", customPlan,
+		id, ts(from), ts(to), chunkStart(from))
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	var t time.Time
+	var v float64
+	for rows.Next() {
+		if err := rows.Scan(&t, &v); err != nil {
+			return err
+		}
+		if !fn(store.Point{Time: t.UnixMilli(), Value: v}) {
+			return nil
+		}
+	}
+	return rows.Err()
+}
+
+// listSeriesPacked lists the series with a head row or a chunk sample in
+// [$1, $2] ($3: the chunk holding $1): two index probes per series.
+const listSeriesPacked = `
+SELECT s.machine, s.metric FROM series s
+WHERE EXISTS (SELECT 1 FROM sample_head h WHERE h.series_id = s.id AND h.time >= $1 AND h.time <= $2)
+	OR EXISTS (
+		SELECT 1 FROM sample_chunks c CROSS JOIN LATERAL unnest(c.offsets) AS u(o)
+		WHERE c.series_id = s.id AND c.start >= $3 AND c.start <= $2
+			AND c.start + u.o * interval '1 millisecond' >= $1 AND c.start + u.o * interval '1 millisecond' <= $2)
+ORDER BY 1, 2`
+
+func (s *Store) seriesPacked(ctx context.Context, from, to int64) ([]store.SeriesKey, error) {
+	rows, err := s.pool.Query(ctx, listSeriesPacked, customPlan, ts(from), ts(to), chunkStart(from))
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (store.SeriesKey, error) {
+		var k store.SeriesKey
+		err := r.Scan(&k.Machine, &k.Metric)
+		return k, err
+	})
+}
+
+// tier is an aggregate table and its bucket width in ms.
+type tier struct {
+	table string
+	ms    int64
+}
+
+// tiers returns the aggregate tiers, widest first.
+func (s *Store) tiers() []tier {
+	return []tier{{agg1hTable, hourMs}, {agg1mTable, 60_000}, {aggWinTable, s.window}}
+}
+
+// pickTier returns the widest tier whose buckets tile the step w (ms) and
+// that has a whole bucket in [from, to]: ok false when none does.
+func (s *Store) pickTier(from, to, w int64) (t tier, midFrom, midTo int64, ok bool) {
+	for _, t := range s.tiers() {
+		if w%t.ms != 0 {
+			continue
+		}
+		midFrom = floorDiv(from+t.ms-1, t.ms) * t.ms
+		midTo = floorDiv(to+1, t.ms) * t.ms
+		if midFrom < midTo {
+			return t, midFrom, midTo, true
+		}
+	}
+	return tier{}, 0, 0, false
+}
+
+// packedAggSQL aggregates one series by step ($5) over [$2, $3]: the whole
+// buckets [$6, $7) of the tier's table (written by compaction), and as
+// single samples the head rows (never in a tier), the chunk samples of the
+// edges, and, for the window tier, those of chunks without window
+// aggregates. $8 is $7 - 1 h: a chunk starting after it reaches past $7.
+func packedAggSQL(t tier) string {
+	rawChunks := "c.start < $6 OR c.start > $8"
+	rawSample := "(c.start + u.o * interval '1 millisecond' < $6 OR c.start + u.o * interval '1 millisecond' >= $7)"
+	if t.table == aggWinTable {
+		rawChunks += " OR NOT c.has_aggs"
+		rawSample = "(" + rawSample + " OR NOT c.has_aggs)"
+	}
+	return `
+SELECT date_bin($5::interval, t, timestamptz 'epoch') AS b, sum(n)::bigint, sum(s), min(lo), max(hi)
+FROM (
+	SELECT bucket AS t, count AS n, sum AS s, min AS lo, max AS hi FROM ` + t.table + `
+	WHERE series_id = $1 AND bucket >= $6 AND bucket < $7
+	UNION ALL
+	SELECT time, 1, value, value, value FROM sample_head WHERE series_id = $1 AND time >= $2 AND time <= $3
+	UNION ALL
+	SELECT c.start + u.o * interval '1 millisecond', 1, u.v, u.v, u.v
+	FROM sample_chunks c CROSS JOIN LATERAL unnest(c.offsets, c.vals) AS u(o, v)
+	WHERE c.series_id = $1 AND c.start >= $4 AND c.start <= $3 AND (` + rawChunks + `)
+		AND ` + rawSample + `
+		AND c.start + u.o * interval '1 millisecond' >= $2 AND c.start + u.o * interval '1 millisecond' <= $3
+) x
+GROUP BY b ORDER BY b`
+}
+
+// packedAggRaw aggregates one series by step ($5) from its samples.
+const packedAggRaw = `
+SELECT date_bin($5::interval, time, timestamptz 'epoch') AS b, count(*), sum(value), min(value), max(value)
+FROM (` + packedRaw + `) r
+GROUP BY b ORDER BY b`
+
+func (s *Store) aggregatePackedRows(ctx context.Context, key store.SeriesKey, from, to, w int64) (pgx.Rows, bool, error) {
+	id, ok, err := s.lookupSeries(ctx, key.Machine, key.Metric)
+	if err != nil || !ok {
+		return nil, false, err
+	}
+	stepIv := time.Duration(w) * time.Millisecond
+	if t, midFrom, midTo, ok := s.pickTier(from, to, w); ok {
+		rows, err := s.pool.Query(ctx, packedAggSQL(t), customPlan, id, ts(from), ts(to), chunkStart(from), stepIv,
+			ts(midFrom), ts(midTo), ts(midTo-chunkMs))
+		return rows, true, err
+	}
+	rows, err := s.pool.Query(ctx, packedAggRaw, customPlan, id, ts(from), ts(to), chunkStart(from), stepIv)
+	return rows, true, err
+}
+
+// promRawPackedSQL is a PromQL Select's raw read in the packed layout: the
+// series matching f's sets, each read as packedRaw.
+func promRawPackedSQL(f *seriesFilter, from, to int64) (string, sqlArgs) {
+	var a sqlArgs
+	fromA, toA, chunkA := a.add(ts(from)), a.add(ts(to)), a.add(chunkStart(from))
+	raw := strings.NewReplacer("$1", "s.id", "$2", fromA, "$3", toA, "$4", chunkA).Replace(packedRaw)
+	sql := `SELECT s.machine, s.metric, r.time, r.value FROM series s CROSS JOIN LATERAL (` + raw + `) r WHERE ` + seriesCond("s.", f, &a)
+	return sql, a
+}
+
+// errPacked wraps an error of a packed read.
+func errPacked(op string, key store.SeriesKey, err error) error {
+	return fmt.Errorf("%s %s/%s: %w", op, key.Machine, key.Metric, err)
+}
+
+// transformPacked is TransformRange in the packed layout: the transform
+// of Select, in Go.
+func (s *Store) transformPacked(ctx context.Context, key store.SeriesKey, from, to int64, tr store.Transform, limit int) ([]store.Point, error) {
+	switch {
+	case tr.Fn == "rolling_avg" && tr.Window < 1:
+		return nil, fmt.Errorf("rolling_avg over %d samples: %w", tr.Window, store.ErrInvalidQuery)
+	case tr.Fn != "delta" && tr.Fn != "rolling_avg":
+		return nil, fmt.Errorf("transform %q: %w", tr.Fn, store.ErrInvalidQuery)
+	}
+	var pts []store.Point
+	want := limit
+	if tr.Fn == "delta" {
+		want++ // the first point has no delta
+	}
+	err := s.Select(ctx, key, from, to, func(p store.Point) bool {
+		pts = append(pts, p)
+		return limit < 0 || len(pts) < want
+	})
+	if err != nil {
+		return nil, fmt.Errorf("transforming: %w", err)
+	}
+	out := tr.Apply(pts)
+	if limit >= 0 && len(out) > limit {
+		out = out[:limit]
+	}
+	return out, nil
+}
+
+// downsamplePacked is DownsampleRange in the packed layout.
+func (s *Store) downsamplePacked(ctx context.Context, key store.SeriesKey, from, to int64, n int) ([]store.Point, error) {
+	return store.Downsample(ctx, s, key, from, to, n)
+}
