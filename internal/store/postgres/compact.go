@@ -31,7 +31,7 @@ func (s *Store) compact(ctx context.Context, now time.Time) (int64, error) {
 	}
 	var moved int64
 	for _, d := range days {
-		if dayTime(d+1).Add(s.opts.CompactAfter).After(now) {
+		if dayTime(d + 1).Add(s.opts.CompactAfter).After(now) {
 			break
 		}
 		var any bool
@@ -48,8 +48,44 @@ func (s *Store) compact(ctx context.Context, now time.Time) (int64, error) {
 		}
 		moved += n
 		s.metrics.compactedRows.Add(float64(n))
+		if err := s.dropHead(ctx, d); err != nil {
+			return moved, fmt.Errorf("compacting %s: %w", dayTime(d).Format(time.DateOnly), err)
+		}
 	}
 	return moved, nil
+}
+
+// dropHead drops the head partition of day d once compaction emptied it:
+// the deleted rows' heap is truncated by VACUUM, but not their index, which
+// would stay the size of a day's samples. It holds the day's lock (a
+// session lock: DETACH … CONCURRENTLY runs outside a transaction) so that
+// no write lands in the partition on its way out; a write for the day then
+// finds no partition and creates it again (writeTx).
+func (s *Store) dropHead(ctx context.Context, d int64) (err error) {
+	conn, err := s.pool.Acquire(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Release()
+	if _, err := conn.Exec(ctx, "SELECT pg_advisory_lock(hashtext($1), $2)", s.dayLockClass(), int32(d)); err != nil {
+		return err
+	}
+	defer func() {
+		if _, uerr := conn.Exec(context.WithoutCancel(ctx), "SELECT pg_advisory_unlock(hashtext($1), $2)", s.dayLockClass(), int32(d)); uerr != nil && err == nil {
+			err = uerr
+		}
+	}()
+	name := pgx.Identifier{partitionName(headTable, d)}.Sanitize()
+	var any bool
+	if err := conn.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM "+name+")").Scan(&any); err != nil || any {
+		return err // rows came in since: the next compaction packs them
+	}
+	s.parts.set([]int64{d}, false)
+	if _, err := conn.Exec(ctx, "ALTER TABLE "+headTable+" DETACH PARTITION "+name+" CONCURRENTLY"); err != nil {
+		return err
+	}
+	_, err = conn.Exec(ctx, "DROP TABLE "+name)
+	return err
 }
 
 // compactDay packs the head rows of day d with the chunks they belong to,

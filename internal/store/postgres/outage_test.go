@@ -317,7 +317,7 @@ func TestKill9Child(t *testing.T) {
 	ctx := context.Background()
 	s, err := Open(ctx, os.Getenv("TWINLINE_KILL9_URL"), Options{
 		Schema: os.Getenv("TWINLINE_KILL9_SCHEMA"), SpoolDir: os.Getenv("TWINLINE_KILL9_DIR"),
-		Now: func() time.Time { return testNow }, MaxConns: 2,
+		Now: func() time.Time { return testNow }, MaxConns: 2, Layout: LayoutRows,
 	}, nil, nil)
 	if err != nil {
 		t.Fatal(err)

@@ -165,13 +165,32 @@ func (s *Store) resolveSeries(ctx context.Context, rows []row) error {
 		s.ids.byName[seriesName(x.machine, x.metric)] = x.id
 	}
 	s.ids.mu.Unlock()
+	if len(got) < len(missM) {
+		// A concurrent writer inserted some after this statement's
+		// snapshot (ON CONFLICT waited for it): read them now.
+		res, err := s.pool.Query(ctx, `SELECT s.id, s.machine, s.metric FROM series s
+			JOIN unnest($1::text[], $2::text[]) AS w(machine, metric) USING (machine, metric)`, missM, missK)
+		if err != nil {
+			return fmt.Errorf("resolving series ids: %w", err)
+		}
+		var x idRow
+		_, err = pgx.ForEachRow(res, []any{&x.id, &x.machine, &x.metric}, func() error {
+			s.ids.mu.Lock()
+			s.ids.byName[seriesName(x.machine, x.metric)] = x.id
+			s.ids.mu.Unlock()
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("resolving series ids: %w", err)
+		}
+	}
 	s.ids.mu.RLock()
 	defer s.ids.mu.RUnlock()
 	for i := range rows {
 		r := &rows[i]
 		id, ok := s.ids.byName[seriesName(r.machine, r.metric)]
 		if !ok {
-			return fmt.Errorf("resolving series ids: no id for %s/%s", r.machine, r.metric)
+			return &refusal{fmt.Errorf("resolving series ids: no id for %s/%s", r.machine, r.metric)}
 		}
 		r.sid = id
 	}

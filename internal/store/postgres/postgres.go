@@ -237,7 +237,7 @@ type Store struct {
 	// packed: the store is in the packed layout (Options.Layout).
 	packed bool
 	ids    seriesIDs
-	spool     *spool // nil without SpoolDir
+	spool  *spool // nil without SpoolDir
 
 	// life is held shared by every operation and exclusively by Close.
 	life   sync.RWMutex
