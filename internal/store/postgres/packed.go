@@ -83,6 +83,22 @@ func (s *Store) checkLayout(ctx context.Context) error {
 		return fmt.Errorf("checking the layout: the store's layout is %s, not %s (twinline migrate --packed moves rows to packed)", got, s.opts.Layout)
 	}
 	s.packed = got == LayoutPacked
+	if s.packed {
+		return s.checkLegacy(ctx)
+	}
+	return nil
+}
+
+// checkLegacy sets s.legacy: whether the legacy table samples holds rows
+// still (partitions MigratePacked has not dropped yet).
+func (s *Store) checkLegacy(ctx context.Context) error {
+	var legacy bool
+	err := s.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_inherits WHERE inhparent = 'samples'::regclass)
+		OR NOT EXISTS (SELECT 1 FROM pg_partitioned_table WHERE partrelid = 'samples'::regclass)`).Scan(&legacy)
+	if err != nil {
+		return fmt.Errorf("checking for legacy samples: %w", err)
+	}
+	s.legacy.Store(legacy)
 	return nil
 }
 
@@ -257,7 +273,8 @@ func (s *Store) insertPacked(ctx context.Context, tx pgx.Tx, rows []row, slow bo
 	if err != nil {
 		return 0, nil, err
 	}
-	if !slow && compacted == 0 {
+	legacy := s.legacy.Load()
+	if !slow && compacted == 0 && !legacy {
 		tag, err := tx.Conn().PgConn().CopyFrom(ctx, &headReader{rows: rows},
 			"COPY sample_head (series_id, time, value) FROM STDIN (FORMAT binary)")
 		if err != nil {
@@ -278,7 +295,7 @@ func (s *Store) insertPacked(ctx context.Context, tx pgx.Tx, rows []row, slow bo
 		lo, hi = min(lo, rows[i].ms), max(hi, rows[i].ms)
 		names[rows[i].sid] = &rows[i]
 	}
-	res, err := tx.Query(ctx, insertStagedHead, ts(floorDiv(lo, chunkMs)*chunkMs), ts(hi))
+	res, err := tx.Query(ctx, insertStagedHead(legacy), ts(floorDiv(lo, chunkMs)*chunkMs), ts(hi))
 	if err != nil {
 		return 0, nil, err
 	}
@@ -309,10 +326,18 @@ CREATE TEMP TABLE IF NOT EXISTS staging_head (
 ) ON COMMIT DELETE ROWS`
 
 // insertStagedHead inserts the staged rows that are neither in
-// sample_head (ON CONFLICT) nor in their chunk, the first of each key in
-// batch order, and returns the keys it inserted. $1 and $2 bound the chunks
-// to look in (partition pruning).
-const insertStagedHead = `
+// sample_head (ON CONFLICT) nor in their chunk (nor, with legacy, in the
+// legacy table), the first of each key in batch order, and returns the keys
+// it inserted. $1 and $2 bound the chunks to look in (partition pruning).
+func insertStagedHead(legacy bool) string {
+	check := ""
+	if legacy {
+		check = `
+		AND NOT EXISTS (
+			SELECT 1 FROM series ls JOIN samples l ON l.machine = ls.machine AND l.metric = ls.metric
+			WHERE ls.id = st.series_id AND l.time = st.time)`
+	}
+	return `
 WITH ins AS (
 	INSERT INTO sample_head (series_id, time, value)
 	SELECT st.series_id, st.time, st.value FROM staging_head st
@@ -320,12 +345,13 @@ WITH ins AS (
 		SELECT 1 FROM sample_chunks c
 		WHERE c.series_id = st.series_id AND c.start = date_bin('1 hour', st.time, timestamptz 'epoch')
 			AND c.start >= $1 AND c.start <= $2
-			AND (extract(epoch FROM st.time - c.start) * 1000)::integer = ANY (c.offsets))
+			AND (extract(epoch FROM st.time - c.start) * 1000)::integer = ANY (c.offsets))` + check + `
 	ORDER BY st.seq
 	ON CONFLICT (series_id, time) DO NOTHING
 	RETURNING series_id, time
 )
 SELECT series_id, time FROM ins`
+}
 
 // headReader encodes rows as sample_head rows (with seq: staging_head
 // rows) in binary COPY format.

@@ -26,6 +26,22 @@ FROM sample_chunks c CROSS JOIN LATERAL unnest(c.offsets, c.vals) AS u(o, v)
 WHERE c.series_id = $1 AND c.start >= $4 AND c.start <= $3
 	AND c.start + u.o * interval '1 millisecond' >= $2 AND c.start + u.o * interval '1 millisecond' <= $3`
 
+// legacyRaw is the raw read of the rows of the legacy table samples not
+// migrated yet (MigratePacked moves them, a batch at a time, in the
+// transaction that deletes them: a sample is in one table or the other).
+const legacyRaw = `
+UNION ALL
+SELECT l.time, l.value FROM series ls JOIN samples l ON l.machine = ls.machine AND l.metric = ls.metric
+WHERE ls.id = $1 AND l.time >= $2 AND l.time <= $3`
+
+// rawSQL is packedRaw, with the legacy rows while there are some.
+func (s *Store) rawSQL() string {
+	if s.legacy.Load() {
+		return packedRaw + legacyRaw
+	}
+	return packedRaw
+}
+
 func chunkStart(ms int64) time.Time { return ts(floorDiv(ms, chunkMs) * chunkMs) }
 
 // selectPacked is Select in the packed layout.
@@ -34,7 +50,7 @@ func (s *Store) selectPacked(ctx context.Context, key store.SeriesKey, from, to 
 	if err != nil || !ok {
 		return err
 	}
-	rows, err := s.pool.Query(ctx, "SELECT time, value FROM ("+packedRaw+") r ORDER BY time", customPlan,
+	rows, err := s.pool.Query(ctx, "SELECT time, value FROM ("+s.rawSQL()+") r ORDER BY time", customPlan,
 		id, ts(from), ts(to), chunkStart(from))
 	if err != nil {
 		return err
@@ -61,11 +77,18 @@ WHERE EXISTS (SELECT 1 FROM sample_head h WHERE h.series_id = s.id AND h.time >=
 	OR EXISTS (
 		SELECT 1 FROM sample_chunks c CROSS JOIN LATERAL unnest(c.offsets) AS u(o)
 		WHERE c.series_id = s.id AND c.start >= $3 AND c.start <= $2
-			AND c.start + u.o * interval '1 millisecond' >= $1 AND c.start + u.o * interval '1 millisecond' <= $2)
-ORDER BY 1, 2`
+			AND c.start + u.o * interval '1 millisecond' >= $1 AND c.start + u.o * interval '1 millisecond' <= $2)`
+
+// listSeriesLegacy adds the series with legacy rows in range.
+const listSeriesLegacy = `
+	OR EXISTS (SELECT 1 FROM samples l WHERE l.machine = s.machine AND l.metric = s.metric AND l.time >= $1 AND l.time <= $2)`
 
 func (s *Store) seriesPacked(ctx context.Context, from, to int64) ([]store.SeriesKey, error) {
-	rows, err := s.pool.Query(ctx, listSeriesPacked, customPlan, ts(from), ts(to), chunkStart(from))
+	sql := listSeriesPacked
+	if s.legacy.Load() {
+		sql += listSeriesLegacy
+	}
+	rows, err := s.pool.Query(ctx, sql+" ORDER BY 1, 2", customPlan, ts(from), ts(to), chunkStart(from))
 	if err != nil {
 		return nil, err
 	}
@@ -108,7 +131,7 @@ func (s *Store) pickTier(from, to, w int64) (t tier, midFrom, midTo int64, ok bo
 // single samples the head rows (never in a tier), the chunk samples of the
 // edges, and, for the window tier, those of chunks without window
 // aggregates. $8 is $7 - 1 h: a chunk starting after it reaches past $7.
-func packedAggSQL(t tier) string {
+func packedAggSQL(t tier, legacy bool) string {
 	rawChunks := "c.start < $6 OR c.start > $8"
 	rawSample := "(c.start + u.o * interval '1 millisecond' < $6 OR c.start + u.o * interval '1 millisecond' >= $7)"
 	if t.table == aggWinTable {
@@ -127,16 +150,30 @@ FROM (
 	FROM sample_chunks c CROSS JOIN LATERAL unnest(c.offsets, c.vals) AS u(o, v)
 	WHERE c.series_id = $1 AND c.start >= $4 AND c.start <= $3 AND (` + rawChunks + `)
 		AND ` + rawSample + `
-		AND c.start + u.o * interval '1 millisecond' >= $2 AND c.start + u.o * interval '1 millisecond' <= $3
+		AND c.start + u.o * interval '1 millisecond' >= $2 AND c.start + u.o * interval '1 millisecond' <= $3` +
+		legacyAgg(legacy) + `
 ) x
 GROUP BY b ORDER BY b`
 }
 
+// legacyAgg is the legacy rows as single samples, for packedAggSQL.
+func legacyAgg(legacy bool) string {
+	if !legacy {
+		return ""
+	}
+	return `
+	UNION ALL
+	SELECT l.time, 1, l.value, l.value, l.value FROM series ls JOIN samples l ON l.machine = ls.machine AND l.metric = ls.metric
+	WHERE ls.id = $1 AND l.time >= $2 AND l.time <= $3`
+}
+
 // packedAggRaw aggregates one series by step ($5) from its samples.
-const packedAggRaw = `
+func packedAggRaw(raw string) string {
+	return `
 SELECT date_bin($5::interval, time, timestamptz 'epoch') AS b, count(*), sum(value), min(value), max(value)
-FROM (` + packedRaw + `) r
+FROM (` + raw + `) r
 GROUP BY b ORDER BY b`
+}
 
 func (s *Store) aggregatePackedRows(ctx context.Context, key store.SeriesKey, from, to, w int64) (pgx.Rows, bool, error) {
 	id, ok, err := s.lookupSeries(ctx, key.Machine, key.Metric)
@@ -145,20 +182,24 @@ func (s *Store) aggregatePackedRows(ctx context.Context, key store.SeriesKey, fr
 	}
 	stepIv := time.Duration(w) * time.Millisecond
 	if t, midFrom, midTo, ok := s.pickTier(from, to, w); ok {
-		rows, err := s.pool.Query(ctx, packedAggSQL(t), customPlan, id, ts(from), ts(to), chunkStart(from), stepIv,
+		rows, err := s.pool.Query(ctx, packedAggSQL(t, s.legacy.Load()), customPlan, id, ts(from), ts(to), chunkStart(from), stepIv,
 			ts(midFrom), ts(midTo), ts(midTo-chunkMs))
 		return rows, true, err
 	}
-	rows, err := s.pool.Query(ctx, packedAggRaw, customPlan, id, ts(from), ts(to), chunkStart(from), stepIv)
+	rows, err := s.pool.Query(ctx, packedAggRaw(s.rawSQL()), customPlan, id, ts(from), ts(to), chunkStart(from), stepIv)
 	return rows, true, err
 }
 
 // promRawPackedSQL is a PromQL Select's raw read in the packed layout: the
 // series matching f's sets, each read as packedRaw.
-func promRawPackedSQL(f *seriesFilter, from, to int64) (string, sqlArgs) {
+func promRawPackedSQL(f *seriesFilter, from, to int64, legacy bool) (string, sqlArgs) {
 	var a sqlArgs
 	fromA, toA, chunkA := a.add(ts(from)), a.add(ts(to)), a.add(chunkStart(from))
-	raw := strings.NewReplacer("$1", "s.id", "$2", fromA, "$3", toA, "$4", chunkA).Replace(packedRaw)
+	raw := packedRaw
+	if legacy {
+		raw += legacyRaw
+	}
+	raw = strings.NewReplacer("$1", "s.id", "$2", fromA, "$3", toA, "$4", chunkA).Replace(raw)
 	sql := `SELECT s.machine, s.metric, r.time, r.value FROM series s CROSS JOIN LATERAL (` + raw + `) r WHERE ` + seriesCond("s.", f, &a)
 	return sql, a
 }

@@ -237,6 +237,9 @@ type Store struct {
 	// packed: the store is in the packed layout (Options.Layout).
 	packed bool
 	ids    seriesIDs
+	// legacy: the packed store still has rows in the legacy table samples
+	// (MigratePacked is moving them): reads include them, writes check them.
+	legacy atomic.Bool
 	spool  *spool // nil without SpoolDir
 
 	// life is held shared by every operation and exclusively by Close.

@@ -460,7 +460,7 @@ func (s *Store) selectProm(ctx context.Context, f *seriesFilter, from, to int64,
 	}
 	sql, args := promRawSQL(f, from, to)
 	if s.packed {
-		sql, args = promRawPackedSQL(f, from, to)
+		sql, args = promRawPackedSQL(f, from, to, s.legacy.Load())
 		p = aggPlan{} // TODO(issue 18): the rollup tiers for *_over_time
 	}
 	if p.col != "" {
