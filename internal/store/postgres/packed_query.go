@@ -3,6 +3,8 @@ package postgres
 import (
 	"context"
 	"fmt"
+	"math"
+	"math/bits"
 	"strings"
 	"time"
 
@@ -237,7 +239,126 @@ func (s *Store) transformPacked(ctx context.Context, key store.SeriesKey, from, 
 	return out, nil
 }
 
-// downsamplePacked is DownsampleRange in the packed layout.
+// downsamplePacked is DownsampleRange in the packed layout: at most n
+// points, the minimum and maximum of each of n/2 equal buckets. With
+// buckets of a minute or more it reads the rollups (1 h, else 1 min) of
+// the tier buckets that lie inside one downsampling bucket, their extremes
+// at their times, and as samples the rest: the head (and legacy) rows, and
+// the chunk samples of the tier buckets cut by a bucket boundary or at the
+// ends of the range (windowPlan), reading only the chunks they fall in.
 func (s *Store) downsamplePacked(ctx context.Context, key store.SeriesKey, from, to int64, n int) ([]store.Point, error) {
-	return store.Downsample(ctx, s, key, from, to, n)
+	nb := uint64(n / 2)
+	span := uint64(to) - uint64(from) + 1
+	if hi, lo := bits.Mul64(span, nb); span == 0 || hi != 0 || lo > math.MaxInt64 {
+		return store.Downsample(ctx, s, key, from, to, n)
+	}
+	// At most n samples come back as they are.
+	var raw []store.Point
+	if err := s.Select(ctx, key, from, to, func(p store.Point) bool {
+		raw = append(raw, p)
+		return len(raw) <= n
+	}); err != nil {
+		return nil, err
+	}
+	if len(raw) <= n {
+		if raw == nil {
+			raw = []store.Point{}
+		}
+		return raw, nil
+	}
+	cfrom, cto, _ := clampRange(from, to)
+	var (
+		t              tier
+		midFrom, midTo int64
+		loR, hiR       []time.Time
+		ok             bool
+	)
+	for _, c := range []tier{{agg1hTable, hourMs}, {agg1mTable, 60_000}} {
+		if midFrom, midTo, loR, hiR, ok = windowPlan(from, to, cfrom, cto, nb, span, c.ms); ok {
+			t = c
+			break
+		}
+	}
+	if !ok {
+		return store.Downsample(ctx, s, key, from, to, n)
+	}
+	if err := s.acquire(); err != nil {
+		return nil, fmt.Errorf("downsampling: %w", err)
+	}
+	defer s.life.RUnlock()
+	id, found, err := s.lookupSeries(ctx, key.Machine, key.Metric)
+	if err != nil || !found {
+		return []store.Point{}, err
+	}
+	rows, err := s.pool.Query(ctx, downsamplePackedSQL(t.table, s.legacy.Load()), customPlan, id, ts(midFrom), ts(midTo),
+		nil, from, int64(nb), int64(span), t.ms, loR, hiR, ts(cfrom), ts(cto), chunkStart(cfrom))
+	if err != nil {
+		return nil, errPacked("downsampling", key, err)
+	}
+	defer rows.Close()
+	out := make([]store.Point, 0, n)
+	var (
+		b      int64
+		lo, hi []float64
+	)
+	for rows.Next() {
+		if err := rows.Scan(&b, &lo, &hi); err != nil {
+			return nil, errPacked("downsampling", key, err)
+		}
+		pmin := store.Point{Time: int64(lo[1]), Value: lo[0]}
+		pmax := store.Point{Time: -int64(hi[1]), Value: hi[0]}
+		switch {
+		case pmin.Time == pmax.Time:
+			out = append(out, pmin)
+		case pmin.Time < pmax.Time:
+			out = append(out, pmin, pmax)
+		default:
+			out = append(out, pmax, pmin)
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return nil, errPacked("downsampling", key, err)
+	}
+	return out, nil
+}
+
+// downsamplePackedSQL: $1 series, [$2, $3) the whole tier buckets, $5 from,
+// $6 buckets, $7 span, $8 tier width (ms), $9/$10 the raw ranges [lo, hi),
+// [$11, $12] the clamped range, $13 the chunk holding $11. ($4 unused.)
+func downsamplePackedSQL(table string, legacy bool) string {
+	legacyRows := ""
+	if legacy {
+		legacyRows = `
+		UNION ALL
+		SELECT l.value, (date_part('epoch', l.time) * 1000)::bigint
+		FROM series ls JOIN samples l ON l.machine = ls.machine AND l.metric = ls.metric
+		WHERE ls.id = $1 AND l.time >= $11 AND l.time <= $12`
+	}
+	return `
+SELECT b, min(ARRAY[lo, lo_ms]), max(ARRAY[hi, -hi_ms])
+FROM (
+	SELECT ((date_part('epoch', bucket) * 1000)::bigint - $5) * $6 / $7 AS b,
+		min AS lo, (date_part('epoch', min_time) * 1000)::bigint::double precision AS lo_ms,
+		max AS hi, (date_part('epoch', max_time) * 1000)::bigint::double precision AS hi_ms
+	FROM ` + table + `
+	WHERE series_id = $1 AND bucket >= $2 AND bucket < $3 AND $4::text IS NULL
+		AND ((date_part('epoch', bucket) * 1000)::bigint - $5) * $6 / $7
+			= ((date_part('epoch', bucket) * 1000)::bigint + $8 - 1 - $5) * $6 / $7
+	UNION ALL
+	SELECT LEAST((ms - $5) * $6 / $7, $6 - 1), v, ms::double precision, v, ms::double precision
+	FROM (
+		SELECT value AS v, (date_part('epoch', time) * 1000)::bigint AS ms
+		FROM sample_head WHERE series_id = $1 AND time >= $11 AND time <= $12` + legacyRows + `
+		UNION ALL
+		SELECT x.v, x.ms FROM unnest($9::timestamptz[], $10::timestamptz[]) AS r(lo, hi)
+		CROSS JOIN LATERAL (
+			SELECT u.v, (date_part('epoch', c.start) * 1000)::bigint + u.o AS ms
+			FROM sample_chunks c CROSS JOIN LATERAL unnest(c.offsets, c.vals) AS u(o, v)
+			WHERE c.series_id = $1 AND c.start > r.lo - interval '1 hour' AND c.start < r.hi
+				AND c.start >= $13 AND c.start <= $12 -- the whole range: prunes partitions at plan time
+				AND c.start + u.o * interval '1 millisecond' >= r.lo AND c.start + u.o * interval '1 millisecond' < r.hi
+		) x
+	) r
+) x
+GROUP BY b ORDER BY b`
 }

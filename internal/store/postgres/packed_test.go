@@ -277,4 +277,26 @@ func TestPackedCompactsClosedDaysOnly(t *testing.T) {
 	if err != nil || len(got) != 1 || got[0].Value != 100 {
 		t.Errorf("max of the first hour after the late sample: %v, %v; want 100", got, err)
 	}
+	// Downsampling through the rollups (1 h and 1 min tiers, buckets cut
+	// anywhere) equals the generic downsampling of the samples, with a
+	// late head row in a compacted day.
+	mustAppend(t, s, []telemetry.Sample{{Machine: "m", Metric: "dense", Time: day + 1800_000 + 1, Value: -50}})
+	for _, key := range []store.SeriesKey{{Machine: "m", Metric: "dense"}, {Machine: "m", Metric: "sparse"}} {
+		for _, r := range []struct {
+			from, to int64
+			n        int
+		}{{day, day + 2*hourMs - 1, 4}, {day, day + 2*hourMs - 1, 100}, {day + 12_345, day + 2*hourMs - 7_777, 37}, {day - hourMs, day + 3*hourMs, 9}} {
+			want, err := store.Downsample(ctx, s, key, r.from, r.to, r.n)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := s.DownsampleRange(ctx, key, r.from, r.to, r.n)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(got, want); diff != "" {
+				t.Errorf("DownsampleRange(%v, %d, %d, %d) (-got +want):\n%s", key, r.from, r.to, r.n, diff)
+			}
+		}
+	}
 }
