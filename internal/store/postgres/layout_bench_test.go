@@ -44,7 +44,8 @@ func envInt(name string, def int) int {
 // series, 10 000 samples), and reports per layout the Append rate, then
 // compacts the packed store and reports the compaction rate and, after
 // VACUUM, the bytes per sample of all the store's tables (heap, TOAST,
-// indexes, aggregates, rollups). One iteration is the whole load.
+// indexes, aggregates, rollups), then loads the same workload into a third
+// store, packed, alone. One iteration is the whole load.
 func BenchmarkLayoutsTSBS(b *testing.B) {
 	nm, minutes := envInt("TWINLINE_BENCH_MACHINES", 1000), envInt("TWINLINE_BENCH_MINUTES", 30)
 	machines := make([]string, nm)
@@ -119,6 +120,21 @@ func BenchmarkLayoutsTSBS(b *testing.B) {
 			b.ReportMetric(float64(n)/dur[l].Seconds(), l+"_points/s")
 			b.ReportMetric(float64(bytes)/float64(n), l+"_bytes/sample")
 		}
+		// The packed layout alone (no rows-layout writes competing for WAL,
+		// checkpoints and the buffer cache), on a store of its own.
+		alone := openTest(b, "", Options{Layout: LayoutPacked, MaxConns: 2})
+		walk = make([]float64, nm*len(metrics))
+		rng = rand.New(rand.NewPCG(1, 2))
+		var aloneDur time.Duration
+		for i := range minutes * 6 {
+			batch := tsbsBatch(machines, metrics, start+int64(i)*10_000, walk, rng)
+			t0 := time.Now()
+			if err := alone.Append(ctx, batch); err != nil {
+				b.Fatal(err)
+			}
+			aloneDur += time.Since(t0)
+		}
+		b.ReportMetric(float64(n)/aloneDur.Seconds(), "packed_alone_points/s")
 		b.ReportMetric(float64(n)/compact.Seconds(), "packed_compact_points/s")
 		b.ReportMetric(dur[LayoutRows].Seconds()/dur[LayoutPacked].Seconds(), "packed/rows_speed")
 		b.StartTimer()
