@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/prometheus/prometheus/storage"
 
 	"github.com/twinline/twinline/internal/store"
 )
@@ -203,6 +204,89 @@ func promRawPackedSQL(f *seriesFilter, from, to int64, legacy bool) (string, sql
 	}
 	raw = strings.NewReplacer("$1", "s.id", "$2", fromA, "$3", toA, "$4", chunkA).Replace(raw)
 	sql := `SELECT s.machine, s.metric, r.time, r.value FROM series s CROSS JOIN LATERAL (` + raw + `) r WHERE ` + seriesCond("s.", f, &a)
+	return sql, a
+}
+
+// planTiers is planAggregates for the packed layout's rollups: the
+// evaluation times anchor + k*step need not be multiples of the step, but
+// alignedTier must find a tier no window cuts. Prometheus windows are
+// (e-R, e]: with e on the minute every minute bucket is cut at its first
+// millisecond, so the rollups serve only queries whose evaluation times end
+// a bucket (start one millisecond before a multiple of the tier). A selector
+// in a subquery is evaluated at multiples of the subquery's step, which
+// never end a bucket unless its offset is 1 ms modulo the tier.
+func planTiers(h *storage.SelectHints) aggPlan {
+	if h == nil || h.Step < 60_000 || h.Range <= 0 || h.End < h.Start {
+		return aggPlan{}
+	}
+	col := ""
+	switch h.Func {
+	case "max_over_time":
+		col = "max"
+	case "min_over_time":
+		col = "min"
+	default:
+		return aggPlan{}
+	}
+	// End need not be on the lattice: the last evaluation time ends a
+	// bucket, so the buckets after it are in no window.
+	anchor := h.Start + h.Range - 1
+	if h.End < anchor {
+		return aggPlan{}
+	}
+	p := aggPlan{col: col, anchor: anchor, rng: h.Range, step: h.Step}
+	if _, ok := p.alignedTier(); !ok {
+		return aggPlan{}
+	}
+	return p
+}
+
+// alignedTier returns the widest rollup tier (1 h, 1 min) whose buckets no
+// evaluation window of p cuts: every window (e-R, e] starts and ends on a
+// bucket boundary (e+1 and R multiples of the tier, and so the step). Each
+// bucket is then wholly inside or outside each window, and its extreme at
+// its time stands for its samples, bit for bit (the argument of
+// planAggregates, with no cut bucket to read raw).
+func (p aggPlan) alignedTier() (tier, bool) {
+	if p.col == "" {
+		return tier{}, false
+	}
+	for _, t := range []tier{{agg1hTable, hourMs}, {agg1mTable, 60_000}} {
+		if floorMod(p.anchor+1, t.ms) == 0 && p.rng%t.ms == 0 && p.step%t.ms == 0 {
+			return t, true
+		}
+	}
+	return tier{}, false
+}
+
+// promTierPackedSQL is a PromQL Select reading, for max_over_time or
+// min_over_time (col) on an aligned tier, one point per compacted tier
+// bucket of [midFrom, midTo) (its extreme at its time), and raw samples for
+// the rest: the head (never in a tier), the chunk samples outside
+// [midFrom, midTo), the legacy rows.
+func promTierPackedSQL(f *seriesFilter, from, to, midFrom, midTo int64, t tier, col string, legacy bool) (string, sqlArgs) {
+	var a sqlArgs
+	fromA, toA, chunkA := a.add(ts(from)), a.add(ts(to)), a.add(chunkStart(from))
+	midFromA, midToA, lastChunkA := a.add(ts(midFrom)), a.add(ts(midTo)), a.add(ts(midTo-chunkMs))
+	legacyRows := ""
+	if legacy {
+		legacyRows = strings.NewReplacer("$1", "s.id", "$2", fromA, "$3", toA).Replace(legacyRaw)
+	}
+	sql := `
+SELECT s.machine, s.metric, a.` + col + `_time, a.` + col + ` FROM series s JOIN ` + t.table + ` a ON a.series_id = s.id
+WHERE ` + seriesCond("s.", f, &a) + ` AND a.bucket >= ` + midFromA + ` AND a.bucket < ` + midToA + `
+UNION ALL
+SELECT s.machine, s.metric, r.time, r.value FROM series s CROSS JOIN LATERAL (
+	SELECT time, value FROM sample_head WHERE series_id = s.id AND time >= ` + fromA + ` AND time <= ` + toA + `
+	UNION ALL
+	SELECT c.start + u.o * interval '1 millisecond', u.v
+	FROM sample_chunks c CROSS JOIN LATERAL unnest(c.offsets, c.vals) AS u(o, v)
+	WHERE c.series_id = s.id AND c.start >= ` + chunkA + ` AND c.start <= ` + toA + `
+		AND (c.start < ` + midFromA + ` OR c.start > ` + lastChunkA + `)
+		AND (c.start + u.o * interval '1 millisecond' < ` + midFromA + ` OR c.start + u.o * interval '1 millisecond' >= ` + midToA + `)
+		AND c.start + u.o * interval '1 millisecond' >= ` + fromA + ` AND c.start + u.o * interval '1 millisecond' <= ` + toA +
+		legacyRows + `
+) r WHERE ` + seriesCond("s.", f, &a)
 	return sql, a
 }
 

@@ -3,6 +3,7 @@ package postgres
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -11,6 +12,8 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
 	"github.com/jackc/pgx/v5"
+	"github.com/prometheus/prometheus/model/labels"
+	"github.com/prometheus/prometheus/storage"
 	"pgregory.net/rapid"
 
 	"github.com/twinline/twinline/internal/store"
@@ -299,4 +302,101 @@ func TestPackedCompactsClosedDaysOnly(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestPromQLPacked runs PromQL expressions over a packed store whose
+// samples are partly compacted (chunks and rollups), partly late head rows
+// of compacted hours, and over the in-memory reference: the answers must be
+// equal, bit for bit, with the rollup reads of aligned max_over_time and
+// min_over_time too.
+func TestPromQLPacked(t *testing.T) {
+	t.Parallel()
+	s := openTest(t, "", Options{Layout: LayoutPacked})
+	samples := promSamples()
+	for b := range slices.Chunk(samples, 20_000) {
+		mustAppend(t, s, b)
+	}
+	ctx := context.Background()
+	if _, err := s.Compact(ctx, afterAll); err != nil {
+		t.Fatal(err)
+	}
+	// Late samples in compacted hours, extremes among them.
+	late := []telemetry.Sample{
+		{Machine: "m1", Metric: "temperature", Time: storetest.Base + 2*hourMs + 1_500, Value: 1000},
+		{Machine: "m2", Metric: "temperature", Time: storetest.Base + 2*hourMs + 61_001, Value: -1000},
+		{Machine: "m6", Metric: "temperature", Time: storetest.Base + 3*hourMs + 7, Value: 5},
+	}
+	mustAppend(t, s, late)
+	samples = append(samples, late...)
+	ref := newRefQueryable(samples)
+	q := s.PromQueryable()
+	eng := testEngine()
+	base := time.UnixMilli(storetest.Base).UTC()
+	start, end := base.Add(2*time.Hour), base.Add(3*time.Hour+30*time.Minute)
+	tests := []struct {
+		expr     string
+		start    time.Time
+		step     time.Duration
+		wantTier bool
+	}{
+		{expr: "rate(counter[5m])", step: time.Minute},
+		{expr: "avg_over_time(temperature[1m])", step: time.Minute},
+		{expr: "temperature", step: 15 * time.Second},
+		{expr: "sum_over_time(temperature[1m])", step: time.Minute},
+		{expr: "max_over_time(temperature[1m])", start: start.Add(-time.Millisecond), step: time.Minute, wantTier: true},
+		{expr: "min_over_time(temperature[5m])", start: start.Add(-time.Millisecond), step: time.Minute, wantTier: true},
+		{expr: "max_over_time(temperature[1h])", start: start.Add(-time.Millisecond), step: time.Hour, wantTier: true},
+		{expr: "max_over_time(temperature[1m])", step: time.Minute},
+		{expr: "max_over_time(temperature[90s])", step: 2 * time.Minute},
+		{expr: `max_over_time(temperature{machine=~"m1|m2"}[2m])`, start: start.Add(-time.Millisecond), step: 2 * time.Minute, wantTier: true},
+		{expr: `temperature{machine!~"m[12]"}`, step: time.Minute},
+		{expr: "avg_over_time(temperature[1m])", step: 0},
+	}
+	for _, tt := range tests {
+		if tt.start.IsZero() {
+			tt.start = start
+		}
+		t.Run(fmt.Sprintf("%s@%v@%v", tt.expr, tt.step, tt.start.Sub(start)), func(t *testing.T) {
+			want := runProm(t, eng, ref, tt.expr, tt.start, end, tt.step)
+			if len(want) == 0 {
+				t.Fatalf("the reference answers nothing: a useless case")
+			}
+			opts := cmpopts.EquateNaNs()
+			if got := runProm(t, eng, q, tt.expr, tt.start, end, tt.step); !cmp.Equal(got, want, opts) {
+				t.Errorf("(-got +want)\n%s", cmp.Diff(got, want, opts))
+			}
+			spy := &tierSpy{Queryable: q, window: s.window}
+			runProm(t, eng, spy, tt.expr, tt.start, end, tt.step)
+			if spy.tier != tt.wantTier {
+				t.Errorf("rollups read = %v, want %v", spy.tier, tt.wantTier)
+			}
+		})
+	}
+}
+
+// tierSpy records whether a Select of a query may read the rollups.
+type tierSpy struct {
+	storage.Queryable
+	window int64
+	mu     sync.Mutex
+	tier   bool
+}
+
+func (p *tierSpy) Querier(mint, maxt int64) (storage.Querier, error) {
+	q, err := p.Queryable.Querier(mint, maxt)
+	return tierSpyQuerier{Querier: q, p: p}, err
+}
+
+type tierSpyQuerier struct {
+	storage.Querier
+	p *tierSpy
+}
+
+func (q tierSpyQuerier) Select(ctx context.Context, sort bool, h *storage.SelectHints, ms ...*labels.Matcher) storage.SeriesSet {
+	if _, ok := planTiers(h).alignedTier(); ok {
+		q.p.mu.Lock()
+		q.p.tier = true
+		q.p.mu.Unlock()
+	}
+	return q.Querier.Select(ctx, sort, h, ms...)
 }
