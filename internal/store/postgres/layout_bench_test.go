@@ -6,11 +6,13 @@ import (
 	"math"
 	"math/rand/v2"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/twinline/twinline/internal/store"
 	"github.com/twinline/twinline/internal/store/storetest"
 	"github.com/twinline/twinline/internal/telemetry"
 )
@@ -138,5 +140,63 @@ func BenchmarkLayoutsTSBS(b *testing.B) {
 		b.ReportMetric(float64(n)/compact.Seconds(), "packed_compact_points/s")
 		b.ReportMetric(dur[LayoutRows].Seconds()/dur[LayoutPacked].Seconds(), "packed/rows_speed")
 		b.StartTimer()
+	}
+}
+
+// BenchmarkLayoutsLongRange reads 30 days of one machine's metric (one
+// sample every 10 s, 259 200 samples, among 4 other series) in each
+// layout: DownsampleRange to 1 000 points and AggregateRange by hour. The
+// packed store is compacted (every day but today) first.
+func BenchmarkLayoutsLongRange(b *testing.B) {
+	ctx := context.Background()
+	from := storetest.Base - 29*24*hourMs
+	to := storetest.Base + 12*hourMs - 1
+	stores := map[string]*Store{
+		LayoutRows:   openTest(b, "", Options{Layout: LayoutRows, MaxConns: 2}),
+		LayoutPacked: openTest(b, "", Options{Layout: LayoutPacked, MaxConns: 2}),
+	}
+	for _, s := range stores {
+		for m := range 5 {
+			for day := from; day < to; day += 24 * hourMs {
+				batch := storetest.Samples(fmt.Sprintf("m%d", m), "temp", day, 10*time.Second, 8640,
+					func(i int) float64 { return float64((i*7919)%1000) / 10 })
+				batch = slices.DeleteFunc(batch, func(x telemetry.Sample) bool { return x.Time > to })
+				if err := s.Append(ctx, batch); err != nil {
+					b.Fatal(err)
+				}
+			}
+		}
+		if _, err := s.Compact(ctx, testNow); err != nil {
+			b.Fatal(err)
+		}
+		tables := s.tables()
+		if s.packed {
+			tables = append(tables, "series")
+		}
+		if _, err := s.pool.Exec(ctx, "VACUUM ANALYZE "+strings.Join(tables, ", ")); err != nil {
+			b.Fatal(err)
+		}
+	}
+	key := store.SeriesKey{Machine: "m2", Metric: "temp"}
+	for _, l := range []string{LayoutRows, LayoutPacked} {
+		s := stores[l]
+		b.Run(l+"/downsample_30d_1000", func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				pts, err := s.DownsampleRange(ctx, key, from, to, 1000)
+				if err != nil || len(pts) < 900 {
+					b.Fatalf("%d points, %v", len(pts), err)
+				}
+			}
+		})
+		b.Run(l+"/aggregate_30d_1h", func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				pts, err := s.AggregateRange(ctx, key, from, to, time.Hour, store.AggAvg)
+				if err != nil || len(pts) != 29*24+12 {
+					b.Fatalf("%d points, %v", len(pts), err)
+				}
+			}
+		})
 	}
 }
