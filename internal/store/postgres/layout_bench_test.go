@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -47,7 +48,8 @@ func envInt(name string, def int) int {
 // compacts the packed store and reports the compaction rate and, after
 // VACUUM, the bytes per sample of all the store's tables (heap, TOAST,
 // indexes, aggregates, rollups), then loads the same workload into a third
-// store, packed, alone. One iteration is the whole load.
+// store, packed, alone, and into a fourth with two writers. One iteration
+// is the whole load.
 func BenchmarkLayoutsTSBS(b *testing.B) {
 	nm, minutes := envInt("TWINLINE_BENCH_MACHINES", 1000), envInt("TWINLINE_BENCH_MINUTES", 30)
 	machines := make([]string, nm)
@@ -137,6 +139,29 @@ func BenchmarkLayoutsTSBS(b *testing.B) {
 			aloneDur += time.Since(t0)
 		}
 		b.ReportMetric(float64(n)/aloneDur.Seconds(), "packed_alone_points/s")
+		// Two writers (two Appends in flight, as two ingest flushes or
+		// Kafka partitions give), on a fourth store.
+		two := openTest(b, "", Options{Layout: LayoutPacked, MaxConns: 4})
+		walk = make([]float64, nm*len(metrics))
+		rng = rand.New(rand.NewPCG(1, 2))
+		batches := make([][]telemetry.Sample, minutes*6)
+		for i := range batches {
+			batches[i] = tsbsBatch(machines, metrics, start+int64(i)*10_000, walk, rng)
+		}
+		t0 = time.Now()
+		var wg sync.WaitGroup
+		for w := range 2 {
+			wg.Go(func() {
+				for i := w; i < len(batches); i += 2 {
+					if err := two.Append(ctx, batches[i]); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+		}
+		wg.Wait()
+		b.ReportMetric(float64(n)/time.Since(t0).Seconds(), "packed_2writers_points/s")
 		b.ReportMetric(float64(n)/compact.Seconds(), "packed_compact_points/s")
 		b.ReportMetric(dur[LayoutRows].Seconds()/dur[LayoutPacked].Seconds(), "packed/rows_speed")
 		b.StartTimer()

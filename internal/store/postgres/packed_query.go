@@ -14,20 +14,24 @@ import (
 	"github.com/twinline/twinline/internal/store"
 )
 
-// The reads of the packed layout. A series' samples in [from, to] are its
+// The reads of the packed layout. A chunk's samples are unnested in the
+// target list of a subquery, (SELECT …, unnest(offsets), unnest(vals) FROM
+// sample_chunks c) c: the conditions on series and start are pushed into it
+// (index scans), and no join is made per chunk, which the planner would
+// memoize on the arrays' bytes.
+// A series' samples in [from, to] are its
 // head rows in range and the unnested samples of its chunks that overlap
 // the range; the two never hold the same sample (first-write-wins checks
 // both), so no read deduplicates.
 
 // packedRaw is the raw read of one series ($1) in [$2, $3]; $4 is the start
 // of the chunk holding $2 (the first chunk to read).
-const packedRaw = `
+var packedRaw = `
 SELECT time, value FROM sample_head WHERE series_id = $1 AND time >= $2 AND time <= $3
 UNION ALL
-SELECT c.start + u.o * interval '1 millisecond', u.v
-FROM sample_chunks c CROSS JOIN LATERAL unnest(c.offsets, c.vals) AS u(o, v)
-WHERE c.series_id = $1 AND c.start >= $4 AND c.start <= $3
-	AND c.start + u.o * interval '1 millisecond' >= $2 AND c.start + u.o * interval '1 millisecond' <= $3`
+SELECT c.start + c.o * interval '1 millisecond', c.v
+FROM ` + chunkRows("c.series_id = $1 AND c.start >= $4 AND c.start <= $3") + `
+WHERE c.start + c.o * interval '1 millisecond' >= $2 AND c.start + c.o * interval '1 millisecond' <= $3`
 
 // legacyRaw is the raw read of the rows of the legacy table samples not
 // migrated yet (MigratePacked moves them, a batch at a time, in the
@@ -43,6 +47,12 @@ func (s *Store) rawSQL() string {
 		return packedRaw + legacyRaw
 	}
 	return packedRaw
+}
+
+// chunkRows is the samples of the chunks matching cond (on c.series_id,
+// c.start, c.has_aggs) as rows (start, has_aggs, o, v) of alias c.
+func chunkRows(cond string) string {
+	return "(SELECT c.start, c.has_aggs, unnest(c.offsets) AS o, unnest(c.vals) AS v FROM sample_chunks c WHERE " + cond + ") c"
 }
 
 func chunkStart(ms int64) time.Time { return ts(floorDiv(ms, chunkMs) * chunkMs) }
@@ -74,13 +84,13 @@ func (s *Store) selectPacked(ctx context.Context, key store.SeriesKey, from, to 
 
 // listSeriesPacked lists the series with a head row or a chunk sample in
 // [$1, $2] ($3: the chunk holding $1): two index probes per series.
-const listSeriesPacked = `
+var listSeriesPacked = `
 SELECT s.machine, s.metric FROM series s
 WHERE EXISTS (SELECT 1 FROM sample_head h WHERE h.series_id = s.id AND h.time >= $1 AND h.time <= $2)
 	OR EXISTS (
-		SELECT 1 FROM sample_chunks c CROSS JOIN LATERAL unnest(c.offsets) AS u(o)
-		WHERE c.series_id = s.id AND c.start >= $3 AND c.start <= $2
-			AND c.start + u.o * interval '1 millisecond' >= $1 AND c.start + u.o * interval '1 millisecond' <= $2)`
+		SELECT 1 FROM (SELECT c.start, unnest(c.offsets) AS o FROM sample_chunks c
+			WHERE c.series_id = s.id AND c.start >= $3 AND c.start <= $2) c
+		WHERE c.start + c.o * interval '1 millisecond' >= $1 AND c.start + c.o * interval '1 millisecond' <= $2)`
 
 // listSeriesLegacy adds the series with legacy rows in range.
 const listSeriesLegacy = `
@@ -136,7 +146,7 @@ func (s *Store) pickTier(from, to, w int64) (t tier, midFrom, midTo int64, ok bo
 // aggregates. $8 is $7 - 1 h: a chunk starting after it reaches past $7.
 func packedAggSQL(t tier, legacy bool) string {
 	rawChunks := "c.start < $6 OR c.start > $8"
-	rawSample := "(c.start + u.o * interval '1 millisecond' < $6 OR c.start + u.o * interval '1 millisecond' >= $7)"
+	rawSample := "(c.start + c.o * interval '1 millisecond' < $6 OR c.start + c.o * interval '1 millisecond' >= $7)"
 	if t.table == aggWinTable {
 		rawChunks += " OR NOT c.has_aggs"
 		rawSample = "(" + rawSample + " OR NOT c.has_aggs)"
@@ -149,11 +159,10 @@ FROM (
 	UNION ALL
 	SELECT time, 1, value, value, value FROM sample_head WHERE series_id = $1 AND time >= $2 AND time <= $3
 	UNION ALL
-	SELECT c.start + u.o * interval '1 millisecond', 1, u.v, u.v, u.v
-	FROM sample_chunks c CROSS JOIN LATERAL unnest(c.offsets, c.vals) AS u(o, v)
-	WHERE c.series_id = $1 AND c.start >= $4 AND c.start <= $3 AND (` + rawChunks + `)
-		AND ` + rawSample + `
-		AND c.start + u.o * interval '1 millisecond' >= $2 AND c.start + u.o * interval '1 millisecond' <= $3` +
+	SELECT c.start + c.o * interval '1 millisecond', 1, c.v, c.v, c.v
+	FROM ` + chunkRows("c.series_id = $1 AND c.start >= $4 AND c.start <= $3 AND ("+rawChunks+")") + `
+	WHERE ` + rawSample + `
+		AND c.start + c.o * interval '1 millisecond' >= $2 AND c.start + c.o * interval '1 millisecond' <= $3` +
 		legacyAgg(legacy) + `
 ) x
 GROUP BY b ORDER BY b`
@@ -279,12 +288,11 @@ UNION ALL
 SELECT s.machine, s.metric, r.time, r.value FROM series s CROSS JOIN LATERAL (
 	SELECT time, value FROM sample_head WHERE series_id = s.id AND time >= ` + fromA + ` AND time <= ` + toA + `
 	UNION ALL
-	SELECT c.start + u.o * interval '1 millisecond', u.v
-	FROM sample_chunks c CROSS JOIN LATERAL unnest(c.offsets, c.vals) AS u(o, v)
-	WHERE c.series_id = s.id AND c.start >= ` + chunkA + ` AND c.start <= ` + toA + `
-		AND (c.start < ` + midFromA + ` OR c.start > ` + lastChunkA + `)
-		AND (c.start + u.o * interval '1 millisecond' < ` + midFromA + ` OR c.start + u.o * interval '1 millisecond' >= ` + midToA + `)
-		AND c.start + u.o * interval '1 millisecond' >= ` + fromA + ` AND c.start + u.o * interval '1 millisecond' <= ` + toA +
+	SELECT c.start + c.o * interval '1 millisecond', c.v
+	FROM ` + chunkRows("c.series_id = s.id AND c.start >= "+chunkA+" AND c.start <= "+toA+
+		" AND (c.start < "+midFromA+" OR c.start > "+lastChunkA+")") + `
+	WHERE (c.start + c.o * interval '1 millisecond' < ` + midFromA + ` OR c.start + c.o * interval '1 millisecond' >= ` + midToA + `)
+		AND c.start + c.o * interval '1 millisecond' >= ` + fromA + ` AND c.start + c.o * interval '1 millisecond' <= ` + toA +
 		legacyRows + `
 ) r WHERE ` + seriesCond("s.", f, &a)
 	return sql, a
@@ -357,10 +365,17 @@ func (s *Store) downsamplePacked(ctx context.Context, key store.SeriesKey, from,
 		loR, hiR       []time.Time
 		ok             bool
 	)
+	// The tier with the fewest rows to read: its buckets over the span,
+	// and the samples of the cut ones (one per downsampling bucket),
+	// counted at a sample every 10 s.
+	best := math.Inf(1)
 	for _, c := range []tier{{agg1hTable, hourMs}, {agg1mTable, 60_000}} {
-		if midFrom, midTo, loR, hiR, ok = windowPlan(from, to, cfrom, cto, nb, span, c.ms); ok {
-			t = c
-			break
+		mf, mt, l, h, fits := windowPlan(from, to, cfrom, cto, nb, span, c.ms)
+		if !fits {
+			continue
+		}
+		if cost := float64(span)/float64(c.ms) + float64(nb)*float64(c.ms)/10_000; cost < best {
+			best, t, midFrom, midTo, loR, hiR, ok = cost, c, mf, mt, l, h, true
 		}
 	}
 	if !ok {
@@ -436,11 +451,10 @@ FROM (
 		UNION ALL
 		SELECT x.v, x.ms FROM unnest($9::timestamptz[], $10::timestamptz[]) AS r(lo, hi)
 		CROSS JOIN LATERAL (
-			SELECT u.v, (date_part('epoch', c.start) * 1000)::bigint + u.o AS ms
-			FROM sample_chunks c CROSS JOIN LATERAL unnest(c.offsets, c.vals) AS u(o, v)
-			WHERE c.series_id = $1 AND c.start > r.lo - interval '1 hour' AND c.start < r.hi
-				AND c.start >= $13 AND c.start <= $12 -- the whole range: prunes partitions at plan time
-				AND c.start + u.o * interval '1 millisecond' >= r.lo AND c.start + u.o * interval '1 millisecond' < r.hi
+			SELECT c.v, (date_part('epoch', c.start) * 1000)::bigint + c.o AS ms
+			FROM ` + chunkRows("c.series_id = $1 AND c.start > r.lo - interval '1 hour' AND c.start < r.hi"+
+		" AND c.start >= $13 AND c.start <= $12") + ` -- [$13, $12]: prunes partitions at plan time
+			WHERE c.start + c.o * interval '1 millisecond' >= r.lo AND c.start + c.o * interval '1 millisecond' < r.hi
 		) x
 	) r
 ) x

@@ -558,6 +558,13 @@ func (s *Store) maintain(ctx context.Context) {
 	if err := s.createAhead(ctx, now); err != nil && ctx.Err() == nil {
 		s.logger.Warn("creating partitions ahead", "err", err)
 	}
+	if s.packed && s.legacy.Load() {
+		// MigratePacked may have moved the last legacy rows: writes then
+		// leave the slow path.
+		if err := s.checkLegacy(ctx); err != nil && ctx.Err() == nil {
+			s.logger.Warn("checking for legacy samples", "err", err)
+		}
+	}
 	if n, err := s.compact(ctx, now); err != nil && ctx.Err() == nil {
 		s.logger.Warn("compacting", "err", err)
 	} else if n > 0 {
