@@ -226,7 +226,7 @@ func TestPackedQueryPlans(t *testing.T) {
 			[]any{id, dayM1, dayTo, dayM1, 5 * time.Minute, dayM1, dayTo.Add(time.Millisecond), dayTo.Add(time.Millisecond - time.Hour)},
 			[]string{partitionName(agg1mTable, dayNum(dayM1)), chunks}, ""},
 		{"downsample a day from agg_1m", downsamplePackedSQL(agg1mTable, false),
-			[]any{id, ts(midFrom), ts(midTo), nil, dayM1.UnixMilli(), int64(nb), int64(span), int64(60_000), lo, hi, dayM1, dayTo, dayM1, []time.Time{}, []time.Time{}},
+			[]any{id, ts(midFrom), ts(midTo), nil, dayM1.UnixMilli(), int64(nb), int64(span), int64(60_000), lo, hi, dayM1, dayTo, dayM1},
 			[]string{partitionName(agg1mTable, dayNum(dayM1)), chunks}, ""},
 		{"series of an hour", listSeriesPacked + " ORDER BY 1, 2", []any{hourFrom, hourTo, chunkStart(hourFrom.UnixMilli())},
 			[]string{"series", chunks}, ""},

@@ -365,15 +365,18 @@ func (s *Store) downsamplePacked(ctx context.Context, key store.SeriesKey, from,
 		loR, hiR       []time.Time
 		ok             bool
 	)
-	// Hours inside a bucket from agg_1h; in the hours a boundary cuts (and
-	// the partial ones at the ends), minutes inside a bucket from agg_1m;
-	// the rest raw. Buckets under an hour: minutes, then raw.
-	mlo, mhi := []time.Time{}, []time.Time{}
-	if midFrom, midTo, loR, hiR, ok = windowPlan(from, to, cfrom, cto, nb, span, hourMs); ok {
-		t = tier{agg1hTable, hourMs}
-		mlo, mhi, loR, hiR = refineMinutes(from, nb, span, loR, hiR)
-	} else if midFrom, midTo, loR, hiR, ok = windowPlan(from, to, cfrom, cto, nb, span, 60_000); ok {
-		t = tier{agg1mTable, 60_000}
+	// The tier with the fewest rows to read: its buckets over the span,
+	// and the samples of the cut ones (one per downsampling bucket),
+	// counted at a sample every 10 s.
+	best := math.Inf(1)
+	for _, c := range []tier{{agg1hTable, hourMs}, {agg1mTable, 60_000}} {
+		mf, mt, l, h, fits := windowPlan(from, to, cfrom, cto, nb, span, c.ms)
+		if !fits {
+			continue
+		}
+		if cost := float64(span)/float64(c.ms) + float64(nb)*float64(c.ms)/10_000; cost < best {
+			best, t, midFrom, midTo, loR, hiR, ok = cost, c, mf, mt, l, h, true
+		}
 	}
 	if !ok {
 		return store.Downsample(ctx, s, key, from, to, n)
@@ -387,7 +390,7 @@ func (s *Store) downsamplePacked(ctx context.Context, key store.SeriesKey, from,
 		return []store.Point{}, err
 	}
 	rows, err := s.pool.Query(ctx, downsamplePackedSQL(t.table, s.legacy.Load()), customPlan, id, ts(midFrom), ts(midTo),
-		nil, from, int64(nb), int64(span), t.ms, loR, hiR, ts(cfrom), ts(cto), chunkStart(cfrom), mlo, mhi)
+		nil, from, int64(nb), int64(span), t.ms, loR, hiR, ts(cfrom), ts(cto), chunkStart(cfrom))
 	if err != nil {
 		return nil, errPacked("downsampling", key, err)
 	}
@@ -418,54 +421,9 @@ func (s *Store) downsamplePacked(ctx context.Context, key store.SeriesKey, from,
 	return out, nil
 }
 
-// refineMinutes splits the raw ranges [lo, hi) of an hour plan: the whole
-// minutes of each go to agg_1m (mlo, mhi: the SQL keeps those inside one
-// bucket), and the minutes a bucket boundary cuts and the partial minutes
-// at the ends stay raw (rlo, rhi).
-func refineMinutes(from int64, nb, span uint64, lo, hi []time.Time) (mlo, mhi, rlo, rhi []time.Time) {
-	const m = int64(60_000)
-	mlo, mhi, rlo, rhi = []time.Time{}, []time.Time{}, []time.Time{}, []time.Time{}
-	var bounds []int64 // the first time of buckets 1 … nb-1, as store.Downsample computes it
-	for i := uint64(1); i < nb; i++ {
-		h, l := bits.Mul64(i, span)
-		q, r := bits.Div64(h, l, nb)
-		if r != 0 {
-			q++
-		}
-		bounds = append(bounds, int64(uint64(from)+q))
-	}
-	for i := range lo {
-		l, h := lo[i].UnixMilli(), hi[i].UnixMilli()
-		mf, mt := floorDiv(l+m-1, m)*m, floorDiv(h, m)*m
-		if mf >= mt {
-			rlo, rhi = append(rlo, lo[i]), append(rhi, hi[i])
-			continue
-		}
-		mlo, mhi = append(mlo, ts(mf)), append(mhi, ts(mt))
-		if l < mf {
-			rlo, rhi = append(rlo, lo[i]), append(rhi, ts(mf))
-		}
-		last := int64(math.MinInt64)
-		for _, b := range bounds {
-			if b <= mf || b >= mt || b%m == 0 {
-				continue
-			}
-			if ws := floorDiv(b, m) * m; ws != last {
-				last = ws
-				rlo, rhi = append(rlo, ts(ws)), append(rhi, ts(ws+m))
-			}
-		}
-		if mt < h {
-			rlo, rhi = append(rlo, ts(mt)), append(rhi, hi[i])
-		}
-	}
-	return mlo, mhi, rlo, rhi
-}
-
 // downsamplePackedSQL: $1 series, [$2, $3) the whole tier buckets, $5 from,
 // $6 buckets, $7 span, $8 tier width (ms), $9/$10 the raw ranges [lo, hi),
-// [$11, $12] the clamped range, $13 the chunk holding $11, $14/$15 the
-// ranges whose minutes come from agg_1m. ($4 unused.)
+// [$11, $12] the clamped range, $13 the chunk holding $11. ($4 unused.)
 func downsamplePackedSQL(table string, legacy bool) string {
 	legacyRows := ""
 	if legacy {
@@ -485,17 +443,6 @@ FROM (
 	WHERE series_id = $1 AND bucket >= $2 AND bucket < $3 AND $4::text IS NULL
 		AND ((date_part('epoch', bucket) * 1000)::bigint - $5) * $6 / $7
 			= ((date_part('epoch', bucket) * 1000)::bigint + $8 - 1 - $5) * $6 / $7
-	UNION ALL
-	SELECT ((date_part('epoch', a.bucket) * 1000)::bigint - $5) * $6 / $7,
-		a.min, (date_part('epoch', a.min_time) * 1000)::bigint::double precision,
-		a.max, (date_part('epoch', a.max_time) * 1000)::bigint::double precision
-	FROM unnest($14::timestamptz[], $15::timestamptz[]) AS m(lo, hi)
-	CROSS JOIN LATERAL (
-		SELECT * FROM agg_1m a WHERE a.series_id = $1 AND a.bucket >= m.lo AND a.bucket < m.hi
-			AND a.bucket >= $13 AND a.bucket <= $12 -- prunes partitions at plan time
-	) a
-	WHERE ((date_part('epoch', a.bucket) * 1000)::bigint - $5) * $6 / $7
-		= ((date_part('epoch', a.bucket) * 1000)::bigint + 60000 - 1 - $5) * $6 / $7
 	UNION ALL
 	SELECT LEAST((ms - $5) * $6 / $7, $6 - 1), v, ms::double precision, v, ms::double precision
 	FROM (
