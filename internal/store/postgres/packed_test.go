@@ -288,7 +288,8 @@ func TestPackedCompactsClosedDaysOnly(t *testing.T) {
 		for _, r := range []struct {
 			from, to int64
 			n        int
-		}{{day, day + 2*hourMs - 1, 4}, {day, day + 2*hourMs - 1, 100}, {day + 12_345, day + 2*hourMs - 7_777, 37}, {day - hourMs, day + 3*hourMs, 9}} {
+		}{{day, day + 2*hourMs - 1, 4}, {day, day + 2*hourMs - 1, 100}, {day + 12_345, day + 2*hourMs - 7_777, 37}, {day - hourMs, day + 3*hourMs, 9},
+			{day + 61_234, day + 3*hourMs + 17, 4}, {day - 3_600_001, day + 2*hourMs + 59_999, 5}, {day + 1, day + 2*hourMs - 2, 3}, {day + 7_000, day + 5*hourMs, 7}} {
 			want, err := store.Downsample(ctx, s, key, r.from, r.to, r.n)
 			if err != nil {
 				t.Fatal(err)
