@@ -88,10 +88,26 @@ func (s *Store) dropHead(ctx context.Context, d int64) (err error) {
 	return err
 }
 
-// compactDay packs the head rows of day d with the chunks they belong to,
-// rewrites the aggregates of those series and hours, and deletes the rows,
-// in one transaction holding the day's lock exclusively.
+// compactDay packs the head rows of day d an hour at a time (a chunk's
+// span): each hour is one transaction holding the day's lock exclusively,
+// which merges the hour's head rows with the chunks they belong to,
+// rewrites those series' tier rows of the hour and deletes the rows. A day
+// of a large fleet is thus 24 moderate transactions, not one huge one.
 func (s *Store) compactDay(ctx context.Context, d int64) (int64, error) {
+	var moved int64
+	for h := range int64(24) {
+		from, to := dayTime(d).Add(time.Duration(h)*time.Hour), dayTime(d).Add(time.Duration(h+1)*time.Hour)
+		n, err := s.compactRange(ctx, d, from, to)
+		moved += n
+		if err != nil {
+			return moved, err
+		}
+	}
+	return moved, nil
+}
+
+// compactRange packs the head rows of [from, to), an hour of day d.
+func (s *Store) compactRange(ctx context.Context, d int64, from, to time.Time) (int64, error) {
 	var moved int64
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock(hashtext($1), $2)", s.dayLockClass(), int32(d)); err != nil {
@@ -100,12 +116,10 @@ func (s *Store) compactDay(ctx context.Context, d int64) (int64, error) {
 		if _, err := tx.Exec(ctx, createCompactPoints); err != nil {
 			return err
 		}
-		from, to := dayTime(d), dayTime(d+1)
 		tag, err := tx.Exec(ctx, collectCompactPoints, from, to)
-		if err != nil {
-			return err
+		if err != nil || tag.RowsAffected() == 0 {
+			return err // no head row in the hour
 		}
-		_ = tag
 		win := time.Duration(s.window) * time.Millisecond
 		stmts := []struct {
 			sql  string

@@ -149,7 +149,7 @@ func TestQueryPlans(t *testing.T) {
 // ourIndex reports whether name is one of the indexes of the migrations (or
 // a partition's copy of one).
 func ourIndex(name string) bool {
-	for _, suffix := range []string{"machine_metric_time_idx", "_pkey", "bucket_idx", "machines_active_attributes_idx", "series_id_time_idx"} {
+	for _, suffix := range []string{"machine_metric_time_idx", "_pkey", "bucket_idx", "machines_active_attributes_idx", "series_id_time_idx", "time_brin"} {
 		if strings.HasSuffix(name, suffix) {
 			return true
 		}
