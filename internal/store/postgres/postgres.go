@@ -1,6 +1,14 @@
 // Package postgres is twinline's PostgreSQL store: a store.Store on
 // PostgreSQL's native declarative partitioning, with pgx v5.
 //
+// It has two layouts (Options.Layout). The packed one, the default for a
+// new store, gives series integer ids, writes samples as narrow head rows
+// and packs each closed day into one row per series and hour, writing the
+// aggregate tiers (window, 1 min, 1 h) once, at compaction: see packed.go,
+// compact.go and docs/decisions/0030-postgres-at-scale.md. The rows layout,
+// described below, is that of stores created before migration 0010, until
+// MigratePacked moves them.
+//
 // Raw samples go to the table samples, partitioned by range on time into
 // daily partitions; the aggregates of every window (10 s by default) go to
 // sample_aggs, partitioned the same way. Both are written in one
