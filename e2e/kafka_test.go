@@ -30,7 +30,8 @@ func TestKafkaExactlyOnce(t *testing.T) {
 	t.Cleanup(cluster.Close)
 	brokers := cluster.ListenAddrs()[0]
 	common := []string{"--kafka-brokers", brokers, "--kafka-session-timeout", "6s"}
-	processor := append([]string{"--role", "processor", "--store", "postgres", "--postgres-url", dbURL,
+	// The rows layout: the test reads the samples and sample_aggs tables.
+	processor := append([]string{"--role", "processor", "--store", "postgres", "--postgres-url", dbURL, "--postgres-layout", "rows",
 		"--redis-url", "redis://" + redisAddr + "/0", "--redis-prefix", prefix}, common...)
 	gw := start(t, "", append([]string{"--role", "gateway"}, common...)...)
 	// Two processors on one host: each needs an instance id of its own (the

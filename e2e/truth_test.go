@@ -34,7 +34,8 @@ func TestAllReplicasOneTruth(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(cluster.Close) // registered first: runs after the servers stopped
-	args := []string{"--role", "all", "--store", "postgres", "--postgres-url", dbURL,
+	// The rows layout: the test reads the samples and sample_aggs tables.
+	args := []string{"--role", "all", "--store", "postgres", "--postgres-url", dbURL, "--postgres-layout", "rows",
 		"--redis-url", "redis://" + redisAddr + "/0", "--redis-prefix", prefix,
 		"--kafka-brokers", cluster.ListenAddrs()[0], "--kafka-session-timeout", "6s",
 		"--median-window", fmt.Sprint(medianWindow)}

@@ -169,6 +169,7 @@ func serveFlags(fs *flag.FlagSet, cfg *config.Config) {
 	fs.StringVar(&cfg.Store, "store", cfg.Store, "storage backend: embedded or postgres")
 	fs.StringVar(&cfg.PostgresURL, "postgres-url", cfg.PostgresURL, "PostgreSQL connection `URL` of --store postgres (e.g. postgres://user@host:5432/twinline)")
 	durationVar(fs, &cfg.PostgresStartWait, "postgres-start-wait", "how long a start waits for an unreachable PostgreSQL (retrying, logging each attempt) before giving up")
+	fs.StringVar(&cfg.PostgresLayout, "postgres-layout", cfg.PostgresLayout, "how --store postgres keeps samples: packed (series ids, hourly chunks, rollups) or rows (a row per sample, the layout before migration 0010); empty: the store's own, packed for a new one")
 	fs.Int64Var(&cfg.SpoolBytes, "spool-bytes", cfg.SpoolBytes, "local durable buffer for acknowledged samples while PostgreSQL is unreachable; 503 beyond")
 	fs.StringVar(&cfg.RedisURL, "redis-url", cfg.RedisURL, "Redis `URL` (redis://host:6379/0) for the hot window, cross-replica fan-out and rate limits; empty: in-memory")
 	fs.StringVar(&cfg.RedisPrefix, "redis-prefix", cfg.RedisPrefix, "prefix of every Redis key and channel")
@@ -247,16 +248,27 @@ func migrate(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fs.SetOutput(stderr)
 	fs.StringVar(&cfg.PostgresURL, "postgres-url", cfg.PostgresURL, "PostgreSQL connection `URL` (e.g. postgres://user@host:5432/twinline)")
 	fs.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "debug, info, warn or error")
+	packed := fs.Bool("packed", false, "also move the samples of a store in the rows layout to the packed layout (online, in batches, resumable: run it again after an interruption); restart the servers once it has switched the layout")
+	batch := fs.Int("batch-series", 500, "series moved per transaction by --packed")
+	durationVar(fs, &cfg.Window, "window", "the store's aggregate window (--packed)")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
 	if strings.TrimSpace(cfg.PostgresURL) == "" {
 		return errors.New("--postgres-url (or TWINLINE_POSTGRES_URL) is required")
 	}
-	if err := postgres.Migrate(ctx, cfg.PostgresURL, newLogger(stderr, cfg.LogLevel)); err != nil {
+	logger := newLogger(stderr, cfg.LogLevel)
+	if err := postgres.Migrate(ctx, cfg.PostgresURL, logger); err != nil {
 		return err
 	}
 	fmt.Fprintln(stdout, "migrations applied")
+	if *packed {
+		n, err := postgres.MigratePacked(ctx, cfg.PostgresURL, postgres.Options{Window: cfg.Window, StartWait: -1}, *batch, logger)
+		if err != nil {
+			return fmt.Errorf("%w (%d samples moved; run it again to carry on)", err, n)
+		}
+		fmt.Fprintf(stdout, "layout packed: %d samples moved\n", n)
+	}
 	return nil
 }
 

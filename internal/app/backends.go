@@ -206,6 +206,7 @@ func (a *App) openStore(ctx context.Context, reg prometheus.Registerer) (store.S
 			SpoolDir:   filepath.Join(cfg.DataDir, "spool"),
 			SpoolBytes: cfg.SpoolBytes,
 			StartWait:  cfg.PostgresStartWait,
+			Layout:     cfg.PostgresLayout,
 		}, a.logger, reg) // it names itself postgres_store
 		if err != nil {
 			return nil, fmt.Errorf("opening postgres store: %w", err)

@@ -135,6 +135,9 @@ type Config struct {
 	// PostgresStartWait is how long a start waits for an unreachable
 	// PostgreSQL (a restart during an outage) before giving up.
 	PostgresStartWait time.Duration
+	// PostgresLayout is the PostgreSQL store's layout (postgres.Options.Layout):
+	// "packed", "rows", or empty for the store's own (packed when new).
+	PostgresLayout string
 	// SpoolBytes bounds the local durable buffer that holds acknowledged
 	// samples while PostgreSQL is unreachable; beyond it ingest answers 503.
 	SpoolBytes int64
@@ -553,6 +556,11 @@ func (c Config) Validate() error {
 		}
 	default:
 		bad("store", "must be embedded or postgres, got %q", c.Store)
+	}
+	switch c.PostgresLayout {
+	case "", "packed", "rows":
+	default:
+		bad("postgres-layout", "must be packed or rows, got %q", c.PostgresLayout)
 	}
 	if c.SpoolBytes < 1<<20 {
 		bad("spool-bytes", "must be at least 1MiB, got %d", c.SpoolBytes)

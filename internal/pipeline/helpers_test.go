@@ -129,7 +129,8 @@ func openPGWith(t testing.TB, mutate func(*postgres.Options)) (offsetStore, *pos
 		t.Skipf("PostgreSQL at %s unreachable, skipping (set CI=true to fail instead): %v", pgURL(), err)
 	}
 	schema := randName("tl_pipeline_")
-	opts := postgres.Options{Schema: schema, Retention: -1, MaxFuture: -1, MaxConns: 8}
+	// The rows layout: the tests read the samples table.
+	opts := postgres.Options{Schema: schema, Retention: -1, MaxFuture: -1, MaxConns: 8, Layout: postgres.LayoutRows}
 	if mutate != nil {
 		mutate(&opts)
 	}

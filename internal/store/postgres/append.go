@@ -22,7 +22,8 @@ type row struct {
 	machine string
 	metric  string
 	value   float64
-	idx     int // index of the sample in the Append call
+	idx     int   // index of the sample in the Append call
+	sid     int32 // series id (packed layout), set by writeTx
 }
 
 // rowKey is the first-write-wins key of a row.
@@ -241,13 +242,20 @@ func (s *Store) writeTx(ctx context.Context, rows []row, extra func(pgx.Tx) erro
 	if err := s.ensureDays(ctx, rows); err != nil {
 		return err
 	}
+	if s.packed {
+		if err := s.resolveSeries(ctx, rows); err != nil {
+			return err
+		}
+	}
 	for attempt := 0; ; attempt++ {
 		inserted, keys, err := s.tryWrite(ctx, rows, extra, slow)
 		if err == nil {
 			s.metrics.rowsWritten.Add(float64(inserted))
 			s.metrics.rowsDuplicate.Add(float64(int64(len(rows)) - inserted))
 			if fresh != nil {
-				markFresh(fresh, rows, keys, slow)
+				// keys is non-nil when the packed layout took the slow
+				// path on its own (a compacted day).
+				markFresh(fresh, rows, keys, slow || keys != nil)
 			}
 			return nil
 		}
@@ -318,7 +326,12 @@ func (s *Store) tryWrite(ctx context.Context, rows []row, extra func(pgx.Tx) err
 			cancel()
 		}
 	}()
-	if len(rows) > 0 {
+	if len(rows) > 0 && s.packed {
+		inserted, keys, err = s.insertPacked(ctx, tx, rows, slow)
+		if err != nil {
+			return 0, nil, err
+		}
+	} else if len(rows) > 0 {
 		if slow {
 			keys, err = s.insertSlow(ctx, tx, rows)
 			inserted = int64(len(keys))

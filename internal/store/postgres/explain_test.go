@@ -149,7 +149,7 @@ func TestQueryPlans(t *testing.T) {
 // ourIndex reports whether name is one of the indexes of the migrations (or
 // a partition's copy of one).
 func ourIndex(name string) bool {
-	for _, suffix := range []string{"machine_metric_time_idx", "_pkey", "bucket_idx", "machines_active_attributes_idx"} {
+	for _, suffix := range []string{"machine_metric_time_idx", "_pkey", "bucket_idx", "machines_active_attributes_idx", "series_id_time_idx", "time_brin"} {
 		if strings.HasSuffix(name, suffix) {
 			return true
 		}
@@ -166,4 +166,99 @@ func downsampleArgs(key string, from, to int64, n int) []any {
 		panic("no whole windows")
 	}
 	return []any{key, "x", ts(midFrom), ts(midTo), from, int64(nb), int64(span), int64(10_000), lo, hi, ts(from), ts(to)}
+}
+
+// TestPackedQueryPlans runs EXPLAIN on the packed layout's reads over three
+// days of data (two compacted, today in the head) and fails when a query
+// scans a partition outside its range, or a table other than series (which
+// the series listing walks) without an index.
+func TestPackedQueryPlans(t *testing.T) {
+	t.Parallel()
+	s := openTest(t, "", Options{Layout: LayoutPacked})
+	ctx := context.Background()
+	day0 := time.UnixMilli(storetest.Base).UTC()
+	var batch []telemetry.Sample
+	for tm := day0.Add(-48 * time.Hour).UnixMilli(); tm <= testNow.UnixMilli(); tm += 30 * sec {
+		for m := range 20 {
+			batch = append(batch, telemetry.Sample{Machine: fmt.Sprintf("m%02d", m), Metric: "x", Time: tm, Value: float64(tm%1000 + int64(m))})
+		}
+		if len(batch) >= 20_000 {
+			mustAppend(t, s, batch)
+			batch = batch[:0]
+		}
+	}
+	mustAppend(t, s, batch)
+	if _, err := s.Compact(ctx, testNow); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.pool.Exec(ctx, "ANALYZE series, sample_head, sample_chunks, agg_window, agg_1m, agg_1h"); err != nil {
+		t.Fatal(err)
+	}
+	id, _, err := s.lookupSeries(ctx, "m07", "x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dayM1 := day0.Add(-24 * time.Hour)
+	hourFrom := dayM1.Add(10*time.Hour + 30*time.Second)
+	hourTo := hourFrom.Add(time.Hour - time.Millisecond)
+	dayTo := dayM1.Add(24*time.Hour - time.Millisecond)
+	chunks := partitionName(chunksTable, dayNum(dayM1))
+	todayFrom := day0.Add(time.Hour)
+	nb, span := uint64(500), uint64(24*hourMs)
+	midFrom, midTo, lo, hi, ok := windowPlan(dayM1.UnixMilli(), dayTo.UnixMilli(), dayM1.UnixMilli(), dayTo.UnixMilli(), nb, span, 60_000)
+	if !ok {
+		t.Fatal("no whole minutes")
+	}
+	tests := []struct {
+		name  string
+		sql   string
+		args  []any
+		want  []string
+		seqOK string // a relation the planner may read sequentially (empty)
+	}{
+		{"select one compacted hour", packedRaw, []any{id, hourFrom, hourTo, chunkStart(hourFrom.UnixMilli())}, []string{chunks}, ""},
+		{"select one hour of the head", packedRaw, []any{id, todayFrom, todayFrom.Add(time.Hour), chunkStart(todayFrom.UnixMilli())},
+			[]string{partitionName(headTable, dayNum(day0)), partitionName(chunksTable, dayNum(day0))}, partitionName(chunksTable, dayNum(day0))},
+		{"aggregate a day by hour from agg_1h", packedAggSQL(tier{agg1hTable, hourMs}, false),
+			[]any{id, dayM1, dayTo, dayM1, time.Hour, dayM1, dayTo.Add(time.Millisecond), dayTo.Add(time.Millisecond - time.Hour)},
+			[]string{partitionName(agg1hTable, dayNum(dayM1)), chunks}, ""},
+		{"aggregate a day by minute from agg_1m", packedAggSQL(tier{agg1mTable, 60_000}, false),
+			[]any{id, dayM1, dayTo, dayM1, 5 * time.Minute, dayM1, dayTo.Add(time.Millisecond), dayTo.Add(time.Millisecond - time.Hour)},
+			[]string{partitionName(agg1mTable, dayNum(dayM1)), chunks}, ""},
+		{"downsample a day from agg_1m", downsamplePackedSQL(agg1mTable, false),
+			[]any{id, ts(midFrom), ts(midTo), nil, dayM1.UnixMilli(), int64(nb), int64(span), int64(60_000), lo, hi, dayM1, dayTo, dayM1},
+			[]string{partitionName(agg1mTable, dayNum(dayM1)), chunks}, ""},
+		{"series of an hour", listSeriesPacked + " ORDER BY 1, 2", []any{hourFrom, hourTo, chunkStart(hourFrom.UnixMilli())},
+			[]string{"series", chunks}, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			plan, out := explainPlan(t, ctx, s, tt.sql, tt.args...)
+			var rels []string
+			for _, sc := range plan.scans() {
+				if sc.RelationName != "" {
+					rels = append(rels, sc.RelationName)
+				}
+				switch {
+				case sc.NodeType == "Index Scan" || sc.NodeType == "Index Only Scan" || sc.NodeType == "Bitmap Index Scan":
+					if !ourIndex(sc.IndexName) {
+						t.Errorf("%s uses index %s", sc.NodeType, sc.IndexName)
+					}
+				case sc.NodeType == "Bitmap Heap Scan":
+				case sc.NodeType == "Seq Scan" && (sc.RelationName == "series" || sc.RelationName == tt.seqOK):
+				default:
+					t.Errorf("%s on %s: not an index scan", sc.NodeType, sc.RelationName)
+				}
+			}
+			slices.Sort(rels)
+			rels = slices.Compact(rels)
+			want := slices.Sorted(slices.Values(tt.want))
+			if !slices.Equal(rels, want) {
+				t.Errorf("relations scanned = %v, want %v (partition pruning lost?)", rels, want)
+			}
+			if t.Failed() {
+				t.Logf("plan:\n%s", out)
+			}
+		})
+	}
 }

@@ -13,6 +13,7 @@ type metrics struct {
 	spooledRows   prometheus.Counter
 	replayedRows  prometheus.Counter
 	aggUpserts    prometheus.Counter
+	compactedRows prometheus.Counter
 	appendSeconds prometheus.Histogram
 	collectors    []prometheus.Collector
 }
@@ -39,6 +40,10 @@ func newMetrics(s *Store) *metrics {
 			Name: "twinline_postgres_aggregate_upserts_total",
 			Help: "Aggregate rows inserted or merged.",
 		}),
+		compactedRows: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "twinline_postgres_compacted_rows_total",
+			Help: "Head sample rows packed into chunks by compaction (packed layout).",
+		}),
 		appendSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "twinline_postgres_append_seconds",
 			Help:    "Latency of Append, until commit or spool.",
@@ -49,7 +54,7 @@ func newMetrics(s *Store) *metrics {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f)
 	}
 	m.collectors = []prometheus.Collector{
-		m.rowsWritten, m.rowsDuplicate, m.spooledRows, m.replayedRows, m.aggUpserts, m.appendSeconds,
+		m.rowsWritten, m.rowsDuplicate, m.spooledRows, m.replayedRows, m.aggUpserts, m.compactedRows, m.appendSeconds,
 		gauge("twinline_postgres_spool_bytes", "Bytes in the outage spool.", func() float64 {
 			if s.spool == nil {
 				return 0

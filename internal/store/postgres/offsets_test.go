@@ -17,6 +17,15 @@ func TestOffsetConformance(t *testing.T) {
 	})
 }
 
+// TestOffsetConformancePacked is TestOffsetConformance on the packed
+// layout.
+func TestOffsetConformancePacked(t *testing.T) {
+	t.Parallel()
+	offsettest.Run(t, func(t *testing.T) offsettest.Store {
+		return openTest(t, "", Options{Retention: -1, MaxFuture: -1, Layout: LayoutPacked})
+	})
+}
+
 // TestFenceKeepsStoreReady: a fenced commit is the fence refusing the
 // write, not a lost connection: the store stays ready.
 func TestFenceKeepsStoreReady(t *testing.T) {

@@ -49,14 +49,22 @@ func checkExactlyOnce(t *testing.T, s *Store, acked []int) {
 			t.Errorf("series %v after recovery (-got +want):\n%s", key, diff)
 		}
 	}
+	q := "SELECT count(*) FROM samples"
+	if s.packed {
+		q = "SELECT (SELECT count(*) FROM sample_head) + (SELECT coalesce(sum(cardinality(offsets)), 0) FROM sample_chunks)"
+	}
 	var rows int
-	if err := s.pool.QueryRow(context.Background(), "SELECT count(*) FROM samples").Scan(&rows); err != nil {
+	if err := s.pool.QueryRow(context.Background(), q).Scan(&rows); err != nil {
 		t.Fatal(err)
 	}
 	if rows != 20*len(acked) {
-		t.Errorf("samples table holds %d rows, want %d", rows, 20*len(acked))
+		t.Errorf("the store holds %d samples, want %d", rows, 20*len(acked))
 	}
-	checkAggregates(t, s, "")
+	if s.packed {
+		checkTiers(t, s, "")
+	} else {
+		checkAggregates(t, s, "")
+	}
 }
 
 // TestOutageSpoolsAndRecovers cuts the connection to PostgreSQL while a
@@ -65,8 +73,14 @@ func checkExactlyOnce(t *testing.T, s *Store, acked []int) {
 // stored exactly once.
 func TestOutageSpoolsAndRecovers(t *testing.T) {
 	t.Parallel()
+	for _, layout := range []string{LayoutRows, LayoutPacked} {
+		t.Run(layout, func(t *testing.T) { t.Parallel(); testOutageSpoolsAndRecovers(t, layout) })
+	}
+}
+
+func testOutageSpoolsAndRecovers(t *testing.T, layout string) {
 	p := newProxy(t, targetAddr(t))
-	s := openTest(t, proxyURL(p), Options{SpoolDir: t.TempDir(), WriteTimeout: 3 * time.Second, ReplayInterval: time.Nanosecond})
+	s := openTest(t, proxyURL(p), Options{SpoolDir: t.TempDir(), WriteTimeout: 3 * time.Second, ReplayInterval: time.Nanosecond, Layout: layout})
 	ctx := context.Background()
 
 	var acked []int
@@ -317,7 +331,7 @@ func TestKill9Child(t *testing.T) {
 	ctx := context.Background()
 	s, err := Open(ctx, os.Getenv("TWINLINE_KILL9_URL"), Options{
 		Schema: os.Getenv("TWINLINE_KILL9_SCHEMA"), SpoolDir: os.Getenv("TWINLINE_KILL9_DIR"),
-		Now: func() time.Time { return testNow }, MaxConns: 2,
+		Now: func() time.Time { return testNow }, MaxConns: 2, Layout: LayoutRows,
 	}, nil, nil)
 	if err != nil {
 		t.Fatal(err)

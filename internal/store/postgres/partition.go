@@ -113,6 +113,9 @@ func listPartitions(ctx context.Context, q interface {
 // samples was created as a plain table and turned into a TimescaleDB
 // hypertable before the migrations ran.
 func (s *Store) detectLayout(ctx context.Context) error {
+	if s.packed {
+		return nil
+	}
 	err := s.pool.QueryRow(ctx, `
 		SELECT NOT EXISTS (SELECT 1 FROM pg_partitioned_table WHERE partrelid = 'samples'::regclass),
 			EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb')`).Scan(&s.unmanaged, &s.timescale)
@@ -131,19 +134,20 @@ func (s *Store) loadPartitions(ctx context.Context) error {
 	if s.unmanaged {
 		return nil
 	}
-	raw, err := listPartitions(ctx, s.pool, samplesTable)
-	if err != nil {
-		return err
-	}
-	agg, err := listPartitions(ctx, s.pool, aggsTable)
-	if err != nil {
-		return err
-	}
 	var both []int64
-	for _, d := range raw {
-		if _, ok := slices.BinarySearch(agg, d); ok {
-			both = append(both, d)
+	for i, table := range s.tables() {
+		days, err := listPartitions(ctx, s.pool, table)
+		if err != nil {
+			return err
 		}
+		if i == 0 {
+			both = days
+			continue
+		}
+		both = slices.DeleteFunc(both, func(d int64) bool {
+			_, ok := slices.BinarySearch(days, d)
+			return !ok
+		})
 	}
 	s.parts.reset()
 	s.parts.set(both, true)
@@ -196,7 +200,7 @@ func (s *Store) createPartitions(ctx context.Context, days []int64) error {
 		for _, d := range days {
 			from := dayTime(d).Format(time.RFC3339)
 			to := dayTime(d + 1).Format(time.RFC3339)
-			for _, table := range []string{samplesTable, aggsTable} {
+			for _, table := range s.tables() {
 				fmt.Fprintf(&b, "CREATE TABLE IF NOT EXISTS %s PARTITION OF %s FOR VALUES FROM ('%s') TO ('%s')%s;\n",
 					pgx.Identifier{partitionName(table, d)}.Sanitize(), table, from, to, storageParams[table])
 			}
@@ -226,12 +230,15 @@ func (s *Store) enforceRetention(ctx context.Context, now time.Time) (int, error
 	if s.opts.Retention < 0 {
 		return 0, nil
 	}
-	minDay := s.minDay(now)
 	if s.unmanaged {
-		return s.dropChunks(ctx, dayTime(minDay))
+		return s.dropChunks(ctx, dayTime(s.minDay(now)))
 	}
 	dropped := 0
-	for _, table := range []string{samplesTable, aggsTable} {
+	for _, table := range s.tables() {
+		minDay, ok := s.tableMinDay(table, now)
+		if !ok {
+			continue
+		}
 		days, err := listPartitions(ctx, s.pool, table)
 		if err != nil {
 			return dropped, fmt.Errorf("enforcing retention: %w", err)

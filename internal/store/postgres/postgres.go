@@ -1,6 +1,14 @@
 // Package postgres is twinline's PostgreSQL store: a store.Store on
 // PostgreSQL's native declarative partitioning, with pgx v5.
 //
+// It has two layouts (Options.Layout). The packed one, the default for a
+// new store, gives series integer ids, writes samples as narrow head rows
+// and packs each closed day into one row per series and hour, writing the
+// aggregate tiers (window, 1 min, 1 h) once, at compaction: see packed.go,
+// compact.go and docs/decisions/0030-postgres-at-scale.md. The rows layout,
+// described below, is that of stores created before migration 0010, until
+// MigratePacked moves them.
+//
 // Raw samples go to the table samples, partitioned by range on time into
 // daily partitions; the aggregates of every window (10 s by default) go to
 // sample_aggs, partitioned the same way. Both are written in one
@@ -116,7 +124,30 @@ type Options struct {
 	MaxConns int32
 	// Now returns the current time. Default time.Now.
 	Now func() time.Time
+	// Layout is how samples are stored: LayoutPacked (integer series ids,
+	// samples packed per series and hour, aggregates written once by
+	// compaction) or LayoutRows (a row per sample with its names, the
+	// aggregates merged on every write: the layout before version 0010).
+	// Default: the layout the store was created with, LayoutPacked for a
+	// new store. A store in the rows layout moves to the packed one with
+	// `twinline migrate --packed` (MigratePacked).
+	Layout string
+	// Retention1m and Retention1h are how long the 1 min and 1 h rollups
+	// of the packed layout are kept (at least Retention). Defaults 365 days
+	// and 5 × 365 days; negative keeps everything.
+	Retention1m time.Duration
+	Retention1h time.Duration
+	// CompactAfter is how long after a day ends its samples are packed
+	// (packed layout): late samples up to then cost a row each, as before.
+	// Default 1 hour.
+	CompactAfter time.Duration
 }
+
+// The layouts of Options.Layout.
+const (
+	LayoutRows   = "rows"
+	LayoutPacked = "packed"
+)
 
 func (o Options) withDefaults() Options {
 	if o.Retention == 0 {
@@ -149,6 +180,15 @@ func (o Options) withDefaults() Options {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
+	if o.Retention1m == 0 {
+		o.Retention1m = 365 * 24 * time.Hour
+	}
+	if o.Retention1h == 0 {
+		o.Retention1h = 5 * 365 * 24 * time.Hour
+	}
+	if o.CompactAfter == 0 {
+		o.CompactAfter = time.Hour
+	}
 	return o
 }
 
@@ -166,6 +206,15 @@ func (o Options) validate() error {
 	}
 	if o.WriteTimeout < 0 || o.ReplayInterval < 0 || o.MaintenanceInterval < 0 {
 		errs = append(errs, errors.New("timeouts and intervals must not be negative"))
+	}
+	if o.Layout != "" && o.Layout != LayoutRows && o.Layout != LayoutPacked {
+		errs = append(errs, fmt.Errorf("layout %q must be %q or %q", o.Layout, LayoutPacked, LayoutRows))
+	}
+	if o.Layout != LayoutRows && (w < 1 || hourMs%w != 0) {
+		errs = append(errs, fmt.Errorf("window %v must divide an hour in the packed layout", o.Window))
+	}
+	if o.CompactAfter < 0 {
+		errs = append(errs, fmt.Errorf("compact after %v must not be negative", o.CompactAfter))
 	}
 	if o.MaxConns < 0 {
 		errs = append(errs, fmt.Errorf("max conns %d must not be negative", o.MaxConns))
@@ -193,7 +242,13 @@ type Store struct {
 	// and retention is drop_chunks when timescale is set.
 	unmanaged bool
 	timescale bool
-	spool     *spool // nil without SpoolDir
+	// packed: the store is in the packed layout (Options.Layout).
+	packed bool
+	ids    seriesIDs
+	// legacy: the packed store still has rows in the legacy table samples
+	// (MigratePacked is moving them): reads include them, writes check them.
+	legacy atomic.Bool
+	spool  *spool // nil without SpoolDir
 
 	// life is held shared by every operation and exclusively by Close.
 	life   sync.RWMutex
@@ -262,6 +317,7 @@ func Open(ctx context.Context, url string, opts Options, logger *slog.Logger, re
 		schema: schema,
 		window: opts.Window.Milliseconds(),
 		parts:  partitions{known: map[int64]bool{}},
+		ids:    seriesIDs{byName: map[string]int32{}},
 	}
 	if opts.SpoolDir != "" {
 		s.spool, err = openSpool(opts.SpoolDir, opts.SpoolBytes, logger)
@@ -342,6 +398,9 @@ func (s *Store) init(ctx context.Context) error {
 		return err
 	}
 	if err := s.checkSettings(ctx); err != nil {
+		return err
+	}
+	if err := s.checkLayout(ctx); err != nil {
 		return err
 	}
 	if err := s.detectLayout(ctx); err != nil {
@@ -506,6 +565,18 @@ func (s *Store) maintain(ctx context.Context) {
 	now := s.opts.Now()
 	if err := s.createAhead(ctx, now); err != nil && ctx.Err() == nil {
 		s.logger.Warn("creating partitions ahead", "err", err)
+	}
+	if s.packed && s.legacy.Load() {
+		// MigratePacked may have moved the last legacy rows: writes then
+		// leave the slow path.
+		if err := s.checkLegacy(ctx); err != nil && ctx.Err() == nil {
+			s.logger.Warn("checking for legacy samples", "err", err)
+		}
+	}
+	if n, err := s.compact(ctx, now); err != nil && ctx.Err() == nil {
+		s.logger.Warn("compacting", "err", err)
+	} else if n > 0 {
+		s.logger.Info("compacted head rows into chunks", "rows", n)
 	}
 	if n, err := s.enforceRetention(ctx, now); err != nil && ctx.Err() == nil {
 		s.logger.Warn("enforcing retention", "err", err)

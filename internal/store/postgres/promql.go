@@ -247,6 +247,9 @@ func (q *promQuerier) plan(hints *storage.SelectHints) aggPlan {
 	if !q.aggregates {
 		return aggPlan{}
 	}
+	if q.s.packed {
+		return planTiers(hints)
+	}
 	return planAggregates(hints, q.s.window)
 }
 
@@ -459,6 +462,16 @@ func (s *Store) selectProm(ctx context.Context, f *seriesFilter, from, to int64,
 		return nil, nil
 	}
 	sql, args := promRawSQL(f, from, to)
+	if s.packed {
+		sql, args = promRawPackedSQL(f, from, to, s.legacy.Load())
+		if t, ok := p.alignedTier(); ok {
+			midFrom, midTo := floorDiv(from+t.ms-1, t.ms)*t.ms, floorDiv(to+1, t.ms)*t.ms
+			if midFrom < midTo {
+				sql, args = promTierPackedSQL(f, from, to, midFrom, midTo, t, p.col, s.legacy.Load())
+			}
+		}
+		p = aggPlan{} // the rows layout's sample_aggs plan does not apply
+	}
 	if p.col != "" {
 		midFrom := floorDiv(from+s.window-1, s.window) * s.window
 		midTo := floorDiv(to+1, s.window) * s.window

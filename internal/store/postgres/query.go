@@ -47,6 +47,12 @@ func (s *Store) Select(ctx context.Context, key store.SeriesKey, from, to int64,
 	if !ok || !validName(key.Machine) || !validName(key.Metric) {
 		return nil
 	}
+	if s.packed {
+		if err := s.selectPacked(ctx, key, from, to, fn); err != nil {
+			return errPacked("selecting", key, err)
+		}
+		return nil
+	}
 	rows, err := s.pool.Query(ctx, selectRange, customPlan, key.Machine, key.Metric, ts(from), ts(to))
 	if err != nil {
 		return fmt.Errorf("selecting %s/%s: %w", key.Machine, key.Metric, err)
@@ -107,6 +113,13 @@ func (s *Store) Series(ctx context.Context, from, to int64) ([]store.SeriesKey, 
 	from, to, ok := clampRange(from, to)
 	if !ok {
 		return nil, nil
+	}
+	if s.packed {
+		keys, err := s.seriesPacked(ctx, from, to)
+		if err != nil {
+			return nil, fmt.Errorf("listing series: %w", err)
+		}
+		return keys, nil
 	}
 	rows, err := s.pool.Query(ctx, listSeries, customPlan, ts(from), ts(to), s.opts.Window)
 	if err != nil {
@@ -176,7 +189,12 @@ func (s *Store) AggregateRange(ctx context.Context, key store.SeriesKey, from, t
 	var err error
 	midFrom := floorDiv(from+s.window-1, s.window) * s.window // first whole window
 	midTo := floorDiv(to+1, s.window) * s.window              // end of the last whole window
-	if w%s.window == 0 && midFrom < midTo {
+	if s.packed {
+		var found bool
+		if rows, found, err = s.aggregatePackedRows(ctx, key, from, to, w); err == nil && !found {
+			return out, nil
+		}
+	} else if w%s.window == 0 && midFrom < midTo {
 		rows, err = s.pool.Query(ctx, aggregateMixed, customPlan, key.Machine, key.Metric, ts(from), ts(to), stepIv, ts(midFrom), ts(midTo))
 	} else {
 		rows, err = s.pool.Query(ctx, aggregateRaw, customPlan, key.Machine, key.Metric, ts(from), ts(to), stepIv)
@@ -314,6 +332,9 @@ func (s *Store) DownsampleRange(ctx context.Context, key store.SeriesKey, from, 
 	}
 	if from > to {
 		return []store.Point{}, nil
+	}
+	if s.packed {
+		return s.downsamplePacked(ctx, key, from, to, n)
 	}
 	nb := uint64(n / 2)
 	span := uint64(to) - uint64(from) + 1

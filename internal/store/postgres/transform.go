@@ -32,6 +32,9 @@ ORDER BY time LIMIT $5`
 // TransformRange is store.Transform applied in SQL with window functions
 // (lag for delta, a ROWS frame for rolling_avg), at most limit points.
 func (s *Store) TransformRange(ctx context.Context, key store.SeriesKey, from, to int64, tr store.Transform, limit int) ([]store.Point, error) {
+	if s.packed {
+		return s.transformPacked(ctx, key, from, to, tr, limit)
+	}
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("transforming: %w", err)
 	}
