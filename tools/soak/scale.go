@@ -373,8 +373,11 @@ type pgFootprint struct {
 }
 
 // footprint reads the rows and on-disk size (heap, indexes, TOAST) of
-// the samples and sample_aggs partitions; nil (and a line saying why)
-// when it cannot.
+// what the store keeps: on the rows layout the samples and sample_aggs
+// partitions; on the packed layout (ADR 0030) the head rows and hourly
+// chunks (samples: each row of the head and each element of a chunk;
+// bytes: both tables and the series ids) and the 10 s, 1 min and 1 h
+// aggregates. nil (and a line saying why) when it cannot.
 func footprint(ctx context.Context, dbURL string, out io.Writer) *pgFootprint {
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
@@ -384,11 +387,23 @@ func footprint(ctx context.Context, dbURL string, out io.Writer) *pgFootprint {
 		return nil
 	}
 	defer conn.Close(context.Background())
+	layout := "rows"
+	if err := conn.QueryRow(ctx, `SELECT value FROM settings WHERE name = 'layout'`).Scan(&layout); err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		fmt.Fprintf(out, "PostgreSQL footprint not read: %v\n", err)
+		return nil
+	}
 	var f pgFootprint
-	const q = `SELECT (SELECT count(*) FROM samples),
+	q := `SELECT (SELECT count(*) FROM samples),
 		(SELECT coalesce(sum(pg_total_relation_size(inhrelid)), 0) FROM pg_inherits WHERE inhparent = 'samples'::regclass),
 		(SELECT count(*) FROM sample_aggs),
 		(SELECT coalesce(sum(pg_total_relation_size(inhrelid)), 0) FROM pg_inherits WHERE inhparent = 'sample_aggs'::regclass)`
+	if layout == "packed" {
+		q = `SELECT (SELECT count(*) FROM sample_head) + (SELECT coalesce(sum(cardinality(offsets)), 0) FROM sample_chunks),
+		(SELECT coalesce(sum(pg_total_relation_size(inhrelid)), 0) FROM pg_inherits WHERE inhparent IN ('sample_head'::regclass, 'sample_chunks'::regclass))
+			+ pg_total_relation_size('series'),
+		(SELECT count(*) FROM agg_window) + (SELECT count(*) FROM agg_1m) + (SELECT count(*) FROM agg_1h),
+		(SELECT coalesce(sum(pg_total_relation_size(inhrelid)), 0) FROM pg_inherits WHERE inhparent IN ('agg_window'::regclass, 'agg_1m'::regclass, 'agg_1h'::regclass))`
+	}
 	if err := conn.QueryRow(ctx, q).Scan(&f.Samples, &f.SampleBytes, &f.AggregateRows, &f.AggregateBytes); err != nil {
 		fmt.Fprintf(out, "PostgreSQL footprint not read: %v\n", err)
 		return nil
