@@ -80,3 +80,37 @@ func TestBackfill(t *testing.T) {
 	mustAppend(t, s, hist[5:7]) // duplicates found in blocks
 	check("after duplicates on the reopened store")
 }
+
+// TestBackfillGaps backfills forward in batches over a range that holds
+// some samples already: the gap the store learns after a batch ends at the
+// next stored sample, which keeps its first value.
+func TestBackfillGaps(t *testing.T) {
+	s := open(t, t.TempDir(), Options{})
+	key := store.SeriesKey{Machine: "m", Metric: "x"}
+	at := func(sec int64, v float64) telemetry.Sample {
+		return telemetry.Sample{Machine: key.Machine, Metric: key.Metric, Time: base + sec*1000, Value: v}
+	}
+	mustAppend(t, s, []telemetry.Sample{at(50, 1e6), at(150, 1e6), at(151, 1e6), at(1000, 1e6)})
+	var want []store.Point
+	for i := int64(0); i < 200; i += 20 {
+		var batch []telemetry.Sample
+		for j := i; j < i+20; j++ {
+			batch = append(batch, at(j, float64(j)))
+		}
+		mustAppend(t, s, batch)
+	}
+	for j := int64(0); j < 200; j++ {
+		v := float64(j)
+		if j == 50 || j == 150 || j == 151 {
+			v = 1e6
+		}
+		want = append(want, store.Point{Time: base + j*1000, Value: v})
+	}
+	want = append(want, store.Point{Time: base + 1000*1000, Value: 1e6})
+	if diff := cmp.Diff(storetest.SelectAll(t, s, key, math.MinInt64, math.MaxInt64), want); diff != "" {
+		t.Errorf("(-got +want):\n%s", diff)
+	}
+	if got := s.Stats().Conflicts; got != 3 {
+		t.Errorf("Stats().Conflicts = %d, want 3", got)
+	}
+}

@@ -108,6 +108,14 @@ type Options struct {
 	SeriesIdle time.Duration
 	// Now returns the current time. Default time.Now.
 	Now func() time.Time
+
+	// Retention1m and Retention1h are how long the 1 min and 1 h rollup
+	// tiers are kept (docs/decisions/0031-rollups.md). Defaults 90 days
+	// and 5 years; each at least the retention of the finer data.
+	Retention1m, Retention1h time.Duration
+	// RollupEvery is how often new blocks are rolled up into the tiers.
+	// Default 30 seconds.
+	RollupEvery time.Duration
 }
 
 func (o Options) withDefaults() Options {
@@ -135,6 +143,15 @@ func (o Options) withDefaults() Options {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
+	if o.Retention1m == 0 {
+		o.Retention1m = max(90*24*time.Hour, o.Retention)
+	}
+	if o.Retention1h == 0 {
+		o.Retention1h = max(5*365*24*time.Hour, o.Retention1m)
+	}
+	if o.RollupEvery == 0 {
+		o.RollupEvery = 30 * time.Second
+	}
 	return o
 }
 
@@ -148,6 +165,15 @@ func (o Options) validate() error {
 	}
 	if o.BlockDuration < time.Minute {
 		errs = append(errs, fmt.Errorf("block duration %v is below a minute", o.BlockDuration))
+	}
+	if o.Retention1m < o.Retention {
+		errs = append(errs, fmt.Errorf("1m rollup retention %v is below the retention %v", o.Retention1m, o.Retention))
+	}
+	if o.Retention1h < o.Retention1m {
+		errs = append(errs, fmt.Errorf("1h rollup retention %v is below the 1m rollup retention %v", o.Retention1h, o.Retention1m))
+	}
+	if o.RollupEvery < 0 {
+		errs = append(errs, fmt.Errorf("rollup interval %v is negative", o.RollupEvery))
 	}
 	switch o.WALCompression {
 	case compression.None, compression.Snappy, compression.Zstd:
@@ -233,6 +259,11 @@ type Store struct {
 	// states holds the state series (states.go).
 	states *stateFile
 
+	// roll holds the rollup tiers (rollup.go); the rollup loop runs until
+	// stop is closed, then closes done.
+	roll       *rollups
+	stop, done chan struct{}
+
 	mu     sync.RWMutex
 	series map[store.SeriesKey]*series
 	nextID uint64
@@ -268,7 +299,25 @@ func Open(dir string, opts Options, logger *slog.Logger, reg prometheus.Register
 	to.OutOfOrderTimeWindow = max(opts.OutOfOrderWindow, 0).Milliseconds()
 	to.WALCompression = opts.WALCompression
 
+	if err := PrepareDir(dir); err != nil {
+		return nil, fmt.Errorf("opening tsdb in %s: %w", dir, err)
+	}
+	roll, err := openRollups(dir, opts)
+	if err != nil {
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return nil, fmt.Errorf("opening store in %s: %w: %w", dir, ErrLocked, err)
+		}
+		return nil, fmt.Errorf("opening store in %s: %w", dir, err)
+	}
+	// Compaction leaves blocks not rolled up alone (and the ones after
+	// them): a compacted block is either rolled up whole or not at all.
+	to.BlockCompactionExcludeFunc = func(m *tsdb.BlockMeta) bool { return !roll.set().covers(m.Compaction.Sources) }
+	to.BlockQuerierFunc = newBlockQuerier
+
 	s := &Store{
+		roll:   roll,
+		stop:   make(chan struct{}),
+		done:   make(chan struct{}),
 		logger: logger,
 		now:    opts.Now,
 		series: make(map[store.SeriesKey]*series),
@@ -288,13 +337,10 @@ func Open(dir string, opts Options, logger *slog.Logger, reg prometheus.Register
 		s.reg.MustRegister(s.collectors()...)
 		r = s.reg
 	}
-	if err := PrepareDir(dir); err != nil {
-		s.reg.unregisterAll()
-		return nil, fmt.Errorf("opening tsdb in %s: %w", dir, err)
-	}
 	db, err := tsdb.Open(dir, logger, r, to, nil)
 	if err != nil {
 		s.reg.unregisterAll()
+		roll.close()
 		if errors.Is(err, syscall.EWOULDBLOCK) {
 			return nil, fmt.Errorf("opening tsdb in %s: %w: %w", dir, ErrLocked, err)
 		}
@@ -303,9 +349,11 @@ func Open(dir string, opts Options, logger *slog.Logger, reg prometheus.Register
 	s.db = db
 	if s.states, err = openStateFile(dir, opts.Retention); err != nil {
 		db.Close()
+		roll.close()
 		s.reg.unregisterAll()
 		return nil, fmt.Errorf("opening store: %w", err)
 	}
+	go s.rollupLoop(opts.RollupEvery, s.stop, s.done)
 	if err := restrictTree(dir); err != nil {
 		s.Close()
 		return nil, fmt.Errorf("restricting permissions in %s: %w", dir, err)
@@ -915,7 +963,12 @@ func (s *Store) Close() error {
 		return nil
 	}
 	s.closed = true
+	close(s.stop)
+	<-s.done
 	err := s.db.Close()
+	if rerr := s.roll.close(); err == nil {
+		err = rerr
+	}
 	s.reg.unregisterAll()
 	serr := s.states.close()
 	if err != nil {
