@@ -137,8 +137,9 @@ type rollups struct {
 	rolled atomic.Pointer[sourceSet]
 	// runMu serialises rollup runs.
 	runMu sync.Mutex
-	// written counts the bucket versions written.
-	written atomic.Int64
+	// written counts the bucket versions written; tierSelects the PromQL
+	// Selects answered from a tier.
+	written, tierSelects atomic.Int64
 }
 
 // skipRolledKey is the context key under which a query asks the block
@@ -463,10 +464,16 @@ func readTier(ctx context.Context, q storage.Querier, machine, metric string, mi
 	if err := ss.Err(); err != nil {
 		return nil, err
 	}
+	return tierBuckets(cols, store.SeriesKey{Machine: machine, Metric: metric}, width)
+}
+
+// tierBuckets returns the newest version of every bucket of one key's tier
+// series, read into cols (in statNames order), in time order.
+func tierBuckets(cols [4][]store.Point, key store.SeriesKey, width int64) ([]tierBucket, error) {
 	n := len(cols[0])
 	for _, c := range cols[1:] {
 		if len(c) != n {
-			return nil, fmt.Errorf("tier series of %s/%s disagree: %d and %d samples", machine, metric, n, len(c))
+			return nil, fmt.Errorf("tier series of %s/%s disagree: %d and %d samples", key.Machine, key.Metric, n, len(c))
 		}
 	}
 	var out []tierBucket
@@ -623,52 +630,68 @@ func (v *tierView) aggregates(key store.SeriesKey, mint, maxt int64) ([]agg, err
 		labels.MustNewMatcher(labels.MatchEqual, LabelMachine, key.Machine),
 		labels.MustNewMatcher(labels.MatchEqual, LabelMetric, key.Metric))
 	var extra []agg
-	var it, rit chunkenc.Iterator
-	w := v.tier.width
 	for ss.Next() {
-		it = ss.At().Iterator(it)
-		rolledOpen := false
-		for vt := it.Seek(mint); vt != chunkenc.ValNone; vt = it.Next() {
-			if vt != chunkenc.ValFloat {
-				continue
-			}
-			t, val := it.At()
-			if t > maxt {
-				break
-			}
-			if v.inRolled(t) {
-				if !rolledOpen {
-					rolledOpen = true
-					rs := v.rolled.Select(ctx, false, &storage.SelectHints{Start: mint, End: maxt},
-						labels.MustNewMatcher(labels.MatchEqual, LabelMachine, key.Machine),
-						labels.MustNewMatcher(labels.MatchEqual, LabelMetric, key.Metric))
-					rit = nil
-					if rs.Next() {
-						rit = rs.At().Iterator(nil)
-					}
-					if err := rs.Err(); err != nil {
-						return nil, err
-					}
-				}
-				if rit != nil && rit.Seek(t) != chunkenc.ValNone && rit.AtT() == t {
-					continue // counted in the tier
-				}
-			}
-			start := floorDiv(t, w) * w
-			if len(extra) == 0 || extra[len(extra)-1].start != start {
-				extra = append(extra, agg{start: start})
-			}
-			extra[len(extra)-1].add(val)
-		}
-		if err := it.Err(); err != nil {
+		if extra, err = v.unrolledBuckets(ss.At(), key, mint, maxt); err != nil {
 			return nil, err
 		}
 	}
 	if err := ss.Err(); err != nil {
 		return nil, err
 	}
+	return mergeAggs(out, extra), nil
+}
+
+// unrolledBuckets returns the tier buckets of the samples of sr (of key, read
+// through the view's unrolled querier) in [mint, maxt], leaving out those
+// a rolled up block holds too.
+func (v *tierView) unrolledBuckets(sr storage.Series, key store.SeriesKey, mint, maxt int64) ([]agg, error) {
+	ctx := v.unrolledCtx
+	var extra []agg
+	var rit chunkenc.Iterator
+	w := v.tier.width
+	it := sr.Iterator(nil)
+	rolledOpen := false
+	for vt := it.Seek(mint); vt != chunkenc.ValNone; vt = it.Next() {
+		if vt != chunkenc.ValFloat {
+			continue
+		}
+		t, val := it.At()
+		if t > maxt {
+			break
+		}
+		if v.inRolled(t) {
+			if !rolledOpen {
+				rolledOpen = true
+				rs := v.rolled.Select(ctx, false, &storage.SelectHints{Start: mint, End: maxt},
+					labels.MustNewMatcher(labels.MatchEqual, LabelMachine, key.Machine),
+					labels.MustNewMatcher(labels.MatchEqual, LabelMetric, key.Metric))
+				if rs.Next() {
+					rit = rs.At().Iterator(nil)
+				}
+				if err := rs.Err(); err != nil {
+					return nil, err
+				}
+			}
+			if rit != nil && rit.Seek(t) != chunkenc.ValNone && rit.AtT() == t {
+				continue // counted in the tier
+			}
+		}
+		start := floorDiv(t, w) * w
+		if len(extra) == 0 || extra[len(extra)-1].start != start {
+			extra = append(extra, agg{start: start})
+		}
+		extra[len(extra)-1].add(val)
+	}
+	if err := it.Err(); err != nil {
+		return nil, err
+	}
+	return extra, nil
+}
+
+// mergeAggs merges two time-ordered lists of buckets.
+func mergeAggs(out, extra []agg) []agg {
 	if len(extra) == 0 {
-		return out, nil
+		return out
 	}
 	merged := make([]agg, 0, len(out)+len(extra))
 	i, j := 0, 0
@@ -688,5 +711,5 @@ func (v *tierView) aggregates(key store.SeriesKey, mint, maxt int64) ([]agg, err
 			j++
 		}
 	}
-	return merged, nil
+	return merged
 }
