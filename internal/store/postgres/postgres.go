@@ -81,6 +81,10 @@ type Options struct {
 	// samples are refused (ErrOutOfBounds). Default 30 days; negative keeps
 	// everything.
 	Retention time.Duration
+	// Retention1m and Retention1h are how long the 1 min and 1 h rollups
+	// are kept (docs/decisions/0031-rollups.md); read by the rollups
+	// (issue 18), ignored until then.
+	Retention1m, Retention1h time.Duration
 	// MaxFuture is how far ahead of Now a sample may be. Default 10
 	// minutes; negative disables the check.
 	MaxFuture time.Duration
