@@ -2,6 +2,7 @@ package embedded
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -53,6 +54,10 @@ func (s *Store) AggregateRange(ctx context.Context, key store.SeriesKey, from, t
 		return nil, fmt.Errorf("aggregating %s/%s: %w", key.Machine, key.Metric, err)
 	}
 	mid, err := s.tierAggregates(ctx, t, key, midFrom, midTo-1)
+	if errors.Is(err, errTierTorn) {
+		s.logger.Warn("reading raw samples instead of a rollup tier", "err", err)
+		return store.Aggregate(ctx, s, key, from, to, step, agg)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("aggregating %s/%s: %w", key.Machine, key.Metric, err)
 	}

@@ -93,7 +93,9 @@ func (q *promQuerier) Select(ctx context.Context, sortSeries bool, hints *storag
 		return storage.EmptySeriesSet()
 	}
 	if p, ok := q.s.roll.planTier(hints); ok {
-		return q.s.selectTier(ctx, p, hints, tm)
+		if ss, torn := q.s.selectTier(ctx, p, hints, tm); !torn {
+			return ss
+		}
 	}
 	// The TSDB sorts by machine, then metric; PromQL by __name__ first.
 	ss := q.q.Select(ctx, sortSeries, hints, tm...)

@@ -2,6 +2,8 @@ package embedded
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"slices"
 	"strings"
 
@@ -19,6 +21,7 @@ import (
 type tierPlan struct {
 	tier *tier
 	stat func(agg) float64
+	need uint8 // the statistics stat reads, a mask over statNames
 }
 
 // planTier decides whether a Select may read a rollup tier, from its
@@ -45,15 +48,16 @@ func (r *rollups) planTier(h *storage.SelectHints) (tierPlan, bool) {
 		return tierPlan{}, false
 	}
 	var stat func(agg) float64
+	var need uint8 // bits: count, max, min, sum
 	switch h.Func {
 	case "min_over_time":
-		stat = func(a agg) float64 { return a.min }
+		stat, need = func(a agg) float64 { return a.min }, 1<<2
 	case "max_over_time":
-		stat = func(a agg) float64 { return a.max }
+		stat, need = func(a agg) float64 { return a.max }, 1<<1
 	case "sum_over_time":
-		stat = func(a agg) float64 { return a.sum }
+		stat, need = func(a agg) float64 { return a.sum }, 1<<3
 	case "avg_over_time":
-		stat = func(a agg) float64 { return a.sum / a.n }
+		stat, need = func(a agg) float64 { return a.sum / a.n }, 1<<0|1<<3
 	default:
 		return tierPlan{}, false
 	}
@@ -70,7 +74,7 @@ func (r *rollups) planTier(h *storage.SelectHints) (tierPlan, bool) {
 		if h.End < anchor || (h.End-anchor)%h.Step != 0 {
 			return tierPlan{}, false
 		}
-		return tierPlan{tier: t, stat: stat}, true
+		return tierPlan{tier: t, stat: stat, need: need}, true
 	}
 	return tierPlan{}, false
 }
@@ -78,17 +82,21 @@ func (r *rollups) planTier(h *storage.SelectHints) (tierPlan, bool) {
 // selectTier answers a Select from the tier of p: the buckets of the
 // series the matchers select in [hints.Start, hints.End], merged with the
 // samples not rolled up, one point per bucket.
-func (s *Store) selectTier(ctx context.Context, p tierPlan, hints *storage.SelectHints, tm []*labels.Matcher) storage.SeriesSet {
+func (s *Store) selectTier(ctx context.Context, p tierPlan, hints *storage.SelectHints, tm []*labels.Matcher) (_ storage.SeriesSet, torn bool) {
 	s.roll.tierSelects.Add(1)
 	mint, maxt := hints.Start, hints.End
 	v, err := s.openView(ctx, p.tier, mint, maxt)
 	if err != nil {
-		return storage.ErrSeriesSet(err)
+		return storage.ErrSeriesSet(err), false
 	}
 	defer v.close()
-	byKey, err := v.aggregatesAll(tm, mint, maxt)
+	byKey, err := v.aggregatesAll(tm, p.need, mint, maxt)
+	if errors.Is(err, errTierTorn) {
+		s.logger.Warn("reading raw samples instead of a rollup tier", "err", err)
+		return nil, true
+	}
 	if err != nil {
-		return storage.ErrSeriesSet(err)
+		return storage.ErrSeriesSet(err), false
 	}
 	out := make([]storage.Series, 0, len(byKey))
 	n := 0
@@ -104,76 +112,96 @@ func (s *Store) selectTier(ctx context.Context, p tierPlan, hints *storage.Selec
 		})
 	}
 	if err := store.TakeSamples(ctx, n); err != nil {
-		return storage.ErrSeriesSet(err)
+		return storage.ErrSeriesSet(err), false
 	}
 	slices.SortFunc(out, func(a, b storage.Series) int { return labels.Compare(a.Labels(), b.Labels()) })
-	return &listSeriesSet{series: out}
+	return &listSeriesSet{series: out}, false
 }
 
-// aggregatesAll is aggregates for every series the TSDB matchers select.
-func (v *tierView) aggregatesAll(tm []*labels.Matcher, mint, maxt int64) (map[store.SeriesKey][]agg, error) {
+// aggregatesAll is aggregates for every series the TSDB matchers select,
+// reading only the statistics in need (a mask over statNames).
+func (v *tierView) aggregatesAll(tm []*labels.Matcher, need uint8, mint, maxt int64) (map[store.SeriesKey][]agg, error) {
 	ctx := v.unrolledCtx
 	out := map[store.SeriesKey][]agg{}
-	// The tier: four series per key, neighbours in label order.
-	ss := v.tq.Select(ctx, true, &storage.SelectHints{Start: mint, End: maxt}, tm...)
+	need |= 1 // the count: merging with raw samples needs it
+	var names []string
+	for k, n := range statNames {
+		if need&(1<<k) != 0 {
+			names = append(names, n)
+		}
+	}
+	ms := append(slices.Clip(tm), labels.MustNewMatcher(labels.MatchRegexp, labelStat, strings.Join(names, "|")))
+	// The tier: the stat series of a key are neighbours in label order.
+	ss := v.tq.Select(ctx, true, &storage.SelectHints{Start: mint, End: maxt}, ms...)
+	w := v.tier.width
 	var (
 		it   chunkenc.Iterator
 		cur  store.SeriesKey
-		cols [4][]store.Point
-		have int
+		aggs []agg
+		idx  []int // the bucket of every sample of the first stat series
+		n    int   // samples of the first stat series
+		seen int   // stat series of cur read
 	)
-	flush := func() error {
-		if have == 0 {
-			return nil
+	flush := func() {
+		if seen > 0 {
+			out[cur] = aggs
 		}
-		bs, err := tierBuckets(cols, cur, v.tier.width)
-		if err != nil {
-			return err
-		}
-		aggs := make([]agg, len(bs))
-		for i, b := range bs {
-			aggs[i] = b.agg
-		}
-		out[cur] = aggs
-		for i := range cols {
-			cols[i] = nil
-		}
-		have = 0
-		return nil
+		aggs, idx, n, seen = nil, idx[:0], 0, 0
 	}
 	for ss.Next() {
 		sr := ss.At()
 		lset := sr.Labels()
 		k := store.SeriesKey{Machine: lset.Get(LabelMachine), Metric: lset.Get(LabelMetric)}
-		if k != cur {
-			if err := flush(); err != nil {
-				return nil, err
-			}
+		if k != cur || seen == 0 {
+			flush()
 			cur = store.SeriesKey{Machine: strings.Clone(k.Machine), Metric: strings.Clone(k.Metric)}
 		}
 		col := slices.Index(statNames[:], lset.Get(labelStat))
-		if col < 0 {
-			continue
-		}
 		it = sr.Iterator(it)
+		i := 0
 		for vt := it.Seek(mint); vt != chunkenc.ValNone; vt = it.Next() {
 			t, val := it.At()
 			if t > maxt {
 				break
 			}
-			cols[col] = append(cols[col], store.Point{Time: t, Value: val})
+			if seen == 0 {
+				// The first series lays out the buckets; a later
+				// version of a bucket overwrites it.
+				start := floorDiv(t, w) * w
+				if len(aggs) == 0 || aggs[len(aggs)-1].start != start {
+					aggs = append(aggs, agg{start: start})
+				}
+				idx = append(idx, len(aggs)-1)
+			} else if i >= n {
+				return nil, fmt.Errorf("%w: tier series of %s/%s disagree", errTierTorn, cur.Machine, cur.Metric)
+			}
+			a := &aggs[idx[i]]
+			switch col {
+			case 0:
+				a.n = val
+			case 1:
+				a.max = val
+			case 2:
+				a.min = val
+			case 3:
+				a.sum = val
+			}
+			i++
 		}
 		if err := it.Err(); err != nil {
 			return nil, err
 		}
-		have++
+		if seen == 0 {
+			n = i
+		} else if i != n {
+			return nil, fmt.Errorf("%w: tier series of %s/%s disagree: %d and %d samples", errTierTorn, cur.Machine, cur.Metric, n, i)
+		}
+		seen++
 	}
 	if err := ss.Err(); err != nil {
 		return nil, err
 	}
-	if err := flush(); err != nil {
-		return nil, err
-	}
+	flush()
 	// The samples not rolled up.
 	rs := v.unrolled.Select(ctx, false, &storage.SelectHints{Start: mint, End: maxt}, tm...)
 	for rs.Next() {

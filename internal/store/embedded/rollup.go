@@ -382,14 +382,14 @@ func (s *Store) rollupBlock(ctx context.Context, b *tsdb.Block, blocks []*tsdb.B
 		lset := sr.Labels()
 		machine, metric := lset.Get(LabelMachine), lset.Get(LabelMetric)
 		for i, tr := range r.tiers {
-			old, err := readTier(ctx, tqs[i], machine, metric, mint, maxt, tr.width)
+			old, err := readTierMode(ctx, tqs[i], machine, metric, mint, maxt, tr.width, true)
 			if err != nil {
 				return fmt.Errorf("reading the %s tier: %w", tr.name, err)
 			}
 			for _, a := range buckets[i] {
 				version := int64(0)
 				if j, found := slices.BinarySearchFunc(old, a.start, func(o tierBucket, t int64) int { return cmp.Compare(o.start, t) }); found {
-					if old[j].same(a) {
+					if !old[j].torn && old[j].same(a) {
 						continue
 					}
 					version = old[j].version + 1
@@ -431,11 +431,19 @@ func (s *Store) rollupBlock(ctx context.Context, b *tsdb.Block, blocks []*tsdb.B
 type tierBucket struct {
 	agg
 	version int64
+	torn    bool // the newest version is not complete (joinBuckets)
 }
 
 // readTier returns the newest version of every bucket of machine/metric in
 // [mint, maxt] of a tier, in time order.
 func readTier(ctx context.Context, q storage.Querier, machine, metric string, mint, maxt, width int64) ([]tierBucket, error) {
+	return readTierMode(ctx, q, machine, metric, mint, maxt, width, false)
+}
+
+// readTierMode is readTier; lenient, it joins the four series by time
+// (joinBuckets) instead of failing when they disagree: the rollup reads
+// so, and heals what it finds torn.
+func readTierMode(ctx context.Context, q storage.Querier, machine, metric string, mint, maxt, width int64, lenient bool) ([]tierBucket, error) {
 	ss := q.Select(ctx, true, &storage.SelectHints{Start: mint, End: maxt},
 		labels.MustNewMatcher(labels.MatchEqual, LabelMachine, machine),
 		labels.MustNewMatcher(labels.MatchEqual, LabelMetric, metric))
@@ -464,8 +472,17 @@ func readTier(ctx context.Context, q storage.Querier, machine, metric string, mi
 	if err := ss.Err(); err != nil {
 		return nil, err
 	}
+	if lenient {
+		return joinBuckets(cols, width), nil
+	}
 	return tierBuckets(cols, store.SeriesKey{Machine: machine, Metric: metric}, width)
 }
+
+// errTierTorn reports a tier whose four series of a key do not hold the
+// same times: a read that met the tier's compaction at a bad moment has
+// been seen to (at 1 000 series, once). Queries then read raw samples; the
+// rollup run fails and tries again at its next run.
+var errTierTorn = errors.New("tier read torn")
 
 // tierBuckets returns the newest version of every bucket of one key's tier
 // series, read into cols (in statNames order), in time order.
@@ -473,9 +490,58 @@ func tierBuckets(cols [4][]store.Point, key store.SeriesKey, width int64) ([]tie
 	n := len(cols[0])
 	for _, c := range cols[1:] {
 		if len(c) != n {
-			return nil, fmt.Errorf("tier series of %s/%s disagree: %d and %d samples", key.Machine, key.Metric, n, len(c))
+			return nil, fmt.Errorf("%w: tier series of %s/%s disagree: %d and %d samples", errTierTorn, key.Machine, key.Metric, n, len(c))
 		}
 	}
+	return tierBucketsEqualLen(cols, width), nil
+}
+
+// joinBuckets is tierBuckets for columns whose times may differ (a torn
+// read, or a tier that lost a sample): a version counts if all four
+// series hold it, and a bucket whose newest version (the latest time of
+// any series in it) is not complete is marked torn, so that the rollup
+// writes it again, after every version seen.
+func joinBuckets(cols [4][]store.Point, width int64) []tierBucket {
+	type entry struct {
+		v    [4]float64
+		mask uint8
+	}
+	byT := map[int64]*entry{}
+	var times []int64
+	for k, c := range cols {
+		for _, p := range c {
+			e := byT[p.Time]
+			if e == nil {
+				e = &entry{}
+				byT[p.Time] = e
+				times = append(times, p.Time)
+			}
+			e.v[k] = p.Value
+			e.mask |= 1 << k
+		}
+	}
+	slices.Sort(times)
+	var out []tierBucket
+	for _, t := range times {
+		e := byT[t]
+		start := floorDiv(t, width) * width
+		if len(out) == 0 || out[len(out)-1].start != start {
+			out = append(out, tierBucket{agg: agg{start: start}, torn: true})
+		}
+		b := &out[len(out)-1]
+		b.version = t - start
+		if e.mask == 0xf {
+			b.agg = agg{start: start, n: e.v[0], max: e.v[1], min: e.v[2], sum: e.v[3]}
+			b.torn = false
+		} else {
+			b.torn = true
+		}
+	}
+	return out
+}
+
+func tierBucketsEqualLen(cols [4][]store.Point, width int64) []tierBucket {
+	n := len(cols[0])
 	var out []tierBucket
 	for i := range n {
 		t := cols[0][i].Time
@@ -487,7 +553,7 @@ func tierBuckets(cols [4][]store.Point, key store.SeriesKey, width int64) ([]tie
 		}
 		out = append(out, b)
 	}
-	return out, nil
+	return out
 }
 
 // floorDiv is a / b rounded towards negative infinity (b > 0).

@@ -242,3 +242,34 @@ func samePoints(a, b []store.Point, approx bool) bool {
 	}
 	return true
 }
+
+// TestJoinBuckets: a version that some stat series lack does not count,
+// and marks its bucket torn when it is the newest.
+func TestJoinBuckets(t *testing.T) {
+	const w = 60_000
+	full := func(tm int64, v float64) [4]store.Point {
+		return [4]store.Point{{Time: tm, Value: v}, {Time: tm, Value: v}, {Time: tm, Value: v}, {Time: tm, Value: v}}
+	}
+	var cols [4][]store.Point
+	add := func(ps [4]store.Point, skip int) {
+		for k := range cols {
+			if k != skip {
+				cols[k] = append(cols[k], ps[k])
+			}
+		}
+	}
+	add(full(0, 1), -1)  // bucket 0: version 0
+	add(full(1, 2), -1)  // bucket 0: version 1
+	add(full(w, 3), -1)  // bucket 1: version 0
+	add(full(w+1, 4), 0) // bucket 1: version 1, count lost
+	add(full(2*w, 5), 2) // bucket 2: only version, min lost
+	got := joinBuckets(cols, w)
+	want := []tierBucket{
+		{agg: agg{start: 0, n: 2, max: 2, min: 2, sum: 2}, version: 1},
+		{agg: agg{start: w, n: 3, max: 3, min: 3, sum: 3}, version: 1, torn: true},
+		{agg: agg{start: 2 * w}, version: 0, torn: true},
+	}
+	if diff := gocmp.Diff(got, want, gocmp.AllowUnexported(tierBucket{}, agg{})); diff != "" {
+		t.Errorf("(-got +want):\n%s", diff)
+	}
+}
