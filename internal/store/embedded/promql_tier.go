@@ -168,6 +168,9 @@ func (v *tierView) aggregatesAll(tm []*labels.Matcher, need uint8, mint, maxt in
 				// The first series lays out the buckets; a later
 				// version of a bucket overwrites it.
 				start := floorDiv(t, w) * w
+				if aggs == nil {
+					aggs = make([]agg, 0, (maxt-start)/w+1)
+				}
 				if len(aggs) == 0 || aggs[len(aggs)-1].start != start {
 					aggs = append(aggs, agg{start: start})
 				}
