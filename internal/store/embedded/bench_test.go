@@ -161,7 +161,7 @@ func BenchmarkBackfill(b *testing.B) {
 			machines, metrics := names("machine", 100), names("metric", 5)
 			batch := make([]telemetry.Sample, 1000)
 			// The present, so that every series is known and newer.
-			t := benchBatch(batch, machines, metrics, now-3600*sec)
+			t := benchBatch(batch, machines, metrics, now-3*3600*sec)
 			mustAppend(b, s, batch)
 			if c != "in-order" {
 				t = now - 20*24*3600*sec
