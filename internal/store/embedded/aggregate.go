@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/prometheus/prometheus/model/labels"
+
 	"github.com/twinline/twinline/internal/store"
 )
 
@@ -115,5 +117,12 @@ func (s *Store) tierAggregates(ctx context.Context, t *tier, key store.SeriesKey
 		return nil, err
 	}
 	defer v.close()
-	return v.aggregates(key, mint, maxt)
+	byKey, err := v.aggregatesAll([]*labels.Matcher{
+		labels.MustNewMatcher(labels.MatchEqual, LabelMachine, key.Machine),
+		labels.MustNewMatcher(labels.MatchEqual, LabelMetric, key.Metric),
+	}, 0xf, mint, maxt)
+	if err != nil {
+		return nil, err
+	}
+	return byKey[key], nil
 }

@@ -169,7 +169,7 @@ func (v *tierView) aggregatesAll(tm []*labels.Matcher, need uint8, mint, maxt in
 				// version of a bucket overwrites it.
 				start := floorDiv(t, w) * w
 				if aggs == nil {
-					aggs = make([]agg, 0, (maxt-start)/w+1)
+					aggs = make([]agg, 0, min((maxt-start)/w+1, 1<<16))
 				}
 				if len(aggs) == 0 || aggs[len(aggs)-1].start != start {
 					aggs = append(aggs, agg{start: start})

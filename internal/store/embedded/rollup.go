@@ -356,6 +356,9 @@ func (s *Store) rollupBlock(ctx context.Context, b *tsdb.Block, blocks []*tsdb.B
 	var it chunkenc.Iterator
 	buckets := make([][]agg, len(r.tiers))
 	for ss.Next() {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
 		sr := ss.At()
 		for i := range buckets {
 			buckets[i] = buckets[i][:0]
@@ -677,34 +680,6 @@ func (s *Store) tryOpenView(ctx context.Context, t *tier, mint, maxt int64) (_ *
 	v.rolled = storage.NewMergeQuerier(qs, nil, storage.ChainedSeriesMerge)
 	v.unrolledCtx = context.WithValue(ctx, skipRolledKey{}, set)
 	return v, nil
-}
-
-// aggregates returns the aggregates of key over the tier buckets in
-// [mint, maxt] (aligned to the tier), rolled up and not, in time order.
-func (v *tierView) aggregates(key store.SeriesKey, mint, maxt int64) ([]agg, error) {
-	ctx := v.unrolledCtx
-	rolled, err := readTier(ctx, v.tq, key.Machine, key.Metric, mint, maxt, v.tier.width)
-	if err != nil {
-		return nil, fmt.Errorf("reading the %s tier: %w", v.tier.name, err)
-	}
-	out := make([]agg, 0, len(rolled))
-	for _, b := range rolled {
-		out = append(out, b.agg)
-	}
-	// The samples not rolled up, merged into the buckets.
-	ss := v.unrolled.Select(ctx, false, &storage.SelectHints{Start: mint, End: maxt},
-		labels.MustNewMatcher(labels.MatchEqual, LabelMachine, key.Machine),
-		labels.MustNewMatcher(labels.MatchEqual, LabelMetric, key.Metric))
-	var extra []agg
-	for ss.Next() {
-		if extra, err = v.unrolledBuckets(ss.At(), key, mint, maxt); err != nil {
-			return nil, err
-		}
-	}
-	if err := ss.Err(); err != nil {
-		return nil, err
-	}
-	return mergeAggs(out, extra), nil
 }
 
 // unrolledBuckets returns the tier buckets of the samples of sr (of key, read
