@@ -734,6 +734,9 @@ func mergeAggs(out, extra []agg) []agg {
 	if len(extra) == 0 {
 		return out
 	}
+	if len(out) == 0 || extra[0].start > out[len(out)-1].start {
+		return append(out, extra...) // the head, after what is rolled up
+	}
 	merged := make([]agg, 0, len(out)+len(extra))
 	i, j := 0, 0
 	for i < len(out) || j < len(extra) {
