@@ -57,6 +57,7 @@ func (s *Store) AggregateRange(ctx context.Context, key store.SeriesKey, from, t
 	}
 	mid, err := s.tierAggregates(ctx, t, key, midFrom, midTo-1)
 	if errors.Is(err, errTierTorn) {
+		s.roll.torn.Add(1)
 		s.logger.Warn("reading raw samples instead of a rollup tier", "err", err)
 		return store.Aggregate(ctx, s, key, from, to, step, agg)
 	}

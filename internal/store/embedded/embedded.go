@@ -372,6 +372,10 @@ func (s *Store) collectors() []prometheus.Collector {
 		counter("conflicting_samples_total", "Samples at the time of a stored one with another value, dropped (first write wins).", &s.conflicts),
 		counter("out_of_bounds_samples_total", "Samples too old or too far in the future, dropped.", &s.outOfBounds),
 		counter("invalid_samples_total", "Samples with an empty machine or metric, dropped.", &s.invalid),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Namespace: "twinline", Subsystem: "store", Name: "rollup_torn_reads_total",
+			Help: "Reads of a rollup tier whose statistics disagreed, answered from raw samples instead.",
+		}, func() float64 { return float64(s.roll.torn.Load()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Namespace: "twinline", Subsystem: "store", Name: "cached_series",
 			Help: "Series whose identity the store caches: those with samples appended within the series idle time.",

@@ -92,6 +92,7 @@ func (s *Store) selectTier(ctx context.Context, p tierPlan, hints *storage.Selec
 	defer v.close()
 	byKey, err := v.aggregatesAll(tm, p.need, mint, maxt)
 	if errors.Is(err, errTierTorn) {
+		s.roll.torn.Add(1)
 		s.logger.Warn("reading raw samples instead of a rollup tier", "err", err)
 		return nil, true
 	}

@@ -140,6 +140,8 @@ type rollups struct {
 	// written counts the bucket versions written; tierSelects the PromQL
 	// Selects answered from a tier.
 	written, tierSelects atomic.Int64
+	// torn counts the tier reads that fell back to raw samples.
+	torn atomic.Uint64
 }
 
 // skipRolledKey is the context key under which a query asks the block
