@@ -207,6 +207,10 @@ func openRollups(dir string, opts Options) (*rollups, error) {
 			r.close()
 			return nil, fmt.Errorf("opening the %s rollup tier: %w", t.name, err)
 		}
+		// The rollup compacts the tier after writing (Store.rollup): a
+		// head compaction running while buckets are committed has been
+		// seen to lose samples of some statistics of a bucket.
+		db.DisableCompactions()
 		r.tiers = append(r.tiers, &tier{name: t.name, width: t.width.Milliseconds(), db: db})
 	}
 	return r, nil
@@ -286,7 +290,14 @@ func (s *Store) rollup(ctx context.Context) error {
 	if done > 0 {
 		// A crash before this leaves the buckets written: the next run
 		// recomputes the same buckets and writes no new version.
-		return r.save(r.set(), s.db.Blocks())
+		if err := r.save(r.set(), s.db.Blocks()); err != nil {
+			return err
+		}
+	}
+	for _, t := range r.tiers {
+		if err := t.db.Compact(ctx); err != nil {
+			return fmt.Errorf("compacting the %s tier: %w", t.name, err)
+		}
 	}
 	return nil
 }
