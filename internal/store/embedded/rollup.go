@@ -350,6 +350,13 @@ func (s *Store) rollupBlock(ctx context.Context, b *tsdb.Block, blocks []*tsdb.B
 		tqs[i] = q
 	}
 	apps := make([]storage.Appender, len(r.tiers))
+	defer func() { // on an error: an open appender would hold the tier's head
+		for _, app := range apps {
+			if app != nil {
+				_ = app.Rollback()
+			}
+		}
+	}()
 	pending := 0
 	commit := func() error {
 		for i, t := range r.tiers {
