@@ -126,6 +126,8 @@ func serveFlags(fs *flag.FlagSet, cfg *config.Config) {
 	fs.IntVar(&cfg.DemoMachines, "demo-machines", cfg.DemoMachines, "machines simulated by --demo")
 	fs.Float64Var(&cfg.DemoRate, "demo-rate", cfg.DemoRate, "events per second sent by --demo, across the fleet")
 	durationVar(fs, &cfg.Retention, "retention", "how long samples are kept (e.g. 30d, 12h)")
+	durationVar(fs, &cfg.Retention1m, "retention-1m", "how long the 1 min rollup tier is kept (at least --retention; default max(90d, --retention))")
+	durationVar(fs, &cfg.Retention1h, "retention-1h", "how long the 1 h rollup tier is kept (at least --retention-1m; default max(1825d, the 1 min tier's))")
 	durationVar(fs, &cfg.OutOfOrderWindow, "out-of-order-window", "the backfill horizon: events older than this behind the server clock (within --retention) are stored without going to the live stream, the twin or the alarms")
 	durationVar(fs, &cfg.MaxFuture, "max-future", "how far ahead of the server clock an event time may be")
 	fs.IntVar(&cfg.LogCapacity, "log-capacity", cfg.LogCapacity, "capacity of the in-process event log in `samples`; when full, ingest answers 503")

@@ -200,13 +200,15 @@ func (a *App) openStore(ctx context.Context, reg prometheus.Registerer) (store.S
 	switch cfg.Store {
 	case "postgres":
 		pg, err := postgres.Open(ctx, cfg.PostgresURL, postgres.Options{
-			Retention:  cfg.Retention,
-			MaxFuture:  cfg.MaxFuture,
-			Window:     cfg.Window,
-			SpoolDir:   filepath.Join(cfg.DataDir, "spool"),
-			SpoolBytes: cfg.SpoolBytes,
-			StartWait:  cfg.PostgresStartWait,
-			Layout:     cfg.PostgresLayout,
+			Retention:   cfg.Retention,
+			Retention1m: cfg.Retention1m,
+			Retention1h: cfg.Retention1h,
+			MaxFuture:   cfg.MaxFuture,
+			Window:      cfg.Window,
+			SpoolDir:    filepath.Join(cfg.DataDir, "spool"),
+			SpoolBytes:  cfg.SpoolBytes,
+			StartWait:   cfg.PostgresStartWait,
+			Layout:      cfg.PostgresLayout,
 		}, a.logger, reg) // it names itself postgres_store
 		if err != nil {
 			return nil, fmt.Errorf("opening postgres store: %w", err)
@@ -219,6 +221,8 @@ func (a *App) openStore(ctx context.Context, reg prometheus.Registerer) (store.S
 		a.degraded = append(a.degraded, pg.Ready)
 		return pg, nil
 	default:
+		// The store takes samples of any age within the retention
+		// (its out-of-order window defaults to it): a backfill.
 		st, err := embedded.Open(filepath.Join(cfg.DataDir, "tsdb"), embedded.Options{
 			Retention: cfg.Retention,
 			// Any age within the retention: --out-of-order-window is the
@@ -226,6 +230,8 @@ func (a *App) openStore(ctx context.Context, reg prometheus.Registerer) (store.S
 			// (ADR 0033).
 			OutOfOrderWindow: cfg.Retention,
 			MaxFuture:        cfg.MaxFuture,
+			Retention1m:      cfg.Retention1m,
+			Retention1h:      cfg.Retention1h,
 		}, a.logger.With("component", "store"), reg)
 		if err != nil {
 			return nil, fmt.Errorf("opening store: %w", err)

@@ -35,6 +35,10 @@ type Config struct {
 	// Retention is how long samples are kept; ingest accepts events of
 	// any age within it.
 	Retention time.Duration
+	// Retention1m and Retention1h are how long the 1 min and 1 h rollup
+	// tiers are kept (docs/decisions/0031-rollups.md). Zero: the store's
+	// default, max(90 days, Retention) and max(5 years, Retention1m).
+	Retention1m, Retention1h time.Duration
 	// OutOfOrderWindow is the backfill horizon: an event at most this far
 	// behind the server clock takes the live path (live stream, twin,
 	// windows, medians, alarms; a late one as a correction); an older one,
@@ -417,6 +421,13 @@ func (c Config) Validate() error {
 	}
 	if c.Retention < time.Hour {
 		bad("retention", "must be at least 1h, got %s", c.Retention)
+	}
+	// Zero is the store's default, which follows the finer retention.
+	if c.Retention1m != 0 && c.Retention1m < c.Retention {
+		bad("retention-1m", "must be at least --retention (%s), got %s", c.Retention, c.Retention1m)
+	}
+	if c.Retention1h != 0 && c.Retention1h < max(c.Retention1m, c.Retention) {
+		bad("retention-1h", "must be at least --retention-1m and --retention (%s), got %s", max(c.Retention1m, c.Retention), c.Retention1h)
 	}
 	if c.MaxFuture < 0 {
 		bad("max-future", "must not be negative, got %s", c.MaxFuture)

@@ -31,6 +31,12 @@
 // newest sample. So one machine with a clock far ahead would make every
 // other machine's samples too old: Append therefore refuses samples more
 // than MaxFuture ahead of the server clock. A fresh store takes any time.
+//
+// The out-of-order window defaults to the retention: a backfill of last
+// month's history is taken at any age the store keeps (TSDB's out-of-order
+// head, cut into blocks of their own that compaction merges with the
+// blocks they overlap, as Prometheus does). See
+// docs/decisions/0031-rollups.md.
 package embedded
 
 import (
@@ -78,7 +84,8 @@ type Options struct {
 	// counted); the oldest blocks are deleted first. 0 means no cap.
 	MaxBytes int64
 	// OutOfOrderWindow is how far behind the newest stored sample a sample
-	// may be and still be stored. Default 24 hours; negative disables
+	// may be and still be stored. Default Retention: a sample of any age
+	// the store keeps is taken (a backfill); negative disables
 	// out-of-order samples (then only BlockDuration/2 applies).
 	OutOfOrderWindow time.Duration
 	// MaxFuture is how far ahead of Now a sample may be. Default 10
@@ -95,11 +102,20 @@ type Options struct {
 	// store forgets what it caches of it (about 200 bytes: its labels, TSDB
 	// reference and newest time); its next sample takes the checked path,
 	// which learns them again from the stored data. Server time (Now).
-	// Default OutOfOrderWindow, or BlockDuration when out-of-order samples
-	// are disabled; negative keeps every series cached.
+	// Default 24 hours (at most OutOfOrderWindow), or BlockDuration when
+	// out-of-order samples are disabled; negative keeps every series
+	// cached.
 	SeriesIdle time.Duration
 	// Now returns the current time. Default time.Now.
 	Now func() time.Time
+
+	// Retention1m and Retention1h are how long the 1 min and 1 h rollup
+	// tiers are kept (docs/decisions/0031-rollups.md). Defaults 90 days
+	// and 5 years; each at least the retention of the finer data.
+	Retention1m, Retention1h time.Duration
+	// RollupEvery is how often new blocks are rolled up into the tiers.
+	// Default 30 seconds.
+	RollupEvery time.Duration
 }
 
 func (o Options) withDefaults() Options {
@@ -107,7 +123,7 @@ func (o Options) withDefaults() Options {
 		o.Retention = 30 * 24 * time.Hour
 	}
 	if o.OutOfOrderWindow == 0 {
-		o.OutOfOrderWindow = 24 * time.Hour
+		o.OutOfOrderWindow = o.Retention
 	}
 	if o.MaxFuture == 0 {
 		o.MaxFuture = 10 * time.Minute
@@ -119,13 +135,22 @@ func (o Options) withDefaults() Options {
 		o.WALCompression = compression.Snappy
 	}
 	if o.SeriesIdle == 0 {
-		o.SeriesIdle = o.OutOfOrderWindow
+		o.SeriesIdle = min(o.OutOfOrderWindow, 24*time.Hour)
 		if o.SeriesIdle < 0 {
 			o.SeriesIdle = o.BlockDuration
 		}
 	}
 	if o.Now == nil {
 		o.Now = time.Now
+	}
+	if o.Retention1m == 0 {
+		o.Retention1m = max(90*24*time.Hour, o.Retention)
+	}
+	if o.Retention1h == 0 {
+		o.Retention1h = max(5*365*24*time.Hour, o.Retention1m)
+	}
+	if o.RollupEvery == 0 {
+		o.RollupEvery = 30 * time.Second
 	}
 	return o
 }
@@ -140,6 +165,15 @@ func (o Options) validate() error {
 	}
 	if o.BlockDuration < time.Minute {
 		errs = append(errs, fmt.Errorf("block duration %v is below a minute", o.BlockDuration))
+	}
+	if o.Retention1m < o.Retention {
+		errs = append(errs, fmt.Errorf("1m rollup retention %v is below the retention %v", o.Retention1m, o.Retention))
+	}
+	if o.Retention1h < o.Retention1m {
+		errs = append(errs, fmt.Errorf("1h rollup retention %v is below the 1m rollup retention %v", o.Retention1h, o.Retention1m))
+	}
+	if o.RollupEvery < 0 {
+		errs = append(errs, fmt.Errorf("rollup interval %v is negative", o.RollupEvery))
 	}
 	switch o.WALCompression {
 	case compression.None, compression.Snappy, compression.Zstd:
@@ -165,6 +199,15 @@ type series struct {
 	// seen is the server time (Unix ms, to a second) of the latest Append
 	// of a sample of the series: the sweep forgets long idle series.
 	seen atomic.Int64
+
+	// gapMu guards gapLo and gapHi: no sample is stored in the open
+	// interval (gapLo, gapHi), learnt by the checked path, so that a
+	// backfill that goes forward in time checks the stored data once per
+	// gap rather than once per batch. Only the checked path stores
+	// samples at or before maxT, and maxT >= gapHi when it is set, so the
+	// fast path never stores into the gap.
+	gapMu        sync.Mutex
+	gapLo, gapHi int64
 }
 
 // raise makes the series' newest time at least t.
@@ -216,6 +259,11 @@ type Store struct {
 	// states holds the state series (states.go).
 	states *stateFile
 
+	// roll holds the rollup tiers (rollup.go); the rollup loop runs until
+	// stop is closed, then closes done.
+	roll       *rollups
+	stop, done chan struct{}
+
 	mu     sync.RWMutex
 	series map[store.SeriesKey]*series
 	nextID uint64
@@ -251,7 +299,25 @@ func Open(dir string, opts Options, logger *slog.Logger, reg prometheus.Register
 	to.OutOfOrderTimeWindow = max(opts.OutOfOrderWindow, 0).Milliseconds()
 	to.WALCompression = opts.WALCompression
 
+	if err := PrepareDir(dir); err != nil {
+		return nil, fmt.Errorf("opening tsdb in %s: %w", dir, err)
+	}
+	roll, err := openRollups(dir, opts)
+	if err != nil {
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return nil, fmt.Errorf("opening store in %s: %w: %w", dir, ErrLocked, err)
+		}
+		return nil, fmt.Errorf("opening store in %s: %w", dir, err)
+	}
+	// Compaction leaves blocks not rolled up alone (and the ones after
+	// them): a compacted block is either rolled up whole or not at all.
+	to.BlockCompactionExcludeFunc = func(m *tsdb.BlockMeta) bool { return !roll.set().covers(m.Compaction.Sources) }
+	to.BlockQuerierFunc = newBlockQuerier
+
 	s := &Store{
+		roll:   roll,
+		stop:   make(chan struct{}),
+		done:   make(chan struct{}),
 		logger: logger,
 		now:    opts.Now,
 		series: make(map[store.SeriesKey]*series),
@@ -271,13 +337,10 @@ func Open(dir string, opts Options, logger *slog.Logger, reg prometheus.Register
 		s.reg.MustRegister(s.collectors()...)
 		r = s.reg
 	}
-	if err := PrepareDir(dir); err != nil {
-		s.reg.unregisterAll()
-		return nil, fmt.Errorf("opening tsdb in %s: %w", dir, err)
-	}
 	db, err := tsdb.Open(dir, logger, r, to, nil)
 	if err != nil {
 		s.reg.unregisterAll()
+		roll.close()
 		if errors.Is(err, syscall.EWOULDBLOCK) {
 			return nil, fmt.Errorf("opening tsdb in %s: %w: %w", dir, ErrLocked, err)
 		}
@@ -286,9 +349,11 @@ func Open(dir string, opts Options, logger *slog.Logger, reg prometheus.Register
 	s.db = db
 	if s.states, err = openStateFile(dir, opts.Retention); err != nil {
 		db.Close()
+		roll.close()
 		s.reg.unregisterAll()
 		return nil, fmt.Errorf("opening store: %w", err)
 	}
+	go s.rollupLoop(opts.RollupEvery, s.stop, s.done)
 	if err := restrictTree(dir); err != nil {
 		s.Close()
 		return nil, fmt.Errorf("restricting permissions in %s: %w", dir, err)
@@ -307,6 +372,10 @@ func (s *Store) collectors() []prometheus.Collector {
 		counter("conflicting_samples_total", "Samples at the time of a stored one with another value, dropped (first write wins).", &s.conflicts),
 		counter("out_of_bounds_samples_total", "Samples too old or too far in the future, dropped.", &s.outOfBounds),
 		counter("invalid_samples_total", "Samples with an empty machine or metric, dropped.", &s.invalid),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Namespace: "twinline", Subsystem: "store", Name: "rollup_torn_reads_total",
+			Help: "Reads of a rollup tier whose statistics disagreed, answered from raw samples instead.",
+		}, func() float64 { return float64(s.roll.torn.Load()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Namespace: "twinline", Subsystem: "store", Name: "cached_series",
 			Help: "Series whose identity the store caches: those with samples appended within the series idle time.",
@@ -450,6 +519,9 @@ func (s *Store) appendFresh(ctx context.Context, samples []telemetry.Sample, fre
 			c.outOfBounds++
 			continue
 		case smp.Time <= e.maxT.Load():
+			if checked == nil {
+				checked = make([]pending, 0, len(samples)-i)
+			}
 			checked = append(checked, pending{e: e, t: smp.Time, v: smp.Value, i: i})
 			continue
 		}
@@ -481,23 +553,30 @@ func (s *Store) appendFresh(ctx context.Context, samples []telemetry.Sample, fre
 
 // appendChecked stores the samples that are not newer than their series'
 // newest known sample, skipping those whose time is already stored, and
-// learns the newest stored time of series not seen before.
-func (s *Store) appendChecked(ctx context.Context, ps []pending, c *counts, fresh []bool) error {
+// learns the newest stored time of series not seen before. It holds the
+// gapMu of every series it stores into until the samples are committed
+// (taken in creation order, so concurrent calls cannot deadlock): a
+// concurrent call for the same series then reads what this one stored.
+func (s *Store) appendChecked(ctx context.Context, ps []pending, c *counts, fresh []bool) (err error) {
 	slices.SortStableFunc(ps, func(a, b pending) int {
 		return cmp.Or(cmp.Compare(a.e.id, b.e.id), cmp.Compare(a.t, b.t))
 	})
+	// The querier reads up to the newest known time of every series (all
+	// of it for a series whose newest time is unknown): what follows the
+	// samples tells how far the gap after them goes. It is opened only if
+	// some series needs it.
 	mint, maxt := int64(math.MaxInt64), int64(math.MinInt64)
 	for _, p := range ps {
 		mint = min(mint, p.t)
-		maxt = max(maxt, p.t)
-		if p.e.maxT.Load() == unknownTime {
-			maxt = math.MaxInt64
+		maxt = max(maxt, p.t, p.e.maxT.Load())
+	}
+	var q storage.Querier
+	var locked []*series
+	defer func() {
+		for _, e := range locked {
+			e.gapMu.Unlock()
 		}
-	}
-	q, err := s.db.Querier(mint, maxt)
-	if err != nil {
-		return fmt.Errorf("opening querier: %w", err)
-	}
+	}()
 	app := s.db.Appender(ctx)
 	var it chunkenc.Iterator
 	for len(ps) > 0 {
@@ -507,6 +586,19 @@ func (s *Store) appendChecked(ctx context.Context, ps []pending, c *counts, fres
 		}
 		group := ps[:n]
 		ps = ps[n:]
+		e := group[0].e
+		e.gapMu.Lock()
+		locked = append(locked, e)
+		if group[0].t > e.gapLo && group[len(group)-1].t < e.gapHi {
+			appendGap(app, group, c, fresh)
+			continue
+		}
+		if q == nil {
+			if q, err = s.db.Querier(mint, maxt); err != nil {
+				_ = app.Rollback()
+				return fmt.Errorf("opening querier: %w", err)
+			}
+		}
 		it, err = s.appendGroup(ctx, q, app, it, group, c, fresh)
 		if err != nil {
 			_ = app.Rollback()
@@ -514,9 +606,11 @@ func (s *Store) appendChecked(ctx context.Context, ps []pending, c *counts, fres
 			return err
 		}
 	}
-	if err := q.Close(); err != nil {
-		_ = app.Rollback()
-		return fmt.Errorf("closing querier: %w", err)
+	if q != nil {
+		if err := q.Close(); err != nil {
+			_ = app.Rollback()
+			return fmt.Errorf("closing querier: %w", err)
+		}
 	}
 	if err := app.Commit(); err != nil {
 		return fmt.Errorf("committing checked samples: %w", err)
@@ -525,11 +619,15 @@ func (s *Store) appendChecked(ctx context.Context, ps []pending, c *counts, fres
 }
 
 // appendGroup appends the time-sorted samples of one series that are not
-// stored yet. it is a reusable iterator.
+// stored yet, and learns the gap after them. it is a reusable iterator.
+// The caller holds the series' gapMu.
 func (s *Store) appendGroup(ctx context.Context, q storage.Querier, app storage.Appender, it chunkenc.Iterator, group []pending, c *counts, fresh []bool) (chunkenc.Iterator, error) {
 	e := group[0].e
-	learn := e.maxT.Load() == unknownTime
-	hi := group[len(group)-1].t
+	maxT := e.maxT.Load()
+	learn := maxT == unknownTime
+	// Read up to the series' newest sample: what follows the group tells
+	// how far the gap after it goes.
+	hi := maxT
 	if learn {
 		hi = math.MaxInt64
 	}
@@ -559,6 +657,7 @@ func (s *Store) appendGroup(ctx context.Context, q storage.Querier, app storage.
 			} else if t, v := it.At(); t == p.t {
 				c.same(p.v, v)
 				last, lastV, hasLast = t, v, true
+				newest = max(newest, t)
 				continue
 			}
 		}
@@ -577,11 +676,23 @@ func (s *Store) appendGroup(ctx context.Context, q storage.Querier, app storage.
 			fresh[p.i] = true
 		}
 	}
-	if learn && !done {
-		for vt := it.Seek(newest); vt != chunkenc.ValNone; vt = it.Next() {
-			newest = max(newest, it.AtT())
+	// The gap after the group: up to the next stored sample, or to the
+	// newest known time (the fast path stores only after it).
+	// The newest time unknown and nothing stored after the group: no gap
+	// (the fast path will take what follows).
+	gapLo, gapHi := group[len(group)-1].t, maxT
+	if learn {
+		gapHi = math.MinInt64
+	}
+	if !done && it.Seek(gapLo+1) != chunkenc.ValNone {
+		gapHi = it.AtT()
+		if learn {
+			for vt := chunkenc.ValFloat; vt != chunkenc.ValNone; vt = it.Next() {
+				newest = max(newest, it.AtT())
+			}
 		}
 	}
+	e.gapLo, e.gapHi = gapLo, gapHi
 	if found {
 		if err := it.Err(); err != nil {
 			return it, fmt.Errorf("reading stored samples of %s: %w", e.lset, err)
@@ -594,6 +705,38 @@ func (s *Store) appendGroup(ctx context.Context, q storage.Querier, app storage.
 		e.raise(newest)
 	}
 	return it, nil
+}
+
+// appendGap appends the time-sorted samples of one series that all fall in
+// its gap, where nothing is stored: only duplicates within the group are
+// dropped. The caller holds the series' gapMu.
+func appendGap(app storage.Appender, group []pending, c *counts, fresh []bool) {
+	e := group[0].e
+	var (
+		last    int64
+		lastV   float64
+		hasLast bool
+	)
+	for _, p := range group {
+		if hasLast && p.t == last {
+			c.same(p.v, lastV)
+			continue
+		}
+		ref := e.ref.Load()
+		got, err := app.Append(storage.SeriesRef(ref), e.lset, p.t, p.v)
+		if err != nil {
+			c.rejected(err)
+			continue
+		}
+		if uint64(got) != ref {
+			e.ref.Store(uint64(got))
+		}
+		last, lastV, hasLast = p.t, p.v, true
+		if fresh != nil {
+			fresh[p.i] = true
+		}
+	}
+	e.gapLo = group[len(group)-1].t
 }
 
 // resolve returns the cached series of every sample, nil for a sample
@@ -824,7 +967,12 @@ func (s *Store) Close() error {
 		return nil
 	}
 	s.closed = true
+	close(s.stop)
+	<-s.done
 	err := s.db.Close()
+	if rerr := s.roll.close(); err == nil {
+		err = rerr
+	}
 	s.reg.unregisterAll()
 	serr := s.states.close()
 	if err != nil {

@@ -19,6 +19,9 @@ var _ store.PromQueryable = (*Store)(nil)
 // PromQueryable returns the store's series as a storage.Queryable for
 // PromQL: the TSDB's own querier, with the label metric renamed __name__
 // (store.PromLabelName) on matchers, series, label names and values.
+// avg/min/max/sum_over_time of a range selector whose evaluation
+// intervals are unions of whole rollup buckets read a tier instead, one
+// point per bucket (see planTier).
 //
 // A Querier holds the store open (Close waits) until it is closed; every
 // querier opened must be closed.
@@ -38,11 +41,12 @@ func (p promQueryable) Querier(mint, maxt int64) (storage.Querier, error) {
 		s.closeMu.RUnlock()
 		return nil, fmt.Errorf("opening querier: %w", err)
 	}
-	return &promQuerier{q: q, release: s.closeMu.RUnlock}, nil
+	return &promQuerier{s: s, q: q, release: s.closeMu.RUnlock}, nil
 }
 
 // promQuerier renames metric to __name__ around a TSDB querier.
 type promQuerier struct {
+	s       *Store
 	q       storage.Querier
 	release func()
 	once    sync.Once
@@ -87,6 +91,11 @@ func (q *promQuerier) Select(ctx context.Context, sortSeries bool, hints *storag
 	tm, ok := tsdbMatchers(ms)
 	if !ok {
 		return storage.EmptySeriesSet()
+	}
+	if p, ok := q.s.roll.planTier(hints); ok {
+		if ss, torn := q.s.selectTier(ctx, p, hints, tm); !torn {
+			return ss
+		}
 	}
 	// The TSDB sorts by machine, then metric; PromQL by __name__ first.
 	ss := q.q.Select(ctx, sortSeries, hints, tm...)

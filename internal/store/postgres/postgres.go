@@ -133,8 +133,9 @@ type Options struct {
 	// `twinline migrate --packed` (MigratePacked).
 	Layout string
 	// Retention1m and Retention1h are how long the 1 min and 1 h rollups
-	// of the packed layout are kept (at least Retention). Defaults 365 days
-	// and 5 × 365 days; negative keeps everything.
+	// of the packed layout are kept (at least Retention). Defaults
+	// max(90 days, Retention) and max(5 × 365 days, Retention1m); negative
+	// keeps everything.
 	Retention1m time.Duration
 	Retention1h time.Duration
 	// CompactAfter is how long after a day ends its samples are packed
@@ -180,11 +181,20 @@ func (o Options) withDefaults() Options {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	if o.Retention1m == 0 {
-		o.Retention1m = 365 * 24 * time.Hour
+	// The tiers' defaults are the embedded store's (--retention-1m,
+	// --retention-1h): each keeps at least what the finer one keeps.
+	// A negative retention (keep everything) keeps the tiers too.
+	switch {
+	case o.Retention1m == 0 && o.Retention < 0:
+		o.Retention1m = o.Retention
+	case o.Retention1m == 0:
+		o.Retention1m = max(90*24*time.Hour, o.Retention)
 	}
-	if o.Retention1h == 0 {
-		o.Retention1h = 5 * 365 * 24 * time.Hour
+	switch {
+	case o.Retention1h == 0 && o.Retention1m < 0:
+		o.Retention1h = o.Retention1m
+	case o.Retention1h == 0:
+		o.Retention1h = max(5*365*24*time.Hour, o.Retention1m)
 	}
 	if o.CompactAfter == 0 {
 		o.CompactAfter = time.Hour
