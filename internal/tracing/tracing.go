@@ -268,6 +268,18 @@ func (t *Tracing) Upload(ctx context.Context, spans []*tracepb.ResourceSpans) er
 	return nil
 }
 
+// ForceFlush exports the spans ended so far, within ctx, and keeps the
+// exporter running.
+func (t *Tracing) ForceFlush(ctx context.Context) error {
+	if t == nil || t.sdk == nil {
+		return nil
+	}
+	if err := t.sdk.ForceFlush(ctx); err != nil {
+		return fmt.Errorf("flushing traces: %w", err)
+	}
+	return nil
+}
+
 // Shutdown exports the spans still buffered, within ctx, and stops the
 // exporter. Spans ended afterwards are dropped.
 func (t *Tracing) Shutdown(ctx context.Context) error {

@@ -3,6 +3,7 @@ package mqtt
 import (
 	"context"
 	"testing"
+	"time"
 
 	"github.com/eclipse/paho.golang/paho"
 
@@ -89,10 +90,13 @@ func TestTraceThroughMQTT(t *testing.T) {
 			fl.waitEvent(t, machine, 1) // alone in its batch
 			publishTraced(t, pub, topic, `{"temp":2}`, traceparent, "vendor=x")
 			fl.waitEvent(t, machine, 2)
+			// The event is in the log before its receive span ends (the
+			// subscriber ends it after Submit returns): flush until the
+			// span is exported, then stop.
+			spans := waitSpans(t, tr, rcv, traceID)
 			if err := tr.Shutdown(context.Background()); err != nil {
 				t.Fatal(err)
 			}
-			spans := otlptest.Trace(rcv.Spans(), traceID)
 			if len(spans) != 1 || spans[0].Name != "mqtt receive" {
 				t.Fatalf("spans of the trace: %v, want one mqtt receive", spans)
 			}
@@ -115,5 +119,23 @@ func TestTraceThroughMQTT(t *testing.T) {
 				t.Errorf("the traced message's batch carries %+v, want the mqtt receive span %s", b, s.SpanID())
 			}
 		})
+	}
+}
+
+// waitSpans flushes tr until the receiver holds spans of traceID, and
+// returns them (none after waitFor: the caller's check fails). A flush
+// exports only the spans ended before it, so it is repeated, a few
+// milliseconds apart, until the receive span has ended.
+func waitSpans(t *testing.T, tr *tracing.Tracing, rcv *otlptest.Receiver, traceID string) []otlptest.Span {
+	t.Helper()
+	deadline := time.Now().Add(waitFor)
+	for {
+		if err := tr.ForceFlush(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		if spans := otlptest.Trace(rcv.Spans(), traceID); len(spans) > 0 || time.Now().After(deadline) {
+			return spans
+		}
+		time.Sleep(5 * time.Millisecond) // a poll interval: the span ends in another goroutine, unobservable here
 	}
 }
