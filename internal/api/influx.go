@@ -5,11 +5,14 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"sync"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/twinline/twinline/internal/auth"
 	"github.com/twinline/twinline/internal/ingest"
+	"github.com/twinline/twinline/internal/twin"
 )
 
 // influxVersion is what /ping reports, so InfluxDB 1.x clients that check
@@ -96,7 +99,7 @@ func (a *API) addDatabase(name string) {
 
 // tagRegistry is the registry's side of line-protocol tags: *twin.Registry.
 type tagRegistry interface {
-	MergeAttributes(id string, attrs map[string]string) (map[string]string, bool, error)
+	MergeTags(id string, attrs map[string]string) (twin.TagMerge, error)
 	OnDelete(fn func(id string))
 }
 
@@ -108,6 +111,61 @@ type lineProtocol struct {
 	dropped    prometheus.Counter
 	tagChanges prometheus.Counter
 	tagErrors  prometheus.Counter
+	tagIgnored prometheus.Counter
+	coalesced  prometheus.Counter
+
+	mu    sync.Mutex          // guards marks; taken inside the cache's lock
+	marks map[string]*tagMark // by machine
+	prune int                 // len(marks) at which to drop the stale ones
+}
+
+// tagMark is what the API keeps of a machine whose tags changed or failed:
+// when its last machine.tags audit entry was written and how many changes
+// have gone unrecorded since, and when the registry last refused its tags.
+type tagMark struct {
+	audited   time.Time
+	coalesced int
+	failed    time.Time
+}
+
+const (
+	// tagAuditEvery is the least time between two machine.tags audit
+	// entries of a machine: the changes in between are counted in the
+	// next entry's "coalesced".
+	tagAuditEvery = 10 * time.Minute
+	// tagRetryAfter is how long after the registry refused a machine's
+	// tags (too large, invalid text) its changed tags are not tried.
+	tagRetryAfter = time.Minute
+)
+
+// mark returns machine's tagMark, made if needed; lp.mu held. Marks that
+// no longer matter are dropped as the map doubles.
+func (lp *lineProtocol) mark(machine string, now time.Time) *tagMark {
+	if m := lp.marks[machine]; m != nil {
+		return m
+	}
+	if lp.marks == nil {
+		lp.marks = map[string]*tagMark{}
+	}
+	if len(lp.marks) >= lp.prune {
+		for id, m := range lp.marks {
+			if m.coalesced == 0 && now.Sub(m.audited) >= tagAuditEvery && now.Sub(m.failed) >= tagRetryAfter {
+				delete(lp.marks, id)
+			}
+		}
+		lp.prune = max(1024, 2*len(lp.marks))
+	}
+	m := &tagMark{}
+	lp.marks[machine] = m
+	return m
+}
+
+// forget drops machine's mark (deleted from the registry).
+func (lp *lineProtocol) forget(machine string) {
+	lp.tags.Forget(machine)
+	lp.mu.Lock()
+	delete(lp.marks, machine)
+	lp.mu.Unlock()
 }
 
 // initLineProtocol sets up the line-protocol options (--lp-missing-machine,
@@ -119,7 +177,7 @@ func (a *API) initLineProtocol(opts Options, reg registry) []prometheus.Collecto
 		lp.reg, lp.tags = tr, ingest.NewTagCache()
 		a.decodeOpts.Tags = lp.tags
 		// A machine deleted and sending again gets its tags back.
-		tr.OnDelete(lp.tags.Forget)
+		tr.OnDelete(lp.forget)
 	}
 	lp.dropped = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "twinline_ingest_lines_dropped_total",
@@ -133,7 +191,15 @@ func (a *API) initLineProtocol(opts Options, reg registry) []prometheus.Collecto
 		Name: "twinline_ingest_tag_attribute_errors_total",
 		Help: "Line-protocol tag sets not kept as attributes because the registry refused them (too large, invalid text).",
 	})
-	return []prometheus.Collector{lp.dropped, lp.tagChanges, lp.tagErrors}
+	lp.tagIgnored = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "twinline_ingest_tag_keys_ignored_total",
+		Help: "Line-protocol tags not kept as attributes because their machine already has the most attributes tags may give it (32) and the key is new.",
+	})
+	lp.coalesced = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "twinline_ingest_tag_audit_coalesced_total",
+		Help: "Tag changes not written to the audit log as an entry of their own (at most one machine.tags entry per machine per 10 minutes; the next one counts them).",
+	})
+	return []prometheus.Collector{lp.dropped, lp.tagChanges, lp.tagErrors, lp.tagIgnored, lp.coalesced}
 }
 
 // lineStats takes what a line-protocol decode reports besides its events:
@@ -155,31 +221,53 @@ func (a *API) lineStats(r *http.Request, st ingest.Stats) {
 		return
 	}
 	var audits []auth.AuditEntry
+	now := a.now()
 	// Merged and remembered under the cache's lock: two requests with
 	// different tags for one machine leave the registry and the cache
-	// agreeing on the last.
+	// agreeing on the last. A set the registry refused is remembered too,
+	// so that it is not tried on every request.
 	lp.tags.Apply(st.Tags, func(set ingest.TagSet) bool {
-		before, changed, err := lp.reg.MergeAttributes(set.Machine, set.Tags)
+		lp.mu.Lock()
+		defer lp.mu.Unlock()
+		mk := lp.marks[set.Machine]
+		if mk != nil && now.Sub(mk.failed) < tagRetryAfter {
+			lp.tagErrors.Inc()
+			return true
+		}
+		res, err := lp.reg.MergeTags(set.Machine, set.Tags)
+		if res.Ignored > 0 {
+			lp.tagIgnored.Add(float64(res.Ignored))
+		}
 		if err != nil {
 			lp.tagErrors.Inc()
+			lp.mark(set.Machine, now).failed = now
+			// At most once per machine per tagRetryAfter.
 			a.logger.Warn("line-protocol tags not kept as attributes", "machine", set.Machine, "err", err)
-			return false
+			return true
 		}
-		if changed {
+		if res.Changed {
 			lp.tagChanges.Inc()
 		}
-		if len(before) > 0 && a.auth != nil && a.auth.Audit != nil {
-			after := make(map[string]string, len(before))
-			for k := range before {
-				after[k] = set.Tags[k]
-			}
-			id := identity(r)
-			audits = append(audits, auth.AuditEntry{
-				At: a.now().UTC(), Actor: id.Name, ActorKind: id.Kind, Action: "machine.tags",
-				Machine: set.Machine, Remote: info(r).remote, Outcome: "ok",
-				Detail: map[string]any{"before": before, "after": after},
-			})
+		if len(res.Before) == 0 || a.auth == nil || a.auth.Audit == nil {
+			return true
 		}
+		mk = lp.mark(set.Machine, now)
+		if !mk.audited.IsZero() && now.Sub(mk.audited) < tagAuditEvery {
+			mk.coalesced++
+			lp.coalesced.Inc()
+			return true
+		}
+		after := make(map[string]string, len(res.Before))
+		for k := range res.Before {
+			after[k] = set.Tags[k]
+		}
+		id := identity(r)
+		audits = append(audits, auth.AuditEntry{
+			At: now.UTC(), Actor: id.Name, ActorKind: id.Kind, Action: "machine.tags",
+			Machine: set.Machine, Remote: info(r).remote, Outcome: "ok",
+			Detail: map[string]any{"before": res.Before, "after": after, "coalesced": mk.coalesced},
+		})
+		mk.audited, mk.coalesced = now, 0
 		return true
 	})
 	for _, e := range audits { // not under the lock: the audit log syncs

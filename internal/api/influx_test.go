@@ -2,6 +2,7 @@ package api
 
 import (
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -209,5 +210,83 @@ func TestLPTagsAsAttributes(t *testing.T) {
 	write("readings,name=truck_2,fleet=North,driver=Derek,model=G-2000 lat=2\n")
 	if in, err := e.reg.Get("truck_2"); err != nil || in.Attributes["model"] != "G-2000" {
 		t.Errorf("truck_2 after delete: %+v, %v", in, err)
+	}
+}
+
+// TestLPTagLimits: the bounds on what untrusted tags cost — at most one
+// machine.tags audit entry per machine per 10 minutes (the next counts the
+// changes in between), at most twin.MaxTagAttributes attributes from tags,
+// and a machine whose tags the registry refused is not tried again on
+// every request.
+func TestLPTagLimits(t *testing.T) {
+	e := newLPEnv(t, ingest.MissingReject)
+	now := time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC)
+	e.api.clock = func() time.Time { return now }
+	write := func(body string) {
+		t.Helper()
+		if rec := e.do("POST", "/api/v2/write?precision=s", body); rec.Code != http.StatusNoContent {
+			t.Fatalf("write: status %d: %s", rec.Code, rec.Body)
+		}
+	}
+	// A tag that changes on every request: one audit entry, then four
+	// changes coalesced into the next, ten minutes on.
+	for i := range 6 {
+		write(fmt.Sprintf("m,name=truck_1,req=r%d x=%d\n", i, i))
+		now = now.Add(time.Second)
+	}
+	if len(e.audit.entries) != 1 || testutil.ToFloat64(e.api.lp.coalesced) != 4 {
+		t.Fatalf("per-request tag: %d audit entries, %v coalesced", len(e.audit.entries), testutil.ToFloat64(e.api.lp.coalesced))
+	}
+	if in, _ := e.reg.Get("truck_1"); in.Attributes["req"] != "r5" {
+		t.Errorf("attribute not the latest: %v", in.Attributes)
+	}
+	now = now.Add(10 * time.Minute)
+	write("m,name=truck_1,req=r6 x=6\n")
+	if len(e.audit.entries) != 2 {
+		t.Fatalf("after 10 minutes: %d audit entries", len(e.audit.entries))
+	}
+	d := e.audit.entries[1].Detail
+	if d["coalesced"] != 4 || d["before"].(map[string]string)["req"] != "r5" || d["after"].(map[string]string)["req"] != "r6" {
+		t.Errorf("second entry detail %v", d)
+	}
+
+	// 40 tags: the first 32 keys (in order) become attributes, 8 are
+	// ignored and counted.
+	var b strings.Builder
+	b.WriteString("m,name=truck_2")
+	for i := range 40 {
+		fmt.Fprintf(&b, ",k%02d=v", i)
+	}
+	b.WriteString(" x=1\n")
+	write(b.String())
+	if in, _ := e.reg.Get("truck_2"); len(in.Attributes) != twin.MaxTagAttributes || in.Attributes["k39"] != nil {
+		t.Errorf("truck_2 has %d attributes: %v", len(in.Attributes), in.Attributes)
+	}
+	if got := testutil.ToFloat64(e.api.lp.tagIgnored); got != 8 {
+		t.Errorf("ignored keys %v, want 8", got)
+	}
+
+	// Refused (too large): within a minute the machine's changed tags
+	// are not tried, even once the registry would take them.
+	big := strings.Repeat("x", 16*1024-200)
+	if _, _, err := e.reg.Put("truck_3", twin.Info{Attributes: map[string]any{"blob": big}}); err != nil {
+		t.Fatal(err)
+	}
+	write("m,name=truck_3,note=" + strings.Repeat("a", 500) + " x=1\n")
+	if got := testutil.ToFloat64(e.api.lp.tagErrors); got != 1 {
+		t.Fatalf("refused tags: %v errors", got)
+	}
+	if _, _, err := e.reg.Put("truck_3", twin.Info{}); err != nil { // the operator clears the blob
+		t.Fatal(err)
+	}
+	now = now.Add(30 * time.Second)
+	write("m,name=truck_3,note=b x=2\n")
+	if in, _ := e.reg.Get("truck_3"); in.Attributes["note"] != nil {
+		t.Errorf("tags tried again within a minute of a refusal: %v", in.Attributes)
+	}
+	now = now.Add(time.Minute)
+	write("m,name=truck_3,note=c x=3\n")
+	if in, _ := e.reg.Get("truck_3"); in.Attributes["note"] != "c" {
+		t.Errorf("tags not tried a minute after a refusal: %v", in.Attributes)
 	}
 }

@@ -2,6 +2,7 @@ package ingest
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"hash/maphash"
@@ -301,6 +302,9 @@ func (d *decoder) decodeEntry(dec *lineprotocol.Decoder, m []byte, line int, pre
 		}
 		if track {
 			// The decoder's slices do not outlive the entry: copy.
+			// Each tag is preceded by its key's and value's lengths, so
+			// that the hash of the buffer tells a=b,aa=ac from a=ba,aa=c.
+			d.tagBuf = binary.AppendUvarint(binary.AppendUvarint(d.tagBuf, uint64(len(k))), uint64(len(v)))
 			d.tagSpans = append(d.tagSpans, tagSpan{start: len(d.tagBuf), k: len(k), v: len(v)})
 			d.tagBuf = append(append(d.tagBuf, k...), v...)
 		}
@@ -462,7 +466,8 @@ func (d *decoder) namesFor(m []byte) *measurementNames {
 }
 
 // tagSpan locates one tag of the line being decoded in decoder.tagBuf:
-// its key at start, k bytes long, then its value, v bytes long.
+// its key at start, k bytes long, then its value, v bytes long (after the
+// two lengths as uvarints, which make the buffer's hash unambiguous).
 type tagSpan struct{ start, k, v int }
 
 // noteTags reports the tags of machine's accepted line, but for the

@@ -456,3 +456,20 @@ func TestTagCacheConcurrent(t *testing.T) {
 		t.Errorf("after Forget: %d machines, want 4", cache.Len())
 	}
 }
+
+// TestTagHashUnambiguous: tags whose keys and values concatenate to the
+// same bytes are different tags, and their change is reported.
+func TestTagHashUnambiguous(t *testing.T) {
+	cache := NewTagCache()
+	opts := testOptions()
+	opts.Tags = cache
+	_, _, st, err := DecodeLineProtocolStats([]byte("m,name=t,a=b,aa=ac x=1\n"), lineprotocol.Nanosecond, opts, nil)
+	if err != nil || len(st.Tags) != 1 {
+		t.Fatalf("first tags: %+v, %v", st.Tags, err)
+	}
+	cache.Remember(st.Tags)
+	_, _, st, err = DecodeLineProtocolStats([]byte("m,name=t,a=ba,aa=c x=2\n"), lineprotocol.Nanosecond, opts, nil)
+	if err != nil || len(st.Tags) != 1 || st.Tags[0].Tags["a"] != "ba" || st.Tags[0].Tags["aa"] != "c" {
+		t.Errorf("changed tags with the same concatenation not reported: %+v, %v", st.Tags, err)
+	}
+}

@@ -85,6 +85,23 @@ type Engine struct {
 	machines map[string]*engMachine
 	last     *engMachine
 	touched  []*engMachine
+
+	// now is the server time of the last Release or Tick (Unix ms), which
+	// stamps a machine's entry when it is used (engMachine.seen); clocked
+	// says there was one. idle[ihead:] lists the entries made or last
+	// checked since, oldest first, for Tick to drop those of machines the
+	// reorder does not hold (only keyed events without samples, only
+	// duplicates, keys from Remember) once idle for EvictAfter.
+	now     int64
+	clocked bool
+	idle    []idleMachine
+	ihead   int
+}
+
+// idleMachine is an entry of Engine.idle: em, used last at since.
+type idleMachine struct {
+	em    *engMachine
+	since int64
 }
 
 // engMachine is one machine's state in the engine: its index in the dedup
@@ -95,21 +112,73 @@ type engMachine struct {
 	dedup   int32 // index in Dedup.ms, -1 none
 	r       *reorderMachine
 	w       *winMachine
-	touched bool // in Engine.touched
+	touched bool  // in Engine.touched
+	seen    int64 // server time of its last use (Engine.now)
 }
 
 // machine returns the engine's state of machine, creating it if needed.
 func (e *Engine) machine(machine string) *engMachine {
 	if em := e.last; em != nil && em.name == machine {
+		em.seen = e.now
 		return em
 	}
 	em := e.machines[machine]
 	if em == nil {
 		em = &engMachine{name: strings.Clone(machine), dedup: -1}
 		e.machines[em.name] = em
+		if e.cfg.EvictAfter > 0 {
+			e.idle = append(e.idle, idleMachine{em: em, since: e.now})
+		}
 	}
+	em.seen = e.now
 	e.last = em
 	return em
+}
+
+// setNow sets the server time (Unix ms). The first time, the entries made
+// before (by Remember, or a Process before any Release) take it as their
+// last use.
+func (e *Engine) setNow(now int64) {
+	e.now = now
+	if e.clocked {
+		return
+	}
+	e.clocked = true
+	for _, em := range e.machines {
+		em.seen = now
+	}
+	for i := e.ihead; i < len(e.idle); i++ {
+		e.idle[i].since = now
+	}
+}
+
+// evictIdle drops the entries (and duplicate keys) of machines unused
+// since before idleBefore that the reorder does not hold: O(entries made
+// or found in use since the last call), each looked at about once per
+// EvictAfter. The reorder's own evictions drop the others (evicted).
+func (e *Engine) evictIdle(idleBefore int64) {
+	for e.ihead < len(e.idle) && e.idle[e.ihead].since < idleBefore {
+		em := e.idle[e.ihead].em
+		e.idle[e.ihead] = idleMachine{}
+		e.ihead++
+		switch {
+		case e.machines[em.name] != em:
+			// Dropped already.
+		case em.r != nil && !em.r.gone:
+			// The reorder holds it: dropped when the reorder evicts it.
+		case em.seen >= idleBefore:
+			e.idle = append(e.idle, idleMachine{em: em, since: em.seen}) // look again later
+		default:
+			e.windows.Evict(em.name)
+			e.dedup.Forget(em.name)
+			e.drop(em.name)
+		}
+	}
+	if e.ihead > 1024 && 2*e.ihead > len(e.idle) {
+		n := copy(e.idle, e.idle[e.ihead:])
+		clear(e.idle[n:])
+		e.idle, e.ihead = e.idle[:n], 0
+	}
 }
 
 // dedupIdx returns em's index in the dedup.
@@ -382,6 +451,7 @@ func (e *Engine) dropPending(keys []Key) {
 // samples the watermarks have passed, per machine in event-time order, and
 // the windows that closed or changed.
 func (e *Engine) Release(out *Output, now int64) {
+	e.setNow(now)
 	if e.cfg.StoreDedups {
 		// Remembered, and no longer pending (the groups processed since
 		// stay pending): one hash per key for both.
@@ -436,8 +506,12 @@ func (e *Engine) Release(out *Output, now int64) {
 // at or before its watermark is late, its window's aggregate a correction
 // or a late one). What it loses is its duplicate keys: a copy of one of
 // its events that arrives after the eviction is told by the store's
-// (machine, metric, time) key, as after a restart.
+// (machine, metric, time) key, as after a restart. The same goes for a
+// machine the reorder never held (it sent only keyed events without
+// samples, or only duplicates, or its keys came from Remember): its entry
+// and keys are dropped once it is unused for EvictAfter.
 func (e *Engine) Tick(now int64, out *Output) {
+	e.setNow(now)
 	e.use(out)
 	wm := satSubMilli(now, e.cfg.Lateness.Milliseconds())
 	e.reorder.SetNow(now)
@@ -445,7 +519,9 @@ func (e *Engine) Tick(now int64, out *Output) {
 	e.windows.AdvanceAll(wm, e.emitWin)
 	e.untouch()
 	if e.cfg.EvictAfter > 0 {
-		e.reorder.Evict(satSubMilli(now, e.cfg.EvictAfter.Milliseconds()), e.windows.Holds, e.evicted)
+		idleBefore := satSubMilli(now, e.cfg.EvictAfter.Milliseconds())
+		e.reorder.Evict(idleBefore, e.windows.Holds, e.evicted)
+		e.evictIdle(idleBefore)
 	}
 }
 

@@ -252,3 +252,42 @@ func TestEngineForgetMachine(t *testing.T) {
 		t.Errorf("after coming back: released %v, windows %v; want the sample and its final window", out.Released, out.Windows)
 	}
 }
+
+// TestEngineReleasesIdleMachinesWithoutSamples: a machine the reorder never
+// holds (keyed events without samples; keys from Remember) has its entry
+// and keys dropped once unused for EvictAfter, in both dedup modes, while
+// one that keeps sending such events keeps its keys.
+func TestEngineReleasesIdleMachinesWithoutSamples(t *testing.T) {
+	for _, storeDedups := range []bool{false, true} {
+		cfg := DefaultEngineConfig()
+		cfg.EvictAfter, cfg.StoreDedups = time.Minute, storeDedups
+		e := NewEngine(cfg)
+		const t0 = 1_700_000_000_000
+		e.Remember([]Key{{Machine: "journaled", ID: "j1", Time: t0}})
+		var out Output
+		send := func(machine, id string, now int64) int {
+			out.Reset()
+			ev := []telemetry.Event{{Machine: machine, ID: id, Time: now, States: []telemetry.State{{Name: "mode", Value: "run"}}}}
+			dups := e.Process(ev, &out)
+			e.Release(&out, now)
+			return dups
+		}
+		send("quiet", "q1", t0)
+		var now int64
+		for i := range 7 {
+			now = int64(t0 + i*30_000)
+			send("busy", fmt.Sprintf("b%d", i), now)
+			out.Reset()
+			e.Tick(now, &out)
+			if st := e.Stats(); i == 2 && (st.Keyed != 3 || len(e.machines) != 3) {
+				t.Fatalf("StoreDedups=%v: at EvictAfter: %+v, %d entries", storeDedups, st, len(e.machines))
+			}
+		}
+		if st := e.Stats(); st.Keyed != 1 || len(e.machines) != 1 || e.machines["busy"] == nil {
+			t.Errorf("StoreDedups=%v: after EvictAfter: %+v, entries %v", storeDedups, st, e.machines)
+		}
+		if dups := send("busy", "b6", now); dups != 1 {
+			t.Errorf("StoreDedups=%v: a copy of busy's event is not a duplicate", storeDedups)
+		}
+	}
+}

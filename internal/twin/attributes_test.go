@@ -1,6 +1,7 @@
 package twin
 
 import (
+	"fmt"
 	"log/slog"
 	"path/filepath"
 	"strings"
@@ -67,5 +68,42 @@ func TestMergeAttributes(t *testing.T) {
 	t2, err := again.Get("truck_2")
 	if err != nil || t1.Attributes["driver"] != "Albert" || t2.Attributes["fleet"] != "North" || t2.Attributes["big"] != nil {
 		t.Fatalf("reopened: truck_1 %v, truck_2 %v (%v)", t1.Attributes, t2.Attributes, err)
+	}
+}
+
+// TestMergeTagsKeyCap: tags add keys only while the machine has fewer than
+// MaxTagAttributes attributes (an operator's count); beyond, new keys are
+// ignored and counted, and keys the machine has still change.
+func TestMergeTagsKeyCap(t *testing.T) {
+	reg, err := OpenRegistryFile(filepath.Join(t.TempDir(), "registry.json"), time.Now, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := reg.Put("m", Info{Attributes: map[string]any{"owner": "ops"}}); err != nil {
+		t.Fatal(err)
+	}
+	tags := map[string]string{}
+	for i := range MaxTagAttributes + 5 {
+		tags[fmt.Sprintf("k%02d", i)] = "v"
+	}
+	res, err := reg.MergeTags("m", tags)
+	if err != nil || !res.Changed || res.Ignored != 6 {
+		t.Fatalf("over the cap: %+v, %v", res, err)
+	}
+	in, _ := reg.Get("m")
+	if len(in.Attributes) != MaxTagAttributes || in.Attributes["owner"] != "ops" || in.Attributes["k00"] != "v" || in.Attributes["k31"] != nil {
+		t.Fatalf("attributes %v", in.Attributes)
+	}
+	// New keys keep being ignored, without a change; known keys change.
+	res, err = reg.MergeTags("m", map[string]string{"fresh": "1", "k00": "w"})
+	if err != nil || !res.Changed || res.Ignored != 1 || res.Before["k00"] != "v" {
+		t.Fatalf("at the cap: %+v, %v", res, err)
+	}
+	res, err = reg.MergeTags("m", map[string]string{"fresh": "2", "k00": "w"})
+	if err != nil || res.Changed || res.Ignored != 1 {
+		t.Fatalf("at the cap, nothing new: %+v, %v", res, err)
+	}
+	if in, _ := reg.Get("m"); len(in.Attributes) != MaxTagAttributes || in.Attributes["fresh"] != nil {
+		t.Fatalf("attributes %v", in.Attributes)
 	}
 }

@@ -544,48 +544,88 @@ func (r *Registry) Run(ctx context.Context) error {
 	}
 }
 
-// MergeAttributes sets string attributes of a machine from its data
-// (line-protocol tags): each key of attrs takes its value, latest wins, and
-// the machine's other attributes are kept. An unknown machine is
-// registered. It returns the previous values of the attributes that had
-// one and changed (nil when none did), and whether anything changed; a
-// change is persisted by Flush (Run), as auto-registration is. Cheap when
-// nothing changes. It fails, changing nothing, when the attributes would
-// grow over the registry's size limit or a value is not valid text.
+// MaxTagAttributes bounds the attributes a machine's tags can give it: a
+// tag whose key is not yet an attribute of the machine is ignored (counted
+// in TagMerge.Ignored) once the machine has this many attributes, whatever
+// set them. A tag of a key the machine has is always applied.
+const MaxTagAttributes = 32
+
+// TagMerge is what MergeTags did.
+type TagMerge struct {
+	// Before are the previous values of the attributes that had one and
+	// changed (nil when none did).
+	Before map[string]string
+	// Changed says whether anything changed.
+	Changed bool
+	// Ignored counts the new keys left out over MaxTagAttributes.
+	Ignored int
+}
+
+// MergeAttributes is MergeTags without the count of ignored keys.
 func (r *Registry) MergeAttributes(id string, attrs map[string]string) (map[string]string, bool, error) {
+	m, err := r.MergeTags(id, attrs)
+	return m.Before, m.Changed, err
+}
+
+// MergeTags sets string attributes of a machine from its data
+// (line-protocol tags): each key of attrs takes its value, latest wins, and
+// the machine's other attributes are kept; a new key is added only while
+// the machine has fewer than MaxTagAttributes attributes (in key order).
+// An unknown machine is registered. A change is persisted by Flush (Run),
+// as auto-registration is. Cheap when nothing changes (a read lock). It
+// fails, changing nothing, when the attributes would grow over the
+// registry's size limit or a value is not valid text.
+func (r *Registry) MergeTags(id string, attrs map[string]string) (TagMerge, error) {
 	r.mu.RLock()
 	in, ok := r.infos[id]
-	same := ok && sameAttributes(in.Attributes, attrs)
+	same, ignored := false, 0
+	if ok {
+		same, ignored = sameAttributes(in.Attributes, attrs)
+	}
 	r.mu.RUnlock()
 	if same {
-		return nil, false, nil
+		return TagMerge{Ignored: ignored}, nil
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	in, ok = r.infos[id]
 	if !ok {
 		in = Info{ID: id}
-	} else if sameAttributes(in.Attributes, attrs) {
-		return nil, false, nil
+	} else if same, ignored := sameAttributes(in.Attributes, attrs); same {
+		return TagMerge{Ignored: ignored}, nil
 	}
-	var before map[string]string
+	var res TagMerge
 	merged := make(map[string]any, len(in.Attributes)+len(attrs))
 	for k, v := range in.Attributes {
 		merged[k] = v
 	}
+	var added []string
 	for k, v := range attrs {
-		if old, had := merged[k]; had && old != v {
-			if before == nil {
-				before = map[string]string{}
+		old, had := merged[k]
+		if !had {
+			added = append(added, k)
+			continue
+		}
+		if old != v {
+			if res.Before == nil {
+				res.Before = map[string]string{}
 			}
-			before[k] = fmt.Sprint(old)
+			res.Before[k] = fmt.Sprint(old)
 		}
 		merged[k] = v
+	}
+	slices.Sort(added)
+	for _, k := range added {
+		if len(merged) >= MaxTagAttributes {
+			res.Ignored++
+			continue
+		}
+		merged[k] = attrs[k]
 	}
 	next := in
 	next.Attributes = merged
 	if err := next.validate(); err != nil {
-		return nil, false, err
+		return TagMerge{}, err
 	}
 	if !ok {
 		next = r.registerLocked(id, r.now())
@@ -594,16 +634,27 @@ func (r *Registry) MergeAttributes(id string, attrs map[string]string) (map[stri
 	next.UpdatedAt = r.now().UTC()
 	r.setLocked(id, next)
 	r.dirty = true
-	return before, true, nil
+	res.Changed = true
+	return res, nil
 }
 
-// sameAttributes reports whether have holds every key of want with its
-// value, as a string.
-func sameAttributes(have map[string]any, want map[string]string) bool {
+// sameAttributes reports whether merging want into have would change
+// nothing: have holds every key of want with its value, as a string, but
+// for new keys beyond MaxTagAttributes (it returns how many).
+func sameAttributes(have map[string]any, want map[string]string) (bool, int) {
+	ignored := 0
 	for k, v := range want {
-		if s, ok := have[k].(string); !ok || s != v {
-			return false
+		old, ok := have[k]
+		switch {
+		case !ok && len(have) >= MaxTagAttributes:
+			ignored++
+		case !ok:
+			return false, 0
+		default:
+			if s, isString := old.(string); !isString || s != v {
+				return false, 0
+			}
 		}
 	}
-	return true
+	return true, ignored
 }
