@@ -271,6 +271,9 @@ func (s *Store) writeTx(ctx context.Context, rows []row, extra func(pgx.Tx) erro
 			slow = true
 		case "40P01", "40001": // deadlock, serialization failure: retry
 		case "23514": // no partition for a row: dropped or created elsewhere
+			if err := s.repairHead(ctx); err != nil {
+				return err
+			}
 			if err := s.loadPartitions(ctx); err != nil {
 				return err
 			}

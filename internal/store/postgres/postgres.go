@@ -416,6 +416,9 @@ func (s *Store) init(ctx context.Context) error {
 	if err := s.detectLayout(ctx); err != nil {
 		return err
 	}
+	if err := s.repairHead(ctx); err != nil {
+		return err
+	}
 	if err := s.loadPartitions(ctx); err != nil {
 		return err
 	}
@@ -576,9 +579,9 @@ func (s *Store) maintain(ctx context.Context) {
 	if err := s.createAhead(ctx, now); err != nil && ctx.Err() == nil {
 		s.logger.Warn("creating partitions ahead", "err", err)
 	}
-	if s.packed && s.legacy.Load() {
-		// MigratePacked may have moved the last legacy rows: writes then
-		// leave the slow path.
+	if s.packed {
+		// MigratePacked may have moved the last legacy rows (writes then
+		// leave the slow path), or started since this store opened.
 		if err := s.checkLegacy(ctx); err != nil && ctx.Err() == nil {
 			s.logger.Warn("checking for legacy samples", "err", err)
 		}

@@ -1,0 +1,117 @@
+package postgres
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/twinline/twinline/internal/store"
+	"github.com/twinline/twinline/internal/store/storetest"
+	"github.com/twinline/twinline/internal/telemetry"
+)
+
+// TestCompactRepairsInterruptedDetach leaves the head partition of a
+// compacted day as an interrupted DETACH … CONCURRENTLY leaves it (pending
+// detach: writes for the day fail; or an orphan table: CREATE TABLE IF NOT
+// EXISTS skips it), then checks that a write to that day succeeds, that
+// compaction packs it and drops the partition, and that a store opened on
+// the damaged schema repairs it too.
+func TestCompactRepairsInterruptedDetach(t *testing.T) {
+	t.Parallel()
+	for _, state := range []string{"pending", "orphan"} {
+		for _, via := range []string{"write", "open"} {
+			t.Run(state+"/"+via, func(t *testing.T) {
+				t.Parallel()
+				testRepairHead(t, state, via)
+			})
+		}
+	}
+}
+
+func testRepairHead(t *testing.T, state, via string) {
+	ctx := context.Background()
+	schema := newSchema(t)
+	opts := Options{Schema: schema, Layout: LayoutPacked}
+	s := openTest(t, "", opts)
+	d := dayOf(storetest.Base) - 1 // yesterday, closed at testNow
+	first := storetest.Samples("m", "x", d*dayMs, time.Minute, 60, func(i int) float64 { return float64(i) })
+	mustAppend(t, s, first)
+	compactAt := time.UnixMilli(storetest.Base).Add(time.Hour)
+	if n, err := s.Compact(ctx, compactAt); err != nil || n != 60 {
+		t.Fatalf("Compact: %d, %v; want 60, nil", n, err)
+	}
+	// The day's partition again, empty, then interrupted on its way out.
+	if err := s.createPartitions(ctx, []int64{d}); err != nil {
+		t.Fatal(err)
+	}
+	part := partitionName(headTable, d)
+	switch state {
+	case "pending":
+		// A reader holds a lock on sample_head: the detach's second
+		// transaction waits for it and is cancelled.
+		reader, err := s.pool.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := reader.Exec(ctx, "SELECT count(*) FROM sample_head"); err != nil {
+			t.Fatal(err)
+		}
+		conn, err := s.pool.Acquire(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := conn.Exec(ctx, "SET statement_timeout = '300ms'"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := conn.Exec(ctx, "ALTER TABLE sample_head DETACH PARTITION "+part+" CONCURRENTLY"); err == nil {
+			t.Fatal("DETACH CONCURRENTLY finished under a reader, want it cancelled")
+		}
+		_, _ = conn.Exec(ctx, "RESET statement_timeout")
+		conn.Release()
+		_ = reader.Rollback(ctx)
+		var pending bool
+		if err := s.pool.QueryRow(ctx, "SELECT inhdetachpending FROM pg_inherits WHERE inhrelid = $1::regclass", part).Scan(&pending); err != nil || !pending {
+			t.Fatalf("partition %s pending detach: %v, %v; want true", part, pending, err)
+		}
+	case "orphan":
+		if _, err := s.pool.Exec(ctx, "ALTER TABLE sample_head DETACH PARTITION "+part); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if via == "open" {
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+		s = openTest(t, "", opts)
+	}
+	late := []telemetry.Sample{{Machine: "m", Metric: "x", Time: d*dayMs + 30_000, Value: -1}, first[3]}
+	fresh := make([]bool, 2)
+	if err := s.AppendFresh(ctx, late, fresh); err != nil {
+		t.Fatalf("writing to the day of the interrupted detach: %v", err)
+	}
+	if diff := cmp.Diff(fresh, []bool{true, false}); diff != "" {
+		t.Errorf("fresh flags (-got +want):\n%s", diff)
+	}
+	if n, err := s.Compact(ctx, compactAt); err != nil || n != 1 {
+		t.Fatalf("Compact after the repair: %d, %v; want 1, nil", n, err)
+	}
+	var left int
+	if err := s.pool.QueryRow(ctx, `SELECT count(*) FROM pg_class WHERE relname = $1
+		AND relnamespace = (SELECT oid FROM pg_namespace WHERE nspname = $2)`, part, schema).Scan(&left); err != nil || left != 0 {
+		t.Errorf("%s left after compaction: %d, %v; want dropped", part, left, err)
+	}
+	want := []store.Point{}
+	for i, p := range first {
+		if i == 0 {
+			want = append(want, store.Point{Time: p.Time, Value: p.Value})
+			want = append(want, store.Point{Time: late[0].Time, Value: late[0].Value})
+			continue
+		}
+		want = append(want, store.Point{Time: p.Time, Value: p.Value})
+	}
+	if diff := cmp.Diff(selectAll(t, s, store.SeriesKey{Machine: "m", Metric: "x"}), want); diff != "" {
+		t.Errorf("samples (-got +want):\n%s", diff)
+	}
+}
