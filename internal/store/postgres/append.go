@@ -335,6 +335,9 @@ func (s *Store) tryWrite(ctx context.Context, rows []row, extra func(pgx.Tx) err
 			return 0, nil, err
 		}
 	} else if len(rows) > 0 {
+		if err := s.fenceRows(ctx, tx); err != nil {
+			return 0, nil, err
+		}
 		if slow {
 			keys, err = s.insertSlow(ctx, tx, rows)
 			inserted = int64(len(keys))
