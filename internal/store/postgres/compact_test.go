@@ -115,3 +115,31 @@ func testRepairHead(t *testing.T, state, via string) {
 		t.Errorf("samples (-got +want):\n%s", diff)
 	}
 }
+
+// TestPackedSeriesIDsNotUsedUp reopens a packed store and writes the same
+// series again, as every restart does: resolving known series must not use
+// up identity values (an attempted insert does, even when it conflicts),
+// so the next new series gets the next id.
+func TestPackedSeriesIDsNotUsedUp(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	schema := newSchema(t)
+	opts := Options{Schema: schema, Layout: LayoutPacked}
+	var batch []telemetry.Sample
+	for m := range 5 {
+		batch = append(batch, storetest.Samples("m"+string(rune('a'+m)), "x", storetest.Base, time.Second, 3, func(i int) float64 { return float64(i) })...)
+	}
+	for range 3 {
+		s := openTest(t, "", opts)
+		mustAppend(t, s, batch)
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s := openTest(t, "", opts)
+	mustAppend(t, s, storetest.Samples("new", "x", storetest.Base, time.Second, 1, func(int) float64 { return 0 }))
+	var id int32
+	if err := s.pool.QueryRow(ctx, "SELECT id FROM series WHERE machine = 'new'").Scan(&id); err != nil || id != 6 {
+		t.Errorf("id of the sixth series after three restarts: %d, %v; want 6", id, err)
+	}
+}

@@ -132,7 +132,9 @@ func (s *Store) tableMinDay(table string, now time.Time) (int64, bool) {
 
 // resolveSeries sets the series id of every row, creating the series that
 // have none yet (outside the write's transaction: an id with no sample
-// behind it is harmless).
+// behind it is harmless). Only the series not in the table are inserted:
+// an attempted insert uses up an identity value even when it conflicts,
+// and every process start resolves every series again.
 func (s *Store) resolveSeries(ctx context.Context, rows []row) error {
 	var missM, missK []string
 	seen := map[string]bool{}
@@ -156,7 +158,9 @@ func (s *Store) resolveSeries(ctx context.Context, rows []row) error {
 	res, err := s.pool.Query(ctx, `
 		WITH want AS (SELECT * FROM unnest($1::text[], $2::text[]) AS w(machine, metric)),
 		ins AS (
-			INSERT INTO series (machine, metric) SELECT machine, metric FROM want ORDER BY 1, 2
+			INSERT INTO series (machine, metric) SELECT machine, metric FROM want w
+			WHERE NOT EXISTS (SELECT 1 FROM series s WHERE s.machine = w.machine AND s.metric = w.metric)
+			ORDER BY 1, 2
 			ON CONFLICT (machine, metric) DO NOTHING RETURNING id, machine, metric
 		)
 		SELECT id, machine, metric FROM ins
