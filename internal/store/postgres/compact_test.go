@@ -2,6 +2,7 @@ package postgres
 
 import (
 	"context"
+	"strconv"
 	"testing"
 	"time"
 
@@ -141,5 +142,85 @@ func TestPackedSeriesIDsNotUsedUp(t *testing.T) {
 	var id int32
 	if err := s.pool.QueryRow(ctx, "SELECT id FROM series WHERE machine = 'new'").Scan(&id); err != nil || id != 6 {
 		t.Errorf("id of the sixth series after three restarts: %d, %v; want 6", id, err)
+	}
+}
+
+// BenchmarkPackedReplayCompacted replays batches onto a compacted hour
+// (the checked path, each sample looked up in its chunk) of 100 series at
+// 1 Hz (chunks of 3 600 samples, TOASTed): sparse, 5 000 repeats spread
+// over the 100 chunks; dense, the whole hour of 10 series (36 000). Each
+// with the per-row search of the offsets, the once-per-chunk anti-join,
+// and the choice the store makes (denseReplay).
+//
+//	go test ./internal/store/postgres/ -run '^$' -bench PackedReplayCompacted -benchtime 10x -count 5
+func BenchmarkPackedReplayCompacted(b *testing.B) {
+	ctx := context.Background()
+	s := openTest(b, "", Options{Layout: LayoutPacked})
+	day := storetest.Base - 24*hourMs
+	var all []telemetry.Sample
+	for m := range 100 {
+		all = append(all, storetest.Samples("m"+strconv.Itoa(m), "x", day, time.Second, 3600, func(i int) float64 { return float64(i) })...)
+	}
+	for i := 0; i < len(all); i += 36000 {
+		mustAppend(b, s, all[i:min(i+36000, len(all))])
+	}
+	if _, err := s.Compact(ctx, time.UnixMilli(storetest.Base).Add(time.Hour)); err != nil {
+		b.Fatal(err)
+	}
+	sparse := make([]telemetry.Sample, 0, 5000)
+	for i := range 5000 {
+		sparse = append(sparse, all[(i*7919)%len(all)])
+	}
+	perRow, antiJoin := false, true
+	for _, batch := range []struct {
+		name    string
+		samples []telemetry.Sample
+	}{{"sparse", sparse}, {"dense", all[:36000]}} {
+		for _, plan := range []struct {
+			name  string
+			force *bool
+		}{{"per-row", &perRow}, {"anti-join", &antiJoin}, {"auto", nil}} {
+			b.Run(batch.name+"/"+plan.name, func(b *testing.B) {
+				testForceDense = plan.force
+				defer func() { testForceDense = nil }()
+				b.ReportAllocs()
+				for range b.N {
+					mustAppend(b, s, batch.samples)
+				}
+			})
+		}
+	}
+}
+
+// TestPackedDenseReplay replays whole compacted hours (the anti-join plan
+// of the checked path) with one new sample among them: only that one is
+// stored and fresh.
+func TestPackedDenseReplay(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := openTest(t, "", Options{Layout: LayoutPacked})
+	day := storetest.Base - 24*hourMs
+	var batch []telemetry.Sample
+	for _, m := range []string{"a", "b"} {
+		batch = append(batch, storetest.Samples(m, "x", day, 10*time.Second, 360, func(i int) float64 { return float64(i) })...)
+	}
+	mustAppend(t, s, batch)
+	if _, err := s.Compact(ctx, time.UnixMilli(storetest.Base).Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	extra := telemetry.Sample{Machine: "b", Metric: "x", Time: day + 5_000, Value: 42}
+	replay := append(append([]telemetry.Sample{}, batch...), extra)
+	fresh := make([]bool, len(replay))
+	if err := s.AppendFresh(ctx, replay, fresh); err != nil {
+		t.Fatal(err)
+	}
+	want := make([]bool, len(replay))
+	want[len(want)-1] = true
+	if diff := cmp.Diff(fresh, want); diff != "" {
+		t.Errorf("fresh flags (-got +want):\n%s", diff)
+	}
+	var head int
+	if err := s.pool.QueryRow(ctx, "SELECT count(*) FROM sample_head").Scan(&head); err != nil || head != 1 {
+		t.Errorf("head rows after the replay: %d, %v; want 1", head, err)
 	}
 }
