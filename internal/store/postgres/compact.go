@@ -18,10 +18,47 @@ func (s *Store) Compact(ctx context.Context, now time.Time) (int64, error) {
 		return 0, fmt.Errorf("compacting: %w", err)
 	}
 	defer s.life.RUnlock()
-	return s.compact(ctx, now)
+	return s.compact(ctx, now, false)
 }
 
-func (s *Store) compact(ctx context.Context, now time.Time) (int64, error) {
+// compactQuiet is how long maintenance leaves a closed day alone after
+// this process last wrote head rows into it: an import of a closed day is
+// packed once it pauses, rather than every maintenance run holding the
+// day's lock (and rewriting the chunks) while the import goes on. Per
+// process: the writes other replicas take are not seen.
+const compactQuiet = 10 * time.Minute
+
+// noteHeadWrite records that head rows of days were written now.
+func (s *Store) noteHeadWrite(days []int32) {
+	now := s.opts.Now()
+	s.headWritesMu.Lock()
+	defer s.headWritesMu.Unlock()
+	if s.headWrites == nil {
+		s.headWrites = map[int64]time.Time{}
+	}
+	for _, d := range days {
+		if t, ok := s.headWrites[int64(d)]; !ok || now.After(t) {
+			s.headWrites[int64(d)] = now
+		}
+	}
+}
+
+// busyDay reports whether head rows of day d were written less than
+// compactQuiet before now; it forgets the days written longer ago.
+func (s *Store) busyDay(d int64, now time.Time) bool {
+	s.headWritesMu.Lock()
+	defer s.headWritesMu.Unlock()
+	t, ok := s.headWrites[d]
+	if ok && now.Sub(t) >= compactQuiet {
+		delete(s.headWrites, d)
+		return false
+	}
+	return ok
+}
+
+// compact packs the closed days; with quiet (maintenance), it skips those
+// written to less than compactQuiet ago.
+func (s *Store) compact(ctx context.Context, now time.Time, quiet bool) (int64, error) {
 	if !s.packed {
 		return 0, nil
 	}
@@ -43,6 +80,10 @@ func (s *Store) compact(ctx context.Context, now time.Time) (int64, error) {
 			return moved, fmt.Errorf("compacting %s: %w", dayTime(d).Format(time.DateOnly), err)
 		}
 		if !any {
+			continue
+		}
+		if quiet && s.busyDay(d, now) {
+			s.logger.Debug("not compacting a day still written to", "day", dayTime(d).Format(time.DateOnly))
 			continue
 		}
 		n, err := s.compactDay(ctx, d)

@@ -3,6 +3,7 @@ package postgres
 import (
 	"context"
 	"strconv"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -222,5 +223,47 @@ func TestPackedDenseReplay(t *testing.T) {
 	var head int
 	if err := s.pool.QueryRow(ctx, "SELECT count(*) FROM sample_head").Scan(&head); err != nil || head != 1 {
 		t.Errorf("head rows after the replay: %d, %v; want 1", head, err)
+	}
+}
+
+// TestMaintenanceWaitsForQuietDay writes to a closed day (an import) and
+// runs maintenance on an injected clock: it leaves the day in the head
+// while the writes are less than compactQuiet old, and packs it once they
+// stop. Compact itself packs at once.
+func TestMaintenanceWaitsForQuietDay(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	var clock atomic.Int64
+	clock.Store(testNow.UnixMilli())
+	s := openTest(t, "", Options{Layout: LayoutPacked, Now: func() time.Time { return time.UnixMilli(clock.Load()) }})
+	day := storetest.Base - 24*hourMs
+	head := func() (n int) {
+		t.Helper()
+		if err := s.pool.QueryRow(ctx, "SELECT count(*) FROM sample_head").Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	mustAppend(t, s, storetest.Samples("m", "x", day, time.Minute, 60, func(i int) float64 { return float64(i) }))
+	clock.Add((compactQuiet - time.Second).Milliseconds())
+	s.maintain(ctx)
+	if n := head(); n != 60 {
+		t.Fatalf("head rows after maintenance during the import: %d, want 60 (not compacted)", n)
+	}
+	mustAppend(t, s, storetest.Samples("m", "x", day+hourMs, time.Minute, 60, func(i int) float64 { return float64(i) }))
+	clock.Add((compactQuiet - time.Second).Milliseconds())
+	s.maintain(ctx)
+	if n := head(); n != 120 {
+		t.Fatalf("head rows after maintenance during the import: %d, want 120 (not compacted)", n)
+	}
+	clock.Add(time.Second.Milliseconds())
+	s.maintain(ctx)
+	if n := head(); n != 0 {
+		t.Fatalf("head rows after maintenance once the import stopped: %d, want 0", n)
+	}
+	// Compact does not wait.
+	mustAppend(t, s, storetest.Samples("m", "x", day+2*hourMs, time.Minute, 3, func(i int) float64 { return 1 }))
+	if n, err := s.Compact(ctx, s.opts.Now()); err != nil || n != 3 {
+		t.Fatalf("Compact right after a write: %d, %v; want 3, nil", n, err)
 	}
 }

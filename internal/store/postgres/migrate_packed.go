@@ -173,7 +173,7 @@ func (s *Store) migrateLegacy(ctx context.Context, batch int) (int64, error) {
 	if err := s.checkLegacy(ctx); err != nil {
 		return moved, err
 	}
-	if _, err := s.compact(ctx, s.opts.Now()); err != nil {
+	if _, err := s.compact(ctx, s.opts.Now(), false); err != nil {
 		return moved, fmt.Errorf("migrating to packed: %w", err)
 	}
 	return moved, nil

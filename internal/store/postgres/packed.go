@@ -286,6 +286,7 @@ func (s *Store) insertPacked(ctx context.Context, tx pgx.Tx, rows []row, slow bo
 	if err != nil {
 		return 0, nil, err
 	}
+	s.noteHeadWrite(days)
 	legacy := s.legacy.Load()
 	if !slow && compacted == 0 && !legacy {
 		// In index order: the unique index's leaf pages are then visited

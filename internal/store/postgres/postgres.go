@@ -259,6 +259,10 @@ type Store struct {
 	// (MigratePacked is moving them): reads include them, writes check them.
 	legacy atomic.Bool
 	spool  *spool // nil without SpoolDir
+	// headWrites: when this process last wrote head rows of each day
+	// (compactQuiet).
+	headWritesMu sync.Mutex
+	headWrites   map[int64]time.Time
 
 	// life is held shared by every operation and exclusively by Close.
 	life   sync.RWMutex
@@ -586,7 +590,7 @@ func (s *Store) maintain(ctx context.Context) {
 			s.logger.Warn("checking for legacy samples", "err", err)
 		}
 	}
-	if n, err := s.compact(ctx, now); err != nil && ctx.Err() == nil {
+	if n, err := s.compact(ctx, now, true); err != nil && ctx.Err() == nil {
 		s.logger.Warn("compacting", "err", err)
 	} else if n > 0 {
 		s.logger.Info("compacted head rows into chunks", "rows", n)
