@@ -106,8 +106,9 @@ func (s *Store) compact(ctx context.Context, now time.Time, quiet bool) (int64, 
 // write for the day then finds no partition and creates it again,
 // writeTx): atomic, so an interruption leaves the partition attached, never
 // detach-pending nor an orphan table. Dropping a partition locks
-// sample_head exclusively for a moment; lock_timeout bounds the wait behind
-// long readers (the next maintenance tries again).
+// sample_head exclusively for a moment, and writes and reads queue behind
+// that lock while it waits for long readers: lock_timeout (500 ms) bounds
+// the stall, and the next maintenance tries again.
 func (s *Store) dropHead(ctx context.Context, d int64) error {
 	name := pgx.Identifier{partitionName(headTable, d)}.Sanitize()
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
@@ -118,7 +119,7 @@ func (s *Store) dropHead(ctx context.Context, d int64) error {
 		if err := tx.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM "+name+")").Scan(&any); err != nil || any {
 			return err // rows came in since: the next compaction packs them
 		}
-		if _, err := tx.Exec(ctx, "SET LOCAL lock_timeout = '5s'"); err != nil {
+		if _, err := tx.Exec(ctx, "SET LOCAL lock_timeout = '500ms'"); err != nil {
 			return err
 		}
 		_, err := tx.Exec(ctx, "DROP TABLE "+name)
