@@ -267,3 +267,30 @@ func TestMaintenanceWaitsForQuietDay(t *testing.T) {
 		t.Fatalf("Compact right after a write: %d, %v; want 3, nil", n, err)
 	}
 }
+
+// TestRetentionDropsDetachedTables leaves a chunk partition of an old day
+// detached but not dropped (a DROP that failed after its DETACH): retention
+// drops it, and leaves a detached table of a kept day alone.
+func TestRetentionDropsDetachedTables(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := openTest(t, "", Options{Layout: LayoutPacked, Retention: 48 * time.Hour})
+	old, kept := dayOf(testNow.UnixMilli())-5, dayOf(testNow.UnixMilli())
+	if err := s.createPartitions(ctx, []int64{old}); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []int64{old, kept} {
+		if _, err := s.pool.Exec(ctx, "ALTER TABLE sample_chunks DETACH PARTITION "+partitionName(chunksTable, d)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := s.EnforceRetention(ctx, testNow); err != nil {
+		t.Fatal(err)
+	}
+	for d, want := range map[int64]bool{old: false, kept: true} {
+		var exists bool
+		if err := s.pool.QueryRow(ctx, "SELECT to_regclass($1) IS NOT NULL", partitionName(chunksTable, d)).Scan(&exists); err != nil || exists != want {
+			t.Errorf("%s exists after retention: %v, %v; want %v", partitionName(chunksTable, d), exists, err, want)
+		}
+	}
+}
