@@ -271,6 +271,9 @@ func (s *Store) writeTx(ctx context.Context, rows []row, extra func(pgx.Tx) erro
 			slow = true
 		case "40P01", "40001": // deadlock, serialization failure: retry
 		case "23514": // no partition for a row: dropped or created elsewhere
+			if err := s.repairHead(ctx); err != nil {
+				return err
+			}
 			if err := s.loadPartitions(ctx); err != nil {
 				return err
 			}
@@ -332,6 +335,9 @@ func (s *Store) tryWrite(ctx context.Context, rows []row, extra func(pgx.Tx) err
 			return 0, nil, err
 		}
 	} else if len(rows) > 0 {
+		if err := s.fenceRows(ctx, tx); err != nil {
+			return 0, nil, err
+		}
 		if slow {
 			keys, err = s.insertSlow(ctx, tx, rows)
 			inserted = int64(len(keys))

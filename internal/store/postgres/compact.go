@@ -18,12 +18,52 @@ func (s *Store) Compact(ctx context.Context, now time.Time) (int64, error) {
 		return 0, fmt.Errorf("compacting: %w", err)
 	}
 	defer s.life.RUnlock()
-	return s.compact(ctx, now)
+	return s.compact(ctx, now, false)
 }
 
-func (s *Store) compact(ctx context.Context, now time.Time) (int64, error) {
+// compactQuiet is how long maintenance leaves a closed day alone after
+// this process last wrote head rows into it: an import of a closed day is
+// packed once it pauses, rather than every maintenance run holding the
+// day's lock (and rewriting the chunks) while the import goes on. Per
+// process: the writes other replicas take are not seen.
+const compactQuiet = 10 * time.Minute
+
+// noteHeadWrite records that head rows of days were written now.
+func (s *Store) noteHeadWrite(days []int32) {
+	now := s.opts.Now()
+	s.headWritesMu.Lock()
+	defer s.headWritesMu.Unlock()
+	if s.headWrites == nil {
+		s.headWrites = map[int64]time.Time{}
+	}
+	for _, d := range days {
+		if t, ok := s.headWrites[int64(d)]; !ok || now.After(t) {
+			s.headWrites[int64(d)] = now
+		}
+	}
+}
+
+// busyDay reports whether head rows of day d were written less than
+// compactQuiet before now; it forgets the days written longer ago.
+func (s *Store) busyDay(d int64, now time.Time) bool {
+	s.headWritesMu.Lock()
+	defer s.headWritesMu.Unlock()
+	t, ok := s.headWrites[d]
+	if ok && now.Sub(t) >= compactQuiet {
+		delete(s.headWrites, d)
+		return false
+	}
+	return ok
+}
+
+// compact packs the closed days; with quiet (maintenance), it skips those
+// written to less than compactQuiet ago.
+func (s *Store) compact(ctx context.Context, now time.Time, quiet bool) (int64, error) {
 	if !s.packed {
 		return 0, nil
+	}
+	if err := s.repairHead(ctx); err != nil {
+		return 0, fmt.Errorf("compacting: %w", err)
 	}
 	days, err := listPartitions(ctx, s.pool, headTable)
 	if err != nil {
@@ -42,6 +82,10 @@ func (s *Store) compact(ctx context.Context, now time.Time) (int64, error) {
 		if !any {
 			continue
 		}
+		if quiet && s.busyDay(d, now) {
+			s.logger.Debug("not compacting a day still written to", "day", dayTime(d).Format(time.DateOnly))
+			continue
+		}
 		n, err := s.compactDay(ctx, d)
 		if err != nil {
 			return moved, fmt.Errorf("compacting %s: %w", dayTime(d).Format(time.DateOnly), err)
@@ -57,35 +101,93 @@ func (s *Store) compact(ctx context.Context, now time.Time) (int64, error) {
 
 // dropHead drops the head partition of day d once compaction emptied it:
 // the deleted rows' heap is truncated by VACUUM, but not their index, which
-// would stay the size of a day's samples. It holds the day's lock (a
-// session lock: DETACH … CONCURRENTLY runs outside a transaction) so that
-// no write lands in the partition on its way out; a write for the day then
-// finds no partition and creates it again (writeTx).
-func (s *Store) dropHead(ctx context.Context, d int64) (err error) {
-	conn, err := s.pool.Acquire(ctx)
-	if err != nil {
-		return err
-	}
-	defer conn.Release()
-	if _, err := conn.Exec(ctx, "SELECT pg_advisory_lock(hashtext($1), $2)", s.dayLockClass(), int32(d)); err != nil {
-		return err
-	}
-	defer func() {
-		if _, uerr := conn.Exec(context.WithoutCancel(ctx), "SELECT pg_advisory_unlock(hashtext($1), $2)", s.dayLockClass(), int32(d)); uerr != nil && err == nil {
-			err = uerr
-		}
-	}()
+// would stay the size of a day's samples. One transaction holds the day's
+// lock exclusively, checks the partition is still empty and drops it (a
+// write for the day then finds no partition and creates it again,
+// writeTx): atomic, so an interruption leaves the partition attached, never
+// detach-pending nor an orphan table. Dropping a partition locks
+// sample_head exclusively for a moment, and writes and reads queue behind
+// that lock while it waits for long readers: lock_timeout (500 ms) bounds
+// the stall, and the next maintenance tries again.
+func (s *Store) dropHead(ctx context.Context, d int64) error {
 	name := pgx.Identifier{partitionName(headTable, d)}.Sanitize()
-	var any bool
-	if err := conn.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM "+name+")").Scan(&any); err != nil || any {
-		return err // rows came in since: the next compaction packs them
-	}
-	s.parts.set([]int64{d}, false)
-	if _, err := conn.Exec(ctx, "ALTER TABLE "+headTable+" DETACH PARTITION "+name+" CONCURRENTLY"); err != nil {
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock(hashtext($1), $2)", s.dayLockClass(), int32(d)); err != nil {
+			return err
+		}
+		var any bool
+		if err := tx.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM "+name+")").Scan(&any); err != nil || any {
+			return err // rows came in since: the next compaction packs them
+		}
+		if _, err := tx.Exec(ctx, "SET LOCAL lock_timeout = '500ms'"); err != nil {
+			return err
+		}
+		_, err := tx.Exec(ctx, "DROP TABLE "+name)
 		return err
+	})
+	if err == nil {
+		s.parts.set([]int64{d}, false)
 	}
-	_, err = conn.Exec(ctx, "DROP TABLE "+name)
 	return err
+}
+
+// repairHead mends what an interrupted detach of a head partition leaves
+// (the stores before the one-transaction dropHead detached CONCURRENTLY,
+// then dropped): a partition pending detach (writes for its day fail, and
+// CREATE TABLE IF NOT EXISTS skips it) is finalized, and a sample_head_*
+// table attached to nothing is attached again; compaction then packs its
+// rows, if any, and drops it. Open, compaction and a write finding no
+// partition for its day run it.
+func (s *Store) repairHead(ctx context.Context) error {
+	if !s.packed {
+		return nil
+	}
+	res, err := s.pool.Query(ctx, `
+		SELECT c.relname, i.inhdetachpending
+		FROM pg_class c LEFT JOIN pg_inherits i ON i.inhrelid = c.oid
+		WHERE c.relnamespace = (SELECT oid FROM pg_namespace WHERE nspname = $1)
+			AND c.relkind = 'r' AND c.relname LIKE $2
+			AND (i.inhrelid IS NULL OR i.inhdetachpending)`, s.schema, headTable+`\_%`)
+	if err != nil {
+		return fmt.Errorf("repairing head partitions: %w", err)
+	}
+	type rel struct {
+		name    string
+		pending *bool
+	}
+	rels, err := pgx.CollectRows(res, func(r pgx.CollectableRow) (rel, error) {
+		var x rel
+		err := r.Scan(&x.name, &x.pending)
+		return x, err
+	})
+	if err != nil {
+		return fmt.Errorf("repairing head partitions: %w", err)
+	}
+	for _, r := range rels {
+		d, ok := parseDay(headTable, r.name)
+		if !ok {
+			continue
+		}
+		name := pgx.Identifier{r.name}.Sanitize()
+		if r.pending != nil {
+			if _, err := s.pool.Exec(ctx, "ALTER TABLE "+headTable+" DETACH PARTITION "+name+" FINALIZE"); err != nil {
+				return fmt.Errorf("repairing head partitions: finalizing the detach of %s: %w", r.name, err)
+			}
+		}
+		err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+			if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock(hashtext($1))", "twinline.partitions."+s.schema); err != nil {
+				return err
+			}
+			_, err := tx.Exec(ctx, fmt.Sprintf("ALTER TABLE %s ATTACH PARTITION %s FOR VALUES FROM ('%s') TO ('%s')",
+				headTable, name, dayTime(d).Format(time.RFC3339), dayTime(d+1).Format(time.RFC3339)))
+			return err
+		})
+		if err != nil {
+			return fmt.Errorf("repairing head partitions: attaching %s again: %w", r.name, err)
+		}
+		s.logger.Warn("reattached a head partition an interrupted detach left", "partition", r.name)
+	}
+	return nil
 }
 
 // compactDay packs the head rows of day d an hour at a time (a chunk's

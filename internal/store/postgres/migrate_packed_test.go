@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/jackc/pgx/v5"
 
 	"github.com/twinline/twinline/internal/store"
 	"github.com/twinline/twinline/internal/store/storetest"
@@ -125,4 +126,78 @@ func sumValues(pts []store.Point) float64 {
 		n += p.Value
 	}
 	return n
+}
+
+// TestMigratePackedFencesRowsWriters writes, from a store still open in
+// the rows layout, samples of a new machine while MigratePacked is
+// switching the layout (after it created the ids of the legacy series):
+// they are moved with the others, none lost; once the switch committed,
+// the rows-layout store refuses writes (ErrLayoutChanged) instead of
+// writing rows a packed server would not see.
+func TestMigratePackedFencesRowsWriters(t *testing.T) {
+	schema := newSchema(t)
+	ctx := context.Background()
+	rows := openTest(t, "", Options{Schema: schema, Layout: LayoutRows})
+	old := storetest.Samples("m0", "x", storetest.Base-24*hourMs, 10*time.Minute, 200, func(i int) float64 { return float64(i) })
+	mustAppend(t, rows, old)
+	added := storetest.Samples("new", "x", storetest.Base-24*hourMs, 15*time.Minute, 24*4, func(i int) float64 { return float64(-i) })
+	var hookErr error
+	testHookSwitching = func() { hookErr = rows.Append(ctx, added) }
+	t.Cleanup(func() { testHookSwitching = nil })
+	opts := Options{Schema: schema, Now: func() time.Time { return testNow }}
+	if _, err := MigratePacked(ctx, testURL(), opts, 1, testLogger(t)); err != nil {
+		t.Fatalf("MigratePacked: %v", err)
+	}
+	testHookSwitching = nil
+	if hookErr != nil {
+		t.Fatalf("rows-layout write before the switch: %v", hookErr)
+	}
+	late := []telemetry.Sample{{Machine: "new", Metric: "x", Time: storetest.Base + 1, Value: 7}}
+	if err := rows.Append(ctx, late); !errors.Is(err, ErrLayoutChanged) {
+		t.Errorf("rows-layout write after the switch: %v; want ErrLayoutChanged", err)
+	}
+	packed := openTest(t, "", Options{Schema: schema, Layout: LayoutPacked})
+	if packed.legacy.Load() {
+		t.Error("legacy partitions left after the migration")
+	}
+	for key, want := range map[store.SeriesKey][]telemetry.Sample{{Machine: "m0", Metric: "x"}: old, {Machine: "new", Metric: "x"}: added} {
+		if diff := cmp.Diff(selectAll(t, packed, key), storetest.Points(want)); diff != "" {
+			t.Errorf("samples of %v after the migration (-got +want):\n%s", key, diff)
+		}
+	}
+}
+
+// TestMigratePackedPrecheckLeavesLayout runs MigratePacked on a store it
+// cannot move (plain tables, as under TimescaleDB): it fails and leaves
+// the store as it was, rows layout and no series ids.
+func TestMigratePackedPrecheckLeavesLayout(t *testing.T) {
+	t.Parallel()
+	schema := newSchema(t)
+	conn := adminConn(t)
+	ctx := context.Background()
+	id := pgx.Identifier{schema}.Sanitize()
+	if _, err := conn.Exec(ctx, `
+		CREATE SCHEMA `+id+`;
+		CREATE TABLE `+id+`.samples (time timestamptz NOT NULL, machine text NOT NULL, metric text NOT NULL, value double precision NOT NULL);
+		CREATE TABLE `+id+`.sample_aggs (bucket timestamptz NOT NULL, machine text NOT NULL, metric text NOT NULL,
+			count bigint NOT NULL, sum double precision NOT NULL, min double precision NOT NULL, max double precision NOT NULL,
+			min_time timestamptz NOT NULL, max_time timestamptz NOT NULL, PRIMARY KEY (machine, metric, bucket))`); err != nil {
+		t.Fatal(err)
+	}
+	s := openTest(t, "", Options{Schema: schema, Layout: LayoutRows})
+	batch := storetest.Samples("m", "x", storetest.Base, time.Second, 30, func(i int) float64 { return float64(i) })
+	mustAppend(t, s, batch)
+	if _, err := MigratePacked(ctx, testURL(), Options{Schema: schema, Now: func() time.Time { return testNow }}, 10, testLogger(t)); err == nil {
+		t.Fatal("MigratePacked of plain tables succeeded, want an error")
+	}
+	var layout string
+	var series int
+	if err := conn.QueryRow(ctx, "SELECT (SELECT value FROM "+id+".settings WHERE name = 'layout'), (SELECT count(*) FROM "+id+".series)").Scan(&layout, &series); err != nil {
+		t.Fatal(err)
+	}
+	if layout != LayoutRows || series != 0 {
+		t.Errorf("after the failed migration: layout %q, %d series; want %q, 0", layout, series, LayoutRows)
+	}
+	// The store still writes in the rows layout.
+	mustAppend(t, s, storetest.Samples("m", "x", storetest.Base+60_000, time.Second, 3, func(i int) float64 { return 1 }))
 }

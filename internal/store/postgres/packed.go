@@ -46,6 +46,14 @@ const (
 // aggregate row costs more than reading its sample or two.
 const denseChunk = 2
 
+// denseReplay is the mean number of rows per series and hour of a batch
+// on the checked path from which each touched chunk is unnested once
+// rather than searched per row (insertStagedHead).
+const denseReplay = 128
+
+// testForceDense, when set, picks insertStagedHead's plan (the benchmark).
+var testForceDense *bool
+
 // seriesIDs caches the ids of series; series rows are never deleted, so
 // an id, once known, stays right.
 type seriesIDs struct {
@@ -132,7 +140,9 @@ func (s *Store) tableMinDay(table string, now time.Time) (int64, bool) {
 
 // resolveSeries sets the series id of every row, creating the series that
 // have none yet (outside the write's transaction: an id with no sample
-// behind it is harmless).
+// behind it is harmless). Only the series not in the table are inserted:
+// an attempted insert uses up an identity value even when it conflicts,
+// and every process start resolves every series again.
 func (s *Store) resolveSeries(ctx context.Context, rows []row) error {
 	var missM, missK []string
 	seen := map[string]bool{}
@@ -156,7 +166,9 @@ func (s *Store) resolveSeries(ctx context.Context, rows []row) error {
 	res, err := s.pool.Query(ctx, `
 		WITH want AS (SELECT * FROM unnest($1::text[], $2::text[]) AS w(machine, metric)),
 		ins AS (
-			INSERT INTO series (machine, metric) SELECT machine, metric FROM want ORDER BY 1, 2
+			INSERT INTO series (machine, metric) SELECT machine, metric FROM want w
+			WHERE NOT EXISTS (SELECT 1 FROM series s WHERE s.machine = w.machine AND s.metric = w.metric)
+			ORDER BY 1, 2
 			ON CONFLICT (machine, metric) DO NOTHING RETURNING id, machine, metric
 		)
 		SELECT id, machine, metric FROM ins
@@ -274,6 +286,7 @@ func (s *Store) insertPacked(ctx context.Context, tx pgx.Tx, rows []row, slow bo
 	if err != nil {
 		return 0, nil, err
 	}
+	s.noteHeadWrite(days)
 	legacy := s.legacy.Load()
 	if !slow && compacted == 0 && !legacy {
 		// In index order: the unique index's leaf pages are then visited
@@ -301,11 +314,17 @@ func (s *Store) insertPacked(ctx context.Context, tx pgx.Tx, rows []row, slow bo
 	}
 	lo, hi := rows[0].ms, rows[0].ms
 	names := make(map[int32]*row, 16)
+	chunks := make(map[[2]int64]struct{}, 16)
 	for i := range rows {
 		lo, hi = min(lo, rows[i].ms), max(hi, rows[i].ms)
 		names[rows[i].sid] = &rows[i]
+		chunks[[2]int64{int64(rows[i].sid), floorDiv(rows[i].ms, chunkMs)}] = struct{}{}
 	}
-	res, err := tx.Query(ctx, insertStagedHead(legacy), ts(floorDiv(lo, chunkMs)*chunkMs), ts(hi))
+	dense := len(rows) >= denseReplay*len(chunks)
+	if testForceDense != nil {
+		dense = *testForceDense
+	}
+	res, err := tx.Query(ctx, insertStagedHead(legacy, dense), ts(floorDiv(lo, chunkMs)*chunkMs), ts(hi))
 	if err != nil {
 		return 0, nil, err
 	}
@@ -339,13 +358,32 @@ CREATE TEMP TABLE IF NOT EXISTS staging_head (
 // sample_head (ON CONFLICT) nor in their chunk (nor, with legacy, in the
 // legacy table), the first of each key in batch order, and returns the keys
 // it inserted. $1 and $2 bound the chunks to look in (partition pruning).
-func insertStagedHead(legacy bool) string {
+// Sparse batches look each row up in its chunk's offsets (which
+// de-TOASTs and scans the array once per row); dense ones (denseReplay
+// rows or more per series and hour) unnest each touched chunk once and
+// anti-join: 36 000 rows over 10 full chunks 99 ms against 1 005 ms,
+// 5 000 rows over 100 chunks 291 ms against 134 ms (medians,
+// BenchmarkPackedReplayCompacted).
+func insertStagedHead(legacy, dense bool) string {
 	check := ""
 	if legacy {
 		check = `
 		AND NOT EXISTS (
 			SELECT 1 FROM series ls JOIN samples l ON l.machine = ls.machine AND l.metric = ls.metric
 			WHERE ls.id = st.series_id AND l.time = st.time)`
+	}
+	if dense {
+		return `
+WITH packed AS MATERIALIZED (` + packedTimes("staging_head", "$1", "$2") + `
+), ins AS (
+	INSERT INTO sample_head (series_id, time, value)
+	SELECT st.series_id, st.time, st.value FROM staging_head st
+	WHERE NOT EXISTS (SELECT 1 FROM packed p WHERE p.series_id = st.series_id AND p.time = st.time)` + check + `
+	ORDER BY st.seq
+	ON CONFLICT (series_id, time) DO NOTHING
+	RETURNING series_id, time
+)
+SELECT series_id, time FROM ins`
 	}
 	return `
 WITH ins AS (
@@ -361,6 +399,19 @@ WITH ins AS (
 	RETURNING series_id, time
 )
 SELECT series_id, time FROM ins`
+}
+
+// packedTimes returns the query of the (series_id, time) of every sample
+// of the chunks the rows of from (series_id, time) fall in, chunks starting
+// in [lo, hi] (partition pruning): each touched chunk is unnested once, and
+// the rows are anti-joined with the result, instead of each row searching
+// its chunk's offsets (which de-TOASTs and scans the array once per row).
+func packedTimes(from, lo, hi string) string {
+	return `
+	SELECT c.series_id, c.start + u.o * interval '1 millisecond' AS time
+	FROM (SELECT DISTINCT series_id, date_bin('1 hour', time, timestamptz 'epoch') AS start FROM ` + from + `) t
+	JOIN sample_chunks c ON c.series_id = t.series_id AND c.start = t.start AND c.start >= ` + lo + ` AND c.start <= ` + hi + `
+	CROSS JOIN LATERAL unnest(c.offsets) AS u(o)`
 }
 
 // headReader encodes rows as sample_head rows (with seq: staging_head

@@ -243,6 +243,11 @@ func (s *Store) enforceRetention(ctx context.Context, now time.Time) (int, error
 		if err != nil {
 			return dropped, fmt.Errorf("enforcing retention: %w", err)
 		}
+		n, err := s.dropOrphans(ctx, table, minDay)
+		dropped += n
+		if err != nil {
+			return dropped, fmt.Errorf("enforcing retention: %w", err)
+		}
 		for _, d := range days {
 			if d >= minDay {
 				break
@@ -279,6 +284,35 @@ func (s *Store) dropPartition(ctx context.Context, table string, day int64) erro
 		return fmt.Errorf("dropping %s: %w", name, err)
 	}
 	return nil
+}
+
+// dropOrphans drops the day tables of table before minDay that are
+// attached to nothing: what a detach that succeeded before its DROP failed
+// (dropPartition) leaves, which listPartitions no longer lists.
+func (s *Store) dropOrphans(ctx context.Context, table string, minDay int64) (int, error) {
+	res, err := s.pool.Query(ctx, `
+		SELECT c.relname FROM pg_class c
+		WHERE c.relnamespace = (SELECT oid FROM pg_namespace WHERE nspname = $1)
+			AND c.relkind = 'r' AND c.relname LIKE $2
+			AND NOT EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhrelid = c.oid)`, s.schema, table+`\_%`)
+	if err != nil {
+		return 0, fmt.Errorf("listing detached tables of %s: %w", table, err)
+	}
+	names, err := pgx.CollectRows(res, pgx.RowTo[string])
+	if err != nil {
+		return 0, fmt.Errorf("listing detached tables of %s: %w", table, err)
+	}
+	dropped := 0
+	for _, n := range names {
+		if d, ok := parseDay(table, n); !ok || d >= minDay {
+			continue
+		}
+		if _, err := s.pool.Exec(ctx, "DROP TABLE IF EXISTS "+pgx.Identifier{n}.Sanitize()); err != nil {
+			return dropped, fmt.Errorf("dropping %s: %w", n, err)
+		}
+		dropped++
+	}
+	return dropped, nil
 }
 
 // dropChunks is retention on TimescaleDB hypertables: drop_chunks drops the

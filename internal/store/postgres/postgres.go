@@ -259,6 +259,10 @@ type Store struct {
 	// (MigratePacked is moving them): reads include them, writes check them.
 	legacy atomic.Bool
 	spool  *spool // nil without SpoolDir
+	// headWrites: when this process last wrote head rows of each day
+	// (compactQuiet).
+	headWritesMu sync.Mutex
+	headWrites   map[int64]time.Time
 
 	// life is held shared by every operation and exclusively by Close.
 	life   sync.RWMutex
@@ -414,6 +418,9 @@ func (s *Store) init(ctx context.Context) error {
 		return err
 	}
 	if err := s.detectLayout(ctx); err != nil {
+		return err
+	}
+	if err := s.repairHead(ctx); err != nil {
 		return err
 	}
 	if err := s.loadPartitions(ctx); err != nil {
@@ -576,14 +583,14 @@ func (s *Store) maintain(ctx context.Context) {
 	if err := s.createAhead(ctx, now); err != nil && ctx.Err() == nil {
 		s.logger.Warn("creating partitions ahead", "err", err)
 	}
-	if s.packed && s.legacy.Load() {
-		// MigratePacked may have moved the last legacy rows: writes then
-		// leave the slow path.
+	if s.packed {
+		// MigratePacked may have moved the last legacy rows (writes then
+		// leave the slow path), or started since this store opened.
 		if err := s.checkLegacy(ctx); err != nil && ctx.Err() == nil {
 			s.logger.Warn("checking for legacy samples", "err", err)
 		}
 	}
-	if n, err := s.compact(ctx, now); err != nil && ctx.Err() == nil {
+	if n, err := s.compact(ctx, now, true); err != nil && ctx.Err() == nil {
 		s.logger.Warn("compacting", "err", err)
 	} else if n > 0 {
 		s.logger.Info("compacted head rows into chunks", "rows", n)
