@@ -3,14 +3,21 @@ package embedded
 import (
 	"context"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/prometheus/prometheus/promql"
 
+	"github.com/twinline/twinline/internal/promapi"
 	"github.com/twinline/twinline/internal/store"
 	"github.com/twinline/twinline/internal/telemetry"
+	"github.com/twinline/twinline/internal/twin"
 )
 
 // benchBatch fills batch with samples of machines × metrics series, one per
@@ -280,6 +287,38 @@ func BenchmarkFleetHeatmap(b *testing.B) {
 				b.Logf("%d torn tier reads (answered from raw samples)", n)
 			}
 			b.ReportMetric(float64(len(m[0].Floats)), "points/series")
+		})
+	}
+	// The same through the HTTP handler, as Grafana calls it: the registry
+	// labels (site, line) added to every series, the answer encoded.
+	infos := make([]twin.Info, 1000)
+	for i, m := range names("m", 1000) {
+		infos[i] = twin.Info{ID: m, Site: fmt.Sprintf("site-%d", i%4), Line: fmt.Sprintf("line-%d", i%20)}
+	}
+	h := promapi.New(s.PromQueryable(), func() []twin.Info { return infos }, promapi.Options{})
+	for _, c := range []struct{ name, q string }{
+		{"http/aligned/tier=1m", "avg by (machine) (avg_over_time(temp[1m] offset 1ms))"},
+		{"http/grafana/raw", "avg by (machine) (avg_over_time(temp[1m]))"},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			b.ReportAllocs()
+			form := url.Values{"query": {c.q}, "step": {"60"},
+				"start": {strconv.FormatFloat(float64(start.UnixMilli())/1000, 'f', 3, 64)},
+				"end":   {strconv.FormatFloat(float64(end.UnixMilli())/1000, 'f', 3, 64)}}
+			var rec *httptest.ResponseRecorder
+			for b.Loop() {
+				req := httptest.NewRequest(http.MethodPost, promapi.Prefix+"query_range", strings.NewReader(form.Encode()))
+				req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+				rec = httptest.NewRecorder()
+				h.ServeHTTP(rec, req)
+				if rec.Code != http.StatusOK {
+					b.Fatalf("%d: %s", rec.Code, rec.Body)
+				}
+			}
+			if n := strings.Count(rec.Body.String(), `"metric":`); n != 1000 {
+				b.Fatalf("%d series", n)
+			}
+			b.ReportMetric(float64(rec.Body.Len()), "bytes/answer")
 		})
 	}
 }
