@@ -270,15 +270,24 @@ func BenchmarkFleetHeatmap(b *testing.B) {
 	s, now := rolledStore(b, names("m", 1000), 24*time.Hour)
 	eng := promql.NewEngine(promql.EngineOpts{MaxSamples: 100_000_000, Timeout: 10 * time.Minute, LookbackDelta: 5 * time.Minute})
 	start, end := time.UnixMilli(now-24*3600*sec), time.UnixMilli(now)
-	for _, c := range []struct{ name, q string }{
-		{"aligned/tier=1m", "avg by (machine) (avg_over_time(temp[1m] offset 1ms))"},
-		{"grafana/raw", "avg by (machine) (avg_over_time(temp[1m]))"},
+	// The engine with its query-cost budget (which the HTTP handler had
+	// until issue 18: it checks the context twice per sample read).
+	costEng := promql.NewEngine(promql.EngineOpts{MaxSamples: 100_000_000, Timeout: 10 * time.Minute, LookbackDelta: 5 * time.Minute, EnableQueryCost: true})
+	costEng.SetQueryLimits(10_000, 0, 0)
+	for _, c := range []struct {
+		name, q string
+		eng     *promql.Engine
+	}{
+		{"aligned/tier=1m", "avg by (machine) (avg_over_time(temp[1m] offset 1ms))", eng},
+		{"grafana/raw", "avg by (machine) (avg_over_time(temp[1m]))", eng},
+		{"aligned/tier=1m/query-cost", "avg by (machine) (avg_over_time(temp[1m] offset 1ms))", costEng},
+		{"grafana/raw/query-cost", "avg by (machine) (avg_over_time(temp[1m]))", costEng},
 	} {
 		b.Run(c.name, func(b *testing.B) {
 			b.ReportAllocs()
 			var m promql.Matrix
 			for b.Loop() {
-				m = rangeQuery(b, eng, s.PromQueryable(), c.q, start, end, time.Minute)
+				m = rangeQuery(b, c.eng, s.PromQueryable(), c.q, start, end, time.Minute)
 			}
 			if len(m) != 1000 {
 				b.Fatalf("%d series", len(m))
