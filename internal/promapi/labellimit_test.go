@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strings"
 	"testing"
 
@@ -85,5 +86,30 @@ func TestMetadataCallsTakeASlot(t *testing.T) {
 	h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, Prefix+"labels", nil))
 	if rec.Code != http.StatusOK {
 		t.Errorf("labels with slots free: %d %s", rec.Code, rec.Body)
+	}
+}
+
+// TestSeriesLimitOverAllSelectors: --prometheus-max-series bounds the
+// series a query's selectors select all together (as the engine's
+// query-cost budget counts them): 422 cost_limit past it.
+func TestSeriesLimitOverAllSelectors(t *testing.T) {
+	h := New(fakeQ{}, func() []twin.Info { return nil }, Options{MaxSeries: 3})
+	for _, c := range []struct {
+		query string
+		code  int
+	}{
+		{`count(t)`, http.StatusOK}, // 3
+		{`count(t{machine="m1"}) + count(t{machine=~"m2|m3"})`, http.StatusOK}, // 1 + 2
+		{`count(t) + count(t{machine="m1"})`, http.StatusUnprocessableEntity},  // 3 + 1
+		{`count(t) + count(t)`, http.StatusUnprocessableEntity},                // 3 + 3
+	} {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, Prefix+"query?time=1&query="+url.QueryEscape(c.query), nil))
+		if rec.Code != c.code {
+			t.Errorf("%s under a bound of 3 series: %d %s; want %d", c.query, rec.Code, rec.Body, c.code)
+		}
+		if c.code != http.StatusOK && (!strings.Contains(rec.Body.String(), `"errorType":"cost_limit"`) || !strings.Contains(rec.Body.String(), "too many series")) {
+			t.Errorf("%s: %s; want cost_limit, too many series", c.query, rec.Body)
+		}
 	}
 }

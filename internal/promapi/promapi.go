@@ -79,9 +79,11 @@ type Options struct {
 
 // Handler serves the API. It is safe for concurrent use.
 type Handler struct {
-	engine    *promql.Engine
-	parser    parser.Parser
-	q         *enriched
+	engine *promql.Engine
+	parser parser.Parser
+	q      *enriched
+	// engineQ is q for PromQL queries, bounding their series.
+	engineQ   storage.Queryable
 	maxSeries int
 	// maxSamples also bounds what a store reads whole for one Select
 	// (store.WithSampleLimit).
@@ -126,8 +128,10 @@ func New(inner storage.Queryable, list func() []twin.Info, opts Options) *Handle
 		EnableNegativeOffset: true,
 		// Prometheus' default evaluation interval.
 		NoStepSubqueryIntervalFn: func(int64) int64 { return time.Minute.Milliseconds() },
-		EnableQueryCost:          true,
-		Parser:                   p,
+		// No EnableQueryCost: its series limit is enforced by the
+		// queryable (limited), without its check of the context at
+		// every sample read.
+		Parser: p,
 	})
 	h := &Handler{
 		engine:  engine,
@@ -154,8 +158,8 @@ func New(inner storage.Queryable, list func() []twin.Info, opts Options) *Handle
 	h.maxSamples = opts.MaxSamples
 	if opts.MaxSeries > 0 {
 		h.maxSeries = opts.MaxSeries
-		engine.SetQueryLimits(uint64(opts.MaxSeries), 0, 0)
 	}
+	h.engineQ = limited{e: h.q, maxSeries: h.maxSeries}
 	return h
 }
 
@@ -235,7 +239,7 @@ func (h *Handler) query(w http.ResponseWriter, r *http.Request) {
 	}
 	defer cancel()
 	expr := r.FormValue("query")
-	qry, err := h.engine.NewInstantQuery(ctx, h.q, nil, expr, ts)
+	qry, err := h.engine.NewInstantQuery(ctx, h.engineQ, nil, expr, ts)
 	if err != nil {
 		prepareError(w, err)
 		return
@@ -284,7 +288,7 @@ func (h *Handler) queryRange(w http.ResponseWriter, r *http.Request) {
 	}
 	defer cancel()
 	expr := r.FormValue("query")
-	qry, err := h.engine.NewRangeQuery(ctx, h.q, nil, expr, start, end, step)
+	qry, err := h.engine.NewRangeQuery(ctx, h.engineQ, nil, expr, start, end, step)
 	if err != nil {
 		prepareError(w, err)
 		return
@@ -323,7 +327,6 @@ func (h *Handler) exec(ctx context.Context, w http.ResponseWriter, qry promql.Qu
 	// answer gets the query's timeout as its deadline instead.
 	<-h.slots
 	h.duration.Observe(time.Since(start).Seconds())
-	_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(h.timeout))
 	if res.Err != nil {
 		typ := execErrorType(res.Err)
 		h.queries.WithLabelValues(typ.name).Inc()
@@ -334,6 +337,9 @@ func (h *Handler) exec(ctx context.Context, w http.ResponseWriter, qry promql.Qu
 		return
 	}
 	h.queries.WithLabelValues("success").Inc()
+	// (An error answer is small: it is written without this deadline,
+	// which a timeout has already passed.)
+	_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(h.timeout))
 	warnings, infos := res.Warnings.AsStrings(expr, 10, 10)
 	writeSuccess(w, queryData(res.Value), warnings, infos)
 }

@@ -7,8 +7,10 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 
 	"github.com/prometheus/prometheus/model/labels"
+	"github.com/prometheus/prometheus/promql"
 	"github.com/prometheus/prometheus/storage"
 	"github.com/prometheus/prometheus/util/annotations"
 
@@ -113,6 +115,34 @@ type enrichedQuerier struct {
 	e          *enriched
 	q          storage.Querier
 	mint, maxt int64
+	// maxSeries > 0 bounds the series the querier's Selects give out,
+	// all together (a PromQL query's, see limited); selected counts them.
+	maxSeries int64
+	selected  atomic.Int64
+}
+
+// limited is the enriched queryable of PromQL queries: their querier
+// gives out at most maxSeries series over all of a query's Selects, and
+// fails past it with promql.ErrTooManySeries (422 cost_limit), the
+// engine's own query-cost series limit. The engine's (EnableQueryCost)
+// wraps every sample iterator in a check of the context, twice per sample
+// read: a fifth of a day's fleet heatmap through HTTP (see
+// docs/benchmarks.md, "H2-heat"); counting series here costs nothing per
+// sample. The engine still checks its context per series and per step,
+// and the stores theirs while reading.
+type limited struct {
+	e         *enriched
+	maxSeries int
+}
+
+func (l limited) Querier(mint, maxt int64) (storage.Querier, error) {
+	q, err := l.e.Querier(mint, maxt)
+	if err != nil {
+		return nil, err
+	}
+	eq := q.(*enrichedQuerier)
+	eq.maxSeries = int64(l.maxSeries)
+	return eq, nil
 }
 
 func (q *enrichedQuerier) Close() error { return q.q.Close() }
@@ -267,9 +297,13 @@ type enrichedSet struct {
 	ss  storage.SeriesSet
 	b   labels.Builder
 	cur storage.Series
+	err error
 }
 
 func (s *enrichedSet) Next() bool {
+	if s.err != nil {
+		return false
+	}
 	for s.ss.Next() {
 		sr := s.ss.At()
 		ls, ok := s.q.enrich(&s.p, sr.Labels(), &s.b)
@@ -286,14 +320,24 @@ func (s *enrichedSet) Next() bool {
 		if !match {
 			continue
 		}
+		if m := s.q.maxSeries; m > 0 && s.q.selected.Add(1) > m {
+			s.err = promql.ErrTooManySeries("query execution")
+			return false
+		}
 		s.cur = series{Series: sr, lset: ls}
 		return true
 	}
 	return false
 }
 
-func (s *enrichedSet) At() storage.Series                { return s.cur }
-func (s *enrichedSet) Err() error                        { return s.ss.Err() }
+func (s *enrichedSet) At() storage.Series { return s.cur }
+
+func (s *enrichedSet) Err() error {
+	if s.err != nil {
+		return s.err
+	}
+	return s.ss.Err()
+}
 func (s *enrichedSet) Warnings() annotations.Annotations { return s.ss.Warnings() }
 
 type series struct {

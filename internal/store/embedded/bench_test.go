@@ -3,14 +3,21 @@ package embedded
 import (
 	"context"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/prometheus/prometheus/promql"
 
+	"github.com/twinline/twinline/internal/promapi"
 	"github.com/twinline/twinline/internal/store"
 	"github.com/twinline/twinline/internal/telemetry"
+	"github.com/twinline/twinline/internal/twin"
 )
 
 // benchBatch fills batch with samples of machines × metrics series, one per
@@ -263,15 +270,24 @@ func BenchmarkFleetHeatmap(b *testing.B) {
 	s, now := rolledStore(b, names("m", 1000), 24*time.Hour)
 	eng := promql.NewEngine(promql.EngineOpts{MaxSamples: 100_000_000, Timeout: 10 * time.Minute, LookbackDelta: 5 * time.Minute})
 	start, end := time.UnixMilli(now-24*3600*sec), time.UnixMilli(now)
-	for _, c := range []struct{ name, q string }{
-		{"aligned/tier=1m", "avg by (machine) (avg_over_time(temp[1m] offset 1ms))"},
-		{"grafana/raw", "avg by (machine) (avg_over_time(temp[1m]))"},
+	// The engine with its query-cost budget (which the HTTP handler had
+	// until issue 18: it checks the context twice per sample read).
+	costEng := promql.NewEngine(promql.EngineOpts{MaxSamples: 100_000_000, Timeout: 10 * time.Minute, LookbackDelta: 5 * time.Minute, EnableQueryCost: true})
+	costEng.SetQueryLimits(10_000, 0, 0)
+	for _, c := range []struct {
+		name, q string
+		eng     *promql.Engine
+	}{
+		{"aligned/tier=1m", "avg by (machine) (avg_over_time(temp[1m] offset 1ms))", eng},
+		{"grafana/raw", "avg by (machine) (avg_over_time(temp[1m]))", eng},
+		{"aligned/tier=1m/query-cost", "avg by (machine) (avg_over_time(temp[1m] offset 1ms))", costEng},
+		{"grafana/raw/query-cost", "avg by (machine) (avg_over_time(temp[1m]))", costEng},
 	} {
 		b.Run(c.name, func(b *testing.B) {
 			b.ReportAllocs()
 			var m promql.Matrix
 			for b.Loop() {
-				m = rangeQuery(b, eng, s.PromQueryable(), c.q, start, end, time.Minute)
+				m = rangeQuery(b, c.eng, s.PromQueryable(), c.q, start, end, time.Minute)
 			}
 			if len(m) != 1000 {
 				b.Fatalf("%d series", len(m))
@@ -280,6 +296,38 @@ func BenchmarkFleetHeatmap(b *testing.B) {
 				b.Logf("%d torn tier reads (answered from raw samples)", n)
 			}
 			b.ReportMetric(float64(len(m[0].Floats)), "points/series")
+		})
+	}
+	// The same through the HTTP handler, as Grafana calls it: the registry
+	// labels (site, line) added to every series, the answer encoded.
+	infos := make([]twin.Info, 1000)
+	for i, m := range names("m", 1000) {
+		infos[i] = twin.Info{ID: m, Site: fmt.Sprintf("site-%d", i%4), Line: fmt.Sprintf("line-%d", i%20)}
+	}
+	h := promapi.New(s.PromQueryable(), func() []twin.Info { return infos }, promapi.Options{})
+	for _, c := range []struct{ name, q string }{
+		{"http/aligned/tier=1m", "avg by (machine) (avg_over_time(temp[1m] offset 1ms))"},
+		{"http/grafana/raw", "avg by (machine) (avg_over_time(temp[1m]))"},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			b.ReportAllocs()
+			form := url.Values{"query": {c.q}, "step": {"60"},
+				"start": {strconv.FormatFloat(float64(start.UnixMilli())/1000, 'f', 3, 64)},
+				"end":   {strconv.FormatFloat(float64(end.UnixMilli())/1000, 'f', 3, 64)}}
+			var rec *httptest.ResponseRecorder
+			for b.Loop() {
+				req := httptest.NewRequest(http.MethodPost, promapi.Prefix+"query_range", strings.NewReader(form.Encode()))
+				req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+				rec = httptest.NewRecorder()
+				h.ServeHTTP(rec, req)
+				if rec.Code != http.StatusOK {
+					b.Fatalf("%d: %s", rec.Code, rec.Body)
+				}
+			}
+			if n := strings.Count(rec.Body.String(), `"metric":`); n != 1000 {
+				b.Fatalf("%d series", n)
+			}
+			b.ReportMetric(float64(rec.Body.Len()), "bytes/answer")
 		})
 	}
 }
