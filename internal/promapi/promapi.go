@@ -321,7 +321,11 @@ func (h *Handler) exec(ctx context.Context, w http.ResponseWriter, qry promql.Qu
 		return
 	}
 	start := time.Now()
-	res := qry.Exec(store.WithSampleLimit(ctx, h.maxSamples))
+	ctx = store.WithSampleLimit(ctx, h.maxSamples)
+	if hasSubquery(qry) {
+		ctx = store.WithRawSamples(ctx)
+	}
+	res := qry.Exec(ctx)
 	// The slot bounds evaluations, not answers: a client reading its
 	// answer slowly must not hold off every other query. Writing the
 	// answer gets the query's timeout as its deadline instead.
@@ -679,4 +683,21 @@ func parseDuration(s string) (time.Duration, error) {
 		return time.Duration(d), nil
 	}
 	return 0, fmt.Errorf("cannot parse %q to a valid duration", s)
+}
+
+// hasSubquery reports whether qry's expression holds a subquery, whose
+// selectors the stores must answer from raw samples (store.WithRawSamples).
+func hasSubquery(qry promql.Query) bool {
+	st, ok := qry.Statement().(*parser.EvalStmt)
+	if !ok {
+		return true
+	}
+	found := false
+	parser.Inspect(st.Expr, func(n parser.Node, _ []parser.Node) error {
+		if _, ok := n.(*parser.SubqueryExpr); ok {
+			found = true
+		}
+		return nil
+	})
+	return found
 }

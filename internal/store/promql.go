@@ -69,3 +69,23 @@ func TakeSamples(ctx context.Context, n int) error {
 	}
 	return fmt.Errorf("%w: the query's selectors read more than %d samples in the range; narrow the selectors or the range", ErrTooManySamples, b.limit)
 }
+
+// rawOnlyKey marks a context whose PromQL Selects must read raw samples.
+type rawOnlyKey struct{}
+
+// WithRawSamples returns ctx marked so that a PromQueryable's Select reads
+// raw samples, never pre-aggregated data (rollup tiers, window
+// aggregates), whatever its hints. The query API marks a query that has
+// a subquery: the engine gives the selectors under it hints derived from
+// the outer query's times and the subquery's step, while the subquery
+// evaluates at multiples of its step since the epoch, so a plan that the
+// hints show aligned to buckets may be a millisecond off in fact.
+func WithRawSamples(ctx context.Context) context.Context {
+	return context.WithValue(ctx, rawOnlyKey{}, true)
+}
+
+// RawSamplesOnly reports whether ctx was marked by WithRawSamples.
+func RawSamplesOnly(ctx context.Context) bool {
+	v, _ := ctx.Value(rawOnlyKey{}).(bool)
+	return v
+}

@@ -92,7 +92,7 @@ func (q *promQuerier) Select(ctx context.Context, sortSeries bool, hints *storag
 	if !ok {
 		return storage.EmptySeriesSet()
 	}
-	if p, ok := q.s.roll.planTier(hints); ok {
+	if p, ok := q.s.roll.planTier(hints); ok && !store.RawSamplesOnly(ctx) {
 		if ss, torn := q.s.selectTier(ctx, p, hints, tm); !torn {
 			return ss
 		}

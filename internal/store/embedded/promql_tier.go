@@ -39,9 +39,9 @@ type tierPlan struct {
 // counts points, so it reads raw samples, as does everything else.
 // Grafana's default alignment (evaluation at multiples of the step) cuts
 // every bucket by a millisecond: `[1m] offset 1ms` (or a start 1 ms
-// earlier) aligns it. A subquery is not visible in the hints (see
-// docs/decisions/0025-promql-on-postgres.md): its lattice is checked like
-// the query's.
+// earlier) aligns it. A subquery evaluates at multiples of its step, which
+// the hints do not show: the query API marks a query with one
+// (store.WithRawSamples) and its Selects read raw samples.
 func (r *rollups) planTier(h *storage.SelectHints) (tierPlan, bool) {
 	if h == nil || h.Step <= 0 || h.Range <= 0 || h.End < h.Start {
 		return tierPlan{}, false

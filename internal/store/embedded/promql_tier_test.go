@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"slices"
 	"testing"
 	"time"
 
@@ -11,6 +12,7 @@ import (
 	"github.com/prometheus/prometheus/promql"
 	"github.com/prometheus/prometheus/storage"
 
+	"github.com/twinline/twinline/internal/store"
 	"github.com/twinline/twinline/internal/store/storetest"
 	"github.com/twinline/twinline/internal/telemetry"
 )
@@ -152,4 +154,54 @@ func matrixDiff(a, b promql.Matrix) string {
 		}
 	}
 	return ""
+}
+
+// TestPromQLSubqueryReadsRaw checks that a query marked as the query API
+// marks one with a subquery (store.WithRawSamples) reads no tier: the
+// subquery evaluates at multiples of its step, which the hints do not
+// show, so at an outer time one millisecond before a minute the hints look
+// aligned to the buckets while every inner interval is a bucket off.
+func TestPromQLSubqueryReadsRaw(t *testing.T) {
+	now := base + 3*day
+	s := open(t, t.TempDir(), Options{Now: func() time.Time { return time.UnixMilli(now) }, RollupEvery: time.Hour, BlockDuration: time.Hour})
+	ctx := context.Background()
+	in := storetest.Samples("m1", "temp", now-day, 10*time.Second, 8640, func(i int) float64 { return float64((i*7919)%1001) / 10 })
+	for i := 0; i < len(in); i += 1000 {
+		mustAppend(t, s, in[i:min(i+1000, len(in))])
+	}
+	if err := s.db.Compact(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.rollup(ctx); err != nil {
+		t.Fatal(err)
+	}
+	eng := promql.NewEngine(promql.EngineOpts{MaxSamples: 50_000_000, Timeout: time.Minute, LookbackDelta: 5 * time.Minute})
+	at := time.UnixMilli(now - 10*hour - 1) // one millisecond before a minute
+	const qs = "max_over_time(sum_over_time(temp[1m])[1h:1m])"
+	instant := func(ctx context.Context, q storage.Queryable) promql.Vector {
+		t.Helper()
+		qry, err := eng.NewInstantQuery(ctx, q, nil, qs, at)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer qry.Close()
+		res := qry.Exec(ctx)
+		if res.Err != nil {
+			t.Fatal(res.Err)
+		}
+		v, err := res.Vector()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return slices.Clone(v)
+	}
+	want := instant(ctx, rawQueryable{s.PromQueryable()})
+	before := s.roll.tierSelects.Load()
+	got := instant(store.WithRawSamples(ctx), s.PromQueryable())
+	if s.roll.tierSelects.Load() != before {
+		t.Errorf("a query marked raw-only read a tier")
+	}
+	if len(want) != 1 || len(got) != 1 || got[0].F != want[0].F {
+		t.Errorf("%s at %v: got %v, want %v (raw samples)", qs, at, got, want)
+	}
 }
