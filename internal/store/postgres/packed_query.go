@@ -1,10 +1,12 @@
 package postgres
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"math"
 	"math/bits"
+	"slices"
 	"strings"
 	"time"
 
@@ -344,18 +346,15 @@ func (s *Store) downsamplePacked(ctx context.Context, key store.SeriesKey, from,
 	if hi, lo := bits.Mul64(span, nb); span == 0 || hi != 0 || lo > math.MaxInt64 {
 		return store.Downsample(ctx, s, key, from, to, n)
 	}
-	// At most n samples come back as they are.
-	var raw []store.Point
-	if err := s.Select(ctx, key, from, to, func(p store.Point) bool {
-		raw = append(raw, p)
-		return len(raw) <= n
-	}); err != nil {
+	// At most n samples come back as they are. Reading up to n+1 of them
+	// unordered (sorting here when there are no more) stops after the
+	// first chunks: ORDER BY time would sort the whole range first.
+	raw, err := s.firstPacked(ctx, key, from, to, n+1)
+	if err != nil {
 		return nil, err
 	}
 	if len(raw) <= n {
-		if raw == nil {
-			raw = []store.Point{}
-		}
+		slices.SortFunc(raw, func(a, b store.Point) int { return cmp.Compare(a.Time, b.Time) })
 		return raw, nil
 	}
 	cfrom, cto, _ := clampRange(from, to)
@@ -389,6 +388,13 @@ func (s *Store) downsamplePacked(ctx context.Context, key store.SeriesKey, from,
 	if err != nil || !found {
 		return []store.Point{}, err
 	}
+	if s.downsampleSQL {
+		// The SQL plan only (tests comparing the two).
+	} else if out, ok, err := s.downsampleGo(ctx, id, from, cfrom, cto, nb, span, n); err != nil {
+		return nil, errPacked("downsampling", key, err)
+	} else if ok {
+		return out, nil
+	}
 	rows, err := s.pool.Query(ctx, downsamplePackedSQL(t.table, s.legacy.Load()), customPlan, id, ts(midFrom), ts(midTo),
 		nil, from, int64(nb), int64(span), t.ms, loR, hiR, ts(cfrom), ts(cto), chunkStart(cfrom))
 	if err != nil {
@@ -414,6 +420,42 @@ func (s *Store) downsamplePacked(ctx context.Context, key store.SeriesKey, from,
 		default:
 			out = append(out, pmax, pmin)
 		}
+	}
+	if err := rows.Err(); err != nil {
+		return nil, errPacked("downsampling", key, err)
+	}
+	return out, nil
+}
+
+// firstPacked returns up to limit samples of a series in [from, to], in
+// no particular order.
+func (s *Store) firstPacked(ctx context.Context, key store.SeriesKey, from, to int64, limit int) ([]store.Point, error) {
+	if err := s.acquire(); err != nil {
+		return nil, fmt.Errorf("downsampling: %w", err)
+	}
+	defer s.life.RUnlock()
+	from, to, ok := clampRange(from, to)
+	if !ok || !validName(key.Machine) || !validName(key.Metric) {
+		return []store.Point{}, nil
+	}
+	id, ok, err := s.lookupSeries(ctx, key.Machine, key.Metric)
+	if err != nil || !ok {
+		return []store.Point{}, err
+	}
+	rows, err := s.pool.Query(ctx, "SELECT time, value FROM ("+s.rawSQL()+") r LIMIT $5", customPlan,
+		id, ts(from), ts(to), chunkStart(from), limit)
+	if err != nil {
+		return nil, errPacked("downsampling", key, err)
+	}
+	defer rows.Close()
+	out := []store.Point{}
+	var t time.Time
+	var v float64
+	for rows.Next() {
+		if err := rows.Scan(&t, &v); err != nil {
+			return nil, errPacked("downsampling", key, err)
+		}
+		out = append(out, store.Point{Time: t.UnixMilli(), Value: v})
 	}
 	if err := rows.Err(); err != nil {
 		return nil, errPacked("downsampling", key, err)

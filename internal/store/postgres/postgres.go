@@ -258,7 +258,10 @@ type Store struct {
 	// legacy: the packed store still has rows in the legacy table samples
 	// (MigratePacked is moving them): reads include them, writes check them.
 	legacy atomic.Bool
-	spool  *spool // nil without SpoolDir
+	// downsampleSQL: DownsampleRange keeps its SQL plan (tests compare the
+	// Go plan of packed_downsample.go with it); set before use.
+	downsampleSQL bool
+	spool         *spool // nil without SpoolDir
 
 	// life is held shared by every operation and exclusively by Close.
 	life   sync.RWMutex
