@@ -236,6 +236,12 @@ func planTiers(h *storage.SelectHints) aggPlan {
 		col = "max"
 	case "min_over_time":
 		col = "min"
+	case "sum_over_time":
+		col = "sum"
+	case "avg_over_time":
+		col = "avg"
+	case "count_over_time":
+		col = "count"
 	default:
 		return aggPlan{}
 	}
@@ -255,14 +261,23 @@ func planTiers(h *storage.SelectHints) aggPlan {
 // alignedTier returns the widest rollup tier (1 h, 1 min) whose buckets no
 // evaluation window of p cuts: every window (e-R, e] starts and ends on a
 // bucket boundary (e+1 and R multiples of the tier, and so the step). Each
-// bucket is then wholly inside or outside each window, and its extreme at
-// its time stands for its samples, bit for bit (the argument of
-// planAggregates, with no cut bucket to read raw).
+// bucket is then wholly inside or outside each window, and stands for its
+// samples by what promTierPackedSQL gives: its extreme at its time (bit for
+// bit, the argument of planAggregates with no cut bucket to read raw); its
+// sum (the sum of the window's sums, equal up to rounding); its average,
+// only when the window is one bucket (an average of averages is not the
+// average); or count points at its first count milliseconds (a bucket's
+// samples have distinct times in it, so count ≤ its width), whose values
+// count_over_time ignores. A bucket's late head rows come as samples too:
+// right for min and max; sum, avg and count then read raw (selectProm).
 func (p aggPlan) alignedTier() (tier, bool) {
 	if p.col == "" {
 		return tier{}, false
 	}
 	for _, t := range []tier{{agg1hTable, hourMs}, {agg1mTable, 60_000}} {
+		if p.col == "avg" && p.rng != t.ms {
+			continue
+		}
 		if floorMod(p.anchor+1, t.ms) == 0 && p.rng%t.ms == 0 && p.step%t.ms == 0 {
 			return t, true
 		}
@@ -283,8 +298,19 @@ func promTierPackedSQL(f *seriesFilter, from, to, midFrom, midTo int64, t tier, 
 	if legacy {
 		legacyRows = strings.NewReplacer("$1", "s.id", "$2", fromA, "$3", toA).Replace(legacyRaw)
 	}
+	point := "a." + col + "_time, a." + col // max, min
+	lateral := ""
+	switch col {
+	case "sum":
+		point = "a.bucket, a.sum"
+	case "avg":
+		point = "a.bucket, a.sum / a.count"
+	case "count":
+		point = "a.bucket + g.i * interval '1 millisecond', 1::float8"
+		lateral = " CROSS JOIN LATERAL generate_series(0, a.count - 1) g(i)"
+	}
 	sql := `
-SELECT s.machine, s.metric, a.` + col + `_time, a.` + col + ` FROM series s JOIN ` + t.table + ` a ON a.series_id = s.id
+SELECT s.machine, s.metric, ` + point + ` FROM series s JOIN ` + t.table + ` a ON a.series_id = s.id` + lateral + `
 WHERE ` + seriesCond("s.", f, &a) + ` AND a.bucket >= ` + midFromA + ` AND a.bucket < ` + midToA + `
 UNION ALL
 SELECT s.machine, s.metric, r.time, r.value FROM series s CROSS JOIN LATERAL (
@@ -298,6 +324,18 @@ SELECT s.machine, s.metric, r.time, r.value FROM series s CROSS JOIN LATERAL (
 		legacyRows + `
 ) r WHERE ` + seriesCond("s.", f, &a)
 	return sql, a
+}
+
+// headRowsIn reports whether a series of f has head rows in [midFrom,
+// midTo): late samples of compacted hours, or hours not compacted yet,
+// which a tier bucket's average or count points cannot merge with.
+func (s *Store) headRowsIn(ctx context.Context, f *seriesFilter, midFrom, midTo int64) (bool, error) {
+	var a sqlArgs
+	sql := `SELECT EXISTS (SELECT 1 FROM series s JOIN sample_head h ON h.series_id = s.id WHERE ` + seriesCond("s.", f, &a) +
+		` AND h.time >= ` + a.add(ts(midFrom)) + ` AND h.time < ` + a.add(ts(midTo)) + `)`
+	var late bool
+	err := s.pool.QueryRow(ctx, sql, append([]any{customPlan}, a...)...).Scan(&late)
+	return late, err
 }
 
 // errPacked wraps an error of a packed read.

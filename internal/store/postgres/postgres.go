@@ -261,7 +261,10 @@ type Store struct {
 	// downsampleSQL: DownsampleRange keeps its SQL plan (tests compare the
 	// Go plan of packed_downsample.go with it); set before use.
 	downsampleSQL bool
-	spool         *spool // nil without SpoolDir
+	// tierSelects counts the PromQL Selects that read a rollup tier
+	// (tests).
+	tierSelects atomic.Int64
+	spool       *spool // nil without SpoolDir
 
 	// life is held shared by every operation and exclusively by Close.
 	life   sync.RWMutex

@@ -466,7 +466,15 @@ func (s *Store) selectProm(ctx context.Context, f *seriesFilter, from, to int64,
 		sql, args = promRawPackedSQL(f, from, to, s.legacy.Load())
 		if t, ok := p.alignedTier(); ok {
 			midFrom, midTo := floorDiv(from+t.ms-1, t.ms)*t.ms, floorDiv(to+1, t.ms)*t.ms
-			if midFrom < midTo {
+			late := false
+			if midFrom < midTo && (p.col == "sum" || p.col == "avg" || p.col == "count") {
+				var err error
+				if late, err = s.headRowsIn(ctx, f, midFrom, midTo); err != nil {
+					return nil, fmt.Errorf("selecting series: %w", err)
+				}
+			}
+			if midFrom < midTo && !late {
+				s.tierSelects.Add(1)
 				sql, args = promTierPackedSQL(f, from, to, midFrom, midTo, t, p.col, s.legacy.Load())
 			}
 		}
