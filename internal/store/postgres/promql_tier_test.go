@@ -49,7 +49,7 @@ func TestPromQLPackedTierAggs(t *testing.T) {
 		{expr: "avg_over_time(temperature[1h])", step: 2 * time.Hour, wantTier: true},
 		{expr: "count_over_time(temperature[1m])", step: time.Minute, wantTier: true},
 		{expr: "count_over_time(temperature[10m])", step: 5 * time.Minute, wantTier: true},
-		{expr: "avg_over_time(temperature[5m])", step: time.Minute},                                 // an average of averages
+		{expr: "avg_over_time(temperature[5m])", step: time.Minute},                                     // an average of averages
 		{expr: "avg_over_time(temperature[1m])", start: start.Add(time.Millisecond), step: time.Minute}, // Grafana's alignment
 		{expr: "count_over_time(temperature[90s])", step: 3 * time.Minute},
 	}
