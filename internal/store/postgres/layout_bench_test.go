@@ -206,6 +206,19 @@ func BenchmarkLayoutsLongRange(b *testing.B) {
 		}
 	}
 	key := store.SeriesKey{Machine: "m2", Metric: "temp"}
+	// The packed layout's SQL downsampling plan (1 min rollups in SQL),
+	// on the same tables, next to its Go plan.
+	sqlPlan := openTest(b, "", Options{Layout: LayoutPacked, MaxConns: 2, Schema: stores[LayoutPacked].schema})
+	sqlPlan.downsampleSQL = true
+	b.Run("packed_sqlplan/downsample_30d_1000", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			pts, err := sqlPlan.DownsampleRange(ctx, key, from, to, 1000)
+			if err != nil || len(pts) < 900 {
+				b.Fatalf("%d points, %v", len(pts), err)
+			}
+		}
+	})
 	for _, l := range []string{LayoutRows, LayoutPacked} {
 		s := stores[l]
 		b.Run(l+"/downsample_30d_1000", func(b *testing.B) {

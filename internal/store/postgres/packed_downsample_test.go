@@ -2,7 +2,10 @@ package postgres
 
 import (
 	"context"
+	"encoding/binary"
+	"math"
 	"math/rand/v2"
+	"slices"
 	"testing"
 	"time"
 
@@ -84,5 +87,52 @@ func TestPackedDownsampleGo(t *testing.T) {
 				t.Errorf("%s plan: DownsampleRange(%d, %d, %d) (-got +want):\n%s", name, r.from, r.to, r.n, diff)
 			}
 		}
+	}
+}
+
+// TestPGArrayBinary walks binary arrays as PostgreSQL sends them, and
+// refuses what it cannot walk (the caller then scans through pgx).
+func TestPGArrayBinary(t *testing.T) {
+	arr := func(ndim, hasNull uint32, elems ...[]byte) []byte {
+		b := binary.BigEndian.AppendUint32(nil, ndim)
+		b = binary.BigEndian.AppendUint32(b, hasNull)
+		b = binary.BigEndian.AppendUint32(b, 23) // int4
+		if ndim == 0 {
+			return b
+		}
+		b = binary.BigEndian.AppendUint32(b, uint32(len(elems)))
+		b = binary.BigEndian.AppendUint32(b, 1)
+		for _, e := range elems {
+			if e == nil {
+				b = binary.BigEndian.AppendUint32(b, 0xffffffff)
+				continue
+			}
+			b = binary.BigEndian.AppendUint32(b, uint32(len(e)))
+			b = append(b, e...)
+		}
+		return b
+	}
+	i4 := func(v int32) []byte { return binary.BigEndian.AppendUint32(nil, uint32(v)) }
+	got, ok := pgArrayInt4(arr(1, 0, i4(5), i4(-7), i4(3_599_999)), nil)
+	if !ok || !slices.Equal(got, []int32{5, -7, 3_599_999}) {
+		t.Errorf("int4 array: %v, %v", got, ok)
+	}
+	if got, ok := pgArrayInt4(arr(0, 0), nil); !ok || len(got) != 0 {
+		t.Errorf("empty array: %v, %v", got, ok)
+	}
+	for name, b := range map[string][]byte{
+		"null":      arr(1, 1, i4(1), nil),
+		"2 dims":    arr(2, 0, i4(1)),
+		"short":     arr(1, 0, i4(1), i4(2))[:25],
+		"elem size": arr(1, 0, []byte{1, 2}),
+		"truncated": {0, 0},
+	} {
+		if _, ok := pgArrayInt4(b, nil); ok {
+			t.Errorf("%s: walked", name)
+		}
+	}
+	f8 := binary.BigEndian.AppendUint64(nil, math.Float64bits(-2.5))
+	if got, ok := pgArrayFloat8(arr(1, 0, f8), nil); !ok || !slices.Equal(got, []float64{-2.5}) {
+		t.Errorf("float8 array: %v, %v", got, ok)
 	}
 }
