@@ -3,6 +3,7 @@ package postgres
 import (
 	"cmp"
 	"context"
+	"encoding/binary"
 	"fmt"
 	"math"
 	"math/bits"
@@ -285,19 +286,16 @@ func (p aggPlan) alignedTier() (tier, bool) {
 	return tier{}, false
 }
 
-// promTierPackedSQL is a PromQL Select reading, for max_over_time or
-// min_over_time (col) on an aligned tier, one point per compacted tier
-// bucket of [midFrom, midTo) (its extreme at its time), and raw samples for
-// the rest: the head (never in a tier), the chunk samples outside
-// [midFrom, midTo), the legacy rows.
-func promTierPackedSQL(f *seriesFilter, from, to, midFrom, midTo int64, t tier, col string, legacy bool) (string, sqlArgs) {
-	var a sqlArgs
-	fromA, toA, chunkA := a.add(ts(from)), a.add(ts(to)), a.add(chunkStart(from))
-	midFromA, midToA, lastChunkA := a.add(ts(midFrom)), a.add(ts(midTo)), a.add(ts(midTo-chunkMs))
-	legacyRows := ""
-	if legacy {
-		legacyRows = strings.NewReplacer("$1", "s.id", "$2", fromA, "$3", toA).Replace(legacyRaw)
-	}
+// promTierPackedSQL is a PromQL Select reading, for col (max_over_time,
+// min_over_time, sum_over_time, avg_over_time, count_over_time) on an
+// aligned tier, the points of every compacted tier bucket of
+// [midFrom, midTo) (see alignedTier), and raw samples for the rest: the
+// head (never in a tier), the chunk samples outside [midFrom, midTo), the
+// legacy rows. Two statements: tierSQL gives a row per series, its points'
+// times and values as arrays (a row per point cost PostgreSQL more than
+// the rest of the query), rawSQL rows (machine, metric, time, value).
+func promTierPackedSQL(f *seriesFilter, from, to, midFrom, midTo int64, t tier, col string, legacy bool) (tierSQL string, tierArgs sqlArgs, rawSQL string, rawArgs sqlArgs) {
+	var ta sqlArgs
 	point := "a." + col + "_time, a." + col // max, min
 	lateral := ""
 	switch col {
@@ -309,10 +307,19 @@ func promTierPackedSQL(f *seriesFilter, from, to, midFrom, midTo int64, t tier, 
 		point = "a.bucket + g.i * interval '1 millisecond', 1::float8"
 		lateral = " CROSS JOIN LATERAL generate_series(0, a.count - 1) g(i)"
 	}
-	sql := `
-SELECT s.machine, s.metric, ` + point + ` FROM series s JOIN ` + t.table + ` a ON a.series_id = s.id` + lateral + `
-WHERE ` + seriesCond("s.", f, &a) + ` AND a.bucket >= ` + midFromA + ` AND a.bucket < ` + midToA + `
-UNION ALL
+	tm, v, _ := strings.Cut(point, ", ")
+	tierSQL = `
+SELECT s.machine, s.metric, array_agg(` + tm + `), array_agg(` + v + `) FROM series s JOIN ` + t.table + ` a ON a.series_id = s.id` + lateral + `
+WHERE ` + seriesCond("s.", f, &ta) + ` AND a.bucket >= ` + ta.add(ts(midFrom)) + ` AND a.bucket < ` + ta.add(ts(midTo)) + `
+GROUP BY s.machine, s.metric`
+	var a sqlArgs
+	fromA, toA, chunkA := a.add(ts(from)), a.add(ts(to)), a.add(chunkStart(from))
+	midFromA, midToA, lastChunkA := a.add(ts(midFrom)), a.add(ts(midTo)), a.add(ts(midTo-chunkMs))
+	legacyRows := ""
+	if legacy {
+		legacyRows = strings.NewReplacer("$1", "s.id", "$2", fromA, "$3", toA).Replace(legacyRaw)
+	}
+	rawSQL = `
 SELECT s.machine, s.metric, r.time, r.value FROM series s CROSS JOIN LATERAL (
 	SELECT time, value FROM sample_head WHERE series_id = s.id AND time >= ` + fromA + ` AND time <= ` + toA + `
 	UNION ALL
@@ -323,18 +330,57 @@ SELECT s.machine, s.metric, r.time, r.value FROM series s CROSS JOIN LATERAL (
 		AND c.start + c.o * interval '1 millisecond' >= ` + fromA + ` AND c.start + c.o * interval '1 millisecond' <= ` + toA +
 		legacyRows + `
 ) r WHERE ` + seriesCond("s.", f, &a)
-	return sql, a
+	return tierSQL, ta, rawSQL, a
+}
+
+// gatherTierArrays adds the rows (machine, metric, times[], values[]) of
+// a tier read to the series of g.
+func gatherTierArrays(ctx context.Context, rows pgx.Rows, g *seriesGather) error {
+	var (
+		tms  []int64
+		vals []float64
+	)
+	for rows.Next() {
+		raw := rows.RawValues()
+		if len(raw) != 4 {
+			return fmt.Errorf("want 4 columns, got %d", len(raw))
+		}
+		tms, vals = tms[:0], vals[:0]
+		okT := pgArrayElems(raw[2], 8, func(e []byte) {
+			tms = append(tms, floorDiv(int64(binary.BigEndian.Uint64(e))+pgEpochMicros, 1000))
+		})
+		okV := pgArrayElems(raw[3], 8, func(e []byte) { vals = append(vals, math.Float64frombits(binary.BigEndian.Uint64(e))) })
+		if !okT || !okV || len(tms) != len(vals) {
+			var ts []time.Time
+			var m, k string
+			if err := rows.Scan(&m, &k, &ts, &vals); err != nil {
+				return err
+			}
+			tms = tms[:0]
+			for _, t := range ts {
+				tms = append(tms, t.UnixMilli())
+			}
+		}
+		if err := store.TakeSamples(ctx, len(tms)); err != nil {
+			return err
+		}
+		cur := g.series(raw[0], raw[1])
+		for i, t := range tms {
+			cur.pts = append(cur.pts, promPoint{t: t, f: vals[i]})
+		}
+	}
+	return rows.Err()
 }
 
 // headRowsIn reports whether a series of f has head rows in [midFrom,
 // midTo): late samples of compacted hours, or hours not compacted yet,
 // which a tier bucket's average or count points cannot merge with.
-func (s *Store) headRowsIn(ctx context.Context, f *seriesFilter, midFrom, midTo int64) (bool, error) {
+func headRowsIn(ctx context.Context, tx pgx.Tx, f *seriesFilter, midFrom, midTo int64) (bool, error) {
 	var a sqlArgs
 	sql := `SELECT EXISTS (SELECT 1 FROM series s JOIN sample_head h ON h.series_id = s.id WHERE ` + seriesCond("s.", f, &a) +
 		` AND h.time >= ` + a.add(ts(midFrom)) + ` AND h.time < ` + a.add(ts(midTo)) + `)`
 	var late bool
-	err := s.pool.QueryRow(ctx, sql, append([]any{customPlan}, a...)...).Scan(&late)
+	err := tx.QueryRow(ctx, sql, append([]any{customPlan}, a...)...).Scan(&late)
 	return late, err
 }
 
