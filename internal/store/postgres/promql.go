@@ -41,7 +41,9 @@ import (
 // minute or more, over series dense enough (windowDensity), Select reads
 // sample_aggs (one row per 10 s window) in place of the raw rows of every
 // window no evaluation window cuts, and the raw samples of the others: see
-// planAggregates for why the answer is exactly the raw one.
+// planAggregates for why the answer is exactly the raw one. In the packed
+// layout the rollups serve instead (planTiers, alignedTier): a tier read is
+// two statements in one snapshot (selectPromTier).
 
 var _ store.PromQueryable = (*Store)(nil)
 
