@@ -13,6 +13,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/prometheus/promql"
+	"github.com/prometheus/prometheus/storage"
+
 	"github.com/twinline/twinline/internal/store"
 	"github.com/twinline/twinline/internal/store/storetest"
 	"github.com/twinline/twinline/internal/telemetry"
@@ -203,6 +206,19 @@ func BenchmarkLayoutsLongRange(b *testing.B) {
 		}
 	}
 	key := store.SeriesKey{Machine: "m2", Metric: "temp"}
+	// The packed layout's SQL downsampling plan (1 min rollups in SQL),
+	// on the same tables, next to its Go plan.
+	sqlPlan := openTest(b, "", Options{Layout: LayoutPacked, MaxConns: 2, Schema: stores[LayoutPacked].schema})
+	sqlPlan.downsampleSQL = true
+	b.Run("packed_sqlplan/downsample_30d_1000", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			pts, err := sqlPlan.DownsampleRange(ctx, key, from, to, 1000)
+			if err != nil || len(pts) < 900 {
+				b.Fatalf("%d points, %v", len(pts), err)
+			}
+		}
+	})
 	for _, l := range []string{LayoutRows, LayoutPacked} {
 		s := stores[l]
 		b.Run(l+"/downsample_30d_1000", func(b *testing.B) {
@@ -221,6 +237,80 @@ func BenchmarkLayoutsLongRange(b *testing.B) {
 				if err != nil || len(pts) != 29*24+12 {
 					b.Fatalf("%d points, %v", len(pts), err)
 				}
+			}
+		})
+	}
+}
+
+// BenchmarkPackedFleetHeatmap is the Grafana fleet heatmap on a packed
+// store: `avg by (machine) (avg_over_time(temperature[1m]))` over a
+// compacted day (yesterday) at a 1 min step, TWINLINE_BENCH_MACHINES
+// machines (default 1 000) with a sample every TWINLINE_BENCH_EVERY_S
+// seconds (default 10: 8.64 M samples), through Prometheus' engine. Cases:
+// evaluation windows on whole minutes (start 1 ms before the minute: the
+// 1 min rollups), Grafana's default alignment (start on the minute: every
+// window cuts a minute by 1 ms, raw chunk samples), and the raw read of
+// the aligned query (rollups off), side by side.
+func BenchmarkPackedFleetHeatmap(b *testing.B) {
+	nm, every := envInt("TWINLINE_BENCH_MACHINES", 1000), int64(envInt("TWINLINE_BENCH_EVERY_S", 10))*1000
+	ctx := context.Background()
+	s := openTest(b, "", Options{Layout: LayoutPacked, MaxConns: 2})
+	day := storetest.Base - dayMs
+	names := make([]string, nm)
+	for m := range names {
+		names[m] = fmt.Sprintf("m%04d", m)
+	}
+	t0 := time.Now()
+	n := 0
+	batch := make([]telemetry.Sample, 0, 10_000)
+	for t := day; t < day+dayMs; t += every {
+		for m, name := range names {
+			i := (t - day) / every
+			batch = append(batch, telemetry.Sample{Machine: name, Metric: "temperature", Time: t,
+				Value: 60 + float64((i*7919+int64(m)*104729)%1000)/50})
+			if len(batch) == cap(batch) {
+				mustAppend(b, s, batch)
+				n, batch = n+len(batch), batch[:0]
+			}
+		}
+	}
+	mustAppend(b, s, batch)
+	n += len(batch)
+	if _, err := s.Compact(ctx, testNow); err != nil {
+		b.Fatal(err)
+	}
+	tables := append(s.tables(), "series")
+	if _, err := s.pool.Exec(ctx, "VACUUM ANALYZE "+strings.Join(tables, ", ")); err != nil {
+		b.Fatal(err)
+	}
+	b.Logf("loaded and compacted %d samples in %v", n, time.Since(t0).Round(time.Millisecond))
+	eng := testEngine()
+	const expr = "avg by (machine) (avg_over_time(temperature[1m]))"
+	end := time.UnixMilli(day + dayMs - 1).UTC()
+	for _, c := range []struct {
+		name  string
+		q     storage.Queryable
+		start time.Time
+	}{
+		{"rollup_aligned", s.PromQueryable(), time.UnixMilli(day + 60_000 - 1).UTC()},
+		{"grafana_alignment", s.PromQueryable(), time.UnixMilli(day + 60_000).UTC()},
+		{"raw_aligned", promQueryable{s: s}, time.UnixMilli(day + 60_000 - 1).UTC()},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				qry, err := eng.NewRangeQuery(ctx, c.q, nil, expr, c.start, end, time.Minute)
+				if err != nil {
+					b.Fatal(err)
+				}
+				res := qry.Exec(ctx)
+				if res.Err != nil {
+					b.Fatal(res.Err)
+				}
+				if m, ok := res.Value.(promql.Matrix); !ok || len(m) != nm {
+					b.Fatalf("%d series, want %d", len(m), nm)
+				}
+				qry.Close()
 			}
 		})
 	}

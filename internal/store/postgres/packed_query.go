@@ -1,10 +1,13 @@
 package postgres
 
 import (
+	"cmp"
 	"context"
+	"encoding/binary"
 	"fmt"
 	"math"
 	"math/bits"
+	"slices"
 	"strings"
 	"time"
 
@@ -234,6 +237,12 @@ func planTiers(h *storage.SelectHints) aggPlan {
 		col = "max"
 	case "min_over_time":
 		col = "min"
+	case "sum_over_time":
+		col = "sum"
+	case "avg_over_time":
+		col = "avg"
+	case "count_over_time":
+		col = "count"
 	default:
 		return aggPlan{}
 	}
@@ -253,14 +262,23 @@ func planTiers(h *storage.SelectHints) aggPlan {
 // alignedTier returns the widest rollup tier (1 h, 1 min) whose buckets no
 // evaluation window of p cuts: every window (e-R, e] starts and ends on a
 // bucket boundary (e+1 and R multiples of the tier, and so the step). Each
-// bucket is then wholly inside or outside each window, and its extreme at
-// its time stands for its samples, bit for bit (the argument of
-// planAggregates, with no cut bucket to read raw).
+// bucket is then wholly inside or outside each window, and stands for its
+// samples by what promTierPackedSQL gives: its extreme at its time (bit for
+// bit, the argument of planAggregates with no cut bucket to read raw); its
+// sum (the sum of the window's sums, equal up to rounding); its average,
+// only when the window is one bucket (an average of averages is not the
+// average); or count points at its first count milliseconds (a bucket's
+// samples have distinct times in it, so count ≤ its width), whose values
+// count_over_time ignores. A bucket's late head rows come as samples too:
+// right for min and max; sum, avg and count then read raw (selectProm).
 func (p aggPlan) alignedTier() (tier, bool) {
 	if p.col == "" {
 		return tier{}, false
 	}
 	for _, t := range []tier{{agg1hTable, hourMs}, {agg1mTable, 60_000}} {
+		if p.col == "avg" && p.rng != t.ms {
+			continue
+		}
 		if floorMod(p.anchor+1, t.ms) == 0 && p.rng%t.ms == 0 && p.step%t.ms == 0 {
 			return t, true
 		}
@@ -268,12 +286,32 @@ func (p aggPlan) alignedTier() (tier, bool) {
 	return tier{}, false
 }
 
-// promTierPackedSQL is a PromQL Select reading, for max_over_time or
-// min_over_time (col) on an aligned tier, one point per compacted tier
-// bucket of [midFrom, midTo) (its extreme at its time), and raw samples for
-// the rest: the head (never in a tier), the chunk samples outside
-// [midFrom, midTo), the legacy rows.
-func promTierPackedSQL(f *seriesFilter, from, to, midFrom, midTo int64, t tier, col string, legacy bool) (string, sqlArgs) {
+// promTierPackedSQL is a PromQL Select reading, for col (max_over_time,
+// min_over_time, sum_over_time, avg_over_time, count_over_time) on an
+// aligned tier, the points of every compacted tier bucket of
+// [midFrom, midTo) (see alignedTier), and raw samples for the rest: the
+// head (never in a tier), the chunk samples outside [midFrom, midTo), the
+// legacy rows. Two statements: tierSQL gives a row per series, its points'
+// times and values as arrays (a row per point cost PostgreSQL more than
+// the rest of the query), rawSQL rows (machine, metric, time, value).
+func promTierPackedSQL(f *seriesFilter, from, to, midFrom, midTo int64, t tier, col string, legacy bool) (tierSQL string, tierArgs sqlArgs, rawSQL string, rawArgs sqlArgs) {
+	var ta sqlArgs
+	point := "a." + col + "_time, a." + col // max, min
+	lateral := ""
+	switch col {
+	case "sum":
+		point = "a.bucket, a.sum"
+	case "avg":
+		point = "a.bucket, a.sum / a.count"
+	case "count":
+		point = "a.bucket + g.i * interval '1 millisecond', 1::float8"
+		lateral = " CROSS JOIN LATERAL generate_series(0, a.count - 1) g(i)"
+	}
+	tm, v, _ := strings.Cut(point, ", ")
+	tierSQL = `
+SELECT s.machine, s.metric, array_agg(` + tm + `), array_agg(` + v + `) FROM series s JOIN ` + t.table + ` a ON a.series_id = s.id` + lateral + `
+WHERE ` + seriesCond("s.", f, &ta) + ` AND a.bucket >= ` + ta.add(ts(midFrom)) + ` AND a.bucket < ` + ta.add(ts(midTo)) + `
+GROUP BY s.machine, s.metric`
 	var a sqlArgs
 	fromA, toA, chunkA := a.add(ts(from)), a.add(ts(to)), a.add(chunkStart(from))
 	midFromA, midToA, lastChunkA := a.add(ts(midFrom)), a.add(ts(midTo)), a.add(ts(midTo-chunkMs))
@@ -281,10 +319,7 @@ func promTierPackedSQL(f *seriesFilter, from, to, midFrom, midTo int64, t tier, 
 	if legacy {
 		legacyRows = strings.NewReplacer("$1", "s.id", "$2", fromA, "$3", toA).Replace(legacyRaw)
 	}
-	sql := `
-SELECT s.machine, s.metric, a.` + col + `_time, a.` + col + ` FROM series s JOIN ` + t.table + ` a ON a.series_id = s.id
-WHERE ` + seriesCond("s.", f, &a) + ` AND a.bucket >= ` + midFromA + ` AND a.bucket < ` + midToA + `
-UNION ALL
+	rawSQL = `
 SELECT s.machine, s.metric, r.time, r.value FROM series s CROSS JOIN LATERAL (
 	SELECT time, value FROM sample_head WHERE series_id = s.id AND time >= ` + fromA + ` AND time <= ` + toA + `
 	UNION ALL
@@ -295,7 +330,58 @@ SELECT s.machine, s.metric, r.time, r.value FROM series s CROSS JOIN LATERAL (
 		AND c.start + c.o * interval '1 millisecond' >= ` + fromA + ` AND c.start + c.o * interval '1 millisecond' <= ` + toA +
 		legacyRows + `
 ) r WHERE ` + seriesCond("s.", f, &a)
-	return sql, a
+	return tierSQL, ta, rawSQL, a
+}
+
+// gatherTierArrays adds the rows (machine, metric, times[], values[]) of
+// a tier read to the series of g.
+func gatherTierArrays(ctx context.Context, rows pgx.Rows, g *seriesGather) error {
+	var (
+		tms  []int64
+		vals []float64
+	)
+	for rows.Next() {
+		raw := rows.RawValues()
+		if len(raw) != 4 {
+			return fmt.Errorf("want 4 columns, got %d", len(raw))
+		}
+		tms, vals = tms[:0], vals[:0]
+		okT := pgArrayElems(raw[2], 8, func(e []byte) {
+			tms = append(tms, floorDiv(int64(binary.BigEndian.Uint64(e))+pgEpochMicros, 1000))
+		})
+		okV := pgArrayElems(raw[3], 8, func(e []byte) { vals = append(vals, math.Float64frombits(binary.BigEndian.Uint64(e))) })
+		if !okT || !okV || len(tms) != len(vals) {
+			var ts []time.Time
+			var m, k string
+			if err := rows.Scan(&m, &k, &ts, &vals); err != nil {
+				return err
+			}
+			tms = tms[:0]
+			for _, t := range ts {
+				tms = append(tms, t.UnixMilli())
+			}
+		}
+		if err := store.TakeSamples(ctx, len(tms)); err != nil {
+			return err
+		}
+		cur := g.series(raw[0], raw[1])
+		for i, t := range tms {
+			cur.pts = append(cur.pts, promPoint{t: t, f: vals[i]})
+		}
+	}
+	return rows.Err()
+}
+
+// headRowsIn reports whether a series of f has head rows in [midFrom,
+// midTo): late samples of compacted hours, or hours not compacted yet,
+// which a tier bucket's average or count points cannot merge with.
+func headRowsIn(ctx context.Context, tx pgx.Tx, f *seriesFilter, midFrom, midTo int64) (bool, error) {
+	var a sqlArgs
+	sql := `SELECT EXISTS (SELECT 1 FROM series s JOIN sample_head h ON h.series_id = s.id WHERE ` + seriesCond("s.", f, &a) +
+		` AND h.time >= ` + a.add(ts(midFrom)) + ` AND h.time < ` + a.add(ts(midTo)) + `)`
+	var late bool
+	err := tx.QueryRow(ctx, sql, append([]any{customPlan}, a...)...).Scan(&late)
+	return late, err
 }
 
 // errPacked wraps an error of a packed read.
@@ -344,18 +430,15 @@ func (s *Store) downsamplePacked(ctx context.Context, key store.SeriesKey, from,
 	if hi, lo := bits.Mul64(span, nb); span == 0 || hi != 0 || lo > math.MaxInt64 {
 		return store.Downsample(ctx, s, key, from, to, n)
 	}
-	// At most n samples come back as they are.
-	var raw []store.Point
-	if err := s.Select(ctx, key, from, to, func(p store.Point) bool {
-		raw = append(raw, p)
-		return len(raw) <= n
-	}); err != nil {
+	// At most n samples come back as they are. Reading up to n+1 of them
+	// unordered (sorting here when there are no more) stops after the
+	// first chunks: ORDER BY time would sort the whole range first.
+	raw, err := s.firstPacked(ctx, key, from, to, n+1)
+	if err != nil {
 		return nil, err
 	}
 	if len(raw) <= n {
-		if raw == nil {
-			raw = []store.Point{}
-		}
+		slices.SortFunc(raw, func(a, b store.Point) int { return cmp.Compare(a.Time, b.Time) })
 		return raw, nil
 	}
 	cfrom, cto, _ := clampRange(from, to)
@@ -389,6 +472,13 @@ func (s *Store) downsamplePacked(ctx context.Context, key store.SeriesKey, from,
 	if err != nil || !found {
 		return []store.Point{}, err
 	}
+	if s.downsampleSQL {
+		// The SQL plan only (tests comparing the two).
+	} else if out, ok, err := s.downsampleGo(ctx, id, from, cfrom, cto, nb, span, n); err != nil {
+		return nil, errPacked("downsampling", key, err)
+	} else if ok {
+		return out, nil
+	}
 	rows, err := s.pool.Query(ctx, downsamplePackedSQL(t.table, s.legacy.Load()), customPlan, id, ts(midFrom), ts(midTo),
 		nil, from, int64(nb), int64(span), t.ms, loR, hiR, ts(cfrom), ts(cto), chunkStart(cfrom))
 	if err != nil {
@@ -414,6 +504,42 @@ func (s *Store) downsamplePacked(ctx context.Context, key store.SeriesKey, from,
 		default:
 			out = append(out, pmax, pmin)
 		}
+	}
+	if err := rows.Err(); err != nil {
+		return nil, errPacked("downsampling", key, err)
+	}
+	return out, nil
+}
+
+// firstPacked returns up to limit samples of a series in [from, to], in
+// no particular order.
+func (s *Store) firstPacked(ctx context.Context, key store.SeriesKey, from, to int64, limit int) ([]store.Point, error) {
+	if err := s.acquire(); err != nil {
+		return nil, fmt.Errorf("downsampling: %w", err)
+	}
+	defer s.life.RUnlock()
+	from, to, ok := clampRange(from, to)
+	if !ok || !validName(key.Machine) || !validName(key.Metric) {
+		return []store.Point{}, nil
+	}
+	id, ok, err := s.lookupSeries(ctx, key.Machine, key.Metric)
+	if err != nil || !ok {
+		return []store.Point{}, err
+	}
+	rows, err := s.pool.Query(ctx, "SELECT time, value FROM ("+s.rawSQL()+") r LIMIT $5", customPlan,
+		id, ts(from), ts(to), chunkStart(from), limit)
+	if err != nil {
+		return nil, errPacked("downsampling", key, err)
+	}
+	defer rows.Close()
+	out := []store.Point{}
+	var t time.Time
+	var v float64
+	for rows.Next() {
+		if err := rows.Scan(&t, &v); err != nil {
+			return nil, errPacked("downsampling", key, err)
+		}
+		out = append(out, store.Point{Time: t.UnixMilli(), Value: v})
 	}
 	if err := rows.Err(); err != nil {
 		return nil, errPacked("downsampling", key, err)

@@ -258,7 +258,13 @@ type Store struct {
 	// legacy: the packed store still has rows in the legacy table samples
 	// (MigratePacked is moving them): reads include them, writes check them.
 	legacy atomic.Bool
-	spool  *spool // nil without SpoolDir
+	// downsampleSQL: DownsampleRange keeps its SQL plan (tests compare the
+	// Go plan of packed_downsample.go with it); set before use.
+	downsampleSQL bool
+	// tierSelects counts the PromQL Selects that read a rollup tier
+	// (tests).
+	tierSelects atomic.Int64
+	spool       *spool // nil without SpoolDir
 	// headWrites: when this process last wrote head rows of each day
 	// (compactQuiet).
 	headWritesMu sync.Mutex

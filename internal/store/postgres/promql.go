@@ -41,7 +41,9 @@ import (
 // minute or more, over series dense enough (windowDensity), Select reads
 // sample_aggs (one row per 10 s window) in place of the raw rows of every
 // window no evaluation window cuts, and the raw samples of the others: see
-// planAggregates for why the answer is exactly the raw one.
+// planAggregates for why the answer is exactly the raw one. In the packed
+// layout the rollups serve instead (planTiers, alignedTier): a tier read is
+// two statements in one snapshot (selectPromTier).
 
 var _ store.PromQueryable = (*Store)(nil)
 
@@ -467,7 +469,15 @@ func (s *Store) selectProm(ctx context.Context, f *seriesFilter, from, to int64,
 		if t, ok := p.alignedTier(); ok {
 			midFrom, midTo := floorDiv(from+t.ms-1, t.ms)*t.ms, floorDiv(to+1, t.ms)*t.ms
 			if midFrom < midTo {
-				sql, args = promTierPackedSQL(f, from, to, midFrom, midTo, t, p.col, s.legacy.Load())
+				tierSQL, tierArgs, rawSQL, rawArgs := promTierPackedSQL(f, from, to, midFrom, midTo, t, p.col, s.legacy.Load())
+				check := p.col == "sum" || p.col == "avg" || p.col == "count"
+				out, ok, err := s.selectPromTier(ctx, tierSQL, tierArgs, rawSQL, rawArgs, check, f, midFrom, midTo)
+				if err != nil {
+					return nil, fmt.Errorf("selecting series: %w", err)
+				}
+				if ok {
+					return out, nil
+				}
 			}
 		}
 		p = aggPlan{} // the rows layout's sample_aggs plan does not apply
@@ -499,24 +509,100 @@ func (s *Store) selectProm(ctx context.Context, f *seriesFilter, from, to int64,
 	return out, nil
 }
 
+// selectPromTier runs a tier read's two statements (promTierPackedSQL) in
+// one REPEATABLE READ snapshot: compaction moving head rows into a chunk
+// and its tier rows between them would lose or double them.
+// With checkHead, a selected series with head rows in [midFrom, midTo)
+// (headRowsIn) makes it answer ok false, reading nothing.
+func (s *Store) selectPromTier(ctx context.Context, tierSQL string, tierArgs sqlArgs, rawSQL string, rawArgs sqlArgs,
+	checkHead bool, f *seriesFilter, midFrom, midTo int64) (_ []*promSeries, ok bool, _ error) {
+	tx, err := s.pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
+	if err != nil {
+		return nil, false, err
+	}
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+	if checkHead {
+		if late, err := headRowsIn(ctx, tx, f, midFrom, midTo); err != nil || late {
+			return nil, false, err
+		}
+	}
+	s.tierSelects.Add(1)
+	g := newSeriesGather()
+	rows, err := tx.Query(ctx, tierSQL, append([]any{customPlan}, tierArgs...)...)
+	if err != nil {
+		return nil, false, err
+	}
+	err = gatherTierArrays(ctx, rows, g)
+	rows.Close()
+	if err != nil {
+		return nil, false, err
+	}
+	rows, err = tx.Query(ctx, rawSQL, append([]any{customPlan}, rawArgs...)...)
+	if err != nil {
+		return nil, false, err
+	}
+	err = g.gather(ctx, rows)
+	rows.Close()
+	if err != nil {
+		return nil, false, err
+	}
+	return g.finish(), true, nil
+}
+
 // gatherSeries groups the rows (machine, metric, time, value) by series,
 // decoding the binary time and value in place: a row costs no allocation
 // (the names are compared as bytes with the previous row's series, else
 // looked up without a copy; only a new series copies them). The points of
 // a series that did not come in time order are sorted at the end.
 func gatherSeries(ctx context.Context, rows pgx.Rows) ([]*promSeries, error) {
+	g := newSeriesGather()
+	if err := g.gather(ctx, rows); err != nil {
+		return nil, err
+	}
+	return g.finish(), nil
+}
+
+// seriesGather is the series of one or more reads, by name.
+type seriesGather struct {
+	out    []*promSeries
+	cur    *promSeries
+	byName map[string]*promSeries
+	key    []byte
+}
+
+func newSeriesGather() *seriesGather { return &seriesGather{byName: map[string]*promSeries{}} }
+
+// series returns the series machine/metric, added if new; the bytes are
+// not kept.
+func (g *seriesGather) series(machine, metric []byte) *promSeries {
+	if g.cur == nil || !bytes.Equal(machine, g.cur.machine) || !bytes.Equal(metric, g.cur.metric) {
+		g.key = append(append(append(g.key[:0], machine...), 0), metric...)
+		if g.cur = g.byName[string(g.key)]; g.cur == nil {
+			g.cur = newPromSeries(string(machine), string(metric))
+			g.byName[string(g.key)] = g.cur
+			g.out = append(g.out, g.cur)
+		}
+	}
+	return g.cur
+}
+
+// finish sorts the points of the series that did not come in time order.
+func (g *seriesGather) finish() []*promSeries {
+	for _, s := range g.out {
+		if !slices.IsSortedFunc(s.pts, comparePoints) {
+			slices.SortFunc(s.pts, comparePoints)
+		}
+	}
+	return g.out
+}
+
+func (g *seriesGather) gather(ctx context.Context, rows pgx.Rows) error {
 	fds := rows.FieldDescriptions()
 	if len(fds) != 4 {
-		return nil, fmt.Errorf("want 4 columns, got %d", len(fds))
+		return fmt.Errorf("want 4 columns, got %d", len(fds))
 	}
 	binTime, binValue := fds[2].Format == pgx.BinaryFormatCode, fds[3].Format == pgx.BinaryFormatCode
-	var (
-		out    []*promSeries
-		cur    *promSeries
-		byName = map[string]*promSeries{}
-		n      int
-		key    []byte
-	)
+	var n int
 	// The selection is read whole before the engine sees it, so its own
 	// sample limit would come too late: the rows are drawn from the
 	// query's budget as they come, a block at a time.
@@ -524,24 +610,16 @@ func gatherSeries(ctx context.Context, rows pgx.Rows) ([]*promSeries, error) {
 	for rows.Next() {
 		if n++; n%block == 0 {
 			if err := store.TakeSamples(ctx, block); err != nil {
-				return nil, err
+				return err
 			}
 			if n%65536 == 0 {
 				if err := ctx.Err(); err != nil {
-					return nil, err
+					return err
 				}
 			}
 		}
 		raw := rows.RawValues()
-		machine, metric := raw[0], raw[1]
-		if cur == nil || !bytes.Equal(machine, cur.machine) || !bytes.Equal(metric, cur.metric) {
-			key = append(append(append(key[:0], machine...), 0), metric...)
-			if cur = byName[string(key)]; cur == nil {
-				cur = newPromSeries(string(machine), string(metric))
-				byName[string(key)] = cur
-				out = append(out, cur)
-			}
-		}
+		cur := g.series(raw[0], raw[1])
 		var p promPoint
 		if binTime && binValue && len(raw[2]) == 8 && len(raw[3]) == 8 {
 			p.t = floorDiv(int64(binary.BigEndian.Uint64(raw[2]))+pgEpochMicros, 1000)
@@ -549,23 +627,15 @@ func gatherSeries(ctx context.Context, rows pgx.Rows) ([]*promSeries, error) {
 		} else {
 			var err error
 			if p, err = scanPromPoint(rows); err != nil {
-				return nil, err
+				return err
 			}
 		}
 		cur.pts = append(cur.pts, p)
 	}
 	if err := rows.Err(); err != nil {
-		return nil, err
+		return err
 	}
-	if err := store.TakeSamples(ctx, n%block); err != nil {
-		return nil, err
-	}
-	for _, s := range out {
-		if !slices.IsSortedFunc(s.pts, comparePoints) {
-			slices.SortFunc(s.pts, comparePoints)
-		}
-	}
-	return out, nil
+	return store.TakeSamples(ctx, n%block)
 }
 
 // scanPromPoint scans a row in text format (never seen: pgx asks for
