@@ -238,15 +238,18 @@ func (q *promQuerier) Select(ctx context.Context, _ bool, hints *storage.SelectH
 		slices.Sort(f.metrics)
 		f.machines, f.metrics = slices.Compact(f.machines), slices.Compact(f.metrics)
 	}
-	series, err := q.s.selectProm(ctx, &f, from, to, q.plan(hints), q.minDensity)
+	series, err := q.s.selectProm(ctx, &f, from, to, q.plan(ctx, hints), q.minDensity)
 	if err != nil {
 		return storage.ErrSeriesSet(err)
 	}
 	return newPromSeriesSet(series, hints)
 }
 
-func (q *promQuerier) plan(hints *storage.SelectHints) aggPlan {
-	if !q.aggregates {
+// plan is how a Select reads: raw samples, or the aggregates or rollups
+// its hints allow — raw under a subquery (store.RawSamplesOnly), whose
+// evaluation times the hints do not describe.
+func (q *promQuerier) plan(ctx context.Context, hints *storage.SelectHints) aggPlan {
+	if !q.aggregates || store.RawSamplesOnly(ctx) {
 		return aggPlan{}
 	}
 	if q.s.packed {

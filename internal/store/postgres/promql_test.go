@@ -196,7 +196,12 @@ type promResult struct {
 
 func runProm(t *testing.T, eng *promql.Engine, q storage.Queryable, expr string, start, end time.Time, step time.Duration) []promResult {
 	t.Helper()
-	ctx := context.Background()
+	return runPromCtx(t, context.Background(), eng, q, expr, start, end, step)
+}
+
+// runPromCtx is runProm with the query's context.
+func runPromCtx(t *testing.T, ctx context.Context, eng *promql.Engine, q storage.Queryable, expr string, start, end time.Time, step time.Duration) []promResult {
+	t.Helper()
 	var (
 		qry promql.Query
 		err error

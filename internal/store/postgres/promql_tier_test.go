@@ -10,6 +10,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
 
+	"github.com/twinline/twinline/internal/store"
 	"github.com/twinline/twinline/internal/store/storetest"
 	"github.com/twinline/twinline/internal/telemetry"
 )
@@ -78,6 +79,24 @@ func TestPromQLPackedTierAggs(t *testing.T) {
 			run(t, tt.wantTier, tt.expr, tt.start, tt.step, ref)
 		})
 	}
+	// Under a subquery the hints look aligned (start is a millisecond
+	// before a minute) while the subquery evaluates on the minute: the
+	// query API marks such a query (store.WithRawSamples) and no rollup is
+	// read.
+	t.Run("subquery", func(t *testing.T) {
+		const expr = "max_over_time(sum_over_time(temperature[1m])[1h:1m])"
+		at := start.Add(time.Hour)
+		want := runProm(t, eng, ref, expr, at, at, 0)
+		before := s.tierSelects.Load()
+		got := runPromCtx(t, store.WithRawSamples(ctx), eng, q, expr, at, at, 0)
+		opts := cmp.Options{cmpopts.EquateNaNs(), cmpopts.EquateApprox(1e-12, 0)}
+		if len(want) == 0 || !cmp.Equal(got, want, opts) {
+			t.Errorf("(-got +want)\n%s", cmp.Diff(got, want, opts))
+		}
+		if s.tierSelects.Load() != before {
+			t.Errorf("a query marked raw-only read the rollups")
+		}
+	})
 	// A late sample in a compacted hour: its bucket's sum, average and
 	// count points cannot merge with it, so the Selects read raw.
 	late := []telemetry.Sample{{Machine: "m1", Metric: "temperature", Time: storetest.Base + 3*hourMs + 500, Value: 1000}}
