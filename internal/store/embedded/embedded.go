@@ -392,6 +392,14 @@ func (s *Store) collectors() []prometheus.Collector {
 			Namespace: "twinline", Subsystem: "store", Name: "rollup_torn_reads_total",
 			Help: "Reads of a rollup tier whose statistics disagreed, answered from raw samples instead.",
 		}, func() float64 { return float64(s.roll.torn.Load()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Namespace: "twinline", Subsystem: "store", Name: "rollup_errors_total",
+			Help: "Rollup runs that failed (logged); their blocks are rolled up again at the next run and read raw until then.",
+		}, func() float64 { return float64(s.roll.failed.Load()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Namespace: "twinline", Subsystem: "store", Name: "unrolled_blocks",
+			Help: "Blocks not rolled up into the tiers after the latest rollup run; compaction waits for them. Above zero for long: the rollup fails.",
+		}, func() float64 { return float64(s.roll.unrolled.Load()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Namespace: "twinline", Subsystem: "store", Name: "cached_series",
 			Help: "Series whose identity the store caches: those with samples appended within the series idle time.",

@@ -164,6 +164,10 @@ type rollups struct {
 	written, tierSelects atomic.Int64
 	// torn counts the tier reads that fell back to raw samples.
 	torn atomic.Uint64
+	// failed counts the rollup runs that failed; unrolled is the number
+	// of blocks not rolled up after the latest run.
+	failed   atomic.Uint64
+	unrolled atomic.Int64
 }
 
 // skipRolledKey is the context key under which a query asks the block
@@ -268,6 +272,17 @@ func (r *rollups) close() error {
 
 func (r *rollups) set() sourceSet { return *r.rolled.Load() }
 
+// countUnrolled records how many blocks of db are not rolled up.
+func (r *rollups) countUnrolled(db *tsdb.DB) {
+	set, n := r.set(), int64(0)
+	for _, b := range db.Blocks() {
+		if !set.covers(b.Meta().Compaction.Sources) {
+			n++
+		}
+	}
+	r.unrolled.Store(n)
+}
+
 // save writes the set of rolled sources, keeping only those of blocks that
 // still exist.
 func (r *rollups) save(set sourceSet, blocks []*tsdb.Block) error {
@@ -343,6 +358,7 @@ func (s *Store) rollup(ctx context.Context) error {
 	r := s.roll
 	r.runMu.Lock()
 	defer r.runMu.Unlock()
+	defer r.countUnrolled(s.db)
 	blocks := s.db.Blocks()
 	done := 0
 	for _, b := range blocks {
@@ -553,8 +569,15 @@ func (s *Store) prunePending() error {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	for u := range r.pending {
-		if !unrolled[u] {
+	for u, p := range r.pending {
+		still, exists := unrolled[u]
+		if !exists {
+			// Retention (or the size cap) deleted it before it was rolled
+			// up: the tiers miss (some of) its samples for good.
+			s.logger.Error("a block was deleted before it was rolled up: the rollup tiers lack part of its samples",
+				"block", u, "min_time", p.Min, "max_time", p.Max)
+		}
+		if !still {
 			delete(r.pending, u)
 		}
 	}
@@ -742,6 +765,7 @@ func (s *Store) rollupLoop(every time.Duration, stop <-chan struct{}, done chan<
 			}
 		}
 		if err := s.rollup(ctx); err != nil && ctx.Err() == nil {
+			s.roll.failed.Add(1)
 			s.logger.Warn("rolling up blocks", "err", err)
 		}
 	}

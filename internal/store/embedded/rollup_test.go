@@ -315,6 +315,9 @@ func TestRollupCancelledPartial(t *testing.T) {
 		t.Fatal("the cancelled rollup wrote nothing")
 	}
 	checkAggregates(t, s, keys, now-3*day, now+hour, rng, "cancelled after a partial commit")
+	if got := s.roll.unrolled.Load(); got == 0 {
+		t.Error("unrolled blocks = 0 after a cancelled rollup")
+	}
 	b, err := os.ReadFile(filepath.Join(dir, pendingFile))
 	if err != nil || !strings.Contains(string(b), `"block"`) {
 		t.Fatalf("%s = %q, %v; want the block", pendingFile, b, err)
@@ -326,6 +329,9 @@ func TestRollupCancelledPartial(t *testing.T) {
 	}
 	checkAggregates(t, s, keys, now-3*day, now+hour, rng, "rolled up")
 	checkTier(t, s, keys, now-2*day, now-2*hour-1, "rolled up")
+	if got := s.roll.unrolled.Load(); got != 0 {
+		t.Errorf("unrolled blocks = %d after a complete rollup", got)
+	}
 	if len(s.roll.pending) != 0 {
 		t.Errorf("pending after a complete run: %v", s.roll.pending)
 	}
