@@ -369,11 +369,13 @@ func Open(dir string, opts Options, logger *slog.Logger, reg prometheus.Register
 		s.reg.unregisterAll()
 		return nil, fmt.Errorf("opening store: %w", err)
 	}
-	go s.rollupLoop(opts.RollupEvery, s.stop, s.done)
 	if err := restrictTree(dir); err != nil {
+		close(s.done) // no rollup loop to stop
 		s.Close()
 		return nil, fmt.Errorf("restricting permissions in %s: %w", dir, err)
 	}
+	// After restrictTree: its first run (at once) writes files in dir.
+	go s.rollupLoop(opts.RollupEvery, s.stop, s.done)
 	return s, nil
 }
 
