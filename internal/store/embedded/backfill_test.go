@@ -4,10 +4,14 @@ import (
 	"context"
 	"errors"
 	"math"
+	"slices"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/prometheus/prometheus/tsdb"
 
 	"github.com/twinline/twinline/internal/store"
 	"github.com/twinline/twinline/internal/store/storetest"
@@ -112,5 +116,98 @@ func TestBackfillGaps(t *testing.T) {
 	}
 	if got := s.Stats().Conflicts; got != 3 {
 		t.Errorf("Stats().Conflicts = %d, want 3", got)
+	}
+}
+
+// TestBackfillGapConcurrentFastPath: a fast-path Append stands between its
+// appends and its Commit while a checked Append of the same series runs.
+// The checked Append must not learn the fast path's samples as absent (a
+// gap), nor store one of them again: a sample of the fast path sent again
+// with another value is then a conflict, not stored, not fresh, and the
+// first value stays.
+func TestBackfillGapConcurrentFastPath(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		// checked is the Append made while the fast path waits to commit.
+		checked float64 // second of the checked sample
+	}{
+		{"gap then retry", 5},    // a backfill; the retry follows
+		{"concurrent retry", 10}, // the retry itself
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := open(t, t.TempDir(), Options{})
+			key := store.SeriesKey{Machine: "m", Metric: "x"}
+			at := func(sec float64, v float64) telemetry.Sample {
+				return telemetry.Sample{Machine: key.Machine, Metric: key.Metric, Time: base + int64(sec*1000), Value: v}
+			}
+			mustAppend(t, s, []telemetry.Sample{at(0, 0)})
+
+			appended, release := make(chan struct{}), make(chan struct{})
+			waiting := make(chan struct{})
+			var once sync.Once
+			var armed atomic.Bool
+			armed.Store(true)
+			s.testFastCommit = func() { // the first Append's waits
+				if armed.CompareAndSwap(true, false) {
+					close(appended)
+					<-release
+				}
+			}
+			s.testSettleWait = func() { once.Do(func() { close(waiting) }) }
+
+			fastDone := make(chan error, 1)
+			go func() { fastDone <- s.Append(context.Background(), []telemetry.Sample{at(10, 10), at(20, 20)}) }()
+			<-appended
+			checkedDone := make(chan error, 1)
+			go func() {
+				checkedDone <- s.Append(context.Background(), []telemetry.Sample{at(tc.checked, -1)})
+			}()
+			// The checked Append either waits for the fast path (fixed) or
+			// is done without it.
+			select {
+			case <-waiting:
+			case err := <-checkedDone:
+				checkedDone <- err
+			}
+			close(release)
+			if err := <-fastDone; err != nil {
+				t.Fatal(err)
+			}
+			if err := <-checkedDone; err != nil {
+				t.Fatal(err)
+			}
+
+			fresh := make([]bool, 1)
+			if err := s.AppendFresh(context.Background(), []telemetry.Sample{at(10, 99)}, fresh); err != nil {
+				t.Fatal(err)
+			}
+			if fresh[0] {
+				t.Error("the retry of a stored sample with another value was stored (fresh)")
+			}
+			want := []store.Point{{Time: base, Value: 0}, {Time: base + 10000, Value: 10}, {Time: base + 20000, Value: 20}}
+			wantConflicts := uint64(2)
+			if tc.checked != 10 {
+				want = slices.Insert(want, 1, store.Point{Time: base + int64(tc.checked*1000), Value: -1})
+				wantConflicts = 1
+			}
+			check := func(when string) {
+				t.Helper()
+				if diff := cmp.Diff(storetest.SelectAll(t, s, key, math.MinInt64, math.MaxInt64), want); diff != "" {
+					t.Errorf("%s (-got +want):\n%s", when, diff)
+				}
+			}
+			check("in the head")
+			if got := s.Stats().Conflicts; got != wantConflicts {
+				t.Errorf("Stats().Conflicts = %d, want %d", got, wantConflicts)
+			}
+			// Compaction keeps one of two stored values: it must be the first.
+			if err := s.db.CompactOOOHead(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			if err := s.db.CompactHead(tsdb.NewRangeHead(s.db.Head(), math.MinInt64, math.MaxInt64)); err != nil {
+				t.Fatal(err)
+			}
+			check("after compaction")
+		})
 	}
 }

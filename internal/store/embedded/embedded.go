@@ -208,6 +208,13 @@ type series struct {
 	// fast path never stores into the gap.
 	gapMu        sync.Mutex
 	gapLo, gapHi int64
+
+	// fast counts the fast-path Appends in flight that may store into the
+	// series (from before they read maxT until after their Commit), and
+	// checking is set while the checked path waits for them (settle): a
+	// fast path seeing it sends its samples to the checked path instead.
+	fast     atomic.Int32
+	checking atomic.Bool
 }
 
 // raise makes the series' newest time at least t.
@@ -263,6 +270,14 @@ type Store struct {
 	// stop is closed, then closes done.
 	roll       *rollups
 	stop, done chan struct{}
+
+	// settled is signalled (under settleMu) when the last fast-path
+	// Append in flight of a series that the checked path waits for ends.
+	settleMu sync.Mutex
+	settled  sync.Cond
+	// Test hooks: testFastCommit runs before the fast path's Commit,
+	// testSettleWait before the checked path waits for fast paths.
+	testFastCommit, testSettleWait func()
 
 	mu     sync.RWMutex
 	series map[store.SeriesKey]*series
@@ -322,6 +337,7 @@ func Open(dir string, opts Options, logger *slog.Logger, reg prometheus.Register
 		now:    opts.Now,
 		series: make(map[store.SeriesKey]*series),
 	}
+	s.settled.L = &s.settleMu
 	s.maxFuture = -1
 	if opts.MaxFuture >= 0 {
 		s.maxFuture = opts.MaxFuture.Milliseconds()
@@ -353,11 +369,13 @@ func Open(dir string, opts Options, logger *slog.Logger, reg prometheus.Register
 		s.reg.unregisterAll()
 		return nil, fmt.Errorf("opening store: %w", err)
 	}
-	go s.rollupLoop(opts.RollupEvery, s.stop, s.done)
 	if err := restrictTree(dir); err != nil {
+		close(s.done) // no rollup loop to stop
 		s.Close()
 		return nil, fmt.Errorf("restricting permissions in %s: %w", dir, err)
 	}
+	// After restrictTree: its first run (at once) writes files in dir.
+	go s.rollupLoop(opts.RollupEvery, s.stop, s.done)
 	return s, nil
 }
 
@@ -376,6 +394,14 @@ func (s *Store) collectors() []prometheus.Collector {
 			Namespace: "twinline", Subsystem: "store", Name: "rollup_torn_reads_total",
 			Help: "Reads of a rollup tier whose statistics disagreed, answered from raw samples instead.",
 		}, func() float64 { return float64(s.roll.torn.Load()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Namespace: "twinline", Subsystem: "store", Name: "rollup_errors_total",
+			Help: "Rollup runs that failed (logged); their blocks are rolled up again at the next run and read raw until then.",
+		}, func() float64 { return float64(s.roll.failed.Load()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Namespace: "twinline", Subsystem: "store", Name: "unrolled_blocks",
+			Help: "Blocks not rolled up into the tiers after the latest rollup run; compaction waits for them. Above zero for long: the rollup fails.",
+		}, func() float64 { return float64(s.roll.unrolled.Load()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Namespace: "twinline", Subsystem: "store", Name: "cached_series",
 			Help: "Series whose identity the store caches: those with samples appended within the series idle time.",
@@ -511,6 +537,9 @@ func (s *Store) appendFresh(ctx context.Context, samples []telemetry.Sample, fre
 	app := s.db.Appender(ctx)
 	for i := range samples {
 		smp, e := &samples[i], ents[i]
+		if e != nil && (i == 0 || ents[i-1] != e) {
+			e.fast.Add(1) // before maxT is read; see settle
+		}
 		switch {
 		case e == nil:
 			c.invalid++
@@ -518,7 +547,7 @@ func (s *Store) appendFresh(ctx context.Context, samples []telemetry.Sample, fre
 		case smp.Time > maxT:
 			c.outOfBounds++
 			continue
-		case smp.Time <= e.maxT.Load():
+		case smp.Time <= e.maxT.Load() || e.checking.Load():
 			if checked == nil {
 				checked = make([]pending, 0, len(samples)-i)
 			}
@@ -539,7 +568,18 @@ func (s *Store) appendFresh(ctx context.Context, samples []telemetry.Sample, fre
 			fresh[i] = true
 		}
 	}
-	if err := app.Commit(); err != nil {
+	if s.testFastCommit != nil {
+		s.testFastCommit()
+	}
+	err := app.Commit()
+	for i, e := range ents {
+		if e != nil && (i == 0 || ents[i-1] != e) && e.fast.Add(-1) == 0 && e.checking.Load() {
+			s.settleMu.Lock()
+			s.settled.Broadcast()
+			s.settleMu.Unlock()
+		}
+	}
+	if err != nil {
 		return fmt.Errorf("committing samples: %w", err)
 	}
 	if len(checked) > 0 {
@@ -553,44 +593,59 @@ func (s *Store) appendFresh(ctx context.Context, samples []telemetry.Sample, fre
 
 // appendChecked stores the samples that are not newer than their series'
 // newest known sample, skipping those whose time is already stored, and
-// learns the newest stored time of series not seen before. It holds the
-// gapMu of every series it stores into until the samples are committed
-// (taken in creation order, so concurrent calls cannot deadlock): a
-// concurrent call for the same series then reads what this one stored.
+// learns the newest stored time of series not seen before. It takes the
+// gapMu of every series it stores into (in creation order, so concurrent
+// calls cannot deadlock), waits for the fast-path Appends in flight of
+// those series to commit (settle), and only then opens its querier; it
+// holds the locks until its samples are committed: a concurrent call for
+// the same series then reads what this one stored, and what this one
+// reads includes every sample stored or being stored at or before the
+// newest time it settled.
 func (s *Store) appendChecked(ctx context.Context, ps []pending, c *counts, fresh []bool) (err error) {
 	slices.SortStableFunc(ps, func(a, b pending) int {
 		return cmp.Or(cmp.Compare(a.e.id, b.e.id), cmp.Compare(a.t, b.t))
 	})
-	// The querier reads up to the newest known time of every series (all
-	// of it for a series whose newest time is unknown): what follows the
-	// samples tells how far the gap after them goes. It is opened only if
-	// some series needs it.
-	mint, maxt := int64(math.MaxInt64), int64(math.MinInt64)
-	for _, p := range ps {
-		mint = min(mint, p.t)
-		maxt = max(maxt, p.t, p.e.maxT.Load())
+	type group struct {
+		ps   []pending
+		maxT int64 // the series' newest time, settled
 	}
-	var q storage.Querier
+	var groups []group
+	for len(ps) > 0 {
+		n := 1
+		for n < len(ps) && ps[n].e == ps[0].e {
+			n++
+		}
+		groups = append(groups, group{ps: ps[:n]})
+		ps = ps[n:]
+	}
 	var locked []*series
 	defer func() {
 		for _, e := range locked {
 			e.gapMu.Unlock()
 		}
 	}()
+	for _, g := range groups {
+		g.ps[0].e.gapMu.Lock()
+		locked = append(locked, g.ps[0].e)
+	}
+	// The querier reads up to the newest known time of every series (all
+	// of it for a series whose newest time is unknown): what follows the
+	// samples tells how far the gap after them goes. It is opened only if
+	// some series needs it.
+	mint, maxt := int64(math.MaxInt64), int64(math.MinInt64)
+	for i := range groups {
+		g := &groups[i]
+		g.maxT = s.settle(g.ps[0].e)
+		mint = min(mint, g.ps[0].t)
+		maxt = max(maxt, g.ps[len(g.ps)-1].t, g.maxT)
+	}
+	var q storage.Querier
 	app := s.db.Appender(ctx)
 	var it chunkenc.Iterator
-	for len(ps) > 0 {
-		n := 1
-		for n < len(ps) && ps[n].e == ps[0].e {
-			n++
-		}
-		group := ps[:n]
-		ps = ps[n:]
-		e := group[0].e
-		e.gapMu.Lock()
-		locked = append(locked, e)
-		if group[0].t > e.gapLo && group[len(group)-1].t < e.gapHi {
-			appendGap(app, group, c, fresh)
+	for _, g := range groups {
+		e := g.ps[0].e
+		if g.ps[0].t > e.gapLo && g.ps[len(g.ps)-1].t < e.gapHi {
+			appendGap(app, g.ps, c, fresh)
 			continue
 		}
 		if q == nil {
@@ -599,7 +654,7 @@ func (s *Store) appendChecked(ctx context.Context, ps []pending, c *counts, fres
 				return fmt.Errorf("opening querier: %w", err)
 			}
 		}
-		it, err = s.appendGroup(ctx, q, app, it, group, c, fresh)
+		it, err = s.appendGroup(ctx, q, app, it, g.ps, g.maxT, c, fresh)
 		if err != nil {
 			_ = app.Rollback()
 			_ = q.Close()
@@ -618,12 +673,35 @@ func (s *Store) appendChecked(ctx context.Context, ps []pending, c *counts, fres
 	return nil
 }
 
-// appendGroup appends the time-sorted samples of one series that are not
-// stored yet, and learns the gap after them. it is a reusable iterator.
-// The caller holds the series' gapMu.
-func (s *Store) appendGroup(ctx context.Context, q storage.Querier, app storage.Appender, it chunkenc.Iterator, group []pending, c *counts, fresh []bool) (chunkenc.Iterator, error) {
-	e := group[0].e
+// settle waits until no fast-path Append that read e's newest time before
+// is in flight, and returns that newest time: every sample of e at or
+// before it is committed, or is being stored by a checked call holding
+// e.gapMu. A fast-path Append starting later stores only after it. The
+// caller holds e.gapMu.
+func (s *Store) settle(e *series) int64 {
+	e.checking.Store(true)
+	if e.fast.Load() != 0 {
+		if s.testSettleWait != nil {
+			s.testSettleWait()
+		}
+		s.settleMu.Lock()
+		for e.fast.Load() != 0 {
+			s.settled.Wait()
+		}
+		s.settleMu.Unlock()
+	}
 	maxT := e.maxT.Load()
+	e.checking.Store(false)
+	return maxT
+}
+
+// appendGroup appends the time-sorted samples of one series that are not
+// stored yet, and learns the gap after them. it is a reusable iterator;
+// maxT is the series' newest time as settled before q was opened (the gap
+// ends at it at the latest: a fast path may be storing after it). The
+// caller holds the series' gapMu.
+func (s *Store) appendGroup(ctx context.Context, q storage.Querier, app storage.Appender, it chunkenc.Iterator, group []pending, maxT int64, c *counts, fresh []bool) (chunkenc.Iterator, error) {
+	e := group[0].e
 	learn := maxT == unknownTime
 	// Read up to the series' newest sample: what follows the group tells
 	// how far the gap after it goes.

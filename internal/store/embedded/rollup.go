@@ -62,6 +62,18 @@ var statNames = [4]string{"count", "max", "min", "sum"}
 // the blocks rolled up.
 const rollupFile = "rollup-blocks"
 
+// pendingFile is the file, in the store's directory, listing the blocks
+// being rolled up (or whose rollup failed) with the time range of the
+// tier buckets they may have written: queries read those ranges raw.
+const pendingFile = "rollup-pending"
+
+// pendingBlock is a block being rolled up and the range [Min, Max] of the
+// tier buckets it may have written.
+type pendingBlock struct {
+	Block    ulid.ULID `json:"block"`
+	Min, Max int64
+}
+
 // agg is the aggregate of the samples of one bucket.
 type agg struct {
 	start    int64 // bucket start
@@ -130,11 +142,21 @@ type rollups struct {
 	tiers []*tier // ascending width; each width divides the next
 	path  string  // of rollupFile
 
-	// mu is held for writing while a block's buckets are written and the
-	// set updated, for reading while a query opens its queriers.
+	// mu is held for writing while the set or pending changes, for
+	// reading while a query opens its queriers.
 	mu sync.RWMutex
 	// rolled is the set of sources rolled up (replaced, never changed).
 	rolled atomic.Pointer[sourceSet]
+	// pending are the blocks whose buckets are being written, or were
+	// partly written by a rollup that failed (guarded by mu): a query
+	// overlapping one reads raw samples only. pendingPath is its file.
+	pending     map[ulid.ULID]pendingBlock
+	pendingPath string
+	// commitEvery is how many tier values a rollup appends before it
+	// commits them (64 Ki; tests lower it), testCommitted runs after
+	// such an intermediate commit.
+	commitEvery   int
+	testCommitted func()
 	// runMu serialises rollup runs.
 	runMu sync.Mutex
 	// written counts the bucket versions written; tierSelects the PromQL
@@ -142,6 +164,10 @@ type rollups struct {
 	written, tierSelects atomic.Int64
 	// torn counts the tier reads that fell back to raw samples.
 	torn atomic.Uint64
+	// failed counts the rollup runs that failed; unrolled is the number
+	// of blocks not rolled up after the latest run.
+	failed   atomic.Uint64
+	unrolled atomic.Int64
 }
 
 // skipRolledKey is the context key under which a query asks the block
@@ -175,7 +201,25 @@ func newBlockQuerier(b tsdb.BlockReader, mint, maxt int64) (storage.Querier, err
 
 // openRollups opens the tiers in dir.
 func openRollups(dir string, opts Options) (*rollups, error) {
-	r := &rollups{path: filepath.Join(dir, rollupFile)}
+	r := &rollups{
+		path:        filepath.Join(dir, rollupFile),
+		pendingPath: filepath.Join(dir, pendingFile),
+		pending:     map[ulid.ULID]pendingBlock{},
+		commitEvery: 64 << 10,
+	}
+	switch b, err := os.ReadFile(r.pendingPath); {
+	case errors.Is(err, fs.ErrNotExist):
+	case err != nil:
+		return nil, fmt.Errorf("reading %s: %w", r.pendingPath, err)
+	default:
+		var list []pendingBlock
+		if err := json.Unmarshal(b, &list); err != nil {
+			return nil, fmt.Errorf("reading %s: %w", r.pendingPath, err)
+		}
+		for _, p := range list {
+			r.pending[p.Block] = p
+		}
+	}
 	set := sourceSet{}
 	switch b, err := os.ReadFile(r.path); {
 	case errors.Is(err, fs.ErrNotExist):
@@ -228,6 +272,17 @@ func (r *rollups) close() error {
 
 func (r *rollups) set() sourceSet { return *r.rolled.Load() }
 
+// countUnrolled records how many blocks of db are not rolled up.
+func (r *rollups) countUnrolled(db *tsdb.DB) {
+	set, n := r.set(), int64(0)
+	for _, b := range db.Blocks() {
+		if !set.covers(b.Meta().Compaction.Sources) {
+			n++
+		}
+	}
+	r.unrolled.Store(n)
+}
+
 // save writes the set of rolled sources, keeping only those of blocks that
 // still exist.
 func (r *rollups) save(set sourceSet, blocks []*tsdb.Block) error {
@@ -244,11 +299,38 @@ func (r *rollups) save(set sourceSet, blocks []*tsdb.Block) error {
 		}
 	}
 	slices.SortFunc(list, func(a, b ulid.ULID) int { return a.Compare(b) })
-	data, err := json.Marshal(list)
+	return writeJSON(r.path, list)
+}
+
+// savePending writes the pending blocks. The caller holds mu.
+func (r *rollups) savePending() error {
+	list := make([]pendingBlock, 0, len(r.pending))
+	for _, p := range r.pending {
+		list = append(list, p)
+	}
+	slices.SortFunc(list, func(a, b pendingBlock) int { return a.Block.Compare(b.Block) })
+	return writeJSON(r.pendingPath, list)
+}
+
+// pendingOverlaps reports whether a pending block may have written tier
+// buckets in [mint, maxt]. The caller holds mu.
+func (r *rollups) pendingOverlaps(mint, maxt int64) bool {
+	for _, p := range r.pending {
+		if p.Min <= maxt && mint <= p.Max {
+			return true
+		}
+	}
+	return false
+}
+
+// writeJSON replaces the file at path with v in JSON, atomically and
+// durably.
+func writeJSON(path string, v any) error {
+	data, err := json.Marshal(v)
 	if err != nil {
 		return err
 	}
-	tmp := r.path + ".tmp"
+	tmp := path + ".tmp"
 	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
 		return fmt.Errorf("writing %s: %w", tmp, err)
@@ -264,8 +346,8 @@ func (r *rollups) save(set sourceSet, blocks []*tsdb.Block) error {
 	if err := f.Close(); err != nil {
 		return fmt.Errorf("closing %s: %w", tmp, err)
 	}
-	if err := os.Rename(tmp, r.path); err != nil {
-		return fmt.Errorf("replacing %s: %w", r.path, err)
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("replacing %s: %w", path, err)
 	}
 	return nil
 }
@@ -276,6 +358,7 @@ func (s *Store) rollup(ctx context.Context) error {
 	r := s.roll
 	r.runMu.Lock()
 	defer r.runMu.Unlock()
+	defer r.countUnrolled(s.db)
 	blocks := s.db.Blocks()
 	done := 0
 	for _, b := range blocks {
@@ -293,6 +376,11 @@ func (s *Store) rollup(ctx context.Context) error {
 		if err := r.save(r.set(), s.db.Blocks()); err != nil {
 			return err
 		}
+	}
+	// Only once the set is saved are its blocks no longer pending (a
+	// pending block deleted by retention is forgotten too).
+	if err := s.prunePending(); err != nil {
+		return err
 	}
 	for _, t := range r.tiers {
 		if err := t.db.Compact(ctx); err != nil {
@@ -319,6 +407,20 @@ func (s *Store) rollupBlock(ctx context.Context, b *tsdb.Block, blocks []*tsdb.B
 	mint := floorDiv(meta.MinTime, wide) * wide
 	maxt := floorDiv(meta.MaxTime-1, wide)*wide + wide - 1
 
+	// From here until the block is in the set, queries read its range raw
+	// (even after a failure or a crash in between): the tiers may hold
+	// some of its buckets, raw blocks all of it.
+	r.mu.Lock()
+	if _, ok := r.pending[meta.ULID]; !ok {
+		r.pending[meta.ULID] = pendingBlock{Block: meta.ULID, Min: mint, Max: maxt}
+		if err := r.savePending(); err != nil {
+			delete(r.pending, meta.ULID)
+			r.mu.Unlock()
+			return err
+		}
+	}
+	r.mu.Unlock()
+
 	var qs []storage.Querier
 	closeAll := func() {
 		for _, q := range qs {
@@ -338,8 +440,8 @@ func (s *Store) rollupBlock(ctx context.Context, b *tsdb.Block, blocks []*tsdb.B
 	}
 	raw := storage.NewMergeQuerier(qs, nil, storage.ChainedSeriesMerge)
 
-	r.mu.Lock()
-	defer r.mu.Unlock()
+	// Not under mu: queries of the range read raw (pending), and runs are
+	// serialised by runMu.
 	tqs := make([]storage.Querier, len(r.tiers))
 	for i, t := range r.tiers {
 		q, err := t.db.Querier(mint, maxt)
@@ -369,6 +471,9 @@ func (s *Store) rollupBlock(ctx context.Context, b *tsdb.Block, blocks []*tsdb.B
 			apps[i] = nil
 		}
 		pending = 0
+		if r.testCommitted != nil {
+			r.testCommitted()
+		}
 		return nil
 	}
 	ss := raw.Select(ctx, true, &storage.SelectHints{Start: mint, End: maxt},
@@ -434,7 +539,7 @@ func (s *Store) rollupBlock(ctx context.Context, b *tsdb.Block, blocks []*tsdb.B
 				r.written.Add(1)
 			}
 		}
-		if pending >= 64<<10 {
+		if pending >= r.commitEvery {
 			if err := commit(); err != nil {
 				return err
 			}
@@ -446,8 +551,60 @@ func (s *Store) rollupBlock(ctx context.Context, b *tsdb.Block, blocks []*tsdb.B
 	if err := commit(); err != nil {
 		return err
 	}
+	r.mu.Lock()
 	r.rolled.Store(&next)
+	delete(r.pending, meta.ULID) // in memory; the file once the set is saved
+	r.mu.Unlock()
 	return nil
+}
+
+// prunePending forgets the pending blocks rolled up (and saved in the set)
+// or deleted, and saves the pending blocks if they changed.
+func (s *Store) prunePending() error {
+	r := s.roll
+	unrolled := map[ulid.ULID]bool{} // the blocks that still exist, not rolled up
+	set := r.set()
+	for _, b := range s.db.Blocks() {
+		unrolled[b.Meta().ULID] = !set.covers(b.Meta().Compaction.Sources)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for u, p := range r.pending {
+		still, exists := unrolled[u]
+		if !exists {
+			// Retention (or the size cap) deleted it before it was rolled
+			// up: the tiers miss (some of) its samples for good.
+			s.logger.Error("a block was deleted before it was rolled up: the rollup tiers lack part of its samples",
+				"block", u, "min_time", p.Min, "max_time", p.Max)
+		}
+		if !still {
+			delete(r.pending, u)
+		}
+	}
+	// The file may still list blocks rolled up since; rewriting it every
+	// run is cheap enough only when something changed, so compare.
+	b, err := os.ReadFile(r.pendingPath)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("reading %s: %w", r.pendingPath, err)
+	}
+	var onDisk []pendingBlock
+	if len(b) > 0 {
+		if err := json.Unmarshal(b, &onDisk); err != nil {
+			return fmt.Errorf("reading %s: %w", r.pendingPath, err)
+		}
+	}
+	if len(onDisk) == len(r.pending) {
+		same := true
+		for _, p := range onDisk {
+			if _, ok := r.pending[p.Block]; !ok {
+				same = false
+			}
+		}
+		if same {
+			return nil
+		}
+	}
+	return r.savePending()
 }
 
 // tierBucket is the newest version of a tier bucket.
@@ -599,13 +756,16 @@ func (s *Store) rollupLoop(every time.Duration, stop <-chan struct{}, done chan<
 	}()
 	tick := time.NewTicker(every)
 	defer tick.Stop()
-	for {
-		select {
-		case <-stop:
-			return
-		case <-tick.C:
+	for first := true; ; first = false {
+		if !first { // the first run at once: blocks left by the last run
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+			}
 		}
 		if err := s.rollup(ctx); err != nil && ctx.Err() == nil {
+			s.roll.failed.Add(1)
 			s.logger.Warn("rolling up blocks", "err", err)
 		}
 	}
@@ -676,7 +836,12 @@ func (s *Store) tryOpenView(ctx context.Context, t *tier, mint, maxt int64) (_ *
 	r.mu.RLock()
 	defer r.mu.RUnlock()
 	set := r.set()
-	if v.tq, err = t.db.Querier(mint, maxt); err != nil {
+	if r.pendingOverlaps(mint, maxt) {
+		// A block being rolled up: the tier may hold part of it. Read
+		// everything raw (no tier, nothing skipped).
+		set = sourceSet{}
+		v.tq = storage.NoopQuerier()
+	} else if v.tq, err = t.db.Querier(mint, maxt); err != nil {
 		return nil, fmt.Errorf("opening the %s tier: %w", t.name, err)
 	}
 	if v.unrolled, err = s.db.Querier(mint, maxt); err != nil {

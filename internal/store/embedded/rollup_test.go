@@ -6,7 +6,10 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"os"
+	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -271,5 +274,68 @@ func TestJoinBuckets(t *testing.T) {
 	}
 	if diff := gocmp.Diff(got, want, gocmp.AllowUnexported(tierBucket{}, agg{})); diff != "" {
 		t.Errorf("(-got +want):\n%s", diff)
+	}
+}
+
+// TestRollupCancelledPartial: a rollup cancelled after it committed some
+// of a block's buckets leaves the block pending (in memory and on disk):
+// reads still equal the raw samples, and a later run completes it.
+func TestRollupCancelledPartial(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 18))
+	dir := t.TempDir()
+	now := base + 10*day
+	opts := Options{Now: func() time.Time { return time.UnixMilli(now) }, RollupEvery: time.Hour, BlockDuration: time.Hour}
+	s := open(t, dir, opts)
+	keys := []store.SeriesKey{{Machine: "m1", Metric: "a"}, {Machine: "m1", Metric: "b"}, {Machine: "m2", Metric: "a"}}
+	var in []telemetry.Sample
+	for tm := now - 2*day; tm < now; tm += 60_000 {
+		for i, k := range keys {
+			in = append(in, telemetry.Sample{Machine: k.Machine, Metric: k.Metric, Time: tm, Value: float64(tm/60_000%97 + int64(i))})
+		}
+	}
+	for i := 0; i < len(in); i += 1000 {
+		mustAppend(t, s, in[i:min(i+1000, len(in))])
+	}
+	ctx := context.Background()
+	if err := s.db.Compact(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if len(s.db.Blocks()) == 0 {
+		t.Fatal("no blocks")
+	}
+
+	// Cancelled after its first commit (every series' buckets commit).
+	cctx, cancel := context.WithCancel(ctx)
+	s.roll.commitEvery = 1
+	s.roll.testCommitted = cancel
+	if err := s.rollup(cctx); err == nil {
+		t.Fatal("cancelled rollup succeeded")
+	}
+	if s.roll.written.Load() == 0 {
+		t.Fatal("the cancelled rollup wrote nothing")
+	}
+	checkAggregates(t, s, keys, now-3*day, now+hour, rng, "cancelled after a partial commit")
+	if got := s.roll.unrolled.Load(); got == 0 {
+		t.Error("unrolled blocks = 0 after a cancelled rollup")
+	}
+	b, err := os.ReadFile(filepath.Join(dir, pendingFile))
+	if err != nil || !strings.Contains(string(b), `"block"`) {
+		t.Fatalf("%s = %q, %v; want the block", pendingFile, b, err)
+	}
+
+	s.roll.testCommitted = nil
+	if err := s.rollup(ctx); err != nil {
+		t.Fatal(err)
+	}
+	checkAggregates(t, s, keys, now-3*day, now+hour, rng, "rolled up")
+	checkTier(t, s, keys, now-2*day, now-2*hour-1, "rolled up")
+	if got := s.roll.unrolled.Load(); got != 0 {
+		t.Errorf("unrolled blocks = %d after a complete rollup", got)
+	}
+	if len(s.roll.pending) != 0 {
+		t.Errorf("pending after a complete run: %v", s.roll.pending)
+	}
+	if b, err := os.ReadFile(filepath.Join(dir, pendingFile)); err != nil || string(b) != "[]" {
+		t.Errorf("%s = %q, %v; want []", pendingFile, b, err)
 	}
 }
