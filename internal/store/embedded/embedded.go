@@ -551,12 +551,25 @@ func (s *Store) appendFresh(ctx context.Context, samples []telemetry.Sample, fre
 	return c.err(len(samples))
 }
 
+// checkedCommitSeries is how many series appendChecked stores into per
+// TSDB commit. TSDB's Commit allocates, every time an out-of-order chunk
+// of a series fills up, a slice as long as all the out-of-order chunks
+// filled so far in the same commit (collectOOORecords in
+// tsdb/head_append.go of v0.316.0 never resets its count): quadratic in
+// the series of one commit. A late request of a load over 10 000 series
+// spent a quarter of its CPU clearing those slices; commits of at most
+// this many series bound it, for a WAL write each.
+const checkedCommitSeries = 256
+
 // appendChecked stores the samples that are not newer than their series'
 // newest known sample, skipping those whose time is already stored, and
 // learns the newest stored time of series not seen before. It holds the
-// gapMu of every series it stores into until the samples are committed
+// gapMu of every series it stores into until their samples are committed
 // (taken in creation order, so concurrent calls cannot deadlock): a
 // concurrent call for the same series then reads what this one stored.
+// It commits every checkedCommitSeries series: on an error, the samples of
+// the series before may be stored (the caller's retry drops them as
+// duplicates).
 func (s *Store) appendChecked(ctx context.Context, ps []pending, c *counts, fresh []bool) (err error) {
 	slices.SortStableFunc(ps, func(a, b pending) int {
 		return cmp.Or(cmp.Compare(a.e.id, b.e.id), cmp.Compare(a.t, b.t))
@@ -572,14 +585,27 @@ func (s *Store) appendChecked(ctx context.Context, ps []pending, c *counts, fres
 	}
 	var q storage.Querier
 	var locked []*series
-	defer func() {
+	unlock := func() {
 		for _, e := range locked {
 			e.gapMu.Unlock()
 		}
-	}()
+		locked = locked[:0]
+	}
+	defer unlock()
 	app := s.db.Appender(ctx)
 	var it chunkenc.Iterator
 	for len(ps) > 0 {
+		if len(locked) == checkedCommitSeries {
+			// Commit what the appender holds: see checkedCommitSeries.
+			if err := app.Commit(); err != nil {
+				if q != nil {
+					_ = q.Close()
+				}
+				return fmt.Errorf("committing checked samples: %w", err)
+			}
+			unlock()
+			app = s.db.Appender(ctx)
+		}
 		n := 1
 		for n < len(ps) && ps[n].e == ps[0].e {
 			n++
