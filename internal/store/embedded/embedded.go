@@ -200,14 +200,88 @@ type series struct {
 	// of a sample of the series: the sweep forgets long idle series.
 	seen atomic.Int64
 
-	// gapMu guards gapLo and gapHi: no sample is stored in the open
-	// interval (gapLo, gapHi), learnt by the checked path, so that a
-	// backfill that goes forward in time checks the stored data once per
-	// gap rather than once per batch. Only the checked path stores
-	// samples at or before maxT, and maxT >= gapHi when it is set, so the
-	// fast path never stores into the gap.
-	gapMu        sync.Mutex
-	gapLo, gapHi int64
+	// call is the Append call (Store.calls) that last stored a sample of
+	// the series on the fast path.
+	call atomic.Uint64
+
+	// gapMu guards gaps: no sample is stored in any of them, so that
+	// samples falling in one are stored without reading the stored data.
+	// They are learnt by the checked path (the gap after the samples it
+	// stored, up to the next stored sample: a backfill that goes forward
+	// in time checks the stored data once per gap rather than once per
+	// batch) and by the fast path (the times it skipped when a request
+	// overtook earlier ones: those arrive late into the gap). Only the
+	// checked path stores samples at or before maxT, holding gapMu, and
+	// maxT >= every gap's end, so the fast path never stores into a gap;
+	// the fast path adds a gap holding gapMu, at the moment it raises
+	// maxT over it.
+	gapMu sync.Mutex
+	gaps  [gapSlots]gap
+}
+
+// gapSlots is how many gaps a series remembers.
+const gapSlots = 4
+
+// gap is an open interval (lo, hi) of times where a series stores
+// nothing.
+type gap struct{ lo, hi int64 }
+
+// gapOf returns the index of the gap holding [lo, hi], or -1. The caller
+// holds gapMu.
+func (e *series) gapOf(lo, hi int64) int {
+	for i, g := range e.gaps {
+		if lo > g.lo && hi < g.hi {
+			return i
+		}
+	}
+	return -1
+}
+
+// addGap remembers the gap (lo, hi) in place of the narrowest one, if it
+// is wider. The caller holds gapMu.
+func (e *series) addGap(lo, hi int64) {
+	if hi-lo < 2 || lo >= hi { // holds no time (or overflowed)
+		return
+	}
+	n := 0
+	for i, g := range e.gaps {
+		if g.hi-g.lo < e.gaps[n].hi-e.gaps[n].lo {
+			n = i
+		}
+	}
+	if w := e.gaps[n].hi - e.gaps[n].lo; w < hi-lo || w < 0 {
+		e.gaps[n] = gap{lo, hi}
+	}
+}
+
+// stored cuts [first, last], where samples were stored, out of the gaps.
+// The caller holds gapMu.
+func (e *series) stored(first, last int64) {
+	for i, g := range e.gaps {
+		if g.lo >= last || g.hi <= first {
+			continue
+		}
+		e.gaps[i] = gap{last, g.hi} // empty if last >= g.hi
+		e.addGap(g.lo, first)
+	}
+}
+
+// claim raises the newest time to t if t is newer, and reports whether it
+// did: the caller then stores the sample at t (the fast path). With
+// gap, the caller holds gapMu and the interval skipped becomes a gap.
+func (e *series) claim(t int64, gap bool) bool {
+	for {
+		cur := e.maxT.Load()
+		if cur == unknownTime || t <= cur {
+			return false
+		}
+		if e.maxT.CompareAndSwap(cur, t) {
+			if gap {
+				e.addGap(cur, t)
+			}
+			return true
+		}
+	}
 }
 
 // raise makes the series' newest time at least t.
@@ -248,6 +322,8 @@ type Store struct {
 	// nextSweep is when (Unix ms) an Append next sweeps idle series out
 	// of the cache.
 	nextSweep atomic.Int64
+	// calls numbers the Append calls (series.call).
+	calls atomic.Uint64
 	// appendMu is held for reading by every Append, which holds the
 	// series it resolved until it returns, and for writing by the sweep.
 	appendMu sync.RWMutex
@@ -461,7 +537,15 @@ type pending struct {
 // Samples newer than everything their series holds take a fast path: one
 // TSDB appender, cached series references, one Commit. Older samples (late,
 // duplicate, or of a series not seen since Open) are checked against the
-// stored data first and committed in a second step.
+// stored data first and committed in a second step; those that fall in a
+// gap the series remembers (where nothing is stored) skip the reading.
+//
+// Concurrent calls with samples of the same series: a checked sample at
+// the time of a sample that another call's fast path stores but has not
+// committed yet does not see it, and both may be stored (TSDB then keeps
+// both, one in its out-of-order head, and reads one). The pipeline
+// commits a lane's batches one after the other, and a series belongs to
+// one lane.
 func (s *Store) Append(ctx context.Context, samples []telemetry.Sample) error {
 	return s.AppendFresh(ctx, samples, nil)
 }
@@ -508,6 +592,7 @@ func (s *Store) appendFresh(ctx context.Context, samples []telemetry.Sample, fre
 		c       counts
 		checked []pending
 	)
+	call := s.calls.Add(1)
 	app := s.db.Appender(ctx)
 	for i := range samples {
 		smp, e := &samples[i], ents[i]
@@ -518,7 +603,22 @@ func (s *Store) appendFresh(ctx context.Context, samples []telemetry.Sample, fre
 		case smp.Time > maxT:
 			c.outOfBounds++
 			continue
-		case smp.Time <= e.maxT.Load():
+		}
+		// Raise the series' newest time before storing: a concurrent
+		// Append with an older sample then takes the checked path. The
+		// first sample of the series in this call remembers what it
+		// skipped as a gap (holding gapMu, so that no checked path stores
+		// into it unseen).
+		var fast bool
+		if e.call.Load() != call {
+			e.call.Store(call)
+			e.gapMu.Lock()
+			fast = e.claim(smp.Time, true)
+			e.gapMu.Unlock()
+		} else {
+			fast = e.claim(smp.Time, false)
+		}
+		if !fast {
 			if checked == nil {
 				checked = make([]pending, 0, len(samples)-i)
 			}
@@ -534,7 +634,6 @@ func (s *Store) appendFresh(ctx context.Context, samples []telemetry.Sample, fre
 		if uint64(got) != ref {
 			e.ref.Store(uint64(got))
 		}
-		e.raise(smp.Time)
 		if fresh != nil {
 			fresh[i] = true
 		}
@@ -615,7 +714,7 @@ func (s *Store) appendChecked(ctx context.Context, ps []pending, c *counts, fres
 		e := group[0].e
 		e.gapMu.Lock()
 		locked = append(locked, e)
-		if group[0].t > e.gapLo && group[len(group)-1].t < e.gapHi {
+		if g := e.gapOf(group[0].t, group[len(group)-1].t); g >= 0 {
 			appendGap(app, group, c, fresh)
 			continue
 		}
@@ -718,7 +817,8 @@ func (s *Store) appendGroup(ctx context.Context, q storage.Querier, app storage.
 			}
 		}
 	}
-	e.gapLo, e.gapHi = gapLo, gapHi
+	e.stored(group[0].t, group[len(group)-1].t)
+	e.addGap(gapLo, gapHi)
 	if found {
 		if err := it.Err(); err != nil {
 			return it, fmt.Errorf("reading stored samples of %s: %w", e.lset, err)
@@ -762,7 +862,7 @@ func appendGap(app storage.Appender, group []pending, c *counts, fresh []bool) {
 			fresh[p.i] = true
 		}
 	}
-	e.gapLo = group[len(group)-1].t
+	e.stored(group[0].t, group[len(group)-1].t)
 }
 
 // resolve returns the cached series of every sample, nil for a sample
