@@ -611,9 +611,10 @@ func (s *Store) appendFresh(ctx context.Context, samples []telemetry.Sample, fre
 		// into it unseen).
 		var fast bool
 		if e.call.Load() != call {
-			e.call.Store(call)
 			e.gapMu.Lock()
-			fast = e.claim(smp.Time, true)
+			if fast = e.claim(smp.Time, true); fast {
+				e.call.Store(call)
+			}
 			e.gapMu.Unlock()
 		} else {
 			fast = e.claim(smp.Time, false)
