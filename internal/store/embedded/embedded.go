@@ -606,9 +606,9 @@ func (s *Store) appendFresh(ctx context.Context, samples []telemetry.Sample, fre
 		}
 		// Raise the series' newest time before storing: a concurrent
 		// Append with an older sample then takes the checked path. The
-		// first sample of the series in this call remembers what it
-		// skipped as a gap (holding gapMu, so that no checked path stores
-		// into it unseen).
+		// first sample of the series this call stores here remembers what
+		// it skipped as a gap (holding gapMu, so that no checked path
+		// stores into it unseen); the later ones follow it closely.
 		var fast bool
 		if e.call.Load() != call {
 			e.gapMu.Lock()
