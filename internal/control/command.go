@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/json"
 	"fmt"
+	"sync"
 	"time"
 )
 
@@ -228,17 +229,56 @@ type CommandStore interface {
 	Close() error
 }
 
-// newID returns a command id: "c-" and a ULID (48-bit milliseconds, 80
-// random bits, Crockford base 32), so ids sort by creation time.
-func newID(t time.Time) string {
+// idGen makes command ids: "c-" and a ULID (48-bit milliseconds, 80
+// random bits, Crockford base 32), so ids sort by creation time; within
+// one millisecond each id is the previous one's random part plus one (the
+// ULID spec's monotonic ids), so the commands one process creates in a
+// millisecond keep their order too (lists sort by creation time, then id).
+// The zero value is ready to use.
+type idGen struct {
+	mu  sync.Mutex
+	ms  uint64
+	rnd [10]byte
+}
+
+// next returns the id of a command created at t.
+func (g *idGen) next(t time.Time) string {
+	ms := uint64(t.UnixMilli())
+	g.mu.Lock()
+	if ms <= g.ms && g.ms-ms < 2 && incr(g.rnd[:]) {
+		ms = g.ms // the same millisecond (or one the clock stepped back into)
+	} else if ms <= g.ms && g.ms-ms < 2 {
+		ms = g.ms + 1 // 2^80 ids in a millisecond: the next one's
+	}
+	if ms != g.ms {
+		g.ms = ms
+		_, _ = rand.Read(g.rnd[:])
+	}
+	rnd := g.rnd
+	g.mu.Unlock()
+	return encodeID(ms, rnd)
+}
+
+// incr adds one to the big-endian number b, reporting false on overflow.
+func incr(b []byte) bool {
+	for i := len(b) - 1; i >= 0; i-- {
+		b[i]++
+		if b[i] != 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// encodeID writes a ULID of milliseconds ms and random part rnd.
+func encodeID(ms uint64, rnd [10]byte) string {
 	const alphabet = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 	var b [16]byte
-	ms := uint64(t.UnixMilli())
 	for i := 5; i >= 0; i-- {
 		b[i] = byte(ms)
 		ms >>= 8
 	}
-	_, _ = rand.Read(b[6:])
+	copy(b[6:], rnd[:])
 	// 128 bits in 26 characters of 5 bits, the first holding 3 bits.
 	out := make([]byte, 26)
 	var acc uint64

@@ -70,6 +70,8 @@ type Commands struct {
 	now    func() time.Time
 	logger *slog.Logger
 
+	ids idGen
+
 	mu      sync.Mutex
 	subs    []func(Command)
 	waiters map[string]map[chan struct{}]struct{} // Fetch calls waiting, by machine
@@ -164,7 +166,7 @@ func (c *Commands) Create(ctx context.Context, machine string, req CreateRequest
 	now := c.clock()
 	timeout = timeout.Truncate(time.Millisecond)
 	cmd := Command{
-		ID: newID(now), Machine: machine, Name: req.Name, Params: params, State: StatePending,
+		ID: c.ids.next(now), Machine: machine, Name: req.Name, Params: params, State: StatePending,
 		TimeoutMs: timeout.Milliseconds(), CreatedAt: now, UpdatedAt: now, ExpiresAt: now.Add(timeout),
 		CreatedBy: req.By, IdempotencyKey: req.IdempotencyKey,
 		History: []Transition{{State: StatePending, At: now, By: req.By}},
