@@ -35,10 +35,13 @@ const pgEpochMicros = 946_684_800 * 1_000_000
 var copyHeader = []byte("PGCOPY\n\xff\r\n\x00\x00\x00\x00\x00\x00\x00\x00\x00")
 
 // copyReader encodes rows in PostgreSQL's binary COPY format, 32 KiB at a
-// time.
+// time: as samples rows (time, machine, metric, value), or with head as
+// sample_head rows (series id, time, value); with seq, each preceded by
+// its 1-based position (the staging tables' seq column).
 type copyReader struct {
 	rows    []row
 	seq     bool
+	head    bool
 	i       int
 	buf     []byte
 	off     int
@@ -72,12 +75,24 @@ func (r *copyReader) Read(p []byte) (int, error) {
 
 func (r *copyReader) appendRow(b []byte, i int) []byte {
 	x := &r.rows[i]
+	cols := uint16(4)
+	if r.head {
+		cols = 3
+	}
 	if r.seq {
-		b = binary.BigEndian.AppendUint16(b, 5)
+		b = binary.BigEndian.AppendUint16(b, cols+1)
 		b = binary.BigEndian.AppendUint32(b, 8)
 		b = binary.BigEndian.AppendUint64(b, uint64(i+1))
 	} else {
-		b = binary.BigEndian.AppendUint16(b, 4)
+		b = binary.BigEndian.AppendUint16(b, cols)
+	}
+	if r.head {
+		b = binary.BigEndian.AppendUint32(b, 4)
+		b = binary.BigEndian.AppendUint32(b, uint32(x.sid))
+		b = binary.BigEndian.AppendUint32(b, 8)
+		b = binary.BigEndian.AppendUint64(b, uint64(x.ms*1000-pgEpochMicros))
+		b = binary.BigEndian.AppendUint32(b, 8)
+		return binary.BigEndian.AppendUint64(b, math.Float64bits(x.value))
 	}
 	b = binary.BigEndian.AppendUint32(b, 8)
 	b = binary.BigEndian.AppendUint64(b, uint64(x.ms*1000-pgEpochMicros))

@@ -3,9 +3,7 @@ package postgres
 import (
 	"cmp"
 	"context"
-	"encoding/binary"
 	"fmt"
-	"io"
 	"math"
 	"slices"
 	"sync"
@@ -298,7 +296,7 @@ func (s *Store) insertPacked(ctx context.Context, tx pgx.Tx, rows []row, slow bo
 			}
 			return cmp.Compare(a.ms, b.ms)
 		})
-		tag, err := tx.Conn().PgConn().CopyFrom(ctx, &headReader{rows: sorted},
+		tag, err := tx.Conn().PgConn().CopyFrom(ctx, &copyReader{rows: sorted, head: true},
 			"COPY sample_head (series_id, time, value) FROM STDIN (FORMAT binary)")
 		if err != nil {
 			return 0, nil, err
@@ -308,7 +306,7 @@ func (s *Store) insertPacked(ctx context.Context, tx pgx.Tx, rows []row, slow bo
 	if _, err := tx.Exec(ctx, createStagingHead); err != nil {
 		return 0, nil, err
 	}
-	if _, err := tx.Conn().PgConn().CopyFrom(ctx, &headReader{rows: rows, seq: true},
+	if _, err := tx.Conn().PgConn().CopyFrom(ctx, &copyReader{rows: rows, seq: true, head: true},
 		"COPY staging_head (seq, series_id, time, value) FROM STDIN (FORMAT binary)"); err != nil {
 		return 0, nil, err
 	}
@@ -412,54 +410,4 @@ func packedTimes(from, lo, hi string) string {
 	FROM (SELECT DISTINCT series_id, date_bin('1 hour', time, timestamptz 'epoch') AS start FROM ` + from + `) t
 	JOIN sample_chunks c ON c.series_id = t.series_id AND c.start = t.start AND c.start >= ` + lo + ` AND c.start <= ` + hi + `
 	CROSS JOIN LATERAL unnest(c.offsets) AS u(o)`
-}
-
-// headReader encodes rows as sample_head rows (with seq: staging_head
-// rows) in binary COPY format.
-type headReader struct {
-	rows    []row
-	seq     bool
-	i       int
-	buf     []byte
-	off     int
-	started bool
-	done    bool
-}
-
-func (r *headReader) Read(p []byte) (int, error) {
-	for r.off == len(r.buf) {
-		if r.done {
-			return 0, io.EOF
-		}
-		r.buf, r.off = r.buf[:0], 0
-		if !r.started {
-			r.buf = append(r.buf, copyHeader...)
-			r.started = true
-		}
-		for r.i < len(r.rows) && len(r.buf) < 32<<10 {
-			x := &r.rows[r.i]
-			b := r.buf
-			if r.seq {
-				b = binary.BigEndian.AppendUint16(b, 4)
-				b = binary.BigEndian.AppendUint32(b, 8)
-				b = binary.BigEndian.AppendUint64(b, uint64(r.i+1))
-			} else {
-				b = binary.BigEndian.AppendUint16(b, 3)
-			}
-			b = binary.BigEndian.AppendUint32(b, 4)
-			b = binary.BigEndian.AppendUint32(b, uint32(x.sid))
-			b = binary.BigEndian.AppendUint32(b, 8)
-			b = binary.BigEndian.AppendUint64(b, uint64(x.ms*1000-pgEpochMicros))
-			b = binary.BigEndian.AppendUint32(b, 8)
-			r.buf = binary.BigEndian.AppendUint64(b, math.Float64bits(x.value))
-			r.i++
-		}
-		if r.i == len(r.rows) {
-			r.buf = binary.BigEndian.AppendUint16(r.buf, 0xffff)
-			r.done = true
-		}
-	}
-	n := copy(p, r.buf[r.off:])
-	r.off += n
-	return n, nil
 }
