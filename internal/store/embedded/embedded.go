@@ -759,20 +759,11 @@ func (s *Store) appendGroup(ctx context.Context, q storage.Querier, app storage.
 				continue
 			}
 		}
-		ref := e.ref.Load()
-		got, err := app.Append(storage.SeriesRef(ref), e.lset, p.t, p.v)
-		if err != nil {
-			c.rejected(err)
+		if !appendNew(app, e, p, c, fresh) {
 			continue
-		}
-		if uint64(got) != ref {
-			e.ref.Store(uint64(got))
 		}
 		last, lastV, hasLast = p.t, p.v, true
 		newest = max(newest, p.t)
-		if fresh != nil {
-			fresh[p.i] = true
-		}
 	}
 	// The gap after the group: up to the next stored sample, or to the
 	// newest known time (the fast path stores only after it).
@@ -820,19 +811,10 @@ func appendGap(app storage.Appender, group []pending, c *counts, fresh []bool) {
 			c.same(p.v, lastV)
 			continue
 		}
-		ref := e.ref.Load()
-		got, err := app.Append(storage.SeriesRef(ref), e.lset, p.t, p.v)
-		if err != nil {
-			c.rejected(err)
+		if !appendNew(app, e, p, c, fresh) {
 			continue
 		}
-		if uint64(got) != ref {
-			e.ref.Store(uint64(got))
-		}
 		last, lastV, hasLast = p.t, p.v, true
-		if fresh != nil {
-			fresh[p.i] = true
-		}
 	}
 	e.gapLo = group[len(group)-1].t
 }
@@ -1127,4 +1109,23 @@ func (r *registerer) unregisterAll() {
 	for _, c := range cs {
 		r.reg.Unregister(c)
 	}
+}
+
+// appendNew appends p, a sample not stored yet, to the series e through
+// app, keeps the series' reference up to date and marks p fresh; a
+// sample the TSDB refuses is counted and reported false.
+func appendNew(app storage.Appender, e *series, p pending, c *counts, fresh []bool) bool {
+	ref := e.ref.Load()
+	got, err := app.Append(storage.SeriesRef(ref), e.lset, p.t, p.v)
+	if err != nil {
+		c.rejected(err)
+		return false
+	}
+	if uint64(got) != ref {
+		e.ref.Store(uint64(got))
+	}
+	if fresh != nil {
+		fresh[p.i] = true
+	}
+	return true
 }
