@@ -494,16 +494,7 @@ func (s *Store) downsamplePacked(ctx context.Context, key store.SeriesKey, from,
 		if err := rows.Scan(&b, &lo, &hi); err != nil {
 			return nil, errPacked("downsampling", key, err)
 		}
-		pmin := store.Point{Time: int64(lo[1]), Value: lo[0]}
-		pmax := store.Point{Time: -int64(hi[1]), Value: hi[0]}
-		switch {
-		case pmin.Time == pmax.Time:
-			out = append(out, pmin)
-		case pmin.Time < pmax.Time:
-			out = append(out, pmin, pmax)
-		default:
-			out = append(out, pmax, pmin)
-		}
+		out = appendMinMax(out, lo, hi)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, errPacked("downsampling", key, err)

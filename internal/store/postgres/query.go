@@ -384,16 +384,7 @@ func (s *Store) DownsampleRange(ctx context.Context, key store.SeriesKey, from, 
 		if err := rows.Scan(&b, &lo, &hi); err != nil {
 			return nil, fmt.Errorf("downsampling %s/%s: %w", key.Machine, key.Metric, err)
 		}
-		pmin := store.Point{Time: int64(lo[1]), Value: lo[0]}
-		pmax := store.Point{Time: -int64(hi[1]), Value: hi[0]}
-		switch {
-		case pmin.Time == pmax.Time:
-			out = append(out, pmin)
-		case pmin.Time < pmax.Time:
-			out = append(out, pmin, pmax)
-		default:
-			out = append(out, pmax, pmin)
-		}
+		out = appendMinMax(out, lo, hi)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("downsampling %s/%s: %w", key.Machine, key.Metric, err)
@@ -408,4 +399,20 @@ func scanPoint(r pgx.CollectableRow) (store.Point, error) {
 	err := r.Scan(&t, &p.Value)
 	p.Time = t.UnixMilli()
 	return p, err
+}
+
+// appendMinMax appends a bucket's minimum and maximum in time order (one
+// point when they are the same sample), from the (value, time) and
+// (value, −time) pairs the min–max downsampling queries select.
+func appendMinMax(out []store.Point, lo, hi []float64) []store.Point {
+	pmin := store.Point{Time: int64(lo[1]), Value: lo[0]}
+	pmax := store.Point{Time: -int64(hi[1]), Value: hi[0]}
+	switch {
+	case pmin.Time == pmax.Time:
+		return append(out, pmin)
+	case pmin.Time < pmax.Time:
+		return append(out, pmin, pmax)
+	default:
+		return append(out, pmax, pmin)
+	}
 }
