@@ -39,67 +39,20 @@ func TestPackedProperty(t *testing.T) {
 	var iter atomic.Int64
 	rapid.Check(t, func(rt *rapid.T) {
 		prefix := fmt.Sprintf("it%d-", iter.Add(1))
-		machines := []string{prefix + "a", prefix + "b"}
-		metrics := []string{"x", "y"}
 		// Times within ±3 min of midnight: minutes and hours on both
 		// sides of a partition boundary, several samples per window.
-		sample := func(rt *rapid.T, label string) telemetry.Sample {
-			return telemetry.Sample{
-				Machine: rapid.SampledFrom(machines).Draw(rt, label+"_machine"),
-				Metric:  rapid.SampledFrom(metrics).Draw(rt, label+"_metric"),
-				Time:    storetest.Base + rapid.Int64Range(-180_000, 180_000).Draw(rt, label+"_time")/500*500,
-				Value:   float64(rapid.IntRange(-100, 100).Draw(rt, label+"_value")),
-			}
-		}
-		batchGen := func(label string) *rapid.Generator[[]telemetry.Sample] {
-			return rapid.Custom(func(rt *rapid.T) []telemetry.Sample {
-				n := rapid.IntRange(0, 60).Draw(rt, label+"_len")
-				out := make([]telemetry.Sample, n)
-				for i := range out {
-					out[i] = sample(rt, label)
-				}
-				return out
-			})
-		}
-		keyed := func(b []telemetry.Sample) []telemetry.Sample {
-			out := make([]telemetry.Sample, len(b))
-			for i, x := range b {
-				x.Value = float64(x.Time%997) + float64(len(x.Machine)+len(x.Metric))
-				out[i] = x
-			}
-			return out
-		}
-		oracle := storetest.NewMemory()
-		var history [][]telemetry.Sample
+		w := newPropWorld(s, prefix, 180_000, 500, 60)
+		oracle, batchGen, keyed, apply := w.oracle, w.batch, keyedValues, w.apply
 		ctx := context.Background()
-		apply := func(rt *rapid.T, b []telemetry.Sample) {
-			want := make([]bool, len(b))
-			seen := map[telemetry.Sample]bool{}
-			for i, x := range b {
-				k := telemetry.Sample{Machine: x.Machine, Metric: x.Metric, Time: x.Time}
-				held := len(selectAt(rt, oracle, store.SeriesKey{Machine: x.Machine, Metric: x.Metric}, x.Time)) > 0
-				want[i] = !held && !seen[k]
-				seen[k] = true
-			}
-			fresh := make([]bool, len(b))
-			if err := s.AppendFresh(ctx, b, fresh); err != nil {
-				rt.Fatalf("AppendFresh: %v", err)
-			}
-			if diff := cmp.Diff(fresh, want); diff != "" {
-				rt.Fatalf("fresh flags (-got +want):\n%s", diff)
-			}
-			_ = oracle.Append(ctx, b)
-			history = append(history, b)
-		}
 		steps := rapid.IntRange(1, 8).Draw(rt, "steps")
 		for range steps {
 			switch op := rapid.IntRange(0, 4).Draw(rt, "op"); {
-			case op == 0 || len(history) == 0:
+			case op == 0 || len(w.history) == 0:
 				apply(rt, batchGen("new").Draw(rt, "batch"))
 			case op == 1:
-				apply(rt, history[rapid.IntRange(0, len(history)-1).Draw(rt, "replay")])
+				apply(rt, w.history[rapid.IntRange(0, len(w.history)-1).Draw(rt, "replay")])
 			case op == 2:
-				old := history[rapid.IntRange(0, len(history)-1).Draw(rt, "replay")]
+				old := w.history[rapid.IntRange(0, len(w.history)-1).Draw(rt, "replay")]
 				b := append([]telemetry.Sample(nil), old...)
 				for i := range b {
 					b[i].Value += 1000
@@ -125,11 +78,11 @@ func TestPackedProperty(t *testing.T) {
 				}
 				_ = oracle.Append(ctx, b1)
 				_ = oracle.Append(ctx, b2)
-				history = append(history, b1, b2)
+				w.history = append(w.history, b1, b2)
 			}
 		}
-		for _, m := range machines {
-			for _, k := range metrics {
+		for _, m := range w.machines {
+			for _, k := range w.metrics {
 				key := store.SeriesKey{Machine: m, Metric: k}
 				got := selectAll(rt, s, key)
 				want := selectAll(rt, oracle, key)

@@ -29,70 +29,20 @@ func TestAggregatesMatchRawProperty(t *testing.T) {
 	var iter atomic.Int64
 	rapid.Check(t, func(rt *rapid.T) {
 		prefix := fmt.Sprintf("it%d-", iter.Add(1))
-		machines := []string{prefix + "a", prefix + "b"}
-		metrics := []string{"x", "y"}
 		// Times within ±40 s of midnight: a few windows on both sides of a
 		// partition boundary.
-		sample := func(rt *rapid.T, label string) telemetry.Sample {
-			return telemetry.Sample{
-				Machine: rapid.SampledFrom(machines).Draw(rt, label+"_machine"),
-				Metric:  rapid.SampledFrom(metrics).Draw(rt, label+"_metric"),
-				Time:    storetest.Base + rapid.Int64Range(-40_000, 40_000).Draw(rt, label+"_time")/250*250,
-				Value:   float64(rapid.IntRange(-100, 100).Draw(rt, label+"_value")),
-			}
-		}
-		batchGen := func(label string) *rapid.Generator[[]telemetry.Sample] {
-			return rapid.Custom(func(rt *rapid.T) []telemetry.Sample {
-				n := rapid.IntRange(0, 25).Draw(rt, label+"_len")
-				out := make([]telemetry.Sample, n)
-				for i := range out {
-					out[i] = sample(rt, label)
-				}
-				return out
-			})
-		}
-		// keyed gives a value that depends only on the sample's key, so
-		// that concurrent writers of one key agree whichever wins.
-		keyed := func(b []telemetry.Sample) []telemetry.Sample {
-			out := make([]telemetry.Sample, len(b))
-			for i, x := range b {
-				x.Value = float64(x.Time%997) + float64(len(x.Machine)+len(x.Metric))
-				out[i] = x
-			}
-			return out
-		}
-		oracle := storetest.NewMemory()
-		var history [][]telemetry.Sample
+		w := newPropWorld(s, prefix, 40_000, 250, 25)
+		oracle, batchGen, keyed, apply := w.oracle, w.batch, keyedValues, w.apply
 		ctx := context.Background()
-		apply := func(rt *rapid.T, b []telemetry.Sample) {
-			// Expected fresh flags: not held before, first in the batch.
-			want := make([]bool, len(b))
-			seen := map[telemetry.Sample]bool{}
-			for i, x := range b {
-				k := telemetry.Sample{Machine: x.Machine, Metric: x.Metric, Time: x.Time}
-				held := len(selectAt(rt, oracle, store.SeriesKey{Machine: x.Machine, Metric: x.Metric}, x.Time)) > 0
-				want[i] = !held && !seen[k]
-				seen[k] = true
-			}
-			fresh := make([]bool, len(b))
-			if err := s.AppendFresh(ctx, b, fresh); err != nil {
-				rt.Fatalf("AppendFresh: %v", err)
-			}
-			if diff := cmp.Diff(fresh, want); diff != "" {
-				rt.Fatalf("fresh flags (-got +want):\n%s", diff)
-			}
-			_ = oracle.Append(ctx, b)
-			history = append(history, b)
-		}
 		steps := rapid.IntRange(1, 6).Draw(rt, "steps")
 		for range steps {
 			switch op := rapid.IntRange(0, 3).Draw(rt, "op"); {
-			case op == 0 || len(history) == 0:
+			case op == 0 || len(w.history) == 0:
 				apply(rt, batchGen("new").Draw(rt, "batch"))
 			case op == 1: // replay an earlier batch as it was
-				apply(rt, history[rapid.IntRange(0, len(history)-1).Draw(rt, "replay")])
+				apply(rt, w.history[rapid.IntRange(0, len(w.history)-1).Draw(rt, "replay")])
 			case op == 2: // replay with other values, plus late samples
-				old := history[rapid.IntRange(0, len(history)-1).Draw(rt, "replay")]
+				old := w.history[rapid.IntRange(0, len(w.history)-1).Draw(rt, "replay")]
 				b := append([]telemetry.Sample(nil), old...)
 				for i := range b {
 					b[i].Value += 1000
@@ -116,11 +66,11 @@ func TestAggregatesMatchRawProperty(t *testing.T) {
 				// not matter, unless an earlier batch wrote the key.
 				_ = oracle.Append(ctx, b1)
 				_ = oracle.Append(ctx, b2)
-				history = append(history, b1, b2)
+				w.history = append(w.history, b1, b2)
 			}
 		}
-		for _, m := range machines {
-			for _, k := range metrics {
+		for _, m := range w.machines {
+			for _, k := range w.metrics {
 				key := store.SeriesKey{Machine: m, Metric: k}
 				got := selectAll(rt, s, key)
 				want := selectAll(rt, oracle, key)
@@ -206,4 +156,78 @@ func selectAt(t tb, s store.Store, key store.SeriesKey, at int64) []store.Point 
 		t.Fatalf("Select(%v): %v", key, err)
 	}
 	return got
+}
+
+// propWorld is what the property tests of the store share: two machines
+// and two metrics of one rapid iteration (named after prefix), random
+// batches of their samples within ±spread ms of storetest.Base (times
+// multiples of quantum, at most maxLen a batch), an in-memory oracle and
+// the batches applied so far.
+type propWorld struct {
+	s                 *Store
+	machines, metrics []string
+	spread, quantum   int64
+	maxLen            int
+	oracle            *storetest.Memory
+	history           [][]telemetry.Sample
+}
+
+func newPropWorld(s *Store, prefix string, spread, quantum int64, maxLen int) *propWorld {
+	return &propWorld{
+		s: s, machines: []string{prefix + "a", prefix + "b"}, metrics: []string{"x", "y"},
+		spread: spread, quantum: quantum, maxLen: maxLen, oracle: storetest.NewMemory(),
+	}
+}
+
+func (w *propWorld) sample(rt *rapid.T, label string) telemetry.Sample {
+	return telemetry.Sample{
+		Machine: rapid.SampledFrom(w.machines).Draw(rt, label+"_machine"),
+		Metric:  rapid.SampledFrom(w.metrics).Draw(rt, label+"_metric"),
+		Time:    storetest.Base + rapid.Int64Range(-w.spread, w.spread).Draw(rt, label+"_time")/w.quantum*w.quantum,
+		Value:   float64(rapid.IntRange(-100, 100).Draw(rt, label+"_value")),
+	}
+}
+
+func (w *propWorld) batch(label string) *rapid.Generator[[]telemetry.Sample] {
+	return rapid.Custom(func(rt *rapid.T) []telemetry.Sample {
+		n := rapid.IntRange(0, w.maxLen).Draw(rt, label+"_len")
+		out := make([]telemetry.Sample, n)
+		for i := range out {
+			out[i] = w.sample(rt, label)
+		}
+		return out
+	})
+}
+
+// keyedValues gives each sample a value that depends only on its key, so
+// that concurrent writers of one key agree whichever wins.
+func keyedValues(b []telemetry.Sample) []telemetry.Sample {
+	out := make([]telemetry.Sample, len(b))
+	for i, x := range b {
+		x.Value = float64(x.Time%997) + float64(len(x.Machine)+len(x.Metric))
+		out[i] = x
+	}
+	return out
+}
+
+// apply appends b to the store, checks the fresh flags (not held before,
+// first in the batch) and applies it to the oracle.
+func (w *propWorld) apply(rt *rapid.T, b []telemetry.Sample) {
+	want := make([]bool, len(b))
+	seen := map[telemetry.Sample]bool{}
+	for i, x := range b {
+		k := telemetry.Sample{Machine: x.Machine, Metric: x.Metric, Time: x.Time}
+		held := len(selectAt(rt, w.oracle, store.SeriesKey{Machine: x.Machine, Metric: x.Metric}, x.Time)) > 0
+		want[i] = !held && !seen[k]
+		seen[k] = true
+	}
+	fresh := make([]bool, len(b))
+	if err := w.s.AppendFresh(context.Background(), b, fresh); err != nil {
+		rt.Fatalf("AppendFresh: %v", err)
+	}
+	if diff := cmp.Diff(fresh, want); diff != "" {
+		rt.Fatalf("fresh flags (-got +want):\n%s", diff)
+	}
+	_ = w.oracle.Append(context.Background(), b)
+	w.history = append(w.history, b)
 }
