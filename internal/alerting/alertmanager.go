@@ -143,18 +143,7 @@ func NewAlertmanager(opts AlertmanagerOptions) *Alertmanager {
 	if opts.Timeout <= 0 {
 		opts.Timeout = 10 * time.Second
 	}
-	if opts.Client == nil {
-		opts.Client = &http.Client{}
-	}
-	if opts.Now == nil {
-		opts.Now = time.Now
-	}
-	if opts.Logger == nil {
-		opts.Logger = slog.New(slog.DiscardHandler)
-	}
-	if opts.Locate == nil {
-		opts.Locate = func(string) Machine { return Machine{} }
-	}
+	senderDefaults(&opts.Client, &opts.Now, &opts.Logger, &opts.Locate)
 	return &Alertmanager{opts: opts, pending: map[string]twin.Alarm{}, states: map[string]*State{}, wake: make(chan struct{}, 1)}
 }
 
@@ -369,4 +358,22 @@ func (n *Alertmanager) postOne(ctx context.Context, base string, body []byte) er
 		return nil
 	}
 	return permanentIf(fmt.Errorf("posting to %s: %s: %s", where, resp.Status, strings.TrimSpace(string(msg))), !retryable(resp.StatusCode))
+}
+
+// senderDefaults fills the options both senders share and a caller may
+// leave zero: a default HTTP client, the system clock, a discarding
+// logger and a machine locator that knows no site or line.
+func senderDefaults(client **http.Client, now *func() time.Time, logger **slog.Logger, locate *Locate) {
+	if *client == nil {
+		*client = &http.Client{}
+	}
+	if *now == nil {
+		*now = time.Now
+	}
+	if *logger == nil {
+		*logger = slog.New(slog.DiscardHandler)
+	}
+	if *locate == nil {
+		*locate = func(string) Machine { return Machine{} }
+	}
 }

@@ -142,18 +142,7 @@ func NewWebhook(outbox Outbox, opts WebhookOptions) (*Webhook, error) {
 	if opts.Poll <= 0 {
 		opts.Poll = 5 * time.Second
 	}
-	if opts.Client == nil {
-		opts.Client = &http.Client{}
-	}
-	if opts.Now == nil {
-		opts.Now = time.Now
-	}
-	if opts.Logger == nil {
-		opts.Logger = slog.New(slog.DiscardHandler)
-	}
-	if opts.Locate == nil {
-		opts.Locate = func(string) Machine { return Machine{} }
-	}
+	senderDefaults(&opts.Client, &opts.Now, &opts.Logger, &opts.Locate)
 	w := &Webhook{opts: opts, outbox: outbox, wake: make(chan struct{}, 1)}
 	st, err := outbox.Stats(context.Background())
 	if err == nil {
