@@ -1,14 +1,9 @@
 package pipeline
 
 import (
-	"context"
 	"testing"
 	"time"
 
-	"github.com/twinline/twinline/internal/eventlog"
-	"github.com/twinline/twinline/internal/store"
-	"github.com/twinline/twinline/internal/store/offsettest"
-	"github.com/twinline/twinline/internal/stream"
 	"github.com/twinline/twinline/internal/telemetry"
 )
 
@@ -38,50 +33,7 @@ func BenchmarkProcessLaneBackfill(b *testing.B) {
 				}
 				batches[g] = &telemetry.Batch{Events: evs, Protocol: "kafka", Received: start}
 			}
-			p, err := New(benchSource{}, "kafka", stream.DefaultEngineConfig(), Sinks{}, nil, nil)
-			if err != nil {
-				b.Fatal(err)
-			}
-			p.Backfill(24 * time.Hour)
-			var (
-				st     *offsettest.Memory
-				ln     *lane
-				stored int64
-				out    stream.Output
-			)
-			reset := func() {
-				st, ln, stored = offsettest.NewMemory(), &lane{}, -1
-				p.reset(ln)
-			}
-			reset()
-			ctx := context.Background()
-			b.ReportAllocs()
-			n := 0
-			for b.Loop() {
-				g := n % groups
-				if g == 0 && n > 0 {
-					b.StopTimer()
-					reset()
-					b.StartTimer()
-				}
-				next := int64(g+1) * perGroup
-				commit := func(ctx context.Context, samples []telemetry.Sample, fresh []bool) error {
-					err := st.AppendWithOffsets(ctx, samples, fresh, store.OffsetCommit{Group: "g", Topic: "t", Next: next, Expected: stored})
-					if err == nil {
-						stored = next
-					}
-					return err
-				}
-				out.Reset()
-				j := job{batch: eventlog.Batch{Entries: []*telemetry.Batch{batches[g]}, Commit: commit}, lane: ln, out: &out,
-					cut: p.backfillCut(time.Now().UnixMilli())}
-				p.commitLane(ctx, &j)
-				if !j.sink {
-					b.Fatal("commit failed")
-				}
-				n++
-			}
-			b.ReportMetric(float64(n*perGroup*2)/b.Elapsed().Seconds(), "rows/s")
+			benchLane(b, batches[:], perGroup, 24*time.Hour)
 		})
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"testing"
+	"time"
 
 	"github.com/twinline/twinline/internal/eventlog"
 	"github.com/twinline/twinline/internal/store"
@@ -39,10 +40,23 @@ func BenchmarkProcessLane(b *testing.B) {
 		}
 		batches[g] = &telemetry.Batch{Events: evs, Protocol: "kafka", Received: base}
 	}
+	benchLane(b, batches[:], perGroup, 0)
+}
+
+// benchLane commits and processes batches, one a group, in turn through
+// one lane of a Kafka-mode processor over an in-memory offset store
+// (started afresh after the last), with backfill horizon (0: none), and
+// reports rows (samples) per second; each batch holds perGroup events of
+// two metrics.
+func benchLane(b *testing.B, batches []*telemetry.Batch, perGroup int, horizon time.Duration) {
 	p, err := New(benchSource{}, "kafka", stream.DefaultEngineConfig(), Sinks{}, nil, nil)
 	if err != nil {
 		b.Fatal(err)
 	}
+	if horizon > 0 {
+		p.Backfill(horizon)
+	}
+	groups := len(batches)
 	var (
 		st     *offsettest.Memory
 		ln     *lane
@@ -64,7 +78,7 @@ func BenchmarkProcessLane(b *testing.B) {
 			reset()
 			b.StartTimer()
 		}
-		next := int64(g+1) * perGroup
+		next := int64((g + 1) * perGroup)
 		commit := func(ctx context.Context, samples []telemetry.Sample, fresh []bool) error {
 			err := st.AppendWithOffsets(ctx, samples, fresh, store.OffsetCommit{Group: "g", Topic: "t", Next: next, Expected: stored})
 			if err == nil {
@@ -74,6 +88,9 @@ func BenchmarkProcessLane(b *testing.B) {
 		}
 		out.Reset()
 		j := job{batch: eventlog.Batch{Entries: []*telemetry.Batch{batches[g]}, Commit: commit}, lane: ln, out: &out}
+		if horizon > 0 {
+			j.cut = p.backfillCut(time.Now().UnixMilli())
+		}
 		p.commitLane(ctx, &j)
 		if !j.sink {
 			b.Fatal("commit failed")
